@@ -1,0 +1,23 @@
+/* Shared declarations of the kvtc CLI's subcommands. */
+#ifndef KVTC_CLI_H
+#define KVTC_CLI_H
+
+/* Options given before the subcommand. */
+struct kvtc_cli_global {
+    const char *server; /* -s HOST:PORT, or NULL */
+    int json;           /* --json before the command */
+};
+
+/* A subcommand: argv[0] is its name. Returns the process exit code:
+ * 0 success, 1 failure (one line on stderr), 2 usage error. */
+typedef int (*kvtc_cli_fn)(const struct kvtc_cli_global *g, int argc, char **argv);
+
+struct kvtc_cli_cmd {
+    const char *name;
+    kvtc_cli_fn run;
+    const char *help;
+};
+
+int kvtc_cmd_codec(const struct kvtc_cli_global *g, int argc, char **argv);
+
+#endif

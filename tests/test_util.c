@@ -1,0 +1,48 @@
+#include "test_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static const char *join(const char *env, const char *fallback, const char *rel)
+{
+    static __thread char buf[4096];
+    const char *base = getenv(env);
+    if (!base || !*base)
+        base = fallback;
+    snprintf(buf, sizeof buf, "%s/%s", base, rel);
+    return buf;
+}
+
+const char *kvtc_test_shared_path(const char *rel)
+{
+    const char *p = join("KVTC_SHARED", "../shared", rel);
+    return access(p, R_OK) == 0 ? p : NULL;
+}
+
+const char *kvtc_test_build_path(const char *rel)
+{
+    return join("KVTC_BUILD", "build", rel);
+}
+
+void *kvtc_test_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long n = ftell(f);
+        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+            buf = malloc((size_t)n + 1);
+            if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+                free(buf);
+                buf = NULL;
+            } else if (buf) {
+                *len = (size_t)n;
+            }
+        }
+    }
+    fclose(f);
+    return buf;
+}
