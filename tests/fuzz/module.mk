@@ -6,9 +6,6 @@
 # Without clang (or its fuzzer runtime, libclang-rt-14-dev) the fuzzers are
 # skipped with a warning and `make test` runs the Criterion tests alone.
 
-# The corruption tests share the synthetic data and profile of the fuzzers.
-TEST_SRCS += tests/fuzz/synth.c
-
 ifndef FUZZ_CC
 FUZZ_CC := $(shell command -v clang-14 2>/dev/null || command -v clang 2>/dev/null)
 endif
