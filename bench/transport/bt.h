@@ -1,0 +1,39 @@
+/* bt.h - the transport benchmark's shared pieces.
+ *
+ * The benchmark measures every store through the same small backend table
+ * so that kvtcd and Redis run exactly the same workload: same keys, same
+ * value bytes, same number of operations, same client threads. */
+#ifndef KVTC_BENCH_TRANSPORT_BT_H
+#define KVTC_BENCH_TRANSPORT_BT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define BT_KEY_LEN 32
+
+/* One store under test. Every connection belongs to one thread. */
+struct bt_backend {
+    const char *name;
+    /* Open one connection to `target` (HOST:PORT). */
+    int (*connect)(const char *target, void **conn);
+    int (*put)(void *conn, const uint8_t key[BT_KEY_LEN], const void *buf, size_t len);
+    /* Fetch exactly `len` bytes into buf; a miss or a size mismatch fails. */
+    int (*get)(void *conn, const uint8_t key[BT_KEY_LEN], void *buf, size_t len);
+    int (*del)(void *conn, const uint8_t key[BT_KEY_LEN]);
+    void (*close)(void *conn);
+};
+
+extern const struct bt_backend bt_redis_backend;
+/* NULL when built without libkvtc. */
+extern const struct bt_backend *const bt_kvtc_backend;
+
+/* Monotonic time in nanoseconds. */
+uint64_t bt_now_ns(void);
+/* Key number `i` of the run tagged `tag`: deterministic, distinct per (tag, i). */
+void bt_key(uint32_t tag, uint32_t i, uint8_t key[BT_KEY_LEN]);
+/* Fill buf with bytes that depend on seed, so a wrong chunk is noticed. */
+void bt_fill(void *buf, size_t len, uint64_t seed);
+/* The q-quantile (0..1) of n samples; sorts them in place. */
+double bt_quantile(uint64_t *samples, size_t n, double q);
+
+#endif
