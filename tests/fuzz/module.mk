@@ -13,7 +13,8 @@ FUZZ_RT := $(if $(FUZZ_CC),$(wildcard $(shell $(FUZZ_CC) -print-runtime-dir 2>/d
 
 # Until the codec's encoder, decoder and calibrator are in, the fuzzers
 # cannot link; build them only once codec/ defines what they call.
-FUZZ_CODEC_READY := $(shell grep -ls -e '^int kvtc_decode[(]' codec/*.c 2>/dev/null)
+FUZZ_PROBE := ^int kvtc_decode[(]
+FUZZ_CODEC_READY := $(shell grep -ls -e '$(FUZZ_PROBE)' codec/*.c 2>/dev/null)
 
 ifeq ($(FUZZ_CODEC_READY),)
 else ifeq ($(FUZZ_RT),)
