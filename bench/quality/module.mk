@@ -1,0 +1,19 @@
+# bench/quality: the stories260K runner and the baseline quantizers
+# (libkvtc_bench.{a,so}; the .so serves the Python harness through ctypes),
+# kvtc-quality, and `make bench-quality` (JSON + PNG in bench/results/).
+BENCHQ_SRCS := bench/quality/llama_model.c bench/quality/baselines.c
+BENCHQ_OBJS := $(BENCHQ_SRCS:%.c=$(OBJ)/%.o)
+BENCHQ_A  := $(LIBDIR)/libkvtc_bench.a
+BENCHQ_SO := $(LIBDIR)/libkvtc_bench.so
+LIBS += $(BENCHQ_A) $(BENCHQ_SO)
+
+$(BENCHQ_A): $(BENCHQ_OBJS)
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+$(BENCHQ_SO): $(BENCHQ_OBJS) $(CODEC_A)
+	@mkdir -p $(dir $@)
+	$(CC) -shared $(LDFLAGS) -o $@ $(BENCHQ_OBJS) $(CODEC_A) $(CODEC_LDLIBS)
+
+# The codec archive again after ours: static archives resolve left to right.
+TEST_DEPS += $(BENCHQ_A)
+TEST_LDLIBS += $(BENCHQ_A) $(CODEC_A)
