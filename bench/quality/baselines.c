@@ -181,6 +181,8 @@ int kvtc_bl_roundtrip(int method, const kvtc_layout *layout, const float *chunk,
         }
         break;
     case KVTC_BL_KIVI2:
+        /* KIVI's full-precision window of the most recent tokens is left
+         * out: here every token passed is stored KV, none is live. */
         for (size_t l = 0; l < L; l++) {
             const float *k = chunk + (2 * l) * T * C, *v = k + T * C;
             float *ko = out + (2 * l) * T * C, *vo = ko + T * C;
