@@ -17,6 +17,15 @@ typedef struct bc_source bc_source;
 
 int bc_source_create(const kvtc_layout *l, uint32_t rank, bc_source **out);
 void bc_source_free(bc_source *s);
+/* Real KV instead: the stories260K checkpoint at path, run by the
+ * bench/quality runner on sequences it samples itself (seed = sequence);
+ * layout fp32 in the model, converted to l->dtype. Positions are limited to
+ * the model's seq_len (512), bc_source_max_pos() says so. */
+int bc_source_create_llama(const char *path, uint32_t dtype,
+                           uint32_t chunk_tokens, kvtc_layout *l_out,
+                           bc_source **out);
+/* Highest first_pos + n_tokens a chunk may reach (UINT32_MAX: unbounded). */
+uint32_t bc_source_max_pos(const bc_source *s);
 /* n_tokens tokens at absolute positions first_pos.., coefficients drawn from
  * seed, into chunk (kvtc_chunk_bytes(l, n_tokens) bytes). */
 int bc_source_chunk(bc_source *s, uint32_t n_tokens, uint32_t first_pos,

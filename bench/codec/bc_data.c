@@ -1,5 +1,7 @@
 #include "bc.h"
 
+#include "../quality/llama_model.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -10,6 +12,8 @@ struct bc_source {
     size_t w, rank;
     float *basis[2]; /* [rank][w], already scaled by the spectrum */
     float *mean[2];  /* [w] */
+    kvtc_llama *m;   /* real KV instead of the synthetic source */
+    kvtc_llama_state *st;
 };
 
 static uint64_t next_u64(uint64_t *s)
@@ -35,6 +39,8 @@ void bc_source_free(bc_source *s)
         free(s->basis[i]);
         free(s->mean[i]);
     }
+    kvtc_llama_state_free(s->st);
+    kvtc_llama_free(s->m);
     free(s);
 }
 
@@ -74,9 +80,59 @@ fail:
     return rc;
 }
 
+int bc_source_create_llama(const char *path, uint32_t dtype,
+                           uint32_t chunk_tokens, kvtc_layout *l_out,
+                           bc_source **out)
+{
+    bc_source *s = calloc(1, sizeof *s);
+    if (!s)
+        return KVTC_ENOMEM;
+    int rc = kvtc_llama_load(path, &s->m);
+    if (rc == 0)
+        rc = kvtc_llama_state_create(s->m, &s->st);
+    if (rc < 0) {
+        bc_source_free(s);
+        return rc;
+    }
+    kvtc_llama_layout(s->m, chunk_tokens, &s->l);
+    s->l.dtype = dtype;
+    s->w = kvtc_row_width(&s->l);
+    *l_out = s->l;
+    *out = s;
+    return 0;
+}
+
+uint32_t bc_source_max_pos(const bc_source *s)
+{
+    return s->m ? kvtc_llama_get_config(s->m)->seq_len : UINT32_MAX;
+}
+
+/* Sample a sequence long enough to cover the chunk, then export its KV. */
+static int llama_chunk(bc_source *s, uint32_t n_tokens, uint32_t first_pos,
+                       uint64_t seed, void *chunk)
+{
+    uint32_t n = first_pos + n_tokens + 1;
+    int32_t *tok = malloc(n * sizeof *tok);
+    size_t nf = kvtc_llama_kv_floats(s->m, n_tokens);
+    float *kv = malloc(nf * sizeof *kv);
+    int rc = KVTC_ENOMEM;
+    if (tok && kv) {
+        rc = kvtc_llama_sample(s->st, seed, n, tok);
+        if (rc == 0)
+            rc = kvtc_llama_export_kv(s->st, first_pos, n_tokens, kv);
+        if (rc == 0)
+            rc = kvtc_from_float(s->l.dtype, kv, chunk, nf);
+    }
+    free(tok);
+    free(kv);
+    return rc;
+}
+
 int bc_source_chunk(bc_source *s, uint32_t n_tokens, uint32_t first_pos,
                     uint64_t seed, void *chunk)
 {
+    if (s->m)
+        return llama_chunk(s, n_tokens, first_pos, seed, chunk);
     const kvtc_layout *l = &s->l;
     size_t w = s->w, H = l->kv_heads, hd = l->head_dim, lw = H * hd;
     float *z = malloc((size_t)n_tokens * s->rank * sizeof(float));

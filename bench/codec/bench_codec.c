@@ -8,9 +8,11 @@
  * Llama 3.1 8B's 32 layers: 8x8x128). Plans 4x, 16x, 64x; DEFLATE stage at
  * its default level; 256-token chunks that hold no sink tokens (first_pos
  * >= 4), as almost every chunk of a long prompt. Each figure is the median
- * of --runs passes over the same chunks. Data: synthetic rows with a
- * decaying (power-law) spectrum, see bc.h; throughput depends on the
- * spectrum only through the entropy stage. */
+ * of --runs passes over the same chunks. Data: for stories260k, real KV from
+ * the stories260K checkpoint (--model, default $KVTC_SHARED or ../shared
+ * models/stories260K.bin; synthetic if absent); for the larger layouts,
+ * synthetic rows with a decaying (power-law) spectrum, see bc.h. Throughput
+ * depends on the data only through the entropy stage. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -45,7 +47,7 @@ static const struct spec k_specs[] = {
 #define N_SPECS (sizeof k_specs / sizeof k_specs[0])
 
 struct result {
-    const char *layout;
+    const char *layout, *data;
     uint32_t width;
     float target, achieved;
     uint32_t kc, vc;
@@ -147,6 +149,8 @@ static double sq_err(uint32_t dtype, const void *x, const void *y, size_t n,
     return e;
 }
 
+static const char *g_model;
+
 static int bench_layout(const struct spec *sp, int runs, struct result *res,
                         int *n_res)
 {
@@ -160,16 +164,25 @@ static int bench_layout(const struct spec *sp, int runs, struct result *res,
     l.rope_theta = sp->theta;
     l.rope_factor = 1.0f;
     const uint32_t T = CHUNK_TOKENS, nb = sp->bench_chunks;
-    const size_t raw = kvtc_chunk_bytes(&l, T);
     bc_source *src = NULL;
     kvtc_calibrator *cal = NULL;
     kvtc_profile *prof = NULL;
     kvtc_decoder *dec = NULL;
     uint8_t *chunks = NULL, *out = NULL, *cont = NULL;
     size_t *clen = NULL;
-    int rc = bc_source_create(&l, sp->rank, &src);
+    int rc;
+    const char *data = "synthetic";
+    if (!strcmp(sp->name, "stories260k") && g_model) {
+        rc = bc_source_create_llama(g_model, KVTC_DTYPE_BF16, CHUNK_TOKENS, &l, &src);
+        data = "stories260K KV";
+    } else {
+        rc = bc_source_create(&l, sp->rank, &src);
+    }
     if (rc < 0)
-        goto cleanup;
+        return rc;
+    const size_t raw = kvtc_chunk_bytes(&l, T);
+    /* Chunks start past the sinks; a real model's context bounds them. */
+    const int bounded = bc_source_max_pos(src) != UINT32_MAX;
 
     /* Calibrate on chunks at positions the benchmark chunks do not use. */
     kvtc_calib_params cp = { .max_components = sp->max_comp, .seed = 1 };
@@ -184,7 +197,7 @@ static int bench_layout(const struct spec *sp, int runs, struct result *res,
         goto cleanup;
     double t0 = now();
     for (uint32_t c = 0; c < sp->cal_chunks; c++) {
-        uint32_t pos = c * T;
+        uint32_t pos = bounded ? (c % 2) * T : c * T;
         if ((rc = bc_source_chunk(src, T, pos, 1000 + c, chunks)) < 0 ||
             (rc = kvtc_calibrator_add(cal, chunks, T, pos)) < 0)
             goto cleanup;
@@ -193,12 +206,13 @@ static int bench_layout(const struct spec *sp, int runs, struct result *res,
     if (rc < 0)
         goto cleanup;
     double cal_s = now() - t0;
-    fprintf(stderr, "%s: calibrated in %.1f s (%u rows, width %zu)\n", sp->name,
-            cal_s, sp->cal_chunks * T, kvtc_row_width(&l));
+    fprintf(stderr, "%s (%s): calibrated in %.1f s (%u rows, width %zu)\n", sp->name,
+            data, cal_s, sp->cal_chunks * T, kvtc_row_width(&l));
     if ((rc = kvtc_decoder_create(prof, &dec)) < 0)
         goto cleanup;
+#define POS(c) (bounded ? T : 4096 + (c) * T)
     for (uint32_t c = 0; c < nb; c++)
-        if ((rc = bc_source_chunk(src, T, 4096 + c * T, 5000 + c, chunks + c * raw)) < 0)
+        if ((rc = bc_source_chunk(src, T, POS(c), 5000 + c, chunks + c * raw)) < 0)
             goto cleanup;
 
     for (uint32_t p = 0; p < kvtc_profile_plan_count(prof); p++) {
@@ -220,7 +234,7 @@ static int bench_layout(const struct spec *sp, int runs, struct result *res,
         for (int r = -1; r < runs && rc == 0; r++) { /* r = -1 warms up */
             double a = now();
             for (uint32_t c = 0; c < nb && rc == 0; c++) {
-                kvtc_chunk ch = { chunks + c * raw, T, 4096 + c * T, 0 };
+                kvtc_chunk ch = { chunks + c * raw, T, POS(c), 0 };
                 rc = kvtc_encode(enc, &ch, cont + c * bound, bound, &clen[c]);
             }
             double b = now();
@@ -242,6 +256,7 @@ static int bench_layout(const struct spec *sp, int runs, struct result *res,
             total += clen[c];
         struct result *R = &res[(*n_res)++];
         R->layout = sp->name;
+        R->data = data;
         R->width = (uint32_t)kvtc_row_width(&l);
         R->target = pi.target_ratio;
         R->achieved = (float)((double)raw * nb / (double)total);
@@ -305,7 +320,7 @@ static int write_json(const char *path, const struct result *res, int n, int run
                "  \"cpu\": \"%s\",\n  \"online_cpus\": %ld,\n"
                "  \"blas_threads\": %d,\n  \"runs\": %d,\n  \"chunk_tokens\": %d,\n"
                "  \"dtype\": \"bf16\",\n  \"stage\": \"deflate\",\n"
-               "  \"data\": \"synthetic rows: mean + power-law (k^-0.9) latent factors "
+               "  \"synthetic\": \"mean + power-law (k^-0.9) latent factors "
                "+ 1%% noise, keys RoPE-rotated; not real model KV\",\n"
                "  \"mb\": \"1e6 bytes of raw bf16 KV\",\n  \"results\": [\n",
             date, cpu, sysconf(_SC_NPROCESSORS_ONLN), openblas_get_num_threads(),
@@ -313,14 +328,14 @@ static int write_json(const char *path, const struct result *res, int n, int run
     for (int i = 0; i < n; i++) {
         const struct result *R = &res[i];
         fprintf(f,
-                "    {\"layout\": \"%s\", \"row_width\": %u, \"target\": %g, "
+                "    {\"layout\": \"%s\", \"data\": \"%s\", \"row_width\": %u, \"target\": %g, "
                 "\"achieved_ratio\": %.2f, \"key_components\": %u, "
                 "\"value_components\": %u, \"raw_mb_per_pass\": %.3f, "
                 "\"encode_mb_s\": %.2f, \"decode_mb_s\": %.2f, "
                 "\"sgemm_encode_gflop_s\": %.2f, \"sgemm_decode_gflop_s\": %.2f, "
                 "\"encode_over_sgemm\": %.2f, \"decode_over_sgemm\": %.2f, "
                 "\"rel_sq_error\": %.3g, \"calibration_s\": %.2f}%s\n",
-                R->layout, R->width, R->target, R->achieved, R->kc, R->vc, R->raw_mb,
+                R->layout, R->data, R->width, R->target, R->achieved, R->kc, R->vc, R->raw_mb,
                 R->raw_mb / R->enc_s, R->raw_mb / R->dec_s,
                 R->sg_enc_s > 0 ? R->flops / R->sg_enc_s / 1e9 : 0,
                 R->sg_dec_s > 0 ? R->flops / R->sg_dec_s / 1e9 : 0,
@@ -362,13 +377,26 @@ int main(int argc, char **argv)
             layouts = argv[++i];
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc)
             runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--model") && i + 1 < argc)
+            g_model = argv[++i];
         else if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = argv[++i];
         else {
             fprintf(stderr, "usage: %s [--layouts stories260k,smollm2,llama8b-slice]"
-                            " [--runs N] [--json PATH]\n", argv[0]);
+                            " [--runs N] [--model stories260K.bin] [--json PATH]\n",
+                    argv[0]);
             return 2;
         }
+    }
+    static char model_path[4096];
+    if (!g_model) {
+        const char *shared = getenv("KVTC_SHARED");
+        snprintf(model_path, sizeof model_path, "%s/models/stories260K.bin",
+                 shared && *shared ? shared : "../shared");
+        if (access(model_path, R_OK) == 0)
+            g_model = model_path;
+        else
+            fprintf(stderr, "%s absent: stories260k uses synthetic rows\n", model_path);
     }
     if (runs < 1 || runs > MAX_RUNS) {
         fprintf(stderr, "--runs must be 1..%d\n", MAX_RUNS);
