@@ -127,6 +127,22 @@ static void budget_free(void *data, void *ptr)
     free(ptr);
 }
 
+static int unpack_body(const ProtobufCMessageDescriptor *desc,
+                       const void *msg, size_t len, ProtobufCMessage **out)
+{
+    if (!msg || !out)
+        return KVTC_EINVAL;
+    if (len == 0 || len > KVTC_WIRE_MAX_FRAME)
+        return KVTC_EPROTO;
+    struct budget b = {KVTC_WIRE_UNPACK_BUDGET};
+    ProtobufCAllocator a = {budget_alloc, budget_free, &b};
+    ProtobufCMessage *m = protobuf_c_message_unpack(desc, &a, len, msg);
+    if (!m)
+        return KVTC_EPROTO; /* protobuf-c gives no reason */
+    *out = m;
+    return 0;
+}
+
 static int unpack_msg(const ProtobufCMessageDescriptor *desc, const void *buf,
                       size_t len, ProtobufCMessage **out)
 {
@@ -136,14 +152,50 @@ static int unpack_msg(const ProtobufCMessageDescriptor *desc, const void *buf,
     int rc = kvtc_wire_frame_check(buf, len, &body);
     if (rc < 0)
         return rc;
-    struct budget b = {KVTC_WIRE_UNPACK_BUDGET};
-    ProtobufCAllocator a = {budget_alloc, budget_free, &b};
-    ProtobufCMessage *m = protobuf_c_message_unpack(
-        desc, &a, body, (const uint8_t *)buf + KVTC_WIRE_LEN_BYTES);
-    if (!m)
-        return KVTC_EPROTO; /* protobuf-c gives no reason */
-    *out = m;
+    return unpack_body(desc, (const uint8_t *)buf + KVTC_WIRE_LEN_BYTES, body,
+                       out);
+}
+
+int kvtc_wire_am_split(const void *header, size_t header_len, size_t data_len,
+                       size_t *msg_len, int *in_data)
+{
+    if (!header || !msg_len || !in_data)
+        return KVTC_EPROTO;
+    if (header_len == KVTC_WIRE_LEN_BYTES) {
+        const uint8_t *p = header;
+        uint32_t n = (uint32_t)p[0] | (uint32_t)p[1] << 8 |
+                     (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+        if (n == 0 || n > KVTC_WIRE_MAX_FRAME || n > data_len)
+            return KVTC_EPROTO;
+        *msg_len = n;
+        *in_data = 1;
+        return 0;
+    }
+    int rc = kvtc_wire_frame_check(header, header_len, msg_len);
+    if (rc < 0)
+        return KVTC_EPROTO;
+    *in_data = 0;
     return 0;
+}
+
+int kvtc_wire_unpack_request_msg(const void *msg, size_t len,
+                                 Kvtc__Wire__Request **out)
+{
+    ProtobufCMessage *m = NULL;
+    int rc = unpack_body(&kvtc__wire__request__descriptor, msg, len, &m);
+    if (rc == 0)
+        *out = (Kvtc__Wire__Request *)m;
+    return rc;
+}
+
+int kvtc_wire_unpack_reply_msg(const void *msg, size_t len,
+                               Kvtc__Wire__Reply **out)
+{
+    ProtobufCMessage *m = NULL;
+    int rc = unpack_body(&kvtc__wire__reply__descriptor, msg, len, &m);
+    if (rc == 0)
+        *out = (Kvtc__Wire__Reply *)m;
+    return rc;
 }
 
 int kvtc_wire_unpack_request(const void *buf, size_t len,

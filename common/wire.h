@@ -91,6 +91,31 @@ int kvtc_wire_unpack_reply(const void *buf, size_t len,
 void kvtc_wire_request_free(Kvtc__Wire__Request *req);
 void kvtc_wire_reply_free(Kvtc__Wire__Reply *rep);
 
+/* ---- Active messages: where the message lies ---------------------------
+ *
+ * UCX caps an AM header (ucp_worker_query, UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER;
+ * about 8 KiB on tcp and shared memory), far below KVTC_WIRE_MAX_FRAME. So
+ * a frame travels in one of two ways:
+ *   inline:  AM header = the whole frame (4-byte N + N bytes), AM data =
+ *            bulk bytes. Use it when 4 + N <= the worker's max AM header.
+ *   in data: AM header = the 4-byte prefix alone, AM data = the N message
+ *            bytes followed by the bulk bytes.
+ * A header of exactly 4 bytes therefore means "in data" (an empty message
+ * is never valid: id is required). */
+
+/* Classify an incoming AM. On success *msg_len is N and *in_data says
+ * where the message is: 0: header + 4; 1: the first N bytes of the data
+ * (data_len bytes in all, so bulk = data_len - N). Errors: KVTC_EPROTO. */
+int kvtc_wire_am_split(const void *header, size_t header_len, size_t data_len,
+                       size_t *msg_len, int *in_data);
+
+/* Unpack a bare message (no prefix) of len <= KVTC_WIRE_MAX_FRAME bytes:
+ * for the "in data" form. Same errors and freeing as the frame forms. */
+int kvtc_wire_unpack_request_msg(const void *msg, size_t len,
+                                 Kvtc__Wire__Request **out);
+int kvtc_wire_unpack_reply_msg(const void *msg, size_t len,
+                               Kvtc__Wire__Reply **out);
+
 /* ---- Validation helpers ----------------------------------------------- */
 
 /* 1 when a key field holds exactly KVTC_WIRE_KEY_BYTES bytes. */

@@ -223,3 +223,43 @@ Test(wire, helpers)
     /* XXH3-64 of the empty input is a published constant. */
     cr_assert_eq(kvtc_wire_checksum("", 0), 0x2d06800538d394c2ull);
 }
+
+Test(wire, am_split_inline_and_in_data)
+{
+    fill_keys();
+    ProtobufCBinaryData keys[1] = {{32, key_a}};
+    Kvtc__Wire__GetRequest g = KVTC__WIRE__GET_REQUEST__INIT;
+    g.n_keys = 1;
+    g.keys = keys;
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    req.id = 9;
+    req.body_case = KVTC__WIRE__REQUEST__BODY_GET;
+    req.get = &g;
+    uint8_t frame[128];
+    size_t len, n;
+    int in_data = -1;
+    cr_assert_eq(kvtc_wire_pack_request(&req, frame, sizeof frame, &len), 0);
+    /* Inline: the whole frame is the AM header. */
+    cr_assert_eq(kvtc_wire_am_split(frame, len, 0, &n, &in_data), 0);
+    cr_assert_eq(in_data, 0);
+    cr_assert_eq(n, len - 4);
+    /* In data: header = prefix only, message = first n bytes of data. */
+    cr_assert_eq(kvtc_wire_am_split(frame, 4, len - 4 + 100, &n, &in_data),
+                 0);
+    cr_assert_eq(in_data, 1);
+    cr_assert_eq(n, len - 4);
+    Kvtc__Wire__Request *out = NULL;
+    cr_assert_eq(kvtc_wire_unpack_request_msg(frame + 4, n, &out), 0);
+    cr_assert_eq(out->id, 9);
+    kvtc_wire_request_free(out);
+    /* Data shorter than the message it should start with. */
+    cr_assert_eq(kvtc_wire_am_split(frame, 4, n - 1, &n, &in_data),
+                 KVTC_EPROTO);
+    /* Zero-length message, and headers shorter than a prefix. */
+    uint8_t zero[4] = {0};
+    cr_assert_eq(kvtc_wire_am_split(zero, 4, 100, &n, &in_data), KVTC_EPROTO);
+    cr_assert_eq(kvtc_wire_am_split(frame, 3, 100, &n, &in_data),
+                 KVTC_EPROTO);
+    cr_assert_eq(kvtc_wire_unpack_request_msg(frame + 4, 0, &out),
+                 KVTC_EPROTO);
+}
