@@ -1,0 +1,278 @@
+/* calibrate.c - from sample rows of one layout to a profile: means and PCA
+ * bases (covariance by BLAS ssyrk, eigendecomposition by LAPACK ssyevr),
+ * per-option quantization errors on the calibration rows, one
+ * bit-allocation plan per target ratio, bases trimmed to the components
+ * that some plan codes. */
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "plan.h"
+#include "profile.h"
+
+struct kvtc_calibrator {
+    kvtc_layout layout;
+    kvtc_calib_params params;
+    uint32_t width;
+    float *rows[2];      /* reservoir [max_rows][D] per stream */
+    float *scratch[2];   /* one chunk's rows */
+    uint32_t scratch_tokens;
+    uint32_t kept;
+    int finished;        /* finish centres rows in place: once only */
+    uint64_t seen, rng;
+};
+
+static uint64_t next_rand(uint64_t *s)
+{
+    /* splitmix64: deterministic for a given seed, good enough for sampling */
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+int kvtc_calibrator_create(const kvtc_layout *layout, const kvtc_calib_params *params,
+                           kvtc_calibrator **out)
+{
+    int rc = kvtc_layout_check(layout);
+    if (rc)
+        return rc;
+    kvtc_calibrator *cal = calloc(1, sizeof *cal);
+    if (!cal)
+        return KVTC_ENOMEM;
+    cal->layout = *layout;
+    if (params)
+        cal->params = *params;
+    cal->width = (uint32_t)kvtc_row_width(layout);
+    if (cal->params.max_rows == 0) {
+        /* default: up to 512 MiB of rows for both streams */
+        uint64_t fit = (512ull << 20) / (8ull * cal->width);
+        cal->params.max_rows = (uint32_t)(fit > 65536 ? 65536 : fit < 1024 ? 1024 : fit);
+    }
+    if (cal->params.plan_rows == 0)
+        cal->params.plan_rows = 4096;
+    if (cal->params.max_components == 0 || cal->params.max_components > cal->width)
+        cal->params.max_components = cal->width;
+    cal->rng = cal->params.seed ^ 0x6b7674632d63616cull;
+    size_t bytes = (size_t)cal->params.max_rows * cal->width * sizeof(float);
+    for (int s = 0; s < 2; s++) {
+        cal->rows[s] = malloc(bytes);
+        if (!cal->rows[s]) {
+            kvtc_calibrator_free(cal);
+            return KVTC_ENOMEM;
+        }
+    }
+    *out = cal;
+    return 0;
+}
+
+void kvtc_calibrator_free(kvtc_calibrator *cal)
+{
+    if (!cal)
+        return;
+    for (int s = 0; s < 2; s++) {
+        free(cal->rows[s]);
+        free(cal->scratch[s]);
+    }
+    free(cal);
+}
+
+uint64_t kvtc_calibrator_rows(const kvtc_calibrator *cal) { return cal->kept; }
+
+int kvtc_calibrator_add(kvtc_calibrator *cal, const void *chunk, uint32_t n_tokens,
+                        uint32_t first_pos)
+{
+    if (!cal || cal->finished || !chunk || n_tokens == 0 || n_tokens > KVTC_MAX_CHUNK_TOKENS ||
+        (uint64_t)first_pos + n_tokens > UINT32_MAX)
+        return KVTC_EINVAL;
+    uint32_t sinks = kvtc__sink_tokens(first_pos, n_tokens), n = n_tokens - sinks;
+    if (n == 0)
+        return 0;
+    if (n_tokens > cal->scratch_tokens) {
+        for (int s = 0; s < 2; s++) {
+            free(cal->scratch[s]);
+            cal->scratch[s] = malloc((size_t)n_tokens * cal->width * sizeof(float));
+            if (!cal->scratch[s]) {
+                cal->scratch_tokens = 0;
+                return KVTC_ENOMEM;
+            }
+        }
+        cal->scratch_tokens = n_tokens;
+    }
+    for (int s = 0; s < 2; s++) {
+        int rc = kvtc__chunk_to_rows(&cal->layout, chunk, n_tokens, first_pos, sinks, n, s,
+                                     cal->scratch[s]);
+        if (rc)
+            return rc;
+    }
+    size_t rb = (size_t)cal->width * sizeof(float);
+    for (uint32_t i = 0; i < n; i++, cal->seen++) {
+        uint64_t slot = cal->kept < cal->params.max_rows ? cal->kept++
+                                                         : next_rand(&cal->rng) % (cal->seen + 1);
+        if (slot >= cal->params.max_rows)
+            continue;
+        for (int s = 0; s < 2; s++)
+            memcpy(cal->rows[s] + slot * cal->width, cal->scratch[s] + (size_t)i * cal->width, rb);
+    }
+    return 0;
+}
+
+/* Mean-centre rows in place; PCA basis (descending variance) of the top k
+ * components into basis[D][k]; variance of every component into var[D]. */
+static int pca(float *rows, uint32_t n, uint32_t D, uint32_t k, float *mean, float *basis,
+               double *var_total, double *var_kept)
+{
+    int rc = KVTC_ENOMEM;
+    float *cov = malloc((size_t)D * D * sizeof(float));
+    float *w = malloc((size_t)D * sizeof(float));
+    float *z = malloc((size_t)D * k * sizeof(float));
+    lapack_int *isuppz = malloc(2 * (size_t)D * sizeof(lapack_int));
+    if (!cov || !w || !z || !isuppz)
+        goto out;
+    for (uint32_t j = 0; j < D; j++)
+        mean[j] = 0;
+    for (uint32_t r = 0; r < n; r++)
+        for (uint32_t j = 0; j < D; j++)
+            mean[j] += rows[(size_t)r * D + j];
+    for (uint32_t j = 0; j < D; j++)
+        mean[j] /= (float)n;
+    for (uint32_t r = 0; r < n; r++)
+        for (uint32_t j = 0; j < D; j++)
+            rows[(size_t)r * D + j] -= mean[j];
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)D, (int)n, 1.0f / (float)n, rows,
+                (int)D, 0.0f, cov, (int)D);
+    *var_total = 0;
+    for (uint32_t j = 0; j < D; j++)
+        *var_total += cov[(size_t)j * D + j];
+    lapack_int m = 0;
+    lapack_int info = LAPACKE_ssyevr(LAPACK_ROW_MAJOR, 'V', k == D ? 'A' : 'I', 'U', (lapack_int)D,
+                                     cov, (lapack_int)D, 0, 0, (lapack_int)(D - k + 1),
+                                     (lapack_int)D, 0.0f, &m, w, z, (lapack_int)k, isuppz);
+    rc = KVTC_ENUMERICAL;
+    if (info != 0 || m != (lapack_int)k)
+        goto out;
+    /* LAPACK returns ascending eigenvalues: reverse into descending order. */
+    *var_kept = 0;
+    for (uint32_t c = 0; c < k; c++) {
+        uint32_t src = k - 1 - c;
+        *var_kept += w[src] > 0 ? w[src] : 0;
+        for (uint32_t d = 0; d < D; d++)
+            basis[(size_t)d * k + c] = z[(size_t)d * k + src];
+    }
+    rc = 0;
+out:
+    free(cov);
+    free(w);
+    free(z);
+    free(isuppz);
+    return rc;
+}
+
+/* Errors of every planner option on coefficients coef[n][k]. */
+static int measure_errors(const float *coef, uint32_t n, uint32_t k, int s,
+                          struct kvtc__plan_errors *pe)
+{
+    uint8_t codes[KVTC__MAX_GROUP];
+    uint16_t sh, sc;
+    pe->drop[s] = calloc(k, sizeof(double));
+    if (!pe->drop[s])
+        return KVTC_ENOMEM;
+    for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++)
+        for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++) {
+            uint32_t size = kvtc__group_sizes[si];
+            pe->group[s][si][t] = calloc((k + size - 1) / size, sizeof(double));
+            if (!pe->group[s][si][t])
+                return KVTC_ENOMEM;
+        }
+    for (uint32_t r = 0; r < n; r++) {
+        const float *x = coef + (size_t)r * k;
+        for (uint32_t j = 0; j < k; j++)
+            pe->drop[s][j] += (double)x[j] * x[j];
+        for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++) {
+            uint32_t size = kvtc__group_sizes[si];
+            for (uint32_t g = 0; g * size < k; g++) {
+                uint32_t len = k - g * size < size ? k - g * size : size;
+                for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++)
+                    pe->group[s][si][t][g] +=
+                        kvtc__quantize_group(t, x + g * size, len, &sh, &sc, codes);
+            }
+        }
+    }
+    for (uint32_t j = 0; j < k; j++)
+        pe->drop[s][j] /= n;
+    for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++)
+        for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++)
+            for (uint32_t g = 0; g * kvtc__group_sizes[si] < k; g++)
+                pe->group[s][si][t][g] /= n;
+    return 0;
+}
+
+static void free_errors(struct kvtc__plan_errors *pe)
+{
+    for (int s = 0; s < 2; s++) {
+        free(pe->drop[s]);
+        for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++)
+            for (uint32_t t = 0; t < KVTC__N_QTYPES; t++)
+                free(pe->group[s][si][t]);
+    }
+}
+
+int kvtc_calibrator_finish(kvtc_calibrator *cal, const float *target_ratios, uint32_t n_targets,
+                           kvtc_profile **out)
+{
+    if (!cal || !target_ratios || n_targets == 0 || n_targets > KVTC_MAX_PLANS || !out)
+        return KVTC_EINVAL;
+    for (uint32_t i = 0; i < n_targets; i++)
+        if (!isfinite(target_ratios[i]) || target_ratios[i] < 1.0f || target_ratios[i] > 4096.0f)
+            return KVTC_EINVAL;
+    if (cal->kept < 2 || cal->finished)
+        return KVTC_EINVAL;
+    cal->finished = 1;
+    const uint32_t D = cal->width, n = cal->kept, k = cal->params.max_components;
+    const uint32_t np = n < cal->params.plan_rows ? n : cal->params.plan_rows;
+    struct kvtc__plan_errors pe = {.width = D, .ncomp = {k, k}};
+    struct kvtc__plan plans[KVTC_MAX_PLANS] = {0};
+    float *mean[2] = {0}, *basis[2] = {0}, *coef = NULL;
+    int rc = KVTC_ENOMEM;
+    coef = malloc((size_t)np * k * sizeof(float));
+    if (!coef)
+        goto out;
+    for (int s = 0; s < 2; s++) {
+        mean[s] = malloc((size_t)D * sizeof(float));
+        basis[s] = malloc((size_t)D * k * sizeof(float));
+        if (!mean[s] || !basis[s])
+            goto out;
+        double var_total, var_kept;
+        rc = pca(cal->rows[s], n, D, k, mean[s], basis[s], &var_total, &var_kept);
+        if (rc)
+            goto out;
+        pe.tail[s] = var_total > var_kept ? var_total - var_kept : 0;
+        /* Coefficients of the planning rows (reservoir order is random). */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)np, (int)k, (int)D, 1.0f,
+                    cal->rows[s], (int)D, basis[s], (int)k, 0.0f, coef, (int)k);
+        rc = measure_errors(coef, np, k, s, &pe);
+        if (rc)
+            goto out;
+    }
+    for (uint32_t i = 0; i < n_targets; i++) {
+        double budget = 2.0 * D * 16.0 / target_ratios[i];
+        rc = kvtc__plan_solve(&pe, budget, &plans[i]);
+        if (rc)
+            goto out;
+        plans[i].info.target_ratio = target_ratios[i];
+    }
+    rc = kvtc__profile_build(&cal->layout, D, k, mean, basis, plans, n_targets, out);
+out:
+    for (uint32_t i = 0; i < n_targets; i++)
+        free(plans[i].groups);
+    for (int s = 0; s < 2; s++) {
+        free(mean[s]);
+        free(basis[s]);
+    }
+    free(coef);
+    free_errors(&pe);
+    return rc;
+}

@@ -1,0 +1,70 @@
+/* rows.c - between a canonical chunk [layer][k|v][token][kv_head][head_dim]
+ * and the codec's rows: one row per token, the concatenation of that
+ * token's vectors across all layers and heads (keys with RoPE undone). */
+#include <math.h>
+
+#include "internal.h"
+#include "rope.h"
+
+static size_t slab_offset(const kvtc_layout *l, uint32_t layer, int stream,
+                          uint32_t n_tokens, uint32_t t)
+{
+    size_t hd = (size_t)l->kv_heads * l->head_dim;
+    return (((size_t)layer * 2 + (size_t)stream) * n_tokens + t) * hd;
+}
+
+int kvtc__chunk_to_rows(const kvtc_layout *l, const void *chunk, uint32_t n_tokens,
+                        uint32_t first_pos, uint32_t t0, uint32_t n, int stream,
+                        float *rows)
+{
+    size_t hd = (size_t)l->kv_heads * l->head_dim, D = hd * l->layers;
+    size_t es = kvtc_dtype_size(l->dtype);
+    int rope = stream == 0 && l->rope_style != KVTC_ROPE_NONE;
+    double inv_freq[KVTC_MAX_HEAD_DIM / 2];
+    float cs[KVTC_MAX_HEAD_DIM / 2], sn[KVTC_MAX_HEAD_DIM / 2];
+    if (rope)
+        kvtc__rope_inv_freq(l, inv_freq);
+    for (uint32_t i = 0; i < n; i++) {
+        float *row = rows + (size_t)i * D;
+        for (uint32_t layer = 0; layer < l->layers; layer++) {
+            const char *src = (const char *)chunk +
+                              slab_offset(l, layer, stream, n_tokens, t0 + i) * es;
+            kvtc_to_float(l->dtype, src, row + layer * hd, hd);
+        }
+        for (size_t j = 0; j < D; j++)
+            if (!isfinite(row[j]))
+                return KVTC_EINVAL; /* NaN/inf KV cannot be coded faithfully */
+        if (rope) {
+            kvtc__rope_angles(l, inv_freq, first_pos + t0 + i, cs, sn);
+            for (size_t v = 0; v < D; v += l->head_dim)
+                kvtc__rope_rotate(l, row + v, cs, sn, 1);
+        }
+    }
+    return 0;
+}
+
+int kvtc__rows_to_chunk(const kvtc_layout *l, float *rows, uint32_t n_tokens,
+                        uint32_t first_pos, uint32_t t0, uint32_t n, int stream,
+                        void *chunk)
+{
+    size_t hd = (size_t)l->kv_heads * l->head_dim, D = hd * l->layers;
+    size_t es = kvtc_dtype_size(l->dtype);
+    int rope = stream == 0 && l->rope_style != KVTC_ROPE_NONE;
+    double inv_freq[KVTC_MAX_HEAD_DIM / 2];
+    float cs[KVTC_MAX_HEAD_DIM / 2], sn[KVTC_MAX_HEAD_DIM / 2];
+    if (rope)
+        kvtc__rope_inv_freq(l, inv_freq);
+    for (uint32_t i = 0; i < n; i++) {
+        float *row = rows + (size_t)i * D;
+        if (rope) {
+            kvtc__rope_angles(l, inv_freq, first_pos + t0 + i, cs, sn);
+            for (size_t v = 0; v < D; v += l->head_dim)
+                kvtc__rope_rotate(l, row + v, cs, sn, 0);
+        }
+        for (uint32_t layer = 0; layer < l->layers; layer++) {
+            char *dst = (char *)chunk + slab_offset(l, layer, stream, n_tokens, t0 + i) * es;
+            kvtc_from_float(l->dtype, row + layer * hd, dst, hd);
+        }
+    }
+    return 0;
+}
