@@ -1,14 +1,24 @@
 # bench/transport: kvtcd vs ucx_perftest vs Redis on loopback.
 #   make bench-transport   build, run bench/transport/run.py, write bench/results/transport.json
-BT_SRCS := bench/transport/bench_transport.c bench/transport/bt_util.c \
-           bench/transport/bt_redis.c bench/transport/bt_kvtc.c
+BT_SRCS := bench/transport/bench_transport.c bench/transport/bt_util.c bench/transport/bt_redis.c
+ifdef CLIENT_A
+BT_SRCS += bench/transport/bt_kvtc.c
+BT_LIBS := $(CLIENT_A) $(CODEC_A)
+BT_LDLIBS := $(CLIENT_LDLIBS)
+else
+BT_SRCS += bench/transport/bt_kvtc_none.c
+BT_LIBS := $(CODEC_A)
+BT_LDLIBS :=
+endif
 BT_OBJS := $(BT_SRCS:%.c=$(OBJ)/%.o)
 BT_BIN  := $(BINDIR)/kvtc_bench_transport
 BENCHES += $(BT_BIN)
 
-$(BT_BIN): $(BT_OBJS) $(CODEC_A)
+$(BT_OBJS): | $(WIRE_GEN_H)
+
+$(BT_BIN): $(BT_OBJS) $(BT_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $(BT_OBJS) $(CODEC_A) -lhiredis
+	$(CC) $(LDFLAGS) -o $@ $(BT_OBJS) $(BT_LIBS) $(BT_LDLIBS) -lhiredis $(CODEC_LDLIBS)
 
 .PHONY: bench-transport
 bench-transport: $(BT_BIN) $(BINS)

@@ -1,0 +1,368 @@
+/* Daemon process, connection and HTTP helpers of the integration tests. */
+#include "itest.h"
+
+#include "test_util.h"
+
+#include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Sanitizer builds start slowly; a healthy daemon is up in well under this. */
+#define START_TIMEOUT_MS 20000
+#define STOP_TIMEOUT_MS 15000
+
+static long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+void itest_setup(const char *tls)
+{
+    const char *bin = kvtc_test_build_path("bin/kvtcd");
+    if (access(bin, X_OK) != 0)
+        cr_skip_test("kvtcd not built (%s missing): integration tests skipped", bin);
+    setenv("UCX_NET_DEVICES", "lo", 1);
+    setenv("UCX_TCP_CM_REUSEADDR", "y", 1);
+    setenv("UCX_WARN_UNUSED_ENV_VARS", "n", 1);
+    setenv("UCX_TLS", tls, 1);
+}
+
+/* The port file is "ucx_port admin_port"; accept it once it parses and has
+ * stopped changing, so a half-written file is never read. */
+static int read_ports(const char *path, int *port, int *admin)
+{
+    char a[64] = {0}, b[64] = {0};
+    size_t len;
+    char *s = kvtc_test_read_file(path, &len);
+    if (!s)
+        return -1;
+    snprintf(a, sizeof a, "%.*s", (int)len, s);
+    free(s);
+    sleep_ms(20);
+    s = kvtc_test_read_file(path, &len);
+    if (!s)
+        return -1;
+    snprintf(b, sizeof b, "%.*s", (int)len, s);
+    free(s);
+    if (strcmp(a, b) || sscanf(a, "%d %d", port, admin) != 2 || *port <= 0 || *admin <= 0)
+        return -1;
+    return 0;
+}
+
+const char *itest_log_tail(const struct itest_daemon *d)
+{
+    static char tail[4096];
+    size_t len = 0;
+    char *s = kvtc_test_read_file(d->log, &len);
+    tail[0] = '\0';
+    if (s) {
+        size_t from = len > sizeof tail - 1 ? len - (sizeof tail - 1) : 0;
+        memcpy(tail, s + from, len - from);
+        tail[len - from] = '\0';
+        free(s);
+    }
+    return tail;
+}
+
+void itest_daemon_start(struct itest_daemon *d, const char *host_mem, int port,
+                        const char *const *extra)
+{
+    char pf[128], data[128], listen[64];
+    const char *bin = kvtc_test_build_path("bin/kvtcd");
+    memset(d, 0, sizeof *d);
+    strcpy(d->dir, "/tmp/kvtc-it-XXXXXX");
+    cr_assert_not_null(mkdtemp(d->dir), "mkdtemp: %s", strerror(errno));
+    snprintf(pf, sizeof pf, "%s/ports", d->dir);
+    snprintf(data, sizeof data, "%s/data", d->dir);
+    snprintf(d->log, sizeof d->log, "%s/kvtcd.log", d->dir);
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    mkdir(data, 0700);
+
+    const char *argv[32] = {bin, "--listen", listen, "--admin", "127.0.0.1:0", "--host-mem",
+                            host_mem, "--data-dir", data, "--port-file", pf};
+    int argc = 11;
+    for (int i = 0; extra && extra[i] && argc < 31; i++)
+        argv[argc++] = extra[i];
+    argv[argc] = NULL;
+
+    pid_t parent = getpid();
+    d->pid = fork();
+    cr_assert_geq(d->pid, 0, "fork: %s", strerror(errno));
+    if (d->pid == 0) {
+        /* Die with the test process, whatever ends it. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    long end = now_ms() + START_TIMEOUT_MS;
+    while (now_ms() < end) {
+        int st;
+        if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
+            d->pid = 0;
+            cr_assert_fail("kvtcd exited at start (status %d):\n%s", st, itest_log_tail(d));
+        }
+        if (read_ports(pf, &d->port, &d->admin_port) == 0)
+            break;
+        sleep_ms(20);
+    }
+    cr_assert_gt(d->port, 0, "kvtcd wrote no port file in %d ms:\n%s", START_TIMEOUT_MS,
+                 itest_log_tail(d));
+    if (port)
+        cr_assert_eq(d->port, port, "kvtcd listens on %d, asked %d", d->port, port);
+    snprintf(d->addr, sizeof d->addr, "127.0.0.1:%d", d->port);
+}
+
+int itest_daemon_alive(struct itest_daemon *d)
+{
+    int st;
+    if (d->pid <= 0)
+        return 0;
+    return waitpid(d->pid, &st, WNOHANG) == 0;
+}
+
+int itest_daemon_signal_wait(struct itest_daemon *d, int sig, int timeout_ms)
+{
+    int st = -1;
+    if (d->pid <= 0)
+        return -1;
+    kill(d->pid, sig);
+    long end = now_ms() + timeout_ms;
+    for (;;) {
+        pid_t r = waitpid(d->pid, &st, WNOHANG);
+        if (r == d->pid)
+            break;
+        if (r < 0 || now_ms() > end) {
+            kill(d->pid, SIGKILL);
+            waitpid(d->pid, &st, 0);
+            st = -1;
+            break;
+        }
+        sleep_ms(10);
+    }
+    d->pid = 0;
+    return st;
+}
+
+static void rm_tree(const char *dir)
+{
+    char cmd[256];
+    /* The dir is ours (mkdtemp under /tmp): a fixed pattern, nothing else. */
+    if (strncmp(dir, "/tmp/kvtc-it-", 13) == 0 && !strchr(dir, '\'')) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "itest: could not remove %s\n", dir);
+    }
+}
+
+void itest_daemon_stop(struct itest_daemon *d)
+{
+    if (d->pid <= 0) {
+        /* Already reaped by the test: only the temp dir is left. */
+        rm_tree(d->dir);
+        return;
+    }
+    int st = itest_daemon_signal_wait(d, SIGTERM, STOP_TIMEOUT_MS);
+    const char *tail = itest_log_tail(d);
+    cr_expect(st != -1, "kvtcd did not exit within %d ms of SIGTERM:\n%s", STOP_TIMEOUT_MS, tail);
+    cr_expect(st == -1 || (WIFEXITED(st) && WEXITSTATUS(st) == 0),
+              "kvtcd exit status %d (signal %d) after SIGTERM, want 0:\n%s",
+              WIFEXITED(st) ? WEXITSTATUS(st) : -1, WIFSIGNALED(st) ? WTERMSIG(st) : 0, tail);
+    cr_expect(!strstr(tail, "LeakSanitizer") && !strstr(tail, "AddressSanitizer") &&
+                  !strstr(tail, "runtime error:"),
+              "kvtcd sanitizer report:\n%s", tail);
+    rm_tree(d->dir);
+}
+
+kvtc_conn *itest_connect(const struct itest_daemon *d)
+{
+    kvtc_conn *c = NULL;
+    kvtc_conn_params p = {0};
+    p.field_mask = KVTC_CONN_PARAM_FIELD_CONNECT_TIMEOUT | KVTC_CONN_PARAM_FIELD_OP_TIMEOUT;
+    p.connect_timeout_ms = 10000;
+    p.op_timeout_ms = 30000;
+    int rc = kvtc_connect(d->addr, &p, &c);
+    cr_assert_eq(rc, 0, "kvtc_connect %s: %s", d->addr, kvtc_strerror(rc));
+    return c;
+}
+
+kvtc_stats itest_stats(kvtc_conn *c)
+{
+    kvtc_stats s = {0};
+    int rc = kvtc_stats_get(c, NULL, &s);
+    cr_assert_eq(rc, 0, "kvtc_stats_get: %s (%s)", kvtc_strerror(rc), kvtc_last_error(c));
+    return s;
+}
+
+int itest_wait_stats(kvtc_conn *c, int (*pred)(const kvtc_stats *, void *), void *arg,
+                     int timeout_ms)
+{
+    long end = now_ms() + timeout_ms;
+    for (;;) {
+        kvtc_stats s = itest_stats(c);
+        if (pred(&s, arg))
+            return 1;
+        if (now_ms() > end)
+            return 0;
+        sleep_ms(50);
+    }
+}
+
+static uint64_t mix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+kvtc_key itest_key(uint32_t space, uint32_t i)
+{
+    kvtc_key k;
+    uint64_t s = ((uint64_t)space << 32) | i;
+    for (int w = 0; w < 4; w++) {
+        uint64_t v = mix(&s);
+        memcpy(k.bytes + 8 * w, &v, 8);
+    }
+    return k;
+}
+
+void itest_fill(void *buf, size_t len, uint64_t seed)
+{
+    uint8_t *p = buf;
+    uint64_t s = seed, v;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        v = mix(&s);
+        memcpy(p + i, &v, 8);
+    }
+    v = mix(&s);
+    memcpy(p + i, &v, len - i);
+}
+
+int itest_check(const void *buf, size_t len, uint64_t seed)
+{
+    const uint8_t *p = buf;
+    uint64_t s = seed, v;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        v = mix(&s);
+        if (memcmp(p + i, &v, 8))
+            return 0;
+    }
+    v = mix(&s);
+    return memcmp(p + i, &v, len - i) == 0;
+}
+
+int itest_http_get(int port, const char *path, char **body)
+{
+    *body = NULL;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    char req[512];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", path);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap + 1);
+    int code = -1;
+    if (!buf || connect(fd, (struct sockaddr *)&sa, sizeof sa) || write(fd, req, (size_t)n) != n)
+        goto out;
+    for (;;) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (poll(&pfd, 1, 10000) <= 0)
+            break;
+        if (len == cap) {
+            char *nb = realloc(buf, 2 * cap + 1);
+            if (!nb)
+                goto out;
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, buf + len, cap - len);
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+    }
+    buf[len] = '\0';
+    if (sscanf(buf, "HTTP/1.%*d %d", &code) != 1)
+        code = -1;
+    char *b = strstr(buf, "\r\n\r\n");
+    *body = strdup(b ? b + 4 : "");
+out:
+    free(buf);
+    close(fd);
+    return code;
+}
+
+static char *slurp_fd(int fd)
+{
+    size_t cap = 4096, len = 0;
+    char *s = malloc(cap);
+    ssize_t r;
+    if (!s)
+        return NULL;
+    lseek(fd, 0, SEEK_SET);
+    while ((r = read(fd, s + len, cap - len - 1)) > 0) {
+        len += (size_t)r;
+        if (len + 1 == cap) {
+            char *ns = realloc(s, cap * 2);
+            if (!ns)
+                break;
+            s = ns;
+            cap *= 2;
+        }
+    }
+    s[len] = '\0';
+    return s;
+}
+
+int itest_run(char *const argv[], char **out, char **err)
+{
+    FILE *fo = tmpfile(), *fe = tmpfile();
+    int st = -1;
+    cr_assert(fo && fe, "tmpfile: %s", strerror(errno));
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(fileno(fo), 1);
+        dup2(fileno(fe), 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    waitpid(pid, &st, 0);
+    *out = slurp_fd(fileno(fo));
+    *err = slurp_fd(fileno(fe));
+    fclose(fo);
+    fclose(fe);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}

@@ -1,0 +1,99 @@
+/* itest.h - helpers for the integration tests: a real kvtcd child process,
+ * libkvtc connections to it, the admin HTTP port, and a raw UCX endpoint
+ * that sends hand-made frames.
+ *
+ * Criterion forks one process per test and runs two at once, so every test
+ * starts its own daemon on its own port (port 0, read back from the port
+ * file). A daemon dies with its test process (PR_SET_PDEATHSIG) even when an
+ * assertion ends the test early. */
+#ifndef KVTC_ITEST_H
+#define KVTC_ITEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "kvtc.h"
+
+/* Transport sets the tests run over (UCX_TLS). */
+#define ITEST_TLS_SM "tcp,sm,self"
+#define ITEST_TLS_TCP "tcp"
+
+struct itest_daemon {
+    pid_t pid;
+    int port;        /* UCX listener */
+    int admin_port;  /* HTTP /metrics, /healthz */
+    char dir[64];    /* temp dir: port file, log, data dir */
+    char addr[64];   /* "127.0.0.1:PORT" */
+    char log[128];
+};
+
+/* Skip the current test (cr_skip_test) with a clear message when
+ * build/bin/kvtcd is missing. Also sets the UCX environment that every
+ * test shares (loopback device, port reuse) and UCX_TLS to tls. */
+void itest_setup(const char *tls);
+
+/* Start kvtcd listening on 127.0.0.1:port (0: any) with --host-mem
+ * host_mem; extra (NULL-terminated, may be NULL) adds arguments. Fails the
+ * test when the daemon does not come up within the time limit. */
+void itest_daemon_start(struct itest_daemon *d, const char *host_mem, int port,
+                        const char *const *extra);
+
+/* Send sig and wait for the exit; returns the raw wait status (-1 when it
+ * had to be killed after a timeout). Asserts nothing. */
+int itest_daemon_signal_wait(struct itest_daemon *d, int sig, int timeout_ms);
+
+/* SIGTERM, assert exit status 0 and a log free of sanitizer reports, and
+ * remove the temp dir. */
+void itest_daemon_stop(struct itest_daemon *d);
+
+/* 1 while the daemon process is alive. */
+int itest_daemon_alive(struct itest_daemon *d);
+
+/* Connect with libkvtc (asserting success). */
+kvtc_conn *itest_connect(const struct itest_daemon *d);
+
+/* Stats through libkvtc (asserting success). */
+kvtc_stats itest_stats(kvtc_conn *c);
+
+/* Poll stats until pred(stats, arg) holds or timeout_ms passes; returns 1
+ * when it held. */
+int itest_wait_stats(kvtc_conn *c, int (*pred)(const kvtc_stats *, void *),
+                     void *arg, int timeout_ms);
+
+/* Deterministic key i of a test-local key space. */
+kvtc_key itest_key(uint32_t space, uint32_t i);
+
+/* Fill / check buffers whose bytes depend on seed (a wrong or shifted
+ * chunk fails the check). */
+void itest_fill(void *buf, size_t len, uint64_t seed);
+int itest_check(const void *buf, size_t len, uint64_t seed);
+
+/* HTTP GET of path on the admin port. Returns the status code (or -1) and
+ * the body in *body (malloc'd, NUL-terminated; caller frees). */
+int itest_http_get(int port, const char *path, char **body);
+
+/* Run argv (argv[0] a path) with stdout and stderr captured into malloc'd
+ * strings; returns the exit status (-1 on a signal). */
+int itest_run(char *const argv[], char **out, char **err);
+
+/* Tail of the daemon log (static buffer), for failure messages. */
+const char *itest_log_tail(const struct itest_daemon *d);
+
+/* ---- Raw UCX endpoint: hand-made frames ----------------------------- */
+
+struct itest_raw;
+
+/* Connect a bare UCP endpoint (AM, client/server) to the daemon. */
+struct itest_raw *itest_raw_open(const struct itest_daemon *d);
+/* Send AM id am_id with the given header and payload, flagged for reply. */
+int itest_raw_send(struct itest_raw *r, unsigned am_id, const void *hdr, size_t hlen,
+                   const void *data, size_t dlen);
+/* Wait for the next reply frame; returns its header bytes (malloc'd) or NULL
+ * on timeout. */
+void *itest_raw_wait_reply(struct itest_raw *r, int timeout_ms, size_t *len);
+/* Largest AM header the local worker can send. */
+size_t itest_raw_max_header(struct itest_raw *r);
+void itest_raw_close(struct itest_raw *r);
+
+#endif
