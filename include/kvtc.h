@@ -190,7 +190,9 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
 void kvtc_disconnect(kvtc_conn *conn);
 
 /* Message of the latest failed operation on conn: the daemon's reason or a
- * local one; "" when none. Owned by conn, valid until the next call on it. */
+ * local one; "" when none. Owned by conn, valid until the next call on it.
+ * kvtc_last_error(NULL) is why the calling thread's latest kvtc_connect
+ * failed (thread-local storage). */
 const char *kvtc_last_error(const kvtc_conn *conn);
 
 /* What the daemon announced in its hello reply, and how device buffers are

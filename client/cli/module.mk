@@ -1,8 +1,9 @@
 # client/cli: the `kvtc` command-line tool -> build/bin/kvtc
 CLI_SRCS := $(wildcard client/cli/*.c)
 CLI_OBJS := $(CLI_SRCS:%.c=$(OBJ)/%.o)
-CLI_LIBS := $(CODEC_A)
-CLI_LDLIBS := $(CODEC_LDLIBS)
+# libkvtc (which carries the wire framing) before the codec library it uses.
+CLI_LIBS := $(CLIENT_A) $(CODEC_A)
+CLI_LDLIBS := $(CLIENT_LDLIBS) $(CODEC_LDLIBS)
 BINS += $(BINDIR)/kvtc
 
 $(BINDIR)/kvtc: $(CLI_OBJS) $(CLI_LIBS)

@@ -1,0 +1,793 @@
+/* Connections: UCX setup, the reply handler, progress, waiting, failure.
+ * Every UCX object of a connection is its own (context, worker, endpoint),
+ * so distinct connections never share state and need no locks. */
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "internal.h"
+
+#define DEFAULT_PORT "7700"
+#define DEFAULT_CONNECT_TIMEOUT_MS 5000u
+#define DEFAULT_OP_TIMEOUT_MS 60000u
+/* A burst of events must not keep one progress call forever. */
+#define PROGRESS_BUDGET 1024
+/* Longest sleep of a blocking wait between deadline checks. */
+#define POLL_SLICE_MS 100
+/* How long disconnect waits for a graceful close before forcing it. */
+#define CLOSE_GRACE_MS 2000u
+
+static void close_ep(kvtc_conn *c, int force);
+
+void kvtc__set_error(kvtc_conn *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->last_error, sizeof c->last_error, fmt, ap);
+    va_end(ap);
+}
+
+uint64_t kvtc__now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t deadline_after(uint32_t ms)
+{
+    return ms ? kvtc__now_ns() + (uint64_t)ms * 1000000ull : 0;
+}
+
+/* Why the calling thread's latest kvtc_connect failed: there is no
+ * connection to hold it. */
+static _Thread_local char connect_error[256];
+
+const char *kvtc_last_error(const kvtc_conn *c)
+{
+    return c ? c->last_error : connect_error;
+}
+
+int kvtc_server_info_get(const kvtc_conn *c, kvtc_server_info *out)
+{
+    if (!c || !out)
+        return KVTC_EINVAL;
+    *out = c->info;
+    return 0;
+}
+
+/* ---- Operations' life cycle -------------------------------------------- */
+
+struct kvtc__op *kvtc__op_new(kvtc_conn *c, enum kvtc__op_kind kind,
+                              const kvtc_op_params *p)
+{
+    struct kvtc__op *op = calloc(1, sizeof *op);
+    if (!op)
+        return NULL;
+    op->conn = c;
+    op->kind = kind;
+    uint32_t ms = c->op_timeout_ms;
+    if (p && (p->field_mask & KVTC_OP_PARAM_FIELD_TIMEOUT))
+        ms = p->timeout_ms;
+    op->deadline_ns = deadline_after(ms);
+    if (p && (p->field_mask & KVTC_OP_PARAM_FIELD_CALLBACK)) {
+        op->cb = p->cb;
+        op->arg = p->arg;
+    }
+    return op;
+}
+
+void kvtc__op_free(struct kvtc__op *op)
+{
+    if (!op)
+        return;
+    free(op->frame);
+    free(op->iov);
+    free(op->hdr_iov);
+    free(op->dests);
+    free(op->scratch);
+    kvtc__pinned_free(op->staging);
+    free(op);
+}
+
+static void unlink_inflight(struct kvtc__op *op)
+{
+    kvtc_conn *c = op->conn;
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        c->inflight = op->next;
+    if (op->next)
+        op->next->prev = op->prev;
+    op->next = op->prev = NULL;
+    c->n_inflight--;
+}
+
+void kvtc__op_maybe_done(struct kvtc__op *op)
+{
+    if (op->send_pending || op->reply_pending || op->recv_pending)
+        return;
+    kvtc_conn *c = op->conn;
+    unlink_inflight(op);
+    /* Callbacks run later from kvtc_progress, outside UCX callbacks, so
+     * they may submit new operations. */
+    if (c->done_tail)
+        c->done_tail->next = op;
+    else
+        c->done_head = op;
+    c->done_tail = op;
+}
+
+static void send_cb(void *request, ucs_status_t status, void *user_data)
+{
+    struct kvtc__op *op = user_data;
+    op->send_pending = 0;
+    if (status != UCS_OK && !op->status) {
+        op->status = KVTC_ECONN;
+        kvtc__set_error(op->conn, "send failed: %s", ucs_status_string(status));
+    }
+    ucp_request_free(request);
+    kvtc__op_maybe_done(op);
+}
+
+int kvtc__op_pack(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req)
+{
+    op->id = ++c->next_id;
+    req->id = op->id;
+    int rc = kvtc_wire_pack_request_alloc(req, &op->frame, &op->frame_len);
+    if (rc == KVTC_EINVAL)
+        kvtc__set_error(c, "request too large for one frame; split the batch");
+    return rc;
+}
+
+int kvtc__op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
+                    size_t count, ucp_datatype_t dt, int payload_cuda)
+{
+    if (c->failed) {
+        kvtc__set_error(c, "connection failed earlier");
+        return c->failed;
+    }
+    op->send_pending = 1;
+    op->reply_pending = 1;
+    op->next = c->inflight;
+    if (c->inflight)
+        c->inflight->prev = op;
+    c->inflight = op;
+    c->n_inflight++;
+
+    ucp_request_param_t prm = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                        UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_DATATYPE,
+        .cb.send = send_cb,
+        .user_data = op,
+        .flags = UCP_AM_SEND_FLAG_REPLY,
+        .datatype = dt,
+    };
+    if (payload_cuda) {
+        prm.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+        prm.memory_type = UCS_MEMORY_TYPE_CUDA;
+    }
+    const void *hdr = op->frame;
+    size_t hdr_len = op->frame_len;
+    if (op->frame_len > c->max_am_header) {
+        /* Too big for an AM header: the 4-byte prefix alone is the header
+         * and the message leads the data (docs/protocol.md, big frames). */
+        size_t nb = (dt == ucp_dt_make_iov()) ? count : (count ? 1 : 0);
+        ucp_dt_iov_t *iov = calloc(nb + 1, sizeof *iov);
+        if (!iov) {
+            unlink_inflight(op);
+            return KVTC_ENOMEM;
+        }
+        iov[0].buffer = (char *)op->frame + KVTC_WIRE_LEN_BYTES;
+        iov[0].length = op->frame_len - KVTC_WIRE_LEN_BYTES;
+        if ((dt == ucp_dt_make_iov()))
+            memcpy(iov + 1, payload, count * sizeof *iov);
+        else if (count) {
+            iov[1].buffer = (void *)payload;
+            iov[1].length = count;
+        }
+        free(op->hdr_iov);
+        op->hdr_iov = iov;
+        hdr_len = KVTC_WIRE_LEN_BYTES;
+        payload = iov;
+        count = nb + 1;
+        prm.datatype = ucp_dt_make_iov();
+    }
+    ucs_status_ptr_t sp = ucp_am_send_nbx(c->ep, KVTC_WIRE_AM_REQUEST, hdr, hdr_len,
+                                          payload, count, &prm);
+    if (UCS_PTR_IS_ERR(sp)) {
+        kvtc__set_error(c, "send: %s", ucs_status_string(UCS_PTR_STATUS(sp)));
+        unlink_inflight(op);
+        return KVTC_ECONN;
+    }
+    if (sp == NULL)
+        op->send_pending = 0;
+    return 0;
+}
+
+void kvtc__conn_fail(kvtc_conn *c, int err, const char *why)
+{
+    if (!c->failed) {
+        c->failed = err == KVTC_ECANCELED ? KVTC_ECANCELED : KVTC_ECONN;
+        kvtc__set_error(c, "%s", why);
+    }
+    /* No reply will come any more; UCX completes the sends and receives
+     * still in flight (with errors) once the endpoint is closed. */
+    for (struct kvtc__op *op = c->inflight, *next; op; op = next) {
+        next = op->next;
+        if (!op->status)
+            op->status = err;
+        op->reply_pending = 0;
+        kvtc__op_maybe_done(op);
+    }
+}
+
+/* ---- The reply handler --------------------------------------------------- */
+
+/* Hand a parsed reply to its op. */
+static ucs_status_t dispatch(kvtc_conn *c, Kvtc__Wire__Reply *rep, const void *bulk,
+                             size_t bulk_len, void *rndv_desc)
+{
+    struct kvtc__op *op = c->inflight;
+    while (op && !(op->id == rep->id && op->reply_pending))
+        op = op->next;
+    ucs_status_t ret = UCS_OK;
+    if (op) {
+        op->reply_pending = 0;
+        ret = kvtc__op_reply(op, rep, bulk, bulk_len, rndv_desc);
+        kvtc__op_maybe_done(op);
+    }
+    /* An unknown id is a reply to an operation that is gone (timed out and
+     * failed with the connection): drop it. Returning UCS_OK drops a
+     * rendezvous payload too. */
+    kvtc_wire_reply_free(rep);
+    return ret;
+}
+
+/* An "in data" reply that came as rendezvous: message and bulk arrive
+ * together into one buffer, then are handled as if eager. */
+struct raw_reply {
+    kvtc_conn *c;
+    void *buf;
+    size_t len, msg_len;
+};
+
+static void raw_recv_cb(void *request, ucs_status_t status, size_t length,
+                        void *user_data)
+{
+    struct raw_reply *r = user_data;
+    kvtc_conn *c = r->c;
+    (void)length;
+    c->raw_pending--;
+    Kvtc__Wire__Reply *rep = NULL;
+    if (status != UCS_OK)
+        kvtc__conn_fail(c, KVTC_ECONN, "reply receive failed");
+    else if (kvtc_wire_unpack_reply_msg(r->buf, r->msg_len, &rep))
+        kvtc__conn_fail(c, KVTC_EPROTO, "malformed reply from the daemon");
+    else
+        dispatch(c, rep, (char *)r->buf + r->msg_len, r->len - r->msg_len, NULL);
+    if (request)
+        ucp_request_free(request);
+    free(r->buf);
+    free(r);
+}
+
+/* Most bytes a reply may carry: the frame plus every in-flight get's worth
+ * of chunks. Anything larger is not a reply to us. */
+static size_t reply_bound(const kvtc_conn *c)
+{
+    uint64_t max_chunk = c->info.max_chunk_bytes ? c->info.max_chunk_bytes
+                                                 : KVTC_WIRE_DEFAULT_MAX_CHUNK;
+    uint64_t b = KVTC_WIRE_MAX_FRAME;
+    for (const struct kvtc__op *op = c->inflight; op; op = op->next)
+        if (op->kind == KVTC__OP_GET && op->reply_pending)
+            b += (uint64_t)op->n * max_chunk;
+    return b > SIZE_MAX ? SIZE_MAX : (size_t)b;
+}
+
+static ucs_status_t reply_cb(void *arg, const void *header, size_t header_length,
+                             void *data, size_t length,
+                             const ucp_am_recv_param_t *param)
+{
+    kvtc_conn *c = arg;
+    Kvtc__Wire__Reply *rep = NULL;
+    size_t msg_len = 0;
+    int in_data = 0;
+    int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+    if (kvtc_wire_am_split(header, header_length, length, &msg_len, &in_data))
+        goto bad;
+    if (!in_data) {
+        if (kvtc_wire_unpack_reply(header, header_length, &rep))
+            goto bad;
+        return dispatch(c, rep, rndv ? NULL : data, length, rndv ? data : NULL);
+    }
+    if (!rndv) {
+        if (kvtc_wire_unpack_reply_msg(data, msg_len, &rep))
+            goto bad;
+        return dispatch(c, rep, (char *)data + msg_len, length - msg_len, NULL);
+    }
+    if (length > reply_bound(c))
+        goto bad;
+    struct raw_reply *r = calloc(1, sizeof *r);
+    if (r)
+        r->buf = malloc(length);
+    if (!r || !r->buf) {
+        free(r);
+        kvtc__conn_fail(c, KVTC_ENOMEM, "out of memory for a reply");
+        return UCS_OK;
+    }
+    r->c = c;
+    r->len = length;
+    r->msg_len = msg_len;
+    ucp_request_param_t prm = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                        UCP_OP_ATTR_FIELD_DATATYPE,
+        .cb.recv_am = raw_recv_cb,
+        .user_data = r,
+        .datatype = ucp_dt_make_contig(1),
+    };
+    c->raw_pending++;
+    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(c->worker, data, r->buf, length, &prm);
+    if (UCS_PTR_IS_ERR(sp)) {
+        c->raw_pending--;
+        free(r->buf);
+        free(r);
+        kvtc__conn_fail(c, KVTC_ECONN, "reply receive failed");
+        return UCS_OK;
+    }
+    if (sp == NULL)
+        raw_recv_cb(NULL, UCS_OK, length, r);
+    return UCS_INPROGRESS;
+bad:
+    /* A daemon that sends garbage cannot be trusted with the rest. */
+    kvtc__conn_fail(c, KVTC_EPROTO, "malformed reply from the daemon");
+    return UCS_OK;
+}
+
+static void err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
+{
+    kvtc_conn *c = arg;
+    (void)ep;
+    char why[128];
+    snprintf(why, sizeof why, "connection lost: %s", ucs_status_string(status));
+    kvtc__conn_fail(c, KVTC_ECONN, why);
+}
+
+/* ---- Progress ---------------------------------------------------------- */
+
+static void expire(kvtc_conn *c)
+{
+    uint64_t now = 0;
+    for (struct kvtc__op *op = c->inflight; op; op = op->next) {
+        if (!op->deadline_ns || !(op->reply_pending || op->recv_pending))
+            continue;
+        if (!now)
+            now = kvtc__now_ns();
+        if (now < op->deadline_ns)
+            continue;
+        /* The reply may still come and write into the caller's buffers, so
+         * the only safe way out is to tear the endpoint down. */
+        op->status = KVTC_ETIMEDOUT;
+        kvtc__conn_fail(c, KVTC_ECONN, "operation timed out; connection closed");
+        close_ep(c, 1);
+        return;
+    }
+}
+
+static int run_done(kvtc_conn *c)
+{
+    int n = 0;
+    struct kvtc__op *op;
+    while ((op = c->done_head)) {
+        c->done_head = op->next;
+        if (!c->done_head)
+            c->done_tail = NULL;
+        op->next = NULL;
+        kvtc__op_finish(op);
+        if (op->cb)
+            op->cb(op->status, op->arg);
+        kvtc__op_free(op);
+        n++;
+    }
+    return n;
+}
+
+int kvtc_progress(kvtc_conn *c)
+{
+    if (!c)
+        return KVTC_EINVAL;
+    for (int i = 0; i < PROGRESS_BUDGET && ucp_worker_progress(c->worker); i++)
+        ;
+    if (c->failed && c->ep)
+        close_ep(c, 1);
+    expire(c);
+    int n = run_done(c);
+    return c->failed ? KVTC_ECONN : n;
+}
+
+int kvtc_get_fd(const kvtc_conn *c, int *fd)
+{
+    if (!c || !fd)
+        return KVTC_EINVAL;
+    *fd = c->efd;
+    return 0;
+}
+
+int kvtc_arm(kvtc_conn *c)
+{
+    if (!c)
+        return KVTC_EINVAL;
+    if (c->done_head)
+        return KVTC_EBUSY;
+    ucs_status_t st = ucp_worker_arm(c->worker);
+    if (st == UCS_ERR_BUSY)
+        return KVTC_EBUSY;
+    if (st != UCS_OK)
+        return KVTC_EIO;
+    return c->failed && !c->n_inflight ? KVTC_ECONN : 0;
+}
+
+size_t kvtc_inflight(const kvtc_conn *c)
+{
+    return c ? c->n_inflight + (c->done_head != NULL) : 0;
+}
+
+/* Sleep on the wakeup fd for at most ms (bounded to a slice so deadlines
+ * are checked even when no event comes). */
+static void sleep_fd(kvtc_conn *c, int64_t ms)
+{
+    if (kvtc_arm(c) != 0)
+        return;
+    if (ms < 0 || ms > POLL_SLICE_MS)
+        ms = POLL_SLICE_MS;
+    struct pollfd pfd = {.fd = c->efd, .events = POLLIN};
+    (void)poll(&pfd, 1, (int)ms);
+}
+
+static int64_t ms_left(uint64_t deadline_ns)
+{
+    if (!deadline_ns)
+        return -1;
+    uint64_t now = kvtc__now_ns();
+    return now >= deadline_ns ? 0 : (int64_t)((deadline_ns - now) / 1000000u);
+}
+
+int kvtc__wait_flag(kvtc_conn *c, const int *flag, uint64_t deadline_ns)
+{
+    for (;;) {
+        kvtc_progress(c);
+        if (*flag)
+            return 0;
+        if (deadline_ns && kvtc__now_ns() >= deadline_ns)
+            return KVTC_ETIMEDOUT;
+        sleep_fd(c, ms_left(deadline_ns));
+    }
+}
+
+int kvtc_wait_all(kvtc_conn *c, int timeout_ms)
+{
+    if (!c)
+        return KVTC_EINVAL;
+    uint64_t deadline = timeout_ms < 0 ? 0 : deadline_after((uint32_t)timeout_ms);
+    if (timeout_ms == 0)
+        deadline = kvtc__now_ns();
+    for (;;) {
+        kvtc_progress(c);
+        if (!kvtc_inflight(c))
+            return 0;
+        if (deadline && kvtc__now_ns() >= deadline)
+            return KVTC_ETIMEDOUT;
+        sleep_fd(c, ms_left(deadline));
+    }
+}
+
+/* ---- Connect / disconnect ------------------------------------------------ */
+
+static void close_cb(void *request, ucs_status_t status, void *user_data)
+{
+    (void)request, (void)status, (void)user_data;
+}
+
+/* Start closing the endpoint. A forced close also completes every request
+ * still posted on it, which is what frees the caller's buffers after a
+ * failure. The close request itself is waited for in kvtc_disconnect. */
+static void close_ep(kvtc_conn *c, int force)
+{
+    if (!c->ep)
+        return;
+    ucp_request_param_t prm = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK,
+        .flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0,
+        .cb.send = close_cb,
+    };
+    ucs_status_ptr_t sp = ucp_ep_close_nbx(c->ep, &prm);
+    c->ep = NULL;
+    if (!UCS_PTR_IS_PTR(sp))
+        return;
+    /* Forced closes finish within a few progress calls; bound it anyway. */
+    uint64_t end = kvtc__now_ns() + (uint64_t)CLOSE_GRACE_MS * 1000000ull;
+    while (ucp_request_check_status(sp) == UCS_INPROGRESS && kvtc__now_ns() < end)
+        ucp_worker_progress(c->worker);
+    if (ucp_request_check_status(sp) == UCS_INPROGRESS && !force) {
+        /* A graceful close can hang on a dead peer: the worker teardown
+         * will reclaim it. */
+    }
+    ucp_request_free(sp);
+}
+
+/* "host:port", "[v6]:port", "host" -> socket address. */
+static int resolve(kvtc_conn *c, const char *server, struct sockaddr_storage *ss,
+                   socklen_t *len)
+{
+    char host[256];
+    const char *port = DEFAULT_PORT;
+    size_t n = strlen(server);
+    if (n == 0 || n >= sizeof host) {
+        kvtc__set_error(c, "bad server address '%s'", server);
+        return KVTC_EINVAL;
+    }
+    memcpy(host, server, n + 1);
+    char *h = host;
+    if (h[0] == '[') {
+        char *end = strchr(h, ']');
+        if (!end || (end[1] != '\0' && end[1] != ':')) {
+            kvtc__set_error(c, "bad server address '%s'", server);
+            return KVTC_EINVAL;
+        }
+        *end = '\0';
+        if (end[1] == ':')
+            port = end + 2;
+        h++;
+    } else {
+        char *colon = strrchr(h, ':');
+        if (colon && strchr(h, ':') == colon) {
+            *colon = '\0';
+            port = colon + 1;
+        }
+    }
+    char *endp;
+    long pn = strtol(port, &endp, 10);
+    if (*h == '\0' || *port == '\0' || *endp != '\0' || pn < 1 || pn > 65535) {
+        kvtc__set_error(c, "bad server address '%s' (want HOST:PORT)", server);
+        return KVTC_EINVAL;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    int g = getaddrinfo(h, port, &hints, &ai);
+    if (g || !ai) {
+        kvtc__set_error(c, "cannot resolve '%s': %s", h, gai_strerror(g));
+        return KVTC_ECONN;
+    }
+    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+    *len = ai->ai_addrlen;
+    freeaddrinfo(ai);
+    return 0;
+}
+
+static void flush_cb(void *request, ucs_status_t status, void *user_data)
+{
+    kvtc_conn *c = user_data;
+    c->flushed = status == UCS_OK ? 1 : -1;
+    ucp_request_free(request);
+}
+
+static int ucx_setup(kvtc_conn *c)
+{
+    ucp_config_t *cfg = NULL;
+    if (ucp_config_read(NULL, NULL, &cfg) != UCS_OK) {
+        kvtc__set_error(c, "ucp_config_read failed");
+        return KVTC_EIO;
+    }
+    ucp_params_t p = {
+        .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME,
+        .features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
+        .name = "libkvtc",
+    };
+    ucs_status_t st = ucp_init(&p, cfg, &c->ctx);
+    ucp_config_release(cfg);
+    if (st != UCS_OK) {
+        kvtc__set_error(c, "ucp_init: %s", ucs_status_string(st));
+        return KVTC_EIO;
+    }
+    ucp_context_attr_t ca = {.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES};
+    if (ucp_context_query(c->ctx, &ca) == UCS_OK)
+        c->ucx_cuda = (ca.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+    c->info.device_memory = !kvtc__cuda_usable() ? KVTC_DEVICE_MEMORY_UNSUPPORTED
+                            : c->ucx_cuda ? KVTC_DEVICE_MEMORY_DIRECT
+                                          : KVTC_DEVICE_MEMORY_STAGED;
+    ucp_worker_params_t wp = {
+        .field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+        .thread_mode = UCS_THREAD_MODE_SINGLE,
+    };
+    if ((st = ucp_worker_create(c->ctx, &wp, &c->worker)) != UCS_OK) {
+        kvtc__set_error(c, "ucp_worker_create: %s", ucs_status_string(st));
+        return KVTC_EIO;
+    }
+    ucp_worker_attr_t wa = {.field_mask = UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER};
+    if ((st = ucp_worker_query(c->worker, &wa)) != UCS_OK) {
+        kvtc__set_error(c, "ucp_worker_query: %s", ucs_status_string(st));
+        return KVTC_EIO;
+    }
+    c->max_am_header = wa.max_am_header;
+    if ((st = ucp_worker_get_efd(c->worker, &c->efd)) != UCS_OK) {
+        kvtc__set_error(c, "ucp_worker_get_efd: %s", ucs_status_string(st));
+        return KVTC_EIO;
+    }
+    ucp_am_handler_param_t hp = {
+        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                      UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS,
+        .id = KVTC_WIRE_AM_REPLY,
+        .flags = UCP_AM_FLAG_WHOLE_MSG,
+        .cb = reply_cb,
+        .arg = c,
+    };
+    if ((st = ucp_worker_set_am_recv_handler(c->worker, &hp)) != UCS_OK) {
+        kvtc__set_error(c, "set_am_recv_handler: %s", ucs_status_string(st));
+        return KVTC_EIO;
+    }
+    return 0;
+}
+
+static int hello(kvtc_conn *c, const kvtc_conn_params *params, uint64_t deadline);
+
+int kvtc_connect(const char *server, const kvtc_conn_params *params,
+                 kvtc_conn **out)
+{
+    if (!out)
+        return KVTC_EINVAL;
+    *out = NULL;
+    connect_error[0] = '\0';
+    kvtc_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return KVTC_ENOMEM;
+    c->efd = -1;
+    uint64_t fm = params ? params->field_mask : 0;
+    uint32_t connect_ms = (fm & KVTC_CONN_PARAM_FIELD_CONNECT_TIMEOUT)
+                              ? params->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
+    c->op_timeout_ms = (fm & KVTC_CONN_PARAM_FIELD_OP_TIMEOUT) ? params->op_timeout_ms
+                                                               : DEFAULT_OP_TIMEOUT_MS;
+    uint64_t deadline = deadline_after(connect_ms);
+    struct sockaddr_storage ss;
+    socklen_t sslen = 0;
+    int rc = resolve(c, server ? server : KVTC_DEFAULT_SERVER, &ss, &sslen);
+    if (rc)
+        goto fail;
+    if ((rc = ucx_setup(c)))
+        goto fail;
+
+    ucp_ep_params_t ep = {
+        .field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLER,
+        .flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER,
+        .sockaddr = {.addr = (struct sockaddr *)&ss, .addrlen = sslen},
+        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
+        .err_handler = {.cb = err_cb, .arg = c},
+    };
+    ucs_status_t st = ucp_ep_create(c->worker, &ep, &c->ep);
+    if (st != UCS_OK) {
+        c->ep = NULL;
+        kvtc__set_error(c, "connect to %s: %s", server ? server : KVTC_DEFAULT_SERVER,
+                        ucs_status_string(st));
+        rc = KVTC_ECONN;
+        goto fail;
+    }
+    /* UCX 1.13 can crash when a new client endpoint sends before wire-up
+     * ends (shared memory): flush first, send only once it completed. */
+    ucp_request_param_t fp = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+        .cb.send = flush_cb,
+        .user_data = c,
+    };
+    ucs_status_ptr_t sp = ucp_ep_flush_nbx(c->ep, &fp);
+    if (UCS_PTR_IS_ERR(sp))
+        c->flushed = -1;
+    else if (sp == NULL)
+        c->flushed = 1;
+    int64_t t;
+    while (!c->flushed && !c->failed && (t = ms_left(deadline)) != 0) {
+        kvtc_progress(c);
+        if (!c->flushed && !c->failed)
+            sleep_fd(c, t);
+    }
+    if (c->flushed != 1) {
+        if (c->failed || c->flushed < 0) {
+            kvtc__set_error(c, "cannot connect to %s", server ? server : KVTC_DEFAULT_SERVER);
+            rc = KVTC_ECONN;
+        } else {
+            kvtc__set_error(c, "connect to %s timed out", server ? server : KVTC_DEFAULT_SERVER);
+            rc = KVTC_ETIMEDOUT;
+        }
+        goto fail;
+    }
+    if ((rc = hello(c, params, deadline)))
+        goto fail;
+    *out = c;
+    return 0;
+fail:
+    snprintf(connect_error, sizeof connect_error, "%s",
+             c->last_error[0] ? c->last_error : kvtc_strerror(rc));
+    kvtc_disconnect(c);
+    return rc;
+}
+
+void kvtc_disconnect(kvtc_conn *c)
+{
+    if (!c)
+        return;
+    if (c->worker) {
+        if (c->n_inflight)
+            kvtc__conn_fail(c, KVTC_ECANCELED, "disconnected");
+        if (c->ep)
+            close_ep(c, c->failed != 0);
+        /* Sends and receives posted on the closed endpoint complete now;
+         * bounded, because the worker teardown reclaims any stragglers. */
+        uint64_t end = kvtc__now_ns() + (uint64_t)CLOSE_GRACE_MS * 1000000ull;
+        while ((c->n_inflight || c->raw_pending) && kvtc__now_ns() < end)
+            ucp_worker_progress(c->worker);
+        run_done(c);
+        ucp_worker_destroy(c->worker);
+    }
+    if (c->ctx)
+        ucp_cleanup(c->ctx);
+    free(c);
+}
+
+/* ---- Hello --------------------------------------------------------------- */
+
+struct sync_wait {
+    int done;
+    int status;
+};
+
+static void sync_cb(int status, void *arg)
+{
+    struct sync_wait *w = arg;
+    w->status = status;
+    w->done = 1;
+}
+
+static int hello(kvtc_conn *c, const kvtc_conn_params *params, uint64_t deadline)
+{
+    uint64_t fm = params ? params->field_mask : 0;
+    Kvtc__Wire__Hello h = KVTC__WIRE__HELLO__INIT;
+    h.major = KVTC_PROTO_MAJOR;
+    h.minor = KVTC_PROTO_MINOR;
+    h.tenant = (fm & KVTC_CONN_PARAM_FIELD_TENANT) ? (char *)params->tenant : NULL;
+    h.token = (fm & KVTC_CONN_PARAM_FIELD_TOKEN) ? (char *)params->token : NULL;
+    h.client_name = (fm & KVTC_CONN_PARAM_FIELD_CLIENT_NAME) ? (char *)params->client_name
+                                                            : "libkvtc";
+    const char *s[] = {h.tenant, h.token, h.client_name};
+    for (size_t i = 0; i < 3; i++)
+        if (s[i] && strlen(s[i]) > KVTC_WIRE_MAX_NAME) {
+            kvtc__set_error(c, "tenant, token or client name longer than %u bytes",
+                            KVTC_WIRE_MAX_NAME);
+            return KVTC_EINVAL;
+        }
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    req.body_case = KVTC__WIRE__REQUEST__BODY_HELLO;
+    req.hello = &h;
+
+    struct sync_wait w = {0};
+    kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = sync_cb, .arg = &w};
+    struct kvtc__op *o = kvtc__op_new(c, KVTC__OP_HELLO, &op);
+    if (!o)
+        return KVTC_ENOMEM;
+    o->deadline_ns = deadline;
+    int rc = kvtc__op_pack(c, o, &req);
+    if (!rc)
+        rc = kvtc__op_submit(c, o, NULL, 0, ucp_dt_make_contig(1), 0);
+    if (rc) {
+        kvtc__op_free(o);
+        return rc;
+    }
+    kvtc__wait_flag(c, &w.done, 0);
+    return w.status;
+}

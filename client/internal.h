@@ -1,0 +1,129 @@
+/* internal.h - libkvtc's private types, shared by its few files. */
+#ifndef KVTC_CLIENT_INTERNAL_H
+#define KVTC_CLIENT_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <ucp/api/ucp.h>
+
+#include "kvtc.h"
+#include "wire.h"
+
+enum kvtc__op_kind {
+    KVTC__OP_HELLO,
+    KVTC__OP_PUT,
+    KVTC__OP_GET,
+    KVTC__OP_LOOKUP,
+    KVTC__OP_DELETE,
+    KVTC__OP_PIN,
+    KVTC__OP_STATS
+};
+
+/* Where one found chunk of a get reply lands, decided when the reply
+ * arrives: the caller's buffer, a pinned staging slice (device buffer
+ * without UCX CUDA support) or the discard scratch (buffer too small). */
+struct kvtc__get_dest {
+    void *at;
+    size_t len;
+    size_t item;      /* index into the op's items */
+    int staged;       /* copy at to items[item].buf (device) at completion */
+    int device;       /* the item's buffer is device memory */
+    int has_checksum;
+    uint64_t checksum; /* XXH3-64 the daemon announced */
+};
+
+/* One operation, from submit to the callback. It completes when its send
+ * finished (UCX no longer reads the caller's buffers), its reply was
+ * handled and any payload receive finished (UCX no longer writes them). */
+struct kvtc__op {
+    struct kvtc__op *next, *prev; /* in flight, or done (next only) */
+    kvtc_conn *conn;
+    enum kvtc__op_kind kind;
+    uint64_t id;
+    int status;
+    int send_pending, reply_pending, recv_pending;
+    int replied;                  /* the reply was handled */
+    uint64_t deadline_ns;         /* 0: none */
+    kvtc_done_cb cb;
+    void *arg;
+    void *frame;                  /* packed request, freed at completion */
+    size_t frame_len;
+    ucp_dt_iov_t *iov;            /* put payload or get destinations */
+    ucp_dt_iov_t *hdr_iov;        /* big frame: message + payload as data */
+    size_t iov_n;
+    void *staging;                /* pinned host memory (CUDA) */
+    void *scratch;                /* discard target of oversize get chunks */
+    struct kvtc__get_dest *dests;
+    size_t n_dests;
+    size_t n;                     /* items / keys */
+    union {
+        kvtc_put_item *put;
+        kvtc_get_item *get;
+        struct { size_t *hits; uint32_t *tiers; } lookup;
+        int *statuses;
+        kvtc_stats *stats;
+    } out;
+};
+
+struct kvtc_conn {
+    ucp_context_h ctx;
+    ucp_worker_h worker;
+    ucp_ep_h ep;
+    int efd;
+    int failed;                 /* 0, or the error every new op gets */
+    int flushed;                /* endpoint wire-up finished */
+    int ucx_cuda;               /* UCX moves CUDA memory itself */
+    uint64_t next_id;
+    struct kvtc__op *inflight;  /* doubly linked */
+    size_t n_inflight;
+    struct kvtc__op *done_head, *done_tail; /* callbacks not run yet */
+    uint32_t op_timeout_ms;
+    size_t max_am_header;       /* largest frame that travels as AM header */
+    size_t raw_pending;         /* "in data" rendezvous replies arriving */
+    kvtc_server_info info;
+    char last_error[256];
+};
+
+/* conn.c */
+void kvtc__set_error(kvtc_conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+uint64_t kvtc__now_ns(void);
+/* Give op the next id and pack req (its id set) into op->frame. Errors:
+ * KVTC_ENOSPC / KVTC_EINVAL when the frame is too large, KVTC_ENOMEM. */
+int kvtc__op_pack(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req);
+/* Post op (frame + payload) and track it; on error nothing stays behind
+ * except op, which the caller frees with kvtc__op_free. */
+int kvtc__op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
+                    size_t payload_len, ucp_datatype_t dt, int payload_cuda);
+struct kvtc__op *kvtc__op_new(kvtc_conn *c, enum kvtc__op_kind kind,
+                              const kvtc_op_params *p);
+void kvtc__op_free(struct kvtc__op *op);
+/* Finish op if nothing is pending any more. */
+void kvtc__op_maybe_done(struct kvtc__op *op);
+/* Fail the connection: every op in flight gets err (the first timed-out
+ * op keeps ETIMEDOUT), the endpoint is closed. */
+void kvtc__conn_fail(kvtc_conn *c, int err, const char *why);
+/* Run a blocking op to completion: submit already happened. */
+int kvtc__wait_flag(kvtc_conn *c, const int *flag, uint64_t deadline_ns);
+
+/* ops.c: the reply of op, already matched by id. The bulk bytes are
+ * either here (bulk, length) or, when rndv_desc is set, a rendezvous
+ * descriptor of length bytes still to receive. Returns what the UCX AM
+ * callback should return. */
+ucs_status_t kvtc__op_reply(struct kvtc__op *op, Kvtc__Wire__Reply *rep,
+                            const void *bulk, size_t length, void *rndv_desc);
+/* Device copies and checksum checks of a finished get, outside UCX
+ * callbacks. */
+void kvtc__op_finish(struct kvtc__op *op);
+
+/* cuda.c: memory types. */
+/* *is_dev = whether p is device memory. KVTC_ENOTSUP when mem asks for
+ * CUDA and this build or machine has none. */
+int kvtc__mem_classify(const void *p, uint32_t mem, int *is_dev);
+int kvtc__cuda_usable(void);
+int kvtc__pinned_alloc(size_t size, void **out);
+void kvtc__pinned_free(void *p);
+/* to_device: host -> device, else device -> host. */
+int kvtc__cuda_copy(void *dst, const void *src, size_t size, int to_device);
+
+#endif

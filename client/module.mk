@@ -1,0 +1,34 @@
+# client/: libkvtc, the client library -> build/lib/libkvtc.{a,so}
+#   CLIENT_A, CLIENT_SO  the libraries (the wire framing and the key
+#                        hashing are inside both; the .so also carries the
+#                        codec objects it uses)
+#   CLIENT_LDLIBS        what a binary linking CLIENT_A also needs (the
+#                        codec library for layout checks, UCX, ...)
+# With nvcc on PATH, client/cuda.c is built against the CUDA runtime so
+# device buffers are detected and staged; without it they are refused.
+CLIENT_SRCS := $(wildcard client/*.c) common/keys.c common/errors.c
+CLIENT_OBJS := $(CLIENT_SRCS:%.c=$(OBJ)/%.o) $(WIRE_OBJS)
+CLIENT_A := $(LIBDIR)/libkvtc.a
+CLIENT_SO := $(LIBDIR)/libkvtc.so
+CLIENT_LDLIBS := $(CODEC_A) -lucp -lucs $(WIRE_LDLIBS) -lcrypto $(CODEC_LDLIBS)
+LIBS += $(CLIENT_A) $(CLIENT_SO)
+
+ifneq ($(NVCC),)
+CLIENT_CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(NVCC)))
+$(OBJ)/client/cuda.o: CPPFLAGS += -DKVTC_HAVE_CUDA -I$(CLIENT_CUDA_HOME)/include
+CLIENT_LDLIBS += -L$(CLIENT_CUDA_HOME)/lib64 -Wl,-rpath,$(CLIENT_CUDA_HOME)/lib64 -lcudart
+endif
+
+# Client objects include the generated protobuf header.
+$(CLIENT_SRCS:%.c=$(OBJ)/%.o): | $(WIRE_GEN_H)
+
+$(CLIENT_A): $(CLIENT_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	$(AR) rcs $@ $^
+$(CLIENT_SO): $(CLIENT_OBJS) $(CODEC_A)
+	@mkdir -p $(dir $@)
+	$(CC) -shared $(LDFLAGS) -Wl,-soname,libkvtc.so -Wl,--no-undefined -o $@ $(CLIENT_OBJS) $(CLIENT_LDLIBS)
+
+TEST_DEPS += $(CLIENT_A) $(CODEC_A)
+TEST_LDLIBS += $(CLIENT_A) $(CLIENT_LDLIBS)

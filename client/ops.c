@@ -1,0 +1,710 @@
+/* The operations: requests built from the caller's arguments, replies
+ * checked and copied back. Replies are untrusted: counts, sizes and keys
+ * are checked against the request before any byte lands in a buffer. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define MAX_KEYS KVTC_WIRE_MAX_BATCH
+
+static size_t batch_limit(const kvtc_conn *c)
+{
+    return c->info.max_batch && c->info.max_batch < MAX_KEYS ? c->info.max_batch
+                                                             : MAX_KEYS;
+}
+
+static int check_batch(kvtc_conn *c, const void *arr, size_t n)
+{
+    if (!arr || n == 0) {
+        kvtc__set_error(c, "empty batch");
+        return KVTC_EINVAL;
+    }
+    if (n > batch_limit(c)) {
+        kvtc__set_error(c, "batch of %zu exceeds the daemon's limit of %zu", n,
+                        batch_limit(c));
+        return KVTC_EINVAL;
+    }
+    return 0;
+}
+
+static int need_cb(kvtc_conn *c, const kvtc_op_params *p)
+{
+    if (!p || !(p->field_mask & KVTC_OP_PARAM_FIELD_CALLBACK) || !p->cb) {
+        kvtc__set_error(c, "asynchronous call without a callback");
+        return KVTC_EINVAL;
+    }
+    return 0;
+}
+
+/* Keys as protobuf bytes pointing into the caller's array (packing copies
+ * them, so they need not outlive the submit). */
+static ProtobufCBinaryData *wire_keys(const kvtc_key *keys, size_t n)
+{
+    ProtobufCBinaryData *b = calloc(n, sizeof *b);
+    if (!b)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        b[i].len = KVTC_KEY_BYTES;
+        b[i].data = (uint8_t *)keys[i].bytes;
+    }
+    return b;
+}
+
+static int submit_frame(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req,
+                        const void *payload, size_t count, ucp_datatype_t dt,
+                        int cuda)
+{
+    int rc = kvtc__op_pack(c, op, req);
+    if (!rc)
+        rc = kvtc__op_submit(c, op, payload, count, dt, cuda);
+    return rc;
+}
+
+/* ---- Put ------------------------------------------------------------------ */
+
+int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
+                         const kvtc_op_params *p)
+{
+    if (!c)
+        return KVTC_EINVAL;
+    int rc = need_cb(c, p);
+    if (rc || (rc = check_batch(c, items, n)))
+        return rc;
+    uint64_t max_chunk = c->info.max_chunk_bytes ? c->info.max_chunk_bytes
+                                                 : KVTC_WIRE_DEFAULT_MAX_CHUNK;
+    int *dev = calloc(n, sizeof *dev);
+    Kvtc__Wire__ChunkMeta *metas = calloc(n, sizeof *metas);
+    Kvtc__Wire__ChunkMeta **mptr = calloc(n, sizeof *mptr);
+    Kvtc__Wire__Layout *lays = calloc(n, sizeof *lays);
+    struct kvtc__op *op = kvtc__op_new(c, KVTC__OP_PUT, p);
+    if (!dev || !metas || !mptr || !lays || !op) {
+        rc = KVTC_ENOMEM;
+        goto cleanup;
+    }
+    size_t n_dev = 0, dev_bytes = 0, n_data = 0;
+    for (size_t i = 0; i < n; i++) {
+        kvtc_put_item *it = &items[i];
+        it->status = 0;
+        if (it->size && !it->data) {
+            kvtc__set_error(c, "chunk %zu: no data", i);
+            rc = KVTC_EINVAL;
+            goto cleanup;
+        }
+        if (it->size > max_chunk) {
+            kvtc__set_error(c, "chunk %zu: %zu bytes exceeds the daemon's limit of %llu",
+                            i, it->size, (unsigned long long)max_chunk);
+            rc = KVTC_ENOSPC;
+            goto cleanup;
+        }
+        if ((it->field_mask & KVTC_PUT_FIELD_LAYOUT) &&
+            (!it->layout || kvtc_layout_check(it->layout))) {
+            kvtc__set_error(c, "chunk %zu: bad layout", i);
+            rc = KVTC_EINVAL;
+            goto cleanup;
+        }
+        uint32_t mem = (it->field_mask & KVTC_PUT_FIELD_MEM) ? it->mem : KVTC_MEM_AUTO;
+        if (it->size && (rc = kvtc__mem_classify(it->data, mem, &dev[i]))) {
+            kvtc__set_error(c, "chunk %zu: device memory not supported by this build", i);
+            goto cleanup;
+        }
+        n_dev += dev[i] != 0;
+        dev_bytes += dev[i] ? it->size : 0;
+        n_data += it->size != 0;
+    }
+    /* UCX takes device memory directly only when it has CUDA support and
+     * the whole payload is device memory; otherwise stage it. */
+    int direct = c->ucx_cuda && n_dev && n_dev == n_data;
+    if (n_dev && !direct) {
+        if ((rc = kvtc__pinned_alloc(dev_bytes, &op->staging)))
+            goto cleanup;
+    }
+    size_t off = 0;
+    op->iov = calloc(n_data ? n_data : 1, sizeof *op->iov);
+    if (!op->iov) {
+        rc = KVTC_ENOMEM;
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++) {
+        kvtc_put_item *it = &items[i];
+        const void *host = it->data;
+        if (dev[i] && !direct) {
+            void *stage = (char *)op->staging + off;
+            if ((rc = kvtc__cuda_copy(stage, it->data, it->size, 0))) {
+                kvtc__set_error(c, "chunk %zu: device to host copy failed", i);
+                goto cleanup;
+            }
+            off += it->size;
+            host = stage;
+        }
+        Kvtc__Wire__ChunkMeta *m = &metas[i];
+        kvtc__wire__chunk_meta__init(m);
+        m->key.len = KVTC_KEY_BYTES;
+        m->key.data = it->key.bytes;
+        if (it->field_mask & KVTC_PUT_FIELD_PARENT) {
+            m->has_parent = 1;
+            m->parent.len = KVTC_KEY_BYTES;
+            m->parent.data = it->parent.bytes;
+        }
+        m->size = it->size;
+        if (!dev[i] || !direct) {
+            /* Device memory handed straight to UCX is not readable here. */
+            m->has_checksum = 1;
+            m->checksum = kvtc_wire_checksum(host, it->size);
+        }
+        if (it->field_mask & KVTC_PUT_FIELD_LAYOUT) {
+            kvtc__wire__layout__init(&lays[i]);
+            kvtc_wire_layout_to_msg(it->layout, &lays[i]);
+            m->layout = &lays[i];
+            m->has_first_pos = m->has_n_tokens = 1;
+            m->first_pos = it->first_pos;
+            m->n_tokens = it->n_tokens;
+        }
+        if (it->field_mask & KVTC_PUT_FIELD_FLAGS) {
+            m->has_flags = 1;
+            m->flags = it->flags;
+        }
+        mptr[i] = m;
+        if (it->size) {
+            op->iov[op->iov_n].buffer = (void *)host;
+            op->iov[op->iov_n].length = it->size;
+            op->iov_n++;
+        }
+    }
+    Kvtc__Wire__PutRequest pr = KVTC__WIRE__PUT_REQUEST__INIT;
+    pr.n_chunks = n;
+    pr.chunks = mptr;
+    if (p && (p->field_mask & KVTC_OP_PARAM_FIELD_TTL)) {
+        pr.has_ttl_ms = 1;
+        pr.ttl_ms = p->ttl_ms;
+    }
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    req.body_case = KVTC__WIRE__REQUEST__BODY_PUT;
+    req.put = &pr;
+    op->out.put = items;
+    op->n = n;
+    /* One contiguous buffer goes as such (the common single-chunk case,
+     * zero-copy rendezvous); several as an IOV list, still zero-copy. */
+    if (op->iov_n == 0)
+        rc = submit_frame(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
+    else if (op->iov_n == 1)
+        rc = submit_frame(c, op, &req, op->iov[0].buffer, op->iov[0].length,
+                          ucp_dt_make_contig(1), direct);
+    else
+        rc = submit_frame(c, op, &req, op->iov, op->iov_n, ucp_dt_make_iov(), direct);
+    if (!rc)
+        op = NULL;
+cleanup:
+    kvtc__op_free(op);
+    free(dev);
+    free(metas);
+    free(mptr);
+    free(lays);
+    return rc;
+}
+
+/* ---- Get ------------------------------------------------------------------ */
+
+int kvtc_get_batch_async(kvtc_conn *c, kvtc_get_item *items, size_t n,
+                         const kvtc_op_params *p)
+{
+    if (!c)
+        return KVTC_EINVAL;
+    int rc = need_cb(c, p);
+    if (rc || (rc = check_batch(c, items, n)))
+        return rc;
+    ProtobufCBinaryData *keys = calloc(n, sizeof *keys);
+    struct kvtc__op *op = kvtc__op_new(c, KVTC__OP_GET, p);
+    if (op)
+        op->dests = calloc(n, sizeof *op->dests);
+    if (!keys || !op || !op->dests) {
+        rc = KVTC_ENOMEM;
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++) {
+        kvtc_get_item *it = &items[i];
+        it->status = 0;
+        it->size = 0;
+        it->tier = KVTC_TIER_NONE;
+        it->has_layout = 0;
+        if (it->capacity && !it->buf) {
+            kvtc__set_error(c, "item %zu: no buffer", i);
+            rc = KVTC_EINVAL;
+            goto cleanup;
+        }
+        uint32_t mem = (it->field_mask & KVTC_GET_FIELD_MEM) ? it->mem : KVTC_MEM_AUTO;
+        int dev = 0;
+        if (it->capacity && (rc = kvtc__mem_classify(it->buf, mem, &dev))) {
+            kvtc__set_error(c, "item %zu: device memory not supported by this build", i);
+            goto cleanup;
+        }
+        /* Remembered per item; the destinations are chosen when the reply
+         * tells the sizes. */
+        op->dests[i].staged = dev;
+        keys[i].len = KVTC_KEY_BYTES;
+        keys[i].data = it->key.bytes;
+    }
+    Kvtc__Wire__GetRequest gr = KVTC__WIRE__GET_REQUEST__INIT;
+    gr.n_keys = n;
+    gr.keys = keys;
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    req.body_case = KVTC__WIRE__REQUEST__BODY_GET;
+    req.get = &gr;
+    op->out.get = items;
+    op->n = n;
+    rc = submit_frame(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
+    if (!rc)
+        op = NULL;
+cleanup:
+    kvtc__op_free(op);
+    free(keys);
+    return rc;
+}
+
+static void recv_cb(void *request, ucs_status_t status, size_t length, void *user_data)
+{
+    struct kvtc__op *op = user_data;
+    (void)length;
+    op->recv_pending = 0;
+    if (status != UCS_OK && !op->status) {
+        op->status = KVTC_ECONN;
+        kvtc__set_error(op->conn, "receive failed: %s", ucs_status_string(status));
+    }
+    ucp_request_free(request);
+    kvtc__op_maybe_done(op);
+}
+
+static int same_key(const ProtobufCBinaryData *b, const kvtc_key *k)
+{
+    return b->len == KVTC_KEY_BYTES && !memcmp(b->data, k->bytes, KVTC_KEY_BYTES);
+}
+
+/* Check a get reply and choose where each found chunk's bytes land. */
+static int get_plan(struct kvtc__op *op, const Kvtc__Wire__GetReply *gr, size_t length)
+{
+    kvtc_conn *c = op->conn;
+    if (!gr || gr->n_results != op->n) {
+        kvtc__set_error(c, "get reply with %zu results for %zu keys",
+                        gr ? gr->n_results : 0, op->n);
+        return KVTC_EPROTO;
+    }
+    uint64_t total = 0, staged = 0, oversize = 0;
+    for (size_t i = 0; i < op->n; i++) {
+        const Kvtc__Wire__GetResult *r = gr->results[i];
+        kvtc_get_item *it = &op->out.get[i];
+        it->status = kvtc_wire_status_to_err(r->status);
+        if (it->status)
+            continue;
+        const Kvtc__Wire__ChunkMeta *m = r->meta;
+        if (!m || (m->key.len && !same_key(&m->key, &it->key)) ||
+            m->size > (uint64_t)SIZE_MAX - total) {
+            kvtc__set_error(c, "get reply: bad description of chunk %zu", i);
+            return KVTC_EPROTO;
+        }
+        total += m->size;
+        it->size = (size_t)m->size;
+        op->dests[i].has_checksum = m->has_checksum;
+        op->dests[i].checksum = m->checksum;
+        it->tier = r->has_tier ? (uint32_t)r->tier : KVTC_TIER_NONE;
+        if (m->layout) {
+            kvtc_wire_layout_from_msg(m->layout, &it->layout);
+            it->has_layout = kvtc_layout_check(&it->layout) == 0;
+            it->first_pos = m->has_first_pos ? m->first_pos : 0;
+            it->n_tokens = m->has_n_tokens ? m->n_tokens : 0;
+        }
+        if (it->size > it->capacity)
+            oversize = it->size > oversize ? it->size : oversize;
+        else if (op->dests[i].staged && !c->ucx_cuda)
+            staged += it->size;
+    }
+    if (total != length) {
+        kvtc__set_error(c, "get reply carries %zu bytes, its chunks %llu", length,
+                        (unsigned long long)total);
+        return KVTC_EPROTO;
+    }
+    /* Buffers: total == length bounds both, and UCX moves that much anyway. */
+    if (oversize && !(op->scratch = malloc(oversize)))
+        return KVTC_ENOMEM;
+    if (staged && kvtc__pinned_alloc(staged, &op->staging))
+        return KVTC_ENOMEM;
+    op->iov = calloc(op->n, sizeof *op->iov);
+    if (!op->iov)
+        return KVTC_ENOMEM;
+    size_t off = 0;
+    for (size_t i = 0; i < op->n; i++) {
+        kvtc_get_item *it = &op->out.get[i];
+        struct kvtc__get_dest *d = &op->dests[i];
+        int dev = d->staged;
+        d->staged = 0;
+        d->device = dev;
+        d->item = i;
+        d->len = 0;
+        if (it->status || !it->size)
+            continue;
+        d->len = it->size;
+        if (it->size > it->capacity) {
+            it->status = KVTC_ENOSPC;
+            d->at = op->scratch;
+        } else if (dev && !c->ucx_cuda) {
+            d->at = (char *)op->staging + off;
+            d->staged = 1;
+            off += it->size;
+        } else {
+            d->at = it->buf;
+        }
+        op->iov[op->iov_n].buffer = d->at;
+        op->iov[op->iov_n].length = d->len;
+        op->iov_n++;
+    }
+    op->n_dests = op->n;
+    return 0;
+}
+
+static ucs_status_t get_reply(struct kvtc__op *op, const Kvtc__Wire__GetReply *gr,
+                              const void *bulk, size_t length, void *rndv_desc)
+{
+    kvtc_conn *c = op->conn;
+    int rc = get_plan(op, gr, length);
+    if (rc) {
+        op->status = rc;
+        return UCS_OK; /* drops a rendezvous payload */
+    }
+    if (!length)
+        return UCS_OK;
+    if (!rndv_desc) {
+        /* Eager: the bytes are here already and valid only during this
+         * callback. */
+        size_t off = 0;
+        for (size_t i = 0; i < op->iov_n; i++) {
+            memcpy(op->iov[i].buffer, (const char *)bulk + off, op->iov[i].length);
+            off += op->iov[i].length;
+        }
+        return UCS_OK;
+    }
+    /* Rendezvous: UCX moves the bytes straight into the destinations. */
+    ucp_request_param_t prm = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                        UCP_OP_ATTR_FIELD_DATATYPE,
+        .cb.recv_am = recv_cb,
+        .user_data = op,
+    };
+    void *buf;
+    size_t count;
+    if (op->iov_n == 1) {
+        prm.datatype = ucp_dt_make_contig(1);
+        buf = op->iov[0].buffer;
+        count = op->iov[0].length;
+    } else {
+        prm.datatype = ucp_dt_make_iov();
+        buf = op->iov;
+        count = op->iov_n;
+    }
+    op->recv_pending = 1;
+    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(c->worker, rndv_desc, buf, count, &prm);
+    if (UCS_PTR_IS_ERR(sp)) {
+        op->recv_pending = 0;
+        op->status = KVTC_ECONN;
+        kvtc__set_error(c, "receive: %s", ucs_status_string(UCS_PTR_STATUS(sp)));
+        return UCS_OK;
+    }
+    if (sp == NULL)
+        op->recv_pending = 0;
+    return UCS_INPROGRESS;
+}
+
+/* ---- Replies --------------------------------------------------------------- */
+
+static int statuses_out(struct kvtc__op *op, size_t n_status, const Kvtc__Wire__Status *st,
+                        int *out, size_t stride_is_put)
+{
+    if (n_status != op->n) {
+        kvtc__set_error(op->conn, "reply with %zu statuses for %zu items", n_status, op->n);
+        return KVTC_EPROTO;
+    }
+    for (size_t i = 0; i < op->n; i++) {
+        int e = kvtc_wire_status_to_err(st[i]);
+        if (stride_is_put)
+            op->out.put[i].status = e;
+        else if (out)
+            out[i] = e;
+    }
+    return 0;
+}
+
+static void stats_out(kvtc_stats *s, const Kvtc__Wire__StatsReply *r)
+{
+    memset(s, 0, sizeof *s);
+#define F(name, bit)                     \
+    if (r->has_##name) {                 \
+        s->name = r->name;               \
+        s->field_mask |= KVTC_STATS_FIELD_##bit; \
+    }
+    F(chunks, CHUNKS) F(bytes_used, BYTES_USED) F(bytes_capacity, BYTES_CAPACITY)
+    F(puts, PUTS) F(gets, GETS) F(hits, HITS) F(misses, MISSES)
+    F(evictions, EVICTIONS) F(rejected_full, REJECTED_FULL) F(sessions, SESSIONS)
+    F(bytes_in, BYTES_IN) F(bytes_out, BYTES_OUT) F(errors, ERRORS)
+    F(uptime_ms, UPTIME_MS)
+#undef F
+}
+
+static int hello_out(kvtc_conn *c, const Kvtc__Wire__HelloReply *h)
+{
+    if (!h) {
+        kvtc__set_error(c, "hello reply without a body");
+        return KVTC_EPROTO;
+    }
+    if (!kvtc_wire_version_ok(h->major)) {
+        kvtc__set_error(c, "daemon speaks protocol %u.%u, this client %u.%u", h->major,
+                        h->minor, KVTC_PROTO_MAJOR, KVTC_PROTO_MINOR);
+        return KVTC_EVERSION;
+    }
+    c->info.major = h->major;
+    c->info.minor = h->minor;
+    c->info.session_id = h->has_session_id ? h->session_id : 0;
+    c->info.max_chunk_bytes = h->has_max_chunk_bytes ? h->max_chunk_bytes : 0;
+    c->info.max_batch = h->has_max_batch ? h->max_batch : 0;
+    snprintf(c->info.server_version, sizeof c->info.server_version, "%s",
+             h->server_version ? h->server_version : "");
+    return 0;
+}
+
+ucs_status_t kvtc__op_reply(struct kvtc__op *op, Kvtc__Wire__Reply *rep,
+                            const void *bulk, size_t length, void *rndv_desc)
+{
+    kvtc_conn *c = op->conn;
+    op->replied = 1;
+    int st = kvtc_wire_status_to_err(rep->status);
+    if (st) {
+        op->status = st;
+        kvtc__set_error(c, "%s", rep->message && rep->message[0] ? rep->message
+                                                                  : kvtc_strerror(st));
+        if (op->kind == KVTC__OP_PUT)
+            for (size_t i = 0; i < op->n; i++)
+                op->out.put[i].status = st;
+        if (op->kind == KVTC__OP_GET)
+            for (size_t i = 0; i < op->n; i++)
+                op->out.get[i].status = st;
+        return UCS_OK;
+    }
+    /* Only a get reply may carry bytes; anything else is dropped. */
+    int rc = 0;
+    ucs_status_t ret = UCS_OK;
+    switch (op->kind) {
+    case KVTC__OP_HELLO:
+        rc = rep->body_case == KVTC__WIRE__REPLY__BODY_HELLO ? hello_out(c, rep->hello)
+                                                            : KVTC_EPROTO;
+        break;
+    case KVTC__OP_PUT:
+        rc = rep->body_case == KVTC__WIRE__REPLY__BODY_PUT && rep->put
+                 ? statuses_out(op, rep->put->n_status, rep->put->status, NULL, 1)
+                 : KVTC_EPROTO;
+        break;
+    case KVTC__OP_GET:
+        if (rep->body_case != KVTC__WIRE__REPLY__BODY_GET) {
+            rc = KVTC_EPROTO;
+            break;
+        }
+        ret = get_reply(op, rep->get, bulk, length, rndv_desc);
+        rc = op->status;
+        break;
+    case KVTC__OP_LOOKUP:
+        if (rep->body_case != KVTC__WIRE__REPLY__BODY_LOOKUP || !rep->lookup ||
+            rep->lookup->hits > op->n) {
+            rc = KVTC_EPROTO;
+            break;
+        }
+        *op->out.lookup.hits = rep->lookup->hits;
+        if (op->out.lookup.tiers)
+            for (size_t i = 0; i < rep->lookup->hits; i++)
+                op->out.lookup.tiers[i] = i < rep->lookup->n_tiers
+                                              ? (uint32_t)rep->lookup->tiers[i]
+                                              : KVTC_TIER_NONE;
+        break;
+    case KVTC__OP_DELETE:
+        rc = rep->body_case == KVTC__WIRE__REPLY__BODY_DEL && rep->del
+                 ? statuses_out(op, rep->del->n_status, rep->del->status,
+                                op->out.statuses, 0)
+                 : KVTC_EPROTO;
+        break;
+    case KVTC__OP_PIN:
+        rc = rep->body_case == KVTC__WIRE__REPLY__BODY_PIN && rep->pin
+                 ? statuses_out(op, rep->pin->n_status, rep->pin->status,
+                                op->out.statuses, 0)
+                 : KVTC_EPROTO;
+        break;
+    case KVTC__OP_STATS:
+        if (rep->body_case != KVTC__WIRE__REPLY__BODY_STATS || !rep->stats)
+            rc = KVTC_EPROTO;
+        else
+            stats_out(op->out.stats, rep->stats);
+        break;
+    }
+    if (rc == KVTC_EPROTO && !op->status && !c->last_error[0])
+        kvtc__set_error(c, "reply does not match its request");
+    if (rc && !op->status)
+        op->status = rc;
+    return ret;
+}
+
+/* Runs outside UCX callbacks once nothing is pending: device copies,
+ * checksums, and the op's overall status from its items. */
+void kvtc__op_finish(struct kvtc__op *op)
+{
+    kvtc_conn *c = op->conn;
+    if (op->kind == KVTC__OP_PUT) {
+        for (size_t i = 0; i < op->n; i++) {
+            kvtc_put_item *it = &op->out.put[i];
+            if (!op->replied || (op->status && !it->status))
+                it->status = op->status ? op->status : KVTC_ECONN;
+            if (it->status && !op->status) {
+                op->status = it->status;
+                kvtc__set_error(c, "chunk %zu: %s", i, kvtc_strerror(it->status));
+            }
+        }
+        return;
+    }
+    if (op->kind != KVTC__OP_GET)
+        return;
+    for (size_t i = 0; i < op->n; i++) {
+        kvtc_get_item *it = &op->out.get[i];
+        if (op->status) {
+            if (!op->replied || !it->status)
+                it->status = op->status;
+            continue;
+        }
+        if (it->status)
+            continue;
+        const struct kvtc__get_dest *d = i < op->n_dests ? &op->dests[i] : NULL;
+        if (!d || !d->len)
+            continue;
+        /* Device memory that UCX filled directly is not readable here. */
+        int readable = d->staged || !c->ucx_cuda || d->at != it->buf ||
+                       d->device == 0;
+        if (d->has_checksum && readable &&
+            kvtc_wire_checksum(d->at, d->len) != d->checksum) {
+            it->status = KVTC_ECORRUPT;
+            continue;
+        }
+        if (d->staged && kvtc__cuda_copy(it->buf, d->at, d->len, 1))
+            it->status = KVTC_EIO;
+    }
+    if (!op->status)
+        for (size_t i = 0; i < op->n; i++)
+            if (op->out.get[i].status) {
+                op->status = op->out.get[i].status;
+                char hex[KVTC_KEY_HEX_LEN + 1];
+                kvtc_key_to_hex(&op->out.get[i].key, hex);
+                kvtc__set_error(c, "key %s: %s", hex, kvtc_strerror(op->status));
+                break;
+            }
+}
+
+/* ---- Key-list operations ------------------------------------------------- */
+
+static int keys_async(kvtc_conn *c, enum kvtc__op_kind kind, const kvtc_key *keys,
+                      size_t n, const kvtc_op_params *p, int pin, void *out1,
+                      void *out2)
+{
+    if (!c)
+        return KVTC_EINVAL;
+    int rc = need_cb(c, p);
+    if (rc || (rc = check_batch(c, keys, n)))
+        return rc;
+    if (kind == KVTC__OP_LOOKUP && !out1) {
+        kvtc__set_error(c, "lookup without a hits output");
+        return KVTC_EINVAL;
+    }
+    ProtobufCBinaryData *wk = wire_keys(keys, n);
+    struct kvtc__op *op = kvtc__op_new(c, kind, p);
+    if (!wk || !op) {
+        rc = KVTC_ENOMEM;
+        goto cleanup;
+    }
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    Kvtc__Wire__LookupRequest lr = KVTC__WIRE__LOOKUP_REQUEST__INIT;
+    Kvtc__Wire__DeleteRequest dr = KVTC__WIRE__DELETE_REQUEST__INIT;
+    Kvtc__Wire__PinRequest pr = KVTC__WIRE__PIN_REQUEST__INIT;
+    op->n = n;
+    switch (kind) {
+    case KVTC__OP_LOOKUP:
+        lr.n_keys = n;
+        lr.keys = wk;
+        req.body_case = KVTC__WIRE__REQUEST__BODY_LOOKUP;
+        req.lookup = &lr;
+        op->out.lookup.hits = out1;
+        op->out.lookup.tiers = out2;
+        *(size_t *)out1 = 0;
+        break;
+    case KVTC__OP_DELETE:
+        dr.n_keys = n;
+        dr.keys = wk;
+        req.body_case = KVTC__WIRE__REQUEST__BODY_DEL;
+        req.del = &dr;
+        op->out.statuses = out1;
+        break;
+    default:
+        pr.n_keys = n;
+        pr.keys = wk;
+        pr.pin = pin != 0;
+        if (pin && p && (p->field_mask & KVTC_OP_PARAM_FIELD_TTL)) {
+            pr.has_ttl_ms = 1;
+            pr.ttl_ms = p->ttl_ms;
+        }
+        req.body_case = KVTC__WIRE__REQUEST__BODY_PIN;
+        req.pin = &pr;
+        op->out.statuses = out1;
+        break;
+    }
+    rc = submit_frame(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
+    if (!rc)
+        op = NULL;
+cleanup:
+    kvtc__op_free(op);
+    free(wk);
+    return rc;
+}
+
+int kvtc_lookup_async(kvtc_conn *c, const kvtc_key *keys, size_t n,
+                      const kvtc_op_params *p, size_t *hits, uint32_t *tiers)
+{
+    return keys_async(c, KVTC__OP_LOOKUP, keys, n, p, 0, hits, tiers);
+}
+
+int kvtc_delete_async(kvtc_conn *c, const kvtc_key *keys, size_t n,
+                      const kvtc_op_params *p, int *statuses)
+{
+    return keys_async(c, KVTC__OP_DELETE, keys, n, p, 0, statuses, NULL);
+}
+
+int kvtc_pin_async(kvtc_conn *c, const kvtc_key *keys, size_t n,
+                   const kvtc_op_params *p, int *statuses)
+{
+    return keys_async(c, KVTC__OP_PIN, keys, n, p, 1, statuses, NULL);
+}
+
+int kvtc_unpin_async(kvtc_conn *c, const kvtc_key *keys, size_t n,
+                     const kvtc_op_params *p, int *statuses)
+{
+    return keys_async(c, KVTC__OP_PIN, keys, n, p, 0, statuses, NULL);
+}
+
+int kvtc_stats_get_async(kvtc_conn *c, const kvtc_op_params *p, kvtc_stats *out)
+{
+    if (!c || !out)
+        return KVTC_EINVAL;
+    int rc = need_cb(c, p);
+    if (rc)
+        return rc;
+    struct kvtc__op *op = kvtc__op_new(c, KVTC__OP_STATS, p);
+    if (!op)
+        return KVTC_ENOMEM;
+    Kvtc__Wire__StatsRequest sr = KVTC__WIRE__STATS_REQUEST__INIT;
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    req.body_case = KVTC__WIRE__REQUEST__BODY_STATS;
+    req.stats = &sr;
+    op->out.stats = out;
+    rc = submit_frame(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
+    if (rc)
+        kvtc__op_free(op);
+    return rc;
+}
