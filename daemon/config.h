@@ -1,0 +1,70 @@
+/* config.h - kvtcd configuration: embedded defaults, an INI file (libinih),
+ * then command-line flags, each overriding the one before.
+ *
+ * INI keys (docs: deploy/kvtcd.example.ini):
+ *   [server]  listen = HOST:PORT   admin = HOST:PORT   port_file = PATH
+ *             max_sessions = N
+ *   [store]   host_mem = SIZE      data_dir = DIR
+ *   [limits]  max_chunk_bytes = SIZE   max_batch = N
+ *   [log]     level = debug|info|warn|error
+ * Unknown sections or keys are errors (a typo must not silently fall back to
+ * a default). Not thread-safe; used once at start and by tests. */
+#ifndef KVTCD_CONFIG_H
+#define KVTCD_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KVTCD_DEFAULT_HOST "127.0.0.1"
+#define KVTCD_DEFAULT_PORT 7700
+#define KVTCD_DEFAULT_ADMIN_PORT 7701
+#define KVTCD_DEFAULT_MAX_BATCH 1024u
+#define KVTCD_DEFAULT_MAX_SESSIONS 1024u
+#define KVTCD_MIN_HOST_MEM (1ull << 20)
+
+typedef struct kvtcd_config {
+    char listen_host[256];
+    uint16_t listen_port;
+    char admin_host[256];
+    uint16_t admin_port;
+    char data_dir[1024];
+    char port_file[1024];
+    char config_path[1024];
+    uint64_t host_mem;        /* bytes of chunk data in host RAM */
+    uint64_t max_chunk_bytes;
+    uint32_t max_batch;
+    uint32_t max_sessions;
+    int log_level;            /* enum kvtcd_log_level */
+} kvtcd_config;
+
+enum kvtcd_action { KVTCD_RUN = 0, KVTCD_HELP = 1, KVTCD_VERSION = 2 };
+
+/* Embedded defaults: 127.0.0.1:7700, admin 127.0.0.1:7701, host_mem =
+ * min(1 GiB, RAM / 4), max chunk 256 MiB, batch 1024, level info. */
+void kvtcd_config_defaults(kvtcd_config *c);
+
+/* Apply an INI file over c. On failure err (errlen bytes) says which line
+ * and why. Errors: KVTC_EIO (cannot read), KVTC_EINVAL (bad key or value). */
+int kvtcd_config_load_ini(kvtcd_config *c, const char *path, char *err,
+                          size_t errlen);
+
+/* Defaults, then --config FILE (if given), then every other flag.
+ * Flags take "--flag VALUE" or "--flag=VALUE". *action says whether to run
+ * or print help/version. Errors: KVTC_EINVAL / KVTC_EIO with err filled. */
+int kvtcd_config_from_args(kvtcd_config *c, int argc, char **argv,
+                           int *action, char *err, size_t errlen);
+
+/* Check cross-field constraints (limits vs memory). */
+int kvtcd_config_validate(const kvtcd_config *c, char *err, size_t errlen);
+
+/* "4096", "512K", "512M", "4G", "1T" (binary units, optional "iB"/"B").
+ * Errors: KVTC_EINVAL (syntax, zero-free overflow). */
+int kvtcd_parse_size(const char *s, uint64_t *out);
+/* "HOST:PORT" or "[V6]:PORT"; port 0..65535 (0: pick one). */
+int kvtcd_parse_hostport(const char *s, char *host, size_t hostlen,
+                         uint16_t *port);
+
+/* The --help text. */
+const char *kvtcd_usage(void);
+
+#endif

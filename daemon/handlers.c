@@ -1,0 +1,807 @@
+/* handlers.c - one function per request kind.
+ *
+ * Every request is validated in full (sizes against limits, keys, layouts,
+ * enums) before anything is allocated for it; a bad request gets one error
+ * reply and has no effect. Handlers run inside the AM callback (from
+ * ucp_worker_progress on the loop thread): they may send, never progress. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvtc_codec.h"
+#include "kvtc_errors.h"
+#include "log.h"
+#include "server.h"
+
+#define ST(x) KVTC__WIRE__STATUS__##x
+/* A Get whose hits are not one contiguous range is copied into one buffer;
+ * this bounds that copy. */
+#define GATHER_MIN_CAP (256ull << 20)
+
+static void dispatch(kvtcd_session *s, Kvtc__Wire__Request *req,
+                     const void *bulk, size_t bulk_len, void *rndv_desc,
+                     kvtcd_blob *preblob, size_t preoff);
+
+static int check_batch(kvtcd_session *s, uint64_t id, size_t n,
+                       const char *what)
+{
+    if (n == 0) {
+        kvtcd_send_error(s, id, ST(INVALID), "%s: empty batch", what);
+        return -1;
+    }
+    if (n > s->srv->cfg.max_batch) {
+        kvtcd_send_error(s, id, ST(TOO_LARGE),
+                         "%s: %zu items, limit max_batch=%u", what, n,
+                         s->srv->cfg.max_batch);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_keys(kvtcd_session *s, uint64_t id,
+                      const ProtobufCBinaryData *keys, size_t n,
+                      const char *what)
+{
+    if (check_batch(s, id, n, what) < 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (!kvtc_wire_key_ok(&keys[i])) {
+            kvtcd_send_error(s, id, ST(INVALID),
+                             "%s: key %zu is %zu bytes, must be 32", what, i,
+                             keys[i].len);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- Hello ------------------------------------------------------------- */
+
+static void handle_hello(kvtcd_session *s, const Kvtc__Wire__Request *req)
+{
+    kvtcd_server *srv = s->srv;
+    const Kvtc__Wire__Hello *h = req->hello;
+    if (!kvtc_wire_version_ok(h->major)) {
+        kvtcd_send_error(s, req->id, ST(VERSION),
+                         "protocol %u.%u not supported: kvtcd speaks %u.%u",
+                         h->major, h->minor, KVTC_PROTO_MAJOR,
+                         KVTC_PROTO_MINOR);
+        return;
+    }
+    const char *tenant = h->tenant && *h->tenant ? h->tenant
+                                                 : KVTC_WIRE_DEFAULT_TENANT;
+    if (strlen(tenant) > KVTC_WIRE_MAX_NAME ||
+        (h->client_name && strlen(h->client_name) > KVTC_WIRE_MAX_NAME) ||
+        (h->token && strlen(h->token) > KVTC_WIRE_MAX_NAME)) {
+        kvtcd_send_error(s, req->id, ST(INVALID),
+                         "hello: tenant, token or client_name over %u bytes",
+                         KVTC_WIRE_MAX_NAME);
+        return;
+    }
+    uint32_t ns;
+    int rc = kvtcd_index_namespace(&srv->index, tenant, &ns);
+    if (rc < 0) {
+        kvtcd_send_error(s, req->id, kvtc_wire_err_to_status(rc),
+                         "hello: cannot open namespace: %s",
+                         kvtc_strerror(rc));
+        return;
+    }
+    s->ns = ns;
+    s->hello_done = 1;
+    KVTCD_INFO("session", "hello session=%llu tenant=\"%s\" client=\"%s\" "
+                          "version=%u.%u",
+               (unsigned long long)s->id, tenant,
+               h->client_name ? h->client_name : "", h->major, h->minor);
+    Kvtc__Wire__HelloReply hr = KVTC__WIRE__HELLO_REPLY__INIT;
+    hr.major = KVTC_PROTO_MAJOR;
+    hr.minor = KVTC_PROTO_MINOR;
+    hr.has_session_id = 1;
+    hr.session_id = s->id;
+    hr.has_max_chunk_bytes = 1;
+    hr.max_chunk_bytes = srv->cfg.max_chunk_bytes;
+    hr.has_max_batch = 1;
+    hr.max_batch = srv->cfg.max_batch;
+    hr.server_version = (char *)"kvtcd " KVTC_VERSION;
+    Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
+    rep.id = req->id;
+    rep.status = ST(OK);
+    rep.body_case = KVTC__WIRE__REPLY__BODY_HELLO;
+    rep.hello = &hr;
+    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+}
+
+/* ---- Put --------------------------------------------------------------- */
+
+/* Validate one chunk's metadata; on failure send the error and return -1. */
+static int check_chunk(kvtcd_session *s, uint64_t id, size_t i,
+                       const Kvtc__Wire__ChunkMeta *c)
+{
+    const kvtcd_config *cfg = &s->srv->cfg;
+    if (!kvtc_wire_key_ok(&c->key)) {
+        kvtcd_send_error(s, id, ST(INVALID),
+                         "put: chunk %zu key is %zu bytes, must be 32", i,
+                         c->key.len);
+        return -1;
+    }
+    if (c->has_parent && !kvtc_wire_key_ok(&c->parent)) {
+        kvtcd_send_error(s, id, ST(INVALID),
+                         "put: chunk %zu parent is %zu bytes, must be 32", i,
+                         c->parent.len);
+        return -1;
+    }
+    if (c->size == 0) {
+        kvtcd_send_error(s, id, ST(INVALID), "put: chunk %zu is empty", i);
+        return -1;
+    }
+    if (c->size > cfg->max_chunk_bytes) {
+        kvtcd_send_error(s, id, ST(TOO_LARGE),
+                         "put: chunk %zu is %llu bytes, limit max_chunk_bytes"
+                         "=%llu",
+                         i, (unsigned long long)c->size,
+                         (unsigned long long)cfg->max_chunk_bytes);
+        return -1;
+    }
+    int enc = c->has_encoding ? (int)c->encoding : KVTC__WIRE__ENCODING__RAW;
+    if (!kvtc_wire_encoding_ok(enc)) {
+        kvtcd_send_error(s, id, ST(INVALID), "put: chunk %zu encoding %d",
+                         i, enc);
+        return -1;
+    }
+    if (enc != KVTC__WIRE__ENCODING__RAW) {
+        kvtcd_send_error(s, id, ST(UNSUPPORTED),
+                         "put: chunk %zu: only RAW encoding is stored by "
+                         "this kvtcd",
+                         i);
+        return -1;
+    }
+    if (c->layout) {
+        kvtc_layout l;
+        kvtc_wire_layout_from_msg(c->layout, &l);
+        if (kvtc_layout_check(&l) < 0) {
+            kvtcd_send_error(s, id, ST(INVALID),
+                             "put: chunk %zu layout out of bounds "
+                             "(layers=%u kv_heads=%u head_dim=%u dtype=%u)",
+                             i, l.layers, l.kv_heads, l.head_dim, l.dtype);
+            return -1;
+        }
+        uint32_t tokens = c->has_n_tokens ? c->n_tokens : l.chunk_tokens;
+        if (tokens == 0 || tokens > KVTC_MAX_CHUNK_TOKENS) {
+            kvtcd_send_error(s, id, ST(INVALID),
+                             "put: chunk %zu has a layout but n_tokens=%u", i,
+                             tokens);
+            return -1;
+        }
+        size_t want = kvtc_chunk_bytes(&l, tokens);
+        if (want != c->size) {
+            kvtcd_send_error(s, id, ST(INVALID),
+                             "put: chunk %zu is %llu bytes, its layout and "
+                             "%u tokens need %zu",
+                             i, (unsigned long long)c->size, tokens, want);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void fill_tmpl(kvtcd_entry *t, uint32_t ns,
+                      const Kvtc__Wire__ChunkMeta *c, uint64_t expire)
+{
+    memset(t, 0, sizeof *t);
+    t->ns = ns;
+    memcpy(t->key, c->key.data, KVTCD_KEY_BYTES);
+    if (c->has_parent) {
+        memcpy(t->parent, c->parent.data, KVTCD_KEY_BYTES);
+        t->has_parent = 1;
+    }
+    t->encoding = KVTC__WIRE__ENCODING__RAW;
+    if (c->layout) {
+        kvtc_wire_layout_from_msg(c->layout, &t->layout);
+        t->has_layout = 1;
+    }
+    t->first_pos = c->has_first_pos ? c->first_pos : 0;
+    t->n_tokens = c->has_n_tokens ? c->n_tokens : 0;
+    t->chunk_flags = c->has_flags ? c->flags : 0;
+    t->size = c->size;
+    t->checksum = c->has_checksum ? c->checksum : 0;
+    t->expire_ms = expire;
+}
+
+/* The payload is in op->blob (chunk i at off_i); verify, index, reply. */
+static void finish_put(kvtcd_op *op, size_t base)
+{
+    kvtcd_session *s = op->sess;
+    kvtcd_server *srv = s->srv;
+    uint64_t now = kvtcd_now_ms(srv);
+    Kvtc__Wire__Status *st = calloc(op->n_chunks, sizeof *st);
+    if (!st) {
+        kvtcd_send_error(s, op->req_id, ST(INTERNAL), "put: out of memory");
+        return;
+    }
+    Kvtc__Wire__Status first_bad = ST(OK);
+    size_t off = base;
+    for (uint32_t i = 0; i < op->n_chunks; i++) {
+        kvtcd_entry *t = &op->tmpl[i];
+        uint64_t sum = kvtc_wire_checksum(op->blob->data + off, t->size);
+        if (op->has_checksum[i] && sum != t->checksum) {
+            st[i] = ST(CORRUPT);
+            srv->m.corrupt++;
+        } else {
+            t->checksum = sum;
+            int rc = kvtcd_index_insert(&srv->index, t, op->blob, off, now,
+                                        NULL);
+            st[i] = kvtc_wire_err_to_status(rc);
+            if (rc == 0)
+                srv->m.puts++;
+        }
+        if (st[i] != ST(OK) && first_bad == ST(OK))
+            first_bad = st[i];
+        off += t->size;
+    }
+    srv->m.bytes_in += op->total;
+    Kvtc__Wire__PutReply pr = KVTC__WIRE__PUT_REPLY__INIT;
+    pr.n_status = op->n_chunks;
+    pr.status = st;
+    Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
+    rep.id = op->req_id;
+    rep.status = first_bad;
+    if (first_bad == ST(CORRUPT))
+        rep.message = (char *)"put: payload checksum mismatch";
+    else if (first_bad != ST(OK))
+        rep.message = (char *)"put: some chunks were not stored";
+    if (first_bad != ST(OK))
+        srv->m.errors++;
+    rep.body_case = KVTC__WIRE__REPLY__BODY_PUT;
+    rep.put = &pr;
+    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+    free(st);
+}
+
+static void reply_put_full(kvtcd_session *s, uint64_t id, size_t n,
+                           uint64_t total)
+{
+    kvtcd_server *srv = s->srv;
+    srv->m.rejected_full += n;
+    srv->m.errors++;
+    Kvtc__Wire__Status *st = calloc(n, sizeof *st);
+    Kvtc__Wire__PutReply pr = KVTC__WIRE__PUT_REPLY__INIT;
+    if (st) {
+        for (size_t i = 0; i < n; i++)
+            st[i] = ST(FULL);
+        pr.n_status = n;
+        pr.status = st;
+    }
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "store full: %llu of %llu bytes used, cannot fit %llu more "
+             "(nothing evictable: pinned or in use)",
+             (unsigned long long)srv->host->used,
+             (unsigned long long)srv->host->capacity,
+             (unsigned long long)total);
+    Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
+    rep.id = id;
+    rep.status = ST(FULL);
+    rep.message = msg;
+    rep.body_case = KVTC__WIRE__REPLY__BODY_PUT;
+    rep.put = &pr;
+    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+    free(st);
+}
+
+static void complete_recv(kvtcd_op *op, ucs_status_t status)
+{
+    kvtcd_session *s = op->sess;
+    if (status != UCS_OK) {
+        KVTCD_INFO("req", "bulk receive failed session=%llu req=%llu "
+                          "bytes=%llu err=\"%s\"",
+                   (unsigned long long)s->id, (unsigned long long)op->req_id,
+                   (unsigned long long)op->total, ucs_status_string(status));
+        s->srv->m.errors++;
+        kvtcd_op_free(op); /* frees the reservation */
+        return;
+    }
+    if (op->kind == KVTCD_OP_PUT) {
+        finish_put(op, 0);
+        kvtcd_op_free(op);
+        return;
+    }
+    /* KVTCD_OP_RECV: the message (and any bulk after it) has arrived. */
+    const void *msg = op->msg_buf ? op->msg_buf : op->blob->data;
+    Kvtc__Wire__Request *req = NULL;
+    if (kvtc_wire_unpack_request_msg(msg, op->msg_len, &req) < 0) {
+        kvtcd_send_error(s, 0, ST(INVALID), "malformed request message");
+    } else {
+        size_t bulk = op->blob ? op->blob->size - op->msg_len : 0;
+        dispatch(s, req, op->blob ? op->blob->data + op->msg_len : NULL, bulk,
+                 NULL, op->blob, op->msg_len);
+        kvtc_wire_request_free(req);
+    }
+    kvtcd_op_free(op);
+}
+
+static void on_recv_done(void *request, ucs_status_t status, size_t length,
+                         void *user_data)
+{
+    kvtcd_op *op = user_data;
+    ucp_request_free(request);
+    op->ucx_req = NULL;
+    complete_recv(op, status);
+}
+
+/* Start receiving a rendezvous payload of len bytes into dst. */
+static void start_recv(kvtcd_op *op, void *desc, void *dst, size_t len)
+{
+    kvtcd_server *srv = op->sess->srv;
+    ucp_request_param_t p = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+        .cb.recv_am = on_recv_done,
+        .user_data = op,
+    };
+    ucs_status_ptr_t r = ucp_am_recv_data_nbx(srv->worker, desc, dst, len, &p);
+    if (r == NULL) {
+        complete_recv(op, UCS_OK);
+        return;
+    }
+    if (UCS_PTR_IS_ERR(r)) {
+        complete_recv(op, UCS_PTR_STATUS(r));
+        return;
+    }
+    op->ucx_req = r;
+}
+
+static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,
+                       const void *bulk, size_t bulk_len, void *rndv_desc,
+                       kvtcd_blob *preblob, size_t preoff)
+{
+    kvtcd_server *srv = s->srv;
+    const Kvtc__Wire__PutRequest *put = req->put;
+    if (check_batch(s, req->id, put->n_chunks, "put") < 0)
+        return;
+    uint64_t total = 0;
+    for (size_t i = 0; i < put->n_chunks; i++) {
+        if (check_chunk(s, req->id, i, put->chunks[i]) < 0)
+            return;
+        total += put->chunks[i]->size; /* <= 4096 * 1 TiB: no overflow */
+    }
+    if (total != bulk_len) {
+        kvtcd_send_error(s, req->id, ST(INVALID),
+                         "put: chunk sizes add up to %llu bytes but %zu "
+                         "arrived",
+                         (unsigned long long)total, bulk_len);
+        return;
+    }
+    uint64_t now = kvtcd_now_ms(srv);
+    kvtcd_op *op = kvtcd_op_new(srv, KVTCD_OP_PUT, s);
+    if (!op)
+        goto nomem;
+    op->req_id = req->id;
+    op->n_chunks = (uint32_t)put->n_chunks;
+    op->total = total;
+    op->tmpl = calloc(put->n_chunks, sizeof *op->tmpl);
+    op->has_checksum = calloc(put->n_chunks, 1);
+    if (!op->tmpl || !op->has_checksum)
+        goto nomem;
+    uint64_t expire = put->has_ttl_ms && put->ttl_ms ? now + put->ttl_ms : 0;
+    for (size_t i = 0; i < put->n_chunks; i++) {
+        fill_tmpl(&op->tmpl[i], s->ns, put->chunks[i], expire);
+        op->has_checksum[i] = (uint8_t)put->chunks[i]->has_checksum;
+    }
+    if (preblob) {
+        /* Arrived with its message ("in data" rendezvous): already in the
+         * store, at preoff. */
+        op->blob = preblob;
+        kvtcd_blob_ref(preblob);
+        finish_put(op, preoff);
+        kvtcd_op_free(op);
+        return;
+    }
+    int rc = kvtcd_index_reserve(&srv->index, total, now, &op->blob);
+    if (rc == KVTC_EFULL) {
+        kvtcd_op_free(op);
+        reply_put_full(s, req->id, put->n_chunks, total);
+        return;
+    }
+    if (rc < 0)
+        goto nomem;
+    if (rndv_desc) {
+        start_recv(op, rndv_desc, op->blob->data, total);
+        return;
+    }
+    memcpy(op->blob->data, bulk, total);
+    finish_put(op, 0);
+    kvtcd_op_free(op);
+    return;
+nomem:
+    kvtcd_op_free(op);
+    kvtcd_send_error(s, req->id, ST(INTERNAL), "put: out of memory");
+}
+
+/* ---- Get --------------------------------------------------------------- */
+
+static void meta_of(const kvtcd_entry *e, Kvtc__Wire__ChunkMeta *m,
+                    Kvtc__Wire__Layout *lm)
+{
+    kvtc__wire__chunk_meta__init(m);
+    m->key.data = (uint8_t *)e->key;
+    m->key.len = KVTCD_KEY_BYTES;
+    if (e->has_parent) {
+        m->has_parent = 1;
+        m->parent.data = (uint8_t *)e->parent;
+        m->parent.len = KVTCD_KEY_BYTES;
+    }
+    m->size = e->size;
+    m->has_checksum = 1;
+    m->checksum = e->checksum;
+    m->has_encoding = 1;
+    m->encoding = (Kvtc__Wire__Encoding)e->encoding;
+    if (e->has_layout) {
+        kvtc_wire_layout_to_msg(&e->layout, lm);
+        m->layout = lm;
+    }
+    m->has_first_pos = 1;
+    m->first_pos = e->first_pos;
+    m->has_n_tokens = 1;
+    m->n_tokens = e->n_tokens;
+    if (e->chunk_flags) {
+        m->has_flags = 1;
+        m->flags = e->chunk_flags;
+    }
+}
+
+static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
+{
+    kvtcd_server *srv = s->srv;
+    const Kvtc__Wire__GetRequest *g = req->get;
+    if (check_keys(s, req->id, g->keys, g->n_keys, "get") < 0)
+        return;
+    int want = g->has_want ? (int)g->want : KVTC__WIRE__ENCODING__RAW;
+    if (!kvtc_wire_encoding_ok(want)) {
+        kvtcd_send_error(s, req->id, ST(INVALID), "get: want=%d", want);
+        return;
+    }
+    if (want != KVTC__WIRE__ENCODING__RAW) {
+        kvtcd_send_error(s, req->id, ST(UNSUPPORTED),
+                         "get: only RAW is served by this kvtcd");
+        return;
+    }
+    size_t n = g->n_keys;
+    uint64_t now = kvtcd_now_ms(srv);
+    Kvtc__Wire__GetResult *res = calloc(n, sizeof *res);
+    Kvtc__Wire__GetResult **resp = calloc(n, sizeof *resp);
+    Kvtc__Wire__ChunkMeta *metas = calloc(n, sizeof *metas);
+    Kvtc__Wire__Layout *lms = calloc(n, sizeof *lms);
+    kvtcd_entry **found = calloc(n, sizeof *found);
+    kvtcd_blob **holds = calloc(n, sizeof *holds);
+    void *gather = NULL;
+    if (!res || !resp || !metas || !lms || !found || !holds) {
+        kvtcd_send_error(s, req->id, ST(INTERNAL), "get: out of memory");
+        goto cleanup;
+    }
+    size_t nf = 0;
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        kvtc__wire__get_result__init(&res[i]);
+        resp[i] = &res[i];
+        srv->m.gets++;
+        kvtcd_entry *e = kvtcd_index_find(&srv->index, s->ns, g->keys[i].data,
+                                          now);
+        if (!e) {
+            res[i].status = ST(NOT_FOUND);
+            srv->m.misses++;
+            continue;
+        }
+        /* Never serve wrong KV: re-verify what memory holds now. */
+        if (kvtc_wire_checksum(e->blob->data + e->off, e->size) !=
+            e->checksum) {
+            KVTCD_ERROR("store", "stored chunk failed its checksum; dropped "
+                                 "session=%llu bytes=%llu",
+                        (unsigned long long)s->id,
+                        (unsigned long long)e->size);
+            kvtcd_index_remove(&srv->index, e);
+            res[i].status = ST(CORRUPT);
+            srv->m.corrupt++;
+            srv->m.misses++;
+            continue;
+        }
+        srv->m.hits++;
+        kvtcd_index_touch(&srv->index, e, now);
+        res[i].status = ST(OK);
+        meta_of(e, &metas[i], &lms[i]);
+        res[i].meta = &metas[i];
+        res[i].has_tier = 1;
+        res[i].tier = (Kvtc__Wire__Tier)e->blob->tier->wire_tier;
+        found[nf] = e;
+        holds[nf] = e->blob;
+        nf++;
+        total += e->size;
+    }
+    const void *payload = NULL;
+    if (nf > 0) {
+        /* Zero-copy when the hits lie back to back in one blob (one chunk,
+         * or a batch that was put together); else gather. */
+        int contiguous = 1;
+        for (size_t j = 1; j < nf && contiguous; j++)
+            contiguous = found[j]->blob == found[0]->blob &&
+                         found[j]->off == found[j - 1]->off + found[j - 1]->size;
+        if (contiguous) {
+            payload = found[0]->blob->data + found[0]->off;
+        } else {
+            uint64_t cap = srv->cfg.max_chunk_bytes > GATHER_MIN_CAP
+                               ? srv->cfg.max_chunk_bytes
+                               : GATHER_MIN_CAP;
+            if (total > cap) {
+                kvtcd_send_error(s, req->id, ST(TOO_LARGE),
+                                 "get: %llu bytes of scattered hits, limit "
+                                 "%llu per request: ask for fewer keys",
+                                 (unsigned long long)total,
+                                 (unsigned long long)cap);
+                goto cleanup;
+            }
+            gather = malloc(total);
+            if (!gather) {
+                kvtcd_send_error(s, req->id, ST(INTERNAL),
+                                 "get: out of memory");
+                goto cleanup;
+            }
+            size_t off = 0;
+            for (size_t j = 0; j < nf; j++) {
+                memcpy((uint8_t *)gather + off,
+                       found[j]->blob->data + found[j]->off, found[j]->size);
+                off += found[j]->size;
+            }
+            payload = gather;
+            nf = 0; /* the copy needs no blob kept alive */
+        }
+    }
+    Kvtc__Wire__GetReply gr = KVTC__WIRE__GET_REPLY__INIT;
+    gr.n_results = n;
+    gr.results = resp;
+    Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
+    rep.id = req->id;
+    rep.status = ST(OK);
+    rep.body_case = KVTC__WIRE__REPLY__BODY_GET;
+    rep.get = &gr;
+    kvtcd_send_reply(s, &rep, payload, total, holds, (uint32_t)nf, gather);
+    gather = NULL; /* owned by the send now */
+cleanup:
+    free(gather);
+    free(res);
+    free(resp);
+    free(metas);
+    free(lms);
+    free(found);
+    free(holds);
+}
+
+/* ---- Lookup, Delete, Pin, Stats ---------------------------------------- */
+
+static void handle_lookup(kvtcd_session *s, const Kvtc__Wire__Request *req)
+{
+    kvtcd_server *srv = s->srv;
+    const Kvtc__Wire__LookupRequest *lk = req->lookup;
+    if (check_keys(s, req->id, lk->keys, lk->n_keys, "lookup") < 0)
+        return;
+    size_t n = lk->n_keys;
+    const uint8_t **keys = calloc(n, sizeof *keys);
+    int *tiers = calloc(n, sizeof *tiers);
+    Kvtc__Wire__Tier *wt = calloc(n, sizeof *wt);
+    if (!keys || !tiers || !wt) {
+        kvtcd_send_error(s, req->id, ST(INTERNAL), "lookup: out of memory");
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++)
+        keys[i] = lk->keys[i].data;
+    srv->m.lookups++;
+    uint32_t hits = kvtcd_index_lookup(&srv->index, s->ns, keys, (uint32_t)n,
+                                       kvtcd_now_ms(srv), tiers);
+    for (uint32_t i = 0; i < hits; i++)
+        wt[i] = (Kvtc__Wire__Tier)tiers[i];
+    Kvtc__Wire__LookupReply lr = KVTC__WIRE__LOOKUP_REPLY__INIT;
+    lr.hits = hits;
+    lr.n_tiers = hits;
+    lr.tiers = wt;
+    Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
+    rep.id = req->id;
+    rep.status = ST(OK);
+    rep.body_case = KVTC__WIRE__REPLY__BODY_LOOKUP;
+    rep.lookup = &lr;
+    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+cleanup:
+    free(keys);
+    free(tiers);
+    free(wt);
+}
+
+static void handle_delete_or_pin(kvtcd_session *s,
+                                 const Kvtc__Wire__Request *req, int is_pin)
+{
+    kvtcd_server *srv = s->srv;
+    const ProtobufCBinaryData *keys =
+        is_pin ? req->pin->keys : req->del->keys;
+    size_t n = is_pin ? req->pin->n_keys : req->del->n_keys;
+    if (check_keys(s, req->id, keys, n, is_pin ? "pin" : "delete") < 0)
+        return;
+    Kvtc__Wire__Status *st = calloc(n, sizeof *st);
+    if (!st) {
+        kvtcd_send_error(s, req->id, ST(INTERNAL), "out of memory");
+        return;
+    }
+    uint64_t now = kvtcd_now_ms(srv);
+    for (size_t i = 0; i < n; i++) {
+        kvtcd_entry *e = kvtcd_index_find(&srv->index, s->ns, keys[i].data,
+                                          now);
+        if (!e) {
+            st[i] = ST(NOT_FOUND);
+        } else if (is_pin) {
+            kvtcd_index_pin(&srv->index, e, req->pin->pin,
+                            req->pin->has_ttl_ms ? req->pin->ttl_ms : 0, now);
+            st[i] = ST(OK);
+            srv->m.pins++;
+        } else if (kvtcd_entry_pinned(e, now)) {
+            st[i] = ST(PINNED);
+        } else {
+            kvtcd_index_remove(&srv->index, e);
+            st[i] = ST(OK);
+            srv->m.deletes++;
+        }
+    }
+    Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
+    rep.id = req->id;
+    rep.status = ST(OK);
+    Kvtc__Wire__PinReply pr = KVTC__WIRE__PIN_REPLY__INIT;
+    Kvtc__Wire__DeleteReply dr = KVTC__WIRE__DELETE_REPLY__INIT;
+    if (is_pin) {
+        pr.n_status = n;
+        pr.status = st;
+        rep.body_case = KVTC__WIRE__REPLY__BODY_PIN;
+        rep.pin = &pr;
+    } else {
+        dr.n_status = n;
+        dr.status = st;
+        rep.body_case = KVTC__WIRE__REPLY__BODY_DEL;
+        rep.del = &dr;
+    }
+    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+    free(st);
+}
+
+static void handle_stats(kvtcd_session *s, const Kvtc__Wire__Request *req)
+{
+    kvtcd_server *srv = s->srv;
+    Kvtc__Wire__StatsReply sr = KVTC__WIRE__STATS_REPLY__INIT;
+#define SET(f, v) (sr.has_##f = 1, sr.f = (v))
+    SET(chunks, srv->index.count);
+    SET(bytes_used, srv->host->used);
+    SET(bytes_capacity, srv->host->capacity);
+    SET(puts, srv->m.puts);
+    SET(gets, srv->m.gets);
+    SET(hits, srv->m.hits);
+    SET(misses, srv->m.misses);
+    SET(evictions, srv->index.evictions);
+    SET(rejected_full, srv->m.rejected_full);
+    SET(sessions, srv->n_sessions);
+    SET(bytes_in, srv->m.bytes_in);
+    SET(bytes_out, srv->m.bytes_out);
+    SET(errors, srv->m.errors);
+    SET(uptime_ms, kvtcd_now_ms(srv));
+#undef SET
+    Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
+    rep.id = req->id;
+    rep.status = ST(OK);
+    rep.body_case = KVTC__WIRE__REPLY__BODY_STATS;
+    rep.stats = &sr;
+    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+}
+
+/* ---- dispatch ---------------------------------------------------------- */
+
+static void dispatch(kvtcd_session *s, Kvtc__Wire__Request *req,
+                     const void *bulk, size_t bulk_len, void *rndv_desc,
+                     kvtcd_blob *preblob, size_t preoff)
+{
+    kvtcd_server *srv = s->srv;
+    if (srv->draining) {
+        kvtcd_send_error(s, req->id, ST(BUSY), "kvtcd is shutting down");
+        return;
+    }
+    if (req->body_case == KVTC__WIRE__REQUEST__BODY__NOT_SET) {
+        kvtcd_send_error(s, req->id, ST(UNSUPPORTED),
+                         "unknown operation (newer client?)");
+        return;
+    }
+    if (req->body_case != KVTC__WIRE__REQUEST__BODY_HELLO && !s->hello_done) {
+        kvtcd_send_error(s, req->id, ST(UNAUTHORIZED),
+                         "hello first: no session yet");
+        return;
+    }
+    if (bulk_len && req->body_case != KVTC__WIRE__REQUEST__BODY_PUT) {
+        kvtcd_send_error(s, req->id, ST(INVALID),
+                         "unexpected %zu payload bytes", bulk_len);
+        return;
+    }
+    switch (req->body_case) {
+    case KVTC__WIRE__REQUEST__BODY_HELLO: handle_hello(s, req); break;
+    case KVTC__WIRE__REQUEST__BODY_PUT:
+        handle_put(s, req, bulk, bulk_len, rndv_desc, preblob, preoff);
+        break;
+    case KVTC__WIRE__REQUEST__BODY_GET: handle_get(s, req); break;
+    case KVTC__WIRE__REQUEST__BODY_LOOKUP: handle_lookup(s, req); break;
+    case KVTC__WIRE__REQUEST__BODY_DEL: handle_delete_or_pin(s, req, 0); break;
+    case KVTC__WIRE__REQUEST__BODY_PIN: handle_delete_or_pin(s, req, 1); break;
+    case KVTC__WIRE__REQUEST__BODY_STATS: handle_stats(s, req); break;
+    default:
+        kvtcd_send_error(s, req->id, ST(UNSUPPORTED), "unknown operation %d",
+                         (int)req->body_case);
+        break;
+    }
+}
+
+ucs_status_t kvtcd_handle_request(kvtcd_session *s, const void *header,
+                                  size_t header_len, void *data, size_t length,
+                                  const ucp_am_recv_param_t *param)
+{
+    kvtcd_server *srv = s->srv;
+    srv->m.requests++;
+    int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+    size_t mlen;
+    int in_data;
+    if (kvtc_wire_am_split(header, header_len, length, &mlen, &in_data) < 0) {
+        kvtcd_send_error(s, 0, ST(INVALID),
+                         "bad frame: header of %zu bytes", header_len);
+        return UCS_OK; /* drops any rendezvous */
+    }
+    if (in_data && rndv) {
+        /* The message is inside a rendezvous payload: fetch it all first.
+         * Bulk beyond the message can only be a put's, so it goes straight
+         * into the store; a bare message goes into a small buffer. */
+        size_t bulk = length - mlen;
+        uint64_t limit = (uint64_t)srv->cfg.max_batch * srv->cfg.max_chunk_bytes;
+        if (srv->draining) {
+            kvtcd_send_error(s, 0, ST(BUSY), "kvtcd is shutting down");
+            return UCS_OK;
+        }
+        if (bulk > limit || bulk > srv->host->capacity) {
+            kvtcd_send_error(s, 0, ST(TOO_LARGE),
+                             "request of %zu bytes over the daemon's limits",
+                             length);
+            return UCS_OK;
+        }
+        kvtcd_op *op = kvtcd_op_new(srv, KVTCD_OP_RECV, s);
+        if (!op)
+            return UCS_OK;
+        op->msg_len = mlen;
+        op->total = length;
+        void *dst;
+        if (bulk == 0) {
+            op->msg_buf = malloc(mlen);
+            dst = op->msg_buf;
+        } else {
+            int rc = kvtcd_index_reserve(&srv->index, length,
+                                         kvtcd_now_ms(srv), &op->blob);
+            if (rc == KVTC_EFULL) {
+                kvtcd_op_free(op);
+                reply_put_full(s, 0, 0, length);
+                return UCS_OK;
+            }
+            dst = rc == 0 ? op->blob->data : NULL;
+        }
+        if (!dst) {
+            kvtcd_op_free(op);
+            kvtcd_send_error(s, 0, ST(INTERNAL), "out of memory");
+            return UCS_OK;
+        }
+        start_recv(op, data, dst, length);
+        return UCS_OK;
+    }
+    Kvtc__Wire__Request *req = NULL;
+    const uint8_t *msg = in_data ? (const uint8_t *)data
+                                 : (const uint8_t *)header + KVTC_WIRE_LEN_BYTES;
+    if (kvtc_wire_unpack_request_msg(msg, mlen, &req) < 0) {
+        kvtcd_send_error(s, 0, ST(INVALID), "malformed request message");
+        return UCS_OK;
+    }
+    const uint8_t *bulk = in_data ? (const uint8_t *)data + mlen : data;
+    size_t bulk_len = in_data ? length - mlen : length;
+    dispatch(s, req, bulk, bulk_len, rndv ? data : NULL, NULL, 0);
+    kvtc_wire_request_free(req);
+    return UCS_OK;
+}

@@ -1,0 +1,190 @@
+/* server.c - kvtcd lifecycle: build, serve, drain on SIGTERM/SIGINT, tear
+ * down without leaks.
+ *
+ * Drain: stop accepting, answer new requests BUSY, wait (bounded) for the
+ * transfers in flight to end, close every endpoint, then close the loop's
+ * handles and free the store. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kvtc_errors.h"
+#include "log.h"
+#include "server.h"
+
+#define DRAIN_TICK_MS 10
+#define DRAIN_MAX_MS 10000   /* transfers in flight */
+#define CLOSE_MAX_MS 3000    /* endpoint closes */
+
+uint64_t kvtcd_now_ms(const kvtcd_server *srv)
+{
+    return uv_now(srv->loop) - srv->start_ms;
+}
+
+static int write_port_file(const kvtcd_server *srv)
+{
+    const char *path = srv->cfg.port_file;
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        KVTCD_ERROR("server", "cannot write port file path=%s err=\"%s\"",
+                    tmp, strerror(errno));
+        return KVTC_EIO;
+    }
+    char line[32];
+    int n = snprintf(line, sizeof line, "%u %u\n", srv->bound_port,
+                     srv->admin_port);
+    int ok = write(fd, line, (size_t)n) == n;
+    ok = (fsync(fd) == 0) && ok;
+    ok = (close(fd) == 0) && ok;
+    /* rename(2) is atomic: readers see no file or the whole line. */
+    if (!ok || rename(tmp, path) != 0) {
+        KVTCD_ERROR("server", "cannot write port file path=%s err=\"%s\"",
+                    path, strerror(errno));
+        unlink(tmp);
+        return KVTC_EIO;
+    }
+    return 0;
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    kvtcd_server *srv = h->data;
+    if (srv->draining) {
+        /* Signals often come in pairs (a supervisor and its child, a
+         * process group): only a later one means "now". */
+        if (kvtcd_now_ms(srv) >= srv->drain_started_ms + 1000) {
+            KVTCD_WARN("server", "second signal=%d: exiting without drain",
+                       signum);
+            _exit(1);
+        }
+        return;
+    }
+    KVTCD_INFO("server", "signal=%d: draining", signum);
+    kvtcd_server_stop(srv);
+}
+
+static void teardown_handles(kvtcd_server *srv)
+{
+    kvtcd_transport_close_handles(srv);
+    kvtcd_admin_close(srv);
+    if (!uv_is_closing((uv_handle_t *)&srv->sigterm)) {
+        uv_close((uv_handle_t *)&srv->sigterm, NULL);
+        uv_close((uv_handle_t *)&srv->sigint, NULL);
+        uv_close((uv_handle_t *)&srv->drain_timer, NULL);
+    }
+}
+
+static void on_drain_tick(uv_timer_t *t)
+{
+    kvtcd_server *srv = t->data;
+    uint64_t now = kvtcd_now_ms(srv);
+    kvtcd_transport_progress(srv);
+    if (srv->draining == 1) {
+        if (srv->n_ops > 0 && now < srv->drain_deadline_ms)
+            return;
+        if (srv->n_ops > 0)
+            KVTCD_WARN("server", "drain timeout: abandoning transfers=%u",
+                       srv->n_ops);
+        srv->draining = 2;
+        srv->drain_deadline_ms = now + CLOSE_MAX_MS;
+        kvtcd_transport_close_all(srv);
+        return;
+    }
+    if (srv->draining == 2) {
+        if (srv->closing > 0 && now < srv->drain_deadline_ms)
+            return;
+        srv->draining = 3;
+        uv_timer_stop(t);
+        teardown_handles(srv);
+    }
+}
+
+void kvtcd_server_stop(kvtcd_server *srv)
+{
+    if (srv->draining)
+        return;
+    srv->draining = 1;
+    srv->drain_started_ms = kvtcd_now_ms(srv);
+    kvtcd_transport_stop_listening(srv);
+    srv->drain_deadline_ms = kvtcd_now_ms(srv) + DRAIN_MAX_MS;
+    uv_timer_start(&srv->drain_timer, on_drain_tick, 0, DRAIN_TICK_MS);
+}
+
+static void free_state(kvtcd_server *srv)
+{
+    kvtcd_transport_fini(srv);
+    /* Blobs are registered with the UCP context: free them before it. */
+    if (srv->index.buckets)
+        kvtcd_index_fini(&srv->index);
+    kvtcd_tier_destroy(srv->host);
+    srv->host = NULL;
+    kvtcd_transport_cleanup_context(srv);
+}
+
+int kvtcd_server_init(kvtcd_server *srv, const kvtcd_config *cfg,
+                      uv_loop_t *loop)
+{
+    memset(srv, 0, sizeof *srv);
+    srv->cfg = *cfg;
+    srv->loop = loop;
+    uv_update_time(loop);
+    srv->start_ms = uv_now(loop);
+    uv_signal_init(loop, &srv->sigterm);
+    uv_signal_init(loop, &srv->sigint);
+    uv_timer_init(loop, &srv->drain_timer);
+    srv->sigterm.data = srv->sigint.data = srv->drain_timer.data = srv;
+
+    int rc = kvtcd_transport_init(srv);
+    if (rc < 0)
+        goto fail;
+    rc = kvtcd_store_host_create(cfg->host_mem, srv->ucp, &srv->host);
+    if (rc < 0)
+        goto fail;
+    rc = kvtcd_index_init(&srv->index, srv->host);
+    if (rc < 0)
+        goto fail;
+    rc = kvtcd_admin_init(srv);
+    if (rc < 0)
+        goto fail;
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    if (cfg->port_file[0]) {
+        rc = write_port_file(srv);
+        if (rc < 0)
+            goto fail;
+    }
+    KVTCD_INFO("server", "listening ucx=%s admin=%s host_mem=%llu "
+                         "max_chunk_bytes=%llu max_batch=%u version=%s",
+               srv->listen_addr, srv->admin_addr,
+               (unsigned long long)cfg->host_mem,
+               (unsigned long long)cfg->max_chunk_bytes, cfg->max_batch,
+               KVTC_VERSION);
+    /* The contract line tools parse (kvtcd --help documents it). */
+    fprintf(stderr, "kvtcd: listening ucx=%s admin=%s\n", srv->listen_addr,
+            srv->admin_addr);
+    fflush(stderr);
+    return 0;
+fail:
+    teardown_handles(srv);
+    uv_run(loop, UV_RUN_DEFAULT); /* let the closes finish */
+    free_state(srv);
+    return rc;
+}
+
+int kvtcd_server_run(kvtcd_server *srv)
+{
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    free_state(srv);
+    KVTCD_INFO("server", "stopped puts=%llu gets=%llu hits=%llu",
+               (unsigned long long)srv->m.puts,
+               (unsigned long long)srv->m.gets,
+               (unsigned long long)srv->m.hits);
+    if (srv->cfg.port_file[0])
+        unlink(srv->cfg.port_file);
+    return srv->exit_code;
+}

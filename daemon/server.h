@@ -1,0 +1,186 @@
+/* server.h - kvtcd's state and the pieces that share it.
+ *
+ * One libuv loop thread owns everything below: the UCP worker (driven from
+ * the loop by transport.c), sessions, the index and its tiers, the admin
+ * HTTP server and the metrics. Nothing here is locked; nothing may be
+ * touched from another thread.
+ *
+ * Files: server.c (lifecycle, signals, drain), transport.c (UCX context,
+ * worker, listener, endpoints, AM receive, reply sends), handlers.c (one
+ * function per request kind), admin.c (HTTP /metrics, /healthz). */
+#ifndef KVTCD_SERVER_H
+#define KVTCD_SERVER_H
+
+#include <stdint.h>
+#include <ucp/api/ucp.h>
+#include <uv.h>
+
+#include "config.h"
+#include "index.h"
+#include "tier.h"
+#include "wire.h"
+
+typedef struct kvtcd_server kvtcd_server;
+
+typedef struct kvtcd_metrics {
+    uint64_t requests;
+    uint64_t puts;          /* chunks stored */
+    uint64_t gets;          /* keys asked by Get */
+    uint64_t hits, misses;
+    uint64_t lookups, deletes, pins;
+    uint64_t rejected_full; /* put chunks refused with FULL */
+    uint64_t corrupt;       /* checksum mismatches (put or stored) */
+    uint64_t bytes_in, bytes_out;
+    uint64_t errors;        /* requests answered with an error status */
+    uint64_t sessions_total;
+    uint64_t disconnects;   /* sessions ended by error or peer close */
+} kvtcd_metrics;
+
+typedef struct kvtcd_session {
+    struct kvtcd_session *prev, *next; /* srv->sessions, while open */
+    kvtcd_server *srv;
+    ucp_ep_h ep;
+    uint64_t id;
+    uint32_t refs;          /* 1 while open, + 1 per in-flight op */
+    int open;               /* 0 once the endpoint failed or closed */
+    int close_pending;      /* queued for ucp_ep_close_nbx */
+    struct kvtcd_session *close_next;
+    int hello_done;
+    uint32_t ns;
+    char peer[64];
+} kvtcd_session;
+
+/* An in-flight operation that holds UCX resources: a put whose bulk data
+ * is still arriving, or a reply being sent. */
+enum kvtcd_op_kind {
+    KVTCD_OP_PUT = 1,  /* a put's bulk arriving by rendezvous into blob */
+    KVTCD_OP_SEND = 2, /* a reply being sent */
+    KVTCD_OP_RECV = 3  /* an "in data" request arriving by rendezvous */
+};
+
+typedef struct kvtcd_op {
+    struct kvtcd_op *prev, *next;      /* srv->ops */
+    int kind;
+    kvtcd_session *sess;
+    uint64_t req_id;
+    void *ucx_req;                     /* NULL when completed inline */
+    /* PUT */
+    kvtcd_entry *tmpl;                 /* n_chunks templates (ns, key, meta) */
+    uint8_t *has_checksum;
+    uint32_t n_chunks;
+    kvtcd_blob *blob;                  /* receives the payload */
+    uint64_t total;
+    uint32_t ttl_ms;
+    /* RECV: the message lands at msg_buf (no bulk) or blob->data (bulk
+     * follows the msg_len message bytes) */
+    void *msg_buf;
+    size_t msg_len;
+    /* SEND */
+    void *header;                      /* packed reply frame */
+    size_t header_len;
+    kvtcd_blob **holds;                /* blobs the payload points into */
+    uint32_t n_holds;
+    void *gather;                      /* owned payload copy, or NULL */
+} kvtcd_op;
+
+struct kvtcd_server {
+    kvtcd_config cfg;
+    uv_loop_t *loop;
+    uint64_t start_ms;
+    /* UCX, driven from the loop */
+    ucp_context_h ucp;
+    ucp_worker_h worker;
+    ucp_listener_h listener;
+    int efd;
+    uv_poll_t poll;
+    uv_prepare_t prepare;
+    uv_idle_t idle;
+    int idle_on;
+    int in_progress;                   /* re-entrancy guard */
+    int handles_open;
+    size_t max_am_header;              /* larger reply frames go in data */
+    char listen_addr[300];             /* "HOST:PORT" actually bound */
+    uint16_t bound_port;
+    /* state */
+    kvtcd_tier *host;
+    kvtcd_index index;
+    kvtcd_session *sessions;
+    uint32_t n_sessions;
+    kvtcd_session *close_queue;
+    uint32_t closing;                  /* ep closes in flight */
+    uint64_t next_session_id;
+    kvtcd_op *ops;
+    uint32_t n_ops;
+    kvtcd_metrics m;
+    /* admin HTTP */
+    uv_tcp_t admin;
+    int admin_open;
+    uint16_t admin_port;
+    char admin_addr[300];
+    /* lifecycle */
+    uv_signal_t sigterm, sigint;
+    uv_timer_t drain_timer;
+    uint64_t drain_deadline_ms;
+    uint64_t drain_started_ms;
+    int draining;
+    int exit_code;
+};
+
+/* ---- server.c ---- */
+/* Build everything (UCX, listener, admin, signals) from cfg. On failure
+ * everything built so far is torn down. */
+int kvtcd_server_init(kvtcd_server *srv, const kvtcd_config *cfg,
+                      uv_loop_t *loop);
+/* Run the loop until a signal (or kvtcd_server_stop) drains it; then tear
+ * everything down. Returns the exit code (0 after a clean drain). */
+int kvtcd_server_run(kvtcd_server *srv);
+/* Begin the drain (as SIGTERM does). */
+void kvtcd_server_stop(kvtcd_server *srv);
+uint64_t kvtcd_now_ms(const kvtcd_server *srv);
+
+/* ---- transport.c ---- */
+int kvtcd_transport_init(kvtcd_server *srv);
+/* Stop accepting new connections. */
+void kvtcd_transport_stop_listening(kvtcd_server *srv);
+/* Queue every open session's endpoint for closing. */
+void kvtcd_transport_close_all(kvtcd_server *srv);
+/* ucp_cleanup, after every registered blob is gone. */
+void kvtcd_transport_cleanup_context(kvtcd_server *srv);
+/* Close the uv handles (poll, prepare, idle). */
+void kvtcd_transport_close_handles(kvtcd_server *srv);
+/* Destroy the worker and context; frees whatever op is still left. */
+void kvtcd_transport_fini(kvtcd_server *srv);
+/* Progress the worker now (bounded). */
+void kvtcd_transport_progress(kvtcd_server *srv);
+/* Send a reply on s; payload (payload_len bytes) stays valid until the
+ * send completes because the op takes a reference on each of holds[] and
+ * owns gather (freed at completion). Takes ownership of gather even on
+ * failure. */
+int kvtcd_send_reply(kvtcd_session *s, const Kvtc__Wire__Reply *rep,
+                     const void *payload, size_t payload_len,
+                     kvtcd_blob *const *holds, uint32_t n_holds,
+                     void *gather);
+/* A reply with only a status and message. */
+int kvtcd_send_error(kvtcd_session *s, uint64_t req_id, int status,
+                     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+kvtcd_op *kvtcd_op_new(kvtcd_server *srv, int kind, kvtcd_session *s);
+void kvtcd_op_free(kvtcd_op *op);
+void kvtcd_session_unref(kvtcd_session *s);
+
+/* ---- handlers.c ---- */
+/* Handle one request frame from s. data/length/param as the AM callback got
+ * them (bulk bytes: eager data or a rendezvous descriptor). Returns the
+ * status for the AM callback (UCS_OK always; the data is consumed or
+ * dropped here). */
+ucs_status_t kvtcd_handle_request(kvtcd_session *s, const void *header,
+                                  size_t header_len, void *data,
+                                  size_t length,
+                                  const ucp_am_recv_param_t *param);
+
+/* ---- admin.c ---- */
+int kvtcd_admin_init(kvtcd_server *srv);
+void kvtcd_admin_close(kvtcd_server *srv);
+/* Prometheus text of every counter and gauge into a malloc'd string. */
+int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len);
+
+#endif

@@ -1,0 +1,610 @@
+/* transport.c - UCX for kvtcd: context, worker driven from the libuv loop,
+ * sockaddr listener, one session per endpoint, AM receive, reply sends.
+ *
+ * Driving UCP from libuv (DESIGN.md section 6): a uv_poll on the worker's
+ * event fd and a uv_prepare hook both run "progress until 0, then
+ * ucp_worker_arm; on UCS_ERR_BUSY repeat". The loop is bounded; when the
+ * bound is hit a uv_idle keeps the loop spinning (without blocking in
+ * epoll) so one burst cannot starve timers, signals and the admin port. */
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvtc_errors.h"
+#include "log.h"
+#include "server.h"
+
+#define PROGRESS_BOUND 1024 /* ucp_worker_progress calls per drive */
+#define ARM_ROUNDS 16       /* BUSY re-tries per drive */
+
+/* ---- sessions and ops ---------------------------------------------------- */
+
+void kvtcd_session_unref(kvtcd_session *s)
+{
+    if (s && --s->refs == 0)
+        free(s);
+}
+
+kvtcd_op *kvtcd_op_new(kvtcd_server *srv, int kind, kvtcd_session *s)
+{
+    kvtcd_op *op = calloc(1, sizeof *op);
+    if (!op)
+        return NULL;
+    op->kind = kind;
+    op->sess = s;
+    s->refs++;
+    op->next = srv->ops;
+    if (srv->ops)
+        srv->ops->prev = op;
+    srv->ops = op;
+    srv->n_ops++;
+    return op;
+}
+
+void kvtcd_op_free(kvtcd_op *op)
+{
+    if (!op)
+        return;
+    kvtcd_server *srv = op->sess->srv;
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        srv->ops = op->next;
+    if (op->next)
+        op->next->prev = op->prev;
+    srv->n_ops--;
+    free(op->tmpl);
+    free(op->has_checksum);
+    kvtcd_blob_unref(op->blob);
+    free(op->msg_buf);
+    free(op->header);
+    for (uint32_t i = 0; i < op->n_holds; i++)
+        kvtcd_blob_unref(op->holds[i]);
+    free(op->holds);
+    free(op->gather);
+    kvtcd_session_unref(op->sess);
+    free(op);
+}
+
+static void session_unlink(kvtcd_server *srv, kvtcd_session *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        srv->sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    srv->n_sessions--;
+}
+
+/* Mark s closed and queue its endpoint for closing from the drive loop:
+ * UCX callbacks (where failures are reported) must not close endpoints. */
+static void session_fail(kvtcd_session *s, const char *why)
+{
+    kvtcd_server *srv = s->srv;
+    if (!s->open)
+        return;
+    s->open = 0;
+    session_unlink(srv, s);
+    s->close_pending = 1;
+    s->close_next = srv->close_queue;
+    srv->close_queue = s;
+    KVTCD_INFO("session", "closed session=%llu peer=%s reason=\"%s\"",
+               (unsigned long long)s->id, s->peer, why);
+}
+
+static void on_close_done(void *req, ucs_status_t status, void *user_data)
+{
+    kvtcd_session *s = user_data;
+    s->srv->closing--;
+    ucp_request_free(req);
+    s->ep = NULL;
+    kvtcd_session_unref(s); /* the "open" reference */
+}
+
+static int process_close_queue(kvtcd_server *srv)
+{
+    int did = 0;
+    while (srv->close_queue) {
+        kvtcd_session *s = srv->close_queue;
+        srv->close_queue = s->close_next;
+        s->close_next = NULL;
+        s->close_pending = 0;
+        did = 1;
+        ucp_request_param_t p = {
+            .op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS |
+                            UCP_OP_ATTR_FIELD_CALLBACK |
+                            UCP_OP_ATTR_FIELD_USER_DATA,
+            .flags = UCP_EP_CLOSE_FLAG_FORCE,
+            .cb.send = on_close_done,
+            .user_data = s,
+        };
+        ucs_status_ptr_t r = ucp_ep_close_nbx(s->ep, &p);
+        if (r != NULL && !UCS_PTR_IS_ERR(r)) {
+            srv->closing++;
+            continue;
+        }
+        s->ep = NULL;
+        kvtcd_session_unref(s);
+    }
+    return did;
+}
+
+static void on_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
+{
+    kvtcd_session *s = arg;
+    s->srv->m.disconnects++;
+    session_fail(s, ucs_status_string(status));
+}
+
+/* ---- driving the worker --------------------------------------------------- */
+
+static void on_idle(uv_idle_t *h);
+
+static void drive(kvtcd_server *srv)
+{
+    if (srv->in_progress || !srv->worker)
+        return;
+    srv->in_progress = 1;
+    for (int round = 0; round < ARM_ROUNDS; round++) {
+        unsigned n = 0;
+        while (ucp_worker_progress(srv->worker)) {
+            if (++n >= PROGRESS_BOUND)
+                goto busy;
+        }
+        if (process_close_queue(srv))
+            continue; /* closing queued work: progress it before arming */
+        ucs_status_t st = ucp_worker_arm(srv->worker);
+        if (st == UCS_OK) {
+            if (srv->idle_on) {
+                uv_idle_stop(&srv->idle);
+                srv->idle_on = 0;
+            }
+            srv->in_progress = 0;
+            return;
+        }
+        if (st != UCS_ERR_BUSY) {
+            KVTCD_ERROR("ucx", "ucp_worker_arm failed err=\"%s\"",
+                        ucs_status_string(st));
+            break;
+        }
+    }
+busy:
+    process_close_queue(srv);
+    if (!srv->idle_on) {
+        uv_idle_start(&srv->idle, on_idle);
+        srv->idle_on = 1;
+    }
+    srv->in_progress = 0;
+}
+
+void kvtcd_transport_progress(kvtcd_server *srv)
+{
+    drive(srv);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    drive(h->data);
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    drive(h->data);
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    drive(h->data);
+}
+
+/* ---- receiving ------------------------------------------------------------- */
+
+static kvtcd_session *session_of_ep(kvtcd_server *srv, ucp_ep_h ep)
+{
+    for (kvtcd_session *s = srv->sessions; s; s = s->next) {
+        if (s->ep == ep) {
+            /* Move to front: a client sends many requests in a row. */
+            if (s != srv->sessions) {
+                s->prev->next = s->next;
+                if (s->next)
+                    s->next->prev = s->prev;
+                s->prev = NULL;
+                s->next = srv->sessions;
+                srv->sessions->prev = s;
+                srv->sessions = s;
+            }
+            return s;
+        }
+    }
+    return NULL;
+}
+
+static ucs_status_t on_request_am(void *arg, const void *header,
+                                  size_t header_length, void *data,
+                                  size_t length,
+                                  const ucp_am_recv_param_t *param)
+{
+    kvtcd_server *srv = arg;
+    kvtcd_session *s = NULL;
+    if ((param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) &&
+        param->reply_ep)
+        s = session_of_ep(srv, param->reply_ep);
+    if (!s) {
+        /* No way to answer: the client did not set UCP_AM_SEND_FLAG_REPLY.
+         * Returning UCS_OK drops eager data and any rendezvous. */
+        srv->m.errors++;
+        KVTCD_WARN("ucx", "request without a known reply endpoint dropped "
+                          "header_bytes=%zu data_bytes=%zu",
+                   header_length, length);
+        return UCS_OK;
+    }
+    return kvtcd_handle_request(s, header, header_length, data, length,
+                                param);
+}
+
+/* ---- accepting -------------------------------------------------------------- */
+
+static void format_sockaddr(const struct sockaddr_storage *ss, char *buf,
+                            size_t len, uint16_t *port)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    uint16_t p = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        p = ntohs(in->sin_port);
+        snprintf(buf, len, "%s:%u", host, p);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        p = ntohs(in6->sin6_port);
+        snprintf(buf, len, "[%s]:%u", host, p);
+    } else {
+        snprintf(buf, len, "?");
+    }
+    if (port)
+        *port = p;
+}
+
+static void on_conn_request(ucp_conn_request_h req, void *arg)
+{
+    kvtcd_server *srv = arg;
+    char peer[64] = "?";
+    ucp_conn_request_attr_t attr = {
+        .field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR};
+    if (ucp_conn_request_query(req, &attr) == UCS_OK)
+        format_sockaddr(&attr.client_address, peer, sizeof peer, NULL);
+    if (srv->draining || srv->n_sessions >= srv->cfg.max_sessions) {
+        KVTCD_WARN("session", "rejected peer=%s reason=\"%s\"", peer,
+                   srv->draining ? "shutting down" : "max_sessions reached");
+        ucp_listener_reject(srv->listener, req);
+        return;
+    }
+    kvtcd_session *s = calloc(1, sizeof *s);
+    if (!s) {
+        ucp_listener_reject(srv->listener, req);
+        return;
+    }
+    s->srv = srv;
+    s->refs = 1;
+    s->id = ++srv->next_session_id;
+    snprintf(s->peer, sizeof s->peer, "%s", peer);
+    ucp_ep_params_t ep = {
+        .field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLER,
+        .conn_request = req,
+        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
+        .err_handler = {.cb = on_ep_error, .arg = s},
+    };
+    ucs_status_t st = ucp_ep_create(srv->worker, &ep, &s->ep);
+    if (st != UCS_OK) {
+        KVTCD_WARN("session", "ucp_ep_create failed peer=%s err=\"%s\"",
+                   peer, ucs_status_string(st));
+        free(s);
+        return;
+    }
+    s->open = 1;
+    s->next = srv->sessions;
+    if (srv->sessions)
+        srv->sessions->prev = s;
+    srv->sessions = s;
+    srv->n_sessions++;
+    srv->m.sessions_total++;
+    KVTCD_INFO("session", "accepted session=%llu peer=%s",
+               (unsigned long long)s->id, peer);
+}
+
+static int resolve(const char *host, uint16_t port, struct sockaddr_storage *ss,
+                   socklen_t *len)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    char ps[8];
+    snprintf(ps, sizeof ps, "%u", port);
+    int rc = getaddrinfo(host, ps, &hints, &res);
+    if (rc != 0 || !res) {
+        KVTCD_ERROR("ucx", "cannot resolve host=%s err=\"%s\"", host,
+                    gai_strerror(rc));
+        return KVTC_EINVAL;
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+/* ---- setup and teardown ------------------------------------------------------ */
+
+int kvtcd_transport_init(kvtcd_server *srv)
+{
+    ucp_config_t *config = NULL;
+    ucs_status_t st = ucp_config_read(NULL, NULL, &config);
+    if (st != UCS_OK) {
+        KVTCD_ERROR("ucx", "ucp_config_read failed err=\"%s\"",
+                    ucs_status_string(st));
+        return KVTC_EIO;
+    }
+    ucp_params_t params = {
+        .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME,
+        .features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
+        .name = "kvtcd",
+    };
+    st = ucp_init(&params, config, &srv->ucp);
+    ucp_config_release(config);
+    if (st != UCS_OK) {
+        KVTCD_ERROR("ucx", "ucp_init failed err=\"%s\"", ucs_status_string(st));
+        srv->ucp = NULL;
+        return KVTC_EIO;
+    }
+    ucp_worker_params_t wp = {
+        .field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+        .thread_mode = UCS_THREAD_MODE_SINGLE,
+    };
+    st = ucp_worker_create(srv->ucp, &wp, &srv->worker);
+    if (st != UCS_OK) {
+        KVTCD_ERROR("ucx", "ucp_worker_create failed err=\"%s\"",
+                    ucs_status_string(st));
+        srv->worker = NULL;
+        return KVTC_EIO;
+    }
+    ucp_worker_attr_t wa = {.field_mask = UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER};
+    if (ucp_worker_query(srv->worker, &wa) == UCS_OK)
+        srv->max_am_header = wa.max_am_header;
+    else
+        srv->max_am_header = 0; /* every reply frame goes in the data */
+
+    ucp_am_handler_param_t ah = {
+        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID |
+                      UCP_AM_HANDLER_PARAM_FIELD_CB |
+                      UCP_AM_HANDLER_PARAM_FIELD_ARG |
+                      UCP_AM_HANDLER_PARAM_FIELD_FLAGS,
+        .id = KVTC_WIRE_AM_REQUEST,
+        .cb = on_request_am,
+        .arg = srv,
+        .flags = UCP_AM_FLAG_WHOLE_MSG,
+    };
+    st = ucp_worker_set_am_recv_handler(srv->worker, &ah);
+    if (st != UCS_OK) {
+        KVTCD_ERROR("ucx", "cannot set AM handler err=\"%s\"",
+                    ucs_status_string(st));
+        return KVTC_EIO;
+    }
+    st = ucp_worker_get_efd(srv->worker, &srv->efd);
+    if (st != UCS_OK) {
+        KVTCD_ERROR("ucx", "ucp_worker_get_efd failed err=\"%s\"",
+                    ucs_status_string(st));
+        return KVTC_EIO;
+    }
+
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    if (resolve(srv->cfg.listen_host, srv->cfg.listen_port, &ss, &sl) < 0)
+        return KVTC_EINVAL;
+    ucp_listener_params_t lp = {
+        .field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR |
+                      UCP_LISTENER_PARAM_FIELD_CONN_HANDLER,
+        .sockaddr = {.addr = (const struct sockaddr *)&ss, .addrlen = sl},
+        .conn_handler = {.cb = on_conn_request, .arg = srv},
+    };
+    st = ucp_listener_create(srv->worker, &lp, &srv->listener);
+    if (st != UCS_OK) {
+        KVTCD_ERROR("ucx", "cannot listen addr=%s:%u err=\"%s\"",
+                    srv->cfg.listen_host, srv->cfg.listen_port,
+                    ucs_status_string(st));
+        srv->listener = NULL;
+        return KVTC_EIO;
+    }
+    ucp_listener_attr_t la = {.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR};
+    if (ucp_listener_query(srv->listener, &la) == UCS_OK)
+        format_sockaddr(&la.sockaddr, srv->listen_addr,
+                        sizeof srv->listen_addr, &srv->bound_port);
+
+    uv_poll_init(srv->loop, &srv->poll, srv->efd);
+    srv->poll.data = srv;
+    uv_poll_start(&srv->poll, UV_READABLE, on_poll);
+    uv_prepare_init(srv->loop, &srv->prepare);
+    srv->prepare.data = srv;
+    uv_prepare_start(&srv->prepare, on_prepare);
+    uv_idle_init(srv->loop, &srv->idle);
+    srv->idle.data = srv;
+    srv->handles_open = 1;
+    return 0;
+}
+
+void kvtcd_transport_stop_listening(kvtcd_server *srv)
+{
+    if (srv->listener) {
+        ucp_listener_destroy(srv->listener);
+        srv->listener = NULL;
+    }
+}
+
+void kvtcd_transport_close_all(kvtcd_server *srv)
+{
+    while (srv->sessions)
+        session_fail(srv->sessions, "daemon shutting down");
+    drive(srv);
+}
+
+void kvtcd_transport_close_handles(kvtcd_server *srv)
+{
+    if (!srv->handles_open)
+        return;
+    srv->handles_open = 0;
+    uv_poll_stop(&srv->poll);
+    uv_close((uv_handle_t *)&srv->poll, NULL);
+    uv_close((uv_handle_t *)&srv->prepare, NULL);
+    uv_close((uv_handle_t *)&srv->idle, NULL);
+}
+
+void kvtcd_transport_fini(kvtcd_server *srv)
+{
+    kvtcd_transport_stop_listening(srv);
+    if (srv->worker) {
+        /* Whatever UCX still holds after the drain (a client that stalled
+         * mid-rendezvous) is abandoned with the worker; free our side. */
+        while (srv->ops) {
+            srv->ops->ucx_req = NULL;
+            kvtcd_op_free(srv->ops);
+        }
+        ucp_worker_destroy(srv->worker);
+        srv->worker = NULL;
+    }
+    /* Sessions whose close never completed. */
+    while (srv->sessions)
+        session_fail(srv->sessions, "daemon shutting down");
+    while (srv->close_queue) {
+        kvtcd_session *s = srv->close_queue;
+        srv->close_queue = s->close_next;
+        kvtcd_session_unref(s);
+    }
+}
+
+void kvtcd_transport_cleanup_context(kvtcd_server *srv)
+{
+    if (srv->ucp) {
+        ucp_cleanup(srv->ucp);
+        srv->ucp = NULL;
+    }
+}
+
+/* ---- sending ------------------------------------------------------------------ */
+
+static void on_send_done(void *req, ucs_status_t status, void *user_data)
+{
+    kvtcd_op *op = user_data;
+    if (status != UCS_OK)
+        KVTCD_DEBUG("ucx", "reply send ended session=%llu req=%llu err=\"%s\"",
+                    (unsigned long long)op->sess->id,
+                    (unsigned long long)op->req_id, ucs_status_string(status));
+    ucp_request_free(req);
+    op->ucx_req = NULL;
+    kvtcd_op_free(op);
+}
+
+int kvtcd_send_reply(kvtcd_session *s, const Kvtc__Wire__Reply *rep,
+                     const void *payload, size_t payload_len,
+                     kvtcd_blob *const *holds, uint32_t n_holds, void *gather)
+{
+    kvtcd_server *srv = s->srv;
+    if (!s->open) {
+        free(gather);
+        return KVTC_ECONN;
+    }
+    kvtcd_op *op = kvtcd_op_new(srv, KVTCD_OP_SEND, s);
+    if (!op) {
+        free(gather);
+        return KVTC_ENOMEM;
+    }
+    op->req_id = rep->id;
+    op->gather = gather;
+    int rc = 0;
+    if (n_holds) {
+        op->holds = calloc(n_holds, sizeof *op->holds);
+        if (!op->holds) {
+            rc = KVTC_ENOMEM;
+            goto fail;
+        }
+        for (uint32_t i = 0; i < n_holds; i++) {
+            op->holds[i] = holds[i];
+            kvtcd_blob_ref(holds[i]);
+        }
+        op->n_holds = n_holds;
+    }
+    rc = kvtc_wire_pack_reply_alloc(rep, &op->header, &op->header_len);
+    if (rc < 0)
+        goto fail;
+    const void *hdr = op->header;
+    size_t hlen = op->header_len;
+    const void *data = payload;
+    size_t dlen = payload_len;
+    if (hlen > srv->max_am_header) {
+        /* In-data form (docs/protocol.md): header = prefix, data =
+         * message + payload, in one buffer. */
+        size_t mlen = hlen - KVTC_WIRE_LEN_BYTES;
+        uint8_t *buf = malloc(mlen + payload_len);
+        if (!buf) {
+            rc = KVTC_ENOMEM;
+            goto fail;
+        }
+        memcpy(buf, (uint8_t *)op->header + KVTC_WIRE_LEN_BYTES, mlen);
+        if (payload_len)
+            memcpy(buf + mlen, payload, payload_len);
+        free(op->gather);
+        op->gather = buf;
+        hlen = KVTC_WIRE_LEN_BYTES;
+        data = buf;
+        dlen = mlen + payload_len;
+    }
+    ucp_request_param_t p = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+        .cb.send = on_send_done,
+        .user_data = op,
+    };
+    ucs_status_ptr_t r = ucp_am_send_nbx(s->ep, KVTC_WIRE_AM_REPLY, hdr, hlen,
+                                         data, dlen, &p);
+    srv->m.bytes_out += payload_len;
+    if (r == NULL) {
+        kvtcd_op_free(op);
+        return 0;
+    }
+    if (UCS_PTR_IS_ERR(r)) {
+        KVTCD_WARN("ucx", "reply send failed session=%llu err=\"%s\"",
+                   (unsigned long long)s->id,
+                   ucs_status_string(UCS_PTR_STATUS(r)));
+        kvtcd_op_free(op);
+        return KVTC_ECONN;
+    }
+    op->ucx_req = r;
+    return 0;
+fail:
+    kvtcd_op_free(op);
+    return rc;
+}
+
+int kvtcd_send_error(kvtcd_session *s, uint64_t req_id, int status,
+                     const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    s->srv->m.errors++;
+    KVTCD_DEBUG("req", "error session=%llu req=%llu status=%s msg=\"%s\"",
+                (unsigned long long)s->id, (unsigned long long)req_id,
+                kvtc_wire_status_name(status), msg);
+    Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
+    rep.id = req_id;
+    rep.status = (Kvtc__Wire__Status)status;
+    rep.message = msg;
+    return kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+}
