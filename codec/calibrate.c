@@ -21,9 +21,16 @@ struct kvtc_calibrator {
     float *scratch[2];   /* one chunk's rows */
     uint32_t scratch_tokens;
     uint32_t kept;
-    int finished;        /* finish centres rows in place: once only */
     uint64_t seen, rng;
+    /* after fit: */
+    int fitted;
+    float *mean[2], *basis[2]; /* [D], [D][max_components] */
+    struct kvtc__plan_errors pe;
+    uint32_t n_plans;
+    struct kvtc__plan plans[KVTC_MAX_PLANS];
 };
+
+static void free_errors(struct kvtc__plan_errors *pe);
 
 static uint64_t next_rand(uint64_t *s)
 {
@@ -76,7 +83,12 @@ void kvtc_calibrator_free(kvtc_calibrator *cal)
     for (int s = 0; s < 2; s++) {
         free(cal->rows[s]);
         free(cal->scratch[s]);
+        free(cal->mean[s]);
+        free(cal->basis[s]);
     }
+    for (uint32_t i = 0; i < cal->n_plans; i++)
+        free(cal->plans[i].groups);
+    free_errors(&cal->pe);
     free(cal);
 }
 
@@ -85,7 +97,7 @@ uint64_t kvtc_calibrator_rows(const kvtc_calibrator *cal) { return cal->kept; }
 int kvtc_calibrator_add(kvtc_calibrator *cal, const void *chunk, uint32_t n_tokens,
                         uint32_t first_pos)
 {
-    if (!cal || cal->finished || !chunk || n_tokens == 0 || n_tokens > KVTC_MAX_CHUNK_TOKENS ||
+    if (!cal || cal->fitted || !chunk || n_tokens == 0 || n_tokens > KVTC_MAX_CHUNK_TOKENS ||
         (uint64_t)first_pos + n_tokens > UINT32_MAX)
         return KVTC_EINVAL;
     uint32_t sinks = kvtc__sink_tokens(first_pos, n_tokens), n = n_tokens - sinks;
@@ -220,6 +232,73 @@ static void free_errors(struct kvtc__plan_errors *pe)
     }
 }
 
+int kvtc_calibrator_fit(kvtc_calibrator *cal)
+{
+    if (!cal || cal->fitted)
+        return KVTC_EINVAL;
+    if (cal->kept < 2)
+        return KVTC_EINVAL;
+    const uint32_t D = cal->width, n = cal->kept, k = cal->params.max_components;
+    const uint32_t np = n < cal->params.plan_rows ? n : cal->params.plan_rows;
+    cal->pe = (struct kvtc__plan_errors){.width = D, .ncomp = {k, k}};
+    float *coef = malloc((size_t)np * k * sizeof(float));
+    int rc = KVTC_ENOMEM;
+    if (!coef)
+        goto out;
+    for (int s = 0; s < 2; s++) {
+        cal->mean[s] = malloc((size_t)D * sizeof(float));
+        cal->basis[s] = malloc((size_t)D * k * sizeof(float));
+        rc = KVTC_ENOMEM;
+        if (!cal->mean[s] || !cal->basis[s])
+            goto out;
+        double var_total, var_kept;
+        rc = pca(cal->rows[s], n, D, k, cal->mean[s], cal->basis[s], &var_total, &var_kept);
+        if (rc)
+            goto out;
+        cal->pe.tail[s] = var_total > var_kept ? var_total - var_kept : 0;
+        /* Coefficients of the planning rows (reservoir order is random). */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)np, (int)k, (int)D, 1.0f,
+                    cal->rows[s], (int)D, cal->basis[s], (int)k, 0.0f, coef, (int)k);
+        rc = measure_errors(coef, np, k, s, &cal->pe);
+        if (rc)
+            goto out;
+    }
+    /* The rows are centred now and no longer needed: give the memory back. */
+    for (int s = 0; s < 2; s++) {
+        free(cal->rows[s]);
+        cal->rows[s] = NULL;
+    }
+    cal->fitted = 1;
+out:
+    free(coef);
+    return rc;
+}
+
+int kvtc_calibrator_plan(kvtc_calibrator *cal, float target_ratio, kvtc_plan_info *info)
+{
+    if (!cal || !cal->fitted || cal->n_plans >= KVTC_MAX_PLANS || !isfinite(target_ratio) ||
+        target_ratio < 1.0f || target_ratio > 4096.0f)
+        return KVTC_EINVAL;
+    struct kvtc__plan *plan = &cal->plans[cal->n_plans];
+    double budget = 2.0 * cal->width * 16.0 / target_ratio;
+    int rc = kvtc__plan_solve(&cal->pe, budget, plan);
+    if (rc)
+        return rc;
+    plan->info.target_ratio = target_ratio;
+    cal->n_plans++;
+    if (info)
+        *info = plan->info;
+    return 0;
+}
+
+int kvtc_calibrator_profile(kvtc_calibrator *cal, kvtc_profile **out)
+{
+    if (!cal || !cal->fitted || cal->n_plans == 0 || !out)
+        return KVTC_EINVAL;
+    return kvtc__profile_build(&cal->layout, cal->width, cal->params.max_components, cal->mean,
+                               cal->basis, cal->plans, cal->n_plans, out);
+}
+
 int kvtc_calibrator_finish(kvtc_calibrator *cal, const float *target_ratios, uint32_t n_targets,
                            kvtc_profile **out)
 {
@@ -228,51 +307,8 @@ int kvtc_calibrator_finish(kvtc_calibrator *cal, const float *target_ratios, uin
     for (uint32_t i = 0; i < n_targets; i++)
         if (!isfinite(target_ratios[i]) || target_ratios[i] < 1.0f || target_ratios[i] > 4096.0f)
             return KVTC_EINVAL;
-    if (cal->kept < 2 || cal->finished)
-        return KVTC_EINVAL;
-    cal->finished = 1;
-    const uint32_t D = cal->width, n = cal->kept, k = cal->params.max_components;
-    const uint32_t np = n < cal->params.plan_rows ? n : cal->params.plan_rows;
-    struct kvtc__plan_errors pe = {.width = D, .ncomp = {k, k}};
-    struct kvtc__plan plans[KVTC_MAX_PLANS] = {0};
-    float *mean[2] = {0}, *basis[2] = {0}, *coef = NULL;
-    int rc = KVTC_ENOMEM;
-    coef = malloc((size_t)np * k * sizeof(float));
-    if (!coef)
-        goto out;
-    for (int s = 0; s < 2; s++) {
-        mean[s] = malloc((size_t)D * sizeof(float));
-        basis[s] = malloc((size_t)D * k * sizeof(float));
-        if (!mean[s] || !basis[s])
-            goto out;
-        double var_total, var_kept;
-        rc = pca(cal->rows[s], n, D, k, mean[s], basis[s], &var_total, &var_kept);
-        if (rc)
-            goto out;
-        pe.tail[s] = var_total > var_kept ? var_total - var_kept : 0;
-        /* Coefficients of the planning rows (reservoir order is random). */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)np, (int)k, (int)D, 1.0f,
-                    cal->rows[s], (int)D, basis[s], (int)k, 0.0f, coef, (int)k);
-        rc = measure_errors(coef, np, k, s, &pe);
-        if (rc)
-            goto out;
-    }
-    for (uint32_t i = 0; i < n_targets; i++) {
-        double budget = 2.0 * D * 16.0 / target_ratios[i];
-        rc = kvtc__plan_solve(&pe, budget, &plans[i]);
-        if (rc)
-            goto out;
-        plans[i].info.target_ratio = target_ratios[i];
-    }
-    rc = kvtc__profile_build(&cal->layout, D, k, mean, basis, plans, n_targets, out);
-out:
-    for (uint32_t i = 0; i < n_targets; i++)
-        free(plans[i].groups);
-    for (int s = 0; s < 2; s++) {
-        free(mean[s]);
-        free(basis[s]);
-    }
-    free(coef);
-    free_errors(&pe);
-    return rc;
+    int rc = kvtc_calibrator_fit(cal);
+    for (uint32_t i = 0; !rc && i < n_targets; i++)
+        rc = kvtc_calibrator_plan(cal, target_ratios[i], NULL);
+    return rc ? rc : kvtc_calibrator_profile(cal, out);
 }

@@ -147,11 +147,21 @@ int kvtc_calibrator_add(kvtc_calibrator *cal, const void *chunk,
                         uint32_t n_tokens, uint32_t first_pos);
 /* Rows collected so far. */
 uint64_t kvtc_calibrator_rows(const kvtc_calibrator *cal);
-/* Compute means and PCA bases (LAPACK), then one bit-allocation plan per
- * target ratio (budget: 16-bit raw bits / ratio per element, scales
- * counted), trim the bases to the components that get bits in some plan,
- * and return the profile. The calibrator may be freed afterwards.
- * Errors: KVTC_EINVAL (too few rows: need >= 2), KVTC_ENUMERICAL. */
+/* Step 1: means and PCA bases (covariance by BLAS, eigendecomposition by
+ * LAPACK) and the squared error of every quantization option on the
+ * planning rows. Once per calibrator; no rows may be added afterwards.
+ * Errors: KVTC_EINVAL (fewer than 2 rows, or fitted already),
+ * KVTC_ENUMERICAL, KVTC_ENOMEM. */
+int kvtc_calibrator_fit(kvtc_calibrator *cal);
+/* Step 2: one bit-allocation plan for target_ratio (the budget is 16 bits
+ * per element / target_ratio, per-group scales counted), solved by dynamic
+ * programming over the components; at most KVTC_MAX_PLANS. info may be
+ * NULL. Errors: KVTC_EINVAL (not fitted, too many plans, ratio < 1). */
+int kvtc_calibrator_plan(kvtc_calibrator *cal, float target_ratio, kvtc_plan_info *info);
+/* Step 3: the profile: bases trimmed to the components some plan codes,
+ * plans in the order they were made. The caller frees it. */
+int kvtc_calibrator_profile(kvtc_calibrator *cal, kvtc_profile **out);
+/* All three steps: fit, one plan per target ratio, profile. */
 int kvtc_calibrator_finish(kvtc_calibrator *cal, const float *target_ratios,
                            uint32_t n_targets, kvtc_profile **out);
 void kvtc_calibrator_free(kvtc_calibrator *cal);

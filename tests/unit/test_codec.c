@@ -111,7 +111,10 @@ static kvtc_profile *calibrate_as(struct synth *s, const kvtc_layout *cl, const 
     cr_assert_eq(kvtc_calibrator_rows(cal), 16 * 64 - KVTC_SINK_TOKENS);
     kvtc_profile *p = NULL;
     cr_assert_eq(kvtc_calibrator_finish(cal, targets, nt, &p), 0);
-    cr_assert_eq(kvtc_calibrator_finish(cal, targets, nt, &p), KVTC_EINVAL, "finish twice");
+    cr_assert_eq(kvtc_calibrator_fit(cal), KVTC_EINVAL, "fit twice");
+    kvtc_plan_info extra;
+    cr_assert_eq(kvtc_calibrator_plan(cal, 6.0f, &extra), 0, "a plan after the profile");
+    cr_assert_gt(extra.bits_per_token, 0);
     kvtc_calibrator_free(cal);
     return p;
 }
