@@ -355,7 +355,8 @@ static void err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
     kvtc_conn *c = arg;
     (void)ep;
     char why[128];
-    snprintf(why, sizeof why, "connection lost: %s", ucs_status_string(status));
+    snprintf(why, sizeof why, "%s: %s", c->info.major ? "connection lost" : "connect failed",
+             ucs_status_string(status));
     kvtc__conn_fail(c, KVTC_ECONN, why);
 }
 
@@ -699,7 +700,10 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
     }
     if (c->flushed != 1) {
         if (c->failed || c->flushed < 0) {
-            kvtc__set_error(c, "cannot connect to %s", server ? server : KVTC_DEFAULT_SERVER);
+            /* Keep the endpoint error's reason ("connection lost: ...") if
+             * there was one; the caller names the address. */
+            if (!c->last_error[0])
+                kvtc__set_error(c, "connection refused or unreachable");
             rc = KVTC_ECONN;
         } else {
             kvtc__set_error(c, "connect to %s timed out", server ? server : KVTC_DEFAULT_SERVER);

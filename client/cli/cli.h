@@ -19,5 +19,14 @@ struct kvtc_cli_cmd {
 };
 
 int kvtc_cmd_codec(const struct kvtc_cli_global *g, int argc, char **argv);
+/* Store commands (cmd_put.c, cmd_get.c, ...; helpers in store.{h,c}). */
+int kvtc_cmd_put(const struct kvtc_cli_global *g, int argc, char **argv);
+int kvtc_cmd_get(const struct kvtc_cli_global *g, int argc, char **argv);
+int kvtc_cmd_lookup(const struct kvtc_cli_global *g, int argc, char **argv);
+int kvtc_cmd_stats(const struct kvtc_cli_global *g, int argc, char **argv);
+int kvtc_cmd_delete(const struct kvtc_cli_global *g, int argc, char **argv);
+int kvtc_cmd_pin(const struct kvtc_cli_global *g, int argc, char **argv);
+int kvtc_cmd_unpin(const struct kvtc_cli_global *g, int argc, char **argv);
+int kvtc_cmd_bench(const struct kvtc_cli_global *g, int argc, char **argv);
 
 #endif

@@ -6,11 +6,21 @@
 
 static const struct kvtc_cli_cmd commands[] = {
     {"codec", kvtc_cmd_codec, "calibrate | encode | decode | inspect (files)"},
+    {"put", kvtc_cmd_put, "KEY FILE: store a file as one raw chunk"},
+    {"get", kvtc_cmd_get, "KEY OUT: fetch a chunk into a file"},
+    {"lookup", kvtc_cmd_lookup, "KEY...: count the leading stored keys of a chain"},
+    {"stats", kvtc_cmd_stats, "the daemon's counters"},
+    {"delete", kvtc_cmd_delete, "KEY...: delete chunks"},
+    {"pin", kvtc_cmd_pin, "KEY... [--ttl MS]: pin chunks against eviction"},
+    {"unpin", kvtc_cmd_unpin, "KEY...: remove a pin"},
+    {"bench", kvtc_cmd_bench, "put/get throughput and latency"},
 };
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: kvtc [-s HOST:PORT] COMMAND [ARGS...]\n\ncommands:\n");
+    fprintf(f, "usage: kvtc [-s HOST:PORT] [--json] COMMAND [ARGS...]\n"
+               "(server: -s, else $KVTC_SERVER, else %s; tenant: $KVTC_TENANT)\n\n"
+               "commands:\n", "127.0.0.1:7700");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
     fprintf(f, "\n'kvtc COMMAND --help' describes a command. kvtc %s\n", KVTC_VERSION);
