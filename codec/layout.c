@@ -22,6 +22,13 @@ int kvtc_layout_check(const kvtc_layout *l)
         return KVTC_EINVAL;
     if (l->rope_style > KVTC_ROPE_HALF_SPLIT || l->rope_scaling > KVTC_ROPE_SCALING_LLAMA3)
         return KVTC_EINVAL;
+    /* Every float must be finite, used or not: layouts are compared field by
+     * field (kvtc__layout_equal) and NaN never equals itself, so a NaN in an
+     * unused field made a profile refuse its own containers (found by
+     * tests/fuzz/fuzz_profile). */
+    if (!isfinite(l->rope_theta) || !isfinite(l->rope_factor) ||
+        !isfinite(l->rope_low_freq_factor) || !isfinite(l->rope_high_freq_factor))
+        return KVTC_EINVAL;
     if (l->rope_style != KVTC_ROPE_NONE) {
         if (l->head_dim % 2 || !isfinite(l->rope_theta) || l->rope_theta <= 1.0f)
             return KVTC_EINVAL;
