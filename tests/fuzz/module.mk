@@ -6,17 +6,15 @@
 # Without clang (or its fuzzer runtime, libclang-rt-14-dev) the fuzzers are
 # skipped with a warning and `make test` runs the Criterion tests alone.
 
+# The corruption tests share the synthetic data and profile of the fuzzers.
+TEST_SRCS += tests/fuzz/synth.c
+
 ifndef FUZZ_CC
 FUZZ_CC := $(shell command -v clang-14 2>/dev/null || command -v clang 2>/dev/null)
 endif
 FUZZ_RT := $(if $(FUZZ_CC),$(wildcard $(shell $(FUZZ_CC) -print-runtime-dir 2>/dev/null)/libclang_rt.fuzzer-x86_64.a))
 
-# Until the codec's decoder is committed the fuzzers cannot link (or would
-# fuzz work in progress); build them only once it is. Temporary.
-FUZZ_CODEC_READY := $(shell git ls-files codec/decode.c 2>/dev/null)
-
-ifeq ($(FUZZ_CODEC_READY),)
-else ifeq ($(FUZZ_RT),)
+ifeq ($(FUZZ_RT),)
 $(warning tests/fuzz: clang with libFuzzer not found (deploy/install-deps.sh installs clang and libclang-rt-14-dev); fuzzers skipped)
 else
 FUZZ_OBJ := $(OBJ)/fuzz
