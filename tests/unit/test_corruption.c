@@ -651,3 +651,80 @@ Test(corruption, piece_table_lies)
     }
     free(chunk);
 }
+
+/* A profile the loader accepts must work: encode and decode a chunk. */
+static void expect_usable(const kvtc_profile *p, const char *what, size_t where)
+{
+    const kvtc_layout *l = kvtc_profile_layout(p);
+    cr_assert_eq(kvtc_layout_check(l), 0);
+    const uint32_t n = 6;
+    size_t raw = kvtc_chunk_bytes(l, n);
+    uint8_t *chunk = calloc(1, raw), *out = malloc(raw);
+    cr_assert(chunk && out);
+    for (uint32_t plan = 0; plan < kvtc_profile_plan_count(p); plan++) {
+        kvtc_encoder *enc = NULL;
+        kvtc_decoder *dec = NULL;
+        cr_assert_eq(kvtc_encoder_create(p, plan, KVTC_STAGE_DEFLATE, 0, &enc), 0,
+                     "%s at %zu: plan %u", what, where, plan);
+        cr_assert_eq(kvtc_decoder_create(p, &dec), 0);
+        size_t cap = kvtc_encode_bound(enc, n), len = 0;
+        uint8_t *cont = malloc(cap);
+        cr_assert_not_null(cont);
+        kvtc_chunk ch = { chunk, n, 2, 0 }; /* 2 sinks, 4 coded */
+        cr_assert_eq(kvtc_encode(enc, &ch, cont, cap, &len), 0, "%s at %zu", what, where);
+        int rc = kvtc_decode(dec, cont, len, out, raw, NULL);
+        cr_assert_eq(rc, 0, "%s at %zu: own container refused (%d)", what, where, rc);
+        free(cont);
+        kvtc_encoder_free(enc);
+        kvtc_decoder_free(dec);
+    }
+    free(chunk);
+    free(out);
+}
+
+/* Flips behind a recomputed checksum: each byte of the fixed fields, and
+ * a sample of the floats. Either the loader refuses, or the profile works. */
+Test(corruption, profile_flipped_with_checksum_repaired)
+{
+    size_t len;
+    uint8_t *buf = saved_profile(&len);
+    uint8_t *bad = malloc(len);
+    cr_assert_not_null(bad);
+    for (size_t i = 0; i + 8 < len; i += (i < 512 ? 1 : 13)) {
+        memcpy(bad, buf, len);
+        bad[i] ^= (uint8_t)(i < 512 ? 0xFF : 0x01);
+        repair_profile_checksum(bad, len);
+        void *in = dup_exact(bad, len);
+        kvtc_profile *p = NULL;
+        int rc = kvtc_profile_load(in, len, &p);
+        free(in);
+        cr_assert(rc == 0 || is_error(rc), "load returned %d at %zu", rc, i);
+        if (rc == 0) {
+            expect_usable(p, "repaired flip", i);
+            kvtc_profile_free(p);
+        }
+    }
+    free(bad);
+    free(buf);
+}
+
+/* Regression: a NaN in a RoPE float the layout does not use passed the
+ * layout check, and the loaded profile then refused its own containers
+ * (layouts compare floats with ==). Found by fuzz_profile. */
+Test(corruption, profile_nan_in_unused_rope_field)
+{
+    size_t len;
+    uint8_t *buf = saved_profile(&len);
+    /* "KVTCPROF" u32 version, width, ncomp_k, ncomp_v, n_plans, then the
+     * layout: its last two floats (low/high freq factors) end at 76. */
+    const size_t low = 8 + 5 * 4 + 10 * 4;
+    const uint32_t nan_bits = 0x7FC00000u;
+    for (size_t f = 0; f < 2; f++) {
+        uint8_t *bad = dup_exact(buf, len);
+        memcpy(bad + low + 4 * f, &nan_bits, 4);
+        repair_profile_checksum(bad, len);
+        expect_profile_reject(bad, len, "NaN rope factor", low + 4 * f);
+        free(bad);
+    }
+    free(buf);
+}
