@@ -118,7 +118,7 @@ static void sb_printf(struct sbuf *b, const char *fmt, ...)
 static void metric(struct sbuf *b, const char *name, const char *type,
                    const char *help, uint64_t v)
 {
-    sb_printf(b, "# HELP kvtcd_%s %s\n# TYPE kvtcd_%s %s\nkvtcd_%s %llu\n",
+    sb_printf(b, "# HELP kvtc_%s %s\n# TYPE kvtc_%s %s\nkvtc_%s %llu\n",
               name, help, name, type, name, (unsigned long long)v);
 }
 

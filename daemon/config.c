@@ -310,16 +310,16 @@ int kvtcd_config_from_args(kvtcd_config *c, int argc, char **argv,
     return kvtcd_config_validate(c, err, errlen);
 }
 
-int kvtcd_config_validate(const kvtcd_config *c, char *err, size_t errlen)
+int kvtcd_config_validate(kvtcd_config *c, char *err, size_t errlen)
 {
-    if (c->max_chunk_bytes > c->host_mem) {
-        /* Not an error for the store (it would answer FULL), but nobody
-         * means it: say so rather than serve a daemon that rejects every
-         * large put. */
-        set_err(err, errlen,
-                "max_chunk_bytes (%llu) exceeds host_mem (%llu)",
-                (unsigned long long)c->max_chunk_bytes,
-                (unsigned long long)c->host_mem);
+    /* A chunk can never be larger than the store: clamp rather than refuse,
+     * so a small --host-mem works without also naming --max-chunk. */
+    if (c->max_chunk_bytes > c->host_mem)
+        c->max_chunk_bytes = c->host_mem;
+    if (c->host_mem < KVTCD_MIN_HOST_MEM) {
+        set_err(err, errlen, "host_mem %llu below the minimum %llu",
+                (unsigned long long)c->host_mem,
+                (unsigned long long)KVTCD_MIN_HOST_MEM);
         return KVTC_EINVAL;
     }
     return 0;

@@ -54,8 +54,8 @@ int kvtcd_config_load_ini(kvtcd_config *c, const char *path, char *err,
 int kvtcd_config_from_args(kvtcd_config *c, int argc, char **argv,
                            int *action, char *err, size_t errlen);
 
-/* Check cross-field constraints (limits vs memory). */
-int kvtcd_config_validate(const kvtcd_config *c, char *err, size_t errlen);
+/* Check cross-field constraints; max_chunk_bytes is clamped to host_mem. */
+int kvtcd_config_validate(kvtcd_config *c, char *err, size_t errlen);
 
 /* "4096", "512K", "512M", "4G", "1T" (binary units, optional "iB"/"B").
  * Errors: KVTC_EINVAL (syntax, zero-free overflow). */

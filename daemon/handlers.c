@@ -129,10 +129,6 @@ static int check_chunk(kvtcd_session *s, uint64_t id, size_t i,
                          c->parent.len);
         return -1;
     }
-    if (c->size == 0) {
-        kvtcd_send_error(s, id, ST(INVALID), "put: chunk %zu is empty", i);
-        return -1;
-    }
     if (c->size > cfg->max_chunk_bytes) {
         kvtcd_send_error(s, id, ST(TOO_LARGE),
                          "put: chunk %zu is %llu bytes, limit max_chunk_bytes"
@@ -646,7 +642,14 @@ static void handle_delete_or_pin(kvtcd_session *s,
     }
     Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
     rep.id = req->id;
+    /* As for Put: OK when every key is, else the first failure's status. */
     rep.status = ST(OK);
+    for (size_t i = 0; i < n && rep.status == ST(OK); i++)
+        rep.status = st[i];
+    if (rep.status == ST(PINNED))
+        rep.message = (char *)"delete: key is pinned";
+    else if (rep.status == ST(NOT_FOUND))
+        rep.message = (char *)"key not found";
     Kvtc__Wire__PinReply pr = KVTC__WIRE__PIN_REPLY__INIT;
     Kvtc__Wire__DeleteReply dr = KVTC__WIRE__DELETE_REPLY__INIT;
     if (is_pin) {

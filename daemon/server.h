@@ -95,7 +95,9 @@ struct kvtcd_server {
     uv_poll_t poll;
     uv_prepare_t prepare;
     uv_idle_t idle;
+    uv_timer_t tick;
     int idle_on;
+    uint64_t last_event_ms;            /* loop time of the last UCX event */
     int in_progress;                   /* re-entrancy guard */
     int handles_open;
     size_t max_am_header;              /* larger reply frames go in data */

@@ -18,7 +18,7 @@ typedef struct host_tier {
 static int host_alloc(kvtcd_tier *t, size_t size, kvtcd_blob **out)
 {
     host_tier *h = (host_tier *)t;
-    if (size == 0 || size > t->capacity || t->used > t->capacity - size)
+    if (size > t->capacity || t->used > t->capacity - size)
         return KVTC_EFULL;
     kvtcd_blob *b = calloc(1, sizeof *b);
     if (!b)
@@ -26,6 +26,8 @@ static int host_alloc(kvtcd_tier *t, size_t size, kvtcd_blob **out)
     /* Page-aligned and rounded to pages: what registration pins anyway,
      * and what O_DIRECT writes to the disk tier will want. */
     size_t rounded = (size + h->page - 1) / h->page * h->page;
+    if (rounded == 0)
+        rounded = h->page; /* empty chunks still get a distinct buffer */
     void *p = NULL;
     if (posix_memalign(&p, h->page, rounded) != 0) {
         free(b);

@@ -19,6 +19,8 @@
 
 #define PROGRESS_BOUND 1024 /* ucp_worker_progress calls per drive */
 #define ARM_ROUNDS 16       /* BUSY re-tries per drive */
+#define TICK_MS 50          /* fallback progress period */
+#define SPIN_MS 100         /* busy-poll this long after the last event */
 
 /* ---- sessions and ops ---------------------------------------------------- */
 
@@ -145,19 +147,36 @@ static void on_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
 
 static void on_idle(uv_idle_t *h);
 
+static void idle_on(kvtcd_server *srv)
+{
+    if (!srv->idle_on) {
+        uv_idle_start(&srv->idle, on_idle);
+        srv->idle_on = 1;
+    }
+}
+
 static void drive(kvtcd_server *srv)
 {
     if (srv->in_progress || !srv->worker)
         return;
     srv->in_progress = 1;
+    uint64_t now = uv_now(srv->loop);
     for (int round = 0; round < ARM_ROUNDS; round++) {
         unsigned n = 0;
         while (ucp_worker_progress(srv->worker)) {
+            srv->last_event_ms = now;
             if (++n >= PROGRESS_BOUND)
                 goto busy;
         }
         if (process_close_queue(srv))
             continue; /* closing queued work: progress it before arming */
+        /* While transfers are in flight, UCX (1.13, tcp and sm) has work
+         * that does not make the event fd readable (rendezvous steps
+         * queued from callbacks); sleeping in epoll would stall them until
+         * the next tick. So spin while transfers move, and arm once they
+         * are done or have been silent for SPIN_MS. */
+        if (srv->n_ops > 0 && now - srv->last_event_ms < SPIN_MS)
+            goto busy;
         ucs_status_t st = ucp_worker_arm(srv->worker);
         if (st == UCS_OK) {
             if (srv->idle_on) {
@@ -175,10 +194,7 @@ static void drive(kvtcd_server *srv)
     }
 busy:
     process_close_queue(srv);
-    if (!srv->idle_on) {
-        uv_idle_start(&srv->idle, on_idle);
-        srv->idle_on = 1;
-    }
+    idle_on(srv);
     srv->in_progress = 0;
 }
 
@@ -200,6 +216,14 @@ static void on_prepare(uv_prepare_t *h)
 static void on_idle(uv_idle_t *h)
 {
     drive(h->data);
+}
+
+/* UCX defers some work (endpoint error handling, wire-up steps) to
+ * one-shot progress callbacks that do not make the event fd readable; a
+ * slow tick makes sure they run even when no traffic wakes the loop. */
+static void on_tick(uv_timer_t *t)
+{
+    drive(t->data);
 }
 
 /* ---- receiving ------------------------------------------------------------- */
@@ -435,6 +459,9 @@ int kvtcd_transport_init(kvtcd_server *srv)
     uv_prepare_start(&srv->prepare, on_prepare);
     uv_idle_init(srv->loop, &srv->idle);
     srv->idle.data = srv;
+    uv_timer_init(srv->loop, &srv->tick);
+    srv->tick.data = srv;
+    uv_timer_start(&srv->tick, on_tick, TICK_MS, TICK_MS);
     srv->handles_open = 1;
     return 0;
 }
@@ -463,6 +490,8 @@ void kvtcd_transport_close_handles(kvtcd_server *srv)
     uv_close((uv_handle_t *)&srv->poll, NULL);
     uv_close((uv_handle_t *)&srv->prepare, NULL);
     uv_close((uv_handle_t *)&srv->idle, NULL);
+    uv_timer_stop(&srv->tick);
+    uv_close((uv_handle_t *)&srv->tick, NULL);
 }
 
 void kvtcd_transport_fini(kvtcd_server *srv)
