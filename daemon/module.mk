@@ -20,3 +20,6 @@ $(BINDIR)/kvtcd: $(OBJ)/daemon/main.o $(KVTCD_A) $(WIRE_A) $(CODEC_A)
 
 TEST_DEPS += $(KVTCD_A) $(BINDIR)/kvtcd
 TEST_LDLIBS += $(KVTCD_A) $(WIRE_A) $(CODEC_A) $(KVTCD_LDLIBS)
+
+# Unit tests of daemon internals include its private headers.
+$(OBJ)/tests/unit/test_daemon_%.o: CPPFLAGS += -Idaemon
