@@ -729,8 +729,13 @@ void kvtc_disconnect(kvtc_conn *c)
     if (c->worker) {
         if (c->n_inflight)
             kvtc__conn_fail(c, KVTC_ECANCELED, "disconnected");
+        /* Always forced: every operation has completed (or was canceled
+         * above), so nothing is left to flush, and a graceful close that
+         * waits on a peer that never answers leaves requests that
+         * ucp_worker_destroy treats as a bug and aborts on. The daemon
+         * sees the disconnect either way. */
         if (c->ep)
-            close_ep(c, c->failed != 0);
+            close_ep(c, 1);
         /* Sends and receives posted on the closed endpoint complete now;
          * bounded, because the worker teardown reclaims any stragglers. */
         uint64_t end = kvtc__now_ns() + (uint64_t)CLOSE_GRACE_MS * 1000000ull;

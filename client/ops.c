@@ -421,14 +421,20 @@ static int statuses_out(struct kvtc__op *op, size_t n_status, const Kvtc__Wire__
         kvtc__set_error(op->conn, "reply with %zu statuses for %zu items", n_status, op->n);
         return KVTC_EPROTO;
     }
+    int first = 0;
     for (size_t i = 0; i < op->n; i++) {
         int e = kvtc_wire_status_to_err(st[i]);
         if (stride_is_put)
             op->out.put[i].status = e;
         else if (out)
             out[i] = e;
+        if (e && !first && !stride_is_put) {
+            /* Delete / pin: the call fails with its first key's error. */
+            first = e;
+            kvtc__set_error(op->conn, "key %zu of %zu: %s", i, op->n, kvtc_strerror(e));
+        }
     }
-    return 0;
+    return first;
 }
 
 static void stats_out(kvtc_stats *s, const Kvtc__Wire__StatsReply *r)
@@ -484,6 +490,22 @@ ucs_status_t kvtc__op_reply(struct kvtc__op *op, Kvtc__Wire__Reply *rep,
         if (op->kind == KVTC__OP_GET)
             for (size_t i = 0; i < op->n; i++)
                 op->out.get[i].status = st;
+        if ((op->kind == KVTC__OP_DELETE || op->kind == KVTC__OP_PIN) && op->out.statuses) {
+            /* Per-key statuses when the daemon sent them, else the
+             * request's status for every key. */
+            const Kvtc__Wire__DeleteReply *dr = rep->body_case == KVTC__WIRE__REPLY__BODY_DEL
+                                                    ? rep->del : NULL;
+            const Kvtc__Wire__PinReply *pr = rep->body_case == KVTC__WIRE__REPLY__BODY_PIN
+                                                 ? rep->pin : NULL;
+            size_t n_st = dr ? dr->n_status : pr ? pr->n_status : 0;
+            const Kvtc__Wire__Status *sv = dr ? dr->status : pr ? pr->status : NULL;
+            for (size_t i = 0; i < op->n; i++)
+                op->out.statuses[i] = n_st == op->n ? kvtc_wire_status_to_err(sv[i]) : st;
+        }
+        if (op->kind == KVTC__OP_PUT && rep->body_case == KVTC__WIRE__REPLY__BODY_PUT &&
+            rep->put && rep->put->n_status == op->n)
+            for (size_t i = 0; i < op->n; i++)
+                op->out.put[i].status = kvtc_wire_status_to_err(rep->put->status[i]);
         return UCS_OK;
     }
     /* Only a get reply may carry bytes; anything else is dropped. */

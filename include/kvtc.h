@@ -24,6 +24,10 @@
  * different threads concurrently. The key, gather and scatter helpers are
  * pure functions, safe from any thread.
  *
+ * fork(): UCX does not survive it. A child forked while its parent holds a
+ * connection cannot connect (UCX's async thread stays behind; its connect
+ * times out). Fork before the first kvtc_connect, or exec in the child.
+ *
  * Errors: int-returning functions return 0 or a negative KVTC_E* code
  * (kvtc_errors.h). Daemon statuses map to codes: NOT_FOUND -> KVTC_ENOENT,
  * FULL -> KVTC_EFULL, INVALID -> KVTC_EINVAL, TOO_LARGE -> KVTC_ENOSPC,

@@ -65,7 +65,7 @@ int kvtc_cmd_stats(const struct kvtc_cli_global *g, int argc, char **argv)
         printf("}\n");
         return 0;
     }
-    printf("%-16s %s (kvtcd %s, protocol %u.%u)\n", "server", server,
+    printf("%-16s %s (%s, protocol %u.%u)\n", "server", server,
            info.server_version[0] ? info.server_version : "?", info.major, info.minor);
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         if (s.field_mask & f[i].bit)
