@@ -44,7 +44,6 @@ void itest_setup(const char *tls)
         cr_skip_test("kvtcd not built (%s missing): integration tests skipped", bin);
     setenv("UCX_NET_DEVICES", "lo", 1);
     setenv("UCX_TCP_CM_REUSEADDR", "y", 1);
-    setenv("UCX_WARN_UNUSED_ENV_VARS", "n", 1);
     setenv("UCX_TLS", tls, 1);
 }
 

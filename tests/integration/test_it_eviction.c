@@ -116,7 +116,7 @@ Test(it_eviction, lru_order_and_pins, .timeout = 60)
     kvtc_key k0 = itest_key(SPACE, pinned[0]);
     int st = 0;
     cr_assert_eq(kvtc_delete(c, &k0, 1, NULL, &st), KVTC_EPERM);
-    cr_assert_eq(st, KVTC_EPERM);
+    cr_assert_eq(st, KVTC_EPERM, "status of a pinned key's delete: %s", kvtc_strerror(st));
     cr_assert_eq(kvtc_unpin(c, &k0, 1, NULL, &st), 0);
     cr_assert_eq(kvtc_delete(c, &k0, 1, NULL, &st), 0);
     cr_assert(!present(c, pinned[0]));

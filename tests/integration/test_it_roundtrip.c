@@ -190,7 +190,7 @@ Test(it_roundtrip, lookup_partial_chains, .timeout = 60)
     cr_assert_eq(hits, 2);
     /* Deleting it again: a miss. */
     cr_assert_eq(kvtc_delete(c, &keys[2], 1, NULL, st), KVTC_ENOENT);
-    cr_assert_eq(st[0], KVTC_ENOENT);
+    cr_assert_eq(st[0], KVTC_ENOENT, "status of a deleted key: %s", kvtc_strerror(st[0]));
     kvtc_disconnect(c);
     itest_daemon_stop(&d);
 }
