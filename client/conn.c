@@ -122,6 +122,7 @@ void kvtc__op_maybe_done(struct kvtc__op *op)
     else
         c->done_head = op;
     c->done_tail = op;
+    c->n_done++;
 }
 
 static void send_cb(void *request, ucs_status_t status, void *user_data)
@@ -389,6 +390,7 @@ static int run_done(kvtc_conn *c)
         c->done_head = op->next;
         if (!c->done_head)
             c->done_tail = NULL;
+        c->n_done--;
         op->next = NULL;
         kvtc__op_finish(op);
         if (op->cb)
@@ -436,7 +438,7 @@ int kvtc_arm(kvtc_conn *c)
 
 size_t kvtc_inflight(const kvtc_conn *c)
 {
-    return c ? c->n_inflight + (c->done_head != NULL) : 0;
+    return c ? c->n_inflight + c->n_done : 0;
 }
 
 /* Sleep on the wakeup fd for at most ms (bounded to a slice so deadlines
