@@ -32,3 +32,13 @@ $(CLIENT_SO): $(CLIENT_OBJS) $(CODEC_A)
 
 TEST_DEPS += $(CLIENT_A) $(CODEC_A)
 TEST_LDLIBS += $(CLIENT_A) $(CLIENT_LDLIBS)
+
+# tests/gpu/client_cuda: the device-buffer check, run on a GPU machine.
+ifneq ($(NVCC),)
+CLIENT_GPU_CHECK := $(BUILD)/tests/gpu/client_cuda
+BINS += $(CLIENT_GPU_CHECK)
+$(OBJ)/tests/gpu/client_cuda.o: CPPFLAGS += -I$(CLIENT_CUDA_HOME)/include
+$(CLIENT_GPU_CHECK): $(OBJ)/tests/gpu/client_cuda.o $(CLIENT_A) $(CODEC_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(CLIENT_A) $(CLIENT_LDLIBS)
+endif
