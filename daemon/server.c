@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "kvtc_errors.h"
@@ -46,6 +47,25 @@ static int write_port_file(const kvtcd_server *srv)
         KVTCD_ERROR("server", "cannot write port file path=%s err=\"%s\"",
                     path, strerror(errno));
         unlink(tmp);
+        return KVTC_EIO;
+    }
+    return 0;
+}
+
+/* The disk tier (a later issue) lives here; check it now so a bad path
+ * fails at start, not at the first spill. */
+static int prepare_data_dir(const char *dir)
+{
+    if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
+        KVTCD_ERROR("server", "cannot create data dir path=%s err=\"%s\"",
+                    dir, strerror(errno));
+        return KVTC_EIO;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode) ||
+        access(dir, W_OK | X_OK) != 0) {
+        KVTCD_ERROR("server", "data dir not a writable directory path=%s",
+                    dir);
         return KVTC_EIO;
     }
     return 0;
@@ -139,7 +159,10 @@ int kvtcd_server_init(kvtcd_server *srv, const kvtcd_config *cfg,
     uv_timer_init(loop, &srv->drain_timer);
     srv->sigterm.data = srv->sigint.data = srv->drain_timer.data = srv;
 
-    int rc = kvtcd_transport_init(srv);
+    int rc = 0;
+    if (cfg->data_dir[0] && (rc = prepare_data_dir(cfg->data_dir)) < 0)
+        goto fail;
+    rc = kvtcd_transport_init(srv);
     if (rc < 0)
         goto fail;
     rc = kvtcd_store_host_create(cfg->host_mem, srv->ucp, &srv->host);
