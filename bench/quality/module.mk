@@ -17,3 +17,18 @@ $(BENCHQ_SO): $(BENCHQ_OBJS) $(CODEC_A)
 # The codec archive again after ours: static archives resolve left to right.
 TEST_DEPS += $(BENCHQ_A)
 TEST_LDLIBS += $(BENCHQ_A) $(CODEC_A)
+
+# kvtc-quality: the quality table of kvtc vs the baselines (build/bin).
+KVTCQ_OBJ := $(OBJ)/bench/quality/kvtc_quality.o
+KVTCQ_BIN := $(BINDIR)/kvtc-quality
+BINS += $(KVTCQ_BIN)
+BENCHES += $(KVTCQ_BIN)
+
+$(KVTCQ_BIN): $(KVTCQ_OBJ) $(BENCHQ_A) $(CODEC_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(KVTCQ_OBJ) $(BENCHQ_A) $(CODEC_A) $(CODEC_LDLIBS)
+
+# Writes bench/results/quality-stories260K.{json,png}; a few minutes on 2 cores.
+.PHONY: bench-quality
+bench-quality: $(KVTCQ_BIN)
+	KVTC_QUALITY=$(KVTCQ_BIN) KVTC_SHARED=$(abspath ../shared) bench/quality/run-stories.sh

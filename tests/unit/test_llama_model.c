@@ -213,3 +213,57 @@ Test(llama_model, sampled_text_is_likely_random_tokens_are_not)
     kvtc_llama_state_free(s);
     kvtc_llama_free(m);
 }
+
+/* The codec's RoPE inverse, on the runner's cached keys, must give back the
+ * keys the runner computed before rotating them: same style (interleaved
+ * pairs), same theta, same positions. */
+Test(llama_model, codec_rope_inverse_matches_runner)
+{
+    kvtc_llama *m = load_or_skip();
+    const kvtc_llama_config *c = kvtc_llama_get_config(m);
+    kvtc_llama_state *s;
+    cr_assert_eq(kvtc_llama_state_create(m, &s), 0);
+    enum { FIRST = 300, N = 150 };
+    int32_t tok[FIRST + N + 1];
+    cr_assert_eq(kvtc_llama_sample(s, 21, FIRST + N + 1, tok), 0);
+    size_t nf = kvtc_llama_kv_floats(m, N);
+    float *rot = malloc(nf * sizeof(float)), *plain = malloc(nf * sizeof(float));
+    cr_assert_eq(kvtc_llama_export_kv(s, FIRST, N, rot), 0);
+    cr_assert_eq(kvtc_llama_export_kv_norope(s, FIRST, N, plain), 0);
+    kvtc_layout lay;
+    kvtc_llama_layout(m, N, &lay);
+
+    size_t per_tok = c->n_kv_heads, nvec = (size_t)N * per_tok;
+    uint32_t *pos = malloc(nvec * sizeof(uint32_t));
+    for (size_t v = 0; v < nvec; v++)
+        pos[v] = FIRST + (uint32_t)(v / per_tok);
+    double worst = 0, worst_fwd = 0;
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        float *k = rot + (size_t)(2 * l) * N * c->kv_dim;
+        const float *k0 = plain + (size_t)(2 * l) * N * c->kv_dim;
+        const float *v_rot = rot + (size_t)(2 * l + 1) * N * c->kv_dim;
+        const float *v_plain = plain + (size_t)(2 * l + 1) * N * c->kv_dim;
+        cr_assert_arr_eq(v_rot, v_plain, (size_t)N * c->kv_dim * sizeof(float),
+                         "values carry no RoPE");
+        float *fwd = malloc((size_t)N * c->kv_dim * sizeof(float));
+        memcpy(fwd, k0, (size_t)N * c->kv_dim * sizeof(float));
+        kvtc_rope_apply(&lay, fwd, nvec, pos, 0);
+        for (size_t j = 0; j < (size_t)N * c->kv_dim; j++)
+            worst_fwd = fmax(worst_fwd, fabs((double)fwd[j] - k[j]));
+        kvtc_rope_apply(&lay, k, nvec, pos, 1);
+        for (size_t j = 0; j < (size_t)N * c->kv_dim; j++)
+            worst = fmax(worst, fabs((double)k[j] - k0[j]));
+        free(fwd);
+    }
+    /* keys reach ~10: a few float ulps of rounding, nothing like a wrong angle */
+    cr_assert(worst < 1e-4, "inverse RoPE off by %g", worst);
+    cr_assert(worst_fwd < 1e-4, "forward RoPE off by %g", worst_fwd);
+    /* and the rotation is real: at these positions rotated != plain */
+    cr_assert_eq(kvtc_llama_export_kv(s, FIRST, N, rot), 0);
+    cr_assert(memcmp(rot, plain, (size_t)N * c->kv_dim * sizeof(float)) != 0);
+    free(pos);
+    free(rot);
+    free(plain);
+    kvtc_llama_state_free(s);
+    kvtc_llama_free(m);
+}

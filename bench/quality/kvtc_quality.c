@@ -1,0 +1,754 @@
+/* kvtc_quality.c - kvtc-quality: model quality of kvtc vs the baselines on a
+ * llama2.c checkpoint (stories260K), with real containers.
+ *
+ * Protocol: calibrate on the KV of sequences the model samples itself (seeds
+ * 1..N; its tokenizer is not available), evaluate on sequences sampled with
+ * other seeds. Per evaluation sequence the first --prefix tokens' KV is
+ * replaced by each method's reconstruction (encoded chunk by chunk), then the
+ * next --score tokens are teacher-forced and their next-token distributions
+ * compared with the uncompressed run. Ratios count every stored byte against
+ * bf16 bytes of the same tokens. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "baselines.h"
+#include "kvtc_codec.h"
+#include "llama_model.h"
+
+#define EVAL_SEED_BASE 1000000u /* eval seeds never meet calibration seeds */
+#define MAX_SEQS 4096u
+#define PPL_BUDGET_PCT 1.0
+
+static const float MAIN_TARGETS[] = {4, 8, 16, 32, 64};
+/* A finer ladder for "highest ratio within 1% perplexity" */
+static const float SWEEP_TARGETS[] = {1.25f, 1.5f, 2, 2.5f, 3, 3.5f, 4, 5, 6, 8, 10, 12, 16};
+#define N_MAIN (sizeof MAIN_TARGETS / sizeof MAIN_TARGETS[0])
+#define N_SWEEP (sizeof SWEEP_TARGETS / sizeof SWEEP_TARGETS[0])
+
+struct opts {
+    const char *model, *out;
+    float target; /* 0: none given */
+    int json, sweep, norm;
+    uint32_t calib_seqs, eval_seqs, prefix, score, chunk;
+    uint32_t dtype;
+};
+
+struct eval_seq {
+    int32_t *tok;  /* prefix + score + 1 tokens */
+    float *kv;     /* fp32 canonical KV of the prefix */
+    double *ref;   /* score x vocab reference log-probs */
+};
+
+struct result {
+    char method[32];
+    float target;      /* kvtc only */
+    int sweep;         /* from the finer ladder */
+    double ratio, ppl, ppl_delta_pct, kl, top1;
+    double mse_key, mse_value; /* reconstruction error of the prefix KV */
+    uint64_t bytes, raw_bytes, positions;
+    kvtc_plan_info plan;
+};
+
+struct bench {
+    struct opts o;
+    kvtc_llama *m;
+    const kvtc_llama_config *c;
+    kvtc_llama_state *st;
+    kvtc_layout lay;       /* the chunks kvtc sees: o.dtype */
+    kvtc_layout lay32;     /* the same shape in fp32 for the baselines */
+    size_t tok_floats;     /* K+V floats of one token, all layers */
+    struct eval_seq *ev;
+    double base_nll;       /* mean over scored positions, uncompressed */
+    uint64_t base_positions;
+    /* scratch */
+    double *lp;
+    float lscale[2 * KVTC_MAX_LAYERS]; /* --norm: per (layer, k|v) */
+    float *f32a, *f32b, *f32c, *rec;
+    void *dt_in, *dt_out, *cbuf;
+    size_t cbuf_cap;
+};
+
+/* Reconstructs one chunk of the prefix (n tokens at first) into out and adds
+ * what it stores to *bytes. */
+typedef int (*recon_fn)(struct bench *b, void *arg, const float *chunk, uint32_t n,
+                        uint32_t first, float *out, uint64_t *bytes);
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: kvtc-quality --model PATH [--target R] [--json] [--calib-seqs N]\n"
+            "                    [--eval-seqs N] [--prefix N] [--score N] [--chunk N]\n"
+            "                    [--dtype bf16|fp32] [--sweep|--no-sweep] [--norm] [--out FILE]\n"
+            "  Calibrates kvtc on KV of sequences sampled from the model (seeds 1..N),\n"
+            "  restores the first --prefix tokens of other sampled sequences from each\n"
+            "  method's reconstruction and scores the next --score tokens against the\n"
+            "  uncompressed run. Without --target: kvtc at 4,8,16,32,64x, the baselines,\n"
+            "  and a finer sweep for the highest ratio within 1%% perplexity change.\n"
+            "  --norm adds kvtc-lnorm rows: an experiment scaling each layer's K and V\n"
+            "  to unit RMS around the codec (scales from calibration, harness side).\n");
+}
+
+/* Tokens [from, from+cnt) of a canonical chunk of n tokens, in both directions. */
+static void slice(const float *src, uint32_t n, uint32_t from, uint32_t cnt, float *dst,
+                  size_t slabs, size_t tok_width)
+{
+    for (size_t s = 0; s < slabs; s++)
+        memcpy(dst + s * cnt * tok_width, src + (s * n + from) * tok_width,
+               (size_t)cnt * tok_width * sizeof(float));
+}
+
+static void unslice(const float *src, uint32_t n, uint32_t from, uint32_t cnt, float *dst,
+                    size_t slabs, size_t tok_width)
+{
+    for (size_t s = 0; s < slabs; s++)
+        memcpy(dst + (s * n + from) * tok_width, src + s * cnt * tok_width,
+               (size_t)cnt * tok_width * sizeof(float));
+}
+
+/* --norm: chunk slabs times (inverse: divided by) their layer scales. */
+static void apply_scales(const struct bench *b, float *chunk, uint32_t n, int inverse)
+{
+    size_t w = b->c->kv_dim;
+    for (size_t sl = 0; sl < 2 * (size_t)b->c->n_layers; sl++) {
+        float f = inverse ? 1.0f / b->lscale[sl] : b->lscale[sl];
+        for (size_t j = 0; j < (size_t)n * w; j++)
+            chunk[sl * n * w + j] *= f;
+    }
+}
+
+/* ---- methods ---------------------------------------------------------- */
+
+struct kvtc_arg {
+    kvtc_encoder *enc;
+    kvtc_decoder *dec;
+    int norm;
+};
+
+static int recon_kvtc(struct bench *b, void *argp, const float *chunk, uint32_t n,
+                      uint32_t first, float *out, uint64_t *bytes)
+{
+    struct kvtc_arg *a = argp;
+    size_t elems = (size_t)n * b->tok_floats, len = 0;
+    kvtc_container_info info;
+    int rc;
+    if (a->norm) {
+        memcpy(b->f32a, chunk, elems * sizeof(float));
+        apply_scales(b, b->f32a, n, 0);
+        chunk = b->f32a;
+    }
+    if ((rc = kvtc_from_float(b->lay.dtype, chunk, b->dt_in, elems)))
+        return rc;
+    kvtc_chunk ch = {.data = b->dt_in, .n_tokens = n, .first_pos = first, .flags = 0};
+    rc = kvtc_encode(a->enc, &ch, b->cbuf, b->cbuf_cap, &len);
+    if (rc) {
+        fprintf(stderr, "kvtc-quality: encode: %s\n", kvtc_strerror(rc));
+        return rc;
+    }
+    rc = kvtc_decode(a->dec, b->cbuf, len, b->dt_out, kvtc_chunk_bytes(&b->lay, n), &info);
+    if (rc) {
+        fprintf(stderr, "kvtc-quality: decode: %s\n", kvtc_strerror(rc));
+        return rc;
+    }
+    if (info.n_tokens != n || info.first_pos != first || info.container_bytes != len) {
+        fprintf(stderr, "kvtc-quality: container describes %u tokens at %u (%llu bytes),"
+                " encoded %u at %u (%zu bytes)\n", info.n_tokens, info.first_pos,
+                (unsigned long long)info.container_bytes, n, first, len);
+        return KVTC_ECORRUPT;
+    }
+    *bytes += len;
+    rc = kvtc_to_float(b->lay.dtype, b->dt_out, out, elems);
+    if (!rc && a->norm)
+        apply_scales(b, out, n, 1);
+    return rc;
+}
+
+/* Baselines: sink tokens kept as bf16 (and counted so), the rest through the
+ * quantizer. */
+static int recon_baseline(struct bench *b, void *argp, const float *chunk, uint32_t n,
+                          uint32_t first, float *out, uint64_t *bytes)
+{
+    int method = *(const int *)argp;
+    size_t slabs = 2 * (size_t)b->c->n_layers, w = b->c->kv_dim;
+    uint32_t sinks = first < KVTC_SINK_TOKENS ? KVTC_SINK_TOKENS - first : 0;
+    if (sinks > n)
+        sinks = n;
+    int rc;
+    if (sinks) {
+        size_t e = (size_t)sinks * b->tok_floats;
+        slice(chunk, n, 0, sinks, b->f32a, slabs, w);
+        if ((rc = kvtc_from_float(KVTC_DTYPE_BF16, b->f32a, b->dt_in, e)) ||
+            (rc = kvtc_to_float(KVTC_DTYPE_BF16, b->dt_in, b->f32b, e)))
+            return rc;
+        unslice(b->f32b, n, 0, sinks, out, slabs, w);
+        *bytes += e * 2;
+    }
+    uint32_t rest = n - sinks;
+    if (rest) {
+        size_t stored = 0;
+        slice(chunk, n, sinks, rest, b->f32a, slabs, w);
+        rc = kvtc_bl_roundtrip(method, &b->lay32, b->f32a, rest, b->f32b, &stored);
+        if (rc)
+            return rc;
+        unslice(b->f32b, n, sinks, rest, out, slabs, w);
+        *bytes += stored;
+    }
+    return 0;
+}
+
+/* ---- evaluation ------------------------------------------------------- */
+
+static int evaluate(struct bench *b, recon_fn fn, void *arg, struct result *r)
+{
+    const struct opts *o = &b->o;
+    uint32_t V = b->c->vocab_size;
+    double nll = 0, kl = 0, se[2] = {0, 0};
+    uint64_t top1 = 0, pos = 0, bytes = 0, cnt[2] = {0, 0};
+    size_t slabs = 2 * (size_t)b->c->n_layers, w = b->c->kv_dim;
+    int rc = 0;
+    for (uint32_t i = 0; i < o->eval_seqs; i++) {
+        const struct eval_seq *e = &b->ev[i];
+        for (uint32_t first = 0; first < o->prefix; first += o->chunk) {
+            uint32_t n = o->prefix - first < o->chunk ? o->prefix - first : o->chunk;
+            slice(e->kv, o->prefix, first, n, b->f32c, slabs, w);
+            rc = fn(b, arg, b->f32c, n, first, b->rec, &bytes);
+            /* even slabs are keys, odd ones values (RoPE is a rotation: the
+             * error is the same with or without it) */
+            for (size_t s = 0; !rc && s < slabs; s++) {
+                const float *x = b->f32c + s * n * w, *y = b->rec + s * n * w;
+                for (size_t j = 0; j < (size_t)n * w; j++)
+                    se[s & 1] += ((double)x[j] - y[j]) * ((double)x[j] - y[j]);
+                cnt[s & 1] += (size_t)n * w;
+            }
+            if (!rc)
+                rc = kvtc_llama_import_kv(b->st, first, n, b->rec);
+            if (rc)
+                return rc;
+        }
+        for (uint32_t t = 0; t < o->score; t++) {
+            uint32_t p = o->prefix + t;
+            const float *lg;
+            if ((rc = kvtc_llama_forward(b->st, e->tok[p], p, &lg)))
+                return rc;
+            kvtc_llama_log_softmax(lg, V, b->lp);
+            const double *ref = e->ref + (size_t)t * V;
+            uint32_t am = 0, ar = 0;
+            double k = 0;
+            for (uint32_t v = 0; v < V; v++) {
+                k += exp(ref[v]) * (ref[v] - b->lp[v]);
+                if (b->lp[v] > b->lp[am])
+                    am = v;
+                if (ref[v] > ref[ar])
+                    ar = v;
+            }
+            kl += k;
+            nll -= b->lp[e->tok[p + 1]];
+            top1 += am == ar;
+            pos++;
+        }
+    }
+    uint64_t raw = (uint64_t)o->eval_seqs * o->prefix * b->tok_floats * 2; /* bf16 */
+    r->bytes = bytes;
+    r->raw_bytes = raw;
+    r->positions = pos;
+    r->ratio = (double)raw / (double)bytes;
+    r->ppl = exp(nll / (double)pos);
+    r->ppl_delta_pct = 100.0 * (r->ppl / exp(b->base_nll) - 1.0);
+    r->kl = kl / (double)pos;
+    r->top1 = (double)top1 / (double)pos;
+    r->mse_key = se[0] / (double)cnt[0];
+    r->mse_value = se[1] / (double)cnt[1];
+    return 0;
+}
+
+/* ---- data ------------------------------------------------------------- */
+
+/* Sample the calibration sequences and keep their fp32 KV (T tokens each). */
+static int sample_calib(struct bench *b, float **kv)
+{
+    const struct opts *o = &b->o;
+    uint32_t T = o->prefix + o->score;
+    int32_t *tok = malloc((T + 1) * sizeof(int32_t));
+    int rc = tok ? 0 : KVTC_ENOMEM;
+    for (uint32_t s = 0; !rc && s < o->calib_seqs; s++) {
+        kv[s] = malloc((size_t)T * b->tok_floats * sizeof(float));
+        rc = kv[s] ? kvtc_llama_sample(b->st, s + 1, T + 1, tok) : KVTC_ENOMEM;
+        if (!rc)
+            rc = kvtc_llama_export_kv(b->st, 0, T, kv[s]);
+    }
+    free(tok);
+    return rc;
+}
+
+/* Per (layer, k|v) 1/RMS over the calibration tokens past the sinks: the
+ * --norm experiment divides each layer's K and V by its scale so that the
+ * codec's squared-error planner weighs relative errors, not absolute ones. */
+static void layer_scales(struct bench *b, float *const *kv)
+{
+    uint32_t T = b->o.prefix + b->o.score;
+    size_t slabs = 2 * (size_t)b->c->n_layers, w = b->c->kv_dim;
+    for (size_t sl = 0; sl < slabs; sl++) {
+        double ss = 0;
+        uint64_t n = 0;
+        for (uint32_t s = 0; s < b->o.calib_seqs; s++) {
+            const float *x = kv[s] + sl * T * w;
+            for (size_t j = KVTC_SINK_TOKENS * w; j < T * w; j++)
+                ss += (double)x[j] * x[j];
+            n += (T - KVTC_SINK_TOKENS) * w;
+        }
+        b->lscale[sl] = ss > 0 ? (float)(1.0 / sqrt(ss / (double)n)) : 1.0f;
+    }
+}
+
+/* One profile from the calibration KV for targets (norm: scaled rows). */
+static int calib_profile(struct bench *b, float *const *kv, int norm, const float *targets,
+                         uint32_t nt, kvtc_profile **out)
+{
+    const struct opts *o = &b->o;
+    uint32_t T = o->prefix + o->score;
+    size_t slabs = 2 * (size_t)b->c->n_layers;
+    kvtc_calibrator *cal = NULL;
+    int rc = kvtc_calibrator_create(&b->lay, NULL, &cal);
+    for (uint32_t s = 0; !rc && s < o->calib_seqs; s++) {
+        for (uint32_t first = 0; !rc && first < T; first += o->chunk) {
+            uint32_t n = T - first < o->chunk ? T - first : o->chunk;
+            slice(kv[s], T, first, n, b->f32a, slabs, b->c->kv_dim);
+            if (norm)
+                apply_scales(b, b->f32a, n, 0);
+            rc = kvtc_from_float(b->lay.dtype, b->f32a, b->dt_in, (size_t)n * b->tok_floats);
+            if (!rc)
+                rc = kvtc_calibrator_add(cal, b->dt_in, n, first);
+        }
+    }
+    if (!rc)
+        rc = kvtc_calibrator_finish(cal, targets, nt, out);
+    if (rc)
+        fprintf(stderr, "kvtc-quality: calibration: %s\n", kvtc_strerror(rc));
+    kvtc_calibrator_free(cal);
+    return rc;
+}
+
+/* prof[norm][0]: the main targets (+ --target), prof[norm][1]: the sweep. */
+static int calibrate(struct bench *b, kvtc_profile *prof[2][2])
+{
+    const struct opts *o = &b->o;
+    float targets[N_MAIN + 1];
+    uint32_t nt = 0;
+    float **kv = calloc(o->calib_seqs, sizeof *kv);
+    int rc = kv ? sample_calib(b, kv) : KVTC_ENOMEM;
+    if (rc)
+        goto cleanup;
+    layer_scales(b, kv);
+    for (uint32_t i = 0; i < N_MAIN; i++)
+        targets[nt++] = MAIN_TARGETS[i];
+    if (o->target > 0) {
+        int seen = 0;
+        for (uint32_t i = 0; i < N_MAIN; i++)
+            seen |= MAIN_TARGETS[i] == o->target;
+        if (!seen)
+            targets[nt++] = o->target;
+    }
+    for (int norm = 0; !rc && norm <= o->norm; norm++) {
+        rc = calib_profile(b, kv, norm, targets, nt, &prof[norm][0]);
+        if (!rc && o->sweep)
+            rc = calib_profile(b, kv, norm, SWEEP_TARGETS, N_SWEEP, &prof[norm][1]);
+    }
+cleanup:
+    for (uint32_t s = 0; kv && s < o->calib_seqs; s++)
+        free(kv[s]);
+    free(kv);
+    return rc;
+}
+
+static int make_eval(struct bench *b)
+{
+    const struct opts *o = &b->o;
+    uint32_t T = o->prefix + o->score, V = b->c->vocab_size;
+    double nll = 0;
+    b->ev = calloc(o->eval_seqs, sizeof *b->ev);
+    if (!b->ev)
+        return KVTC_ENOMEM;
+    for (uint32_t i = 0; i < o->eval_seqs; i++) {
+        struct eval_seq *e = &b->ev[i];
+        e->tok = malloc((T + 1) * sizeof(int32_t));
+        e->kv = malloc((size_t)o->prefix * b->tok_floats * sizeof(float));
+        e->ref = malloc((size_t)o->score * V * sizeof(double));
+        if (!e->tok || !e->kv || !e->ref)
+            return KVTC_ENOMEM;
+        int rc = kvtc_llama_sample(b->st, EVAL_SEED_BASE + i, T + 1, e->tok);
+        if (rc)
+            return rc;
+        /* the sampler ran every position, so the cache holds the true KV;
+         * the scored logits are recomputed below the way methods get theirs */
+        if ((rc = kvtc_llama_export_kv(b->st, 0, o->prefix, e->kv)))
+            return rc;
+        for (uint32_t t = 0; t < o->score; t++) {
+            uint32_t p = o->prefix + t;
+            const float *lg;
+            if ((rc = kvtc_llama_forward(b->st, e->tok[p], p, &lg)))
+                return rc;
+            kvtc_llama_log_softmax(lg, V, e->ref + (size_t)t * V);
+            nll -= e->ref[(size_t)t * V + e->tok[p + 1]];
+        }
+    }
+    b->base_positions = (uint64_t)o->eval_seqs * o->score;
+    b->base_nll = nll / (double)b->base_positions;
+    return 0;
+}
+
+/* ---- output ----------------------------------------------------------- */
+
+static void json_num(FILE *f, const char *key, double v)
+{
+    if (isfinite(v))
+        fprintf(f, ",\"%s\":%.6g", key, v);
+    else
+        fprintf(f, ",\"%s\":null", key);
+}
+
+static void json_result(FILE *f, const struct result *r, double base_ppl)
+{
+    fprintf(f, "{\"method\":\"%s\"", r->method);
+    if (r->target > 0) {
+        fprintf(f, ",\"label\":\"%s@%gx\"", r->method, r->target);
+        json_num(f, "target", r->target);
+        fprintf(f, ",\"sweep\":%s", r->sweep ? "true" : "false");
+        json_num(f, "bits_per_token", r->plan.bits_per_token);
+        fprintf(f, ",\"key_components\":%u,\"value_components\":%u",
+                r->plan.key_components, r->plan.value_components);
+    }
+    json_num(f, "ratio", r->ratio);
+    json_num(f, "ppl", r->ppl);
+    json_num(f, "baseline_ppl", base_ppl);
+    json_num(f, "ppl_delta_pct", r->ppl_delta_pct);
+    json_num(f, "kl", r->kl);
+    json_num(f, "top1", r->top1);
+    json_num(f, "mse_key", r->mse_key);
+    json_num(f, "mse_value", r->mse_value);
+    fprintf(f, ",\"bytes\":%llu,\"raw_bf16_bytes\":%llu,\"positions\":%llu}",
+            (unsigned long long)r->bytes, (unsigned long long)r->raw_bytes,
+            (unsigned long long)r->positions);
+}
+
+static void table_row(const struct result *r)
+{
+    char tgt[16] = "-";
+    if (r->target > 0)
+        snprintf(tgt, sizeof tgt, "%g%s", r->target, r->sweep ? "*" : "");
+    printf("%-12s %7s %8.2f %9.3f %+9.2f %10.5f %7.4f %10.3g %10.3g\n", r->method, tgt,
+           r->ratio, r->ppl, r->ppl_delta_pct, r->kl, r->top1, r->mse_key, r->mse_value);
+    fflush(stdout);
+}
+
+static int write_out(const struct bench *b, const struct result *res, uint32_t nres,
+                     const struct result *best)
+{
+    const struct opts *o = &b->o;
+    FILE *f = fopen(o->out, "w");
+    if (!f) {
+        perror(o->out);
+        return KVTC_EIO;
+    }
+    const char *base = strrchr(o->model, '/');
+    fprintf(f, "{\"model\":\"%s\",\"layers\":%u,\"kv_heads\":%u,\"head_dim\":%u,"
+               "\"seq_len\":%u,\n \"protocol\":{\"calib_seqs\":%u,\"calib_seeds\":\"1..%u\","
+               "\"eval_seqs\":%u,\"eval_seed_base\":%u,\"prefix_tokens\":%u,"
+               "\"scored_tokens\":%u,\"chunk_tokens\":%u,\"sink_tokens\":%u,"
+               "\"kvtc_dtype\":\"%s\",\"ratio_vs\":\"bf16\"},\n",
+            base ? base + 1 : o->model, b->c->n_layers, b->c->n_kv_heads, b->c->head_dim,
+            b->c->seq_len, o->calib_seqs, o->calib_seqs, o->eval_seqs, EVAL_SEED_BASE,
+            o->prefix, o->score, o->chunk, KVTC_SINK_TOKENS,
+            o->dtype == KVTC_DTYPE_BF16 ? "bf16" : "fp32");
+    fprintf(f, " \"baseline_ppl\":%.6g,\n \"methods\":[\n", exp(b->base_nll));
+    for (uint32_t i = 0; i < nres; i++) {
+        fprintf(f, "  ");
+        json_result(f, &res[i], exp(b->base_nll));
+        fprintf(f, "%s\n", i + 1 < nres ? "," : "");
+    }
+    fprintf(f, " ],\n \"kvtc_max_ratio_within_1pct\":");
+    if (best)
+        json_result(f, best, exp(b->base_nll));
+    else
+        fprintf(f, "null");
+    fprintf(f, "\n}\n");
+    int bad = ferror(f);
+    bad |= fclose(f) != 0;
+    return bad ? KVTC_EIO : 0;
+}
+
+/* ---- main ------------------------------------------------------------- */
+
+static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    char *end;
+    unsigned long v = strtoul(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < lo || v > hi)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+    enum { O_CALIB = 256, O_EVAL, O_PREFIX, O_SCORE, O_CHUNK, O_DTYPE, O_SWEEP, O_NOSWEEP, O_NORM };
+    static const struct option lo[] = {
+        {"model", required_argument, 0, 'm'},   {"target", required_argument, 0, 't'},
+        {"json", no_argument, 0, 'j'},          {"out", required_argument, 0, 'o'},
+        {"calib-seqs", required_argument, 0, O_CALIB},
+        {"eval-seqs", required_argument, 0, O_EVAL},
+        {"prefix", required_argument, 0, O_PREFIX},
+        {"score", required_argument, 0, O_SCORE},
+        {"chunk", required_argument, 0, O_CHUNK},
+        {"dtype", required_argument, 0, O_DTYPE},
+        {"sweep", no_argument, 0, O_SWEEP},     {"no-sweep", no_argument, 0, O_NOSWEEP},
+        {"norm", no_argument, 0, O_NORM},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    int sweep = -1, c;
+    *o = (struct opts){.calib_seqs = 32, .eval_seqs = 16, .prefix = 384, .score = 128,
+                       .chunk = 128, .dtype = KVTC_DTYPE_BF16};
+    while ((c = getopt_long(argc, argv, "m:t:jo:h", lo, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 'm': o->model = optarg; break;
+        case 'o': o->out = optarg; break;
+        case 'j': o->json = 1; break;
+        case 't': {
+            char *end;
+            o->target = strtof(optarg, &end);
+            bad = *end != '\0' || !(o->target >= 1.0f && o->target <= 1024.0f);
+            break;
+        }
+        case O_CALIB: bad = parse_u32(optarg, 1, MAX_SEQS, &o->calib_seqs); break;
+        case O_EVAL: bad = parse_u32(optarg, 1, MAX_SEQS, &o->eval_seqs); break;
+        case O_PREFIX: bad = parse_u32(optarg, KVTC_SINK_TOKENS + 1, 1u << 20, &o->prefix); break;
+        case O_SCORE: bad = parse_u32(optarg, 1, 1u << 20, &o->score); break;
+        case O_CHUNK: bad = parse_u32(optarg, 1, KVTC_MAX_CHUNK_TOKENS, &o->chunk); break;
+        case O_DTYPE:
+            if (!strcmp(optarg, "bf16"))
+                o->dtype = KVTC_DTYPE_BF16;
+            else if (!strcmp(optarg, "fp32"))
+                o->dtype = KVTC_DTYPE_FP32;
+            else
+                bad = 1;
+            break;
+        case O_SWEEP: sweep = 1; break;
+        case O_NOSWEEP: sweep = 0; break;
+        case O_NORM: o->norm = 1; break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return -1;
+        }
+        if (bad) {
+            fprintf(stderr, "kvtc-quality: bad option value '%s'\n", optarg);
+            return -1;
+        }
+    }
+    if (!o->model || optind != argc) {
+        usage(stderr);
+        return -1;
+    }
+    /* A --target run answers one question quickly; the sweep is opt-in there. */
+    o->sweep = sweep >= 0 ? sweep : o->target == 0;
+    return 0;
+}
+
+static int alloc_scratch(struct bench *b)
+{
+    uint32_t n = b->o.chunk > b->o.prefix ? b->o.chunk : b->o.prefix;
+    uint32_t T = b->o.prefix + b->o.score;
+    n = n > T ? n : T;
+    size_t e = (size_t)n * b->tok_floats;
+    b->lp = malloc(b->c->vocab_size * sizeof(double));
+    b->f32a = malloc(e * sizeof(float));
+    b->f32b = malloc(e * sizeof(float));
+    b->f32c = malloc(e * sizeof(float));
+    b->rec = malloc(e * sizeof(float));
+    b->dt_in = malloc(e * sizeof(float));
+    b->dt_out = malloc(e * sizeof(float));
+    return b->lp && b->f32a && b->f32b && b->f32c && b->rec && b->dt_in && b->dt_out ? 0 : KVTC_ENOMEM;
+}
+
+static int run_kvtc(struct bench *b, const kvtc_profile *p, int norm, float target,
+                    int sweep, struct result *r)
+{
+    struct kvtc_arg a = {NULL, NULL, norm};
+    uint32_t plan = kvtc_profile_find_plan(p, target);
+    memset(r, 0, sizeof *r);
+    snprintf(r->method, sizeof r->method, norm ? "kvtc-lnorm" : "kvtc");
+    r->target = target;
+    r->sweep = sweep;
+    int rc = kvtc_profile_plan_info(p, plan, &r->plan);
+    if (!rc)
+        rc = kvtc_encoder_create(p, plan, KVTC_STAGE_DEFLATE, 0, &a.enc);
+    if (!rc)
+        rc = kvtc_decoder_create(p, &a.dec);
+    if (!rc) {
+        size_t cap = kvtc_encode_bound(a.enc, b->o.chunk);
+        if (cap > b->cbuf_cap) {
+            void *nb = realloc(b->cbuf, cap);
+            if (!nb)
+                rc = KVTC_ENOMEM;
+            else {
+                b->cbuf = nb;
+                b->cbuf_cap = cap;
+            }
+        }
+    }
+    if (!rc)
+        rc = evaluate(b, recon_kvtc, &a, r);
+    if (rc)
+        fprintf(stderr, "kvtc-quality: kvtc at %gx: %s\n", target, kvtc_strerror(rc));
+    kvtc_encoder_free(a.enc);
+    kvtc_decoder_free(a.dec);
+    return rc;
+}
+
+static int emit(struct bench *b, struct result *r)
+{
+    if (b->o.json) {
+        json_result(stdout, r, exp(b->base_nll));
+        putchar('\n');
+        fflush(stdout);
+    } else {
+        table_row(r);
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct bench b;
+    memset(&b, 0, sizeof b);
+    kvtc_profile *prof[2][2] = {{NULL, NULL}, {NULL, NULL}};
+    struct result res[2 * (N_MAIN + 1 + N_SWEEP) + 4];
+    uint32_t nres = 0;
+    const struct result *best = NULL;
+    int rc = 0;
+    double t0 = now_s();
+
+    if (parse_args(argc, argv, &b.o))
+        return 2;
+    if ((rc = kvtc_llama_load(b.o.model, &b.m)))
+        goto cleanup;
+    b.c = kvtc_llama_get_config(b.m);
+    if (b.o.prefix + b.o.score > b.c->seq_len) {
+        fprintf(stderr, "kvtc-quality: prefix %u + score %u exceeds the model's seq_len %u\n",
+                b.o.prefix, b.o.score, b.c->seq_len);
+        rc = KVTC_EINVAL;
+        goto cleanup;
+    }
+    kvtc_llama_layout(b.m, b.o.chunk, &b.lay32);
+    b.lay = b.lay32;
+    b.lay.dtype = b.o.dtype;
+    b.tok_floats = 2 * (size_t)b.c->n_layers * b.c->kv_dim;
+    if ((rc = kvtc_llama_state_create(b.m, &b.st)) || (rc = alloc_scratch(&b)))
+        goto cleanup;
+
+    if (!b.o.json) {
+        printf("kvtc-quality: %s: %u layers, %u kv heads x %u, seq_len %u\n", b.o.model,
+               b.c->n_layers, b.c->n_kv_heads, b.c->head_dim, b.c->seq_len);
+        printf("protocol: calibrate on %u sampled sequences (seeds 1..%u); evaluate %u others"
+               " (seeds %u..): the first %u tokens' KV restored from each method (chunks of"
+               " %u, %u sink tokens kept; kvtc input %s), the next %u tokens scored against"
+               " the uncompressed run. seq_len %u caps the prefix (the HF harness uses >= 1024)."
+               " Ratios: all stored bytes vs bf16.\n",
+               b.o.calib_seqs, b.o.calib_seqs, b.o.eval_seqs, EVAL_SEED_BASE, b.o.prefix,
+               b.o.chunk, KVTC_SINK_TOKENS, b.o.dtype == KVTC_DTYPE_BF16 ? "bf16" : "fp32",
+               b.o.score, b.c->seq_len);
+        fflush(stdout);
+    }
+    if ((rc = calibrate(&b, prof)))
+        goto cleanup;
+    double t1 = now_s();
+    if ((rc = make_eval(&b)))
+        goto cleanup;
+    if (!b.o.json) {
+        printf("baseline ppl %.4f over %llu scored positions (calibration %.1fs)\n",
+               exp(b.base_nll), (unsigned long long)b.base_positions, t1 - t0);
+        printf("%-12s %7s %8s %9s %9s %10s %7s %10s %10s\n", "method", "target", "ratio",
+               "ppl", "dppl%", "KL", "top1", "mse_K", "mse_V");
+    }
+
+    for (int norm = 0; norm <= b.o.norm; norm++) {
+        uint32_t nt = b.o.target > 0 ? 1 : N_MAIN;
+        for (uint32_t i = 0; i < nt; i++) {
+            float t = b.o.target > 0 ? b.o.target : MAIN_TARGETS[i];
+            if ((rc = run_kvtc(&b, prof[norm][0], norm, t, 0, &res[nres])))
+                goto cleanup;
+            emit(&b, &res[nres++]);
+        }
+    }
+    for (int meth = KVTC_BL_FP8; meth <= KVTC_BL_ZSTD; meth++) {
+        struct result *r = &res[nres];
+        memset(r, 0, sizeof *r);
+        snprintf(r->method, sizeof r->method, "%s", kvtc_bl_name(meth));
+        if ((rc = evaluate(&b, recon_baseline, &meth, r))) {
+            fprintf(stderr, "kvtc-quality: %s: %s\n", r->method, kvtc_strerror(rc));
+            goto cleanup;
+        }
+        emit(&b, &res[nres++]);
+    }
+    for (int norm = 0; b.o.sweep && norm <= b.o.norm; norm++) {
+        for (uint32_t i = 0; i < N_SWEEP; i++) {
+            if ((rc = run_kvtc(&b, prof[norm][1], norm, SWEEP_TARGETS[i], 1, &res[nres])))
+                goto cleanup;
+            emit(&b, &res[nres++]);
+        }
+    }
+    for (uint32_t i = 0; i < nres; i++)
+        if (!strcmp(res[i].method, "kvtc") && fabs(res[i].ppl_delta_pct) <= PPL_BUDGET_PCT &&
+            (!best || res[i].ratio > best->ratio))
+            best = &res[i];
+    if (best) {
+        struct result s = *best;
+        snprintf(s.method, sizeof s.method, "kvtc-best-1pct");
+        if (b.o.json) {
+            json_result(stdout, &s, exp(b.base_nll));
+            putchar('\n');
+        } else {
+            printf("highest kvtc ratio within %.0f%% ppl change: %.2fx (target %g%s): "
+                   "ppl %+.2f%%, KL %.5f, top1 %.4f\n", PPL_BUDGET_PCT, s.ratio, s.target,
+                   s.sweep ? ", sweep" : "", s.ppl_delta_pct, s.kl, s.top1);
+        }
+    } else if (!b.o.json) {
+        printf("no kvtc plan tried stays within %.0f%% ppl change\n", PPL_BUDGET_PCT);
+    }
+    if (!b.o.json)
+        printf("(* = finer sweep profile; total %.1fs)\n", now_s() - t0);
+    if (b.o.out)
+        rc = write_out(&b, res, nres, best);
+
+cleanup:
+    if (rc)
+        fprintf(stderr, "kvtc-quality: failed: %s\n", kvtc_strerror(rc));
+    for (int i = 0; i < 4; i++)
+        kvtc_profile_free(prof[i / 2][i % 2]);
+    if (b.ev) {
+        for (uint32_t i = 0; i < b.o.eval_seqs; i++) {
+            free(b.ev[i].tok);
+            free(b.ev[i].kv);
+            free(b.ev[i].ref);
+        }
+        free(b.ev);
+    }
+    free(b.lp);
+    free(b.f32a);
+    free(b.f32b);
+    free(b.f32c);
+    free(b.rec);
+    free(b.dt_in);
+    free(b.dt_out);
+    free(b.cbuf);
+    kvtc_llama_state_free(b.st);
+    kvtc_llama_free(b.m);
+    return rc ? 1 : 0;
+}
