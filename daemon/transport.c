@@ -497,19 +497,22 @@ void kvtcd_transport_close_handles(kvtcd_server *srv)
 void kvtcd_transport_fini(kvtcd_server *srv)
 {
     kvtcd_transport_stop_listening(srv);
-    if (srv->worker) {
-        /* Whatever UCX still holds after the drain (a client that stalled
-         * mid-rendezvous) is abandoned with the worker; free our side. */
-        while (srv->ops) {
-            srv->ops->ucx_req = NULL;
-            kvtcd_op_free(srv->ops);
-        }
-        ucp_worker_destroy(srv->worker);
-        srv->worker = NULL;
-    }
-    /* Sessions whose close never completed. */
+    /* Sessions never closed (a start that failed half way). */
     while (srv->sessions)
         session_fail(srv->sessions, "daemon shutting down");
+    if (srv->worker) {
+        /* Destroying the worker may still complete requests (their
+         * callbacks free their ops); whatever it abandons silently - a
+         * client that stalled mid-rendezvous past the drain - is freed
+         * below, without touching UCX again. */
+        ucp_worker_h w = srv->worker;
+        srv->worker = NULL;
+        ucp_worker_destroy(w); /* destroys endpoints never closed */
+    }
+    while (srv->ops) {
+        srv->ops->ucx_req = NULL;
+        kvtcd_op_free(srv->ops);
+    }
     while (srv->close_queue) {
         kvtcd_session *s = srv->close_queue;
         srv->close_queue = s->close_next;

@@ -406,3 +406,16 @@ Test(daemon_config, help_and_version)
     cr_assert_eq(action, KVTCD_VERSION);
     cr_assert_not_null(strstr(kvtcd_usage(), "--port-file"));
 }
+
+Test(daemon_config, example_ini_is_valid)
+{
+    const char *path = "deploy/kvtcd.example.ini";
+    if (access(path, R_OK) != 0)
+        cr_skip_test("%s not found (run from the repository root)", path);
+    kvtcd_config c;
+    char err[256] = "";
+    kvtcd_config_defaults(&c);
+    cr_assert_eq(kvtcd_config_load_ini(&c, path, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.listen_port, 7700);
+    cr_assert_eq(c.host_mem, 1ull << 30);
+}
