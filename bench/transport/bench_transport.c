@@ -4,6 +4,7 @@
  *   kvtc_bench_transport --backend kvtc|redis --target HOST:PORT
  *       [--sizes 262144,1048576,...] [--bytes-per-size N]
  *       [--lat-size N] [--clients 1,16,64] [--lat-ops N]
+ *       [--no-throughput] [--no-latency]
  *
  * Prints one JSON object per measurement on stdout (the driver, run.py,
  * merges them with ucx_perftest's numbers into a table and a JSON file).
@@ -36,6 +37,7 @@ struct opts {
     int clients[MAX_LIST];
     int n_clients;
     size_t lat_ops;
+    int no_throughput, no_latency;
 };
 
 static int parse_list(const char *s, size_t *out, int max, int *n)
@@ -59,7 +61,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: kvtc_bench_transport --backend kvtc|redis --target HOST:PORT\n"
                "  [--sizes B,B,...] [--bytes-per-size B] [--lat-size B]\n"
-               "  [--clients N,N,...] [--lat-ops N]\n");
+               "  [--clients N,N,...] [--lat-ops N] [--no-throughput] [--no-latency]\n");
 }
 
 static int parse_opts(int argc, char **argv, struct opts *o)
@@ -80,6 +82,10 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             exit(0);
+        }
+        if (!strcmp(a, "--no-throughput") || !strcmp(a, "--no-latency")) {
+            *(a[5] == 't' ? &o->no_throughput : &o->no_latency) = 1;
+            continue;
         }
         if (!v) {
             usage(stderr);
@@ -341,9 +347,11 @@ int main(int argc, char **argv)
         return 2;
     if ((rc = o.be->connect(o.target, &conn)))
         goto out;
-    for (int i = 0; i < o.n_sizes; i++)
+    for (int i = 0; !o.no_throughput && i < o.n_sizes; i++)
         if ((rc = run_throughput(&o, conn, o.sizes[i])))
             goto out;
+    if (o.no_latency)
+        goto out;
     if ((rc = latency_keys(&o, conn, 1)))
         goto out;
     for (int i = 0; i < o.n_clients; i++)

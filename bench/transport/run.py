@@ -102,71 +102,97 @@ def perftest(tls, size, total_bytes):
     return None
 
 
-def run_bench(binary, backend, target, env, args):
+def run_bench(binary, backend, target, env, args, sizes=None, latency=False):
+    """One invocation of the C program; returns its JSON rows (or None on failure)."""
     cmd = [binary, "--backend", backend, "--target", target,
-           "--sizes", ",".join(str(s) for s in args.sizes),
            "--bytes-per-size", str(args.bytes_per_size),
            "--lat-size", str(args.lat_size), "--clients", ",".join(str(c) for c in args.clients),
            "--lat-ops", str(args.lat_ops)]
-    log("  " + " ".join(cmd))
+    cmd += ["--sizes", ",".join(str(s) for s in sizes)] if sizes else ["--no-throughput"]
+    if not latency:
+        cmd.append("--no-latency")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode != 0:
         log(f"  {backend} bench failed (rc={out.returncode}): {out.stderr.strip()[-800:]}")
-    return rows, out.returncode
+        return None
+    return rows
 
 
-def redis_run(binary, args):
-    port = free_port()
-    srv = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                            "--save", "", "--appendonly", "no", "--protected-mode", "no",
-                            "--daemonize", "no", "--loglevel", "warning"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        if not wait_port(port):
-            log("redis-server did not start")
-            return [], "redis-server did not start"
-        rows, rc = run_bench(binary, "redis", f"127.0.0.1:{port}", dict(os.environ), args)
-        return rows, None if rc == 0 else f"bench exited {rc}"
-    finally:
-        srv.terminate()
-        srv.wait()
+class Redis:
+    def __init__(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--protected-mode", "no",
+                                      "--daemonize", "no", "--loglevel", "warning"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.target = f"127.0.0.1:{self.port}" if wait_port(self.port) else None
+        self.env = dict(os.environ)
+        self.error = None if self.target else "redis-server did not start"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
 
 
-def kvtcd_run(kvtcd, binary, tls, args):
-    env = ucx_env(tls)
-    with tempfile.TemporaryDirectory(prefix="kvtc-bt-") as tmp:
-        pf = os.path.join(tmp, "ports")
-        logf = open(os.path.join(tmp, "kvtcd.log"), "w+")
-        d = subprocess.Popen([kvtcd, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-                              "--host-mem", args.host_mem, "--data-dir", tmp, "--port-file", pf],
-                             env=env, stdout=logf, stderr=subprocess.STDOUT)
-        try:
-            port = None
-            end = time.time() + 15
-            while time.time() < end and d.poll() is None:
-                try:
-                    with open(pf) as f:
-                        parts = f.read().split()
-                    if len(parts) >= 1:
-                        port = int(parts[0])
-                        break
-                except (OSError, ValueError):
-                    pass
-                time.sleep(0.05)
-            if port is None:
-                logf.seek(0)
-                return [], "kvtcd did not start: " + logf.read()[-500:]
-            rows, rc = run_bench(binary, "kvtc", f"127.0.0.1:{port}", env, args)
-            return rows, None if rc == 0 else f"bench exited {rc}"
-        finally:
-            d.terminate()
+class Kvtcd:
+    def __init__(self, kvtcd, tls, host_mem):
+        self.env = ucx_env(tls)
+        self.tmp = tempfile.TemporaryDirectory(prefix="kvtc-bt-")
+        pf = os.path.join(self.tmp.name, "ports")
+        self.logf = open(os.path.join(self.tmp.name, "kvtcd.log"), "w+")
+        self.proc = subprocess.Popen([kvtcd, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+                                      "--host-mem", host_mem, "--data-dir", self.tmp.name, "--port-file", pf],
+                                     env=self.env, stdout=self.logf, stderr=subprocess.STDOUT)
+        self.target, self.error = None, None
+        end = time.time() + 15
+        while time.time() < end and self.proc.poll() is None:
             try:
-                d.wait(10)
-            except subprocess.TimeoutExpired:
-                d.kill()
-                d.wait()
-            logf.close()
+                with open(pf) as f:
+                    parts = f.read().split()
+                if len(parts) >= 2:
+                    self.target = f"127.0.0.1:{int(parts[0])}"
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        if not self.target:
+            self.logf.seek(0)
+            self.error = "kvtcd did not start: " + self.logf.read()[-500:]
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.logf.close()
+        self.tmp.cleanup()
+
+
+def best(rows_list, keys):
+    """Best of several runs of one point: highest throughput, lowest latency."""
+    rows_list = [r for r in rows_list if r]
+    if not rows_list:
+        return None
+    out = dict(rows_list[0])
+    for k in keys:
+        vals = [r[k] for r in rows_list if k in r]
+        if vals:
+            out[k] = min(vals) if k.endswith("_us") else max(vals)
+    out["runs"] = len(rows_list)
+    return out
+
+
+def best_row(rows_list):
+    """Latency: the whole round with the lowest P99, so P50 and P99 stay a pair."""
+    rows_list = [r for r in rows_list if r]
+    if not rows_list:
+        return None
+    out = dict(min(rows_list, key=lambda r: r["p99_us"]))
+    out["runs"] = len(rows_list)
+    return out
 
 
 def pick(rows, test, **kw):
@@ -188,39 +214,83 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default="build")
     ap.add_argument("--out", default="bench/results/transport.json")
-    ap.add_argument("--quick", action="store_true", help="fewer bytes per point (smoke run)")
+    ap.add_argument("--quick", action="store_true", help="fewer bytes and one round (smoke run)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each point keeps its best")
     ap.add_argument("--lat-size", type=int, default=1 << 20)
     ap.add_argument("--host-mem", default="4G")
     args = ap.parse_args()
     args.sizes = SIZES
     args.clients = [1, 16, 64]
-    args.bytes_per_size = (64 if args.quick else 512) * MIB
+    args.bytes_per_size = (64 if args.quick else 256) * MIB
     args.lat_ops = 1024 if args.quick else 4096
+    if args.quick:
+        args.rounds = 1
 
     binary = os.path.join(args.build, "bin", "kvtc_bench_transport")
     kvtcd = os.path.join(args.build, "bin", "kvtcd")
     if not os.access(binary, os.X_OK):
         sys.exit(f"missing {binary}: run make bench first")
 
-    result = {"host": platform.node(), "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    result = {"host": platform.node(), "cpus": os.cpu_count(),
+              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_at_start": load,
               "sizes": args.sizes, "lat_size": args.lat_size, "bytes_per_size": args.bytes_per_size,
-              "ucx_perftest": {}, "redis": {}, "kvtc": {}, "notes": []}
+              "rounds": args.rounds, "method": "per size, ucx_perftest, kvtcd and Redis run back to back "
+              "in each round; every point keeps its best round (highest MiB/s, lowest latency)",
+              "ucx_perftest": {}, "redis": {}, "kvtc": {}}
 
+    # Servers stay up for the whole run; the measurements interleave so that a
+    # burst of load on this shared machine hits every system alike.
+    redis = Redis()
+    daemons = {}
     for tls in TLS_SETS:
-        log(f"ucx_perftest ucp_am_bw UCX_TLS={tls}")
-        result["ucx_perftest"][tls] = {str(s): perftest(tls, s, args.bytes_per_size) for s in args.sizes}
+        daemons[tls] = Kvtcd(kvtcd, tls, args.host_mem) if os.access(kvtcd, os.X_OK) else None
+    pt = {tls: {s: [] for s in args.sizes} for tls in TLS_SETS}
+    kv = {tls: {s: [] for s in args.sizes} for tls in TLS_SETS}
+    rd = {s: [] for s in args.sizes}
+    lat = {name: {c: [] for c in args.clients} for name in ["redis"] + [f"kvtc {t}" for t in TLS_SETS]}
+    try:
+        for rnd in range(args.rounds):
+            log(f"round {rnd + 1}/{args.rounds}")
+            for size in args.sizes:
+                log(f"  {size // 1024} KiB")
+                for tls in TLS_SETS:
+                    pt[tls][size].append(perftest(tls, size, args.bytes_per_size))
+                    d = daemons[tls]
+                    if d and d.target:
+                        rows = run_bench(binary, "kvtc", d.target, d.env, args, sizes=[size])
+                        kv[tls][size].append(pick(rows or [], "throughput", size=size))
+                if redis.target:
+                    rows = run_bench(binary, "redis", redis.target, redis.env, args, sizes=[size])
+                    rd[size].append(pick(rows or [], "throughput", size=size))
+            log("  latency")
+            systems = [("redis", redis)] + [(f"kvtc {t}", daemons[t]) for t in TLS_SETS]
+            for name, srv in systems:
+                if srv and srv.target:
+                    rows = run_bench(binary, name.split()[0], srv.target, srv.env, args, latency=True)
+                    for c in args.clients:
+                        lat[name][c].append(pick(rows or [], "latency", clients=c))
+    finally:
+        redis.stop()
+        for d in daemons.values():
+            if d:
+                d.stop()
 
-    log("redis through hiredis")
-    rrows, err = redis_run(binary, args)
+    thr_keys = ["put_mib_s", "get_mib_s", "put_p50_us", "put_p99_us", "get_p50_us", "get_p99_us"]
+    for tls in TLS_SETS:
+        result["ucx_perftest"][tls] = {str(s): best(pt[tls][s], ["mib_s", "lat_us"]) for s in args.sizes}
+        d = daemons[tls]
+        result["kvtc"][tls] = {
+            "rows": [r for r in [best(kv[tls][s], thr_keys) for s in args.sizes] if r] +
+                    [r for r in [best_row(lat[f"kvtc {tls}"][c]) for c in args.clients] if r],
+            "error": (d.error if d else f"{kvtcd} missing")}
+    rrows = [r for r in [best(rd[s], thr_keys) for s in args.sizes] if r] + \
+            [r for r in [best_row(lat["redis"][c]) for c in args.clients] if r]
+    err = redis.error
     result["redis"] = {"rows": rrows, "error": err}
-
-    for tls in TLS_SETS:
-        if not os.access(kvtcd, os.X_OK):
-            result["kvtc"][tls] = {"rows": [], "error": f"{kvtcd} missing"}
-            continue
-        log(f"kvtcd through libkvtc UCX_TLS={tls}")
-        rows, err = kvtcd_run(kvtcd, binary, tls, args)
-        result["kvtc"][tls] = {"rows": rows, "error": err}
 
     # Ratios and the table.
     summary = []
