@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "calib.h"
 #include "plan.h"
 #include "profile.h"
 
@@ -24,7 +25,7 @@ struct kvtc_calibrator {
     uint64_t seen, rng;
     /* after fit: */
     int fitted;
-    float *mean[2], *basis[2]; /* [D], [D][max_components] */
+    float *mean[2], *basis[2]; /* [D], [D][pe.ncomp[s]] */
     struct kvtc__plan_errors pe;
     uint32_t n_plans;
     struct kvtc__plan plans[KVTC_MAX_PLANS];
@@ -132,17 +133,22 @@ int kvtc_calibrator_add(kvtc_calibrator *cal, const void *chunk, uint32_t n_toke
     return 0;
 }
 
-/* Mean-centre rows in place; PCA basis (descending variance) of the top k
- * components into basis[D][k]; variance of every component into var[D]. */
-static int pca(float *rows, uint32_t n, uint32_t D, uint32_t k, float *mean, float *basis,
-               double *var_total, double *var_kept)
+/* Mean-centre rows[n][D] in place and find the top components. At most
+ * *k are kept: fewer when the data has fewer non-negligible directions.
+ * basis[D][*k] (column c = component c, by descending variance).
+ * With fewer rows than the width, the n x n Gram matrix has the same
+ * non-zero spectrum at a fraction of the cost: eigenvectors u of X X^T / n
+ * give basis vectors X^T u / sqrt(n lambda). */
+static int pca(void *ctx, float *rows, uint32_t n, uint32_t D, uint32_t *k, float *mean,
+               float *basis, double *var_total, double *var_kept)
 {
+    const int gram = n < D;
+    const uint32_t m = gram ? n : D;
     int rc = KVTC_ENOMEM;
-    float *cov = malloc((size_t)D * D * sizeof(float));
-    float *w = malloc((size_t)D * sizeof(float));
-    float *z = malloc((size_t)D * k * sizeof(float));
-    lapack_int *isuppz = malloc(2 * (size_t)D * sizeof(lapack_int));
-    if (!cov || !w || !z || !isuppz)
+    float *a = malloc((size_t)m * m * sizeof(float));
+    float *w = malloc((size_t)m * sizeof(float));
+    float *sel = malloc((size_t)m * (*k < m ? *k : m) * sizeof(float));
+    if (!a || !w || !sel)
         goto out;
     for (uint32_t j = 0; j < D; j++)
         mean[j] = 0;
@@ -154,32 +160,51 @@ static int pca(float *rows, uint32_t n, uint32_t D, uint32_t k, float *mean, flo
     for (uint32_t r = 0; r < n; r++)
         for (uint32_t j = 0; j < D; j++)
             rows[(size_t)r * D + j] -= mean[j];
-    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)D, (int)n, 1.0f / (float)n, rows,
-                (int)D, 0.0f, cov, (int)D);
+    cblas_ssyrk(CblasRowMajor, CblasUpper, gram ? CblasNoTrans : CblasTrans, (int)m,
+                (int)(gram ? D : n), 1.0f / (float)n, rows, (int)D, 0.0f, a, (int)m);
     *var_total = 0;
-    for (uint32_t j = 0; j < D; j++)
-        *var_total += cov[(size_t)j * D + j];
-    lapack_int m = 0;
-    lapack_int info = LAPACKE_ssyevr(LAPACK_ROW_MAJOR, 'V', k == D ? 'A' : 'I', 'U', (lapack_int)D,
-                                     cov, (lapack_int)D, 0, 0, (lapack_int)(D - k + 1),
-                                     (lapack_int)D, 0.0f, &m, w, z, (lapack_int)k, isuppz);
+    for (uint32_t j = 0; j < m; j++)
+        *var_total += a[(size_t)j * m + j];
     rc = KVTC_ENUMERICAL;
-    if (info != 0 || m != (lapack_int)k)
+    if (LAPACKE_ssyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)m, a, (lapack_int)m, w) != 0)
         goto out;
-    /* LAPACK returns ascending eigenvalues: reverse into descending order. */
+    /* Ascending eigenvalues: take from the top, stop at negligible ones. */
+    float top = w[m - 1] > 0 ? w[m - 1] : 0;
+    uint32_t kk = 0, want = *k < m ? *k : m;
     *var_kept = 0;
-    for (uint32_t c = 0; c < k; c++) {
-        uint32_t src = k - 1 - c;
-        *var_kept += w[src] > 0 ? w[src] : 0;
-        for (uint32_t d = 0; d < D; d++)
-            basis[(size_t)d * k + c] = z[(size_t)d * k + src];
+    for (; kk < want; kk++) {
+        float lam = w[m - 1 - kk];
+        if (!(lam > top * 1e-7f))
+            break;
+        *var_kept += lam;
+        for (uint32_t d = 0; d < m; d++)
+            sel[(size_t)d * want + kk] = a[(size_t)d * m + (m - 1 - kk)];
     }
+    if (kk == 0)
+        goto out; /* constant data: nothing to learn */
+    if (!gram) {
+        for (uint32_t d = 0; d < D; d++)
+            memcpy(basis + (size_t)d * kk, sel + (size_t)d * want, kk * sizeof(float));
+    } else {
+        float *tmp = malloc((size_t)D * want * sizeof(float));
+        rc = KVTC_ENOMEM;
+        if (!tmp)
+            goto out;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)D, (int)want, (int)n, 1.0f,
+                    rows, (int)D, sel, (int)want, 0.0f, tmp, (int)want);
+        for (uint32_t c = 0; c < kk; c++) {
+            float scale = 1.0f / sqrtf((float)n * w[m - 1 - c]);
+            for (uint32_t d = 0; d < D; d++)
+                basis[(size_t)d * kk + c] = tmp[(size_t)d * want + c] * scale;
+        }
+        free(tmp);
+    }
+    *k = kk;
     rc = 0;
 out:
-    free(cov);
+    free(a);
     free(w);
-    free(z);
-    free(isuppz);
+    free(sel);
     return rc;
 }
 
@@ -232,29 +257,34 @@ static void free_errors(struct kvtc__plan_errors *pe)
     }
 }
 
-int kvtc_calibrator_fit(kvtc_calibrator *cal)
+int kvtc_calibrator_fit(kvtc_calibrator *cal) { return kvtc__calibrator_fit_pca(cal, pca, NULL); }
+
+int kvtc__calibrator_fit_pca(kvtc_calibrator *cal, kvtc__pca_fn pca_fn, void *pca_ctx)
 {
     if (!cal || cal->fitted)
         return KVTC_EINVAL;
     if (cal->kept < 2)
         return KVTC_EINVAL;
-    const uint32_t D = cal->width, n = cal->kept, k = cal->params.max_components;
+    const uint32_t D = cal->width, n = cal->kept, kmax = cal->params.max_components;
     const uint32_t np = n < cal->params.plan_rows ? n : cal->params.plan_rows;
-    cal->pe = (struct kvtc__plan_errors){.width = D, .ncomp = {k, k}};
-    float *coef = malloc((size_t)np * k * sizeof(float));
+    cal->pe = (struct kvtc__plan_errors){.width = D};
+    float *coef = malloc((size_t)np * kmax * sizeof(float));
     int rc = KVTC_ENOMEM;
     if (!coef)
         goto out;
     for (int s = 0; s < 2; s++) {
         cal->mean[s] = malloc((size_t)D * sizeof(float));
-        cal->basis[s] = malloc((size_t)D * k * sizeof(float));
+        cal->basis[s] = malloc((size_t)D * kmax * sizeof(float));
         rc = KVTC_ENOMEM;
         if (!cal->mean[s] || !cal->basis[s])
             goto out;
         double var_total, var_kept;
-        rc = pca(cal->rows[s], n, D, k, cal->mean[s], cal->basis[s], &var_total, &var_kept);
+        uint32_t k = kmax;
+        rc = pca_fn(pca_ctx, cal->rows[s], n, D, &k, cal->mean[s], cal->basis[s], &var_total,
+                    &var_kept);
         if (rc)
             goto out;
+        cal->pe.ncomp[s] = k;
         cal->pe.tail[s] = var_total > var_kept ? var_total - var_kept : 0;
         /* Coefficients of the planning rows (reservoir order is random). */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)np, (int)k, (int)D, 1.0f,
@@ -295,8 +325,8 @@ int kvtc_calibrator_profile(kvtc_calibrator *cal, kvtc_profile **out)
 {
     if (!cal || !cal->fitted || cal->n_plans == 0 || !out)
         return KVTC_EINVAL;
-    return kvtc__profile_build(&cal->layout, cal->width, cal->params.max_components, cal->mean,
-                               cal->basis, cal->plans, cal->n_plans, out);
+    return kvtc__profile_build(&cal->layout, cal->width, cal->pe.ncomp, cal->mean, cal->basis,
+                               cal->plans, cal->n_plans, out);
 }
 
 int kvtc_calibrator_finish(kvtc_calibrator *cal, const float *target_ratios, uint32_t n_targets,

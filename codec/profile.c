@@ -110,7 +110,7 @@ static void set_id(kvtc_profile *p)
     free(buf);
 }
 
-int kvtc__profile_build(const kvtc_layout *layout, uint32_t width, uint32_t k,
+int kvtc__profile_build(const kvtc_layout *layout, uint32_t width, const uint32_t k[2],
                         float *const mean[2], float *const basis[2],
                         const struct kvtc__plan *plans, uint32_t n_plans, kvtc_profile **out)
 {
@@ -135,7 +135,7 @@ int kvtc__profile_build(const kvtc_layout *layout, uint32_t width, uint32_t k,
             goto nomem;
         memcpy(p->mean[s], mean[s], (size_t)width * sizeof(float));
         for (size_t d = 0; d < width; d++)
-            memcpy(p->basis[s] + d * kc, basis[s] + d * k, (size_t)kc * sizeof(float));
+            memcpy(p->basis[s] + d * kc, basis[s] + d * k[s], (size_t)kc * sizeof(float));
     }
     for (uint32_t i = 0; i < n_plans; i++) {
         struct kvtc__plan *dst = &p->plans[i];

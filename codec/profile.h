@@ -7,9 +7,9 @@
 #define KVTC__PROFILE_MAGIC "KVTCPROF"
 #define KVTC__PROFILE_VERSION 1u
 
-/* A profile from untrimmed bases [D][k] and plans: keeps, per stream, the
+/* A profile from untrimmed bases [D][k[s]] and plans: keeps, per stream, the
  * components up to the last one any plan codes. Copies everything. */
-int kvtc__profile_build(const kvtc_layout *layout, uint32_t width, uint32_t k,
+int kvtc__profile_build(const kvtc_layout *layout, uint32_t width, const uint32_t k[2],
                         float *const mean[2], float *const basis[2],
                         const struct kvtc__plan *plans, uint32_t n_plans, kvtc_profile **out);
 
