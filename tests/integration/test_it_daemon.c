@@ -1,0 +1,306 @@
+/* kvtcd's own rules, end to end over real UCX with hand-made frames: layouts
+ * checked against the codec's bounds and chunk size, encodings the daemon
+ * does not serve, put TTLs, Delete/Pin reply statuses, and backpressure
+ * (FULL with a clear message) when every chunk is pinned. */
+#include "itest.h"
+
+#include "kvtc_codec.h"
+#include "wire.h"
+
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static uint64_t next_id = 5000;
+
+static Kvtc__Wire__Reply *send_req(struct itest_raw *r, Kvtc__Wire__Request *req,
+                                   const void *data, size_t dlen)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    req->id = ++next_id;
+    cr_assert_eq(kvtc_wire_pack_request_alloc(req, &buf, &len), 0);
+    cr_assert_leq(len, itest_raw_max_header(r), "test frame too big for inline");
+    cr_assert_eq(itest_raw_send(r, KVTC_WIRE_AM_REQUEST, buf, len, data, dlen), 0);
+    free(buf);
+    size_t rlen = 0;
+    void *rep = itest_raw_wait_reply(r, 10000, &rlen);
+    cr_assert_not_null(rep, "no reply within 10 s");
+    Kvtc__Wire__Reply *out = NULL;
+    cr_assert_eq(kvtc_wire_unpack_reply(rep, rlen, &out), 0);
+    free(rep);
+    cr_assert_eq(out->id, req->id);
+    return out;
+}
+
+static void expect(Kvtc__Wire__Reply *rep, int want, const char *what)
+{
+    cr_expect_eq((int)rep->status, want, "%s: %s, want %s (%s)", what,
+                 kvtc_wire_status_name(rep->status), kvtc_wire_status_name(want),
+                 rep->message ? rep->message : "");
+    kvtc_wire_reply_free(rep);
+}
+
+static void hello(struct itest_raw *r)
+{
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    Kvtc__Wire__Hello h = KVTC__WIRE__HELLO__INIT;
+    h.major = KVTC_PROTO_MAJOR;
+    h.tenant = (char *)"it-daemon";
+    req.body_case = KVTC__WIRE__REQUEST__BODY_HELLO;
+    req.hello = &h;
+    expect(send_req(r, &req, NULL, 0), KVTC__WIRE__STATUS__OK, "hello");
+}
+
+static void key_of(uint8_t k[32], uint32_t i)
+{
+    memset(k, 0x3c, 32);
+    memcpy(k, &i, sizeof i);
+}
+
+struct put_opts {
+    const kvtc_layout *layout;
+    uint32_t n_tokens;
+    int encoding; /* -1: unset */
+    uint32_t ttl_ms;
+};
+
+static Kvtc__Wire__Reply *put(struct itest_raw *r, uint32_t i, const void *data,
+                              size_t size, const struct put_opts *o)
+{
+    uint8_t k[32];
+    key_of(k, i);
+    Kvtc__Wire__Layout lm;
+    Kvtc__Wire__ChunkMeta m = KVTC__WIRE__CHUNK_META__INIT;
+    Kvtc__Wire__ChunkMeta *chunks[1] = {&m};
+    m.key.data = k;
+    m.key.len = 32;
+    m.size = size;
+    m.has_checksum = 1;
+    m.checksum = kvtc_wire_checksum(data, size);
+    if (o && o->layout) {
+        kvtc_wire_layout_to_msg(o->layout, &lm);
+        m.layout = &lm;
+        m.has_n_tokens = 1;
+        m.n_tokens = o->n_tokens;
+    }
+    if (o && o->encoding >= 0) {
+        m.has_encoding = 1;
+        m.encoding = (Kvtc__Wire__Encoding)o->encoding;
+    }
+    Kvtc__Wire__PutRequest p = KVTC__WIRE__PUT_REQUEST__INIT;
+    p.n_chunks = 1;
+    p.chunks = chunks;
+    if (o && o->ttl_ms) {
+        p.has_ttl_ms = 1;
+        p.ttl_ms = o->ttl_ms;
+    }
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    req.body_case = KVTC__WIRE__REQUEST__BODY_PUT;
+    req.put = &p;
+    return send_req(r, &req, data, size);
+}
+
+/* Get one key; returns the reply (caller frees). */
+static Kvtc__Wire__Reply *get(struct itest_raw *r, uint32_t i, int want)
+{
+    uint8_t k[32];
+    key_of(k, i);
+    ProtobufCBinaryData keys[1] = {{32, k}};
+    Kvtc__Wire__GetRequest g = KVTC__WIRE__GET_REQUEST__INIT;
+    g.n_keys = 1;
+    g.keys = keys;
+    if (want >= 0) {
+        g.has_want = 1;
+        g.want = (Kvtc__Wire__Encoding)want;
+    }
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    req.body_case = KVTC__WIRE__REQUEST__BODY_GET;
+    req.get = &g;
+    return send_req(r, &req, NULL, 0);
+}
+
+static int get_status(struct itest_raw *r, uint32_t i)
+{
+    Kvtc__Wire__Reply *rep = get(r, i, -1);
+    cr_assert_eq(rep->status, KVTC__WIRE__STATUS__OK);
+    cr_assert_eq(rep->get->n_results, 1);
+    int st = rep->get->results[0]->status;
+    kvtc_wire_reply_free(rep);
+    return st;
+}
+
+static Kvtc__Wire__Reply *keys_req(struct itest_raw *r, int kind, uint32_t first,
+                                   uint32_t n, int pin)
+{
+    uint8_t k[8][32];
+    ProtobufCBinaryData keys[8];
+    cr_assert_leq(n, 8);
+    for (uint32_t i = 0; i < n; i++) {
+        key_of(k[i], first + i);
+        keys[i].data = k[i];
+        keys[i].len = 32;
+    }
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    Kvtc__Wire__PinRequest p = KVTC__WIRE__PIN_REQUEST__INIT;
+    Kvtc__Wire__DeleteRequest d = KVTC__WIRE__DELETE_REQUEST__INIT;
+    if (kind == KVTC__WIRE__REQUEST__BODY_PIN) {
+        p.n_keys = n;
+        p.keys = keys;
+        p.pin = pin;
+        req.body_case = KVTC__WIRE__REQUEST__BODY_PIN;
+        req.pin = &p;
+    } else {
+        d.n_keys = n;
+        d.keys = keys;
+        req.body_case = KVTC__WIRE__REQUEST__BODY_DEL;
+        req.del = &d;
+    }
+    return send_req(r, &req, NULL, 0);
+}
+
+Test(it_daemon, layouts_and_encodings_are_validated, .timeout = 60)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_SM);
+    itest_daemon_start(&d, "64M", 0, NULL);
+    struct itest_raw *r = itest_raw_open(&d);
+    hello(r);
+
+    kvtc_layout l = {.layers = 2, .kv_heads = 2, .head_dim = 8,
+                     .dtype = KVTC_DTYPE_BF16, .chunk_tokens = 16};
+    size_t want = kvtc_chunk_bytes(&l, 16);
+    cr_assert_gt(want, 0);
+    uint8_t *buf = malloc(want + 64);
+    itest_fill(buf, want + 64, 5);
+
+    struct put_opts o = {.layout = &l, .n_tokens = 16, .encoding = -1};
+    expect(put(r, 1, buf, want, &o), KVTC__WIRE__STATUS__OK, "right size for the layout");
+    expect(put(r, 2, buf, want + 2, &o), KVTC__WIRE__STATUS__INVALID, "2 bytes over the layout");
+    struct put_opts o8 = o;
+    o8.n_tokens = 8;
+    expect(put(r, 3, buf, want, &o8), KVTC__WIRE__STATUS__INVALID, "size of 16 tokens, says 8");
+    kvtc_layout huge = l;
+    huge.layers = KVTC_MAX_LAYERS + 1;
+    struct put_opts oh = {.layout = &huge, .n_tokens = 16, .encoding = -1};
+    expect(put(r, 4, buf, want, &oh), KVTC__WIRE__STATUS__INVALID, "layers over the bound");
+    kvtc_layout badtype = l;
+    badtype.dtype = 99;
+    struct put_opts ob = {.layout = &badtype, .n_tokens = 16, .encoding = -1};
+    expect(put(r, 5, buf, want, &ob), KVTC__WIRE__STATUS__INVALID, "unknown dtype");
+    struct put_opts ok_kvtc = {.encoding = KVTC__WIRE__ENCODING__KVTC};
+    expect(put(r, 6, buf, 100, &ok_kvtc), KVTC__WIRE__STATUS__UNSUPPORTED, "KVTC encoding");
+    struct put_opts enc7 = {.encoding = 7};
+    expect(put(r, 7, buf, 100, &enc7), KVTC__WIRE__STATUS__INVALID, "encoding 7");
+    expect(get(r, 1, KVTC__WIRE__ENCODING__KVTC), KVTC__WIRE__STATUS__UNSUPPORTED, "want KVTC");
+    expect(get(r, 1, 9), KVTC__WIRE__STATUS__INVALID, "want 9");
+
+    /* Nothing but the good chunk was stored, and its layout comes back. */
+    for (uint32_t i = 2; i <= 7; i++)
+        cr_expect_eq(get_status(r, i), KVTC__WIRE__STATUS__NOT_FOUND, "chunk %u stored", i);
+    Kvtc__Wire__Reply *rep = get(r, 1, -1);
+    cr_assert_eq(rep->status, KVTC__WIRE__STATUS__OK);
+    Kvtc__Wire__GetResult *res = rep->get->results[0];
+    cr_assert_eq(res->status, KVTC__WIRE__STATUS__OK);
+    cr_assert_not_null(res->meta->layout);
+    cr_expect_eq(res->meta->layout->layers, 2);
+    cr_expect_eq(res->meta->layout->head_dim, 8);
+    cr_expect_eq(res->meta->n_tokens, 16);
+    cr_expect_eq(res->meta->size, want);
+    cr_expect_eq(res->meta->checksum, kvtc_wire_checksum(buf, want));
+    cr_expect_eq(res->tier, KVTC__WIRE__TIER__TIER_HOST);
+    kvtc_wire_reply_free(rep);
+
+    free(buf);
+    itest_raw_close(r);
+    itest_daemon_stop(&d);
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+Test(it_daemon, ttl_delete_pin_statuses, .timeout = 60)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_SM);
+    itest_daemon_start(&d, "64M", 0, NULL);
+    struct itest_raw *r = itest_raw_open(&d);
+    hello(r);
+    uint8_t buf[4096];
+    itest_fill(buf, sizeof buf, 9);
+
+    struct put_opts ttl = {.encoding = -1, .ttl_ms = 300};
+    expect(put(r, 1, buf, sizeof buf, &ttl), KVTC__WIRE__STATUS__OK, "put with ttl");
+    expect(put(r, 2, buf, sizeof buf, NULL), KVTC__WIRE__STATUS__OK, "put");
+    cr_expect_eq(get_status(r, 1), KVTC__WIRE__STATUS__OK);
+    sleep_ms(600);
+    cr_expect_eq(get_status(r, 1), KVTC__WIRE__STATUS__NOT_FOUND, "chunk outlived its ttl");
+    cr_expect_eq(get_status(r, 2), KVTC__WIRE__STATUS__OK);
+
+    /* Pin 2; deleting 2 and a missing 3 reports per key, and the reply's
+     * status is the first failure. */
+    Kvtc__Wire__Reply *rep = keys_req(r, KVTC__WIRE__REQUEST__BODY_PIN, 2, 1, 1);
+    cr_assert_eq(rep->status, KVTC__WIRE__STATUS__OK);
+    kvtc_wire_reply_free(rep);
+    rep = keys_req(r, KVTC__WIRE__REQUEST__BODY_DEL, 2, 2, 0);
+    cr_expect_eq(rep->status, KVTC__WIRE__STATUS__PINNED);
+    cr_assert_eq(rep->body_case, KVTC__WIRE__REPLY__BODY_DEL);
+    cr_assert_eq(rep->del->n_status, 2);
+    cr_expect_eq(rep->del->status[0], KVTC__WIRE__STATUS__PINNED);
+    cr_expect_eq(rep->del->status[1], KVTC__WIRE__STATUS__NOT_FOUND);
+    kvtc_wire_reply_free(rep);
+    rep = keys_req(r, KVTC__WIRE__REQUEST__BODY_PIN, 2, 1, 0);
+    kvtc_wire_reply_free(rep);
+    rep = keys_req(r, KVTC__WIRE__REQUEST__BODY_DEL, 2, 1, 0);
+    cr_expect_eq(rep->status, KVTC__WIRE__STATUS__OK);
+    kvtc_wire_reply_free(rep);
+    cr_expect_eq(get_status(r, 2), KVTC__WIRE__STATUS__NOT_FOUND);
+    itest_raw_close(r);
+    itest_daemon_stop(&d);
+}
+
+Test(it_daemon, full_store_answers_full_and_recovers, .timeout = 60)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_SM);
+    itest_daemon_start(&d, "4M", 0, NULL);
+    struct itest_raw *r = itest_raw_open(&d);
+    hello(r);
+    size_t mb = 1u << 20;
+    uint8_t *buf = malloc(2 * mb);
+    itest_fill(buf, 2 * mb, 3);
+    for (uint32_t i = 0; i < 4; i++)
+        expect(put(r, i, buf, mb, NULL), KVTC__WIRE__STATUS__OK, "fill");
+    Kvtc__Wire__Reply *rep = keys_req(r, KVTC__WIRE__REQUEST__BODY_PIN, 0, 4, 1);
+    cr_assert_eq(rep->status, KVTC__WIRE__STATUS__OK);
+    kvtc_wire_reply_free(rep);
+
+    rep = put(r, 10, buf, 2 * mb, NULL);
+    cr_expect_eq(rep->status, KVTC__WIRE__STATUS__FULL, "%s", kvtc_wire_status_name(rep->status));
+    cr_expect(rep->message && strstr(rep->message, "full"), "FULL without a clear message");
+    if (rep->body_case == KVTC__WIRE__REPLY__BODY_PUT && rep->put->n_status == 1)
+        cr_expect_eq(rep->put->status[0], KVTC__WIRE__STATUS__FULL);
+    kvtc_wire_reply_free(rep);
+    for (uint32_t i = 0; i < 4; i++)
+        cr_expect_eq(get_status(r, i), KVTC__WIRE__STATUS__OK, "pinned chunk %u dropped", i);
+    char *body = NULL;
+    cr_assert_eq(itest_http_get(d.admin_port, "/metrics", &body), 200);
+    cr_expect(strstr(body, "\nkvtc_rejected_full_total 1\n"), "metrics:\n%s", body);
+    free(body);
+
+    /* Unpin two: the put now fits by evicting them. */
+    rep = keys_req(r, KVTC__WIRE__REQUEST__BODY_PIN, 0, 2, 0);
+    kvtc_wire_reply_free(rep);
+    expect(put(r, 10, buf, 2 * mb, NULL), KVTC__WIRE__STATUS__OK, "put after unpin");
+    cr_expect_eq(get_status(r, 0), KVTC__WIRE__STATUS__NOT_FOUND);
+    cr_expect_eq(get_status(r, 1), KVTC__WIRE__STATUS__NOT_FOUND);
+    cr_expect_eq(get_status(r, 2), KVTC__WIRE__STATUS__OK);
+    cr_expect_eq(get_status(r, 10), KVTC__WIRE__STATUS__OK);
+    free(buf);
+    itest_raw_close(r);
+    itest_daemon_stop(&d);
+}
