@@ -16,6 +16,7 @@
 #define DEFAULT_PORT "7700"
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000u
 #define DEFAULT_OP_TIMEOUT_MS 60000u
+#define DEFAULT_SPIN_US 200u
 /* A burst of events must not keep one progress call forever. */
 #define PROGRESS_BUDGET 1024
 /* Longest sleep of a blocking wait between deadline checks. */
@@ -463,13 +464,21 @@ static int64_t ms_left(uint64_t deadline_ns)
 
 int kvtc__wait_flag(kvtc_conn *c, const int *flag, uint64_t deadline_ns)
 {
+    /* Poll for a short while before sleeping: a rendezvous transfer is a
+     * handful of events, and sleeping and waking on the fd between each of
+     * them costs more than the transfer's own steps. */
+    uint64_t spin_until = kvtc__now_ns() + c->spin_ns;
     for (;;) {
         kvtc_progress(c);
         if (*flag)
             return 0;
-        if (deadline_ns && kvtc__now_ns() >= deadline_ns)
+        uint64_t now = kvtc__now_ns();
+        if (deadline_ns && now >= deadline_ns)
             return KVTC_ETIMEDOUT;
+        if (now < spin_until)
+            continue;
         sleep_fd(c, ms_left(deadline_ns));
+        spin_until = kvtc__now_ns() + c->spin_ns;
     }
 }
 
@@ -480,13 +489,18 @@ int kvtc_wait_all(kvtc_conn *c, int timeout_ms)
     uint64_t deadline = timeout_ms < 0 ? 0 : deadline_after((uint32_t)timeout_ms);
     if (timeout_ms == 0)
         deadline = kvtc__now_ns();
+    uint64_t spin_until = kvtc__now_ns() + c->spin_ns;
     for (;;) {
         kvtc_progress(c);
         if (!kvtc_inflight(c))
             return 0;
-        if (deadline && kvtc__now_ns() >= deadline)
+        uint64_t now = kvtc__now_ns();
+        if (deadline && now >= deadline)
             return KVTC_ETIMEDOUT;
+        if (now < spin_until)
+            continue;
         sleep_fd(c, ms_left(deadline));
+        spin_until = kvtc__now_ns() + c->spin_ns;
     }
 }
 
@@ -656,6 +670,8 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
                               ? params->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
     c->op_timeout_ms = (fm & KVTC_CONN_PARAM_FIELD_OP_TIMEOUT) ? params->op_timeout_ms
                                                                : DEFAULT_OP_TIMEOUT_MS;
+    c->spin_ns = (uint64_t)((fm & KVTC_CONN_PARAM_FIELD_SPIN) ? params->spin_us
+                                                              : DEFAULT_SPIN_US) * 1000u;
     uint64_t deadline = deadline_after(connect_ms);
     struct sockaddr_storage ss;
     socklen_t sslen = 0;

@@ -165,7 +165,8 @@ enum kvtc_conn_param_field {
     KVTC_CONN_PARAM_FIELD_TOKEN = 1u << 1,
     KVTC_CONN_PARAM_FIELD_CLIENT_NAME = 1u << 2,
     KVTC_CONN_PARAM_FIELD_CONNECT_TIMEOUT = 1u << 3,
-    KVTC_CONN_PARAM_FIELD_OP_TIMEOUT = 1u << 4
+    KVTC_CONN_PARAM_FIELD_OP_TIMEOUT = 1u << 4,
+    KVTC_CONN_PARAM_FIELD_SPIN = 1u << 5
 };
 
 typedef struct kvtc_conn_params {
@@ -176,6 +177,11 @@ typedef struct kvtc_conn_params {
     uint32_t connect_timeout_ms; /* connect + hello; default 5000 */
     uint32_t op_timeout_ms;      /* default per operation; default 60000,
                                     0: wait forever */
+    uint32_t spin_us;            /* blocking calls and kvtc_wait_all poll
+                                    this long after the last event before
+                                    sleeping on the fd (a wakeup costs more
+                                    than a short transfer); default 200,
+                                    0: sleep at once */
 } kvtc_conn_params;
 
 /* Connect to server ("HOST:PORT", "[v6addr]:PORT"; NULL means

@@ -17,6 +17,7 @@
 #define MAX_CLIENTS 1024
 #define MAX_DEPTH 256
 #define DELETE_BATCH 512
+#define SPIN_S 200e-6
 
 struct bench_opts {
     uint64_t size;
@@ -24,6 +25,8 @@ struct bench_opts {
     uint32_t clients;
     uint32_t depth;
     uint32_t batch;   /* chunks per operation */
+    uint64_t id;      /* key space; 0: random (a later --op get run reuses an
+                         earlier --op put --keep run's chunks with --id) */
     int do_put, do_get, keep, verify;
 };
 
@@ -84,7 +87,7 @@ static int bench_opt(void *ctx, int argc, char **argv, int *i)
         o->verify = 1;
         return 1;
     }
-    const char *names[] = {"--size", "--count", "--clients", "--depth", "--batch", "--op"};
+    const char *names[] = {"--size", "--count", "--clients", "--depth", "--batch", "--op", "--id"};
     size_t which = sizeof names / sizeof names[0];
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
         if (!strcmp(n, names[k]))
@@ -116,13 +119,14 @@ static int bench_opt(void *ctx, int argc, char **argv, int *i)
     case 2: o->clients = x > MAX_CLIENTS ? MAX_CLIENTS + 1 : (uint32_t)x; break;
     case 3: o->depth = x > MAX_DEPTH ? MAX_DEPTH + 1 : (uint32_t)x; break;
     case 4: o->batch = x > 4096 ? 4097 : (uint32_t)x; break;
+    case 6: o->id = x; break;
     }
     return 1;
 }
 
-static void fill_pattern(uint8_t *b, size_t n)
+static void fill_pattern(uint8_t *b, size_t n, uint64_t seed)
 {
-    uint64_t x = 0x9E3779B97F4A7C15ull ^ (uint64_t)time(NULL);
+    uint64_t x = 0x9E3779B97F4A7C15ull ^ seed;
     for (size_t i = 0; i < n; i++) {
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         b[i] = (uint8_t)x;
@@ -190,6 +194,7 @@ static void run_phase(struct client *cl)
 {
     uint64_t next = 0;
     int fd = -1;
+    double spin_until = kvtc_cli_now() + SPIN_S;
     kvtc_get_fd(cl->conn, &fd);
     for (;;) {
         for (uint32_t d = 0; d < cl->o->depth && next < cl->n_ops && !atomic_load(&any_error); d++)
@@ -207,6 +212,10 @@ static void run_phase(struct client *cl)
             free_slot |= !cl->slots[d].busy;
         if (free_slot && next < cl->n_ops && !atomic_load(&any_error))
             continue;
+        /* Like the library's blocking calls: poll a little before sleeping. */
+        if (kvtc_cli_now() < spin_until)
+            continue;
+        spin_until = kvtc_cli_now() + SPIN_S;
         if (kvtc_arm(cl->conn) == 0) {
             struct pollfd p = {.fd = fd, .events = POLLIN};
             poll(&p, 1, 100);
@@ -357,12 +366,14 @@ int kvtc_cmd_bench(const struct kvtc_cli_global *g, int argc, char **argv)
     if (a.help) {
         printf("usage: kvtc [-s HOST:PORT] bench [--op put|get|both] [--size SIZE]\n"
                "       [--count N] [--clients C] [--depth D] [--batch B] [--verify]\n"
-               "       [--keep] [--json]\n"
+               "       [--keep] [--id N] [--json]\n"
                "Put COUNT operations of BATCH chunks of SIZE bytes (256K, 4M, ...), then\n"
                "get them back, from C client threads (one connection each) with D\n"
                "operations in flight per client. Prints throughput and latency\n"
                "percentiles per phase; --json prints one JSON object. The chunks are\n"
-               "deleted afterwards unless --keep. Defaults: both, 1M, 256, 1, 1, 1.\n");
+               "deleted afterwards unless --keep; --id N names the key space, so a\n"
+               "'--op get --id N' run reads what a '--op put --keep --id N' run stored\n"
+               "(--verify then needs the same --size). Defaults: both, 1M, 256, 1, 1, 1.\n");
         return 0;
     }
     if (a.n_pos)
@@ -373,7 +384,10 @@ int kvtc_cmd_bench(const struct kvtc_cli_global *g, int argc, char **argv)
         o.clients = (uint32_t)o.count;
     if (o.size > ((uint64_t)1 << 32))
         return kvtc_cli_usage(&a, "--size at most 4G");
-    fill_pattern(run_id, sizeof run_id);
+    if (o.id)
+        memcpy(run_id, &o.id, sizeof run_id);
+    else
+        fill_pattern(run_id, sizeof run_id, (uint64_t)time(NULL) ^ (uint64_t)getpid() << 20);
     uint8_t *src = malloc(o.size);
     struct client *cls = calloc(o.clients, sizeof *cls);
     pthread_t *th = calloc(o.clients, sizeof *th);
@@ -382,7 +396,10 @@ int kvtc_cmd_bench(const struct kvtc_cli_global *g, int argc, char **argv)
         kvtc_cli_fail(&a, "setup", KVTC_ENOMEM, NULL);
         goto out;
     }
-    fill_pattern(src, o.size);
+    /* Payload bytes follow the key space, so --verify works across runs. */
+    uint64_t seed;
+    memcpy(&seed, run_id, sizeof seed);
+    fill_pattern(src, o.size, seed);
     src_buf = src;
     atomic_store(&any_error, 0);
     pthread_barrier_init(&barrier, NULL, o.clients + 1);
