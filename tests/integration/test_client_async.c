@@ -6,7 +6,9 @@
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/epoll.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SPACE 0x41535900u
@@ -256,4 +258,49 @@ Test(client_async, disconnect_completes_inflight_and_connect_errors, .timeout = 
     cr_assert_eq(kvtc_connect("127.0.0.1:99999", NULL, &none), KVTC_EINVAL);
     cr_assert_eq(kvtc_connect("[::1", NULL, &none), KVTC_EINVAL);
     cr_assert_eq(kvtc_connect(":7700", NULL, &none), KVTC_EINVAL);
+}
+
+/* A daemon that stops answering: the operation ends with KVTC_ETIMEDOUT
+ * after its own timeout, the connection is failed (later calls KVTC_ECONN,
+ * never a hang), and a daemon that dies fails operations at once. */
+Test(client_async, timeout_and_daemon_death, .timeout = 90)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_SM);
+    itest_daemon_start(&d, "256M", 0, NULL);
+    kvtc_conn *c = itest_connect(&d);
+    kvtc_key k = itest_key(SPACE + 3, 1);
+    uint8_t buf[4096];
+    itest_fill(buf, sizeof buf, 3);
+    cr_assert_eq(kvtc_put(c, &k, buf, sizeof buf), 0);
+
+    cr_assert_eq(kill(d.pid, SIGSTOP), 0);
+    kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_TIMEOUT, .timeout_ms = 400};
+    kvtc_get_item g = {.key = k, .buf = buf, .capacity = sizeof buf};
+    uint64_t t0 = (uint64_t)time(NULL);
+    cr_assert_eq(kvtc_get_batch(c, &g, 1, &p), KVTC_ETIMEDOUT, "%s", kvtc_last_error(c));
+    cr_assert_leq((uint64_t)time(NULL) - t0, 5);
+    cr_assert_eq(g.status, KVTC_ETIMEDOUT);
+    cr_assert_eq(kvtc_put(c, &k, buf, sizeof buf), KVTC_ECONN);
+    kvtc_disconnect(c);
+    cr_assert_eq(kill(d.pid, SIGCONT), 0);
+
+    /* The daemon serves new clients after the stall. */
+    c = itest_connect(&d);
+    size_t got = 0;
+    cr_assert_eq(kvtc_get(c, &k, buf, sizeof buf, &got), 0);
+    cr_assert(got == sizeof buf && itest_check(buf, sizeof buf, 3));
+
+    /* Death of the daemon with an operation in flight. */
+    struct done dd = {0};
+    kvtc_op_params ap = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &dd};
+    cr_assert_eq(kill(d.pid, SIGSTOP), 0);
+    cr_assert_eq(kvtc_get_batch_async(c, &g, 1, &ap), 0);
+    kvtc_progress(c);
+    itest_daemon_signal_wait(&d, SIGKILL, 5000);
+    cr_assert_eq(kvtc_wait_all(c, 20000), 0, "operation still in flight after the daemon died");
+    cr_assert_eq(dd.calls, 1);
+    cr_assert_eq(dd.status, KVTC_ECONN, "status %s", kvtc_strerror(dd.status));
+    cr_assert_eq(kvtc_stats_get(c, NULL, &(kvtc_stats){0}), KVTC_ECONN);
+    kvtc_disconnect(c);
 }
