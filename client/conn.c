@@ -177,6 +177,13 @@ int kvtc__op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
     }
     const void *hdr = op->frame;
     size_t hdr_len = op->frame_len;
+    if (op->frame_len > c->max_am_header && payload_cuda) {
+        /* One request carries one memory type: a host message in front of
+         * device chunks cannot share it. */
+        kvtc__set_error(c, "batch too large to send device memory directly; split it");
+        unlink_inflight(op);
+        return KVTC_ENOSPC;
+    }
     if (op->frame_len > c->max_am_header) {
         /* Too big for an AM header: the 4-byte prefix alone is the header
          * and the message leads the data (docs/protocol.md, big frames). */
