@@ -768,6 +768,17 @@ void kvtc_disconnect(kvtc_conn *c)
             ucp_worker_progress(c->worker);
         run_done(c);
         ucp_worker_destroy(c->worker);
+        /* A request UCX never completed is gone with the worker, and with
+         * it any access to the caller's buffers: finish its op here so the
+         * callback still runs exactly once. */
+        while (c->inflight) {
+            struct kvtc__op *op = c->inflight;
+            if (!op->status)
+                op->status = KVTC_ECANCELED;
+            op->send_pending = op->recv_pending = op->reply_pending = 0;
+            kvtc__op_maybe_done(op);
+        }
+        run_done(c);
     }
     if (c->ctx)
         ucp_cleanup(c->ctx);
