@@ -19,12 +19,14 @@ static double field(const char *line, const char *key)
 
 Test(quality_cli, target_json_lines)
 {
-    const char *model = kvtc_test_shared_path("models/stories260K.bin");
-    if (!model) {
+    /* both path helpers share one buffer: copy each result */
+    char model[2048], bin[2048], cmd[8192];
+    const char *mp = kvtc_test_shared_path("models/stories260K.bin");
+    if (!mp) {
         cr_skip_test("stories260K.bin not found under KVTC_SHARED: skipping kvtc-quality run");
         return;
     }
-    char bin[4096], cmd[8192];
+    snprintf(model, sizeof model, "%s", mp);
     snprintf(bin, sizeof bin, "%s", kvtc_test_build_path("bin/kvtc-quality"));
     snprintf(cmd, sizeof cmd,
              "'%s' --model '%s' --target 4 --json --calib-seqs 8 --eval-seqs 2 2>/dev/null",
