@@ -14,9 +14,6 @@
 #include "server.h"
 
 #define ST(x) KVTC__WIRE__STATUS__##x
-/* A Get whose hits are not one contiguous range is copied into one buffer;
- * this bounds that copy. */
-#define GATHER_MIN_CAP (256ull << 20)
 
 static void dispatch(kvtcd_session *s, Kvtc__Wire__Request *req,
                      const void *bulk, size_t bulk_len, void *rndv_desc,
@@ -107,7 +104,7 @@ static void handle_hello(kvtcd_session *s, const Kvtc__Wire__Request *req)
     rep.status = ST(OK);
     rep.body_case = KVTC__WIRE__REPLY__BODY_HELLO;
     rep.hello = &hr;
-    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0);
 }
 
 /* ---- Put --------------------------------------------------------------- */
@@ -248,7 +245,7 @@ static void finish_put(kvtcd_op *op, size_t base)
         srv->m.errors++;
     rep.body_case = KVTC__WIRE__REPLY__BODY_PUT;
     rep.put = &pr;
-    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0);
     free(st);
 }
 
@@ -279,7 +276,7 @@ static void reply_put_full(kvtcd_session *s, uint64_t id, size_t n,
     rep.message = msg;
     rep.body_case = KVTC__WIRE__REPLY__BODY_PUT;
     rep.put = &pr;
-    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0);
     free(st);
 }
 
@@ -467,13 +464,12 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
     Kvtc__Wire__Layout *lms = calloc(n, sizeof *lms);
     kvtcd_entry **found = calloc(n, sizeof *found);
     kvtcd_blob **holds = calloc(n, sizeof *holds);
-    void *gather = NULL;
-    if (!res || !resp || !metas || !lms || !found || !holds) {
+    kvtcd_seg *segs = calloc(n, sizeof *segs);
+    if (!res || !resp || !metas || !lms || !found || !holds || !segs) {
         kvtcd_send_error(s, req->id, ST(INTERNAL), "get: out of memory");
         goto cleanup;
     }
     size_t nf = 0;
-    uint64_t total = 0;
     for (size_t i = 0; i < n; i++) {
         kvtc__wire__get_result__init(&res[i]);
         resp[i] = &res[i];
@@ -508,45 +504,10 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
         found[nf] = e;
         holds[nf] = e->blob;
         nf++;
-        total += e->size;
     }
-    const void *payload = NULL;
-    if (nf > 0) {
-        /* Zero-copy when the hits lie back to back in one blob (one chunk,
-         * or a batch that was put together); else gather. */
-        int contiguous = 1;
-        for (size_t j = 1; j < nf && contiguous; j++)
-            contiguous = found[j]->blob == found[0]->blob &&
-                         found[j]->off == found[j - 1]->off + found[j - 1]->size;
-        if (contiguous) {
-            payload = found[0]->blob->data + found[0]->off;
-        } else {
-            uint64_t cap = srv->cfg.max_chunk_bytes > GATHER_MIN_CAP
-                               ? srv->cfg.max_chunk_bytes
-                               : GATHER_MIN_CAP;
-            if (total > cap) {
-                kvtcd_send_error(s, req->id, ST(TOO_LARGE),
-                                 "get: %llu bytes of scattered hits, limit "
-                                 "%llu per request: ask for fewer keys",
-                                 (unsigned long long)total,
-                                 (unsigned long long)cap);
-                goto cleanup;
-            }
-            gather = malloc(total);
-            if (!gather) {
-                kvtcd_send_error(s, req->id, ST(INTERNAL),
-                                 "get: out of memory");
-                goto cleanup;
-            }
-            size_t off = 0;
-            for (size_t j = 0; j < nf; j++) {
-                memcpy((uint8_t *)gather + off,
-                       found[j]->blob->data + found[j]->off, found[j]->size);
-                off += found[j]->size;
-            }
-            payload = gather;
-            nf = 0; /* the copy needs no blob kept alive */
-        }
+    for (size_t j = 0; j < nf; j++) {
+        segs[j].p = found[j]->blob->data + found[j]->off;
+        segs[j].len = found[j]->size;
     }
     Kvtc__Wire__GetReply gr = KVTC__WIRE__GET_REPLY__INIT;
     gr.n_results = n;
@@ -556,10 +517,9 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
     rep.status = ST(OK);
     rep.body_case = KVTC__WIRE__REPLY__BODY_GET;
     rep.get = &gr;
-    kvtcd_send_reply(s, &rep, payload, total, holds, (uint32_t)nf, gather);
-    gather = NULL; /* owned by the send now */
+    kvtcd_send_reply(s, &rep, segs, (uint32_t)nf, holds, (uint32_t)nf);
 cleanup:
-    free(gather);
+    free(segs);
     free(res);
     free(resp);
     free(metas);
@@ -600,7 +560,7 @@ static void handle_lookup(kvtcd_session *s, const Kvtc__Wire__Request *req)
     rep.status = ST(OK);
     rep.body_case = KVTC__WIRE__REPLY__BODY_LOOKUP;
     rep.lookup = &lr;
-    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0);
 cleanup:
     free(keys);
     free(tiers);
@@ -663,7 +623,7 @@ static void handle_delete_or_pin(kvtcd_session *s,
         rep.body_case = KVTC__WIRE__REPLY__BODY_DEL;
         rep.del = &dr;
     }
-    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0);
     free(st);
 }
 
@@ -692,7 +652,7 @@ static void handle_stats(kvtcd_session *s, const Kvtc__Wire__Request *req)
     rep.status = ST(OK);
     rep.body_case = KVTC__WIRE__REPLY__BODY_STATS;
     rep.stats = &sr;
-    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+    kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0);
 }
 
 /* ---- dispatch ---------------------------------------------------------- */

@@ -80,7 +80,7 @@ typedef struct kvtcd_op {
     size_t header_len;
     kvtcd_blob **holds;                /* blobs the payload points into */
     uint32_t n_holds;
-    void *gather;                      /* owned payload copy, or NULL */
+    ucp_dt_iov_t *iov;                 /* what is sent: [message], payload */
 } kvtcd_op;
 
 struct kvtcd_server {
@@ -154,14 +154,19 @@ void kvtcd_transport_close_handles(kvtcd_server *srv);
 void kvtcd_transport_fini(kvtcd_server *srv);
 /* Progress the worker now (bounded). */
 void kvtcd_transport_progress(kvtcd_server *srv);
-/* Send a reply on s; payload (payload_len bytes) stays valid until the
- * send completes because the op takes a reference on each of holds[] and
- * owns gather (freed at completion). Takes ownership of gather even on
- * failure. */
+/* One piece of a reply's payload. */
+typedef struct kvtcd_seg {
+    const void *p;
+    size_t len;
+} kvtcd_seg;
+
+/* Send a reply on s whose payload is segs[0..nsegs) back to back, sent
+ * zero-copy (one iov). The segments stay valid until the send completes
+ * because the op takes a reference on each of holds[] (the blobs they lie
+ * in). */
 int kvtcd_send_reply(kvtcd_session *s, const Kvtc__Wire__Reply *rep,
-                     const void *payload, size_t payload_len,
-                     kvtcd_blob *const *holds, uint32_t n_holds,
-                     void *gather);
+                     const kvtcd_seg *segs, uint32_t nsegs,
+                     kvtcd_blob *const *holds, uint32_t n_holds);
 /* A reply with only a status and message. */
 int kvtcd_send_error(kvtcd_session *s, uint64_t req_id, int status,
                      const char *fmt, ...) __attribute__((format(printf, 4, 5)));

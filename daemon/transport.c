@@ -66,7 +66,7 @@ void kvtcd_op_free(kvtcd_op *op)
     for (uint32_t i = 0; i < op->n_holds; i++)
         kvtcd_blob_unref(op->holds[i]);
     free(op->holds);
-    free(op->gather);
+    free(op->iov);
     kvtcd_session_unref(op->sess);
     free(op);
 }
@@ -543,21 +543,16 @@ static void on_send_done(void *req, ucs_status_t status, void *user_data)
 }
 
 int kvtcd_send_reply(kvtcd_session *s, const Kvtc__Wire__Reply *rep,
-                     const void *payload, size_t payload_len,
-                     kvtcd_blob *const *holds, uint32_t n_holds, void *gather)
+                     const kvtcd_seg *segs, uint32_t nsegs,
+                     kvtcd_blob *const *holds, uint32_t n_holds)
 {
     kvtcd_server *srv = s->srv;
-    if (!s->open) {
-        free(gather);
+    if (!s->open)
         return KVTC_ECONN;
-    }
     kvtcd_op *op = kvtcd_op_new(srv, KVTCD_OP_SEND, s);
-    if (!op) {
-        free(gather);
+    if (!op)
         return KVTC_ENOMEM;
-    }
     op->req_id = rep->id;
-    op->gather = gather;
     int rc = 0;
     if (n_holds) {
         op->holds = calloc(n_holds, sizeof *op->holds);
@@ -574,33 +569,51 @@ int kvtcd_send_reply(kvtcd_session *s, const Kvtc__Wire__Reply *rep,
     rc = kvtc_wire_pack_reply_alloc(rep, &op->header, &op->header_len);
     if (rc < 0)
         goto fail;
-    const void *hdr = op->header;
-    size_t hlen = op->header_len;
-    const void *data = payload;
-    size_t dlen = payload_len;
-    if (hlen > srv->max_am_header) {
-        /* In-data form (docs/protocol.md): header = prefix, data =
-         * message + payload, in one buffer. */
-        size_t mlen = hlen - KVTC_WIRE_LEN_BYTES;
-        uint8_t *buf = malloc(mlen + payload_len);
-        if (!buf) {
-            rc = KVTC_ENOMEM;
-            goto fail;
-        }
-        memcpy(buf, (uint8_t *)op->header + KVTC_WIRE_LEN_BYTES, mlen);
-        if (payload_len)
-            memcpy(buf + mlen, payload, payload_len);
-        free(op->gather);
-        op->gather = buf;
-        hlen = KVTC_WIRE_LEN_BYTES;
-        data = buf;
-        dlen = mlen + payload_len;
+    int in_data = op->header_len > srv->max_am_header;
+    /* Payload segments (and, "in data", the message first) go out as one
+     * iov, straight from where they lie: no copy, whatever their number.
+     * Segments adjacent in memory are merged. */
+    op->iov = calloc((size_t)nsegs + 1, sizeof *op->iov);
+    if (!op->iov) {
+        rc = KVTC_ENOMEM;
+        goto fail;
     }
+    size_t n = 0, payload_len = 0;
+    if (in_data) {
+        op->iov[n].buffer = (uint8_t *)op->header + KVTC_WIRE_LEN_BYTES;
+        op->iov[n++].length = op->header_len - KVTC_WIRE_LEN_BYTES;
+    }
+    for (uint32_t i = 0; i < nsegs; i++) {
+        payload_len += segs[i].len;
+        if (segs[i].len == 0)
+            continue;
+        if (n > 0 && (!in_data || n > 1) &&
+            (const uint8_t *)op->iov[n - 1].buffer + op->iov[n - 1].length ==
+                (const uint8_t *)segs[i].p) {
+            op->iov[n - 1].length += segs[i].len;
+            continue;
+        }
+        op->iov[n].buffer = (void *)segs[i].p;
+        op->iov[n++].length = segs[i].len;
+    }
+    const void *hdr = op->header;
+    size_t hlen = in_data ? KVTC_WIRE_LEN_BYTES : op->header_len;
     ucp_request_param_t p = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
         .cb.send = on_send_done,
         .user_data = op,
     };
+    const void *data = NULL;
+    size_t dlen = 0;
+    if (n == 1) {
+        data = op->iov[0].buffer;
+        dlen = op->iov[0].length;
+    } else if (n > 1) {
+        p.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
+        p.datatype = ucp_dt_make_iov();
+        data = op->iov;
+        dlen = n;
+    }
     ucs_status_ptr_t r = ucp_am_send_nbx(s->ep, KVTC_WIRE_AM_REPLY, hdr, hlen,
                                          data, dlen, &p);
     srv->m.bytes_out += payload_len;
@@ -638,5 +651,5 @@ int kvtcd_send_error(kvtcd_session *s, uint64_t req_id, int status,
     rep.id = req_id;
     rep.status = (Kvtc__Wire__Status)status;
     rep.message = msg;
-    return kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0, NULL);
+    return kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0);
 }
