@@ -9,7 +9,8 @@
 
 /* Synthetic KV with a realistic decaying spectrum: each row (one token's
  * keys or values across all layers and heads) is a mean plus `rank` latent
- * factors with power-law weights (k^-0.9) plus 1% white noise, the keys then
+ * factors with power-law weights (k^-0.9) plus white noise holding about 5%
+ * of the energy, the keys then
  * rotated by RoPE at their positions, stored in the layout's dtype. The
  * basis depends only on the layout, so calibration and benchmark chunks
  * share one structure, as real chunks of one model do. */

@@ -143,8 +143,10 @@ int bc_source_chunk(bc_source *s, uint32_t n_tokens, uint32_t first_pos,
     if (!z || !rows || !canon || !pos)
         goto cleanup;
     uint64_t st = seed * 0x2545F4914F6CDD1Dull + 77;
-    /* 1% of the leading factor's per-element scale. */
-    const float noise = 0.04f / sqrtf((float)w);
+    /* A floor under the spectrum: 30% of the leading factor's per-element
+     * scale, about 5% of the rows' energy spread over every direction, so
+     * the tail the planner drops or codes coarsely is not empty. */
+    const float noise = 1.2f / sqrtf((float)w);
     for (int kv = 0; kv < 2; kv++) {
         for (size_t i = 0; i < (size_t)n_tokens * s->rank; i++)
             z[i] = next_gauss(&st);

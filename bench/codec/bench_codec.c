@@ -354,7 +354,7 @@ static int write_json(const char *path, const struct result *res, int n, int run
                "  \"timing\": \"%s\",\n"
                "  \"dtype\": \"bf16\",\n  \"stage\": \"deflate\",\n"
                "  \"synthetic\": \"mean + power-law (k^-0.9) latent factors "
-               "+ 1%% noise, keys RoPE-rotated; not real model KV\",\n"
+               "+ white noise (~5%% of energy), keys RoPE-rotated; not real model KV\",\n"
                "  \"mb\": \"1e6 bytes of raw bf16 KV\",\n  \"results\": [\n",
             date, cpu, sysconf(_SC_NPROCESSORS_ONLN), openblas_get_num_threads(),
             runs, CHUNK_TOKENS,
