@@ -71,6 +71,7 @@ test: all $(FUZZERS)
 	@for f in $(FUZZERS); do \
 	  echo "fuzz: $$f for $(FUZZ_SECONDS)s"; \
 	  $$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=0 \
+	      -artifact_prefix=$(BUILD)/$$(basename $$f)- \
 	      $(BUILD)/fuzz-corpus/$$(basename $$f) 2>$(BUILD)/$$(basename $$f).log \
 	  || { tail -n 40 $(BUILD)/$$(basename $$f).log; exit 1; }; \
 	done
