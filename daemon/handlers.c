@@ -14,10 +14,12 @@
 #include "server.h"
 
 #define ST(x) KVTC__WIRE__STATUS__##x
+/* Bytes of "in data" requests read aside only to answer FULL by id. */
+#define OVERFLOW_MAX (64u << 20)
 
 static void dispatch(kvtcd_session *s, Kvtc__Wire__Request *req,
                      const void *bulk, size_t bulk_len, void *rndv_desc,
-                     kvtcd_blob *preblob, size_t preoff);
+                     kvtcd_blob *preblob, size_t preoff, int store_full);
 
 static int check_batch(kvtcd_session *s, uint64_t id, size_t n,
                        const char *what)
@@ -264,12 +266,19 @@ static void reply_put_full(kvtcd_session *s, uint64_t id, size_t n,
         pr.status = st;
     }
     char msg[256];
-    snprintf(msg, sizeof msg,
-             "store full: %llu of %llu bytes used, cannot fit %llu more "
-             "(nothing evictable: pinned or in use)",
-             (unsigned long long)srv->host->used,
-             (unsigned long long)srv->host->capacity,
-             (unsigned long long)total);
+    if (total > srv->host->capacity)
+        snprintf(msg, sizeof msg,
+                 "store full: a put of %llu bytes exceeds the store's "
+                 "capacity of %llu bytes (split the batch)",
+                 (unsigned long long)total,
+                 (unsigned long long)srv->host->capacity);
+    else
+        snprintf(msg, sizeof msg,
+                 "store full: %llu of %llu bytes used, cannot fit %llu more "
+                 "(nothing evictable: pinned or in use)",
+                 (unsigned long long)srv->host->used,
+                 (unsigned long long)srv->host->capacity,
+                 (unsigned long long)total);
     Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
     rep.id = id;
     rep.status = ST(FULL);
@@ -302,10 +311,16 @@ static void complete_recv(kvtcd_op *op, ucs_status_t status)
     Kvtc__Wire__Request *req = NULL;
     if (kvtc_wire_unpack_request_msg(msg, op->msg_len, &req) < 0) {
         kvtcd_send_error(s, 0, ST(INVALID), "malformed request message");
+    } else if (op->overflow) {
+        /* Read only to learn its id (the store had no room): validate as
+         * usual, then answer FULL instead of storing. */
+        dispatch(s, req, (uint8_t *)op->msg_buf + op->msg_len,
+                 op->total - op->msg_len, NULL, NULL, 0, 1);
+        kvtc_wire_request_free(req);
     } else {
         size_t bulk = op->blob ? op->blob->size - op->msg_len : 0;
         dispatch(s, req, op->blob ? op->blob->data + op->msg_len : NULL, bulk,
-                 NULL, op->blob, op->msg_len);
+                 NULL, op->blob, op->msg_len, 0);
         kvtc_wire_request_free(req);
     }
     kvtcd_op_free(op);
@@ -343,7 +358,7 @@ static void start_recv(kvtcd_op *op, void *desc, void *dst, size_t len)
 
 static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,
                        const void *bulk, size_t bulk_len, void *rndv_desc,
-                       kvtcd_blob *preblob, size_t preoff)
+                       kvtcd_blob *preblob, size_t preoff, int store_full)
 {
     kvtcd_server *srv = s->srv;
     const Kvtc__Wire__PutRequest *put = req->put;
@@ -360,6 +375,10 @@ static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,
                          "put: chunk sizes add up to %llu bytes but %zu "
                          "arrived",
                          (unsigned long long)total, bulk_len);
+        return;
+    }
+    if (store_full) {
+        reply_put_full(s, req->id, put->n_chunks, total);
         return;
     }
     uint64_t now = kvtcd_now_ms(srv);
@@ -659,7 +678,7 @@ static void handle_stats(kvtcd_session *s, const Kvtc__Wire__Request *req)
 
 static void dispatch(kvtcd_session *s, Kvtc__Wire__Request *req,
                      const void *bulk, size_t bulk_len, void *rndv_desc,
-                     kvtcd_blob *preblob, size_t preoff)
+                     kvtcd_blob *preblob, size_t preoff, int store_full)
 {
     kvtcd_server *srv = s->srv;
     if (srv->draining) {
@@ -684,7 +703,8 @@ static void dispatch(kvtcd_session *s, Kvtc__Wire__Request *req,
     switch (req->body_case) {
     case KVTC__WIRE__REQUEST__BODY_HELLO: handle_hello(s, req); break;
     case KVTC__WIRE__REQUEST__BODY_PUT:
-        handle_put(s, req, bulk, bulk_len, rndv_desc, preblob, preoff);
+        handle_put(s, req, bulk, bulk_len, rndv_desc, preblob, preoff,
+                   store_full);
         break;
     case KVTC__WIRE__REQUEST__BODY_GET: handle_get(s, req); break;
     case KVTC__WIRE__REQUEST__BODY_LOOKUP: handle_lookup(s, req); break;
@@ -722,7 +742,7 @@ ucs_status_t kvtcd_handle_request(kvtcd_session *s, const void *header,
             kvtcd_send_error(s, 0, ST(BUSY), "kvtcd is shutting down");
             return UCS_OK;
         }
-        if (bulk > limit || bulk > srv->host->capacity) {
+        if (bulk > limit) {
             kvtcd_send_error(s, 0, ST(TOO_LARGE),
                              "request of %zu bytes over the daemon's limits",
                              length);
@@ -740,12 +760,29 @@ ucs_status_t kvtcd_handle_request(kvtcd_session *s, const void *header,
         } else {
             int rc = kvtcd_index_reserve(&srv->index, length,
                                          kvtcd_now_ms(srv), &op->blob);
-            if (rc == KVTC_EFULL) {
+            if (rc == KVTC_EFULL && length <= OVERFLOW_MAX &&
+                srv->overflow_bytes + length <= OVERFLOW_MAX) {
+                /* The request id is inside the data we cannot store: take
+                 * it into a small bounded side buffer, only to answer FULL
+                 * to the right request. */
+                op->msg_buf = malloc(length);
+                op->overflow = length;
+                srv->overflow_bytes += length;
+                dst = op->msg_buf;
+            } else if (rc == KVTC_EFULL) {
+                /* Too big to read aside: the reply cannot name the
+                 * request, so end the session rather than leave the
+                 * client waiting for an answer that cannot come. */
                 kvtcd_op_free(op);
+                KVTCD_WARN("req", "store full and request too big to read; "
+                                  "closing session=%llu bytes=%zu",
+                           (unsigned long long)s->id, length);
                 reply_put_full(s, 0, 0, length);
+                kvtcd_session_close(s, "store full, unreadable request");
                 return UCS_OK;
+            } else {
+                dst = rc == 0 ? op->blob->data : NULL;
             }
-            dst = rc == 0 ? op->blob->data : NULL;
         }
         if (!dst) {
             kvtcd_op_free(op);
@@ -764,7 +801,7 @@ ucs_status_t kvtcd_handle_request(kvtcd_session *s, const void *header,
     }
     const uint8_t *bulk = in_data ? (const uint8_t *)data + mlen : data;
     size_t bulk_len = in_data ? length - mlen : length;
-    dispatch(s, req, bulk, bulk_len, rndv ? data : NULL, NULL, 0);
+    dispatch(s, req, bulk, bulk_len, rndv ? data : NULL, NULL, 0, 0);
     kvtc_wire_request_free(req);
     return UCS_OK;
 }

@@ -75,6 +75,8 @@ typedef struct kvtcd_op {
      * follows the msg_len message bytes) */
     void *msg_buf;
     size_t msg_len;
+    size_t overflow;                   /* msg_buf bytes counted in
+                                          srv->overflow_bytes */
     /* SEND */
     void *header;                      /* packed reply frame */
     size_t header_len;
@@ -113,6 +115,7 @@ struct kvtcd_server {
     uint64_t next_session_id;
     kvtcd_op *ops;
     uint32_t n_ops;
+    uint64_t overflow_bytes;
     kvtcd_metrics m;
     /* admin HTTP */
     uv_tcp_t admin;
@@ -173,6 +176,8 @@ int kvtcd_send_error(kvtcd_session *s, uint64_t req_id, int status,
 kvtcd_op *kvtcd_op_new(kvtcd_server *srv, int kind, kvtcd_session *s);
 void kvtcd_op_free(kvtcd_op *op);
 void kvtcd_session_unref(kvtcd_session *s);
+/* End s now (its endpoint closes from the drive loop). */
+void kvtcd_session_close(kvtcd_session *s, const char *why);
 
 /* ---- handlers.c ---- */
 /* Handle one request frame from s. data/length/param as the AM callback got

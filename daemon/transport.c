@@ -62,6 +62,7 @@ void kvtcd_op_free(kvtcd_op *op)
     free(op->has_checksum);
     kvtcd_blob_unref(op->blob);
     free(op->msg_buf);
+    srv->overflow_bytes -= op->overflow;
     free(op->header);
     for (uint32_t i = 0; i < op->n_holds; i++)
         kvtcd_blob_unref(op->holds[i]);
@@ -97,6 +98,11 @@ static void session_fail(kvtcd_session *s, const char *why)
     srv->close_queue = s;
     KVTCD_INFO("session", "closed session=%llu peer=%s reason=\"%s\"",
                (unsigned long long)s->id, s->peer, why);
+}
+
+void kvtcd_session_close(kvtcd_session *s, const char *why)
+{
+    session_fail(s, why);
 }
 
 static void on_close_done(void *req, ucs_status_t status, void *user_data)
