@@ -728,3 +728,60 @@ Test(corruption, profile_nan_in_unused_rope_field)
     }
     free(buf);
 }
+
+/* An error must not poison the decoder: after every kind of rejection the
+ * same decoder still decodes the pristine containers, to the same bytes. */
+Test(corruption, decoder_survives_errors)
+{
+    for (uint32_t s = 0; s < N_STAGES; s++)
+        for (int k = 0; k < N_KINDS; k++) {
+            const struct container *c = &g_c[s][k];
+            uint8_t *first = malloc(c->raw_len), *again = malloc(c->raw_len);
+            cr_assert(first && again);
+            cr_assert_eq(decode_guarded(g_dec, c->bytes, c->len, c->raw_len, first), 0);
+            uint8_t *bad = dup_exact(c->bytes, c->len);
+            for (size_t i = 0; i < c->len; i += 7) {
+                bad[i] ^= 0x5A;
+                repair_checksums(bad, c->len);
+                (void)decode_guarded(g_dec, bad, c->len, c->raw_len, NULL);
+                (void)decode_guarded(g_dec, bad, c->len / 2, c->raw_len, NULL);
+                memcpy(bad, c->bytes, c->len);
+            }
+            free(bad);
+            cr_assert_eq(decode_guarded(g_dec, c->bytes, c->len, c->raw_len, again), 0);
+            cr_assert_eq(memcmp(first, again, c->raw_len), 0, "%s stage %u", kind_name[k], s);
+            free(first);
+            free(again);
+        }
+}
+
+/* The encoder's side of the same promise: a destination one byte short is
+ * refused with KVTC_ENOSPC and nothing is written past it. */
+Test(corruption, encoder_respects_dst_cap)
+{
+    for (uint32_t s = 0; s < N_STAGES; s++) {
+        kvtc_encoder *enc = NULL;
+        cr_assert_eq(kvtc_encoder_create(g_prof, 0, s, 0, &enc), 0);
+        for (int k = 0; k < N_KINDS; k++) {
+            const struct container *c = &g_c[s][k];
+            kvtc_chunk ch = { c->chunk, c->n_tokens, c->first_pos,
+                              k == C_RAW ? KVTC_CHUNK_RAW : 0 };
+            static const size_t short_by[] = { 1, 9, 200 };
+            for (size_t i = 0; i < sizeof short_by / sizeof short_by[0]; i++) {
+                if (short_by[i] > c->len)
+                    continue;
+                size_t cap = c->len - short_by[i], len = 0;
+                uint8_t *dst = malloc(cap + GUARD);
+                cr_assert_not_null(dst);
+                memset(dst, POISON, cap + GUARD);
+                int rc = kvtc_encode(enc, &ch, dst, cap, &len);
+                cr_assert_eq(rc, KVTC_ENOSPC, "%s stage %u cap %zu: %d", kind_name[k], s,
+                             cap, rc);
+                for (size_t j = cap; j < cap + GUARD; j++)
+                    cr_assert_eq(dst[j], POISON, "encoder wrote past dst_cap");
+                free(dst);
+            }
+        }
+        kvtc_encoder_free(enc);
+    }
+}
