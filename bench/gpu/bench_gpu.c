@@ -1,0 +1,456 @@
+/* kvtc-bench-gpu: the GPU codec on a Llama-3.1-8B-shaped layout (32 layers
+ * x 8 KV heads x 128, bf16, chunks of 256 tokens, Llama 3.1 RoPE) at the
+ * 16x plan, a batch of >= 1 GiB of raw KV from bench/codec's synthetic
+ * source (power-law spectrum behind RoPE). In the same run: the cuBLAS GEMM
+ * alone for the same projection shapes, and the device-to-device copy
+ * bandwidth; per-stage times; quality against the original and against
+ * the CPU codec; bf16 vs fp16 projections; nvCOMP algorithms.
+ * Prints a table; writes bench/results/gpu.json.
+ *   kvtc-bench-gpu [--chunks N] [--iters N] [--rank R] [--json PATH] */
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../codec/bc.h"
+#include "kvtc_codec.h"
+#include "kvtc_gpu.h"
+
+#define CK(e)                                                                           \
+    do {                                                                                \
+        cudaError_t e_ = (e);                                                           \
+        if (e_ != cudaSuccess) {                                                        \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #e, cudaGetErrorString(e_)); \
+            exit(1);                                                                    \
+        }                                                                               \
+    } while (0)
+#define KV(e)                                                                           \
+    do {                                                                                \
+        int r_ = (e);                                                                   \
+        if (r_) {                                                                       \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #e, kvtc_strerror(r_)); \
+            exit(1);                                                                    \
+        }                                                                               \
+    } while (0)
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_f(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+static float median(float *v, int n)
+{
+    qsort(v, n, sizeof *v, cmp_f);
+    return v[n / 2];
+}
+
+struct run {
+    float enc_ms, dec_ms, enc_stage[KVTC_GPU_N_STAGES], dec_stage[KVTC_GPU_N_STAGES];
+    double ratio, rel_mse;
+};
+
+/* Encode + decode the batch iters times with one context; medians. */
+static void run_codec(const kvtc_profile *p, uint32_t plan, kvtc_gpu_params prm,
+                      const kvtc_gpu_chunk *ch, uint32_t n, const kvtc_layout *l, void *d_out,
+                      size_t raw_bytes, int iters, const void *d_in, struct run *r,
+                      uint8_t **first_container, size_t *first_len)
+{
+    kvtc_gpu_codec *g = NULL;
+    KV(kvtc_gpu_codec_create(p, plan, &prm, &g));
+    size_t cap = kvtc_gpu_encode_bound(g, ch, n);
+    uint8_t *d_dst;
+    uint64_t *d_off, *d_sz;
+    int32_t *d_st;
+    CK(cudaMalloc((void **)&d_dst, cap));
+    CK(cudaMalloc((void **)&d_off, 8 * n));
+    CK(cudaMalloc((void **)&d_sz, 8 * n));
+    CK(cudaMalloc((void **)&d_st, 4 * n));
+    cudaStream_t st;
+    CK(cudaStreamCreate(&st));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    float *te = calloc(iters, sizeof(float)), *td = calloc(iters, sizeof(float));
+    float stage[KVTC_GPU_N_STAGES];
+    memset(r->enc_stage, 0, sizeof r->enc_stage);
+    memset(r->dec_stage, 0, sizeof r->dec_stage);
+    uint64_t *off = malloc(8 * n), *sz = malloc(8 * n);
+    int32_t *stat = malloc(4 * n);
+    kvtc_gpu_container *it = malloc(sizeof *it * n);
+    for (int i = -2; i < iters; i++) { /* two warm-up rounds */
+        CK(cudaEventRecord(a, st));
+        KV(kvtc_gpu_encode(g, ch, n, d_dst, cap, d_off, d_sz, d_st, st));
+        CK(cudaEventRecord(b, st));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        if (prm.timing && i >= 0) {
+            KV(kvtc_gpu_stage_times(g, stage));
+            for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+                r->enc_stage[s] += stage[s] / iters;
+        }
+        if (i >= 0)
+            te[i] = ms;
+        if (i == -2) {
+            CK(cudaMemcpy(off, d_off, 8 * n, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(sz, d_sz, 8 * n, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(stat, d_st, 4 * n, cudaMemcpyDeviceToHost));
+            size_t total = 0;
+            uint8_t *op = d_out;
+            for (uint32_t c = 0; c < n; c++) {
+                if (stat[c]) {
+                    fprintf(stderr, "encode status %d on chunk %u\n", stat[c], c);
+                    exit(1);
+                }
+                total += sz[c];
+                it[c] = (kvtc_gpu_container){off[c], sz[c], op, ch[c].n_tokens, ch[c].first_pos,
+                                             ch[c].flags};
+                op += kvtc_chunk_bytes(l, ch[c].n_tokens);
+            }
+            r->ratio = (double)raw_bytes / (double)total;
+            if (first_container) {
+                *first_len = sz[0];
+                *first_container = malloc(sz[0]);
+                CK(cudaMemcpy(*first_container, d_dst + off[0], sz[0], cudaMemcpyDeviceToHost));
+            }
+        }
+    }
+    for (int i = -2; i < iters; i++) {
+        CK(cudaEventRecord(a, st));
+        KV(kvtc_gpu_decode(g, it, n, d_dst, d_st, st));
+        CK(cudaEventRecord(b, st));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        if (prm.timing && i >= 0) {
+            KV(kvtc_gpu_stage_times(g, stage));
+            for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+                r->dec_stage[s] += stage[s] / iters;
+        }
+        if (i >= 0)
+            td[i] = ms;
+    }
+    CK(cudaMemcpy(stat, d_st, 4 * n, cudaMemcpyDeviceToHost));
+    for (uint32_t c = 0; c < n; c++)
+        if (stat[c]) {
+            fprintf(stderr, "decode status %d on chunk %u\n", stat[c], c);
+            exit(1);
+        }
+    r->enc_ms = median(te, iters);
+    r->dec_ms = median(td, iters);
+    /* Quality of the whole batch: relative squared error vs the input. */
+    {
+        size_t elems = raw_bytes / 2;
+        uint16_t *x = malloc(raw_bytes), *y = malloc(raw_bytes);
+        CK(cudaMemcpy(x, d_in, raw_bytes, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(y, d_out, raw_bytes, cudaMemcpyDeviceToHost));
+        float *fx = malloc(4 * 65536), *fy = malloc(4 * 65536);
+        double num = 0, den = 0;
+        for (size_t o = 0; o < elems; o += 65536) {
+            size_t m = elems - o < 65536 ? elems - o : 65536;
+            kvtc_to_float(KVTC_DTYPE_BF16, x + o, fx, m);
+            kvtc_to_float(KVTC_DTYPE_BF16, y + o, fy, m);
+            for (size_t j = 0; j < m; j++) {
+                num += ((double)fx[j] - fy[j]) * ((double)fx[j] - fy[j]);
+                den += (double)fx[j] * fx[j];
+            }
+        }
+        r->rel_mse = num / den;
+        free(x);
+        free(y);
+        free(fx);
+        free(fy);
+    }
+    free(te);
+    free(td);
+    free(off);
+    free(sz);
+    free(stat);
+    free(it);
+    cudaFree(d_dst);
+    cudaFree(d_off);
+    cudaFree(d_sz);
+    cudaFree(d_st);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    cudaStreamDestroy(st);
+    kvtc_gpu_codec_free(g);
+}
+
+/* The same projections alone: encode shape (kp x M x D) and decode shape
+ * (D x M x kp) for both streams, bf16 in, fp32 / bf16 out, fp32 compute. */
+static float gemm_alone(uint32_t D, uint64_t M, const uint32_t kp[2], int iters, double *tflops)
+{
+    cublasHandle_t h;
+    cublasCreate(&h);
+    uint32_t kmax = kp[0] > kp[1] ? kp[0] : kp[1];
+    void *A, *B, *C;
+    CK(cudaMalloc(&A, (size_t)D * kmax * 2));
+    CK(cudaMalloc(&B, (size_t)M * D * 2));
+    CK(cudaMalloc(&C, (size_t)M * (D > kmax ? D : kmax) * 4));
+    CK(cudaMemset(A, 0x3c, (size_t)D * kmax * 2)); /* nonzero data: bf16 ~0.0115 */
+    CK(cudaMemset(B, 0x3c, (size_t)M * D * 2));
+    const float one = 1, zero = 0;
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    float *t = calloc(iters, sizeof(float));
+    for (int i = -2; i < iters; i++) {
+        CK(cudaEventRecord(a, 0));
+        for (int s = 0; s < 2; s++) {
+            cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)kp[s], (int)M, (int)D, &one, A,
+                         CUDA_R_16BF, (int)kp[s], B, CUDA_R_16BF, (int)D, &zero, C, CUDA_R_32F,
+                         (int)kp[s], CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)D, (int)M, (int)kp[s], &one, A,
+                         CUDA_R_16BF, (int)kp[s], B, CUDA_R_16BF, (int)kp[s], &zero, C,
+                         CUDA_R_16BF, (int)D, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        }
+        CK(cudaEventRecord(b, 0));
+        CK(cudaEventSynchronize(b));
+        if (i >= 0)
+            CK(cudaEventElapsedTime(&t[i], a, b));
+    }
+    CK(cudaGetLastError());
+    float ms = median(t, iters);
+    *tflops = 2.0 * 2.0 * (double)M * D * (kp[0] + kp[1]) / (ms * 1e-3) / 1e12;
+    free(t);
+    cudaFree(A);
+    cudaFree(B);
+    cudaFree(C);
+    cublasDestroy(h);
+    return ms / 2; /* per direction (encode or decode), both streams */
+}
+
+static float copy_bw(size_t bytes, int iters)
+{
+    void *a, *b;
+    CK(cudaMalloc(&a, bytes));
+    CK(cudaMalloc(&b, bytes));
+    CK(cudaMemset(a, 1, bytes));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float *t = calloc(iters, sizeof(float));
+    for (int i = -2; i < iters; i++) {
+        CK(cudaEventRecord(e0, 0));
+        CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0));
+        CK(cudaEventRecord(e1, 0));
+        CK(cudaEventSynchronize(e1));
+        if (i >= 0)
+            CK(cudaEventElapsedTime(&t[i], e0, e1));
+    }
+    float ms = median(t, iters);
+    free(t);
+    cudaFree(a);
+    cudaFree(b);
+    return ms;
+}
+
+int main(int argc, char **argv)
+{
+    uint32_t n_chunks = 32, rank = 1024, calib_tokens = 4096;
+    int iters = 10;
+    const char *json = "bench/results/gpu.json";
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--chunks"))
+            n_chunks = (uint32_t)atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--iters"))
+            iters = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--rank"))
+            rank = (uint32_t)atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--calib-tokens"))
+            calib_tokens = (uint32_t)atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--json"))
+            json = argv[i + 1];
+    }
+    if (!kvtc_gpu_available()) {
+        fprintf(stderr, "kvtc-bench-gpu: no CUDA device\n");
+        return 2;
+    }
+    struct cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    kvtc_layout l = {.layers = 32, .kv_heads = 8, .head_dim = 128, .dtype = KVTC_DTYPE_BF16,
+                     .chunk_tokens = 256, .rope_style = KVTC_ROPE_HALF_SPLIT,
+                     .rope_scaling = KVTC_ROPE_SCALING_LLAMA3, .rope_orig_max_pos = 8192,
+                     .rope_theta = 500000.0f, .rope_factor = 8.0f, .rope_low_freq_factor = 1.0f,
+                     .rope_high_freq_factor = 4.0f};
+    bc_source *src = NULL;
+    KV(bc_source_create(&l, rank, &src));
+    size_t cb = kvtc_chunk_bytes(&l, 256), raw = cb * n_chunks;
+    /* Calibration (CPU codec: the GPU calibration is not built yet). */
+    double t0 = now();
+    kvtc_calib_params cp = {.max_rows = calib_tokens, .plan_rows = 2048, .seed = 1};
+    kvtc_calibrator *cal = NULL;
+    KV(kvtc_calibrator_create(&l, &cp, &cal));
+    void *buf = malloc(cb);
+    for (uint32_t t = 0; t < calib_tokens; t += 256) {
+        KV(bc_source_chunk(src, 256, 8192 + t, 1000 + t, buf));
+        KV(kvtc_calibrator_add(cal, buf, 256, 8192 + t));
+    }
+    float targets[] = {4, 8, 16, 32};
+    kvtc_profile *p = NULL;
+    KV(kvtc_calibrator_finish(cal, targets, 4, &p));
+    kvtc_calibrator_free(cal);
+    double calib_s = now() - t0;
+    uint32_t plan = kvtc_profile_find_plan(p, 16);
+    kvtc_plan_info pi;
+    KV(kvtc_profile_plan_info(p, plan, &pi));
+    fprintf(stderr, "calibrated on %u tokens (CPU) in %.1f s; 16x plan: %u+%u components, %u groups\n",
+            calib_tokens, calib_s, pi.key_components, pi.value_components, pi.groups);
+    /* The batch, generated on the CPU, uploaded once. */
+    uint8_t *d_in, *d_out;
+    CK(cudaMalloc((void **)&d_in, raw));
+    CK(cudaMalloc((void **)&d_out, raw));
+    kvtc_gpu_chunk *ch = calloc(n_chunks, sizeof *ch);
+    for (uint32_t c = 0; c < n_chunks; c++) {
+        KV(bc_source_chunk(src, 256, 65536 + 256 * c, 777 + c, buf));
+        CK(cudaMemcpy(d_in + c * cb, buf, cb, cudaMemcpyHostToDevice));
+        ch[c] = (kvtc_gpu_chunk){d_in + c * cb, 256, 65536 + 256 * c, 0};
+    }
+    /* CPU reference error on one chunk. */
+    double cpu_rel = 0;
+    {
+        kvtc_encoder *enc = NULL;
+        kvtc_decoder *dec = NULL;
+        KV(kvtc_encoder_create(p, plan, KVTC_STAGE_DEFLATE, 0, &enc));
+        KV(kvtc_decoder_create(p, &dec));
+        size_t capc = kvtc_encode_bound(enc, 256), len = 0;
+        uint8_t *cont = malloc(capc);
+        void *rec = malloc(cb);
+        KV(bc_source_chunk(src, 256, 65536, 777, buf));
+        kvtc_chunk c0 = {buf, 256, 65536, 0};
+        KV(kvtc_encode(enc, &c0, cont, capc, &len));
+        KV(kvtc_decode(dec, cont, len, rec, cb, NULL));
+        float *fx = malloc(4 * (cb / 2)), *fy = malloc(4 * (cb / 2));
+        kvtc_to_float(KVTC_DTYPE_BF16, buf, fx, cb / 2);
+        kvtc_to_float(KVTC_DTYPE_BF16, rec, fy, cb / 2);
+        double num = 0, den = 0;
+        for (size_t j = 0; j < cb / 2; j++) {
+            num += ((double)fx[j] - fy[j]) * ((double)fx[j] - fy[j]);
+            den += (double)fx[j] * fx[j];
+        }
+        cpu_rel = num / den;
+        fprintf(stderr, "CPU codec on chunk 0: ratio %.2f, rel. squared error %.4g\n",
+                (double)cb / len, cpu_rel);
+        free(fx);
+        free(fy);
+        free(cont);
+        free(rec);
+        kvtc_encoder_free(enc);
+        kvtc_decoder_free(dec);
+    }
+    struct run rb, rh, r0;
+    uint8_t *first = NULL;
+    size_t first_len = 0;
+    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_BF16, 0, 0, 1}, ch, n_chunks, &l, d_out,
+              raw, iters, d_in, &rb, &first, &first_len);
+    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_BF16, 0, 0, 0}, ch, n_chunks, &l, d_out,
+              raw, iters, d_in, &rb, NULL, NULL); /* untimed stages: the headline */
+    {
+        struct run tmp;
+        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_BF16, 0, 0, 1}, ch, n_chunks, &l,
+                  d_out, raw, 2, d_in, &tmp, NULL, NULL);
+        memcpy(rb.enc_stage, tmp.enc_stage, sizeof rb.enc_stage);
+        memcpy(rb.dec_stage, tmp.dec_stage, sizeof rb.dec_stage);
+    }
+    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 0}, ch, n_chunks, &l, d_out,
+              raw, iters, d_in, &rh, NULL, NULL);
+    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_BF16, 1, 0, 0}, ch, n_chunks, &l, d_out,
+              raw, iters, d_in, &r0, NULL, NULL);
+    /* A GPU container must decode on the CPU. */
+    int cpu_ok = 0;
+    {
+        kvtc_decoder *dec = NULL;
+        KV(kvtc_decoder_create(p, &dec));
+        void *rec = malloc(cb);
+        cpu_ok = kvtc_decode(dec, first, first_len, rec, cb, NULL) == 0;
+        free(rec);
+        kvtc_decoder_free(dec);
+    }
+    uint32_t kp[2] = {0, 0};
+    {
+        /* the components the 16x plan reaches, as the GPU context uses */
+        kp[0] = pi.key_components; /* lower bound; exact kp from the profile */
+        kp[1] = pi.value_components;
+    }
+    double tfl = 0;
+    float gemm_ms = gemm_alone(l.layers * l.kv_heads * l.head_dim, (uint64_t)n_chunks * 256, kp,
+                               iters, &tfl);
+    float copy_ms = copy_bw(raw, iters);
+    double gb = raw / 1e9;
+    double enc_gbs = gb / (rb.enc_ms * 1e-3), dec_gbs = gb / (rb.dec_ms * 1e-3);
+    double copy_gbs = 2 * gb / (copy_ms * 1e-3), gemm_gbs = gb / (gemm_ms * 1e-3);
+    printf("kvtc-bench-gpu on %s: Llama-3.1-8B layout, %u chunks x 256 tokens = %.2f GiB bf16, "
+           "16x plan (%u+%u components, %u groups)\n",
+           prop.name, n_chunks, raw / 1073741824.0, pi.key_components, pi.value_components,
+           pi.groups);
+    printf("%-34s %10s %10s\n", "", "ms", "GB/s raw");
+    printf("%-34s %10.2f %10.1f   ratio %.2fx, rel.err %.4g (CPU %.4g)\n", "compress (bf16 GEMM, algo 0)",
+           rb.enc_ms, enc_gbs, rb.ratio, rb.rel_mse, cpu_rel);
+    printf("%-34s %10.2f %10.1f\n", "decompress (bf16 GEMM)", rb.dec_ms, dec_gbs);
+    printf("%-34s %10.2f %10.1f   rel.err %.4g\n", "compress (fp16 GEMM)", rh.enc_ms,
+           gb / (rh.enc_ms * 1e-3), rh.rel_mse);
+    printf("%-34s %10.2f %10.1f\n", "decompress (fp16 GEMM)", rh.dec_ms, gb / (rh.dec_ms * 1e-3));
+    printf("%-34s %10.2f %10.1f   ratio %.2fx\n", "compress (nvCOMP algo 1, LZ)", r0.enc_ms,
+           gb / (r0.enc_ms * 1e-3), r0.ratio);
+    printf("%-34s %10.2f %10.1f\n", "decompress (nvCOMP algo 1, LZ)", r0.dec_ms, gb / (r0.dec_ms * 1e-3));
+    printf("%-34s %10.2f %10.1f   %.0f TFLOP/s\n", "cuBLAS GEMM alone (per direction)", gemm_ms,
+           gemm_gbs, tfl);
+    printf("%-34s %10.2f %10.1f   (read+write bytes: %.0f GB/s)\n", "device copy of the batch",
+           copy_ms, gb / (copy_ms * 1e-3), copy_gbs);
+    printf("ratios: compress/GEMM time %.2f, decompress/GEMM time %.2f; "
+           "compress/copy %.3f, decompress/copy %.3f (raw GB/s over copy GB/s)\n",
+           rb.enc_ms / gemm_ms, rb.dec_ms / gemm_ms, enc_gbs / (gb / (copy_ms * 1e-3)),
+           dec_gbs / (gb / (copy_ms * 1e-3)));
+    printf("stages (ms)       ");
+    for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+        printf(" %9s", kvtc_gpu_stage_name(s));
+    printf("\n  compress        ");
+    for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+        printf(" %9.2f", rb.enc_stage[s]);
+    printf("\n  decompress      ");
+    for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+        printf(" %9.2f", rb.dec_stage[s]);
+    printf("\nGPU container decodes on the CPU: %s; calibration (CPU, %u tokens): %.1f s\n",
+           cpu_ok ? "yes" : "NO", calib_tokens, calib_s);
+    FILE *f = fopen(json, "w");
+    if (f) {
+        fprintf(f, "{\"device\": \"%s\", \"layout\": \"llama3.1-8b 32x8x128 bf16\", \"chunks\": %u, "
+                   "\"raw_bytes\": %zu, \"plan_target\": 16, \"key_components\": %u, "
+                   "\"value_components\": %u, \"groups\": %u, \"ratio\": %.3f, "
+                   "\"compress_ms\": %.3f, \"decompress_ms\": %.3f, \"compress_gbps\": %.2f, "
+                   "\"decompress_gbps\": %.2f, \"rel_sq_error\": %.5g, \"cpu_rel_sq_error\": %.5g, "
+                   "\"fp16_gemm\": {\"compress_gbps\": %.2f, \"decompress_gbps\": %.2f, "
+                   "\"rel_sq_error\": %.5g}, "
+                   "\"nvcomp_algo1\": {\"compress_gbps\": %.2f, \"decompress_gbps\": %.2f, "
+                   "\"ratio\": %.3f}, "
+                   "\"gemm_alone_ms\": %.3f, \"gemm_tflops\": %.1f, \"copy_ms\": %.3f, "
+                   "\"copy_gbps_rw\": %.1f, \"compress_over_gemm\": %.3f, "
+                   "\"decompress_over_gemm\": %.3f, \"stages_compress_ms\": {",
+                prop.name, n_chunks, raw, pi.key_components, pi.value_components, pi.groups,
+                rb.ratio, rb.enc_ms, rb.dec_ms, enc_gbs, dec_gbs, rb.rel_mse, cpu_rel,
+                gb / (rh.enc_ms * 1e-3), gb / (rh.dec_ms * 1e-3), rh.rel_mse,
+                gb / (r0.enc_ms * 1e-3), gb / (r0.dec_ms * 1e-3), r0.ratio, gemm_ms, tfl, copy_ms,
+                copy_gbs, rb.enc_ms / gemm_ms, rb.dec_ms / gemm_ms);
+        for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+            fprintf(f, "%s\"%s\": %.3f", s ? ", " : "", kvtc_gpu_stage_name(s), rb.enc_stage[s]);
+        fprintf(f, "}, \"stages_decompress_ms\": {");
+        for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+            fprintf(f, "%s\"%s\": %.3f", s ? ", " : "", kvtc_gpu_stage_name(s), rb.dec_stage[s]);
+        fprintf(f, "}, \"gpu_container_cpu_decodes\": %s, \"calibration\": {\"where\": \"cpu\", "
+                   "\"tokens\": %u, \"seconds\": %.2f}}\n",
+                cpu_ok ? "true" : "false", calib_tokens, calib_s);
+        fclose(f);
+    }
+    return cpu_ok ? 0 : 1;
+}

@@ -1,0 +1,130 @@
+/* kvtc_gpu.h - the KVTC codec on an NVIDIA GPU (CUDA, sm_90).
+ *
+ * Reads and writes exactly the container of the CPU codec (kvtc_codec.h,
+ * docs/container.md): whatever one encodes, the other decodes. The stages
+ * run as CUDA kernels, cuBLAS GEMMs and nvCOMP's batched raw DEFLATE, many
+ * chunks per call, asynchronously on a caller-given stream: no call below
+ * synchronizes the host with the device except create/free.
+ *
+ * Ownership: a context owns its device copies of the profile's bases and
+ * means, its work buffers, its cuBLAS handle; the profile must stay alive
+ * while the context exists (it is read on the host). Device buffers passed
+ * in are owned by the caller and must stay valid until the stream reaches
+ * the end of the call's work.
+ *
+ * Thread-safety: a context is not thread-safe, and its work buffers are
+ * shared by its calls: issue one context's calls from one thread and on one
+ * stream (or order the streams yourself). Distinct contexts are independent.
+ *
+ * Errors: functions return 0 or a negative KVTC_E* code for what the host
+ * can see (bad arguments, allocation, launch failures: KVTC_EINVAL,
+ * KVTC_ENOMEM, KVTC_ENOTSUP when no usable GPU, KVTC_EIO for other CUDA
+ * errors). What only the device can see (corrupt containers, non-finite KV)
+ * lands in a per-chunk int32 status array in device memory: 0 or a KVTC_E*
+ * code, final once the stream passes the call. A chunk whose status is not
+ * 0 has unspecified output. */
+#ifndef KVTC_GPU_H
+#define KVTC_GPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvtc_codec.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct CUstream_st; /* cudaStream_t without the CUDA headers */
+typedef struct CUstream_st *kvtc_gpu_stream;
+
+/* 1 when a CUDA device is usable by this process, else 0 (never fails). */
+int kvtc_gpu_available(void);
+
+enum kvtc_gpu_gemm {
+    KVTC_GPU_GEMM_BF16 = 0, /* bf16 operands, fp32 accumulation (default) */
+    KVTC_GPU_GEMM_FP16 = 1  /* fp16 operands, fp32 accumulation */
+};
+
+typedef struct kvtc_gpu_params {
+    uint32_t gemm;          /* enum kvtc_gpu_gemm */
+    int deflate_algo;       /* nvCOMP Deflate algorithm 0..5 (0, the
+                               default: Huffman only, which on quantized
+                               symbols is both the fastest and the smallest
+                               (docs/perf-notes.md); 1: LZ + Huffman) */
+    int device;             /* CUDA device ordinal the context lives on */
+    int timing;             /* 1: record per-stage CUDA events (benchmarks) */
+} kvtc_gpu_params;
+
+typedef struct kvtc_gpu_codec kvtc_gpu_codec;
+
+/* A context for one profile and one of its plans: uploads bases and means,
+ * creates the cuBLAS handle. params may be NULL for defaults. Synchronous.
+ * Errors: KVTC_EINVAL, KVTC_ENOMEM, KVTC_ENOTSUP (no GPU, or a layout the
+ * GPU path does not cover), KVTC_EIO. */
+int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_params *params,
+                          kvtc_gpu_codec **out);
+/* Waits for the device to finish the context's work, then frees it. */
+void kvtc_gpu_codec_free(kvtc_gpu_codec *g);
+
+/* One chunk to encode: data is a DEVICE pointer to the canonical layout. */
+typedef struct kvtc_gpu_chunk {
+    const void *data;
+    uint32_t n_tokens;  /* 1..KVTC_MAX_CHUNK_TOKENS */
+    uint32_t first_pos;
+    uint32_t flags;     /* enum kvtc_chunk_flags */
+} kvtc_gpu_chunk;
+
+/* Bytes of device output buffer kvtc_gpu_encode needs for these chunks
+ * (containers start at 16-byte aligned offsets). 0 on bad arguments. */
+size_t kvtc_gpu_encode_bound(const kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, uint32_t n);
+
+/* Encode n chunks (host array of descriptors of device data) into dst
+ * (device, dst_cap >= kvtc_gpu_encode_bound). Writes, in device memory,
+ * container i at dst + d_offsets[i], d_sizes[i] bytes long (0 when
+ * d_status[i] != 0; statuses: KVTC_EINVAL for non-finite KV, KVTC_EIO when
+ * nvCOMP fails). Asynchronous on stream. */
+int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, uint32_t n, void *dst,
+                    size_t dst_cap, uint64_t *d_offsets, uint64_t *d_sizes, int32_t *d_status,
+                    kvtc_gpu_stream stream);
+
+/* One container to decode. The host states what it expects (the store's
+ * index knows it); the device checks the container against that and
+ * against every checksum and size, exactly as strictly as kvtc_decode. */
+typedef struct kvtc_gpu_container {
+    uint64_t src_off;   /* container at src + src_off (device) */
+    uint64_t src_len;   /* its exact length */
+    void *dst;          /* DEVICE output: the canonical chunk */
+    uint32_t n_tokens, first_pos;
+    uint32_t flags;     /* KVTC_CHUNK_RAW when a raw container is expected */
+} kvtc_gpu_container;
+
+/* Decode n containers of this context's profile and plan (or raw ones).
+ * Statuses: KVTC_ECORRUPT (checksum, size, symbol or DEFLATE error, or a
+ * header that differs from the expectation), KVTC_EVERSION, KVTC_EPROFILE
+ * (other profile or plan), KVTC_ENOTSUP (a stage other than DEFLATE).
+ * Asynchronous on stream. */
+int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *items, uint32_t n,
+                    const void *src, int32_t *d_status, kvtc_gpu_stream stream);
+
+/* Stages of the last encode or decode call, for benchmarks. */
+enum kvtc_gpu_stage {
+    KVTC_GPU_STAGE_SETUP = 0,   /* metadata upload, status init */
+    KVTC_GPU_STAGE_ROWS,        /* chunk -> rows (RoPE, means) or back */
+    KVTC_GPU_STAGE_GEMM,        /* cuBLAS projection */
+    KVTC_GPU_STAGE_QUANT,       /* quantize + pack, or dequantize */
+    KVTC_GPU_STAGE_DEFLATE,     /* nvCOMP batched Deflate / Inflate */
+    KVTC_GPU_STAGE_CONTAINER,   /* table, compaction, checksums, headers,
+                                   validation, raw sections */
+    KVTC_GPU_N_STAGES
+};
+/* Milliseconds per stage of the context's last call (params.timing = 1);
+ * waits for that call to finish. ms has KVTC_GPU_N_STAGES entries.
+ * Errors: KVTC_EINVAL when timing is off or no call was made. */
+int kvtc_gpu_stage_times(kvtc_gpu_codec *g, float *ms);
+const char *kvtc_gpu_stage_name(uint32_t stage);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

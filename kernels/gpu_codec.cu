@@ -1,0 +1,290 @@
+/* gpu_codec.cu - the GPU codec context: device copies of the profile's
+ * bases (bf16/fp16, trimmed to the components the plan reaches), means,
+ * RoPE frequencies and groups; the cuBLAS handle; work buffers that grow in
+ * stream order. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nvcomp/deflate.h>
+
+#include "gpu_internal.h"
+
+extern "C" {
+#include "../codec/rope.h"
+}
+
+int kvtc__cuda_err(cudaError_t e, const char *what)
+{
+    if (e == cudaSuccess)
+        return 0;
+    fprintf(stderr, "kvtc gpu: %s: %s\n", what, cudaGetErrorString(e));
+    return e == cudaErrorMemoryAllocation ? KVTC_ENOMEM : KVTC_EIO;
+}
+
+int kvtc__dbuf_reserve(kvtc__dbuf *b, size_t need, cudaStream_t s)
+{
+    if (need <= b->cap)
+        return 0;
+    if (b->p)
+        cudaFreeAsync(b->p, s);
+    b->p = NULL;
+    b->cap = 0;
+    size_t want = kvtc__up(need + need / 8, 1u << 20);
+    int rc = kvtc__cuda_err(cudaMallocAsync(&b->p, want, s), "cudaMallocAsync");
+    if (rc) {
+        b->p = NULL;
+        return rc;
+    }
+    b->cap = want;
+    return 0;
+}
+
+void kvtc__dbuf_free(kvtc__dbuf *b)
+{
+    if (b->p)
+        cudaFree(b->p);
+    b->p = NULL;
+    b->cap = 0;
+}
+
+int kvtc__host_reserve(kvtc_gpu_codec *g, size_t need)
+{
+    if (need <= g->host_meta_cap)
+        return 0;
+    void *p = realloc(g->host_meta, need);
+    if (!p)
+        return KVTC_ENOMEM;
+    g->host_meta = p;
+    g->host_meta_cap = need;
+    return 0;
+}
+
+int kvtc__host_chunks(kvtc_gpu_codec *g, uint32_t n)
+{
+    if (n <= g->host_n_cap)
+        return 0;
+    uint32_t *t = (uint32_t *)realloc(g->host_T, sizeof(uint32_t) * n);
+    if (t)
+        g->host_T = t;
+    size_t *r = (size_t *)realloc(g->host_roff, sizeof(size_t) * n);
+    if (r)
+        g->host_roff = r;
+    if (!t || !r)
+        return KVTC_ENOMEM;
+    g->host_n_cap = n;
+    return 0;
+}
+
+extern "C" int kvtc_gpu_available(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky "no device" */
+        return 0;
+    }
+    return n > 0;
+}
+
+extern "C" void kvtc_gpu_codec_free(kvtc_gpu_codec *g)
+{
+    if (!g)
+        return;
+    cudaSetDevice(g->params.device);
+    cudaDeviceSynchronize(); /* stream-ordered frees of the buffers may be pending */
+    kvtc__dbuf *bufs[] = {&g->meta, &g->rows, &g->coef, &g->codes, &g->sym,
+                          &g->cmp, &g->temp, &g->sizes, &g->bsum};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        kvtc__dbuf_free(bufs[i]);
+    for (int s = 0; s < 2; s++) {
+        cudaFree(g->basis[s]);
+        cudaFree(g->mean[s]);
+    }
+    cudaFree(g->inv_freq);
+    cudaFree(g->groups);
+    cudaFree(g->glist);
+    if (g->blas)
+        cublasDestroy(g->blas);
+    for (uint32_t i = 0; i < KVTC_GPU_MAX_EVENTS; i++)
+        if (g->ev[i])
+            cudaEventDestroy(g->ev[i]);
+    free(g->host_meta);
+    free(g->host_T);
+    free(g->host_roff);
+    free(g);
+}
+
+static int upload(void **dst, const void *src, size_t bytes)
+{
+    int rc = kvtc__cuda_err(cudaMalloc(dst, bytes ? bytes : 16), "cudaMalloc");
+    if (!rc && bytes)
+        rc = kvtc__cuda_err(cudaMemcpy(*dst, src, bytes, cudaMemcpyHostToDevice), "upload");
+    return rc;
+}
+
+extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
+                                     const kvtc_gpu_params *params, kvtc_gpu_codec **out)
+{
+    if (!p || !out || plan >= p->n_plans)
+        return KVTC_EINVAL;
+    kvtc_gpu_params prm = {KVTC_GPU_GEMM_BF16, 0, 0, 0};
+    if (params)
+        prm = *params;
+    if (prm.gemm > KVTC_GPU_GEMM_FP16 || prm.deflate_algo < 0 || prm.deflate_algo > 5)
+        return KVTC_EINVAL;
+    if (!kvtc_gpu_available())
+        return KVTC_ENOTSUP;
+    const struct kvtc__plan *pl = &p->plans[plan];
+    if (pl->n_groups > KVTC_GPU_MAX_GROUPS)
+        return KVTC_ENOTSUP;
+    kvtc_gpu_codec *g = (kvtc_gpu_codec *)calloc(1, sizeof *g);
+    if (!g)
+        return KVTC_ENOMEM;
+    g->p = p;
+    g->plan = pl;
+    g->plan_index = plan;
+    g->params = prm;
+    g->D = p->width;
+    g->hd = p->layout.kv_heads * p->layout.head_dim;
+    int rc = kvtc__cuda_err(cudaSetDevice(prm.device), "cudaSetDevice");
+    void *hb = NULL;
+    kvtc__dgroup *dg = (kvtc__dgroup *)calloc(pl->n_groups ? pl->n_groups : 1, sizeof *dg);
+    if (rc || !dg) {
+        rc = rc ? rc : KVTC_ENOMEM;
+        goto fail;
+    }
+    for (uint32_t i = 0; i < pl->n_groups; i++) {
+        const struct kvtc__group *gr = &pl->groups[i];
+        dg[i].start = gr->start;
+        dg[i].size = gr->size;
+        dg[i].bits = kvtc__qtype_bits(gr->type);
+        dg[i].type = gr->type;
+        uint32_t s = gr->stream, end = gr->start + gr->size;
+        g->kp[s] = end > g->kp[s] ? end : g->kp[s];
+    }
+    g->g0[0] = 0;
+    while (g->g0[0] + g->g1[0] < pl->n_groups && pl->groups[g->g1[0]].stream == 0)
+        g->g1[0]++;
+    g->g0[1] = g->g1[0];
+    g->g1[1] = pl->n_groups;
+    if ((rc = upload((void **)&g->groups, dg, sizeof *dg * pl->n_groups)))
+        goto fail;
+    {
+        uint32_t *gl = (uint32_t *)malloc(sizeof(uint32_t) * (pl->n_groups + 1)), at = 0;
+        if (!gl) {
+            rc = KVTC_ENOMEM;
+            goto fail;
+        }
+        for (int s = 0; s < 2; s++)
+            for (int big = 0; big < 2; big++) {
+                (big ? g->large0 : g->small0)[s] = at;
+                for (uint32_t i = g->g0[s]; i < g->g1[s]; i++)
+                    if ((dg[i].size > KVTC_GPU_SMALL_GROUP) == big)
+                        gl[at++] = i;
+                (big ? g->nlarge : g->nsmall)[s] = at - (big ? g->large0 : g->small0)[s];
+            }
+        rc = upload((void **)&g->glist, gl, sizeof(uint32_t) * at);
+        free(gl);
+        if (rc)
+            goto fail;
+    }
+    for (int s = 0; s < 2; s++) {
+        uint32_t kp = g->kp[s];
+        if ((rc = upload((void **)&g->mean[s], p->mean[s], sizeof(float) * g->D)))
+            goto fail;
+        hb = malloc((size_t)g->D * (kp ? kp : 1) * 2);
+        if (!hb) {
+            rc = KVTC_ENOMEM;
+            goto fail;
+        }
+        uint16_t *h = (uint16_t *)hb;
+        for (uint32_t d = 0; d < g->D; d++)
+            for (uint32_t c = 0; c < kp; c++) {
+                float v = p->basis[s][(size_t)d * p->ncomp[s] + c];
+                h[(size_t)d * kp + c] = prm.gemm == KVTC_GPU_GEMM_FP16 ? kvtc__f32_to_f16(v)
+                                                                      : kvtc__f32_to_bf16(v);
+            }
+        rc = upload(&g->basis[s], hb, (size_t)g->D * kp * 2);
+        free(hb);
+        hb = NULL;
+        if (rc)
+            goto fail;
+    }
+    {
+        double inv[KVTC_MAX_HEAD_DIM / 2] = {0};
+        if (p->layout.rope_style != KVTC_ROPE_NONE)
+            kvtc__rope_inv_freq(&p->layout, inv);
+        if ((rc = upload((void **)&g->inv_freq, inv, sizeof(double) * (p->layout.head_dim / 2 + 1))))
+            goto fail;
+    }
+    for (uint32_t i = 0; prm.timing && i < KVTC_GPU_MAX_EVENTS; i++)
+        if ((rc = kvtc__cuda_err(cudaEventCreate(&g->ev[i]), "cudaEventCreate")))
+            goto fail;
+    if (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS) {
+        g->blas = NULL;
+        rc = KVTC_EIO;
+        goto fail;
+    }
+    {
+        nvcompBatchedDeflateCompressOpts_t o = nvcompBatchedDeflateCompressDefaultOpts;
+        o.algorithm = prm.deflate_algo;
+        if (nvcompBatchedDeflateCompressGetMaxOutputChunkSize(KVTC_PIECE_MAX, o, &g->max_out) !=
+            nvcompSuccess) {
+            rc = KVTC_EIO;
+            goto fail;
+        }
+        g->max_out = kvtc__up(g->max_out, KVTC_GPU_ALIGN);
+    }
+    free(dg);
+    *out = g;
+    return 0;
+fail:
+    free(dg);
+    free(hb);
+    kvtc_gpu_codec_free(g);
+    return rc;
+}
+
+size_t kvtc__code_off_rows(const kvtc_gpu_codec *g, const uint32_t *T, uint32_t n, uint8_t *blob,
+                           size_t at, size_t *row_off)
+{
+    /* Chunks of one batch nearly always share one or two token counts. */
+    uint32_t ng = g->plan->n_groups, nd = 0;
+    size_t row = sizeof(size_t) * (ng ? ng : 1);
+    uint32_t *seen = (uint32_t *)malloc(sizeof(uint32_t) * (n ? n : 1));
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t d = 0;
+        while (d < nd && seen[d] != T[i])
+            d++;
+        if (d == nd) {
+            seen[nd++] = T[i];
+            if (blob)
+                kvtc__plan_symbol_bytes(g->plan, T[i], NULL, NULL, (size_t *)(blob + at + d * row));
+        }
+        if (row_off)
+            row_off[i] = at + d * row;
+    }
+    free(seen);
+    return (size_t)nd * row;
+}
+
+extern "C" int kvtc_gpu_stage_times(kvtc_gpu_codec *g, float *ms)
+{
+    if (!g || !ms || !g->params.timing || g->n_ev < 2)
+        return KVTC_EINVAL;
+    int rc = kvtc__cuda_err(cudaEventSynchronize(g->ev[g->n_ev - 1]), "stage times");
+    for (uint32_t s = 0; s < KVTC_GPU_N_STAGES; s++)
+        ms[s] = 0;
+    for (uint32_t i = 1; !rc && i < g->n_ev; i++) {
+        float t = 0;
+        rc = kvtc__cuda_err(cudaEventElapsedTime(&t, g->ev[i - 1], g->ev[i]), "elapsed");
+        ms[g->ev_stage[i]] += t;
+    }
+    return rc;
+}
+
+extern "C" const char *kvtc_gpu_stage_name(uint32_t stage)
+{
+    static const char *names[] = {"setup", "rows", "gemm", "quant", "deflate", "container"};
+    return stage < KVTC_GPU_N_STAGES ? names[stage] : "?";
+}

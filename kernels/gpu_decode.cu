@@ -1,0 +1,303 @@
+/* gpu_decode.cu - many containers back to canonical chunks. The device
+ * first proves each container sound (header checksum, every field equal to
+ * what the host expects, section checksums, piece table), and only then
+ * lets its pieces reach nvCOMP; a bad container's pieces are replaced by an
+ * empty DEFLATE block so the batch stays well formed. Symbols are checked
+ * again as they are dequantized (fp8 NaN codes, non-finite shift/scale). */
+#include <stdlib.h>
+#include <string.h>
+
+#include <nvcomp/deflate.h>
+
+#include "gpu_internal.h"
+#include "xxh3_core.h"
+
+static __constant__ uint8_t c_secret_d[KVTC_XXH3_SECRET_SIZE] = KVTC_XXH3_SECRET_BYTES;
+
+struct dec_ex {
+    const uint8_t *src;
+    uint64_t len, raw_bytes, table_bytes, payload_bytes;
+    uint32_t piece_start, n_pieces;
+    uint32_t n_tokens, sinks, slab_bytes, bad;
+};
+
+struct dec_plan {
+    size_t o_coff, o_ch, o_ex, o_hdr, o_seg, o_slot, o_cmpp, o_outb, o_outp, o_pc, host_bytes;
+    size_t o_cmps, o_outs, o_nvst, o_hash, dev_bytes;
+};
+
+static void plan_meta(uint32_t n, uint64_t P, size_t coff_bytes, dec_plan *m)
+{
+    size_t o = 0;
+#define TAKE(field, bytes) (m->field = o, o = kvtc__up(o + (bytes), KVTC_GPU_ALIGN))
+    TAKE(o_coff, coff_bytes);
+    TAKE(o_ch, sizeof(kvtc__dchunk) * n);
+    TAKE(o_ex, sizeof(dec_ex) * n);
+    TAKE(o_hdr, (size_t)KVTC__HEADER_BYTES * n);
+    TAKE(o_seg, sizeof(kvtc__seg) * 3 * n);
+    TAKE(o_slot, sizeof(uint64_t) * (3 * (size_t)n + 1));
+    TAKE(o_cmpp, sizeof(void *) * P);
+    TAKE(o_outb, sizeof(size_t) * P);
+    TAKE(o_outp, sizeof(void *) * P);
+    TAKE(o_pc, sizeof(uint32_t) * P);
+    m->host_bytes = o;
+    TAKE(o_cmps, sizeof(size_t) * P);
+    TAKE(o_outs, sizeof(size_t) * P);
+    TAKE(o_nvst, sizeof(nvcompStatus_t) * P);
+    TAKE(o_hash, sizeof(uint64_t) * 3 * n);
+    m->dev_bytes = o;
+#undef TAKE
+}
+
+__device__ static inline int kd_neq(const uint8_t *a, const uint8_t *b, uint32_t from, uint32_t to)
+{
+    int d = 0;
+    for (uint32_t i = from; i < to; i++)
+        d |= a[i] != b[i];
+    return d;
+}
+
+__device__ static inline uint32_t kd_u32(const uint8_t *p) { return kvtc__rd32(p); }
+
+/* Thread per container: its final header verdict and its pieces' sizes. */
+__global__ void k_dec_validate(const dec_ex *ex, const uint8_t *tmpl, uint32_t n,
+                               const uint64_t *hash, uint64_t max_out, size_t *cmps,
+                               int32_t *status)
+{
+    uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= n)
+        return;
+    const dec_ex E = ex[c];
+    const uint8_t *s = E.src, *t = tmpl + (size_t)c * KVTC__HEADER_BYTES;
+    int rc = 0;
+    if (E.bad || kd_neq(s, t, 0, 4))
+        rc = KVTC_ECORRUPT;
+    else if (kd_neq(s, t, 4, 6))
+        rc = KVTC_EVERSION;
+    else if (kvtc__xxh3_short(s, KVTC__HEADER_BYTES - 8, c_secret_d) !=
+             kvtc__rd64(s + KVTC__HEADER_BYTES - 8))
+        rc = KVTC_ECORRUPT;
+    else if (s[8] == KVTC__MODE_CODED && t[8] == KVTC__MODE_CODED && kd_neq(s, t, 12, 24))
+        rc = KVTC_EPROFILE; /* another plan or profile */
+    else if (s[8] == KVTC__MODE_CODED && s[9] != KVTC_STAGE_DEFLATE && s[9] <= KVTC_STAGE_STORE)
+        rc = KVTC_ENOTSUP;  /* zstd/stored pieces: the CPU decoder reads them */
+    else if (kd_neq(s, t, 6, 104) || kd_neq(s, t, 112, 120) ||
+             kvtc__rd64(s + 104) != E.payload_bytes || kvtc__rd64(s + 120) != hash[3 * c] ||
+             kvtc__rd64(s + 128) != hash[3 * c + 1] || kvtc__rd64(s + 136) != hash[3 * c + 2])
+        rc = KVTC_ECORRUPT;
+    uint64_t total = 0;
+    const uint8_t *table = s + KVTC__HEADER_BYTES + E.raw_bytes;
+    for (uint32_t k = 0; !rc && k < E.n_pieces; k++) {
+        uint32_t sz = kd_u32(table + 4 * k);
+        if (sz == 0 || sz > max_out)
+            rc = KVTC_ECORRUPT;
+        total += sz;
+    }
+    if (!rc && total != E.payload_bytes)
+        rc = KVTC_ECORRUPT;
+    for (uint32_t k = 0; k < E.n_pieces; k++)
+        cmps[E.piece_start + k] = rc ? 2 : kd_u32(table + 4 * k);
+    status[c] = rc;
+}
+
+/* Block per piece: into its aligned slot, or an empty final block (03 00). */
+__global__ void k_dec_gather(const dec_ex *ex, const uint32_t *piece_chunk, void *const *cmpp,
+                             const size_t *cmps, const int32_t *status)
+{
+    uint32_t i = blockIdx.x, c = piece_chunk[i];
+    uint8_t *dst = (uint8_t *)cmpp[i];
+    if (status[c]) {
+        if (threadIdx.x < 2)
+            dst[threadIdx.x] = threadIdx.x == 0 ? 0x03 : 0x00;
+        return;
+    }
+    const dec_ex E = ex[c];
+    const uint8_t *table = E.src + KVTC__HEADER_BYTES + E.raw_bytes;
+    uint64_t prefix = 0;
+    for (uint32_t k = E.piece_start; k < i; k++)
+        prefix += kd_u32(table + 4 * (k - E.piece_start));
+    const uint8_t *src = table + E.table_bytes + prefix;
+    for (uint64_t b = threadIdx.x; b < cmps[i]; b += blockDim.x)
+        dst[b] = src[b];
+}
+
+__global__ void k_dec_check(const uint32_t *piece_chunk, uint64_t P, const size_t *outb,
+                            const size_t *outs, const nvcompStatus_t *nvst, int32_t *status)
+{
+    uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= P)
+        return;
+    if (nvst[i] != nvcompSuccess || outs[i] != outb[i])
+        atomicCAS((int *)&status[piece_chunk[i]], 0, KVTC_ECORRUPT);
+}
+
+__global__ void k_dec_raw(const dec_ex *ex, const kvtc__dchunk *ch, const int32_t *status)
+{
+    uint32_t c = blockIdx.y;
+    const dec_ex E = ex[c];
+    if (status[c] || !E.raw_bytes)
+        return;
+    const uint8_t *src = E.src + KVTC__HEADER_BYTES;
+    uint8_t *dst = (uint8_t *)ch[c].data;
+    uint64_t per_slab = (uint64_t)E.sinks * E.slab_bytes, stride = (uint64_t)E.n_tokens * E.slab_bytes;
+    uint64_t step = (uint64_t)gridDim.x * blockDim.x;
+    for (uint64_t r = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; r < E.raw_bytes; r += step)
+        dst[(r / per_slab) * stride + r % per_slab] = src[r];
+}
+
+extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *items, uint32_t n,
+                               const void *src, int32_t *d_status, kvtc_gpu_stream stream_)
+{
+    cudaStream_t st = (cudaStream_t)stream_;
+    if (!g || !items || !n || n > 65535 || !src || !d_status)
+        return KVTC_EINVAL;
+    const kvtc_layout *l = &g->p->layout;
+    uint64_t M = 0, P = 0, sym_total = 0;
+    int rc = kvtc__host_chunks(g, n);
+    if (rc)
+        return rc;
+    for (uint32_t i = 0; i < n; i++) {
+        const kvtc_gpu_container *it = &items[i];
+        if (!it->dst || !it->n_tokens || it->n_tokens > KVTC_MAX_CHUNK_TOKENS ||
+            (uint64_t)it->first_pos + it->n_tokens > UINT32_MAX ||
+            (it->flags & ~(uint32_t)KVTC_CHUNK_RAW))
+            return KVTC_EINVAL;
+        g->host_T[i] = 0;
+        if (it->flags & KVTC_CHUNK_RAW)
+            continue;
+        g->host_T[i] = it->n_tokens - kvtc__sink_tokens(it->first_pos, it->n_tokens);
+        uint32_t sinks = kvtc__sink_tokens(it->first_pos, it->n_tokens);
+        uint64_t sym = kvtc__plan_symbol_bytes(g->plan, it->n_tokens - sinks, NULL, NULL, NULL);
+        M += it->n_tokens - sinks;
+        P += kvtc__n_pieces(sym);
+        sym_total += kvtc__up(sym, KVTC_GPU_ALIGN);
+    }
+    dec_plan mp;
+    plan_meta(n, P, kvtc__code_off_rows(g, g->host_T, n, NULL, 0, NULL), &mp);
+    uint32_t kmax = g->kp[0] > g->kp[1] ? g->kp[0] : g->kp[1];
+    nvcompBatchedDeflateDecompressOpts_t opts = nvcompBatchedDeflateDecompressDefaultOpts;
+    size_t temp_bytes = 0;
+    rc = kvtc__cuda_err(cudaSetDevice(g->params.device), "cudaSetDevice");
+    if (!rc && P &&
+        nvcompBatchedDeflateDecompressGetTempSize(P, KVTC_PIECE_MAX, opts, &temp_bytes,
+                                                  P * KVTC_PIECE_MAX, st) != nvcompSuccess)
+        rc = KVTC_EIO;
+    if (rc || (rc = kvtc__host_reserve(g, mp.host_bytes)) ||
+        (rc = kvtc__dbuf_reserve(&g->meta, mp.dev_bytes, st)) ||
+        (rc = kvtc__dbuf_reserve(&g->rows, M * g->D * 2 + 16, st)) ||
+        (rc = kvtc__dbuf_reserve(&g->coef, M * kmax * 2 + 16, st)) ||
+        (rc = kvtc__dbuf_reserve(&g->sym, sym_total + 16, st)) ||
+        (rc = kvtc__dbuf_reserve(&g->cmp, P * g->max_out + 16, st)) ||
+        (rc = kvtc__dbuf_reserve(&g->temp, temp_bytes + 16, st)))
+        return rc;
+    uint8_t *hm = (uint8_t *)g->host_meta;
+    kvtc__dchunk *ch = (kvtc__dchunk *)(hm + mp.o_ch);
+    dec_ex *ex = (dec_ex *)(hm + mp.o_ex);
+    kvtc__seg *seg = (kvtc__seg *)(hm + mp.o_seg);
+    uint64_t *slot = (uint64_t *)(hm + mp.o_slot);
+    void **cmpp = (void **)(hm + mp.o_cmpp);
+    size_t *outb = (size_t *)(hm + mp.o_outb);
+    void **outp = (void **)(hm + mp.o_outp);
+    uint32_t *pc = (uint32_t *)(hm + mp.o_pc);
+    uint64_t row = 0, symo = 0, piece = 0, slots = 0;
+    size_t tb = (size_t)g->hd * kvtc_dtype_size(l->dtype);
+    kvtc__code_off_rows(g, g->host_T, n, hm, mp.o_coff, g->host_roff);
+    for (uint32_t i = 0; i < n; i++) {
+        const kvtc_gpu_container *it = &items[i];
+        int raw = (it->flags & KVTC_CHUNK_RAW) != 0;
+        uint32_t sinks = raw ? it->n_tokens : kvtc__sink_tokens(it->first_pos, it->n_tokens);
+        uint32_t T = it->n_tokens - sinks;
+        uint64_t sym = raw ? 0 : kvtc__plan_symbol_bytes(g->plan, T, NULL, NULL, NULL);
+        uint32_t pieces = (uint32_t)kvtc__n_pieces(sym);
+        const uint8_t *s = (const uint8_t *)src + it->src_off;
+        ch[i] = {(const uint8_t *)it->dst, (uint8_t *)g->sym.p + symo,
+                 (const size_t *)((uint8_t *)g->meta.p + g->host_roff[i]), row, it->n_tokens,
+                 it->first_pos, sinks, T};
+        uint64_t rawb = kvtc_chunk_bytes(l, sinks), fixed = KVTC__HEADER_BYTES + rawb + 4ull * pieces;
+        int bad = it->src_len < fixed;
+        ex[i] = {s, it->src_len, rawb, 4ull * pieces, bad ? 0 : it->src_len - fixed, (uint32_t)piece,
+                 pieces, it->n_tokens, sinks, (uint32_t)tb, (uint32_t)bad};
+        struct kvtc__header h;
+        memset(&h, 0, sizeof h);
+        h.mode = raw ? KVTC__MODE_RAW : KVTC__MODE_CODED;
+        h.stage = raw ? 0 : KVTC_STAGE_DEFLATE;
+        h.plan = raw ? 0 : g->plan_index;
+        h.profile_id = raw ? 0 : g->p->id;
+        h.layout = *l;
+        h.first_pos = it->first_pos;
+        h.n_tokens = it->n_tokens;
+        h.sink_tokens = sinks;
+        h.n_pieces = pieces;
+        h.raw_bytes = rawb;
+        h.table_bytes = 4ull * pieces;
+        h.symbol_bytes = sym;
+        kvtc__header_write(&h, hm + mp.o_hdr + (size_t)i * KVTC__HEADER_BYTES);
+        uint64_t lens[3] = {rawb, 4ull * pieces, ex[i].payload_bytes};
+        const uint8_t *at[3] = {s + KVTC__HEADER_BYTES, s + KVTC__HEADER_BYTES + rawb, s + fixed};
+        for (int k = 0; k < 3; k++) {
+            seg[3 * i + k] = {bad ? s : at[k], bad ? 0 : lens[k]};
+            slot[3 * i + k] = slots;
+            slots += kvtc__hash_slots(seg[3 * i + k].len);
+        }
+        for (uint32_t k = 0; k < pieces; k++, piece++) {
+            cmpp[piece] = (uint8_t *)g->cmp.p + piece * g->max_out;
+            uint64_t left = sym - (uint64_t)k * KVTC_PIECE_MAX;
+            outb[piece] = left < KVTC_PIECE_MAX ? left : KVTC_PIECE_MAX;
+            outp[piece] = (uint8_t *)g->sym.p + symo + (uint64_t)k * KVTC_PIECE_MAX;
+            pc[piece] = i;
+        }
+        row += T;
+        symo += kvtc__up(sym, KVTC_GPU_ALIGN);
+    }
+    slot[3 * (size_t)n] = slots;
+    if ((rc = kvtc__dbuf_reserve(&g->bsum, slots * 64 + 64, st)))
+        return rc;
+    uint8_t *dm = (uint8_t *)g->meta.p;
+    g->n_ev = 0;
+    kvtc__mark(g, KVTC_GPU_STAGE_SETUP, st);
+    if ((rc = kvtc__cuda_err(cudaMemcpyAsync(dm, hm, mp.host_bytes, cudaMemcpyHostToDevice, st),
+                             "meta upload")))
+        return rc;
+    kvtc__mark(g, KVTC_GPU_STAGE_SETUP, st);
+    const kvtc__dchunk *dch = (const kvtc__dchunk *)(dm + mp.o_ch);
+    const dec_ex *dex = (const dec_ex *)(dm + mp.o_ex);
+    uint64_t *hash = (uint64_t *)(dm + mp.o_hash);
+    size_t *cmps = (size_t *)(dm + mp.o_cmps), *outs = (size_t *)(dm + mp.o_outs);
+    nvcompStatus_t *nvst = (nvcompStatus_t *)(dm + mp.o_nvst);
+    const uint32_t *dpc = (const uint32_t *)(dm + mp.o_pc);
+    if ((rc = kvtc__hash_segments((const kvtc__seg *)(dm + mp.o_seg),
+                                  (const uint64_t *)(dm + mp.o_slot), 3 * n, slots,
+                                  (uint64_t *)g->bsum.p, hash, st)))
+        return rc;
+    k_dec_validate<<<(n + 127) / 128, 128, 0, st>>>(dex, dm + mp.o_hdr, n, hash, g->max_out, cmps,
+                                                    d_status);
+    if (P) {
+        k_dec_gather<<<(unsigned)P, 256, 0, st>>>(dex, dpc, (void *const *)(dm + mp.o_cmpp), cmps,
+                                                  d_status);
+        if ((rc = kvtc__cuda_err(cudaGetLastError(), "validate/gather")))
+            return rc;
+        kvtc__mark(g, KVTC_GPU_STAGE_CONTAINER, st);
+        if (nvcompBatchedDeflateDecompressAsync(
+                (const void *const *)(dm + mp.o_cmpp), cmps, (const size_t *)(dm + mp.o_outb), outs,
+                P, g->temp.p, temp_bytes, (void *const *)(dm + mp.o_outp), opts, nvst,
+                st) != nvcompSuccess)
+            return KVTC_EIO;
+        k_dec_check<<<(unsigned)((P + 255) / 256), 256, 0, st>>>(
+            dpc, P, (const size_t *)(dm + mp.o_outb), outs, nvst, d_status);
+        kvtc__mark(g, KVTC_GPU_STAGE_DEFLATE, st);
+    }
+    for (int s = 0; s < 2 && M; s++) {
+        if ((rc = kvtc__launch_dequant(g, s, dch, n, M, g->coef.p, d_status, st)))
+            return rc;
+        kvtc__mark(g, KVTC_GPU_STAGE_QUANT, st);
+        if ((rc = kvtc__gemm_decode(g, s, M, g->coef.p, g->rows.p, st)))
+            return rc;
+        kvtc__mark(g, KVTC_GPU_STAGE_GEMM, st);
+        if ((rc = kvtc__launch_rows_out(g, s, dch, n, M, g->rows.p, d_status, st)))
+            return rc;
+        kvtc__mark(g, KVTC_GPU_STAGE_ROWS, st);
+    }
+    k_dec_raw<<<dim3(64, n), 256, 0, st>>>(dex, dch, d_status);
+    kvtc__mark(g, KVTC_GPU_STAGE_CONTAINER, st);
+    return kvtc__cuda_err(cudaGetLastError(), "decode");
+}

@@ -1,0 +1,364 @@
+/* gpu_encode.cu - many chunks to many containers in one stream-ordered
+ * pass: rows -> cuBLAS projection -> quantize -> pack -> nvCOMP batched
+ * Deflate over every 64 KiB piece of every chunk -> compaction into the
+ * caller's buffer -> section checksums -> headers. Everything the host can
+ * know (sizes before the entropy stage, header fields) is computed on the
+ * host and uploaded once; what only the device knows (compressed sizes,
+ * offsets, checksums) stays on the device. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <nvcomp/deflate.h>
+
+#include "gpu_internal.h"
+#include "xxh3_core.h"
+
+static __constant__ uint8_t c_secret_e[KVTC_XXH3_SECRET_SIZE] = KVTC_XXH3_SECRET_BYTES;
+
+/* What the assembly kernels need per chunk beyond kvtc__dchunk. */
+struct enc_ex {
+    const uint8_t *src;     /* the input chunk */
+    uint64_t raw_bytes, table_bytes;
+    uint32_t piece_start, n_pieces;
+    uint32_t n_tokens, sinks; /* sinks = tokens in the raw section */
+    uint32_t slab_bytes;      /* one token of one slab */
+    uint32_t slabs;
+};
+
+struct enc_plan {
+    size_t o_coff, o_ch, o_ex, o_hdr, o_inp, o_ins, o_outp, o_pc, o_slot, host_bytes;
+    size_t o_outs, o_nvst, o_csize, o_seg, o_hash, dev_bytes;
+};
+
+static void plan_meta(uint32_t n, uint64_t P, size_t coff_bytes, enc_plan *m)
+{
+    size_t o = 0;
+#define TAKE(field, bytes) (m->field = o, o = kvtc__up(o + (bytes), KVTC_GPU_ALIGN))
+    TAKE(o_coff, coff_bytes);
+    TAKE(o_ch, sizeof(kvtc__dchunk) * n);
+    TAKE(o_ex, sizeof(enc_ex) * n);
+    TAKE(o_hdr, (size_t)KVTC__HEADER_BYTES * n);
+    TAKE(o_inp, sizeof(void *) * P);
+    TAKE(o_ins, sizeof(size_t) * P);
+    TAKE(o_outp, sizeof(void *) * P);
+    TAKE(o_pc, sizeof(uint32_t) * P);
+    TAKE(o_slot, sizeof(uint64_t) * (3 * (size_t)n + 1));
+    m->host_bytes = o;
+    TAKE(o_outs, sizeof(size_t) * P);
+    TAKE(o_nvst, sizeof(nvcompStatus_t) * P);
+    TAKE(o_csize, sizeof(uint64_t) * n);
+    TAKE(o_seg, sizeof(kvtc__seg) * 3 * n);
+    TAKE(o_hash, sizeof(uint64_t) * 3 * n);
+    m->dev_bytes = o;
+#undef TAKE
+}
+
+static uint64_t chunk_bound(const kvtc_gpu_codec *g, const kvtc_gpu_chunk *c, uint64_t *sym,
+                            uint32_t *pieces, uint32_t *sinks)
+{
+    const kvtc_layout *l = &g->p->layout;
+    if (c->flags & KVTC_CHUNK_RAW) {
+        *sym = 0;
+        *pieces = 0;
+        *sinks = c->n_tokens;
+        return kvtc__up(KVTC__HEADER_BYTES + kvtc_chunk_bytes(l, c->n_tokens), KVTC_GPU_ALIGN);
+    }
+    *sinks = kvtc__sink_tokens(c->first_pos, c->n_tokens);
+    *sym = kvtc__plan_symbol_bytes(g->plan, c->n_tokens - *sinks, NULL, NULL, NULL);
+    *pieces = (uint32_t)kvtc__n_pieces(*sym);
+    return kvtc__up(KVTC__HEADER_BYTES + kvtc_chunk_bytes(l, *sinks) + 4ull * *pieces +
+                        (uint64_t)*pieces * g->max_out,
+                    KVTC_GPU_ALIGN);
+}
+
+static int chunk_ok(const kvtc_gpu_chunk *c)
+{
+    return c->data && c->n_tokens && c->n_tokens <= KVTC_MAX_CHUNK_TOKENS &&
+           (uint64_t)c->first_pos + c->n_tokens <= UINT32_MAX &&
+           !(c->flags & ~(uint32_t)KVTC_CHUNK_RAW);
+}
+
+extern "C" size_t kvtc_gpu_encode_bound(const kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks,
+                                        uint32_t n)
+{
+    if (!g || (!chunks && n))
+        return 0;
+    size_t total = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t sym;
+        uint32_t pieces, sinks;
+        if (!chunk_ok(&chunks[i]))
+            return 0;
+        total += chunk_bound(g, &chunks[i], &sym, &pieces, &sinks);
+    }
+    return total;
+}
+
+/* ---- assembly kernels ---- */
+
+__global__ void k_enc_sizes(const enc_ex *ex, uint32_t n, const size_t *outs,
+                            const nvcompStatus_t *nvst, int32_t *status, uint64_t *csize)
+{
+    uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= n)
+        return;
+    uint64_t payload = 0;
+    for (uint32_t i = ex[c].piece_start; i < ex[c].piece_start + ex[c].n_pieces; i++) {
+        if (nvst[i] != nvcompSuccess || outs[i] == 0 || outs[i] > 0xffffffffu)
+            status[c] = KVTC_EIO;
+        payload += outs[i];
+    }
+    csize[c] = status[c] ? 0 : KVTC__HEADER_BYTES + ex[c].raw_bytes + ex[c].table_bytes + payload;
+}
+
+/* One block: offsets = exclusive scan of the aligned sizes. */
+__global__ void k_enc_scan(const enc_ex *ex, uint32_t n, const uint64_t *csize, uint8_t *dst,
+                           uint64_t *offs, uint64_t *sizes, kvtc__seg *seg)
+{
+    __shared__ uint64_t part[1024];
+    uint32_t per = (n + blockDim.x - 1) / blockDim.x, a = threadIdx.x * per;
+    uint32_t b = a + per < n ? a + per : n;
+    uint64_t sum = 0;
+    for (uint32_t c = a; c < b; c++)
+        sum += kvtc__up(csize[c], KVTC_GPU_ALIGN);
+    part[threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        uint64_t run = 0;
+        for (uint32_t i = 0; i < blockDim.x; i++) {
+            uint64_t v = part[i];
+            part[i] = run;
+            run += v;
+        }
+    }
+    __syncthreads();
+    uint64_t off = part[threadIdx.x];
+    for (uint32_t c = a; c < b; c++) {
+        offs[c] = off;
+        sizes[c] = csize[c];
+        uint8_t *base = dst + off;
+        uint64_t live = csize[c] != 0;
+        seg[3 * c + 0] = {base + KVTC__HEADER_BYTES, live * ex[c].raw_bytes};
+        seg[3 * c + 1] = {base + KVTC__HEADER_BYTES + ex[c].raw_bytes, live * ex[c].table_bytes};
+        seg[3 * c + 2] = {base + KVTC__HEADER_BYTES + ex[c].raw_bytes + ex[c].table_bytes,
+                          live ? csize[c] - KVTC__HEADER_BYTES - ex[c].raw_bytes - ex[c].table_bytes
+                               : 0};
+        off += kvtc__up(csize[c], KVTC_GPU_ALIGN);
+    }
+}
+
+/* Block per piece: its table entry and its bytes at their place. */
+__global__ void k_enc_pieces(const enc_ex *ex, const uint32_t *piece_chunk, void *const *outp,
+                             const size_t *outs, const int32_t *status, const kvtc__seg *seg)
+{
+    uint32_t i = blockIdx.x, c = piece_chunk[i];
+    if (status[c])
+        return;
+    uint64_t prefix = 0;
+    for (uint32_t k = ex[c].piece_start; k < i; k++)
+        prefix += outs[k];
+    uint8_t *table = (uint8_t *)seg[3 * c + 1].p, *dst = (uint8_t *)seg[3 * c + 2].p + prefix;
+    uint32_t sz = (uint32_t)outs[i];
+    if (threadIdx.x < 4)
+        table[4 * (i - ex[c].piece_start) + threadIdx.x] = (uint8_t)(sz >> (8 * threadIdx.x));
+    const uint8_t *src = (const uint8_t *)outp[i];
+    for (uint32_t b = threadIdx.x; b < sz; b += blockDim.x)
+        dst[b] = src[b];
+}
+
+/* The raw section: the leading `sinks` tokens of every (layer, k|v) slab. */
+__global__ void k_enc_raw(const enc_ex *ex, const int32_t *status, const kvtc__seg *seg)
+{
+    uint32_t c = blockIdx.y;
+    const enc_ex E = ex[c];
+    if (status[c] || !E.raw_bytes)
+        return;
+    uint8_t *dst = (uint8_t *)seg[3 * c].p;
+    uint64_t per_slab = (uint64_t)E.sinks * E.slab_bytes, stride = (uint64_t)E.n_tokens * E.slab_bytes;
+    uint64_t step = (uint64_t)gridDim.x * blockDim.x;
+    for (uint64_t r = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; r < E.raw_bytes; r += step) {
+        uint64_t slab = r / per_slab, w = r % per_slab;
+        dst[r] = E.src[slab * stride + w];
+    }
+}
+
+__global__ void k_enc_header(const uint8_t *tmpl, uint32_t n, const uint64_t *csize,
+                             const kvtc__seg *seg, const uint64_t *hash)
+{
+    uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= n || csize[c] == 0)
+        return;
+    uint8_t *h = (uint8_t *)seg[3 * c].p - KVTC__HEADER_BYTES;
+    const uint8_t *t = tmpl + (size_t)c * KVTC__HEADER_BYTES;
+    uint8_t b[KVTC__HEADER_BYTES];
+    for (uint32_t i = 0; i < KVTC__HEADER_BYTES; i++)
+        b[i] = t[i];
+    uint64_t fields[4] = {seg[3 * c + 2].len, hash[3 * c], hash[3 * c + 1], hash[3 * c + 2]};
+    uint32_t at[4] = {104, 120, 128, 136};
+    for (int f = 0; f < 4; f++)
+        for (int k = 0; k < 8; k++)
+            b[at[f] + k] = (uint8_t)(fields[f] >> (8 * k));
+    uint64_t hs = kvtc__xxh3_short(b, KVTC__HEADER_BYTES - 8, c_secret_e);
+    for (int k = 0; k < 8; k++)
+        b[KVTC__HEADER_BYTES - 8 + k] = (uint8_t)(hs >> (8 * k));
+    for (uint32_t i = 0; i < KVTC__HEADER_BYTES; i += 8) /* containers are 16-byte aligned */
+        *(uint64_t *)(h + i) = kvtc__rd64(b + i);
+}
+
+extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, uint32_t n,
+                               void *dst, size_t dst_cap, uint64_t *d_offsets, uint64_t *d_sizes,
+                               int32_t *d_status, kvtc_gpu_stream stream_)
+{
+    cudaStream_t st = (cudaStream_t)stream_;
+    if (!g || !chunks || !n || !dst || !d_offsets || !d_sizes || !d_status)
+        return KVTC_EINVAL;
+    const kvtc_layout *l = &g->p->layout;
+    uint64_t M = 0, P = 0, sym_total = 0, bound = 0, slots = 0;
+    if (n > 65535)
+        return KVTC_EINVAL;
+    int rc = kvtc__host_chunks(g, n);
+    if (rc)
+        return rc;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t sym;
+        uint32_t pieces, sinks;
+        if (!chunk_ok(&chunks[i]))
+            return KVTC_EINVAL;
+        bound += chunk_bound(g, &chunks[i], &sym, &pieces, &sinks);
+        g->host_T[i] = chunks[i].flags & KVTC_CHUNK_RAW ? 0 : chunks[i].n_tokens - sinks;
+        M += g->host_T[i];
+        P += pieces;
+        sym_total += kvtc__up(sym, KVTC_GPU_ALIGN);
+    }
+    if (bound > dst_cap)
+        return KVTC_ENOSPC;
+    enc_plan mp;
+    plan_meta(n, P, kvtc__code_off_rows(g, g->host_T, n, NULL, 0, NULL), &mp);
+    uint32_t kmax = g->kp[0] > g->kp[1] ? g->kp[0] : g->kp[1];
+    rc = kvtc__cuda_err(cudaSetDevice(g->params.device), "cudaSetDevice");
+    nvcompBatchedDeflateCompressOpts_t opts = nvcompBatchedDeflateCompressDefaultOpts;
+    opts.algorithm = g->params.deflate_algo;
+    size_t temp_bytes = 0;
+    if (!rc && P &&
+        nvcompBatchedDeflateCompressGetTempSize(P, KVTC_PIECE_MAX, opts, &temp_bytes,
+                                                P * KVTC_PIECE_MAX, st) != nvcompSuccess)
+        rc = KVTC_EIO;
+    if (rc || (rc = kvtc__host_reserve(g, mp.host_bytes)) ||
+        (rc = kvtc__dbuf_reserve(&g->meta, mp.dev_bytes, st)) ||
+        (rc = kvtc__dbuf_reserve(&g->rows, M * g->D * 2 + 16, st)) ||
+        (rc = kvtc__dbuf_reserve(&g->coef, M * kmax * 4 + 16, st)) ||
+        (rc = kvtc__dbuf_reserve(&g->codes, M * kmax + 16, st)) ||
+        (rc = kvtc__dbuf_reserve(&g->sym, sym_total + 16, st)) ||
+        (rc = kvtc__dbuf_reserve(&g->cmp, P * g->max_out + 16, st)) ||
+        (rc = kvtc__dbuf_reserve(&g->temp, temp_bytes + 16, st)))
+        return rc;
+    /* Host side of the meta blob. */
+    uint8_t *hm = (uint8_t *)g->host_meta, *dm = (uint8_t *)g->meta.p;
+    kvtc__dchunk *ch = (kvtc__dchunk *)(hm + mp.o_ch);
+    enc_ex *ex = (enc_ex *)(hm + mp.o_ex);
+    const void **inp = (const void **)(hm + mp.o_inp);
+    size_t *ins = (size_t *)(hm + mp.o_ins);
+    void **outp = (void **)(hm + mp.o_outp);
+    uint32_t *pc = (uint32_t *)(hm + mp.o_pc);
+    uint64_t *slot = (uint64_t *)(hm + mp.o_slot);
+    uint64_t row = 0, symo = 0, piece = 0;
+    size_t tb = (size_t)g->hd * kvtc_dtype_size(l->dtype);
+    kvtc__code_off_rows(g, g->host_T, n, hm, mp.o_coff, g->host_roff);
+    for (uint32_t i = 0; i < n; i++) {
+        const kvtc_gpu_chunk *c = &chunks[i];
+        uint64_t sym;
+        uint32_t pieces, sinks;
+        chunk_bound(g, c, &sym, &pieces, &sinks);
+        int raw = (c->flags & KVTC_CHUNK_RAW) != 0;
+        uint32_t T = raw ? 0 : c->n_tokens - sinks;
+        ch[i] = {(const uint8_t *)c->data, (uint8_t *)g->sym.p + symo,
+                 (const size_t *)(dm + g->host_roff[i]), row, c->n_tokens, c->first_pos, sinks, T};
+        ex[i] = {(const uint8_t *)c->data, kvtc_chunk_bytes(l, sinks), 4ull * pieces,
+                 (uint32_t)piece, pieces, c->n_tokens, sinks, (uint32_t)tb, 2 * l->layers};
+        struct kvtc__header h;
+        memset(&h, 0, sizeof h);
+        h.mode = raw ? KVTC__MODE_RAW : KVTC__MODE_CODED;
+        h.stage = raw ? 0 : KVTC_STAGE_DEFLATE;
+        h.plan = raw ? 0 : g->plan_index;
+        h.profile_id = raw ? 0 : g->p->id;
+        h.layout = *l;
+        h.first_pos = c->first_pos;
+        h.n_tokens = c->n_tokens;
+        h.sink_tokens = sinks;
+        h.n_pieces = pieces;
+        h.raw_bytes = ex[i].raw_bytes;
+        h.table_bytes = ex[i].table_bytes;
+        h.symbol_bytes = sym;
+        kvtc__header_write(&h, hm + mp.o_hdr + (size_t)i * KVTC__HEADER_BYTES);
+        for (uint32_t k = 0; k < pieces; k++, piece++) {
+            inp[piece] = (uint8_t *)g->sym.p + symo + (uint64_t)k * KVTC_PIECE_MAX;
+            ins[piece] = sym - (uint64_t)k * KVTC_PIECE_MAX < KVTC_PIECE_MAX
+                             ? sym - (uint64_t)k * KVTC_PIECE_MAX
+                             : KVTC_PIECE_MAX;
+            outp[piece] = (uint8_t *)g->cmp.p + piece * g->max_out;
+            pc[piece] = i;
+        }
+        uint64_t lens[3] = {ex[i].raw_bytes, ex[i].table_bytes, (uint64_t)pieces * g->max_out};
+        for (int s = 0; s < 3; s++) {
+            slot[3 * i + s] = slots;
+            slots += kvtc__hash_slots(lens[s]);
+        }
+        row += T;
+        symo += kvtc__up(sym, KVTC_GPU_ALIGN);
+    }
+    slot[3 * (size_t)n] = slots;
+    if ((rc = kvtc__dbuf_reserve(&g->bsum, slots * 64 + 64, st)))
+        return rc;
+    dm = (uint8_t *)g->meta.p;
+    g->n_ev = 0;
+    kvtc__mark(g, KVTC_GPU_STAGE_SETUP, st);
+    /* Pageable source: the driver stages it before returning, so the host
+     * buffer is free again at once and no device sync happens. */
+    if ((rc = kvtc__cuda_err(cudaMemcpyAsync(dm, hm, mp.host_bytes, cudaMemcpyHostToDevice, st),
+                             "meta upload")) ||
+        (rc = kvtc__cuda_err(cudaMemsetAsync(d_status, 0, sizeof(int32_t) * n, st), "status")))
+        return rc;
+    kvtc__mark(g, KVTC_GPU_STAGE_SETUP, st);
+    const kvtc__dchunk *dch = (const kvtc__dchunk *)(dm + mp.o_ch);
+    const enc_ex *dex = (const enc_ex *)(dm + mp.o_ex);
+    for (int s = 0; s < 2 && M; s++) {
+        if (g->g1[s] == g->g0[s])
+            continue;
+        if ((rc = kvtc__launch_rows_in(g, s, dch, n, M, g->rows.p, d_status, st)))
+            return rc;
+        kvtc__mark(g, KVTC_GPU_STAGE_ROWS, st);
+        if ((rc = kvtc__gemm_encode(g, s, M, g->rows.p, (float *)g->coef.p, st)))
+            return rc;
+        kvtc__mark(g, KVTC_GPU_STAGE_GEMM, st);
+        if ((rc = kvtc__launch_quant(g, s, dch, n, M, (const float *)g->coef.p,
+                                     (uint8_t *)g->codes.p, st)) ||
+            (rc = kvtc__launch_pack(g, s, dch, n, (const uint8_t *)g->codes.p, st)))
+            return rc;
+        kvtc__mark(g, KVTC_GPU_STAGE_QUANT, st);
+    }
+    size_t *outs = (size_t *)(dm + mp.o_outs);
+    nvcompStatus_t *nvst = (nvcompStatus_t *)(dm + mp.o_nvst);
+    if (P && nvcompBatchedDeflateCompressAsync((const void *const *)(dm + mp.o_inp),
+                                               (const size_t *)(dm + mp.o_ins), KVTC_PIECE_MAX, P,
+                                               g->temp.p, temp_bytes, (void *const *)(dm + mp.o_outp),
+                                               outs, opts, nvst, st) != nvcompSuccess)
+        return KVTC_EIO;
+    kvtc__mark(g, KVTC_GPU_STAGE_DEFLATE, st);
+    uint64_t *csize = (uint64_t *)(dm + mp.o_csize);
+    kvtc__seg *seg = (kvtc__seg *)(dm + mp.o_seg);
+    uint64_t *hash = (uint64_t *)(dm + mp.o_hash);
+    k_enc_sizes<<<(n + 127) / 128, 128, 0, st>>>(dex, n, outs, nvst, d_status, csize);
+    k_enc_scan<<<1, 1024, 0, st>>>(dex, n, csize, (uint8_t *)dst, d_offsets, d_sizes, seg);
+    if (P)
+        k_enc_pieces<<<(unsigned)P, 256, 0, st>>>(dex, (const uint32_t *)(dm + mp.o_pc),
+                                                  (void *const *)(dm + mp.o_outp), outs, d_status,
+                                                  seg);
+    k_enc_raw<<<dim3(64, n), 256, 0, st>>>(dex, d_status, seg);
+    if ((rc = kvtc__cuda_err(cudaGetLastError(), "assemble")) ||
+        (rc = kvtc__hash_segments(seg, (const uint64_t *)(dm + mp.o_slot), 3 * n, slots,
+                                  (uint64_t *)g->bsum.p, hash, st)))
+        return rc;
+    k_enc_header<<<(n + 127) / 128, 128, 0, st>>>(dm + mp.o_hdr, n, csize, seg, hash);
+    kvtc__mark(g, KVTC_GPU_STAGE_CONTAINER, st);
+    return kvtc__cuda_err(cudaGetLastError(), "header");
+}

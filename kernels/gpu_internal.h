@@ -1,0 +1,144 @@
+/* gpu_internal.h - the GPU codec's context and the helpers its .cu files
+ * share. Not installed. */
+#ifndef KVTC_KERNELS_GPU_INTERNAL_H
+#define KVTC_KERNELS_GPU_INTERNAL_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+extern "C" {
+#include "kvtc_gpu.h"
+#include "../codec/container.h"
+#include "../codec/internal.h"
+}
+
+#define KVTC_GPU_ALIGN 16u
+#define KVTC_GPU_MAX_GROUPS 65536u
+#define KVTC_GPU_MAX_EVENTS 32u
+#define KVTC_GPU_SMALL_GROUP 8u
+
+/* A device buffer that grows in stream order (cudaMallocAsync), so calls
+ * never synchronize the host. */
+struct kvtc__dbuf {
+    void *p;
+    size_t cap;
+};
+
+/* One quantization group as the kernels read it. */
+struct kvtc__dgroup {
+    uint32_t start, size, bits, type;
+};
+
+struct kvtc_gpu_codec {
+    const kvtc_profile *p;
+    const struct kvtc__plan *plan;
+    uint32_t plan_index;
+    kvtc_gpu_params params;
+    uint32_t D, hd;               /* row width, kv_heads*head_dim */
+    uint32_t kp[2];               /* components the plan reaches, per stream */
+    uint32_t g0[2], g1[2];        /* group ranges per stream */
+    /* Group indices split by size: small groups (<= KVTC_GPU_SMALL_GROUP
+     * components) get a thread each, larger ones a warp. Per stream s:
+     * glist[lo..lo+n) with lo = small0[s] / large0[s]. */
+    uint32_t *glist;
+    uint32_t small0[2], nsmall[2], large0[2], nlarge[2];
+    void *basis[2];               /* [D][kp] bf16 or fp16 */
+    float *mean[2];               /* [D] */
+    double *inv_freq;             /* [head_dim/2] RoPE frequencies */
+    struct kvtc__dgroup *groups;  /* [n_groups] */
+    cublasHandle_t blas;
+    size_t max_out;               /* nvCOMP bound of one 64 KiB piece */
+    struct kvtc__dbuf meta, rows, coef, codes, sym, cmp, temp, sizes, bsum;
+    void *host_meta;              /* pageable staging for the meta blob */
+    size_t host_meta_cap;
+    uint32_t *host_T;             /* per chunk: coded tokens */
+    size_t *host_roff;            /* per chunk: its code offset row in meta */
+    uint32_t host_n_cap;
+    /* Stage timing (params.timing): an event after each step, the step's
+     * stage in ev_stage; read back by kvtc_gpu_stage_times. */
+    cudaEvent_t ev[KVTC_GPU_MAX_EVENTS];
+    uint8_t ev_stage[KVTC_GPU_MAX_EVENTS];
+    uint32_t n_ev;
+    int last_encode;
+};
+
+/* Record the end of a step of `stage` (no-op unless timing is on). */
+static inline void kvtc__mark(kvtc_gpu_codec *g, uint32_t stage, cudaStream_t s)
+{
+    if (g->params.timing && g->n_ev < KVTC_GPU_MAX_EVENTS) {
+        g->ev_stage[g->n_ev] = (uint8_t)stage;
+        cudaEventRecord(g->ev[g->n_ev++], s);
+    }
+}
+
+/* Rounds up to a multiple of a (a power of two). */
+__host__ __device__ static inline size_t kvtc__up(size_t v, size_t a) { return (v + a - 1) & ~(a - 1); }
+
+int kvtc__dbuf_reserve(struct kvtc__dbuf *b, size_t need, cudaStream_t s);
+void kvtc__dbuf_free(struct kvtc__dbuf *b);
+int kvtc__cuda_err(cudaError_t e, const char *what);
+int kvtc__host_reserve(kvtc_gpu_codec *g, size_t need);
+int kvtc__host_chunks(kvtc_gpu_codec *g, uint32_t n);
+
+/* Symbol byte offsets of group g for T coded tokens (plan.c's layout). */
+__host__ __device__ static inline size_t kvtc__shift_off(uint32_t g, uint32_t T) { return (size_t)g * T * 2; }
+__host__ __device__ static inline size_t kvtc__scale_off(uint32_t ng, uint32_t g, uint32_t T)
+{
+    return (size_t)ng * T * 2 + (size_t)g * T * 2;
+}
+
+/* ---- gpu_hash.cu: XXH3-64 of many device byte ranges ---- */
+struct kvtc__seg {
+    const uint8_t *p;   /* device */
+    uint64_t len;
+};
+/* seg[i] (device array, lengths may be device-computed) hashed into
+ * out[i]. slot_start[i] (device, n+1 entries, host-computed) gives each
+ * segment blocks [slot_start[i], slot_start[i+1]) of bsum (8 u64 each); a
+ * segment's actual length must not need more. */
+int kvtc__hash_segments(const struct kvtc__seg *seg, const uint64_t *slot_start, uint32_t n,
+                        uint64_t total_slots, uint64_t *bsum, uint64_t *out, cudaStream_t s);
+/* Blocks a segment of at most len bytes needs. */
+static inline uint64_t kvtc__hash_slots(uint64_t len) { return len > 240 ? (len - 1) / 1024 : 0; }
+
+/* ---- shared kernel helpers (gpu_common.cu) ---- */
+/* Per-chunk description that the row kernels read. */
+struct kvtc__dchunk {
+    const uint8_t *data;   /* canonical chunk (encode: input; decode: output) */
+    uint8_t *sym;          /* this chunk's symbol bytes */
+    const size_t *code_off;/* per group: its codes' byte offset for this T
+                              (kvtc__plan_symbol_bytes, shared by equal T) */
+    uint64_t row_start;    /* first row of this chunk's coded tokens */
+    uint32_t n_tokens, first_pos, sinks, T;
+};
+int kvtc__launch_rows_in(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                         uint32_t n_chunks, uint64_t M, void *rows, int32_t *status,
+                         cudaStream_t s);
+int kvtc__launch_rows_out(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                          uint32_t n_chunks, uint64_t M, const void *rows,
+                          const int32_t *status, cudaStream_t s);
+int kvtc__launch_quant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                       uint32_t n_chunks, uint64_t M, const float *coef, uint8_t *codes,
+                       cudaStream_t s);
+int kvtc__launch_pack(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                      uint32_t n_chunks, const uint8_t *codes, cudaStream_t s);
+int kvtc__launch_dequant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                         uint32_t n_chunks, uint64_t M, void *coef, int32_t *status,
+                         cudaStream_t s);
+/* Leading `n` tokens of every slab: chunk of `total` tokens <-> part. */
+struct kvtc__dcopy {
+    const uint8_t *chunk_src; /* to_part: chunk; else part */
+    uint8_t *dst;
+    uint32_t total, n;
+};
+/* Host: code offset rows for the distinct T of a batch, appended to a meta
+ * blob: for chunk i, its row's offset in the blob into row_off[i]. */
+size_t kvtc__code_off_rows(const kvtc_gpu_codec *g, const uint32_t *T, uint32_t n, uint8_t *blob,
+                           size_t at, size_t *row_off);
+int kvtc__gemm_encode(kvtc_gpu_codec *g, int stream, uint64_t M, const void *rows, float *coef,
+                      cudaStream_t s);
+int kvtc__gemm_decode(kvtc_gpu_codec *g, int stream, uint64_t M, const void *coef, void *rows,
+                      cudaStream_t s);
+
+#endif

@@ -1,0 +1,474 @@
+/* gpu_rows.cu - the per-token stages: canonical chunk <-> centred rows
+ * (RoPE undone/redone on keys, means), quantization of the projected
+ * coefficients into the plan's groups, bit packing, and dequantization.
+ * One thread block per row (token of one stream): a row is D elements of
+ * one token, so blocks never share outputs except the packed code bytes,
+ * which the pack kernel owns byte by byte. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "gpu_internal.h"
+#include "gpu_numeric.cuh"
+
+#define ROW_THREADS 256
+
+template <typename RT> __device__ static inline RT kd_to(float v);
+template <> __device__ inline __nv_bfloat16 kd_to<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ inline __half kd_to<__half>(float v) { return __float2half_rn(v); }
+__device__ static inline float kd_from(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ static inline float kd_from(__half v) { return __half2float(v); }
+
+/* The chunk owning row m: the last chunk whose row_start <= m with T > 0. */
+__device__ static inline uint32_t kd_find_chunk(const kvtc__dchunk *ch, uint32_t n, uint64_t m)
+{
+    uint32_t lo = 0, hi = n;
+    while (hi - lo > 1) {
+        uint32_t mid = (lo + hi) / 2;
+        if (ch[mid].row_start <= m)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    while (lo > 0 && (ch[lo].T == 0 || ch[lo].row_start > m))
+        lo--;
+    return lo;
+}
+
+struct kd_rowgeo {
+    uint32_t layers, kvh, hdim, dtype, rope_style, D, hd;
+};
+
+__device__ static inline void kd_pair(const kd_rowgeo &G, uint32_t p, uint32_t *layer,
+                                      uint32_t *off_a, uint32_t *off_b, uint32_t *i)
+{
+    uint32_t half = G.hdim / 2, v = p / half;
+    *i = p % half;
+    *layer = v / G.kvh;
+    uint32_t base = (v % G.kvh) * G.hdim;
+    *off_a = base + (G.rope_style == KVTC_ROPE_INTERLEAVED ? 2 * *i : *i);
+    *off_b = base + (G.rope_style == KVTC_ROPE_INTERLEAVED ? 2 * *i + 1 : *i + half);
+}
+
+template <typename RT>
+__global__ void k_rows_in(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int stream,
+                          const double *inv_freq, const float *mean, RT *rows, int32_t *status)
+{
+    __shared__ float cs[KVTC_MAX_HEAD_DIM / 2], sn[KVTC_MAX_HEAD_DIM / 2];
+    uint64_t m = blockIdx.x;
+    uint32_t c = kd_find_chunk(ch, nch, m);
+    const kvtc__dchunk C = ch[c];
+    uint32_t t = C.sinks + (uint32_t)(m - C.row_start);
+    size_t es = G.dtype == KVTC_DTYPE_FP32 ? 4 : G.dtype == KVTC_DTYPE_FP8_E4M3 ? 1 : 2;
+    RT *row = rows + m * G.D;
+    int bad = 0;
+    int rope = stream == 0 && G.rope_style != KVTC_ROPE_NONE;
+    if (rope) {
+        double pos = (double)C.first_pos + t;
+        for (uint32_t i = threadIdx.x; i < G.hdim / 2; i += blockDim.x) {
+            double s, co;
+            sincos(pos * inv_freq[i], &s, &co);
+            cs[i] = (float)co;
+            sn[i] = -(float)s; /* undo: rotate by -angle */
+        }
+        __syncthreads();
+        uint32_t npairs = G.layers * G.kvh * (G.hdim / 2);
+        for (uint32_t p = threadIdx.x; p < npairs; p += blockDim.x) {
+            uint32_t layer, a, b, i;
+            kd_pair(G, p, &layer, &a, &b, &i);
+            const uint8_t *src = C.data + (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd * es;
+            float x0 = kd_load(G.dtype, src, a), x1 = kd_load(G.dtype, src, b);
+            bad |= !isfinite(x0) || !isfinite(x1);
+            float y0 = x0 * cs[i] - x1 * sn[i], y1 = x0 * sn[i] + x1 * cs[i];
+            uint32_t ja = layer * G.hd + a, jb = layer * G.hd + b;
+            row[ja] = kd_to<RT>(y0 - mean[ja]);
+            row[jb] = kd_to<RT>(y1 - mean[jb]);
+        }
+    } else {
+        for (uint32_t j = threadIdx.x; j < G.D; j += blockDim.x) {
+            uint32_t layer = j / G.hd, r = j % G.hd;
+            const uint8_t *src = C.data + (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd * es;
+            float x = kd_load(G.dtype, src, r);
+            bad |= !isfinite(x);
+            row[j] = kd_to<RT>(x - mean[j]);
+        }
+    }
+    if (__syncthreads_or(bad) && threadIdx.x == 0)
+        status[c] = KVTC_EINVAL; /* NaN/inf KV cannot be coded faithfully */
+}
+
+template <typename RT>
+__global__ void k_rows_out(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int stream,
+                           const double *inv_freq, const float *mean, const RT *rows,
+                           const int32_t *status)
+{
+    __shared__ float cs[KVTC_MAX_HEAD_DIM / 2], sn[KVTC_MAX_HEAD_DIM / 2];
+    uint64_t m = blockIdx.x;
+    uint32_t c = kd_find_chunk(ch, nch, m);
+    if (status[c])
+        return;
+    const kvtc__dchunk C = ch[c];
+    uint32_t t = C.sinks + (uint32_t)(m - C.row_start);
+    size_t es = G.dtype == KVTC_DTYPE_FP32 ? 4 : G.dtype == KVTC_DTYPE_FP8_E4M3 ? 1 : 2;
+    const RT *row = rows + m * G.D;
+    uint8_t *out = (uint8_t *)C.data;
+    if (stream == 0 && G.rope_style != KVTC_ROPE_NONE) {
+        double pos = (double)C.first_pos + t;
+        for (uint32_t i = threadIdx.x; i < G.hdim / 2; i += blockDim.x) {
+            double s, co;
+            sincos(pos * inv_freq[i], &s, &co);
+            cs[i] = (float)co;
+            sn[i] = (float)s;
+        }
+        __syncthreads();
+        uint32_t npairs = G.layers * G.kvh * (G.hdim / 2);
+        for (uint32_t p = threadIdx.x; p < npairs; p += blockDim.x) {
+            uint32_t layer, a, b, i;
+            kd_pair(G, p, &layer, &a, &b, &i);
+            uint32_t ja = layer * G.hd + a, jb = layer * G.hd + b;
+            float x0 = kd_from(row[ja]) + mean[ja], x1 = kd_from(row[jb]) + mean[jb];
+            uint8_t *dst = out + (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd * es;
+            kd_store(G.dtype, dst, a, x0 * cs[i] - x1 * sn[i]);
+            kd_store(G.dtype, dst, b, x0 * sn[i] + x1 * cs[i]);
+        }
+    } else {
+        for (uint32_t j = threadIdx.x; j < G.D; j += blockDim.x) {
+            uint32_t layer = j / G.hd, r = j % G.hd;
+            uint8_t *dst = out + (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd * es;
+            kd_store(G.dtype, dst, r, kd_from(row[j]) + mean[j]);
+        }
+    }
+}
+
+static kd_rowgeo geo(const kvtc_gpu_codec *g)
+{
+    const kvtc_layout *l = &g->p->layout;
+    kd_rowgeo G = {l->layers, l->kv_heads, l->head_dim, l->dtype, l->rope_style, g->D, g->hd};
+    return G;
+}
+
+int kvtc__launch_rows_in(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                         uint32_t n_chunks, uint64_t M, void *rows, int32_t *status,
+                         cudaStream_t s)
+{
+    if (!M)
+        return 0;
+    if (g->params.gemm == KVTC_GPU_GEMM_FP16)
+        k_rows_in<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), stream,
+                                                             g->inv_freq, g->mean[stream],
+                                                             (__half *)rows, status);
+    else
+        k_rows_in<__nv_bfloat16><<<(unsigned)M, ROW_THREADS, 0, s>>>(
+            ch, n_chunks, geo(g), stream, g->inv_freq, g->mean[stream], (__nv_bfloat16 *)rows,
+            status);
+    return kvtc__cuda_err(cudaGetLastError(), "rows_in");
+}
+
+int kvtc__launch_rows_out(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                          uint32_t n_chunks, uint64_t M, const void *rows,
+                          const int32_t *status, cudaStream_t s)
+{
+    if (!M)
+        return 0;
+    if (g->params.gemm == KVTC_GPU_GEMM_FP16)
+        k_rows_out<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), stream,
+                                                              g->inv_freq, g->mean[stream],
+                                                              (const __half *)rows, status);
+    else
+        k_rows_out<__nv_bfloat16><<<(unsigned)M, ROW_THREADS, 0, s>>>(
+            ch, n_chunks, geo(g), stream, g->inv_freq, g->mean[stream],
+            (const __nv_bfloat16 *)rows, status);
+    return kvtc__cuda_err(cudaGetLastError(), "rows_out");
+}
+
+/* ---- quantization, as quant.c does per group and token ---- */
+
+/* Shift and scale of a group from its min/max (and, for fp8, the largest
+ * distance from the shift, which the caller computes after the shift). */
+__device__ static inline void kd_int_params(uint32_t bits, float mn, float mx, uint16_t *sh,
+                                            uint16_t *sc, float *shf, float *scf, float *inv)
+{
+    float levels = (float)((1u << bits) - 1);
+    *sh = kd_f32_to_f16(mn);
+    *shf = kd_f16_to_f32(*sh);
+    float range = __fsub_rn(mx, *shf);
+    *sc = range > 0 ? kd_f16_round_up(__fdiv_rn(range, levels)) : 0;
+    *scf = kd_f16_to_f32(*sc);
+    *inv = *scf > 0 ? __fdiv_rn(1.0f, *scf) : 0;
+}
+__device__ static inline uint16_t kd_fp8_shift(float mn, float mx)
+{
+    return kd_f32_to_f16(__fadd_rn(__fmul_rn(0.5f, mn), __fmul_rn(0.5f, mx)));
+}
+__device__ static inline void kd_fp8_scale(float amax, uint16_t *sc, float *scf, float *inv)
+{
+    *sc = kd_f16_round_up(__fdiv_rn(amax, 448.0f));
+    *scf = kd_f16_to_f32(*sc);
+    *inv = *scf > 0 ? __fdiv_rn(1.0f, *scf) : 0;
+}
+__device__ static inline uint8_t kd_code(const kvtc__dgroup &gr, float x, float shf, float scf,
+                                         float inv)
+{
+    if (gr.type == KVTC__Q_FP8)
+        return scf > 0 ? kd_f32_to_e4m3(__fmul_rn(__fsub_rn(x, shf), inv)) : 0;
+    float q = scf > 0 ? rintf(__fmul_rn(__fsub_rn(x, shf), inv)) : 0;
+    return (uint8_t)fminf(fmaxf(q, 0.0f), (float)((1u << gr.bits) - 1));
+}
+__device__ static inline float kd_clamp16(float v) { return fminf(fmaxf(v, -KVTC_F16_MAX), KVTC_F16_MAX); }
+
+/* Block per row: small groups a thread each, then large groups a warp each. */
+__global__ void k_quant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *groups,
+                        const uint32_t *small, uint32_t nsmall, const uint32_t *large,
+                        uint32_t nlarge, uint32_t ng, const float *coef, uint32_t kp,
+                        uint8_t *codes)
+{
+    uint64_t m = blockIdx.x;
+    uint32_t c = kd_find_chunk(ch, nch, m);
+    const kvtc__dchunk C = ch[c];
+    uint32_t t = (uint32_t)(m - C.row_start), lane = threadIdx.x & 31;
+    const float *x = coef + m * kp;
+    uint8_t *out = codes + m * kp;
+    uint16_t *sym16 = (uint16_t *)C.sym; /* sym regions are 16-byte aligned */
+    for (uint32_t k = threadIdx.x; k < nsmall; k += blockDim.x) {
+        uint32_t gi = small[k];
+        kvtc__dgroup gr = groups[gi];
+        float v[KVTC_GPU_SMALL_GROUP], mn = INFINITY, mx = -INFINITY;
+        for (uint32_t j = 0; j < gr.size; j++) {
+            v[j] = x[gr.start + j];
+            mn = fminf(mn, v[j]);
+            mx = fmaxf(mx, v[j]);
+        }
+        mn = kd_clamp16(mn);
+        mx = kd_clamp16(mx);
+        uint16_t sh, sc;
+        float shf, scf, inv;
+        if (gr.type == KVTC__Q_FP8) {
+            sh = kd_fp8_shift(mn, mx);
+            shf = kd_f16_to_f32(sh);
+            float amax = 0;
+            for (uint32_t j = 0; j < gr.size; j++)
+                amax = fmaxf(amax, fabsf(__fsub_rn(v[j], shf)));
+            kd_fp8_scale(amax, &sc, &scf, &inv);
+        } else {
+            kd_int_params(gr.bits, mn, mx, &sh, &sc, &shf, &scf, &inv);
+        }
+        for (uint32_t j = 0; j < gr.size; j++)
+            out[gr.start + j] = kd_code(gr, v[j], shf, scf, inv);
+        sym16[kvtc__shift_off(gi, C.T) / 2 + t] = sh;
+        sym16[kvtc__scale_off(ng, gi, C.T) / 2 + t] = sc;
+    }
+    for (uint32_t k = threadIdx.x / 32; k < nlarge; k += blockDim.x / 32) {
+        uint32_t gi = large[k];
+        kvtc__dgroup gr = groups[gi];
+        float mn = INFINITY, mx = -INFINITY;
+        for (uint32_t j = lane; j < gr.size; j += 32) {
+            float v = x[gr.start + j];
+            mn = fminf(mn, v);
+            mx = fmaxf(mx, v);
+        }
+        for (int o = 16; o; o >>= 1) {
+            mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        }
+        mn = kd_clamp16(mn);
+        mx = kd_clamp16(mx);
+        uint16_t sh, sc;
+        float shf, scf, inv;
+        if (gr.type == KVTC__Q_FP8) {
+            sh = kd_fp8_shift(mn, mx);
+            shf = kd_f16_to_f32(sh);
+            float amax = 0;
+            for (uint32_t j = lane; j < gr.size; j += 32)
+                amax = fmaxf(amax, fabsf(__fsub_rn(x[gr.start + j], shf)));
+            for (int o = 16; o; o >>= 1)
+                amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+            kd_fp8_scale(amax, &sc, &scf, &inv);
+        } else {
+            kd_int_params(gr.bits, mn, mx, &sh, &sc, &shf, &scf, &inv);
+        }
+        for (uint32_t j = lane; j < gr.size; j += 32)
+            out[gr.start + j] = kd_code(gr, x[gr.start + j], shf, scf, inv);
+        if (lane == 0) {
+            sym16[kvtc__shift_off(gi, C.T) / 2 + t] = sh;
+            sym16[kvtc__scale_off(ng, gi, C.T) / 2 + t] = sc;
+        }
+    }
+}
+
+int kvtc__launch_quant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                       uint32_t n_chunks, uint64_t M, const float *coef, uint8_t *codes,
+                       cudaStream_t s)
+{
+    if (!M || g->g1[stream] == g->g0[stream])
+        return 0;
+    k_quant<<<(unsigned)M, ROW_THREADS, 0, s>>>(
+        ch, n_chunks, g->groups, g->glist + g->small0[stream], g->nsmall[stream],
+        g->glist + g->large0[stream], g->nlarge[stream], g->plan->n_groups, coef, g->kp[stream],
+        codes);
+    return kvtc__cuda_err(cudaGetLastError(), "quant");
+}
+
+/* Block per (chunk, slice of the stream's groups); each code byte is
+ * written once, whole, by one thread, so no two threads share a byte. */
+#define PACK_GROUPS 16
+__global__ void k_pack(const kvtc__dchunk *ch, const kvtc__dgroup *groups, uint32_t g0,
+                       uint32_t g1, const uint8_t *codes, uint32_t kp)
+{
+    const kvtc__dchunk C = ch[blockIdx.y];
+    if (C.T == 0)
+        return;
+    for (uint32_t gi = g0 + blockIdx.x * PACK_GROUPS; gi < g1 && gi < g0 + (blockIdx.x + 1) * PACK_GROUPS;
+         gi++) {
+        kvtc__dgroup gr = groups[gi];
+        uint64_t n_el = (uint64_t)C.T * gr.size, nbytes = (n_el * gr.bits + 7) / 8;
+        uint8_t *out = C.sym + C.code_off[gi];
+        uint32_t per = 8 / gr.bits;
+        for (uint64_t b = threadIdx.x; b < nbytes; b += blockDim.x) {
+            uint32_t v = 0;
+            for (uint32_t k = 0; k < per; k++) {
+                uint64_t e = b * per + k;
+                if (e >= n_el)
+                    break;
+                uint64_t t = e / gr.size, j = e - t * gr.size;
+                v |= (uint32_t)codes[(C.row_start + t) * kp + gr.start + j] << (gr.bits * k);
+            }
+            out[b] = (uint8_t)v;
+        }
+    }
+}
+
+int kvtc__launch_pack(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                      uint32_t n_chunks, const uint8_t *codes, cudaStream_t s)
+{
+    uint32_t ngs = g->g1[stream] - g->g0[stream];
+    if (!ngs || !n_chunks)
+        return 0;
+    dim3 grid((ngs + PACK_GROUPS - 1) / PACK_GROUPS, n_chunks);
+    k_pack<<<grid, ROW_THREADS, 0, s>>>(ch, g->groups, g->g0[stream], g->g1[stream], codes,
+                                        g->kp[stream]);
+    return kvtc__cuda_err(cudaGetLastError(), "pack");
+}
+
+/* ---- dequantization: block per row; small groups a thread, large a warp ---- */
+
+template <typename RT>
+__device__ static inline int kd_dequant_el(const kvtc__dgroup &gr, const uint8_t *in, uint32_t t,
+                                           uint32_t j, float shf, float scf, RT *x)
+{
+    uint64_t bit = ((uint64_t)t * gr.size + j) * gr.bits;
+    uint32_t q = (in[bit / 8] >> (bit % 8)) & ((1u << gr.bits) - 1);
+    float v;
+    int bad = 0;
+    if (gr.type == KVTC__Q_FP8) {
+        bad = (q & 0x7f) == 0x7f;
+        v = shf + kd_e4m3_to_f32((uint8_t)q) * scf;
+    } else {
+        v = shf + (float)q * scf;
+    }
+    x[gr.start + j] = kd_to<RT>(v);
+    return bad;
+}
+
+template <typename RT>
+__global__ void k_dequant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *groups,
+                          const uint32_t *small, uint32_t nsmall, const uint32_t *large,
+                          uint32_t nlarge, uint32_t ng, RT *coef, uint32_t kp, int32_t *status)
+{
+    uint64_t m = blockIdx.x;
+    uint32_t c = kd_find_chunk(ch, nch, m);
+    const kvtc__dchunk C = ch[c];
+    uint32_t t = (uint32_t)(m - C.row_start), lane = threadIdx.x & 31;
+    RT *x = coef + m * kp;
+    for (uint32_t j = threadIdx.x; j < kp; j += blockDim.x)
+        x[j] = kd_to<RT>(0.0f); /* dropped components */
+    __syncthreads();
+    int bad = 0;
+    const uint16_t *sym16 = (const uint16_t *)C.sym;
+    for (uint32_t k = threadIdx.x; k < nsmall; k += blockDim.x) {
+        uint32_t gi = small[k];
+        kvtc__dgroup gr = groups[gi];
+        uint16_t sh = sym16[kvtc__shift_off(gi, C.T) / 2 + t];
+        uint16_t sc = sym16[kvtc__scale_off(ng, gi, C.T) / 2 + t];
+        if ((sh & 0x7c00u) == 0x7c00u || (sc & 0x7c00u) == 0x7c00u) {
+            bad = 1;
+            continue;
+        }
+        float shf = kd_f16_to_f32(sh), scf = kd_f16_to_f32(sc);
+        for (uint32_t j = 0; j < gr.size; j++)
+            bad |= kd_dequant_el(gr, C.sym + C.code_off[gi], t, j, shf, scf, x);
+    }
+    for (uint32_t k = threadIdx.x / 32; k < nlarge; k += blockDim.x / 32) {
+        uint32_t gi = large[k];
+        kvtc__dgroup gr = groups[gi];
+        uint16_t sh = sym16[kvtc__shift_off(gi, C.T) / 2 + t];
+        uint16_t sc = sym16[kvtc__scale_off(ng, gi, C.T) / 2 + t];
+        if ((sh & 0x7c00u) == 0x7c00u || (sc & 0x7c00u) == 0x7c00u) {
+            bad = 1;
+            continue;
+        }
+        float shf = kd_f16_to_f32(sh), scf = kd_f16_to_f32(sc);
+        for (uint32_t j = lane; j < gr.size; j += 32)
+            bad |= kd_dequant_el(gr, C.sym + C.code_off[gi], t, j, shf, scf, x);
+    }
+    if (__syncthreads_or(bad) && threadIdx.x == 0)
+        atomicCAS((int *)&status[c], 0, KVTC_ECORRUPT);
+}
+
+int kvtc__launch_dequant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                         uint32_t n_chunks, uint64_t M, void *coef, int32_t *status,
+                         cudaStream_t s)
+{
+    if (!M || !g->kp[stream])
+        return 0;
+    const uint32_t *sm = g->glist + g->small0[stream], *lg = g->glist + g->large0[stream];
+    if (g->params.gemm == KVTC_GPU_GEMM_FP16)
+        k_dequant<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(
+            ch, n_chunks, g->groups, sm, g->nsmall[stream], lg, g->nlarge[stream],
+            g->plan->n_groups, (__half *)coef, g->kp[stream], status);
+    else
+        k_dequant<__nv_bfloat16><<<(unsigned)M, ROW_THREADS, 0, s>>>(
+            ch, n_chunks, g->groups, sm, g->nsmall[stream], lg, g->nlarge[stream],
+            g->plan->n_groups, (__nv_bfloat16 *)coef, g->kp[stream], status);
+    return kvtc__cuda_err(cudaGetLastError(), "dequant");
+}
+
+/* ---- projections: cuBLAS, fp32 accumulation ---- */
+
+static cudaDataType in_type(const kvtc_gpu_codec *g)
+{
+    return g->params.gemm == KVTC_GPU_GEMM_FP16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
+int kvtc__gemm_encode(kvtc_gpu_codec *g, int stream, uint64_t M, const void *rows, float *coef,
+                      cudaStream_t s)
+{
+    /* Column-major view: coef^T[kp x M] = basis^T[kp x D] * rows^T[D x M]. */
+    uint32_t kp = g->kp[stream];
+    if (!M || !kp)
+        return 0;
+    const float one = 1.0f, zero = 0.0f;
+    cublasSetStream(g->blas, s);
+    cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)kp, (int)M, (int)g->D,
+                                     &one, g->basis[stream], in_type(g), (int)kp, rows, in_type(g),
+                                     (int)g->D, &zero, coef, CUDA_R_32F, (int)kp,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    return st == CUBLAS_STATUS_SUCCESS ? 0 : KVTC_EIO;
+}
+
+int kvtc__gemm_decode(kvtc_gpu_codec *g, int stream, uint64_t M, const void *coef, void *rows,
+                      cudaStream_t s)
+{
+    /* rows^T[D x M] = basis[D x kp] * coef^T[kp x M]. With kp == 0 the rows
+     * are the means: zero them. */
+    uint32_t kp = g->kp[stream];
+    if (!M)
+        return 0;
+    if (!kp)
+        return kvtc__cuda_err(cudaMemsetAsync(rows, 0, M * g->D * 2, s), "memset");
+    const float one = 1.0f, zero = 0.0f;
+    cublasSetStream(g->blas, s);
+    cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)g->D, (int)M, (int)kp,
+                                     &one, g->basis[stream], in_type(g), (int)kp, coef, in_type(g),
+                                     (int)kp, &zero, rows, in_type(g), (int)g->D,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    return st == CUBLAS_STATUS_SUCCESS ? 0 : KVTC_EIO;
+}

@@ -1,0 +1,398 @@
+/* The codec on the GPU against the CPU codec: each reads what the other
+ * writes (GPU encode -> CPU decode, CPU encode -> GPU decode, GPU -> GPU),
+ * within the CPU reference's own error, on synthetic layouts and on real
+ * stories260K KV; odd sizes, thousands of chunks per batch, poisoned
+ * outputs, corrupt containers, non-finite KV, nvCOMP pieces as plain raw
+ * DEFLATE. Every test skips when no GPU is present. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "gpu_test_util.h"
+#include "llama_model.h"
+#include "test_util.h"
+
+#define MAX_N 4096
+
+struct batch {
+    uint32_t n;
+    kvtc_chunk c[MAX_N];
+    uint8_t *cpu[MAX_N], *gpu[MAX_N];
+    size_t cpu_len[MAX_N], gpu_len[MAX_N];
+    void *cpu_rec[MAX_N];
+};
+
+static void batch_free(struct batch *b)
+{
+    for (uint32_t i = 0; i < b->n; i++) {
+        free((void *)b->c[i].data);
+        free(b->cpu[i]);
+        free(b->gpu[i]);
+        free(b->cpu_rec[i]);
+    }
+}
+
+/* CPU encode + decode of every chunk: the reference. */
+static void cpu_ref(const kvtc_profile *p, uint32_t plan, struct batch *b)
+{
+    kvtc_encoder *enc = NULL;
+    kvtc_decoder *dec = NULL;
+    cr_assert_eq(kvtc_encoder_create(p, plan, KVTC_STAGE_DEFLATE, 0, &enc), 0);
+    cr_assert_eq(kvtc_decoder_create(p, &dec), 0);
+    const kvtc_layout *l = kvtc_profile_layout(p);
+    for (uint32_t i = 0; i < b->n; i++) {
+        size_t cap = kvtc_encode_bound(enc, b->c[i].n_tokens);
+        b->cpu[i] = malloc(cap);
+        cr_assert_eq(kvtc_encode(enc, &b->c[i], b->cpu[i], cap, &b->cpu_len[i]), 0);
+        size_t rb = kvtc_chunk_bytes(l, b->c[i].n_tokens);
+        b->cpu_rec[i] = malloc(rb);
+        cr_assert_eq(kvtc_decode(dec, b->cpu[i], b->cpu_len[i], b->cpu_rec[i], rb, NULL), 0);
+    }
+    kvtc_encoder_free(enc);
+    kvtc_decoder_free(dec);
+}
+
+static size_t count_poison(const kvtc_layout *l, const void *a, uint32_t n)
+{
+    size_t bytes = kvtc_chunk_bytes(l, n), es = kvtc_dtype_size(l->dtype), hits = 0;
+    const uint8_t *p = a;
+    for (size_t i = 0; i + es <= bytes; i += es) {
+        size_t k = 0;
+        while (k < es && p[i + k] == 0xA5)
+            k++;
+        hits += k == es;
+    }
+    return hits;
+}
+
+/* err <= 1.3 x the CPU's own error, plus a floor for 16-bit rounding. */
+static void assert_close(const kvtc_layout *l, const void *orig, const void *cpu_rec,
+                         const void *got, uint32_t n, const char *what, uint32_t i)
+{
+    double ref = gt_mse(l, orig, cpu_rec, n), err = gt_mse(l, orig, got, n);
+    double energy = gt_energy(l, orig, n);
+    cr_assert(err <= 1.3 * ref + 2e-5 * energy + 1e-12,
+              "%s chunk %u: mse %.3g vs CPU reference %.3g (energy %.3g)", what, i, err, ref,
+              energy);
+    /* 16-bit formats can hold the poison pattern as a real value (fp16
+     * 0xA5A5 = -0.0226): an unwritten output shows as whole tokens or slabs,
+     * far above a per-mille of coincidences. */
+    size_t elems = kvtc_chunk_bytes(l, n) / kvtc_dtype_size(l->dtype);
+    cr_assert(count_poison(l, got, n) * 1000 <= elems, "%s chunk %u: unwritten elements", what, i);
+}
+
+static void cross_check(const kvtc_profile *p, uint32_t plan, struct batch *b, uint32_t gemm)
+{
+    const kvtc_layout *l = kvtc_profile_layout(p);
+    kvtc_gpu_params prm = {gemm, plan == 0 ? 1 : 0, 0, 0}; /* both nvCOMP modes */
+    kvtc_gpu_codec *g = NULL;
+    cr_assert_eq(kvtc_gpu_codec_create(p, plan, &prm, &g), 0);
+    cpu_ref(p, plan, b);
+    int32_t *st = calloc(b->n, 4);
+    void **rec = calloc(b->n, sizeof *rec);
+    gt_gpu_encode(g, l, b->c, b->n, b->gpu, b->gpu_len, st);
+    kvtc_decoder *dec = NULL;
+    cr_assert_eq(kvtc_decoder_create(p, &dec), 0);
+    size_t gsum = 0, csum = 0;
+    for (uint32_t i = 0; i < b->n; i++) {
+        cr_assert_eq(st[i], 0, "GPU encode status %d chunk %u", st[i], i);
+        kvtc_container_info info;
+        cr_assert_eq(kvtc_inspect(b->gpu[i], b->gpu_len[i], &info), 0, "CPU rejects GPU chunk %u", i);
+        cr_assert_eq(info.n_tokens, b->c[i].n_tokens);
+        size_t rb = kvtc_chunk_bytes(l, b->c[i].n_tokens);
+        void *out = malloc(rb);
+        memset(out, 0xA5, rb);
+        cr_assert_eq(kvtc_decode(dec, b->gpu[i], b->gpu_len[i], out, rb, NULL), 0);
+        assert_close(l, b->c[i].data, b->cpu_rec[i], out, b->c[i].n_tokens, "GPU enc -> CPU dec", i);
+        free(out);
+        gsum += b->gpu_len[i];
+        csum += b->cpu_len[i];
+    }
+    cr_log_info("plan %u: GPU containers %zu bytes, CPU (libdeflate 6) %zu bytes", plan, gsum, csum);
+    /* CPU containers -> GPU decode. */
+    gt_gpu_decode(g, l, b->c, b->n, b->cpu, b->cpu_len, rec, st);
+    for (uint32_t i = 0; i < b->n; i++) {
+        cr_assert_eq(st[i], 0, "GPU decode of CPU chunk %u: status %d", i, st[i]);
+        assert_close(l, b->c[i].data, b->cpu_rec[i], rec[i], b->c[i].n_tokens, "CPU enc -> GPU dec", i);
+        free(rec[i]);
+    }
+    gt_gpu_decode(g, l, b->c, b->n, b->gpu, b->gpu_len, rec, st);
+    for (uint32_t i = 0; i < b->n; i++) {
+        cr_assert_eq(st[i], 0, "GPU decode of GPU chunk %u: status %d", i, st[i]);
+        assert_close(l, b->c[i].data, b->cpu_rec[i], rec[i], b->c[i].n_tokens, "GPU enc -> GPU dec", i);
+        free(rec[i]);
+    }
+    kvtc_decoder_free(dec);
+    kvtc_gpu_codec_free(g);
+    free(st);
+    free(rec);
+}
+
+static void odd_batch(const kvtc_layout *l, struct batch *b, uint64_t seed)
+{
+    /* whole chunks, a partial one, one token, all-sink, a long one */
+    uint32_t toks[] = {64, 64, 17, 1, 3, 1, 700};
+    uint32_t pos[] = {0, 64, 128, 300, 1, 0, 1000};
+    b->n = sizeof toks / sizeof toks[0];
+    for (uint32_t i = 0; i < b->n; i++)
+        b->c[i] = (kvtc_chunk){gt_chunk(l, toks[i], pos[i], seed + i), toks[i], pos[i], 0};
+}
+
+Test(gpu_codec, cross_paths_synthetic_layouts)
+{
+    GPU_OR_SKIP();
+    kvtc_layout ls[] = {gt_layout(4, 2, 32, KVTC_DTYPE_BF16, KVTC_ROPE_HALF_SPLIT),
+                        gt_layout(3, 1, 16, KVTC_DTYPE_FP16, KVTC_ROPE_INTERLEAVED),
+                        gt_layout(2, 3, 6, KVTC_DTYPE_FP32, KVTC_ROPE_NONE)};
+    for (size_t li = 0; li < sizeof ls / sizeof ls[0]; li++) {
+        kvtc_profile *p = gt_profile(&ls[li], 1024, 1);
+        for (uint32_t plan = 0; plan < kvtc_profile_plan_count(p); plan++) {
+            static struct batch b;
+            memset(&b, 0, sizeof b);
+            odd_batch(&ls[li], &b, 1000 + plan);
+            cross_check(p, plan, &b, plan == 1 ? KVTC_GPU_GEMM_FP16 : KVTC_GPU_GEMM_BF16);
+            batch_free(&b);
+        }
+        kvtc_profile_free(p);
+    }
+}
+
+Test(gpu_codec, cross_paths_real_stories260K_kv)
+{
+    GPU_OR_SKIP();
+    const char *path = kvtc_test_shared_path("models/stories260K.bin");
+    if (!path)
+        cr_skip_test("stories260K.bin not found under KVTC_SHARED");
+    kvtc_llama *m = NULL;
+    kvtc_llama_state *s = NULL;
+    cr_assert_eq(kvtc_llama_load(path, &m), 0);
+    cr_assert_eq(kvtc_llama_state_create(m, &s), 0);
+    kvtc_layout l;
+    kvtc_llama_layout(m, 64, &l);
+    uint32_t n = 256;
+    int32_t tok[257];
+    kvtc_calibrator *cal = NULL;
+    cr_assert_eq(kvtc_calibrator_create(&l, NULL, &cal), 0);
+    for (uint64_t seed = 1; seed <= 3; seed++) { /* calibrate on three sequences */
+        cr_assert_eq(kvtc_llama_sample(s, seed, n + 1, tok), 0);
+        float *kv = malloc(kvtc_llama_kv_floats(m, n) * sizeof(float));
+        cr_assert_eq(kvtc_llama_export_kv(s, 0, n, kv), 0);
+        cr_assert_eq(kvtc_calibrator_add(cal, kv, n, 0), 0);
+        free(kv);
+    }
+    float targets[] = {4, 8, 16};
+    kvtc_profile *p = NULL;
+    cr_assert_eq(kvtc_calibrator_finish(cal, targets, 3, &p), 0);
+    kvtc_calibrator_free(cal);
+    cr_assert_eq(kvtc_llama_sample(s, 77, n + 1, tok), 0); /* evaluate on another */
+    for (uint32_t plan = 0; plan < 3; plan++) {
+        static struct batch b;
+        memset(&b, 0, sizeof b);
+        uint32_t cuts[] = {0, 64, 128, 200, 255, 256};
+        b.n = 5;
+        for (uint32_t i = 0; i < b.n; i++) {
+            uint32_t t = cuts[i + 1] - cuts[i];
+            float *kv = malloc(kvtc_llama_kv_floats(m, t) * sizeof(float));
+            cr_assert_eq(kvtc_llama_export_kv(s, cuts[i], t, kv), 0);
+            b.c[i] = (kvtc_chunk){kv, t, cuts[i], 0};
+        }
+        cross_check(p, plan, &b, KVTC_GPU_GEMM_BF16);
+        batch_free(&b);
+    }
+    kvtc_profile_free(p);
+    kvtc_llama_state_free(s);
+    kvtc_llama_free(m);
+}
+
+Test(gpu_codec, thousands_of_chunks_per_batch)
+{
+    GPU_OR_SKIP();
+    kvtc_layout l = gt_layout(2, 2, 16, KVTC_DTYPE_BF16, KVTC_ROPE_HALF_SPLIT);
+    kvtc_profile *p = gt_profile(&l, 512, 5);
+    static struct batch b;
+    memset(&b, 0, sizeof b);
+    b.n = 3000;
+    uint64_t r = 42;
+    for (uint32_t i = 0; i < b.n; i++) {
+        r = r * 6364136223846793005ull + 1;
+        uint32_t t = 1 + (uint32_t)(r >> 60), pos = (uint32_t)(r >> 40) % 5000;
+        b.c[i] = (kvtc_chunk){gt_chunk(&l, t, pos, i), t, pos, i % 97 == 0 ? KVTC_CHUNK_RAW : 0};
+    }
+    cross_check(p, 2, &b, KVTC_GPU_GEMM_BF16);
+    batch_free(&b);
+    kvtc_profile_free(p);
+}
+
+Test(gpu_codec, raw_containers_are_byte_identical_to_cpu)
+{
+    GPU_OR_SKIP();
+    kvtc_layout l = gt_layout(3, 2, 8, KVTC_DTYPE_BF16, KVTC_ROPE_INTERLEAVED);
+    kvtc_profile *p = gt_profile(&l, 256, 9);
+    static struct batch b;
+    memset(&b, 0, sizeof b);
+    b.n = 3;
+    uint32_t toks[] = {5, 64, 1};
+    for (uint32_t i = 0; i < b.n; i++)
+        b.c[i] = (kvtc_chunk){gt_chunk(&l, toks[i], 10 * i, i), toks[i], 10 * i, KVTC_CHUNK_RAW};
+    cpu_ref(p, 0, &b);
+    kvtc_gpu_codec *g = NULL;
+    cr_assert_eq(kvtc_gpu_codec_create(p, 0, NULL, &g), 0);
+    int32_t st[3];
+    gt_gpu_encode(g, &l, b.c, b.n, b.gpu, b.gpu_len, st);
+    for (uint32_t i = 0; i < b.n; i++) {
+        cr_assert_eq(st[i], 0);
+        cr_assert_eq(b.gpu_len[i], b.cpu_len[i]);
+        cr_assert_eq(memcmp(b.gpu[i], b.cpu[i], b.cpu_len[i]), 0, "raw container %u differs", i);
+    }
+    kvtc_gpu_codec_free(g);
+    batch_free(&b);
+    kvtc_profile_free(p);
+}
+
+Test(gpu_codec, nvcomp_pieces_are_plain_raw_deflate)
+{
+    GPU_OR_SKIP();
+    kvtc_layout l = gt_layout(8, 4, 32, KVTC_DTYPE_BF16, KVTC_ROPE_HALF_SPLIT);
+    kvtc_profile *p = gt_profile(&l, 512, 3);
+    static struct batch b;
+    memset(&b, 0, sizeof b);
+    b.n = 1;
+    b.c[0] = (kvtc_chunk){gt_chunk(&l, 1000, 4096, 8), 1000, 4096, 0};
+    kvtc_gpu_codec *g = NULL;
+    cr_assert_eq(kvtc_gpu_codec_create(p, 0, NULL, &g), 0);
+    int32_t st[1];
+    gt_gpu_encode(g, &l, b.c, 1, b.gpu, b.gpu_len, st);
+    cr_assert_eq(st[0], 0);
+    kvtc_container_info info;
+    cr_assert_eq(kvtc_inspect(b.gpu[0], b.gpu_len[0], &info), 0);
+    cr_assert_gt(info.pieces, 1, "want several pieces, got %u", info.pieces);
+    const uint8_t *h = b.gpu[0];
+    uint64_t raw = 0, sym = 0;
+    memcpy(&raw, h + 88, 8);
+    memcpy(&sym, h + 112, 8);
+    const uint8_t *table = h + 152 + raw, *payload = table + 4 * info.pieces;
+    uint8_t *out = malloc(KVTC_PIECE_MAX);
+    size_t off = 0;
+    for (uint32_t i = 0; i < info.pieces; i++) {
+        uint32_t c;
+        memcpy(&c, table + 4 * i, 4);
+        z_stream z;
+        memset(&z, 0, sizeof z);
+        cr_assert_eq(inflateInit2(&z, -15), Z_OK);
+        z.next_in = (Bytef *)(payload + off);
+        z.avail_in = c;
+        z.next_out = out;
+        z.avail_out = KVTC_PIECE_MAX;
+        cr_assert_eq(inflate(&z, Z_FINISH), Z_STREAM_END, "zlib rejects GPU piece %u", i);
+        size_t want = i + 1 < info.pieces ? KVTC_PIECE_MAX : sym - (size_t)i * KVTC_PIECE_MAX;
+        cr_assert_eq(z.total_out, want);
+        inflateEnd(&z);
+        off += c;
+    }
+    free(out);
+    kvtc_gpu_codec_free(g);
+    batch_free(&b);
+    kvtc_profile_free(p);
+}
+
+static void flip(uint8_t *p, size_t at) { p[at] ^= 0x10; }
+
+Test(gpu_codec, corrupt_containers_rejected_others_decoded)
+{
+    GPU_OR_SKIP();
+    kvtc_layout l = gt_layout(4, 2, 16, KVTC_DTYPE_BF16, KVTC_ROPE_HALF_SPLIT);
+    kvtc_profile *p = gt_profile(&l, 512, 4);
+    kvtc_gpu_codec *g = NULL, *g2 = NULL;
+    cr_assert_eq(kvtc_gpu_codec_create(p, 1, NULL, &g), 0);
+    cr_assert_eq(kvtc_gpu_codec_create(p, 2, NULL, &g2), 0);
+    static struct batch b;
+    memset(&b, 0, sizeof b);
+    b.n = 12;
+    for (uint32_t i = 0; i < b.n; i++)
+        b.c[i] = (kvtc_chunk){gt_chunk(&l, 300, 256 * i, i), 300, 256 * i, 0};
+    cpu_ref(p, 1, &b);
+    int32_t st[12];
+    gt_gpu_encode(g, &l, b.c, b.n, b.gpu, b.gpu_len, st);
+    /* damage chunks 1..10 in different ways, leave 0 and 11 sound */
+    flip(b.gpu[1], 30);                                   /* header field */
+    flip(b.gpu[2], 4);                                    /* version */
+    flip(b.gpu[3], 152 + 2);                              /* table (no sinks at pos 768) */
+    flip(b.gpu[4], b.gpu_len[4] - 7);                     /* payload */
+    b.gpu_len[5] -= 1;                                    /* truncated */
+    b.gpu[6] = realloc(b.gpu[6], b.gpu_len[6] + 1);
+    b.gpu[6][b.gpu_len[6]++] = 0;                         /* trailing byte */
+    flip(b.gpu[7], b.gpu_len[7] - 8 * 2);                 /* payload, near the end */
+    b.c[8].n_tokens = 299;                                /* not what the store expects */
+    free(b.gpu[9]);                                       /* a zstd container */
+    {
+        kvtc_encoder *enc = NULL;
+        cr_assert_eq(kvtc_encoder_create(p, 1, KVTC_STAGE_ZSTD, 0, &enc), 0);
+        size_t cap = kvtc_encode_bound(enc, 300);
+        b.gpu[9] = malloc(cap);
+        cr_assert_eq(kvtc_encode(enc, &b.c[9], b.gpu[9], cap, &b.gpu_len[9]), 0);
+        kvtc_encoder_free(enc);
+    }
+    free(b.gpu[10]);                                      /* another plan */
+    b.gpu[10] = b.cpu[10];
+    b.gpu_len[10] = b.cpu_len[10];
+    b.cpu[10] = NULL;
+    void *rec[12];
+    gt_gpu_decode(g2, &l, b.c, 11, b.gpu + 0, b.gpu_len, rec, st); /* plan 2 ctx: all EPROFILE */
+    for (uint32_t i = 0; i < 11; i++) {
+        cr_assert_neq(st[i], 0, "chunk %u accepted by a context of another plan", i);
+        free(rec[i]);
+    }
+    b.c[8].n_tokens = 299;
+    /* chunk 10 is a plan-1 CPU container: sound for g; make it a plan-2 one */
+    {
+        kvtc_encoder *enc = NULL;
+        cr_assert_eq(kvtc_encoder_create(p, 2, KVTC_STAGE_DEFLATE, 0, &enc), 0);
+        size_t cap = kvtc_encode_bound(enc, 300);
+        free(b.gpu[10]);
+        b.gpu[10] = malloc(cap);
+        cr_assert_eq(kvtc_encode(enc, &b.c[10], b.gpu[10], cap, &b.gpu_len[10]), 0);
+        kvtc_encoder_free(enc);
+    }
+    gt_gpu_decode(g, &l, b.c, b.n, b.gpu, b.gpu_len, rec, st);
+    int want[12] = {0, KVTC_ECORRUPT, KVTC_EVERSION, KVTC_ECORRUPT, KVTC_ECORRUPT,
+                    KVTC_ECORRUPT, KVTC_ECORRUPT, KVTC_ECORRUPT, KVTC_ECORRUPT, KVTC_ENOTSUP,
+                    KVTC_EPROFILE, 0};
+    for (uint32_t i = 0; i < b.n; i++) {
+        cr_assert_eq(st[i], want[i], "chunk %u: status %d, want %d", i, st[i], want[i]);
+        if (!want[i])
+            assert_close(&l, b.c[i].data, b.cpu_rec[i], rec[i], 300, "sound neighbour", i);
+        free(rec[i]);
+    }
+    b.c[8].n_tokens = 300;
+    kvtc_gpu_codec_free(g);
+    kvtc_gpu_codec_free(g2);
+    batch_free(&b);
+    kvtc_profile_free(p);
+}
+
+Test(gpu_codec, nonfinite_kv_rejected_per_chunk)
+{
+    GPU_OR_SKIP();
+    kvtc_layout l = gt_layout(2, 2, 16, KVTC_DTYPE_BF16, KVTC_ROPE_HALF_SPLIT);
+    kvtc_profile *p = gt_profile(&l, 256, 6);
+    kvtc_gpu_codec *g = NULL;
+    cr_assert_eq(kvtc_gpu_codec_create(p, 0, NULL, &g), 0);
+    static struct batch b;
+    memset(&b, 0, sizeof b);
+    b.n = 3;
+    for (uint32_t i = 0; i < 3; i++)
+        b.c[i] = (kvtc_chunk){gt_chunk(&l, 40, 100 * i + 10, i), 40, 100 * i + 10, 0};
+    uint16_t *bad = (uint16_t *)b.c[1].data;
+    bad[kvtc_chunk_bytes(&l, 40) / 2 - 3] = 0x7fc0; /* a NaN in the last value slab */
+    int32_t st[3];
+    gt_gpu_encode(g, &l, b.c, 3, b.gpu, b.gpu_len, st);
+    cr_assert_eq(st[0], 0);
+    cr_assert_eq(st[1], KVTC_EINVAL);
+    cr_assert_eq(b.gpu_len[1], 0);
+    cr_assert_eq(st[2], 0);
+    cr_assert_eq(kvtc_inspect(b.gpu[2], b.gpu_len[2], NULL), 0);
+    kvtc_gpu_codec_free(g);
+    batch_free(&b);
+    kvtc_profile_free(p);
+}
