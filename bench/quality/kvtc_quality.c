@@ -29,10 +29,17 @@ static const float SWEEP_TARGETS[] = {1.25f, 1.5f, 2, 2.5f, 3, 3.5f, 4, 5, 6, 8,
 #define N_MAIN (sizeof MAIN_TARGETS / sizeof MAIN_TARGETS[0])
 #define N_SWEEP (sizeof SWEEP_TARGETS / sizeof SWEEP_TARGETS[0])
 
+/* kvtc as is, and the two harness-side weighting experiments */
+enum variant { V_PLAIN = 0, V_LNORM = 1, V_SENS = 2, N_VARIANTS = 3 };
+static const char *const VARIANT_NAME[N_VARIANTS] = {"kvtc", "kvtc-lnorm", "kvtc-sens"};
+#define SENS_SEQS 8        /* calibration sequences the sensitivity probe uses */
+#define SENS_NOISE 0.01    /* probe noise power, relative to the slab's power */
+
 struct opts {
     const char *model, *out;
     float target; /* 0: none given */
-    int json, sweep, norm;
+    int json, sweep;
+    unsigned variants; /* bit v: run kvtc variant v (enum variant) */
     uint32_t calib_seqs, eval_seqs, prefix, score, chunk;
     uint32_t dtype;
 };
@@ -66,7 +73,7 @@ struct bench {
     uint64_t base_positions;
     /* scratch */
     double *lp;
-    float lscale[2 * KVTC_MAX_LAYERS]; /* --norm: per (layer, k|v) */
+    float lscale[N_VARIANTS][2 * KVTC_MAX_LAYERS]; /* per (layer, k|v) */
     float *f32a, *f32b, *f32c, *rec;
     void *dt_in, *dt_out, *cbuf;
     size_t cbuf_cap;
@@ -89,14 +96,19 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: kvtc-quality --model PATH [--target R] [--json] [--calib-seqs N]\n"
             "                    [--eval-seqs N] [--prefix N] [--score N] [--chunk N]\n"
-            "                    [--dtype bf16|fp32] [--sweep|--no-sweep] [--norm] [--out FILE]\n"
+            "                    [--dtype bf16|fp32] [--sweep|--no-sweep] [--norm] [--sens]\n"
+            "                    [--out FILE]\n"
             "  Calibrates kvtc on KV of sequences sampled from the model (seeds 1..N),\n"
             "  restores the first --prefix tokens of other sampled sequences from each\n"
             "  method's reconstruction and scores the next --score tokens against the\n"
             "  uncompressed run. Without --target: kvtc at 4,8,16,32,64x, the baselines,\n"
             "  and a finer sweep for the highest ratio within 1%% perplexity change.\n"
-            "  --norm adds kvtc-lnorm rows: an experiment scaling each layer's K and V\n"
-            "  to unit RMS around the codec (scales from calibration, harness side).\n");
+            "  Experiments (harness-side scaling of each layer's K and V around the\n"
+            "  codec, scales from the calibration set only):\n"
+            "  --norm adds kvtc-lnorm rows: each layer's K and V at unit RMS;\n"
+            "  --sens adds kvtc-sens rows: scaled by the square root of the model's\n"
+            "  measured sensitivity (KL per unit of noise power), so the planner's\n"
+            "  squared error approximates the damage done to the predictions.\n");
 }
 
 /* Tokens [from, from+cnt) of a canonical chunk of n tokens, in both directions. */
@@ -116,12 +128,13 @@ static void unslice(const float *src, uint32_t n, uint32_t from, uint32_t cnt, f
                (size_t)cnt * tok_width * sizeof(float));
 }
 
-/* --norm: chunk slabs times (inverse: divided by) their layer scales. */
-static void apply_scales(const struct bench *b, float *chunk, uint32_t n, int inverse)
+/* Experiments: chunk slabs times (inverse: divided by) a variant's scales. */
+static void apply_scales(const struct bench *b, int variant, float *chunk, uint32_t n,
+                         int inverse)
 {
     size_t w = b->c->kv_dim;
     for (size_t sl = 0; sl < 2 * (size_t)b->c->n_layers; sl++) {
-        float f = inverse ? 1.0f / b->lscale[sl] : b->lscale[sl];
+        float f = inverse ? 1.0f / b->lscale[variant][sl] : b->lscale[variant][sl];
         for (size_t j = 0; j < (size_t)n * w; j++)
             chunk[sl * n * w + j] *= f;
     }
@@ -132,7 +145,7 @@ static void apply_scales(const struct bench *b, float *chunk, uint32_t n, int in
 struct kvtc_arg {
     kvtc_encoder *enc;
     kvtc_decoder *dec;
-    int norm;
+    int variant;
 };
 
 static int recon_kvtc(struct bench *b, void *argp, const float *chunk, uint32_t n,
@@ -142,9 +155,9 @@ static int recon_kvtc(struct bench *b, void *argp, const float *chunk, uint32_t 
     size_t elems = (size_t)n * b->tok_floats, len = 0;
     kvtc_container_info info;
     int rc;
-    if (a->norm) {
+    if (a->variant != V_PLAIN) {
         memcpy(b->f32a, chunk, elems * sizeof(float));
-        apply_scales(b, b->f32a, n, 0);
+        apply_scales(b, a->variant, b->f32a, n, 0);
         chunk = b->f32a;
     }
     if ((rc = kvtc_from_float(b->lay.dtype, chunk, b->dt_in, elems)))
@@ -168,8 +181,8 @@ static int recon_kvtc(struct bench *b, void *argp, const float *chunk, uint32_t 
     }
     *bytes += len;
     rc = kvtc_to_float(b->lay.dtype, b->dt_out, out, elems);
-    if (!rc && a->norm)
-        apply_scales(b, out, n, 1);
+    if (!rc && a->variant != V_PLAIN)
+        apply_scales(b, a->variant, out, n, 1);
     return rc;
 }
 
@@ -273,27 +286,25 @@ static int evaluate(struct bench *b, recon_fn fn, void *arg, struct result *r)
 
 /* ---- data ------------------------------------------------------------- */
 
-/* Sample the calibration sequences and keep their fp32 KV (T tokens each). */
-static int sample_calib(struct bench *b, float **kv)
+/* Sample the calibration sequences and keep their tokens (T+1) and fp32 KV
+ * (T positions). */
+static int sample_calib(struct bench *b, int32_t **tok, float **kv)
 {
     const struct opts *o = &b->o;
     uint32_t T = o->prefix + o->score;
-    int32_t *tok = malloc((T + 1) * sizeof(int32_t));
-    int rc = tok ? 0 : KVTC_ENOMEM;
+    int rc = 0;
     for (uint32_t s = 0; !rc && s < o->calib_seqs; s++) {
+        tok[s] = malloc((T + 1) * sizeof(int32_t));
         kv[s] = malloc((size_t)T * b->tok_floats * sizeof(float));
-        rc = kv[s] ? kvtc_llama_sample(b->st, s + 1, T + 1, tok) : KVTC_ENOMEM;
+        rc = kv[s] && tok[s] ? kvtc_llama_sample(b->st, s + 1, T + 1, tok[s]) : KVTC_ENOMEM;
         if (!rc)
             rc = kvtc_llama_export_kv(b->st, 0, T, kv[s]);
     }
-    free(tok);
     return rc;
 }
 
-/* Per (layer, k|v) 1/RMS over the calibration tokens past the sinks: the
- * --norm experiment divides each layer's K and V by its scale so that the
- * codec's squared-error planner weighs relative errors, not absolute ones. */
-static void layer_scales(struct bench *b, float *const *kv)
+/* Mean power of each (layer, k|v) slab over calibration tokens past the sinks. */
+static void slab_power(struct bench *b, float *const *kv, double *pw)
 {
     uint32_t T = b->o.prefix + b->o.score;
     size_t slabs = 2 * (size_t)b->c->n_layers, w = b->c->kv_dim;
@@ -306,12 +317,94 @@ static void layer_scales(struct bench *b, float *const *kv)
                 ss += (double)x[j] * x[j];
             n += (T - KVTC_SINK_TOKENS) * w;
         }
-        b->lscale[sl] = ss > 0 ? (float)(1.0 / sqrt(ss / (double)n)) : 1.0f;
+        pw[sl] = ss / (double)n;
     }
 }
 
-/* One profile from the calibration KV for targets (norm: scaled rows). */
-static int calib_profile(struct bench *b, float *const *kv, int norm, const float *targets,
+static double probe_gauss(uint64_t *st)
+{
+    double u[2];
+    for (int i = 0; i < 2; i++) {
+        *st = *st * 6364136223846793005ull + 1442695040888963407ull;
+        u[i] = ((double)(*st >> 11) + 0.5) / 9007199254740992.0;
+    }
+    return sqrt(-2.0 * log(u[0])) * cos(2.0 * M_PI * u[1]);
+}
+
+/* Mean KL over the scored positions of calibration sequence s when its
+ * prefix KV is replaced by kv (clean: the reference log-probs to fill). */
+static int probe_kl(struct bench *b, const int32_t *tok, const float *kv, double *ref,
+                    int fill, double *kl)
+{
+    const struct opts *o = &b->o;
+    uint32_t V = b->c->vocab_size;
+    int rc = kvtc_llama_import_kv(b->st, 0, o->prefix, kv);
+    *kl = 0;
+    for (uint32_t t = 0; !rc && t < o->score; t++) {
+        const float *lg;
+        if ((rc = kvtc_llama_forward(b->st, tok[o->prefix + t], o->prefix + t, &lg)))
+            break;
+        double *r = ref + (size_t)t * V;
+        kvtc_llama_log_softmax(lg, V, fill ? r : b->lp);
+        if (!fill)
+            for (uint32_t v = 0; v < V; v++)
+                *kl += exp(r[v]) * (r[v] - b->lp[v]);
+    }
+    *kl /= o->score;
+    return rc;
+}
+
+/* --sens: how much the model's predictions move (KL) per unit of noise power
+ * added to one (layer, k|v) slab of the prefix, measured on calibration
+ * sequences only; the slab is then scaled by sqrt(KL per power), so equal
+ * squared error in the codec's space means roughly equal damage. */
+static int sens_scales(struct bench *b, int32_t *const *tok, float *const *kv,
+                       const double *pw, float *scale)
+{
+    const struct opts *o = &b->o;
+    uint32_t T = o->prefix + o->score, nseq = o->calib_seqs < SENS_SEQS ? o->calib_seqs : SENS_SEQS;
+    size_t slabs = 2 * (size_t)b->c->n_layers, w = b->c->kv_dim;
+    size_t pf = (size_t)o->prefix * b->tok_floats;
+    double *ref = malloc((size_t)o->score * b->c->vocab_size * sizeof(double));
+    double wgt[2 * KVTC_MAX_LAYERS], logsum = 0;
+    float *noisy = malloc(pf * sizeof(float));
+    int rc = ref && noisy ? 0 : KVTC_ENOMEM;
+    uint64_t st = 12345;
+    for (size_t sl = 0; sl < slabs; sl++)
+        wgt[sl] = 0;
+    for (uint32_t s = 0; !rc && s < nseq; s++) {
+        double kl;
+        slice(kv[s], T, 0, o->prefix, noisy, slabs, w);
+        if ((rc = probe_kl(b, tok[s], noisy, ref, 1, &kl)))
+            break;
+        for (size_t sl = 0; !rc && sl < slabs; sl++) {
+            double sd = sqrt(SENS_NOISE * pw[sl]);
+            slice(kv[s], T, 0, o->prefix, noisy, slabs, w);
+            float *x = noisy + sl * o->prefix * w;
+            for (size_t j = KVTC_SINK_TOKENS * w; j < (size_t)o->prefix * w; j++)
+                x[j] += (float)(sd * probe_gauss(&st));
+            rc = probe_kl(b, tok[s], noisy, ref, 0, &kl);
+            wgt[sl] += kl / (SENS_NOISE * pw[sl]) / nseq;
+        }
+    }
+    for (size_t sl = 0; !rc && sl < slabs; sl++) {
+        wgt[sl] = wgt[sl] > 1e-12 ? wgt[sl] : 1e-12;
+        logsum += 0.5 * log(wgt[sl]);
+    }
+    /* geometric mean 1 keeps scaled values near their fp16/bf16 ranges */
+    for (size_t sl = 0; !rc && sl < slabs; sl++) {
+        scale[sl] = (float)exp(0.5 * log(wgt[sl]) - logsum / (double)slabs);
+        if (!o->json)
+            printf("  sens %s layer %zu: KL/power %.4g, scale %.3f\n", sl & 1 ? "V" : "K",
+                   sl / 2, wgt[sl], scale[sl]);
+    }
+    free(ref);
+    free(noisy);
+    return rc;
+}
+
+/* One profile from the calibration KV for targets, rows scaled per variant. */
+static int calib_profile(struct bench *b, float *const *kv, int variant, const float *targets,
                          uint32_t nt, kvtc_profile **out)
 {
     const struct opts *o = &b->o;
@@ -323,8 +416,8 @@ static int calib_profile(struct bench *b, float *const *kv, int norm, const floa
         for (uint32_t first = 0; !rc && first < T; first += o->chunk) {
             uint32_t n = T - first < o->chunk ? T - first : o->chunk;
             slice(kv[s], T, first, n, b->f32a, slabs, b->c->kv_dim);
-            if (norm)
-                apply_scales(b, b->f32a, n, 0);
+            if (variant != V_PLAIN)
+                apply_scales(b, variant, b->f32a, n, 0);
             rc = kvtc_from_float(b->lay.dtype, b->f32a, b->dt_in, (size_t)n * b->tok_floats);
             if (!rc)
                 rc = kvtc_calibrator_add(cal, b->dt_in, n, first);
@@ -338,17 +431,26 @@ static int calib_profile(struct bench *b, float *const *kv, int norm, const floa
     return rc;
 }
 
-/* prof[norm][0]: the main targets (+ --target), prof[norm][1]: the sweep. */
-static int calibrate(struct bench *b, kvtc_profile *prof[2][2])
+/* prof[variant][0]: the main targets (+ --target), [1]: the sweep ladder. */
+static int calibrate(struct bench *b, kvtc_profile *prof[N_VARIANTS][2])
 {
     const struct opts *o = &b->o;
     float targets[N_MAIN + 1];
     uint32_t nt = 0;
+    size_t slabs = 2 * (size_t)b->c->n_layers;
+    double pw[2 * KVTC_MAX_LAYERS];
     float **kv = calloc(o->calib_seqs, sizeof *kv);
-    int rc = kv ? sample_calib(b, kv) : KVTC_ENOMEM;
+    int32_t **tok = calloc(o->calib_seqs, sizeof *tok);
+    int rc = kv && tok ? sample_calib(b, tok, kv) : KVTC_ENOMEM;
     if (rc)
         goto cleanup;
-    layer_scales(b, kv);
+    slab_power(b, kv, pw);
+    for (size_t sl = 0; sl < slabs; sl++) {
+        b->lscale[V_PLAIN][sl] = 1.0f;
+        b->lscale[V_LNORM][sl] = pw[sl] > 0 ? (float)(1.0 / sqrt(pw[sl])) : 1.0f;
+    }
+    if ((o->variants & (1u << V_SENS)) && (rc = sens_scales(b, tok, kv, pw, b->lscale[V_SENS])))
+        goto cleanup;
     for (uint32_t i = 0; i < N_MAIN; i++)
         targets[nt++] = MAIN_TARGETS[i];
     if (o->target > 0) {
@@ -358,15 +460,20 @@ static int calibrate(struct bench *b, kvtc_profile *prof[2][2])
         if (!seen)
             targets[nt++] = o->target;
     }
-    for (int norm = 0; !rc && norm <= o->norm; norm++) {
-        rc = calib_profile(b, kv, norm, targets, nt, &prof[norm][0]);
+    for (int v = 0; !rc && v < N_VARIANTS; v++) {
+        if (!(o->variants & (1u << v)))
+            continue;
+        rc = calib_profile(b, kv, v, targets, nt, &prof[v][0]);
         if (!rc && o->sweep)
-            rc = calib_profile(b, kv, norm, SWEEP_TARGETS, N_SWEEP, &prof[norm][1]);
+            rc = calib_profile(b, kv, v, SWEEP_TARGETS, N_SWEEP, &prof[v][1]);
     }
 cleanup:
-    for (uint32_t s = 0; kv && s < o->calib_seqs; s++)
-        free(kv[s]);
+    for (uint32_t s = 0; s < o->calib_seqs; s++) {
+        free(kv ? kv[s] : NULL);
+        free(tok ? tok[s] : NULL);
+    }
     free(kv);
+    free(tok);
     return rc;
 }
 
@@ -450,8 +557,20 @@ static void table_row(const struct result *r)
     fflush(stdout);
 }
 
+/* The highest-ratio row of method within the perplexity budget, or NULL. */
+static const struct result *best_within(const struct result *res, uint32_t nres,
+                                        const char *method)
+{
+    const struct result *best = NULL;
+    for (uint32_t i = 0; i < nres; i++)
+        if (!strcmp(res[i].method, method) && fabs(res[i].ppl_delta_pct) <= PPL_BUDGET_PCT &&
+            (!best || res[i].ratio > best->ratio))
+            best = &res[i];
+    return best;
+}
+
 static int write_out(const struct bench *b, const struct result *res, uint32_t nres,
-                     const struct result *best)
+                     const struct result *const *best)
 {
     const struct opts *o = &b->o;
     FILE *f = fopen(o->out, "w");
@@ -476,10 +595,28 @@ static int write_out(const struct bench *b, const struct result *res, uint32_t n
         fprintf(f, "%s\n", i + 1 < nres ? "," : "");
     }
     fprintf(f, " ],\n \"kvtc_max_ratio_within_1pct\":");
-    if (best)
-        json_result(f, best, exp(b->base_nll));
+    if (best[V_PLAIN])
+        json_result(f, best[V_PLAIN], exp(b->base_nll));
     else
         fprintf(f, "null");
+    fprintf(f, ",\n \"max_ratio_within_1pct_by_method\":{");
+    for (int v = 0, first = 1; v < N_VARIANTS; v++) {
+        if (!(o->variants & (1u << v)))
+            continue;
+        fprintf(f, "%s\n  \"%s\":", first ? "" : ",", VARIANT_NAME[v]);
+        first = 0;
+        if (best[v])
+            json_result(f, best[v], exp(b->base_nll));
+        else
+            fprintf(f, "null");
+    }
+    fprintf(f, "}");
+    if (o->variants & (1u << V_SENS)) {
+        fprintf(f, ",\n \"sens_scales\":[");
+        for (size_t sl = 0; sl < 2 * (size_t)b->c->n_layers; sl++)
+            fprintf(f, "%s%.5g", sl ? "," : "", b->lscale[V_SENS][sl]);
+        fprintf(f, "]");
+    }
     fprintf(f, "\n}\n");
     int bad = ferror(f);
     bad |= fclose(f) != 0;
@@ -500,7 +637,7 @@ static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 
 static int parse_args(int argc, char **argv, struct opts *o)
 {
-    enum { O_CALIB = 256, O_EVAL, O_PREFIX, O_SCORE, O_CHUNK, O_DTYPE, O_SWEEP, O_NOSWEEP, O_NORM };
+    enum { O_CALIB = 256, O_EVAL, O_PREFIX, O_SCORE, O_CHUNK, O_DTYPE, O_SWEEP, O_NOSWEEP, O_NORM, O_SENS };
     static const struct option lo[] = {
         {"model", required_argument, 0, 'm'},   {"target", required_argument, 0, 't'},
         {"json", no_argument, 0, 'j'},          {"out", required_argument, 0, 'o'},
@@ -511,11 +648,12 @@ static int parse_args(int argc, char **argv, struct opts *o)
         {"chunk", required_argument, 0, O_CHUNK},
         {"dtype", required_argument, 0, O_DTYPE},
         {"sweep", no_argument, 0, O_SWEEP},     {"no-sweep", no_argument, 0, O_NOSWEEP},
-        {"norm", no_argument, 0, O_NORM},
+        {"norm", no_argument, 0, O_NORM},       {"sens", no_argument, 0, O_SENS},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     int sweep = -1, c;
     *o = (struct opts){.calib_seqs = 32, .eval_seqs = 16, .prefix = 384, .score = 128,
-                       .chunk = 128, .dtype = KVTC_DTYPE_BF16};
+                       .chunk = 128, .dtype = KVTC_DTYPE_BF16,
+                       .variants = 1u << V_PLAIN};
     while ((c = getopt_long(argc, argv, "m:t:jo:h", lo, NULL)) != -1) {
         int bad = 0;
         switch (c) {
@@ -543,7 +681,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
             break;
         case O_SWEEP: sweep = 1; break;
         case O_NOSWEEP: sweep = 0; break;
-        case O_NORM: o->norm = 1; break;
+        case O_NORM: o->variants |= 1u << V_LNORM; break;
+        case O_SENS: o->variants |= 1u << V_SENS; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -577,13 +716,13 @@ static int alloc_scratch(struct bench *b)
     return b->lp && b->f32a && b->f32b && b->f32c && b->rec && b->dt_in && b->dt_out ? 0 : KVTC_ENOMEM;
 }
 
-static int run_kvtc(struct bench *b, const kvtc_profile *p, int norm, float target,
+static int run_kvtc(struct bench *b, const kvtc_profile *p, int variant, float target,
                     int sweep, struct result *r)
 {
-    struct kvtc_arg a = {NULL, NULL, norm};
+    struct kvtc_arg a = {NULL, NULL, variant};
     uint32_t plan = kvtc_profile_find_plan(p, target);
     memset(r, 0, sizeof *r);
-    snprintf(r->method, sizeof r->method, norm ? "kvtc-lnorm" : "kvtc");
+    snprintf(r->method, sizeof r->method, "%s", VARIANT_NAME[variant]);
     r->target = target;
     r->sweep = sweep;
     int rc = kvtc_profile_plan_info(p, plan, &r->plan);
@@ -628,10 +767,10 @@ int main(int argc, char **argv)
 {
     struct bench b;
     memset(&b, 0, sizeof b);
-    kvtc_profile *prof[2][2] = {{NULL, NULL}, {NULL, NULL}};
-    struct result res[2 * (N_MAIN + 1 + N_SWEEP) + 4];
+    kvtc_profile *prof[N_VARIANTS][2] = {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}};
+    struct result res[N_VARIANTS * (N_MAIN + 1 + N_SWEEP) + 4];
     uint32_t nres = 0;
-    const struct result *best = NULL;
+    const struct result *best[N_VARIANTS] = {NULL, NULL, NULL};
     int rc = 0;
     double t0 = now_s();
 
@@ -678,11 +817,11 @@ int main(int argc, char **argv)
                "ppl", "dppl%", "KL", "top1", "mse_K", "mse_V");
     }
 
-    for (int norm = 0; norm <= b.o.norm; norm++) {
-        uint32_t nt = b.o.target > 0 ? 1 : N_MAIN;
+    for (int v = 0; v < N_VARIANTS; v++) {
+        uint32_t nt = !(b.o.variants & (1u << v)) ? 0 : b.o.target > 0 ? 1 : N_MAIN;
         for (uint32_t i = 0; i < nt; i++) {
             float t = b.o.target > 0 ? b.o.target : MAIN_TARGETS[i];
-            if ((rc = run_kvtc(&b, prof[norm][0], norm, t, 0, &res[nres])))
+            if ((rc = run_kvtc(&b, prof[v][0], v, t, 0, &res[nres])))
                 goto cleanup;
             emit(&b, &res[nres++]);
         }
@@ -697,30 +836,33 @@ int main(int argc, char **argv)
         }
         emit(&b, &res[nres++]);
     }
-    for (int norm = 0; b.o.sweep && norm <= b.o.norm; norm++) {
-        for (uint32_t i = 0; i < N_SWEEP; i++) {
-            if ((rc = run_kvtc(&b, prof[norm][1], norm, SWEEP_TARGETS[i], 1, &res[nres])))
+    for (int v = 0; b.o.sweep && v < N_VARIANTS; v++) {
+        for (uint32_t i = 0; (b.o.variants & (1u << v)) && i < N_SWEEP; i++) {
+            if ((rc = run_kvtc(&b, prof[v][1], v, SWEEP_TARGETS[i], 1, &res[nres])))
                 goto cleanup;
             emit(&b, &res[nres++]);
         }
     }
-    for (uint32_t i = 0; i < nres; i++)
-        if (!strcmp(res[i].method, "kvtc") && fabs(res[i].ppl_delta_pct) <= PPL_BUDGET_PCT &&
-            (!best || res[i].ratio > best->ratio))
-            best = &res[i];
-    if (best) {
-        struct result s = *best;
-        snprintf(s.method, sizeof s.method, "kvtc-best-1pct");
-        if (b.o.json) {
-            json_result(stdout, &s, exp(b.base_nll));
-            putchar('\n');
-        } else {
-            printf("highest kvtc ratio within %.0f%% ppl change: %.2fx (target %g%s): "
-                   "ppl %+.2f%%, KL %.5f, top1 %.4f\n", PPL_BUDGET_PCT, s.ratio, s.target,
-                   s.sweep ? ", sweep" : "", s.ppl_delta_pct, s.kl, s.top1);
+    for (int v = 0; v < N_VARIANTS; v++) {
+        if (!(b.o.variants & (1u << v)))
+            continue;
+        best[v] = best_within(res, nres, VARIANT_NAME[v]);
+        if (best[v]) {
+            struct result s = *best[v];
+            snprintf(s.method, sizeof s.method, "%s-best-1pct", VARIANT_NAME[v]);
+            if (b.o.json) {
+                json_result(stdout, &s, exp(b.base_nll));
+                putchar('\n');
+            } else {
+                printf("highest %s ratio within %.0f%% ppl change: %.2fx (target %g%s): "
+                       "ppl %+.2f%%, KL %.5f, top1 %.4f\n", VARIANT_NAME[v], PPL_BUDGET_PCT,
+                       s.ratio, s.target, s.sweep ? ", sweep" : "", s.ppl_delta_pct, s.kl,
+                       s.top1);
+            }
+        } else if (!b.o.json) {
+            printf("no %s plan tried stays within %.0f%% ppl change\n", VARIANT_NAME[v],
+                   PPL_BUDGET_PCT);
         }
-    } else if (!b.o.json) {
-        printf("no kvtc plan tried stays within %.0f%% ppl change\n", PPL_BUDGET_PCT);
     }
     if (!b.o.json)
         printf("(* = finer sweep profile; total %.1fs)\n", now_s() - t0);
@@ -730,7 +872,7 @@ int main(int argc, char **argv)
 cleanup:
     if (rc)
         fprintf(stderr, "kvtc-quality: failed: %s\n", kvtc_strerror(rc));
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 2 * N_VARIANTS; i++)
         kvtc_profile_free(prof[i / 2][i % 2]);
     if (b.ev) {
         for (uint32_t i = 0; i < b.o.eval_seqs; i++) {

@@ -29,7 +29,8 @@ def main(argv):
     for m in methods:
         if m.get("target") is not None:
             curves.setdefault(m["method"], {})[m["ratio"]] = m["ppl_delta_pct"]
-    styles = {"kvtc": ("tab:blue", "o-"), "kvtc-lnorm": ("tab:cyan", "s--")}
+    styles = {"kvtc": ("tab:blue", "o-"), "kvtc-lnorm": ("tab:cyan", "s--"),
+              "kvtc-sens": ("tab:purple", "s--")}
     for name, pts in sorted(curves.items()):
         xs = sorted(pts)
         color, fmt = styles.get(name, ("tab:gray", "o-"))
@@ -41,11 +42,14 @@ def main(argv):
             ax.plot([m["ratio"]], [m["ppl_delta_pct"]], markers.get(m["method"], "x"),
                     ms=9, label=m["method"], linestyle="none")
 
-    best = doc.get("kvtc_max_ratio_within_1pct")
-    if best:
-        ax.annotate(f"kvtc {best['ratio']:.2f}x within 1%",
-                    (best["ratio"], best["ppl_delta_pct"]),
-                    textcoords="offset points", xytext=(10, -15), fontsize=8)
+    bests = doc.get("max_ratio_within_1pct_by_method") or {
+        "kvtc": doc.get("kvtc_max_ratio_within_1pct")}
+    for i, (name, best) in enumerate(sorted(bests.items())):
+        if best:
+            ax.annotate(f"{name} {best['ratio']:.2f}x within 1%",
+                        (best["ratio"], best["ppl_delta_pct"]),
+                        textcoords="offset points", xytext=(12, -12 - 12 * i), fontsize=8,
+                        arrowprops={"arrowstyle": "-", "lw": 0.5})
     ax.axhline(1.0, color="tab:red", lw=0.8, ls=":", label="+1% perplexity")
     ax.set_xscale("log", base=2)
     ticks = [1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]

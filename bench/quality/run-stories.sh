@@ -1,7 +1,7 @@
 #!/bin/sh
 # The stories260K quality benchmark: kvtc vs the baselines, written to
 # bench/results/quality-stories260K.{json,txt,png}. Called by
-# `make bench-quality`; about a minute on 2 cores.
+# `make bench-quality`; one to three minutes on 2 cores.
 #   KVTC_QUALITY  the kvtc-quality binary (default build/bin/kvtc-quality)
 #   KVTC_SHARED   the shared folder holding models/ (default ../shared)
 #   PYTHON        a python3 with matplotlib (default Debian's /usr/bin/python3,
@@ -19,7 +19,8 @@ if [ ! -r "$model" ]; then
     exit 1
 fi
 mkdir -p bench/results
-"$bin" --model "$model" --out "$out.json" | tee "$out.txt"
+# --sens: the sensitivity-weighted experiment next to kvtc as the codec is
+"$bin" --model "$model" --sens --out "$out.json" | tee "$out.txt"
 if "$py" -c 'import matplotlib' 2>/dev/null; then
     "$py" bench/quality/plot.py "$out.json" "$out.png"
 else
