@@ -26,6 +26,7 @@ struct kvtc_calibrator {
     /* after fit: */
     int fitted;
     float *mean[2], *basis[2]; /* [D], [D][pe.ncomp[s]] */
+    float *sigma[2];           /* [pe.ncomp[s]] */
     struct kvtc__plan_errors pe;
     uint32_t n_plans;
     struct kvtc__plan plans[KVTC_MAX_PLANS];
@@ -86,6 +87,7 @@ void kvtc_calibrator_free(kvtc_calibrator *cal)
         free(cal->scratch[s]);
         free(cal->mean[s]);
         free(cal->basis[s]);
+        free(cal->sigma[s]);
     }
     for (uint32_t i = 0; i < cal->n_plans; i++)
         free(cal->plans[i].groups);
@@ -208,36 +210,67 @@ out:
     return rc;
 }
 
-/* Errors of every planner option on coefficients coef[n][k]. */
-static int measure_errors(const float *coef, uint32_t n, uint32_t k, int s,
+/* Per-component std of coef[n][k] into sigma; then whiten coef in place
+ * (divide by sigma), as the encoder will. */
+static int whiten(float *coef, uint32_t n, uint32_t k, float *sigma)
+{
+    double *var = calloc(k ? k : 1, sizeof(double));
+    if (!var)
+        return KVTC_ENOMEM;
+    for (uint32_t r = 0; r < n; r++)
+        for (uint32_t j = 0; j < k; j++)
+            var[j] += (double)coef[(size_t)r * k + j] * coef[(size_t)r * k + j];
+    for (uint32_t j = 0; j < k; j++) {
+        /* floor: a direction with no energy must not blow up 1/sigma */
+        double sd = sqrt(var[j] / n);
+        sigma[j] = (float)(sd > 1e-12 ? sd : 1e-12);
+    }
+    free(var);
+    for (uint32_t r = 0; r < n; r++)
+        for (uint32_t j = 0; j < k; j++)
+            coef[(size_t)r * k + j] /= sigma[j];
+    return 0;
+}
+
+/* Errors, in the original units, of every planner option on the whitened
+ * coefficients coef[n][k]. */
+static int measure_errors(const float *coef, uint32_t n, uint32_t k, const float *sigma, int s,
                           struct kvtc__plan_errors *pe)
 {
     uint8_t codes[KVTC__MAX_GROUP];
     uint16_t sh, sc;
-    pe->drop[s] = calloc(k, sizeof(double));
-    if (!pe->drop[s])
+    float *w2 = malloc((k ? k : 1) * sizeof(float));
+    pe->drop[s] = calloc(k ? k : 1, sizeof(double));
+    if (!w2 || !pe->drop[s]) {
+        free(w2);
         return KVTC_ENOMEM;
+    }
+    for (uint32_t j = 0; j < k; j++)
+        w2[j] = sigma[j] * sigma[j];
     for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++)
         for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++) {
             uint32_t size = kvtc__group_sizes[si];
-            pe->group[s][si][t] = calloc((k + size - 1) / size, sizeof(double));
-            if (!pe->group[s][si][t])
+            pe->group[s][si][t] = calloc((k + size - 1) / size + 1, sizeof(double));
+            if (!pe->group[s][si][t]) {
+                free(w2);
                 return KVTC_ENOMEM;
+            }
         }
     for (uint32_t r = 0; r < n; r++) {
         const float *x = coef + (size_t)r * k;
         for (uint32_t j = 0; j < k; j++)
-            pe->drop[s][j] += (double)x[j] * x[j];
+            pe->drop[s][j] += (double)x[j] * x[j] * w2[j];
         for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++) {
             uint32_t size = kvtc__group_sizes[si];
             for (uint32_t g = 0; g * size < k; g++) {
                 uint32_t len = k - g * size < size ? k - g * size : size;
                 for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++)
-                    pe->group[s][si][t][g] +=
-                        kvtc__quantize_group(t, x + g * size, len, &sh, &sc, codes);
+                    pe->group[s][si][t][g] += kvtc__quantize_group(t, x + g * size, len,
+                                                                   w2 + g * size, &sh, &sc, codes);
             }
         }
     }
+    free(w2);
     for (uint32_t j = 0; j < k; j++)
         pe->drop[s][j] /= n;
     for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++)
@@ -268,6 +301,7 @@ int kvtc__calibrator_fit_pca(kvtc_calibrator *cal, kvtc__pca_fn pca_fn, void *pc
     const uint32_t D = cal->width, n = cal->kept, kmax = cal->params.max_components;
     const uint32_t np = n < cal->params.plan_rows ? n : cal->params.plan_rows;
     cal->pe = (struct kvtc__plan_errors){.width = D};
+    double var_all[2] = {0, 0};
     float *coef = malloc((size_t)np * kmax * sizeof(float));
     int rc = KVTC_ENOMEM;
     if (!coef)
@@ -286,13 +320,24 @@ int kvtc__calibrator_fit_pca(kvtc_calibrator *cal, kvtc__pca_fn pca_fn, void *pc
             goto out;
         cal->pe.ncomp[s] = k;
         cal->pe.tail[s] = var_total > var_kept ? var_total - var_kept : 0;
+        var_all[s] = var_total;
         /* Coefficients of the planning rows (reservoir order is random). */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)np, (int)k, (int)D, 1.0f,
                     cal->rows[s], (int)D, cal->basis[s], (int)k, 0.0f, coef, (int)k);
-        rc = measure_errors(coef, np, k, s, &cal->pe);
+        rc = KVTC_ENOMEM;
+        if (!(cal->sigma[s] = malloc((size_t)(k ? k : 1) * sizeof(float))))
+            goto out;
+        if ((rc = whiten(coef, np, k, cal->sigma[s])))
+            goto out;
+        rc = measure_errors(coef, np, k, cal->sigma[s], s, &cal->pe);
         if (rc)
             goto out;
     }
+    /* Keys carry most of the energy; weighing raw squared errors alone would
+     * starve the values. By default both streams' relative errors count. */
+    cal->pe.weight[0] = 1.0;
+    cal->pe.weight[1] = cal->params.value_weight > 0 ? cal->params.value_weight
+                        : var_all[1] > 0 ? var_all[0] / var_all[1] : 1.0;
     /* The rows are centred now and no longer needed: give the memory back. */
     for (int s = 0; s < 2; s++) {
         free(cal->rows[s]);
@@ -326,7 +371,7 @@ int kvtc_calibrator_profile(kvtc_calibrator *cal, kvtc_profile **out)
     if (!cal || !cal->fitted || cal->n_plans == 0 || !out)
         return KVTC_EINVAL;
     return kvtc__profile_build(&cal->layout, cal->width, cal->pe.ncomp, cal->mean, cal->basis,
-                               cal->plans, cal->n_plans, out);
+                               cal->sigma, cal->plans, cal->n_plans, out);
 }
 
 int kvtc_calibrator_finish(kvtc_calibrator *cal, const float *target_ratios, uint32_t n_targets,

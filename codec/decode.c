@@ -155,6 +155,9 @@ int kvtc_decode(kvtc_decoder *dec, const void *src_v, size_t len, void *dst, siz
         if (rc)
             return rc;
         g0 = g1;
+        for (uint32_t t = 0; t < T; t++)
+            for (uint32_t j = 0; j < k; j++)
+                dec->coef[(size_t)t * k + j] *= p->sigma[s][j];
         if (k)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)p->width, (int)k,
                         1.0f, dec->coef, (int)k, p->basis[s], (int)k, 0.0f, dec->rows,

@@ -167,6 +167,9 @@ int kvtc_encode(kvtc_encoder *enc, const kvtc_chunk *c, void *dst_v, size_t cap,
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)k,
                             (int)p->width, 1.0f, enc->rows, (int)p->width, p->basis[s], (int)k,
                             0.0f, enc->coef, (int)k);
+                for (uint32_t t = 0; t < T; t++)
+                    for (uint32_t j = 0; j < k; j++)
+                        enc->coef[(size_t)t * k + j] *= p->inv_sigma[s][j];
                 kvtc__pack_groups(plan, g0, g1, enc->coef, k, T, enc->shift_off, enc->scale_off,
                                   enc->code_off, enc->sym);
             }

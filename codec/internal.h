@@ -41,6 +41,10 @@ struct kvtc_profile {
     uint32_t ncomp[2];           /* kept components: keys, values */
     float *mean[2];              /* [D] */
     float *basis[2];             /* [D][ncomp], row-major: column c = component c */
+    float *sigma[2];             /* [ncomp]: calibration std of each coefficient;
+                                    coefficients are quantized divided by it, so
+                                    a group's components share one range */
+    float *inv_sigma[2];         /* [ncomp]: 1/sigma, derived at build/load */
     uint32_t n_plans;
     struct kvtc__plan plans[KVTC_MAX_PLANS];
     uint64_t id;
@@ -58,8 +62,9 @@ static inline int kvtc__f16_is_finite(uint16_t h) { return (h & 0x7c00) != 0x7c0
 
 /* ---- quant.c: one group of one token ---- */
 /* Quantize x[0..n) with type, writing shift/scale (fp16 bits) and codes
- * (one code per byte, unpacked); returns the squared error. */
-double kvtc__quantize_group(uint32_t type, const float *x, uint32_t n,
+ * (one code per byte, unpacked); returns the squared error, each element's
+ * weighted by w2[j] when w2 is not NULL. */
+double kvtc__quantize_group(uint32_t type, const float *x, uint32_t n, const float *w2,
                             uint16_t *shift, uint16_t *scale, uint8_t *codes);
 /* Reconstruct; returns 0, or KVTC_ECORRUPT for a NaN fp8 code or a
  * non-finite shift/scale. */

@@ -7,7 +7,8 @@
  *
  * The budget axis is discretized into at most PLAN_MAX_CELLS/(P+1) bins and
  * every option's cost is rounded UP to whole bins, so a plan never exceeds
- * its budget; the plan records its exact cost. */
+ * its budget; the plan records its exact cost. Each stream's errors enter
+ * the objective times its weight; the plan reports them unweighted. */
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -68,7 +69,7 @@ int kvtc__plan_solve(const struct kvtc__plan_errors *pe, double budget_bits,
                      struct kvtc__plan *out)
 {
     const uint32_t P = pe->ncomp[0] + pe->ncomp[1];
-    if (budget_bits < 0 || P == 0)
+    if (budget_bits < 0 || P == 0 || !(pe->weight[0] > 0) || !(pe->weight[1] > 0))
         return KVTC_EINVAL;
     uint64_t bbits = (uint64_t)budget_bits;
     uint64_t max_bins = PLAN_MAX_CELLS / (P + 1);
@@ -94,7 +95,7 @@ int kvtc__plan_solve(const struct kvtc__plan_errors *pe, double budget_bits,
             if (e0 == FLT_MAX)
                 continue;
             size_t d = (size_t)(i + 1) * (B + 1) + c;
-            float e = e0 + (float)pe->drop[s][local];
+            float e = e0 + (float)(pe->weight[s] * pe->drop[s][local]);
             if (e < dp[d]) {
                 dp[d] = e;
                 ch[d] = 0;
@@ -110,7 +111,7 @@ int kvtc__plan_solve(const struct kvtc__plan_errors *pe, double budget_bits,
                     if (c + cu > B)
                         continue;
                     size_t dd = (size_t)(i + len) * (B + 1) + c + cu;
-                    float en = e0 + (float)pe->group[s][si][t][local / size];
+                    float en = e0 + (float)(pe->weight[s] * pe->group[s][si][t][local / size]);
                     if (en < dp[dd]) {
                         dp[dd] = en;
                         ch[dd] = (uint8_t)(1 + si * 3 + (t - 1));

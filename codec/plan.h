@@ -13,6 +13,7 @@ struct kvtc__plan_errors {
     /* [stream][size index][type][group]: error of coding aligned group g */
     double *group[2][KVTC__N_GROUP_SIZES][KVTC__N_QTYPES];
     double tail[2];                /* error of components beyond ncomp */
+    double weight[2];              /* objective weight of each stream's error */
 };
 
 /* Solve for one budget (bits per token, both streams); fills out

@@ -4,7 +4,8 @@
  *   layout(48)
  *   n_plans x { f32 target f32 mse_k f32 mse_v u32 n_groups
  *               n_groups x { u32 start u16 size u8 type u8 stream } }
- *   f32 mean_k[D] f32 basis_k[D][ncomp_k] f32 mean_v[D] f32 basis_v[D][ncomp_v]
+ *   f32 mean_k[D] f32 basis_k[D][ncomp_k] f32 sigma_k[ncomp_k]
+ *   f32 mean_v[D] f32 basis_v[D][ncomp_v] f32 sigma_v[ncomp_v]
  *   u64 XXH3-64 of everything before it (also the profile id)
  * Loading trusts nothing: every count is bounded and the exact total size
  * is checked before any array is allocated. */
@@ -42,6 +43,8 @@ void kvtc_profile_free(kvtc_profile *p)
     for (int s = 0; s < 2; s++) {
         free(p->mean[s]);
         free(p->basis[s]);
+        free(p->sigma[s]);
+        free(p->inv_sigma[s]);
     }
     for (uint32_t i = 0; i < p->n_plans; i++)
         free(p->plans[i].groups);
@@ -75,6 +78,8 @@ static void serialize(const kvtc_profile *p, struct kvtc__wr *w)
             kvtc__put_f32(w, p->mean[s][j]);
         for (size_t j = 0; j < (size_t)p->width * p->ncomp[s]; j++)
             kvtc__put_f32(w, p->basis[s][j]);
+        for (uint32_t j = 0; j < p->ncomp[s]; j++)
+            kvtc__put_f32(w, p->sigma[s][j]);
     }
 }
 
@@ -110,8 +115,25 @@ static void set_id(kvtc_profile *p)
     free(buf);
 }
 
+/* 1/sigma for the encoder; sigma must be positive and finite. */
+static int derive_inv_sigma(kvtc_profile *p)
+{
+    for (int s = 0; s < 2; s++) {
+        p->inv_sigma[s] = malloc((p->ncomp[s] ? p->ncomp[s] : 1) * sizeof(float));
+        if (!p->inv_sigma[s])
+            return KVTC_ENOMEM;
+        for (uint32_t j = 0; j < p->ncomp[s]; j++) {
+            float inv = 1.0f / p->sigma[s][j];
+            if (!(p->sigma[s][j] > 0) || !isfinite(inv))
+                return KVTC_ECORRUPT;
+            p->inv_sigma[s][j] = inv;
+        }
+    }
+    return 0;
+}
+
 int kvtc__profile_build(const kvtc_layout *layout, uint32_t width, const uint32_t k[2],
-                        float *const mean[2], float *const basis[2],
+                        float *const mean[2], float *const basis[2], float *const sigma[2],
                         const struct kvtc__plan *plans, uint32_t n_plans, kvtc_profile **out)
 {
     kvtc_profile *p = calloc(1, sizeof *p);
@@ -131,8 +153,10 @@ int kvtc__profile_build(const kvtc_layout *layout, uint32_t width, const uint32_
         uint32_t kc = p->ncomp[s];
         p->mean[s] = malloc((size_t)width * sizeof(float));
         p->basis[s] = malloc((size_t)width * (kc ? kc : 1) * sizeof(float));
-        if (!p->mean[s] || !p->basis[s])
+        p->sigma[s] = malloc((kc ? kc : 1) * sizeof(float));
+        if (!p->mean[s] || !p->basis[s] || !p->sigma[s])
             goto nomem;
+        memcpy(p->sigma[s], sigma[s], (size_t)kc * sizeof(float));
         memcpy(p->mean[s], mean[s], (size_t)width * sizeof(float));
         for (size_t d = 0; d < width; d++)
             memcpy(p->basis[s] + d * kc, basis[s] + d * k[s], (size_t)kc * sizeof(float));
@@ -147,6 +171,8 @@ int kvtc__profile_build(const kvtc_layout *layout, uint32_t width, const uint32_
         memcpy(dst->groups, plans[i].groups, sizeof *dst->groups * dst->n_groups);
         plan_info_from_groups(dst);
     }
+    if (derive_inv_sigma(p))
+        goto nomem;
     set_id(p);
     if (!p->id)
         goto nomem;
@@ -235,14 +261,18 @@ int kvtc_profile_load(const void *buf, size_t len, kvtc_profile **out)
         plan_info_from_groups(pl);
     }
     /* Exact size of the arrays, before allocating them. */
-    uint64_t floats = 2ull * p->width + (uint64_t)p->width * (p->ncomp[0] + (uint64_t)p->ncomp[1]);
+    uint64_t floats = 2ull * p->width +
+                      (uint64_t)(p->width + 1) * (p->ncomp[0] + (uint64_t)p->ncomp[1]);
     if (floats * 4 != r.len - r.off)
         goto fail;
     for (int s = 0; s < 2; s++) {
         if ((rc = read_floats(&r, p->width, &p->mean[s])) ||
-            (rc = read_floats(&r, (size_t)p->width * p->ncomp[s], &p->basis[s])))
+            (rc = read_floats(&r, (size_t)p->width * p->ncomp[s], &p->basis[s])) ||
+            (rc = read_floats(&r, p->ncomp[s], &p->sigma[s])))
             goto fail;
     }
+    if ((rc = derive_inv_sigma(p)))
+        goto fail;
     *out = p;
     return 0;
 fail:

@@ -21,7 +21,7 @@ static uint16_t f16_round_up(float v)
     return h;
 }
 
-double kvtc__quantize_group(uint32_t type, const float *x, uint32_t n,
+double kvtc__quantize_group(uint32_t type, const float *x, uint32_t n, const float *w2,
                             uint16_t *shift, uint16_t *scale, uint8_t *codes)
 {
     float mn = x[0], mx = x[0];
@@ -45,7 +45,7 @@ double kvtc__quantize_group(uint32_t type, const float *x, uint32_t n,
             uint8_t q = scf > 0 ? kvtc__f32_to_e4m3((x[j] - shf) * inv) : 0;
             float r = shf + kvtc__e4m3_to_f32(q) * scf, d = x[j] - r;
             codes[j] = q;
-            err += (double)d * d;
+            err += (double)d * d * (w2 ? w2[j] : 1.0f);
         }
         *shift = sh;
         *scale = sc;
@@ -62,7 +62,7 @@ double kvtc__quantize_group(uint32_t type, const float *x, uint32_t n,
         qf = clampf(qf, 0, (float)levels);
         float d = x[j] - (shf + qf * scf);
         codes[j] = (uint8_t)qf;
-        err += (double)d * d;
+        err += (double)d * d * (w2 ? w2[j] : 1.0f);
     }
     *shift = sh;
     *scale = sc;

@@ -24,8 +24,8 @@ void kvtc__pack_groups(const struct kvtc__plan *plan, uint32_t g0, uint32_t g1,
         uint8_t *out = sym + code_off[g];
         for (uint32_t t = 0; t < T; t++) {
             uint16_t sh, sc;
-            kvtc__quantize_group(gr->type, coef + (size_t)t * k + gr->start, gr->size, &sh, &sc,
-                                 codes);
+            kvtc__quantize_group(gr->type, coef + (size_t)t * k + gr->start, gr->size, NULL, &sh,
+                                 &sc, codes);
             put16(sym + shift_off[g] + 2 * (size_t)t, sh);
             put16(sym + scale_off[g] + 2 * (size_t)t, sc);
             size_t base = (size_t)t * gr->size;

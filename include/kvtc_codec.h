@@ -134,6 +134,9 @@ typedef struct kvtc_calib_params {
     uint32_t plan_rows;     /* rows the planner measures errors on (0: 8192) */
     uint32_t max_components;/* cap on kept components per K/V (0: row width) */
     uint64_t seed;          /* reservoir sampling seed */
+    float value_weight;     /* planner weight of value errors relative to key
+                               errors (0: var_K / var_V, i.e. both streams'
+                               relative errors count the same) */
 } kvtc_calib_params;
 
 /* Create a calibrator for layout. params may be NULL for defaults. */
