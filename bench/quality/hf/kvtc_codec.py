@@ -62,6 +62,7 @@ class CalibParams(C.Structure):
         ("plan_rows", C.c_uint32),
         ("max_components", C.c_uint32),
         ("seed", C.c_uint64),
+        ("value_weight", C.c_float),
     ]
 
 
