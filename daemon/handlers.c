@@ -233,6 +233,11 @@ static void finish_put(kvtcd_op *op, size_t base)
         off += t->size;
     }
     srv->m.bytes_in += op->total;
+    KVTCD_DEBUG("req", "put session=%llu req=%llu chunks=%u bytes=%llu "
+                       "ms=%.3f",
+                (unsigned long long)s->id, (unsigned long long)op->req_id,
+                op->n_chunks, (unsigned long long)op->total,
+                op->t0_ns ? (double)(uv_hrtime() - op->t0_ns) / 1e6 : 0.0);
     Kvtc__Wire__PutReply pr = KVTC__WIRE__PUT_REPLY__INIT;
     pr.n_status = op->n_chunks;
     pr.status = st;
@@ -386,6 +391,7 @@ static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,
     if (!op)
         goto nomem;
     op->req_id = req->id;
+    op->t0_ns = uv_hrtime();
     op->n_chunks = (uint32_t)put->n_chunks;
     op->total = total;
     op->tmpl = calloc(put->n_chunks, sizeof *op->tmpl);

@@ -71,6 +71,7 @@ typedef struct kvtcd_op {
     kvtcd_blob *blob;                  /* receives the payload */
     uint64_t total;
     uint32_t ttl_ms;
+    uint64_t t0_ns;                    /* uv_hrtime() at arrival */
     /* RECV: the message lands at msg_buf (no bulk) or blob->data (bulk
      * follows the msg_len message bytes) */
     void *msg_buf;

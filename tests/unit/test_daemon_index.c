@@ -98,6 +98,34 @@ Test(daemon_store, capacity_accounting_and_refcounts)
     kvtcd_tier_destroy(t);
 }
 
+Test(daemon_store, freed_buffers_are_reused_within_capacity)
+{
+    kvtcd_tier *t;
+    cr_assert_eq(kvtcd_store_host_create(3u << 20, NULL, &t), 0);
+    kvtcd_blob *a, *b;
+    cr_assert_eq(kvtcd_tier_alloc(t, 1u << 20, &a), 0);
+    uint8_t *first = a->data;
+    memset(a->data, 0x11, 1u << 20);
+    kvtcd_blob_unref(a);
+    cr_assert_eq(t->used, 0);
+    /* Same page-rounded size: the cached buffer comes back. */
+    cr_assert_eq(kvtcd_tier_alloc(t, (1u << 20) - 100, &a), 0);
+    cr_assert_eq(a->data, first);
+    cr_assert_eq(a->size, (1u << 20) - 100);
+    cr_assert_eq(t->used, (1u << 20) - 100);
+    kvtcd_blob_unref(a);
+    /* A size that needs the cached bytes' room: the cache gives way. */
+    cr_assert_eq(kvtcd_tier_alloc(t, 5u << 19, &b), 0);
+    cr_assert_eq(kvtcd_tier_alloc(t, 1u << 20, &a), KVTC_EFULL);
+    cr_assert_eq(kvtcd_tier_alloc(t, 1u << 19, &a), 0);
+    cr_assert_eq(t->used, 3u << 20);
+    kvtcd_blob_unref(a);
+    kvtcd_blob_unref(b);
+    cr_assert_eq(t->used, 0);
+    cr_assert_eq(t->blobs, 0);
+    kvtcd_tier_destroy(t); /* frees the cache; ASan checks */
+}
+
 Test(daemon_index, insert_find_replace_remove)
 {
     struct fixture f;
