@@ -353,6 +353,11 @@ def main():
     if err:
         print(f"redis: {err}")
 
+    try:
+        result["loadavg_at_end"] = os.getloadavg()
+    except OSError:
+        pass
+    print(f"load average: start {load}, end {result.get('loadavg_at_end')} on {os.cpu_count()} CPUs")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
