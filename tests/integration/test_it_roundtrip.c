@@ -217,6 +217,13 @@ Test(it_roundtrip, replace_and_tenants, .timeout = 60)
     cr_assert_eq(kvtc_get(a, &k, out, sizeof out, &sz), 0);
     cr_assert_eq(sz, sizeof v1);
     cr_assert(itest_check(out, sz, 1), "tenant b's put leaked into tenant a");
+    /* An empty chunk is a chunk too (kvtc.h: size may be 0). */
+    kvtc_key e = itest_key(SPACE + 4, 2);
+    int rc = kvtc_put(a, &e, v1, 0);
+    cr_assert_eq(rc, 0, "put of 0 bytes: %s (%s)", kvtc_strerror(rc), kvtc_last_error(a));
+    sz = 99;
+    cr_assert_eq(kvtc_get(a, &e, out, sizeof out, &sz), 0);
+    cr_assert_eq(sz, 0);
     /* A put of an existing key replaces it. */
     cr_assert_eq(kvtc_put(a, &k, v2, sizeof v2), 0);
     cr_assert_eq(kvtc_get(a, &k, out, sizeof out, &sz), 0);
