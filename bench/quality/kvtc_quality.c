@@ -25,7 +25,7 @@
 
 static const float MAIN_TARGETS[] = {4, 8, 16, 32, 64};
 /* A finer ladder for "highest ratio within 1% perplexity" */
-static const float SWEEP_TARGETS[] = {1.25f, 1.5f, 2, 2.5f, 3, 3.5f, 4, 5, 6, 8, 10, 12, 16};
+static const float SWEEP_TARGETS[] = {1.1f, 1.25f, 1.5f, 2, 2.5f, 3, 3.5f, 4, 5, 6, 8, 10, 12, 16};
 #define N_MAIN (sizeof MAIN_TARGETS / sizeof MAIN_TARGETS[0])
 #define N_SWEEP (sizeof SWEEP_TARGETS / sizeof SWEEP_TARGETS[0])
 
