@@ -48,8 +48,8 @@ def main(argv):
         if best:
             ax.annotate(f"{name} {best['ratio']:.2f}x within 1%",
                         (best["ratio"], best["ppl_delta_pct"]),
-                        textcoords="offset points", xytext=(12, -12 - 12 * i), fontsize=8,
-                        arrowprops={"arrowstyle": "-", "lw": 0.5})
+                        textcoords="axes fraction", xytext=(0.45, 0.06 + 0.06 * i),
+                        fontsize=8, arrowprops={"arrowstyle": "-", "lw": 0.5})
     ax.axhline(1.0, color="tab:red", lw=0.8, ls=":", label="+1% perplexity")
     ax.set_xscale("log", base=2)
     ticks = [1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
