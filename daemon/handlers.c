@@ -201,22 +201,24 @@ static void fill_tmpl(kvtcd_entry *t, uint32_t ns,
     t->expire_ms = expire;
 }
 
-/* The payload is in op->blob (chunk i at off_i); verify, index, reply. */
-static void finish_put(kvtcd_op *op, size_t base)
+/* Checksums done: verify, index, reply, free op. */
+static void put_hashed(kvtcd_hashjob *job)
 {
+    kvtcd_op *op = job->arg;
     kvtcd_session *s = op->sess;
     kvtcd_server *srv = s->srv;
     uint64_t now = kvtcd_now_ms(srv);
     Kvtc__Wire__Status *st = calloc(op->n_chunks, sizeof *st);
     if (!st) {
         kvtcd_send_error(s, op->req_id, ST(INTERNAL), "put: out of memory");
+        kvtcd_op_free(op);
         return;
     }
     Kvtc__Wire__Status first_bad = ST(OK);
-    size_t off = base;
+    size_t off = op->put_base;
     for (uint32_t i = 0; i < op->n_chunks; i++) {
         kvtcd_entry *t = &op->tmpl[i];
-        uint64_t sum = kvtc_wire_checksum(op->blob->data + off, t->size);
+        uint64_t sum = job->sum[i];
         if (op->has_checksum[i] && sum != t->checksum) {
             st[i] = ST(CORRUPT);
             srv->m.corrupt++;
@@ -233,11 +235,13 @@ static void finish_put(kvtcd_op *op, size_t base)
         off += t->size;
     }
     srv->m.bytes_in += op->total;
+    uint64_t t2 = uv_hrtime();
     KVTCD_DEBUG("req", "put session=%llu req=%llu chunks=%u bytes=%llu "
-                       "ms=%.3f",
+                       "recv_ms=%.3f store_ms=%.3f",
                 (unsigned long long)s->id, (unsigned long long)op->req_id,
                 op->n_chunks, (unsigned long long)op->total,
-                op->t0_ns ? (double)(uv_hrtime() - op->t0_ns) / 1e6 : 0.0);
+                (double)(op->t1_ns - op->t0_ns) / 1e6,
+                (double)(t2 - op->t1_ns) / 1e6);
     Kvtc__Wire__PutReply pr = KVTC__WIRE__PUT_REPLY__INIT;
     pr.n_status = op->n_chunks;
     pr.status = st;
@@ -254,6 +258,33 @@ static void finish_put(kvtcd_op *op, size_t base)
     rep.put = &pr;
     kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0);
     free(st);
+    kvtcd_op_free(op);
+}
+
+/* The payload is in op->blob, chunk 0 at base and the others after it:
+ * hash it (off the loop when large), then put_hashed. Owns op. */
+static void finish_put(kvtcd_op *op, size_t base)
+{
+    kvtcd_server *srv = op->sess->srv;
+    op->t1_ns = uv_hrtime();
+    if (!op->t0_ns)
+        op->t0_ns = op->t1_ns;
+    op->put_base = base;
+    if (kvtcd_hashjob_init(&op->hash, op->n_chunks) < 0) {
+        kvtcd_send_error(op->sess, op->req_id, ST(INTERNAL),
+                         "put: out of memory");
+        kvtcd_op_free(op);
+        return;
+    }
+    size_t off = base;
+    for (uint32_t i = 0; i < op->n_chunks; i++) {
+        op->hash.ptr[i] = op->blob->data + off;
+        op->hash.len[i] = op->tmpl[i].size;
+        off += op->tmpl[i].size;
+    }
+    op->hash.done = put_hashed;
+    op->hash.arg = op;
+    kvtcd_hashjob_run(srv->loop, &op->hash);
 }
 
 static void reply_put_full(kvtcd_session *s, uint64_t id, size_t n,
@@ -308,7 +339,6 @@ static void complete_recv(kvtcd_op *op, ucs_status_t status)
     }
     if (op->kind == KVTCD_OP_PUT) {
         finish_put(op, 0);
-        kvtcd_op_free(op);
         return;
     }
     /* KVTCD_OP_RECV: the message (and any bulk after it) has arrived. */
@@ -409,7 +439,6 @@ static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,
         op->blob = preblob;
         kvtcd_blob_ref(preblob);
         finish_put(op, preoff);
-        kvtcd_op_free(op);
         return;
     }
     int rc = kvtcd_index_reserve(&srv->index, total, now, &op->blob);
@@ -426,7 +455,6 @@ static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,
     }
     memcpy(op->blob->data, bulk, total);
     finish_put(op, 0);
-    kvtcd_op_free(op);
     return;
 nomem:
     kvtcd_op_free(op);
@@ -435,15 +463,84 @@ nomem:
 
 /* ---- Get --------------------------------------------------------------- */
 
-static void meta_of(const kvtcd_entry *e, Kvtc__Wire__ChunkMeta *m,
-                    Kvtc__Wire__Layout *lm)
+/* Everything a Get reply needs, owned here: entries may be evicted or
+ * replaced while the hits are re-verified off the loop thread, so keys and
+ * parents are copied and the blobs referenced. */
+typedef struct get_ctx {
+    size_t n, nf;
+    uint32_t ns;
+    Kvtc__Wire__GetResult *res;
+    Kvtc__Wire__GetResult **resp;
+    Kvtc__Wire__ChunkMeta *metas;
+    Kvtc__Wire__Layout *lms;
+    uint8_t (*keys)[KVTCD_KEY_BYTES];
+    uint8_t (*parents)[KVTCD_KEY_BYTES];
+    /* per hit j */
+    uint32_t *fidx;       /* index of its result */
+    kvtcd_blob **blobs;   /* referenced */
+    size_t *offs;
+    uint64_t *sums;       /* checksum the index holds */
+    kvtcd_seg *segs;
+} get_ctx;
+
+static void get_ctx_free(void *p)
 {
+    get_ctx *c = p;
+    if (!c)
+        return;
+    for (size_t j = 0; j < c->nf; j++)
+        kvtcd_blob_unref(c->blobs[j]);
+    free(c->res);
+    free(c->resp);
+    free(c->metas);
+    free(c->lms);
+    free(c->keys);
+    free(c->parents);
+    free(c->fidx);
+    free(c->blobs);
+    free(c->offs);
+    free(c->sums);
+    free(c->segs);
+    free(c);
+}
+
+static get_ctx *get_ctx_new(size_t n)
+{
+    get_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->n = n;
+    c->res = calloc(n, sizeof *c->res);
+    c->resp = calloc(n, sizeof *c->resp);
+    c->metas = calloc(n, sizeof *c->metas);
+    c->lms = calloc(n, sizeof *c->lms);
+    c->keys = calloc(n, sizeof *c->keys);
+    c->parents = calloc(n, sizeof *c->parents);
+    c->fidx = calloc(n, sizeof *c->fidx);
+    c->blobs = calloc(n, sizeof *c->blobs);
+    c->offs = calloc(n, sizeof *c->offs);
+    c->sums = calloc(n, sizeof *c->sums);
+    c->segs = calloc(n, sizeof *c->segs);
+    if (!c->res || !c->resp || !c->metas || !c->lms || !c->keys ||
+        !c->parents || !c->fidx || !c->blobs || !c->offs || !c->sums ||
+        !c->segs) {
+        get_ctx_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void meta_of(const kvtcd_entry *e, get_ctx *c, size_t i)
+{
+    Kvtc__Wire__ChunkMeta *m = &c->metas[i];
     kvtc__wire__chunk_meta__init(m);
-    m->key.data = (uint8_t *)e->key;
+    memcpy(c->keys[i], e->key, KVTCD_KEY_BYTES);
+    m->key.data = c->keys[i];
     m->key.len = KVTCD_KEY_BYTES;
     if (e->has_parent) {
+        memcpy(c->parents[i], e->parent, KVTCD_KEY_BYTES);
         m->has_parent = 1;
-        m->parent.data = (uint8_t *)e->parent;
+        m->parent.data = c->parents[i];
         m->parent.len = KVTCD_KEY_BYTES;
     }
     m->size = e->size;
@@ -452,8 +549,8 @@ static void meta_of(const kvtcd_entry *e, Kvtc__Wire__ChunkMeta *m,
     m->has_encoding = 1;
     m->encoding = (Kvtc__Wire__Encoding)e->encoding;
     if (e->has_layout) {
-        kvtc_wire_layout_to_msg(&e->layout, lm);
-        m->layout = lm;
+        kvtc_wire_layout_to_msg(&e->layout, &c->lms[i]);
+        m->layout = &c->lms[i];
     }
     m->has_first_pos = 1;
     m->first_pos = e->first_pos;
@@ -463,6 +560,58 @@ static void meta_of(const kvtcd_entry *e, Kvtc__Wire__ChunkMeta *m,
         m->has_flags = 1;
         m->flags = e->chunk_flags;
     }
+}
+
+/* Hits re-verified: mismatches become CORRUPT misses (and leave the
+ * index), the rest are sent as one iov. Frees op. */
+static void get_hashed(kvtcd_hashjob *job)
+{
+    kvtcd_op *op = job->arg;
+    kvtcd_session *s = op->sess;
+    kvtcd_server *srv = s->srv;
+    get_ctx *c = op->ctx;
+    uint64_t now = kvtcd_now_ms(srv);
+    size_t ns = 0;
+    for (size_t j = 0; j < c->nf; j++) {
+        size_t i = c->fidx[j];
+        if (job->sum[j] == c->sums[j]) {
+            c->segs[ns].p = c->blobs[j]->data + c->offs[j];
+            c->segs[ns].len = job->len[j];
+            c->blobs[ns] = c->blobs[j]; /* compact the sent ones first */
+            if (ns != j)
+                c->blobs[j] = NULL;
+            ns++;
+            continue;
+        }
+        /* Never serve wrong KV: drop it, if the index still has it. */
+        KVTCD_ERROR("store", "stored chunk failed its checksum; dropped "
+                             "session=%llu bytes=%zu",
+                    (unsigned long long)s->id, job->len[j]);
+        kvtcd_entry *e = kvtcd_index_find(&srv->index, c->ns, c->keys[i], now);
+        if (e && e->blob == c->blobs[j] && e->off == c->offs[j])
+            kvtcd_index_remove(&srv->index, e);
+        c->res[i].status = ST(CORRUPT);
+        c->res[i].meta = NULL;
+        c->res[i].has_tier = 0;
+        srv->m.corrupt++;
+        srv->m.hits--;
+        srv->m.misses++;
+        kvtcd_blob_unref(c->blobs[j]);
+        c->blobs[j] = NULL;
+    }
+    /* Blobs past ns are NULL or moved: get_ctx_free unrefs [0, nf). */
+    for (size_t j = ns; j < c->nf; j++)
+        c->blobs[j] = NULL;
+    Kvtc__Wire__GetReply gr = KVTC__WIRE__GET_REPLY__INIT;
+    gr.n_results = c->n;
+    gr.results = c->resp;
+    Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
+    rep.id = op->req_id;
+    rep.status = ST(OK);
+    rep.body_case = KVTC__WIRE__REPLY__BODY_GET;
+    rep.get = &gr;
+    kvtcd_send_reply(s, &rep, c->segs, (uint32_t)ns, c->blobs, (uint32_t)ns);
+    kvtcd_op_free(op);
 }
 
 static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
@@ -483,74 +632,54 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
     }
     size_t n = g->n_keys;
     uint64_t now = kvtcd_now_ms(srv);
-    Kvtc__Wire__GetResult *res = calloc(n, sizeof *res);
-    Kvtc__Wire__GetResult **resp = calloc(n, sizeof *resp);
-    Kvtc__Wire__ChunkMeta *metas = calloc(n, sizeof *metas);
-    Kvtc__Wire__Layout *lms = calloc(n, sizeof *lms);
-    kvtcd_entry **found = calloc(n, sizeof *found);
-    kvtcd_blob **holds = calloc(n, sizeof *holds);
-    kvtcd_seg *segs = calloc(n, sizeof *segs);
-    if (!res || !resp || !metas || !lms || !found || !holds || !segs) {
+    get_ctx *c = get_ctx_new(n);
+    kvtcd_op *op = c ? kvtcd_op_new(srv, KVTCD_OP_GET, s) : NULL;
+    if (!op) {
+        get_ctx_free(c);
         kvtcd_send_error(s, req->id, ST(INTERNAL), "get: out of memory");
-        goto cleanup;
+        return;
     }
-    size_t nf = 0;
+    op->req_id = req->id;
+    op->ctx = c;
+    op->ctx_free = get_ctx_free;
+    c->ns = s->ns;
     for (size_t i = 0; i < n; i++) {
-        kvtc__wire__get_result__init(&res[i]);
-        resp[i] = &res[i];
+        kvtc__wire__get_result__init(&c->res[i]);
+        c->resp[i] = &c->res[i];
         srv->m.gets++;
         kvtcd_entry *e = kvtcd_index_find(&srv->index, s->ns, g->keys[i].data,
                                           now);
         if (!e) {
-            res[i].status = ST(NOT_FOUND);
-            srv->m.misses++;
-            continue;
-        }
-        /* Never serve wrong KV: re-verify what memory holds now. */
-        if (kvtc_wire_checksum(e->blob->data + e->off, e->size) !=
-            e->checksum) {
-            KVTCD_ERROR("store", "stored chunk failed its checksum; dropped "
-                                 "session=%llu bytes=%llu",
-                        (unsigned long long)s->id,
-                        (unsigned long long)e->size);
-            kvtcd_index_remove(&srv->index, e);
-            res[i].status = ST(CORRUPT);
-            srv->m.corrupt++;
+            c->res[i].status = ST(NOT_FOUND);
             srv->m.misses++;
             continue;
         }
         srv->m.hits++;
         kvtcd_index_touch(&srv->index, e, now);
-        res[i].status = ST(OK);
-        meta_of(e, &metas[i], &lms[i]);
-        res[i].meta = &metas[i];
-        res[i].has_tier = 1;
-        res[i].tier = (Kvtc__Wire__Tier)e->blob->tier->wire_tier;
-        found[nf] = e;
-        holds[nf] = e->blob;
-        nf++;
+        c->res[i].status = ST(OK);
+        meta_of(e, c, i);
+        c->res[i].meta = &c->metas[i];
+        c->res[i].has_tier = 1;
+        c->res[i].tier = (Kvtc__Wire__Tier)e->blob->tier->wire_tier;
+        size_t j = c->nf++;
+        c->fidx[j] = (uint32_t)i;
+        c->blobs[j] = e->blob;
+        kvtcd_blob_ref(e->blob);
+        c->offs[j] = e->off;
+        c->sums[j] = e->checksum;
     }
-    for (size_t j = 0; j < nf; j++) {
-        segs[j].p = found[j]->blob->data + found[j]->off;
-        segs[j].len = found[j]->size;
+    if (kvtcd_hashjob_init(&op->hash, (uint32_t)c->nf) < 0) {
+        kvtcd_send_error(s, req->id, ST(INTERNAL), "get: out of memory");
+        kvtcd_op_free(op);
+        return;
     }
-    Kvtc__Wire__GetReply gr = KVTC__WIRE__GET_REPLY__INIT;
-    gr.n_results = n;
-    gr.results = resp;
-    Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
-    rep.id = req->id;
-    rep.status = ST(OK);
-    rep.body_case = KVTC__WIRE__REPLY__BODY_GET;
-    rep.get = &gr;
-    kvtcd_send_reply(s, &rep, segs, (uint32_t)nf, holds, (uint32_t)nf);
-cleanup:
-    free(segs);
-    free(res);
-    free(resp);
-    free(metas);
-    free(lms);
-    free(found);
-    free(holds);
+    for (size_t j = 0; j < c->nf; j++) {
+        op->hash.ptr[j] = c->blobs[j]->data + c->offs[j];
+        op->hash.len[j] = c->metas[c->fidx[j]].size;
+    }
+    op->hash.done = get_hashed;
+    op->hash.arg = op;
+    kvtcd_hashjob_run(srv->loop, &op->hash);
 }
 
 /* ---- Lookup, Delete, Pin, Stats ---------------------------------------- */

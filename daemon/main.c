@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "kvtc_errors.h"
@@ -30,6 +31,14 @@ int main(int argc, char **argv)
     kvtcd_log_set_level(cfg.log_level);
     /* A client vanishing mid-send must not kill the daemon. */
     signal(SIGPIPE, SIG_IGN);
+    /* Checksums of large chunks run on libuv's thread pool (4 threads by
+     * default): one per core, up to 16, unless the operator chose. */
+    if (!getenv("UV_THREADPOOL_SIZE")) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        char v[16];
+        snprintf(v, sizeof v, "%ld", n < 4 ? 4 : n > 16 ? 16 : n);
+        setenv("UV_THREADPOOL_SIZE", v, 0);
+    }
 
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0) {

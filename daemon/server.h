@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "hash.h"
 #include "index.h"
 #include "tier.h"
 #include "wire.h"
@@ -53,9 +54,10 @@ typedef struct kvtcd_session {
 /* An in-flight operation that holds UCX resources: a put whose bulk data
  * is still arriving, or a reply being sent. */
 enum kvtcd_op_kind {
-    KVTCD_OP_PUT = 1,  /* a put's bulk arriving by rendezvous into blob */
+    KVTCD_OP_PUT = 1,  /* a put: bulk arriving into blob, then hashed */
     KVTCD_OP_SEND = 2, /* a reply being sent */
-    KVTCD_OP_RECV = 3  /* an "in data" request arriving by rendezvous */
+    KVTCD_OP_RECV = 3, /* an "in data" request arriving by rendezvous */
+    KVTCD_OP_GET = 4   /* a get whose hits are being re-verified */
 };
 
 typedef struct kvtcd_op {
@@ -72,6 +74,11 @@ typedef struct kvtcd_op {
     uint64_t total;
     uint32_t ttl_ms;
     uint64_t t0_ns;                    /* uv_hrtime() at arrival */
+    uint64_t t1_ns;                    /* bulk arrived */
+    size_t put_base;                   /* chunk 0's offset in blob */
+    kvtcd_hashjob hash;                /* PUT, GET: checksums */
+    void *ctx;                         /* GET: its state */
+    void (*ctx_free)(void *ctx);
     /* RECV: the message lands at msg_buf (no bulk) or blob->data (bulk
      * follows the msg_len message bytes) */
     void *msg_buf;

@@ -58,6 +58,9 @@ void kvtcd_op_free(kvtcd_op *op)
     if (op->next)
         op->next->prev = op->prev;
     srv->n_ops--;
+    if (op->ctx_free)
+        op->ctx_free(op->ctx);
+    kvtcd_hashjob_fini(&op->hash);
     free(op->tmpl);
     free(op->has_checksum);
     kvtcd_blob_unref(op->blob);
