@@ -51,8 +51,7 @@ static ucs_status_t on_reply(void *arg, const void *header, size_t header_length
             r->reply_len = header_length + extra;
         }
     }
-    if (rndv)
-        ucp_am_data_release(r->worker, data);
+    /* UCS_OK drops a rendezvous payload unreceived (and releases eager data). */
     return UCS_OK;
 }
 
