@@ -152,6 +152,11 @@ Test(it_cli, put_get_lookup_stats_contract, .timeout = 90)
     cr_expect_geq(json_int(c.out, "bytes_used"), 2 * (long long)n, "stats --json: %s", c.out);
     cr_expect_eq(run_cli(&c, "stats", NULL, NULL, NULL, NULL), 0, "stats: exit %d: %s", c.code, c.err);
     cr_expect(c.out[0] && !one_json_object(c.out), "human stats output expected: \"%s\"", c.out);
+    /* --json for put and get too: one object naming the bytes moved. */
+    cr_expect_eq(run_cli(&c, "put", "--json", k1, in, NULL), 0, "put --json: exit %d: %s", c.code, c.err);
+    cr_expect(one_json_object(c.out) && json_int(c.out, "bytes") == (long long)n, "put --json printed \"%s\"", c.out);
+    cr_expect_eq(run_cli(&c, "get", "--json", k1, out, NULL), 0, "get --json: exit %d: %s", c.code, c.err);
+    cr_expect(one_json_object(c.out) && json_int(c.out, "bytes") == (long long)n, "get --json printed \"%s\"", c.out);
     /* --json for lookup too. */
     cr_expect_eq(run_cli(&c, "lookup", "--json", k1, k2, k3), 0, "lookup --json: exit %d: %s", c.code, c.err);
     cr_expect(one_json_object(c.out) && json_int(c.out, "hits") == 2, "lookup --json printed \"%s\"", c.out);
