@@ -232,6 +232,64 @@ static int whiten(float *coef, uint32_t n, uint32_t k, float *sigma)
     return 0;
 }
 
+/* Clip levels (in units of the whitened coefficients' std) tried for the
+ * static groups of each type. */
+static const float static_clips[KVTC__N_QTYPES][6] = {
+    {0}, {0.75f, 1.0f, 1.25f, 1.5f, 2.0f, 2.5f}, {1.5f, 2.0f, 2.5f, 3.0f, 3.5f, 4.5f},
+    {3.0f, 4.0f, 6.0f, 8.0f, 12.0f, 16.0f}};
+#define N_CLIPS 6
+
+/* Static groups: each component's error for every type and clip (elements
+ * quantize independently once shift and scale are fixed), then per group
+ * the clip with the least summed error. Errors averaged over rows. */
+static int measure_static(const float *coef, uint32_t n, uint32_t k, const float *sigma, int s,
+                          struct kvtc__plan_errors *pe)
+{
+    double *e = calloc((size_t)KVTC__N_QTYPES * N_CLIPS * (k ? k : 1), sizeof(double));
+    if (!e)
+        return KVTC_ENOMEM;
+    uint8_t code;
+    for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++)
+        for (uint32_t ci = 0; ci < N_CLIPS; ci++) {
+            uint16_t sh, sc;
+            kvtc__static_params(t, static_clips[t][ci], &sh, &sc);
+            double *et = e + ((size_t)t * N_CLIPS + ci) * k;
+            for (uint32_t r = 0; r < n; r++)
+                for (uint32_t j = 0; j < k; j++)
+                    et[j] += kvtc__quantize_fixed(t, coef + (size_t)r * k + j, 1, NULL, sh, sc,
+                                                  &code);
+            for (uint32_t j = 0; j < k; j++)
+                et[j] *= (double)sigma[j] * sigma[j] / n;
+        }
+    for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++) {
+        uint32_t size = kvtc__group_sizes[si], ng = (k + size - 1) / size;
+        for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++) {
+            pe->sgroup[s][si][t] = calloc(ng + 1, sizeof(double));
+            pe->sclip[s][si][t] = calloc(ng + 1, sizeof(float));
+            if (!pe->sgroup[s][si][t] || !pe->sclip[s][si][t]) {
+                free(e);
+                return KVTC_ENOMEM;
+            }
+            for (uint32_t g = 0; g < ng; g++) {
+                double best = -1;
+                for (uint32_t ci = 0; ci < N_CLIPS; ci++) {
+                    const double *et = e + ((size_t)t * N_CLIPS + ci) * k;
+                    double sum = 0;
+                    for (uint32_t j = g * size; j < k && j < (g + 1) * size; j++)
+                        sum += et[j];
+                    if (best < 0 || sum < best) {
+                        best = sum;
+                        pe->sclip[s][si][t][g] = static_clips[t][ci];
+                    }
+                }
+                pe->sgroup[s][si][t][g] = best;
+            }
+        }
+    }
+    free(e);
+    return 0;
+}
+
 /* Errors, in the original units, of every planner option on the whitened
  * coefficients coef[n][k]. */
 static int measure_errors(const float *coef, uint32_t n, uint32_t k, const float *sigma, int s,
@@ -271,6 +329,9 @@ static int measure_errors(const float *coef, uint32_t n, uint32_t k, const float
         }
     }
     free(w2);
+    int rc = measure_static(coef, n, k, sigma, s, pe);
+    if (rc)
+        return rc;
     for (uint32_t j = 0; j < k; j++)
         pe->drop[s][j] /= n;
     for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++)
@@ -285,8 +346,11 @@ static void free_errors(struct kvtc__plan_errors *pe)
     for (int s = 0; s < 2; s++) {
         free(pe->drop[s]);
         for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++)
-            for (uint32_t t = 0; t < KVTC__N_QTYPES; t++)
+            for (uint32_t t = 0; t < KVTC__N_QTYPES; t++) {
                 free(pe->group[s][si][t]);
+                free(pe->sgroup[s][si][t]);
+                free(pe->sclip[s][si][t]);
+            }
     }
 }
 

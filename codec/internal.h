@@ -27,7 +27,13 @@ struct kvtc__group {
     uint16_t size;   /* 1..KVTC__MAX_GROUP */
     uint8_t type;    /* KVTC__Q_INT2..FP8 (dropped runs are not stored) */
     uint8_t stream;  /* 0 keys, 1 values */
+    /* Static groups keep one fp16 shift and scale, fitted at calibration,
+     * instead of a per-token pair: no 32-bit overhead per token, which
+     * narrow rows (small models) cannot afford. Whitening makes it work. */
+    uint8_t is_static;
+    uint16_t sshift, sscale;
 };
+#define KVTC__STATIC_FLAG 0x80 /* on the type byte in the profile file */
 
 struct kvtc__plan {
     kvtc_plan_info info;
@@ -66,6 +72,12 @@ static inline int kvtc__f16_is_finite(uint16_t h) { return (h & 0x7c00) != 0x7c0
  * weighted by w2[j] when w2 is not NULL. */
 double kvtc__quantize_group(uint32_t type, const float *x, uint32_t n, const float *w2,
                             uint16_t *shift, uint16_t *scale, uint8_t *codes);
+/* Quantize with a given shift and scale (static groups); squared error as
+ * above. */
+double kvtc__quantize_fixed(uint32_t type, const float *x, uint32_t n, const float *w2,
+                            uint16_t shift, uint16_t scale, uint8_t *codes);
+/* Static shift/scale covering [-clip, clip] for a type. */
+void kvtc__static_params(uint32_t type, float clip, uint16_t *shift, uint16_t *scale);
 /* Reconstruct; returns 0, or KVTC_ECORRUPT for a NaN fp8 code or a
  * non-finite shift/scale. */
 int kvtc__dequantize_group(uint32_t type, const uint8_t *codes, uint32_t n,

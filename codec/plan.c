@@ -22,14 +22,19 @@
 size_t kvtc__plan_symbol_bytes(const struct kvtc__plan *p, uint32_t n,
                                size_t *shift_off, size_t *scale_off, size_t *code_off)
 {
-    /* Layout: every group's shifts [g][t], then every group's scales, then
-     * every group's codes, bit-packed token-major, each group byte-aligned. */
-    size_t params = (size_t)p->n_groups * n * 2, off = 2 * params;
+    /* Layout: every dynamic group's shifts [g][t], then their scales, then
+     * every group's codes, bit-packed token-major, each group byte-aligned.
+     * Static groups have no per-token shift/scale. */
+    size_t dyn = 0;
+    for (uint32_t g = 0; g < p->n_groups; g++)
+        dyn += !p->groups[g].is_static;
+    size_t params = dyn * n * 2, off = 2 * params, d = 0;
     for (uint32_t g = 0; g < p->n_groups; g++) {
         if (shift_off)
-            shift_off[g] = (size_t)g * n * 2;
+            shift_off[g] = p->groups[g].is_static ? SIZE_MAX : d * n * 2;
         if (scale_off)
-            scale_off[g] = params + (size_t)g * n * 2;
+            scale_off[g] = p->groups[g].is_static ? SIZE_MAX : params + d * n * 2;
+        d += !p->groups[g].is_static;
         if (code_off)
             code_off[g] = off;
         uint64_t bits = (uint64_t)n * p->groups[g].size * kvtc__qtype_bits(p->groups[g].type);
@@ -47,6 +52,9 @@ int kvtc__plan_validate(const struct kvtc__plan *p, const uint32_t ncomp[2])
         if (gr->stream > 1 || gr->stream < stream || gr->type < KVTC__Q_INT2 ||
             gr->type > KVTC__Q_FP8 || gr->size == 0 || gr->size > KVTC__MAX_GROUP)
             return KVTC_ECORRUPT;
+        if (gr->is_static && (!kvtc__f16_is_finite(gr->sshift) ||
+                              !kvtc__f16_is_finite(gr->sscale) || !(kvtc__f16_to_f32(gr->sscale) > 0)))
+            return KVTC_ECORRUPT;
         stream = gr->stream;
         if (gr->start < next[stream] || (uint64_t)gr->start + gr->size > ncomp[stream])
             return KVTC_ECORRUPT;
@@ -56,12 +64,16 @@ int kvtc__plan_validate(const struct kvtc__plan *p, const uint32_t ncomp[2])
 }
 
 /* Option encoding in the choice table: 0 = drop one component;
- * 1 + size_index * 3 + (type - 1) = a coded group. */
-struct option {
-    uint32_t len, cost_units, size;
-    uint8_t type;
-    float err;
-};
+ * 1 + ((size_index * 3 + type - 1) << 1 | is_static) = a coded group. */
+static uint8_t option(uint32_t si, uint32_t t, uint32_t st)
+{
+    return (uint8_t)(1 + ((si * 3 + t - 1) << 1 | st));
+}
+
+static uint64_t option_bits(uint32_t len, uint32_t t, uint32_t st)
+{
+    return (uint64_t)len * kvtc__qtype_bits(t) + (st ? 0 : KVTC__GROUP_OVERHEAD_BITS);
+}
 
 static uint32_t units(uint64_t bits, uint64_t unit) { return (uint32_t)((bits + unit - 1) / unit); }
 
@@ -105,18 +117,21 @@ int kvtc__plan_solve(const struct kvtc__plan_errors *pe, double budget_bits,
                 if (local % size)
                     continue;
                 uint32_t len = end - i < size ? end - i : size;
-                for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++) {
-                    uint32_t cu = units((uint64_t)len * kvtc__qtype_bits(t) +
-                                            KVTC__GROUP_OVERHEAD_BITS, unit);
-                    if (c + cu > B)
-                        continue;
-                    size_t dd = (size_t)(i + len) * (B + 1) + c + cu;
-                    float en = e0 + (float)(pe->weight[s] * pe->group[s][si][t][local / size]);
-                    if (en < dp[dd]) {
-                        dp[dd] = en;
-                        ch[dd] = (uint8_t)(1 + si * 3 + (t - 1));
+                for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++)
+                    for (uint32_t st = 0; st < 2; st++) {
+                        const double *err = st ? pe->sgroup[s][si][t] : pe->group[s][si][t];
+                        if (!err)
+                            continue;
+                        uint32_t cu = units(option_bits(len, t, st), unit);
+                        if (c + cu > B)
+                            continue;
+                        size_t dd = (size_t)(i + len) * (B + 1) + c + cu;
+                        float en = e0 + (float)(pe->weight[s] * err[local / size]);
+                        if (en < dp[dd]) {
+                            dp[dd] = en;
+                            ch[dd] = option(si, t, st);
+                        }
                     }
-                }
             }
         }
     }
@@ -143,16 +158,22 @@ int kvtc__plan_solve(const struct kvtc__plan_errors *pe, double budget_bits,
             i -= 1;
             continue;
         }
-        uint32_t si = (o - 1) / 3, t = (o - 1) % 3 + 1, size = kvtc__group_sizes[si];
+        uint32_t st = (uint32_t)(o - 1) & 1, si = (uint32_t)((o - 1) >> 1) / 3;
+        uint32_t t = (uint32_t)((o - 1) >> 1) % 3 + 1, size = kvtc__group_sizes[si];
         uint32_t start = base + ((i - 1 - base) / size) * size, len = i - start;
+        uint32_t gi = (start - base) / size;
         struct kvtc__group *g = &groups[n_groups++];
+        memset(g, 0, sizeof *g);
         g->start = start - base;
         g->size = (uint16_t)len;
         g->type = (uint8_t)t;
         g->stream = (uint8_t)s;
-        err_s[s] += pe->group[s][si][t][(start - base) / size];
-        bits += (double)len * kvtc__qtype_bits(t) + KVTC__GROUP_OVERHEAD_BITS;
-        c -= units((uint64_t)len * kvtc__qtype_bits(t) + KVTC__GROUP_OVERHEAD_BITS, unit);
+        g->is_static = (uint8_t)st;
+        if (st)
+            kvtc__static_params(t, pe->sclip[s][si][t][gi], &g->sshift, &g->sscale);
+        err_s[s] += (st ? pe->sgroup : pe->group)[s][si][t][gi];
+        bits += (double)option_bits(len, t, st);
+        c -= units(option_bits(len, t, st), unit);
         i = start;
     }
     for (uint32_t a = 0, b = n_groups ? n_groups - 1 : 0; a < b; a++, b--) {

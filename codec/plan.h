@@ -12,6 +12,9 @@ struct kvtc__plan_errors {
     double *drop[2];               /* [ncomp]: error of dropping component j */
     /* [stream][size index][type][group]: error of coding aligned group g */
     double *group[2][KVTC__N_GROUP_SIZES][KVTC__N_QTYPES];
+    /* same for static groups (NULL: not offered), and their fitted clip */
+    double *sgroup[2][KVTC__N_GROUP_SIZES][KVTC__N_QTYPES];
+    float *sclip[2][KVTC__N_GROUP_SIZES][KVTC__N_QTYPES];
     double tail[2];                /* error of components beyond ncomp */
     double weight[2];              /* objective weight of each stream's error */
 };

@@ -3,7 +3,8 @@
  *   "KVTCPROF" u32 version u32 width u32 ncomp_k u32 ncomp_v u32 n_plans
  *   layout(48)
  *   n_plans x { f32 target f32 mse_k f32 mse_v u32 n_groups
- *               n_groups x { u32 start u16 size u8 type u8 stream } }
+ *               n_groups x { u32 start u16 size u8 type u8 stream
+ *                            [f16 shift f16 scale when type & 0x80: static] } }
  *   f32 mean_k[D] f32 basis_k[D][ncomp_k] f32 sigma_k[ncomp_k]
  *   f32 mean_v[D] f32 basis_v[D][ncomp_v] f32 sigma_v[ncomp_v]
  *   u64 XXH3-64 of everything before it (also the profile id)
@@ -29,7 +30,8 @@ static void plan_info_from_groups(struct kvtc__plan *p)
     p->info.key_components = p->info.value_components = 0;
     for (uint32_t g = 0; g < p->n_groups; g++) {
         const struct kvtc__group *gr = &p->groups[g];
-        bits += (double)gr->size * kvtc__qtype_bits(gr->type) + KVTC__GROUP_OVERHEAD_BITS;
+        bits += (double)gr->size * kvtc__qtype_bits(gr->type) +
+                (gr->is_static ? 0 : KVTC__GROUP_OVERHEAD_BITS);
         *(gr->stream ? &p->info.value_components : &p->info.key_components) += gr->size;
     }
     p->info.bits_per_token = (float)bits;
@@ -67,10 +69,15 @@ static void serialize(const kvtc_profile *p, struct kvtc__wr *w)
         kvtc__put_f32(w, pl->info.mse_value);
         kvtc__put_u32(w, pl->n_groups);
         for (uint32_t g = 0; g < pl->n_groups; g++) {
-            kvtc__put_u32(w, pl->groups[g].start);
-            kvtc__put_u16(w, pl->groups[g].size);
-            kvtc__put_u8(w, pl->groups[g].type);
-            kvtc__put_u8(w, pl->groups[g].stream);
+            const struct kvtc__group *gr = &pl->groups[g];
+            kvtc__put_u32(w, gr->start);
+            kvtc__put_u16(w, gr->size);
+            kvtc__put_u8(w, (uint8_t)(gr->type | (gr->is_static ? KVTC__STATIC_FLAG : 0)));
+            kvtc__put_u8(w, gr->stream);
+            if (gr->is_static) {
+                kvtc__put_u16(w, gr->sshift);
+                kvtc__put_u16(w, gr->sscale);
+            }
         }
     }
     for (int s = 0; s < 2; s++) {
@@ -251,10 +258,18 @@ int kvtc_profile_load(const void *buf, size_t len, kvtc_profile **out)
         rc = KVTC_ECORRUPT;
         p->n_plans = i + 1;
         for (uint32_t g = 0; g < pl->n_groups; g++) {
-            pl->groups[g].start = kvtc__get_u32(&r);
-            pl->groups[g].size = kvtc__get_u16(&r);
-            pl->groups[g].type = kvtc__get_u8(&r);
-            pl->groups[g].stream = kvtc__get_u8(&r);
+            struct kvtc__group *gr = &pl->groups[g];
+            memset(gr, 0, sizeof *gr);
+            gr->start = kvtc__get_u32(&r);
+            gr->size = kvtc__get_u16(&r);
+            uint8_t type = kvtc__get_u8(&r);
+            gr->stream = kvtc__get_u8(&r);
+            gr->type = type & (uint8_t)~KVTC__STATIC_FLAG;
+            gr->is_static = (type & KVTC__STATIC_FLAG) != 0;
+            if (gr->is_static) {
+                gr->sshift = kvtc__get_u16(&r);
+                gr->sscale = kvtc__get_u16(&r);
+            }
         }
         if (r.bad || kvtc__plan_validate(pl, p->ncomp))
             goto fail;

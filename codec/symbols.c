@@ -1,5 +1,6 @@
 /* symbols.c - packing of quantized groups. Per group: T fp16 shifts, T fp16
- * scales (in the parameter areas), then T*size codes of 2, 4 or 8 bits,
+ * scales (in the parameter areas; none for static groups, whose pair is in
+ * the plan), then T*size codes of 2, 4 or 8 bits,
  * token-major, little-endian within each byte. */
 #include <string.h>
 
@@ -23,11 +24,15 @@ void kvtc__pack_groups(const struct kvtc__plan *plan, uint32_t g0, uint32_t g1,
         uint32_t bits = kvtc__qtype_bits(gr->type), per_byte = 8 / bits;
         uint8_t *out = sym + code_off[g];
         for (uint32_t t = 0; t < T; t++) {
-            uint16_t sh, sc;
-            kvtc__quantize_group(gr->type, coef + (size_t)t * k + gr->start, gr->size, NULL, &sh,
-                                 &sc, codes);
-            put16(sym + shift_off[g] + 2 * (size_t)t, sh);
-            put16(sym + scale_off[g] + 2 * (size_t)t, sc);
+            const float *x = coef + (size_t)t * k + gr->start;
+            if (gr->is_static) {
+                kvtc__quantize_fixed(gr->type, x, gr->size, NULL, gr->sshift, gr->sscale, codes);
+            } else {
+                uint16_t sh, sc;
+                kvtc__quantize_group(gr->type, x, gr->size, NULL, &sh, &sc, codes);
+                put16(sym + shift_off[g] + 2 * (size_t)t, sh);
+                put16(sym + scale_off[g] + 2 * (size_t)t, sc);
+            }
             size_t base = (size_t)t * gr->size;
             if (bits == 8) {
                 memcpy(out + base, codes, gr->size);
@@ -61,9 +66,9 @@ int kvtc__unpack_groups(const struct kvtc__plan *plan, uint32_t g0, uint32_t g1,
                     codes[j] = (uint8_t)((in[i / per_byte] >> (bits * (i % per_byte))) & mask);
                 }
             }
-            int rc = kvtc__dequantize_group(gr->type, codes, gr->size,
-                                            get16(sym + shift_off[g] + 2 * (size_t)t),
-                                            get16(sym + scale_off[g] + 2 * (size_t)t),
+            uint16_t sh = gr->is_static ? gr->sshift : get16(sym + shift_off[g] + 2 * (size_t)t);
+            uint16_t sc = gr->is_static ? gr->sscale : get16(sym + scale_off[g] + 2 * (size_t)t);
+            int rc = kvtc__dequantize_group(gr->type, codes, gr->size, sh, sc,
                                             coef + (size_t)t * k + gr->start);
             if (rc)
                 return rc;
