@@ -5,6 +5,7 @@
 #include "kvtc.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int kvtc_bt_connect(const char *target, void **conn)
@@ -13,6 +14,12 @@ static int kvtc_bt_connect(const char *target, void **conn)
     p.field_mask = KVTC_CONN_PARAM_FIELD_CONNECT_TIMEOUT | KVTC_CONN_PARAM_FIELD_CLIENT_NAME;
     p.connect_timeout_ms = 20000;
     p.client_name = "kvtc_bench_transport";
+    /* KVTC_BENCH_SPIN_US: libkvtc's busy-poll window (its default when unset). */
+    const char *spin = getenv("KVTC_BENCH_SPIN_US");
+    if (spin && *spin) {
+        p.field_mask |= KVTC_CONN_PARAM_FIELD_SPIN;
+        p.spin_us = (uint32_t)strtoul(spin, NULL, 10);
+    }
     kvtc_conn *c = NULL;
     int rc = kvtc_connect(target, &p, &c);
     if (rc) {

@@ -21,5 +21,5 @@ $(BT_BIN): $(BT_OBJS) $(BT_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $(BT_OBJS) $(BT_LIBS) $(BT_LDLIBS) -lhiredis $(CODEC_LDLIBS)
 
 .PHONY: bench-transport
-bench-transport: $(BT_BIN) $(BINS)
+bench-transport: $(BT_BIN) $(BINDIR)/kvtcd
 	python3 bench/transport/run.py --build $(BUILD)
