@@ -61,8 +61,12 @@ int kvtc_calibrator_create(const kvtc_layout *layout, const kvtc_calib_params *p
         uint64_t fit = (512ull << 20) / (8ull * cal->width);
         cal->params.max_rows = (uint32_t)(fit > 65536 ? 65536 : fit < 1024 ? 1024 : fit);
     }
-    if (cal->params.plan_rows == 0)
-        cal->params.plan_rows = 4096;
+    if (cal->params.plan_rows == 0) {
+        /* as many rows as 2^26 coefficients allow: the planner's error
+         * estimates steer every bit, and narrow rows are cheap */
+        uint64_t fit = (1ull << 26) / cal->width;
+        cal->params.plan_rows = (uint32_t)(fit > 65536 ? 65536 : fit < 4096 ? 4096 : fit);
+    }
     if (cal->params.max_components == 0 || cal->params.max_components > cal->width)
         cal->params.max_components = cal->width;
     cal->rng = cal->params.seed ^ 0x6b7674632d63616cull;

@@ -131,7 +131,8 @@ typedef struct kvtc_calibrator kvtc_calibrator;
 typedef struct kvtc_calib_params {
     uint32_t max_rows;      /* rows kept for PCA; further rows are sampled
                                by reservoir (0: 65536) */
-    uint32_t plan_rows;     /* rows the planner measures errors on (0: 8192) */
+    uint32_t plan_rows;     /* rows the planner measures errors on
+                               (0: 2^26 / row width, within 4096..65536) */
     uint32_t max_components;/* cap on kept components per K/V (0: row width) */
     uint64_t seed;          /* reservoir sampling seed */
     float value_weight;     /* planner weight of value errors relative to key
