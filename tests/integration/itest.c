@@ -5,6 +5,7 @@
 
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -84,13 +85,39 @@ const char *itest_log_tail(const struct itest_daemon *d)
     return tail;
 }
 
+static void rm_tree(const char *dir);
+
+/* A test ended early by a failed assertion never reaches itest_daemon_stop
+ * (its daemon dies with it: PR_SET_PDEATHSIG). Its temp dir, named after
+ * the test process, is removed by the next start once that process is
+ * gone. */
+static void collect_stale_dirs(void)
+{
+    DIR *dir = opendir("/tmp");
+    struct dirent *e;
+    if (!dir)
+        return;
+    while ((e = readdir(dir))) {
+        int pid;
+        char path[300];
+        if (sscanf(e->d_name, "kvtc-it-%d-", &pid) != 1 || pid <= 0)
+            continue;
+        if (kill(pid, 0) == 0 || errno != ESRCH)
+            continue;
+        snprintf(path, sizeof path, "/tmp/%s", e->d_name);
+        rm_tree(path);
+    }
+    closedir(dir);
+}
+
 void itest_daemon_start(struct itest_daemon *d, const char *host_mem, int port,
                         const char *const *extra)
 {
     char pf[128], data[128], listen[64];
     const char *bin = kvtc_test_build_path("bin/kvtcd");
     memset(d, 0, sizeof *d);
-    strcpy(d->dir, "/tmp/kvtc-it-XXXXXX");
+    collect_stale_dirs();
+    snprintf(d->dir, sizeof d->dir, "/tmp/kvtc-it-%d-XXXXXX", (int)getpid());
     cr_assert_not_null(mkdtemp(d->dir), "mkdtemp: %s", strerror(errno));
     snprintf(pf, sizeof pf, "%s/ports", d->dir);
     snprintf(data, sizeof data, "%s/data", d->dir);
