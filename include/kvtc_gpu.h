@@ -41,11 +41,18 @@ typedef struct CUstream_st *kvtc_gpu_stream;
 /* 1 when a CUDA device is usable by this process, else 0 (never fails). */
 int kvtc_gpu_available(void);
 
+/* Operands of the projections (fp32 accumulation either way). fp16's 11-bit
+ * mantissa matters since coefficients are quantized divided by their
+ * calibration std: bf16 rounding noise (2^-9 of the row's magnitude) is
+ * then amplified on the small components and raised the error ~1.5x on the
+ * synthetic tests; fp16 is the default. Rows whose centred values exceed
+ * fp16's range (65504) are refused with KVTC_ENOTSUP: use bf16 for them. */
 enum kvtc_gpu_gemm {
-    KVTC_GPU_GEMM_BF16 = 0, /* bf16 operands, fp32 accumulation (default) */
-    KVTC_GPU_GEMM_FP16 = 1  /* fp16 operands, fp32 accumulation */
+    KVTC_GPU_GEMM_BF16 = 0, /* bf16 operands */
+    KVTC_GPU_GEMM_FP16 = 1  /* fp16 operands (default) */
 };
 
+/* A zeroed struct is not the defaults: pass NULL for them. */
 typedef struct kvtc_gpu_params {
     uint32_t gemm;          /* enum kvtc_gpu_gemm */
     int deflate_algo;       /* nvCOMP Deflate algorithm 0..5 (0, the
@@ -83,7 +90,8 @@ size_t kvtc_gpu_encode_bound(const kvtc_gpu_codec *g, const kvtc_gpu_chunk *chun
  * (device, dst_cap >= kvtc_gpu_encode_bound). Writes, in device memory,
  * container i at dst + d_offsets[i], d_sizes[i] bytes long (0 when
  * d_status[i] != 0; statuses: KVTC_EINVAL for non-finite KV, KVTC_EIO when
- * nvCOMP fails). Asynchronous on stream. */
+ * nvCOMP fails, KVTC_ENOTSUP for values beyond the fp16 GEMM's range).
+ * Asynchronous on stream. */
 int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, uint32_t n, void *dst,
                     size_t dst_cap, uint64_t *d_offsets, uint64_t *d_sizes, int32_t *d_status,
                     kvtc_gpu_stream stream);

@@ -97,7 +97,8 @@ extern "C" void kvtc_gpu_codec_free(kvtc_gpu_codec *g)
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         kvtc__dbuf_free(bufs[i]);
     for (int s = 0; s < 2; s++) {
-        cudaFree(g->basis[s]);
+        cudaFree(g->benc[s]);
+        cudaFree(g->bdec[s]);
         cudaFree(g->mean[s]);
     }
     cudaFree(g->inv_freq);
@@ -127,7 +128,7 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
 {
     if (!p || !out || plan >= p->n_plans)
         return KVTC_EINVAL;
-    kvtc_gpu_params prm = {KVTC_GPU_GEMM_BF16, 0, 0, 0};
+    kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 0};
     if (params)
         prm = *params;
     if (prm.gemm > KVTC_GPU_GEMM_FP16 || prm.deflate_algo < 0 || prm.deflate_algo > 5)
@@ -189,22 +190,27 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
             goto fail;
     }
     for (int s = 0; s < 2; s++) {
-        uint32_t kp = g->kp[s];
+        uint32_t kp = g->kp[s], ld = (uint32_t)kvtc__up(kp, 16);
+        g->ld[s] = ld;
         if ((rc = upload((void **)&g->mean[s], p->mean[s], sizeof(float) * g->D)))
             goto fail;
-        hb = malloc((size_t)g->D * (kp ? kp : 1) * 2);
+        hb = calloc((size_t)g->D * (ld ? ld : 1), 2);
         if (!hb) {
             rc = KVTC_ENOMEM;
             goto fail;
         }
-        uint16_t *h = (uint16_t *)hb;
-        for (uint32_t d = 0; d < g->D; d++)
-            for (uint32_t c = 0; c < kp; c++) {
-                float v = p->basis[s][(size_t)d * p->ncomp[s] + c];
-                h[(size_t)d * kp + c] = prm.gemm == KVTC_GPU_GEMM_FP16 ? kvtc__f32_to_f16(v)
-                                                                      : kvtc__f32_to_bf16(v);
-            }
-        rc = upload(&g->basis[s], hb, (size_t)g->D * kp * 2);
+        for (int dir = 0; dir < 2; dir++) {
+            const float *scale = dir ? p->sigma[s] : p->inv_sigma[s];
+            uint16_t *h = (uint16_t *)hb;
+            for (uint32_t d = 0; d < g->D; d++)
+                for (uint32_t c = 0; c < kp; c++) {
+                    float v = p->basis[s][(size_t)d * p->ncomp[s] + c] * scale[c];
+                    h[(size_t)d * ld + c] = prm.gemm == KVTC_GPU_GEMM_FP16 ? kvtc__f32_to_f16(v)
+                                                                          : kvtc__f32_to_bf16(v);
+                }
+            if ((rc = upload(dir ? &g->bdec[s] : &g->benc[s], hb, (size_t)g->D * ld * 2)))
+                break;
+        }
         free(hb);
         hb = NULL;
         if (rc)

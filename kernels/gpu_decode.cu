@@ -174,7 +174,7 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
     }
     dec_plan mp;
     plan_meta(n, P, kvtc__code_off_rows(g, g->host_T, n, NULL, 0, NULL), &mp);
-    uint32_t kmax = g->kp[0] > g->kp[1] ? g->kp[0] : g->kp[1];
+    uint32_t kmax = g->ld[0] > g->ld[1] ? g->ld[0] : g->ld[1];
     nvcompBatchedDeflateDecompressOpts_t opts = nvcompBatchedDeflateDecompressDefaultOpts;
     size_t temp_bytes = 0;
     rc = kvtc__cuda_err(cudaSetDevice(g->params.device), "cudaSetDevice");
@@ -201,6 +201,9 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
     uint32_t *pc = (uint32_t *)(hm + mp.o_pc);
     uint64_t row = 0, symo = 0, piece = 0, slots = 0;
     size_t tb = (size_t)g->hd * kvtc_dtype_size(l->dtype);
+    int vec = kvtc__rows_vec_ok(l);
+    for (uint32_t i = 0; i < n; i++)
+        vec &= ((uintptr_t)items[i].dst & 15) == 0;
     kvtc__code_off_rows(g, g->host_T, n, hm, mp.o_coff, g->host_roff);
     for (uint32_t i = 0; i < n; i++) {
         const kvtc_gpu_container *it = &items[i];
@@ -293,7 +296,7 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
         if ((rc = kvtc__gemm_decode(g, s, M, g->coef.p, g->rows.p, st)))
             return rc;
         kvtc__mark(g, KVTC_GPU_STAGE_GEMM, st);
-        if ((rc = kvtc__launch_rows_out(g, s, dch, n, M, g->rows.p, d_status, st)))
+        if ((rc = kvtc__launch_rows_out(g, s, dch, n, M, g->rows.p, d_status, vec, st)))
             return rc;
         kvtc__mark(g, KVTC_GPU_STAGE_ROWS, st);
     }

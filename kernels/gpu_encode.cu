@@ -234,7 +234,7 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
         return KVTC_ENOSPC;
     enc_plan mp;
     plan_meta(n, P, kvtc__code_off_rows(g, g->host_T, n, NULL, 0, NULL), &mp);
-    uint32_t kmax = g->kp[0] > g->kp[1] ? g->kp[0] : g->kp[1];
+    uint32_t kmax = g->ld[0] > g->ld[1] ? g->ld[0] : g->ld[1];
     rc = kvtc__cuda_err(cudaSetDevice(g->params.device), "cudaSetDevice");
     nvcompBatchedDeflateCompressOpts_t opts = nvcompBatchedDeflateCompressDefaultOpts;
     opts.algorithm = g->params.deflate_algo;
@@ -263,6 +263,9 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
     uint64_t *slot = (uint64_t *)(hm + mp.o_slot);
     uint64_t row = 0, symo = 0, piece = 0;
     size_t tb = (size_t)g->hd * kvtc_dtype_size(l->dtype);
+    int vec = kvtc__rows_vec_ok(l);
+    for (uint32_t i = 0; i < n; i++)
+        vec &= ((uintptr_t)chunks[i].data & 15) == 0;
     kvtc__code_off_rows(g, g->host_T, n, hm, mp.o_coff, g->host_roff);
     for (uint32_t i = 0; i < n; i++) {
         const kvtc_gpu_chunk *c = &chunks[i];
@@ -324,7 +327,7 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
     for (int s = 0; s < 2 && M; s++) {
         if (g->g1[s] == g->g0[s])
             continue;
-        if ((rc = kvtc__launch_rows_in(g, s, dch, n, M, g->rows.p, d_status, st)))
+        if ((rc = kvtc__launch_rows_in(g, s, dch, n, M, g->rows.p, d_status, vec, st)))
             return rc;
         kvtc__mark(g, KVTC_GPU_STAGE_ROWS, st);
         if ((rc = kvtc__gemm_encode(g, s, M, g->rows.p, (float *)g->coef.p, st)))

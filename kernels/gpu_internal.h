@@ -37,13 +37,20 @@ struct kvtc_gpu_codec {
     kvtc_gpu_params params;
     uint32_t D, hd;               /* row width, kv_heads*head_dim */
     uint32_t kp[2];               /* components the plan reaches, per stream */
+    uint32_t ld[2];               /* kp rounded up to 16: GEMM dimension and
+                                     row stride (tensor cores want aligned
+                                     leading dimensions; an odd kp ran the
+                                     GEMM 6x slower); padding is zeros */
     uint32_t g0[2], g1[2];        /* group ranges per stream */
     /* Group indices split by size: small groups (<= KVTC_GPU_SMALL_GROUP
      * components) get a thread each, larger ones a warp. Per stream s:
      * glist[lo..lo+n) with lo = small0[s] / large0[s]. */
     uint32_t *glist;
     uint32_t small0[2], nsmall[2], large0[2], nlarge[2];
-    void *basis[2];               /* [D][kp] bf16 or fp16 */
+    /* [D][kp] bf16 or fp16, with the profile's per-component sigma folded
+     * in: the encoder's columns times 1/sigma (coefficients are quantized
+     * divided by sigma), the decoder's times sigma. */
+    void *benc[2], *bdec[2];
     float *mean[2];               /* [D] */
     double *inv_freq;             /* [head_dim/2] RoPE frequencies */
     struct kvtc__dgroup *groups;  /* [n_groups] */
@@ -112,12 +119,18 @@ struct kvtc__dchunk {
     uint64_t row_start;    /* first row of this chunk's coded tokens */
     uint32_t n_tokens, first_pos, sinks, T;
 };
+/* vec: every chunk 16-byte aligned, 16-bit dtype, head_dim % 16 == 0
+ * (kvtc__rows_vec_ok): 16-byte loads and stores. */
 int kvtc__launch_rows_in(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
-                         uint32_t n_chunks, uint64_t M, void *rows, int32_t *status,
+                         uint32_t n_chunks, uint64_t M, void *rows, int32_t *status, int vec,
                          cudaStream_t s);
 int kvtc__launch_rows_out(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
                           uint32_t n_chunks, uint64_t M, const void *rows,
-                          const int32_t *status, cudaStream_t s);
+                          const int32_t *status, int vec, cudaStream_t s);
+static inline int kvtc__rows_vec_ok(const kvtc_layout *l)
+{
+    return (l->dtype == KVTC_DTYPE_BF16 || l->dtype == KVTC_DTYPE_FP16) && l->head_dim % 16 == 0;
+}
 int kvtc__launch_quant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
                        uint32_t n_chunks, uint64_t M, const float *coef, uint8_t *codes,
                        cudaStream_t s);

@@ -16,6 +16,10 @@ template <typename RT> __device__ static inline RT kd_to(float v);
 template <> __device__ inline __nv_bfloat16 kd_to<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 template <> __device__ inline __half kd_to<__half>(float v) { return __float2half_rn(v); }
 __device__ static inline float kd_from(__nv_bfloat16 v) { return __bfloat162float(v); }
+/* fp16 GEMM operands overflow above 65504: such rows need the bf16 GEMM. */
+template <typename RT> __device__ static inline int kd_out_of_range(float v);
+template <> __device__ inline int kd_out_of_range<__nv_bfloat16>(float v) { return 0; }
+template <> __device__ inline int kd_out_of_range<__half>(float v) { return !(fabsf(v) <= 65504.0f); }
 __device__ static inline float kd_from(__half v) { return __half2float(v); }
 
 /* The chunk owning row m: the last chunk whose row_start <= m with T > 0. */
@@ -60,7 +64,7 @@ __global__ void k_rows_in(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int
     uint32_t t = C.sinks + (uint32_t)(m - C.row_start);
     size_t es = G.dtype == KVTC_DTYPE_FP32 ? 4 : G.dtype == KVTC_DTYPE_FP8_E4M3 ? 1 : 2;
     RT *row = rows + m * G.D;
-    int bad = 0;
+    int bad = 0, range = 0;
     int rope = stream == 0 && G.rope_style != KVTC_ROPE_NONE;
     if (rope) {
         double pos = (double)C.first_pos + t;
@@ -80,8 +84,10 @@ __global__ void k_rows_in(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int
             bad |= !isfinite(x0) || !isfinite(x1);
             float y0 = x0 * cs[i] - x1 * sn[i], y1 = x0 * sn[i] + x1 * cs[i];
             uint32_t ja = layer * G.hd + a, jb = layer * G.hd + b;
-            row[ja] = kd_to<RT>(y0 - mean[ja]);
-            row[jb] = kd_to<RT>(y1 - mean[jb]);
+            float c0 = y0 - mean[ja], c1 = y1 - mean[jb];
+            range |= kd_out_of_range<RT>(c0) | kd_out_of_range<RT>(c1);
+            row[ja] = kd_to<RT>(c0);
+            row[jb] = kd_to<RT>(c1);
         }
     } else {
         for (uint32_t j = threadIdx.x; j < G.D; j += blockDim.x) {
@@ -89,11 +95,14 @@ __global__ void k_rows_in(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int
             const uint8_t *src = C.data + (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd * es;
             float x = kd_load(G.dtype, src, r);
             bad |= !isfinite(x);
+            range |= kd_out_of_range<RT>(x - mean[j]);
             row[j] = kd_to<RT>(x - mean[j]);
         }
     }
-    if (__syncthreads_or(bad) && threadIdx.x == 0)
-        status[c] = KVTC_EINVAL; /* NaN/inf KV cannot be coded faithfully */
+    bad = __syncthreads_or(bad);
+    range = __syncthreads_or(range);
+    if ((bad || range) && threadIdx.x == 0) /* NaN/inf KV cannot be coded faithfully */
+        status[c] = bad ? KVTC_EINVAL : KVTC_ENOTSUP;
 }
 
 template <typename RT>
@@ -139,6 +148,175 @@ __global__ void k_rows_out(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, in
     }
 }
 
+/* ---- vectorized rows for 16-bit chunks (head_dim % 16 == 0, 16-byte
+ * aligned chunks): 8 elements per 16-byte load or store. A unit is 8
+ * consecutive elements of one head vector; half-split keys take two units
+ * (i..i+7 and i+half..i+half+7), interleaved ones hold 4 whole pairs. ---- */
+
+union kd_v8 {
+    uint4 u;
+    uint16_t h[8];
+};
+
+__device__ static inline float kd_ld16(uint32_t dtype, uint16_t v)
+{
+    return dtype == KVTC_DTYPE_FP16 ? kd_f16_to_f32(v) : kd_bf16_to_f32(v);
+}
+__device__ static inline uint16_t kd_st16(uint32_t dtype, float v)
+{
+    return dtype == KVTC_DTYPE_FP16 ? kd_f32_to_f16(v) : kd_f32_to_bf16(v);
+}
+template <typename RT> __device__ static inline uint16_t kd_rbits(float v)
+{
+    RT r = kd_to<RT>(v);
+    return *(uint16_t *)&r;
+}
+template <typename RT> __device__ static inline float kd_rval(uint16_t b)
+{
+    RT r;
+    *(uint16_t *)&r = b;
+    return kd_from(r);
+}
+
+template <typename RT>
+__global__ void k_rows_in_vec(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int stream,
+                              const double *inv_freq, const float *mean, RT *rows, int32_t *status)
+{
+    __shared__ float cs[KVTC_MAX_HEAD_DIM / 2], sn[KVTC_MAX_HEAD_DIM / 2];
+    uint64_t m = blockIdx.x;
+    uint32_t c = kd_find_chunk(ch, nch, m);
+    const kvtc__dchunk C = ch[c];
+    uint32_t t = C.sinks + (uint32_t)(m - C.row_start);
+    int rope = stream == 0 && G.rope_style != KVTC_ROPE_NONE;
+    int half = rope && G.rope_style == KVTC_ROPE_HALF_SPLIT;
+    if (rope) {
+        double pos = (double)C.first_pos + t;
+        for (uint32_t i = threadIdx.x; i < G.hdim / 2; i += blockDim.x) {
+            double sv, cv;
+            sincos(pos * inv_freq[i], &sv, &cv);
+            cs[i] = (float)cv;
+            sn[i] = -(float)sv;
+        }
+        __syncthreads();
+    }
+    uint16_t *row = (uint16_t *)(rows + m * G.D);
+    uint32_t per_vec = G.hdim / 8 / (half ? 2 : 1), units = G.D / G.hdim * per_vec;
+    int bad = 0, range = 0;
+    for (uint32_t u = threadIdx.x; u < units; u += blockDim.x) {
+        uint32_t v = u / per_vec, w = u % per_vec, layer = v / G.kvh;
+        uint32_t r = (v % G.kvh) * G.hdim + w * 8; /* first element within the layer */
+        const uint16_t *src = (const uint16_t *)C.data +
+                              (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd;
+        uint32_t j = layer * G.hd + r;
+        kd_v8 a, b, oa, ob;
+        a.u = *(const uint4 *)(src + r);
+        float xa[8], xb[8];
+        for (int e = 0; e < 8; e++)
+            xa[e] = kd_ld16(G.dtype, a.h[e]);
+        if (half) {
+            b.u = *(const uint4 *)(src + r + G.hdim / 2);
+            for (int e = 0; e < 8; e++)
+                xb[e] = kd_ld16(G.dtype, b.h[e]);
+            uint32_t i0 = w * 8;
+            for (int e = 0; e < 8; e++) {
+                bad |= !isfinite(xa[e]) || !isfinite(xb[e]);
+                float y0 = xa[e] * cs[i0 + e] - xb[e] * sn[i0 + e];
+                float y1 = xa[e] * sn[i0 + e] + xb[e] * cs[i0 + e];
+                float c0 = y0 - mean[j + e], c1 = y1 - mean[j + G.hdim / 2 + e];
+                range |= kd_out_of_range<RT>(c0) | kd_out_of_range<RT>(c1);
+                oa.h[e] = kd_rbits<RT>(c0);
+                ob.h[e] = kd_rbits<RT>(c1);
+            }
+            *(uint4 *)(row + j) = oa.u;
+            *(uint4 *)(row + j + G.hdim / 2) = ob.u;
+        } else {
+            if (rope) { /* interleaved: 4 pairs (2i, 2i+1) */
+                uint32_t i0 = w * 4;
+                for (int e = 0; e < 8; e += 2) {
+                    float x0 = xa[e], x1 = xa[e + 1], c0 = cs[i0 + e / 2], s0 = sn[i0 + e / 2];
+                    bad |= !isfinite(x0) || !isfinite(x1);
+                    xa[e] = x0 * c0 - x1 * s0;
+                    xa[e + 1] = x0 * s0 + x1 * c0;
+                }
+            } else {
+                for (int e = 0; e < 8; e++)
+                    bad |= !isfinite(xa[e]);
+            }
+            for (int e = 0; e < 8; e++) {
+                range |= kd_out_of_range<RT>(xa[e] - mean[j + e]);
+                oa.h[e] = kd_rbits<RT>(xa[e] - mean[j + e]);
+            }
+            *(uint4 *)(row + j) = oa.u;
+        }
+    }
+    bad = __syncthreads_or(bad);
+    range = __syncthreads_or(range);
+    if ((bad || range) && threadIdx.x == 0)
+        status[c] = bad ? KVTC_EINVAL : KVTC_ENOTSUP;
+}
+
+template <typename RT>
+__global__ void k_rows_out_vec(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int stream,
+                               const double *inv_freq, const float *mean, const RT *rows,
+                               const int32_t *status)
+{
+    __shared__ float cs[KVTC_MAX_HEAD_DIM / 2], sn[KVTC_MAX_HEAD_DIM / 2];
+    uint64_t m = blockIdx.x;
+    uint32_t c = kd_find_chunk(ch, nch, m);
+    if (status[c])
+        return;
+    const kvtc__dchunk C = ch[c];
+    uint32_t t = C.sinks + (uint32_t)(m - C.row_start);
+    int rope = stream == 0 && G.rope_style != KVTC_ROPE_NONE;
+    int half = rope && G.rope_style == KVTC_ROPE_HALF_SPLIT;
+    if (rope) {
+        double pos = (double)C.first_pos + t;
+        for (uint32_t i = threadIdx.x; i < G.hdim / 2; i += blockDim.x) {
+            double sv, cv;
+            sincos(pos * inv_freq[i], &sv, &cv);
+            cs[i] = (float)cv;
+            sn[i] = (float)sv;
+        }
+        __syncthreads();
+    }
+    const uint16_t *row = (const uint16_t *)(rows + m * G.D);
+    uint32_t per_vec = G.hdim / 8 / (half ? 2 : 1), units = G.D / G.hdim * per_vec;
+    for (uint32_t u = threadIdx.x; u < units; u += blockDim.x) {
+        uint32_t v = u / per_vec, w = u % per_vec, layer = v / G.kvh;
+        uint32_t r = (v % G.kvh) * G.hdim + w * 8;
+        uint16_t *dst = (uint16_t *)C.data + (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd;
+        uint32_t j = layer * G.hd + r;
+        kd_v8 a, b, oa, ob;
+        float xa[8], xb[8];
+        a.u = *(const uint4 *)(row + j);
+        for (int e = 0; e < 8; e++)
+            xa[e] = kd_rval<RT>(a.h[e]) + mean[j + e];
+        if (half) {
+            b.u = *(const uint4 *)(row + j + G.hdim / 2);
+            uint32_t i0 = w * 8;
+            for (int e = 0; e < 8; e++) {
+                xb[e] = kd_rval<RT>(b.h[e]) + mean[j + G.hdim / 2 + e];
+                oa.h[e] = kd_st16(G.dtype, xa[e] * cs[i0 + e] - xb[e] * sn[i0 + e]);
+                ob.h[e] = kd_st16(G.dtype, xa[e] * sn[i0 + e] + xb[e] * cs[i0 + e]);
+            }
+            *(uint4 *)(dst + r) = oa.u;
+            *(uint4 *)(dst + r + G.hdim / 2) = ob.u;
+        } else {
+            if (rope) {
+                uint32_t i0 = w * 4;
+                for (int e = 0; e < 8; e += 2) {
+                    float x0 = xa[e], x1 = xa[e + 1], c0 = cs[i0 + e / 2], s0 = sn[i0 + e / 2];
+                    xa[e] = x0 * c0 - x1 * s0;
+                    xa[e + 1] = x0 * s0 + x1 * c0;
+                }
+            }
+            for (int e = 0; e < 8; e++)
+                oa.h[e] = kd_st16(G.dtype, xa[e]);
+            *(uint4 *)(dst + r) = oa.u;
+        }
+    }
+}
+
 static kd_rowgeo geo(const kvtc_gpu_codec *g)
 {
     const kvtc_layout *l = &g->p->layout;
@@ -147,12 +325,20 @@ static kd_rowgeo geo(const kvtc_gpu_codec *g)
 }
 
 int kvtc__launch_rows_in(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
-                         uint32_t n_chunks, uint64_t M, void *rows, int32_t *status,
+                         uint32_t n_chunks, uint64_t M, void *rows, int32_t *status, int vec,
                          cudaStream_t s)
 {
     if (!M)
         return 0;
-    if (g->params.gemm == KVTC_GPU_GEMM_FP16)
+    if (vec && g->params.gemm == KVTC_GPU_GEMM_FP16)
+        k_rows_in_vec<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), stream,
+                                                                 g->inv_freq, g->mean[stream],
+                                                                 (__half *)rows, status);
+    else if (vec)
+        k_rows_in_vec<__nv_bfloat16><<<(unsigned)M, ROW_THREADS, 0, s>>>(
+            ch, n_chunks, geo(g), stream, g->inv_freq, g->mean[stream], (__nv_bfloat16 *)rows,
+            status);
+    else if (g->params.gemm == KVTC_GPU_GEMM_FP16)
         k_rows_in<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), stream,
                                                              g->inv_freq, g->mean[stream],
                                                              (__half *)rows, status);
@@ -165,11 +351,19 @@ int kvtc__launch_rows_in(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk
 
 int kvtc__launch_rows_out(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
                           uint32_t n_chunks, uint64_t M, const void *rows,
-                          const int32_t *status, cudaStream_t s)
+                          const int32_t *status, int vec, cudaStream_t s)
 {
     if (!M)
         return 0;
-    if (g->params.gemm == KVTC_GPU_GEMM_FP16)
+    if (vec && g->params.gemm == KVTC_GPU_GEMM_FP16)
+        k_rows_out_vec<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(
+            ch, n_chunks, geo(g), stream, g->inv_freq, g->mean[stream], (const __half *)rows,
+            status);
+    else if (vec)
+        k_rows_out_vec<__nv_bfloat16><<<(unsigned)M, ROW_THREADS, 0, s>>>(
+            ch, n_chunks, geo(g), stream, g->inv_freq, g->mean[stream],
+            (const __nv_bfloat16 *)rows, status);
+    else if (g->params.gemm == KVTC_GPU_GEMM_FP16)
         k_rows_out<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), stream,
                                                               g->inv_freq, g->mean[stream],
                                                               (const __half *)rows, status);
@@ -302,7 +496,7 @@ int kvtc__launch_quant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *
         return 0;
     k_quant<<<(unsigned)M, ROW_THREADS, 0, s>>>(
         ch, n_chunks, g->groups, g->glist + g->small0[stream], g->nsmall[stream],
-        g->glist + g->large0[stream], g->nlarge[stream], g->plan->n_groups, coef, g->kp[stream],
+        g->glist + g->large0[stream], g->nlarge[stream], g->plan->n_groups, coef, g->ld[stream],
         codes);
     return kvtc__cuda_err(cudaGetLastError(), "quant");
 }
@@ -344,7 +538,7 @@ int kvtc__launch_pack(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *c
         return 0;
     dim3 grid((ngs + PACK_GROUPS - 1) / PACK_GROUPS, n_chunks);
     k_pack<<<grid, ROW_THREADS, 0, s>>>(ch, g->groups, g->g0[stream], g->g1[stream], codes,
-                                        g->kp[stream]);
+                                        g->ld[stream]);
     return kvtc__cuda_err(cudaGetLastError(), "pack");
 }
 
@@ -423,11 +617,11 @@ int kvtc__launch_dequant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk
     if (g->params.gemm == KVTC_GPU_GEMM_FP16)
         k_dequant<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(
             ch, n_chunks, g->groups, sm, g->nsmall[stream], lg, g->nlarge[stream],
-            g->plan->n_groups, (__half *)coef, g->kp[stream], status);
+            g->plan->n_groups, (__half *)coef, g->ld[stream], status);
     else
         k_dequant<__nv_bfloat16><<<(unsigned)M, ROW_THREADS, 0, s>>>(
             ch, n_chunks, g->groups, sm, g->nsmall[stream], lg, g->nlarge[stream],
-            g->plan->n_groups, (__nv_bfloat16 *)coef, g->kp[stream], status);
+            g->plan->n_groups, (__nv_bfloat16 *)coef, g->ld[stream], status);
     return kvtc__cuda_err(cudaGetLastError(), "dequant");
 }
 
@@ -442,13 +636,13 @@ int kvtc__gemm_encode(kvtc_gpu_codec *g, int stream, uint64_t M, const void *row
                       cudaStream_t s)
 {
     /* Column-major view: coef^T[kp x M] = basis^T[kp x D] * rows^T[D x M]. */
-    uint32_t kp = g->kp[stream];
-    if (!M || !kp)
+    uint32_t kp = g->ld[stream];
+    if (!M || !g->kp[stream])
         return 0;
     const float one = 1.0f, zero = 0.0f;
     cublasSetStream(g->blas, s);
     cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)kp, (int)M, (int)g->D,
-                                     &one, g->basis[stream], in_type(g), (int)kp, rows, in_type(g),
+                                     &one, g->benc[stream], in_type(g), (int)kp, rows, in_type(g),
                                      (int)g->D, &zero, coef, CUDA_R_32F, (int)kp,
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     return st == CUBLAS_STATUS_SUCCESS ? 0 : KVTC_EIO;
@@ -459,15 +653,15 @@ int kvtc__gemm_decode(kvtc_gpu_codec *g, int stream, uint64_t M, const void *coe
 {
     /* rows^T[D x M] = basis[D x kp] * coef^T[kp x M]. With kp == 0 the rows
      * are the means: zero them. */
-    uint32_t kp = g->kp[stream];
+    uint32_t kp = g->ld[stream];
     if (!M)
         return 0;
-    if (!kp)
+    if (!g->kp[stream])
         return kvtc__cuda_err(cudaMemsetAsync(rows, 0, M * g->D * 2, s), "memset");
     const float one = 1.0f, zero = 0.0f;
     cublasSetStream(g->blas, s);
     cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)g->D, (int)M, (int)kp,
-                                     &one, g->basis[stream], in_type(g), (int)kp, coef, in_type(g),
+                                     &one, g->bdec[stream], in_type(g), (int)kp, coef, in_type(g),
                                      (int)kp, &zero, rows, in_type(g), (int)g->D,
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     return st == CUBLAS_STATUS_SUCCESS ? 0 : KVTC_EIO;
