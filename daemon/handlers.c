@@ -367,6 +367,7 @@ static void on_recv_done(void *request, ucs_status_t status, size_t length,
     kvtcd_op *op = user_data;
     ucp_request_free(request);
     op->ucx_req = NULL;
+    op->sess->srv->n_ucx_pending--;
     complete_recv(op, status);
 }
 
@@ -389,6 +390,7 @@ static void start_recv(kvtcd_op *op, void *desc, void *dst, size_t len)
         return;
     }
     op->ucx_req = r;
+    srv->n_ucx_pending++;
 }
 
 static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,

@@ -123,6 +123,7 @@ struct kvtcd_server {
     uint64_t next_session_id;
     kvtcd_op *ops;
     uint32_t n_ops;
+    uint32_t n_ucx_pending;            /* ops waiting on a UCX request */
     uint64_t overflow_bytes;
     kvtcd_metrics m;
     /* admin HTTP */

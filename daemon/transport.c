@@ -184,7 +184,7 @@ static void drive(kvtcd_server *srv)
          * queued from callbacks); sleeping in epoll would stall them until
          * the next tick. So spin while transfers move, and arm once they
          * are done or have been silent for SPIN_MS. */
-        if (srv->n_ops > 0 && now - srv->last_event_ms < SPIN_MS)
+        if (srv->n_ucx_pending > 0 && now - srv->last_event_ms < SPIN_MS)
             goto busy;
         ucs_status_t st = ucp_worker_arm(srv->worker);
         if (st == UCS_OK) {
@@ -519,6 +519,8 @@ void kvtcd_transport_fini(kvtcd_server *srv)
         ucp_worker_destroy(w); /* destroys endpoints never closed */
     }
     while (srv->ops) {
+        if (srv->ops->ucx_req)
+            srv->n_ucx_pending--;
         srv->ops->ucx_req = NULL;
         kvtcd_op_free(srv->ops);
     }
@@ -548,6 +550,7 @@ static void on_send_done(void *req, ucs_status_t status, void *user_data)
                     (unsigned long long)op->req_id, ucs_status_string(status));
     ucp_request_free(req);
     op->ucx_req = NULL;
+    op->sess->srv->n_ucx_pending--;
     kvtcd_op_free(op);
 }
 
@@ -638,6 +641,7 @@ int kvtcd_send_reply(kvtcd_session *s, const Kvtc__Wire__Reply *rep,
         return KVTC_ECONN;
     }
     op->ucx_req = r;
+    srv->n_ucx_pending++;
     return 0;
 fail:
     kvtcd_op_free(op);
