@@ -32,3 +32,13 @@ $(KVTCQ_BIN): $(KVTCQ_OBJ) $(BENCHQ_A) $(CODEC_A)
 .PHONY: bench-quality
 bench-quality: $(KVTCQ_BIN)
 	KVTC_QUALITY=$(KVTCQ_BIN) KVTC_SHARED=$(abspath ../shared) bench/quality/run-stories.sh
+
+# kvtc-dump-kv: a sampled sequence's real KV as a canonical chunk file
+# (used by deploy/quickstart.sh and handy with `kvtc codec`).
+DUMPKV_OBJ := $(OBJ)/bench/quality/dump_kv.o
+DUMPKV_BIN := $(BINDIR)/kvtc-dump-kv
+BINS += $(DUMPKV_BIN)
+
+$(DUMPKV_BIN): $(DUMPKV_OBJ) $(BENCHQ_A) $(CODEC_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(DUMPKV_OBJ) $(BENCHQ_A) $(CODEC_A) $(CODEC_LDLIBS)
