@@ -378,3 +378,105 @@ Test(it_daemon, admin_http_edge_cases, .timeout = 60)
     free(body);
     itest_daemon_stop(&d);
 }
+
+/* Random damage to valid frames: every one is answered (any status) and the
+ * daemon keeps serving. Seeded, so a failure replays. */
+Test(it_daemon, mutated_frames_are_all_answered, .timeout = 120)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_SM);
+    itest_daemon_start(&d, "16M", 0, NULL);
+    struct itest_raw *r = itest_raw_open(&d);
+    hello(r);
+    uint8_t k[4][32];
+    ProtobufCBinaryData keys[4];
+    for (uint32_t i = 0; i < 4; i++) {
+        key_of(k[i], i);
+        keys[i].data = k[i];
+        keys[i].len = 32;
+    }
+    uint8_t payload[256];
+    itest_fill(payload, sizeof payload, 1);
+    kvtc_layout l = {.layers = 1, .kv_heads = 1, .head_dim = 64, .dtype = KVTC_DTYPE_FP16,
+                     .chunk_tokens = 1};
+    Kvtc__Wire__Layout lm;
+    kvtc_wire_layout_to_msg(&l, &lm);
+    Kvtc__Wire__ChunkMeta m = KVTC__WIRE__CHUNK_META__INIT;
+    Kvtc__Wire__ChunkMeta *chunks[1] = {&m};
+    m.key = keys[0];
+    m.has_parent = 1;
+    m.parent = keys[1];
+    m.size = 128;
+    m.layout = &lm;
+    m.has_n_tokens = 1;
+    m.n_tokens = 1;
+    Kvtc__Wire__PutRequest put = KVTC__WIRE__PUT_REQUEST__INIT;
+    put.n_chunks = 1;
+    put.chunks = chunks;
+    Kvtc__Wire__GetRequest get = KVTC__WIRE__GET_REQUEST__INIT;
+    get.n_keys = 4;
+    get.keys = keys;
+    Kvtc__Wire__LookupRequest lk = KVTC__WIRE__LOOKUP_REQUEST__INIT;
+    lk.n_keys = 4;
+    lk.keys = keys;
+    Kvtc__Wire__PinRequest pin = KVTC__WIRE__PIN_REQUEST__INIT;
+    pin.n_keys = 2;
+    pin.keys = keys;
+    pin.pin = 1;
+    pin.has_ttl_ms = 1;
+    pin.ttl_ms = 50;
+    Kvtc__Wire__Request reqs[4];
+    for (int i = 0; i < 4; i++) {
+        kvtc__wire__request__init(&reqs[i]);
+        reqs[i].id = 77;
+    }
+    reqs[0].body_case = KVTC__WIRE__REQUEST__BODY_PUT;
+    reqs[0].put = &put;
+    reqs[1].body_case = KVTC__WIRE__REQUEST__BODY_GET;
+    reqs[1].get = &get;
+    reqs[2].body_case = KVTC__WIRE__REQUEST__BODY_LOOKUP;
+    reqs[2].lookup = &lk;
+    reqs[3].body_case = KVTC__WIRE__REQUEST__BODY_PIN;
+    reqs[3].pin = &pin;
+
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    for (int it = 0; it < 400; it++) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        uint8_t frame[1024];
+        size_t len;
+        cr_assert_eq(kvtc_wire_pack_request(&reqs[rng % 4], frame, sizeof frame, &len), 0);
+        size_t body = len - 4;
+        /* Flip 1-4 bytes of the message, sometimes cut it short. */
+        for (uint64_t f = 0, nf = 1 + (rng >> 8) % 4; f < nf; f++) {
+            size_t at = 4 + (size_t)((rng >> (16 + 8 * f)) % body);
+            frame[at] ^= (uint8_t)(1u << ((rng >> (40 + f)) % 8));
+        }
+        if ((rng >> 60) == 0 && body > 2)
+            body -= 1 + (rng >> 20) % (body - 1);
+        frame[0] = (uint8_t)body;
+        frame[1] = (uint8_t)(body >> 8);
+        frame[2] = frame[3] = 0;
+        size_t dlen = (rng >> 30) % 3 == 0 ? 128 : 0;
+        cr_assert_eq(itest_raw_send(r, KVTC_WIRE_AM_REQUEST, frame, 4 + body, payload, dlen), 0);
+        size_t rlen = 0;
+        void *rep = itest_raw_wait_reply(r, 10000, &rlen);
+        cr_assert_not_null(rep, "iteration %d: no reply:\n%s", it, itest_log_tail(&d));
+        Kvtc__Wire__Reply *out = NULL;
+        cr_assert_eq(kvtc_wire_unpack_reply(rep, rlen, &out), 0, "iteration %d", it);
+        kvtc_wire_reply_free(out);
+        free(rep);
+    }
+    cr_assert(itest_daemon_alive(&d), "kvtcd died:\n%s", itest_log_tail(&d));
+    Kvtc__Wire__Request sreq = KVTC__WIRE__REQUEST__INIT;
+    Kvtc__Wire__StatsRequest st = KVTC__WIRE__STATS_REQUEST__INIT;
+    sreq.body_case = KVTC__WIRE__REQUEST__BODY_STATS;
+    sreq.stats = &st;
+    Kvtc__Wire__Reply *rep = send_req(r, &sreq, NULL, 0);
+    cr_assert_eq(rep->status, KVTC__WIRE__STATUS__OK);
+    cr_assert_leq(rep->stats->bytes_used, rep->stats->bytes_capacity);
+    kvtc_wire_reply_free(rep);
+    itest_raw_close(r);
+    itest_daemon_stop(&d);
+}
