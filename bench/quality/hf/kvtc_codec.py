@@ -173,6 +173,9 @@ def codec():
            [LP, C.POINTER(CalibParams), C.POINTER(vp)])
     _proto(lib, "kvtc_calibrator_add", i32, [vp, vp, u32, u32])
     _proto(lib, "kvtc_calibrator_rows", C.c_uint64, [vp])
+    _proto(lib, "kvtc_calibrator_fit", i32, [vp])
+    _proto(lib, "kvtc_calibrator_plan", i32, [vp, C.c_float, C.POINTER(PlanInfo)])
+    _proto(lib, "kvtc_calibrator_profile", i32, [vp, C.POINTER(vp)])
     _proto(lib, "kvtc_calibrator_finish", i32,
            [vp, C.POINTER(C.c_float), u32, C.POINTER(vp)])
     _proto(lib, "kvtc_calibrator_free", None, [vp])
@@ -311,9 +314,10 @@ class Profile:
 
 
 class Calibrator:
-    def __init__(self, layout, max_rows=0, plan_rows=0, max_components=0, seed=1):
+    def __init__(self, layout, max_rows=0, plan_rows=0, max_components=0, seed=1,
+                 value_weight=0.0):
         self._layout = layout
-        p = CalibParams(max_rows, plan_rows, max_components, seed)
+        p = CalibParams(max_rows, plan_rows, max_components, seed, value_weight)
         h = C.c_void_p()
         _check(codec(), "kvtc_calibrator_create",
                codec().kvtc_calibrator_create(C.byref(layout), C.byref(p), C.byref(h)))
@@ -331,6 +335,23 @@ class Calibrator:
     @property
     def rows(self):
         return codec().kvtc_calibrator_rows(self._h)
+
+    def fit(self):
+        """Means, PCA bases and the planner's error tables (once)."""
+        _check(codec(), "kvtc_calibrator_fit", codec().kvtc_calibrator_fit(self._h))
+
+    def plan(self, target):
+        """One plan for target (after fit); -> its PlanInfo as a dict."""
+        pi = PlanInfo()
+        _check(codec(), "kvtc_calibrator_plan",
+               codec().kvtc_calibrator_plan(self._h, float(target), C.byref(pi)))
+        return pi.as_dict()
+
+    def profile(self):
+        h = C.c_void_p()
+        _check(codec(), "kvtc_calibrator_profile",
+               codec().kvtc_calibrator_profile(self._h, C.byref(h)))
+        return Profile(h.value)
 
     def finish(self, targets):
         arr = (C.c_float * len(targets))(*targets)

@@ -312,6 +312,23 @@ class Baseline(Method):
         return out, total
 
 
+class OneStream(Method):
+    """Diagnosis: a method's reconstruction for one stream (0: keys, 1:
+    values) and exact bf16 for the other, to see which stream's error costs
+    the model more. Its ratio is meaningless and not reported as such."""
+    kind = "diagnostic"
+
+    def __init__(self, inner, stream):
+        self.inner, self.stream = inner, stream
+        self.name = "%s-%sonly" % (inner.name, "K" if stream == 0 else "V")
+
+    def roundtrip(self, kv, chunk_tokens):
+        rec, nbytes = self.inner.roundtrip(kv, chunk_tokens)
+        out = kv.copy()
+        out[:, self.stream] = rec[:, self.stream]
+        return out, nbytes
+
+
 class Kvtc(Method):
     kind = "kvtc"
 
@@ -351,11 +368,15 @@ class Kvtc(Method):
 
 # ---------------------------------------------------------------- driver ----
 
-def rel_err(ref, rec):
-    """Relative squared error of keys and of values (over all layers)."""
-    ek = float(np.sum((ref[:, 0] - rec[:, 0]) ** 2) / np.sum(ref[:, 0] ** 2))
-    ev = float(np.sum((ref[:, 1] - rec[:, 1]) ** 2) / np.sum(ref[:, 1] ** 2))
-    return ek, ev
+def stream_err(ref, rec):
+    """Squared error of keys and of values: (sum err^2, sum ref^2, elements)
+    per stream. RoPE is a rotation, so the key error equals the error with
+    RoPE undone and compares directly with a plan's calibration mse_key."""
+    out = []
+    for s in (0, 1):
+        d = ref[:, s] - rec[:, s]
+        out.append((float(np.sum(d * d)), float(np.sum(ref[:, s] ** 2)), ref[:, s].size))
+    return out
 
 
 def check_rope(model, layout, ids):
@@ -386,16 +407,21 @@ def check_rope(model, layout, ids):
 
 def calibrate(args, layout, calib_kvs):
     cal = kc.Calibrator(layout, max_rows=args.max_rows, plan_rows=args.plan_rows,
-                        max_components=args.max_components, seed=args.seed)
+                        max_components=args.max_components, seed=args.seed,
+                        value_weight=args.value_weight)
     for kv in calib_kvs:
         for t0, n, ch in chunks(kv, args.chunk_tokens):
             cal.add(bf16_bits(ch), n, t0)
     rows = cal.rows
     t = time.perf_counter()
-    prof = cal.finish(args.targets)
+    cal.fit()
+    t_fit = time.perf_counter() - t
+    for target in args.targets:
+        cal.plan(target)
+    prof = cal.profile()
     dt = time.perf_counter() - t
     cal.close()
-    return prof, rows, dt
+    return prof, rows, t_fit, dt - t_fit
 
 
 def metrics(ref, got, bf16_total, stored_total):
@@ -470,11 +496,15 @@ def main():
     ap.add_argument("--calib-tokens", type=int, default=1024, help="tokens per calibration document")
     ap.add_argument("--chunk-tokens", type=int, default=256)
     ap.add_argument("--targets", type=lambda s: [float(x) for x in s.split(",")],
-                    default=[4, 8, 12, 16, 20, 24, 32, 48, 64])
+                    default=[2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64])
+    ap.add_argument("--diag", type=lambda s: [float(x) for x in s.split(",") if x],
+                    default=[16], help="kvtc targets also run with one stream exact")
     ap.add_argument("--max-rows", type=int, default=0)
     ap.add_argument("--plan-rows", type=int, default=0)
     ap.add_argument("--max-components", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--value-weight", type=float, default=0.0,
+                    help="planner weight of value vs key errors (0: the codec's default)")
     ap.add_argument("--stage", choices=["deflate", "zstd", "store"], default="deflate")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-kvtc", action="store_true",
@@ -541,12 +571,14 @@ def main():
         t = time.perf_counter()
         ckv = [cached_kv(args.cache_dir, "calib", model_path, d, model) for d in calib_docs]
         t_ext = time.perf_counter() - t
-        profile, rows, t_fin = calibrate(args, layout, ckv)
+        profile, rows, t_fit, t_plan = calibrate(args, layout, ckv)
         del ckv
-        log("calibration: %s, %d docs x %d tokens, %d rows; extract %.1fs, finish %.1fs"
-            % (cname, len(calib_docs), args.calib_tokens, rows, t_ext, t_fin))
+        log("calibration: %s, %d docs x %d tokens, %d rows; extract %.1fs, fit %.1fs, "
+            "plans %.1fs" % (cname, len(calib_docs), args.calib_tokens, rows, t_ext, t_fit,
+                             t_plan))
         calib = {"text": cname, "docs": len(calib_docs), "tokens_per_doc": args.calib_tokens,
-                 "rows": int(rows), "extract_s": t_ext, "finish_s": t_fin,
+                 "rows": int(rows), "extract_s": t_ext, "fit_s": t_fit, "plans_s": t_plan,
+                 "value_weight": args.value_weight,
                  "max_rows": args.max_rows, "plan_rows": args.plan_rows,
                  "max_components": args.max_components,
                  "profile_bytes": len(profile.save()), "profile_id": "%016x" % profile.id}
@@ -556,6 +588,9 @@ def main():
                  "store": kc.STAGE_STORE}[args.stage]
         for p in range(len(profile.plans())):
             methods.append(Kvtc(profile, p, stage))
+        for t in args.diag:
+            inner = Kvtc(profile, profile.find_plan(t), stage)
+            methods += [OneStream(inner, 0), OneStream(inner, 1)]
     if not args.no_baselines:
         for m in (kc.BL_FP8, kc.BL_INT4, kc.BL_KIVI2, kc.BL_ZSTD):
             methods.append(Baseline(m, layout))
@@ -564,19 +599,20 @@ def main():
     for m in methods:
         t = time.perf_counter()
         got, stored, bf16_total = [], 0, 0
-        ek = ev = 0.0
+        err = np.zeros((2, 3))
         for kv, d in zip(ref_kv, eval_docs):
             src = bf16_round(kv)
             rec, nbytes = m.roundtrip(src, args.chunk_tokens)
-            e = rel_err(src, rec)
-            ek, ev = ek + e[0], ev + e[1]
+            err += np.array(stream_err(src, rec))
             stored += nbytes
             bf16_total += kv.size * 2
             got.append(score(model, rec, d[args.prefix:]))
         r = {"method": m.name, "kind": m.kind}
         r.update(metrics(ref, got, bf16_total, stored))
-        r["key_rel_err"] = ek / len(ref_kv)
-        r["value_rel_err"] = ev / len(ref_kv)
+        r["key_rel_err"] = err[0, 0] / err[0, 1]
+        r["value_rel_err"] = err[1, 0] / err[1, 1]
+        r["key_mse"] = err[0, 0] / err[0, 2]
+        r["value_mse"] = err[1, 0] / err[1, 2]
         if isinstance(m, Kvtc):
             r["target"] = m.info["target_ratio"]
             r["plan"] = m.info
@@ -585,19 +621,21 @@ def main():
             r["decode_mb_s"] = mb / m.decode_s if m.decode_s else None
         r["seconds"] = time.perf_counter() - t
         results.append(r)
-        log("  %-12s ratio %7.2f  ppl %+8.3f%%  kl %.5f  top1 %.4f  (%.1fs)"
+        log("  %-16s ratio %7.2f  ppl %+8.3f%%  kl %.5f  top1 %.4f  (%.1fs)"
             % (r["method"], r["ratio"], r["ppl_delta_pct"], r["kl"], r["top1"], r["seconds"]))
 
     # The table.
-    hdr = "%-12s %8s %10s %10s %7s %9s %9s %9s" % (
-        "method", "ratio", "ppl_chg%", "kl", "top1", "K_relerr", "V_relerr", "bits/tok")
+    hdr = "%-16s %8s %10s %10s %7s %9s %9s %9s %9s %9s" % (
+        "method", "ratio", "ppl_chg%", "kl", "top1", "K_relerr", "V_relerr",
+        "K_mse", "V_mse", "bits/tok")
     print(hdr)
     print("-" * len(hdr))
     for r in results:
         bpt = r["plan"]["bits_per_token"] if "plan" in r else float("nan")
-        print("%-12s %8.2f %+10.3f %10.5f %7.4f %9.2e %9.2e %9.0f" % (
-            r["method"], r["ratio"], r["ppl_delta_pct"], r["kl"], r["top1"],
-            r["key_rel_err"], r["value_rel_err"], bpt))
+        print("%-16s %8.2f %+10.3f %10.5f %7.4f %9.2e %9.2e %9.2e %9.2e %9.0f" % (
+            r["method"], r["ratio"] if r["kind"] != "diagnostic" else float("nan"),
+            r["ppl_delta_pct"], r["kl"], r["top1"], r["key_rel_err"], r["value_rel_err"],
+            r["key_mse"], r["value_mse"], bpt))
     kv_res = [r for r in results if r["kind"] == "kvtc"]
     within = [r for r in kv_res if r["ppl_delta_pct"] <= 1.0]
     best = max(within, key=lambda r: r["ratio"]) if within else None
