@@ -84,12 +84,16 @@ test: all $(FUZZERS)
 	KVTC_SHARED=$(abspath ../shared) KVTC_BUILD=$(abspath $(BUILD)) $(TEST_LSAN) \
 	  $(TESTDIR)/kvtc_tests --jobs=$(TEST_JOBS)
 
+# Only the public pieces install: internal archives, tools and tests stay.
+INSTALL_LIBS = $(filter %/libkvtc.a %/libkvtc.so %/libkvtc_codec.a %/libkvtc_codec.so \
+                        %/libkvtc_gpu.a %/libkvtc_gpu.so,$(LIBS))
+INSTALL_BINS = $(filter %/kvtcd %/kvtc,$(BINS))
 install: all kvtc.pc
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
 	install -m 644 $(HEADERS) $(DESTDIR)$(PREFIX)/include/
-	install -m 644 $(filter %.a,$(LIBS)) $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 $(filter %.so,$(LIBS)) $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(filter %.a,$(INSTALL_LIBS)) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(filter %.so,$(INSTALL_LIBS)) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(INSTALL_BINS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(BUILD)/kvtc.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/kvtc.pc
 
 kvtc.pc: $(BUILD)/kvtc.pc
