@@ -16,6 +16,9 @@
 #define ST(x) KVTC__WIRE__STATUS__##x
 /* Bytes of "in data" requests read aside only to answer FULL by id. */
 #define OVERFLOW_MAX (64u << 20)
+/* Bytes of "in data" messages being read before they are parsed (all kinds
+ * together; OVERFLOW_MAX is the part that may be puts read aside). */
+#define MSG_MAX (256u << 20)
 
 static void dispatch(kvtcd_session *s, Kvtc__Wire__Request *req,
                      const void *bulk, size_t bulk_len, void *rndv_desc,
@@ -346,7 +349,7 @@ static void complete_recv(kvtcd_op *op, ucs_status_t status)
     Kvtc__Wire__Request *req = NULL;
     if (kvtc_wire_unpack_request_msg(msg, op->msg_len, &req) < 0) {
         kvtcd_send_error(s, 0, ST(INVALID), "malformed request message");
-    } else if (op->overflow) {
+    } else if (op->overflow && op->total > op->msg_len) {
         /* Read only to learn its id (the store had no room): validate as
          * usual, then answer FULL instead of storing. */
         dispatch(s, req, (uint8_t *)op->msg_buf + op->msg_len,
@@ -892,13 +895,24 @@ ucs_status_t kvtcd_handle_request(kvtcd_session *s, const void *header,
         op->total = length;
         void *dst;
         if (bulk == 0) {
+            /* A big message alone (a long Lookup, a large batch Get):
+             * bounded in all, so many of them cannot exhaust memory. */
+            if (srv->overflow_bytes + mlen > MSG_MAX) {
+                kvtcd_op_free(op);
+                kvtcd_send_error(s, 0, ST(BUSY), "too many large requests "
+                                                 "in flight");
+                kvtcd_session_close(s, "too many large requests in flight");
+                return UCS_OK;
+            }
             op->msg_buf = malloc(mlen);
+            op->overflow = mlen;
+            srv->overflow_bytes += mlen;
             dst = op->msg_buf;
         } else {
             int rc = kvtcd_index_reserve(&srv->index, length,
                                          kvtcd_now_ms(srv), &op->blob);
             if (rc == KVTC_EFULL && length <= OVERFLOW_MAX &&
-                srv->overflow_bytes + length <= OVERFLOW_MAX) {
+                srv->overflow_bytes + length <= MSG_MAX) {
                 /* The request id is inside the data we cannot store: take
                  * it into a small bounded side buffer, only to answer FULL
                  * to the right request. */
