@@ -4,6 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xxh_x86dispatch.h>
+#define KVTC_XXH3_64 XXH3_64bits_dispatch
+#else
+#define KVTC_XXH3_64 XXH3_64bits
+#endif
 
 int kvtc_wire_frame_check(const void *buf, size_t len, size_t *body_len)
 {
@@ -293,7 +299,10 @@ void kvtc_wire_layout_to_msg(const kvtc_layout *l, Kvtc__Wire__Layout *msg)
 
 uint64_t kvtc_wire_checksum(const void *buf, size_t len)
 {
-    return (uint64_t)XXH3_64bits(buf, len);
+    /* libxxhash's dispatcher picks AVX2/AVX-512 at run time (the plain
+     * entry point is the SSE2 build): about twice as fast on 64 MiB
+     * chunks, same value. */
+    return (uint64_t)KVTC_XXH3_64(buf, len);
 }
 
 int kvtc_wire_status_to_err(int status)
