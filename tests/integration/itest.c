@@ -20,6 +20,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
 
 /* Sanitizer builds start slowly; a healthy daemon is up in well under this. */
 #define START_TIMEOUT_MS 20000
@@ -233,6 +236,17 @@ void itest_daemon_stop(struct itest_daemon *d)
         free(all);
     }
     rm_tree(d->dir);
+    if (!d->skip_leak_check)
+        itest_expect_no_leaks();
+}
+
+void itest_expect_no_leaks(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    /* Leaks of this test process so far (libkvtc's, the helpers'): a
+     * LeakSanitizer report at exit would not fail the test by itself. */
+    cr_expect_eq(__lsan_do_recoverable_leak_check(), 0, "LeakSanitizer found leaks in the test process (report above)");
+#endif
 }
 
 kvtc_conn *itest_connect(const struct itest_daemon *d)

@@ -27,6 +27,8 @@ static int run_cli(struct cli *c, const char *a1, const char *a2, const char *a3
     char *argv[10] = {(char *)c->bin, "-s", (char *)c->server, (char *)a1, (char *)a2,
                       (char *)a3, (char *)a4, (char *)a5, NULL};
     c->code = itest_run(argv, &c->out, &c->err);
+    cr_expect(!strstr(c->err, "Sanitizer") && !strstr(c->err, "runtime error:"), "kvtc %s: sanitizer report:\n%s",
+              a1, c->err);
     return c->code;
 }
 

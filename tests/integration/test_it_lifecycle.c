@@ -175,7 +175,10 @@ Test(it_lifecycle, restart_on_the_same_port, .timeout = 60)
     itest_fill(buf, sizeof buf, 3);
     kvtc_key k = itest_key(SPACE, 3);
     cr_assert_eq(kvtc_put(old, &k, buf, sizeof buf), 0);
-    /* The daemon goes away under a connected client. */
+    /* The daemon goes away under a connected client. That client's UCX
+     * objects are live but LeakSanitizer cannot see UCX's encoded pointers
+     * to them yet: check leaks once it is disconnected (the next stop). */
+    d.skip_leak_check = "a connection is still open";
     itest_daemon_stop(&d);
     size_t got;
     kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_TIMEOUT, .timeout_ms = 5000};
