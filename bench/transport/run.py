@@ -254,7 +254,8 @@ def main():
     lat = {name: {c: [] for c in args.clients} for name in ["redis"] + [f"kvtc {t}" for t in TLS_SETS]}
     try:
         for rnd in range(args.rounds):
-            log(f"round {rnd + 1}/{args.rounds}")
+            result.setdefault("loadavg_per_round", []).append(os.getloadavg()[0])
+            log(f"round {rnd + 1}/{args.rounds} (load {os.getloadavg()[0]:.1f})")
             for size in args.sizes:
                 log(f"  {size // 1024} KiB")
                 for tls in TLS_SETS:
