@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define SPACE 0x434f4e00u
 #define PER_CLIENT 6
@@ -113,4 +114,42 @@ Test(it_concurrency, clients_24_shared_memory, .timeout = 120)
 Test(it_concurrency, clients_16_tcp, .timeout = 120)
 {
     run_clients(ITEST_TLS_TCP, 16);
+}
+
+/* --max-sessions: one client too many is refused at connect time; the
+ * others keep working, and its slot is reusable once one leaves. */
+Test(it_concurrency, max_sessions_refuses_the_extra_client, .timeout = 60)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_SM);
+    const char *extra[] = {"--max-sessions", "4", NULL};
+    itest_daemon_start(&d, "64M", 0, extra);
+    kvtc_conn *c[4];
+    for (int i = 0; i < 4; i++)
+        c[i] = itest_connect(&d);
+    kvtc_conn *more = NULL;
+    kvtc_conn_params p = {.field_mask = KVTC_CONN_PARAM_FIELD_CONNECT_TIMEOUT, .connect_timeout_ms = 5000};
+    int rc = kvtc_connect(d.addr, &p, &more);
+    cr_expect_neq(rc, 0, "a 5th client was accepted with --max-sessions 4");
+    if (!rc)
+        kvtc_disconnect(more);
+    uint8_t buf[4096] = {7};
+    for (int i = 0; i < 4; i++) {
+        kvtc_key k = itest_key(SPACE + 100, (uint32_t)i);
+        cr_assert_eq(kvtc_put(c[i], &k, buf, sizeof buf), 0, "client %d after the refusal", i);
+    }
+    kvtc_disconnect(c[3]);
+    /* The daemon notices the departure asynchronously: retry for a while. */
+    rc = -1;
+    for (int tries = 0; tries < 50 && rc; tries++) {
+        rc = kvtc_connect(d.addr, &p, &c[3]);
+        if (rc) {
+            struct timespec ts = {0, 100 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    cr_assert_eq(rc, 0, "no room for a new client after one left: %s", kvtc_strerror(rc));
+    for (int i = 0; i < 4; i++)
+        kvtc_disconnect(c[i]);
+    itest_daemon_stop(&d);
 }
