@@ -236,7 +236,7 @@ def main():
     except OSError:
         load = None
     result = {"host": platform.node(), "cpus": os.cpu_count(),
-              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_at_start": load,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_at_start": load, "nice": os.nice(0),
               "sizes": args.sizes, "lat_size": args.lat_size, "bytes_per_size": args.bytes_per_size,
               "rounds": args.rounds, "method": "per size, ucx_perftest, kvtcd and Redis run back to back "
               "in each round; every point keeps its best round (highest MiB/s, lowest latency)",
