@@ -27,6 +27,7 @@ struct kvtc_calibrator {
     int fitted;
     float *mean[2], *basis[2]; /* [D], [D][pe.ncomp[s]] */
     float *sigma[2];           /* [pe.ncomp[s]] */
+    float *slab_w;             /* [layers * 2], copied from params (or 1) */
     struct kvtc__plan_errors pe;
     uint32_t n_plans;
     struct kvtc__plan plans[KVTC_MAX_PLANS];
@@ -70,6 +71,20 @@ int kvtc_calibrator_create(const kvtc_layout *layout, const kvtc_calib_params *p
     if (cal->params.max_components == 0 || cal->params.max_components > cal->width)
         cal->params.max_components = cal->width;
     cal->rng = cal->params.seed ^ 0x6b7674632d63616cull;
+    cal->slab_w = malloc(2 * (size_t)layout->layers * sizeof(float));
+    if (!cal->slab_w) {
+        kvtc_calibrator_free(cal);
+        return KVTC_ENOMEM;
+    }
+    for (uint32_t i = 0; i < 2 * layout->layers; i++) {
+        float w = cal->params.slab_weights ? cal->params.slab_weights[i] : 1.0f;
+        if (!isfinite(w) || !(w > 0) || w > 1e6f || w < 1e-6f) {
+            kvtc_calibrator_free(cal);
+            return KVTC_EINVAL;
+        }
+        cal->slab_w[i] = w;
+    }
+    cal->params.slab_weights = NULL; /* the caller's array need not outlive create */
     size_t bytes = (size_t)cal->params.max_rows * cal->width * sizeof(float);
     for (int s = 0; s < 2; s++) {
         cal->rows[s] = malloc(bytes);
@@ -96,6 +111,7 @@ void kvtc_calibrator_free(kvtc_calibrator *cal)
     for (uint32_t i = 0; i < cal->n_plans; i++)
         free(cal->plans[i].groups);
     free_errors(&cal->pe);
+    free(cal->slab_w);
     free(cal);
 }
 
@@ -123,6 +139,7 @@ int kvtc_calibrator_add(kvtc_calibrator *cal, const void *chunk, uint32_t n_toke
     }
     for (int s = 0; s < 2; s++) {
         int rc = kvtc__chunk_to_rows(&cal->layout, chunk, n_tokens, first_pos, sinks, n, s,
+                                     cal->slab_w,
                                      cal->scratch[s]);
         if (rc)
             return rc;
@@ -404,7 +421,11 @@ int kvtc__calibrator_fit_pca(kvtc_calibrator *cal, kvtc__pca_fn pca_fn, void *pc
     /* Keys carry most of the energy; weighing raw squared errors alone would
      * starve the values. By default both streams' relative errors count. */
     cal->pe.weight[0] = 1.0;
+    int weighted = 0;
+    for (uint32_t i = 0; i < 2 * cal->layout.layers; i++)
+        weighted |= cal->slab_w[i] != 1.0f;
     cal->pe.weight[1] = cal->params.value_weight > 0 ? cal->params.value_weight
+                        : weighted ? 1.0 /* the slab weights already say what matters */
                         : var_all[1] > 0 ? var_all[0] / var_all[1] : 1.0;
     /* The rows are centred now and no longer needed: give the memory back. */
     for (int s = 0; s < 2; s++) {
@@ -439,7 +460,7 @@ int kvtc_calibrator_profile(kvtc_calibrator *cal, kvtc_profile **out)
     if (!cal || !cal->fitted || cal->n_plans == 0 || !out)
         return KVTC_EINVAL;
     return kvtc__profile_build(&cal->layout, cal->width, cal->pe.ncomp, cal->mean, cal->basis,
-                               cal->sigma, cal->plans, cal->n_plans, out);
+                               cal->sigma, cal->slab_w, cal->plans, cal->n_plans, out);
 }
 
 int kvtc_calibrator_finish(kvtc_calibrator *cal, const float *target_ratios, uint32_t n_targets,

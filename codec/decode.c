@@ -155,11 +155,12 @@ int kvtc_decode(kvtc_decoder *dec, const void *src_v, size_t len, void *dst, siz
         if (rc)
             return rc;
         g0 = g1;
+        uint32_t ku = plan->kused[s]; /* later coefficients are zero */
         for (uint32_t t = 0; t < T; t++)
-            for (uint32_t j = 0; j < k; j++)
+            for (uint32_t j = 0; j < ku; j++)
                 dec->coef[(size_t)t * k + j] *= p->sigma[s][j];
-        if (k)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)p->width, (int)k,
+        if (ku)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)p->width, (int)ku,
                         1.0f, dec->coef, (int)k, p->basis[s], (int)k, 0.0f, dec->rows,
                         (int)p->width);
         else
@@ -167,7 +168,8 @@ int kvtc_decode(kvtc_decoder *dec, const void *src_v, size_t len, void *dst, siz
         for (uint32_t t = 0; t < T; t++)
             for (uint32_t j = 0; j < p->width; j++)
                 dec->rows[(size_t)t * p->width + j] += p->mean[s][j];
-        kvtc__rows_to_chunk(l, dec->rows, h.n_tokens, h.first_pos, h.sink_tokens, T, s, dst);
+        kvtc__rows_to_chunk(l, dec->rows, h.n_tokens, h.first_pos, h.sink_tokens, T, s,
+                            p->slab_w, dst);
     }
     fill_info(&h, len, info);
     return 0;

@@ -158,17 +158,19 @@ int kvtc_encode(kvtc_encoder *enc, const kvtc_chunk *c, void *dst_v, size_t cap,
                 g1++;
             if (g1 > g0) {
                 rc = kvtc__chunk_to_rows(l, c->data, c->n_tokens, c->first_pos, sinks, T, s,
-                                         enc->rows);
+                                         p->slab_w, enc->rows);
                 if (rc)
                     return rc;
                 for (uint32_t t = 0; t < T; t++)
                     for (uint32_t j = 0; j < p->width; j++)
                         enc->rows[(size_t)t * p->width + j] -= p->mean[s][j];
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)k,
+                /* only the components this plan codes */
+                uint32_t ku = plan->kused[s];
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)ku,
                             (int)p->width, 1.0f, enc->rows, (int)p->width, p->basis[s], (int)k,
                             0.0f, enc->coef, (int)k);
                 for (uint32_t t = 0; t < T; t++)
-                    for (uint32_t j = 0; j < k; j++)
+                    for (uint32_t j = 0; j < ku; j++)
                         enc->coef[(size_t)t * k + j] *= p->inv_sigma[s][j];
                 kvtc__pack_groups(plan, g0, g1, enc->coef, k, T, enc->shift_off, enc->scale_off,
                                   enc->code_off, enc->sym);

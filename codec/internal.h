@@ -39,6 +39,8 @@ struct kvtc__plan {
     kvtc_plan_info info;
     uint32_t n_groups;           /* keys' groups first, then values' */
     struct kvtc__group *groups;
+    uint32_t kused[2];           /* per stream, 1 + the last coded component:
+                                    projections stop there */
 };
 
 struct kvtc_profile {
@@ -51,6 +53,10 @@ struct kvtc_profile {
                                     coefficients are quantized divided by it, so
                                     a group's components share one range */
     float *inv_sigma[2];         /* [ncomp]: 1/sigma, derived at build/load */
+    float *slab_w;               /* [layers][k|v]: importance weights the rows
+                                    are multiplied by before the projection,
+                                    so the planner's squared error tracks the
+                                    model's sensitivity (all 1: none given) */
     uint32_t n_plans;
     struct kvtc__plan plans[KVTC_MAX_PLANS];
     uint64_t id;
@@ -85,14 +91,16 @@ int kvtc__dequantize_group(uint32_t type, const uint8_t *codes, uint32_t n,
 
 /* ---- rows.c: canonical chunk <-> rows ---- */
 /* Rows of stream s (0 keys, 1 values) of tokens [t0, t0+n) of a chunk of
- * n_tokens tokens, as floats [n][D]; keys get RoPE undone. */
+ * n_tokens tokens, as floats [n][D]; keys get RoPE undone; each layer's
+ * part multiplied by slab_w[layer * 2 + s] (NULL: 1). */
 int kvtc__chunk_to_rows(const kvtc_layout *l, const void *chunk, uint32_t n_tokens,
                         uint32_t first_pos, uint32_t t0, uint32_t n, int stream,
-                        float *rows);
-/* Inverse: write rows back (keys get RoPE redone) into the chunk. */
+                        const float *slab_w, float *rows);
+/* Inverse: write rows back (divided by the weights, keys with RoPE redone)
+ * into the chunk. */
 int kvtc__rows_to_chunk(const kvtc_layout *l, float *rows, uint32_t n_tokens,
                         uint32_t first_pos, uint32_t t0, uint32_t n, int stream,
-                        void *chunk);
+                        const float *slab_w, void *chunk);
 /* Tokens of a chunk stored as-is at its start (attention sinks). */
 static inline uint32_t kvtc__sink_tokens(uint32_t first_pos, uint32_t n_tokens)
 {

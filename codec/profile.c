@@ -5,6 +5,7 @@
  *   n_plans x { f32 target f32 mse_k f32 mse_v u32 n_groups
  *               n_groups x { u32 start u16 size u8 type u8 stream
  *                            [f16 shift f16 scale when type & 0x80: static] } }
+ *   f32 slab_w[layers * 2]
  *   f32 mean_k[D] f32 basis_k[D][ncomp_k] f32 sigma_k[ncomp_k]
  *   f32 mean_v[D] f32 basis_v[D][ncomp_v] f32 sigma_v[ncomp_v]
  *   u64 XXH3-64 of everything before it (also the profile id)
@@ -28,8 +29,11 @@ static void plan_info_from_groups(struct kvtc__plan *p)
 {
     double bits = 0;
     p->info.key_components = p->info.value_components = 0;
+    p->kused[0] = p->kused[1] = 0;
     for (uint32_t g = 0; g < p->n_groups; g++) {
         const struct kvtc__group *gr = &p->groups[g];
+        if (gr->start + gr->size > p->kused[gr->stream])
+            p->kused[gr->stream] = gr->start + gr->size;
         bits += (double)gr->size * kvtc__qtype_bits(gr->type) +
                 (gr->is_static ? 0 : KVTC__GROUP_OVERHEAD_BITS);
         *(gr->stream ? &p->info.value_components : &p->info.key_components) += gr->size;
@@ -48,6 +52,7 @@ void kvtc_profile_free(kvtc_profile *p)
         free(p->sigma[s]);
         free(p->inv_sigma[s]);
     }
+    free(p->slab_w);
     for (uint32_t i = 0; i < p->n_plans; i++)
         free(p->plans[i].groups);
     free(p);
@@ -80,6 +85,8 @@ static void serialize(const kvtc_profile *p, struct kvtc__wr *w)
             }
         }
     }
+    for (uint32_t i = 0; i < 2 * p->layout.layers; i++)
+        kvtc__put_f32(w, p->slab_w[i]);
     for (int s = 0; s < 2; s++) {
         for (uint32_t j = 0; j < p->width; j++)
             kvtc__put_f32(w, p->mean[s][j]);
@@ -141,7 +148,7 @@ static int derive_inv_sigma(kvtc_profile *p)
 
 int kvtc__profile_build(const kvtc_layout *layout, uint32_t width, const uint32_t k[2],
                         float *const mean[2], float *const basis[2], float *const sigma[2],
-                        const struct kvtc__plan *plans, uint32_t n_plans, kvtc_profile **out)
+                        const float *slab_w, const struct kvtc__plan *plans, uint32_t n_plans, kvtc_profile **out)
 {
     kvtc_profile *p = calloc(1, sizeof *p);
     if (!p)
@@ -149,6 +156,9 @@ int kvtc__profile_build(const kvtc_layout *layout, uint32_t width, const uint32_
     p->layout = *layout;
     p->width = width;
     p->n_plans = n_plans;
+    if (!(p->slab_w = malloc(2 * (size_t)layout->layers * sizeof(float))))
+        goto nomem;
+    memcpy(p->slab_w, slab_w, 2 * (size_t)layout->layers * sizeof(float));
     for (uint32_t i = 0; i < n_plans; i++)
         for (uint32_t g = 0; g < plans[i].n_groups; g++) {
             const struct kvtc__group *gr = &plans[i].groups[g];
@@ -276,10 +286,17 @@ int kvtc_profile_load(const void *buf, size_t len, kvtc_profile **out)
         plan_info_from_groups(pl);
     }
     /* Exact size of the arrays, before allocating them. */
-    uint64_t floats = 2ull * p->width +
+    uint64_t floats = 2ull * p->layout.layers + 2ull * p->width +
                       (uint64_t)(p->width + 1) * (p->ncomp[0] + (uint64_t)p->ncomp[1]);
     if (floats * 4 != r.len - r.off)
         goto fail;
+    if ((rc = read_floats(&r, 2 * (size_t)p->layout.layers, &p->slab_w)))
+        goto fail;
+    for (uint32_t i = 0; i < 2 * p->layout.layers; i++)
+        if (!(p->slab_w[i] >= 1e-6f && p->slab_w[i] <= 1e6f)) {
+            rc = KVTC_ECORRUPT;
+            goto fail;
+        }
     for (int s = 0; s < 2; s++) {
         if ((rc = read_floats(&r, p->width, &p->mean[s])) ||
             (rc = read_floats(&r, (size_t)p->width * p->ncomp[s], &p->basis[s])) ||

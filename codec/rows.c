@@ -15,7 +15,7 @@ static size_t slab_offset(const kvtc_layout *l, uint32_t layer, int stream,
 
 int kvtc__chunk_to_rows(const kvtc_layout *l, const void *chunk, uint32_t n_tokens,
                         uint32_t first_pos, uint32_t t0, uint32_t n, int stream,
-                        float *rows)
+                        const float *slab_w, float *rows)
 {
     size_t hd = (size_t)l->kv_heads * l->head_dim, D = hd * l->layers;
     size_t es = kvtc_dtype_size(l->dtype);
@@ -39,13 +39,18 @@ int kvtc__chunk_to_rows(const kvtc_layout *l, const void *chunk, uint32_t n_toke
             for (size_t v = 0; v < D; v += l->head_dim)
                 kvtc__rope_rotate(l, row + v, cs, sn, 1);
         }
+        for (uint32_t layer = 0; slab_w && layer < l->layers; layer++) {
+            float w = slab_w[layer * 2 + stream];
+            for (size_t j = 0; j < hd; j++)
+                row[layer * hd + j] *= w;
+        }
     }
     return 0;
 }
 
 int kvtc__rows_to_chunk(const kvtc_layout *l, float *rows, uint32_t n_tokens,
                         uint32_t first_pos, uint32_t t0, uint32_t n, int stream,
-                        void *chunk)
+                        const float *slab_w, void *chunk)
 {
     size_t hd = (size_t)l->kv_heads * l->head_dim, D = hd * l->layers;
     size_t es = kvtc_dtype_size(l->dtype);
@@ -56,6 +61,11 @@ int kvtc__rows_to_chunk(const kvtc_layout *l, float *rows, uint32_t n_tokens,
         kvtc__rope_inv_freq(l, inv_freq);
     for (uint32_t i = 0; i < n; i++) {
         float *row = rows + (size_t)i * D;
+        for (uint32_t layer = 0; slab_w && layer < l->layers; layer++) {
+            float inv = 1.0f / slab_w[layer * 2 + stream];
+            for (size_t j = 0; j < hd; j++)
+                row[layer * hd + j] *= inv;
+        }
         if (rope) {
             kvtc__rope_angles(l, inv_freq, first_pos + t0 + i, cs, sn);
             for (size_t v = 0; v < D; v += l->head_dim)

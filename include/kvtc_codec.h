@@ -137,7 +137,15 @@ typedef struct kvtc_calib_params {
     uint64_t seed;          /* reservoir sampling seed */
     float value_weight;     /* planner weight of value errors relative to key
                                errors (0: var_K / var_V, i.e. both streams'
-                               relative errors count the same) */
+                               relative errors count the same; 1 when
+                               slab_weights are given) */
+    const float *slab_weights; /* NULL, or 2 * layers importance weights,
+                               [layer][k|v], in (1e-6, 1e6): rows are
+                               scaled by them before the PCA, so squared
+                               errors count as much as the model's
+                               sensitivity to that layer's K or V (e.g. sqrt
+                               of KL per unit noise power). Stored in the
+                               profile; copied at create. */
 } kvtc_calib_params;
 
 /* Create a calibrator for layout. params may be NULL for defaults. */

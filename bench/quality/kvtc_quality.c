@@ -155,7 +155,8 @@ static int recon_kvtc(struct bench *b, void *argp, const float *chunk, uint32_t 
     size_t elems = (size_t)n * b->tok_floats, len = 0;
     kvtc_container_info info;
     int rc;
-    if (a->variant != V_PLAIN) {
+    /* kvtc-sens weights live in the profile: the codec applies them */
+    if (a->variant == V_LNORM) {
         memcpy(b->f32a, chunk, elems * sizeof(float));
         apply_scales(b, a->variant, b->f32a, n, 0);
         chunk = b->f32a;
@@ -181,7 +182,7 @@ static int recon_kvtc(struct bench *b, void *argp, const float *chunk, uint32_t 
     }
     *bytes += len;
     rc = kvtc_to_float(b->lay.dtype, b->dt_out, out, elems);
-    if (!rc && a->variant != V_PLAIN)
+    if (!rc && a->variant == V_LNORM)
         apply_scales(b, a->variant, out, n, 1);
     return rc;
 }
@@ -411,12 +412,15 @@ static int calib_profile(struct bench *b, float *const *kv, int variant, const f
     uint32_t T = o->prefix + o->score;
     size_t slabs = 2 * (size_t)b->c->n_layers;
     kvtc_calibrator *cal = NULL;
-    int rc = kvtc_calibrator_create(&b->lay, NULL, &cal);
+    /* kvtc-sens: the measured sensitivities become the profile's slab
+     * weights, so every encoder and decoder of the profile applies them */
+    kvtc_calib_params params = {.slab_weights = variant == V_SENS ? b->lscale[V_SENS] : NULL};
+    int rc = kvtc_calibrator_create(&b->lay, &params, &cal);
     for (uint32_t s = 0; !rc && s < o->calib_seqs; s++) {
         for (uint32_t first = 0; !rc && first < T; first += o->chunk) {
             uint32_t n = T - first < o->chunk ? T - first : o->chunk;
             slice(kv[s], T, first, n, b->f32a, slabs, b->c->kv_dim);
-            if (variant != V_PLAIN)
+            if (variant == V_LNORM)
                 apply_scales(b, variant, b->f32a, n, 0);
             rc = kvtc_from_float(b->lay.dtype, b->f32a, b->dt_in, (size_t)n * b->tok_floats);
             if (!rc)

@@ -121,7 +121,7 @@ static int tokens_of(const kvtc_layout *l, size_t len, uint32_t *n)
 
 static int cmd_calibrate(int argc, char **argv)
 {
-    const char *layout_s = NULL, *out = NULL, *targets_s = "4,8,16,32,64";
+    const char *layout_s = NULL, *out = NULL, *targets_s = "4,8,16,32,64", *weights_s = NULL;
     uint32_t first_pos = 0;
     kvtc_calib_params params = {0};
     int i = 1;
@@ -132,6 +132,8 @@ static int cmd_calibrate(int argc, char **argv)
         else if (!strcmp(argv[i], "--first-pos") && i + 1 < argc) first_pos = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--max-components") && i + 1 < argc) params.max_components = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--max-rows") && i + 1 < argc) params.max_rows = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--value-weight") && i + 1 < argc) params.value_weight = strtof(argv[++i], NULL);
+        else if (!strcmp(argv[i], "--weights") && i + 1 < argc) weights_s = argv[++i];
         else {
             fprintf(stderr, "kvtc codec calibrate: bad option '%s'\n", argv[i]);
             return 2;
@@ -139,10 +141,13 @@ static int cmd_calibrate(int argc, char **argv)
     }
     if (!layout_s || !out || i >= argc) {
         fprintf(stderr, "usage: kvtc codec calibrate --layout SPEC --out PROFILE.kvtcp "
-                        "[--targets 4,8,16,32,64] [--first-pos P] [--max-components K] KVFILE...\n"
+                        "[--targets 4,8,16,32,64] [--first-pos P] [--max-components K]\n"
+                        "       [--value-weight W] [--weights K0,V0,K1,V1,...] KVFILE...\n"
                         "  SPEC: layers=L,kv_heads=H,head_dim=D,dtype=bf16|fp16|fp32|fp8,"
                         "chunk=T,rope=interleaved|half|none,theta=X\n"
-                        "  each KVFILE is one canonical chunk whose first token is at --first-pos\n");
+                        "  each KVFILE is one canonical chunk whose first token is at --first-pos\n"
+                        "  --weights: one importance weight per layer's K and V (e.g. sqrt of the\n"
+                        "  model's sensitivity), stored in the profile\n");
         return 2;
     }
     kvtc_layout l;
@@ -153,6 +158,23 @@ static int cmd_calibrate(int argc, char **argv)
         return fail("--layout", rc);
     if ((rc = parse_targets(targets_s, targets, &nt)))
         return fail("--targets", rc);
+    float weights[2 * KVTC_MAX_LAYERS];
+    if (weights_s) {
+        uint32_t nw = 0;
+        for (const char *p = weights_s; *p && nw < 2 * KVTC_MAX_LAYERS;) {
+            char *end;
+            weights[nw++] = strtof(p, &end);
+            if (end == p || (*end && *end != ','))
+                return fail("--weights", KVTC_EINVAL);
+            p = *end ? end + 1 : end;
+        }
+        if (nw != 2 * l.layers) {
+            fprintf(stderr, "kvtc codec: --weights needs %u values (K and V of each layer)\n",
+                    2 * l.layers);
+            return 2;
+        }
+        params.slab_weights = weights;
+    }
     kvtc_calibrator *cal;
     if ((rc = kvtc_calibrator_create(&l, &params, &cal)))
         return fail("calibrator", rc);

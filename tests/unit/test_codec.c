@@ -381,3 +381,57 @@ Test(codec, numeric_formats_round_trip)
     cr_assert_eq(kvtc__f32_to_bf16(1.00390625f), 0x3f80); /* tie to even */
     cr_assert_eq(kvtc__bf16_to_f32(0x3f81), 1.0078125f);
 }
+
+Test(codec, slab_weights_travel_in_the_profile)
+{
+    /* Weights change what the planner protects but never the meaning of
+     * the data: a weighted profile, saved and loaded, still reconstructs. */
+    struct synth s;
+    synth_init(&s, KVTC_ROPE_INTERLEAVED, KVTC_DTYPE_FP32);
+    float w[2 * 4] = {4, 0.5f, 1, 2, 0.25f, 1, 3, 1};
+    kvtc_calib_params params = {.slab_weights = w};
+    kvtc_calibrator *cal;
+    cr_assert_eq(kvtc_calibrator_create(&s.l, &params, &cal), 0);
+    w[0] = -1; /* copied at create: later changes do not matter */
+    for (uint32_t i = 0; i < 8; i++) {
+        float *c = synth_chunk(&s, 64, 64 + i * 64);
+        cr_assert_eq(kvtc_calibrator_add(cal, c, 64, 64 + i * 64), 0);
+        free(c);
+    }
+    const float t[] = {4};
+    kvtc_profile *p, *q;
+    cr_assert_eq(kvtc_calibrator_finish(cal, t, 1, &p), 0);
+    kvtc_calibrator_free(cal);
+    size_t n = kvtc_profile_size(p);
+    uint8_t *buf = malloc(n);
+    cr_assert_eq(kvtc_profile_save(p, buf, n), 0);
+    cr_assert_eq(kvtc_profile_load(buf, n, &q), 0);
+    float *fc = synth_chunk(&s, 64, 2000);
+    size_t bytes = kvtc_chunk_bytes(&s.l, 64);
+    kvtc_encoder *enc;
+    kvtc_decoder *dec;
+    cr_assert_eq(kvtc_encoder_create(p, 0, KVTC_STAGE_DEFLATE, 0, &enc), 0);
+    cr_assert_eq(kvtc_decoder_create(q, &dec), 0);
+    size_t cap = kvtc_encode_bound(enc, 64), len;
+    uint8_t *cont = malloc(cap);
+    float *out = malloc(bytes);
+    kvtc_chunk c = {.data = fc, .n_tokens = 64, .first_pos = 2000};
+    cr_assert_eq(kvtc_encode(enc, &c, cont, cap, &len), 0);
+    cr_assert_eq(kvtc_decode(dec, cont, len, out, bytes, NULL), 0);
+    double err = mse(&s.l, fc, out, bytes / 4);
+    double energy = 0;
+    for (size_t i = 0; i < bytes / 4; i++)
+        energy += (double)fc[i] * fc[i];
+    cr_assert_lt(err / (energy / (bytes / 4)), 0.01, "relative error %g", err / (energy / (bytes / 4)));
+    w[0] = 0; /* a zero weight would lose its slab: refused */
+    cr_assert_eq(kvtc_calibrator_create(&s.l, &params, &cal), KVTC_EINVAL);
+    free(cont);
+    free(out);
+    free(fc);
+    free(buf);
+    kvtc_encoder_free(enc);
+    kvtc_decoder_free(dec);
+    kvtc_profile_free(p);
+    kvtc_profile_free(q);
+    synth_free(&s);
+}
