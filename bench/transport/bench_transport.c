@@ -4,7 +4,11 @@
  *   kvtc_bench_transport --backend kvtc|redis --target HOST:PORT
  *       [--sizes 262144,1048576,...] [--bytes-per-size N]
  *       [--lat-size N] [--clients 1,16,64] [--lat-ops N]
- *       [--no-throughput] [--no-latency]
+ *       [--depth N] [--no-throughput] [--no-latency]
+ *
+ * --depth N keeps N single-chunk requests in flight on the throughput
+ * connection (libkvtc's asynchronous API; hiredis pipelining), like
+ * ucx_perftest's window of outstanding sends.
  *
  * Prints one JSON object per measurement on stdout (the driver, run.py,
  * merges them with ucx_perftest's numbers into a table and a JSON file).
@@ -26,6 +30,7 @@
 #define TAG_TPUT 0x54505554u
 #define TAG_LAT 0x4c415400u
 #define LAT_KEYS 64u
+#define MAX_DEPTH 16
 
 struct opts {
     const struct bt_backend *be;
@@ -38,6 +43,7 @@ struct opts {
     int n_clients;
     size_t lat_ops;
     int no_throughput, no_latency;
+    size_t depth;
 };
 
 static int parse_list(const char *s, size_t *out, int max, int *n)
@@ -61,7 +67,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: kvtc_bench_transport --backend kvtc|redis --target HOST:PORT\n"
                "  [--sizes B,B,...] [--bytes-per-size B] [--lat-size B]\n"
-               "  [--clients N,N,...] [--lat-ops N] [--no-throughput] [--no-latency]\n");
+               "  [--clients N,N,...] [--lat-ops N] [--depth N (1..16)]\n"
+               "  [--no-throughput] [--no-latency]\n");
 }
 
 static int parse_opts(int argc, char **argv, struct opts *o)
@@ -77,6 +84,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
     o->clients[2] = 64;
     o->n_clients = 3;
     o->lat_ops = 4096;
+    o->depth = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -116,6 +124,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             o->bytes_per_size = strtoull(v, NULL, 10);
         } else if (!strcmp(a, "--lat-size")) {
             o->lat_size = strtoull(v, NULL, 10);
+        } else if (!strcmp(a, "--depth")) {
+            o->depth = strtoull(v, NULL, 10);
         } else if (!strcmp(a, "--lat-ops")) {
             o->lat_ops = strtoull(v, NULL, 10);
         } else {
@@ -123,7 +133,11 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             return KVTC_EINVAL;
         }
     }
-    if (!o->be || !o->target || !o->lat_size || !o->lat_ops) {
+    if (o->be && o->depth > 1 && (!o->be->put_many || !o->be->get_many)) {
+        fprintf(stderr, "bench: %s has no pipelined operations\n", o->be->name);
+        return KVTC_ENOTSUP;
+    }
+    if (!o->be || !o->target || !o->lat_size || !o->lat_ops || o->depth < 1 || o->depth > MAX_DEPTH) {
         usage(stderr);
         return KVTC_EINVAL;
     }
@@ -147,79 +161,99 @@ static int check(const uint8_t *got, const uint8_t *want, size_t len, uint32_t i
     return 0;
 }
 
-/* One connection: n puts of distinct keys, then n gets of them, then deletes.
- * Verification runs outside the timed loops. */
+/* One connection: n puts of distinct keys, then n gets of them, then
+ * deletes; `depth` operations in flight at a time (1: one blocking call
+ * after another). Verification runs outside the timed loops. */
 static int run_throughput(const struct opts *o, void *conn, size_t size)
 {
     const struct bt_backend *be = o->be;
+    size_t depth = o->depth;
     size_t n = o->bytes_per_size / size;
     if (n < 8)
         n = 8;
     if (n > 4096)
         n = 4096;
-    uint8_t *src = malloc(size), *dst = malloc(size);
+    n = (n + depth - 1) / depth * depth;
+    uint8_t *src[MAX_DEPTH] = {0}, *dst[MAX_DEPTH] = {0};
+    uint8_t keys[MAX_DEPTH][BT_KEY_LEN];
     uint64_t *put_ns = calloc(n, sizeof *put_ns), *get_ns = calloc(n, sizeof *get_ns);
-    uint8_t key[BT_KEY_LEN];
     int rc = KVTC_ENOMEM;
-    if (!src || !dst || !put_ns || !get_ns)
+    if (!put_ns || !get_ns)
         goto out;
-    bt_fill(src, size, size);
+    for (size_t j = 0; j < depth; j++) {
+        if (!(src[j] = malloc(size)) || !(dst[j] = malloc(size)))
+            goto out;
+        bt_fill(src[j], size, size);
+    }
 
     /* Warm-up: first contact registers memory and settles the protocol. */
     for (uint32_t w = 0; w < 2; w++) {
-        bt_key(TAG_WARM, w, key);
-        if ((rc = be->put(conn, key, src, size)) || (rc = be->get(conn, key, dst, size)) ||
-            (rc = be->del(conn, key)))
+        bt_key(TAG_WARM, w, keys[0]);
+        if ((rc = be->put(conn, keys[0], src[0], size)) || (rc = be->get(conn, keys[0], dst[0], size)) ||
+            (rc = be->del(conn, keys[0])))
             goto out;
     }
 
     uint64_t t0 = bt_now_ns();
-    for (uint32_t i = 0; i < n; i++) {
-        bt_key(TAG_TPUT ^ (uint32_t)size, i, key);
-        stamp(src, size, i);
+    for (size_t i = 0; i < n; i += depth) {
+        for (size_t j = 0; j < depth; j++) {
+            bt_key(TAG_TPUT ^ (uint32_t)size, (uint32_t)(i + j), keys[j]);
+            stamp(src[j], size, (uint32_t)(i + j));
+        }
         uint64_t a = bt_now_ns();
-        if ((rc = be->put(conn, key, src, size))) {
-            fprintf(stderr, "bench: %s put %zu B #%u: %s\n", be->name, size, i, kvtc_strerror(rc));
+        rc = depth == 1 ? be->put(conn, keys[0], src[0], size)
+                        : be->put_many(conn, (const uint8_t(*)[BT_KEY_LEN])keys, (void *const *)src, size, depth);
+        if (rc) {
+            fprintf(stderr, "bench: %s put %zu B #%zu: %s\n", be->name, size, i, kvtc_strerror(rc));
             goto out;
         }
-        put_ns[i] = bt_now_ns() - a;
+        for (size_t j = 0; j < depth; j++)
+            put_ns[i + j] = bt_now_ns() - a;
     }
     uint64_t t1 = bt_now_ns();
-    for (uint32_t i = 0; i < n; i++) {
-        bt_key(TAG_TPUT ^ (uint32_t)size, i, key);
+    for (size_t i = 0; i < n; i += depth) {
+        for (size_t j = 0; j < depth; j++)
+            bt_key(TAG_TPUT ^ (uint32_t)size, (uint32_t)(i + j), keys[j]);
         uint64_t a = bt_now_ns();
-        if ((rc = be->get(conn, key, dst, size))) {
-            fprintf(stderr, "bench: %s get %zu B #%u: %s\n", be->name, size, i, kvtc_strerror(rc));
+        rc = depth == 1 ? be->get(conn, keys[0], dst[0], size)
+                        : be->get_many(conn, (const uint8_t(*)[BT_KEY_LEN])keys, (void *const *)dst, size, depth);
+        if (rc) {
+            fprintf(stderr, "bench: %s get %zu B #%zu: %s\n", be->name, size, i, kvtc_strerror(rc));
             goto out;
         }
-        get_ns[i] = bt_now_ns() - a;
+        for (size_t j = 0; j < depth; j++)
+            get_ns[i + j] = bt_now_ns() - a;
     }
     uint64_t t2 = bt_now_ns();
-    /* The last get's bytes are still in dst: check them, and one more. */
-    if ((rc = check(dst, src, size, (uint32_t)n - 1)))
-        goto out;
-    bt_key(TAG_TPUT ^ (uint32_t)size, 0, key);
-    if ((rc = be->get(conn, key, dst, size)) || (rc = check(dst, src, size, 0)))
+    /* The last gets' bytes are still in dst: check them, and one more. */
+    for (size_t j = 0; j < depth; j++)
+        if ((rc = check(dst[j], src[0], size, (uint32_t)(n - depth + j))))
+            goto out;
+    bt_key(TAG_TPUT ^ (uint32_t)size, 0, keys[0]);
+    if ((rc = be->get(conn, keys[0], dst[0], size)) || (rc = check(dst[0], src[0], size, 0)))
         goto out;
     for (uint32_t i = 0; i < n; i++) {
-        bt_key(TAG_TPUT ^ (uint32_t)size, i, key);
-        if ((rc = be->del(conn, key)))
+        bt_key(TAG_TPUT ^ (uint32_t)size, i, keys[0]);
+        if ((rc = be->del(conn, keys[0])))
             goto out;
     }
 
     double bytes = (double)n * (double)size;
-    printf("{\"backend\":\"%s\",\"test\":\"throughput\",\"size\":%zu,\"ops\":%zu,"
+    /* With depth > 1 the per-op figures are those of a whole group. */
+    printf("{\"backend\":\"%s\",\"test\":\"throughput\",\"size\":%zu,\"depth\":%zu,\"ops\":%zu,"
            "\"put_mib_s\":%.1f,\"get_mib_s\":%.1f,"
            "\"put_p50_us\":%.1f,\"put_p99_us\":%.1f,\"get_p50_us\":%.1f,\"get_p99_us\":%.1f}\n",
-           be->name, size, n, bytes / MIB / ((double)(t1 - t0) / 1e9),
+           be->name, size, depth, n, bytes / MIB / ((double)(t1 - t0) / 1e9),
            bytes / MIB / ((double)(t2 - t1) / 1e9), bt_quantile(put_ns, n, 0.5) / 1e3,
            bt_quantile(put_ns, n, 0.99) / 1e3, bt_quantile(get_ns, n, 0.5) / 1e3,
            bt_quantile(get_ns, n, 0.99) / 1e3);
     fflush(stdout);
     rc = 0;
 out:
-    free(src);
-    free(dst);
+    for (size_t j = 0; j < depth; j++) {
+        free(src[j]);
+        free(dst[j]);
+    }
     free(put_ns);
     free(get_ns);
     return rc;

@@ -20,6 +20,13 @@ struct bt_backend {
     /* Fetch exactly `len` bytes into buf; a miss or a size mismatch fails. */
     int (*get)(void *conn, const uint8_t key[BT_KEY_LEN], void *buf, size_t len);
     int (*del)(void *conn, const uint8_t key[BT_KEY_LEN]);
+    /* Pipelined: n puts (gets) in flight at once on the connection, each its
+     * own request; returns when all are done. bufs[i] holds (receives) len
+     * bytes for keys[i]. */
+    int (*put_many)(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
+                    size_t n);
+    int (*get_many)(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
+                    size_t n);
     void (*close)(void *conn);
 };
 

@@ -60,6 +60,72 @@ static int kvtc_bt_del(void *conn, const uint8_t key[BT_KEY_LEN])
     return kvtc_delete(conn, &k, 1, NULL, NULL);
 }
 
+#define MAX_MANY 64
+
+struct many_state {
+    int done;
+    int rc;
+};
+
+static void many_done(int status, void *arg)
+{
+    struct many_state *m = arg;
+    m->done++;
+    if (status && !m->rc)
+        m->rc = status;
+}
+
+/* n single-chunk requests in flight on one connection (the asynchronous
+ * API), then wait for all of them. */
+static int kvtc_bt_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
+                        size_t n, int put)
+{
+    kvtc_put_item pi[MAX_MANY];
+    kvtc_get_item gi[MAX_MANY];
+    struct many_state m = {0, 0};
+    kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = many_done, .arg = &m};
+    size_t submitted = 0;
+    int rc = 0;
+    if (n > MAX_MANY)
+        return KVTC_EINVAL;
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (put) {
+            pi[i] = (kvtc_put_item){.data = bufs[i], .size = len};
+            memcpy(pi[i].key.bytes, keys[i], BT_KEY_LEN);
+            rc = kvtc_put_batch_async(conn, &pi[i], 1, &p);
+        } else {
+            gi[i] = (kvtc_get_item){.buf = bufs[i], .capacity = len};
+            memcpy(gi[i].key.bytes, keys[i], BT_KEY_LEN);
+            rc = kvtc_get_batch_async(conn, &gi[i], 1, &p);
+        }
+        if (!rc)
+            submitted++;
+    }
+    /* Submitted operations must finish before their items go out of scope. */
+    int wrc = kvtc_wait_all(conn, -1);
+    if (rc || (rc = wrc) || (rc = m.rc)) {
+        fprintf(stderr, "kvtc: pipelined %s: %s (%s)\n", put ? "put" : "get", kvtc_strerror(rc),
+                kvtc_last_error(conn));
+        return rc;
+    }
+    for (size_t i = 0; !put && i < n; i++)
+        if (gi[i].size != len)
+            return KVTC_ECORRUPT;
+    return (size_t)m.done == submitted ? 0 : KVTC_EIO;
+}
+
+static int kvtc_bt_put_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
+                            size_t n)
+{
+    return kvtc_bt_many(conn, keys, bufs, len, n, 1);
+}
+
+static int kvtc_bt_get_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
+                            size_t n)
+{
+    return kvtc_bt_many(conn, keys, bufs, len, n, 0);
+}
+
 static void kvtc_bt_close(void *conn)
 {
     kvtc_disconnect(conn);
@@ -72,6 +138,8 @@ static const struct bt_backend backend = {
     .get = kvtc_bt_get,
     .del = kvtc_bt_del,
     .close = kvtc_bt_close,
+    .put_many = kvtc_bt_put_many,
+    .get_many = kvtc_bt_get_many,
 };
 
 const struct bt_backend *const bt_kvtc_backend = &backend;

@@ -71,6 +71,47 @@ static int redis_del(void *conn, const uint8_t key[BT_KEY_LEN])
     return 0;
 }
 
+/* hiredis pipelining: every command appended first, then every reply read. */
+static int redis_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
+                      size_t n, int put)
+{
+    redisContext *c = conn;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        int r = put ? redisAppendCommand(c, "SET %b %b", keys[i], (size_t)BT_KEY_LEN, bufs[i], len)
+                    : redisAppendCommand(c, "GET %b", keys[i], (size_t)BT_KEY_LEN);
+        if (r != REDIS_OK)
+            return KVTC_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(c, (void **)&r) != REDIS_OK || !r) {
+            fprintf(stderr, "redis: pipelined reply: %s\n", c->errstr);
+            return KVTC_ECONN;
+        }
+        if (put && r->type != REDIS_REPLY_STATUS)
+            rc = rc ? rc : KVTC_EIO;
+        else if (!put && (r->type != REDIS_REPLY_STRING || (size_t)r->len != len))
+            rc = rc ? rc : KVTC_ENOENT;
+        else if (!put)
+            memcpy(bufs[i], r->str, len);
+        freeReplyObject(r);
+    }
+    return rc;
+}
+
+static int redis_put_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
+                          size_t n)
+{
+    return redis_many(conn, keys, bufs, len, n, 1);
+}
+
+static int redis_get_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
+                          size_t n)
+{
+    return redis_many(conn, keys, bufs, len, n, 0);
+}
+
 static void redis_close(void *conn)
 {
     redisFree(conn);
@@ -83,4 +124,6 @@ const struct bt_backend bt_redis_backend = {
     .get = redis_get,
     .del = redis_del,
     .close = redis_close,
+    .put_many = redis_put_many,
+    .get_many = redis_get_many,
 };

@@ -25,6 +25,9 @@ import time
 MIB = 1 << 20
 SIZES = [256 << 10, 1 << 20, 4 << 20, 8 << 20, 16 << 20, 32 << 20]
 TLS_SETS = ["tcp,sm,self", "tcp"]
+# Requests in flight on the throughput connection: 1 = one blocking call
+# after another; 4 = pipelined (ucx_perftest keeps a window of sends too).
+DEPTHS = [1, 4]
 
 
 def log(msg):
@@ -102,9 +105,9 @@ def perftest(tls, size, total_bytes):
     return None
 
 
-def run_bench(binary, backend, target, env, args, sizes=None, latency=False):
+def run_bench(binary, backend, target, env, args, sizes=None, latency=False, depth=1):
     """One invocation of the C program; returns its JSON rows (or None on failure)."""
-    cmd = [binary, "--backend", backend, "--target", target,
+    cmd = [binary, "--backend", backend, "--target", target, "--depth", str(depth),
            "--bytes-per-size", str(args.bytes_per_size),
            "--lat-size", str(args.lat_size), "--clients", ",".join(str(c) for c in args.clients),
            "--lat-ops", str(args.lat_ops)]
@@ -215,11 +218,12 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--out", default="bench/results/transport.json")
     ap.add_argument("--quick", action="store_true", help="fewer bytes and one round (smoke run)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each point keeps its best")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each point keeps its best")
     ap.add_argument("--lat-size", type=int, default=1 << 20)
     ap.add_argument("--host-mem", default="4G")
     args = ap.parse_args()
     args.sizes = SIZES
+    args.depths = DEPTHS
     args.clients = [1, 16, 64]
     args.bytes_per_size = (64 if args.quick else 256) * MIB
     args.lat_ops = 1024 if args.quick else 4096
@@ -249,8 +253,8 @@ def main():
     for tls in TLS_SETS:
         daemons[tls] = Kvtcd(kvtcd, tls, args.host_mem) if os.access(kvtcd, os.X_OK) else None
     pt = {tls: {s: [] for s in args.sizes} for tls in TLS_SETS}
-    kv = {tls: {s: [] for s in args.sizes} for tls in TLS_SETS}
-    rd = {s: [] for s in args.sizes}
+    kv = {tls: {(s, d): [] for s in args.sizes for d in args.depths} for tls in TLS_SETS}
+    rd = {(s, d): [] for s in args.sizes for d in args.depths}
     lat = {name: {c: [] for c in args.clients} for name in ["redis"] + [f"kvtc {t}" for t in TLS_SETS]}
     try:
         for rnd in range(args.rounds):
@@ -261,12 +265,14 @@ def main():
                 for tls in TLS_SETS:
                     pt[tls][size].append(perftest(tls, size, args.bytes_per_size))
                     d = daemons[tls]
-                    if d and d.target:
-                        rows = run_bench(binary, "kvtc", d.target, d.env, args, sizes=[size])
-                        kv[tls][size].append(pick(rows or [], "throughput", size=size))
-                if redis.target:
-                    rows = run_bench(binary, "redis", redis.target, redis.env, args, sizes=[size])
-                    rd[size].append(pick(rows or [], "throughput", size=size))
+                    for dep in args.depths:
+                        if d and d.target:
+                            rows = run_bench(binary, "kvtc", d.target, d.env, args, sizes=[size], depth=dep)
+                            kv[tls][(size, dep)].append(pick(rows or [], "throughput", size=size))
+                for dep in args.depths:
+                    if redis.target:
+                        rows = run_bench(binary, "redis", redis.target, redis.env, args, sizes=[size], depth=dep)
+                        rd[(size, dep)].append(pick(rows or [], "throughput", size=size))
             log("  latency")
             systems = [("redis", redis)] + [(f"kvtc {t}", daemons[t]) for t in TLS_SETS]
             for name, srv in systems:
@@ -285,37 +291,39 @@ def main():
         result["ucx_perftest"][tls] = {str(s): best(pt[tls][s], ["mib_s", "lat_us"]) for s in args.sizes}
         d = daemons[tls]
         result["kvtc"][tls] = {
-            "rows": [r for r in [best(kv[tls][s], thr_keys) for s in args.sizes] if r] +
+            "rows": [r for r in [best(kv[tls][(s, dep)], thr_keys) for s in args.sizes for dep in args.depths] if r] +
                     [r for r in [best_row(lat[f"kvtc {tls}"][c]) for c in args.clients] if r],
             "error": (d.error if d else f"{kvtcd} missing")}
-    rrows = [r for r in [best(rd[s], thr_keys) for s in args.sizes] if r] + \
+    rrows = [r for r in [best(rd[(s, dep)], thr_keys) for s in args.sizes for dep in args.depths] if r] + \
             [r for r in [best_row(lat["redis"][c]) for c in args.clients] if r]
     err = redis.error
     result["redis"] = {"rows": rrows, "error": err}
 
     # Ratios and the table.
     summary = []
-    print(f"\nThroughput, one connection, MiB/s (loopback, {os.cpu_count()} CPUs)")
-    print(f"{'UCX_TLS':<12}{'size':>8}{'perftest':>10}{'kvtc put':>10}{'kvtc get':>10}"
-          f"{'redis set':>10}{'redis get':>10}{'get/perf':>9}{'put/perf':>9}{'get/redis':>10}{'put/redis':>10}")
-    for tls in TLS_SETS:
-        krows = result["kvtc"][tls]["rows"]
-        for s in args.sizes:
-            pt = result["ucx_perftest"][tls].get(str(s))
-            k = pick(krows, "throughput", size=s) or {}
-            r = pick(rrows, "throughput", size=s) or {}
-            row = {"tls": tls, "size": s, "perftest_mib_s": pt and pt["mib_s"],
-                   "kvtc_put_mib_s": k.get("put_mib_s"), "kvtc_get_mib_s": k.get("get_mib_s"),
-                   "redis_set_mib_s": r.get("put_mib_s"), "redis_get_mib_s": r.get("get_mib_s")}
-            row["get_vs_perftest"] = ratio(row["kvtc_get_mib_s"], row["perftest_mib_s"])
-            row["put_vs_perftest"] = ratio(row["kvtc_put_mib_s"], row["perftest_mib_s"])
-            row["get_vs_redis"] = ratio(row["kvtc_get_mib_s"], row["redis_get_mib_s"])
-            row["put_vs_redis"] = ratio(row["kvtc_put_mib_s"], row["redis_set_mib_s"])
-            summary.append(row)
-            print(f"{tls:<12}{s // 1024:>7}K{fmt(row['perftest_mib_s'], 10)}{fmt(row['kvtc_put_mib_s'], 10)}"
-                  f"{fmt(row['kvtc_get_mib_s'], 10)}{fmt(row['redis_set_mib_s'], 10)}{fmt(row['redis_get_mib_s'], 10)}"
-                  f"{fmt(row['get_vs_perftest'], 9, 2)}{fmt(row['put_vs_perftest'], 9, 2)}"
-                  f"{fmt(row['get_vs_redis'], 10, 2)}{fmt(row['put_vs_redis'], 10, 2)}")
+    for dep in args.depths:
+        what = "one request at a time" if dep == 1 else f"{dep} requests in flight"
+        print(f"\nThroughput, one connection, {what} (depth {dep}), MiB/s (loopback, {os.cpu_count()} CPUs)")
+        print(f"{'UCX_TLS':<12}{'size':>8}{'perftest':>10}{'kvtc put':>10}{'kvtc get':>10}"
+              f"{'redis set':>10}{'redis get':>10}{'get/perf':>9}{'put/perf':>9}{'get/redis':>10}{'put/redis':>10}")
+        for tls in TLS_SETS:
+            krows = result["kvtc"][tls]["rows"]
+            for s in args.sizes:
+                ptr = result["ucx_perftest"][tls].get(str(s))
+                k = pick(krows, "throughput", size=s, depth=dep) or {}
+                r = pick(rrows, "throughput", size=s, depth=dep) or {}
+                row = {"tls": tls, "size": s, "depth": dep, "perftest_mib_s": ptr and ptr["mib_s"],
+                       "kvtc_put_mib_s": k.get("put_mib_s"), "kvtc_get_mib_s": k.get("get_mib_s"),
+                       "redis_set_mib_s": r.get("put_mib_s"), "redis_get_mib_s": r.get("get_mib_s")}
+                row["get_vs_perftest"] = ratio(row["kvtc_get_mib_s"], row["perftest_mib_s"])
+                row["put_vs_perftest"] = ratio(row["kvtc_put_mib_s"], row["perftest_mib_s"])
+                row["get_vs_redis"] = ratio(row["kvtc_get_mib_s"], row["redis_get_mib_s"])
+                row["put_vs_redis"] = ratio(row["kvtc_put_mib_s"], row["redis_set_mib_s"])
+                summary.append(row)
+                print(f"{tls:<12}{s // 1024:>7}K{fmt(row['perftest_mib_s'], 10)}{fmt(row['kvtc_put_mib_s'], 10)}"
+                      f"{fmt(row['kvtc_get_mib_s'], 10)}{fmt(row['redis_set_mib_s'], 10)}{fmt(row['redis_get_mib_s'], 10)}"
+                      f"{fmt(row['get_vs_perftest'], 9, 2)}{fmt(row['put_vs_perftest'], 9, 2)}"
+                      f"{fmt(row['get_vs_redis'], 10, 2)}{fmt(row['put_vs_redis'], 10, 2)}")
     result["throughput_summary"] = summary
 
     lat = []
@@ -336,11 +344,18 @@ def main():
 
     # The issue's aims, judged on what this run measured.
     aims = {}
-    big = [r for r in summary if r["size"] >= 4 * MIB and r["get_vs_perftest"] is not None]
+    # Each (transport, size) at the depth where kvtc did best.
+    by_point = {}
+    for r in summary:
+        key = (r["tls"], r["size"])
+        if r["get_vs_perftest"] is not None and (key not in by_point or
+                                                 r["kvtc_get_mib_s"] > by_point[key]["kvtc_get_mib_s"]):
+            by_point[key] = r
+    big = [r for r in by_point.values() if r["size"] >= 4 * MIB]
     if big:
         aims["get_ge_90pct_perftest_ge_4MiB"] = all(r["get_vs_perftest"] >= 0.9 for r in big)
         aims["put_ge_90pct_perftest_ge_4MiB"] = all((r["put_vs_perftest"] or 0) >= 0.9 for r in big)
-    vs_redis = [r for r in summary if r["get_vs_redis"] is not None]
+    vs_redis = [r for r in by_point.values() if r["get_vs_redis"] is not None]
     if vs_redis:
         aims["ge_3x_redis"] = all(r["get_vs_redis"] >= 3 and (r["put_vs_redis"] or 0) >= 3 for r in vs_redis)
     l16 = [l for l in lat if l["system"].startswith("kvtc") and l["clients"] == 16]
