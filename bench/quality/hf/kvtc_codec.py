@@ -63,6 +63,7 @@ class CalibParams(C.Structure):
         ("max_components", C.c_uint32),
         ("seed", C.c_uint64),
         ("value_weight", C.c_float),
+        ("slab_weights", C.POINTER(C.c_float)),
     ]
 
 
