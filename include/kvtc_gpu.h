@@ -115,6 +115,17 @@ typedef struct kvtc_gpu_container {
 int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *items, uint32_t n,
                     const void *src, int32_t *d_status, kvtc_gpu_stream stream);
 
+/* Calibration step 1 on the GPU, in place of kvtc_calibrator_fit (then
+ * kvtc_calibrator_plan / kvtc_calibrator_profile as usual): the covariance
+ * of the calibrator's rows by cuBLAS (TF32 tensor cores, fp32 accumulation)
+ * and its leading eigenvectors by cuSOLVER: syevd of the whole covariance,
+ * or, when max_components < width/4 and width > 4096, subspace iteration
+ * (4 steps, 64 extra directions, a QR per step) and syevd of the projected
+ * matrix. Error measurement and planning stay calibrate.c's (CPU).
+ * Synchronous; needs n x width x 4 + width^2 x 4 bytes of device memory.
+ * Errors: as kvtc_calibrator_fit, plus KVTC_ENOTSUP (no GPU), KVTC_EIO. */
+int kvtc_gpu_calibrator_fit(kvtc_calibrator *cal, int device);
+
 /* Stages of the last encode or decode call, for benchmarks. */
 enum kvtc_gpu_stage {
     KVTC_GPU_STAGE_SETUP = 0,   /* metadata upload, status init */

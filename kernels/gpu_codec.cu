@@ -115,6 +115,11 @@ extern "C" void kvtc_gpu_codec_free(kvtc_gpu_codec *g)
     free(g);
 }
 
+static float slab_weight(const kvtc_profile *p, int s, uint32_t layer)
+{
+    return p->slab_w ? p->slab_w[layer * 2 + s] : 1.0f;
+}
+
 static int upload(void **dst, const void *src, size_t bytes)
 {
     int rc = kvtc__cuda_err(cudaMalloc(dst, bytes ? bytes : 16), "cudaMalloc");
@@ -160,6 +165,9 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
         dg[i].size = gr->size;
         dg[i].bits = kvtc__qtype_bits(gr->type);
         dg[i].type = gr->type;
+        dg[i].dyn = gr->is_static ? UINT32_MAX : g->ndyn++;
+        dg[i].sshift = gr->sshift;
+        dg[i].sscale = gr->sscale;
         uint32_t s = gr->stream, end = gr->start + gr->size;
         g->kp[s] = end > g->kp[s] ? end : g->kp[s];
     }
@@ -192,7 +200,19 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
     for (int s = 0; s < 2; s++) {
         uint32_t kp = g->kp[s], ld = (uint32_t)kvtc__up(kp, 16);
         g->ld[s] = ld;
-        if ((rc = upload((void **)&g->mean[s], p->mean[s], sizeof(float) * g->D)))
+        /* The profile's per-(layer, K|V) weights multiply rows before the
+         * projection: folded into the bases (encoder: w, decoder: 1/w) and
+         * the mean (mean / w), the kernels stay weight-free. */
+        float *mw = (float *)malloc(sizeof(float) * g->D);
+        if (!mw) {
+            rc = KVTC_ENOMEM;
+            goto fail;
+        }
+        for (uint32_t d = 0; d < g->D; d++)
+            mw[d] = p->mean[s][d] / slab_weight(p, s, d / g->hd);
+        rc = upload((void **)&g->mean[s], mw, sizeof(float) * g->D);
+        free(mw);
+        if (rc)
             goto fail;
         hb = calloc((size_t)g->D * (ld ? ld : 1), 2);
         if (!hb) {
@@ -204,7 +224,9 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
             uint16_t *h = (uint16_t *)hb;
             for (uint32_t d = 0; d < g->D; d++)
                 for (uint32_t c = 0; c < kp; c++) {
-                    float v = p->basis[s][(size_t)d * p->ncomp[s] + c] * scale[c];
+                    float w = slab_weight(p, s, d / g->hd);
+                    float v = p->basis[s][(size_t)d * p->ncomp[s] + c] * scale[c] *
+                              (dir ? 1.0f / w : w);
                     h[(size_t)d * ld + c] = prm.gemm == KVTC_GPU_GEMM_FP16 ? kvtc__f32_to_f16(v)
                                                                           : kvtc__f32_to_bf16(v);
                 }

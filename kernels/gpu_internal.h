@@ -28,6 +28,9 @@ struct kvtc__dbuf {
 /* One quantization group as the kernels read it. */
 struct kvtc__dgroup {
     uint32_t start, size, bits, type;
+    uint32_t dyn;              /* index among dynamic groups (their per-token
+                                  shift/scale slots); UINT32_MAX if static */
+    uint16_t sshift, sscale;   /* static groups: the plan's fp16 pair */
 };
 
 struct kvtc_gpu_codec {
@@ -42,6 +45,7 @@ struct kvtc_gpu_codec {
                                      leading dimensions; an odd kp ran the
                                      GEMM 6x slower); padding is zeros */
     uint32_t g0[2], g1[2];        /* group ranges per stream */
+    uint32_t ndyn;                /* dynamic groups (per-token shift/scale) */
     /* Group indices split by size: small groups (<= KVTC_GPU_SMALL_GROUP
      * components) get a thread each, larger ones a warp. Per stream s:
      * glist[lo..lo+n) with lo = small0[s] / large0[s]. */
@@ -88,11 +92,12 @@ int kvtc__cuda_err(cudaError_t e, const char *what);
 int kvtc__host_reserve(kvtc_gpu_codec *g, size_t need);
 int kvtc__host_chunks(kvtc_gpu_codec *g, uint32_t n);
 
-/* Symbol byte offsets of group g for T coded tokens (plan.c's layout). */
-__host__ __device__ static inline size_t kvtc__shift_off(uint32_t g, uint32_t T) { return (size_t)g * T * 2; }
-__host__ __device__ static inline size_t kvtc__scale_off(uint32_t ng, uint32_t g, uint32_t T)
+/* Symbol byte offsets of dynamic group number d (of nd) for T coded tokens
+ * (plan.c's layout: shifts of all dynamic groups, then their scales). */
+__host__ __device__ static inline size_t kvtc__shift_off(uint32_t d, uint32_t T) { return (size_t)d * T * 2; }
+__host__ __device__ static inline size_t kvtc__scale_off(uint32_t nd, uint32_t d, uint32_t T)
 {
-    return (size_t)ng * T * 2 + (size_t)g * T * 2;
+    return (size_t)nd * T * 2 + (size_t)d * T * 2;
 }
 
 /* ---- gpu_hash.cu: XXH3-64 of many device byte ranges ---- */

@@ -407,6 +407,14 @@ __device__ static inline uint8_t kd_code(const kvtc__dgroup &gr, float x, float 
     float q = scf > 0 ? rintf(__fmul_rn(__fsub_rn(x, shf), inv)) : 0;
     return (uint8_t)fminf(fmaxf(q, 0.0f), (float)((1u << gr.bits) - 1));
 }
+/* Static groups: the plan's pair (quant.c's quantize_fixed). */
+__device__ static inline void kd_static_params(const kvtc__dgroup &gr, float *shf, float *scf,
+                                               float *inv)
+{
+    *shf = kd_f16_to_f32(gr.sshift);
+    *scf = kd_f16_to_f32(gr.sscale);
+    *inv = *scf > 0 ? __fdiv_rn(1.0f, *scf) : 0;
+}
 __device__ static inline float kd_clamp16(float v) { return fminf(fmaxf(v, -KVTC_F16_MAX), KVTC_F16_MAX); }
 
 /* Block per row: small groups a thread each, then large groups a warp each. */
@@ -433,9 +441,11 @@ __global__ void k_quant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup
         }
         mn = kd_clamp16(mn);
         mx = kd_clamp16(mx);
-        uint16_t sh, sc;
+        uint16_t sh = 0, sc = 0;
         float shf, scf, inv;
-        if (gr.type == KVTC__Q_FP8) {
+        if (gr.dyn == UINT32_MAX) {
+            kd_static_params(gr, &shf, &scf, &inv);
+        } else if (gr.type == KVTC__Q_FP8) {
             sh = kd_fp8_shift(mn, mx);
             shf = kd_f16_to_f32(sh);
             float amax = 0;
@@ -447,8 +457,10 @@ __global__ void k_quant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup
         }
         for (uint32_t j = 0; j < gr.size; j++)
             out[gr.start + j] = kd_code(gr, v[j], shf, scf, inv);
-        sym16[kvtc__shift_off(gi, C.T) / 2 + t] = sh;
-        sym16[kvtc__scale_off(ng, gi, C.T) / 2 + t] = sc;
+        if (gr.dyn != UINT32_MAX) {
+            sym16[kvtc__shift_off(gr.dyn, C.T) / 2 + t] = sh;
+            sym16[kvtc__scale_off(ng, gr.dyn, C.T) / 2 + t] = sc;
+        }
     }
     for (uint32_t k = threadIdx.x / 32; k < nlarge; k += blockDim.x / 32) {
         uint32_t gi = large[k];
@@ -465,9 +477,11 @@ __global__ void k_quant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup
         }
         mn = kd_clamp16(mn);
         mx = kd_clamp16(mx);
-        uint16_t sh, sc;
+        uint16_t sh = 0, sc = 0;
         float shf, scf, inv;
-        if (gr.type == KVTC__Q_FP8) {
+        if (gr.dyn == UINT32_MAX) {
+            kd_static_params(gr, &shf, &scf, &inv);
+        } else if (gr.type == KVTC__Q_FP8) {
             sh = kd_fp8_shift(mn, mx);
             shf = kd_f16_to_f32(sh);
             float amax = 0;
@@ -481,9 +495,9 @@ __global__ void k_quant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup
         }
         for (uint32_t j = lane; j < gr.size; j += 32)
             out[gr.start + j] = kd_code(gr, x[gr.start + j], shf, scf, inv);
-        if (lane == 0) {
-            sym16[kvtc__shift_off(gi, C.T) / 2 + t] = sh;
-            sym16[kvtc__scale_off(ng, gi, C.T) / 2 + t] = sc;
+        if (lane == 0 && gr.dyn != UINT32_MAX) {
+            sym16[kvtc__shift_off(gr.dyn, C.T) / 2 + t] = sh;
+            sym16[kvtc__scale_off(ng, gr.dyn, C.T) / 2 + t] = sc;
         }
     }
 }
@@ -496,7 +510,7 @@ int kvtc__launch_quant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *
         return 0;
     k_quant<<<(unsigned)M, ROW_THREADS, 0, s>>>(
         ch, n_chunks, g->groups, g->glist + g->small0[stream], g->nsmall[stream],
-        g->glist + g->large0[stream], g->nlarge[stream], g->plan->n_groups, coef, g->ld[stream],
+        g->glist + g->large0[stream], g->nlarge[stream], g->ndyn, coef, g->ld[stream],
         codes);
     return kvtc__cuda_err(cudaGetLastError(), "quant");
 }
@@ -580,8 +594,9 @@ __global__ void k_dequant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgro
     for (uint32_t k = threadIdx.x; k < nsmall; k += blockDim.x) {
         uint32_t gi = small[k];
         kvtc__dgroup gr = groups[gi];
-        uint16_t sh = sym16[kvtc__shift_off(gi, C.T) / 2 + t];
-        uint16_t sc = sym16[kvtc__scale_off(ng, gi, C.T) / 2 + t];
+        int dyn = gr.dyn != UINT32_MAX;
+        uint16_t sh = dyn ? sym16[kvtc__shift_off(gr.dyn, C.T) / 2 + t] : gr.sshift;
+        uint16_t sc = dyn ? sym16[kvtc__scale_off(ng, gr.dyn, C.T) / 2 + t] : gr.sscale;
         if ((sh & 0x7c00u) == 0x7c00u || (sc & 0x7c00u) == 0x7c00u) {
             bad = 1;
             continue;
@@ -593,8 +608,9 @@ __global__ void k_dequant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgro
     for (uint32_t k = threadIdx.x / 32; k < nlarge; k += blockDim.x / 32) {
         uint32_t gi = large[k];
         kvtc__dgroup gr = groups[gi];
-        uint16_t sh = sym16[kvtc__shift_off(gi, C.T) / 2 + t];
-        uint16_t sc = sym16[kvtc__scale_off(ng, gi, C.T) / 2 + t];
+        int dyn = gr.dyn != UINT32_MAX;
+        uint16_t sh = dyn ? sym16[kvtc__shift_off(gr.dyn, C.T) / 2 + t] : gr.sshift;
+        uint16_t sc = dyn ? sym16[kvtc__scale_off(ng, gr.dyn, C.T) / 2 + t] : gr.sscale;
         if ((sh & 0x7c00u) == 0x7c00u || (sc & 0x7c00u) == 0x7c00u) {
             bad = 1;
             continue;
@@ -617,11 +633,11 @@ int kvtc__launch_dequant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk
     if (g->params.gemm == KVTC_GPU_GEMM_FP16)
         k_dequant<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(
             ch, n_chunks, g->groups, sm, g->nsmall[stream], lg, g->nlarge[stream],
-            g->plan->n_groups, (__half *)coef, g->ld[stream], status);
+            g->ndyn, (__half *)coef, g->ld[stream], status);
     else
         k_dequant<__nv_bfloat16><<<(unsigned)M, ROW_THREADS, 0, s>>>(
             ch, n_chunks, g->groups, sm, g->nsmall[stream], lg, g->nlarge[stream],
-            g->plan->n_groups, (__nv_bfloat16 *)coef, g->ld[stream], status);
+            g->ndyn, (__nv_bfloat16 *)coef, g->ld[stream], status);
     return kvtc__cuda_err(cudaGetLastError(), "dequant");
 }
 

@@ -61,6 +61,20 @@ void *gt_chunk(const kvtc_layout *l, uint32_t n, uint32_t first_pos, uint64_t se
     return out;
 }
 
+kvtc_calibrator *gt_calibrator(const kvtc_layout *l, uint32_t tokens, uint64_t seed,
+                               const float *slab_weights)
+{
+    kvtc_calibrator *cal = NULL;
+    kvtc_calib_params cp = {.slab_weights = slab_weights};
+    cr_assert_eq(kvtc_calibrator_create(l, &cp, &cal), 0);
+    for (uint32_t t = 0; t < tokens; t += 64) {
+        void *c = gt_chunk(l, 64, 100 + t, seed + t);
+        cr_assert_eq(kvtc_calibrator_add(cal, c, 64, 100 + t), 0);
+        free(c);
+    }
+    return cal;
+}
+
 kvtc_profile *gt_profile(const kvtc_layout *l, uint32_t tokens, uint64_t seed)
 {
     kvtc_calibrator *cal = NULL;

@@ -26,6 +26,9 @@ kvtc_layout gt_layout(uint32_t layers, uint32_t heads, uint32_t hdim, uint32_t d
 /* A canonical chunk of n tokens at first_pos in l.dtype, from a fixed
  * low-rank model (seeded), keys rotated by RoPE. Caller frees. */
 void *gt_chunk(const kvtc_layout *l, uint32_t n, uint32_t first_pos, uint64_t seed);
+/* A calibrator fed `tokens` synthetic tokens (slab_weights may be NULL). */
+kvtc_calibrator *gt_calibrator(const kvtc_layout *l, uint32_t tokens, uint64_t seed,
+                               const float *slab_weights);
 /* CPU profile from `tokens` synthetic tokens (targets 4, 8, 16). */
 kvtc_profile *gt_profile(const kvtc_layout *l, uint32_t tokens, uint64_t seed);
 /* Mean squared difference of two canonical chunks (as floats). */

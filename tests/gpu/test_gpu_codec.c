@@ -403,3 +403,79 @@ Test(gpu_codec, nonfinite_kv_rejected_per_chunk)
     batch_free(&b);
     kvtc_profile_free(p);
 }
+
+Test(gpu_codec, cross_paths_weighted_profile)
+{
+    GPU_OR_SKIP();
+    /* per-(layer, K|V) weights fold into the GPU's bases and means */
+    kvtc_layout l = gt_layout(4, 2, 32, KVTC_DTYPE_BF16, KVTC_ROPE_HALF_SPLIT);
+    float w[8] = {2.0f, 0.5f, 1.0f, 3.0f, 0.25f, 1.5f, 1.0f, 0.8f};
+    kvtc_calibrator *cal = gt_calibrator(&l, 1024, 2, w);
+    float targets[] = {4, 16};
+    kvtc_profile *p = NULL;
+    cr_assert_eq(kvtc_calibrator_finish(cal, targets, 2, &p), 0);
+    kvtc_calibrator_free(cal);
+    for (uint32_t plan = 0; plan < 2; plan++) {
+        static struct batch b;
+        memset(&b, 0, sizeof b);
+        odd_batch(&l, &b, 50 + plan);
+        cross_check(p, plan, &b, KVTC_GPU_GEMM_FP16);
+        batch_free(&b);
+    }
+    kvtc_profile_free(p);
+}
+
+/* CPU codec error of a profile on fresh chunks (relative squared error). */
+static double profile_error(const kvtc_profile *p, const kvtc_layout *l, uint32_t plan)
+{
+    static struct batch b;
+    memset(&b, 0, sizeof b);
+    b.n = 6;
+    for (uint32_t i = 0; i < b.n; i++)
+        b.c[i] = (kvtc_chunk){gt_chunk(l, 64, 5000 + 64 * i, 900 + i), 64, 5000 + 64 * i, 0};
+    cpu_ref(p, plan, &b);
+    double num = 0, den = 0;
+    for (uint32_t i = 0; i < b.n; i++) {
+        num += gt_mse(l, b.c[i].data, b.cpu_rec[i], 64);
+        den += gt_energy(l, b.c[i].data, 64);
+    }
+    batch_free(&b);
+    return num / den;
+}
+
+Test(gpu_codec, gpu_calibration_matches_cpu)
+{
+    GPU_OR_SKIP();
+    /* full eigendecomposition (narrow rows) and subspace iteration (wide
+     * rows, few components) against LAPACK on the same rows */
+    kvtc_layout ls[] = {gt_layout(4, 2, 32, KVTC_DTYPE_BF16, KVTC_ROPE_HALF_SPLIT),
+                        gt_layout(8, 8, 128, KVTC_DTYPE_BF16, KVTC_ROPE_HALF_SPLIT)};
+    uint32_t maxc[] = {0, 256};
+    for (int li = 0; li < 2; li++) {
+        float targets[] = {4, 16};
+        kvtc_profile *pc = NULL, *pg = NULL;
+        for (int gpu = 0; gpu < 2; gpu++) {
+            kvtc_calibrator *cal = NULL;
+            kvtc_calib_params cp = {.max_components = maxc[li], .seed = 3};
+            cr_assert_eq(kvtc_calibrator_create(&ls[li], &cp, &cal), 0);
+            for (uint32_t t = 0; t < 1024; t += 64) {
+                void *c = gt_chunk(&ls[li], 64, 100 + t, 7 + t);
+                cr_assert_eq(kvtc_calibrator_add(cal, c, 64, 100 + t), 0);
+                free(c);
+            }
+            cr_assert_eq(gpu ? kvtc_gpu_calibrator_fit(cal, 0) : kvtc_calibrator_fit(cal), 0);
+            for (int i = 0; i < 2; i++)
+                cr_assert_eq(kvtc_calibrator_plan(cal, targets[i], NULL), 0);
+            cr_assert_eq(kvtc_calibrator_profile(cal, gpu ? &pg : &pc), 0);
+            kvtc_calibrator_free(cal);
+        }
+        for (uint32_t plan = 0; plan < 2; plan++) {
+            double ec = profile_error(pc, &ls[li], plan), eg = profile_error(pg, &ls[li], plan);
+            cr_log_info("layout %d plan %u: rel. error CPU-calibrated %.4g, GPU-calibrated %.4g",
+                        li, plan, ec, eg);
+            cr_assert(eg <= 1.15 * ec + 1e-7, "GPU calibration worse: %.4g vs %.4g", eg, ec);
+        }
+        kvtc_profile_free(pc);
+        kvtc_profile_free(pg);
+    }
+}
