@@ -43,6 +43,9 @@ struct kvtc__op {
     int status;
     int send_pending, reply_pending, recv_pending;
     int replied;                  /* the reply was handled */
+    int per_item;                 /* the reply carried one status per item:
+                                     those are authoritative, even when the
+                                     request as a whole failed */
     uint64_t deadline_ns;         /* 0: none */
     kvtc_done_cb cb;
     void *arg;

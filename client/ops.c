@@ -422,6 +422,7 @@ static int statuses_out(struct kvtc__op *op, size_t n_status, const Kvtc__Wire__
         return KVTC_EPROTO;
     }
     int first = 0;
+    op->per_item = stride_is_put != 0;
     for (size_t i = 0; i < op->n; i++) {
         int e = kvtc_wire_status_to_err(st[i]);
         if (stride_is_put)
@@ -502,10 +503,15 @@ ucs_status_t kvtc__op_reply(struct kvtc__op *op, Kvtc__Wire__Reply *rep,
             for (size_t i = 0; i < op->n; i++)
                 op->out.statuses[i] = n_st == op->n ? kvtc_wire_status_to_err(sv[i]) : st;
         }
+        /* A put's per-chunk statuses are the daemon's word on each chunk:
+         * with Reply.status = the first failure's, the others may well be
+         * stored (docs/protocol.md, Put). */
         if (op->kind == KVTC__OP_PUT && rep->body_case == KVTC__WIRE__REPLY__BODY_PUT &&
-            rep->put && rep->put->n_status == op->n)
+            rep->put && rep->put->n_status == op->n) {
             for (size_t i = 0; i < op->n; i++)
                 op->out.put[i].status = kvtc_wire_status_to_err(rep->put->status[i]);
+            op->per_item = 1;
+        }
         return UCS_OK;
     }
     /* Only a get reply may carry bytes; anything else is dropped. */
@@ -576,7 +582,9 @@ void kvtc__op_finish(struct kvtc__op *op)
     if (op->kind == KVTC__OP_PUT) {
         for (size_t i = 0; i < op->n; i++) {
             kvtc_put_item *it = &op->out.put[i];
-            if (!op->replied || (op->status && !it->status))
+            /* Items the daemon reported on keep their own status; without
+             * such a report every item shares the request's fate. */
+            if (!op->replied || (op->status && !it->status && !op->per_item))
                 it->status = op->status ? op->status : KVTC_ECONN;
             if (it->status && !op->status) {
                 op->status = it->status;
