@@ -2,6 +2,7 @@
  * hidden behind RoPE: calibrate, plan, encode, decode, inspect, profiles. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -433,5 +434,71 @@ Test(codec, slab_weights_travel_in_the_profile)
     kvtc_decoder_free(dec);
     kvtc_profile_free(p);
     kvtc_profile_free(q);
+    synth_free(&s);
+}
+
+/* Distinct encoders and decoders sharing one profile run concurrently and
+ * produce exactly what a single thread does. */
+struct thread_job {
+    const kvtc_profile *p;
+    const void *chunk;
+    size_t bytes;
+    uint8_t *out;
+    int rc;
+};
+
+static void *codec_thread(void *arg)
+{
+    struct thread_job *j = arg;
+    kvtc_encoder *enc = NULL;
+    kvtc_decoder *dec = NULL;
+    size_t cap = 0, len = 0;
+    uint8_t *buf = NULL;
+    j->rc = kvtc_encoder_create(j->p, 0, KVTC_STAGE_DEFLATE, 0, &enc);
+    if (!j->rc)
+        j->rc = kvtc_decoder_create(j->p, &dec);
+    if (!j->rc) {
+        cap = kvtc_encode_bound(enc, 64);
+        buf = malloc(cap);
+    }
+    kvtc_chunk c = {.data = j->chunk, .n_tokens = 64, .first_pos = 256};
+    for (int rep = 0; !j->rc && rep < 20; rep++) {
+        j->rc = kvtc_encode(enc, &c, buf, cap, &len);
+        if (!j->rc)
+            j->rc = kvtc_decode(dec, buf, len, j->out, j->bytes, NULL);
+    }
+    free(buf);
+    kvtc_encoder_free(enc);
+    kvtc_decoder_free(dec);
+    return NULL;
+}
+
+Test(codec, distinct_contexts_are_thread_safe)
+{
+    struct synth s;
+    synth_init(&s, KVTC_ROPE_HALF_SPLIT, KVTC_DTYPE_BF16);
+    const float t[] = {8};
+    kvtc_profile *p = calibrate(&s, t, 1);
+    float *fc = synth_chunk(&s, 64, 256);
+    void *chunk = as_dtype(&s.l, fc, 2 * s.D * 64);
+    size_t bytes = kvtc_chunk_bytes(&s.l, 64);
+    struct thread_job ref = {p, chunk, bytes, malloc(bytes), 0}, jobs[4];
+    codec_thread(&ref);
+    cr_assert_eq(ref.rc, 0);
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (struct thread_job){p, chunk, bytes, malloc(bytes), 0};
+        cr_assert_eq(pthread_create(&th[i], NULL, codec_thread, &jobs[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        cr_assert_eq(jobs[i].rc, 0);
+        cr_assert(memcmp(jobs[i].out, ref.out, bytes) == 0, "thread %d decoded differently", i);
+        free(jobs[i].out);
+    }
+    free(ref.out);
+    free(fc);
+    free(chunk);
+    kvtc_profile_free(p);
     synth_free(&s);
 }
