@@ -168,10 +168,13 @@ static int pca(void *ctx, float *rows, uint32_t n, uint32_t D, uint32_t *k, floa
     const int gram = n < D;
     const uint32_t m = gram ? n : D;
     int rc = KVTC_ENOMEM;
+    const uint32_t want = *k < m ? *k : m;
     float *a = malloc((size_t)m * m * sizeof(float));
     float *w = malloc((size_t)m * sizeof(float));
-    float *sel = malloc((size_t)m * (*k < m ? *k : m) * sizeof(float));
-    if (!a || !w || !sel)
+    float *z = malloc((size_t)m * want * sizeof(float));
+    float *sel = calloc((size_t)m * want, sizeof(float));
+    lapack_int *isuppz = malloc(2 * (size_t)m * sizeof(lapack_int));
+    if (!a || !w || !z || !sel || !isuppz)
         goto out;
     for (uint32_t j = 0; j < D; j++)
         mean[j] = 0;
@@ -188,20 +191,27 @@ static int pca(void *ctx, float *rows, uint32_t n, uint32_t D, uint32_t *k, floa
     *var_total = 0;
     for (uint32_t j = 0; j < m; j++)
         *var_total += a[(size_t)j * m + j];
+    /* The top `want` eigenpairs only (MRRR). Not ssyevd: Debian 12's LAPACK
+     * returns its workspace query as a float that rounds below the need for
+     * m >= ~2900, and all eigenvectors cost more than the ones we keep. */
     rc = KVTC_ENUMERICAL;
-    if (LAPACKE_ssyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)m, a, (lapack_int)m, w) != 0)
+    lapack_int found = 0;
+    if (LAPACKE_ssyevr(LAPACK_ROW_MAJOR, 'V', want == m ? 'A' : 'I', 'U', (lapack_int)m, a,
+                       (lapack_int)m, 0, 0, (lapack_int)(m - want + 1), (lapack_int)m, 0.0f,
+                       &found, w, z, (lapack_int)want, isuppz) != 0 ||
+        found != (lapack_int)want)
         goto out;
     /* Ascending eigenvalues: take from the top, stop at negligible ones. */
-    float top = w[m - 1] > 0 ? w[m - 1] : 0;
-    uint32_t kk = 0, want = *k < m ? *k : m;
+    float top = w[want - 1] > 0 ? w[want - 1] : 0;
+    uint32_t kk = 0;
     *var_kept = 0;
     for (; kk < want; kk++) {
-        float lam = w[m - 1 - kk];
+        float lam = w[want - 1 - kk];
         if (!(lam > top * 1e-7f))
             break;
         *var_kept += lam;
         for (uint32_t d = 0; d < m; d++)
-            sel[(size_t)d * want + kk] = a[(size_t)d * m + (m - 1 - kk)];
+            sel[(size_t)d * want + kk] = z[(size_t)d * want + (want - 1 - kk)];
     }
     if (kk == 0)
         goto out; /* constant data: nothing to learn */
@@ -216,7 +226,7 @@ static int pca(void *ctx, float *rows, uint32_t n, uint32_t D, uint32_t *k, floa
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)D, (int)want, (int)n, 1.0f,
                     rows, (int)D, sel, (int)want, 0.0f, tmp, (int)want);
         for (uint32_t c = 0; c < kk; c++) {
-            float scale = 1.0f / sqrtf((float)n * w[m - 1 - c]);
+            float scale = 1.0f / sqrtf((float)n * w[want - 1 - c]);
             for (uint32_t d = 0; d < D; d++)
                 basis[(size_t)d * kk + c] = tmp[(size_t)d * want + c] * scale;
         }
@@ -227,7 +237,9 @@ static int pca(void *ctx, float *rows, uint32_t n, uint32_t D, uint32_t *k, floa
 out:
     free(a);
     free(w);
+    free(z);
     free(sel);
+    free(isuppz);
     return rc;
 }
 

@@ -502,3 +502,33 @@ Test(codec, distinct_contexts_are_thread_safe)
     kvtc_profile_free(p);
     synth_free(&s);
 }
+
+Test(codec, calibrates_with_thousands_of_rows_and_components, .timeout = 120)
+{
+    /* Regression: LAPACK workspace queries come back as floats; past
+     * ~2900 rows/components ssyevd's rounded below its need and failed. */
+    kvtc_layout l = {.layers = 3, .kv_heads = 4, .head_dim = 256, .dtype = KVTC_DTYPE_BF16,
+                     .chunk_tokens = 256, .rope_style = KVTC_ROPE_HALF_SPLIT,
+                     .rope_theta = 10000.0f};
+    kvtc_calib_params params = {.max_components = 128};
+    kvtc_calibrator *cal;
+    cr_assert_eq(kvtc_calibrator_create(&l, &params, &cal), 0);
+    size_t D = kvtc_row_width(&l), n = 2 * D * 256;
+    float *f = malloc(n * sizeof(float));
+    uint16_t *c = malloc(n * 2);
+    rng_state = 99;
+    for (uint32_t ch = 0; ch < 12; ch++) {
+        for (size_t i = 0; i < n; i++)
+            f[i] = (float)gauss() * (1.0f + (float)(i % 7));
+        kvtc_from_float(KVTC_DTYPE_BF16, f, c, n);
+        cr_assert_eq(kvtc_calibrator_add(cal, c, 256, 4 + ch * 256), 0);
+    }
+    cr_assert_eq(kvtc_calibrator_rows(cal), 3072);
+    cr_assert_eq(kvtc_calibrator_fit(cal), 0);
+    kvtc_plan_info pi;
+    cr_assert_eq(kvtc_calibrator_plan(cal, 16, &pi), 0);
+    cr_assert_gt(pi.key_components, 0);
+    kvtc_calibrator_free(cal);
+    free(f);
+    free(c);
+}
