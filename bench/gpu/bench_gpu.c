@@ -6,7 +6,8 @@
  * bandwidth; per-stage times; quality against the original and against
  * the CPU codec; bf16 vs fp16 projections; nvCOMP algorithms.
  * Prints a table; writes bench/results/gpu.json.
- *   kvtc-bench-gpu [--chunks N] [--iters N] [--rank R] [--json PATH] */
+ *   kvtc-bench-gpu [--chunks N] [--iters N] [--rank R] [--calib-tokens N]
+ *                  [--max-components K] [--calib-gpu 0|1] [--lean 1] [--json PATH] */
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -258,7 +259,7 @@ static float copy_bw(size_t bytes, int iters)
 
 int main(int argc, char **argv)
 {
-    uint32_t n_chunks = 32, rank = 1024, calib_tokens = 4096, max_comp = 0, calib_gpu = 1;
+    uint32_t n_chunks = 32, rank = 1024, calib_tokens = 8192, max_comp = 4096, calib_gpu = 1;
     int iters = 10, lean = 0;
     const char *json = "bench/results/gpu.json";
     for (int i = 1; i + 1 < argc; i += 2) {
