@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -77,11 +78,21 @@ def listening(port, timeout=5.0):
     return False
 
 
-def perftest(tls, size, total_bytes):
-    """ucp_am_bw of one size; returns overall bandwidth in MiB/s or None."""
+def lanes(stderr):
+    """The endpoint configuration UCX reports at UCX_LOG_LEVEL=info (the
+    transports a connection really uses), or None."""
+    found = re.findall(r"ep_cfg\[\d+\]: (.*)", stderr)
+    return found[-1].strip() if found else None
+
+
+def perftest(tls, size, total_bytes, info=False):
+    """ucp_am_bw of one size; returns overall bandwidth in MiB/s or None.
+    info: also report the lanes the client's endpoint used."""
     iters = max(20, min(20000, total_bytes // size))
     warm = max(4, iters // 10)
     env = ucx_env(tls)
+    if info:
+        env["UCX_LOG_LEVEL"] = "info"
     for attempt in range(3):
         port = free_port()
         srv = subprocess.Popen(["ucx_perftest", "-p", str(port)], env=env,
@@ -97,7 +108,10 @@ def perftest(tls, size, total_bytes):
             if out.returncode == 0 and rows:
                 f = rows[-1].split(",")
                 # iterations,p50_lat,avg_lat,overall_lat,avg_bw,overall_bw,avg_mr,overall_mr
-                return {"iters": iters, "mib_s": float(f[5]), "lat_us": float(f[3])}
+                res = {"iters": iters, "mib_s": float(f[5]), "lat_us": float(f[3])}
+                if info:
+                    res["lanes"] = lanes(out.stderr + out.stdout)
+                return res
             log(f"ucx_perftest {tls} {size}: rc={out.returncode} {out.stderr.strip()[-300:]}")
         finally:
             srv.kill()
@@ -162,6 +176,18 @@ class Kvtcd:
         if not self.target:
             self.logf.seek(0)
             self.error = "kvtcd did not start: " + self.logf.read()[-500:]
+        self.lanes = None
+
+    def probe_lanes(self, binary):
+        """The transports a libkvtc connection to this daemon really uses."""
+        if not self.target:
+            return None
+        env = dict(self.env, UCX_LOG_LEVEL="info")
+        out = subprocess.run([binary, "--backend", "kvtc", "--target", self.target, "--sizes", "65536",
+                              "--bytes-per-size", "65536", "--no-latency"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        self.lanes = lanes(out.stderr + out.stdout)
+        return self.lanes
 
     def stop(self):
         self.proc.terminate()
@@ -252,6 +278,16 @@ def main():
     daemons = {}
     for tls in TLS_SETS:
         daemons[tls] = Kvtcd(kvtcd, tls, args.host_mem) if os.access(kvtcd, os.X_OK) else None
+    result["lanes"] = {}
+    for tls in TLS_SETS:
+        # What each side really runs on: client/server (sockaddr) endpoints
+        # and ucx_perftest's address-exchange endpoints may differ.
+        p = perftest(tls, 1 << 20, 64 * MIB, info=True)
+        d = daemons[tls]
+        result["lanes"][tls] = {"ucx_perftest": p and p.get("lanes"),
+                                "kvtc": d.probe_lanes(binary) if d else None}
+        log(f"  lanes {tls}: perftest {result['lanes'][tls]['ucx_perftest']}; "
+            f"kvtc {result['lanes'][tls]['kvtc']}")
     pt = {tls: {s: [] for s in args.sizes} for tls in TLS_SETS}
     kv = {tls: {(s, d): [] for s in args.sizes for d in args.depths} for tls in TLS_SETS}
     rd = {(s, d): [] for s in args.sizes for d in args.depths}
@@ -362,6 +398,10 @@ def main():
     if l16:
         aims["p99_lt_2x_p50_at_16"] = all(l["p99_over_p50"] < 2 for l in l16)
     result["aims"] = aims
+    print("\nTransports really used (UCX ep_cfg):")
+    for tls in TLS_SETS:
+        ln = result["lanes"][tls]
+        print(f"  UCX_TLS={tls}: ucx_perftest {ln['ucx_perftest']}; kvtc {ln['kvtc']}")
     print("\nAims:", json.dumps(aims) if aims else "not judged (kvtc results missing)")
     for tls in TLS_SETS:
         if result["kvtc"][tls]["error"]:
