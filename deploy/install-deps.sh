@@ -21,14 +21,20 @@ for p in $pkgs; do
 done
 if [ -z "$missing" ]; then
     echo "install-deps: all packages present"
-    exit 0
-fi
-if [ "$(id -u)" != 0 ]; then
+elif [ "$(id -u)" != 0 ]; then
     echo "install-deps: missing packages:$missing (run as root)" >&2
     exit 1
+else
+    echo "install-deps: installing$missing"
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    echo "install-deps: done"
 fi
-echo "install-deps: installing$missing"
-apt-get update -qq
-# shellcheck disable=SC2086
-apt-get install -y -qq --no-install-recommends $missing >/dev/null
-echo "install-deps: done"
+
+# The GPU codec builds wherever nvcc is (CUDA toolkit, not a Debian package
+# here) and needs nvCOMP, which PyPI ships as a wheel.
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+    "$(dirname "$0")/fetch-nvcomp.sh" "$(dirname "$0")/../.deps/nvcomp" ||
+        echo "install-deps: nvCOMP download failed: the GPU codec will not be built" >&2
+fi
