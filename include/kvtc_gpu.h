@@ -91,7 +91,8 @@ size_t kvtc_gpu_encode_bound(const kvtc_gpu_codec *g, const kvtc_gpu_chunk *chun
  * container i at dst + d_offsets[i], d_sizes[i] bytes long (0 when
  * d_status[i] != 0; statuses: KVTC_EINVAL for non-finite KV, KVTC_EIO when
  * nvCOMP fails, KVTC_ENOTSUP for values beyond the fp16 GEMM's range).
- * Asynchronous on stream. */
+ * n <= 65535 per call. Work buffers grow in stream order (cudaMallocAsync)
+ * to the largest batch seen. Asynchronous on stream. */
 int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, uint32_t n, void *dst,
                     size_t dst_cap, uint64_t *d_offsets, uint64_t *d_sizes, int32_t *d_status,
                     kvtc_gpu_stream stream);
@@ -111,7 +112,8 @@ typedef struct kvtc_gpu_container {
  * Statuses: KVTC_ECORRUPT (checksum, size, symbol or DEFLATE error, or a
  * header that differs from the expectation), KVTC_EVERSION, KVTC_EPROFILE
  * (other profile or plan), KVTC_ENOTSUP (a stage other than DEFLATE).
- * Asynchronous on stream. */
+ * The device never reads outside [src + src_off, src + src_off + src_len)
+ * nor writes outside each dst chunk. n <= 65535. Asynchronous on stream. */
 int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *items, uint32_t n,
                     const void *src, int32_t *d_status, kvtc_gpu_stream stream);
 
