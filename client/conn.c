@@ -2,7 +2,9 @@
  * Every UCX object of a connection is its own (context, worker, endpoint),
  * so distinct connections never share state and need no locks. */
 #include <errno.h>
+#include <ifaddrs.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -208,8 +210,8 @@ int kvtc__op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
         count = nb + 1;
         prm.datatype = ucp_dt_make_iov();
     }
-    ucs_status_ptr_t sp = ucp_am_send_nbx(c->ep, KVTC_WIRE_AM_REQUEST, hdr, hdr_len,
-                                          payload, count, &prm);
+    ucs_status_ptr_t sp = ucp_am_send_nbx(kvtc__send_ep(c), KVTC_WIRE_AM_REQUEST, hdr,
+                                          hdr_len, payload, count, &prm);
     if (UCS_PTR_IS_ERR(sp)) {
         kvtc__set_error(c, "send: %s", ucs_status_string(UCS_PTR_STATUS(sp)));
         unlink_inflight(op);
@@ -369,6 +371,22 @@ static void err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
     kvtc__conn_fail(c, KVTC_ECONN, why);
 }
 
+/* The bulk endpoint failed. While it is being bound that only means "stay
+ * on TCP" (bulk_setup sees bulk_flushed < 0); once requests travel on it,
+ * it is the connection. */
+static void bulk_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
+{
+    kvtc_conn *c = arg;
+    (void)ep;
+    c->bulk_flushed = -1;
+    if (c->bulk_state == KVTC__BULK_BOUND) {
+        char why[128];
+        snprintf(why, sizeof why, "connection lost (bulk endpoint): %s",
+                 ucs_status_string(status));
+        kvtc__conn_fail(c, KVTC_ECONN, why);
+    }
+}
+
 /* ---- Progress ---------------------------------------------------------- */
 
 static void expire(kvtc_conn *c)
@@ -415,7 +433,7 @@ int kvtc_progress(kvtc_conn *c)
         return KVTC_EINVAL;
     for (int i = 0; i < PROGRESS_BUDGET && ucp_worker_progress(c->worker); i++)
         ;
-    if (c->failed && c->ep)
+    if (c->failed && (c->ep || c->bulk_ep))
         close_ep(c, 1);
     expire(c);
     int n = run_done(c);
@@ -518,20 +536,19 @@ static void close_cb(void *request, ucs_status_t status, void *user_data)
     (void)request, (void)status, (void)user_data;
 }
 
-/* Start closing the endpoint. A forced close also completes every request
- * still posted on it, which is what frees the caller's buffers after a
- * failure. The close request itself is waited for in kvtc_disconnect. */
-static void close_ep(kvtc_conn *c, int force)
+/* Close one endpoint. A forced close also completes every request still
+ * posted on it, which is what frees the caller's buffers after a failure. */
+static void close_one(kvtc_conn *c, ucp_ep_h *epp, int force)
 {
-    if (!c->ep)
+    if (!*epp)
         return;
     ucp_request_param_t prm = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK,
         .flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0,
         .cb.send = close_cb,
     };
-    ucs_status_ptr_t sp = ucp_ep_close_nbx(c->ep, &prm);
-    c->ep = NULL;
+    ucs_status_ptr_t sp = ucp_ep_close_nbx(*epp, &prm);
+    *epp = NULL;
     if (!UCS_PTR_IS_PTR(sp))
         return;
     /* Forced closes finish within a few progress calls; bound it anyway. */
@@ -543,6 +560,14 @@ static void close_ep(kvtc_conn *c, int force)
          * will reclaim it. */
     }
     ucp_request_free(sp);
+}
+
+/* Close both endpoints (the bulk one first: its transfers are the ones
+ * that may touch the caller's buffers directly). */
+static void close_ep(kvtc_conn *c, int force)
+{
+    close_one(c, &c->bulk_ep, force);
+    close_one(c, &c->ep, force);
 }
 
 /* "host:port", "[v6]:port", "host" -> socket address. */
@@ -609,6 +634,10 @@ static int ucx_setup(kvtc_conn *c)
         kvtc__set_error(c, "ucp_config_read failed");
         return KVTC_EIO;
     }
+    /* The environment wins; see KVTC_WIRE_RNDV_THRESH for why. Best
+     * effort: UCX's default threshold still works, only slower. */
+    if (!getenv("UCX_RNDV_THRESH"))
+        (void)ucp_config_modify(cfg, "RNDV_THRESH", KVTC_WIRE_RNDV_THRESH);
     ucp_params_t p = {
         .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME,
         .features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
@@ -660,6 +689,8 @@ static int ucx_setup(kvtc_conn *c)
 }
 
 static int hello(kvtc_conn *c, const kvtc_conn_params *params, uint64_t deadline);
+static int bulk_wanted(const kvtc_conn_params *params, const struct sockaddr_storage *ss);
+static int bulk_setup(kvtc_conn *c, uint64_t deadline);
 
 int kvtc_connect(const char *server, const kvtc_conn_params *params,
                  kvtc_conn **out)
@@ -738,6 +769,8 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
     }
     if ((rc = hello(c, params, deadline)))
         goto fail;
+    if (c->peer_addr && bulk_wanted(params, &ss) && (rc = bulk_setup(c, deadline)))
+        goto fail;
     *out = c;
     return 0;
 fail:
@@ -759,7 +792,7 @@ void kvtc_disconnect(kvtc_conn *c)
          * waits on a peer that never answers leaves requests that
          * ucp_worker_destroy treats as a bug and aborts on. The daemon
          * sees the disconnect either way. */
-        if (c->ep)
+        if (c->ep || c->bulk_ep)
             close_ep(c, 1);
         /* Sends and receives posted on the closed endpoint complete now;
          * bounded, because the worker teardown reclaims any stragglers. */
@@ -782,6 +815,7 @@ void kvtc_disconnect(kvtc_conn *c)
     }
     if (c->ctx)
         ucp_cleanup(c->ctx);
+    free(c->peer_addr);
     free(c);
 }
 
@@ -835,4 +869,178 @@ static int hello(kvtc_conn *c, const kvtc_conn_params *params, uint64_t deadline
     }
     kvtc__wait_flag(c, &w.done, 0);
     return w.status;
+}
+
+/* ---- The bulk endpoint ---------------------------------------------------
+ *
+ * UCX gives a client/server (sockaddr) endpoint a TCP lane only, whatever
+ * UCX_TLS allows; an endpoint created from the daemon's worker address gets
+ * every transport both workers have (shared memory and CMA on one host:
+ * several times TCP's bandwidth). So after hello the client opens one to
+ * HelloReply.worker_address and binds it to its session with a Hello
+ * {bind_session, bind_token} sent on it; from then on every request goes
+ * there and the daemon answers there. The sockaddr endpoint stays open: the
+ * daemon watches it for this client's death. */
+
+/* Loopback or one of this host's own addresses. */
+static int addr_is_local(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+        if ((ntohl(in->sin_addr.s_addr) >> 24) == 127)
+            return 1;
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+            return 1;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127)
+            return 1;
+    } else {
+        return 0;
+    }
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) != 0)
+        return 0;
+    int local = 0;
+    for (struct ifaddrs *i = ifs; i && !local; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != ss->ss_family)
+            continue;
+        if (ss->ss_family == AF_INET)
+            local = ((const struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr ==
+                    ((const struct sockaddr_in *)ss)->sin_addr.s_addr;
+        else
+            local = !memcmp(&((const struct sockaddr_in6 *)i->ifa_addr)->sin6_addr,
+                            &((const struct sockaddr_in6 *)ss)->sin6_addr,
+                            sizeof(struct in6_addr));
+    }
+    freeifaddrs(ifs);
+    return local;
+}
+
+static int bulk_wanted(const kvtc_conn_params *params, const struct sockaddr_storage *ss)
+{
+    uint32_t mode = KVTC_BULK_OFF;
+    if (params && (params->field_mask & KVTC_CONN_PARAM_FIELD_BULK)) {
+        mode = params->bulk;
+    } else {
+        const char *e = getenv("KVTC_BULK_EP");
+        if (e && (!strcmp(e, "auto") || !strcmp(e, "on") || !strcmp(e, "1")))
+            mode = KVTC_BULK_AUTO;
+        else if (e && !strcmp(e, "always"))
+            mode = KVTC_BULK_ALWAYS;
+    }
+    if (mode == KVTC_BULK_OFF)
+        return 0;
+    return mode == KVTC_BULK_ALWAYS || addr_is_local(ss);
+}
+
+static void bulk_flush_cb(void *request, ucs_status_t status, void *user_data)
+{
+    kvtc_conn *c = user_data;
+    if (c->bulk_flushed == 0)
+        c->bulk_flushed = status == UCS_OK ? 1 : -1;
+    ucp_request_free(request);
+}
+
+/* Progress until *flag is set, the bulk endpoint failed, the connection
+ * failed or the deadline passed. */
+static void bulk_wait(kvtc_conn *c, const int *flag, uint64_t deadline)
+{
+    int64_t t;
+    while (!*flag && c->bulk_flushed >= 0 && !c->failed && (t = ms_left(deadline)) != 0) {
+        kvtc_progress(c);
+        if (!*flag && c->bulk_flushed >= 0 && !c->failed)
+            sleep_fd(c, t > 10 ? 10 : t);
+    }
+}
+
+/* Set up and bind the bulk endpoint. Any failure on its own side leaves
+ * the connection on TCP and returns 0; an error return means the
+ * connection itself failed or the daemon did not answer in time (it may
+ * have bound the endpoint, so going on without it is not safe). */
+static int bulk_setup(kvtc_conn *c, uint64_t deadline)
+{
+    ucp_ep_params_t ep = {
+        .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLER,
+        .address = c->peer_addr,
+        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
+        .err_handler = {.cb = bulk_err_cb, .arg = c},
+    };
+    c->bulk_flushed = 0;
+    if (ucp_ep_create(c->worker, &ep, &c->bulk_ep) != UCS_OK) {
+        c->bulk_ep = NULL;
+        return 0;
+    }
+    /* As for the first endpoint: no send before wire-up ends. */
+    ucp_request_param_t fp = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+        .cb.send = bulk_flush_cb,
+        .user_data = c,
+    };
+    ucs_status_ptr_t sp = ucp_ep_flush_nbx(c->bulk_ep, &fp);
+    if (UCS_PTR_IS_ERR(sp))
+        c->bulk_flushed = -1;
+    else if (sp == NULL)
+        c->bulk_flushed = 1;
+    bulk_wait(c, &c->bulk_flushed, deadline); /* until 1 or -1 */
+    int rc = 0;
+    struct sync_wait w = {0};
+    struct kvtc__op *o = NULL;
+    if (c->bulk_flushed != 1)
+        goto fallback;
+    Kvtc__Wire__Hello h = KVTC__WIRE__HELLO__INIT;
+    h.major = KVTC_PROTO_MAJOR;
+    h.minor = KVTC_PROTO_MINOR;
+    h.has_bind_session = h.has_bind_token = 1;
+    h.bind_session = c->info.session_id;
+    h.bind_token = c->bind_token;
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    req.body_case = KVTC__WIRE__REQUEST__BODY_HELLO;
+    req.hello = &h;
+    kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = sync_cb, .arg = &w};
+    /* No deadline of its own: an expired op fails the whole connection,
+     * and this one may only fail the bulk endpoint. */
+    o = kvtc__op_new(c, KVTC__OP_BIND, &op);
+    if (!o)
+        goto fallback;
+    o->deadline_ns = 0;
+    c->bulk_state = KVTC__BULK_BINDING;
+    if (kvtc__op_pack(c, o, &req) || kvtc__op_submit(c, o, NULL, 0, ucp_dt_make_contig(1), 0)) {
+        kvtc__op_free(o);
+        o = NULL;
+        goto fallback;
+    }
+    bulk_wait(c, &w.done, deadline);
+    if (w.done && w.status == 0 && c->bulk_flushed >= 0) {
+        c->bulk_state = KVTC__BULK_BOUND;
+        c->info.bulk_endpoint = 1;
+        if (getenv("KVTC_EP_INFO")) /* which lanes each endpoint got */
+            ucp_ep_print_info(c->ep, stderr), ucp_ep_print_info(c->bulk_ep, stderr);
+        return 0;
+    }
+    if (c->failed) {
+        rc = c->failed;
+    } else if (!w.done && c->bulk_flushed >= 0) {
+        kvtc__set_error(c, "binding the bulk endpoint timed out");
+        rc = KVTC_ETIMEDOUT;
+    }
+fallback:
+    c->bulk_state = KVTC__BULK_NONE;
+    /* The forced close completes the bind's send if it is still posted. */
+    close_one(c, &c->bulk_ep, 1);
+    if (o && !w.done) {
+        for (struct kvtc__op *x = c->inflight; x; x = x->next)
+            if (x == o) {
+                o->status = KVTC_ECONN;
+                o->send_pending = o->reply_pending = o->recv_pending = 0;
+                kvtc__op_maybe_done(o);
+                break;
+            }
+        run_done(c);
+    }
+    c->bulk_flushed = 0;
+    if (!rc)
+        c->last_error[0] = '\0';
+    return rc;
 }

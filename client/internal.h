@@ -11,6 +11,7 @@
 
 enum kvtc__op_kind {
     KVTC__OP_HELLO,
+    KVTC__OP_BIND,  /* Hello binding the bulk endpoint to the session */
     KVTC__OP_PUT,
     KVTC__OP_GET,
     KVTC__OP_LOOKUP,
@@ -71,7 +72,16 @@ struct kvtc__op {
 struct kvtc_conn {
     ucp_context_h ctx;
     ucp_worker_h worker;
-    ucp_ep_h ep;
+    ucp_ep_h ep;                /* HOST:PORT (sockaddr): TCP lanes only */
+    /* To the daemon's worker address (shared memory when local): requests
+     * go there once bound. The daemon watches both; either failing fails
+     * the connection. */
+    ucp_ep_h bulk_ep;
+    int bulk_state;             /* enum kvtc__bulk_state */
+    int bulk_flushed;           /* 0 pending, 1 done, -1 failed */
+    void *peer_addr;            /* HelloReply.worker_address (malloc'd) */
+    size_t peer_addr_len;
+    uint64_t bind_token;
     int efd;
     int failed;                 /* 0, or the error every new op gets */
     int flushed;                /* endpoint wire-up finished */
@@ -88,6 +98,18 @@ struct kvtc_conn {
     kvtc_server_info info;
     char last_error[256];
 };
+
+enum kvtc__bulk_state {
+    KVTC__BULK_NONE = 0,
+    KVTC__BULK_BINDING = 1, /* the bind Hello travels on bulk_ep */
+    KVTC__BULK_BOUND = 2
+};
+
+/* The endpoint requests go out on. */
+static inline ucp_ep_h kvtc__send_ep(const kvtc_conn *c)
+{
+    return c->bulk_state != KVTC__BULK_NONE && c->bulk_ep ? c->bulk_ep : c->ep;
+}
 
 /* conn.c */
 void kvtc__set_error(kvtc_conn *c, const char *fmt, ...)

@@ -472,6 +472,17 @@ static int hello_out(kvtc_conn *c, const Kvtc__Wire__HelloReply *h)
     c->info.max_batch = h->has_max_batch ? h->max_batch : 0;
     snprintf(c->info.server_version, sizeof c->info.server_version, "%s",
              h->server_version ? h->server_version : "");
+    /* Kept for the bulk endpoint (conn.c); a bind's reply carries none. An
+     * address is a few hundred bytes: a huge one is not a worker address. */
+    if (h->has_worker_address && h->has_bind_token && h->worker_address.len &&
+        h->worker_address.len <= 65536 && !c->peer_addr) {
+        c->peer_addr = malloc(h->worker_address.len);
+        if (c->peer_addr) {
+            memcpy(c->peer_addr, h->worker_address.data, h->worker_address.len);
+            c->peer_addr_len = h->worker_address.len;
+            c->bind_token = h->bind_token;
+        }
+    }
     return 0;
 }
 
@@ -521,6 +532,10 @@ ucs_status_t kvtc__op_reply(struct kvtc__op *op, Kvtc__Wire__Reply *rep,
     case KVTC__OP_HELLO:
         rc = rep->body_case == KVTC__WIRE__REPLY__BODY_HELLO ? hello_out(c, rep->hello)
                                                             : KVTC_EPROTO;
+        break;
+    case KVTC__OP_BIND:
+        /* Nothing to learn: the session's hello reply said it all. */
+        rc = rep->body_case == KVTC__WIRE__REPLY__BODY_HELLO ? 0 : KVTC_EPROTO;
         break;
     case KVTC__OP_PUT:
         rc = rep->body_case == KVTC__WIRE__REPLY__BODY_PUT && rep->put

@@ -29,7 +29,7 @@ extern "C" {
 /* Protocol version: a peer of another major is refused with STATUS_VERSION;
  * minors only add optional fields and are compatible both ways. */
 #define KVTC_PROTO_MAJOR 1u
-#define KVTC_PROTO_MINOR 0u
+#define KVTC_PROTO_MINOR 1u
 
 /* UCX active-message ids. */
 #define KVTC_WIRE_AM_REQUEST 1u
@@ -52,6 +52,16 @@ extern "C" {
 #define KVTC_WIRE_MAX_NAME 256u
 /* The tenant of a Hello that names none. */
 #define KVTC_WIRE_DEFAULT_TENANT "default"
+
+/* UCX rendezvous threshold both kvtcd and libkvtc set on their UCP context
+ * when UCX_RNDV_THRESH is not in the environment (UCX's own choice is ~20
+ * KiB on TCP). A rendezvous costs several round trips, each one needing
+ * both processes on a CPU: measured on loopback TCP (loaded 2-core host)
+ * it made 256 KiB - 4 MiB operations 2-25x slower than eager sends of the
+ * same bytes. Eager messages up to this size are assembled by UCX on the
+ * receiver (one copy more, and up to this many bytes buffered per message
+ * in flight); larger ones stay zero-copy rendezvous. */
+#define KVTC_WIRE_RNDV_THRESH "8m"
 
 /* ---- Frames ----------------------------------------------------------- */
 

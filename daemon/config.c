@@ -46,6 +46,7 @@ void kvtcd_config_defaults(kvtcd_config *c)
     c->max_chunk_bytes = KVTC_WIRE_DEFAULT_MAX_CHUNK;
     c->max_batch = KVTCD_DEFAULT_MAX_BATCH;
     c->max_sessions = KVTCD_DEFAULT_MAX_SESSIONS;
+    c->bulk_endpoint = 1;
     c->log_level = KVTCD_LOG_INFO;
 }
 
@@ -146,6 +147,15 @@ static int apply(kvtcd_config *c, const char *section, const char *name,
         return set_path(c->port_file, sizeof c->port_file, v);
     if (IS("server", "max_sessions"))
         return parse_u32(v, 1, 65536, &c->max_sessions);
+    if (IS("server", "bulk_endpoint")) {
+        if (strcmp(v, "on") == 0 || strcmp(v, "1") == 0)
+            c->bulk_endpoint = 1;
+        else if (strcmp(v, "off") == 0 || strcmp(v, "0") == 0)
+            c->bulk_endpoint = 0;
+        else
+            return KVTC_EINVAL;
+        return 0;
+    }
     if (IS("store", "host_mem")) {
         uint64_t n;
         if (kvtcd_parse_size(v, &n) < 0 || n < KVTCD_MIN_HOST_MEM)
@@ -233,6 +243,7 @@ static const struct flag {
     {"--listen", "server", "listen"},     {"--admin", "server", "admin"},
     {"--port-file", "server", "port_file"},
     {"--max-sessions", "server", "max_sessions"},
+    {"--bulk-endpoint", "server", "bulk_endpoint"},
     {"--host-mem", "store", "host_mem"},  {"--data-dir", "store", "data_dir"},
     {"--max-chunk", "limits", "max_chunk_bytes"},
     {"--max-batch", "limits", "max_batch"},
@@ -338,6 +349,8 @@ const char *kvtcd_usage(void)
            "  --max-chunk SIZE      largest chunk accepted (default 256M)\n"
            "  --max-batch N         most chunks/keys per request (default 1024)\n"
            "  --max-sessions N      most concurrent clients (default 1024)\n"
+           "  --bulk-endpoint on|off  offer the worker address so local clients\n"
+           "                        add a shared-memory endpoint (default on)\n"
            "  --port-file PATH      once listening, write \"UCX_PORT ADMIN_PORT\\n\"\n"
            "                        to PATH (atomically)\n"
            "  --config FILE         INI file; flags override it\n"

@@ -3,7 +3,7 @@
  *
  * INI keys (docs: deploy/kvtcd.example.ini):
  *   [server]  listen = HOST:PORT   admin = HOST:PORT   port_file = PATH
- *             max_sessions = N
+ *             max_sessions = N   bulk_endpoint = on|off
  *   [store]   host_mem = SIZE      data_dir = DIR
  *   [limits]  max_chunk_bytes = SIZE   max_batch = N
  *   [log]     level = debug|info|warn|error
@@ -34,6 +34,7 @@ typedef struct kvtcd_config {
     uint64_t max_chunk_bytes;
     uint32_t max_batch;
     uint32_t max_sessions;
+    int bulk_endpoint;        /* offer the worker address in HelloReply */
     int log_level;            /* enum kvtcd_log_level */
 } kvtcd_config;
 

@@ -104,12 +104,97 @@ static void handle_hello(kvtcd_session *s, const Kvtc__Wire__Request *req)
     hr.has_max_batch = 1;
     hr.max_batch = srv->cfg.max_batch;
     hr.server_version = (char *)"kvtcd " KVTC_VERSION;
+    if (srv->worker_addr && srv->cfg.bulk_endpoint) {
+        hr.has_worker_address = 1;
+        hr.worker_address.data = (uint8_t *)srv->worker_addr;
+        hr.worker_address.len = srv->worker_addr_len;
+        hr.has_bind_token = 1;
+        hr.bind_token = s->bind_token;
+    }
     Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
     rep.id = req->id;
     rep.status = ST(OK);
     rep.body_case = KVTC__WIRE__REPLY__BODY_HELLO;
     rep.hello = &hr;
     kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0);
+}
+
+/* ---- Bind: a session's bulk endpoint ------------------------------------ */
+
+/* Refuse a bind on an endpoint of its own (it belongs to no session): answer
+ * through a short-lived session so the client learns why, then close it. */
+static void refuse_bind(kvtcd_server *srv, ucp_ep_h ep, uint64_t id,
+                        int status, const char *why)
+{
+    KVTCD_WARN("session", "bulk endpoint refused reason=\"%s\"", why);
+    srv->m.errors++;
+    kvtcd_session *t = kvtcd_session_adopt(srv, ep);
+    if (!t)
+        return; /* left to the worker; the client times the bind out */
+    kvtcd_send_error(t, id, status, "bind: %s", why);
+    kvtcd_session_close(t, why);
+}
+
+ucs_status_t kvtcd_handle_unbound(kvtcd_server *srv, ucp_ep_h ep,
+                                  const void *header, size_t header_len,
+                                  void *data, size_t length,
+                                  const ucp_am_recv_param_t *param)
+{
+    size_t mlen;
+    int in_data;
+    Kvtc__Wire__Request *req = NULL;
+    /* A bind is one small inline Hello: anything else from an unknown
+     * endpoint is dropped unread (returning UCS_OK drops its data). */
+    if (length != 0 || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) ||
+        kvtc_wire_am_split(header, header_len, length, &mlen, &in_data) < 0 ||
+        in_data ||
+        kvtc_wire_unpack_request_msg((const uint8_t *)header +
+                                         KVTC_WIRE_LEN_BYTES,
+                                     mlen, &req) < 0 ||
+        req->body_case != KVTC__WIRE__REQUEST__BODY_HELLO ||
+        !req->hello->has_bind_session || !req->hello->has_bind_token) {
+        srv->m.errors++;
+        KVTCD_WARN("ucx", "request from an unknown endpoint dropped "
+                          "header_bytes=%zu data_bytes=%zu",
+                   header_len, length);
+        if (req)
+            kvtc_wire_request_free(req);
+        return UCS_OK;
+    }
+    srv->m.requests++;
+    const Kvtc__Wire__Hello *h = req->hello;
+    kvtcd_session *s = kvtcd_session_find(srv, h->bind_session);
+    if (srv->draining)
+        refuse_bind(srv, ep, req->id, ST(BUSY), "kvtcd is shutting down");
+    else if (!kvtc_wire_version_ok(h->major))
+        refuse_bind(srv, ep, req->id, ST(VERSION), "protocol version");
+    else if (!s || !s->hello_done || s->bind_token != h->bind_token)
+        /* One answer for all three: no hint about which sessions exist. */
+        refuse_bind(srv, ep, req->id, ST(UNAUTHORIZED),
+                    "no such session or wrong token");
+    else if (s->bulk_ep)
+        refuse_bind(srv, ep, req->id, ST(INVALID),
+                    "session already has a bulk endpoint");
+    else if (kvtcd_session_bind_bulk(s, ep) < 0)
+        refuse_bind(srv, ep, req->id, ST(INTERNAL),
+                    "cannot watch the endpoint");
+    else {
+        KVTCD_INFO("session", "bulk endpoint bound session=%llu",
+                   (unsigned long long)s->id);
+        Kvtc__Wire__HelloReply hr = KVTC__WIRE__HELLO_REPLY__INIT;
+        hr.major = KVTC_PROTO_MAJOR;
+        hr.minor = KVTC_PROTO_MINOR;
+        hr.has_session_id = 1;
+        hr.session_id = s->id;
+        Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
+        rep.id = req->id;
+        rep.status = ST(OK);
+        rep.body_case = KVTC__WIRE__REPLY__BODY_HELLO;
+        rep.hello = &hr;
+        kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0);
+    }
+    kvtc_wire_request_free(req);
+    return UCS_OK;
 }
 
 /* ---- Put --------------------------------------------------------------- */

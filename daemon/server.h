@@ -40,9 +40,17 @@ typedef struct kvtcd_metrics {
 typedef struct kvtcd_session {
     struct kvtcd_session *prev, *next; /* srv->sessions, while open */
     kvtcd_server *srv;
-    ucp_ep_h ep;
+    ucp_ep_h ep;            /* the sockaddr endpoint the session began on */
+    /* The client's second endpoint, opened to our worker address and bound
+     * by a Hello{bind_session, bind_token} (docs/protocol.md, "Bulk
+     * endpoint"): it has the shared-memory lanes a sockaddr endpoint lacks.
+     * Once bound every reply goes out on it; either endpoint failing ends
+     * the session. NULL until bound. */
+    ucp_ep_h bulk_ep;
+    uint64_t bind_token;    /* secret the bind must present */
     uint64_t id;
-    uint32_t refs;          /* 1 while open, + 1 per in-flight op */
+    uint32_t refs;          /* 1 while open, + 1 for a bound bulk_ep,
+                               + 1 per in-flight op */
     int open;               /* 0 once the endpoint failed or closed */
     int close_pending;      /* queued for ucp_ep_close_nbx */
     struct kvtcd_session *close_next;
@@ -111,6 +119,8 @@ struct kvtcd_server {
     int in_progress;                   /* re-entrancy guard */
     int handles_open;
     size_t max_am_header;              /* larger reply frames go in data */
+    ucp_address_t *worker_addr;        /* sent in HelloReply (bulk endpoint) */
+    size_t worker_addr_len;
     char listen_addr[300];             /* "HOST:PORT" actually bound */
     uint16_t bound_port;
     /* state */
@@ -187,6 +197,15 @@ void kvtcd_op_free(kvtcd_op *op);
 void kvtcd_session_unref(kvtcd_session *s);
 /* End s now (its endpoint closes from the drive loop). */
 void kvtcd_session_close(kvtcd_session *s, const char *why);
+/* The open session with this id, or NULL. */
+kvtcd_session *kvtcd_session_find(kvtcd_server *srv, uint64_t id);
+/* Make ep (an endpoint UCX created when a client connected to our worker
+ * address) s's bulk endpoint: its failures end s, replies go out on it. */
+int kvtcd_session_bind_bulk(kvtcd_session *s, ucp_ep_h ep);
+/* A session for an endpoint that came by worker address and is not bound
+ * (yet): it can be answered and is closed like any other. NULL when the
+ * daemon drains or has max_sessions already. */
+kvtcd_session *kvtcd_session_adopt(kvtcd_server *srv, ucp_ep_h ep);
 
 /* ---- handlers.c ---- */
 /* Handle one request frame from s. data/length/param as the AM callback got
@@ -196,6 +215,13 @@ void kvtcd_session_close(kvtcd_session *s, const char *why);
 ucs_status_t kvtcd_handle_request(kvtcd_session *s, const void *header,
                                   size_t header_len, void *data,
                                   size_t length,
+                                  const ucp_am_recv_param_t *param);
+/* A request from an endpoint no session knows: only a bind Hello (small,
+ * inline) is taken; it binds the endpoint to its session or is refused.
+ * Anything else is dropped. */
+ucs_status_t kvtcd_handle_unbound(kvtcd_server *srv, ucp_ep_h ep,
+                                  const void *header, size_t header_len,
+                                  void *data, size_t length,
                                   const ucp_am_recv_param_t *param);
 
 /* ---- admin.c ---- */

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "kvtc_errors.h"
 #include "log.h"
@@ -113,8 +114,26 @@ static void on_close_done(void *req, ucs_status_t status, void *user_data)
     kvtcd_session *s = user_data;
     s->srv->closing--;
     ucp_request_free(req);
-    s->ep = NULL;
-    kvtcd_session_unref(s); /* the "open" reference */
+    kvtcd_session_unref(s); /* the endpoint's reference */
+}
+
+/* Force-close one endpoint of s; the endpoint's reference on s goes when
+ * the close completes. */
+static void close_one(kvtcd_server *srv, kvtcd_session *s, ucp_ep_h ep)
+{
+    ucp_request_param_t p = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK |
+                        UCP_OP_ATTR_FIELD_USER_DATA,
+        .flags = UCP_EP_CLOSE_FLAG_FORCE,
+        .cb.send = on_close_done,
+        .user_data = s,
+    };
+    ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &p);
+    if (r != NULL && !UCS_PTR_IS_ERR(r)) {
+        srv->closing++;
+        return;
+    }
+    kvtcd_session_unref(s);
 }
 
 static int process_close_queue(kvtcd_server *srv)
@@ -126,21 +145,14 @@ static int process_close_queue(kvtcd_server *srv)
         s->close_next = NULL;
         s->close_pending = 0;
         did = 1;
-        ucp_request_param_t p = {
-            .op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS |
-                            UCP_OP_ATTR_FIELD_CALLBACK |
-                            UCP_OP_ATTR_FIELD_USER_DATA,
-            .flags = UCP_EP_CLOSE_FLAG_FORCE,
-            .cb.send = on_close_done,
-            .user_data = s,
-        };
-        ucs_status_ptr_t r = ucp_ep_close_nbx(s->ep, &p);
-        if (r != NULL && !UCS_PTR_IS_ERR(r)) {
-            srv->closing++;
-            continue;
-        }
-        s->ep = NULL;
-        kvtcd_session_unref(s);
+        ucp_ep_h ep = s->ep, bulk = s->bulk_ep;
+        s->ep = s->bulk_ep = NULL;
+        /* The bulk endpoint first: its transfers (shared memory) are the
+         * ones that may still touch our buffers. */
+        if (bulk)
+            close_one(srv, s, bulk);
+        if (ep)
+            close_one(srv, s, ep);
     }
     return did;
 }
@@ -240,7 +252,7 @@ static void on_tick(uv_timer_t *t)
 static kvtcd_session *session_of_ep(kvtcd_server *srv, ucp_ep_h ep)
 {
     for (kvtcd_session *s = srv->sessions; s; s = s->next) {
-        if (s->ep == ep) {
+        if (s->bulk_ep == ep || s->ep == ep) {
             /* Move to front: a client sends many requests in a row. */
             if (s != srv->sessions) {
                 s->prev->next = s->next;
@@ -267,6 +279,11 @@ static ucs_status_t on_request_am(void *arg, const void *header,
     if ((param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) &&
         param->reply_ep)
         s = session_of_ep(srv, param->reply_ep);
+    if (!s && (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) &&
+        param->reply_ep)
+        /* An endpoint to our worker address: a bind, or dropped. */
+        return kvtcd_handle_unbound(srv, param->reply_ep, header,
+                                    header_length, data, length, param);
     if (!s) {
         /* No way to answer: the client did not set UCP_AM_SEND_FLAG_REPLY.
          * Returning UCS_OK drops eager data and any rendezvous. */
@@ -304,6 +321,82 @@ static void format_sockaddr(const struct sockaddr_storage *ss, char *buf,
         *port = p;
 }
 
+kvtcd_session *kvtcd_session_find(kvtcd_server *srv, uint64_t id)
+{
+    for (kvtcd_session *s = srv->sessions; s; s = s->next)
+        if (s->id == id)
+            return s;
+    return NULL;
+}
+
+static void session_link(kvtcd_server *srv, kvtcd_session *s)
+{
+    s->open = 1;
+    s->next = srv->sessions;
+    if (srv->sessions)
+        srv->sessions->prev = s;
+    srv->sessions = s;
+    srv->n_sessions++;
+    srv->m.sessions_total++;
+}
+
+/* Errors of an endpoint UCX created for us (a client connected to our
+ * worker address) reach us only once we install a handler on it. */
+static int set_err_handler(ucp_ep_h ep, kvtcd_session *s)
+{
+    ucp_ep_params_t p = {
+        .field_mask = UCP_EP_PARAM_FIELD_ERR_HANDLER,
+        .err_handler = {.cb = on_ep_error, .arg = s},
+    };
+    ucs_status_ptr_t r = ucp_ep_modify_nb(ep, &p);
+    if (r == NULL)
+        return 0;
+    if (!UCS_PTR_IS_ERR(r)) {
+        /* Never asynchronous for the error handler; be safe anyway. */
+        ucp_request_free(r);
+        return 0;
+    }
+    KVTCD_WARN("ucx", "cannot watch endpoint err=\"%s\"",
+               ucs_status_string(UCS_PTR_STATUS(r)));
+    return KVTC_EIO;
+}
+
+int kvtcd_session_bind_bulk(kvtcd_session *s, ucp_ep_h ep)
+{
+    if (!s->open || s->bulk_ep)
+        return KVTC_EBUSY;
+    int rc = set_err_handler(ep, s);
+    if (rc < 0)
+        return rc;
+    s->bulk_ep = ep;
+    s->refs++;
+    return 0;
+}
+
+kvtcd_session *kvtcd_session_adopt(kvtcd_server *srv, ucp_ep_h ep)
+{
+    if (srv->draining || srv->n_sessions >= srv->cfg.max_sessions)
+        return NULL;
+    kvtcd_session *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->srv = srv;
+    s->refs = 1;
+    s->id = ++srv->next_session_id;
+    snprintf(s->peer, sizeof s->peer, "worker-address");
+    if (getrandom(&s->bind_token, sizeof s->bind_token, 0) !=
+            (ssize_t)sizeof s->bind_token ||
+        set_err_handler(ep, s) < 0) {
+        free(s);
+        return NULL;
+    }
+    s->ep = ep;
+    session_link(srv, s);
+    KVTCD_INFO("session", "accepted session=%llu peer=%s",
+               (unsigned long long)s->id, s->peer);
+    return s;
+}
+
 static void on_conn_request(ucp_conn_request_h req, void *arg)
 {
     kvtcd_server *srv = arg;
@@ -327,6 +420,14 @@ static void on_conn_request(ucp_conn_request_h req, void *arg)
     s->refs = 1;
     s->id = ++srv->next_session_id;
     snprintf(s->peer, sizeof s->peer, "%s", peer);
+    /* Unguessable, so no other client can take over this session's bulk
+     * endpoint by naming its (sequential) id. */
+    if (getrandom(&s->bind_token, sizeof s->bind_token, 0) !=
+        (ssize_t)sizeof s->bind_token) {
+        free(s);
+        ucp_listener_reject(srv->listener, req);
+        return;
+    }
     ucp_ep_params_t ep = {
         .field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST |
                       UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
@@ -342,13 +443,7 @@ static void on_conn_request(ucp_conn_request_h req, void *arg)
         free(s);
         return;
     }
-    s->open = 1;
-    s->next = srv->sessions;
-    if (srv->sessions)
-        srv->sessions->prev = s;
-    srv->sessions = s;
-    srv->n_sessions++;
-    srv->m.sessions_total++;
+    session_link(srv, s);
     KVTCD_INFO("session", "accepted session=%llu peer=%s",
                (unsigned long long)s->id, peer);
 }
@@ -385,6 +480,11 @@ int kvtcd_transport_init(kvtcd_server *srv)
                     ucs_status_string(st));
         return KVTC_EIO;
     }
+    /* The environment wins; see KVTC_WIRE_RNDV_THRESH for why. */
+    if (!getenv("UCX_RNDV_THRESH") &&
+        ucp_config_modify(config, "RNDV_THRESH", KVTC_WIRE_RNDV_THRESH) !=
+            UCS_OK)
+        KVTCD_WARN("ucx", "cannot set RNDV_THRESH=%s", KVTC_WIRE_RNDV_THRESH);
     ucp_params_t params = {
         .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME,
         .features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
@@ -429,6 +529,15 @@ int kvtcd_transport_init(kvtcd_server *srv)
         KVTCD_ERROR("ucx", "cannot set AM handler err=\"%s\"",
                     ucs_status_string(st));
         return KVTC_EIO;
+    }
+    /* Clients on this host connect to it for shared-memory lanes. */
+    st = ucp_worker_get_address(srv->worker, &srv->worker_addr,
+                                &srv->worker_addr_len);
+    if (st != UCS_OK) {
+        KVTCD_WARN("ucx", "no worker address (bulk endpoints off) err=\"%s\"",
+                   ucs_status_string(st));
+        srv->worker_addr = NULL;
+        srv->worker_addr_len = 0;
     }
     st = ucp_worker_get_efd(srv->worker, &srv->efd);
     if (st != UCS_OK) {
@@ -516,6 +625,9 @@ void kvtcd_transport_fini(kvtcd_server *srv)
          * below, without touching UCX again. */
         ucp_worker_h w = srv->worker;
         srv->worker = NULL;
+        if (srv->worker_addr)
+            ucp_worker_release_address(w, srv->worker_addr);
+        srv->worker_addr = NULL;
         ucp_worker_destroy(w); /* destroys endpoints never closed */
     }
     while (srv->ops) {
@@ -527,7 +639,11 @@ void kvtcd_transport_fini(kvtcd_server *srv)
     while (srv->close_queue) {
         kvtcd_session *s = srv->close_queue;
         srv->close_queue = s->close_next;
-        kvtcd_session_unref(s);
+        /* One reference per endpoint never closed (the worker took them). */
+        int refs = (s->ep != NULL) + (s->bulk_ep != NULL);
+        s->ep = s->bulk_ep = NULL;
+        while (refs--)
+            kvtcd_session_unref(s);
     }
 }
 
@@ -626,7 +742,10 @@ int kvtcd_send_reply(kvtcd_session *s, const Kvtc__Wire__Reply *rep,
         data = op->iov;
         dlen = n;
     }
-    ucs_status_ptr_t r = ucp_am_send_nbx(s->ep, KVTC_WIRE_AM_REPLY, hdr, hlen,
+    /* A bound bulk endpoint carries every reply: the client sends its
+     * requests there too, and it has the shared-memory lanes. */
+    ucp_ep_h ep = s->bulk_ep ? s->bulk_ep : s->ep;
+    ucs_status_ptr_t r = ucp_am_send_nbx(ep, KVTC_WIRE_AM_REPLY, hdr, hlen,
                                          data, dlen, &p);
     srv->m.bytes_out += payload_len;
     if (r == NULL) {

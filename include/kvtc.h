@@ -166,7 +166,22 @@ enum kvtc_conn_param_field {
     KVTC_CONN_PARAM_FIELD_CLIENT_NAME = 1u << 2,
     KVTC_CONN_PARAM_FIELD_CONNECT_TIMEOUT = 1u << 3,
     KVTC_CONN_PARAM_FIELD_OP_TIMEOUT = 1u << 4,
-    KVTC_CONN_PARAM_FIELD_SPIN = 1u << 5
+    KVTC_CONN_PARAM_FIELD_SPIN = 1u << 5,
+    KVTC_CONN_PARAM_FIELD_BULK = 1u << 6
+};
+
+/* The bulk endpoint: after hello, libkvtc opens a second endpoint to the
+ * daemon's UCX worker address and moves every request there. It may get
+ * transports a HOST:PORT (sockaddr) endpoint never gets: UCX gives those a
+ * TCP lane only. If it cannot be set up the connection stays on the first
+ * endpoint (kvtc_server_info.bulk_endpoint says which). Off by default: with
+ * the peer error handling libkvtc needs, Debian's UCX 1.13 gives it the
+ * same TCP lane (shared memory only with UCX_{POSIX,SYSV}_ERROR_HANDLING=y,
+ * measured ~10x slower); see docs/kvtcd.md, "Transport". */
+enum kvtc_bulk_mode {
+    KVTC_BULK_OFF = 0,   /* default */
+    KVTC_BULK_AUTO = 1,  /* when the daemon is on this host */
+    KVTC_BULK_ALWAYS = 2 /* try it for remote daemons too */
 };
 
 typedef struct kvtc_conn_params {
@@ -182,6 +197,9 @@ typedef struct kvtc_conn_params {
                                     sleeping on the fd (a wakeup costs more
                                     than a short transfer); default 200,
                                     0: sleep at once */
+    uint32_t bulk;               /* enum kvtc_bulk_mode; default: the
+                                    environment's KVTC_BULK_EP (off, auto,
+                                    always), else OFF */
 } kvtc_conn_params;
 
 /* Connect to server ("HOST:PORT", "[v6addr]:PORT"; NULL means
@@ -214,7 +232,10 @@ typedef struct kvtc_server_info {
     uint32_t max_batch;            /* most keys/chunks per request */
     char server_version[64];
     int device_memory;             /* enum kvtc_device_memory */
-    uint64_t reserved[8];
+    uint32_t bulk_endpoint;        /* 1: requests travel on the bulk
+                                      endpoint (kvtc_bulk_mode) */
+    uint32_t reserved32;
+    uint64_t reserved[7];
 } kvtc_server_info;
 
 enum kvtc_device_memory {
