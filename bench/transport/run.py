@@ -239,6 +239,100 @@ def fmt(v, w=9, p=0):
     return f"{v:>{w}.{p}f}" if isinstance(v, (int, float)) else f"{'-':>{w}}"
 
 
+def report(result):
+    """Tables, ratios and the issue's aims from a result (fresh or --render)."""
+    # Ratios and the table.
+    summary = []
+    for dep in result["depths"]:
+        what = "one request at a time" if dep == 1 else f"{dep} requests in flight"
+        print(f"\nThroughput, one connection, {what} (depth {dep}), MiB/s (loopback, {result.get('cpus')} CPUs)")
+        print(f"{'UCX_TLS':<12}{'size':>8}{'perftest':>10}{'kvtc put':>10}{'kvtc get':>10}"
+              f"{'redis set':>10}{'redis get':>10}{'get/perf':>9}{'put/perf':>9}{'get/redis':>10}{'put/redis':>10}")
+        for tls in TLS_SETS:
+            krows = result["kvtc"][tls]["rows"]
+            for s in result["sizes"]:
+                ptr = result["ucx_perftest"][tls].get(str(s))
+                k = pick(krows, "throughput", size=s, depth=dep) or {}
+                r = pick(result["redis"]["rows"], "throughput", size=s, depth=dep) or {}
+                row = {"tls": tls, "size": s, "depth": dep, "perftest_mib_s": ptr and ptr["mib_s"],
+                       "kvtc_put_mib_s": k.get("put_mib_s"), "kvtc_get_mib_s": k.get("get_mib_s"),
+                       "redis_set_mib_s": r.get("put_mib_s"), "redis_get_mib_s": r.get("get_mib_s")}
+                row["get_vs_perftest"] = ratio(row["kvtc_get_mib_s"], row["perftest_mib_s"])
+                row["put_vs_perftest"] = ratio(row["kvtc_put_mib_s"], row["perftest_mib_s"])
+                row["get_vs_redis"] = ratio(row["kvtc_get_mib_s"], row["redis_get_mib_s"])
+                row["put_vs_redis"] = ratio(row["kvtc_put_mib_s"], row["redis_set_mib_s"])
+                summary.append(row)
+                print(f"{tls:<12}{s // 1024:>7}K{fmt(row['perftest_mib_s'], 10)}{fmt(row['kvtc_put_mib_s'], 10)}"
+                      f"{fmt(row['kvtc_get_mib_s'], 10)}{fmt(row['redis_set_mib_s'], 10)}{fmt(row['redis_get_mib_s'], 10)}"
+                      f"{fmt(row['get_vs_perftest'], 9, 2)}{fmt(row['put_vs_perftest'], 9, 2)}"
+                      f"{fmt(row['get_vs_redis'], 10, 2)}{fmt(row['put_vs_redis'], 10, 2)}")
+    result["throughput_summary"] = summary
+
+    lat = []
+    print(f"\nSingle-chunk get latency, {result['lat_size'] // 1024} KiB chunks, one connection per client (us)")
+    print(f"{'system':<18}{'clients':>8}{'P50':>10}{'P99':>10}{'P99/P50':>9}{'MiB/s':>10}")
+    systems = [("redis", result["redis"]["rows"])] + [(f"kvtc {tls}", result["kvtc"][tls]["rows"]) for tls in TLS_SETS]
+    for name, rows in systems:
+        for c in result["clients"]:
+            r = pick(rows, "latency", clients=c)
+            if not r:
+                print(f"{name:<18}{c:>8}{'-':>10}{'-':>10}{'-':>9}{'-':>10}")
+                continue
+            q = ratio(r["p99_us"], r["p50_us"])
+            lat.append({"system": name, "clients": c, "p50_us": r["p50_us"], "p99_us": r["p99_us"],
+                        "p99_over_p50": q, "mib_s": r["mib_s"]})
+            print(f"{name:<18}{c:>8}{fmt(r['p50_us'], 10, 1)}{fmt(r['p99_us'], 10, 1)}{fmt(q, 9, 2)}{fmt(r['mib_s'], 10)}")
+    result["latency_summary"] = lat
+
+    # The issue's aims, judged on what this run measured.
+    aims = {}
+    # Each (transport, size) at the depth where kvtc did best.
+    by_point = {}
+    for r in summary:
+        key = (r["tls"], r["size"])
+        if r["get_vs_perftest"] is not None and (key not in by_point or
+                                                 r["kvtc_get_mib_s"] > by_point[key]["kvtc_get_mib_s"]):
+            by_point[key] = r
+    # Per transport set: the like-for-like one is where both sides run on
+    # the same lanes (see "Transports really used").
+    for tls in TLS_SETS:
+        pts = [r for (t, _), r in by_point.items() if t == tls]
+        big = [r for r in pts if r["size"] >= 4 * MIB]
+        a = {}
+        if big:
+            a["get_ge_90pct_perftest_ge_4MiB"] = all(r["get_vs_perftest"] >= 0.9 for r in big)
+            a["put_ge_90pct_perftest_ge_4MiB"] = all((r["put_vs_perftest"] or 0) >= 0.9 for r in big)
+        vs_redis = [r for r in pts if r["get_vs_redis"] is not None]
+        if vs_redis:
+            a["ge_3x_redis"] = all(r["get_vs_redis"] >= 3 and (r["put_vs_redis"] or 0) >= 3 for r in vs_redis)
+            a["redis_get_ratio_range"] = [min(r["get_vs_redis"] for r in vs_redis),
+                                          max(r["get_vs_redis"] for r in vs_redis)]
+            a["redis_put_ratio_range"] = [min(r["put_vs_redis"] or 0 for r in vs_redis),
+                                          max(r["put_vs_redis"] or 0 for r in vs_redis)]
+        l16 = [l for l in lat if l["system"] == f"kvtc {tls}" and l["clients"] == 16]
+        if l16:
+            a["p99_lt_2x_p50_at_16"] = l16[0]["p99_over_p50"] < 2
+        ln = result.get("lanes", {}).get(tls) or {}
+        a["same_lanes_as_perftest"] = bool(ln.get("kvtc")) and ln.get("kvtc") == ln.get("ucx_perftest")
+        aims[tls] = a
+    result["aims"] = aims
+    print("\nTransports really used (UCX ep_cfg):")
+    for tls in TLS_SETS:
+        ln = result.get("lanes", {}).get(tls) or {"ucx_perftest": None, "kvtc": None}
+        print(f"  UCX_TLS={tls}: ucx_perftest {ln['ucx_perftest']}; kvtc {ln['kvtc']}")
+    print("\nAims (per UCX_TLS set; kvtc at its better depth):")
+    for tls, a in aims.items():
+        print(f"  {tls}: {json.dumps(a)}")
+    for tls in TLS_SETS:
+        if result["kvtc"][tls]["error"]:
+            print(f"kvtc {tls}: {result['kvtc'][tls]['error']}")
+    if result["redis"].get("error"):
+        print(f"redis: {result['redis']['error']}")
+    print(f"load average: start {result.get('loadavg_at_start')}, end {result.get('loadavg_at_end')}, "
+          f"per round {result.get('loadavg_per_round')} on {result.get('cpus')} CPUs")
+
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default="build")
@@ -247,7 +341,20 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each point keeps its best")
     ap.add_argument("--lat-size", type=int, default=1 << 20)
     ap.add_argument("--host-mem", default="4G")
+    ap.add_argument("--render", metavar="JSON", help="print the tables and aims of an earlier run's JSON "
+                    "(recomputing ratios and aims into it) and measure nothing")
     args = ap.parse_args()
+    if args.render:
+        with open(args.render) as f:
+            result = json.load(f)
+        rows = [r for v in result["kvtc"].values() for r in v["rows"]] + result["redis"]["rows"]
+        result.setdefault("depths", sorted({r["depth"] for r in rows if r.get("test") == "throughput"
+                                            and "depth" in r}) or [1])
+        result.setdefault("clients", [1, 16, 64])
+        report(result)
+        with open(args.render, "w") as f:
+            json.dump(result, f, indent=1)
+        return
     args.sizes = SIZES
     args.depths = DEPTHS
     args.clients = [1, 16, 64]
@@ -267,7 +374,8 @@ def main():
         load = None
     result = {"host": platform.node(), "cpus": os.cpu_count(),
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_at_start": load, "nice": os.nice(0),
-              "sizes": args.sizes, "lat_size": args.lat_size, "bytes_per_size": args.bytes_per_size,
+              "sizes": args.sizes, "depths": args.depths, "clients": args.clients,
+              "lat_size": args.lat_size, "bytes_per_size": args.bytes_per_size,
               "rounds": args.rounds, "method": "per size, ucx_perftest, kvtcd and Redis run back to back "
               "in each round; every point keeps its best round (highest MiB/s, lowest latency)",
               "ucx_perftest": {}, "redis": {}, "kvtc": {}}
@@ -335,89 +443,17 @@ def main():
     err = redis.error
     result["redis"] = {"rows": rrows, "error": err}
 
-    # Ratios and the table.
-    summary = []
-    for dep in args.depths:
-        what = "one request at a time" if dep == 1 else f"{dep} requests in flight"
-        print(f"\nThroughput, one connection, {what} (depth {dep}), MiB/s (loopback, {os.cpu_count()} CPUs)")
-        print(f"{'UCX_TLS':<12}{'size':>8}{'perftest':>10}{'kvtc put':>10}{'kvtc get':>10}"
-              f"{'redis set':>10}{'redis get':>10}{'get/perf':>9}{'put/perf':>9}{'get/redis':>10}{'put/redis':>10}")
-        for tls in TLS_SETS:
-            krows = result["kvtc"][tls]["rows"]
-            for s in args.sizes:
-                ptr = result["ucx_perftest"][tls].get(str(s))
-                k = pick(krows, "throughput", size=s, depth=dep) or {}
-                r = pick(rrows, "throughput", size=s, depth=dep) or {}
-                row = {"tls": tls, "size": s, "depth": dep, "perftest_mib_s": ptr and ptr["mib_s"],
-                       "kvtc_put_mib_s": k.get("put_mib_s"), "kvtc_get_mib_s": k.get("get_mib_s"),
-                       "redis_set_mib_s": r.get("put_mib_s"), "redis_get_mib_s": r.get("get_mib_s")}
-                row["get_vs_perftest"] = ratio(row["kvtc_get_mib_s"], row["perftest_mib_s"])
-                row["put_vs_perftest"] = ratio(row["kvtc_put_mib_s"], row["perftest_mib_s"])
-                row["get_vs_redis"] = ratio(row["kvtc_get_mib_s"], row["redis_get_mib_s"])
-                row["put_vs_redis"] = ratio(row["kvtc_put_mib_s"], row["redis_set_mib_s"])
-                summary.append(row)
-                print(f"{tls:<12}{s // 1024:>7}K{fmt(row['perftest_mib_s'], 10)}{fmt(row['kvtc_put_mib_s'], 10)}"
-                      f"{fmt(row['kvtc_get_mib_s'], 10)}{fmt(row['redis_set_mib_s'], 10)}{fmt(row['redis_get_mib_s'], 10)}"
-                      f"{fmt(row['get_vs_perftest'], 9, 2)}{fmt(row['put_vs_perftest'], 9, 2)}"
-                      f"{fmt(row['get_vs_redis'], 10, 2)}{fmt(row['put_vs_redis'], 10, 2)}")
-    result["throughput_summary"] = summary
-
-    lat = []
-    print(f"\nSingle-chunk get latency, {args.lat_size // 1024} KiB chunks, one connection per client (us)")
-    print(f"{'system':<18}{'clients':>8}{'P50':>10}{'P99':>10}{'P99/P50':>9}{'MiB/s':>10}")
-    systems = [("redis", rrows)] + [(f"kvtc {tls}", result["kvtc"][tls]["rows"]) for tls in TLS_SETS]
-    for name, rows in systems:
-        for c in args.clients:
-            r = pick(rows, "latency", clients=c)
-            if not r:
-                print(f"{name:<18}{c:>8}{'-':>10}{'-':>10}{'-':>9}{'-':>10}")
-                continue
-            q = ratio(r["p99_us"], r["p50_us"])
-            lat.append({"system": name, "clients": c, "p50_us": r["p50_us"], "p99_us": r["p99_us"],
-                        "p99_over_p50": q, "mib_s": r["mib_s"]})
-            print(f"{name:<18}{c:>8}{fmt(r['p50_us'], 10, 1)}{fmt(r['p99_us'], 10, 1)}{fmt(q, 9, 2)}{fmt(r['mib_s'], 10)}")
-    result["latency_summary"] = lat
-
-    # The issue's aims, judged on what this run measured.
-    aims = {}
-    # Each (transport, size) at the depth where kvtc did best.
-    by_point = {}
-    for r in summary:
-        key = (r["tls"], r["size"])
-        if r["get_vs_perftest"] is not None and (key not in by_point or
-                                                 r["kvtc_get_mib_s"] > by_point[key]["kvtc_get_mib_s"]):
-            by_point[key] = r
-    big = [r for r in by_point.values() if r["size"] >= 4 * MIB]
-    if big:
-        aims["get_ge_90pct_perftest_ge_4MiB"] = all(r["get_vs_perftest"] >= 0.9 for r in big)
-        aims["put_ge_90pct_perftest_ge_4MiB"] = all((r["put_vs_perftest"] or 0) >= 0.9 for r in big)
-    vs_redis = [r for r in by_point.values() if r["get_vs_redis"] is not None]
-    if vs_redis:
-        aims["ge_3x_redis"] = all(r["get_vs_redis"] >= 3 and (r["put_vs_redis"] or 0) >= 3 for r in vs_redis)
-    l16 = [l for l in lat if l["system"].startswith("kvtc") and l["clients"] == 16]
-    if l16:
-        aims["p99_lt_2x_p50_at_16"] = all(l["p99_over_p50"] < 2 for l in l16)
-    result["aims"] = aims
-    print("\nTransports really used (UCX ep_cfg):")
-    for tls in TLS_SETS:
-        ln = result["lanes"][tls]
-        print(f"  UCX_TLS={tls}: ucx_perftest {ln['ucx_perftest']}; kvtc {ln['kvtc']}")
-    print("\nAims:", json.dumps(aims) if aims else "not judged (kvtc results missing)")
-    for tls in TLS_SETS:
-        if result["kvtc"][tls]["error"]:
-            print(f"kvtc {tls}: {result['kvtc'][tls]['error']}")
-    if err:
-        print(f"redis: {err}")
-
     try:
         result["loadavg_at_end"] = os.getloadavg()
     except OSError:
         pass
-    print(f"load average: start {load}, end {result.get('loadavg_at_end')} on {os.cpu_count()} CPUs")
+    report(result)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {args.out}")
+
+
 
 
 if __name__ == "__main__":
