@@ -31,6 +31,8 @@ struct kvtc__get_dest {
     int device;       /* the item's buffer is device memory */
     int has_checksum;
     uint64_t checksum; /* XXH3-64 the daemon announced */
+    int summed;        /* sum holds the checksum of the bytes at `at` */
+    uint64_t sum;
 };
 
 /* One operation, from submit to the callback. It completes when its send

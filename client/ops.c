@@ -373,11 +373,21 @@ static ucs_status_t get_reply(struct kvtc__op *op, const Kvtc__Wire__GetReply *g
         return UCS_OK;
     if (!rndv_desc) {
         /* Eager: the bytes are here already and valid only during this
-         * callback. */
+         * callback. They are checksummed as they are copied (one pass over
+         * memory instead of two); kvtc__op_finish compares. The
+         * destinations are the dests with bytes, in order (get_plan). */
         size_t off = 0;
-        for (size_t i = 0; i < op->iov_n; i++) {
-            memcpy(op->iov[i].buffer, (const char *)bulk + off, op->iov[i].length);
-            off += op->iov[i].length;
+        for (size_t i = 0; i < op->n_dests; i++) {
+            struct kvtc__get_dest *d = &op->dests[i];
+            if (!d->len)
+                continue;
+            const char *src = (const char *)bulk + off;
+            if (!d->has_checksum ||
+                kvtc_wire_copy_checksum(d->at, src, d->len, &d->sum) != 0)
+                memcpy(d->at, src, d->len);
+            else
+                d->summed = 1;
+            off += d->len;
         }
         return UCS_OK;
     }
@@ -626,7 +636,7 @@ void kvtc__op_finish(struct kvtc__op *op)
         int readable = d->staged || !c->ucx_cuda || d->at != it->buf ||
                        d->device == 0;
         if (d->has_checksum && readable &&
-            kvtc_wire_checksum(d->at, d->len) != d->checksum) {
+            (d->summed ? d->sum : kvtc_wire_checksum(d->at, d->len)) != d->checksum) {
             it->status = KVTC_ECORRUPT;
             continue;
         }

@@ -144,6 +144,12 @@ void kvtc_wire_layout_to_msg(const kvtc_layout *layout,
 
 /* XXH3-64 of a payload, the checksum of ChunkMeta.checksum. */
 uint64_t kvtc_wire_checksum(const void *buf, size_t len);
+/* Copy len bytes src -> dst and set *sum to the checksum of the copy, in
+ * one pass over memory (pieces hashed right after they are copied): where
+ * bytes are copied anyway, checking them costs little more. Same value as
+ * kvtc_wire_checksum(dst, len). Errors: KVTC_EINVAL, KVTC_ENOMEM. */
+int kvtc_wire_copy_checksum(void *dst, const void *src, size_t len,
+                            uint64_t *sum);
 
 /* ---- Status <-> error codes ------------------------------------------- */
 

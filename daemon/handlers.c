@@ -349,9 +349,10 @@ static void put_hashed(kvtcd_hashjob *job)
     kvtcd_op_free(op);
 }
 
-/* The payload is in op->blob, chunk 0 at base and the others after it:
+/* The payload is in op->blob, chunk 0 at base and the others after it
+ * (or, with src, still at src: an eager payload to copy there first):
  * hash it (off the loop when large), then put_hashed. Owns op. */
-static void finish_put(kvtcd_op *op, size_t base)
+static void finish_put(kvtcd_op *op, size_t base, const uint8_t *src)
 {
     kvtcd_server *srv = op->sess->srv;
     op->t1_ns = uv_hrtime();
@@ -372,6 +373,22 @@ static void finish_put(kvtcd_op *op, size_t base)
     }
     op->hash.done = put_hashed;
     op->hash.arg = op;
+    if (src && op->total < KVTCD_HASH_OFFLOAD_MIN) {
+        /* Small enough to hash here anyway: hash while copying, one pass
+         * over memory instead of two. */
+        int ok = 1;
+        for (uint32_t i = 0; i < op->n_chunks && ok; i++)
+            ok = kvtc_wire_copy_checksum((void *)op->hash.ptr[i],
+                                         src + (op->hash.ptr[i] -
+                                                op->blob->data - base),
+                                         op->hash.len[i], &op->hash.sum[i]) == 0;
+        if (ok) {
+            put_hashed(&op->hash);
+            return;
+        }
+    }
+    if (src)
+        memcpy(op->blob->data + base, src, op->total);
     kvtcd_hashjob_run(srv->loop, &op->hash);
 }
 
@@ -426,7 +443,7 @@ static void complete_recv(kvtcd_op *op, ucs_status_t status)
         return;
     }
     if (op->kind == KVTCD_OP_PUT) {
-        finish_put(op, 0);
+        finish_put(op, 0, NULL);
         return;
     }
     /* KVTCD_OP_RECV: the message (and any bulk after it) has arrived. */
@@ -528,7 +545,7 @@ static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,
          * store, at preoff. */
         op->blob = preblob;
         kvtcd_blob_ref(preblob);
-        finish_put(op, preoff);
+        finish_put(op, preoff, NULL);
         return;
     }
     int rc = kvtcd_index_reserve(&srv->index, total, now, &op->blob);
@@ -543,8 +560,7 @@ static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,
         start_recv(op, rndv_desc, op->blob->data, total);
         return;
     }
-    memcpy(op->blob->data, bulk, total);
-    finish_put(op, 0);
+    finish_put(op, 0, bulk);
     return;
 nomem:
     kvtcd_op_free(op);
