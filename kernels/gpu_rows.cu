@@ -417,6 +417,12 @@ __device__ static inline void kd_static_params(const kvtc__dgroup &gr, float *sh
 }
 __device__ static inline float kd_clamp16(float v) { return fminf(fmaxf(v, -KVTC_F16_MAX), KVTC_F16_MAX); }
 
+/* A group whose per-token codes fill whole bytes (size * bits % 8 == 0) is
+ * packed by the quantizer itself, straight into the symbol bytes: no other
+ * token shares its bytes. Only the others go through the codes scratch and
+ * k_pack. */
+__device__ static inline int kd_direct(const kvtc__dgroup &gr) { return (gr.size * gr.bits) % 8 == 0; }
+
 /* Block per row: small groups a thread each, then large groups a warp each. */
 __global__ void k_quant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *groups,
                         const uint32_t *small, uint32_t nsmall, const uint32_t *large,
@@ -455,8 +461,19 @@ __global__ void k_quant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup
         } else {
             kd_int_params(gr.bits, mn, mx, &sh, &sc, &shf, &scf, &inv);
         }
-        for (uint32_t j = 0; j < gr.size; j++)
-            out[gr.start + j] = kd_code(gr, v[j], shf, scf, inv);
+        if (kd_direct(gr)) {
+            uint8_t *o = C.sym + C.code_off[gi] + (size_t)t * gr.size * gr.bits / 8;
+            uint32_t per = 8 / gr.bits;
+            for (uint32_t b = 0; b < gr.size * gr.bits / 8; b++) {
+                uint32_t byte = 0;
+                for (uint32_t k = 0; k < per; k++)
+                    byte |= (uint32_t)kd_code(gr, v[b * per + k], shf, scf, inv) << (gr.bits * k);
+                o[b] = (uint8_t)byte;
+            }
+        } else {
+            for (uint32_t j = 0; j < gr.size; j++)
+                out[gr.start + j] = kd_code(gr, v[j], shf, scf, inv);
+        }
         if (gr.dyn != UINT32_MAX) {
             sym16[kvtc__shift_off(gr.dyn, C.T) / 2 + t] = sh;
             sym16[kvtc__scale_off(ng, gr.dyn, C.T) / 2 + t] = sc;
@@ -493,8 +510,20 @@ __global__ void k_quant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup
         } else {
             kd_int_params(gr.bits, mn, mx, &sh, &sc, &shf, &scf, &inv);
         }
-        for (uint32_t j = lane; j < gr.size; j += 32)
-            out[gr.start + j] = kd_code(gr, x[gr.start + j], shf, scf, inv);
+        if (kd_direct(gr)) {
+            uint8_t *o = C.sym + C.code_off[gi] + (size_t)t * gr.size * gr.bits / 8;
+            uint32_t per = 8 / gr.bits;
+            for (uint32_t b = lane; b < gr.size * gr.bits / 8; b += 32) {
+                uint32_t byte = 0;
+                for (uint32_t k = 0; k < per; k++)
+                    byte |= (uint32_t)kd_code(gr, x[gr.start + b * per + k], shf, scf, inv)
+                            << (gr.bits * k);
+                o[b] = (uint8_t)byte;
+            }
+        } else {
+            for (uint32_t j = lane; j < gr.size; j += 32)
+                out[gr.start + j] = kd_code(gr, x[gr.start + j], shf, scf, inv);
+        }
         if (lane == 0 && gr.dyn != UINT32_MAX) {
             sym16[kvtc__shift_off(gr.dyn, C.T) / 2 + t] = sh;
             sym16[kvtc__scale_off(ng, gr.dyn, C.T) / 2 + t] = sc;
@@ -527,6 +556,8 @@ __global__ void k_pack(const kvtc__dchunk *ch, const kvtc__dgroup *groups, uint3
     for (uint32_t gi = g0 + blockIdx.x * PACK_GROUPS; gi < g1 && gi < g0 + (blockIdx.x + 1) * PACK_GROUPS;
          gi++) {
         kvtc__dgroup gr = groups[gi];
+        if (kd_direct(gr))
+            continue; /* packed by k_quant */
         uint64_t n_el = (uint64_t)C.T * gr.size, nbytes = (n_el * gr.bits + 7) / 8;
         uint8_t *out = C.sym + C.code_off[gi];
         uint32_t per = 8 / gr.bits;

@@ -460,7 +460,7 @@ int main(int argc, char **argv)
                    "\"value_components\": %u, \"groups\": %u, \"ratio\": %.3f, "
                    "\"compress_ms\": %.3f, \"decompress_ms\": %.3f, \"compress_gbps\": %.2f, "
                    "\"decompress_gbps\": %.2f, \"rel_sq_error\": %.5g, \"cpu_rel_sq_error\": %.5g, "
-                   "\"bf16_gemm\": {\"compress_gbps\": %.2f, \"decompress_gbps\": %.2f, "
+                   "\"variants_run\": %s, \"bf16_gemm\": {\"compress_gbps\": %.2f, \"decompress_gbps\": %.2f, "
                    "\"rel_sq_error\": %.5g}, "
                    "\"nvcomp_algo1\": {\"compress_gbps\": %.2f, \"decompress_gbps\": %.2f, "
                    "\"ratio\": %.3f}, "
@@ -469,7 +469,7 @@ int main(int argc, char **argv)
                    "\"decompress_over_gemm\": %.3f, \"stages_compress_ms\": {",
                 prop.name, n_chunks, raw, pi.key_components, pi.value_components, pi.groups,
                 rb.ratio, rb.enc_ms, rb.dec_ms, enc_gbs, dec_gbs, rb.rel_mse, cpu_rel,
-                gb / (rh.enc_ms * 1e-3), gb / (rh.dec_ms * 1e-3), rh.rel_mse,
+                lean ? "false" : "true", gb / (rh.enc_ms * 1e-3), gb / (rh.dec_ms * 1e-3), rh.rel_mse,
                 gb / (r0.enc_ms * 1e-3), gb / (r0.dec_ms * 1e-3), r0.ratio, gemm_ms, tfl, copy_ms,
                 copy_gbs, rb.enc_ms / gemm_ms, rb.dec_ms / gemm_ms);
         for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
