@@ -316,9 +316,16 @@ class Profile:
 
 class Calibrator:
     def __init__(self, layout, max_rows=0, plan_rows=0, max_components=0, seed=1,
-                 value_weight=0.0):
+                 value_weight=0.0, slab_weights=None):
+        """slab_weights: None or 2*layers floats [layer][k|v] (copied by C)."""
         self._layout = layout
-        p = CalibParams(max_rows, plan_rows, max_components, seed, value_weight)
+        sw = None
+        if slab_weights is not None:
+            if len(slab_weights) != 2 * layout.layers:
+                raise ValueError("slab_weights needs %d values" % (2 * layout.layers))
+            sw = (C.c_float * len(slab_weights))(*slab_weights)
+        p = CalibParams(max_rows, plan_rows, max_components, seed, value_weight,
+                        C.cast(sw, C.POINTER(C.c_float)) if sw is not None else None)
         h = C.c_void_p()
         _check(codec(), "kvtc_calibrator_create",
                codec().kvtc_calibrator_create(C.byref(layout), C.byref(p), C.byref(h)))

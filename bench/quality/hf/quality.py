@@ -405,10 +405,35 @@ def check_rope(model, layout, ids):
     return err
 
 
-def calibrate(args, layout, calib_kvs):
+def sensitivities(model, kv, ids_suffix, rel_noise=0.05, seed=7):
+    """Importance of each (layer, K|V) slab for the model: Gaussian noise of
+    std rel_noise * rms(slab) on that slab alone, KL of the scored tokens vs
+    the clean cache; weight = sqrt(KL / noise power), the codec's
+    slab_weights convention (squared errors then count as the KL they cost).
+    Measured on calibration text, never on the evaluation documents."""
+    ref, _ = score(model, kv, ids_suffix)
+    p_ref = ref.exp()
+    rng = np.random.default_rng(seed)
+    L = kv.shape[0]
+    w = np.zeros(2 * L)
+    kl = np.zeros(2 * L)
+    for li in range(L):
+        for s in (0, 1):
+            x = kv.copy()
+            sl = x[li, s, SINKS:]  # sinks stay raw in kvtc: do not perturb them
+            sigma = rel_noise * float(np.sqrt(np.mean(sl * sl)))
+            sl += rng.standard_normal(sl.shape).astype(np.float32) * sigma
+            lp, _ = score(model, x, ids_suffix)
+            k = float((p_ref * (ref - lp)).sum(-1).mean())
+            kl[2 * li + s] = k
+            w[2 * li + s] = math.sqrt(max(k, 1e-12) / (sigma * sigma))
+    return w, kl
+
+
+def calibrate(args, layout, calib_kvs, slab_weights=None):
     cal = kc.Calibrator(layout, max_rows=args.max_rows, plan_rows=args.plan_rows,
                         max_components=args.max_components, seed=args.seed,
-                        value_weight=args.value_weight)
+                        value_weight=args.value_weight, slab_weights=slab_weights)
     for kv in calib_kvs:
         for t0, n, ch in chunks(kv, args.chunk_tokens):
             cal.add(bf16_bits(ch), n, t0)
@@ -503,6 +528,9 @@ def main():
     ap.add_argument("--plan-rows", type=int, default=0)
     ap.add_argument("--max-components", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--sens", action="store_true",
+                    help="weigh each layer's K and V by the model's measured sensitivity "
+                         "(on calibration text) before the PCA")
     ap.add_argument("--value-weight", type=float, default=0.0,
                     help="planner weight of value vs key errors (0: the codec's default)")
     ap.add_argument("--stage", choices=["deflate", "zstd", "store"], default="deflate")
@@ -571,17 +599,41 @@ def main():
         t = time.perf_counter()
         ckv = [cached_kv(args.cache_dir, "calib", model_path, d, model) for d in calib_docs]
         t_ext = time.perf_counter() - t
-        profile, rows, t_fit, t_plan = calibrate(args, layout, ckv)
+        weights = None
+        if args.sens:
+            # One more calibration-text document, past the calibration ones,
+            # long enough to score after its prefix.
+            sdoc = documents(tok, ctext, args.calib_docs * args.calib_tokens // doc_len + 2,
+                             doc_len)[-1]
+            t = time.perf_counter()
+            skv = cached_kv(args.cache_dir, "sens", model_path, sdoc[:args.prefix], model)
+            weights, skl = sensitivities(model, skv, sdoc[args.prefix:args.prefix + 129])
+            del skv
+            wn = weights / np.exp(np.mean(np.log(weights)))  # geometric mean 1
+            weights = wn
+            calib["sensitivity"] = {"weights": [float(v) for v in wn],
+                                    "kl": [float(v) for v in skl], "rel_noise": 0.05,
+                                    "scored_tokens": 128,
+                                    "seconds": time.perf_counter() - t}
+            log("sensitivity: K weights %s" % " ".join("%.2f" % v for v in wn[0::2]))
+            log("             V weights %s" % " ".join("%.2f" % v for v in wn[1::2]))
+        profile, rows, t_fit, t_plan = calibrate(args, layout, ckv, weights)
         del ckv
         log("calibration: %s, %d docs x %d tokens, %d rows; extract %.1fs, fit %.1fs, "
             "plans %.1fs" % (cname, len(calib_docs), args.calib_tokens, rows, t_ext, t_fit,
                              t_plan))
-        calib = {"text": cname, "docs": len(calib_docs), "tokens_per_doc": args.calib_tokens,
-                 "rows": int(rows), "extract_s": t_ext, "fit_s": t_fit, "plans_s": t_plan,
+        calib.update({"text": cname, "docs": len(calib_docs),
+                 "tokens_per_doc": args.calib_tokens, "rows": int(rows), "extract_s": t_ext, "fit_s": t_fit, "plans_s": t_plan,
                  "value_weight": args.value_weight,
                  "max_rows": args.max_rows, "plan_rows": args.plan_rows,
                  "max_components": args.max_components,
-                 "profile_bytes": len(profile.save()), "profile_id": "%016x" % profile.id}
+                 "profile_bytes": len(profile.save()), "profile_id": "%016x" % profile.id})
+        # The binding's structs must mirror C: the profile's own layout has to
+        # come back field for field as we passed it.
+        pl = profile.layout
+        bad = [n for n, _ in kc.Layout._fields_ if getattr(pl, n) != getattr(layout, n)]
+        if bad:
+            raise SystemExit("profile layout differs from ours in %s: binding out of date?" % bad)
         if args.profile_out:
             profile.save_file(args.profile_out)
         stage = {"deflate": kc.STAGE_DEFLATE, "zstd": kc.STAGE_ZSTD,
