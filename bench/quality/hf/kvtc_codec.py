@@ -114,6 +114,35 @@ class KvtcError(RuntimeError):
         self.code = code
 
 
+_MIRRORS = {"kvtc_layout": Layout, "kvtc_calib_params": CalibParams,
+            "kvtc_plan_info": PlanInfo, "kvtc_chunk": Chunk,
+            "kvtc_container_info": ContainerInfo}
+
+
+def check_header(path=None):
+    """Compare the field names of the mirrored structs with the C header.
+
+    C has no sizeof to ask at run time, and a struct that grew in C but not
+    here makes C read past Python's buffer (it happened): so parse the
+    header's `typedef struct NAME { ... } NAME;` bodies and insist on the
+    same fields in the same order. Raises RuntimeError on a mismatch."""
+    import re
+    if path is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            "..", "..", "..", "include", "kvtc_codec.h")
+    with open(path) as fh:
+        text = re.sub(r"/\*.*?\*/", "", fh.read(), flags=re.S)
+    for name, cls in _MIRRORS.items():
+        m = re.search(r"typedef struct %s \{(.*?)\} %s;" % (name, name), text, re.S)
+        if not m:
+            raise RuntimeError("%s not found in %s" % (name, path))
+        fields = [re.split(r"[\s*]+", d.strip())[-1].split("[")[0]
+                  for d in m.group(1).split(";") if d.strip()]
+        mine = [f for f, _ in cls._fields_]
+        if fields != mine:
+            raise RuntimeError("%s: header has %s, binding has %s" % (name, fields, mine))
+
+
 def _libdir():
     if os.environ.get("KVTC_LIBDIR"):
         return os.environ["KVTC_LIBDIR"]

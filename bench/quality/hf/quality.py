@@ -549,6 +549,8 @@ def main():
     if len(args.targets) > 16:
         raise SystemExit("at most 16 targets (KVTC_MAX_PLANS)")
 
+    if not args.no_kvtc:
+        kc.check_header()
     import torch
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
