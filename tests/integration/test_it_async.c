@@ -46,16 +46,18 @@ static void drive(kvtc_conn *c, int timeout_ms)
     }
 }
 
-Test(it_async, many_in_flight_driven_by_poll, .timeout = 60)
+static void many_in_flight(const char *tls)
 {
     struct itest_daemon d;
-    itest_setup(ITEST_TLS_SM);
+    itest_setup(tls);
     itest_daemon_start(&d, "256M", 0, NULL);
     kvtc_conn *c = itest_connect(&d);
 
-    static kvtc_put_item put[N];
-    static kvtc_get_item get[N];
-    static struct slot ps[N], gs[N];
+    kvtc_put_item put[N];
+    kvtc_get_item get[N];
+    struct slot ps[N], gs[N];
+    memset(ps, 0, sizeof ps);
+    memset(gs, 0, sizeof gs);
     uint8_t *src[N], *dst[N];
     for (int i = 0; i < N; i++) {
         size_t n = i % 8 == 0 ? (2u << 20) + (size_t)i : 1000 + 513 * (size_t)i;
@@ -110,4 +112,14 @@ Test(it_async, many_in_flight_driven_by_poll, .timeout = 60)
         free(dst[i]);
     }
     itest_daemon_stop(&d);
+}
+
+Test(it_async, many_in_flight_driven_by_poll_shared_memory, .timeout = 60)
+{
+    many_in_flight(ITEST_TLS_SM);
+}
+
+Test(it_async, many_in_flight_driven_by_poll_tcp, .timeout = 60)
+{
+    many_in_flight(ITEST_TLS_TCP);
 }
