@@ -13,7 +13,8 @@ int kvtc_cmd_lookup(const struct kvtc_cli_global *g, int argc, char **argv)
     if (a.help) {
         printf("usage: kvtc [-s HOST:PORT] lookup KEY... [--json]\n"
                "Print the number of leading KEYs (a chain, 64 hex digits each) that\n"
-               "are stored. A partial hit is not a failure.\n");
+               "are stored. A partial hit is not a failure; no hit at all is a miss:\n"
+               "the count (0) is printed and the exit status is 1.\n");
         return 0;
     }
     if (a.n_pos == 0)
@@ -43,6 +44,10 @@ int kvtc_cmd_lookup(const struct kvtc_cli_global *g, int argc, char **argv)
         printf("]}\n");
     } else {
         printf("%zu\n", hits);
+    }
+    if (hits == 0) {
+        fprintf(stderr, "kvtc lookup: miss: none of the keys is stored\n");
+        goto cleanup;
     }
     ret = 0;
 cleanup:

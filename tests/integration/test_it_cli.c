@@ -146,6 +146,9 @@ Test(it_cli, put_get_lookup_stats_contract, .timeout = 90)
     cr_expect_eq(atoi(c.out), 2, "lookup of 2 stored keys printed \"%s\"", c.out);
     run_cli(&c, "lookup", k1, k3, k2, NULL);
     cr_expect_eq(atoi(c.out), 1, "lookup k1 k3 k2 printed \"%s\" (exit %d)", c.out, c.code);
+    /* no leading hit at all is a miss: the count, and exit 1 */
+    cr_expect_eq(run_cli(&c, "lookup", k3, k1, NULL, NULL), 1, "lookup miss: exit %d", c.code);
+    cr_expect_eq(atoi(c.out), 0, "lookup miss printed \"%s\"", c.out);
 
     /* stats --json: one JSON object with the counters. */
     cr_assert_eq(run_cli(&c, "stats", "--json", NULL, NULL, NULL), 0, "stats --json: exit %d: %s", c.code, c.err);
