@@ -56,12 +56,13 @@ extern "C" {
 /* UCX rendezvous threshold both kvtcd and libkvtc set on their UCP context
  * when UCX_RNDV_THRESH is not in the environment (UCX's own choice is ~20
  * KiB on TCP). A rendezvous costs several round trips, each one needing
- * both processes on a CPU: measured on loopback TCP (loaded 2-core host)
- * it made 256 KiB - 4 MiB operations 2-25x slower than eager sends of the
- * same bytes. Eager messages up to this size are assembled by UCX on the
- * receiver (one copy more, and up to this many bytes buffered per message
- * in flight); larger ones stay zero-copy rendezvous. */
-#define KVTC_WIRE_RNDV_THRESH "8m"
+ * both processes on a CPU: on a loaded host (2 cores, load 7-12) 256 KiB
+ * puts and gets took 3-7x longer by rendezvous than as eager sends. On an
+ * idle host the two are even at that size, and from a few MiB rendezvous
+ * (zero-copy) wins; eager messages also cost the receiver one copy more and
+ * a buffer of their size while in flight. So below 1 MiB eager, from 1 MiB
+ * on rendezvous. */
+#define KVTC_WIRE_RNDV_THRESH "1m"
 
 /* ---- Frames ----------------------------------------------------------- */
 
