@@ -58,7 +58,7 @@ Test(client_bulk_ep, bound_and_exact, .timeout = 90)
     roundtrip(c, 0);
     /* A plain client beside it still works, and the daemon counts two
      * sessions (a bound endpoint is not a session of its own). */
-    kvtc_conn *plain = itest_connect(&d);
+    kvtc_conn *plain = connect_bulk(&d, KVTC_BULK_OFF);
     cr_assert_eq(kvtc_server_info_get(plain, &info), 0);
     cr_expect_eq(info.bulk_endpoint, 0);
     roundtrip(plain, 10);
@@ -121,6 +121,8 @@ Test(client_bulk_ep, killed_client_frees_session, .timeout = 90)
         }
     }
     close(pfd[1]);
+    /* Connected before the kill, as a scheduler would be. */
+    kvtc_conn *c = itest_connect(&d);
     char ok = 0;
     cr_assert_eq(read(pfd[0], &ok, 1), 1, "child did not connect");
     cr_expect_eq(ok, 's', "child's bulk endpoint not bound");
@@ -128,7 +130,6 @@ Test(client_bulk_ep, killed_client_frees_session, .timeout = 90)
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     close(pfd[0]);
-    kvtc_conn *c = itest_connect(&d);
     cr_expect(itest_wait_stats(c, one_session, NULL, 20000),
               "the killed client's session is still open: %s", itest_log_tail(&d));
     roundtrip(c, 30); /* still serving */
