@@ -516,21 +516,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prefix", type=int, default=1024, help="tokens restored from storage (N)")
     ap.add_argument("--score", type=int, default=256, help="tokens scored after the prefix (S)")
-    ap.add_argument("--eval-docs", type=int, default=4)
-    ap.add_argument("--calib-docs", type=int, default=12)
+    ap.add_argument("--eval-docs", type=int, default=12)
+    ap.add_argument("--calib-docs", type=int, default=24)
     ap.add_argument("--calib-tokens", type=int, default=1024, help="tokens per calibration document")
     ap.add_argument("--chunk-tokens", type=int, default=256)
     ap.add_argument("--targets", type=lambda s: [float(x) for x in s.split(",")],
                     default=[2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64])
     ap.add_argument("--diag", type=lambda s: [float(x) for x in s.split(",") if x],
                     default=[16], help="kvtc targets also run with one stream exact")
-    ap.add_argument("--max-rows", type=int, default=0)
+    ap.add_argument("--max-rows", type=int, default=24576,
+                    help="calibration rows kept for the PCA (0: the codec's 512 MiB default)")
     ap.add_argument("--plan-rows", type=int, default=0)
     ap.add_argument("--max-components", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--sens", action="store_true",
-                    help="weigh each layer's K and V by the model's measured sensitivity "
-                         "(on calibration text) before the PCA")
+    ap.add_argument("--no-sens", dest="sens", action="store_false",
+                    help="do not weigh each layer's K and V by the model's measured "
+                         "sensitivity (on calibration text) before the PCA")
     ap.add_argument("--value-weight", type=float, default=0.0,
                     help="planner weight of value vs key errors (0: the codec's default)")
     ap.add_argument("--stage", choices=["deflate", "zstd", "store"], default="deflate")
