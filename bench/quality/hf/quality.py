@@ -501,6 +501,8 @@ def plot(results, path, title):
             a.set_yscale("symlog", linthresh=0.1)
         else:
             a.set_yscale("log")
+        top = max(fix(r[key]) for r in results if r["kind"] in ("kvtc", "baseline"))
+        a.set_ylim(top=top * 2.5)  # symlog/log autoscale clips the top marker
         a.set_xlabel("achieved compression ratio vs bf16")
         a.set_ylabel(lab)
         a.grid(True, which="both", alpha=0.3)
