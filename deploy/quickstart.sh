@@ -49,4 +49,4 @@ echo "== kvtc: calibrate on 8 sequences, compress the 9th at 4x, store, restore,
 "$bin/kvtc" stats
 
 echo "== what compression does to the model (prefix KV restored, next tokens scored)"
-"$bin/kvtc-quality" --model "$MODEL" --target 4 --calib-seqs 16 --eval-seqs 4 | tail -n 8
+"$bin/kvtc-quality" --model "$MODEL" --target 4 --sens --calib-seqs 16 --eval-seqs 4 | tail -n 10
