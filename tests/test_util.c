@@ -25,6 +25,12 @@ const char *kvtc_test_build_path(const char *rel)
     return join("KVTC_BUILD", "build", rel);
 }
 
+const char *kvtc_test_tmpdir(void)
+{
+    const char *t = getenv("TMPDIR");
+    return t && *t ? t : "/tmp";
+}
+
 void *kvtc_test_read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");

@@ -9,6 +9,8 @@
 const char *kvtc_test_shared_path(const char *rel);
 /* Path of a built artifact under the build folder (KVTC_BUILD). */
 const char *kvtc_test_build_path(const char *rel);
+/* The folder for temporary files: $TMPDIR when set, else /tmp. */
+const char *kvtc_test_tmpdir(void);
 /* Read a whole file; caller frees. NULL on failure. */
 void *kvtc_test_read_file(const char *path, size_t *len);
 

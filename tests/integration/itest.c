@@ -96,18 +96,19 @@ static void rm_tree(const char *dir);
  * gone. */
 static void collect_stale_dirs(void)
 {
-    DIR *dir = opendir("/tmp");
+    const char *tmp = kvtc_test_tmpdir();
+    DIR *dir = opendir(tmp);
     struct dirent *e;
     if (!dir)
         return;
     while ((e = readdir(dir))) {
         int pid;
-        char path[300];
+        char path[512];
         if (sscanf(e->d_name, "kvtc-it-%d-", &pid) != 1 || pid <= 0)
             continue;
         if (kill(pid, 0) == 0 || errno != ESRCH)
             continue;
-        snprintf(path, sizeof path, "/tmp/%s", e->d_name);
+        snprintf(path, sizeof path, "%s/%s", tmp, e->d_name);
         rm_tree(path);
     }
     closedir(dir);
@@ -116,11 +117,11 @@ static void collect_stale_dirs(void)
 void itest_daemon_start(struct itest_daemon *d, const char *host_mem, int port,
                         const char *const *extra)
 {
-    char pf[128], data[128], listen[64];
+    char pf[320], data[320], listen[64];
     const char *bin = kvtc_test_build_path("bin/kvtcd");
     memset(d, 0, sizeof *d);
     collect_stale_dirs();
-    snprintf(d->dir, sizeof d->dir, "/tmp/kvtc-it-%d-XXXXXX", (int)getpid());
+    snprintf(d->dir, sizeof d->dir, "%s/kvtc-it-%d-XXXXXX", kvtc_test_tmpdir(), (int)getpid());
     cr_assert_not_null(mkdtemp(d->dir), "mkdtemp: %s", strerror(errno));
     snprintf(pf, sizeof pf, "%s/ports", d->dir);
     snprintf(data, sizeof data, "%s/data", d->dir);
@@ -203,9 +204,12 @@ int itest_daemon_signal_wait(struct itest_daemon *d, int sig, int timeout_ms)
 
 static void rm_tree(const char *dir)
 {
-    char cmd[256];
-    /* The dir is ours (mkdtemp under /tmp): a fixed pattern, nothing else. */
-    if (strncmp(dir, "/tmp/kvtc-it-", 13) == 0 && !strchr(dir, '\'')) {
+    char cmd[600];
+    /* The dir is ours (mkdtemp in the temp folder): a fixed pattern, nothing else. */
+    const char *tmp = kvtc_test_tmpdir(), *base = strrchr(dir, '/');
+    size_t tl = strlen(tmp);
+    if (strncmp(dir, tmp, tl) == 0 && base == dir + tl && strncmp(base, "/kvtc-it-", 9) == 0 &&
+        !strchr(dir, '\'')) {
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
         if (system(cmd) != 0)
             fprintf(stderr, "itest: could not remove %s\n", dir);

@@ -26,9 +26,9 @@ struct itest_daemon {
     pid_t pid;
     int port;        /* UCX listener */
     int admin_port;  /* HTTP /metrics, /healthz */
-    char dir[64];    /* temp dir: port file, log, data dir */
+    char dir[256];   /* temp dir: port file, log, data dir */
     char addr[64];   /* "127.0.0.1:PORT" */
-    char log[128];
+    char log[320];
     /* Why the next stop skips its leak check (NULL: it checks). For a stop
      * while a connection is still open: LeakSanitizer cannot follow UCX's
      * encoded pointers to a live connection's objects. */

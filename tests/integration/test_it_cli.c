@@ -108,7 +108,7 @@ Test(it_cli, put_get_lookup_stats_contract, .timeout = 90)
     itest_daemon_start(&d, "64M", 0, NULL);
     c.server = d.addr;
 
-    char k1[65], k2[65], k3[65], in[128], out[128];
+    char k1[65], k2[65], k3[65], in[300], out[300];
     kvtc_key key1 = itest_key(0xc1100000u, 1), key2 = itest_key(0xc1100000u, 2),
              key3 = itest_key(0xc1100000u, 3);
     kvtc_key_to_hex(&key1, k1);

@@ -47,7 +47,8 @@ Test(it_config, help_version_and_bad_flags, .timeout = 30)
 Test(it_config, ini_file_with_flag_overrides, .timeout = 30)
 {
     itest_setup(ITEST_TLS_SM);
-    char ini[] = "/tmp/kvtc-it-ini-XXXXXX";
+    char ini[512];
+    snprintf(ini, sizeof ini, "%s/kvtc-it-ini-XXXXXX", kvtc_test_tmpdir());
     int fd = mkstemp(ini);
     cr_assert_geq(fd, 0);
     close(fd);

@@ -11,7 +11,7 @@
 #include "../../bench/quality/llama_model.h"
 #include "test_util.h"
 
-static char dir[64];
+static char dir[200];
 
 static void write_kv(kvtc_llama *m, kvtc_llama_state *s, uint64_t seed, const char *path)
 {
@@ -46,7 +46,7 @@ Test(cli_codec, calibrate_encode_inspect_decode_on_real_kv)
     snprintf(model, sizeof model, "%s", shared);
     const char *kvtc = kvtc_test_build_path("bin/kvtc");
     snprintf(bin, sizeof bin, "%s", kvtc);
-    strcpy(dir, "/tmp/kvtc-cli-XXXXXX");
+    snprintf(dir, sizeof dir, "%s/kvtc-cli-XXXXXX", kvtc_test_tmpdir());
     cr_assert(mkdtemp(dir));
     kvtc_llama *m;
     kvtc_llama_state *s;

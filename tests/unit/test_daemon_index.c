@@ -14,6 +14,7 @@
 #include "log.h"
 #include "tier.h"
 #include "wire.h"
+#include "test_util.h"
 
 static void make_key(uint8_t key[32], uint32_t i)
 {
@@ -339,8 +340,8 @@ Test(daemon_config, defaults)
 
 static char *write_ini(const char *text)
 {
-    static char path[64];
-    snprintf(path, sizeof path, "/tmp/kvtcd-test-%d.ini", (int)getpid());
+    static char path[512];
+    snprintf(path, sizeof path, "%s/kvtcd-test-%d.ini", kvtc_test_tmpdir(), (int)getpid());
     FILE *f = fopen(path, "w");
     cr_assert_not_null(f);
     fputs(text, f);

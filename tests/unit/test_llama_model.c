@@ -57,7 +57,8 @@ Test(llama_model, rejects_bad_files)
     size_t len = 0;
     unsigned char *buf = kvtc_test_read_file(path, &len);
     cr_assert_not_null(buf);
-    char tmp[] = "/tmp/kvtc-llama-XXXXXX";
+    char tmp[512];
+    snprintf(tmp, sizeof tmp, "%s/kvtc-llama-XXXXXX", kvtc_test_tmpdir());
     int fd = mkstemp(tmp);
     cr_assert(fd >= 0);
     close(fd);
