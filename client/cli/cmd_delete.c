@@ -50,17 +50,16 @@ static int keys_cmd(const struct kvtc_cli_global *g, int argc, char **argv, enum
     }
     if (a.n_pos == 0)
         return kvtc_cli_usage(&a, "needs at least one KEY");
-    kvtc_key *keys = calloc(a.n_pos, sizeof *keys);
+    kvtc_key *keys = kvtc_cli_keys(&a);
     int *st = calloc(a.n_pos, sizeof *st);
     kvtc_conn *c = NULL;
     int ret = 1;
-    if (!keys || !st) {
-        kvtc_cli_fail(&a, "keys", KVTC_ENOMEM, NULL);
+    if (!keys)
+        goto cleanup;
+    if (!st) {
+        kvtc_cli_fail(&a, "statuses", KVTC_ENOMEM, NULL);
         goto cleanup;
     }
-    for (size_t i = 0; i < a.n_pos; i++)
-        if (kvtc_cli_key(&a, a.pos[i], &keys[i]))
-            goto cleanup;
     if (!(c = kvtc_cli_connect(g, &a)))
         goto cleanup;
     kvtc_op_params p = {0};

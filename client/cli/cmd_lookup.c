@@ -19,17 +19,16 @@ int kvtc_cmd_lookup(const struct kvtc_cli_global *g, int argc, char **argv)
     }
     if (a.n_pos == 0)
         return kvtc_cli_usage(&a, "needs at least one KEY");
-    kvtc_key *keys = calloc(a.n_pos, sizeof *keys);
+    kvtc_key *keys = kvtc_cli_keys(&a);
     uint32_t *tiers = calloc(a.n_pos, sizeof *tiers);
     kvtc_conn *c = NULL;
     int ret = 1;
-    if (!keys || !tiers) {
-        kvtc_cli_fail(&a, "keys", KVTC_ENOMEM, NULL);
+    if (!keys)
+        goto cleanup;
+    if (!tiers) {
+        kvtc_cli_fail(&a, "tiers", KVTC_ENOMEM, NULL);
         goto cleanup;
     }
-    for (size_t i = 0; i < a.n_pos; i++)
-        if (kvtc_cli_key(&a, a.pos[i], &keys[i]))
-            goto cleanup;
     if (!(c = kvtc_cli_connect(g, &a)))
         goto cleanup;
     size_t hits = 0;

@@ -111,6 +111,21 @@ int kvtc_cli_key(const struct kvtc_cli_args *a, const char *hex, kvtc_key *out)
     return rc;
 }
 
+kvtc_key *kvtc_cli_keys(const struct kvtc_cli_args *a)
+{
+    kvtc_key *keys = calloc(a->n_pos ? a->n_pos : 1, sizeof *keys);
+    if (!keys) {
+        kvtc_cli_fail(a, "keys", KVTC_ENOMEM, NULL);
+        return NULL;
+    }
+    for (size_t i = 0; i < a->n_pos; i++)
+        if (kvtc_cli_key(a, a->pos[i], &keys[i])) {
+            free(keys);
+            return NULL;
+        }
+    return keys;
+}
+
 int kvtc_cli_size(const char *s, uint64_t *out)
 {
     char *end;

@@ -46,6 +46,9 @@ const char *kvtc_cli_server(const struct kvtc_cli_global *g);
 
 /* Parse a 64-hex-digit key; prints the error line on failure. */
 int kvtc_cli_key(const struct kvtc_cli_args *a, const char *hex, kvtc_key *out);
+/* Every positional argument parsed as a key, in a malloc'ed array the
+ * caller frees; NULL (error line printed) on a bad key or no memory. */
+kvtc_key *kvtc_cli_keys(const struct kvtc_cli_args *a);
 
 /* "4096", "256K", "4M", "1G" (binary units) -> bytes. 0 or KVTC_EINVAL. */
 int kvtc_cli_size(const char *s, uint64_t *out);
