@@ -1,0 +1,60 @@
+/* store_gpu.h - the GPU tier: one slab of the daemon's own GPU memory,
+ * carved into extents, filled and drained with asynchronous copies.
+ *
+ * The CUDA driver (libcuda.so.1) is loaded at run time with dlopen, so
+ * kvtcd builds and runs without CUDA; kvtcd_gpu_open() then fails with
+ * KVTC_ENOTSUP and the daemon serves from its other tiers. Debian's UCX
+ * cannot send from device memory (DESIGN.md section 6): a chunk on the GPU
+ * is copied to a host buffer before it is sent, and into the slab from the
+ * host buffer it arrived in.
+ *
+ * Copies go through pinned staging buffers owned by the store on one CUDA
+ * stream; completion is reported to the loop thread (uv_async). Host
+ * buffers passed in need not be pinned.
+ *
+ * Loop-thread only; callbacks run on the loop thread, never inline. */
+#ifndef KVTCD_STORE_GPU_H
+#define KVTCD_STORE_GPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct kvtcd_gpu kvtcd_gpu;
+
+/* An extent of the slab. */
+typedef struct kvtcd_gpu_loc {
+    uint64_t off;
+    uint64_t len;
+} kvtcd_gpu_loc;
+
+/* Open device `device` and allocate a slab of capacity bytes. Errors:
+ * KVTC_ENOTSUP (no driver, no device: logged once by the caller),
+ * KVTC_ENOMEM (the device refused the slab), KVTC_EINVAL. */
+int kvtcd_gpu_open(uv_loop_t *loop, int device, uint64_t capacity,
+                   kvtcd_gpu **out);
+/* Wait for in-flight copies (their callbacks get KVTC_ECANCELED if not
+ * yet reported), free the slab, then call closed(arg) from the loop. */
+void kvtcd_gpu_close(kvtcd_gpu *g, void (*closed)(void *arg), void *arg);
+
+/* Reserve len bytes of the slab. KVTC_EFULL when no extent fits. */
+int kvtcd_gpu_alloc(kvtcd_gpu *g, uint64_t len, kvtcd_gpu_loc *out);
+void kvtcd_gpu_free(kvtcd_gpu *g, const kvtcd_gpu_loc *loc);
+
+typedef void (*kvtcd_gpu_cb)(void *arg, int status);
+/* Copy len bytes host -> slab at loc (src valid until cb). */
+int kvtcd_gpu_write(kvtcd_gpu *g, const kvtcd_gpu_loc *loc, const void *src,
+                    uint64_t len, kvtcd_gpu_cb cb, void *arg);
+/* Copy len bytes slab at loc -> host dst. */
+int kvtcd_gpu_read(kvtcd_gpu *g, const kvtcd_gpu_loc *loc, void *dst,
+                   uint64_t len, kvtcd_gpu_cb cb, void *arg);
+
+typedef struct kvtcd_gpu_stats {
+    uint64_t capacity, used;
+    uint64_t bytes_written, bytes_read; /* host->GPU, GPU->host */
+    uint64_t errors;
+    char device_name[128];
+} kvtcd_gpu_stats;
+void kvtcd_gpu_get_stats(const kvtcd_gpu *g, kvtcd_gpu_stats *out);
+
+#endif
