@@ -12,7 +12,7 @@ pkgs="build-essential pkg-config git ca-certificates python3 python3-venv python
       libuv1-dev libucx-dev ucx-utils libprotobuf-c-dev protobuf-c-compiler
       libinih-dev liburing-dev libhttp-parser-dev libssl-dev
       redis-server libhiredis-dev fio
-      python3-doc fortunes-min python3-matplotlib"
+      python3-doc fortunes-min python3-matplotlib python3-numpy"
 
 missing=""
 for p in $pkgs; do
