@@ -46,7 +46,7 @@ HEADERS := $(wildcard include/*.h)
 all:
 
 # Order matters: a module may name the libraries of those before it.
-MODULE_ORDER := common codec kernels proto client daemon client/cli tests tests/fuzz \
+MODULE_ORDER := common codec models kernels proto client daemon client/cli tests tests/fuzz \
                 bench/quality bench/quality/hf bench/transport bench/tiers bench/gpu bench/e2e
 MODULE_FILES := $(wildcard $(MODULE_ORDER:%=%/module.mk))
 include $(MODULE_FILES)

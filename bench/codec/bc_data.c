@@ -1,6 +1,6 @@
 #include "bc.h"
 
-#include "../quality/llama_model.h"
+#include "llama_model.h"
 
 #include <cblas.h>
 #include <math.h>

@@ -1,8 +1,9 @@
-# bench/quality: the stories260K runner and the baseline quantizers
-# (libkvtc_bench.{a,so}; the .so serves the Python harness through ctypes),
+# bench/quality: the baseline quantizers plus the stories260K runner of
+# models/ (libkvtc_bench.{a,so}; the .so serves the Python harness through
+# ctypes, which needs only the kvtc_bl_* symbols),
 # kvtc-quality, and `make bench-quality` (JSON + PNG in bench/results/).
-BENCHQ_SRCS := bench/quality/llama_model.c bench/quality/baselines.c
-BENCHQ_OBJS := $(BENCHQ_SRCS:%.c=$(OBJ)/%.o)
+BENCHQ_SRCS := bench/quality/baselines.c
+BENCHQ_OBJS := $(BENCHQ_SRCS:%.c=$(OBJ)/%.o) $(MODEL_OBJS)
 BENCHQ_A  := $(LIBDIR)/libkvtc_bench.a
 BENCHQ_SO := $(LIBDIR)/libkvtc_bench.so
 LIBS += $(BENCHQ_A) $(BENCHQ_SO)

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "../../bench/quality/baselines.h"
-#include "../../bench/quality/llama_model.h"
+#include "llama_model.h"
 #include "../test_util.h"
 
 static kvtc_layout shape(uint32_t layers, uint32_t kv_heads, uint32_t head_dim)

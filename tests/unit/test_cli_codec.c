@@ -8,7 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../../bench/quality/llama_model.h"
+#include "llama_model.h"
 #include "test_util.h"
 
 static char dir[200];

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../bench/quality/llama_model.h"
+#include "llama_model.h"
 #include "../test_util.h"
 
 static kvtc_llama *load_or_skip(void)

@@ -1,6 +1,7 @@
 /* llama_model.h - a small fp32 runner for llama2.c checkpoints (stories260K),
- * the source of real KV caches and next-token distributions for the quality
- * benchmark and the tests.
+ * the source of real KV caches and next-token distributions for `kvtc demo`,
+ * the quality benchmark and the tests. It lives outside bench/ because the
+ * CLI links it (libkvtc_model.a); libkvtc_bench carries it too.
  *
  * The model (weights) is immutable once loaded and may be shared by threads;
  * a state (KV cache + scratch) belongs to one thread at a time.
@@ -8,8 +9,8 @@
  * KV is exchanged in kvtc's canonical chunk layout
  * [layer][k|v][token][kv_head][head_dim], float32, keys after RoPE
  * (interleaved pairs, theta 10000), exactly as the runner caches them. */
-#ifndef KVTC_BENCH_LLAMA_MODEL_H
-#define KVTC_BENCH_LLAMA_MODEL_H
+#ifndef KVTC_LLAMA_MODEL_H
+#define KVTC_LLAMA_MODEL_H
 
 #include <stddef.h>
 #include <stdint.h>
