@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -114,25 +115,36 @@ static void collect_stale_dirs(void)
     closedir(dir);
 }
 
-void itest_daemon_start(struct itest_daemon *d, const char *host_mem, int port,
-                        const char *const *extra)
+void itest_daemon_prepare(struct itest_daemon *d)
 {
-    char pf[320], data[320], listen[64];
-    const char *bin = kvtc_test_build_path("bin/kvtcd");
+    char data[320];
     memset(d, 0, sizeof *d);
     collect_stale_dirs();
     snprintf(d->dir, sizeof d->dir, "%s/kvtc-it-%d-XXXXXX", kvtc_test_tmpdir(), (int)getpid());
     cr_assert_not_null(mkdtemp(d->dir), "mkdtemp: %s", strerror(errno));
-    snprintf(pf, sizeof pf, "%s/ports", d->dir);
     snprintf(data, sizeof data, "%s/data", d->dir);
     snprintf(d->log, sizeof d->log, "%s/kvtcd.log", d->dir);
-    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     mkdir(data, 0700);
+}
 
-    const char *argv[32] = {bin, "--listen", listen, "--admin", "127.0.0.1:0", "--host-mem",
+void itest_daemon_launch(struct itest_daemon *d, const char *host_mem, int port,
+                         const char *const *extra)
+{
+    char pf[320], data[320], listen[64];
+    const char *bin = kvtc_test_build_path("bin/kvtcd");
+    cr_assert(d->dir[0] && d->pid <= 0, "itest_daemon_launch: prepare first, stop the last one");
+    snprintf(pf, sizeof pf, "%s/ports", d->dir);
+    snprintf(data, sizeof data, "%s/data", d->dir);
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    /* A restart must not read the last run's ports. */
+    unlink(pf);
+    d->port = d->admin_port = 0;
+    d->pid = 0;
+
+    const char *argv[40] = {bin, "--listen", listen, "--admin", "127.0.0.1:0", "--host-mem",
                             host_mem, "--data-dir", data, "--port-file", pf};
     int argc = 11;
-    for (int i = 0; extra && extra[i] && argc < 31; i++)
+    for (int i = 0; extra && extra[i] && argc < 39; i++)
         argv[argc++] = extra[i];
     argv[argc] = NULL;
 
@@ -144,7 +156,8 @@ void itest_daemon_start(struct itest_daemon *d, const char *host_mem, int port,
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent)
             _exit(127);
-        int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        /* Append: a restarted daemon's log follows the last run's. */
+        int fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
         if (fd >= 0) {
             dup2(fd, 1);
             dup2(fd, 2);
@@ -169,6 +182,13 @@ void itest_daemon_start(struct itest_daemon *d, const char *host_mem, int port,
     if (port)
         cr_assert_eq(d->port, port, "kvtcd listens on %d, asked %d", d->port, port);
     snprintf(d->addr, sizeof d->addr, "127.0.0.1:%d", d->port);
+}
+
+void itest_daemon_start(struct itest_daemon *d, const char *host_mem, int port,
+                        const char *const *extra)
+{
+    itest_daemon_prepare(d);
+    itest_daemon_launch(d, host_mem, port, extra);
 }
 
 int itest_daemon_alive(struct itest_daemon *d)
@@ -202,6 +222,33 @@ int itest_daemon_signal_wait(struct itest_daemon *d, int sig, int timeout_ms)
     return st;
 }
 
+/* Detach every mount at or under dir (a tmpfs a failed test left behind),
+ * so removing the tree cannot descend into a live mount or leave one
+ * behind. Mount points are listed in /proc/self/mounts with spaces etc.
+ * escaped as octal; our dirs have none. */
+static void detach_mounts(const char *dir)
+{
+    size_t dl = strlen(dir);
+    for (int pass = 0; pass < 4; pass++) {
+        FILE *f = fopen("/proc/self/mounts", "r");
+        char line[1024], mnt[512];
+        int found = 0;
+        if (!f)
+            return;
+        while (fgets(line, sizeof line, f)) {
+            if (sscanf(line, "%*s %511s", mnt) != 1)
+                continue;
+            if (strncmp(mnt, dir, dl) == 0 && (mnt[dl] == '\0' || mnt[dl] == '/')) {
+                umount2(mnt, MNT_DETACH);
+                found = 1;
+            }
+        }
+        fclose(f);
+        if (!found)
+            return;
+    }
+}
+
 static void rm_tree(const char *dir)
 {
     char cmd[600];
@@ -210,6 +257,7 @@ static void rm_tree(const char *dir)
     size_t tl = strlen(tmp);
     if (strncmp(dir, tmp, tl) == 0 && base == dir + tl && strncmp(base, "/kvtc-it-", 9) == 0 &&
         !strchr(dir, '\'')) {
+        detach_mounts(dir);
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
         if (system(cmd) != 0)
             fprintf(stderr, "itest: could not remove %s\n", dir);
@@ -416,4 +464,82 @@ int itest_run(char *const argv[], char **out, char **err)
     fclose(fo);
     fclose(fe);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* ---- Metrics and file-system helpers (tiers) ------------------------ */
+
+/* The value of the first sample of name in a Prometheus text body. name is
+ * matched up to the value: "kvtc_x" matches "kvtc_x 3" only, and
+ * "kvtc_x{tier=\"disk\"}" matches that series. */
+int itest_metric(const char *body, const char *name, double *out)
+{
+    size_t nl = strlen(name);
+    for (const char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (*p == '#' || strncmp(p, name, nl) || (p[nl] != ' ' && p[nl] != '\t'))
+            continue;
+        char *end;
+        double v = strtod(p + nl + 1, &end);
+        if (end == p + nl + 1)
+            return -1;
+        *out = v;
+        return 0;
+    }
+    return -1;
+}
+
+double itest_metric_sum(const char *body, const char *base, int *count)
+{
+    size_t bl = strlen(base);
+    double sum = 0;
+    int n = 0;
+    for (const char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (*p == '#' || strncmp(p, base, bl) || (p[bl] != '{' && p[bl] != ' '))
+            continue;
+        const char *v = p[bl] == '{' ? strchr(p + bl, '}') : p + bl;
+        if (!v)
+            continue;
+        v += v[0] == '}';
+        char *end;
+        double x = strtod(v, &end);
+        if (end != v) {
+            sum += x;
+            n++;
+        }
+    }
+    if (count)
+        *count = n;
+    return sum;
+}
+
+char *itest_metrics_body(const struct itest_daemon *d)
+{
+    char *body = NULL;
+    int code = itest_http_get(d->admin_port, "/metrics", &body);
+    cr_assert_eq(code, 200, "/metrics: HTTP %d\n%s", code, itest_log_tail(d));
+    cr_assert_not_null(body);
+    return body;
+}
+
+int itest_daemon_kill9(struct itest_daemon *d)
+{
+    int st = itest_daemon_signal_wait(d, SIGKILL, 10000);
+    return st != -1 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL;
+}
+
+int itest_mount_tmpfs(const char *dir, const char *size)
+{
+    char opts[64];
+    snprintf(opts, sizeof opts, "size=%s", size);
+    if (mkdir(dir, 0700) && errno != EEXIST)
+        return -errno;
+    if (mount("tmpfs", dir, "tmpfs", 0, opts))
+        return -errno;
+    return 0;
+}
+
+void itest_umount(const char *dir)
+{
+    /* Lazy: a daemon killed a moment ago may still hold files open. */
+    if (umount2(dir, MNT_DETACH) && errno != EINVAL && errno != ENOENT)
+        fprintf(stderr, "itest: umount %s: %s\n", dir, strerror(errno));
 }

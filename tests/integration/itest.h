@@ -46,6 +46,18 @@ void itest_setup(const char *tls);
 void itest_daemon_start(struct itest_daemon *d, const char *host_mem, int port,
                         const char *const *extra);
 
+/* The two halves of itest_daemon_start, for restarts on the same data:
+ * prepare makes d's temp dir (d->dir; put a --disk-dir under it), launch
+ * starts kvtcd there (again after a stop by signal: the port file is reset,
+ * the log appended, the port is new unless port != 0). */
+void itest_daemon_prepare(struct itest_daemon *d);
+void itest_daemon_launch(struct itest_daemon *d, const char *host_mem, int port,
+                         const char *const *extra);
+
+/* SIGKILL and reap; returns 1 when the daemon died of that signal (0 when
+ * it had already exited some other way). d->dir stays for a relaunch. */
+int itest_daemon_kill9(struct itest_daemon *d);
+
 /* Send sig and wait for the exit; returns the raw wait status (-1 when it
  * had to be killed after a timeout). Asserts nothing. */
 int itest_daemon_signal_wait(struct itest_daemon *d, int sig, int timeout_ms);
@@ -83,6 +95,25 @@ int itest_check(const void *buf, size_t len, uint64_t seed);
 /* HTTP GET of path on the admin port. Returns the status code (or -1) and
  * the body in *body (malloc'd, NUL-terminated; caller frees). */
 int itest_http_get(int port, const char *path, char **body);
+
+/* /metrics of the daemon (asserting HTTP 200); caller frees. */
+char *itest_metrics_body(const struct itest_daemon *d);
+
+/* One sample of a Prometheus text body: name is the metric name with its
+ * labels exactly as printed ("kvtc_chunks", "kvtc_x{tier=\"disk\"}").
+ * Returns 0 and *out, or -1 when absent. */
+int itest_metric(const char *body, const char *name, double *out);
+
+/* Sum of every series of metric base (any labels); *count (may be NULL)
+ * gets how many series there were. */
+double itest_metric_sum(const char *body, const char *base, int *count);
+
+/* Mount a tmpfs of size ("8m") on dir (created if missing). Returns 0 or
+ * -errno (EPERM when not root: the caller skips). itest_umount detaches
+ * it; itest_daemon_stop and the stale-dir sweep also detach mounts left
+ * under a daemon's temp dir. */
+int itest_mount_tmpfs(const char *dir, const char *size);
+void itest_umount(const char *dir);
 
 /* Run argv (argv[0] a path) with stdout and stderr captured into malloc'd
  * strings; returns the exit status (-1 on a signal). */
