@@ -1,0 +1,219 @@
+"""ctypes mirrors of the structs and constants of include/kvtc.h.
+
+Field for field, in the header's order: ctypes applies the C compiler's
+natural alignment, so the padding matches. C has no sizeof to ask at run
+time and a struct that grows in C but not here makes C write past Python's
+buffer, so check_header() (run by the tests) compares the field names with
+the header text.
+"""
+
+import ctypes as C
+import os
+import re
+
+KEY_BYTES = 32
+
+# enum kvtc_dtype (kvtc_codec.h)
+DTYPE_BF16, DTYPE_FP16, DTYPE_FP32, DTYPE_FP8_E4M3 = 1, 2, 3, 4
+# enum kvtc_rope_style
+ROPE_NONE, ROPE_INTERLEAVED, ROPE_HALF_SPLIT = 0, 1, 2
+# enum kvtc_rope_scaling
+ROPE_SCALING_NONE, ROPE_SCALING_LINEAR, ROPE_SCALING_LLAMA3 = 0, 1, 2
+# enum kvtc_mem
+MEM_AUTO, MEM_HOST, MEM_CUDA = 0, 1, 2
+# enum kvtc_tier
+TIER_NAMES = {0: None, 1: "gpu", 2: "host", 3: "disk"}
+# enum kvtc_conn_param_field
+CONN_TENANT, CONN_TOKEN, CONN_CLIENT_NAME = 1 << 0, 1 << 1, 1 << 2
+CONN_CONNECT_TIMEOUT, CONN_OP_TIMEOUT, CONN_SPIN, CONN_BULK = 1 << 3, 1 << 4, 1 << 5, 1 << 6
+# enum kvtc_put_field / kvtc_put_flags / kvtc_get_field
+PUT_PARENT, PUT_LAYOUT, PUT_FLAGS, PUT_MEM = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+PUT_LIVE_WINDOW = 1 << 0
+GET_MEM = 1 << 0
+# enum kvtc_op_param_field
+OP_CALLBACK, OP_TTL, OP_TIMEOUT = 1 << 0, 1 << 1, 1 << 2
+# enum kvtc_engine_layout_field
+ENGINE_PAGED = 1 << 0
+
+STATS_FIELDS = ("chunks", "bytes_used", "bytes_capacity", "puts", "gets", "hits",
+                "misses", "evictions", "rejected_full", "sessions", "bytes_in",
+                "bytes_out", "errors", "uptime_ms")
+
+
+class Key(C.Structure):
+    _fields_ = [("bytes", C.c_uint8 * KEY_BYTES)]
+
+
+class Layout(C.Structure):
+    """kvtc_layout: the canonical chunk's shape and RoPE parameters."""
+    _fields_ = [
+        ("layers", C.c_uint32),
+        ("kv_heads", C.c_uint32),
+        ("head_dim", C.c_uint32),
+        ("dtype", C.c_uint32),
+        ("chunk_tokens", C.c_uint32),
+        ("rope_style", C.c_uint32),
+        ("rope_scaling", C.c_uint32),
+        ("rope_orig_max_pos", C.c_uint32),
+        ("rope_theta", C.c_float),
+        ("rope_factor", C.c_float),
+        ("rope_low_freq_factor", C.c_float),
+        ("rope_high_freq_factor", C.c_float),
+    ]
+
+    def as_dict(self):
+        return {n: getattr(self, n) for n, _ in self._fields_}
+
+    def __repr__(self):
+        return "Layout(%s)" % ", ".join("%s=%r" % kv for kv in self.as_dict().items())
+
+
+class KvView(C.Structure):
+    _fields_ = [
+        ("base", C.c_void_p),
+        ("token_stride", C.c_int64),
+        ("head_stride", C.c_int64),
+        ("block_stride", C.c_int64),
+    ]
+
+
+class EngineLayout(C.Structure):
+    _fields_ = [
+        ("field_mask", C.c_uint64),
+        ("layers", C.c_uint32),
+        ("kv_heads", C.c_uint32),
+        ("head_dim", C.c_uint32),
+        ("elem_size", C.c_uint32),
+        ("views", C.POINTER(KvView)),
+        ("block_tokens", C.c_uint32),
+        ("block_table", C.POINTER(C.c_uint32)),
+        ("n_blocks", C.c_size_t),
+    ]
+
+
+class ConnParams(C.Structure):
+    _fields_ = [
+        ("field_mask", C.c_uint64),
+        ("tenant", C.c_char_p),
+        ("token", C.c_char_p),
+        ("client_name", C.c_char_p),
+        ("connect_timeout_ms", C.c_uint32),
+        ("op_timeout_ms", C.c_uint32),
+        ("spin_us", C.c_uint32),
+        ("bulk", C.c_uint32),
+    ]
+
+
+class ServerInfo(C.Structure):
+    _fields_ = [
+        ("major", C.c_uint32),
+        ("minor", C.c_uint32),
+        ("session_id", C.c_uint64),
+        ("max_chunk_bytes", C.c_uint64),
+        ("max_batch", C.c_uint32),
+        ("server_version", C.c_char * 64),
+        ("device_memory", C.c_int),
+        ("bulk_endpoint", C.c_uint32),
+        ("reserved32", C.c_uint32),
+        ("reserved", C.c_uint64 * 7),
+    ]
+
+
+class PutItem(C.Structure):
+    _fields_ = [
+        ("field_mask", C.c_uint64),
+        ("key", Key),
+        ("parent", Key),
+        ("data", C.c_void_p),
+        ("size", C.c_size_t),
+        ("layout", C.POINTER(Layout)),
+        ("first_pos", C.c_uint32),
+        ("n_tokens", C.c_uint32),
+        ("flags", C.c_uint32),
+        ("mem", C.c_uint32),
+        ("status", C.c_int),
+        ("reserved", C.c_uint64 * 4),
+    ]
+
+
+class GetItem(C.Structure):
+    _fields_ = [
+        ("field_mask", C.c_uint64),
+        ("key", Key),
+        ("buf", C.c_void_p),
+        ("capacity", C.c_size_t),
+        ("mem", C.c_uint32),
+        ("status", C.c_int),
+        ("size", C.c_size_t),
+        ("tier", C.c_uint32),
+        ("has_layout", C.c_int),
+        ("layout", Layout),
+        ("first_pos", C.c_uint32),
+        ("n_tokens", C.c_uint32),
+        ("reserved", C.c_uint64 * 4),
+    ]
+
+
+class Stats(C.Structure):
+    _fields_ = ([("field_mask", C.c_uint64)] + [(n, C.c_uint64) for n in STATS_FIELDS]
+                + [("reserved", C.c_uint64 * 8)])
+
+
+DoneCb = C.CFUNCTYPE(None, C.c_int, C.c_void_p)
+
+
+class OpParams(C.Structure):
+    _fields_ = [
+        ("field_mask", C.c_uint64),
+        ("cb", DoneCb),
+        ("arg", C.c_void_p),
+        ("ttl_ms", C.c_uint32),
+        ("timeout_ms", C.c_uint32),
+    ]
+
+
+# C struct name -> (header, mirror)
+MIRRORS = {
+    "kvtc_key": ("kvtc.h", Key), "kvtc_layout": ("kvtc_codec.h", Layout),
+    "kvtc_kv_view": ("kvtc.h", KvView), "kvtc_engine_layout": ("kvtc.h", EngineLayout),
+    "kvtc_conn_params": ("kvtc.h", ConnParams), "kvtc_server_info": ("kvtc.h", ServerInfo),
+    "kvtc_put_item": ("kvtc.h", PutItem), "kvtc_get_item": ("kvtc.h", GetItem),
+    "kvtc_stats": ("kvtc.h", Stats), "kvtc_op_params": ("kvtc.h", OpParams),
+}
+
+
+def header_fields(text, name):
+    """Field names of `typedef struct NAME { ... } NAME;` in header text, in
+    order; declarations like `uint32_t a, b;` give both names."""
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    m = re.search(r"typedef struct %s \{(.*?)\} %s;" % (name, name), text, re.S)
+    if not m:
+        raise RuntimeError("struct %s not found" % name)
+    out = []
+    for decl in m.group(1).split(";"):
+        decl = decl.strip()
+        if not decl:
+            continue
+        if "(" in decl:  # function pointer: name inside (*name)
+            out.append(re.search(r"\(\s*\*\s*(\w+)\s*\)", decl).group(1))
+            continue
+        first, *rest = decl.split(",")
+        names = [re.split(r"[\s*]+", first.strip())[-1]] + [r.strip(" *") for r in rest]
+        out += [n.split("[")[0] for n in names]
+    return out
+
+
+def check_header(include_dir=None):
+    """Raise RuntimeError when a mirror's fields differ from the header's."""
+    if include_dir is None:
+        include_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                   "..", "..", "..", "include")
+    texts = {}
+    for cname, (hdr, cls) in MIRRORS.items():
+        if hdr not in texts:
+            with open(os.path.join(include_dir, hdr)) as fh:
+                texts[hdr] = fh.read()
+        want = header_fields(texts[hdr], cname)
+        mine = [f for f, _ in cls._fields_]
+        if want != mine:
+            raise RuntimeError("%s: header has %s, binding has %s" % (cname, want, mine))

@@ -1,0 +1,386 @@
+"""Client: one libkvtc connection to a kvtcd, with blocking operations.
+
+Misses: get() raises NotFound (a KeyError and a KvtcError with code
+KVTC_ENOENT); get_many() returns None in a missed key's place, since a batch
+that partly hits is the normal case for a prefix. lookup() counts leading
+hits and never raises for misses.
+
+Thread-safety: libkvtc lets one thread at a time use a connection, so each
+Client serializes its calls with a lock; sharing one Client between threads
+is safe but not parallel (use one Client per thread for that). ctypes
+releases the GIL during the C calls.
+
+fork(): UCX does not survive it. Create Clients after forking (or in the
+child after exec), never before, as libkvtc documents.
+
+Modes: the daemon stores and serves raw chunks only for now. put(mode=) and
+get(want=) exist so code written today keeps working when compressed modes
+arrive; anything but "raw" raises NotImplementedError until then.
+"""
+
+import ctypes as C
+import os
+import threading
+
+import numpy as np
+
+from . import _lib
+from . import _types as T
+from . import buffers
+from .errors import KVTC_ENOENT, KVTC_ENOSPC, error
+from .keys import key_array, to_bytes, to_struct
+
+# Fetch size tried first when get() has no out: grows to the largest chunk
+# seen, so a second round trip (after KVTC_ENOSPC) happens once per size.
+_FIRST_HINT = 1 << 20
+
+
+def _raw_only(kind, value):
+    if value != "raw":
+        raise NotImplementedError(
+            "%s=%r: the daemon serves raw chunks only for now; compressed modes "
+            "come with a later kvtcd (use %s=\"raw\")" % (kind, value, kind))
+
+
+def make_layout(layout=None, **fields):
+    """A kvtc_layout from a Layout, a dict of its fields, or keywords
+    (layers, kv_heads, head_dim, dtype, chunk_tokens, rope_*). Unset fields
+    are 0. Checked against libkvtc's bounds: KvtcError(KVTC_EINVAL)."""
+    if isinstance(layout, T.Layout):
+        out = T.Layout.from_buffer_copy(layout)
+    else:
+        out = T.Layout()
+        fields = dict(layout or {}, **fields)
+    for name, value in fields.items():
+        setattr(out, name, value)
+    rc = _lib.lib().kvtc_layout_check(C.byref(out))
+    if rc:
+        raise error(rc, "layout out of bounds: %r" % out, "make_layout")
+    return out
+
+
+def _tokens_of(layout, nbytes):
+    """Tokens of a canonical chunk of nbytes under layout (ValueError if not
+    a whole number)."""
+    per_token = (2 * layout.layers * layout.kv_heads * layout.head_dim
+                 * buffers.DTYPE_SIZE.get(layout.dtype, 0))
+    if not per_token or nbytes % per_token:
+        raise ValueError("%d bytes are not a whole number of tokens of %r" % (nbytes, layout))
+    return nbytes // per_token
+
+
+def _as_key_list(keys):
+    """One key or an iterable of keys -> list (a lone key is 32 bytes or a
+    64-digit hex str, so it cannot be mistaken for a list of keys)."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        return [keys]
+    return list(keys)
+
+
+class Client:
+    """A connection to one kvtcd; a context manager that closes it.
+
+    server: "HOST:PORT" (default $KVTC_SERVER, else libkvtc's 127.0.0.1:7700);
+    tenant/token: the namespace and its token; timeouts in ms (None: libkvtc's
+    defaults, 5 s to connect, 60 s per operation; op_timeout_ms=0 waits
+    forever). Raises KvtcError (KVTC_ECONN, KVTC_ETIMEDOUT, KVTC_EPERM, ...)."""
+
+    def __init__(self, server=None, tenant=None, token=None, client_name="kvtc-python",
+                 connect_timeout_ms=None, op_timeout_ms=None, spin_us=None):
+        self._lib = _lib.lib()
+        self._lock = threading.Lock()
+        self._conn = C.c_void_p()
+        server = server or os.environ.get("KVTC_SERVER")
+        p = T.ConnParams()
+        # ConnParams holds char* into these bytes; they live until connect returns.
+        for field, bit, value in (("tenant", T.CONN_TENANT, tenant),
+                                  ("token", T.CONN_TOKEN, token),
+                                  ("client_name", T.CONN_CLIENT_NAME, client_name)):
+            if value is not None:
+                setattr(p, field, value.encode())
+                p.field_mask |= bit
+        for field, bit, value in (("connect_timeout_ms", T.CONN_CONNECT_TIMEOUT, connect_timeout_ms),
+                                  ("op_timeout_ms", T.CONN_OP_TIMEOUT, op_timeout_ms),
+                                  ("spin_us", T.CONN_SPIN, spin_us)):
+            if value is not None:
+                setattr(p, field, int(value))
+                p.field_mask |= bit
+        rc = self._lib.kvtc_connect(server.encode() if server else None, C.byref(p),
+                                    C.byref(self._conn))
+        if rc:
+            raise error(rc, self._lib.kvtc_last_error(None).decode(errors="replace"), "connect")
+        info = T.ServerInfo()
+        self._lib.kvtc_server_info_get(self._conn, C.byref(info))
+        self.server_info = {n: getattr(info, n) for n, _ in T.ServerInfo._fields_
+                            if not n.startswith("reserved")}
+        self.server_info["server_version"] = info.server_version.decode(errors="replace")
+        self._max_batch = max(1, info.max_batch)
+        self._hint = _FIRST_HINT
+
+    # ---- life cycle ----------------------------------------------------
+
+    def close(self):
+        """Disconnect (idempotent). Operations in flight end first."""
+        with self._lock:
+            if self._conn:
+                self._lib.kvtc_disconnect(self._conn)
+                self._conn = C.c_void_p()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ---- plumbing ------------------------------------------------------
+
+    def _check(self, rc, func):
+        """Raise for a negative rc with the connection's last error text.
+        Called with the lock held, right after the failing call."""
+        if rc < 0:
+            raise error(rc, self._lib.kvtc_last_error(self._conn).decode(errors="replace"), func)
+        return rc
+
+    def _call(self, func, *args):
+        with self._lock:
+            if not self._conn:
+                raise ValueError("Client is closed")
+            return self._check(getattr(self._lib, func)(self._conn, *args), func)
+
+    @staticmethod
+    def _params(ttl_ms=None, timeout_ms=None):
+        p = T.OpParams()
+        if ttl_ms is not None:
+            p.ttl_ms, p.field_mask = int(ttl_ms), p.field_mask | T.OP_TTL
+        if timeout_ms is not None:
+            p.timeout_ms, p.field_mask = int(timeout_ms), p.field_mask | T.OP_TIMEOUT
+        return C.byref(p) if p.field_mask else None
+
+    def _batches(self, n):
+        for lo in range(0, n, self._max_batch):
+            yield lo, min(n, lo + self._max_batch)
+
+    # ---- put -----------------------------------------------------------
+
+    def put(self, key, array, layout=None, first_pos=0, n_tokens=None, parent=None,
+            ttl_ms=None, live_window=False, mode="raw", timeout_ms=None):
+        """Store one chunk under key.
+
+        array: numpy array, torch tensor (CPU or CUDA) or bytes-like; its bytes
+        are sent as they are, zero-copy when contiguous. layout (Layout, dict or
+        None): the canonical shape, which the daemon needs to compress later;
+        with it, n_tokens defaults to what the size implies and first_pos is
+        the first token's absolute position. parent: the key this chunk
+        extends (prefix-aware eviction). ttl_ms: expiry. live_window: never
+        transform-code this chunk. mode: "raw" only for now.
+        Raises KvtcError (KVTC_EFULL, KVTC_ENOSPC over max_chunk_bytes, ...)."""
+        self.put_many([key], [array], layout=layout, first_pos=first_pos,
+                      n_tokens=n_tokens, parents=[parent], ttl_ms=ttl_ms,
+                      live_window=live_window, mode=mode, timeout_ms=timeout_ms)
+
+    def put_many(self, keys, arrays, layout=None, first_pos=0, n_tokens=None, parents=None,
+                 ttl_ms=None, live_window=False, mode="raw", timeout_ms=None):
+        """Store chunks keys[i] <- arrays[i] in as few requests as the daemon's
+        max_batch allows (each request is one zero-copy send).
+
+        With a layout, chunk i starts at first_pos plus the tokens of chunks
+        0..i-1 (consecutive chunks of one sequence); n_tokens (int, one per
+        chunk) defaults to what each size implies. parents: None or one
+        key-or-None per chunk. Other arguments as put(). Raises the first
+        failed chunk's KvtcError (its message names the chunk); chunks before
+        it in the same request may be stored."""
+        _raw_only("mode", mode)
+        keys, arrays = list(keys), list(arrays)
+        if len(keys) != len(arrays):
+            raise ValueError("%d keys for %d arrays" % (len(keys), len(arrays)))
+        parents = list(parents) if parents is not None else [None] * len(keys)
+        if len(parents) != len(keys):
+            raise ValueError("%d parents for %d keys" % (len(parents), len(keys)))
+        lay = make_layout(layout) if layout is not None else None
+        items = (T.PutItem * max(len(keys), 1))()
+        keep = []
+        pos = int(first_pos)
+        for i, (k, a, par) in enumerate(zip(keys, arrays, parents)):
+            it = items[i]
+            to_struct(k, it.key)
+            ptr, size, mem, ref = buffers.source(a)
+            keep.append(ref)
+            it.data, it.size, it.mem = ptr, size, mem
+            it.field_mask = T.PUT_MEM
+            if par is not None:
+                to_struct(par, it.parent)
+                it.field_mask |= T.PUT_PARENT
+            if lay is not None:
+                nt = _tokens_of(lay, size) if n_tokens is None else int(n_tokens)
+                it.layout = C.pointer(lay)
+                it.first_pos, it.n_tokens = pos, nt
+                it.field_mask |= T.PUT_LAYOUT
+                pos += nt
+            if live_window:
+                it.flags = T.PUT_LIVE_WINDOW
+                it.field_mask |= T.PUT_FLAGS
+            self._hint = max(self._hint, size)
+        params = self._params(ttl_ms, timeout_ms)
+        with self._lock:
+            if not self._conn:
+                raise ValueError("Client is closed")
+            for lo, hi in self._batches(len(keys)):
+                rc = self._lib.kvtc_put_batch(self._conn, C.byref(items[lo]), hi - lo, params)
+                if rc:
+                    bad = next((i for i in range(lo, hi) if items[i].status), None)
+                    what = "put" if bad is None else "put (chunk %d, key %s)" % (
+                        bad, to_bytes(keys[bad]).hex())
+                    self._check(rc, what)
+
+    # ---- get -----------------------------------------------------------
+
+    def get(self, key, out=None, want="raw", meta=False, timeout_ms=None):
+        """Fetch one chunk. A miss raises NotFound (a KeyError).
+
+        out: a contiguous writable numpy array, torch tensor (CPU or CUDA) or
+        bytearray that receives the bytes in place (zero-copy for large
+        chunks); it must hold the chunk (else KvtcError KVTC_ENOSPC). Returns
+        out itself. Without out, returns a new numpy array: shaped
+        [layer][2][token][kv_head][head_dim] in the layout's dtype (bf16 as
+        uint16) when the chunk was put with a layout, else flat uint8.
+        meta=True returns (array, dict(size, tier, layout, first_pos,
+        n_tokens)). want: "raw" only for now."""
+        res = self.get_many([key], None if out is None else [out], want=want, meta=True,
+                            timeout_ms=timeout_ms)[0]
+        if res is None:
+            raise error(KVTC_ENOENT, "key %s is not stored" % to_bytes(key).hex(), "get")
+        return res if meta else res[0]
+
+    def get_many(self, keys, outs=None, want="raw", meta=False, timeout_ms=None):
+        """Fetch chunks in as few requests as max_batch allows. Returns a list
+        with, per key, what get() returns, or None where the key is not
+        stored. outs: None, or one destination (or None) per key. Other
+        errors raise KvtcError naming the first failed key."""
+        _raw_only("want", want)
+        keys = list(keys)
+        outs = list(outs) if outs is not None else [None] * len(keys)
+        if len(outs) != len(keys):
+            raise ValueError("%d outs for %d keys" % (len(outs), len(keys)))
+        results = [None] * len(keys)
+        todo = list(range(len(keys)))
+        # Two passes at most: the second refetches, at their now known sizes,
+        # the chunks that did not fit the guessed buffers of the first.
+        for attempt in (0, 1):
+            retry = self._get_pass(keys, outs, todo, results, timeout_ms, final=attempt == 1)
+            if not retry:
+                break
+            todo = retry
+        if meta:
+            return results
+        return [r[0] if r is not None else None for r in results]
+
+    def _get_pass(self, keys, outs, idx, results, timeout_ms, final):
+        items = (T.GetItem * max(len(idx), 1))()
+        bufs = []
+        for j, i in enumerate(idx):
+            it = items[j]
+            to_struct(keys[i], it.key)
+            if outs[i] is not None:
+                ptr, cap, mem, ref = buffers.dest(outs[i])
+            else:
+                ref = np.empty(self._hint, dtype=np.uint8)
+                ptr, cap, mem = ref.ctypes.data, ref.nbytes, T.MEM_HOST
+            bufs.append(ref)
+            it.buf, it.capacity, it.mem, it.field_mask = ptr, cap, mem, T.GET_MEM
+        params = self._params(None, timeout_ms)
+        retry = []
+        with self._lock:
+            if not self._conn:
+                raise ValueError("Client is closed")
+            for lo, hi in self._batches(len(idx)):
+                rc = self._lib.kvtc_get_batch(self._conn, C.byref(items[lo]), hi - lo, params)
+                for j in range(lo, hi):
+                    it, i = items[j], idx[j]
+                    if it.status == KVTC_ENOENT:
+                        continue
+                    if it.status == KVTC_ENOSPC and outs[i] is None and not final:
+                        self._hint = max(self._hint, it.size)
+                        retry.append(i)
+                        continue
+                    if it.status:
+                        msg = "key %s: %d-byte chunk, buffer of %d" % (
+                            to_bytes(keys[i]).hex(), it.size, it.capacity) \
+                            if it.status == KVTC_ENOSPC else "key %s" % to_bytes(keys[i]).hex()
+                        raise error(it.status, msg, "get")
+                    results[i] = self._result(it, outs[i], bufs[j])
+                if rc and rc not in (KVTC_ENOENT, KVTC_ENOSPC):
+                    self._check(rc, "get")  # the request itself failed
+        return retry
+
+    def _result(self, it, out, buf):
+        info = {"size": it.size, "tier": T.TIER_NAMES.get(it.tier),
+                "layout": T.Layout.from_buffer_copy(it.layout) if it.has_layout else None,
+                "first_pos": it.first_pos, "n_tokens": it.n_tokens}
+        if out is not None:
+            buffers.after_get(out)
+            return out, info
+        self._hint = max(self._hint, it.size)
+        raw = buf[:it.size]
+        if it.has_layout:
+            raw = buffers.shaped(raw, it.layout, it.n_tokens)
+        return raw, info
+
+    # ---- lookup, delete, pin, stats ------------------------------------
+
+    def lookup(self, keys, tiers=False, timeout_ms=None):
+        """How many leading keys of the chain are stored (0 when the first
+        misses; never raises for misses). tiers=True returns (hits, list of
+        each hit's tier name: "gpu", "host" or "disk")."""
+        keys = _as_key_list(keys)
+        arr, n = key_array(keys)
+        hits = C.c_size_t(0)
+        tier = (C.c_uint32 * max(n, 1))()
+        self._call("kvtc_lookup", arr, n, self._params(None, timeout_ms), C.byref(hits), tier)
+        if tiers:
+            return hits.value, [T.TIER_NAMES.get(tier[i]) for i in range(hits.value)]
+        return hits.value
+
+    def _per_key(self, func, keys, params, ok=(0,)):
+        keys = _as_key_list(keys)
+        arr, n = key_array(keys)
+        st = (C.c_int * max(n, 1))()
+        with self._lock:
+            if not self._conn:
+                raise ValueError("Client is closed")
+            rc = getattr(self._lib, func)(self._conn, arr, n, params, st)
+            for i in range(n):
+                if st[i] not in ok:
+                    raise error(st[i], "key %s" % to_bytes(keys[i]).hex(), func)
+            if rc and rc not in ok:
+                self._check(rc, func)
+        return [st[i] for i in range(n)]
+
+    def delete(self, keys, missing_ok=True, timeout_ms=None):
+        """Delete one key or a list of keys; returns how many were deleted.
+        A pinned key raises KvtcError(KVTC_EPERM); an absent one is skipped
+        (missing_ok) or raises NotFound."""
+        ok = (0, KVTC_ENOENT) if missing_ok else (0,)
+        st = self._per_key("kvtc_delete", keys, self._params(None, timeout_ms), ok)
+        return sum(1 for s in st if s == 0)
+
+    def pin(self, keys, ttl_ms=None, timeout_ms=None):
+        """Pin keys against eviction (and deletion) for ttl_ms, or until
+        unpin() when None/0. An absent key raises NotFound."""
+        self._per_key("kvtc_pin", keys, self._params(ttl_ms or None, timeout_ms))
+
+    def unpin(self, keys, timeout_ms=None):
+        """Remove pins. An absent key raises NotFound."""
+        self._per_key("kvtc_unpin", keys, self._params(None, timeout_ms))
+
+    def stats(self, timeout_ms=None):
+        """The daemon's counters as a dict (only those it reported)."""
+        s = T.Stats()
+        self._call("kvtc_stats_get", self._params(None, timeout_ms), C.byref(s))
+        return {n: getattr(s, n) for i, n in enumerate(T.STATS_FIELDS)
+                if s.field_mask & (1 << i)}
