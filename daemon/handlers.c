@@ -766,7 +766,7 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
         meta_of(e, c, i);
         c->res[i].meta = &c->metas[i];
         c->res[i].has_tier = 1;
-        c->res[i].tier = (Kvtc__Wire__Tier)e->blob->tier->wire_tier;
+        c->res[i].tier = (Kvtc__Wire__Tier)kvtcd_entry_wire_tier(e);
         size_t j = c->nf++;
         c->fidx[j] = (uint32_t)i;
         c->blobs[j] = e->blob;

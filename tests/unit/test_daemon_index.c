@@ -44,6 +44,35 @@ static int put(kvtcd_index *ix, uint32_t ns, uint32_t i, size_t size,
     return rc;
 }
 
+/* As put, with key parent (a stored or absent chunk) as the parent link. */
+static int put_child(kvtcd_index *ix, uint32_t ns, uint32_t i, uint32_t parent,
+                     size_t size, uint64_t now, uint64_t expire)
+{
+    kvtcd_blob *b = NULL;
+    int rc = kvtcd_index_reserve(ix, size, now, &b);
+    if (rc < 0)
+        return rc;
+    memset(b->data, (int)(i & 0xff), size);
+    kvtcd_entry t;
+    memset(&t, 0, sizeof t);
+    t.ns = ns;
+    make_key(t.key, i);
+    make_key(t.parent, parent);
+    t.has_parent = 1;
+    t.size = size;
+    t.expire_ms = expire;
+    rc = kvtcd_index_insert(ix, &t, b, 0, now, NULL);
+    kvtcd_blob_unref(b);
+    return rc;
+}
+
+static uint32_t children(kvtcd_index *ix, uint32_t ns, uint32_t i)
+{
+    uint8_t k[32];
+    make_key(k, i);
+    return kvtcd_index_children(ix, ns, k);
+}
+
 static kvtcd_entry *get(kvtcd_index *ix, uint32_t ns, uint32_t i, uint64_t now)
 {
     uint8_t k[32];
@@ -281,6 +310,276 @@ Test(daemon_index, many_entries_grow_the_table)
         cr_assert_not_null(e, "key %u lost after growing", i);
         cr_assert_eq(e->blob->data[0], (uint8_t)(i & 0xff));
     }
+    teardown(&f);
+}
+
+/* ---- prefix-aware eviction ------------------------------------------------ */
+
+/* Which of keys [0, n) are still stored, as a bit mask. */
+static uint64_t present(kvtcd_index *ix, uint32_t ns, uint32_t n, uint64_t now)
+{
+    uint64_t m = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (get(ix, ns, i, now))
+            m |= 1ull << i;
+    return m;
+}
+
+Test(daemon_evict, leaf_before_parent_then_recency)
+{
+    struct fixture f;
+    setup(&f, 5 * 1000);
+    /* Two chains, oldest first: 0 <- 1 <- 2 and 3 <- 4. */
+    cr_assert_eq(put(&f.ix, f.ns, 0, 1000, 0, 0), 0);
+    cr_assert_eq(put_child(&f.ix, f.ns, 1, 0, 1000, 1, 0), 0);
+    cr_assert_eq(put_child(&f.ix, f.ns, 2, 1, 1000, 2, 0), 0);
+    cr_assert_eq(put(&f.ix, f.ns, 3, 1000, 3, 0), 0);
+    cr_assert_eq(put_child(&f.ix, f.ns, 4, 3, 1000, 4, 0), 0);
+    /* The LRU tail is 0, but 2 is the least recent leaf; then the chain
+     * shrinks from its end: 1, then 0; then the other chain: 4, 3. */
+    uint32_t order[] = {2, 1, 0, 4, 3};
+    uint64_t left = 0x1f;
+    for (uint32_t k = 0; k < 5; k++) {
+        cr_assert_eq(put(&f.ix, f.ns, 10 + k, 1000, 10 + k, 0), 0);
+        left &= ~(1ull << order[k]);
+        cr_assert_eq(present(&f.ix, f.ns, 5, 20), left,
+                     "step %u: present %#llx, want %#llx", k,
+                     (unsigned long long)present(&f.ix, f.ns, 5, 20),
+                     (unsigned long long)left);
+        cr_assert_eq(f.ix.evictions, k + 1);
+    }
+    teardown(&f);
+}
+
+Test(daemon_evict, recency_breaks_ties_between_leaves)
+{
+    struct fixture f;
+    setup(&f, 4 * 1000);
+    for (uint32_t i = 0; i < 4; i++)
+        cr_assert_eq(put(&f.ix, f.ns, i, 1000, i, 0), 0);
+    /* All leaves: plain LRU; touching 0 and 1 makes 2 then 3 go first. */
+    kvtcd_index_touch(&f.ix, get(&f.ix, f.ns, 0, 5), 5);
+    kvtcd_index_touch(&f.ix, get(&f.ix, f.ns, 1, 6), 6);
+    cr_assert_eq(put(&f.ix, f.ns, 10, 1000, 7, 0), 0);
+    cr_assert_eq(present(&f.ix, f.ns, 4, 7), 0xb);
+    cr_assert_eq(put(&f.ix, f.ns, 11, 1000, 8, 0), 0);
+    cr_assert_eq(present(&f.ix, f.ns, 4, 8), 0x3);
+    cr_assert_eq(put(&f.ix, f.ns, 12, 1000, 9, 0), 0);
+    cr_assert_eq(present(&f.ix, f.ns, 4, 9), 0x2);
+    teardown(&f);
+}
+
+Test(daemon_evict, pins_are_never_evicted_even_as_leaves)
+{
+    struct fixture f;
+    setup(&f, 3 * 1000);
+    cr_assert_eq(put(&f.ix, f.ns, 0, 1000, 0, 0), 0);
+    cr_assert_eq(put_child(&f.ix, f.ns, 1, 0, 1000, 1, 0), 0);
+    cr_assert_eq(put(&f.ix, f.ns, 2, 1000, 2, 0), 0);
+    /* Leaves 1 and 2; pin 1: 2 goes although 1 is less recent. */
+    kvtcd_index_pin(&f.ix, get(&f.ix, f.ns, 1, 3), 1, 0, 3);
+    cr_assert_eq(put(&f.ix, f.ns, 3, 1000, 4, 0), 0);
+    cr_assert_eq(present(&f.ix, f.ns, 4, 4), 0xb);
+    /* Now only the parent 0 (pinned child 1) and leaf 3 are evictable:
+     * 3 is a leaf and goes before the parent. */
+    cr_assert_eq(put(&f.ix, f.ns, 4, 1000, 5, 0), 0);
+    cr_assert_eq(present(&f.ix, f.ns, 5, 5), 0x13);
+    /* Pin 4: the parent 0 is the last evictable entry, and goes. */
+    kvtcd_index_pin(&f.ix, get(&f.ix, f.ns, 4, 6), 1, 0, 6);
+    cr_assert_eq(put(&f.ix, f.ns, 5, 1000, 6, 0), 0);
+    cr_assert_eq(present(&f.ix, f.ns, 6, 6), 0x32);
+    /* Everything pinned: FULL, nothing dropped. */
+    kvtcd_index_pin(&f.ix, get(&f.ix, f.ns, 5, 7), 1, 0, 7);
+    cr_assert_eq(put(&f.ix, f.ns, 6, 1000, 7, 0), KVTC_EFULL);
+    cr_assert_eq(present(&f.ix, f.ns, 7, 7), 0x32);
+    cr_assert_eq(children(&f.ix, f.ns, 0), 1, "1 is still 0's child");
+    teardown(&f);
+}
+
+Test(daemon_evict, expired_goes_first_even_as_parent)
+{
+    struct fixture f;
+    setup(&f, 3 * 1000);
+    cr_assert_eq(put(&f.ix, f.ns, 0, 1000, 0, 0), 0);           /* leaf */
+    cr_assert_eq(put(&f.ix, f.ns, 1, 1000, 1, 50), 0);          /* TTL */
+    cr_assert_eq(put_child(&f.ix, f.ns, 2, 1, 1000, 2, 0), 0);  /* 1's */
+    /* At 100 key 1 (a parent, more recent than leaf 0) has expired. */
+    cr_assert_eq(put(&f.ix, f.ns, 3, 1000, 100, 0), 0);
+    cr_assert_eq(present(&f.ix, f.ns, 4, 100), 0xd);
+    cr_assert_eq(f.ix.expirations, 1);
+    cr_assert_eq(f.ix.evictions, 0);
+    /* A pinned expired entry stays (pins outrank TTLs). */
+    cr_assert_eq(put(&f.ix, f.ns, 4, 1000, 101, 150), 0);       /* evicts 0 */
+    kvtcd_index_pin(&f.ix, get(&f.ix, f.ns, 4, 102), 1, 0, 102);
+    cr_assert_eq(put(&f.ix, f.ns, 5, 1000, 200, 0), 0);
+    cr_assert_not_null(get(&f.ix, f.ns, 4, 200));
+    teardown(&f);
+}
+
+Test(daemon_evict, window_of_parents_takes_the_least_recent)
+{
+    struct fixture f;
+    uint32_t n = KVTCD_EVICT_WINDOW + 6;
+    setup(&f, (uint64_t)(2 * n) * 100);
+    /* n roots, then a child of each: the oldest window is all parents. */
+    for (uint32_t i = 0; i < n; i++)
+        cr_assert_eq(put(&f.ix, f.ns, i, 100, i, 0), 0);
+    for (uint32_t i = 0; i < n; i++)
+        cr_assert_eq(put_child(&f.ix, f.ns, 1000 + i, i, 100, n + i, 0), 0);
+    /* While the window holds only roots (parents), the least recent root
+     * goes: roots 0..6 (the 7th put sees exactly 64 roots). */
+    for (uint32_t k = 0; k < 7; k++)
+        cr_assert_eq(put(&f.ix, f.ns, 5000 + k, 100, 3 * n + k, 0), 0);
+    for (uint32_t i = 0; i < 7; i++)
+        cr_assert_null(get(&f.ix, f.ns, i, 4 * n), "root %u", i);
+    cr_assert_not_null(get(&f.ix, f.ns, 7, 4 * n));
+    for (uint32_t i = 0; i < n; i++)
+        cr_assert_not_null(get(&f.ix, f.ns, 1000 + i, 4 * n));
+    /* Now the window reaches child 1000, a leaf: it goes before root 7. */
+    cr_assert_eq(put(&f.ix, f.ns, 5007, 100, 4 * n, 0), 0);
+    cr_assert_null(get(&f.ix, f.ns, 1000, 4 * n));
+    cr_assert_not_null(get(&f.ix, f.ns, 7, 4 * n));
+    teardown(&f);
+}
+
+Test(daemon_evict, child_counts_follow_arrival_replace_and_removal)
+{
+    struct fixture f;
+    setup(&f, 1 << 20);
+    uint32_t other;
+    cr_assert_eq(kvtcd_index_namespace(&f.ix, "other", &other), 0);
+    /* Children before their parent. */
+    cr_assert_eq(put_child(&f.ix, f.ns, 11, 10, 10, 0, 0), 0);
+    cr_assert_eq(put_child(&f.ix, f.ns, 12, 10, 10, 0, 0), 0);
+    cr_assert_eq(children(&f.ix, f.ns, 10), 2);
+    cr_assert_eq(children(&f.ix, other, 10), 0, "counts are per tenant");
+    cr_assert_eq(put(&f.ix, f.ns, 10, 10, 1, 0), 0);
+    cr_assert_eq(children(&f.ix, f.ns, 10), 2);
+    /* Putting a child again does not count it twice; re-parenting moves
+     * its count. */
+    cr_assert_eq(put_child(&f.ix, f.ns, 11, 10, 10, 2, 0), 0);
+    cr_assert_eq(children(&f.ix, f.ns, 10), 2);
+    cr_assert_eq(put_child(&f.ix, f.ns, 12, 20, 10, 3, 0), 0);
+    cr_assert_eq(children(&f.ix, f.ns, 10), 1);
+    cr_assert_eq(children(&f.ix, f.ns, 20), 1);
+    /* Re-put without a parent; removal; expiry. */
+    cr_assert_eq(put(&f.ix, f.ns, 12, 10, 4, 0), 0);
+    cr_assert_eq(children(&f.ix, f.ns, 20), 0);
+    kvtcd_index_remove(&f.ix, get(&f.ix, f.ns, 11, 5));
+    cr_assert_eq(children(&f.ix, f.ns, 10), 0);
+    cr_assert_eq(put_child(&f.ix, f.ns, 13, 10, 10, 6, 100), 0);
+    cr_assert_eq(children(&f.ix, f.ns, 10), 1);
+    cr_assert_null(get(&f.ix, f.ns, 13, 100));
+    cr_assert_eq(children(&f.ix, f.ns, 10), 0);
+    cr_assert_eq(f.ix.ccount, 0, "zero counts are freed");
+    /* Removing the parent leaves its children's count in place. */
+    cr_assert_eq(put_child(&f.ix, f.ns, 14, 10, 10, 7, 0), 0);
+    kvtcd_index_remove(&f.ix, get(&f.ix, f.ns, 10, 7));
+    cr_assert_eq(children(&f.ix, f.ns, 10), 1);
+    teardown(&f);
+}
+
+Test(daemon_evict, capacity_never_exceeded_under_random_load)
+{
+    struct fixture f;
+    setup(&f, 200 * 1000);
+    srand(42);
+    uint32_t stored_ok = 0;
+    for (uint32_t step = 0; step < 4000; step++) {
+        uint32_t k = (uint32_t)rand() % 600;
+        size_t size = 100 + (size_t)(rand() % 3000);
+        int rc = (k % 3) ? put_child(&f.ix, f.ns, k, k - 1, size, step, 0)
+                         : put(&f.ix, f.ns, k, size, step,
+                               (k % 7 == 0) ? step + 50 : 0);
+        cr_assert(rc == 0 || rc == KVTC_EFULL, "rc %d", rc);
+        stored_ok += rc == 0;
+        cr_assert_leq(f.tier->used, f.tier->capacity);
+        if (rand() % 10 == 0) {
+            kvtcd_entry *e = get(&f.ix, f.ns, (uint32_t)rand() % 600, step);
+            if (e)
+                kvtcd_index_pin(&f.ix, e, rand() % 2, 20, step);
+        }
+    }
+    cr_assert_gt(stored_ok, 3000);
+    /* The child counts agree with what is stored. */
+    for (uint32_t k = 0; k < 600; k++) {
+        uint32_t want = (k + 1) % 3 && get(&f.ix, f.ns, k + 1, 5000) &&
+                        get(&f.ix, f.ns, k + 1, 5000)->has_parent;
+        cr_assert_eq(children(&f.ix, f.ns, k), want, "key %u", k);
+    }
+    teardown(&f);
+}
+
+/* Drop hook calls, as the tier policy sees them. */
+static int g_drops;
+static uint8_t g_drop_state;
+static void on_drop(void *arg, kvtcd_entry *e)
+{
+    (void)arg;
+    g_drops++;
+    g_drop_state = e->disk_state;
+}
+
+Test(daemon_evict, clean_host_copies_go_before_any_eviction)
+{
+    struct fixture f;
+    setup(&f, 3 * 1000);
+    g_drops = 0;
+    kvtcd_index_set_drop_hook(&f.ix, on_drop, NULL);
+    for (uint32_t i = 0; i < 3; i++)
+        cr_assert_eq(put(&f.ix, f.ns, i, 1000, i, 0), 0);
+    /* Key 2 (the most recent) also lies on disk: its host copy goes
+     * first, the chunk stays (served from disk). */
+    kvtcd_entry *e2 = get(&f.ix, f.ns, 2, 3);
+    e2->disk_state = KVTCD_DISK_CLEAN;
+    e2->dloc.seg = 7;
+    cr_assert_eq(put(&f.ix, f.ns, 3, 1000, 4, 0), 0);
+    cr_assert_eq(f.ix.evictions, 0);
+    cr_assert_eq(f.ix.tc[KVTCD_T_HOST].demotions, 1);
+    e2 = get(&f.ix, f.ns, 2, 4);
+    cr_assert_not_null(e2);
+    cr_assert_null(e2->blob);
+    cr_assert_eq(kvtcd_entry_wire_tier(e2), KVTC__WIRE__TIER__TIER_DISK);
+    cr_assert_eq(g_drops, 0);
+    /* Next put: the host holds only dirty copies, so the LRU leaf 0 is
+     * evicted; the disk-only entry is not a host victim. */
+    cr_assert_eq(put(&f.ix, f.ns, 4, 1000, 5, 0), 0);
+    cr_assert_null(get(&f.ix, f.ns, 0, 5));
+    cr_assert_not_null(get(&f.ix, f.ns, 2, 5));
+    cr_assert_eq(g_drops, 1);
+    cr_assert_eq(g_drop_state, KVTCD_DISK_NONE);
+    /* Removing the disk-only entry tells the hook (it frees the loc). */
+    kvtcd_index_remove(&f.ix, get(&f.ix, f.ns, 2, 6));
+    cr_assert_eq(g_drops, 2);
+    cr_assert_eq(g_drop_state, KVTCD_DISK_CLEAN);
+    /* An entry with no copy at all is refused. */
+    kvtcd_entry t;
+    memset(&t, 0, sizeof t);
+    make_key(t.key, 99);
+    cr_assert_eq(kvtcd_index_insert(&f.ix, &t, NULL, 0, 7, NULL), KVTC_EINVAL);
+    teardown(&f);
+}
+
+Test(daemon_evict, writes_in_flight_are_not_host_victims)
+{
+    struct fixture f;
+    setup(&f, 2 * 1000);
+    cr_assert_eq(put(&f.ix, f.ns, 0, 1000, 0, 0), 0);
+    cr_assert_eq(put(&f.ix, f.ns, 1, 1000, 1, 0), 0);
+    get(&f.ix, f.ns, 0, 2)->disk_state = KVTCD_DISK_WRITING;
+    cr_assert_eq(put(&f.ix, f.ns, 2, 1000, 3, 0), 0);
+    cr_assert_not_null(get(&f.ix, f.ns, 0, 3));
+    cr_assert_null(get(&f.ix, f.ns, 1, 3));
+    get(&f.ix, f.ns, 2, 4)->disk_state = KVTCD_DISK_WRITING;
+    cr_assert_eq(put(&f.ix, f.ns, 3, 1000, 4, 0), KVTC_EFULL);
+    /* Finished writes make them clean: then they make room at once. */
+    get(&f.ix, f.ns, 0, 5)->disk_state = KVTCD_DISK_CLEAN;
+    get(&f.ix, f.ns, 2, 5)->disk_state = KVTCD_DISK_NONE;
+    cr_assert_eq(put(&f.ix, f.ns, 3, 1000, 5, 0), 0);
+    cr_assert_eq(f.ix.evictions, 1);
+    cr_assert_null(get(&f.ix, f.ns, 0, 5)->blob);
+    get(&f.ix, f.ns, 0, 6)->disk_state = KVTCD_DISK_NONE; /* no hook here */
+    kvtcd_index_remove(&f.ix, get(&f.ix, f.ns, 0, 6));
     teardown(&f);
 }
 
