@@ -69,6 +69,12 @@ def _tokens_of(layout, nbytes):
     return nbytes // per_token
 
 
+def _at(arr, i, ctype):
+    """A ctype* to element i of a C array (byref with an offset does not
+    satisfy an argtypes POINTER(ctype))."""
+    return C.cast(C.addressof(arr) + i * C.sizeof(ctype), C.POINTER(ctype))
+
+
 def _as_key_list(keys):
     """One key or an iterable of keys -> list (a lone key is 32 bytes or a
     64-digit hex str, so it cannot be mistaken for a list of keys)."""
@@ -336,29 +342,41 @@ class Client:
     def lookup(self, keys, tiers=False, timeout_ms=None):
         """How many leading keys of the chain are stored (0 when the first
         misses; never raises for misses). tiers=True returns (hits, list of
-        each hit's tier name: "gpu", "host" or "disk")."""
+        each hit's tier name: "gpu", "host" or "disk"). A chain longer than
+        max_batch is asked in pieces, stopping at the first miss."""
         keys = _as_key_list(keys)
         arr, n = key_array(keys)
-        hits = C.c_size_t(0)
         tier = (C.c_uint32 * max(n, 1))()
-        self._call("kvtc_lookup", arr, n, self._params(None, timeout_ms), C.byref(hits), tier)
+        params = self._params(None, timeout_ms)
+        total = 0
+        for lo, hi in self._batches(n):
+            hits = C.c_size_t(0)
+            self._call("kvtc_lookup", C.byref(arr[lo]), hi - lo, params, C.byref(hits),
+                       _at(tier, lo, C.c_uint32))
+            total += hits.value
+            if hits.value < hi - lo:
+                break
         if tiers:
-            return hits.value, [T.TIER_NAMES.get(tier[i]) for i in range(hits.value)]
-        return hits.value
+            return total, [T.TIER_NAMES.get(tier[i]) for i in range(total)]
+        return total
 
     def _per_key(self, func, keys, params, ok=(0,)):
+        """Run a per-key operation in max_batch pieces; raise the first key's
+        status outside ok. Returns every key's status."""
         keys = _as_key_list(keys)
         arr, n = key_array(keys)
         st = (C.c_int * max(n, 1))()
         with self._lock:
             if not self._conn:
                 raise ValueError("Client is closed")
-            rc = getattr(self._lib, func)(self._conn, arr, n, params, st)
-            for i in range(n):
-                if st[i] not in ok:
-                    raise error(st[i], "key %s" % to_bytes(keys[i]).hex(), func)
-            if rc and rc not in ok:
-                self._check(rc, func)
+            for lo, hi in self._batches(n):
+                rc = getattr(self._lib, func)(self._conn, C.byref(arr[lo]), hi - lo, params,
+                                              _at(st, lo, C.c_int))
+                for i in range(lo, hi):
+                    if st[i] not in ok:
+                        raise error(st[i], "key %s" % to_bytes(keys[i]).hex(), func)
+                if rc and rc not in ok:
+                    self._check(rc, func)
         return [st[i] for i in range(n)]
 
     def delete(self, keys, missing_ok=True, timeout_ms=None):
