@@ -12,6 +12,7 @@
 
 #include "kvtc_errors.h"
 #include "log.h"
+#include "store_disk.h"
 #include "wire.h"
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -165,6 +166,45 @@ static int apply(kvtcd_config *c, const char *section, const char *name,
     }
     if (IS("store", "data_dir"))
         return set_path(c->data_dir, sizeof c->data_dir, v);
+    if (IS("store", "disk_dir"))
+        return set_path(c->disk_dir, sizeof c->disk_dir, v);
+    if (IS("store", "disk_size")) {
+        uint64_t n;
+        if (kvtcd_parse_size(v, &n) < 0 || n < KVTCD_MIN_DISK_SIZE)
+            return KVTC_EINVAL;
+        c->disk_size = n;
+        return 0;
+    }
+    if (IS("store", "disk_io")) {
+        if (strcmp(v, "auto") == 0)
+            c->disk_io = KVTCD_DISK_IO_AUTO;
+        else if (strcmp(v, "uring") == 0 || strcmp(v, "io_uring") == 0)
+            c->disk_io = KVTCD_DISK_IO_URING;
+        else if (strcmp(v, "threads") == 0)
+            c->disk_io = KVTCD_DISK_IO_THREADS;
+        else
+            return KVTC_EINVAL;
+        return 0;
+    }
+    if (IS("store", "durability")) {
+        if (strcmp(v, "cache") == 0)
+            c->durability = KVTCD_DURABILITY_CACHE;
+        else if (strcmp(v, "durable") == 0)
+            c->durability = KVTCD_DURABILITY_DURABLE;
+        else
+            return KVTC_EINVAL;
+        return 0;
+    }
+    if (IS("store", "gpu_mem")) {
+        /* 0 is valid: no GPU tier. */
+        uint64_t n;
+        if (kvtcd_parse_size(v, &n) < 0)
+            return KVTC_EINVAL;
+        c->gpu_mem = n;
+        return 0;
+    }
+    if (IS("store", "gpu_device"))
+        return parse_u32(v, 0, 1024, &c->gpu_device);
     if (IS("limits", "max_chunk_bytes")) {
         uint64_t n;
         if (kvtcd_parse_size(v, &n) < 0 || n == 0 || n > (1ull << 40))
@@ -245,6 +285,11 @@ static const struct flag {
     {"--max-sessions", "server", "max_sessions"},
     {"--bulk-endpoint", "server", "bulk_endpoint"},
     {"--host-mem", "store", "host_mem"},  {"--data-dir", "store", "data_dir"},
+    {"--disk-dir", "store", "disk_dir"},  {"--disk-size", "store", "disk_size"},
+    {"--disk-io", "store", "disk_io"},
+    {"--durability", "store", "durability"},
+    {"--gpu-mem", "store", "gpu_mem"},
+    {"--gpu-device", "store", "gpu_device"},
     {"--max-chunk", "limits", "max_chunk_bytes"},
     {"--max-batch", "limits", "max_batch"},
     {"--log-level", "log", "level"},
@@ -327,6 +372,13 @@ int kvtcd_config_validate(kvtcd_config *c, char *err, size_t errlen)
      * so a small --host-mem works without also naming --max-chunk. */
     if (c->max_chunk_bytes > c->host_mem)
         c->max_chunk_bytes = c->host_mem;
+    if (c->durability == KVTCD_DURABILITY_DURABLE && !c->disk_dir[0]) {
+        /* Acknowledging "durable" with nowhere durable to write would be a
+         * lie; --data-dir never implies a disk tier. */
+        set_err(err, errlen, "durability durable needs a disk tier "
+                             "(--disk-dir DIR or [store] disk_dir)");
+        return KVTC_EINVAL;
+    }
     if (c->host_mem < KVTCD_MIN_HOST_MEM) {
         set_err(err, errlen, "host_mem %llu below the minimum %llu",
                 (unsigned long long)c->host_mem,
@@ -345,7 +397,19 @@ const char *kvtcd_usage(void)
            "  --admin HOST:PORT     HTTP /metrics and /healthz (default 127.0.0.1:7701)\n"
            "  --host-mem SIZE       host RAM for chunks, e.g. 512M, 4G\n"
            "                        (default min(1G, RAM/4))\n"
-           "  --data-dir DIR        directory for the disk tier (later versions)\n"
+           "  --data-dir DIR        daemon state directory (not the disk tier)\n"
+           "  --disk-dir DIR        disk tier: segment files in DIR (created if\n"
+           "                        missing); no disk tier without it\n"
+           "  --disk-size SIZE      disk tier capacity (default 80% of the file\n"
+           "                        system's free space at start, at least 64M)\n"
+           "  --disk-io MODE        auto (io_uring, else threads), uring, threads\n"
+           "  --durability MODE     cache: acknowledge puts once in RAM and write\n"
+           "                        to disk behind (default); durable: acknowledge\n"
+           "                        only once on disk and fdatasync'ed (needs\n"
+           "                        --disk-dir)\n"
+           "  --gpu-mem SIZE        GPU tier: slab of SIZE on --gpu-device (default\n"
+           "                        0: no GPU tier)\n"
+           "  --gpu-device N        CUDA device of the GPU tier (default 0)\n"
            "  --max-chunk SIZE      largest chunk accepted (default 256M)\n"
            "  --max-batch N         most chunks/keys per request (default 1024)\n"
            "  --max-sessions N      most concurrent clients (default 1024)\n"

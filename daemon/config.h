@@ -5,6 +5,8 @@
  *   [server]  listen = HOST:PORT   admin = HOST:PORT   port_file = PATH
  *             max_sessions = N   bulk_endpoint = on|off
  *   [store]   host_mem = SIZE      data_dir = DIR
+ *             disk_dir = DIR   disk_size = SIZE   disk_io = auto|uring|threads
+ *             durability = cache|durable   gpu_mem = SIZE   gpu_device = N
  *   [limits]  max_chunk_bytes = SIZE   max_batch = N
  *   [log]     level = debug|info|warn|error
  * Unknown sections or keys are errors (a typo must not silently fall back to
@@ -21,16 +23,33 @@
 #define KVTCD_DEFAULT_MAX_BATCH 1024u
 #define KVTCD_DEFAULT_MAX_SESSIONS 1024u
 #define KVTCD_MIN_HOST_MEM (1ull << 20)
+/* An explicit --disk-size below this is refused (one segment's worth). */
+#define KVTCD_MIN_DISK_SIZE (1ull << 20)
+/* The default disk size (80% of the free space) is at least this. */
+#define KVTCD_DEFAULT_MIN_DISK_SIZE (64ull << 20)
+
+/* When a put is acknowledged (docs/kvtcd.md, "Tiers and durability"). */
+enum kvtcd_durability {
+    KVTCD_DURABILITY_CACHE = 0,   /* once in host RAM; disk written behind */
+    KVTCD_DURABILITY_DURABLE = 1  /* once on disk and fdatasync'ed */
+};
 
 typedef struct kvtcd_config {
     char listen_host[256];
     uint16_t listen_port;
     char admin_host[256];
     uint16_t admin_port;
-    char data_dir[1024];
+    char data_dir[1024];      /* daemon state (not the disk tier) */
+    char disk_dir[1024];      /* disk tier segments; "" = no disk tier */
     char port_file[1024];
     char config_path[1024];
     uint64_t host_mem;        /* bytes of chunk data in host RAM */
+    uint64_t disk_size;       /* bytes of segment files; 0 = 80% of the
+                                 file system's free space at start */
+    int disk_io;              /* enum kvtcd_disk_io_mode (store_disk.h) */
+    int durability;           /* enum kvtcd_durability */
+    uint64_t gpu_mem;         /* GPU slab bytes; 0 = no GPU tier */
+    uint32_t gpu_device;
     uint64_t max_chunk_bytes;
     uint32_t max_batch;
     uint32_t max_sessions;
@@ -55,7 +74,8 @@ int kvtcd_config_load_ini(kvtcd_config *c, const char *path, char *err,
 int kvtcd_config_from_args(kvtcd_config *c, int argc, char **argv,
                            int *action, char *err, size_t errlen);
 
-/* Check cross-field constraints; max_chunk_bytes is clamped to host_mem. */
+/* Check cross-field constraints; max_chunk_bytes is clamped to host_mem.
+ * durability durable without disk_dir is an error. */
 int kvtcd_config_validate(kvtcd_config *c, char *err, size_t errlen);
 
 /* "4096", "512K", "512M", "4G", "1T" (binary units, optional "iB"/"B").

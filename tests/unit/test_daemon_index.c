@@ -721,6 +721,67 @@ Test(daemon_config, bad_values_are_errors)
     }
 }
 
+Test(daemon_config, tier_flags_and_keys)
+{
+    kvtcd_config c;
+    int action;
+    char err[256] = "";
+    char *argv[] = {"kvtcd", "--disk-dir", "/tmp/x", "--disk-size=2G",
+                    "--durability", "durable", "--disk-io", "threads",
+                    "--gpu-mem", "1G", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 10, argv, &action, err, sizeof err),
+                 0, "%s", err);
+    cr_assert_str_eq(c.disk_dir, "/tmp/x");
+    cr_assert_eq(c.disk_size, 2ull << 30);
+    cr_assert_eq(c.durability, KVTCD_DURABILITY_DURABLE);
+    cr_assert_eq(c.disk_io, KVTCD_DISK_IO_THREADS);
+    cr_assert_eq(c.gpu_mem, 1ull << 30);
+    /* Defaults: no disk tier, no GPU tier, cache, auto. */
+    char *argv0[] = {"kvtcd", "--data-dir", "/tmp/y", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 3, argv0, &action, err,
+                                        sizeof err), 0, "%s", err);
+    cr_assert_str_eq(c.disk_dir, "", "--data-dir must not imply a disk tier");
+    cr_assert_eq(c.disk_size, 0);
+    cr_assert_eq(c.gpu_mem, 0);
+    cr_assert_eq(c.durability, KVTCD_DURABILITY_CACHE);
+    cr_assert_eq(c.disk_io, KVTCD_DISK_IO_AUTO);
+    /* The same keys in the INI file. */
+    char *path = write_ini("[store]\ndisk_dir = /tmp/z\ndisk_size = 64M\n"
+                           "disk_io = uring\ndurability = cache\n"
+                           "gpu_mem = 512M\ngpu_device = 1\n");
+    kvtcd_config_defaults(&c);
+    cr_assert_eq(kvtcd_config_load_ini(&c, path, err, sizeof err), 0, "%s",
+                 err);
+    cr_assert_str_eq(c.disk_dir, "/tmp/z");
+    cr_assert_eq(c.disk_size, 64ull << 20);
+    cr_assert_eq(c.disk_io, KVTCD_DISK_IO_URING);
+    cr_assert_eq(c.gpu_mem, 512ull << 20);
+    cr_assert_eq(c.gpu_device, 1);
+    unlink(path);
+    /* Errors. */
+    struct {
+        int argc;
+        char *argv[4];
+        const char *msg;
+    } bad[] = {
+        {3, {"kvtcd", "--durability", "durable"}, "needs a disk tier"},
+        {3, {"kvtcd", "--durability", "sometimes"}, "durability"},
+        {3, {"kvtcd", "--disk-io", "aio"}, "disk-io"},
+        {3, {"kvtcd", "--disk-size", "1K"}, "disk-size"},
+        {3, {"kvtcd", "--disk-dir", ""}, "disk-dir"},
+        {3, {"kvtcd", "--gpu-mem", "lots"}, "gpu-mem"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        cr_assert_lt(kvtcd_config_from_args(&c, bad[i].argc, bad[i].argv,
+                                            &action, err, sizeof err), 0,
+                     "case %zu accepted", i);
+        cr_assert_not_null(strstr(err, bad[i].msg), "case %zu: '%s'", i, err);
+    }
+    cr_assert_not_null(strstr(kvtcd_usage(), "--durability"));
+    cr_assert_not_null(strstr(kvtcd_usage(), "--disk-io"));
+}
+
 Test(daemon_config, help_and_version)
 {
     kvtcd_config c;
