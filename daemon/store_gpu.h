@@ -33,19 +33,40 @@ typedef struct kvtcd_gpu_loc {
  * KVTC_ENOMEM (the device refused the slab), KVTC_EINVAL. */
 int kvtcd_gpu_open(uv_loop_t *loop, int device, uint64_t capacity,
                    kvtcd_gpu **out);
+/* Why the last kvtcd_gpu_open failed ("no CUDA driver: libcuda.so.1:
+ * cannot open shared object file ...", "no CUDA device: ..."), for the
+ * caller's one log line; "" before any failure. Loop-thread only; the
+ * string is static and overwritten by the next failing open. */
+const char *kvtcd_gpu_last_error(void);
 /* Wait for in-flight copies (their callbacks get KVTC_ECANCELED if not
- * yet reported), free the slab, then call closed(arg) from the loop. */
+ * yet reported), free the slab, then call closed(arg) from the loop.
+ * Copies not yet started are canceled; one whose pieces are on the GPU is
+ * stopped after them (KVTC_ECANCELED); one that had already completed
+ * reports 0. Every callback runs before closed(). After close only
+ * kvtcd_gpu_free and kvtcd_gpu_get_stats may be called (alloc, write and
+ * read return KVTC_ECANCELED), and nothing once closed() has run. */
 void kvtcd_gpu_close(kvtcd_gpu *g, void (*closed)(void *arg), void *arg);
 
-/* Reserve len bytes of the slab. KVTC_EFULL when no extent fits. */
+/* Reserve len bytes of the slab. KVTC_EFULL when no extent fits.
+ * out->len is len; the extent is len rounded up to 256 bytes, 256-aligned.
+ * KVTC_EINVAL for len 0. */
 int kvtcd_gpu_alloc(kvtcd_gpu *g, uint64_t len, kvtcd_gpu_loc *out);
+/* Give loc back. Safe while copies of it are in flight: the extent is
+ * reused only after they report. A loc that is not allocated is logged
+ * and ignored. */
 void kvtcd_gpu_free(kvtcd_gpu *g, const kvtcd_gpu_loc *loc);
 
 typedef void (*kvtcd_gpu_cb)(void *arg, int status);
-/* Copy len bytes host -> slab at loc (src valid until cb). */
+/* Copy len bytes host -> slab at loc (src valid until cb). len must be
+ * 1..loc->len and loc one that kvtcd_gpu_alloc returned (KVTC_EINVAL).
+ * Copies of one extent are ordered: a read submitted after a write of the
+ * same extent sees the write's bytes (and the other way round). cb(arg,
+ * status) runs on the loop thread: 0, KVTC_EIO (the driver failed; logged)
+ * or KVTC_ECANCELED (closing). Errors returned here mean cb never runs. */
 int kvtcd_gpu_write(kvtcd_gpu *g, const kvtcd_gpu_loc *loc, const void *src,
                     uint64_t len, kvtcd_gpu_cb cb, void *arg);
-/* Copy len bytes slab at loc -> host dst. */
+/* Copy len bytes slab at loc -> host dst (dst valid until cb); as
+ * kvtcd_gpu_write. */
 int kvtcd_gpu_read(kvtcd_gpu *g, const kvtcd_gpu_loc *loc, void *dst,
                    uint64_t len, kvtcd_gpu_cb cb, void *arg);
 
