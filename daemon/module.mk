@@ -3,7 +3,7 @@
 KVTCD_SRCS := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 KVTCD_OBJS := $(KVTCD_SRCS:%.c=$(OBJ)/%.o)
 KVTCD_A := $(LIBDIR)/libkvtcd.a
-KVTCD_LDLIBS := -luv -lucp -lucs -linih -lhttp_parser $(WIRE_LDLIBS)
+KVTCD_LDLIBS := -luv -luring -lucp -lucs -linih -lhttp_parser $(WIRE_LDLIBS)
 LIBS += $(KVTCD_A)
 BINS += $(BINDIR)/kvtcd
 
