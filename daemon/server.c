@@ -14,6 +14,7 @@
 
 #include "kvtc_errors.h"
 #include "log.h"
+#include "codec_serve.h"
 #include "server.h"
 
 #define DRAIN_TICK_MS 10
@@ -138,6 +139,9 @@ void kvtcd_server_stop(kvtcd_server *srv)
 static void free_state(kvtcd_server *srv)
 {
     kvtcd_transport_fini(srv);
+    /* After the ops (which hold profile references) are gone. */
+    kvtcd_serve_destroy(srv->serve);
+    srv->serve = NULL;
     /* Blobs are registered with the UCP context: free them before it. */
     if (srv->index.buckets)
         kvtcd_index_fini(&srv->index);
@@ -169,6 +173,9 @@ int kvtcd_server_init(kvtcd_server *srv, const kvtcd_config *cfg,
     if (rc < 0)
         goto fail;
     rc = kvtcd_index_init(&srv->index, srv->host);
+    if (rc < 0)
+        goto fail;
+    rc = kvtcd_serve_create(srv, &srv->serve);
     if (rc < 0)
         goto fail;
     rc = kvtcd_admin_init(srv);

@@ -136,6 +136,8 @@ struct kvtcd_server {
     uint32_t n_ucx_pending;            /* ops waiting on a UCX request */
     uint64_t overflow_bytes;
     kvtcd_metrics m;
+    struct kvtcd_serve *serve;         /* profiles + codec jobs
+                                          (codec_serve.h) */
     /* admin HTTP */
     uv_tcp_t admin;
     int admin_open;

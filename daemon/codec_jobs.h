@@ -1,0 +1,110 @@
+/* codec_jobs.h - compress, decompress and check chunks off the loop thread.
+ *
+ * Encoding a 256-token chunk takes milliseconds of CPU: on the loop thread
+ * that stalls every client. Callers describe the work as a batch of items
+ * (one per chunk of a request) and submit it; items of every submitted
+ * batch wait in one FIFO, and whenever fewer than KVTCD_CODEC_MAX_JOBS jobs
+ * run, the next job takes up to KVTCD_CODEC_JOB_ITEMS items (or
+ * KVTCD_CODEC_JOB_BYTES input bytes) from the FIFO onto the libuv thread
+ * pool, so under load one job carries chunks of many requests. A batch's
+ * done callback runs on the loop thread once all its items finished, never
+ * inside kvtcd_codec_submit. Encoders and decoders come from the profile's
+ * pools (profiles.h): they are not thread-safe, each is used by one worker
+ * at a time.
+ *
+ * The CPU codec is the one used here; a GPU backend (libkvtc_gpu through
+ * dlopen) would slot in as another way to run a job.
+ *
+ * Loop-thread only, except what the workers do inside a job. */
+#ifndef KVTCD_CODEC_JOBS_H
+#define KVTCD_CODEC_JOBS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "kvtc_codec.h"
+#include "profiles.h"
+#include "tier.h"
+
+#define KVTCD_CODEC_MAX_JOBS 4
+#define KVTCD_CODEC_JOB_ITEMS 64
+#define KVTCD_CODEC_JOB_BYTES (64u << 20)
+
+enum kvtcd_codec_kind {
+    /* src: a canonical chunk -> out: a container (prof, plan) */
+    KVTCD_CODEC_ENCODE = 1,
+    /* src: a container -> out: the canonical chunk; the profile is the
+     * one the container names (looked up in the registry) */
+    KVTCD_CODEC_DECODE = 2,
+    /* src: a container from a client: structure and checksums valid, its
+     * profile registered and matching its layout (no output) */
+    KVTCD_CODEC_CHECK = 3
+};
+
+typedef struct kvtcd_codec_batch kvtcd_codec_batch;
+
+typedef struct kvtcd_codec_item {
+    /* in */
+    int kind;                   /* enum kvtcd_codec_kind */
+    kvtcd_profile_ent *prof;    /* ENCODE: referenced by the caller */
+    uint32_t plan;              /* ENCODE */
+    const uint8_t *src;         /* stays valid until done (blob ref) */
+    size_t len;
+    uint32_t n_tokens;          /* ENCODE */
+    uint32_t first_pos;         /* ENCODE */
+    /* out */
+    int rc;                     /* 0 or KVTC_E* */
+    uint8_t *out;               /* ENCODE, DECODE: malloc'd; the caller
+                                   owns it after done (free or adopt) */
+    size_t out_len;
+    uint64_t sum;               /* XXH3-64 of out */
+    kvtc_container_info info;   /* DECODE, CHECK: the container's header */
+    /* private */
+    kvtcd_codec_batch *batch;
+    struct kvtcd_codec_item *qnext;
+} kvtcd_codec_item;
+
+struct kvtcd_codec_batch {
+    kvtcd_codec_item *items;    /* n items, owned by the caller */
+    uint32_t n;
+    uint64_t max_out;           /* DECODE: largest output accepted */
+    void (*done)(kvtcd_codec_batch *b);
+    void *arg;
+    uint32_t left;              /* private */
+};
+
+typedef struct kvtcd_codec_stats {
+    uint64_t jobs;
+    uint64_t encoded, encode_in_bytes, encode_out_bytes;
+    uint64_t decoded, decode_in_bytes, decode_out_bytes;
+    uint64_t checked;
+    uint64_t failed;            /* items that ended with an error */
+    uint64_t busy_ns;           /* worker time spent in jobs */
+} kvtcd_codec_stats;
+
+typedef struct kvtcd_codec kvtcd_codec;
+
+/* The scheduler for loop; reg is borrowed (it must outlive the scheduler).
+ * Errors: KVTC_ENOMEM. */
+int kvtcd_codec_create(uv_loop_t *loop, kvtcd_profiles *reg,
+                       kvtcd_codec **out);
+/* Free it. No batch may be pending (the loop ran them all). */
+void kvtcd_codec_destroy(kvtcd_codec *cj);
+/* Queue every item of b (b->n >= 1); b->done runs on the loop thread
+ * later. b and its items must stay put until then. */
+void kvtcd_codec_submit(kvtcd_codec *cj, kvtcd_codec_batch *b);
+/* Counters (loop thread). */
+const kvtcd_codec_stats *kvtcd_codec_get_stats(const kvtcd_codec *cj);
+/* Items queued or running. */
+uint32_t kvtcd_codec_pending(const kvtcd_codec *cj);
+
+/* A blob over malloc'd bytes (decoded chunks, profile bytes) so replies can
+ * hold them like store blobs. It owns data (freed with free) unless
+ * release is set: then release(arg) runs instead when the last reference
+ * goes. Not counted in any store tier. Loop thread. Errors: KVTC_ENOMEM
+ * (data is then not taken: the caller still owns it). */
+int kvtcd_heap_blob(void *data, size_t len, void (*release)(void *arg),
+                    void *arg, kvtcd_blob **out);
+
+#endif

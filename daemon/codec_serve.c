@@ -1,0 +1,436 @@
+/* codec_serve.c - the put and get codec steps (see codec_serve.h). */
+#include "codec_serve.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvtc_errors.h"
+#include "log.h"
+
+#define ST(x) KVTC__WIRE__STATUS__##x
+#define ENC(x) KVTC__WIRE__ENCODING__##x
+
+int kvtcd_serve_create(kvtcd_server *srv, kvtcd_serve **out)
+{
+    kvtcd_serve *sv = calloc(1, sizeof *sv);
+    if (!sv)
+        return KVTC_ENOMEM;
+    int rc = kvtcd_profiles_init(&sv->profiles, srv->cfg.data_dir);
+    if (rc) {
+        free(sv);
+        return rc;
+    }
+    rc = kvtcd_codec_create(srv->loop, &sv->profiles, &sv->codec);
+    if (rc) {
+        kvtcd_profiles_fini(&sv->profiles);
+        free(sv);
+        return rc;
+    }
+    *out = sv;
+    return 0;
+}
+
+void kvtcd_serve_destroy(kvtcd_serve *sv)
+{
+    if (!sv)
+        return;
+    kvtcd_codec_destroy(sv->codec);
+    kvtcd_profiles_fini(&sv->profiles);
+    free(sv);
+}
+
+/* ---- put ------------------------------------------------------------------ */
+
+typedef struct put_ctx {
+    uint32_t n;
+    float *ratio;             /* 0: store as it came */
+    kvtcd_server *srv;
+    kvtcd_entry *tmpl;
+    kvtcd_blob *blob;         /* the batch as received (borrowed) */
+    size_t base;
+    Kvtc__Wire__Status *st;
+    int32_t *item;            /* chunk -> item index, -1 when none */
+    size_t *off;              /* where each chunk lies after the step */
+    kvtcd_blob *nblob;        /* the compacted copy, when one was made */
+    kvtcd_profile_ent **prof; /* per item, referenced */
+    kvtcd_codec_batch batch;
+    void (*done)(void *arg);
+    void *arg;
+} put_ctx;
+
+void kvtcd_serve_put_free(void *p)
+{
+    put_ctx *c = p;
+    if (!c)
+        return;
+    if (c->prof)
+        for (uint32_t i = 0; i < c->batch.n; i++)
+            kvtcd_profile_unref(c->prof[i]);
+    if (c->batch.items)
+        for (uint32_t i = 0; i < c->batch.n; i++)
+            free(c->batch.items[i].out);
+    kvtcd_blob_unref(c->nblob);
+    free(c->batch.items);
+    free(c->prof);
+    free(c->ratio);
+    free(c->item);
+    free(c->off);
+    free(c);
+}
+
+int kvtcd_serve_put_prepare(const Kvtc__Wire__PutRequest *put, void **ctx,
+                            char *why, size_t why_len)
+{
+    *ctx = NULL;
+    int any = 0;
+    for (size_t i = 0; i < put->n_chunks; i++) {
+        const Kvtc__Wire__ChunkMeta *m = put->chunks[i];
+        if (m->has_target_ratio &&
+            (!isfinite(m->target_ratio) ||
+             (m->target_ratio != 0 && m->target_ratio < 1))) {
+            snprintf(why, why_len, "put: chunk %zu target_ratio %g (must be "
+                                   ">= 1, or 0 for raw)",
+                     i, (double)m->target_ratio);
+            return KVTC_EINVAL;
+        }
+        int enc = m->has_encoding ? (int)m->encoding : ENC(RAW);
+        if (enc == ENC(KVTC) && m->has_target_ratio && m->target_ratio > 0) {
+            snprintf(why, why_len, "put: chunk %zu is compressed already and "
+                                   "asks for a target_ratio",
+                     i);
+            return KVTC_EINVAL;
+        }
+        if (enc == ENC(KVTC) || (m->has_target_ratio && m->target_ratio > 0))
+            any = 1;
+    }
+    if (!any)
+        return 0;
+    put_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return KVTC_ENOMEM;
+    c->n = (uint32_t)put->n_chunks;
+    c->ratio = calloc(c->n, sizeof *c->ratio);
+    c->item = calloc(c->n, sizeof *c->item);
+    c->off = calloc(c->n, sizeof *c->off);
+    if (!c->ratio || !c->item || !c->off) {
+        kvtcd_serve_put_free(c);
+        return KVTC_ENOMEM;
+    }
+    for (uint32_t i = 0; i < c->n; i++) {
+        const Kvtc__Wire__ChunkMeta *m = put->chunks[i];
+        c->ratio[i] = m->has_target_ratio ? m->target_ratio : 0;
+    }
+    *ctx = c;
+    return 0;
+}
+
+kvtcd_blob *kvtcd_serve_put_where(void *p, uint32_t i, size_t *off)
+{
+    put_ctx *c = p;
+    *off = c->off[i];
+    return c->nblob ? c->nblob : c->blob;
+}
+
+/* Bytes of chunk i as it will be stored: the item's output or as came. */
+static const uint8_t *stored_bytes(put_ctx *c, uint32_t i, size_t *len,
+                                   const size_t *in_off)
+{
+    int32_t k = c->item[i];
+    if (k >= 0 && c->batch.items[k].kind == KVTCD_CODEC_ENCODE &&
+        c->batch.items[k].out) {
+        *len = c->batch.items[k].out_len;
+        return c->batch.items[k].out;
+    }
+    *len = c->tmpl[i].size;
+    return c->blob->data + in_off[i];
+}
+
+static void put_coded(kvtcd_codec_batch *b)
+{
+    put_ctx *c = b->arg;
+    kvtcd_server *srv = c->srv;
+    kvtcd_serve *sv = srv->serve;
+    int encoded = 0;
+    for (uint32_t i = 0; i < c->n; i++) {
+        int32_t k = c->item[i];
+        if (k < 0)
+            continue;
+        kvtcd_codec_item *it = &b->items[k];
+        kvtcd_entry *t = &c->tmpl[i];
+        if (it->kind == KVTCD_CODEC_CHECK) {
+            /* The container's own header is the truth about its chunk:
+             * metadata the client sent along must agree with it. */
+            if (!it->rc &&
+                ((t->has_layout &&
+                  !kvtcd_layout_same(&t->layout, &it->info.layout)) ||
+                 (t->n_tokens && t->n_tokens != it->info.n_tokens) ||
+                 (t->has_layout && t->first_pos != it->info.first_pos)))
+                it->rc = KVTC_EINVAL;
+            if (!it->rc && !t->has_layout) {
+                t->layout = it->info.layout;
+                t->has_layout = 1;
+                t->first_pos = it->info.first_pos;
+            }
+            if (!it->rc)
+                t->n_tokens = it->info.n_tokens;
+            if (it->rc) {
+                c->st[i] = kvtc_wire_err_to_status(it->rc);
+                sv->put_rejected++;
+                srv->m.errors++;
+                KVTCD_INFO("codec", "client container refused chunk=%u "
+                                    "err=\"%s\"",
+                           i, kvtc_strerror(it->rc));
+            } else {
+                sv->put_containers++;
+            }
+            continue;
+        }
+        if (it->rc) {
+            /* The chunk itself is fine: keep it raw rather than lose it. */
+            KVTCD_WARN("codec", "compression failed; chunk stored raw "
+                                "err=\"%s\"",
+                       kvtc_strerror(it->rc));
+            free(it->out);
+            it->out = NULL;
+            continue;
+        }
+        encoded++;
+    }
+    size_t *in_off = c->off; /* offsets as received, until replaced */
+    if (encoded) {
+        /* One blob sized to what is stored, so the raw batch is freed. */
+        uint64_t total = 0;
+        for (uint32_t i = 0; i < c->n; i++) {
+            size_t len = 0;
+            if (c->st[i] == ST(OK))
+                stored_bytes(c, i, &len, in_off);
+            total += len;
+        }
+        int rc = kvtcd_index_reserve(&srv->index, (size_t)total,
+                                     kvtcd_now_ms(srv), &c->nblob);
+        if (rc) {
+            KVTCD_WARN("codec", "no room for the compressed copy; chunks "
+                                "stored raw bytes=%llu err=\"%s\"",
+                       (unsigned long long)total, kvtc_strerror(rc));
+            c->nblob = NULL;
+            encoded = 0;
+        }
+    }
+    if (encoded) {
+        size_t pos = 0;
+        for (uint32_t i = 0; i < c->n; i++) {
+            if (c->st[i] != ST(OK))
+                continue;
+            size_t len;
+            const uint8_t *src = stored_bytes(c, i, &len, in_off);
+            memcpy(c->nblob->data + pos, src, len);
+            int32_t k = c->item[i];
+            if (k >= 0 && b->items[k].kind == KVTCD_CODEC_ENCODE &&
+                b->items[k].out) {
+                c->tmpl[i].encoding = ENC(KVTC);
+                c->tmpl[i].size = len;
+                c->tmpl[i].checksum = b->items[k].sum;
+                sv->put_compressed++;
+            }
+            in_off[i] = pos;
+            pos += len;
+        }
+    }
+    c->done(c->arg);
+}
+
+void kvtcd_serve_put_run(kvtcd_server *srv, void *p, kvtcd_entry *tmpl,
+                         kvtcd_blob *blob, size_t base,
+                         Kvtc__Wire__Status *st, void (*done)(void *arg),
+                         void *arg)
+{
+    put_ctx *c = p;
+    kvtcd_serve *sv = srv->serve;
+    c->srv = srv;
+    c->tmpl = tmpl;
+    c->blob = blob;
+    c->base = base;
+    c->st = st;
+    c->done = done;
+    c->arg = arg;
+    size_t off = base;
+    uint32_t n_items = 0;
+    for (uint32_t i = 0; i < c->n; i++) {
+        c->off[i] = off;
+        off += tmpl[i].size;
+        c->item[i] = -1;
+        if (st[i] != ST(OK))
+            continue;
+        if (tmpl[i].encoding == ENC(KVTC) ||
+            (c->ratio[i] > 0 && tmpl[i].has_layout && tmpl[i].size &&
+             !(tmpl[i].chunk_flags & KVTCD_CHUNK_LIVE_WINDOW)))
+            c->item[i] = (int32_t)n_items++;
+    }
+    if (n_items) {
+        c->batch.items = calloc(n_items, sizeof *c->batch.items);
+        c->prof = calloc(n_items, sizeof *c->prof);
+        if (!c->batch.items || !c->prof) {
+            /* Out of memory: store what came, as it came; refuse
+             * containers we could not check. */
+            for (uint32_t i = 0; i < c->n; i++)
+                if (c->item[i] >= 0 && tmpl[i].encoding == ENC(KVTC))
+                    st[i] = ST(INTERNAL);
+            free(c->batch.items);
+            free(c->prof);
+            c->batch.items = NULL;
+            c->prof = NULL;
+            for (uint32_t i = 0; i < c->n; i++)
+                c->item[i] = -1;
+            n_items = 0;
+        }
+    }
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < c->n && n_items; i++) {
+        if (c->item[i] < 0)
+            continue;
+        kvtcd_entry *t = &tmpl[i];
+        kvtcd_codec_item *it = &c->batch.items[k];
+        it->src = blob->data + c->off[i];
+        it->len = t->size;
+        if (t->encoding == ENC(KVTC)) {
+            it->kind = KVTCD_CODEC_CHECK;
+        } else {
+            kvtcd_profile_ent *e =
+                kvtcd_profiles_for_layout(&sv->profiles, &t->layout);
+            uint32_t tokens = t->n_tokens ? t->n_tokens
+                                          : t->layout.chunk_tokens;
+            if (!e) {
+                sv->put_raw_no_profile++;
+                c->item[i] = -1;
+                continue;
+            }
+            it->kind = KVTCD_CODEC_ENCODE;
+            it->prof = e;
+            c->prof[k] = e;
+            it->plan = kvtcd_profile_pick_plan(e->p, c->ratio[i]);
+            it->n_tokens = tokens;
+            it->first_pos = t->first_pos;
+        }
+        c->item[i] = (int32_t)k++;
+    }
+    c->batch.n = k;
+    if (k == 0) {
+        done(arg);
+        return;
+    }
+    c->batch.done = put_coded;
+    c->batch.arg = c;
+    kvtcd_codec_submit(sv->codec, &c->batch);
+}
+
+/* ---- get ------------------------------------------------------------------ */
+
+int kvtcd_serve_get_decodes(int want, int encoding)
+{
+    return want == ENC(RAW) && encoding == ENC(KVTC);
+}
+
+typedef struct dec_ctx {
+    kvtcd_server *srv;
+    kvtcd_serve_dec *d;
+    kvtcd_codec_batch batch;
+    void (*done)(void *arg);
+    void *arg;
+} dec_ctx;
+
+static void decoded(kvtcd_codec_batch *b)
+{
+    dec_ctx *c = b->arg;
+    kvtcd_serve *sv = c->srv->serve;
+    for (uint32_t j = 0; j < b->n; j++) {
+        kvtcd_codec_item *it = &b->items[j];
+        kvtcd_serve_dec *d = &c->d[j];
+        d->rc = it->rc;
+        kvtcd_blob *nb = NULL;
+        if (!d->rc && (d->rc = kvtcd_heap_blob(it->out, it->out_len, NULL,
+                                               NULL, &nb)) == 0) {
+            it->out = NULL; /* the blob owns it */
+            kvtcd_blob_unref(*d->blob);
+            *d->blob = nb;
+            d->seg->p = nb->data;
+            d->seg->len = nb->size;
+            d->sum = it->sum;
+            sv->get_decoded++;
+        } else {
+            free(it->out);
+            it->out = NULL;
+            sv->get_failed++;
+            KVTCD_ERROR("codec", "stored container did not decode; not "
+                                 "served err=\"%s\"",
+                        kvtc_strerror(d->rc));
+        }
+    }
+    void (*done)(void *) = c->done;
+    void *arg = c->arg;
+    free(c->batch.items);
+    free(c);
+    done(arg);
+}
+
+/* Completion without any job: from the loop's next turn, as promised. */
+typedef struct dec_fail {
+    uv_check_t chk;
+    void (*done)(void *arg);
+    void *arg;
+} dec_fail;
+
+static void dec_fail_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void dec_fail_run(uv_check_t *h)
+{
+    dec_fail *f = h->data;
+    uv_check_stop(h);
+    f->done(f->arg);
+    uv_close((uv_handle_t *)h, dec_fail_closed);
+}
+
+void kvtcd_serve_decode(kvtcd_server *srv, kvtcd_serve_dec *d, uint32_t n,
+                        void (*done)(void *arg), void *arg)
+{
+    dec_ctx *c = n ? calloc(1, sizeof *c) : NULL;
+    if (c)
+        c->batch.items = calloc(n, sizeof *c->batch.items);
+    if (!c || !c->batch.items) {
+        if (c)
+            free(c);
+        for (uint32_t j = 0; j < n; j++)
+            d[j].rc = KVTC_ENOMEM;
+        dec_fail *f = calloc(1, sizeof *f);
+        if (!f || uv_check_init(srv->loop, &f->chk) != 0) {
+            free(f);
+            done(arg); /* nothing left to defer with */
+            return;
+        }
+        f->chk.data = f;
+        f->done = done;
+        f->arg = arg;
+        uv_check_start(&f->chk, dec_fail_run);
+        return;
+    }
+    c->srv = srv;
+    c->d = d;
+    c->done = done;
+    c->arg = arg;
+    for (uint32_t j = 0; j < n; j++) {
+        kvtcd_codec_item *it = &c->batch.items[j];
+        it->kind = KVTCD_CODEC_DECODE;
+        it->src = d[j].seg->p;
+        it->len = d[j].seg->len;
+        d[j].rc = 0;
+    }
+    c->batch.n = n;
+    c->batch.max_out = srv->cfg.max_chunk_bytes;
+    c->batch.done = decoded;
+    c->batch.arg = c;
+    kvtcd_codec_submit(srv->serve->codec, &c->batch);
+}
