@@ -14,6 +14,7 @@ static const struct kvtc_cli_cmd commands[] = {
     {"pin", kvtc_cmd_pin, "KEY... [--ttl MS]: pin chunks against eviction"},
     {"unpin", kvtc_cmd_unpin, "KEY...: remove a pin"},
     {"bench", kvtc_cmd_bench, "put/get throughput and latency"},
+    {"demo", kvtc_cmd_demo, "a real model's KV stored compressed and restored (CPU)"},
 };
 
 static void usage(FILE *f)
