@@ -29,6 +29,7 @@ typedef struct kvtcd_CUevent_st *kvtcd_CUevent;
 #define KVTCD_CU_STREAM_NON_BLOCKING 0x1
 #define KVTCD_CU_EVENT_DISABLE_TIMING 0x2
 #define KVTCD_CU_MEMHOSTALLOC_PORTABLE 0x1
+#define KVTCD_CU_MEMHOSTREGISTER_PORTABLE 0x1
 
 typedef struct kvtcd_cuda {
     kvtcd_CUresult (*cuInit)(unsigned flags);
@@ -56,6 +57,8 @@ typedef struct kvtcd_cuda {
                                         size_t bytes, kvtcd_CUstream s);
     kvtcd_CUresult (*cuMemHostAlloc)(void **p, size_t bytes, unsigned flags);
     kvtcd_CUresult (*cuMemFreeHost)(void *p);
+    kvtcd_CUresult (*cuMemHostRegister)(void *p, size_t bytes, unsigned flags);
+    kvtcd_CUresult (*cuMemHostUnregister)(void *p);
     kvtcd_CUresult (*cuStreamCreate)(kvtcd_CUstream *s, unsigned flags);
     kvtcd_CUresult (*cuStreamDestroy)(kvtcd_CUstream s);
     kvtcd_CUresult (*cuStreamSynchronize)(kvtcd_CUstream s);
@@ -87,5 +90,9 @@ const char *kvtcd_cuda_strerror(const kvtcd_cuda *cu, kvtcd_CUresult r,
  * the "no driver" path where a GPU is present). Call before the first
  * kvtcd_cuda_load of the process; not thread-safe. */
 void kvtcd__cuda_set_library(const char *name);
+/* Tests only: serve table instead of the driver (a host-memory emulation,
+ * so the copy pipeline runs on machines without a GPU). table must outlive
+ * every user; NULL goes back to the driver. Not thread-safe. */
+void kvtcd__cuda_set_table(const kvtcd_cuda *table);
 
 #endif

@@ -38,6 +38,7 @@
 #define GPU_ALIGN 256u
 #define STAGE_BYTES (8u << 20)
 #define STAGE_COUNT 4
+#define MAX_REGIONS 8
 
 enum { DIR_H2D = 0, DIR_D2H = 1 };
 
@@ -57,6 +58,7 @@ typedef struct job {
     uint8_t wait_other;         /* order after the other stream first */
     uint8_t stopped;            /* worker: issue no more pieces */
     uint8_t released;           /* worker: no longer the issuing copy */
+    uint8_t direct;             /* host range is registered: no staging */
     int status;
     kvtcd_gpu_cb cb;
     void *arg;
@@ -78,6 +80,11 @@ struct kvtcd_gpu {
     kvtcd_CUevent ev[STAGE_COUNT];
     kvtcd_CUevent xev;          /* cross-stream ordering */
     uint8_t *stage[STAGE_COUNT];
+    struct {
+        uint8_t *base;
+        uint64_t len;
+    } region[MAX_REGIONS];      /* cuMemHostRegister'ed host memory */
+    int nregions;
 
     kvtcd_xalloc xa;            /* loop thread */
 
@@ -212,10 +219,17 @@ static int piece_issue(kvtcd_gpu *g, job *j, unsigned s, slot *sl)
         }
     }
     uint64_t n = j->len - j->issued;
-    if (n > STAGE_BYTES)
+    if (n > STAGE_BYTES && !j->direct)
         n = STAGE_BYTES;
     kvtcd_CUdeviceptr d = g->slab + j->e->off + j->issued;
-    if (j->dir == DIR_H2D) {
+    if (j->direct) {
+        /* Page-locked already: the DMA engine reads or writes the
+         * caller's bytes, one copy for the whole extent. */
+        if (j->dir == DIR_H2D)
+            r = cu->cuMemcpyHtoDAsync(d, j->host, n, st);
+        else
+            r = cu->cuMemcpyDtoHAsync(j->host, d, n, st);
+    } else if (j->dir == DIR_H2D) {
         memcpy(g->stage[s], j->host + j->issued, n);
         r = cu->cuMemcpyHtoDAsync(d, g->stage[s], n, st);
     } else {
@@ -251,7 +265,7 @@ static void piece_retire(kvtcd_gpu *g, unsigned s, slot *sl, kvtcd_CUresult r)
     job *j = sl->j;
     if (r != KVTCD_CUDA_SUCCESS)
         job_fail(g, j, "copy", r);
-    else if (j->dir == DIR_D2H && j->status == 0)
+    else if (j->dir == DIR_D2H && j->status == 0 && !j->direct)
         memcpy(j->host + sl->pos, g->stage[s], sl->n);
     sl->j = NULL;
     j->pieces_out--;
@@ -276,6 +290,9 @@ static void worker_teardown(kvtcd_gpu *g)
     for (int d = 0; d < 2; d++)
         if (g->stream[d])
             cu->cuStreamDestroy(g->stream[d]);
+    for (int i = 0; i < g->nregions; i++)
+        cu->cuMemHostUnregister(g->region[i].base);
+    g->nregions = 0;
     if (g->slab)
         cu->cuMemFree(g->slab);
 }
@@ -440,6 +457,14 @@ static int submit(kvtcd_gpu *g, const kvtcd_gpu_loc *loc, uint8_t *host,
     j->len = len;
     j->dir = (uint8_t)dir;
     j->wait_other = INFLIGHT(e)[!dir] != 0;
+    for (int i = 0; i < g->nregions; i++) {
+        if (host >= g->region[i].base &&
+            len <= g->region[i].len &&
+            (uint64_t)(host - g->region[i].base) <= g->region[i].len - len) {
+            j->direct = 1;
+            break;
+        }
+    }
     j->cb = cb;
     j->arg = arg;
     INFLIGHT(e)[dir]++;
@@ -466,6 +491,37 @@ int kvtcd_gpu_read(kvtcd_gpu *g, const kvtcd_gpu_loc *loc, void *dst,
                    uint64_t len, kvtcd_gpu_cb cb, void *arg)
 {
     return submit(g, loc, dst, len, DIR_D2H, cb, arg);
+}
+
+int kvtcd_gpu_register_host(kvtcd_gpu *g, void *base, uint64_t len)
+{
+    if (!g || !base || len == 0)
+        return KVTC_EINVAL;
+    if (g->closing)
+        return KVTC_ECANCELED;
+    if (g->nregions == MAX_REGIONS)
+        return KVTC_ENOSPC;
+    const kvtcd_cuda *cu = g->cu;
+    kvtcd_CUresult r = cu->cuCtxPushCurrent(g->ctx);
+    if (r == KVTCD_CUDA_SUCCESS) {
+        r = cu->cuMemHostRegister(base, len, KVTCD_CU_MEMHOSTREGISTER_PORTABLE);
+        kvtcd_CUcontext popped;
+        cu->cuCtxPopCurrent(&popped);
+    }
+    if (r != KVTCD_CUDA_SUCCESS) {
+        char buf[160];
+        KVTCD_WARN("gpu", "cuMemHostRegister of %llu bytes refused: %s; "
+                   "copies of that memory go through staging",
+                   (unsigned long long)len,
+                   kvtcd_cuda_strerror(cu, r, buf, sizeof buf));
+        return r == KVTCD_CUDA_ERROR_OUT_OF_MEMORY ? KVTC_ENOMEM : KVTC_EIO;
+    }
+    /* Only the loop reads the table (submit); the worker sees j->direct,
+     * and the table again at teardown, after the stop handshake. */
+    g->region[g->nregions].base = base;
+    g->region[g->nregions].len = len;
+    g->nregions++;
+    return 0;
 }
 
 void kvtcd_gpu_get_stats(const kvtcd_gpu *g, kvtcd_gpu_stats *out)

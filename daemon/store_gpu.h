@@ -70,6 +70,19 @@ int kvtcd_gpu_write(kvtcd_gpu *g, const kvtcd_gpu_loc *loc, const void *src,
 int kvtcd_gpu_read(kvtcd_gpu *g, const kvtcd_gpu_loc *loc, void *dst,
                    uint64_t len, kvtcd_gpu_cb cb, void *arg);
 
+/* Page-lock [base, base+len) for the device (cuMemHostRegister) so that
+ * later copies whose host buffer lies wholly inside it skip the staging
+ * buffers: one DMA straight from/to the caller's bytes, no memcpy, full
+ * PCIe speed (e.g. the host tier's region, kvtcd_store_host_region).
+ * Registering pins and populates every page of the range and takes time
+ * (about a millisecond per GiB or more): do it once, at start, for memory
+ * that stays resident. The range must stay mapped until the tier is
+ * closed (close unregisters it). At most 8 ranges. Errors: KVTC_EINVAL,
+ * KVTC_ENOSPC (8 already), KVTC_ENOMEM / KVTC_EIO (the driver refused,
+ * logged; copies still work through staging), KVTC_ECANCELED (closing).
+ * Loop thread. */
+int kvtcd_gpu_register_host(kvtcd_gpu *g, void *base, uint64_t len);
+
 typedef struct kvtcd_gpu_stats {
     uint64_t capacity, used;
     uint64_t bytes_written, bytes_read; /* host->GPU, GPU->host */

@@ -4,7 +4,10 @@
  * the 8 MiB staging pieces, 100 MiB), many copies in flight, ordering of
  * copies of one extent, deferred frees, fill/free/refill with data checks,
  * and close with copies in flight. Without a device the data tests skip
- * with "no CUDA device: <reason>". */
+ * with "no CUDA device: <reason>". Every data test also runs in suite
+ * gpu_fake over a fake driver (test_daemon_gpu_fake.c: host memory, one
+ * thread per stream), so the pipeline is exercised, under ASan too, on
+ * machines without a GPU; those also check that close frees everything. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +18,7 @@
 #include "extent_alloc.h"
 #include "kvtc_errors.h"
 #include "store_gpu.h"
+#include "test_daemon_gpu_fake.h"
 
 #define MiB (1ull << 20)
 
@@ -166,6 +170,7 @@ Test(gpu_extents, random_churn_never_overlaps)
 /* ---- the tier ------------------------------------------------------ */
 
 TestSuite(gpu_tier, .timeout = 120);
+TestSuite(gpu_fake, .timeout = 120);
 
 Test(gpu_tier, open_rejects_bad_arguments)
 {
@@ -227,6 +232,22 @@ Test(gpu_tier, open_succeeds_or_fails_with_a_reason)
 
 /* ---- helpers for the data tests ------------------------------------ */
 
+static int g_fake; /* this process runs the gpu_fake suite */
+
+static void use_fake_driver(void)
+{
+    g_fake = 1;
+    kvtcd__cuda_set_table(gpu_fake_table());
+}
+
+/* Each data test runs twice: on the device (gpu_tier, skipped without
+ * one) and on the fake driver (gpu_fake). */
+#define DATA_TEST(name)                                         \
+    static void body_##name(void);                              \
+    Test(gpu_tier, name) { body_##name(); }                     \
+    Test(gpu_fake, name, .init = use_fake_driver) { body_##name(); } \
+    static void body_##name(void)
+
 struct fx {
     uv_loop_t loop;
     uv_timer_t guard;       /* wakes the loop so run_until can time out */
@@ -277,6 +298,8 @@ static void fx_close(struct fx *f)
     uv_close((uv_handle_t *)&f->guard, NULL);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     cr_assert_eq(uv_loop_close(&f->loop), 0, "handles left on the loop");
+    if (g_fake)
+        cr_assert_eq(gpu_fake_live(), 0, "close left driver objects behind");
 }
 
 struct op {
@@ -348,7 +371,7 @@ static void read_and_check(struct fx *f, const kvtcd_gpu_loc *loc,
 
 /* ---- data tests (skip without a device) ---------------------------- */
 
-Test(gpu_tier, round_trips_are_byte_exact)
+DATA_TEST(round_trips_are_byte_exact)
 {
     static const uint64_t sizes[] = {1, 255, 256, 8 * MiB - 1, 8 * MiB + 1,
                                      100 * MiB};
@@ -383,7 +406,7 @@ Test(gpu_tier, round_trips_are_byte_exact)
     fx_close(&f);
 }
 
-Test(gpu_tier, rejects_bad_locs_and_lengths)
+DATA_TEST(rejects_bad_locs_and_lengths)
 {
     struct fx f;
     fx_open(&f, 4 * MiB);
@@ -411,7 +434,7 @@ Test(gpu_tier, rejects_bad_locs_and_lengths)
     fx_close(&f);
 }
 
-Test(gpu_tier, many_concurrent_copies)
+DATA_TEST(many_concurrent_copies)
 {
     enum { N = 48 };
     struct fx f;
@@ -488,7 +511,7 @@ Test(gpu_tier, many_concurrent_copies)
     fx_close(&f);
 }
 
-Test(gpu_tier, fill_to_full_free_and_refill_keeps_data)
+DATA_TEST(fill_to_full_free_and_refill_keeps_data)
 {
     /* 64 MiB slab in 1 MiB extents, each holding its own pattern. */
     enum { N = 64 };
@@ -531,7 +554,7 @@ Test(gpu_tier, fill_to_full_free_and_refill_keeps_data)
     fx_close(&f);
 }
 
-Test(gpu_tier, free_with_copies_in_flight_is_deferred)
+DATA_TEST(free_with_copies_in_flight_is_deferred)
 {
     struct fx f;
     const uint64_t ext = 32 * MiB;
@@ -565,6 +588,53 @@ Test(gpu_tier, free_with_copies_in_flight_is_deferred)
     fx_close(&f);
 }
 
+DATA_TEST(registered_host_memory_skips_staging)
+{
+    struct fx f;
+    fx_open(&f, 128 * MiB);
+    const uint64_t region = 48 * MiB;
+    uint8_t *host = NULL;
+    cr_assert_eq(posix_memalign((void **)&host, 4096, region), 0);
+    memset(host, 0, region);
+    cr_assert_eq(kvtcd_gpu_register_host(f.g, NULL, region), KVTC_EINVAL);
+    cr_assert_eq(kvtcd_gpu_register_host(f.g, host, region), 0);
+    /* Copies from inside the region (direct), and one straddling its end
+     * plus a plain malloc buffer (staged): all byte-exact. */
+    const uint64_t n = 20 * MiB + 3;
+    uint8_t *src = host + 4096 + 1, *back = host + 24 * MiB;
+    fill_pattern(src, n, 42);
+    kvtcd_gpu_loc a, b;
+    cr_assert_eq(kvtcd_gpu_alloc(f.g, n, &a), 0);
+    cr_assert_eq(kvtcd_gpu_alloc(f.g, 8 * MiB, &b), 0);
+    int copies = gpu_fake_copies();
+    cr_assert_eq(sync_copy(&f, 1, &a, src, n), 0);
+    memset(back, POISON, n);
+    cr_assert_eq(sync_copy(&f, 0, &a, back, n), 0);
+    if (g_fake)
+        cr_assert_eq(gpu_fake_copies() - copies, 2,
+                     "one DMA each way, not 8 MiB staging pieces");
+    cr_assert(memcmp(src, back, n) == 0, "direct round trip differs");
+    read_and_check(&f, &a, src, n); /* into malloc'd memory: staged */
+    uint8_t *edge = host + region - 4 * MiB;
+    uint8_t *pat = malloc(8 * MiB);
+    cr_assert_not_null(pat);
+    fill_pattern(pat, 8 * MiB, 43);
+    memcpy(edge, pat, 4 * MiB);
+    /* edge + 8 MiB would leave the region: the tier must not take the
+     * direct path for it, and reads only 4 MiB of it here. */
+    cr_assert_eq(sync_copy(&f, 1, &b, pat, 8 * MiB), 0);
+    cr_assert_eq(sync_copy(&f, 0, &b, edge, 4 * MiB), 0);
+    cr_assert(memcmp(edge, pat, 4 * MiB) == 0);
+    kvtcd_gpu_stats st;
+    kvtcd_gpu_get_stats(f.g, &st);
+    cr_assert_eq(st.errors, 0);
+    kvtcd_gpu_free(f.g, &a);
+    kvtcd_gpu_free(f.g, &b);
+    fx_close(&f); /* unregisters before the memory goes */
+    free(pat);
+    free(host);
+}
+
 struct closing {
     int cbs;
     int cbs_at_closed;
@@ -578,7 +648,7 @@ static void closing_closed(void *arg)
     c->cbs_at_closed = c->cbs;
 }
 
-Test(gpu_tier, close_with_copies_in_flight)
+DATA_TEST(close_with_copies_in_flight)
 {
     enum { N = 24 };
     const uint64_t ext = 8 * MiB + 4096;
@@ -623,5 +693,52 @@ Test(gpu_tier, close_with_copies_in_flight)
     uv_close((uv_handle_t *)&f.guard, NULL);
     uv_run(&f.loop, UV_RUN_DEFAULT);
     cr_assert_eq(uv_loop_close(&f.loop), 0);
+    if (g_fake)
+        cr_assert_eq(gpu_fake_live(), 0, "close left driver objects behind");
     free(buf);
+}
+
+/* ---- fake driver only: failures ------------------------------------ */
+
+Test(gpu_fake, driver_failure_is_eio_and_counted, .init = use_fake_driver)
+{
+    struct fx f;
+    fx_open(&f, 64 * MiB);
+    const uint64_t n = 40 * MiB; /* 5 staging pieces */
+    uint8_t *src = malloc(n);
+    cr_assert_not_null(src);
+    fill_pattern(src, n, 9);
+    kvtcd_gpu_loc loc;
+    cr_assert_eq(kvtcd_gpu_alloc(f.g, n, &loc), 0);
+    gpu_fake_fail_copy(3); /* the third piece's copy fails */
+    cr_assert_eq(sync_copy(&f, 1, &loc, src, n), KVTC_EIO);
+    kvtcd_gpu_stats st;
+    kvtcd_gpu_get_stats(f.g, &st);
+    cr_assert_eq(st.errors, 1);
+    cr_assert_eq(st.bytes_written, 0);
+    /* The tier keeps working after a failed copy. */
+    cr_assert_eq(sync_copy(&f, 1, &loc, src, n), 0);
+    read_and_check(&f, &loc, src, n);
+    gpu_fake_fail_copy(1);
+    uint8_t one;
+    cr_assert_eq(sync_copy(&f, 0, &loc, &one, 1), KVTC_EIO);
+    kvtcd_gpu_free(f.g, &loc);
+    free(src);
+    fx_close(&f);
+}
+
+Test(gpu_fake, slab_refused_is_enomem, .init = use_fake_driver)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    kvtcd_gpu *g = NULL;
+    /* The fake has 1 GiB of "device" memory. */
+    cr_assert_eq(kvtcd_gpu_open(&loop, 0, 2ull << 30, &g), KVTC_ENOMEM);
+    cr_assert_null(g);
+    cr_assert(strstr(kvtcd_gpu_last_error(), "cuMemAlloc") != NULL, "%s",
+              kvtcd_gpu_last_error());
+    cr_assert_eq(kvtcd_gpu_open(&loop, 1, 1 * MiB, &g), KVTC_ENOTSUP,
+                 "no second device");
+    cr_assert_eq(gpu_fake_live(), 0, "a failed open frees what it made");
+    cr_assert_eq(uv_loop_close(&loop), 0);
 }
