@@ -95,6 +95,7 @@ void kvtc__op_free(struct kvtc__op *op)
     free(op->hdr_iov);
     free(op->dests);
     free(op->scratch);
+    free(op->ctr_buf);
     kvtc__pinned_free(op->staging);
     free(op);
 }
@@ -299,6 +300,8 @@ static size_t reply_bound(const kvtc_conn *c)
     for (const struct kvtc__op *op = c->inflight; op; op = op->next)
         if (op->kind == KVTC__OP_GET && op->reply_pending)
             b += (uint64_t)op->n * max_chunk;
+        else if (op->kind == KVTC__OP_PROFILE && op->reply_pending)
+            b += KVTC__PROFILE_MAX_BYTES;
     return b > SIZE_MAX ? SIZE_MAX : (size_t)b;
 }
 
@@ -418,7 +421,10 @@ static int run_done(kvtc_conn *c)
             c->done_tail = NULL;
         c->n_done--;
         op->next = NULL;
-        kvtc__op_finish(op);
+        if (kvtc__op_finish(op)) {
+            n++; /* waits for profile fetches, which complete it */
+            continue;
+        }
         if (op->cb)
             op->cb(op->status, op->arg);
         kvtc__op_free(op);
@@ -815,6 +821,7 @@ void kvtc_disconnect(kvtc_conn *c)
     }
     if (c->ctx)
         ucp_cleanup(c->ctx);
+    kvtc__profile_cache_free(c);
     free(c->peer_addr);
     free(c);
 }

@@ -17,8 +17,12 @@ enum kvtc__op_kind {
     KVTC__OP_LOOKUP,
     KVTC__OP_DELETE,
     KVTC__OP_PIN,
-    KVTC__OP_STATS
+    KVTC__OP_STATS,
+    KVTC__OP_PROFILE
 };
+
+/* Largest profile libkvtc receives (the daemon's own limit). */
+#define KVTC__PROFILE_MAX_BYTES (1ull << 30)
 
 /* Where one found chunk of a get reply lands, decided when the reply
  * arrives: the caller's buffer, a pinned staging slice (device buffer
@@ -33,6 +37,16 @@ struct kvtc__get_dest {
     uint64_t checksum; /* XXH3-64 the daemon announced */
     int summed;        /* sum holds the checksum of the bytes at `at` */
     uint64_t sum;
+    int container;     /* a container in op->ctr_buf, decoded into the
+                          item's buffer at completion (KVTC_WANT_KVTC) */
+};
+
+/* An internal fetch of a profile a get needs to decode (profile.c). */
+struct kvtc__fetch {
+    struct kvtc__op *parent;  /* the get waiting for it */
+    uint64_t id;
+    uint8_t *buf;             /* the .kvtcp bytes, malloc'd on reply */
+    size_t len;
 };
 
 /* One operation, from submit to the callback. It completes when its send
@@ -61,6 +75,10 @@ struct kvtc__op {
     void *scratch;                /* discard target of oversize get chunks */
     struct kvtc__get_dest *dests;
     size_t n_dests;
+    uint32_t want;                /* GET: the wire want (0 RAW, 1 KVTC) */
+    uint8_t *ctr_buf;             /* GET: containers to decode here */
+    int fetched;                  /* GET: profiles were fetched once */
+    int waiting;                  /* GET: profile fetches outstanding */
     size_t n;                     /* items / keys */
     union {
         kvtc_put_item *put;
@@ -68,6 +86,16 @@ struct kvtc__op {
         struct { size_t *hits; uint32_t *tiers; } lookup;
         int *statuses;
         kvtc_stats *stats;
+        struct {
+            int op;                    /* Kvtc__Wire__ProfileOp */
+            kvtc_profile_info *infos;  /* LIST, UPLOAD */
+            size_t max;
+            size_t *n;                 /* LIST */
+            void *buf;                 /* GET */
+            size_t cap;
+            size_t *size;
+            struct kvtc__fetch *fetch; /* GET for a decode: bytes go here */
+        } prof;
     } out;
 };
 
@@ -98,6 +126,7 @@ struct kvtc_conn {
     size_t max_am_header;       /* largest frame that travels as AM header */
     size_t raw_pending;         /* "in data" rendezvous replies arriving */
     kvtc_server_info info;
+    struct kvtc__prof_cache *profiles; /* decoders of fetched profiles */
     char last_error[256];
 };
 
@@ -141,9 +170,18 @@ int kvtc__wait_flag(kvtc_conn *c, const int *flag, uint64_t deadline_ns);
  * callback should return. */
 ucs_status_t kvtc__op_reply(struct kvtc__op *op, Kvtc__Wire__Reply *rep,
                             const void *bulk, size_t length, void *rndv_desc);
-/* Device copies and checksum checks of a finished get, outside UCX
- * callbacks. */
-void kvtc__op_finish(struct kvtc__op *op);
+/* Device copies, checksum checks and decodes of a finished get, outside
+ * UCX callbacks. Returns 1 when op waits for profile fetches instead (they
+ * complete it: run its callback and free it), else 0. */
+int kvtc__op_finish(struct kvtc__op *op);
+
+/* profile.c: the Profile reply of op. */
+ucs_status_t kvtc__profile_reply(struct kvtc__op *op, const Kvtc__Wire__Reply *rep,
+                                 const void *bulk, size_t length, void *rndv_desc);
+/* Decode op's containers into their items' buffers (after checksums).
+ * Returns 1 when profiles had to be fetched first (op completes later). */
+int kvtc__get_decode(struct kvtc__op *op);
+void kvtc__profile_cache_free(kvtc_conn *c);
 
 /* cuda.c: memory types. */
 /* *is_dev = whether p is device memory. KVTC_ENOTSUP when mem asks for

@@ -103,6 +103,20 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
             rc = KVTC_EINVAL;
             goto cleanup;
         }
+        if ((it->field_mask & KVTC_PUT_FIELD_ENCODING) &&
+            it->encoding != KVTC_ENCODING_RAW && it->encoding != KVTC_ENCODING_KVTC) {
+            kvtc__set_error(c, "chunk %zu: encoding %u", i, it->encoding);
+            rc = KVTC_EINVAL;
+            goto cleanup;
+        }
+        if ((it->field_mask & KVTC_PUT_FIELD_RATIO) &&
+            (!(it->target_ratio == 0 || it->target_ratio >= 1) ||
+             it->target_ratio > 1e6f)) {
+            kvtc__set_error(c, "chunk %zu: target_ratio %g (>= 1, or 0 for raw)", i,
+                            (double)it->target_ratio);
+            rc = KVTC_EINVAL;
+            goto cleanup;
+        }
         uint32_t mem = (it->field_mask & KVTC_PUT_FIELD_MEM) ? it->mem : KVTC_MEM_AUTO;
         if (it->size && (rc = kvtc__mem_classify(it->data, mem, &dev[i]))) {
             kvtc__set_error(c, "chunk %zu: device memory not supported by this build", i);
@@ -163,6 +177,15 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
         if (it->field_mask & KVTC_PUT_FIELD_FLAGS) {
             m->has_flags = 1;
             m->flags = it->flags;
+        }
+        if ((it->field_mask & KVTC_PUT_FIELD_RATIO) && it->target_ratio > 0) {
+            m->has_target_ratio = 1;
+            m->target_ratio = it->target_ratio;
+        }
+        if ((it->field_mask & KVTC_PUT_FIELD_ENCODING) &&
+            it->encoding == KVTC_ENCODING_KVTC) {
+            m->has_encoding = 1;
+            m->encoding = KVTC__WIRE__ENCODING__KVTC;
         }
         mptr[i] = m;
         if (it->size) {
@@ -227,6 +250,18 @@ int kvtc_get_batch_async(kvtc_conn *c, kvtc_get_item *items, size_t n,
         it->size = 0;
         it->tier = KVTC_TIER_NONE;
         it->has_layout = 0;
+        it->encoding = KVTC_ENCODING_RAW;
+        it->wire_size = 0;
+        uint32_t want = (it->field_mask & KVTC_GET_FIELD_WANT) ? it->want : KVTC_WANT_RAW;
+        if (want > KVTC_WANT_CONTAINER) {
+            kvtc__set_error(c, "item %zu: want %u", i, want);
+            rc = KVTC_EINVAL;
+            goto cleanup;
+        }
+        /* One want per request: any compressed wish asks for containers,
+         * and libkvtc decodes those the caller wants raw. */
+        if (want != KVTC_WANT_RAW)
+            op->want = 1;
         if (it->capacity && !it->buf) {
             kvtc__set_error(c, "item %zu: no buffer", i);
             rc = KVTC_EINVAL;
@@ -247,6 +282,10 @@ int kvtc_get_batch_async(kvtc_conn *c, kvtc_get_item *items, size_t n,
     Kvtc__Wire__GetRequest gr = KVTC__WIRE__GET_REQUEST__INIT;
     gr.n_keys = n;
     gr.keys = keys;
+    if (op->want) {
+        gr.has_want = 1;
+        gr.want = KVTC__WIRE__ENCODING__KVTC;
+    }
     Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
     req.body_case = KVTC__WIRE__REQUEST__BODY_GET;
     req.get = &gr;
@@ -288,7 +327,7 @@ static int get_plan(struct kvtc__op *op, const Kvtc__Wire__GetReply *gr, size_t 
                         gr ? gr->n_results : 0, op->n);
         return KVTC_EPROTO;
     }
-    uint64_t total = 0, staged = 0, oversize = 0;
+    uint64_t total = 0, staged = 0, oversize = 0, ctr = 0;
     for (size_t i = 0; i < op->n; i++) {
         const Kvtc__Wire__GetResult *r = gr->results[i];
         kvtc_get_item *it = &op->out.get[i];
@@ -303,6 +342,17 @@ static int get_plan(struct kvtc__op *op, const Kvtc__Wire__GetReply *gr, size_t 
         }
         total += m->size;
         it->size = (size_t)m->size;
+        it->wire_size = m->size;
+        it->encoding = m->has_encoding && m->encoding == KVTC__WIRE__ENCODING__KVTC
+                           ? KVTC_ENCODING_KVTC : KVTC_ENCODING_RAW;
+        uint32_t want = (it->field_mask & KVTC_GET_FIELD_WANT) ? it->want : KVTC_WANT_RAW;
+        /* A container to decode lands aside; its raw size is checked
+         * against the buffer when it is decoded. */
+        op->dests[i].container = it->encoding == KVTC_ENCODING_KVTC &&
+                                 want != KVTC_WANT_CONTAINER;
+        if (op->dests[i].container) {
+            ctr += m->size;
+        }
         op->dests[i].has_checksum = m->has_checksum;
         op->dests[i].checksum = m->checksum;
         it->tier = r->has_tier ? (uint32_t)r->tier : KVTC_TIER_NONE;
@@ -312,7 +362,9 @@ static int get_plan(struct kvtc__op *op, const Kvtc__Wire__GetReply *gr, size_t 
             it->first_pos = m->has_first_pos ? m->first_pos : 0;
             it->n_tokens = m->has_n_tokens ? m->n_tokens : 0;
         }
-        if (it->size > it->capacity)
+        if (op->dests[i].container)
+            ;
+        else if (it->size > it->capacity)
             oversize = it->size > oversize ? it->size : oversize;
         else if (op->dests[i].staged && !c->ucx_cuda)
             staged += it->size;
@@ -325,6 +377,9 @@ static int get_plan(struct kvtc__op *op, const Kvtc__Wire__GetReply *gr, size_t 
     /* Buffers: total == length bounds both, and UCX moves that much anyway. */
     if (oversize && !(op->scratch = malloc(oversize)))
         return KVTC_ENOMEM;
+    if (ctr && !(op->ctr_buf = malloc(ctr)))
+        return KVTC_ENOMEM;
+    size_t ctr_off = 0;
     if (staged && kvtc__pinned_alloc(staged, &op->staging))
         return KVTC_ENOMEM;
     op->iov = calloc(op->n, sizeof *op->iov);
@@ -342,7 +397,10 @@ static int get_plan(struct kvtc__op *op, const Kvtc__Wire__GetReply *gr, size_t 
         if (it->status || !it->size)
             continue;
         d->len = it->size;
-        if (it->size > it->capacity) {
+        if (d->container) {
+            d->at = op->ctr_buf + ctr_off;
+            ctr_off += it->size;
+        } else if (it->size > it->capacity) {
             it->status = KVTC_ENOSPC;
             d->at = op->scratch;
         } else if (dev && !c->ucx_cuda) {
@@ -591,6 +649,10 @@ ucs_status_t kvtc__op_reply(struct kvtc__op *op, Kvtc__Wire__Reply *rep,
         else
             stats_out(op->out.stats, rep->stats);
         break;
+    case KVTC__OP_PROFILE:
+        ret = kvtc__profile_reply(op, rep, bulk, length, rndv_desc);
+        rc = op->status;
+        break;
     }
     if (rc == KVTC_EPROTO && !op->status && !c->last_error[0])
         kvtc__set_error(c, "reply does not match its request");
@@ -601,7 +663,7 @@ ucs_status_t kvtc__op_reply(struct kvtc__op *op, Kvtc__Wire__Reply *rep,
 
 /* Runs outside UCX callbacks once nothing is pending: device copies,
  * checksums, and the op's overall status from its items. */
-void kvtc__op_finish(struct kvtc__op *op)
+int kvtc__op_finish(struct kvtc__op *op)
 {
     kvtc_conn *c = op->conn;
     if (op->kind == KVTC__OP_PUT) {
@@ -616,10 +678,12 @@ void kvtc__op_finish(struct kvtc__op *op)
                 kvtc__set_error(c, "chunk %zu: %s", i, kvtc_strerror(it->status));
             }
         }
-        return;
+        return 0;
     }
     if (op->kind != KVTC__OP_GET)
-        return;
+        return 0;
+    if (op->fetched)
+        goto decode; /* back from profile fetches: checks were done */
     for (size_t i = 0; i < op->n; i++) {
         kvtc_get_item *it = &op->out.get[i];
         if (op->status) {
@@ -643,6 +707,9 @@ void kvtc__op_finish(struct kvtc__op *op)
         if (d->staged && kvtc__cuda_copy(it->buf, d->at, d->len, 1))
             it->status = KVTC_EIO;
     }
+decode:
+    if (!op->status && op->ctr_buf && kvtc__get_decode(op))
+        return 1;
     if (!op->status)
         for (size_t i = 0; i < op->n; i++)
             if (op->out.get[i].status) {
@@ -652,6 +719,7 @@ void kvtc__op_finish(struct kvtc__op *op)
                 kvtc__set_error(c, "key %s: %s", hex, kvtc_strerror(op->status));
                 break;
             }
+    return 0;
 }
 
 /* ---- Key-list operations ------------------------------------------------- */

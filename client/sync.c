@@ -108,3 +108,34 @@ int kvtc_stats_get(kvtc_conn *c, const kvtc_op_params *p, kvtc_stats *out)
     kvtc_op_params q = with_waiter(p, &w);
     return finish(c, kvtc_stats_get_async(c, &q, out), &w);
 }
+
+int kvtc_profile_upload(kvtc_conn *c, const void *data, size_t size,
+                        const kvtc_op_params *p, kvtc_profile_info *out)
+{
+    struct waiter w = {0};
+    kvtc_op_params q = with_waiter(p, &w);
+    return finish(c, kvtc_profile_upload_async(c, data, size, &q, out), &w);
+}
+
+int kvtc_profile_list(kvtc_conn *c, const kvtc_op_params *p,
+                      kvtc_profile_info *out, size_t max, size_t *n)
+{
+    struct waiter w = {0};
+    kvtc_op_params q = with_waiter(p, &w);
+    return finish(c, kvtc_profile_list_async(c, &q, out, max, n), &w);
+}
+
+int kvtc_profile_get(kvtc_conn *c, uint64_t id, void *buf, size_t cap,
+                     const kvtc_op_params *p, size_t *size)
+{
+    struct waiter w = {0};
+    kvtc_op_params q = with_waiter(p, &w);
+    return finish(c, kvtc_profile_get_async(c, id, buf, cap, &q, size), &w);
+}
+
+int kvtc_profile_delete(kvtc_conn *c, uint64_t id, const kvtc_op_params *p)
+{
+    struct waiter w = {0};
+    kvtc_op_params q = with_waiter(p, &w);
+    return finish(c, kvtc_profile_delete_async(c, id, &q), &w);
+}

@@ -268,7 +268,16 @@ enum kvtc_put_field {
     KVTC_PUT_FIELD_PARENT = 1u << 0, /* parent is set */
     KVTC_PUT_FIELD_LAYOUT = 1u << 1, /* layout, first_pos, n_tokens set */
     KVTC_PUT_FIELD_FLAGS = 1u << 2,  /* flags is set */
-    KVTC_PUT_FIELD_MEM = 1u << 3     /* mem is set (default AUTO) */
+    KVTC_PUT_FIELD_MEM = 1u << 3,    /* mem is set (default AUTO) */
+    KVTC_PUT_FIELD_RATIO = 1u << 4,  /* target_ratio is set: the daemon
+                                        compresses the raw chunk */
+    KVTC_PUT_FIELD_ENCODING = 1u << 5 /* encoding is set */
+};
+
+/* What a chunk's bytes are. */
+enum kvtc_encoding {
+    KVTC_ENCODING_RAW = 0, /* canonical chunk bytes (or opaque bytes) */
+    KVTC_ENCODING_KVTC = 1 /* a kvtc container (kvtc_encode) */
 };
 
 enum kvtc_put_flags {
@@ -277,7 +286,14 @@ enum kvtc_put_flags {
 
 /* One chunk to store. The data buffer must stay untouched until the
  * operation completes (it is sent zero-copy). Without a layout the chunk is
- * opaque bytes. */
+ * opaque bytes.
+ * Compression (protocol 1.2): with RATIO and a layout, the daemon
+ * compresses the chunk with the profile it has for that layout, at the
+ * profile's plan nearest target_ratio from above (else its highest); with
+ * no profile for the layout, or the LIVE_WINDOW flag, it stores the chunk
+ * raw (status 0 all the same). With ENCODING = KVTC, data is a container
+ * the caller encoded (size = its bytes); the daemon checks it and refuses
+ * it with KVTC_EPROFILE when it does not have the container's profile. */
 typedef struct kvtc_put_item {
     uint64_t field_mask;        /* enum kvtc_put_field */
     kvtc_key key;
@@ -290,11 +306,27 @@ typedef struct kvtc_put_item {
     uint32_t flags;             /* enum kvtc_put_flags */
     uint32_t mem;               /* enum kvtc_mem */
     int status;                 /* out: 0 or KVTC_E* of this chunk */
-    uint64_t reserved[4];
+    float target_ratio;         /* RATIO: >= 1 (0: store raw) */
+    uint32_t encoding;          /* ENCODING: enum kvtc_encoding of data */
+    uint64_t reserved[3];
 } kvtc_put_item;
 
 enum kvtc_get_field {
-    KVTC_GET_FIELD_MEM = 1u << 0 /* mem is set (default AUTO) */
+    KVTC_GET_FIELD_MEM = 1u << 0, /* mem is set (default AUTO) */
+    KVTC_GET_FIELD_WANT = 1u << 1 /* want is set (default RAW) */
+};
+
+/* How a chunk stored compressed travels and lands (chunks stored raw
+ * always travel and land raw). */
+enum kvtc_want {
+    KVTC_WANT_RAW = 0,      /* the daemon decodes; raw bytes travel */
+    KVTC_WANT_KVTC = 1,     /* the container travels (~1/ratio of the
+                               bytes) and libkvtc decodes it on the CPU
+                               into buf: buf gets the raw chunk. The
+                               profile is fetched from the daemon once per
+                               connection and cached. */
+    KVTC_WANT_CONTAINER = 2 /* the container travels and lands in buf as
+                               is (decode it with kvtc_decode or on a GPU) */
 };
 
 /* One chunk to fetch into buf (capacity bytes), zero-copy for large chunks.
@@ -313,7 +345,11 @@ typedef struct kvtc_get_item {
     kvtc_layout layout;   /* out */
     uint32_t first_pos;   /* out */
     uint32_t n_tokens;    /* out */
-    uint64_t reserved[4];
+    uint32_t want;        /* WANT: enum kvtc_want */
+    uint32_t encoding;    /* out: enum kvtc_encoding of the bytes that
+                             travelled (KVTC: it was stored compressed) */
+    uint64_t wire_size;   /* out: bytes that travelled for this chunk */
+    uint64_t reserved[2];
 } kvtc_get_item;
 
 /* Daemon counters (StatsReply). field_mask says which the daemon filled. */
@@ -341,6 +377,16 @@ typedef struct kvtc_stats {
     uint64_t sessions, bytes_in, bytes_out, errors, uptime_ms;
     uint64_t reserved[8];
 } kvtc_stats;
+
+/* A codec profile the daemon holds (protocol 1.2). */
+typedef struct kvtc_profile_info {
+    uint64_t id;                       /* kvtc_profile_id */
+    kvtc_layout layout;
+    uint64_t size;                     /* bytes of its .kvtcp */
+    uint32_t n_plans;
+    float ratios[KVTC_MAX_PLANS];      /* each plan's target ratio */
+    uint64_t reserved[4];
+} kvtc_profile_info;
 
 /* Completion of an asynchronous operation: status is what the blocking
  * twin would have returned. Runs inside kvtc_progress(), a blocking call or
@@ -412,6 +458,31 @@ int kvtc_unpin(kvtc_conn *conn, const kvtc_key *keys, size_t n,
 int kvtc_stats_get(kvtc_conn *conn, const kvtc_op_params *params,
                    kvtc_stats *out);
 
+/* ---- Codec profiles (protocol 1.2) --------------------------------------
+ * The daemon compresses chunks with the profile of their layout (see
+ * kvtc_put_item). Profiles persist in the daemon's data dir when it has
+ * one, else in its memory only. */
+
+/* Upload a .kvtcp (data, size bytes; validated by the daemon). out (may be
+ * NULL) gets its description. Uploading a profile the daemon has already
+ * is not an error. Errors: KVTC_ECORRUPT / KVTC_EVERSION / KVTC_EINVAL
+ * (not a valid profile), KVTC_ENOSPC (over the daemon's size or count
+ * limit), as the other operations. */
+int kvtc_profile_upload(kvtc_conn *conn, const void *data, size_t size,
+                        const kvtc_op_params *params, kvtc_profile_info *out);
+/* Describe up to max profiles into out (newest first); *n gets how many
+ * were written. */
+int kvtc_profile_list(kvtc_conn *conn, const kvtc_op_params *params,
+                      kvtc_profile_info *out, size_t max, size_t *n);
+/* Fetch profile id's .kvtcp bytes into buf (cap bytes); *size (may be
+ * NULL) gets its size, also on KVTC_ENOSPC. Errors: KVTC_ENOENT. */
+int kvtc_profile_get(kvtc_conn *conn, uint64_t id, void *buf, size_t cap,
+                     const kvtc_op_params *params, size_t *size);
+/* Delete profile id. Chunks compressed with it can no longer be served raw
+ * (KVTC_EPROFILE) until it is uploaded again. Errors: KVTC_ENOENT. */
+int kvtc_profile_delete(kvtc_conn *conn, uint64_t id,
+                        const kvtc_op_params *params);
+
 /* ======================================================================
  * Asynchronous operations: same arguments and results as the blocking
  * twins; params->cb is required. On 0 the operation was submitted: every
@@ -436,6 +507,16 @@ int kvtc_unpin_async(kvtc_conn *conn, const kvtc_key *keys, size_t n,
                      const kvtc_op_params *params, int *statuses);
 int kvtc_stats_get_async(kvtc_conn *conn, const kvtc_op_params *params,
                          kvtc_stats *out);
+int kvtc_profile_upload_async(kvtc_conn *conn, const void *data, size_t size,
+                              const kvtc_op_params *params,
+                              kvtc_profile_info *out);
+int kvtc_profile_list_async(kvtc_conn *conn, const kvtc_op_params *params,
+                            kvtc_profile_info *out, size_t max, size_t *n);
+int kvtc_profile_get_async(kvtc_conn *conn, uint64_t id, void *buf,
+                           size_t cap, const kvtc_op_params *params,
+                           size_t *size);
+int kvtc_profile_delete_async(kvtc_conn *conn, uint64_t id,
+                              const kvtc_op_params *params);
 
 /* ---- Event-loop integration -------------------------------------------
  * Loop: kvtc_progress(); if kvtc_arm() == 0, sleep until *fd is readable

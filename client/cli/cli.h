@@ -28,6 +28,10 @@ int kvtc_cmd_delete(const struct kvtc_cli_global *g, int argc, char **argv);
 int kvtc_cmd_pin(const struct kvtc_cli_global *g, int argc, char **argv);
 int kvtc_cmd_unpin(const struct kvtc_cli_global *g, int argc, char **argv);
 int kvtc_cmd_bench(const struct kvtc_cli_global *g, int argc, char **argv);
+/* Codec profiles on the daemon, and `kvtc codec calibrate` under a short
+ * name (cmd_profile.c). */
+int kvtc_cmd_profile(const struct kvtc_cli_global *g, int argc, char **argv);
+int kvtc_cmd_calibrate(const struct kvtc_cli_global *g, int argc, char **argv);
 /* kvtc demo (cmd_demo.c; demo_daemon, demo_model, demo_store). */
 int kvtc_cmd_demo(const struct kvtc_cli_global *g, int argc, char **argv);
 

@@ -14,6 +14,8 @@ static const struct kvtc_cli_cmd commands[] = {
     {"pin", kvtc_cmd_pin, "KEY... [--ttl MS]: pin chunks against eviction"},
     {"unpin", kvtc_cmd_unpin, "KEY...: remove a pin"},
     {"bench", kvtc_cmd_bench, "put/get throughput and latency"},
+    {"profile", kvtc_cmd_profile, "upload FILE | list | get ID OUT | delete ID: codec profiles"},
+    {"calibrate", kvtc_cmd_calibrate, "[--layout SPEC ...] DUMP... OUT.kvtcp: build a profile"},
     {"demo", kvtc_cmd_demo, "a real model's KV stored compressed and restored (CPU)"},
 };
 
