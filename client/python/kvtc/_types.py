@@ -28,8 +28,12 @@ CONN_TENANT, CONN_TOKEN, CONN_CLIENT_NAME = 1 << 0, 1 << 1, 1 << 2
 CONN_CONNECT_TIMEOUT, CONN_OP_TIMEOUT, CONN_SPIN, CONN_BULK = 1 << 3, 1 << 4, 1 << 5, 1 << 6
 # enum kvtc_put_field / kvtc_put_flags / kvtc_get_field
 PUT_PARENT, PUT_LAYOUT, PUT_FLAGS, PUT_MEM = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+PUT_RATIO, PUT_ENCODING = 1 << 4, 1 << 5
 PUT_LIVE_WINDOW = 1 << 0
-GET_MEM = 1 << 0
+GET_MEM, GET_WANT = 1 << 0, 1 << 1
+# enum kvtc_encoding / kvtc_want
+ENCODING_RAW, ENCODING_KVTC = 0, 1
+WANT_RAW, WANT_KVTC, WANT_CONTAINER = 0, 1, 2
 # enum kvtc_op_param_field
 OP_CALLBACK, OP_TTL, OP_TIMEOUT = 1 << 0, 1 << 1, 1 << 2
 # enum kvtc_engine_layout_field
@@ -132,7 +136,9 @@ class PutItem(C.Structure):
         ("flags", C.c_uint32),
         ("mem", C.c_uint32),
         ("status", C.c_int),
-        ("reserved", C.c_uint64 * 4),
+        ("target_ratio", C.c_float),
+        ("encoding", C.c_uint32),
+        ("reserved", C.c_uint64 * 3),
     ]
 
 
@@ -150,7 +156,10 @@ class GetItem(C.Structure):
         ("layout", Layout),
         ("first_pos", C.c_uint32),
         ("n_tokens", C.c_uint32),
-        ("reserved", C.c_uint64 * 4),
+        ("want", C.c_uint32),
+        ("encoding", C.c_uint32),
+        ("wire_size", C.c_uint64),
+        ("reserved", C.c_uint64 * 2),
     ]
 
 

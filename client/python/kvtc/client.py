@@ -13,9 +13,10 @@ releases the GIL during the C calls.
 fork(): UCX does not survive it. Create Clients after forking (or in the
 child after exec), never before, as libkvtc documents.
 
-Modes: the daemon stores and serves raw chunks only for now. put(mode=) and
-get(want=) exist so code written today keeps working when compressed modes
-arrive; anything but "raw" raises NotImplementedError until then.
+Modes: this binding moves raw chunks only for now. put(mode=) and get(want=)
+exist so code written today keeps working when it wires libkvtc's compressed
+puts and gets (protocol 1.2: target ratio, client containers, want=KVTC or
+CONTAINER); anything but "raw" raises NotImplementedError until then.
 """
 
 import ctypes as C
@@ -38,8 +39,8 @@ _FIRST_HINT = 1 << 20
 def _raw_only(kind, value):
     if value != "raw":
         raise NotImplementedError(
-            "%s=%r: the daemon serves raw chunks only for now; compressed modes "
-            "come with a later kvtcd (use %s=\"raw\")" % (kind, value, kind))
+            "%s=%r: the Python binding moves raw chunks only for now; compressed "
+            "modes are not wired to libkvtc yet (use %s=\"raw\")" % (kind, value, kind))
 
 
 def make_layout(layout=None, **fields):

@@ -96,16 +96,25 @@ def cache_to_chunks(cache, chunk_tokens, first_token=0, n_tokens=None):
 
 def chunks_to_cache(chunks, cache=None):
     """A DynamicCache (new, or `cache` extended) holding the tokens of the
-    canonical chunks, in order."""
+    canonical chunks, in order, on the chunks' device."""
     if cache is None:
         from transformers import DynamicCache
         cache = DynamicCache()
-    full = torch.cat(list(chunks), dim=2)  # [L][2][T][H][D]
-    for layer in range(full.shape[0]):
-        # [T][H][D] -> [1][H][T][D], contiguous as the model's own cache is.
-        k = full[layer, 0].transpose(0, 1).unsqueeze(0).contiguous()
-        v = full[layer, 1].transpose(0, 1).unsqueeze(0).contiguous()
-        cache.update(k, v, layer)
+    chunks = list(chunks)
+    layers, _, _, heads, dim = chunks[0].shape
+    total = sum(c.shape[2] for c in chunks)
+    like = dict(dtype=chunks[0].dtype, device=chunks[0].device)
+    for layer in range(layers):
+        # One copy per element: each chunk's [t][H][D] slab lands transposed
+        # in the layer's [1][H][T][D] tensor, as contiguous as the model's own.
+        kv = [torch.empty((1, heads, total, dim), **like) for _ in range(2)]
+        a = 0
+        for c in chunks:
+            b = a + c.shape[2]
+            for j in range(2):
+                kv[j][0, :, a:b].copy_(c[layer, j].transpose(0, 1))
+            a = b
+        cache.update(kv[0], kv[1], layer)
     return cache
 
 
@@ -139,12 +148,18 @@ def restore(client, tokens, layout, fingerprint, device="cpu", parent=None, cach
     if not hits:
         return cache, 0
     shape = (layout.layers, 2, ct, layout.kv_heads, layout.head_dim)
-    outs = [torch.empty(shape, dtype=TORCH_DTYPE[layout.dtype], device=device)
-            for _ in range(hits)]
+    dtype = TORCH_DTYPE[layout.dtype]
+    # A libkvtc without device-buffer support refuses CUDA tensors: land the
+    # chunks in pinned host memory then, and copy them over.
+    staged = torch.device(device).type == "cuda" and not client.server_info["device_memory"]
+    land = dict(device="cpu", pin_memory=True) if staged else dict(device=device)
+    outs = [torch.empty(shape, dtype=dtype, **land) for _ in range(hits)]
     got = client.get_many(keys[:hits], outs)
     n = next((i for i, g in enumerate(got) if g is None), hits)
     if not n:
         return cache, 0
+    if staged:
+        outs = [o.to(device, non_blocking=True) for o in outs[:n]]
     return chunks_to_cache(outs[:n], cache), n * ct
 
 
