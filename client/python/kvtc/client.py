@@ -33,7 +33,10 @@ from .keys import key_array, to_bytes, to_struct
 
 # Fetch size tried first when get() has no out: grows to the largest chunk
 # seen, so a second round trip (after KVTC_ENOSPC) happens once per size.
+# One batch's guessed buffers stay within _GUESS_BUDGET (untouched pages cost
+# nothing, but a thousand 256 MiB guesses would exhaust the address space).
 _FIRST_HINT = 1 << 20
+_GUESS_BUDGET = 1 << 30
 
 
 def _raw_only(kind, value):
@@ -289,6 +292,9 @@ class Client:
 
     def _get_pass(self, keys, outs, idx, results, timeout_ms, final):
         items = (T.GetItem * max(len(idx), 1))()
+        guess = self._hint
+        if not final:
+            guess = min(guess, max(1 << 16, _GUESS_BUDGET // max(len(idx), 1)))
         bufs = []
         for j, i in enumerate(idx):
             it = items[j]
@@ -296,7 +302,7 @@ class Client:
             if outs[i] is not None:
                 ptr, cap, mem, ref = buffers.dest(outs[i])
             else:
-                ref = np.empty(self._hint, dtype=np.uint8)
+                ref = np.empty(guess, dtype=np.uint8)
                 ptr, cap, mem = ref.ctypes.data, ref.nbytes, T.MEM_HOST
             bufs.append(ref)
             it.buf, it.capacity, it.mem, it.field_mask = ptr, cap, mem, T.GET_MEM
