@@ -126,6 +126,11 @@ int kvtcd_serve_put_prepare(const Kvtc__Wire__PutRequest *put, void **ctx,
     return 0;
 }
 
+Kvtc__Wire__Status *kvtcd_serve_put_status(void *p)
+{
+    return ((put_ctx *)p)->st;
+}
+
 kvtcd_blob *kvtcd_serve_put_where(void *p, uint32_t i, size_t *off)
 {
     put_ctx *c = p;

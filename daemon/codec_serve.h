@@ -73,6 +73,8 @@ void kvtcd_serve_put_run(kvtcd_server *srv, void *ctx, kvtcd_entry *tmpl,
                          kvtcd_blob *blob, size_t base,
                          Kvtc__Wire__Status *st, void (*done)(void *arg),
                          void *arg);
+/* The status array given to kvtcd_serve_put_run. */
+Kvtc__Wire__Status *kvtcd_serve_put_status(void *ctx);
 /* Where chunk i's stored bytes are after the step: the blob (borrowed from
  * ctx; kvtcd_index_insert takes its own reference) and the offset. */
 kvtcd_blob *kvtcd_serve_put_where(void *ctx, uint32_t i, size_t *off);
