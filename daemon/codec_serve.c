@@ -41,6 +41,57 @@ void kvtcd_serve_destroy(kvtcd_serve *sv)
     free(sv);
 }
 
+void kvtcd_serve_metrics_each(const kvtcd_serve *sv,
+                              void (*fn)(void *ctx, const char *name,
+                                         const char *type, const char *help,
+                                         uint64_t v),
+                              void *ctx)
+{
+    if (!sv)
+        return;
+    const kvtcd_codec_stats *st = kvtcd_codec_get_stats(sv->codec);
+    fn(ctx, "profiles", "gauge", "Codec profiles the daemon holds.",
+       sv->profiles.count);
+    fn(ctx, "profile_uploads_total", "counter", "Profiles uploaded.",
+       sv->profile_uploads);
+    fn(ctx, "profile_deletes_total", "counter", "Profiles deleted.",
+       sv->profile_deletes);
+    fn(ctx, "codec_jobs_total", "counter",
+       "Codec jobs run on the thread pool (each carries up to 64 chunks).",
+       st->jobs);
+    fn(ctx, "codec_pending", "gauge", "Chunks queued or being coded.",
+       kvtcd_codec_pending(sv->codec));
+    fn(ctx, "codec_encoded_total", "counter", "Chunks compressed.",
+       st->encoded);
+    fn(ctx, "codec_encode_in_bytes_total", "counter",
+       "Raw bytes of the chunks compressed.", st->encode_in_bytes);
+    fn(ctx, "codec_encode_out_bytes_total", "counter",
+       "Container bytes the compressed chunks became.", st->encode_out_bytes);
+    fn(ctx, "codec_decoded_total", "counter",
+       "Stored containers decoded for raw gets.", st->decoded);
+    fn(ctx, "codec_decode_out_bytes_total", "counter",
+       "Raw bytes decoded for raw gets.", st->decode_out_bytes);
+    fn(ctx, "codec_checked_total", "counter",
+       "Client containers checked on put.", st->checked);
+    fn(ctx, "codec_failed_total", "counter",
+       "Codec items that failed (corrupt, profile missing, ...).", st->failed);
+    fn(ctx, "codec_busy_microseconds_total", "counter",
+       "Worker time spent coding.", st->busy_ns / 1000);
+    fn(ctx, "put_compressed_total", "counter",
+       "Chunks stored compressed by the daemon.", sv->put_compressed);
+    fn(ctx, "put_raw_no_profile_total", "counter",
+       "Chunks that asked for compression and were stored raw: no profile "
+       "for their layout.",
+       sv->put_raw_no_profile);
+    fn(ctx, "put_containers_total", "counter",
+       "Client-compressed containers stored.", sv->put_containers);
+    fn(ctx, "put_containers_rejected_total", "counter",
+       "Client-compressed containers refused (corrupt, unknown profile).",
+       sv->put_rejected);
+    fn(ctx, "get_decode_failed_total", "counter",
+       "Stored containers that did not decode (not served).", sv->get_failed);
+}
+
 /* ---- put ------------------------------------------------------------------ */
 
 typedef struct put_ctx {

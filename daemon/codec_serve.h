@@ -50,6 +50,15 @@ int kvtcd_serve_create(kvtcd_server *srv, kvtcd_serve **out);
 /* After the loop ran dry. NULL is a no-op. */
 void kvtcd_serve_destroy(kvtcd_serve *sv);
 
+/* Every codec and profile counter as Prometheus samples: fn gets a name
+ * (without the "kvtc_" prefix), "counter" or "gauge", a help line and the
+ * value. For admin.c's /metrics. */
+void kvtcd_serve_metrics_each(const kvtcd_serve *sv,
+                              void (*fn)(void *ctx, const char *name,
+                                         const char *type, const char *help,
+                                         uint64_t v),
+                              void *ctx);
+
 /* ---- put ---------------------------------------------------------------- */
 
 /* Validate the codec fields of a put (encoding, target_ratio) and keep what
