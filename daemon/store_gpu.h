@@ -75,7 +75,7 @@ int kvtcd_gpu_read(kvtcd_gpu *g, const kvtcd_gpu_loc *loc, void *dst,
  * buffers: one DMA straight from/to the caller's bytes, no memcpy, full
  * PCIe speed (e.g. the host tier's region, kvtcd_store_host_region).
  * Registering pins and populates every page of the range and takes time
- * (about a millisecond per GiB or more): do it once, at start, for memory
+ * (14 ms for 256 MiB on the H100 host): do it once, at start, for memory
  * that stays resident. The range must stay mapped until the tier is
  * closed (close unregisters it). At most 8 ranges. Errors: KVTC_EINVAL,
  * KVTC_ENOSPC (8 already), KVTC_ENOMEM / KVTC_EIO (the driver refused,
@@ -90,5 +90,10 @@ typedef struct kvtcd_gpu_stats {
     char device_name[128];
 } kvtcd_gpu_stats;
 void kvtcd_gpu_get_stats(const kvtcd_gpu *g, kvtcd_gpu_stats *out);
+
+/* Internal, for tests and benchmarks: the number of memcpy helper threads
+ * the next kvtcd_gpu_open starts (0: the copy worker copies alone; -1:
+ * the default, a quarter of the CPUs, at most 4). Loop thread. */
+void kvtcd__gpu_set_copy_helpers(int n);
 
 #endif

@@ -21,3 +21,19 @@ else
 bench-gpu:
 	@echo "bench-gpu: needs nvcc and nvCOMP (deploy/fetch-nvcomp.sh)"
 endif
+
+# kvtc-bench-gpu-tier: the GPU tier's copies (daemon/store_gpu.c) next to
+# plain driver copies on the same device. Built with or without nvcc: the
+# driver is dlopen'ed at run time, as kvtcd does.
+#   make bench-gpu-tier   build and run (needs a GPU; exit 77 without)
+BGT_BIN := $(BINDIR)/kvtc-bench-gpu-tier
+BENCHES += $(BGT_BIN)
+$(OBJ)/bench/gpu/tier_copy.o: CPPFLAGS += -Idaemon
+
+$(BGT_BIN): $(OBJ)/bench/gpu/tier_copy.o $(KVTCD_A) $(CODEC_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(KVTCD_A) $(CODEC_A) $(KVTCD_LDLIBS) $(CODEC_LDLIBS)
+
+.PHONY: bench-gpu-tier
+bench-gpu-tier: $(BGT_BIN)
+	$(BGT_BIN) $(BENCH_GPU_TIER_ARGS)

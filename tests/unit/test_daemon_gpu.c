@@ -17,10 +17,13 @@
 #include "cuda_driver.h"
 #include "extent_alloc.h"
 #include "kvtc_errors.h"
+#include "par_copy.h"
 #include "store_gpu.h"
 #include "test_daemon_gpu_fake.h"
 
 #define MiB (1ull << 20)
+
+#define CANARY_PC 64
 
 /* ---- extent allocator (CPU only) ----------------------------------- */
 
@@ -167,6 +170,54 @@ Test(gpu_extents, random_churn_never_overlaps)
     kvtcd_xalloc_fini(&a);
 }
 
+/* ---- parallel memcpy ----------------------------------------------- */
+
+Test(gpu_pcopy, rejects_bad_helper_counts)
+{
+    kvtcd_pcopy *p = NULL;
+    cr_assert_eq(kvtcd_pcopy_create(-1, &p), KVTC_EINVAL);
+    cr_assert_eq(kvtcd_pcopy_create(KVTCD_PCOPY_MAX_HELPERS + 1, &p),
+                 KVTC_EINVAL);
+    cr_assert_null(p);
+    kvtcd_pcopy_destroy(NULL);
+    int d = kvtcd_pcopy_default_helpers();
+    cr_assert(d >= 0 && d <= 4);
+}
+
+Test(gpu_pcopy, copies_exactly_at_any_size_and_offset)
+{
+    static const size_t sizes[] = {0, 1, 4095, (1u << 20) - 1, 1u << 20,
+                                   (1u << 20) + 1, (8u << 20) + 13,
+                                   (33u << 20) + 7};
+    static const int helpers[] = {0, 1, 3, KVTCD_PCOPY_MAX_HELPERS};
+    const size_t max = (33u << 20) + 7 + 64;
+    uint8_t *src = malloc(max), *dst = malloc(max + 2 * CANARY_PC);
+    cr_assert(src && dst);
+    for (size_t h = 0; h < sizeof helpers / sizeof *helpers; h++) {
+        kvtcd_pcopy *p = NULL;
+        cr_assert_eq(kvtcd_pcopy_create(helpers[h], &p), 0);
+        for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+            size_t n = sizes[k], so = k % 7, dof = (k * 5) % 11;
+            uint64_t s = k + 1 + h * 100;
+            for (size_t i = 0; i < n + so; i++)
+                src[i] = (uint8_t)rng_next(&s);
+            memset(dst, 0x5A, max + 2 * CANARY_PC);
+            kvtcd_pcopy_run(p, dst + CANARY_PC + dof, src + so, n);
+            cr_assert(memcmp(dst + CANARY_PC + dof, src + so, n) == 0,
+                      "helpers %d size %zu", helpers[h], n);
+            for (size_t i = 0; i < CANARY_PC + dof; i++)
+                cr_assert_eq(dst[i], 0x5A, "wrote before the range");
+            for (size_t i = CANARY_PC + dof + n; i < max + 2 * CANARY_PC; i++)
+                if (dst[i] != 0x5A)
+                    cr_assert_fail("helpers %d size %zu: wrote past the end",
+                                   helpers[h], n);
+        }
+        kvtcd_pcopy_destroy(p);
+    }
+    free(src);
+    free(dst);
+}
+
 /* ---- the tier ------------------------------------------------------ */
 
 TestSuite(gpu_tier, .timeout = 120);
@@ -238,6 +289,9 @@ static void use_fake_driver(void)
 {
     g_fake = 1;
     kvtcd__cuda_set_table(gpu_fake_table());
+    /* CI machines have few CPUs (the default would be 0 helpers): make
+     * the split staging memcpy run here too. */
+    kvtcd__gpu_set_copy_helpers(3);
 }
 
 /* Each data test runs twice: on the device (gpu_tier, skipped without
