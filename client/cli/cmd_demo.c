@@ -36,9 +36,11 @@ struct demo {
     kvtc_layout lay;
     struct kvtc_demo_ref ref;
     size_t chunk_bytes, cont_cap;
+    int daemon_compress; /* the daemon took the profile (protocol 1.2) */
     kvtc_key *keys_raw, *keys_kvtc;
-    void **raw, **back, **cont, **cont_back, **dec;
-    size_t *len_raw, *len_back, *len_cont, *len_cont_back;
+    void **raw, **back, **cont, **cont_back, **dec, **dback;
+    size_t *len_raw, *len_cont, *len_cont_back;
+    struct kvtc_demo_got *got;
     float *kv_restored;
     int32_t *gen;
 };
@@ -47,10 +49,11 @@ struct demo {
 struct demo_result {
     const char *mode;
     double ratio, top1, top1_bf16, ppl_ref, ppl_kvtc, ppl_bf16;
-    double put_MBps, get_MBps, put_raw_MBps, get_raw_MBps;
+    double put_MBps, get_MBps, get_kvtc_MBps, put_raw_MBps, get_raw_MBps;
     double bpt_raw, bpt_kvtc, calib_s;
     uint32_t same_prefix;
-    int identical; /* -1: not checked (client-compress) */
+    int identical; /* daemon's and client's decodes agree; -1: not
+                      checked (client-compress has only the client's) */
 };
 
 static void progress(const struct demo *x, const char *fmt, ...)
@@ -137,9 +140,12 @@ static void usage(void)
            "greedily. Reports the ratio, the top-1 agreement (teacher-forced on the\n"
            "continuation from the uncompressed cache), both perplexities of that\n"
            "continuation, and put/get throughput (MB/s of raw bf16 KV, K repetitions,\n"
-           "default 10). Without -s it starts its own kvtcd (the one beside kvtc) on\n"
-           "free ports and stops it at the end. --json: the last line is one JSON\n"
-           "object.\n", DEFAULT_MODEL);
+           "default 10). The profile is uploaded to kvtcd, which then compresses at\n"
+           "put and decodes at get (daemon-compress; the client also decodes the\n"
+           "containers and checks both agree); a kvtcd without profile support gets\n"
+           "containers encoded here (client-compress). Without -s it starts its own\n"
+           "kvtcd (the one beside kvtc) on free ports and stops it at the end.\n"
+           "--json: the last line is one JSON object.\n", DEFAULT_MODEL);
 }
 
 /* n buffers of size bytes each (an array of pointers to them). */
@@ -171,10 +177,11 @@ static void demo_free(struct demo *x)
     free_bufs(x->cont, n);
     free_bufs(x->cont_back, n);
     free_bufs(x->dec, n);
+    free_bufs(x->dback, n);
     free(x->len_raw);
-    free(x->len_back);
     free(x->len_cont);
     free(x->len_cont_back);
+    free(x->got);
     free(x->keys_raw);
     free(x->keys_kvtc);
     free(x->kv_restored);
@@ -236,18 +243,19 @@ static int alloc_chunks(struct demo *x)
     x->keys_raw = calloc(n, sizeof *x->keys_raw);
     x->keys_kvtc = calloc(n, sizeof *x->keys_kvtc);
     x->len_raw = calloc(n, sizeof(size_t));
-    x->len_back = calloc(n, sizeof(size_t));
     x->len_cont = calloc(n, sizeof(size_t));
     x->len_cont_back = calloc(n, sizeof(size_t));
+    x->got = calloc(n, sizeof *x->got);
     x->raw = alloc_bufs(n, x->chunk_bytes);
     x->back = alloc_bufs(n, x->chunk_bytes);
     x->dec = alloc_bufs(n, x->chunk_bytes);
+    x->dback = alloc_bufs(n, x->chunk_bytes);
     x->cont = alloc_bufs(n, x->cont_cap);
     x->cont_back = alloc_bufs(n, x->cont_cap);
     x->kv_restored = malloc((size_t)n * x->o.chunk * x->dm.tok_floats * sizeof(float));
     x->gen = malloc(x->o.cont * sizeof *x->gen);
-    if (!x->keys_raw || !x->keys_kvtc || !x->len_raw || !x->len_back || !x->len_cont ||
-        !x->len_cont_back || !x->raw || !x->back || !x->dec || !x->cont || !x->cont_back ||
+    if (!x->keys_raw || !x->keys_kvtc || !x->len_raw || !x->len_cont || !x->len_cont_back ||
+        !x->got || !x->raw || !x->back || !x->dec || !x->dback || !x->cont || !x->cont_back ||
         !x->kv_restored || !x->gen || !x->cont_cap)
         return fail(x, "buffers", KVTC_ENOMEM);
     return 0;
@@ -287,15 +295,16 @@ static int store_raw(struct demo *x, struct demo_result *res)
 {
     uint32_t n = x->ref.n_chunks, reps = x->o.reps;
     double raw_bytes = (double)n * x->chunk_bytes, tput, tget;
-    int rc = kvtc_demo_put(x->conn, x->keys_raw, n, x->raw, x->len_raw, &x->lay, reps, &tput);
+    int rc = kvtc_demo_put(x->conn, x->keys_raw, n, x->raw, x->len_raw, &x->lay, 0, reps,
+                           &tput);
     if (rc)
         return fail(x, "put raw", rc);
-    rc = kvtc_demo_get(x->conn, x->keys_raw, n, x->back, x->chunk_bytes, x->len_back, reps,
-                       &tget);
+    rc = kvtc_demo_get(x->conn, x->keys_raw, n, x->back, x->chunk_bytes, KVTC_WANT_RAW, x->got,
+                       reps, &tget);
     if (rc)
         return fail(x, "get raw", rc);
     for (uint32_t i = 0; i < n; i++)
-        if (x->len_back[i] != x->chunk_bytes || memcmp(x->back[i], x->raw[i], x->chunk_bytes)) {
+        if (x->got[i].size != x->chunk_bytes || memcmp(x->back[i], x->raw[i], x->chunk_bytes)) {
             fprintf(stderr, "kvtc demo: raw chunk %u came back different\n", i);
             return KVTC_ECORRUPT;
         }
@@ -308,10 +317,100 @@ static int store_raw(struct demo *x, struct demo_result *res)
     return 0;
 }
 
-/* Compressed copies. Client-compress: libkvtc's side encodes with the CPU
- * codec and stores the containers, gets them back and decodes them; the
- * throughput includes the codec's time, as the daemon's would. */
-static int store_kvtc(struct demo *x, struct demo_result *res)
+/* Offer the profile to the daemon: with it the daemon compresses at put
+ * time and decodes at get time (protocol 1.2). A daemon without profile
+ * support leaves the compression to this side (client-compress). */
+static int upload_profile(struct demo *x)
+{
+    kvtc_server_info si;
+    size_t size = kvtc_profile_size(x->prof);
+    void *buf = NULL;
+    int rc = kvtc_server_info_get(x->conn, &si);
+    if (rc)
+        return fail(x, "server info", rc);
+    if (si.major == 1 && si.minor < 2) {
+        progress(x, "profile: kvtcd speaks protocol %u.%u, without profiles: the client"
+                 " compresses (client-compress)\n", si.major, si.minor);
+        return 0;
+    }
+    kvtc_profile_info info;
+    if (!(buf = malloc(size)))
+        return fail(x, "profile", KVTC_ENOMEM);
+    rc = kvtc_profile_save(x->prof, buf, size);
+    if (!rc)
+        rc = kvtc_profile_upload(x->conn, buf, size, NULL, &info);
+    free(buf);
+    if (rc == KVTC_ECONN || rc == KVTC_ETIMEDOUT || rc == KVTC_ENOMEM)
+        return fail(x, "profile upload", rc);
+    if (rc) {
+        /* a daemon that refuses the profile can still store containers */
+        const char *why = kvtc_last_error(x->conn);
+        progress(x, "profile: kvtcd refused it (%s): the client compresses"
+                 " (client-compress)\n", why && why[0] ? why : kvtc_strerror(rc));
+        return 0;
+    }
+    x->daemon_compress = 1;
+    progress(x, "profile: uploaded %016llx (%llu bytes) to kvtcd, which compresses at put"
+             " and decodes at get (daemon-compress)\n", (unsigned long long)info.id,
+             (unsigned long long)info.size);
+    return 0;
+}
+
+/* Daemon-compress: raw chunks go in with a target ratio; they come back
+ * both decoded by the daemon (want RAW) and as containers decoded here
+ * (want KVTC), and the two must agree byte for byte. */
+static int store_kvtc_daemon(struct demo *x, struct demo_result *res)
+{
+    uint32_t n = x->ref.n_chunks, reps = x->o.reps;
+    double raw_bytes = (double)n * x->chunk_bytes, tput, tget, tgetk;
+    uint64_t stored = 0;
+    int rc = kvtc_demo_put(x->conn, x->keys_kvtc, n, x->raw, x->len_raw, &x->lay, x->o.ratio,
+                           reps, &tput);
+    if (rc)
+        return fail(x, "put with compression", rc);
+    rc = kvtc_demo_get(x->conn, x->keys_kvtc, n, x->dback, x->chunk_bytes, KVTC_WANT_RAW,
+                       x->got, reps, &tget);
+    if (rc)
+        return fail(x, "get (daemon decodes)", rc);
+    rc = kvtc_demo_get(x->conn, x->keys_kvtc, n, x->dec, x->chunk_bytes, KVTC_WANT_KVTC,
+                       x->got, reps, &tgetk);
+    if (rc)
+        return fail(x, "get (client decodes)", rc);
+    res->identical = 1;
+    for (uint32_t i = 0; i < n; i++) {
+        if (x->got[i].encoding != KVTC_ENCODING_KVTC) {
+            /* a daemon without a profile for the layout stores raw and
+             * says nothing: the ratio would be a lie */
+            fprintf(stderr, "kvtc demo: kvtcd stored chunk %u uncompressed (no profile for"
+                    " this layout?)\n", i);
+            return KVTC_EPROFILE;
+        }
+        stored += x->got[i].wire;
+        res->identical &= x->got[i].size == x->chunk_bytes &&
+                          !memcmp(x->dec[i], x->dback[i], x->chunk_bytes);
+    }
+    res->mode = "daemon-compress";
+    res->ratio = raw_bytes / (double)stored;
+    res->bpt_kvtc = (double)stored / ((double)n * x->o.chunk);
+    res->put_MBps = mbps(raw_bytes * reps, tput);
+    res->get_MBps = mbps(raw_bytes * reps, tget);
+    res->get_kvtc_MBps = mbps(raw_bytes * reps, tgetk);
+    progress(x, "store kvtc: %u chunks in %.1f KB (%.1f bytes/token), ratio %.2fx vs bf16;"
+             " put %.1f MB/s (kvtcd compresses), get %.1f MB/s (kvtcd decodes), %.1f MB/s"
+             " (libkvtc decodes); both decodes %s\n", n, (double)stored / 1e3, res->bpt_kvtc,
+             res->ratio, res->put_MBps, res->get_MBps, res->get_kvtc_MBps,
+             res->identical ? "identical" : "DIFFER");
+    if (!res->identical) {
+        fprintf(stderr, "kvtc demo: the daemon's and the client's decodes differ\n");
+        return KVTC_ECORRUPT;
+    }
+    return 0;
+}
+
+/* Client-compress: the CPU codec here encodes, the daemon stores opaque
+ * containers (what any daemon can do), and this side decodes what comes
+ * back; the throughput includes the codec's time, as the daemon's would. */
+static int store_kvtc_client(struct demo *x, struct demo_result *res)
 {
     uint32_t n = x->ref.n_chunks, reps = x->o.reps;
     double raw_bytes = (double)n * x->chunk_bytes, tenc, tput, tget, tdec;
@@ -320,28 +419,28 @@ static int store_kvtc(struct demo *x, struct demo_result *res)
                               x->len_cont, &tenc);
     if (rc)
         return fail(x, "encode", rc);
-    rc = kvtc_demo_put(x->conn, x->keys_kvtc, n, x->cont, x->len_cont, NULL, reps, &tput);
+    rc = kvtc_demo_put(x->conn, x->keys_kvtc, n, x->cont, x->len_cont, NULL, 0, reps, &tput);
     if (rc)
         return fail(x, "put compressed", rc);
-    rc = kvtc_demo_get(x->conn, x->keys_kvtc, n, x->cont_back, x->cont_cap, x->len_cont_back,
-                       reps, &tget);
+    rc = kvtc_demo_get(x->conn, x->keys_kvtc, n, x->cont_back, x->cont_cap, KVTC_WANT_RAW,
+                       x->got, reps, &tget);
     if (rc)
         return fail(x, "get compressed", rc);
+    for (uint32_t i = 0; i < n; i++)
+        stored += x->len_cont_back[i] = x->got[i].size;
     rc = kvtc_demo_decode(x->prof, n, x->cont_back, x->len_cont_back, x->o.chunk, x->dec,
                           x->chunk_bytes, &tdec);
     if (rc)
         return fail(x, "decode", rc);
-    for (uint32_t i = 0; i < n; i++)
-        stored += x->len_cont_back[i];
     res->mode = "client-compress";
     res->identical = -1;
     res->ratio = raw_bytes / (double)stored;
     res->bpt_kvtc = (double)stored / ((double)n * x->o.chunk);
     res->put_MBps = mbps(raw_bytes, tenc + tput / reps);
-    res->get_MBps = mbps(raw_bytes, tget / reps + tdec);
+    res->get_MBps = res->get_kvtc_MBps = mbps(raw_bytes, tget / reps + tdec);
     progress(x, "store kvtc: %u chunks in %.1f KB (%.1f bytes/token), ratio %.2fx vs bf16;"
-             " encode+put %.1f MB/s, get+decode %.1f MB/s (%s)\n", n, (double)stored / 1e3,
-             res->bpt_kvtc, res->ratio, res->put_MBps, res->get_MBps, res->mode);
+             " encode+put %.1f MB/s, get+decode %.1f MB/s (client-compress)\n", n,
+             (double)stored / 1e3, res->bpt_kvtc, res->ratio, res->put_MBps, res->get_MBps);
     return 0;
 }
 
@@ -388,6 +487,7 @@ static void print_json(const struct demo *x, const struct demo_result *r)
     json_num("ppl_bf16", r->ppl_bf16, 0);
     json_num("put_MBps", r->put_MBps, 0);
     json_num("get_MBps", r->get_MBps, 0);
+    json_num("get_kvtc_MBps", r->get_kvtc_MBps, 0);
     json_num("put_raw_MBps", r->put_raw_MBps, 0);
     json_num("get_raw_MBps", r->get_raw_MBps, 0);
     json_num("bytes_per_token_raw", r->bpt_raw, 0);
@@ -435,7 +535,7 @@ static int run(struct demo *x, struct demo_result *res)
                 kvtc_last_error(NULL)[0] ? kvtc_last_error(NULL) : kvtc_strerror(rc));
         return rc;
     }
-    if ((rc = calibrate(x, res)))
+    if ((rc = calibrate(x, res)) || (rc = upload_profile(x)))
         return rc;
 
     progress(x, "conversation: %u tokens sampled with seed %llu, then %u tokens continued"
@@ -445,7 +545,8 @@ static int run(struct demo *x, struct demo_result *res)
         return fail(x, "conversation", rc);
     if ((rc = alloc_chunks(x)) || (rc = make_chunks(x)))
         return rc;
-    if ((rc = store_raw(x, res)) || (rc = store_kvtc(x, res)))
+    if ((rc = store_raw(x, res)) ||
+        (rc = x->daemon_compress ? store_kvtc_daemon(x, res) : store_kvtc_client(x, res)))
         return rc;
 
     struct kvtc_demo_score sk, sb;

@@ -31,7 +31,8 @@ static uint32_t max_batch(const kvtc_conn *c)
 }
 
 int kvtc_demo_put(kvtc_conn *c, const kvtc_key *keys, uint32_t n, void *const *data,
-                  const size_t *len, const kvtc_layout *lay, uint32_t reps, double *secs)
+                  const size_t *len, const kvtc_layout *lay, float ratio, uint32_t reps,
+                  double *secs)
 {
     kvtc_put_item *it = calloc(n ? n : 1, sizeof *it);
     uint32_t mb = max_batch(c);
@@ -52,6 +53,10 @@ int kvtc_demo_put(kvtc_conn *c, const kvtc_key *keys, uint32_t n, void *const *d
             it[i].first_pos = i * lay->chunk_tokens;
             it[i].n_tokens = lay->chunk_tokens;
         }
+        if (lay && ratio > 0) {
+            it[i].field_mask |= KVTC_PUT_FIELD_RATIO;
+            it[i].target_ratio = ratio;
+        }
     }
     double t0 = kvtc_cli_now();
     for (uint32_t r = 0; !rc && r < reps; r++)
@@ -63,14 +68,16 @@ int kvtc_demo_put(kvtc_conn *c, const kvtc_key *keys, uint32_t n, void *const *d
 }
 
 int kvtc_demo_get(kvtc_conn *c, const kvtc_key *keys, uint32_t n, void *const *bufs,
-                  size_t cap, size_t *len, uint32_t reps, double *secs)
+                  size_t cap, uint32_t want, struct kvtc_demo_got *got, uint32_t reps,
+                  double *secs)
 {
     kvtc_get_item *it = calloc(n ? n : 1, sizeof *it);
     uint32_t mb = max_batch(c);
     int rc = it ? 0 : KVTC_ENOMEM;
     for (uint32_t i = 0; !rc && i < n; i++) {
-        it[i].field_mask = KVTC_GET_FIELD_MEM;
+        it[i].field_mask = KVTC_GET_FIELD_MEM | KVTC_GET_FIELD_WANT;
         it[i].mem = KVTC_MEM_HOST;
+        it[i].want = want;
         it[i].key = keys[i];
         it[i].buf = bufs[i];
         it[i].capacity = cap;
@@ -81,7 +88,7 @@ int kvtc_demo_get(kvtc_conn *c, const kvtc_key *keys, uint32_t n, void *const *b
             rc = kvtc_get_batch(c, it + i, n - i < mb ? n - i : mb, NULL);
     *secs = kvtc_cli_now() - t0;
     for (uint32_t i = 0; !rc && i < n; i++)
-        len[i] = it[i].size;
+        got[i] = (struct kvtc_demo_got){it[i].size, it[i].wire_size, it[i].encoding};
     free(it);
     return rc;
 }

@@ -18,15 +18,25 @@ int kvtc_demo_keys(const char *fingerprint, const int32_t *tok, uint32_t n_token
 /* Put chunks data[i] (len[i] bytes) under keys[i], each parented to the one
  * before, reps times (batches of at most the daemon's max_batch); *secs
  * gets the total time. lay non-NULL: the chunks are canonical chunks of
- * lay (first_pos i * chunk_tokens). Errors: the first failure (message
- * from kvtc_last_error). */
+ * lay (first_pos i * chunk_tokens), and ratio > 0 asks the daemon to
+ * compress them at that ratio (protocol 1.2). Errors: the first failure
+ * (message from kvtc_last_error). */
 int kvtc_demo_put(kvtc_conn *c, const kvtc_key *keys, uint32_t n, void *const *data,
-                  const size_t *len, const kvtc_layout *lay, uint32_t reps, double *secs);
+                  const size_t *len, const kvtc_layout *lay, float ratio, uint32_t reps,
+                  double *secs);
 
-/* Get the chunks into bufs[i] (cap bytes each) reps times; len[i] gets
- * each size; *secs the total time. */
+/* What one get of a chunk brought. */
+struct kvtc_demo_got {
+    size_t size;       /* bytes in the buffer */
+    uint64_t wire;     /* bytes that travelled */
+    uint32_t encoding; /* enum kvtc_encoding of what travelled */
+};
+
+/* Get the chunks into bufs[i] (cap bytes each) reps times, as want (enum
+ * kvtc_want); got[i] describes each; *secs gets the total time. */
 int kvtc_demo_get(kvtc_conn *c, const kvtc_key *keys, uint32_t n, void *const *bufs,
-                  size_t cap, size_t *len, uint32_t reps, double *secs);
+                  size_t cap, uint32_t want, struct kvtc_demo_got *got, uint32_t reps,
+                  double *secs);
 
 /* Client-side compression: encode the canonical chunks raw[i] (lay, whole
  * chunks) with the profile's plan closest to ratio into cont[i] (cap bytes
