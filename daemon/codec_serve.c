@@ -9,7 +9,6 @@
 #include "kvtc_errors.h"
 #include "log.h"
 
-#define ST(x) KVTC__WIRE__STATUS__##x
 #define ENC(x) KVTC__WIRE__ENCODING__##x
 
 int kvtcd_serve_create(kvtcd_server *srv, kvtcd_serve **out)
@@ -101,7 +100,7 @@ typedef struct put_ctx {
     kvtcd_entry *tmpl;
     kvtcd_blob *blob;         /* the batch as received (borrowed) */
     size_t base;
-    Kvtc__Wire__Status *st;
+    int *rc;                  /* per chunk: 0 or KVTC_E* */
     int32_t *item;            /* chunk -> item index, -1 when none */
     size_t *off;              /* where each chunk lies after the step */
     kvtcd_blob *nblob;        /* the compacted copy, when one was made */
@@ -177,9 +176,9 @@ int kvtcd_serve_put_prepare(const Kvtc__Wire__PutRequest *put, void **ctx,
     return 0;
 }
 
-Kvtc__Wire__Status *kvtcd_serve_put_status(void *p)
+int *kvtcd_serve_put_status(void *p)
 {
-    return ((put_ctx *)p)->st;
+    return ((put_ctx *)p)->rc;
 }
 
 kvtcd_blob *kvtcd_serve_put_where(void *p, uint32_t i, size_t *off)
@@ -232,9 +231,8 @@ static void put_coded(kvtcd_codec_batch *b)
             if (!it->rc)
                 t->n_tokens = it->info.n_tokens;
             if (it->rc) {
-                c->st[i] = kvtc_wire_err_to_status(it->rc);
+                c->rc[i] = it->rc;
                 sv->put_rejected++;
-                srv->m.errors++;
                 KVTCD_INFO("codec", "client container refused chunk=%u "
                                     "err=\"%s\"",
                            i, kvtc_strerror(it->rc));
@@ -260,7 +258,7 @@ static void put_coded(kvtcd_codec_batch *b)
         uint64_t total = 0;
         for (uint32_t i = 0; i < c->n; i++) {
             size_t len = 0;
-            if (c->st[i] == ST(OK))
+            if (c->rc[i] == 0)
                 stored_bytes(c, i, &len, in_off);
             total += len;
         }
@@ -277,7 +275,7 @@ static void put_coded(kvtcd_codec_batch *b)
     if (encoded) {
         size_t pos = 0;
         for (uint32_t i = 0; i < c->n; i++) {
-            if (c->st[i] != ST(OK))
+            if (c->rc[i] != 0)
                 continue;
             size_t len;
             const uint8_t *src = stored_bytes(c, i, &len, in_off);
@@ -298,9 +296,8 @@ static void put_coded(kvtcd_codec_batch *b)
 }
 
 void kvtcd_serve_put_run(kvtcd_server *srv, void *p, kvtcd_entry *tmpl,
-                         kvtcd_blob *blob, size_t base,
-                         Kvtc__Wire__Status *st, void (*done)(void *arg),
-                         void *arg)
+                         kvtcd_blob *blob, size_t base, int *rc,
+                         void (*done)(void *arg), void *arg)
 {
     put_ctx *c = p;
     kvtcd_serve *sv = srv->serve;
@@ -308,7 +305,7 @@ void kvtcd_serve_put_run(kvtcd_server *srv, void *p, kvtcd_entry *tmpl,
     c->tmpl = tmpl;
     c->blob = blob;
     c->base = base;
-    c->st = st;
+    c->rc = rc;
     c->done = done;
     c->arg = arg;
     size_t off = base;
@@ -317,7 +314,7 @@ void kvtcd_serve_put_run(kvtcd_server *srv, void *p, kvtcd_entry *tmpl,
         c->off[i] = off;
         off += tmpl[i].size;
         c->item[i] = -1;
-        if (st[i] != ST(OK))
+        if (rc[i] != 0)
             continue;
         if (tmpl[i].encoding == ENC(KVTC) ||
             (c->ratio[i] > 0 && tmpl[i].has_layout && tmpl[i].size &&
@@ -332,7 +329,7 @@ void kvtcd_serve_put_run(kvtcd_server *srv, void *p, kvtcd_entry *tmpl,
              * containers we could not check. */
             for (uint32_t i = 0; i < c->n; i++)
                 if (c->item[i] >= 0 && tmpl[i].encoding == ENC(KVTC))
-                    st[i] = ST(INTERNAL);
+                    rc[i] = KVTC_ENOMEM;
             free(c->batch.items);
             free(c->prof);
             c->batch.items = NULL;

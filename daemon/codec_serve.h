@@ -72,18 +72,18 @@ void kvtcd_serve_put_free(void *ctx);
 
 /* The coding step, between "payload checksummed" and "indexed". Chunk i is
  * described by tmpl[i] and lies at blob->data + off with chunk 0 at base
- * and the others after it; st[i] is its status so far (only OK chunks are
- * looked at). When done(arg) runs (on the loop, possibly inside this call
- * when nothing needs a job) tmpl[i] holds the stored encoding, size and
- * checksum, st[i] may have become PROFILE / CORRUPT / INVALID (a client
- * container refused), and kvtcd_serve_put_where tells where each chunk's
- * stored bytes lie. blob and tmpl must stay valid until then. */
+ * and the others after it; rc[i] is its result so far (0 or KVTC_E*; only
+ * chunks at 0 are looked at). When done(arg) runs (on the loop, possibly
+ * inside this call when nothing needs a job) tmpl[i] holds the stored
+ * encoding, size and checksum, rc[i] may have become KVTC_EPROFILE /
+ * KVTC_ECORRUPT / KVTC_EVERSION / KVTC_EINVAL (a client container refused),
+ * and kvtcd_serve_put_where tells where each chunk's stored bytes lie.
+ * blob, tmpl and rc must stay valid until then. */
 void kvtcd_serve_put_run(kvtcd_server *srv, void *ctx, kvtcd_entry *tmpl,
-                         kvtcd_blob *blob, size_t base,
-                         Kvtc__Wire__Status *st, void (*done)(void *arg),
-                         void *arg);
-/* The status array given to kvtcd_serve_put_run. */
-Kvtc__Wire__Status *kvtcd_serve_put_status(void *ctx);
+                         kvtcd_blob *blob, size_t base, int *rc,
+                         void (*done)(void *arg), void *arg);
+/* The rc array given to kvtcd_serve_put_run. */
+int *kvtcd_serve_put_status(void *ctx);
 /* Where chunk i's stored bytes are after the step: the blob (borrowed from
  * ctx; kvtcd_index_insert takes its own reference) and the offset. */
 kvtcd_blob *kvtcd_serve_put_where(void *ctx, uint32_t i, size_t *off);
