@@ -122,6 +122,81 @@ static void metric(struct sbuf *b, const char *name, const char *type,
               name, help, name, type, name, (unsigned long long)v);
 }
 
+static const char *const tier_names[KVTCD_N_TIERS] = {"host", "gpu",
+                                                      "disk"};
+
+/* One per-tier series: HELP/TYPE once, a sample per tier. */
+static void tier_metric(struct sbuf *b, const char *name, const char *type,
+                        const char *help, const uint64_t v[KVTCD_N_TIERS])
+{
+    sb_printf(b, "# HELP kvtc_tier_%s %s\n# TYPE kvtc_tier_%s %s\n", name,
+              help, name, type);
+    for (int i = 0; i < KVTCD_N_TIERS; i++)
+        sb_printf(b, "kvtc_tier_%s{tier=\"%s\"} %llu\n", name, tier_names[i],
+                  (unsigned long long)v[i]);
+}
+
+/* The tiers' series (docs/kvtcd.md, Admin port). */
+static void render_tiers(struct sbuf *b, const kvtcd_server *srv)
+{
+    kvtcd_tiers_stats ts;
+    kvtcd_tiers_get_stats(srv->tiers, &ts);
+    uint64_t v[KVTCD_N_TIERS];
+#define COUNTER(field, name, help)                                          \
+    do {                                                                    \
+        for (int i = 0; i < KVTCD_N_TIERS; i++)                             \
+            v[i] = ts.c[i].field;                                           \
+        tier_metric(b, name, "counter", help, v);                           \
+    } while (0)
+    tier_metric(b, "capacity_bytes", "gauge",
+                "Bytes the tier may hold (0: tier absent).", ts.capacity);
+    tier_metric(b, "used_bytes", "gauge", "Bytes the tier holds.", ts.used);
+    COUNTER(hits, "hits_total", "Gets served from the tier.");
+    COUNTER(misses, "misses_total",
+            "Gets that reached the tier and did not find the chunk there.");
+    COUNTER(promotions, "promotions_total",
+            "Copies made into the tier from a lower one.");
+    COUNTER(demotions, "demotions_total",
+            "Copies the tier gave up because a lower tier holds the chunk.");
+    COUNTER(evictions, "evictions_total",
+            "Chunks dropped from the tier with no lower copy left.");
+    COUNTER(bytes_read, "bytes_read_total", "Bytes read from the tier.");
+    COUNTER(bytes_written, "bytes_written_total",
+            "Bytes written to the tier.");
+    COUNTER(errors, "errors_total", "Failed operations of the tier.");
+#undef COUNTER
+    const kvtcd_disk_stats *d = &ts.disk;
+    metric(b, "disk_live_bytes", "gauge",
+           "Bytes of live records in the disk tier.", d->live);
+    metric(b, "disk_segments", "gauge", "Segment files of the disk tier.",
+           d->segments);
+    metric(b, "disk_syncs_total", "counter", "fdatasync calls.", d->syncs);
+    metric(b, "disk_compactions_total", "counter",
+           "Segments compacted.", d->compactions);
+    metric(b, "disk_corrupt_total", "counter",
+           "Disk records dropped as torn or corrupt (recovery and reads).",
+           d->corrupt);
+    metric(b, "disk_recovered_total", "counter",
+           "Disk records rebuilt into the index at start.", d->recovered);
+    sb_printf(b, "# HELP kvtc_disk_recover_seconds Seconds the start-up "
+                 "recovery took.\n# TYPE kvtc_disk_recover_seconds gauge\n"
+                 "kvtc_disk_recover_seconds %.6f\n",
+              d->recover_seconds);
+    sb_printf(b, "# HELP kvtc_disk_backend_info The disk tier's I/O "
+                 "backend.\n# TYPE kvtc_disk_backend_info gauge\n"
+                 "kvtc_disk_backend_info{backend=\"%s\"} %d\n",
+              ts.has_disk ? ts.backend : "none", ts.has_disk);
+    metric(b, "disk_degraded", "gauge",
+           "1 while the disk tier backs off after a failed write.",
+           (uint64_t)ts.degraded);
+    metric(b, "disk_dirty_chunks", "gauge",
+           "Chunks acknowledged but not yet written to disk (cache mode).",
+           ts.dirty);
+    metric(b, "durable", "gauge",
+           "1 when puts are acknowledged only once on disk.",
+           (uint64_t)ts.durable);
+}
+
 int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
 {
     struct sbuf b = {0};
@@ -147,7 +222,8 @@ int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
     metric(&b, "lookups_total", "counter", "Lookup requests.", m->lookups);
     metric(&b, "deletes_total", "counter", "Chunks deleted.", m->deletes);
     metric(&b, "pins_total", "counter", "Pin and unpin operations.", m->pins);
-    metric(&b, "evictions_total", "counter", "Chunks evicted (LRU).",
+    metric(&b, "evictions_total", "counter",
+           "Chunks evicted for room (prefix-aware LRU, all tiers).",
            srv->index.evictions);
     metric(&b, "expirations_total", "counter", "Chunks expired (TTL).",
            srv->index.expirations);
@@ -165,6 +241,8 @@ int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
            "Requests answered with an error status.", m->errors);
     metric(&b, "uptime_seconds", "gauge", "Seconds since start.",
            kvtcd_now_ms(srv) / 1000);
+    if (srv->tiers)
+        render_tiers(&b, srv);
     if (b.bad) {
         free(b.p);
         return KVTC_ENOMEM;

@@ -289,13 +289,42 @@ static void fill_tmpl(kvtcd_entry *t, uint32_t ns,
     t->expire_ms = expire;
 }
 
-/* Checksums done: verify, index, reply, free op. */
-static void put_hashed(kvtcd_hashjob *job)
+/* A put whose chunks are being stored: in durable mode each is written
+ * and synced before the reply. */
+typedef struct put_ctx {
+    int *rc;              /* per chunk: 0 or KVTC_E* */
+    uint32_t pending;     /* stores not finished yet */
+    int started;          /* every chunk handed to the tiers */
+} put_ctx;
+
+static void put_ctx_free(void *p)
 {
-    kvtcd_op *op = job->arg;
+    put_ctx *c = p;
+    if (c)
+        free(c->rc);
+    free(c);
+}
+
+static const char *put_failure_message(int rc)
+{
+    switch (rc) {
+    case KVTC_ECORRUPT: return "put: payload checksum mismatch";
+    case KVTC_EFULL: return "put: disk tier full or degraded: some chunks "
+                            "were not stored";
+    case KVTC_EIO: return "put: disk write failed: some chunks were not "
+                          "stored";
+    case KVTC_EBUSY: return "put: kvtcd is shutting down: some chunks were "
+                            "not stored";
+    default: return "put: some chunks were not stored";
+    }
+}
+
+/* Every chunk stored or refused: reply, free op. */
+static void put_reply(kvtcd_op *op)
+{
     kvtcd_session *s = op->sess;
     kvtcd_server *srv = s->srv;
-    uint64_t now = kvtcd_now_ms(srv);
+    put_ctx *c = op->ctx;
     Kvtc__Wire__Status *st = calloc(op->n_chunks, sizeof *st);
     if (!st) {
         kvtcd_send_error(s, op->req_id, ST(INTERNAL), "put: out of memory");
@@ -303,24 +332,17 @@ static void put_hashed(kvtcd_hashjob *job)
         return;
     }
     Kvtc__Wire__Status first_bad = ST(OK);
-    size_t off = op->put_base;
+    int first_rc = 0;
     for (uint32_t i = 0; i < op->n_chunks; i++) {
-        kvtcd_entry *t = &op->tmpl[i];
-        uint64_t sum = job->sum[i];
-        if (op->has_checksum[i] && sum != t->checksum) {
-            st[i] = ST(CORRUPT);
-            srv->m.corrupt++;
-        } else {
-            t->checksum = sum;
-            int rc = kvtcd_index_insert(&srv->index, t, op->blob, off, now,
-                                        NULL);
-            st[i] = kvtc_wire_err_to_status(rc);
-            if (rc == 0)
-                srv->m.puts++;
-        }
-        if (st[i] != ST(OK) && first_bad == ST(OK))
+        st[i] = kvtc_wire_err_to_status(c->rc[i]);
+        if (c->rc[i] == 0)
+            srv->m.puts++;
+        else if (c->rc[i] == KVTC_EFULL)
+            srv->m.rejected_full++;
+        if (st[i] != ST(OK) && first_bad == ST(OK)) {
             first_bad = st[i];
-        off += t->size;
+            first_rc = c->rc[i];
+        }
     }
     srv->m.bytes_in += op->total;
     uint64_t t2 = uv_hrtime();
@@ -336,17 +358,63 @@ static void put_hashed(kvtcd_hashjob *job)
     Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
     rep.id = op->req_id;
     rep.status = first_bad;
-    if (first_bad == ST(CORRUPT))
-        rep.message = (char *)"put: payload checksum mismatch";
-    else if (first_bad != ST(OK))
-        rep.message = (char *)"put: some chunks were not stored";
-    if (first_bad != ST(OK))
+    if (first_bad != ST(OK)) {
+        rep.message = (char *)put_failure_message(first_rc);
         srv->m.errors++;
+    }
     rep.body_case = KVTC__WIRE__REPLY__BODY_PUT;
     rep.put = &pr;
     kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0);
     free(st);
     kvtcd_op_free(op);
+}
+
+static void put_chunk_done(void *arg)
+{
+    kvtcd_op *op = arg;
+    put_ctx *c = op->ctx;
+    if (--c->pending == 0 && c->started)
+        put_reply(op);
+}
+
+/* Checksums done: verify, hand each chunk to the tiers, reply once they
+ * are stored. */
+static void put_hashed(kvtcd_hashjob *job)
+{
+    kvtcd_op *op = job->arg;
+    kvtcd_session *s = op->sess;
+    kvtcd_server *srv = s->srv;
+    uint64_t now = kvtcd_now_ms(srv);
+    put_ctx *c = calloc(1, sizeof *c);
+    if (c)
+        c->rc = calloc(op->n_chunks, sizeof *c->rc);
+    if (!c || !c->rc) {
+        put_ctx_free(c);
+        kvtcd_send_error(s, op->req_id, ST(INTERNAL), "put: out of memory");
+        kvtcd_op_free(op);
+        return;
+    }
+    op->ctx = c;
+    op->ctx_free = put_ctx_free;
+    size_t off = op->put_base;
+    for (uint32_t i = 0; i < op->n_chunks; i++) {
+        kvtcd_entry *t = &op->tmpl[i];
+        uint64_t sum = job->sum[i];
+        if (op->has_checksum[i] && sum != t->checksum) {
+            c->rc[i] = KVTC_ECORRUPT;
+            srv->m.corrupt++;
+        } else {
+            t->checksum = sum;
+            if (kvtcd_tiers_put(srv->tiers, t, op->blob, off, now, &c->rc[i],
+                                put_chunk_done, op) == 1)
+                c->pending++;
+        }
+        off += t->size;
+    }
+    c->started = 1;
+    kvtcd_tiers_kick(srv->tiers);
+    if (c->pending == 0)
+        put_reply(op);
 }
 
 /* The payload is in op->blob, chunk 0 at base and the others after it
@@ -587,6 +655,14 @@ typedef struct get_ctx {
     size_t *offs;
     uint64_t *sums;       /* checksum the index holds */
     kvtcd_seg *segs;
+    /* hits with no host copy, read from the GPU or disk first */
+    struct get_load {
+        kvtcd_op *op;
+        uint32_t j;
+        int rc;           /* the read's status */
+    } *loads;
+    uint32_t pending;     /* reads not finished yet */
+    int started;          /* every key looked up */
 } get_ctx;
 
 static void get_ctx_free(void *p)
@@ -607,6 +683,7 @@ static void get_ctx_free(void *p)
     free(c->offs);
     free(c->sums);
     free(c->segs);
+    free(c->loads);
     free(c);
 }
 
@@ -627,9 +704,10 @@ static get_ctx *get_ctx_new(size_t n)
     c->offs = calloc(n, sizeof *c->offs);
     c->sums = calloc(n, sizeof *c->sums);
     c->segs = calloc(n, sizeof *c->segs);
+    c->loads = calloc(n, sizeof *c->loads);
     if (!c->res || !c->resp || !c->metas || !c->lms || !c->keys ||
         !c->parents || !c->fidx || !c->blobs || !c->offs || !c->sums ||
-        !c->segs) {
+        !c->segs || !c->loads) {
         get_ctx_free(c);
         return NULL;
     }
@@ -720,6 +798,69 @@ static void get_hashed(kvtcd_hashjob *job)
     kvtcd_op_free(op);
 }
 
+/* The result of a hit that could not be served (its read failed). */
+static void get_unserved(kvtcd_server *srv, get_ctx *c, size_t i, int rc)
+{
+    c->res[i].status = kvtc_wire_err_to_status(rc);
+    c->res[i].meta = NULL;
+    c->res[i].has_tier = 0;
+    if (rc == KVTC_ECORRUPT)
+        srv->m.corrupt++;
+    srv->m.hits--;
+    srv->m.misses++;
+}
+
+/* Every hit is in host RAM (or failed): drop the failed ones from the
+ * list, then re-verify the rest off the loop and send (get_hashed). Frees
+ * op on failure. */
+static void get_verify(kvtcd_op *op)
+{
+    kvtcd_session *s = op->sess;
+    kvtcd_server *srv = s->srv;
+    get_ctx *c = op->ctx;
+    size_t k = 0;
+    for (size_t j = 0; j < c->nf; j++) {
+        if (!c->blobs[j]) {
+            get_unserved(srv, c, c->fidx[j], c->loads[j].rc);
+            continue;
+        }
+        c->fidx[k] = c->fidx[j];
+        c->blobs[k] = c->blobs[j];
+        c->offs[k] = c->offs[j];
+        c->sums[k] = c->sums[j];
+        if (k != j)
+            c->blobs[j] = NULL;
+        k++;
+    }
+    c->nf = k;
+    if (kvtcd_hashjob_init(&op->hash, (uint32_t)c->nf) < 0) {
+        kvtcd_send_error(s, op->req_id, ST(INTERNAL), "get: out of memory");
+        kvtcd_op_free(op);
+        return;
+    }
+    for (size_t j = 0; j < c->nf; j++) {
+        op->hash.ptr[j] = c->blobs[j]->data + c->offs[j];
+        op->hash.len[j] = c->metas[c->fidx[j]].size;
+    }
+    op->hash.done = get_hashed;
+    op->hash.arg = op;
+    kvtcd_hashjob_run(srv->loop, &op->hash);
+}
+
+static void get_loaded(void *arg, int status, kvtcd_blob *blob, size_t off)
+{
+    struct get_load *l = arg;
+    kvtcd_op *op = l->op;
+    get_ctx *c = op->ctx;
+    l->rc = status;
+    if (status == 0) {
+        c->blobs[l->j] = blob; /* the reference is ours now */
+        c->offs[l->j] = off;
+    }
+    if (--c->pending == 0 && c->started)
+        get_verify(op);
+}
+
 static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
 {
     kvtcd_server *srv = s->srv;
@@ -755,6 +896,7 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
         srv->m.gets++;
         kvtcd_entry *e = kvtcd_index_find(&srv->index, s->ns, g->keys[i].data,
                                           now);
+        kvtcd_tiers_count_get(srv->tiers, e);
         if (!e) {
             c->res[i].status = ST(NOT_FOUND);
             srv->m.misses++;
@@ -769,23 +911,27 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
         c->res[i].tier = (Kvtc__Wire__Tier)kvtcd_entry_wire_tier(e);
         size_t j = c->nf++;
         c->fidx[j] = (uint32_t)i;
-        c->blobs[j] = e->blob;
-        kvtcd_blob_ref(e->blob);
-        c->offs[j] = e->off;
         c->sums[j] = e->checksum;
+        if (e->blob) {
+            c->blobs[j] = e->blob;
+            kvtcd_blob_ref(e->blob);
+            c->offs[j] = e->off;
+            continue;
+        }
+        /* Only on the GPU or disk: read it into host RAM first. */
+        c->loads[j].op = op;
+        c->loads[j].j = (uint32_t)j;
+        int rc = kvtcd_tiers_load(srv->tiers, e, now, get_loaded, &c->loads[j]);
+        if (rc < 0) {
+            c->loads[j].rc = rc;
+            continue;
+        }
+        c->pending++;
+        c->loads[j].rc = 1; /* in flight */
     }
-    if (kvtcd_hashjob_init(&op->hash, (uint32_t)c->nf) < 0) {
-        kvtcd_send_error(s, req->id, ST(INTERNAL), "get: out of memory");
-        kvtcd_op_free(op);
-        return;
-    }
-    for (size_t j = 0; j < c->nf; j++) {
-        op->hash.ptr[j] = c->blobs[j]->data + c->offs[j];
-        op->hash.len[j] = c->metas[c->fidx[j]].size;
-    }
-    op->hash.done = get_hashed;
-    op->hash.arg = op;
-    kvtcd_hashjob_run(srv->loop, &op->hash);
+    c->started = 1;
+    if (c->pending == 0)
+        get_verify(op);
 }
 
 /* ---- Lookup, Delete, Pin, Stats ---------------------------------------- */
@@ -827,41 +973,48 @@ cleanup:
     free(wt);
 }
 
-static void handle_delete_or_pin(kvtcd_session *s,
-                                 const Kvtc__Wire__Request *req, int is_pin)
+/* A delete or pin batch: per-key results; deletes with a disk tier in
+ * durable mode finish once their tombstones are synced. */
+typedef struct keys_ctx {
+    size_t n;
+    int is_pin;
+    int *rc;              /* per key: 0 or KVTC_E* */
+    uint32_t pending;
+    int started;
+} keys_ctx;
+
+static void keys_ctx_free(void *p)
 {
+    keys_ctx *c = p;
+    if (c)
+        free(c->rc);
+    free(c);
+}
+
+static void keys_reply(kvtcd_op *op)
+{
+    kvtcd_session *s = op->sess;
     kvtcd_server *srv = s->srv;
-    const ProtobufCBinaryData *keys =
-        is_pin ? req->pin->keys : req->del->keys;
-    size_t n = is_pin ? req->pin->n_keys : req->del->n_keys;
-    if (check_keys(s, req->id, keys, n, is_pin ? "pin" : "delete") < 0)
-        return;
+    keys_ctx *c = op->ctx;
+    size_t n = c->n;
     Kvtc__Wire__Status *st = calloc(n, sizeof *st);
     if (!st) {
-        kvtcd_send_error(s, req->id, ST(INTERNAL), "out of memory");
+        kvtcd_send_error(s, op->req_id, ST(INTERNAL), "out of memory");
+        kvtcd_op_free(op);
         return;
     }
-    uint64_t now = kvtcd_now_ms(srv);
+    int first_rc = 0;
     for (size_t i = 0; i < n; i++) {
-        kvtcd_entry *e = kvtcd_index_find(&srv->index, s->ns, keys[i].data,
-                                          now);
-        if (!e) {
-            st[i] = ST(NOT_FOUND);
-        } else if (is_pin) {
-            kvtcd_index_pin(&srv->index, e, req->pin->pin,
-                            req->pin->has_ttl_ms ? req->pin->ttl_ms : 0, now);
-            st[i] = ST(OK);
-            srv->m.pins++;
-        } else if (kvtcd_entry_pinned(e, now)) {
-            st[i] = ST(PINNED);
-        } else {
-            kvtcd_index_remove(&srv->index, e);
-            st[i] = ST(OK);
-            srv->m.deletes++;
-        }
+        /* PINNED has no KVTC_E* code: EPERM stands for it here. */
+        st[i] = c->rc[i] == KVTC_EPERM ? ST(PINNED)
+                                       : kvtc_wire_err_to_status(c->rc[i]);
+        if (c->rc[i] == 0)
+            c->is_pin ? srv->m.pins++ : srv->m.deletes++;
+        else if (!first_rc)
+            first_rc = c->rc[i];
     }
     Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
-    rep.id = req->id;
+    rep.id = op->req_id;
     /* As for Put: OK when every key is, else the first failure's status. */
     rep.status = ST(OK);
     for (size_t i = 0; i < n && rep.status == ST(OK); i++)
@@ -870,9 +1023,14 @@ static void handle_delete_or_pin(kvtcd_session *s,
         rep.message = (char *)"delete: key is pinned";
     else if (rep.status == ST(NOT_FOUND))
         rep.message = (char *)"key not found";
+    else if (rep.status != ST(OK))
+        rep.message = first_rc == KVTC_EBUSY
+                          ? (char *)"delete: kvtcd is shutting down"
+                          : (char *)"delete: tombstone not written to disk: "
+                                    "the key was not deleted";
     Kvtc__Wire__PinReply pr = KVTC__WIRE__PIN_REPLY__INIT;
     Kvtc__Wire__DeleteReply dr = KVTC__WIRE__DELETE_REPLY__INIT;
-    if (is_pin) {
+    if (c->is_pin) {
         pr.n_status = n;
         pr.status = st;
         rep.body_case = KVTC__WIRE__REPLY__BODY_PIN;
@@ -885,6 +1043,59 @@ static void handle_delete_or_pin(kvtcd_session *s,
     }
     kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0);
     free(st);
+    kvtcd_op_free(op);
+}
+
+static void key_done(void *arg)
+{
+    kvtcd_op *op = arg;
+    keys_ctx *c = op->ctx;
+    if (--c->pending == 0 && c->started)
+        keys_reply(op);
+}
+
+static void handle_delete_or_pin(kvtcd_session *s,
+                                 const Kvtc__Wire__Request *req, int is_pin)
+{
+    kvtcd_server *srv = s->srv;
+    const ProtobufCBinaryData *keys =
+        is_pin ? req->pin->keys : req->del->keys;
+    size_t n = is_pin ? req->pin->n_keys : req->del->n_keys;
+    if (check_keys(s, req->id, keys, n, is_pin ? "pin" : "delete") < 0)
+        return;
+    keys_ctx *c = calloc(1, sizeof *c);
+    if (c)
+        c->rc = calloc(n, sizeof *c->rc);
+    kvtcd_op *op = c && c->rc ? kvtcd_op_new(srv, KVTCD_OP_KEYS, s) : NULL;
+    if (!op) {
+        keys_ctx_free(c);
+        kvtcd_send_error(s, req->id, ST(INTERNAL), "out of memory");
+        return;
+    }
+    op->req_id = req->id;
+    op->ctx = c;
+    op->ctx_free = keys_ctx_free;
+    c->n = n;
+    c->is_pin = is_pin;
+    uint64_t now = kvtcd_now_ms(srv);
+    for (size_t i = 0; i < n; i++) {
+        kvtcd_entry *e = kvtcd_index_find(&srv->index, s->ns, keys[i].data,
+                                          now);
+        if (!e) {
+            c->rc[i] = KVTC_ENOENT;
+        } else if (is_pin) {
+            kvtcd_index_pin(&srv->index, e, req->pin->pin,
+                            req->pin->has_ttl_ms ? req->pin->ttl_ms : 0, now);
+        } else if (kvtcd_entry_pinned(e, now)) {
+            c->rc[i] = KVTC_EPERM;
+        } else if (kvtcd_tiers_delete(srv->tiers, e, now, &c->rc[i], key_done,
+                                      op) == 1) {
+            c->pending++;
+        }
+    }
+    c->started = 1;
+    if (c->pending == 0)
+        keys_reply(op);
 }
 
 static void handle_stats(kvtcd_session *s, const Kvtc__Wire__Request *req)

@@ -450,8 +450,11 @@ static int drop_clean_host(kvtcd_index *ix, size_t size, kvtcd_blob **out)
     kvtcd_entry *e = ix->lru_tail;
     while (e && rc == KVTC_EFULL) {
         kvtcd_entry *prev = e->lru_prev;
+        /* A GPU copy alone does not make a chunk still waiting for its
+         * disk write clean: the write reads the host copy. */
         if (e->blob && (e->disk_state == KVTCD_DISK_CLEAN ||
-                        e->gpu_state == KVTCD_GPU_VALID)) {
+                        (e->gpu_state == KVTCD_GPU_VALID &&
+                         e->disk_state == KVTCD_DISK_NONE))) {
             kvtcd_index_drop_host(ix, e);
             ix->tc[KVTCD_T_HOST].demotions++;
             rc = kvtcd_tier_alloc(ix->tier, size, out);

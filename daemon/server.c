@@ -2,8 +2,10 @@
  * down without leaks.
  *
  * Drain: stop accepting, answer new requests BUSY, wait (bounded) for the
- * transfers in flight to end, close every endpoint, then close the loop's
- * handles and free the store. */
+ * transfers in flight to end (durable writes included) and for the
+ * write-behind queue to empty, close every endpoint, close the tiers
+ * (disk and GPU stores), then close the loop's handles and free the
+ * store. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -18,7 +20,7 @@
 #include "server.h"
 
 #define DRAIN_TICK_MS 10
-#define DRAIN_MAX_MS 10000   /* transfers in flight */
+#define DRAIN_MAX_MS 10000   /* transfers in flight, write-behind */
 #define CLOSE_MAX_MS 3000    /* endpoint closes */
 
 uint64_t kvtcd_now_ms(const kvtcd_server *srv)
@@ -100,17 +102,28 @@ static void teardown_handles(kvtcd_server *srv)
     }
 }
 
+static void on_tiers_closed(void *arg)
+{
+    kvtcd_server *srv = arg;
+    srv->tiers_closed = 1;
+}
+
 static void on_drain_tick(uv_timer_t *t)
 {
     kvtcd_server *srv = t->data;
     uint64_t now = kvtcd_now_ms(srv);
     kvtcd_transport_progress(srv);
     if (srv->draining == 1) {
-        if (srv->n_ops > 0 && now < srv->drain_deadline_ms)
+        uint64_t dirty = kvtcd_tiers_dirty(srv->tiers);
+        if ((srv->n_ops > 0 || dirty > 0) && now < srv->drain_deadline_ms)
             return;
         if (srv->n_ops > 0)
             KVTCD_WARN("server", "drain timeout: abandoning transfers=%u",
                        srv->n_ops);
+        if (dirty > 0)
+            KVTCD_WARN("server", "drain timeout: chunks not written to disk "
+                                 "(lost) count=%llu",
+                       (unsigned long long)dirty);
         srv->draining = 2;
         srv->drain_deadline_ms = now + CLOSE_MAX_MS;
         kvtcd_transport_close_all(srv);
@@ -119,7 +132,20 @@ static void on_drain_tick(uv_timer_t *t)
     if (srv->draining == 2) {
         if (srv->closing > 0 && now < srv->drain_deadline_ms)
             return;
+        /* Endpoints closed: what the tiers still have in flight (timed-out
+         * durable writes, reads) completes or is canceled, its callbacks
+         * freeing their ops, before the transport frees what is left. */
         srv->draining = 3;
+        if (srv->tiers)
+            kvtcd_tiers_close(srv->tiers, on_tiers_closed, srv);
+        else
+            srv->tiers_closed = 1;
+        return;
+    }
+    if (srv->draining == 3) {
+        if (!srv->tiers_closed)
+            return;
+        srv->draining = 4;
         uv_timer_stop(t);
         teardown_handles(srv);
     }
@@ -145,6 +171,8 @@ static void free_state(kvtcd_server *srv)
     /* Blobs are registered with the UCP context: free them before it. */
     if (srv->index.buckets)
         kvtcd_index_fini(&srv->index);
+    kvtcd_tiers_free(srv->tiers);
+    srv->tiers = NULL;
     kvtcd_tier_destroy(srv->host);
     srv->host = NULL;
     kvtcd_transport_cleanup_context(srv);
@@ -175,6 +203,21 @@ int kvtcd_server_init(kvtcd_server *srv, const kvtcd_config *cfg,
     rc = kvtcd_index_init(&srv->index, srv->host);
     if (rc < 0)
         goto fail;
+    kvtcd_tiers_params tp = {
+        .loop = loop,
+        .ix = &srv->index,
+        .clock_base_ms = srv->start_ms,
+        .disk_dir = cfg->disk_dir,
+        .disk_size = cfg->disk_size,
+        .disk_io = cfg->disk_io,
+        .disk_direct = 1,
+        .durable = cfg->durability == KVTCD_DURABILITY_DURABLE,
+        .gpu_mem = cfg->gpu_mem,
+        .gpu_device = (int)cfg->gpu_device,
+    };
+    rc = kvtcd_tiers_open(&tp, &srv->tiers);
+    if (rc < 0)
+        goto fail;
     rc = kvtcd_serve_create(srv, &srv->serve);
     if (rc < 0)
         goto fail;
@@ -189,9 +232,14 @@ int kvtcd_server_init(kvtcd_server *srv, const kvtcd_config *cfg,
             goto fail;
     }
     KVTCD_INFO("server", "listening ucx=%s admin=%s host_mem=%llu "
+                         "disk_dir=%s gpu_mem=%llu durability=%s "
                          "max_chunk_bytes=%llu max_batch=%u version=%s",
                srv->listen_addr, srv->admin_addr,
                (unsigned long long)cfg->host_mem,
+               cfg->disk_dir[0] ? cfg->disk_dir : "-",
+               (unsigned long long)cfg->gpu_mem,
+               cfg->durability == KVTCD_DURABILITY_DURABLE ? "durable"
+                                                           : "cache",
                (unsigned long long)cfg->max_chunk_bytes, cfg->max_batch,
                KVTC_VERSION);
     /* The contract line tools parse (kvtcd --help documents it). */
@@ -200,6 +248,8 @@ int kvtcd_server_init(kvtcd_server *srv, const kvtcd_config *cfg,
     fflush(stderr);
     return 0;
 fail:
+    if (srv->tiers)
+        kvtcd_tiers_close(srv->tiers, on_tiers_closed, srv);
     teardown_handles(srv);
     uv_run(loop, UV_RUN_DEFAULT); /* let the closes finish */
     free_state(srv);

@@ -19,6 +19,7 @@
 #include "hash.h"
 #include "index.h"
 #include "tier.h"
+#include "tiers.h"
 #include "wire.h"
 
 typedef struct kvtcd_server kvtcd_server;
@@ -65,7 +66,9 @@ enum kvtcd_op_kind {
     KVTCD_OP_PUT = 1,  /* a put: bulk arriving into blob, then hashed */
     KVTCD_OP_SEND = 2, /* a reply being sent */
     KVTCD_OP_RECV = 3, /* an "in data" request arriving by rendezvous */
-    KVTCD_OP_GET = 4   /* a get whose hits are being re-verified */
+    KVTCD_OP_GET = 4,  /* a get: hits read from lower tiers, re-verified */
+    KVTCD_OP_KEYS = 5  /* a delete or pin (durable deletes wait for their
+                          tombstones) */
 };
 
 typedef struct kvtcd_op {
@@ -126,6 +129,7 @@ struct kvtcd_server {
     /* state */
     kvtcd_tier *host;
     kvtcd_index index;
+    kvtcd_tiers *tiers;                /* GPU and disk tiers, the policy */
     kvtcd_session *sessions;
     uint32_t n_sessions;
     kvtcd_session *close_queue;
@@ -148,7 +152,8 @@ struct kvtcd_server {
     uv_timer_t drain_timer;
     uint64_t drain_deadline_ms;
     uint64_t drain_started_ms;
-    int draining;
+    int draining;            /* 1 requests, 2 endpoints, 3 tiers, 4 done */
+    int tiers_closed;
     int exit_code;
 };
 

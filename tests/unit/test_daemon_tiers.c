@@ -1,0 +1,452 @@
+/* The tier policy (daemon/tiers.c) over a real libuv loop, the host RAM
+ * tier and a real disk store in a temporary directory: durable puts are
+ * acknowledged only after their append completes and are invisible until
+ * then; cache-mode write-behind drains; host pressure drops clean copies
+ * and gets promote them back byte-exact; capacity holds throughout;
+ * recovery after a restart rebuilds the index (deletes and expired TTLs
+ * stay gone). */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "index.h"
+#include "kvtc_errors.h"
+#include "log.h"
+#include "tier.h"
+#include "tiers.h"
+#include "wire.h"
+#include "test_util.h"
+
+struct fx {
+    uv_loop_t loop;
+    kvtcd_tier *host;
+    kvtcd_index ix;
+    kvtcd_tiers *t;
+    uint32_t ns;
+    char dir[512];
+};
+
+static void make_key(uint8_t key[32], uint32_t i)
+{
+    memset(key, 0, 32);
+    memcpy(key, &i, sizeof i);
+    key[31] = 0x5a;
+}
+
+/* Bytes of chunk i: a function of i and the offset, so a shifted or
+ * swapped chunk fails the check. */
+static void fill(uint8_t *p, size_t n, uint32_t i)
+{
+    uint64_t x = 0x9e3779b97f4a7c15ull * (i + 1);
+    for (size_t k = 0; k < n; k++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p[k] = (uint8_t)x;
+    }
+}
+
+static int check(const uint8_t *p, size_t n, uint32_t i)
+{
+    uint8_t *want = malloc(n ? n : 1);
+    fill(want, n, i);
+    int ok = memcmp(p, want, n) == 0;
+    free(want);
+    return ok;
+}
+
+static void open_tiers(struct fx *f, int durable, uint64_t disk_size)
+{
+    kvtcd_tiers_params p = {
+        .loop = &f->loop,
+        .ix = &f->ix,
+        .clock_base_ms = 0,
+        .disk_dir = f->dir,
+        .disk_size = disk_size,
+        .disk_io = KVTCD_DISK_IO_AUTO,
+        .disk_direct = 1,
+        .durable = durable,
+    };
+    int rc = kvtcd_tiers_open(&p, &f->t);
+    if (rc < 0) {
+        /* A file system refusing O_DIRECT: the policy is what is tested. */
+        p.disk_direct = 0;
+        rc = kvtcd_tiers_open(&p, &f->t);
+    }
+    cr_assert_eq(rc, 0, "tiers open: %s", kvtc_strerror(rc));
+}
+
+static void fx_start(struct fx *f, uint64_t host_mem)
+{
+    kvtcd_log_set_level(KVTCD_LOG_ERROR);
+    memset(f, 0, sizeof *f);
+    cr_assert_eq(uv_loop_init(&f->loop), 0);
+    cr_assert_eq(kvtcd_store_host_create(host_mem, NULL, &f->host), 0);
+    cr_assert_eq(kvtcd_index_init(&f->ix, f->host), 0);
+    cr_assert_eq(kvtcd_index_namespace(&f->ix, "default", &f->ns), 0);
+    snprintf(f->dir, sizeof f->dir, "%s/kvtc-tiers-XXXXXX", kvtc_test_tmpdir());
+    cr_assert_not_null(mkdtemp(f->dir));
+}
+
+static void on_closed(void *arg)
+{
+    *(int *)arg = 1;
+}
+
+static void run_until(struct fx *f, const int *flag)
+{
+    for (int i = 0; !*flag && i < 100000; i++)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    cr_assert(*flag, "loop stopped before the event");
+}
+
+/* Close the tiers and the index (not the directory: a restart reuses it). */
+static void fx_close(struct fx *f)
+{
+    int closed = 0;
+    kvtcd_tiers_close(f->t, on_closed, &closed);
+    run_until(f, &closed);
+    kvtcd_index_fini(&f->ix);
+    kvtcd_tiers_free(f->t);
+    f->t = NULL;
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+}
+
+/* Reopen over the same directory with a fresh index. */
+static void fx_reopen(struct fx *f, int durable, uint64_t disk_size)
+{
+    cr_assert_eq(kvtcd_index_init(&f->ix, f->host), 0);
+    cr_assert_eq(kvtcd_index_namespace(&f->ix, "default", &f->ns), 0);
+    open_tiers(f, durable, disk_size);
+}
+
+static void fx_end(struct fx *f)
+{
+    if (f->t)
+        fx_close(f);
+    cr_assert_eq(f->host->used, 0, "host bytes leaked: %llu",
+                 (unsigned long long)f->host->used);
+    kvtcd_tier_destroy(f->host);
+    cr_assert_eq(uv_loop_close(&f->loop), 0, "handles left on the loop");
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+static uint64_t now_of(struct fx *f)
+{
+    return uv_now(&f->loop);
+}
+
+struct done {
+    int calls;
+};
+
+static void on_done(void *arg)
+{
+    ((struct done *)arg)->calls++;
+}
+
+/* Put chunk i (size bytes, parent optional): returns what tiers_put
+ * returned; *rc as it set it. */
+static int put_chunk(struct fx *f, uint32_t i, size_t size, int *rc,
+                     struct done *d, uint64_t ttl_ms)
+{
+    kvtcd_blob *b = NULL;
+    int r = kvtcd_index_reserve(&f->ix, size, now_of(f), &b);
+    cr_assert_eq(r, 0, "reserve %zu: %s", size, kvtc_strerror(r));
+    fill(b->data, size, i);
+    kvtcd_entry t;
+    memset(&t, 0, sizeof t);
+    t.ns = f->ns;
+    make_key(t.key, i);
+    t.size = size;
+    t.checksum = kvtc_wire_checksum(b->data, size);
+    t.expire_ms = ttl_ms ? now_of(f) + ttl_ms : 0;
+    *rc = 12345;
+    r = kvtcd_tiers_put(f->t, &t, b, 0, now_of(f), rc, on_done, d);
+    kvtcd_blob_unref(b);
+    return r;
+}
+
+static kvtcd_entry *find(struct fx *f, uint32_t i)
+{
+    uint8_t k[32];
+    make_key(k, i);
+    return kvtcd_index_find(&f->ix, f->ns, k, now_of(f));
+}
+
+struct loaded {
+    int done, status;
+    kvtcd_blob *blob;
+    size_t off;
+};
+
+static void on_loaded(void *arg, int status, kvtcd_blob *blob, size_t off)
+{
+    struct loaded *l = arg;
+    l->done = 1;
+    l->status = status;
+    l->blob = blob;
+    l->off = off;
+}
+
+/* The bytes of chunk i, wherever they are; asserts they are exact. */
+static void expect_exact(struct fx *f, uint32_t i, size_t size)
+{
+    kvtcd_entry *e = find(f, i);
+    cr_assert_not_null(e, "chunk %u missing", i);
+    cr_assert_eq(e->size, size);
+    if (e->blob) {
+        cr_assert(check(e->blob->data + e->off, size, i), "chunk %u differs "
+                                                          "in RAM", i);
+        return;
+    }
+    struct loaded l = {0};
+    int rc = kvtcd_tiers_load(f->t, e, now_of(f), on_loaded, &l);
+    cr_assert_eq(rc, 0, "load %u: %s", i, kvtc_strerror(rc));
+    cr_assert_eq(l.done, 0, "load completed inline");
+    run_until(f, &l.done);
+    cr_assert_eq(l.status, 0, "load %u: %s", i, kvtc_strerror(l.status));
+    cr_assert(check(l.blob->data + l.off, size, i), "chunk %u differs after "
+                                                    "the disk", i);
+    kvtcd_blob_unref(l.blob);
+    e = find(f, i);
+    cr_assert_not_null(e);
+    cr_assert_not_null(e->blob, "chunk %u not promoted", i);
+}
+
+static void wait_clean(struct fx *f)
+{
+    for (int k = 0; kvtcd_tiers_dirty(f->t) > 0 && k < 100000; k++)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    cr_assert_eq(kvtcd_tiers_dirty(f->t), 0, "write-behind never drained");
+}
+
+Test(daemon_tiers, durable_put_acks_only_after_the_append)
+{
+    struct fx f;
+    fx_start(&f, 8u << 20);
+    open_tiers(&f, 1, 64u << 20);
+    struct done d = {0};
+    int rc;
+    cr_assert_eq(put_chunk(&f, 1, 100000, &rc, &d, 0), 1, "durable: pending");
+    cr_assert_eq(rc, 12345, "status set before the append finished");
+    cr_assert_eq(d.calls, 0);
+    cr_assert_null(find(&f, 1), "visible before it is durable");
+    for (int k = 0; d.calls == 0 && k < 100000; k++)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    cr_assert_eq(d.calls, 1);
+    cr_assert_eq(rc, 0, "%s", kvtc_strerror(rc));
+    kvtcd_entry *e = find(&f, 1);
+    cr_assert_not_null(e);
+    cr_assert_eq(e->disk_state, KVTCD_DISK_CLEAN);
+    cr_assert_not_null(e->blob, "the host copy stays after the ack");
+    cr_assert_eq(kvtcd_entry_wire_tier(e), KVTC__WIRE__TIER__TIER_HOST);
+    kvtcd_tiers_stats st;
+    kvtcd_tiers_get_stats(f.t, &st);
+    cr_assert_geq(st.disk.syncs, 1, "no fdatasync behind a durable ack");
+    cr_assert_eq(st.dirty, 0);
+    /* A replacement is not visible until durable either: the old bytes
+     * are served meanwhile. */
+    cr_assert_eq(put_chunk(&f, 1, 5000, &rc, &d, 0), 1);
+    e = find(&f, 1);
+    cr_assert_eq(e->size, 100000, "the old version is served until the ack");
+    for (int k = 0; d.calls == 1 && k < 100000; k++)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    cr_assert_eq(rc, 0);
+    expect_exact(&f, 1, 5000);
+    fx_end(&f);
+}
+
+Test(daemon_tiers, cache_mode_writes_behind_and_restart_recovers)
+{
+    struct fx f;
+    fx_start(&f, 8u << 20);
+    open_tiers(&f, 0, 64u << 20);
+    struct done d = {0};
+    int rc;
+    for (uint32_t i = 0; i < 10; i++) {
+        cr_assert_eq(put_chunk(&f, i, 1000 + i * 4099, &rc, &d, 0), 0,
+                     "cache mode acks at once");
+        cr_assert_eq(rc, 0);
+        cr_assert_not_null(find(&f, i), "visible at once");
+    }
+    cr_assert_gt(kvtcd_tiers_dirty(f.t), 0);
+    wait_clean(&f);
+    for (uint32_t i = 0; i < 10; i++)
+        cr_assert_eq(find(&f, i)->disk_state, KVTCD_DISK_CLEAN);
+    cr_assert_eq(d.calls, 0, "cache-mode puts never call back");
+    /* Delete 3 (tombstone), put 4 again smaller, 5 with a TTL that lapses
+     * across the restart. */
+    cr_assert_eq(kvtcd_tiers_delete(f.t, find(&f, 3), now_of(&f), &rc,
+                                    on_done, &d), 0);
+    cr_assert_eq(rc, 0);
+    cr_assert_null(find(&f, 3));
+    cr_assert_eq(put_chunk(&f, 4, 777, &rc, &d, 0), 0);
+    cr_assert_eq(put_chunk(&f, 5, 888, &rc, &d, 50), 0);
+    wait_clean(&f);
+    for (int k = 0; kvtcd_tiers_busy(f.t) > 0 && k < 100000; k++)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    fx_close(&f);
+    usleep(100 * 1000);
+    fx_reopen(&f, 0, 64u << 20);
+    cr_assert_null(find(&f, 3), "a deleted chunk came back");
+    cr_assert_null(find(&f, 5), "an expired chunk came back");
+    for (uint32_t i = 0; i < 10; i++) {
+        if (i == 3 || i == 5)
+            continue;
+        kvtcd_entry *e = find(&f, i);
+        cr_assert_not_null(e, "chunk %u lost across the restart", i);
+        cr_assert_null(e->blob);
+        cr_assert_eq(kvtcd_entry_wire_tier(e), KVTC__WIRE__TIER__TIER_DISK);
+        expect_exact(&f, i, i == 4 ? 777 : 1000 + i * 4099);
+        cr_assert_eq(kvtcd_entry_wire_tier(find(&f, i)),
+                     KVTC__WIRE__TIER__TIER_HOST);
+    }
+    cr_assert_eq(f.ix.tc[KVTCD_T_HOST].promotions, 8);
+    fx_end(&f);
+}
+
+Test(daemon_tiers, host_pressure_demotes_and_gets_promote_byte_exact)
+{
+    struct fx f;
+    const size_t chunk = 256u << 10;
+    const uint64_t host = 2u << 20; /* 8 chunks */
+    fx_start(&f, host);
+    open_tiers(&f, 0, 64u << 20);
+    struct done d = {0};
+    int rc;
+    /* Five times what host RAM holds; paced so that host pressure finds
+     * clean copies (a fast writer may outrun the disk: cache mode may then
+     * evict dirty chunks). */
+    const uint32_t n = 40;
+    for (uint32_t i = 0; i < n; i++) {
+        cr_assert_eq(put_chunk(&f, i, chunk - (i % 3) * 1000, &rc, &d, 0), 0);
+        cr_assert_eq(rc, 0);
+        cr_assert_leq(f.host->used, f.host->capacity);
+        wait_clean(&f);
+    }
+    cr_assert_eq(f.ix.evictions, 0, "the disk holds everything");
+    cr_assert_gt(f.ix.tc[KVTCD_T_HOST].demotions, 0);
+    uint32_t on_disk_only = 0;
+    for (uint32_t i = 0; i < n; i++)
+        on_disk_only += find(&f, i)->blob == NULL;
+    cr_assert_geq(on_disk_only, n - 8);
+    /* Twice through, oldest first: every read promotes, and promotions
+     * push other copies out again. */
+    for (int pass = 0; pass < 2; pass++)
+        for (uint32_t i = 0; i < n; i++) {
+            expect_exact(&f, i, chunk - (i % 3) * 1000);
+            cr_assert_leq(f.host->used, f.host->capacity);
+        }
+    cr_assert_geq(f.ix.tc[KVTCD_T_HOST].promotions, n);
+    kvtcd_tiers_stats st;
+    kvtcd_tiers_get_stats(f.t, &st);
+    cr_assert_geq(st.c[KVTCD_T_DISK].bytes_read, (uint64_t)n * 200000);
+    cr_assert_eq(st.disk.corrupt, 0);
+    fx_end(&f);
+}
+
+Test(daemon_tiers, full_disk_evicts_prefix_aware_and_never_exceeds)
+{
+    struct fx f;
+    const size_t chunk = 200000;
+    fx_start(&f, 1u << 20);
+    open_tiers(&f, 1, 4u << 20);
+    struct done d = {0};
+    int rc[64];
+    /* Chunk 0 is the parent of chunk 1 (put first, so less recent than
+     * every leaf after it); the rest are leaves. */
+    for (uint32_t i = 0; i < 60; i++) {
+        kvtcd_blob *b = NULL;
+        cr_assert_eq(kvtcd_index_reserve(&f.ix, chunk, now_of(&f), &b), 0);
+        fill(b->data, chunk, i);
+        kvtcd_entry t;
+        memset(&t, 0, sizeof t);
+        t.ns = f.ns;
+        make_key(t.key, i);
+        if (i == 1) {
+            make_key(t.parent, 0);
+            t.has_parent = 1;
+        }
+        t.size = chunk;
+        t.checksum = kvtc_wire_checksum(b->data, chunk);
+        int before = d.calls;
+        rc[i] = 12345;
+        cr_assert_eq(kvtcd_tiers_put(f.t, &t, b, 0, now_of(&f), &rc[i],
+                                     on_done, &d), 1);
+        kvtcd_blob_unref(b);
+        for (int k = 0; d.calls == before && k < 100000; k++)
+            uv_run(&f.loop, UV_RUN_ONCE);
+        cr_assert_eq(rc[i], 0, "put %u: %s", i, kvtc_strerror(rc[i]));
+        kvtcd_tiers_stats st;
+        kvtcd_tiers_get_stats(f.t, &st);
+        cr_assert_leq(st.disk.used, st.disk.capacity);
+        cr_assert_leq(f.host->used, f.host->capacity);
+        if (i > 1 && f.ix.tc[KVTCD_T_DISK].evictions > 0)
+            /* Leaves go first: the parent 0 outlives its child's
+             * leaf-mates until 1 itself is evicted. */
+            cr_assert(find(&f, 0) || !find(&f, 1),
+                      "the parent went before its child (put %u)", i);
+    }
+    cr_assert_gt(f.ix.tc[KVTCD_T_DISK].evictions, 0, "the disk never filled");
+    cr_assert_not_null(find(&f, 59), "the newest chunk was evicted");
+    expect_exact(&f, 59, chunk);
+    fx_end(&f);
+}
+
+Test(daemon_tiers, durable_delete_waits_for_its_tombstone)
+{
+    struct fx f;
+    fx_start(&f, 4u << 20);
+    open_tiers(&f, 1, 64u << 20);
+    struct done d = {0};
+    int rc;
+    cr_assert_eq(put_chunk(&f, 7, 4096, &rc, &d, 0), 1);
+    for (int k = 0; d.calls == 0 && k < 100000; k++)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    cr_assert_eq(rc, 0);
+    rc = 12345;
+    cr_assert_eq(kvtcd_tiers_delete(f.t, find(&f, 7), now_of(&f), &rc,
+                                    on_done, &d), 1);
+    cr_assert_not_null(find(&f, 7), "gone before the tombstone is durable");
+    for (int k = 0; d.calls == 1 && k < 100000; k++)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    cr_assert_eq(rc, 0);
+    cr_assert_null(find(&f, 7));
+    fx_close(&f);
+    fx_reopen(&f, 1, 64u << 20);
+    cr_assert_null(find(&f, 7), "deleted chunk back after a restart");
+    fx_end(&f);
+}
+
+Test(daemon_tiers, no_disk_no_gpu_is_plain_host)
+{
+    struct fx f;
+    fx_start(&f, 1u << 20);
+    kvtcd_tiers_params p = {.loop = &f.loop, .ix = &f.ix, .gpu_mem = 1u << 20};
+    /* A GPU asked for on a machine without one: warned, left out. */
+    cr_assert_eq(kvtcd_tiers_open(&p, &f.t), 0);
+    struct done d = {0};
+    int rc;
+    cr_assert_eq(put_chunk(&f, 1, 1000, &rc, &d, 0), 0);
+    cr_assert_eq(rc, 0);
+    cr_assert_not_null(find(&f, 1));
+    kvtcd_tiers_stats st;
+    kvtcd_tiers_get_stats(f.t, &st);
+    cr_assert_eq(st.has_disk, 0);
+    cr_assert_eq(st.dirty, 0);
+    if (!st.has_gpu)
+        cr_assert_eq(st.capacity[KVTCD_T_GPU], 0);
+    cr_assert_eq(kvtcd_tiers_delete(f.t, find(&f, 1), now_of(&f), &rc,
+                                    on_done, &d), 0);
+    cr_assert_null(find(&f, 1));
+    /* Durable without a disk is refused. */
+    kvtcd_tiers *t2 = NULL;
+    kvtcd_tiers_params p2 = {.loop = &f.loop, .ix = &f.ix, .durable = 1};
+    cr_assert_eq(kvtcd_tiers_open(&p2, &t2), KVTC_EINVAL);
+    fx_end(&f);
+}
