@@ -139,6 +139,7 @@ Test(it_tiers_capacity, prefix_aware_eviction_order, .timeout = 180)
                       l, gone, order[j], j);
     }
     cr_assert_geq(gone, 4, "the disk never filled: %u evicted", gone);
+    cr_log_info("prefix order: %u of %u chunks evicted, in order", gone, n_order);
     /* The survivors are exact. */
     for (uint32_t j = gone; j < n_order; j++)
         cr_assert(tiers_get(c, space, order[j], CHUNK, NULL), "id %u lost", order[j]);
@@ -159,8 +160,12 @@ static void promotion_demotion(const char *durability, uint32_t space)
     tiers_start(&d, &o);
     kvtc_conn *c = itest_connect(&d);
     struct usage u0 = usage_now(&d);
-    /* Three times what host RAM holds; the disk holds it all. */
-    uint32_t n = (uint32_t)(3 * u0.host_cap / CHUNK);
+    /* Three times what host RAM holds (bytes, not chunks: sizes vary from
+     * 1 B to 2 MiB); the disk holds it all. */
+    uint32_t n = 0;
+    double total = 0;
+    while (total < 3 * u0.host_cap)
+        total += (double)tiers_size(space, n++, 2 * CHUNK);
     int pushbacks = 0;
     for (uint32_t i = 0; i < n; i++) {
         int rc = put_retry(c, space, i, tiers_size(space, i, 2 * CHUNK), NULL, &pushbacks);
@@ -184,6 +189,8 @@ static void promotion_demotion(const char *durability, uint32_t space)
         }
     double promoted = tiers_metric_sum(&d, TIERS_M_PROMOTIONS);
     cr_assert_gt(promoted, 0, "gets of disk-only chunks, no promotion");
+    cr_log_info("%s: %u chunks (%.1f MiB) through %.0f MiB of host RAM: %.0f demotions, %.0f promotions",
+                durability, n, total / MiB, u0.host_cap / MiB, demoted, promoted);
     cr_assert_gt(tiers_metric(&d, TIERS_SERIES(TIERS_M_HITS, "disk")), 0);
     kvtc_disconnect(c);
     itest_daemon_stop(&d);

@@ -166,7 +166,7 @@ static void kill9_rounds(const char *io)
 {
     struct itest_daemon d;
     struct tiers_opts o = {.durability = "durable", .disk_io = io, .host_mem = "64M",
-                           .disk_size = "512M"};
+                           .disk_size = "1G"};
     tiers_setup(ITEST_TLS_TCP);
     unsigned seed = tiers_rand_seed("kill9_rounds");
     unsigned rs = seed;
@@ -180,7 +180,7 @@ static void kill9_rounds(const char *io)
             cr_assert_not_null(w->slots[k].bufs[j] = malloc(MAX_CHUNK));
 
     itest_daemon_prepare(&d);
-    uint32_t total_acked = 0;
+    uint32_t total_acked = 0, in_flight_at_kill = 0;
     for (int r = 0; r < rounds; r++) {
         tiers_launch(&d, &o);
         kvtc_conn *c = itest_connect(&d);
@@ -222,6 +222,8 @@ static void kill9_rounds(const char *io)
         atomic_store(&w->stop, 1);
         pthread_join(th, NULL);
         total_acked += atomic_load(&w->acked);
+        for (uint32_t i = upto; i < atomic_load(&w->next); i++)
+            in_flight_at_kill += atomic_load(&w->state[i]) == K_TRIED;
         d.skip_leak_check = "killed";
         kvtc_disconnect(c);
     }
@@ -230,6 +232,17 @@ static void kill9_rounds(const char *io)
     kvtc_conn *c = itest_connect(&d);
     verify_all(c, w, atomic_load(&w->next), seed);
     cr_assert_gt(total_acked, 0, "the writer never got an acknowledgement in %d rounds", rounds);
+    /* The point of the test: kills that land with puts unacknowledged. */
+    cr_assert_gt(in_flight_at_kill, 0, "no put was in flight at any of %d kills", rounds);
+    uint32_t acked = 0;
+    for (uint32_t i = 0; i < atomic_load(&w->next); i++)
+        acked += atomic_load(&w->state[i]) == K_ACKED;
+    double recovered = tiers_metric_sum(&d, TIERS_M_DISK_RECOVERED);
+    cr_assert_geq(recovered, acked, "%u chunks stored (all keys distinct), %.0f records recovered", acked,
+                  recovered);
+    cr_log_info("%s: %d rounds, %u keys tried, %u acknowledged by the writer, %u in flight at the kills, "
+                "%u stored in the end, %.0f recovered at the last start",
+                io, rounds, atomic_load(&w->next), total_acked, in_flight_at_kill, acked, recovered);
     kvtc_disconnect(c);
     d.skip_leak_check = NULL;
     itest_daemon_stop(&d);
