@@ -450,3 +450,69 @@ Test(daemon_tiers, no_disk_no_gpu_is_plain_host)
     cr_assert_eq(kvtcd_tiers_open(&p2, &t2), KVTC_EINVAL);
     fx_end(&f);
 }
+
+/* ---- GPU spill, through the fake CUDA driver ---------------------------- */
+
+#include "cuda_driver.h"
+#include "test_daemon_gpu_fake.h"
+
+Test(daemon_tiers, gpu_spill_then_last_tier_eviction_byte_exact)
+{
+    struct fx f;
+    const size_t chunk = 256u << 10;
+    fx_start(&f, 2u << 20);          /* 8 chunks of host RAM */
+    kvtcd__cuda_set_table(gpu_fake_table());
+    kvtcd_tiers_params p = {.loop = &f.loop, .ix = &f.ix,
+                            .gpu_mem = 4u << 20};  /* 16 chunks */
+    cr_assert_eq(kvtcd_tiers_open(&p, &f.t), 0);
+    kvtcd_tiers_stats st;
+    kvtcd_tiers_get_stats(f.t, &st);
+    cr_assert(st.has_gpu, "the fake GPU did not open");
+    cr_assert_eq(st.capacity[KVTCD_T_GPU], 4u << 20);
+    struct done d = {0};
+    int rc;
+    /* 20 chunks: host RAM spills to the GPU in the background. */
+    for (uint32_t i = 0; i < 20; i++) {
+        cr_assert_eq(put_chunk(&f, i, chunk - i, &rc, &d, 0), 0);
+        cr_assert_eq(rc, 0, "put %u: %s", i, kvtc_strerror(rc));
+        kvtcd_tiers_kick(f.t);
+        /* Let the copies finish (they run on the fake's threads). */
+        for (int k = 0; k < 40; k++)
+            uv_run(&f.loop, UV_RUN_NOWAIT), usleep(1000);
+        cr_assert_leq(f.host->used, f.host->capacity);
+    }
+    uint32_t on_gpu = 0;
+    for (uint32_t i = 0; i < 20; i++) {
+        kvtcd_entry *e = find(&f, i);
+        if (e && !e->blob) {
+            cr_assert_eq(e->gpu_state, KVTCD_GPU_VALID);
+            cr_assert_eq(kvtcd_entry_wire_tier(e), KVTC__WIRE__TIER__TIER_GPU);
+            on_gpu++;
+        }
+    }
+    cr_assert_gt(on_gpu, 0, "nothing spilled to the GPU");
+    cr_assert_gt(f.ix.tc[KVTCD_T_GPU].bytes_written, 0);
+    /* Every stored chunk reads back exact, from wherever it is. */
+    for (uint32_t i = 0; i < 20; i++)
+        if (find(&f, i))
+            expect_exact(&f, i, chunk - i);
+    cr_assert_gt(f.ix.tc[KVTCD_T_GPU].bytes_read, 0);
+    cr_assert_gt(f.ix.tc[KVTCD_T_HOST].promotions, 0);
+    /* Far more than host + GPU hold: the GPU is the last tier, so it
+     * evicts, and both stay within their capacities. */
+    for (uint32_t i = 100; i < 160; i++) {
+        cr_assert_eq(put_chunk(&f, i, chunk, &rc, &d, 0), 0);
+        cr_assert_eq(rc, 0);
+        kvtcd_tiers_kick(f.t);
+        for (int k = 0; k < 20; k++)
+            uv_run(&f.loop, UV_RUN_NOWAIT), usleep(500);
+        kvtcd_tiers_get_stats(f.t, &st);
+        cr_assert_leq(st.used[KVTCD_T_GPU], st.capacity[KVTCD_T_GPU]);
+        cr_assert_leq(f.host->used, f.host->capacity);
+    }
+    cr_assert_gt(f.ix.evictions, 0);
+    cr_assert_not_null(find(&f, 159), "the newest chunk was evicted");
+    expect_exact(&f, 159, chunk);
+    fx_end(&f);
+    cr_assert_eq(gpu_fake_live(), 0, "GPU resources left after close");
+}
