@@ -3,9 +3,10 @@
  * Why a slab: a put used to mmap a fresh buffer and register it, and the
  * kernel then faulted and zeroed its pages while the rendezvous filled
  * them (47% of a 4 MiB put's daemon time). Here the capacity is reserved
- * once, registered once, and a background thread keeps
- * KVTCD_HOST_PREFAULT_AHEAD bytes beyond the highest blob resident and
- * pinned, so a put lands in memory that is ready. The extent allocator
+ * once, registered once, and a background thread keeps the first
+ * KVTCD_HOST_PREFAULT_AHEAD bytes, and then four of the largest blobs
+ * beyond the highest one, resident and pinned, so a put lands in memory
+ * that is ready. The extent allocator
  * hands out low offsets first and prefers freed (resident) extents to the
  * untouched tail, so the resident prefix only grows as far as peak use
  * plus the window, and never beyond the capacity. */
@@ -42,6 +43,7 @@ typedef struct slab_tier {
     kvtcd_slab slab;
     kvtcd_prefault *pf;   /* NULL when prefaulting is off */
     size_t wanted;        /* last target given to pf */
+    size_t max_extent;    /* bytes of the largest extent handed out */
 } slab_tier;
 
 static int env_off(const char *name)
@@ -109,8 +111,18 @@ static int extent_alloc(slab_tier *h, slab_blob *b, size_t size)
         b->base.memh = memh;
         b->own_memh = 1;
     }
+    if (pages * h->page > h->max_extent)
+        h->max_extent = pages * h->page;
     if (h->pf) {
-        size_t want = h->slab.hwm * h->page + KVTCD_HOST_PREFAULT_AHEAD;
+        /* A few of the largest blobs ahead: enough to absorb a burst of
+         * puts while the thread catches up, without zeroing far more than
+         * is ever used when one core is all there is. */
+        size_t ahead = 4 * h->max_extent;
+        if (ahead < KVTCD_HOST_PREFAULT_MIN)
+            ahead = KVTCD_HOST_PREFAULT_MIN;
+        if (ahead > KVTCD_HOST_PREFAULT_AHEAD)
+            ahead = KVTCD_HOST_PREFAULT_AHEAD;
+        size_t want = h->slab.hwm * h->page + ahead;
         if (want > h->region_len)
             want = h->region_len;
         if (want > h->wanted) {

@@ -37,8 +37,11 @@
 
 #include "tier.h"
 
-/* Bytes made resident ahead of the highest blob handed out so far. */
+/* Made resident at start (an idle daemon has time for it), and the most
+ * kept resident beyond the highest blob handed out; that window is four of
+ * the largest blobs so far, at least KVTCD_HOST_PREFAULT_MIN. */
 #define KVTCD_HOST_PREFAULT_AHEAD (256ull << 20)
+#define KVTCD_HOST_PREFAULT_MIN (32ull << 20)
 
 typedef struct kvtcd_host_stats {
     int slab;                 /* 1: slab, 0: per-blob buffers */
