@@ -8,9 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec_serve.h"
 #include "kvtc_errors.h"
 #include "log.h"
 #include "server.h"
+#include "store_host.h"
 
 #define MAX_REQUEST_BYTES 16384 /* headers included; /metrics needs little */
 #define MAX_URL 1024
@@ -197,6 +199,31 @@ static void render_tiers(struct sbuf *b, const kvtcd_server *srv)
            (uint64_t)ts.durable);
 }
 
+static void serve_metric(void *ctx, const char *name, const char *type,
+                         const char *help, uint64_t v)
+{
+    metric(ctx, name, type, help, v);
+}
+
+/* The host slab's own gauges (store_host.h); absent for other tiers. */
+static void render_host(struct sbuf *b, const kvtcd_server *srv)
+{
+    kvtcd_host_stats hs;
+    if (!srv->host || kvtcd_store_host_stats(srv->host, &hs) < 0)
+        return;
+    metric(b, "host_resident_bytes", "gauge",
+           "Host slab bytes made resident ahead of use.", hs.resident_bytes);
+    metric(b, "host_locked_bytes", "gauge", "Host slab bytes mlock'ed.",
+           hs.locked_bytes);
+    metric(b, "host_free_extents", "gauge", "Free extents of the host slab.",
+           hs.free_extents);
+    metric(b, "host_largest_free_bytes", "gauge",
+           "Largest free extent of the host slab.", hs.largest_free_bytes);
+    metric(b, "host_fragmented_full_total", "counter",
+           "Host allocations refused although enough bytes were free.",
+           hs.frag_full);
+}
+
 int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
 {
     struct sbuf b = {0};
@@ -243,6 +270,9 @@ int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
            kvtcd_now_ms(srv) / 1000);
     if (srv->tiers)
         render_tiers(&b, srv);
+    render_host(&b, srv);
+    if (srv->serve)
+        kvtcd_serve_metrics_each(srv->serve, serve_metric, &b);
     if (b.bad) {
         free(b.p);
         return KVTC_ENOMEM;

@@ -1117,6 +1117,22 @@ static void handle_stats(kvtcd_session *s, const Kvtc__Wire__Request *req)
     SET(bytes_out, srv->m.bytes_out);
     SET(errors, srv->m.errors);
     SET(uptime_ms, kvtcd_now_ms(srv));
+    kvtcd_tiers_stats ts;
+    kvtcd_tiers_get_stats(srv->tiers, &ts);
+    SET(gpu_bytes_used, ts.used[KVTCD_T_GPU]);
+    SET(gpu_bytes_capacity, ts.capacity[KVTCD_T_GPU]);
+    SET(disk_bytes_used, ts.used[KVTCD_T_DISK]);
+    SET(disk_bytes_capacity, ts.capacity[KVTCD_T_DISK]);
+    SET(disk_live_bytes, ts.disk.live);
+    SET(disk_dirty_chunks, ts.dirty);
+    uint64_t up = 0, down = 0;
+    for (int i = 0; i < KVTCD_N_TIERS; i++) {
+        up += ts.c[i].promotions;
+        down += ts.c[i].demotions;
+    }
+    SET(promotions, up);
+    SET(demotions, down);
+    SET(durable, ts.durable ? 1 : 0);
 #undef SET
     Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
     rep.id = req->id;
