@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec_serve.h"
 #include "kvtc_codec.h"
 #include "kvtc_errors.h"
 #include "log.h"
@@ -230,13 +231,6 @@ static int check_chunk(kvtcd_session *s, uint64_t id, size_t i,
                          i, enc);
         return -1;
     }
-    if (enc != KVTC__WIRE__ENCODING__RAW) {
-        kvtcd_send_error(s, id, ST(UNSUPPORTED),
-                         "put: chunk %zu: only RAW encoding is stored by "
-                         "this kvtcd",
-                         i);
-        return -1;
-    }
     if (c->layout) {
         kvtc_layout l;
         kvtc_wire_layout_from_msg(c->layout, &l);
@@ -255,7 +249,9 @@ static int check_chunk(kvtcd_session *s, uint64_t id, size_t i,
             return -1;
         }
         size_t want = kvtc_chunk_bytes(&l, tokens);
-        if (want != c->size) {
+        /* A container's size is its own; the daemon checks it against the
+         * container's header before storing it (codec_serve.c). */
+        if (enc == KVTC__WIRE__ENCODING__RAW && want != c->size) {
             kvtcd_send_error(s, id, ST(INVALID),
                              "put: chunk %zu is %llu bytes, its layout and "
                              "%u tokens need %zu",
@@ -276,7 +272,8 @@ static void fill_tmpl(kvtcd_entry *t, uint32_t ns,
         memcpy(t->parent, c->parent.data, KVTCD_KEY_BYTES);
         t->has_parent = 1;
     }
-    t->encoding = KVTC__WIRE__ENCODING__RAW;
+    t->encoding = c->has_encoding ? (uint8_t)c->encoding
+                                  : KVTC__WIRE__ENCODING__RAW;
     if (c->layout) {
         kvtc_wire_layout_from_msg(c->layout, &t->layout);
         t->has_layout = 1;
@@ -295,13 +292,16 @@ typedef struct put_ctx {
     int *rc;              /* per chunk: 0 or KVTC_E* */
     uint32_t pending;     /* stores not finished yet */
     int started;          /* every chunk handed to the tiers */
+    void *codec;          /* compression asked for (codec_serve.c) */
 } put_ctx;
 
 static void put_ctx_free(void *p)
 {
     put_ctx *c = p;
-    if (c)
+    if (c) {
         free(c->rc);
+        kvtcd_serve_put_free(c->codec);
+    }
     free(c);
 }
 
@@ -309,6 +309,11 @@ static const char *put_failure_message(int rc)
 {
     switch (rc) {
     case KVTC_ECORRUPT: return "put: payload checksum mismatch";
+    case KVTC_EPROFILE: return "put: the container's profile is not on "
+                               "this kvtcd (upload it first)";
+    case KVTC_EVERSION: return "put: container of an unknown format version";
+    case KVTC_EINVAL: return "put: a container does not match its chunk's "
+                             "layout or tokens";
     case KVTC_EFULL: return "put: disk tier full or degraded: some chunks "
                             "were not stored";
     case KVTC_EIO: return "put: disk write failed: some chunks were not "
@@ -369,34 +374,31 @@ static void put_reply(kvtcd_op *op)
     kvtcd_op_free(op);
 }
 
-static void put_chunk_done(void *arg)
-{
-    kvtcd_op *op = arg;
-    put_ctx *c = op->ctx;
-    if (--c->pending == 0 && c->started)
-        put_reply(op);
-}
+static void put_store(void *arg);
 
-/* Checksums done: verify, hand each chunk to the tiers, reply once they
- * are stored. */
+/* Checksums done: verify, compress where asked (codec_serve.c), store. */
 static void put_hashed(kvtcd_hashjob *job)
 {
     kvtcd_op *op = job->arg;
     kvtcd_session *s = op->sess;
     kvtcd_server *srv = s->srv;
-    uint64_t now = kvtcd_now_ms(srv);
+    /* handle_put left the codec's context in op->ctx; ours takes it. */
+    void *codec = op->ctx;
+    op->ctx = NULL;
+    op->ctx_free = NULL;
     put_ctx *c = calloc(1, sizeof *c);
     if (c)
         c->rc = calloc(op->n_chunks, sizeof *c->rc);
     if (!c || !c->rc) {
         put_ctx_free(c);
+        kvtcd_serve_put_free(codec);
         kvtcd_send_error(s, op->req_id, ST(INTERNAL), "put: out of memory");
         kvtcd_op_free(op);
         return;
     }
+    c->codec = codec;
     op->ctx = c;
     op->ctx_free = put_ctx_free;
-    size_t off = op->put_base;
     for (uint32_t i = 0; i < op->n_chunks; i++) {
         kvtcd_entry *t = &op->tmpl[i];
         uint64_t sum = job->sum[i];
@@ -405,11 +407,44 @@ static void put_hashed(kvtcd_hashjob *job)
             srv->m.corrupt++;
         } else {
             t->checksum = sum;
-            if (kvtcd_tiers_put(srv->tiers, t, op->blob, off, now, &c->rc[i],
-                                put_chunk_done, op) == 1)
-                c->pending++;
         }
+    }
+    if (codec) {
+        kvtcd_serve_put_run(srv, codec, op->tmpl, op->blob, op->put_base,
+                            c->rc, put_store, op);
+        return;
+    }
+    put_store(op);
+}
+
+static void put_chunk_done(void *arg)
+{
+    kvtcd_op *op = arg;
+    put_ctx *c = op->ctx;
+    if (--c->pending == 0 && c->started)
+        put_reply(op);
+}
+
+/* Chunks verified and coded: hand each good one to the tiers (from where
+ * it lies now: codec_serve.c moves compressed chunks to a smaller blob),
+ * reply once they are stored. */
+static void put_store(void *arg)
+{
+    kvtcd_op *op = arg;
+    kvtcd_server *srv = op->sess->srv;
+    put_ctx *c = op->ctx;
+    uint64_t now = kvtcd_now_ms(srv);
+    size_t off = op->put_base;
+    for (uint32_t i = 0; i < op->n_chunks; i++) {
+        kvtcd_entry *t = &op->tmpl[i];
+        size_t at = off;
+        kvtcd_blob *blob = c->codec ? kvtcd_serve_put_where(c->codec, i, &at)
+                                    : op->blob;
         off += t->size;
+        if (c->rc[i] == 0 &&
+            kvtcd_tiers_put(srv->tiers, t, blob, at, now, &c->rc[i],
+                            put_chunk_done, op) == 1)
+            c->pending++;
     }
     c->started = 1;
     kvtcd_tiers_kick(srv->tiers);
@@ -587,14 +622,28 @@ static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,
                          (unsigned long long)total, bulk_len);
         return;
     }
+    void *cctx = NULL;
+    char why[160];
+    int crc = kvtcd_serve_put_prepare(put, &cctx, why, sizeof why);
+    if (crc == KVTC_EINVAL) {
+        kvtcd_send_error(s, req->id, ST(INVALID), "%s", why);
+        return;
+    }
     if (store_full) {
+        kvtcd_serve_put_free(cctx);
         reply_put_full(s, req->id, put->n_chunks, total);
         return;
     }
     uint64_t now = kvtcd_now_ms(srv);
-    kvtcd_op *op = kvtcd_op_new(srv, KVTCD_OP_PUT, s);
-    if (!op)
+    kvtcd_op *op = crc == 0 ? kvtcd_op_new(srv, KVTCD_OP_PUT, s) : NULL;
+    if (!op) {
+        kvtcd_serve_put_free(cctx);
         goto nomem;
+    }
+    /* The codec work this put asks for (compress, check containers), if
+     * any: put_hashed hands it to codec_serve.c. */
+    op->ctx = cctx;
+    op->ctx_free = cctx ? kvtcd_serve_put_free : NULL;
     op->req_id = req->id;
     op->t0_ns = uv_hrtime();
     op->n_chunks = (uint32_t)put->n_chunks;
@@ -642,7 +691,11 @@ nomem:
  * parents are copied and the blobs referenced. */
 typedef struct get_ctx {
     size_t n, nf;
+    size_t nsent;         /* hits to send: segs/blobs/fidx [0, nsent) */
     uint32_t ns;
+    int want;             /* Kvtc__Wire__Encoding asked for */
+    kvtcd_serve_dec *dec; /* hits decoded for a raw get */
+    uint32_t *dec_k;      /* their index among the sent ones */
     Kvtc__Wire__GetResult *res;
     Kvtc__Wire__GetResult **resp;
     Kvtc__Wire__ChunkMeta *metas;
@@ -684,6 +737,8 @@ static void get_ctx_free(void *p)
     free(c->sums);
     free(c->segs);
     free(c->loads);
+    free(c->dec);
+    free(c->dec_k);
     free(c);
 }
 
@@ -705,7 +760,9 @@ static get_ctx *get_ctx_new(size_t n)
     c->sums = calloc(n, sizeof *c->sums);
     c->segs = calloc(n, sizeof *c->segs);
     c->loads = calloc(n, sizeof *c->loads);
-    if (!c->res || !c->resp || !c->metas || !c->lms || !c->keys ||
+    c->dec = calloc(n, sizeof *c->dec);
+    c->dec_k = calloc(n, sizeof *c->dec_k);
+    if (!c->dec || !c->dec_k || !c->res || !c->resp || !c->metas || !c->lms || !c->keys ||
         !c->parents || !c->fidx || !c->blobs || !c->offs || !c->sums ||
         !c->segs || !c->loads) {
         get_ctx_free(c);
@@ -746,8 +803,82 @@ static void meta_of(const kvtcd_entry *e, get_ctx *c, size_t i)
     }
 }
 
+/* Send the hits [0, nsent) as one iov, and free op. */
+static void get_send(kvtcd_op *op)
+{
+    get_ctx *c = op->ctx;
+    Kvtc__Wire__GetReply gr = KVTC__WIRE__GET_REPLY__INIT;
+    gr.n_results = c->n;
+    gr.results = c->resp;
+    Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
+    rep.id = op->req_id;
+    rep.status = ST(OK);
+    rep.body_case = KVTC__WIRE__REPLY__BODY_GET;
+    rep.get = &gr;
+    kvtcd_send_reply(op->sess, &rep, c->segs, (uint32_t)c->nsent, c->blobs,
+                     (uint32_t)c->nsent);
+    kvtcd_op_free(op);
+}
+
+/* Hit k (of the sent ones) failed: it becomes a miss with status st and
+ * leaves the send list. The index entry goes too when its bytes are bad
+ * (CORRUPT); a missing profile (PROFILE) may come back, so it stays. */
+static void get_drop_hit(kvtcd_op *op, size_t k, int st)
+{
+    get_ctx *c = op->ctx;
+    kvtcd_server *srv = op->sess->srv;
+    size_t i = c->fidx[k];
+    if (st == ST(CORRUPT)) {
+        kvtcd_entry *e = kvtcd_index_find(&srv->index, c->ns, c->keys[i],
+                                          kvtcd_now_ms(srv));
+        if (e && e->checksum == c->metas[i].checksum)
+            kvtcd_index_remove(&srv->index, e);
+        srv->m.corrupt++;
+    }
+    c->res[i].status = (Kvtc__Wire__Status)st;
+    c->res[i].meta = NULL;
+    c->res[i].has_tier = 0;
+    srv->m.hits--;
+    srv->m.misses++;
+    kvtcd_blob_unref(c->blobs[k]);
+    for (size_t m = k + 1; m < c->nsent; m++) {
+        c->segs[m - 1] = c->segs[m];
+        c->blobs[m - 1] = c->blobs[m];
+        c->fidx[m - 1] = c->fidx[m];
+    }
+    c->nsent--;
+    c->blobs[c->nsent] = NULL;
+}
+
+/* Stored containers decoded for a raw get (codec_serve.c): their raw
+ * bytes replace them in the reply; failures are misses. */
+static void get_decoded(void *arg)
+{
+    kvtcd_op *op = arg;
+    get_ctx *c = op->ctx;
+    uint32_t nd = 0;
+    for (size_t k = 0; k < c->nsent; k++)
+        if (kvtcd_serve_get_decodes(c->want, c->metas[c->fidx[k]].encoding))
+            c->dec_k[nd++] = (uint32_t)k;
+    /* Walk backwards: dropping a hit shifts the ones after it. */
+    for (uint32_t d = nd; d-- > 0;) {
+        size_t k = c->dec_k[d];
+        Kvtc__Wire__ChunkMeta *m = &c->metas[c->fidx[k]];
+        if (c->dec[d].rc) {
+            get_drop_hit(op, k, c->dec[d].rc == KVTC_EPROFILE
+                                    ? ST(PROFILE) : ST(CORRUPT));
+            continue;
+        }
+        m->size = c->segs[k].len;
+        m->checksum = c->dec[d].sum;
+        m->encoding = KVTC__WIRE__ENCODING__RAW;
+    }
+    get_send(op);
+}
+
 /* Hits re-verified: mismatches become CORRUPT misses (and leave the
- * index), the rest are sent as one iov. Frees op. */
+ * index); stored containers a raw get asked for are decoded; the rest are
+ * sent as one iov. Frees op. */
 static void get_hashed(kvtcd_hashjob *job)
 {
     kvtcd_op *op = job->arg;
@@ -762,6 +893,7 @@ static void get_hashed(kvtcd_hashjob *job)
             c->segs[ns].p = c->blobs[j]->data + c->offs[j];
             c->segs[ns].len = job->len[j];
             c->blobs[ns] = c->blobs[j]; /* compact the sent ones first */
+            c->fidx[ns] = (uint32_t)i;
             if (ns != j)
                 c->blobs[j] = NULL;
             ns++;
@@ -786,16 +918,20 @@ static void get_hashed(kvtcd_hashjob *job)
     /* Blobs past ns are NULL or moved: get_ctx_free unrefs [0, nf). */
     for (size_t j = ns; j < c->nf; j++)
         c->blobs[j] = NULL;
-    Kvtc__Wire__GetReply gr = KVTC__WIRE__GET_REPLY__INIT;
-    gr.n_results = c->n;
-    gr.results = c->resp;
-    Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
-    rep.id = op->req_id;
-    rep.status = ST(OK);
-    rep.body_case = KVTC__WIRE__REPLY__BODY_GET;
-    rep.get = &gr;
-    kvtcd_send_reply(s, &rep, c->segs, (uint32_t)ns, c->blobs, (uint32_t)ns);
-    kvtcd_op_free(op);
+    c->nsent = ns;
+    uint32_t nd = 0;
+    for (size_t k = 0; k < ns; k++) {
+        if (!kvtcd_serve_get_decodes(c->want, c->metas[c->fidx[k]].encoding))
+            continue;
+        c->dec[nd].seg = &c->segs[k];
+        c->dec[nd].blob = &c->blobs[k];
+        nd++;
+    }
+    if (nd) {
+        kvtcd_serve_decode(srv, c->dec, nd, get_decoded, op);
+        return;
+    }
+    get_send(op);
 }
 
 /* The result of a hit that could not be served (its read failed). */
@@ -872,11 +1008,6 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
         kvtcd_send_error(s, req->id, ST(INVALID), "get: want=%d", want);
         return;
     }
-    if (want != KVTC__WIRE__ENCODING__RAW) {
-        kvtcd_send_error(s, req->id, ST(UNSUPPORTED),
-                         "get: only RAW is served by this kvtcd");
-        return;
-    }
     size_t n = g->n_keys;
     uint64_t now = kvtcd_now_ms(srv);
     get_ctx *c = get_ctx_new(n);
@@ -890,6 +1021,7 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
     op->ctx = c;
     op->ctx_free = get_ctx_free;
     c->ns = s->ns;
+    c->want = want;
     for (size_t i = 0; i < n; i++) {
         kvtc__wire__get_result__init(&c->res[i]);
         c->resp[i] = &c->res[i];
@@ -1163,7 +1295,8 @@ static void dispatch(kvtcd_session *s, Kvtc__Wire__Request *req,
                          "hello first: no session yet");
         return;
     }
-    if (bulk_len && req->body_case != KVTC__WIRE__REQUEST__BODY_PUT) {
+    if (bulk_len && req->body_case != KVTC__WIRE__REQUEST__BODY_PUT &&
+        req->body_case != KVTC__WIRE__REQUEST__BODY_PROFILE) {
         kvtcd_send_error(s, req->id, ST(INVALID),
                          "unexpected %zu payload bytes", bulk_len);
         return;
@@ -1179,6 +1312,9 @@ static void dispatch(kvtcd_session *s, Kvtc__Wire__Request *req,
     case KVTC__WIRE__REQUEST__BODY_DEL: handle_delete_or_pin(s, req, 0); break;
     case KVTC__WIRE__REQUEST__BODY_PIN: handle_delete_or_pin(s, req, 1); break;
     case KVTC__WIRE__REQUEST__BODY_STATS: handle_stats(s, req); break;
+    case KVTC__WIRE__REQUEST__BODY_PROFILE:
+        kvtcd_handle_profile(s, req, bulk, bulk_len, rndv_desc);
+        break;
     default:
         kvtcd_send_error(s, req->id, ST(UNSUPPORTED), "unknown operation %d",
                          (int)req->body_case);
