@@ -502,3 +502,46 @@ Test(codec_serve, cli_profile_put_ratio_get_compressed)
     free(expect);
     itest_daemon_stop(&d);
 }
+
+/* Compressed at rest in every tier: with a disk tier in durable mode the
+ * container is what is written, and after kill -9 and a restart (profiles
+ * and chunks both from disk) it is served raw and compressed as before. */
+Test(codec_serve, compressed_on_disk_across_kill9)
+{
+    struct itest_daemon d;
+    itest_daemon_prepare(&d);
+    char data[400], disk[400];
+    snprintf(data, sizeof data, "%s/data", d.dir);
+    snprintf(disk, sizeof disk, "%s/disk", d.dir);
+    const char *extra[] = {"--data-dir", data, "--disk-dir", disk, "--disk-size", "64M",
+                           "--durability", "durable", NULL};
+    itest_daemon_launch(&d, "64M", 0, extra);
+    kvtc_conn *c = itest_connect(&d);
+    cr_assert_eq(kvtc_profile_upload(c, K.pbytes, K.plen, NULL, NULL), 0, "%s",
+                 kvtc_last_error(c));
+    kvtc_key k = itest_key(7, 0);
+    cr_assert_eq(put_one(c, k, K.chunk[1], K.bytes, 8, 0, 0, &K.l), 0, "%s",
+                 kvtc_last_error(c));
+    kvtc_disconnect(c);
+    cr_assert_eq(itest_daemon_kill9(&d), 1);
+    itest_daemon_launch(&d, "64M", 0, extra);
+    c = itest_connect(&d);
+    size_t elen;
+    uint8_t *ec = cpu_encode(K.p, plan_of(K.p, 8), K.chunk[1], &elen);
+    float *expect = cpu_decode(K.p, ec, elen);
+    float *got = malloc(K.bytes);
+    kvtc_get_item it;
+    cr_assert_eq(get_one(c, k, KVTC_WANT_CONTAINER, got, K.bytes, &it), 0, "%s\n%s",
+                 kvtc_last_error(c), itest_log_tail(&d));
+    cr_assert_eq(it.encoding, KVTC_ENCODING_KVTC);
+    cr_assert_eq(it.size, elen);
+    cr_assert(memcmp(got, ec, elen) == 0);
+    cr_assert_eq(get_one(c, k, KVTC_WANT_RAW, got, K.bytes, &it), 0, "%s", kvtc_last_error(c));
+    cr_assert_eq(it.encoding, KVTC_ENCODING_RAW);
+    cr_assert(memcmp(got, expect, K.bytes) == 0);
+    kvtc_disconnect(c);
+    free(got);
+    free(ec);
+    free(expect);
+    itest_daemon_stop(&d);
+}
