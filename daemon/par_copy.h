@@ -1,8 +1,9 @@
 /* par_copy.h - memcpy split across a few helper threads.
  *
- * Why: one core copies ~10 GB/s into pinned memory (measured on the H100
- * host: the GPU tier's staged copies ran at 9.7 GB/s while PCIe moved 55),
- * so the staging memcpy, not the bus, bounded the GPU tier. Large copies
+ * Why: one core copies ~9 GB/s into pinned memory, so the staging memcpy,
+ * not the bus, bounded the GPU tier (H100 host, 32 MiB copies: 8.7 GB/s
+ * to the device with one thread, 28.6 with 4 helpers, PCIe 5 moves 55;
+ * docs/tiers.md has the table). Large copies
  * are cut into cache-line-aligned parts; the calling thread copies one part
  * and the helpers the others, and the call returns when all are done.
  *
