@@ -243,6 +243,19 @@ Test(codec_serve, compress_on_put_serve_raw_and_compressed)
     cr_assert_eq(get_one(c, key, KVTC_WANT_KVTC, got2, K.bytes - 1, &it), KVTC_ENOSPC);
     cr_assert_eq(it.size, K.bytes);
 
+    /* The codec counters say the same. */
+    char *body = itest_metrics_body(&d);
+    double v;
+    cr_assert_eq(itest_metric(body, "kvtc_put_compressed_total", &v), 0);
+    cr_assert_eq(v, 1);
+    cr_assert_eq(itest_metric(body, "kvtc_codec_encode_out_bytes_total", &v), 0);
+    cr_assert_eq(v, (double)elen);
+    cr_assert_eq(itest_metric(body, "kvtc_codec_decoded_total", &v), 0);
+    cr_assert_eq(v, 1); /* the raw get; the client decoded the others */
+    cr_assert_eq(itest_metric(body, "kvtc_profiles", &v), 0);
+    cr_assert_eq(v, 1);
+    free(body);
+
     kvtc_disconnect(c);
     free(got);
     free(got2);
