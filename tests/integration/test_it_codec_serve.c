@@ -558,3 +558,114 @@ Test(codec_serve, compressed_on_disk_across_kill9)
     free(expect);
     itest_daemon_stop(&d);
 }
+
+static void count_done(int status, void *arg)
+{
+    int *n = arg;
+    cr_assert_eq(status, 0);
+    (*n)++;
+}
+
+/* Many puts in flight, each a batch mixing compressed, raw, live-window and
+ * client-compressed chunks: codec jobs take chunks of several requests,
+ * mixed batches are repacked, and every chunk comes back right both ways. */
+Test(codec_serve, concurrent_mixed_batches)
+{
+    struct itest_daemon d;
+    itest_daemon_start(&d, "256M", 0, NULL);
+    kvtc_conn *c = itest_connect(&d);
+    cr_assert_eq(kvtc_profile_upload(c, K.pbytes, K.plen, NULL, NULL), 0);
+    enum { NB = 8, PER = 6 };
+    size_t clen;
+    uint8_t *ctr = cpu_encode(K.p, plan_of(K.p, 4), K.chunk[2], &clen);
+    size_t e8len, e4len;
+    uint8_t *e8 = cpu_encode(K.p, plan_of(K.p, 8), K.chunk[0], &e8len);
+    uint8_t *e4 = cpu_encode(K.p, plan_of(K.p, 4), K.chunk[1], &e4len);
+    float *x8 = cpu_decode(K.p, e8, e8len), *x4 = cpu_decode(K.p, e4, e4len);
+    float *xc = cpu_decode(K.p, ctr, clen);
+    /* Chunk j of every batch: 0: 8x, 1: raw, 2: 4x, 3: live window, 4:
+     * client container, 5: ratio 3 -> the 4x plan. */
+    const void *expect[PER] = {x8, K.chunk[1], x4, K.chunk[0], xc, x4};
+    static kvtc_put_item items[NB][PER];
+    memset(items, 0, sizeof items);
+    int done = 0;
+    for (int b = 0; b < NB; b++) {
+        for (int j = 0; j < PER; j++) {
+            kvtc_put_item *it = &items[b][j];
+            it->field_mask = KVTC_PUT_FIELD_LAYOUT | KVTC_PUT_FIELD_MEM;
+            it->mem = KVTC_MEM_HOST;
+            it->key = itest_key(8, (uint32_t)(b * PER + j));
+            it->layout = &K.l;
+            it->n_tokens = TOK;
+            it->size = K.bytes;
+            const float r[PER] = {8, 0, 4, 8, 0, 3};
+            const float *src[PER] = {K.chunk[0], K.chunk[1], K.chunk[1], K.chunk[0], NULL,
+                                     K.chunk[1]};
+            it->data = src[j];
+            if (r[j] > 0) {
+                it->field_mask |= KVTC_PUT_FIELD_RATIO;
+                it->target_ratio = r[j];
+            }
+            if (j == 3) {
+                it->field_mask |= KVTC_PUT_FIELD_FLAGS;
+                it->flags = KVTC_PUT_LIVE_WINDOW;
+            }
+            if (j == 4) {
+                it->field_mask |= KVTC_PUT_FIELD_ENCODING;
+                it->encoding = KVTC_ENCODING_KVTC;
+                it->data = ctr;
+                it->size = clen;
+            }
+        }
+        kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = count_done,
+                            .arg = &done};
+        cr_assert_eq(kvtc_put_batch_async(c, items[b], PER, &p), 0, "%s", kvtc_last_error(c));
+    }
+    cr_assert_eq(kvtc_wait_all(c, 60000), 0);
+    cr_assert_eq(done, NB);
+    for (int b = 0; b < NB; b++)
+        for (int j = 0; j < PER; j++)
+            cr_assert_eq(items[b][j].status, 0, "batch %d chunk %d: %d", b, j,
+                         items[b][j].status);
+    /* Back in one batch per want, raw and client-decoded. */
+    float *buf = malloc((size_t)NB * PER * K.bytes);
+    static kvtc_get_item g[NB * PER];
+    for (uint32_t want = KVTC_WANT_RAW; want <= KVTC_WANT_KVTC; want++) {
+        memset(g, 0, sizeof g);
+        memset(buf, 0, (size_t)NB * PER * K.bytes);
+        for (int i = 0; i < NB * PER; i++) {
+            g[i].field_mask = KVTC_GET_FIELD_WANT | KVTC_GET_FIELD_MEM;
+            g[i].mem = KVTC_MEM_HOST;
+            g[i].want = want;
+            g[i].key = itest_key(8, (uint32_t)i);
+            g[i].buf = (char *)buf + (size_t)i * K.bytes;
+            g[i].capacity = K.bytes;
+        }
+        cr_assert_eq(kvtc_get_batch(c, g, NB * PER, NULL), 0, "%s", kvtc_last_error(c));
+        for (int i = 0; i < NB * PER; i++) {
+            int j = i % PER;
+            cr_assert_eq(g[i].size, K.bytes);
+            cr_assert(memcmp(g[i].buf, expect[j], K.bytes) == 0, "want %u chunk %d (kind %d)",
+                      want, i, j);
+            uint32_t enc = want == KVTC_WANT_RAW || j == 1 || j == 3 ? KVTC_ENCODING_RAW
+                                                                     : KVTC_ENCODING_KVTC;
+            cr_assert_eq(g[i].encoding, enc, "want %u chunk %d", want, i);
+        }
+    }
+    char *body = itest_metrics_body(&d);
+    double jobs, enc;
+    cr_assert_eq(itest_metric(body, "kvtc_codec_jobs_total", &jobs), 0);
+    cr_assert_eq(itest_metric(body, "kvtc_codec_encoded_total", &enc), 0);
+    cr_assert_eq(enc, NB * 3); /* chunks 0, 2 and 5 of each batch */
+    cr_assert_leq(jobs, NB * 3);
+    free(body);
+    kvtc_disconnect(c);
+    free(buf);
+    free(ctr);
+    free(e8);
+    free(e4);
+    free(x8);
+    free(x4);
+    free(xc);
+    itest_daemon_stop(&d);
+}
