@@ -134,8 +134,9 @@ typedef struct rop {
     int check_key;
     kvtcd_disk_done_cb cb;
     void *arg;
-    /* compaction reads verify and hand the header back */
     kvtcd_seg_hdr h;
+    uv_work_t verify;           /* large payloads are checked off-loop */
+    int status;
 } rop;
 
 typedef struct bpool {
@@ -157,6 +158,8 @@ typedef struct compactor {
     int stop;
     rec cur;                    /* the record being moved */
     kvtcd_seg_hdr h;
+    uv_work_t vreq;             /* its payload check, when large */
+    int vstatus;
 } compactor;
 
 typedef struct work {
@@ -1202,12 +1205,49 @@ static int verify_record(const kvtcd_disk_loc *loc, const uint8_t *buf,
     return 0;
 }
 
+static void read_finish(rop *o, int status)
+{
+    kvtcd_disk *d = o->d;
+    d->rops--;
+    if (status == KVTC_ECORRUPT) {
+        d->st.corrupt++;
+        KVTCD_WARN("disk", "corrupt record seg=%u off=%llu", o->loc.seg,
+                   (unsigned long long)o->loc.off);
+    }
+    kvtcd_disk_done_cb cb = o->cb;
+    void *cb_arg = o->arg;
+    free(o);
+    cb(cb_arg, status);
+    try_close(d);
+}
+
+static void verify_work(uv_work_t *req)
+{
+    rop *o = req->data;
+    o->status = verify_record(&o->loc, o->dst, o->check_key ? o->key : NULL,
+                              o->checksum, KVTCD_SEG_RECORD, o->d->align,
+                              &o->h);
+}
+
+static void verify_done(uv_work_t *req, int status)
+{
+    rop *o = req->data;
+    read_finish(o, status < 0 ? KVTC_EIO : o->status);
+}
+
+/* Payloads from this size are checksummed on the thread pool: XXH3 of a
+ * 32 MiB chunk would hold the loop for milliseconds. */
+#define VERIFY_OFFLOOP (1u << 20)
+
 static void on_read(void *arg, int status)
 {
     rop *o = arg;
     kvtcd_disk *d = o->d;
+    /* The segment is not touched after this: it may go now. */
     o->s->io--;
-    d->rops--;
+    if (o->s->unlinked)
+        zombie_reap(d);
+    o->s = NULL;
     if (status == KVTC_ENOENT) {
         status = KVTC_ECORRUPT; /* the file ends inside the record */
     } else if (status < 0) {
@@ -1215,24 +1255,17 @@ static void on_read(void *arg, int status)
         status = status == KVTC_ECANCELED ? status : KVTC_EIO;
     }
     if (status == 0) {
+        d->st.records_read++;
+        d->st.bytes_read += o->loc.rec_len;
+        o->verify.data = o;
+        if (o->loc.rec_len >= VERIFY_OFFLOOP &&
+            uv_queue_work(d->loop, &o->verify, verify_work, verify_done) == 0)
+            return;
         status = verify_record(&o->loc, o->dst,
                                o->check_key ? o->key : NULL, o->checksum,
                                KVTCD_SEG_RECORD, d->align, &o->h);
-        d->st.records_read++;
-        d->st.bytes_read += o->loc.rec_len;
     }
-    if (status == KVTC_ECORRUPT) {
-        d->st.corrupt++;
-        KVTCD_WARN("disk", "corrupt record seg=%u off=%llu", o->loc.seg,
-                   (unsigned long long)o->loc.off);
-    }
-    if (o->s->unlinked)
-        zombie_reap(d);
-    kvtcd_disk_done_cb cb = o->cb;
-    void *cb_arg = o->arg;
-    free(o);
-    cb(cb_arg, status);
-    try_close(d);
+    read_finish(o, status);
 }
 
 static int read_common(kvtcd_disk *d, const kvtcd_disk_loc *loc, void *dst,
@@ -1356,21 +1389,13 @@ static void on_tomb_copied(void *arg, int status)
     on_copy_written(arg, status, NULL);
 }
 
-static void on_compact_read(void *arg, int status)
+/* The record being moved was read (and checked: status). */
+static void compact_verified(kvtcd_disk *d, int status)
 {
-    kvtcd_disk *d = arg;
     compactor *c = d->comp;
     seg *v = c->victim;
-    v->io--;
     d->rops--;
     rec *r = rec_find(v, c->cur.off);
-    kvtcd_disk_loc old = {.seg = v->id, .payload_off = HDR,
-                          .off = c->cur.off, .rec_len = c->cur.len};
-    if (status == 0)
-        status = verify_record(&old, c->buf, NULL, 0, c->cur.kind, d->align,
-                               &c->h);
-    else if (status == KVTC_ENOENT)
-        status = KVTC_ECORRUPT;
     if (status == KVTC_ECORRUPT) {
         /* Nothing to move: the caller's reads of it would fail anyway. */
         d->st.corrupt++;
@@ -1410,6 +1435,44 @@ static void on_compact_read(void *arg, int status)
     int rc = append_common(d, w);
     if (rc < 0)
         compact_end(d, rc);
+}
+
+static void compact_verify_work(uv_work_t *req)
+{
+    kvtcd_disk *d = req->data;
+    compactor *c = d->comp;
+    kvtcd_disk_loc old = {.seg = c->victim->id, .payload_off = HDR,
+                          .off = c->cur.off, .rec_len = c->cur.len};
+    c->vstatus = verify_record(&old, c->buf, NULL, 0, c->cur.kind, d->align,
+                               &c->h);
+}
+
+static void compact_verify_done(uv_work_t *req, int status)
+{
+    kvtcd_disk *d = req->data;
+    compact_verified(d, status < 0 ? KVTC_EIO : d->comp->vstatus);
+}
+
+static void on_compact_read(void *arg, int status)
+{
+    kvtcd_disk *d = arg;
+    compactor *c = d->comp;
+    c->victim->io--;
+    if (status == KVTC_ENOENT)
+        status = KVTC_ECORRUPT;
+    if (status == 0 && c->cur.len >= VERIFY_OFFLOOP) {
+        c->vreq.data = d;
+        if (uv_queue_work(d->loop, &c->vreq, compact_verify_work,
+                          compact_verify_done) == 0)
+            return;
+    }
+    if (status == 0) {
+        kvtcd_disk_loc old = {.seg = c->victim->id, .payload_off = HDR,
+                              .off = c->cur.off, .rec_len = c->cur.len};
+        status = verify_record(&old, c->buf, NULL, 0, c->cur.kind, d->align,
+                               &c->h);
+    }
+    compact_verified(d, status);
 }
 
 static void compact_next(kvtcd_disk *d)
