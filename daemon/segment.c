@@ -16,6 +16,7 @@ enum {
     H_KIND = 8,
     H_FLAGS = 9,
     H_ENCODING = 10,
+    H_ALIGN_SHIFT = 11,
     H_TENANT_LEN = 12,
     H_SEG = 16,
     H_FIRST_POS = 20,
@@ -106,6 +107,9 @@ int kvtcd_seg_hdr_encode(const kvtcd_seg_hdr *h, uint8_t *out, size_t cap,
         return KVTC_EINVAL;
     if (h->kind == KVTCD_SEG_TOMBSTONE && h->m.size != 0)
         return KVTC_EINVAL;
+    if (h->align_shift < KVTCD_SEG_MIN_SHIFT ||
+        h->align_shift > KVTCD_SEG_MAX_SHIFT)
+        return KVTC_EINVAL;
     size_t n = hdr_len_for(tl);
     if (cap < n)
         return KVTC_EINVAL;
@@ -117,6 +121,7 @@ int kvtcd_seg_hdr_encode(const kvtcd_seg_hdr *h, uint8_t *out, size_t cap,
     out[H_FLAGS] = (uint8_t)((h->m.has_parent ? F_PARENT : 0) |
                              (h->m.has_layout ? F_LAYOUT : 0));
     out[H_ENCODING] = h->m.encoding;
+    out[H_ALIGN_SHIFT] = h->align_shift;
     put16(out + H_TENANT_LEN, (uint16_t)tl);
     put32(out + H_SEG, h->seg);
     put32(out + H_FIRST_POS, h->m.first_pos);
@@ -162,16 +167,18 @@ int kvtcd_seg_hdr_parse(const void *buf, size_t avail, kvtcd_seg_hdr *out)
     /* Only a header whose own checksum holds can speak for its version. */
     if (get16(p + H_VERSION) != KVTCD_SEG_VERSION)
         return KVTC_EVERSION;
-    uint8_t kind = p[H_KIND], flags = p[H_FLAGS];
+    uint8_t kind = p[H_KIND], flags = p[H_FLAGS], shift = p[H_ALIGN_SHIFT];
     uint64_t size = get64(p + H_PAYLOAD_LEN);
     if ((kind != KVTCD_SEG_RECORD && kind != KVTCD_SEG_TOMBSTONE) ||
         (flags & ~F_KNOWN) || size > KVTCD_SEG_MAX_PAYLOAD ||
+        shift < KVTCD_SEG_MIN_SHIFT || shift > KVTCD_SEG_MAX_SHIFT ||
         (kind == KVTCD_SEG_TOMBSTONE && size != 0) ||
         memchr(p + H_TENANT, 0, tl))
         return KVTC_ECORRUPT;
 
     memset(out, 0, sizeof *out);
     out->kind = kind;
+    out->align_shift = shift;
     out->seg = get32(p + H_SEG);
     out->off = get64(p + H_OFF);
     kvtcd_disk_meta *m = &out->m;
@@ -217,6 +224,11 @@ uint64_t kvtcd_seg_rec_len(uint64_t len, size_t align)
         return 0;
     uint64_t a = align;
     return (KVTCD_SEG_HDR_BYTES + len + a - 1) & ~(a - 1);
+}
+
+uint64_t kvtcd_seg_hdr_rec_len(const kvtcd_seg_hdr *h)
+{
+    return kvtcd_seg_rec_len(h->m.size, (size_t)1 << h->align_shift);
 }
 
 int kvtcd_seg_is_zero(const void *buf, size_t n)

@@ -44,6 +44,10 @@ enum kvtcd_seg_kind {
  * its XXH3-64, m.seq the store-wide sequence number. */
 typedef struct kvtcd_seg_hdr {
     uint8_t kind;               /* enum kvtcd_seg_kind */
+    uint8_t align_shift;        /* log2 of the alignment it was written
+                                   with (9..16): records say their own
+                                   length, whatever the store's alignment
+                                   is when they are read */
     uint32_t seg;               /* segment number it was written to */
     uint64_t off;               /* offset of the record in that segment */
     kvtcd_disk_meta m;
@@ -71,6 +75,10 @@ int kvtcd_seg_hdr_parse(const void *buf, size_t avail, kvtcd_seg_hdr *out);
 /* Record length on disk for a payload of len bytes: header area + payload
  * rounded up to align (a power of two). 0 when len is too large. */
 uint64_t kvtcd_seg_rec_len(uint64_t len, size_t align);
+/* The length of the record h heads (its payload, its alignment). */
+uint64_t kvtcd_seg_hdr_rec_len(const kvtcd_seg_hdr *h);
+#define KVTCD_SEG_MIN_SHIFT 9
+#define KVTCD_SEG_MAX_SHIFT 16
 
 /* 1 when the n bytes at buf are all zero (a never-written block). */
 int kvtcd_seg_is_zero(const void *buf, size_t n);

@@ -898,6 +898,7 @@ static wop *wop_new(kvtcd_disk *d, const void *payload, size_t len,
     w->len = len;
     w->sync = sync;
     w->rec_len = kvtcd_seg_rec_len(len, d->align);
+    w->h.align_shift = (uint8_t)__builtin_ctzll(d->align);
     return w;
 }
 
@@ -1188,12 +1189,12 @@ void kvtcd_disk_release(kvtcd_disk *d, const kvtcd_disk_loc *loc)
  * checksum, payload. */
 static int verify_record(const kvtcd_disk_loc *loc, const uint8_t *buf,
                          const uint8_t *key, uint64_t checksum, int kind,
-                         size_t align, kvtcd_seg_hdr *h)
+                         kvtcd_seg_hdr *h)
 {
     if (kvtcd_seg_hdr_parse(buf, HDR, h) < 0)
         return KVTC_ECORRUPT;
     if (h->kind != kind || h->seg != loc->seg || h->off != loc->off ||
-        kvtcd_seg_rec_len(h->m.size, align) != loc->rec_len)
+        kvtcd_seg_hdr_rec_len(h) != loc->rec_len)
         return KVTC_ECORRUPT;
     if (kind == KVTCD_SEG_TOMBSTONE)
         return 0;
@@ -1225,8 +1226,7 @@ static void verify_work(uv_work_t *req)
 {
     rop *o = req->data;
     o->status = verify_record(&o->loc, o->dst, o->check_key ? o->key : NULL,
-                              o->checksum, KVTCD_SEG_RECORD, o->d->align,
-                              &o->h);
+                              o->checksum, KVTCD_SEG_RECORD, &o->h);
 }
 
 static void verify_done(uv_work_t *req, int status)
@@ -1263,7 +1263,7 @@ static void on_read(void *arg, int status)
             return;
         status = verify_record(&o->loc, o->dst,
                                o->check_key ? o->key : NULL, o->checksum,
-                               KVTCD_SEG_RECORD, d->align, &o->h);
+                               KVTCD_SEG_RECORD, &o->h);
     }
     read_finish(o, status);
 }
@@ -1273,7 +1273,7 @@ static int read_common(kvtcd_disk *d, const kvtcd_disk_loc *loc, void *dst,
                        kvtcd_disk_done_cb cb, void *arg)
 {
     if (!d || !loc || !dst || !cb || loc->payload_off != HDR ||
-        loc->rec_len < d->align || (loc->rec_len & (d->align - 1)) ||
+        loc->rec_len < HDR || (loc->rec_len & (HDR - 1)) ||
         ((uintptr_t)dst & (d->mem_align - 1)) ||
         loc->rec_len > (uint64_t)KVTCD_AIO_MAX_IOV * MAX_IO_CHUNK)
         return KVTC_EINVAL;
@@ -1443,8 +1443,7 @@ static void compact_verify_work(uv_work_t *req)
     compactor *c = d->comp;
     kvtcd_disk_loc old = {.seg = c->victim->id, .payload_off = HDR,
                           .off = c->cur.off, .rec_len = c->cur.len};
-    c->vstatus = verify_record(&old, c->buf, NULL, 0, c->cur.kind, d->align,
-                               &c->h);
+    c->vstatus = verify_record(&old, c->buf, NULL, 0, c->cur.kind, &c->h);
 }
 
 static void compact_verify_done(uv_work_t *req, int status)
@@ -1469,8 +1468,7 @@ static void on_compact_read(void *arg, int status)
     if (status == 0) {
         kvtcd_disk_loc old = {.seg = c->victim->id, .payload_off = HDR,
                               .off = c->cur.off, .rec_len = c->cur.len};
-        status = verify_record(&old, c->buf, NULL, 0, c->cur.kind, d->align,
-                               &c->h);
+        status = verify_record(&old, c->buf, NULL, 0, c->cur.kind, &c->h);
     }
     compact_verified(d, status);
 }
@@ -1595,10 +1593,10 @@ static int scan_segment(kvtcd_disk *d, seg *s, uint64_t size, rseg *rs)
     uint64_t win_off = 0, win_len = 0, off = 0;
     while (off + HDR <= size) {
         if (off < win_off || off + HDR > win_off + win_len) {
-            win_off = off;
+            win_off = off & ~((uint64_t)d->align - 1);
             ssize_t n;
             do
-                n = pread(s->fd, win, SCAN_WINDOW, (off_t)off);
+                n = pread(s->fd, win, SCAN_WINDOW, (off_t)win_off);
             while (n < 0 && errno == EINTR);
             if (n < 0) {
                 KVTCD_ERROR("disk", "scan read failed seg=%u err=%s", s->id,
@@ -1607,7 +1605,7 @@ static int scan_segment(kvtcd_disk *d, seg *s, uint64_t size, rseg *rs)
                 break;
             }
             win_len = (uint64_t)n;
-            if (win_len < HDR)
+            if (win_off + win_len < off + HDR)
                 break;
         }
         const uint8_t *p = win + (off - win_off);
@@ -1619,7 +1617,7 @@ static int scan_segment(kvtcd_disk *d, seg *s, uint64_t size, rseg *rs)
             rc = KVTC_EVERSION;
             break;
         }
-        uint64_t rl = prc == 0 ? kvtcd_seg_rec_len(h.m.size, d->align) : 0;
+        uint64_t rl = prc == 0 ? kvtcd_seg_hdr_rec_len(&h) : 0;
         if (prc == 0 && h.seg == s->id && h.off == off && rl) {
             if (off + rl > size) {
                 /* Torn tail: the header made it, the payload did not. */
@@ -1649,17 +1647,15 @@ static int scan_segment(kvtcd_disk *d, seg *s, uint64_t size, rseg *rs)
             continue;
         }
         /* Not a header here: a never-written block (zeros) is no news; a
-         * damaged one is counted once, then resync block by block. */
-        uint64_t blk = win_off + win_len - off < d->align
-                           ? win_off + win_len - off
-                           : d->align;
-        if (!bad_run && !kvtcd_seg_is_zero(p, (size_t)blk)) {
+         * damaged one is counted once, then resync 512 bytes at a time
+         * (every record of any alignment starts at such an offset). */
+        if (!bad_run && !kvtcd_seg_is_zero(p, HDR)) {
             d->st.corrupt++;
             bad_run = 1;
             KVTCD_WARN("disk", "damaged record skipped seg=%u off=%llu",
                        s->id, (unsigned long long)off);
         }
-        off += d->align;
+        off += HDR;
     }
     free(win);
     if (rc < 0) {
@@ -1690,7 +1686,7 @@ static int load_sum(kvtcd_disk *d, seg *s, uint64_t size, rseg *rs)
     /* A summary holds at most one header per aligned block of data. */
     if (fstat(fd, &sb) < 0 || sb.st_size <= 0 ||
         (uint64_t)sb.st_size > KVTCD_SEG_SUM_HEAD + 8 +
-                                   (size / d->align + 1) * (HDR + 2))
+                                   (size / HDR + 1) * (HDR + 2))
         goto out;
     buf = malloc((size_t)sb.st_size);
     if (!buf) {
@@ -1724,8 +1720,8 @@ static int load_sum(kvtcd_disk *d, seg *s, uint64_t size, rseg *rs)
         kvtcd_seg_hdr h;
         if (kvtcd_seg_sum_next(buf, got, &pos, &raw, &raw_len, &h) < 0)
             goto bad;
-        uint64_t rl = kvtcd_seg_rec_len(h.m.size, d->align);
-        if (h.seg != s->id || h.off < next_min || (h.off & (d->align - 1)) ||
+        uint64_t rl = kvtcd_seg_hdr_rec_len(&h);
+        if (h.seg != s->id || h.off < next_min || (h.off & (HDR - 1)) ||
             !rl || h.off + rl > data_end)
             goto bad;
         next_min = h.off + rl;

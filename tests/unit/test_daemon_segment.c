@@ -12,6 +12,7 @@ static void sample(kvtcd_seg_hdr *h, const char *tenant)
 {
     memset(h, 0, sizeof *h);
     h->kind = KVTCD_SEG_RECORD;
+    h->align_shift = 12;
     h->seg = 0x01020304;
     h->off = 0x123456789000ull;
     snprintf(h->m.tenant, sizeof h->m.tenant, "%s", tenant);
@@ -51,6 +52,8 @@ Test(daemon_segment, header_roundtrip_every_field)
     cr_assert_eq(kvtcd_seg_hdr_parse(buf, n, &g), 0);
     cr_assert_eq(memcmp(&h.m.layout, &g.m.layout, sizeof h.m.layout), 0);
     cr_assert_eq(g.kind, h.kind);
+    cr_assert_eq(g.align_shift, 12);
+    cr_assert_eq(kvtcd_seg_hdr_rec_len(&g), kvtcd_seg_rec_len(h.m.size, 4096));
     cr_assert_eq(g.seg, h.seg);
     cr_assert_eq(g.off, h.off);
     cr_assert_str_eq(g.m.tenant, "tenant-a");
@@ -167,6 +170,11 @@ Test(daemon_segment, bad_headers_are_refused_at_encode)
     sample(&h, "t");
     cr_assert_eq(kvtcd_seg_hdr_encode(&h, buf, 100, &n), KVTC_EINVAL);
     h.m.size = KVTCD_SEG_MAX_PAYLOAD + 1;
+    cr_assert_eq(kvtcd_seg_hdr_encode(&h, buf, sizeof buf, &n), KVTC_EINVAL);
+    sample(&h, "t");
+    h.align_shift = 8;
+    cr_assert_eq(kvtcd_seg_hdr_encode(&h, buf, sizeof buf, &n), KVTC_EINVAL);
+    h.align_shift = 17;
     cr_assert_eq(kvtcd_seg_hdr_encode(&h, buf, sizeof buf, &n), KVTC_EINVAL);
 }
 
