@@ -35,11 +35,13 @@
 
 #define MiB ((size_t)1 << 20)
 #define MAX_RUNS 15
+#define SKIPPED 1 /* a part --only left out (not an error) */
 
 struct opts {
     const char *dir;
     const char *json;
     int quick, runs;
+    const char *only;           /* NULL: all; "disk", "index", "restart" */
     uint64_t size, index_n, probes, restart_n;
     unsigned depth;
 };
@@ -124,6 +126,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
             o->restart_n = 10000;
         } else if (!strcmp(a, "--dir") && v)
             o->dir = argv[++i];
+        else if (!strcmp(a, "--depth") && v)
+            o->depth = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(a, "--only") && v)
+            o->only = argv[++i];
         else if (!strcmp(a, "--json") && v)
             o->json = argv[++i];
         else if (!strcmp(a, "--runs") && v)
@@ -138,16 +144,19 @@ static int parse_args(int argc, char **argv, struct opts *o)
             o->restart_n = strtoull(argv[++i], NULL, 0);
         else {
             fprintf(stderr,
-                    "usage: %s [--quick] [--dir DIR] [--runs N] [--size BYTES] [--index N]\n"
-                    "          [--probes N] [--restart N] [--json PATH]\n",
+                    "usage: %s [--quick] [--dir DIR] [--runs N] [--size BYTES] [--depth N]\n"
+                    "          [--index N] [--probes N] [--restart N] [--only disk|index|restart]\n"
+                    "          [--json PATH]\n",
                     argv[0]);
             return -1;
         }
     }
     if (o->runs < 1 || o->runs > MAX_RUNS || o->size < 32 * MiB || o->index_n < 1000 ||
-        o->probes < 100 || o->restart_n < 100) {
-        fprintf(stderr, "bench-tiers: runs 1..%d, size >= 32M, index >= 1000, probes >= 100, "
-                        "restart >= 100\n", MAX_RUNS);
+        o->probes < 100 || o->restart_n < 100 || o->depth < 1 || o->depth > 256 ||
+        (o->only && strcmp(o->only, "disk") && strcmp(o->only, "index") &&
+         strcmp(o->only, "restart"))) {
+        fprintf(stderr, "bench-tiers: runs 1..%d, size >= 32M, depth 1..256, index >= 1000, "
+                        "probes >= 100, restart >= 100, --only disk|index|restart\n", MAX_RUNS);
         return -1;
     }
     if (!o->json)
@@ -171,7 +180,7 @@ int main(int argc, char **argv)
     /* Room: throughput files are removed after each step; the restart
      * set stays until its step ends. */
     uint64_t avail = free_bytes(o.dir), restart_need = o.restart_n * 4096 + (1ull << 30);
-    if (avail && restart_need + 2 * o.size > avail) {
+    if (avail && (!o.only || !strcmp(o.only, "restart")) && restart_need + 2 * o.size > avail) {
         uint64_t n = avail > 2 * o.size + (2ull << 30) ? (avail - 2 * o.size - (2ull << 30)) / 4096 : 0;
         if (n < 100) {
             fprintf(stderr, "bench-tiers: %s has %llu MiB free: too little\n", o.dir,
@@ -195,10 +204,15 @@ int main(int argc, char **argv)
     };
     double fw[MAX_RUNS], fr[MAX_RUNS], fio_w = 0, fio_r = 0;
     char engine[16] = "", fmsg[256] = "";
-    int fio_ok = 1;
-    for (int i = 0; i < 4; i++)
-        tp[i].ok = 1;
-    for (int run = 0; run < o.runs; run++) {
+    int do_disk = !o.only || !strcmp(o.only, "disk");
+    int fio_ok = do_disk;
+    for (int i = 0; i < 4; i++) {
+        tp[i].ok = do_disk;
+        snprintf(tp[i].why, sizeof tp[i].why, "skipped");
+    }
+    if (!do_disk)
+        snprintf(fmsg, sizeof fmsg, "skipped");
+    for (int run = 0; do_disk && run < o.runs; run++) {
         /* fio first in each run, then the store: both see the same disk state. */
         if (fio_ok && bti_fio(o.dir, o.size, 4 * MiB, o.depth, &fw[run], &fr[run], engine, fmsg)) {
             fprintf(stderr, "bench-tiers: %s: no fio reference\n", fmsg);
@@ -221,14 +235,16 @@ int main(int argc, char **argv)
         fio_w = median(fw, o.runs);
         fio_r = median(fr, o.runs);
     }
-    printf("\nDisk tier, %llu MiB per pass, %u in flight, O_DIRECT, median of %d (MB/s = 1e6 B/s)\n",
+    if (do_disk)
+        printf("\nDisk tier, %llu MiB per pass, %u in flight, O_DIRECT, median of %d (MB/s = 1e6 B/s)\n",
            (unsigned long long)(o.size / MiB), o.depth, o.runs);
-    printf("  %-28s %10s %10s %9s %9s\n", "", "write", "read", "w/fio", "r/fio");
+    if (do_disk)
+        printf("  %-28s %10s %10s %9s %9s\n", "", "write", "read", "w/fio", "r/fio");
     if (fio_ok)
         printf("  %-28s %10.0f %10.0f\n", engine[0] ? "fio bs=4M" : "fio", fio_w, fio_r);
-    else
+    else if (do_disk)
         printf("  fio: %s\n", fmsg);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; do_disk && i < 4; i++) {
         char name[48];
         snprintf(name, sizeof name, "kvtcd_disk %s %zuM", tp[i].ok ? tp[i].backend : tp[i].mode_name,
                  tp[i].rec / MiB);
@@ -247,8 +263,10 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     struct bti_index_res ix;
-    int ix_rc = bti_index(o.index_n, o.probes, &ix);
-    if (ix_rc)
+    int ix_rc = !o.only || !strcmp(o.only, "index") ? bti_index(o.index_n, o.probes, &ix) : SKIPPED;
+    if (ix_rc == SKIPPED)
+        ;
+    else if (ix_rc)
         fprintf(stderr, "bench-tiers: index: %s\n", kvtc_strerror(ix_rc));
     else {
         printf("\nIndex, %llu chunks stored\n", (unsigned long long)o.index_n);
@@ -264,8 +282,11 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     struct bti_restart_res rs;
-    int rs_rc = bti_restart(o.dir, o.restart_n, 64, 64, &rs);
-    if (rs_rc)
+    int rs_rc = !o.only || !strcmp(o.only, "restart") ? bti_restart(o.dir, o.restart_n, 64, 64, &rs)
+                                                        : SKIPPED;
+    if (rs_rc == SKIPPED)
+        ;
+    else if (rs_rc)
         fprintf(stderr, "bench-tiers: restart: %s\n", kvtc_strerror(rs_rc));
     else {
         printf("\nRestart, %llu records of 64 B (%llu MiB of segments, %.0f B a record, %s)\n",
@@ -335,8 +356,8 @@ int main(int argc, char **argv)
         fclose(f);
         printf("wrote %s\n", o.json);
     }
-    int failed = ix_rc || rs_rc;
-    for (int i = 0; i < 4; i++)
+    int failed = (ix_rc && ix_rc != SKIPPED) || (rs_rc && rs_rc != SKIPPED);
+    for (int i = 0; do_disk && i < 4; i++)
         failed |= !tp[i].ok && tp[i].io_mode != KVTCD_DISK_IO_URING;
     return failed ? 1 : 0;
 }
