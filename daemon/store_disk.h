@@ -108,10 +108,12 @@ typedef void (*kvtcd_disk_done_cb)(void *arg, int status);
 
 /* Append a record of payload (len bytes, any alignment; must stay valid
  * and unchanged until cb). sync: cb only after the record is on stable
- * storage (fdatasync; concurrent syncs are grouped). Immediate errors:
- * KVTC_EFULL (capacity: release or compact first), KVTC_EINVAL. Errors
- * through cb: KVTC_ENOSPC (the file system is full), KVTC_EIO,
- * KVTC_ECANCELED. */
+ * storage (fdatasync; concurrent syncs are grouped). m->size is taken
+ * from len; m->checksum must be the payload's XXH3-64
+ * (kvtc_wire_checksum): it is stored, not recomputed, and every read
+ * checks it. Immediate errors: KVTC_EFULL (capacity: release or compact
+ * first), KVTC_EINVAL, KVTC_ECANCELED (closing). Errors through cb:
+ * KVTC_ENOSPC (the file system is full), KVTC_EIO, KVTC_ECANCELED. */
 int kvtcd_disk_append(kvtcd_disk *d, const kvtcd_disk_meta *m,
                       const void *payload, size_t len, int sync,
                       kvtcd_disk_write_cb cb, void *arg);
@@ -126,7 +128,10 @@ int kvtcd_disk_tombstone(kvtcd_disk *d, const char *tenant,
  * kvtcd_disk_align()), then verify it: header checksum, the key and
  * checksum expected (from the index), payload checksum. status
  * KVTC_ECORRUPT when any check fails (the caller drops the entry), KVTC_EIO
- * when the read fails. On 0 the payload is at dst + loc->payload_off. */
+ * when the read fails. On 0 the payload is at dst + loc->payload_off.
+ * Immediate errors: KVTC_ENOENT (no such record any more: released and
+ * its segment deleted, or dropped by compaction as corrupt: a miss),
+ * KVTC_EINVAL (loc inconsistent, dst misaligned), KVTC_ECANCELED. */
 int kvtcd_disk_read(kvtcd_disk *d, const kvtcd_disk_loc *loc, void *dst,
                     const uint8_t key[KVTCD_DISK_KEY_BYTES],
                     uint64_t checksum, kvtcd_disk_done_cb cb, void *arg);
