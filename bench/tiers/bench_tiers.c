@@ -270,8 +270,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench-tiers: index: %s\n", kvtc_strerror(ix_rc));
     else {
         printf("\nIndex, %llu chunks stored\n", (unsigned long long)o.index_n);
-        printf("  heap per chunk        %8.0f B (entry, hash buckets, child counts)\n",
-               ix.bytes_per_entry);
+        if (ix.bytes_per_entry > 0)
+            printf("  heap per chunk        %8.0f B (entry, hash buckets, child counts)\n",
+                   ix.bytes_per_entry);
+        else /* ASan's allocator keeps mallinfo2 at 0 */
+            printf("  heap per chunk             n/a (mallinfo2 sees no heap: replaced malloc, e.g. SAN=1)\n");
         printf("  insert                %8.2f s (%.2f M/s)\n", ix.insert_s,
                (double)o.index_n / ix.insert_s / 1e6);
         printf("  find hit P50 / P99    %8.0f / %.0f ns (mean %.0f; clock read %.0f ns included)\n",
