@@ -223,6 +223,9 @@ static void put_coded(kvtcd_codec_batch *b)
                  (t->n_tokens && t->n_tokens != it->info.n_tokens) ||
                  (t->has_layout && t->first_pos != it->info.first_pos)))
                 it->rc = KVTC_EINVAL;
+            /* Served raw later: its decoded size obeys the chunk limit. */
+            if (!it->rc && it->info.raw_bytes > srv->cfg.max_chunk_bytes)
+                it->rc = KVTC_ENOSPC;
             if (!it->rc && !t->has_layout) {
                 t->layout = it->info.layout;
                 t->has_layout = 1;
