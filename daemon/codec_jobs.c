@@ -1,5 +1,6 @@
 /* codec_jobs.c - codec work on the libuv thread pool (see codec_jobs.h). */
 #include "codec_jobs.h"
+#include "codec_gpu.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,11 @@ struct kvtcd_codec {
     kvtcd_codec_item *qhead, *qtail;
     uint32_t queued, running_items;
     uint32_t running;
+    /* The GPU backend and its FIFO (encode/decode items), when set. */
+    kvtcd_gpu_codec *gpu;
+    kvtcd_codec_item *ghead, *gtail;
+    uint32_t gqueued, gpu_running_items;
+    int gpu_running;
     kvtcd_codec_stats st;
 };
 
@@ -137,6 +143,29 @@ static void on_work(uv_work_t *w)
 /* ---- scheduling, on the loop thread ---------------------------------------- */
 
 static void pump(kvtcd_codec *cj);
+static void pump_gpu(kvtcd_codec *cj);
+
+static void fifo_push(kvtcd_codec_item **head, kvtcd_codec_item **tail,
+                      kvtcd_codec_item *it)
+{
+    it->qnext = NULL;
+    if (*tail)
+        (*tail)->qnext = it;
+    else
+        *head = it;
+    *tail = it;
+}
+
+static kvtcd_codec_item *fifo_pop(kvtcd_codec_item **head,
+                                  kvtcd_codec_item **tail)
+{
+    kvtcd_codec_item *it = *head;
+    *head = it->qnext;
+    if (!*head)
+        *tail = NULL;
+    it->qnext = NULL;
+    return it;
+}
 
 static void item_done(kvtcd_codec *cj, kvtcd_codec_item *it)
 {
@@ -198,6 +227,7 @@ static void inline_run(uv_check_t *c)
 
 static void pump(kvtcd_codec *cj)
 {
+    pump_gpu(cj);
     while (cj->qhead && cj->running < KVTCD_CODEC_MAX_JOBS) {
         job *j = calloc(1, sizeof *j);
         if (!j)
@@ -207,11 +237,7 @@ static void pump(kvtcd_codec *cj)
         uint64_t bytes = 0;
         while (cj->qhead && j->n < KVTCD_CODEC_JOB_ITEMS &&
                (j->n == 0 || bytes + cj->qhead->len <= KVTCD_CODEC_JOB_BYTES)) {
-            kvtcd_codec_item *it = cj->qhead;
-            cj->qhead = it->qnext;
-            if (!cj->qhead)
-                cj->qtail = NULL;
-            it->qnext = NULL;
+            kvtcd_codec_item *it = fifo_pop(&cj->qhead, &cj->qtail);
             cj->queued--;
             bytes += it->len;
             j->items[j->n++] = it;
@@ -239,6 +265,109 @@ static void pump(kvtcd_codec *cj)
     }
 }
 
+/* ---- the GPU backend's jobs ---------------------------------------------------- */
+
+typedef struct gjob {
+    uv_work_t w;
+    kvtcd_codec *cj;
+    uint32_t n;
+    uint64_t ns;
+    kvtcd_gpu_run_stats rs;
+    kvtcd_codec_item *items[];
+} gjob;
+
+/* On a pool thread: the GPU job mostly waits for the device there, which
+ * is why only one runs at a time (and it holds one pool thread). */
+static void on_gpu_work(uv_work_t *w)
+{
+    gjob *j = w->data;
+    uint64_t t0 = uv_hrtime();
+    kvtcd_gpu_codec_run(j->cj->gpu, j->items, j->n, &j->rs);
+    j->ns = uv_hrtime() - t0;
+}
+
+/* Items the GPU handed back go first in the CPU FIFO (they waited
+ * already), in their order. */
+static void requeue_front(kvtcd_codec *cj, kvtcd_codec_item **v, uint32_t n)
+{
+    for (uint32_t i = n; i-- > 0;) {
+        kvtcd_codec_item *it = v[i];
+        if (!it->on_cpu)
+            continue;
+        it->rc = 0;
+        it->qnext = cj->qhead;
+        cj->qhead = it;
+        if (!cj->qtail)
+            cj->qtail = it;
+        cj->queued++;
+    }
+}
+
+static void on_gpu_after(uv_work_t *w, int status)
+{
+    gjob *j = w->data;
+    kvtcd_codec *cj = j->cj;
+    cj->gpu_running = 0;
+    cj->gpu_running_items = 0;
+    cj->st.gpu_busy_ns += j->ns;
+    if (status != 0) { /* canceled: cannot happen here; the CPU does it */
+        for (uint32_t i = 0; i < j->n; i++)
+            j->items[i]->on_cpu = 1;
+        j->rs.to_cpu = j->n;
+        j->rs.done = 0;
+    }
+    cj->st.gpu_items += j->rs.done;
+    cj->st.gpu_fallback += j->rs.to_cpu;
+    cj->st.gpu_errors += j->rs.errors;
+    /* Requeue before completing anything: an item's batch stays alive
+     * while any of its items is not done, so reading on_cpu below is
+     * safe even after another batch's done freed that batch's items. */
+    requeue_front(cj, j->items, j->n);
+    for (uint32_t i = 0; i < j->n; i++)
+        if (!j->items[i]->on_cpu)
+            item_done(cj, j->items[i]);
+    free(j);
+    pump(cj);
+}
+
+/* Start a GPU job over the GPU FIFO when none runs. */
+static void pump_gpu(kvtcd_codec *cj)
+{
+    if (!cj->gpu || cj->gpu_running || !cj->ghead)
+        return;
+    uint32_t n = 0;
+    uint64_t bytes = 0;
+    for (kvtcd_codec_item *it = cj->ghead;
+         it && n < KVTCD_GPU_JOB_ITEMS &&
+         (n == 0 || bytes + it->len <= KVTCD_GPU_JOB_BYTES);
+         it = it->qnext) {
+        bytes += it->len;
+        n++;
+    }
+    gjob *j = malloc(sizeof *j + n * sizeof j->items[0]);
+    if (!j)
+        return; /* retried at the next submit or completion */
+    memset(j, 0, sizeof *j);
+    j->cj = cj;
+    j->w.data = j;
+    for (uint32_t i = 0; i < n; i++) {
+        j->items[i] = fifo_pop(&cj->ghead, &cj->gtail);
+        j->items[i]->on_cpu = 1; /* until the GPU says otherwise */
+        cj->gqueued--;
+    }
+    j->n = n;
+    cj->st.gpu_jobs++;
+    if (uv_queue_work(cj->loop, &j->w, on_gpu_work, on_gpu_after) == 0) {
+        cj->gpu_running = 1;
+        cj->gpu_running_items = n;
+        return;
+    }
+    /* No thread for it: the CPU path has its own fallbacks. */
+    cj->st.gpu_fallback += n;
+    requeue_front(cj, j->items, n);
+    free(j);
+}
+
 int kvtcd_codec_create(uv_loop_t *loop, kvtcd_profiles *reg, kvtcd_codec **out)
 {
     kvtcd_codec *cj = calloc(1, sizeof *cj);
@@ -254,10 +383,11 @@ void kvtcd_codec_destroy(kvtcd_codec *cj)
 {
     if (!cj)
         return;
-    if (cj->queued || cj->running)
+    if (cj->queued || cj->running || cj->gqueued || cj->gpu_running)
         KVTCD_ERROR("codec", "codec scheduler destroyed with work pending "
                              "queued=%u running=%u",
                     cj->queued, cj->running);
+    kvtcd_gpu_codec_close(cj->gpu);
     free(cj);
 }
 
@@ -270,15 +400,26 @@ void kvtcd_codec_submit(kvtcd_codec *cj, kvtcd_codec_batch *b)
         it->rc = 0;
         it->out = NULL;
         it->out_len = 0;
-        it->qnext = NULL;
-        if (cj->qtail)
-            cj->qtail->qnext = it;
-        else
-            cj->qhead = it;
-        cj->qtail = it;
-        cj->queued++;
+        it->on_cpu = 0;
+        if (cj->gpu && it->kind != KVTCD_CODEC_CHECK) {
+            fifo_push(&cj->ghead, &cj->gtail, it);
+            cj->gqueued++;
+        } else {
+            fifo_push(&cj->qhead, &cj->qtail, it);
+            cj->queued++;
+        }
     }
     pump(cj);
+}
+
+void kvtcd_codec_set_gpu(kvtcd_codec *cj, kvtcd_gpu_codec *g)
+{
+    cj->gpu = g;
+}
+
+int kvtcd_codec_uses_gpu(const kvtcd_codec *cj)
+{
+    return cj->gpu != NULL;
 }
 
 const kvtcd_codec_stats *kvtcd_codec_get_stats(const kvtcd_codec *cj)
@@ -288,7 +429,8 @@ const kvtcd_codec_stats *kvtcd_codec_get_stats(const kvtcd_codec *cj)
 
 uint32_t kvtcd_codec_pending(const kvtcd_codec *cj)
 {
-    return cj->queued + cj->running_items;
+    return cj->queued + cj->running_items + cj->gqueued +
+           cj->gpu_running_items;
 }
 
 /* ---- heap blobs ------------------------------------------------------------ */

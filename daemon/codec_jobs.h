@@ -12,8 +12,12 @@
  * pools (profiles.h): they are not thread-safe, each is used by one worker
  * at a time.
  *
- * The CPU codec is the one used here; a GPU backend (libkvtc_gpu through
- * dlopen) would slot in as another way to run a job.
+ * With a GPU backend (codec_gpu.h, kvtcd_codec_set_gpu) encode and decode
+ * items wait in a second FIFO instead: one GPU job at a time takes every
+ * queued item up to KVTCD_GPU_JOB_BYTES onto the thread pool and codes them
+ * in one launch per (profile, plan); items the GPU hands back (raw
+ * containers, device errors, a failed launch) go to the front of the CPU
+ * FIFO and finish there. Checks always run on the CPU.
  *
  * Loop-thread only, except what the workers do inside a job. */
 #ifndef KVTCD_CODEC_JOBS_H
@@ -63,6 +67,7 @@ typedef struct kvtcd_codec_item {
     /* private */
     kvtcd_codec_batch *batch;
     struct kvtcd_codec_item *qnext;
+    uint8_t on_cpu;             /* the GPU handed it back */
 } kvtcd_codec_item;
 
 struct kvtcd_codec_batch {
@@ -81,16 +86,29 @@ typedef struct kvtcd_codec_stats {
     uint64_t checked;
     uint64_t failed;            /* items that ended with an error */
     uint64_t busy_ns;           /* worker time spent in jobs */
+    uint64_t gpu_jobs;          /* GPU jobs run */
+    uint64_t gpu_items;         /* items finished on the GPU */
+    uint64_t gpu_fallback;      /* items the GPU handed to the CPU */
+    uint64_t gpu_errors;        /* GPU launches that failed (their items
+                                   went to the CPU) */
+    uint64_t gpu_busy_ns;       /* time spent in GPU jobs */
 } kvtcd_codec_stats;
 
 typedef struct kvtcd_codec kvtcd_codec;
+struct kvtcd_gpu_codec;
 
 /* The scheduler for loop; reg is borrowed (it must outlive the scheduler).
  * Errors: KVTC_ENOMEM. */
 int kvtcd_codec_create(uv_loop_t *loop, kvtcd_profiles *reg,
                        kvtcd_codec **out);
-/* Free it. No batch may be pending (the loop ran them all). */
+/* Free it (and its GPU backend). No batch may be pending (the loop ran
+ * them all). */
 void kvtcd_codec_destroy(kvtcd_codec *cj);
+/* Run encode and decode items on g from now on; the scheduler owns g
+ * (closed by kvtcd_codec_destroy). Call before the first submit. */
+void kvtcd_codec_set_gpu(kvtcd_codec *cj, struct kvtcd_gpu_codec *g);
+/* 1 when a GPU backend is set. */
+int kvtcd_codec_uses_gpu(const kvtcd_codec *cj);
 /* Queue every item of b (b->n >= 1); b->done runs on the loop thread
  * later. b and its items must stay put until then. */
 void kvtcd_codec_submit(kvtcd_codec *cj, kvtcd_codec_batch *b);

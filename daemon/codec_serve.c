@@ -6,10 +6,42 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec_gpu.h"
+#include "config.h"
 #include "kvtc_errors.h"
 #include "log.h"
 
 #define ENC(x) KVTC__WIRE__ENCODING__##x
+
+/* The GPU backend as cfg asks. auto without a usable GPU says why once
+ * and stays on the CPU; gpu without one is a start failure (an operator
+ * who asked for it must not silently get the slower path). */
+static int attach_gpu(kvtcd_server *srv, kvtcd_serve *sv)
+{
+    if (srv->cfg.codec_device == KVTCD_CODEC_DEVICE_CPU) {
+        KVTCD_INFO("codec", "codec on the CPU (--codec-device cpu)");
+        return 0;
+    }
+    char why[512] = "";
+    kvtcd_gpu_codec *g = NULL;
+    int rc = kvtcd_gpu_codec_open((int)srv->cfg.gpu_device, &sv->profiles,
+                                  &g, why, sizeof why);
+    if (rc == 0) {
+        kvtcd_codec_set_gpu(sv->codec, g);
+        KVTCD_INFO("codec", "codec on GPU %u (libkvtc_gpu)",
+                   srv->cfg.gpu_device);
+        return 0;
+    }
+    if (srv->cfg.codec_device == KVTCD_CODEC_DEVICE_GPU) {
+        KVTCD_ERROR("codec", "--codec-device gpu: no GPU codec err=\"%s\" "
+                             "why=\"%s\"",
+                    kvtc_strerror(rc), why);
+        return rc;
+    }
+    KVTCD_WARN("codec", "no GPU codec; compressing on the CPU why=\"%s\"",
+               why);
+    return 0;
+}
 
 int kvtcd_serve_create(kvtcd_server *srv, kvtcd_serve **out)
 {
@@ -23,6 +55,13 @@ int kvtcd_serve_create(kvtcd_server *srv, kvtcd_serve **out)
     }
     rc = kvtcd_codec_create(srv->loop, &sv->profiles, &sv->codec);
     if (rc) {
+        kvtcd_profiles_fini(&sv->profiles);
+        free(sv);
+        return rc;
+    }
+    rc = attach_gpu(srv, sv);
+    if (rc) {
+        kvtcd_codec_destroy(sv->codec);
         kvtcd_profiles_fini(&sv->profiles);
         free(sv);
         return rc;
@@ -76,6 +115,22 @@ void kvtcd_serve_metrics_each(const kvtcd_serve *sv,
        "Codec items that failed (corrupt, profile missing, ...).", st->failed);
     fn(ctx, "codec_busy_microseconds_total", "counter",
        "Worker time spent coding.", st->busy_ns / 1000);
+    fn(ctx, "codec_gpu", "gauge",
+       "1 when chunks are coded on the GPU (libkvtc_gpu), 0 on the CPU.",
+       (uint64_t)kvtcd_codec_uses_gpu(sv->codec));
+    fn(ctx, "codec_gpu_jobs_total", "counter",
+       "GPU codec jobs (each one launch per profile and plan).", st->gpu_jobs);
+    fn(ctx, "codec_gpu_chunks_total", "counter",
+       "Chunks compressed or decoded on the GPU.", st->gpu_items);
+    fn(ctx, "codec_gpu_fallback_total", "counter",
+       "Chunks the GPU handed to the CPU (raw or non-DEFLATE containers, "
+       "device errors, failed launches).",
+       st->gpu_fallback);
+    fn(ctx, "codec_gpu_errors_total", "counter",
+       "GPU codec launches that failed (their chunks ran on the CPU).",
+       st->gpu_errors);
+    fn(ctx, "codec_gpu_busy_microseconds_total", "counter",
+       "Time spent in GPU codec jobs.", st->gpu_busy_ns / 1000);
     fn(ctx, "put_compressed_total", "counter",
        "Chunks stored compressed by the daemon.", sv->put_compressed);
     fn(ctx, "put_raw_no_profile_total", "counter",

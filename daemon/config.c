@@ -205,6 +205,17 @@ static int apply(kvtcd_config *c, const char *section, const char *name,
     }
     if (IS("store", "gpu_device"))
         return parse_u32(v, 0, 1024, &c->gpu_device);
+    if (IS("store", "codec_device")) {
+        if (strcmp(v, "auto") == 0)
+            c->codec_device = KVTCD_CODEC_DEVICE_AUTO;
+        else if (strcmp(v, "cpu") == 0)
+            c->codec_device = KVTCD_CODEC_DEVICE_CPU;
+        else if (strcmp(v, "gpu") == 0)
+            c->codec_device = KVTCD_CODEC_DEVICE_GPU;
+        else
+            return KVTC_EINVAL;
+        return 0;
+    }
     if (IS("limits", "max_chunk_bytes")) {
         uint64_t n;
         if (kvtcd_parse_size(v, &n) < 0 || n == 0 || n > (1ull << 40))
@@ -290,6 +301,7 @@ static const struct flag {
     {"--durability", "store", "durability"},
     {"--gpu-mem", "store", "gpu_mem"},
     {"--gpu-device", "store", "gpu_device"},
+    {"--codec-device", "store", "codec_device"},
     {"--max-chunk", "limits", "max_chunk_bytes"},
     {"--max-batch", "limits", "max_batch"},
     {"--log-level", "log", "level"},
@@ -409,7 +421,12 @@ const char *kvtcd_usage(void)
            "                        --disk-dir)\n"
            "  --gpu-mem SIZE        GPU tier: slab of SIZE on --gpu-device (default\n"
            "                        0: no GPU tier)\n"
-           "  --gpu-device N        CUDA device of the GPU tier (default 0)\n"
+           "  --gpu-device N        CUDA device of the GPU tier and GPU codec\n"
+           "                        (default 0)\n"
+           "  --codec-device DEV    where chunks are compressed and decoded: auto\n"
+           "                        (the GPU when libkvtc_gpu and a GPU are there,\n"
+           "                        else the CPU; default), cpu, gpu (refuse to\n"
+           "                        start without it)\n"
            "  --max-chunk SIZE      largest chunk accepted (default 256M)\n"
            "  --max-batch N         most chunks/keys per request (default 1024)\n"
            "  --max-sessions N      most concurrent clients (default 1024)\n"

@@ -7,6 +7,7 @@
  *   [store]   host_mem = SIZE      data_dir = DIR
  *             disk_dir = DIR   disk_size = SIZE   disk_io = auto|uring|threads
  *             durability = cache|durable   gpu_mem = SIZE   gpu_device = N
+ *             codec_device = auto|cpu|gpu
  *   [limits]  max_chunk_bytes = SIZE   max_batch = N
  *   [log]     level = debug|info|warn|error
  * Unknown sections or keys are errors (a typo must not silently fall back to
@@ -34,6 +35,14 @@ enum kvtcd_durability {
     KVTCD_DURABILITY_DURABLE = 1  /* once on disk and fdatasync'ed */
 };
 
+/* Where compression and decoding run (docs/kvtcd.md, "Compression"). */
+enum kvtcd_codec_device {
+    KVTCD_CODEC_DEVICE_AUTO = 0,  /* the GPU (gpu_device) when libkvtc_gpu
+                                     and a GPU are there, else the CPU */
+    KVTCD_CODEC_DEVICE_CPU = 1,
+    KVTCD_CODEC_DEVICE_GPU = 2    /* the GPU, or the daemon does not start */
+};
+
 typedef struct kvtcd_config {
     char listen_host[256];
     uint16_t listen_port;
@@ -49,7 +58,8 @@ typedef struct kvtcd_config {
     int disk_io;              /* enum kvtcd_disk_io_mode (store_disk.h) */
     int durability;           /* enum kvtcd_durability */
     uint64_t gpu_mem;         /* GPU slab bytes; 0 = no GPU tier */
-    uint32_t gpu_device;
+    uint32_t gpu_device;      /* GPU tier and GPU codec */
+    int codec_device;         /* enum kvtcd_codec_device */
     uint64_t max_chunk_bytes;
     uint32_t max_batch;
     uint32_t max_sessions;
