@@ -28,8 +28,11 @@ import ctypes as C
 import json
 import os
 import platform
+import queue
+import select
 import statistics
 import sys
+import threading
 import time
 import urllib.request
 
@@ -66,6 +69,8 @@ class Conn:
         p(L, "kvtc_get_batch_async", i32, [vp, C.POINTER(T.GetItem), sz, OPP])
         p(L, "kvtc_wait_all", i32, [vp, i32])
         p(L, "kvtc_progress", i32, [vp])
+        p(L, "kvtc_arm", i32, [vp])
+        p(L, "kvtc_get_fd", i32, [vp, C.POINTER(i32)])
         p(L, "kvtc_lookup", i32, [vp, C.POINTER(T.Key), sz, OPP, C.POINTER(sz),
                                   C.POINTER(C.c_uint32)])
         p(L, "kvtc_stats_get", i32, [vp, OPP, C.POINTER(T.Stats)])
@@ -192,6 +197,8 @@ class Conn:
                 rc = self.lib.kvtc_progress(self.conn)
                 if rc < 0:
                     raise self.err(rc, "kvtc_progress")
+                if not rc and not done and self.lib.kvtc_arm(self.conn) == 0:
+                    select.select([self.fd()], [], [], 0.002)
                 continue
             st, arg = done.pop(0)
             lo, hi = ranges[arg - 1]
@@ -201,6 +208,11 @@ class Conn:
             on_done(lo, hi, items)
             handled += 1
         return items
+
+    def fd(self):
+        fd = C.c_int(-1)
+        self.lib.kvtc_get_fd(self.conn, C.byref(fd))
+        return fd.value
 
     def lookup(self, keys):
         arr = (T.Key * len(keys))()
@@ -236,6 +248,76 @@ class Conn:
         if self.conn:
             self.lib.kvtc_disconnect(self.conn)
             self.conn = C.c_void_p()
+
+
+class Pool:
+    """Several Conns (one thread each) fetching contiguous shares of a
+    batch of chunks: one connection's TCP lane and one client progress
+    thread cap a get well below loopback's bandwidth."""
+
+    def __init__(self, conns):
+        self.conns = list(conns)
+
+    def _shares(self, n, k):
+        k = max(1, min(k, n, len(self.conns)))
+        step = (n + k - 1) // k
+        return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+    def get(self, keys, ptrs, cap, want, per_req, k=None):
+        """Fetch on k connections in parallel; returns each chunk's size."""
+        n = len(keys)
+        sizes, errs = [0] * n, []
+
+        def work(c, lo, hi):
+            try:
+                items = c.get(keys[lo:hi], ptrs[lo:hi], cap, want, per_req)
+                for i in range(hi - lo):
+                    sizes[lo + i] = items[i].size
+            except BaseException as e:  # re-raised on the caller's thread
+                errs.append(e)
+        shares = self._shares(n, k or len(self.conns))
+        th = [threading.Thread(target=work, args=(self.conns[j], lo, hi))
+              for j, (lo, hi) in enumerate(shares)]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join()
+        if errs:
+            raise errs[0]
+        return sizes
+
+    def get_pipelined(self, keys, ptrs, cap, want, per_req, launch, k=None):
+        """As get(); launch(lo, hi, sizes of lo..hi) runs on the caller's
+        thread for each request as it completes."""
+        n = len(keys)
+        q = queue.Queue()
+
+        def work(c, lo, hi):
+            try:
+                def done(a, b, items):
+                    q.put((lo + a, lo + b, [items[i].size for i in range(a, b)]))
+                c.get_pipelined(keys[lo:hi], ptrs[lo:hi], cap, want, per_req, done)
+            except BaseException as e:
+                q.put(e)
+        shares = self._shares(n, k or len(self.conns))
+        th = [threading.Thread(target=work, args=(self.conns[j], lo, hi))
+              for j, (lo, hi) in enumerate(shares)]
+        for t in th:
+            t.start()
+        got, err = 0, None
+        try:
+            while got < n:
+                m = q.get()
+                if isinstance(m, BaseException):
+                    err = m
+                    break
+                launch(*m)
+                got += m[1] - m[0]
+        finally:
+            for t in th:
+                t.join()
+        if err:
+            raise err
 
 
 def metrics(admin):
@@ -373,8 +455,13 @@ class Bench:
         t0 = time.perf_counter()
         tok, logits, ph = fn()
         warm = time.perf_counter() - t0
-        reps = self.a.repeats if warm < slow_s else 1
-        self.log("%s: warm-up %.1f ms (token %d), %d timed run(s)" % (name, warm * 1e3, tok, reps))
+        reps = self.a.repeats if warm < slow_s else 0
+        self.log("%s: warm-up %.1f ms (token %d) %s" % (
+            name, warm * 1e3, tok, "phases %s; %d timed run(s)" % (ph, reps) if reps else
+            "over --slow-s: that run is the one sample (%s)" % ph))
+        if not reps:
+            return {"ttft_ms": warm * 1e3, "samples_ms": [warm * 1e3], "warmup_ms": None,
+                    "cold_single_run": True, "phases_ms": ph, "token": tok}, logits
         for _ in range(reps):
             t0 = time.perf_counter()
             tok, logits, ph = fn()
@@ -571,6 +658,37 @@ class Bench:
         del probe
         h_cont = torch.empty((n, slot), dtype=torch.uint8, pin_memory=pin)
         cont_ptrs = [h_cont[i].data_ptr() for i in range(n)]
+
+        # -- connections: a sweep of the gets alone picks how many ------------
+        pool = Pool([conn] + [Conn(a.server) for _ in range(max(a.conns_sweep) - 1)])
+        sweep = {"containers": {}, "raw": {}}
+        for k in a.conns_sweep:
+            for pr in a.per_req_sweep:
+                ms = []
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    pool.get(keys_z, cont_ptrs, slot, T.WANT_CONTAINER, pr, k)
+                    ms.append((time.perf_counter() - t0) * 1e3)
+                sweep["containers"]["%d,%d" % (k, pr)] = min(ms)
+        for k in a.raw_conns_sweep:
+            t0 = time.perf_counter()
+            pool.get(keys_raw, land_ptrs, chunk_bytes, T.WANT_RAW, max(1, n // 4), k)
+            sweep["raw"][str(k)] = (time.perf_counter() - t0) * 1e3
+        kc, prc = (int(x) for x in min(sweep["containers"], key=sweep["containers"].get)
+                   .split(","))
+        kr = int(min(sweep["raw"], key=sweep["raw"].get))
+        if a.conns:
+            kc = kr = a.conns
+            prc = a.get_batch
+        kd = min(kr, 4)  # kvtcd runs 4 codec jobs: one request each
+        self.res["get_sweep_ms"] = sweep
+        self.res["get_config"] = {
+            "containers": {"connections": kc, "chunks_per_request": prc},
+            "raw": {"connections": kr, "chunks_per_request": max(1, n // 4)},
+            "daemon_decode": {"connections": kd, "chunks_per_request": max(1, n // 4)},
+            "pipelined": {"connections": kc, "chunks_per_request": a.pipe_batch}}
+        self.log("get sweep (ms; containers by 'connections,chunks per request'): %s -> %s"
+                 % (sweep, self.res["get_config"]))
         d_cont = torch.empty((n, slot), dtype=torch.uint8, device=dev) if gpu_codec else None
         dec = kgpu.Decoder(prof, info0["plan"], timing=False) if gpu_codec else None
         self.save()
@@ -590,13 +708,13 @@ class Bench:
             del cache
             return tok, logits, t
 
-        def restore_raw(keys, label):
+        def restore_raw(keys, label, k):
             def fn():
                 t, t0 = {}, time.perf_counter()
                 hits = conn.lookup(keys)
                 if hits != n:
                     raise RuntimeError("%s: %d of %d chunks stored" % (label, hits, n))
-                conn.get(keys, land_ptrs, chunk_bytes, want=T.WANT_RAW, per_req=a.get_batch)
+                pool.get(keys, land_ptrs, chunk_bytes, T.WANT_RAW, max(1, n // 4), k)
                 t1 = time.perf_counter()
                 if gpu:
                     d_chunks.copy_(h_land, non_blocking=True)
@@ -611,9 +729,7 @@ class Bench:
             hits = conn.lookup(keys_z)
             if hits != n:
                 raise RuntimeError("client decode: %d of %d chunks stored" % (hits, n))
-            items = conn.get(keys_z, cont_ptrs, slot, want=T.WANT_CONTAINER,
-                             per_req=a.get_batch)
-            szs = [items[i].size for i in range(n)]
+            szs = pool.get(keys_z, cont_ptrs, slot, T.WANT_CONTAINER, prc, kc)
             t1 = time.perf_counter()
             d_cont.copy_(h_cont, non_blocking=True)
             sync(dev)
@@ -637,13 +753,12 @@ class Bench:
                 raise RuntimeError("client decode: %d of %d chunks stored" % (hits, n))
             marks = []
 
-            def launch(lo, hi, items):
+            def launch(lo, hi, szs):
                 d_cont[lo:hi].copy_(h_cont[lo:hi], non_blocking=True)
-                dec.decode(d_cont.view(-1), [i * slot for i in range(lo, hi)],
-                           [items[i].size for i in range(lo, hi)], d_chunks[lo:hi], lo * ct,
-                           n_tokens=ct, status=st_all[lo:hi])
+                dec.decode(d_cont.view(-1), [i * slot for i in range(lo, hi)], szs,
+                           d_chunks[lo:hi], lo * ct, n_tokens=ct, status=st_all[lo:hi])
                 marks.append(time.perf_counter())
-            conn.get_pipelined(keys_z, cont_ptrs, slot, T.WANT_CONTAINER, a.pipe_batch, launch)
+            pool.get_pipelined(keys_z, cont_ptrs, slot, T.WANT_CONTAINER, a.pipe_batch, launch, kc)
             t1 = time.perf_counter()
             dec.check(st_all)
             t2 = time.perf_counter()
@@ -657,10 +772,11 @@ class Bench:
             # with the H2D copies (exercises get_pipelined in --tiny runs).
             t, t0 = {}, time.perf_counter()
 
-            def launch(lo, hi, items):
+            def launch(lo, hi, szs):
                 if gpu:
                     d_chunks[lo:hi].copy_(h_land[lo:hi], non_blocking=True)
-            conn.get_pipelined(keys_z, land_ptrs, chunk_bytes, T.WANT_KVTC, a.pipe_batch, launch)
+            pool.get_pipelined(keys_z, land_ptrs, chunk_bytes, T.WANT_KVTC, a.pipe_batch, launch,
+                               kc)
             sync(dev)
             t["get_cpu_decode_h2d_overlapped"] = (time.perf_counter() - t0) * 1e3
             return finish(t, d_chunks)
@@ -669,7 +785,7 @@ class Bench:
             # No GPU codec here: libkvtc decodes the containers on the CPU
             # (want=KVTC) into the landing buffer.
             t, t0 = {}, time.perf_counter()
-            conn.get(keys_z, land_ptrs, chunk_bytes, want=T.WANT_KVTC, per_req=a.get_batch)
+            pool.get(keys_z, land_ptrs, chunk_bytes, T.WANT_KVTC, prc, kc)
             t1 = time.perf_counter()
             if gpu:
                 d_chunks.copy_(h_land, non_blocking=True)
@@ -679,7 +795,7 @@ class Bench:
 
         with torch.inference_mode():
             # (a) raw
-            r, lg = self.timed("raw restore", restore_raw(keys_raw, "raw"), a.slow_s)
+            r, lg = self.timed("raw restore", restore_raw(keys_raw, "raw", kr), a.slow_s)
             results["raw"], logits_out["raw"] = r, lg
             self.res["paths"] = results
             # check: bit-identical to what was put
@@ -688,7 +804,7 @@ class Bench:
             self.save()
 
             # (b) daemon decode
-            r, lg = self.timed("daemon decode", restore_raw(keys_z, "daemon decode"),
+            r, lg = self.timed("daemon decode", restore_raw(keys_z, "daemon decode", kd),
                                a.slow_s)
             results["daemon_decode"], logits_out["daemon_decode"] = r, lg
             b_kv = h_land.clone() if not gpu else None
@@ -715,8 +831,8 @@ class Bench:
             if dec is not None:
                 dec_t = kgpu.Decoder(prof, info0["plan"], timing=True)
                 d_cont.copy_(h_cont)
-                st = dec_t.decode(d_cont.view(-1), [i * slot for i in range(n)],
-                                  [items[i].size for i in range(n)], d_chunks, 0, n_tokens=ct)
+                st = dec_t.decode(d_cont.view(-1), [i * slot for i in range(n)], sizes,
+                                  d_chunks, 0, n_tokens=ct)
                 dec_t.check(st)
                 results[name]["gpu_decode_stages_ms"] = dec_t.stage_times()
                 dec_t.close()
@@ -742,7 +858,8 @@ class Bench:
                 for k, lg in logits_out.items()}
             self.res["checks"] = chk
             del ref
-        conn.close()
+        for c in pool.conns:
+            c.close()
 
         rec_ms = self.res["recompute"]["ttft_ms"]
         for k, v in results.items():
@@ -827,8 +944,13 @@ def main():
     ap.add_argument("--prefill-chunk", type=int, default=0, help="chunked prefill (0: one pass)")
     ap.add_argument("--put-batch", type=int, default=8, help="chunks per put request")
     ap.add_argument("--get-batch", type=int, default=None,
-                    help="chunks per get request, all in flight (default: a quarter of the "
-                         "chunks, so kvtcd's 4 codec jobs share a daemon-side decode)")
+                    help="with --conns: chunks per get request of the containers "
+                         "(default: a quarter of the chunks)")
+    ap.add_argument("--conns", type=int, default=0,
+                    help="connections the gets use (0: the best of the sweep)")
+    ap.add_argument("--conns-sweep", default="1,2,4,8")
+    ap.add_argument("--per-req-sweep", default="4,16,32")
+    ap.add_argument("--raw-conns-sweep", default="1,4")
     ap.add_argument("--pipe-batch", type=int, default=16,
                     help="chunks per request of the pipelined client decode (0: skip it)")
     ap.add_argument("--slow-s", type=float, default=8.0,
@@ -845,6 +967,13 @@ def main():
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     n = a.tokens // a.chunk
     a.get_batch = a.get_batch or max(1, (n + 3) // 4)
+    a.conns_sweep = [int(x) for x in a.conns_sweep.split(",")]
+    a.per_req_sweep = [int(x) for x in a.per_req_sweep.split(",")]
+    a.raw_conns_sweep = [int(x) for x in a.raw_conns_sweep.split(",")]
+    if a.conns:
+        a.conns_sweep = [a.conns]
+        a.per_req_sweep = [a.get_batch]
+        a.raw_conns_sweep = [a.conns]
     b = Bench(a)
     try:
         b.run()
