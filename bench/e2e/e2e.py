@@ -660,7 +660,8 @@ class Bench:
         cont_ptrs = [h_cont[i].data_ptr() for i in range(n)]
 
         # -- connections: a sweep of the gets alone picks how many ------------
-        pool = Pool([conn] + [Conn(a.server) for _ in range(max(a.conns_sweep) - 1)])
+        pool = Pool([conn] + [Conn(a.server) for _ in
+                              range(max(a.conns_sweep + [k for k, _ in a.raw_sweep]) - 1)])
         sweep = {"containers": {}, "raw": {}}
         for k in a.conns_sweep:
             for pr in a.per_req_sweep:
@@ -670,23 +671,25 @@ class Bench:
                     pool.get(keys_z, cont_ptrs, slot, T.WANT_CONTAINER, pr, k)
                     ms.append((time.perf_counter() - t0) * 1e3)
                 sweep["containers"]["%d,%d" % (k, pr)] = min(ms)
-        for k in a.raw_conns_sweep:
+        for k, pr in a.raw_sweep:
             t0 = time.perf_counter()
-            pool.get(keys_raw, land_ptrs, chunk_bytes, T.WANT_RAW, max(1, n // 4), k)
-            sweep["raw"][str(k)] = (time.perf_counter() - t0) * 1e3
+            pool.get(keys_raw, land_ptrs, chunk_bytes, T.WANT_RAW, pr, k)
+            sweep["raw"]["%d,%d" % (k, pr)] = (time.perf_counter() - t0) * 1e3
         kc, prc = (int(x) for x in min(sweep["containers"], key=sweep["containers"].get)
                    .split(","))
-        kr = int(min(sweep["raw"], key=sweep["raw"].get))
+        kr, prr = (int(x) for x in min(sweep["raw"], key=sweep["raw"].get).split(","))
         if a.conns:
             kc = kr = a.conns
-            prc = a.get_batch
-        kd = min(kr, 4)  # kvtcd runs 4 codec jobs: one request each
+            prc = prr = a.get_batch
+        pipe = a.pipe_batch or prc
+        kd = 4  # kvtcd runs 4 codec jobs: one request (n/4 chunks) on each connection
         self.res["get_sweep_ms"] = sweep
         self.res["get_config"] = {
             "containers": {"connections": kc, "chunks_per_request": prc},
-            "raw": {"connections": kr, "chunks_per_request": max(1, n // 4)},
+            "raw": {"connections": kr, "chunks_per_request": prr},
             "daemon_decode": {"connections": kd, "chunks_per_request": max(1, n // 4)},
-            "pipelined": {"connections": kc, "chunks_per_request": a.pipe_batch}}
+            "pipelined": {"connections": kc, "chunks_per_request": pipe,
+                          "chunks_per_gpu_decode": a.decode_group}}
         self.log("get sweep (ms; containers by 'connections,chunks per request'): %s -> %s"
                  % (sweep, self.res["get_config"]))
         d_cont = torch.empty((n, slot), dtype=torch.uint8, device=dev) if gpu_codec else None
@@ -708,13 +711,13 @@ class Bench:
             del cache
             return tok, logits, t
 
-        def restore_raw(keys, label, k):
+        def restore_raw(keys, label, k, pr):
             def fn():
                 t, t0 = {}, time.perf_counter()
                 hits = conn.lookup(keys)
                 if hits != n:
                     raise RuntimeError("%s: %d of %d chunks stored" % (label, hits, n))
-                pool.get(keys, land_ptrs, chunk_bytes, T.WANT_RAW, max(1, n // 4), k)
+                pool.get(keys, land_ptrs, chunk_bytes, T.WANT_RAW, pr, k)
                 t1 = time.perf_counter()
                 if gpu:
                     d_chunks.copy_(h_land, non_blocking=True)
@@ -751,16 +754,28 @@ class Bench:
             hits = conn.lookup(keys_z)
             if hits != n:
                 raise RuntimeError("client decode: %d of %d chunks stored" % (hits, n))
-            marks = []
+            marks, ready, got = [], [], [0]
+
+            def flush():
+                idx = [i for i, _ in ready]
+                dec.decode(d_cont.view(-1), [i * slot for i in idx], [z for _, z in ready],
+                           [d_chunks[i] for i in idx], [i * ct for i in idx], n_tokens=ct,
+                           status=st_all[got[0]:got[0] + len(idx)])
+                got[0] += len(idx)
+                del ready[:]
+                marks.append(time.perf_counter())
 
             def launch(lo, hi, szs):
+                # Each request's containers go to the GPU at once; a decode
+                # starts once decode_group chunks (or the last ones) are there.
                 d_cont[lo:hi].copy_(h_cont[lo:hi], non_blocking=True)
-                dec.decode(d_cont.view(-1), [i * slot for i in range(lo, hi)], szs,
-                           d_chunks[lo:hi], lo * ct, n_tokens=ct, status=st_all[lo:hi])
-                marks.append(time.perf_counter())
-            pool.get_pipelined(keys_z, cont_ptrs, slot, T.WANT_CONTAINER, a.pipe_batch, launch, kc)
+                ready.extend(zip(range(lo, hi), szs))
+                if len(ready) >= a.decode_group or got[0] + len(ready) == n:
+                    flush()
+            pool.get_pipelined(keys_z, cont_ptrs, slot, T.WANT_CONTAINER, pipe, launch, kc)
             t1 = time.perf_counter()
             dec.check(st_all)
+            t["gpu_decode_calls"] = len(marks)
             t2 = time.perf_counter()
             t["get_h2d_decode_overlapped"] = (t2 - t0) * 1e3
             t["first_batch_queued"] = (marks[0] - t0) * 1e3
@@ -775,7 +790,7 @@ class Bench:
             def launch(lo, hi, szs):
                 if gpu:
                     d_chunks[lo:hi].copy_(h_land[lo:hi], non_blocking=True)
-            pool.get_pipelined(keys_z, land_ptrs, chunk_bytes, T.WANT_KVTC, a.pipe_batch, launch,
+            pool.get_pipelined(keys_z, land_ptrs, chunk_bytes, T.WANT_KVTC, pipe, launch,
                                kc)
             sync(dev)
             t["get_cpu_decode_h2d_overlapped"] = (time.perf_counter() - t0) * 1e3
@@ -795,7 +810,7 @@ class Bench:
 
         with torch.inference_mode():
             # (a) raw
-            r, lg = self.timed("raw restore", restore_raw(keys_raw, "raw", kr), a.slow_s)
+            r, lg = self.timed("raw restore", restore_raw(keys_raw, "raw", kr, prr), a.slow_s)
             results["raw"], logits_out["raw"] = r, lg
             self.res["paths"] = results
             # check: bit-identical to what was put
@@ -804,7 +819,7 @@ class Bench:
             self.save()
 
             # (b) daemon decode
-            r, lg = self.timed("daemon decode", restore_raw(keys_z, "daemon decode", kd),
+            r, lg = self.timed("daemon decode", restore_raw(keys_z, "daemon decode", kd, max(1, n // 4)),
                                a.slow_s)
             results["daemon_decode"], logits_out["daemon_decode"] = r, lg
             b_kv = h_land.clone() if not gpu else None
@@ -818,7 +833,7 @@ class Bench:
             r, lg = self.timed(name.replace("_", " "), fn, a.slow_s)
             results[name], logits_out[name] = r, lg
             c_kv = d_chunks
-            if a.pipe_batch:
+            if a.pipe_batch >= 0:
                 r, lg = self.timed(name.replace("_", " ") + " pipelined",
                                    restore_client_gpu_pipelined if dec is not None
                                    else restore_client_cpu_pipelined, a.slow_s)
@@ -948,11 +963,15 @@ def main():
                          "(default: a quarter of the chunks)")
     ap.add_argument("--conns", type=int, default=0,
                     help="connections the gets use (0: the best of the sweep)")
-    ap.add_argument("--conns-sweep", default="1,2,4,8")
-    ap.add_argument("--per-req-sweep", default="4,16,32")
-    ap.add_argument("--raw-conns-sweep", default="1,4")
-    ap.add_argument("--pipe-batch", type=int, default=16,
-                    help="chunks per request of the pipelined client decode (0: skip it)")
+    ap.add_argument("--conns-sweep", default="1,2,4")
+    ap.add_argument("--per-req-sweep", default="1,2,4,8")
+    ap.add_argument("--raw-sweep", default="1:32,4:32,4:4,8:2",
+                    help="raw gets tried, connections:chunks per request")
+    ap.add_argument("--pipe-batch", type=int, default=0,
+                    help="chunks per request of the pipelined client decode (0: the best of "
+                         "the sweep; -1: skip it)")
+    ap.add_argument("--decode-group", type=int, default=32,
+                    help="pipelined client decode: chunks per GPU decode call")
     ap.add_argument("--slow-s", type=float, default=8.0,
                     help="a path whose warm-up takes longer gets one timed run")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
@@ -969,11 +988,11 @@ def main():
     a.get_batch = a.get_batch or max(1, (n + 3) // 4)
     a.conns_sweep = [int(x) for x in a.conns_sweep.split(",")]
     a.per_req_sweep = [int(x) for x in a.per_req_sweep.split(",")]
-    a.raw_conns_sweep = [int(x) for x in a.raw_conns_sweep.split(",")]
+    a.raw_sweep = [tuple(int(y) for y in x.split(":")) for x in a.raw_sweep.split(",")]
     if a.conns:
         a.conns_sweep = [a.conns]
         a.per_req_sweep = [a.get_batch]
-        a.raw_conns_sweep = [a.conns]
+        a.raw_sweep = [(a.conns, a.get_batch)]
     b = Bench(a)
     try:
         b.run()
