@@ -265,10 +265,10 @@ int kvtcd_store_host_create(uint64_t capacity, void *ucp_context,
     h->base.name = "host";
     h->base.wire_tier = KVTC__WIRE__TIER__TIER_HOST;
     h->base.capacity = capacity;
-    KVTCD_DEBUG("store", "host slab bytes=%zu registered=%s prefault=%s",
-                h->region_len,
-                h->memh ? "region" : (h->ucp ? "extent" : "none"),
-                h->pf ? "on" : "off");
+    KVTCD_INFO("store", "host tier open bytes=%zu registered=%s prefault=%s",
+               h->region_len,
+               h->memh ? "region" : (h->ucp ? "extent" : "none"),
+               h->pf ? "on" : "off");
     *out = &h->base;
     return 0;
 
