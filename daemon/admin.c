@@ -194,6 +194,9 @@ static void render_tiers(struct sbuf *b, const kvtcd_server *srv)
     metric(b, "disk_dirty_chunks", "gauge",
            "Chunks acknowledged but not yet written to disk (cache mode).",
            ts.dirty);
+    metric(b, "gpu_host_registered_bytes", "gauge",
+           "Host tier bytes page-locked for the GPU tier's direct copies "
+           "(0: copies are staged).", ts.gpu_host_registered);
     metric(b, "durable", "gauge",
            "1 when puts are acknowledged only once on disk.",
            (uint64_t)ts.durable);

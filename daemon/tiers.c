@@ -22,6 +22,7 @@
 #include "kvtc_errors.h"
 #include "log.h"
 #include "store_gpu.h"
+#include "store_host.h"
 
 #define MAX_APPENDS 16          /* appends + tombstones in flight */
 #define MAX_GPU_COPIES 16       /* host -> GPU demotions in flight */
@@ -94,6 +95,7 @@ struct kvtcd_tiers {
     kvtcd_disk *d;
     kvtcd_gpu *g;
     uint64_t gpu_capacity;
+    uint64_t gpu_host_registered; /* bytes of the host region page-locked */
     /* write FIFO */
     wjob *q_head, *q_tail;
     uint64_t queued;            /* jobs in q */
@@ -861,6 +863,48 @@ static int open_disk(kvtcd_tiers *t, const kvtcd_tiers_params *p)
     return 0;
 }
 
+/* Page-lock the host tier's region for the GPU's copies, so demotions
+ * and promotions of chunks inside it go as one DMA from/to the chunk's own
+ * bytes (54 GB/s on the H100 host, ~28 through the staging buffers).
+ *
+ * The whole region, once: cuMemHostRegister populates and pins every page
+ * of it, so RSS reaches the host tier's capacity at start instead of
+ * following use. That is within what --host-mem allows, and the
+ * alternative (registering in steps as the slab fills) would stall the
+ * loop at each step and leave chunks that straddle two ranges staged.
+ * Chunks below a page live outside the region (store_host.h) and keep
+ * using staging; so does everything when registering fails, which is
+ * logged once here (the GPU store logs the driver's own reason). The GPU
+ * tier unregisters when it closes, which kvtcd_tiers_close does before
+ * the server destroys the host tier. */
+static void register_host_region(kvtcd_tiers *t)
+{
+    void *base = NULL;
+    size_t len = 0;
+    int rc = kvtcd_store_host_region(t->ix->tier, &base, &len);
+    if (rc < 0) {
+        /* The per-blob host store (KVTCD_HOST_SLAB=0) has no one region. */
+        KVTCD_INFO("tiers", "GPU copies of host chunks go through staging: "
+                            "the host tier has no single region err=\"%s\"",
+                   kvtc_strerror(rc));
+        return;
+    }
+    uint64_t t0 = uv_hrtime();
+    rc = kvtcd_gpu_register_host(t->g, base, len);
+    if (rc < 0) {
+        if (rc != KVTC_ENOMEM && rc != KVTC_EIO) /* else logged by the store */
+            KVTCD_WARN("tiers", "host region not registered with the GPU: "
+                                "copies go through staging bytes=%llu "
+                                "err=\"%s\"",
+                       (unsigned long long)len, kvtc_strerror(rc));
+        return;
+    }
+    t->gpu_host_registered = len;
+    KVTCD_INFO("tiers", "host region registered with the GPU (direct "
+                        "copies) bytes=%llu ms=%.1f",
+               (unsigned long long)len, (double)(uv_hrtime() - t0) / 1e6);
+}
+
 static void open_gpu(kvtcd_tiers *t, const kvtcd_tiers_params *p)
 {
     int rc = kvtcd_gpu_open(t->loop, p->gpu_device, p->gpu_mem, &t->g);
@@ -877,6 +921,7 @@ static void open_gpu(kvtcd_tiers *t, const kvtcd_tiers_params *p)
     t->gpu_capacity = p->gpu_mem;
     KVTCD_INFO("tiers", "GPU tier capacity=%llu device=%d",
                (unsigned long long)p->gpu_mem, p->gpu_device);
+    register_host_region(t);
 }
 
 int kvtcd_tiers_open(const kvtcd_tiers_params *p, kvtcd_tiers **out)
@@ -1296,6 +1341,7 @@ void kvtcd_tiers_get_stats(const kvtcd_tiers *t, kvtcd_tiers_stats *out)
         kvtcd_gpu_get_stats(t->g, &gs);
         out->has_gpu = 1;
         out->capacity[KVTCD_T_GPU] = gs.capacity;
+        out->gpu_host_registered = t->gpu_host_registered;
         out->used[KVTCD_T_GPU] = gs.used;
         memcpy(out->gpu_name, gs.device_name, sizeof out->gpu_name);
         out->gpu_name[sizeof out->gpu_name - 1] = '\0';

@@ -57,8 +57,11 @@ typedef struct kvtcd_tiers_params {
 } kvtcd_tiers_params;
 
 /* Open the lower tiers and rebuild the index from the disk store (blocks:
- * start-up only). A GPU that cannot be opened is logged once and left out;
- * a disk tier that cannot be opened is an error. Errors: KVTC_EIO,
+ * start-up only). A GPU that cannot be opened is logged once and left
+ * out; with one, the host tier's region (ix->tier, when it is the host
+ * slab) is page-locked for the GPU's copies (refused: logged once, copies
+ * go through staging). A disk tier that cannot be opened is an error.
+ * Errors: KVTC_EIO,
  * KVTC_ENOTSUP (io_uring asked for and refused), KVTC_EINVAL,
  * KVTC_ENOMEM. */
 int kvtcd_tiers_open(const kvtcd_tiers_params *p, kvtcd_tiers **out);
@@ -66,8 +69,9 @@ int kvtcd_tiers_open(const kvtcd_tiers_params *p, kvtcd_tiers **out);
 /* Stop: queued durable puts and deletes complete with KVTC_ECANCELED,
  * queued write-behind is abandoned (call kvtcd_tiers_dirty first to drain
  * it), in-flight I/O ends (completing or KVTC_ECANCELED), then closed(arg)
- * runs from the loop. After that the index's drop hook is unset; free t
- * with kvtcd_tiers_free. */
+ * runs from the loop. After that the index's drop hook is unset and the
+ * host region is no longer page-locked for the GPU: destroy the host tier
+ * only then. Free t with kvtcd_tiers_free. */
 void kvtcd_tiers_close(kvtcd_tiers *t, void (*closed)(void *arg), void *arg);
 /* Free t after closed() ran (NULL is a no-op). */
 void kvtcd_tiers_free(kvtcd_tiers *t);
@@ -126,6 +130,8 @@ typedef struct kvtcd_tiers_stats {
     uint64_t dirty;           /* see kvtcd_tiers_dirty */
     kvtcd_disk_stats disk;    /* zero without a disk tier */
     const char *backend;      /* "io_uring", "threadpool" or "" */
+    uint64_t gpu_host_registered; /* host region bytes page-locked for the
+                                     GPU's direct copies; 0: staged */
     char gpu_name[128];
 } kvtcd_tiers_stats;
 void kvtcd_tiers_get_stats(const kvtcd_tiers *t, kvtcd_tiers_stats *out);

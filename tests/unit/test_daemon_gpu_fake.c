@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define FAKE_MEM_LIMIT (1ull << 30)
@@ -43,6 +44,14 @@ static uint64_t g_mem_used;
 static atomic_int g_live;
 static atomic_int g_fail_in;
 static atomic_int g_copies;
+/* cuMemHostRegister'ed ranges (the loop thread registers and unregisters;
+ * stream threads never look: copies are classified when asked for). */
+#define FAKE_MAX_REG 16
+static struct { void *p; size_t n; } g_reg[FAKE_MAX_REG];
+static atomic_int g_direct;
+static atomic_int g_bad_unreg;
+static atomic_int g_fail_reg;
+static atomic_ullong g_reg_bytes;
 
 int gpu_fake_copies(void)
 {
@@ -57,6 +66,55 @@ void gpu_fake_fail_copy(int n)
 int gpu_fake_live(void)
 {
     return atomic_load(&g_live);
+}
+
+int gpu_fake_direct_copies(void)
+{
+    return atomic_load(&g_direct);
+}
+
+uint64_t gpu_fake_registered_bytes(void)
+{
+    return atomic_load(&g_reg_bytes);
+}
+
+int gpu_fake_bad_unregisters(void)
+{
+    return atomic_load(&g_bad_unreg);
+}
+
+void gpu_fake_fail_register(int on)
+{
+    atomic_store(&g_fail_reg, on);
+}
+
+/* Whether [p, p+n) is mapped: the real driver cannot page-lock (nor
+ * cleanly unlock) memory that is gone. */
+static int mapped(const void *p, size_t n)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(pg - 1);
+    size_t len = (size_t)((uintptr_t)p + n - a);
+    /* Only the first and last page: a whole 1 GiB vector is not needed
+     * to tell a freed region. */
+    unsigned char v;
+    if (mincore((void *)a, 1, &v) != 0)
+        return 0;
+    return mincore((void *)(a + ((len - 1) & ~(size_t)(pg - 1))), 1, &v) == 0;
+}
+
+/* Count a copy whose host side is inside a registered range: the tier
+ * took its direct path (staging buffers come from cuMemAllocHost). */
+static void classify(const void *host, size_t n)
+{
+    for (int i = 0; i < FAKE_MAX_REG; i++) {
+        const uint8_t *b = g_reg[i].p;
+        if (b && (const uint8_t *)host >= b &&
+            (const uint8_t *)host + n <= b + g_reg[i].n) {
+            atomic_fetch_add(&g_direct, 1);
+            return;
+        }
+    }
 }
 
 static void *stream_main(void *arg)
@@ -224,6 +282,7 @@ static kvtcd_CUresult f_htod_async(kvtcd_CUdeviceptr d, const void *s,
 {
     if (injected_failure())
         return ERR_INVALID_VALUE;
+    classify(s, n);
     fop op = {.kind = OP_COPY, .dst = (void *)(uintptr_t)d, .src = s, .n = n};
     return push(st, op);
 }
@@ -232,6 +291,7 @@ static kvtcd_CUresult f_dtoh_async(void *d, kvtcd_CUdeviceptr s, size_t n,
 {
     if (injected_failure())
         return ERR_INVALID_VALUE;
+    classify(d, n);
     fop op = {.kind = OP_COPY, .dst = d, .src = (const void *)(uintptr_t)s,
               .n = n};
     return push(st, op);
@@ -249,15 +309,34 @@ static kvtcd_CUresult f_host_free(void *p)
 }
 static kvtcd_CUresult f_host_register(void *p, size_t n, unsigned flags)
 {
-    (void)p, (void)n, (void)flags;
-    atomic_fetch_add(&g_live, 1);
-    return 0;
+    (void)flags;
+    if (atomic_load(&g_fail_reg) || !p || !n || !mapped(p, n))
+        return KVTCD_CUDA_ERROR_OUT_OF_MEMORY;
+    for (int i = 0; i < FAKE_MAX_REG; i++) {
+        if (!g_reg[i].p) {
+            g_reg[i].p = p;
+            g_reg[i].n = n;
+            atomic_fetch_add(&g_reg_bytes, n);
+            atomic_fetch_add(&g_live, 1);
+            return 0;
+        }
+    }
+    return KVTCD_CUDA_ERROR_OUT_OF_MEMORY;
 }
 static kvtcd_CUresult f_host_unregister(void *p)
 {
-    (void)p;
-    atomic_fetch_sub(&g_live, 1);
-    return 0;
+    for (int i = 0; i < FAKE_MAX_REG; i++) {
+        if (g_reg[i].p == p) {
+            if (!mapped(p, g_reg[i].n))
+                atomic_fetch_add(&g_bad_unreg, 1);
+            atomic_fetch_sub(&g_reg_bytes, g_reg[i].n);
+            g_reg[i].p = NULL;
+            g_reg[i].n = 0;
+            atomic_fetch_sub(&g_live, 1);
+            return 0;
+        }
+    }
+    return ERR_INVALID_VALUE;
 }
 static kvtcd_CUresult f_stream_create(kvtcd_CUstream *out, unsigned flags)
 {

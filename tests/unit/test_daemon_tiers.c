@@ -455,6 +455,7 @@ Test(daemon_tiers, no_disk_no_gpu_is_plain_host)
 
 #include "cuda_driver.h"
 #include "test_daemon_gpu_fake.h"
+#include "store_host.h"
 
 Test(daemon_tiers, gpu_spill_then_last_tier_eviction_byte_exact)
 {
@@ -513,6 +514,87 @@ Test(daemon_tiers, gpu_spill_then_last_tier_eviction_byte_exact)
     cr_assert_gt(f.ix.evictions, 0);
     cr_assert_not_null(find(&f, 159), "the newest chunk was evicted");
     expect_exact(&f, 159, chunk);
+    fx_end(&f);
+    cr_assert_eq(gpu_fake_live(), 0, "GPU resources left after close");
+}
+
+/* Spill 12 chunks of 256 KiB through 2 MiB of host RAM into the GPU and
+ * read them all back (promotions); returns the GPU copies that took. */
+static int spill_and_read_back(struct fx *f)
+{
+    const size_t chunk = 256u << 10;
+    struct done d = {0};
+    int rc;
+    int copies = gpu_fake_copies();
+    for (uint32_t i = 0; i < 12; i++) {
+        cr_assert_eq(put_chunk(f, i, chunk - i, &rc, &d, 0), 0);
+        cr_assert_eq(rc, 0, "put %u: %s", i, kvtc_strerror(rc));
+        kvtcd_tiers_kick(f->t);
+        for (int k = 0; k < 40; k++)
+            uv_run(&f->loop, UV_RUN_NOWAIT), usleep(1000);
+    }
+    for (uint32_t i = 0; i < 12; i++)
+        if (find(f, i))
+            expect_exact(f, i, chunk - i);
+    cr_assert_gt(f->ix.tc[KVTCD_T_GPU].bytes_written, 0, "nothing spilled");
+    cr_assert_gt(f->ix.tc[KVTCD_T_GPU].bytes_read, 0, "nothing promoted");
+    return gpu_fake_copies() - copies;
+}
+
+Test(daemon_tiers, gpu_tier_registers_host_region_direct_copies_and_unregisters_first)
+{
+    struct fx f;
+    fx_start(&f, 2u << 20);
+    kvtcd__cuda_set_table(gpu_fake_table());
+    gpu_fake_fail_register(0);
+    void *base = NULL;
+    size_t len = 0;
+    cr_assert_eq(kvtcd_store_host_region(f.host, &base, &len), 0);
+    int bad = gpu_fake_bad_unregisters();
+    kvtcd_tiers_params p = {.loop = &f.loop, .ix = &f.ix,
+                            .gpu_mem = 4u << 20};
+    cr_assert_eq(kvtcd_tiers_open(&p, &f.t), 0);
+    kvtcd_tiers_stats st;
+    kvtcd_tiers_get_stats(f.t, &st);
+    cr_assert(st.has_gpu, "the fake GPU did not open");
+    cr_assert_eq(st.gpu_host_registered, len, "the whole region, once");
+    cr_assert_eq(gpu_fake_registered_bytes(), len);
+    /* Every chunk (>= a page) lies in the region: each demotion and
+     * promotion is one direct DMA, none goes through staging. */
+    int direct = gpu_fake_direct_copies();
+    int copies = spill_and_read_back(&f);
+    cr_assert_gt(copies, 0);
+    cr_assert_eq(gpu_fake_direct_copies() - direct, copies,
+                 "%d of %d copies were staged", copies -
+                 (gpu_fake_direct_copies() - direct), copies);
+    /* Shutdown: closing the tiers unregisters, while the region is still
+     * mapped (the server destroys the host tier after the tiers). */
+    fx_close(&f);
+    cr_assert_eq(gpu_fake_registered_bytes(), 0, "still registered");
+    cr_assert_eq(gpu_fake_bad_unregisters(), bad,
+                 "unregistered after the region was unmapped");
+    fx_end(&f);
+    cr_assert_eq(gpu_fake_live(), 0, "GPU resources left after close");
+}
+
+Test(daemon_tiers, gpu_tier_host_registration_refused_copies_stage)
+{
+    struct fx f;
+    fx_start(&f, 2u << 20);
+    kvtcd__cuda_set_table(gpu_fake_table());
+    gpu_fake_fail_register(1);
+    kvtcd_tiers_params p = {.loop = &f.loop, .ix = &f.ix,
+                            .gpu_mem = 4u << 20};
+    cr_assert_eq(kvtcd_tiers_open(&p, &f.t), 0, "refusal is not fatal");
+    gpu_fake_fail_register(0);
+    kvtcd_tiers_stats st;
+    kvtcd_tiers_get_stats(f.t, &st);
+    cr_assert(st.has_gpu);
+    cr_assert_eq(st.gpu_host_registered, 0);
+    int direct = gpu_fake_direct_copies();
+    cr_assert_gt(spill_and_read_back(&f), 0);
+    cr_assert_eq(gpu_fake_direct_copies(), direct, "no direct copy "
+                 "without a registration");
     fx_end(&f);
     cr_assert_eq(gpu_fake_live(), 0, "GPU resources left after close");
 }
