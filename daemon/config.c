@@ -48,6 +48,8 @@ void kvtcd_config_defaults(kvtcd_config *c)
     c->max_batch = KVTCD_DEFAULT_MAX_BATCH;
     c->max_sessions = KVTCD_DEFAULT_MAX_SESSIONS;
     c->bulk_endpoint = 1;
+    c->host_prefault = -1;
+    c->host_pin = -1;
     c->log_level = KVTCD_LOG_INFO;
 }
 
@@ -77,6 +79,18 @@ int kvtcd_parse_size(const char *s, uint64_t *out)
     if (shift && v > (UINT64_MAX >> shift))
         return KVTC_EINVAL;
     *out = (uint64_t)v << shift;
+    return 0;
+}
+
+/* "on"/"1" or "off"/"0". */
+static int parse_onoff(const char *s, int *out)
+{
+    if (strcmp(s, "on") == 0 || strcmp(s, "1") == 0)
+        *out = 1;
+    else if (strcmp(s, "off") == 0 || strcmp(s, "0") == 0)
+        *out = 0;
+    else
+        return KVTC_EINVAL;
     return 0;
 }
 
@@ -148,15 +162,12 @@ static int apply(kvtcd_config *c, const char *section, const char *name,
         return set_path(c->port_file, sizeof c->port_file, v);
     if (IS("server", "max_sessions"))
         return parse_u32(v, 1, 65536, &c->max_sessions);
-    if (IS("server", "bulk_endpoint")) {
-        if (strcmp(v, "on") == 0 || strcmp(v, "1") == 0)
-            c->bulk_endpoint = 1;
-        else if (strcmp(v, "off") == 0 || strcmp(v, "0") == 0)
-            c->bulk_endpoint = 0;
-        else
-            return KVTC_EINVAL;
-        return 0;
-    }
+    if (IS("server", "bulk_endpoint"))
+        return parse_onoff(v, &c->bulk_endpoint);
+    if (IS("store", "host_prefault"))
+        return parse_onoff(v, &c->host_prefault);
+    if (IS("store", "host_pin"))
+        return parse_onoff(v, &c->host_pin);
     if (IS("store", "host_mem")) {
         uint64_t n;
         if (kvtcd_parse_size(v, &n) < 0 || n < KVTCD_MIN_HOST_MEM)
@@ -296,6 +307,8 @@ static const struct flag {
     {"--max-sessions", "server", "max_sessions"},
     {"--bulk-endpoint", "server", "bulk_endpoint"},
     {"--host-mem", "store", "host_mem"},  {"--data-dir", "store", "data_dir"},
+    {"--host-prefault", "store", "host_prefault"},
+    {"--host-pin", "store", "host_pin"},
     {"--disk-dir", "store", "disk_dir"},  {"--disk-size", "store", "disk_size"},
     {"--disk-io", "store", "disk_io"},
     {"--durability", "store", "durability"},
@@ -409,6 +422,11 @@ const char *kvtcd_usage(void)
            "  --admin HOST:PORT     HTTP /metrics and /healthz (default 127.0.0.1:7701)\n"
            "  --host-mem SIZE       host RAM for chunks, e.g. 512M, 4G\n"
            "                        (default min(1G, RAM/4))\n"
+           "  --host-prefault on|off  keep host memory resident ahead of use on a\n"
+           "                        background thread, so puts land in ready pages\n"
+           "                        (default on)\n"
+           "  --host-pin on|off     mlock that memory too, where RLIMIT_MEMLOCK or\n"
+           "                        CAP_IPC_LOCK allow (default on; refusal logged)\n"
            "  --data-dir DIR        daemon state directory (not the disk tier)\n"
            "  --disk-dir DIR        disk tier: segment files in DIR (created if\n"
            "                        missing); no disk tier without it\n"

@@ -8,6 +8,7 @@
  *             disk_dir = DIR   disk_size = SIZE   disk_io = auto|uring|threads
  *             durability = cache|durable   gpu_mem = SIZE   gpu_device = N
  *             codec_device = auto|cpu|gpu
+ *             host_prefault = on|off   host_pin = on|off
  *   [limits]  max_chunk_bytes = SIZE   max_batch = N
  *   [log]     level = debug|info|warn|error
  * Unknown sections or keys are errors (a typo must not silently fall back to
@@ -53,6 +54,11 @@ typedef struct kvtcd_config {
     char port_file[1024];
     char config_path[1024];
     uint64_t host_mem;        /* bytes of chunk data in host RAM */
+    int host_prefault;        /* 1/0: keep host memory resident ahead of
+                                 use; -1: not set (the host store's
+                                 default, on unless KVTCD_HOST_PREFAULT=0) */
+    int host_pin;             /* 1/0: mlock it too; -1: not set (on unless
+                                 KVTCD_HOST_PIN=0) */
     uint64_t disk_size;       /* bytes of segment files; 0 = 80% of the
                                  file system's free space at start */
     int disk_io;              /* enum kvtcd_disk_io_mode (store_disk.h) */

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "codec_serve.h"
 #include "server.h"
+#include "store_host.h"
 
 #define DRAIN_TICK_MS 10
 #define DRAIN_MAX_MS 10000   /* transfers in flight, write-behind */
@@ -197,7 +198,18 @@ int kvtcd_server_init(kvtcd_server *srv, const kvtcd_config *cfg,
     rc = kvtcd_transport_init(srv);
     if (rc < 0)
         goto fail;
-    rc = kvtcd_store_host_create(cfg->host_mem, srv->ucp, &srv->host);
+    /* Unset knobs stay out of the mask: the store's default (and its
+     * benchmark environment variables) apply. */
+    kvtcd_host_opts ho = {0};
+    if (cfg->host_prefault >= 0) {
+        ho.field_mask |= KVTCD_HOST_OPT_PREFAULT;
+        ho.prefault = cfg->host_prefault;
+    }
+    if (cfg->host_pin >= 0) {
+        ho.field_mask |= KVTCD_HOST_OPT_PIN;
+        ho.pin = cfg->host_pin;
+    }
+    rc = kvtcd_store_host_create_ex(cfg->host_mem, srv->ucp, &ho, &srv->host);
     if (rc < 0)
         goto fail;
     rc = kvtcd_index_init(&srv->index, srv->host);

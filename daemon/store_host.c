@@ -213,8 +213,22 @@ static uint8_t *reserve(size_t len)
 int kvtcd_store_host_create(uint64_t capacity, void *ucp_context,
                             kvtcd_tier **out)
 {
-    if (!out || capacity == 0)
+    return kvtcd_store_host_create_ex(capacity, ucp_context, NULL, out);
+}
+
+int kvtcd_store_host_create_ex(uint64_t capacity, void *ucp_context,
+                               const kvtcd_host_opts *opts, kvtcd_tier **out)
+{
+    const uint32_t known = KVTCD_HOST_OPT_PREFAULT | KVTCD_HOST_OPT_PIN;
+    if (!out || capacity == 0 || (opts && (opts->field_mask & ~known)))
         return KVTC_EINVAL;
+    /* An option the caller set wins over the environment. */
+    int prefault = !env_off("KVTCD_HOST_PREFAULT");
+    int pin = !env_off("KVTCD_HOST_PIN");
+    if (opts && (opts->field_mask & KVTCD_HOST_OPT_PREFAULT))
+        prefault = opts->prefault != 0;
+    if (opts && (opts->field_mask & KVTCD_HOST_OPT_PIN))
+        pin = opts->pin != 0;
     if (env_off("KVTCD_HOST_SLAB"))
         return kvtcd__store_host_blob_create(capacity, ucp_context, out);
     if (capacity > SIZE_MAX / 2)
@@ -251,10 +265,9 @@ int kvtcd_store_host_create(uint64_t capacity, void *ucp_context,
             h->per_extent = 1;
         }
     }
-    if (!env_off("KVTCD_HOST_PREFAULT")) {
+    if (prefault) {
         rc = kvtcd_prefault_start(h->region, h->region_len,
-                                  KVTCD_HOST_PREFAULT_AHEAD,
-                                  !env_off("KVTCD_HOST_PIN"), &h->pf);
+                                  KVTCD_HOST_PREFAULT_AHEAD, pin, &h->pf);
         if (rc < 0)
             goto fail_reg;
         h->wanted = KVTCD_HOST_PREFAULT_AHEAD < h->region_len
@@ -265,10 +278,11 @@ int kvtcd_store_host_create(uint64_t capacity, void *ucp_context,
     h->base.name = "host";
     h->base.wire_tier = KVTC__WIRE__TIER__TIER_HOST;
     h->base.capacity = capacity;
-    KVTCD_INFO("store", "host tier open bytes=%zu registered=%s prefault=%s",
+    KVTCD_INFO("store", "host tier open bytes=%zu registered=%s "
+                        "prefault=%s pin=%s",
                h->region_len,
                h->memh ? "region" : (h->ucp ? "extent" : "none"),
-               h->pf ? "on" : "off");
+               h->pf ? "on" : "off", h->pf && pin ? "on" : "off");
     *out = &h->base;
     return 0;
 

@@ -19,8 +19,9 @@
  *  - per-blob buffers (the earlier store: mmap + ucp_mem_map per blob, a
  *    small cache of freed ones), kept to compare against.
  *
- * Environment (read once at create; for benchmarks and tests until the
- * configuration has knobs):
+ * Environment (read once at create; for benchmarks and tests; an option
+ * given to kvtcd_store_host_create_ex - kvtcd's --host-prefault and
+ * --host-pin - overrides the variable):
  *   KVTCD_HOST_SLAB=0       per-blob buffers instead of the slab
  *   KVTCD_HOST_PREFAULT=0   slab without the prefault/pin thread
  *   KVTCD_HOST_PIN=0        prefault without mlock
@@ -55,6 +56,27 @@ typedef struct kvtcd_host_stats {
     uint64_t largest_free_bytes;
     uint64_t frag_full;       /* allocs refused with enough bytes free */
 } kvtcd_host_stats;
+
+/* Options of kvtcd_store_host_create_ex. field_mask says which fields
+ * the caller set (KVTCD_HOST_OPT_*); the others keep their defaults (the
+ * environment above, else on), so a caller built against this struct
+ * keeps working when fields are added at its end. */
+#define KVTCD_HOST_OPT_PREFAULT (1u << 0)
+#define KVTCD_HOST_OPT_PIN (1u << 1)
+typedef struct kvtcd_host_opts {
+    uint32_t field_mask;
+    int prefault; /* 1: a background thread keeps memory resident ahead of
+                     use (KVTCD_HOST_PREFAULT_*); 0: pages fault on use */
+    int pin;      /* 1: and mlock'ed, where RLIMIT_MEMLOCK/CAP_IPC_LOCK
+                     allow (refusal logged once); only with prefault */
+} kvtcd_host_opts;
+
+/* kvtcd_store_host_create (tier.h) with options; opts NULL or a zero
+ * field_mask is kvtcd_store_host_create. The per-blob implementation
+ * (KVTCD_HOST_SLAB=0) ignores them. Errors as kvtcd_store_host_create,
+ * and KVTC_EINVAL for a field_mask bit it does not know. */
+int kvtcd_store_host_create_ex(uint64_t capacity, void *ucp_context,
+                               const kvtcd_host_opts *opts, kvtcd_tier **out);
 
 /* The slab's whole region: base and length in bytes, valid until the tier
  * is destroyed; every blob of one page or more lies inside it (smaller

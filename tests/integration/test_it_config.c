@@ -54,8 +54,10 @@ Test(it_config, ini_file_with_flag_overrides, .timeout = 30)
     close(fd);
     /* host_mem here is overridden by the --host-mem flag; max_chunk_bytes is not. */
     write_text(ini, "[server]\nlisten = 127.0.0.1:7700\n[store]\nhost_mem = 8M\n"
+                    "host_prefault = on\nhost_pin = on\n"
                     "[limits]\nmax_chunk_bytes = 1M\nmax_batch = 16\n[log]\nlevel = warn\n");
-    const char *extra[] = {"--config", ini, NULL};
+    /* --host-prefault off overrides the file: nothing resident ahead of use. */
+    const char *extra[] = {"--config", ini, "--host-prefault", "off", NULL};
     struct itest_daemon d;
     itest_daemon_start(&d, "32M", 0, extra);
     kvtc_conn *c = itest_connect(&d);
@@ -64,6 +66,13 @@ Test(it_config, ini_file_with_flag_overrides, .timeout = 30)
     cr_expect_eq(info.max_chunk_bytes, 1u << 20, "max_chunk_bytes from the file: %lu",
                  (unsigned long)info.max_chunk_bytes);
     cr_expect_eq(info.max_batch, 16);
+    char *body = itest_metrics_body(&d);
+    double resident = -1, locked = -1;
+    cr_expect_eq(itest_metric(body, "kvtc_host_resident_bytes", &resident), 0);
+    cr_expect_eq(itest_metric(body, "kvtc_host_locked_bytes", &locked), 0);
+    cr_expect_eq(resident, 0, "--host-prefault off: %.0f bytes resident", resident);
+    cr_expect_eq(locked, 0);
+    free(body);
     kvtc_stats s = itest_stats(c);
     cr_expect_eq(s.bytes_capacity, 32u << 20, "--host-mem 32M should override host_mem = 8M: %lu",
                  (unsigned long)s.bytes_capacity);

@@ -330,6 +330,48 @@ Test(daemon_host, prefault_off_leaves_pages_to_first_use, .init = quiet)
     kvtcd_tier_destroy(t);
 }
 
+/* kvtcd's --host-prefault / --host-pin reach the store as options, which
+ * win over the benchmark environment variables. */
+Test(daemon_host, create_ex_options_override_the_environment, .init = quiet)
+{
+    kvtcd_tier *t = NULL;
+    kvtcd_host_stats st;
+    kvtcd_host_opts bad = {.field_mask = 1u << 7};
+    cr_assert_eq(kvtcd_store_host_create_ex(8u << 20, NULL, &bad, &t),
+                 KVTC_EINVAL, "an unknown field_mask bit is refused");
+    /* The environment says no prefault; the option says prefault, no pin. */
+    setenv("KVTCD_HOST_PREFAULT", "0", 1);
+    kvtcd_host_opts on = {.field_mask = KVTCD_HOST_OPT_PREFAULT |
+                                        KVTCD_HOST_OPT_PIN,
+                          .prefault = 1, .pin = 0};
+    cr_assert_eq(kvtcd_store_host_create_ex(64u << 20, NULL, &on, &t), 0);
+    cr_assert_eq(kvtcd_store_host_wait_resident(t, 32u << 20, 10000), 0);
+    cr_assert_eq(kvtcd_store_host_stats(t, &st), 0);
+    cr_assert_geq(st.resident_bytes, 32u << 20, "prefault option ignored");
+    cr_assert_eq(st.locked_bytes, 0, "pin off, yet memory was locked");
+    kvtcd_tier_destroy(t);
+    /* The environment allows prefault; the option turns it off. */
+    unsetenv("KVTCD_HOST_PREFAULT");
+    kvtcd_host_opts off = {.field_mask = KVTCD_HOST_OPT_PREFAULT,
+                           .prefault = 0};
+    cr_assert_eq(kvtcd_store_host_create_ex(64u << 20, NULL, &off, &t), 0);
+    cr_assert_eq(kvtcd_store_host_stats(t, &st), 0);
+    cr_assert_eq(st.resident_bytes, 0);
+    void *base;
+    size_t len;
+    cr_assert_eq(kvtcd_store_host_region(t, &base, &len), 0);
+    unsigned char vec[16];
+    cr_assert_eq(mincore(base, 16 * PAGE, vec), 0);
+    for (int i = 0; i < 16; i++)
+        cr_assert_eq(vec[i] & 1, 0, "prefault off, yet populated");
+    kvtcd_tier_destroy(t);
+    /* No options (or none set) is kvtcd_store_host_create: prefault on. */
+    kvtcd_host_opts none = {0};
+    cr_assert_eq(kvtcd_store_host_create_ex(64u << 20, NULL, &none, &t), 0);
+    cr_assert_eq(kvtcd_store_host_wait_resident(t, 32u << 20, 10000), 0);
+    kvtcd_tier_destroy(t);
+}
+
 /* ---- UCX registration ---- */
 
 static ucp_context_h make_ucp(void)

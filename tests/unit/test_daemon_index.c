@@ -782,6 +782,47 @@ Test(daemon_config, tier_flags_and_keys)
     cr_assert_not_null(strstr(kvtcd_usage(), "--disk-io"));
 }
 
+Test(daemon_config, host_tier_knobs)
+{
+    kvtcd_config c;
+    int action;
+    char err[256] = "";
+    /* Unset by default: the host store's own default applies. */
+    char *argv0[] = {"kvtcd", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 1, argv0, &action, err,
+                                        sizeof err), 0, "%s", err);
+    cr_assert_eq(c.host_prefault, -1);
+    cr_assert_eq(c.host_pin, -1);
+    char *argv[] = {"kvtcd", "--host-prefault", "off", "--host-pin=on", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 4, argv, &action, err, sizeof err),
+                 0, "%s", err);
+    cr_assert_eq(c.host_prefault, 0);
+    cr_assert_eq(c.host_pin, 1);
+    char *path = write_ini("[store]\nhost_prefault = on\nhost_pin = off\n");
+    kvtcd_config_defaults(&c);
+    cr_assert_eq(kvtcd_config_load_ini(&c, path, err, sizeof err), 0, "%s",
+                 err);
+    cr_assert_eq(c.host_prefault, 1);
+    cr_assert_eq(c.host_pin, 0);
+    /* The flag overrides the file. */
+    char *argv2[] = {"kvtcd", "--config", path, "--host-pin", "1", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 5, argv2, &action, err,
+                                        sizeof err), 0, "%s", err);
+    cr_assert_eq(c.host_prefault, 1);
+    cr_assert_eq(c.host_pin, 1);
+    unlink(path);
+    char *bad1[] = {"kvtcd", "--host-prefault", "maybe", NULL};
+    cr_assert_lt(kvtcd_config_from_args(&c, 3, bad1, &action, err,
+                                        sizeof err), 0);
+    cr_assert_not_null(strstr(err, "host-prefault"), "%s", err);
+    char *bad2[] = {"kvtcd", "--host-pin", "", NULL};
+    cr_assert_lt(kvtcd_config_from_args(&c, 3, bad2, &action, err,
+                                        sizeof err), 0);
+    cr_assert_not_null(strstr(err, "host-pin"), "%s", err);
+    cr_assert_not_null(strstr(kvtcd_usage(), "--host-prefault on|off"));
+    cr_assert_not_null(strstr(kvtcd_usage(), "--host-pin on|off"));
+}
+
 Test(daemon_config, help_and_version)
 {
     kvtcd_config c;
@@ -807,4 +848,15 @@ Test(daemon_config, example_ini_is_valid)
     cr_assert_eq(kvtcd_config_load_ini(&c, path, err, sizeof err), 0, "%s", err);
     cr_assert_eq(c.listen_port, 7700);
     cr_assert_eq(c.host_mem, 1ull << 30);
+    /* Every [store] knob is documented there (commented out or set). */
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    static char text[1 << 16];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    const char *keys[] = {"host_prefault =", "host_pin =", "codec_device =",
+                          "gpu_mem =", "durability ="};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        cr_assert_not_null(strstr(text, keys[i]), "%s missing", keys[i]);
 }
