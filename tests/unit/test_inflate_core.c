@@ -56,7 +56,7 @@ Test(inflate_core, zlib_every_level_strategy_kind_and_size)
             ig_data(data, n, kind, &seed);
             for (int level = 0; level <= 9; level += 3)
                 for (int s = 0; s < 5; s++) {
-                    size_t len;
+                    size_t len = 0;
                     uint8_t *z = ig_zlib(data, n, level, strat[s], 8, 0, &len);
                     cr_assert(z);
                     same_as_input(z, len, data, n, "zlib", &st);
@@ -83,7 +83,7 @@ Test(inflate_core, zlib_mixed_blocks_in_one_stream)
     for (int kind = 0; kind < IG_N_KINDS; kind++)
         for (size_t every = 97; every < 65536; every = every * 5 + 3)
             for (int mem = 1; mem <= 9; mem += 8) {
-                size_t n = 65536 - (size_t)kind * 1001, len;
+                size_t n = 65536 - (size_t)kind * 1001, len = 0;
                 ig_data(data, n, kind, &seed);
                 uint8_t *z = ig_zlib(data, n, 6, Z_DEFAULT_STRATEGY, mem, every, &len);
                 cr_assert(z);
@@ -102,7 +102,7 @@ Test(inflate_core, libdeflate_every_level)
     for (int kind = 0; kind < IG_N_KINDS; kind++)
         for (size_t si = 0; si < N_SIZES; si++)
             for (int level = 0; level <= 12; level += 2) {
-                size_t n = sizes[si], len;
+                size_t n = sizes[si], len = 0;
                 ig_data(data, n, kind, &seed);
                 uint8_t *z = ig_libdeflate(data, n, level, &len);
                 cr_assert(z);
@@ -173,7 +173,7 @@ Test(inflate_core, damaged_streams_get_zlibs_verdict)
     for (int kind = 0; kind < IG_N_KINDS; kind++)
         for (size_t n = 1; n <= 65536; n = n * 7 + 5) {
             ig_data(data, n, kind, &seed);
-            size_t len;
+            size_t len = 0;
             for (int lv = 0; lv < 3; lv++) {
                 uint8_t *z = lv == 2 ? ig_libdeflate(data, n, 6, &len)
                                      : ig_zlib(data, n, lv ? 9 : 1,
