@@ -3,9 +3,12 @@
  * compressed on put, served raw (the daemon decodes) or compressed (libkvtc
  * decodes), client containers checked, and the cases stored raw.
  *
- * The daemon uses the same CPU codec as this process, so what it serves
- * must equal, byte for byte, this process's own encode -> decode of the
- * same chunk at the same plan. */
+ * These tests start kvtcd with --codec-device cpu: the daemon then uses
+ * the same CPU codec as this process, so what it serves must equal, byte
+ * for byte, this process's own encode -> decode of the same chunk at the
+ * same plan. (The default, auto, codes on the GPU where there is one: the
+ * same container format, different bytes within the plan's error bound;
+ * gpu_codec_within_error_bound tests that path.) */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
@@ -33,6 +36,10 @@ struct kvset {
 };
 
 static struct kvset K;
+
+/* Pins the daemon's codec to the CPU path, whose output these tests
+ * compare exactly. */
+static const char *const CPU[] = {"--codec-device", "cpu", NULL};
 
 static void kv_of(kvtc_llama *m, kvtc_llama_state *s, uint64_t seed, float *out)
 {
@@ -188,7 +195,7 @@ TestSuite(codec_serve, .init = kv_setup, .fini = kv_teardown, .timeout = 120);
 Test(codec_serve, compress_on_put_serve_raw_and_compressed)
 {
     struct itest_daemon d;
-    itest_daemon_start(&d, "64M", 0, NULL);
+    itest_daemon_start(&d, "64M", 0, CPU);
     kvtc_conn *c = itest_connect(&d);
     kvtc_profile_info info;
     cr_assert_eq(kvtc_profile_upload(c, K.pbytes, K.plen, NULL, &info), 0, "%s",
@@ -268,7 +275,7 @@ Test(codec_serve, compress_on_put_serve_raw_and_compressed)
 Test(codec_serve, stored_raw_without_profile_or_in_live_window)
 {
     struct itest_daemon d;
-    itest_daemon_start(&d, "64M", 0, NULL);
+    itest_daemon_start(&d, "64M", 0, CPU);
     kvtc_conn *c = itest_connect(&d);
     float *got = malloc(K.bytes);
     kvtc_get_item it;
@@ -307,7 +314,7 @@ Test(codec_serve, stored_raw_without_profile_or_in_live_window)
 Test(codec_serve, client_containers_checked)
 {
     struct itest_daemon d;
-    itest_daemon_start(&d, "64M", 0, NULL);
+    itest_daemon_start(&d, "64M", 0, CPU);
     kvtc_conn *c = itest_connect(&d);
     cr_assert_eq(kvtc_profile_upload(c, K.pbytes, K.plen, NULL, NULL), 0);
     size_t len;
@@ -364,7 +371,7 @@ Test(codec_serve, client_containers_checked)
 Test(codec_serve, deleted_profile_is_not_served_raw)
 {
     struct itest_daemon d;
-    itest_daemon_start(&d, "64M", 0, NULL);
+    itest_daemon_start(&d, "64M", 0, CPU);
     kvtc_conn *c = itest_connect(&d);
     cr_assert_eq(kvtc_profile_upload(c, K.pbytes, K.plen, NULL, NULL), 0);
     kvtc_key k = itest_key(4, 0);
@@ -394,7 +401,7 @@ Test(codec_serve, profiles_persist_across_restart)
     itest_daemon_prepare(&d);
     char data[400], junk[500];
     snprintf(data, sizeof data, "%s/data", d.dir);
-    const char *extra[] = {"--data-dir", data, NULL};
+    const char *extra[] = {"--data-dir", data, "--codec-device", "cpu", NULL};
     itest_daemon_launch(&d, "64M", 0, extra);
     kvtc_conn *c = itest_connect(&d);
     /* Not a profile: refused. */
@@ -454,7 +461,7 @@ Test(codec_serve, profiles_persist_across_restart)
 Test(codec_serve, cli_profile_put_ratio_get_compressed)
 {
     struct itest_daemon d;
-    itest_daemon_start(&d, "64M", 0, NULL);
+    itest_daemon_start(&d, "64M", 0, CPU);
     char kvtc[4096], pfile[400], kvfile[400], out[400], hexkey[KVTC_KEY_HEX_LEN + 1];
     snprintf(kvtc, sizeof kvtc, "%s", kvtc_test_build_path("bin/kvtc"));
     snprintf(pfile, sizeof pfile, "%s/p.kvtcp", d.dir);
@@ -527,7 +534,7 @@ Test(codec_serve, compressed_on_disk_across_kill9)
     snprintf(data, sizeof data, "%s/data", d.dir);
     snprintf(disk, sizeof disk, "%s/disk", d.dir);
     const char *extra[] = {"--data-dir", data, "--disk-dir", disk, "--disk-size", "64M",
-                           "--durability", "durable", NULL};
+                           "--durability", "durable", "--codec-device", "cpu", NULL};
     itest_daemon_launch(&d, "64M", 0, extra);
     kvtc_conn *c = itest_connect(&d);
     cr_assert_eq(kvtc_profile_upload(c, K.pbytes, K.plen, NULL, NULL), 0, "%s",
@@ -572,7 +579,7 @@ static void count_done(int status, void *arg)
 Test(codec_serve, concurrent_mixed_batches)
 {
     struct itest_daemon d;
-    itest_daemon_start(&d, "256M", 0, NULL);
+    itest_daemon_start(&d, "256M", 0, CPU);
     kvtc_conn *c = itest_connect(&d);
     cr_assert_eq(kvtc_profile_upload(c, K.pbytes, K.plen, NULL, NULL), 0);
     enum { NB = 8, PER = 6 };
@@ -667,5 +674,118 @@ Test(codec_serve, concurrent_mixed_batches)
     free(x8);
     free(x4);
     free(xc);
+    itest_daemon_stop(&d);
+}
+
+/* Whether kvtcd starts with --codec-device gpu here. It refuses to start
+ * without a GPU codec ("--codec-device gpu: no GPU codec ... why=..."),
+ * and that line is the skip message; a kvtcd that comes up (port file
+ * written) is stopped at once. Returns 1 when it started. */
+static int gpu_codec_daemon_starts(const char *dir, char *why, size_t whylen)
+{
+    char script[2048], bin[1024];
+    snprintf(bin, sizeof bin, "%s", kvtc_test_build_path("bin/kvtcd"));
+    snprintf(script, sizeof script,
+             "pf='%s/gpu-probe.port'; rm -f \"$pf\"; "
+             "'%s' --codec-device gpu --listen 127.0.0.1:0 --admin 127.0.0.1:0 "
+             "--host-mem 16M --port-file \"$pf\" --log-level warn & p=$!; "
+             "i=0; while [ $i -lt 600 ]; do "
+             "  if [ -s \"$pf\" ]; then kill -TERM $p; wait $p; exit 100; fi; "
+             "  if ! kill -0 $p 2>/dev/null; then wait $p; exit $?; fi; "
+             "  sleep 0.1; i=$((i+1)); done; kill -KILL $p; exit 101",
+             dir, bin);
+    char *argv[] = {"/bin/sh", "-c", script, NULL};
+    char *out, *err;
+    int code = itest_run(argv, &out, &err);
+    const char *line = strstr(err, "no GPU codec");
+    snprintf(why, whylen, "%s", err);
+    char *nl = strchr(why, '\n');
+    if (line) {
+        /* The log line itself: "... no GPU codec err=... why=\"...\"". */
+        snprintf(why, whylen, "%.*s", (int)strcspn(line, "\n"), line);
+    } else if (nl) {
+        *nl = '\0';
+    }
+    free(out);
+    free(err);
+    cr_assert_neq(code, 101, "kvtcd --codec-device gpu neither started nor exited in 60 s");
+    if (code == 100)
+        return 1;
+    cr_assert(line != NULL, "kvtcd --codec-device gpu exited %d without saying why: %s", code,
+              why);
+    cr_assert_neq(code, 0, "kvtcd --codec-device gpu without a GPU codec exited 0");
+    return 0;
+}
+
+/* On the GPU path (fp16 projections, nvCOMP) the daemon's containers and
+ * decodes are not the CPU's bytes, but the same format and within the
+ * plan's error: the GPU's error at most 1.3x the CPU codec's own plus an
+ * fp16 floor, and a GPU decode of the CPU's container within a quarter of
+ * the codec error of the CPU's decode of it (the bounds tests/gpu and
+ * test_daemon_codec_gpu.c hold the GPU codec to). */
+Test(codec_serve, gpu_codec_within_error_bound)
+{
+    struct itest_daemon d;
+    itest_daemon_prepare(&d);
+    char why[512];
+    if (!gpu_codec_daemon_starts(d.dir, why, sizeof why)) {
+        itest_daemon_stop(&d);
+        cr_skip_test("kvtcd --codec-device gpu refuses to start here (%s): GPU codec path "
+                     "not tested",
+                     why);
+    }
+    const char *extra[] = {"--codec-device", "gpu", NULL};
+    itest_daemon_launch(&d, "64M", 0, extra);
+    kvtc_conn *c = itest_connect(&d);
+    cr_assert_eq(kvtc_profile_upload(c, K.pbytes, K.plen, NULL, NULL), 0, "%s",
+                 kvtc_last_error(c));
+    const size_t n = K.bytes / 4;
+    size_t elen;
+    uint8_t *cpu_c = cpu_encode(K.p, plan_of(K.p, 8), K.chunk[0], &elen);
+    float *cpu_rec = cpu_decode(K.p, cpu_c, elen);
+    double ref = rel_err(K.chunk[0], cpu_rec, n);
+    const double floor_ = 2e-5;
+
+    /* Compressed on put by the GPU; raw get decoded by the GPU. */
+    kvtc_key key = itest_key(0x6c, 0);
+    cr_assert_eq(put_one(c, key, K.chunk[0], K.bytes, 6, 0, 0, &K.l), 0, "%s",
+                 kvtc_last_error(c));
+    float *got = malloc(K.bytes);
+    kvtc_get_item it;
+    cr_assert_eq(get_one(c, key, KVTC_WANT_RAW, got, K.bytes, &it), 0, "%s",
+                 kvtc_last_error(c));
+    cr_assert_eq(it.size, K.bytes);
+    double e = rel_err(K.chunk[0], got, n);
+    cr_assert(e <= 1.3 * ref + floor_, "GPU enc+dec: relative error %.3g vs CPU %.3g", e, ref);
+    /* The GPU's container decoded here on the CPU. */
+    cr_assert_eq(get_one(c, key, KVTC_WANT_KVTC, got, K.bytes, &it), 0, "%s",
+                 kvtc_last_error(c));
+    cr_assert_eq(it.encoding, KVTC_ENCODING_KVTC);
+    cr_assert(it.wire_size < K.bytes / 3, "container of %zu bytes", (size_t)it.wire_size);
+    e = rel_err(K.chunk[0], got, n);
+    cr_assert(e <= 1.3 * ref + floor_, "GPU enc, CPU dec: relative error %.3g vs CPU %.3g", e,
+              ref);
+
+    /* The CPU's container stored as is; the daemon decodes it on the GPU. */
+    kvtc_key key2 = itest_key(0x6c, 1);
+    cr_assert_eq(put_one(c, key2, cpu_c, elen, 0, 0, 1, &K.l), 0, "%s", kvtc_last_error(c));
+    cr_assert_eq(get_one(c, key2, KVTC_WANT_RAW, got, K.bytes, &it), 0, "%s",
+                 kvtc_last_error(c));
+    double d2 = rel_err(cpu_rec, got, n);
+    cr_assert(d2 <= 0.25 * ref + floor_,
+              "GPU vs CPU decode of one container: relative difference %.3g (codec error %.3g)",
+              d2, ref);
+
+    char *body = itest_metrics_body(&d);
+    double v = 0;
+    cr_assert_eq(itest_metric(body, "kvtc_codec_gpu", &v), 0);
+    cr_assert_eq(v, 1, "kvtc_codec_gpu");
+    cr_assert_eq(itest_metric(body, "kvtc_codec_gpu_chunks_total", &v), 0);
+    cr_assert_geq(v, 2, "chunks coded on the GPU: %g", v);
+    free(body);
+    kvtc_disconnect(c);
+    free(got);
+    free(cpu_rec);
+    free(cpu_c);
     itest_daemon_stop(&d);
 }
