@@ -506,6 +506,11 @@ static int statuses_out(struct kvtc__op *op, size_t n_status, const Kvtc__Wire__
     return first;
 }
 
+/* kvtc_stats never grows: callers built against an older kvtc.h allocate
+ * this size and stats_out writes all of it. */
+_Static_assert(sizeof(kvtc_stats) == 23 * sizeof(uint64_t),
+               "kvtc_stats changed size: an ABI break");
+
 static void stats_out(kvtc_stats *s, const Kvtc__Wire__StatsReply *r)
 {
     memset(s, 0, sizeof *s);
@@ -519,7 +524,16 @@ static void stats_out(kvtc_stats *s, const Kvtc__Wire__StatsReply *r)
     F(evictions, EVICTIONS) F(rejected_full, REJECTED_FULL) F(sessions, SESSIONS)
     F(bytes_in, BYTES_IN) F(bytes_out, BYTES_OUT) F(errors, ERRORS)
     F(uptime_ms, UPTIME_MS)
+    F(gpu_bytes_used, GPU_BYTES_USED) F(gpu_bytes_capacity, GPU_BYTES_CAPACITY)
+    F(disk_bytes_used, DISK_BYTES_USED) F(disk_bytes_capacity, DISK_BYTES_CAPACITY)
+    F(disk_live_bytes, DISK_LIVE_BYTES) F(disk_dirty_chunks, DISK_DIRTY_CHUNKS)
+    F(promotions, PROMOTIONS) F(demotions, DEMOTIONS)
 #undef F
+    if (r->has_durable) {
+        s->field_mask |= KVTC_STATS_FIELD_DURABLE;
+        if (r->durable)
+            s->field_mask |= KVTC_STATS_DURABLE;
+    }
 }
 
 static int hello_out(kvtc_conn *c, const Kvtc__Wire__HelloReply *h)

@@ -367,15 +367,40 @@ enum kvtc_stats_field {
     KVTC_STATS_FIELD_BYTES_IN = 1u << 10,
     KVTC_STATS_FIELD_BYTES_OUT = 1u << 11,
     KVTC_STATS_FIELD_ERRORS = 1u << 12,
-    KVTC_STATS_FIELD_UPTIME_MS = 1u << 13
+    KVTC_STATS_FIELD_UPTIME_MS = 1u << 13,
+    /* Protocol 1.2, the lower tiers (bytes_used/bytes_capacity above are
+     * host RAM; an absent tier reports capacity 0). */
+    KVTC_STATS_FIELD_GPU_BYTES_USED = 1u << 14,
+    KVTC_STATS_FIELD_GPU_BYTES_CAPACITY = 1u << 15,
+    KVTC_STATS_FIELD_DISK_BYTES_USED = 1u << 16,
+    KVTC_STATS_FIELD_DISK_BYTES_CAPACITY = 1u << 17,
+    KVTC_STATS_FIELD_DISK_LIVE_BYTES = 1u << 18,
+    KVTC_STATS_FIELD_DISK_DIRTY_CHUNKS = 1u << 19,
+    KVTC_STATS_FIELD_PROMOTIONS = 1u << 20,
+    KVTC_STATS_FIELD_DEMOTIONS = 1u << 21,
+    /* The daemon said whether it is durable; the answer is the
+     * KVTC_STATS_DURABLE bit of field_mask (the struct had room for eight
+     * more counters, not nine). */
+    KVTC_STATS_FIELD_DURABLE = 1u << 22
 };
+/* In field_mask, with KVTC_STATS_FIELD_DURABLE: puts are acknowledged only
+ * once on disk (kvtcd --durability durable). A flag, not a field. */
+#define KVTC_STATS_DURABLE (1ull << 63)
 
 typedef struct kvtc_stats {
-    uint64_t field_mask; /* out: enum kvtc_stats_field */
+    uint64_t field_mask; /* out: enum kvtc_stats_field, KVTC_STATS_DURABLE */
     uint64_t chunks, bytes_used, bytes_capacity;
     uint64_t puts, gets, hits, misses, evictions, rejected_full;
     uint64_t sessions, bytes_in, bytes_out, errors, uptime_ms;
-    uint64_t reserved[8];
+    /* Were reserved[8]: the struct keeps its size, so programs built
+     * against the earlier header keep working. */
+    uint64_t gpu_bytes_used, gpu_bytes_capacity;
+    uint64_t disk_bytes_used;     /* segment files */
+    uint64_t disk_bytes_capacity;
+    uint64_t disk_live_bytes;     /* live records */
+    uint64_t disk_dirty_chunks;   /* cache mode: acknowledged, not on disk */
+    uint64_t promotions;          /* copies made up a tier, all tiers */
+    uint64_t demotions;           /* copies given up for a lower one */
 } kvtc_stats;
 
 /* A codec profile the daemon holds (protocol 1.2). */

@@ -46,7 +46,17 @@ int kvtc_cmd_stats(const struct kvtc_cli_global *g, int argc, char **argv)
         {"bytes_out", KVTC_STATS_FIELD_BYTES_OUT, s.bytes_out},
         {"errors", KVTC_STATS_FIELD_ERRORS, s.errors},
         {"uptime_ms", KVTC_STATS_FIELD_UPTIME_MS, s.uptime_ms},
+        {"gpu_bytes_used", KVTC_STATS_FIELD_GPU_BYTES_USED, s.gpu_bytes_used},
+        {"gpu_bytes_capacity", KVTC_STATS_FIELD_GPU_BYTES_CAPACITY, s.gpu_bytes_capacity},
+        {"disk_bytes_used", KVTC_STATS_FIELD_DISK_BYTES_USED, s.disk_bytes_used},
+        {"disk_bytes_capacity", KVTC_STATS_FIELD_DISK_BYTES_CAPACITY, s.disk_bytes_capacity},
+        {"disk_live_bytes", KVTC_STATS_FIELD_DISK_LIVE_BYTES, s.disk_live_bytes},
+        {"disk_dirty_chunks", KVTC_STATS_FIELD_DISK_DIRTY_CHUNKS, s.disk_dirty_chunks},
+        {"promotions", KVTC_STATS_FIELD_PROMOTIONS, s.promotions},
+        {"demotions", KVTC_STATS_FIELD_DEMOTIONS, s.demotions},
     };
+    int has_durable = (s.field_mask & KVTC_STATS_FIELD_DURABLE) != 0;
+    int durable = (s.field_mask & KVTC_STATS_DURABLE) != 0;
     const char *server = kvtc_cli_server(g);
     if (a.json) {
         /* The address and version are ours to print; escape the quote and
@@ -62,13 +72,17 @@ int kvtc_cmd_stats(const struct kvtc_cli_global *g, int argc, char **argv)
         for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
             if (s.field_mask & f[i].bit)
                 printf(",\"%s\":%llu", f[i].name, (unsigned long long)f[i].v);
+        if (has_durable)
+            printf(",\"durable\":%s", durable ? "true" : "false");
         printf("}\n");
         return 0;
     }
-    printf("%-16s %s (%s, protocol %u.%u)\n", "server", server,
+    printf("%-19s %s (%s, protocol %u.%u)\n", "server", server,
            info.server_version[0] ? info.server_version : "?", info.major, info.minor);
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         if (s.field_mask & f[i].bit)
-            printf("%-16s %llu\n", f[i].name, (unsigned long long)f[i].v);
+            printf("%-19s %llu\n", f[i].name, (unsigned long long)f[i].v);
+    if (has_durable)
+        printf("%-19s %s\n", "durable", durable ? "yes" : "no");
     return 0;
 }

@@ -155,8 +155,17 @@ Test(it_cli, put_get_lookup_stats_contract, .timeout = 90)
     cr_expect(one_json_object(c.out), "stats --json printed \"%s\"", c.out);
     cr_expect_eq(json_int(c.out, "chunks"), 2, "stats --json: %s", c.out);
     cr_expect_geq(json_int(c.out, "bytes_used"), 2 * (long long)n, "stats --json: %s", c.out);
+    /* The lower tiers (protocol 1.2): none here, so capacities 0, not durable. */
+    cr_expect_eq(json_int(c.out, "gpu_bytes_capacity"), 0, "stats --json: %s", c.out);
+    cr_expect_eq(json_int(c.out, "disk_bytes_capacity"), 0, "stats --json: %s", c.out);
+    cr_expect_eq(json_int(c.out, "disk_dirty_chunks"), 0, "stats --json: %s", c.out);
+    cr_expect_eq(json_int(c.out, "promotions"), 0, "stats --json: %s", c.out);
+    cr_expect_eq(json_int(c.out, "demotions"), 0, "stats --json: %s", c.out);
+    cr_expect(strstr(c.out, "\"durable\":false") != NULL, "stats --json: %s", c.out);
     cr_expect_eq(run_cli(&c, "stats", NULL, NULL, NULL, NULL), 0, "stats: exit %d: %s", c.code, c.err);
     cr_expect(c.out[0] && !one_json_object(c.out), "human stats output expected: \"%s\"", c.out);
+    cr_expect(strstr(c.out, "disk_bytes_capacity") && strstr(c.out, "durable "),
+              "human stats without the tier lines: \"%s\"", c.out);
     /* --json for put and get too: one object naming the bytes moved. */
     cr_expect_eq(run_cli(&c, "put", "--json", k1, in, NULL), 0, "put --json: exit %d: %s", c.code, c.err);
     cr_expect(one_json_object(c.out) && json_int(c.out, "bytes") == (long long)n, "put --json printed \"%s\"", c.out);

@@ -192,6 +192,26 @@ static void promotion_demotion(const char *durability, uint32_t space)
     cr_log_info("%s: %u chunks (%.1f MiB) through %.0f MiB of host RAM: %.0f demotions, %.0f promotions",
                 durability, n, total / MiB, u0.host_cap / MiB, demoted, promoted);
     cr_assert_gt(tiers_metric(&d, TIERS_SERIES(TIERS_M_HITS, "disk")), 0);
+    /* libkvtc's Stats says the same as /metrics (read before it: counters
+     * only grow). */
+    kvtc_stats st;
+    cr_assert_eq(kvtc_stats_get(c, NULL, &st), 0, "%s", kvtc_last_error(c));
+    const uint64_t tier_bits = KVTC_STATS_FIELD_GPU_BYTES_USED | KVTC_STATS_FIELD_GPU_BYTES_CAPACITY |
+                               KVTC_STATS_FIELD_DISK_BYTES_USED | KVTC_STATS_FIELD_DISK_BYTES_CAPACITY |
+                               KVTC_STATS_FIELD_DISK_LIVE_BYTES | KVTC_STATS_FIELD_DISK_DIRTY_CHUNKS |
+                               KVTC_STATS_FIELD_PROMOTIONS | KVTC_STATS_FIELD_DEMOTIONS |
+                               KVTC_STATS_FIELD_DURABLE;
+    cr_assert_eq(st.field_mask & tier_bits, tier_bits, "field_mask %#llx",
+                 (unsigned long long)st.field_mask);
+    cr_assert_eq(!!(st.field_mask & KVTC_STATS_DURABLE), !cache, "durable flag (%s)", durability);
+    cr_assert_eq(st.gpu_bytes_capacity, 0);
+    cr_assert_eq(st.disk_bytes_capacity, 256u << 20);
+    cr_assert_gt(st.disk_live_bytes, 0);
+    cr_assert_geq(st.disk_bytes_used, st.disk_live_bytes);
+    cr_assert_geq((double)st.promotions, promoted);
+    cr_assert_geq((double)st.demotions, demoted);
+    if (!cache)
+        cr_assert_eq(st.disk_dirty_chunks, 0, "durable mode has no write-behind");
     kvtc_disconnect(c);
     itest_daemon_stop(&d);
 }

@@ -191,6 +191,13 @@ class TestLookupDeletePin(DaemonCase):
         self.assertEqual(after["gets"], before["gets"] + 1)
         self.assertGreaterEqual(after["chunks"], 1)
         self.assertIn("uptime_ms", after)
+        # The lower tiers (protocol 1.2): this daemon has neither, and caches.
+        self.assertEqual(after["gpu_bytes_capacity"], 0)
+        self.assertEqual(after["disk_bytes_capacity"], 0)
+        for name in ("gpu_bytes_used", "disk_bytes_used", "disk_live_bytes",
+                     "disk_dirty_chunks", "promotions", "demotions"):
+            self.assertIn(name, after)
+        self.assertIs(after["durable"], False)
 
 
 class TestErrors(DaemonCase):

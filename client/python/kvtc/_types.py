@@ -39,9 +39,16 @@ OP_CALLBACK, OP_TTL, OP_TIMEOUT = 1 << 0, 1 << 1, 1 << 2
 # enum kvtc_engine_layout_field
 ENGINE_PAGED = 1 << 0
 
+# In kvtc_stats order: field i is filled when field_mask bit i is set.
 STATS_FIELDS = ("chunks", "bytes_used", "bytes_capacity", "puts", "gets", "hits",
                 "misses", "evictions", "rejected_full", "sessions", "bytes_in",
-                "bytes_out", "errors", "uptime_ms")
+                "bytes_out", "errors", "uptime_ms",
+                "gpu_bytes_used", "gpu_bytes_capacity", "disk_bytes_used",
+                "disk_bytes_capacity", "disk_live_bytes", "disk_dirty_chunks",
+                "promotions", "demotions")
+# field_mask: the daemon reported its durability, and the answer.
+STATS_FIELD_DURABLE = 1 << 22
+STATS_DURABLE = 1 << 63
 
 
 class Key(C.Structure):
@@ -164,8 +171,7 @@ class GetItem(C.Structure):
 
 
 class Stats(C.Structure):
-    _fields_ = ([("field_mask", C.c_uint64)] + [(n, C.c_uint64) for n in STATS_FIELDS]
-                + [("reserved", C.c_uint64 * 8)])
+    _fields_ = [("field_mask", C.c_uint64)] + [(n, C.c_uint64) for n in STATS_FIELDS]
 
 
 DoneCb = C.CFUNCTYPE(None, C.c_int, C.c_void_p)

@@ -404,8 +404,15 @@ class Client:
         self._per_key("kvtc_unpin", keys, self._params(None, timeout_ms))
 
     def stats(self, timeout_ms=None):
-        """The daemon's counters as a dict (only those it reported)."""
+        """The daemon's counters as a dict (only those it reported): host RAM
+        (chunks, bytes_used, bytes_capacity, ...), the lower tiers
+        (gpu_/disk_bytes_used and _capacity, disk_live_bytes,
+        disk_dirty_chunks, promotions, demotions; capacity 0 for an absent
+        tier) and durable (bool)."""
         s = T.Stats()
         self._call("kvtc_stats_get", self._params(None, timeout_ms), C.byref(s))
-        return {n: getattr(s, n) for i, n in enumerate(T.STATS_FIELDS)
-                if s.field_mask & (1 << i)}
+        out = {n: getattr(s, n) for i, n in enumerate(T.STATS_FIELDS)
+               if s.field_mask & (1 << i)}
+        if s.field_mask & T.STATS_FIELD_DURABLE:
+            out["durable"] = bool(s.field_mask & T.STATS_DURABLE)
+        return out
