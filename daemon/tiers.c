@@ -705,7 +705,9 @@ static void demote_host(kvtcd_tiers *t)
     uint32_t scanned = 0;
     for (kvtcd_entry *e = ix->lru_tail;
          e && planned < need && scanned < DEMOTE_SCAN_MAX; scanned++) {
-        kvtcd_entry *prev = e->lru_prev;
+        /* The next entry is read after the step, not before: demoting to
+         * a full GPU slab may evict whole GPU-only chunks (no disk tier),
+         * the next one among them; e itself stays (it is no GPU copy). */
         if (e->blob && e->disk_state != KVTCD_DISK_WRITING &&
             e->gpu_state == KVTCD_GPU_NONE && t->g &&
             t->gpu_copies < MAX_GPU_COPIES && gpu_demote(t, e) == 0) {
@@ -721,7 +723,7 @@ static void demote_host(kvtcd_tiers *t)
             kvtcd_index_drop_host(ix, e);
             ix->tc[KVTCD_T_HOST].demotions++;
         }
-        e = prev;
+        e = e->lru_prev;
     }
 }
 

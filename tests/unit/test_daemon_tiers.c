@@ -598,3 +598,73 @@ Test(daemon_tiers, gpu_tier_host_registration_refused_copies_stage)
     fx_end(&f);
     cr_assert_eq(gpu_fake_live(), 0, "GPU resources left after close");
 }
+
+/* Review: demote_host walks the LRU from the tail and remembered the next
+ * entry (lru_prev) before demoting the current one; with no disk tier, a
+ * full GPU slab makes room by evicting whole GPU-only chunks, and the one
+ * evicted may be exactly that next entry (a chunk touched by a get but not
+ * promoted: more recent than the chunk being demoted). The walk then went
+ * on from freed memory (ASan: heap-use-after-free). */
+Test(daemon_tiers, gpu_demotion_evicting_the_next_lru_entry_is_safe)
+{
+    struct fx f;
+    const size_t chunk = (256u << 10) - 64;
+    fx_start(&f, 2u << 20);          /* 8 chunks of host RAM */
+    kvtcd__cuda_set_table(gpu_fake_table());
+    kvtcd_tiers_params p = {.loop = &f.loop, .ix = &f.ix,
+                            .gpu_mem = 256u << 10};  /* one chunk */
+    cr_assert_eq(kvtcd_tiers_open(&p, &f.t), 0);
+    kvtcd_tiers_stats st;
+    kvtcd_tiers_get_stats(f.t, &st);
+    cr_assert(st.has_gpu, "the fake GPU did not open");
+    struct done d = {0};
+    int rc;
+    /* Chunk 1 first (the LRU tail), then 7 more: host RAM full. */
+    cr_assert_eq(put_chunk(&f, 1, chunk, &rc, &d, 0), 0);
+    for (uint32_t i = 10; i < 17; i++) {
+        cr_assert_eq(put_chunk(&f, i, chunk, &rc, &d, 0), 0);
+        cr_assert_eq(rc, 0, "put %u: %s", i, kvtc_strerror(rc));
+    }
+    kvtcd_tiers_kick(f.t);
+    /* Chunk 1 goes to the GPU (the only room there) and leaves RAM. */
+    for (int k = 0; k < 2000; k++) {
+        kvtcd_entry *e = find(&f, 1);
+        if (e && !e->blob && e->gpu_state == KVTCD_GPU_VALID)
+            break;
+        uv_run(&f.loop, UV_RUN_NOWAIT);
+        usleep(500);
+    }
+    kvtcd_entry *b = find(&f, 1);
+    cr_assert_not_null(b);
+    cr_assert_null(b->blob, "chunk 1 was not demoted");
+    cr_assert_eq(b->gpu_state, KVTCD_GPU_VALID);
+    /* A get touches chunk 1 (its load could not run: it stays GPU-only),
+     * and the other chunks after it, all but chunk 10: the LRU from the
+     * tail is now 10, 1, 11, ... */
+    kvtcd_index_touch(&f.ix, b, now_of(&f));
+    for (uint32_t i = 11; i < 17; i++) {
+        kvtcd_entry *e = find(&f, i);
+        cr_assert_not_null(e);
+        kvtcd_index_touch(&f.ix, e, now_of(&f));
+    }
+    cr_assert_eq(f.ix.lru_tail, find(&f, 10));
+    cr_assert_eq(f.ix.lru_tail->lru_prev, find(&f, 1));
+    /* RAM over the high watermark again: the pass demotes chunk 10 to the
+     * GPU, which evicts chunk 1, the next entry of the walk. */
+    cr_assert_eq(put_chunk(&f, 17, chunk, &rc, &d, 0), 0);
+    cr_assert_eq(rc, 0);
+    kvtcd_tiers_kick(f.t);
+    for (int k = 0; k < 200; k++) {
+        uv_run(&f.loop, UV_RUN_NOWAIT);
+        usleep(500);
+    }
+    cr_assert_null(find(&f, 1), "chunk 1 should have made room");
+    kvtcd_tiers_get_stats(f.t, &st);
+    cr_assert_leq(st.used[KVTCD_T_GPU], st.capacity[KVTCD_T_GPU]);
+    cr_assert_leq(f.host->used, f.host->capacity);
+    for (uint32_t i = 10; i < 18; i++)
+        if (find(&f, i))
+            expect_exact(&f, i, chunk);
+    fx_end(&f);
+    cr_assert_eq(gpu_fake_live(), 0, "GPU resources left after close");
+}
