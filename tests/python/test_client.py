@@ -237,14 +237,23 @@ class TestErrors(DaemonCase):
         self.assertEqual(cm.exception.code, errors.KVTC_EINVAL)
         self.assertTrue(cm.exception.message)
 
-    def test_modes_other_than_raw(self):
+    def test_modes_checked_and_raw_chunks_stay_raw(self):
         k, = self.keys(1, "mode")
-        with self.assertRaisesRegex(NotImplementedError, "raw chunks only"):
+        with self.assertRaisesRegex(ValueError, "mode="):
             self.client.put(k, b"x", mode="kvtc")
-        with self.assertRaisesRegex(NotImplementedError, "raw chunks only"):
+        with self.assertRaisesRegex(ValueError, "want="):
             self.client.get(k, want="compressed")
+        with self.assertRaisesRegex(ValueError, "layout"):  # ratio needs a layout
+            self.client.put(k, b"x", ratio=8)
+        with self.assertRaises(kvtc.KvtcError):  # not a container
+            self.client.put(k, b"x" * 64, container=True)
         self.client.put(k, b"x", mode="raw")
         self.assertEqual(self.client.get(k, want="raw").tobytes(), b"x")
+        # A chunk stored raw comes back raw whatever want asks for.
+        for want in ("kvtc", "container"):
+            a, m = self.client.get(k, want=want, meta=True)
+            self.assertEqual(a.tobytes(), b"x")
+            self.assertEqual(m["encoding"], "raw")
 
     def test_unusable_outputs(self):
         k, = self.keys(1, "out")

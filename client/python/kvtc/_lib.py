@@ -88,6 +88,11 @@ def _declare(lib):
     for op in ("kvtc_delete", "kvtc_pin", "kvtc_unpin"):
         _proto(lib, op, i32, [conn, KP, sz, OPP, i32p])
     _proto(lib, "kvtc_stats_get", i32, [conn, OPP, C.POINTER(T.Stats)])
+    PIP = C.POINTER(T.ProfileInfo)
+    _proto(lib, "kvtc_profile_upload", i32, [conn, vp, sz, OPP, PIP])
+    _proto(lib, "kvtc_profile_list", i32, [conn, OPP, PIP, sz, szp])
+    _proto(lib, "kvtc_profile_delete", i32, [conn, C.c_uint64, OPP])
+    _proto(lib, "kvtc_inspect", i32, [vp, sz, C.POINTER(T.ContainerInfo)])
 
 
 _lib = None

@@ -174,6 +174,39 @@ class Stats(C.Structure):
     _fields_ = [("field_mask", C.c_uint64)] + [(n, C.c_uint64) for n in STATS_FIELDS]
 
 
+MAX_PLANS = 16  # KVTC_MAX_PLANS (kvtc_codec.h)
+
+
+class ProfileInfo(C.Structure):
+    """kvtc_profile_info: a codec profile the daemon holds."""
+    _fields_ = [
+        ("id", C.c_uint64),
+        ("layout", Layout),
+        ("size", C.c_uint64),
+        ("n_plans", C.c_uint32),
+        ("ratios", C.c_float * MAX_PLANS),
+        ("reserved", C.c_uint64 * 4),
+    ]
+
+
+class ContainerInfo(C.Structure):
+    """kvtc_container_info: what a container's validated header says."""
+    _fields_ = [
+        ("version", C.c_uint32),
+        ("mode", C.c_uint32),
+        ("stage", C.c_uint32),
+        ("plan", C.c_uint32),
+        ("profile_id", C.c_uint64),
+        ("layout", Layout),
+        ("n_tokens", C.c_uint32),
+        ("first_pos", C.c_uint32),
+        ("sink_tokens", C.c_uint32),
+        ("pieces", C.c_uint32),
+        ("container_bytes", C.c_uint64),
+        ("raw_bytes", C.c_uint64),
+    ]
+
+
 DoneCb = C.CFUNCTYPE(None, C.c_int, C.c_void_p)
 
 
@@ -194,6 +227,8 @@ MIRRORS = {
     "kvtc_conn_params": ("kvtc.h", ConnParams), "kvtc_server_info": ("kvtc.h", ServerInfo),
     "kvtc_put_item": ("kvtc.h", PutItem), "kvtc_get_item": ("kvtc.h", GetItem),
     "kvtc_stats": ("kvtc.h", Stats), "kvtc_op_params": ("kvtc.h", OpParams),
+    "kvtc_profile_info": ("kvtc.h", ProfileInfo),
+    "kvtc_container_info": ("kvtc_codec.h", ContainerInfo),
 }
 
 

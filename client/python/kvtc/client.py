@@ -13,10 +13,13 @@ releases the GIL during the C calls.
 fork(): UCX does not survive it. Create Clients after forking (or in the
 child after exec), never before, as libkvtc documents.
 
-Modes: this binding moves raw chunks only for now. put(mode=) and get(want=)
-exist so code written today keeps working when it wires libkvtc's compressed
-puts and gets (protocol 1.2: target ratio, client containers, want=KVTC or
-CONTAINER); anything but "raw" raises NotImplementedError until then.
+Compression (protocol 1.2): put(ratio=R) has the daemon compress the chunk
+with the profile it holds for the chunk's layout (upload_profile();
+without one the chunk is stored raw); put(container=True) stores a
+container made on this side (kvtc_encode, kvtc.gpu) as is. get(want="raw")
+has the daemon decode, want="kvtc" moves the container (~1/R of the bytes)
+and libkvtc decodes it on the CPU into the result, want="container" returns
+the container itself. Chunks stored raw always come back raw.
 """
 
 import ctypes as C
@@ -39,11 +42,24 @@ _FIRST_HINT = 1 << 20
 _GUESS_BUDGET = 1 << 30
 
 
-def _raw_only(kind, value):
-    if value != "raw":
-        raise NotImplementedError(
-            "%s=%r: the Python binding moves raw chunks only for now; compressed "
-            "modes are not wired to libkvtc yet (use %s=\"raw\")" % (kind, value, kind))
+_WANTS = {"raw": T.WANT_RAW, "kvtc": T.WANT_KVTC, "container": T.WANT_CONTAINER}
+
+
+def _want_of(want):
+    try:
+        return _WANTS[want]
+    except (KeyError, TypeError):
+        raise ValueError("want=%r: one of %s" % (want, ", ".join(map(repr, _WANTS)))) from None
+
+
+def _profile_id(pid):
+    """A profile id from an int or its 16-digit hex form (as kvtc prints it)."""
+    return int(pid, 16) if isinstance(pid, str) else int(pid)
+
+
+def _profile_dict(info):
+    return {"id": info.id, "layout": T.Layout.from_buffer_copy(info.layout),
+            "size": info.size, "ratios": [info.ratios[i] for i in range(info.n_plans)]}
 
 
 def make_layout(layout=None, **fields):
@@ -179,7 +195,8 @@ class Client:
     # ---- put -----------------------------------------------------------
 
     def put(self, key, array, layout=None, first_pos=0, n_tokens=None, parent=None,
-            ttl_ms=None, live_window=False, mode="raw", timeout_ms=None):
+            ttl_ms=None, live_window=False, mode="raw", timeout_ms=None, ratio=None,
+            container=False):
         """Store one chunk under key.
 
         array: numpy array, torch tensor (CPU or CUDA) or bytes-like; its bytes
@@ -188,14 +205,23 @@ class Client:
         with it, n_tokens defaults to what the size implies and first_pos is
         the first token's absolute position. parent: the key this chunk
         extends (prefix-aware eviction). ttl_ms: expiry. live_window: never
-        transform-code this chunk. mode: "raw" only for now.
+        transform-code this chunk.
+        ratio (needs a layout): the daemon compresses the chunk at the plan of
+        its profile for this layout nearest ratio from above (else the
+        highest); stored raw without such a profile or with live_window.
+        container=True (or mode="container"): array is a kvtc container
+        made on this side; its layout, first_pos and n_tokens come from its
+        header unless given, and the daemon refuses it (KVTC_EPROFILE)
+        without the container's profile.
         Raises KvtcError (KVTC_EFULL, KVTC_ENOSPC over max_chunk_bytes, ...)."""
         self.put_many([key], [array], layout=layout, first_pos=first_pos,
                       n_tokens=n_tokens, parents=[parent], ttl_ms=ttl_ms,
-                      live_window=live_window, mode=mode, timeout_ms=timeout_ms)
+                      live_window=live_window, mode=mode, timeout_ms=timeout_ms,
+                      ratio=ratio, container=container)
 
     def put_many(self, keys, arrays, layout=None, first_pos=0, n_tokens=None, parents=None,
-                 ttl_ms=None, live_window=False, mode="raw", timeout_ms=None):
+                 ttl_ms=None, live_window=False, mode="raw", timeout_ms=None, ratio=None,
+                 container=False):
         """Store chunks keys[i] <- arrays[i] in as few requests as the daemon's
         max_batch allows (each request is one zero-copy send).
 
@@ -205,7 +231,18 @@ class Client:
         key-or-None per chunk. Other arguments as put(). Raises the first
         failed chunk's KvtcError (its message names the chunk); chunks before
         it in the same request may be stored."""
-        _raw_only("mode", mode)
+        if mode not in ("raw", "container"):
+            raise ValueError("mode=%r: \"raw\" or \"container\"" % (mode,))
+        container = bool(container) or mode == "container"
+        if ratio is not None:
+            ratio = float(ratio)
+            if container:
+                raise ValueError("ratio= compresses raw chunks; a container is stored as is")
+            if layout is None:
+                raise ValueError("ratio= needs the chunk's layout (the daemon picks the "
+                                 "profile by it)")
+            if ratio < 1:
+                raise ValueError("ratio=%g: at least 1" % ratio)
         keys, arrays = list(keys), list(arrays)
         if len(keys) != len(arrays):
             raise ValueError("%d keys for %d arrays" % (len(keys), len(arrays)))
@@ -226,12 +263,19 @@ class Client:
             if par is not None:
                 to_struct(par, it.parent)
                 it.field_mask |= T.PUT_PARENT
-            if lay is not None:
+            if container:
+                it.encoding = T.ENCODING_KVTC
+                it.field_mask |= T.PUT_ENCODING
+                self._container_layout(it, ptr, size, mem, lay, n_tokens, keep)
+            elif lay is not None:
                 nt = _tokens_of(lay, size) if n_tokens is None else int(n_tokens)
                 it.layout = C.pointer(lay)
                 it.first_pos, it.n_tokens = pos, nt
                 it.field_mask |= T.PUT_LAYOUT
                 pos += nt
+            if ratio is not None:
+                it.target_ratio = ratio
+                it.field_mask |= T.PUT_RATIO
             if live_window:
                 it.flags = T.PUT_LIVE_WINDOW
                 it.field_mask |= T.PUT_FLAGS
@@ -248,6 +292,27 @@ class Client:
                         bad, to_bytes(keys[bad]).hex())
                     self._check(rc, what)
 
+    def _container_layout(self, it, ptr, size, mem, lay, n_tokens, keep):
+        """Layout, first_pos and n_tokens of a client container: its header's
+        (validated by kvtc_inspect), or the caller's layout and n_tokens."""
+        if mem == T.MEM_HOST:
+            info = T.ContainerInfo()
+            rc = self._lib.kvtc_inspect(ptr, size, C.byref(info))
+            if rc:
+                raise error(rc, "put(container=True): not a valid kvtc container", "put")
+            own = T.Layout.from_buffer_copy(info.layout) if lay is None else lay
+            nt = info.n_tokens if n_tokens is None else int(n_tokens)
+            first = info.first_pos
+        elif lay is not None and n_tokens is not None:
+            own, nt, first = lay, int(n_tokens), 0
+        else:
+            # A container in GPU memory cannot be inspected here.
+            raise ValueError("put(container=True) of device memory needs layout= and n_tokens=")
+        keep.append(own)
+        it.layout = C.pointer(own)
+        it.first_pos, it.n_tokens = first, nt
+        it.field_mask |= T.PUT_LAYOUT
+
     # ---- get -----------------------------------------------------------
 
     def get(self, key, out=None, want="raw", meta=False, timeout_ms=None):
@@ -260,7 +325,14 @@ class Client:
         [layer][2][token][kv_head][head_dim] in the layout's dtype (bf16 as
         uint16) when the chunk was put with a layout, else flat uint8.
         meta=True returns (array, dict(size, tier, layout, first_pos,
-        n_tokens)). want: "raw" only for now."""
+        n_tokens, encoding, wire_size)).
+        want (for chunks stored compressed): "raw" (default) the daemon
+        decodes; "kvtc" the container travels (~1/ratio of the bytes) and
+        libkvtc decodes it on the CPU (the profile is fetched once per
+        connection), so the result is the raw chunk either way; "container"
+        returns the container itself (flat uint8, meta encoding "kvtc"; decode
+        it with kvtc.gpu or libkvtc). Chunks stored raw come back raw
+        (encoding "raw") whatever want says."""
         res = self.get_many([key], None if out is None else [out], want=want, meta=True,
                             timeout_ms=timeout_ms)[0]
         if res is None:
@@ -272,7 +344,7 @@ class Client:
         with, per key, what get() returns, or None where the key is not
         stored. outs: None, or one destination (or None) per key. Other
         errors raise KvtcError naming the first failed key."""
-        _raw_only("want", want)
+        want = _want_of(want)
         keys = list(keys)
         outs = list(outs) if outs is not None else [None] * len(keys)
         if len(outs) != len(keys):
@@ -282,7 +354,8 @@ class Client:
         # Two passes at most: the second refetches, at their now known sizes,
         # the chunks that did not fit the guessed buffers of the first.
         for attempt in (0, 1):
-            retry = self._get_pass(keys, outs, todo, results, timeout_ms, final=attempt == 1)
+            retry = self._get_pass(keys, outs, todo, results, timeout_ms, want,
+                                   final=attempt == 1)
             if not retry:
                 break
             todo = retry
@@ -290,7 +363,7 @@ class Client:
             return results
         return [r[0] if r is not None else None for r in results]
 
-    def _get_pass(self, keys, outs, idx, results, timeout_ms, final):
+    def _get_pass(self, keys, outs, idx, results, timeout_ms, want, final):
         items = (T.GetItem * max(len(idx), 1))()
         guess = self._hint
         if not final:
@@ -306,6 +379,9 @@ class Client:
                 ptr, cap, mem = ref.ctypes.data, ref.nbytes, T.MEM_HOST
             bufs.append(ref)
             it.buf, it.capacity, it.mem, it.field_mask = ptr, cap, mem, T.GET_MEM
+            if want != T.WANT_RAW:
+                it.want = want
+                it.field_mask |= T.GET_WANT
         params = self._params(None, timeout_ms)
         retry = []
         with self._lock:
@@ -326,21 +402,26 @@ class Client:
                             to_bytes(keys[i]).hex(), it.size, it.capacity) \
                             if it.status == KVTC_ENOSPC else "key %s" % to_bytes(keys[i]).hex()
                         raise error(it.status, msg, "get")
-                    results[i] = self._result(it, outs[i], bufs[j])
+                    results[i] = self._result(it, outs[i], bufs[j], want)
                 if rc and rc not in (KVTC_ENOENT, KVTC_ENOSPC):
                     self._check(rc, "get")  # the request itself failed
         return retry
 
-    def _result(self, it, out, buf):
+    def _result(self, it, out, buf, want):
+        # encoding: what landed in the buffer (want="kvtc" decodes here).
+        landed = T.ENCODING_KVTC if (want == T.WANT_CONTAINER and
+                                     it.encoding == T.ENCODING_KVTC) else T.ENCODING_RAW
         info = {"size": it.size, "tier": T.TIER_NAMES.get(it.tier),
                 "layout": T.Layout.from_buffer_copy(it.layout) if it.has_layout else None,
-                "first_pos": it.first_pos, "n_tokens": it.n_tokens}
+                "first_pos": it.first_pos, "n_tokens": it.n_tokens,
+                "encoding": "kvtc" if landed == T.ENCODING_KVTC else "raw",
+                "wire_size": it.wire_size}
         if out is not None:
             buffers.after_get(out)
             return out, info
         self._hint = max(self._hint, it.size)
         raw = buf[:it.size]
-        if it.has_layout:
+        if it.has_layout and landed == T.ENCODING_RAW:
             raw = buffers.shaped(raw, it.layout, it.n_tokens)
         return raw, info
 
@@ -402,6 +483,41 @@ class Client:
     def unpin(self, keys, timeout_ms=None):
         """Remove pins. An absent key raises NotFound."""
         self._per_key("kvtc_unpin", keys, self._params(None, timeout_ms))
+
+    # ---- codec profiles ------------------------------------------------
+
+    def upload_profile(self, profile, timeout_ms=None):
+        """Upload a codec profile (.kvtcp: a path, or its bytes, e.g. from
+        `kvtc calibrate` or kvtc.gpu) for the daemon to compress chunks of
+        its layout with. Returns its description, a dict (id, layout, size,
+        ratios). Uploading one the daemon has is not an error. Raises
+        KvtcError (KVTC_ECORRUPT / KVTC_EVERSION / KVTC_EINVAL: not a valid
+        profile; KVTC_ENOSPC: over the daemon's limits)."""
+        if isinstance(profile, (str, os.PathLike)):
+            with open(profile, "rb") as fh:
+                profile = fh.read()
+        data = bytes(profile)
+        info = T.ProfileInfo()
+        self._call("kvtc_profile_upload", data, len(data), self._params(None, timeout_ms),
+                   C.byref(info))
+        return _profile_dict(info)
+
+    def profiles(self, timeout_ms=None):
+        """The daemon's profiles, newest first, as upload_profile() describes
+        them."""
+        cap = 256  # the daemon holds at most 256 (KVTCD_MAX_PROFILES)
+        infos = (T.ProfileInfo * cap)()
+        n = C.c_size_t()
+        self._call("kvtc_profile_list", self._params(None, timeout_ms), infos, cap,
+                   C.byref(n))
+        return [_profile_dict(infos[i]) for i in range(n.value)]
+
+    def delete_profile(self, profile_id, timeout_ms=None):
+        """Delete a profile (its id as an int or 16 hex digits). Chunks
+        compressed with it can no longer be served raw (KVTC_EPROFILE) until
+        it is uploaded again. An unknown id raises NotFound."""
+        self._call("kvtc_profile_delete", _profile_id(profile_id),
+                   self._params(None, timeout_ms))
 
     def stats(self, timeout_ms=None):
         """The daemon's counters as a dict (only those it reported): host RAM
