@@ -2,7 +2,8 @@
  *
  * Reads and writes exactly the container of the CPU codec (kvtc_codec.h,
  * docs/container.md): whatever one encodes, the other decodes. The stages
- * run as CUDA kernels, cuBLAS GEMMs and nvCOMP's batched raw DEFLATE, many
+ * run as CUDA kernels, cuBLAS GEMMs and nvCOMP's batched raw DEFLATE (or
+ * our own inflate, kvtc_gpu_params.inflate), many
  * chunks per call, asynchronously on a caller-given stream: no call below
  * synchronizes the host with the device except create/free.
  *
@@ -52,6 +53,17 @@ enum kvtc_gpu_gemm {
     KVTC_GPU_GEMM_FP16 = 1  /* fp16 operands (default) */
 };
 
+/* Who inflates the DEFLATE pieces when decoding. */
+enum kvtc_gpu_inflate {
+    KVTC_GPU_INFLATE_NVCOMP = 0, /* nvCOMP's batched Deflate (the default) */
+    KVTC_GPU_INFLATE_KVTC = 1    /* ours (kernels/gpu_inflate.cu): every block
+                                    type and LZ copies, one thread per piece;
+                                    correct but 1.2x slower than nvCOMP on an
+                                    H100 (9.2 vs 7.6 ms per GiB of KV, see
+                                    docs/perf-notes.md): the comparison and
+                                    the base of a sub-piece parallel decoder */
+};
+
 /* A zeroed struct is not the defaults: pass NULL for them. */
 typedef struct kvtc_gpu_params {
     uint32_t gemm;          /* enum kvtc_gpu_gemm */
@@ -61,6 +73,7 @@ typedef struct kvtc_gpu_params {
                                (docs/perf-notes.md); 1: LZ + Huffman) */
     int device;             /* CUDA device ordinal the context lives on */
     int timing;             /* 1: record per-stage CUDA events (benchmarks) */
+    int inflate;            /* enum kvtc_gpu_inflate (0: nvCOMP, the default) */
 } kvtc_gpu_params;
 
 typedef struct kvtc_gpu_codec kvtc_gpu_codec;
@@ -134,7 +147,8 @@ enum kvtc_gpu_stage {
     KVTC_GPU_STAGE_ROWS,        /* chunk -> rows (RoPE, means) or back */
     KVTC_GPU_STAGE_GEMM,        /* cuBLAS projection */
     KVTC_GPU_STAGE_QUANT,       /* quantize + pack, or dequantize */
-    KVTC_GPU_STAGE_DEFLATE,     /* nvCOMP batched Deflate / Inflate */
+    KVTC_GPU_STAGE_DEFLATE,     /* nvCOMP batched Deflate / our or nvCOMP's
+                                   inflate */
     KVTC_GPU_STAGE_CONTAINER,   /* table, compaction, checksums, headers,
                                    validation, raw sections */
     KVTC_GPU_N_STAGES

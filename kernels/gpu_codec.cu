@@ -133,10 +133,11 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
 {
     if (!p || !out || plan >= p->n_plans)
         return KVTC_EINVAL;
-    kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 0};
+    kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 0, KVTC_GPU_INFLATE_NVCOMP};
     if (params)
         prm = *params;
-    if (prm.gemm > KVTC_GPU_GEMM_FP16 || prm.deflate_algo < 0 || prm.deflate_algo > 5)
+    if (prm.gemm > KVTC_GPU_GEMM_FP16 || prm.deflate_algo < 0 || prm.deflate_algo > 5 ||
+        (prm.inflate != KVTC_GPU_INFLATE_KVTC && prm.inflate != KVTC_GPU_INFLATE_NVCOMP))
         return KVTC_EINVAL;
     if (!kvtc_gpu_available())
         return KVTC_ENOTSUP;

@@ -1,14 +1,16 @@
 /* gpu_decode.cu - many containers back to canonical chunks. The device
  * first proves each container sound (header checksum, every field equal to
  * what the host expects, section checksums, piece table), and only then
- * lets its pieces reach nvCOMP; a bad container's pieces are replaced by an
- * empty DEFLATE block so the batch stays well formed. Symbols are checked
- * again as they are dequantized (fp8 NaN codes, non-finite shift/scale). */
+ * lets its pieces reach the inflate (ours, gpu_inflate.cu, or nvCOMP's); a
+ * bad container's pieces are replaced by an empty DEFLATE block so the
+ * batch stays well formed. Symbols are checked again as they are
+ * dequantized (fp8 NaN codes, non-finite shift/scale). */
 #include <stdlib.h>
 #include <string.h>
 
 #include <nvcomp/deflate.h>
 
+#include "gpu_inflate.h"
 #include "gpu_internal.h"
 #include "xxh3_core.h"
 
@@ -177,8 +179,9 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
     uint32_t kmax = g->ld[0] > g->ld[1] ? g->ld[0] : g->ld[1];
     nvcompBatchedDeflateDecompressOpts_t opts = nvcompBatchedDeflateDecompressDefaultOpts;
     size_t temp_bytes = 0;
+    int nv = g->params.inflate == KVTC_GPU_INFLATE_NVCOMP;
     rc = kvtc__cuda_err(cudaSetDevice(g->params.device), "cudaSetDevice");
-    if (!rc && P &&
+    if (!rc && P && nv &&
         nvcompBatchedDeflateDecompressGetTempSize(P, KVTC_PIECE_MAX, opts, &temp_bytes,
                                                   P * KVTC_PIECE_MAX, st) != nvcompSuccess)
         rc = KVTC_EIO;
@@ -280,13 +283,23 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
         if ((rc = kvtc__cuda_err(cudaGetLastError(), "validate/gather")))
             return rc;
         kvtc__mark(g, KVTC_GPU_STAGE_CONTAINER, st);
-        if (nvcompBatchedDeflateDecompressAsync(
-                (const void *const *)(dm + mp.o_cmpp), cmps, (const size_t *)(dm + mp.o_outb), outs,
-                P, g->temp.p, temp_bytes, (void *const *)(dm + mp.o_outp), opts, nvst,
-                st) != nvcompSuccess)
-            return KVTC_EIO;
-        k_dec_check<<<(unsigned)((P + 255) / 256), 256, 0, st>>>(
-            dpc, P, (const size_t *)(dm + mp.o_outb), outs, nvst, d_status);
+        if (!nv) {
+            /* Ours (params.inflate): pieces of failed containers are
+             * skipped, a bad piece fails its container directly. */
+            if ((rc = kvtc__inflate_batch((const void *const *)(dm + mp.o_cmpp), cmps,
+                                          (void *const *)(dm + mp.o_outp),
+                                          (const size_t *)(dm + mp.o_outb), P, dpc, d_status,
+                                          NULL, st)))
+                return rc;
+        } else {
+            if (nvcompBatchedDeflateDecompressAsync(
+                    (const void *const *)(dm + mp.o_cmpp), cmps, (const size_t *)(dm + mp.o_outb),
+                    outs, P, g->temp.p, temp_bytes, (void *const *)(dm + mp.o_outp), opts, nvst,
+                    st) != nvcompSuccess)
+                return KVTC_EIO;
+            k_dec_check<<<(unsigned)((P + 255) / 256), 256, 0, st>>>(
+                dpc, P, (const size_t *)(dm + mp.o_outb), outs, nvst, d_status);
+        }
         kvtc__mark(g, KVTC_GPU_STAGE_DEFLATE, st);
     }
     for (int s = 0; s < 2 && M; s++) {

@@ -4,7 +4,8 @@
  * source (power-law spectrum behind RoPE). In the same run: the cuBLAS GEMM
  * alone for the same projection shapes, and the device-to-device copy
  * bandwidth; per-stage times; quality against the original and against
- * the CPU codec; bf16 vs fp16 projections; nvCOMP algorithms.
+ * the CPU codec; bf16 vs fp16 projections; nvCOMP algorithms; our inflate
+ * vs nvCOMP's (stage and end to end).
  * Prints a table; writes bench/results/gpu.json.
  *   kvtc-bench-gpu [--chunks N] [--iters N] [--rank R] [--calib-tokens N]
  *                  [--max-components K] [--calib-gpu 0|1] [--lean 1] [--json PATH] */
@@ -374,24 +375,36 @@ int main(int argc, char **argv)
     struct run rb, rh, r0;
     uint8_t *first = NULL;
     size_t first_len = 0;
-    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1}, ch, n_chunks, &l, d_out,
+    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0}, ch, n_chunks, &l, d_out,
               raw, iters, d_in, &rb, &first, &first_len);
-    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 0}, ch, n_chunks, &l, d_out,
+    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 0, 0}, ch, n_chunks, &l, d_out,
               raw, iters, d_in, &rb, NULL, NULL); /* untimed stages: the headline */
     {
         struct run tmp;
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1}, ch, n_chunks, &l,
+        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0}, ch, n_chunks, &l,
                   d_out, raw, 2, d_in, &tmp, NULL, NULL);
         memcpy(rb.enc_stage, tmp.enc_stage, sizeof rb.enc_stage);
         memcpy(rb.dec_stage, tmp.dec_stage, sizeof rb.dec_stage);
+    }
+    /* Our inflate on the same batch and profile, against nvCOMP's (the
+     * headline's): stage time from a timed run, end to end from an untimed
+     * one. */
+    struct run rn;
+    {
+        struct run tmp;
+        kvtc_gpu_params nv = {KVTC_GPU_GEMM_FP16, 0, 0, 1, KVTC_GPU_INFLATE_KVTC};
+        run_codec(p, plan, nv, ch, n_chunks, &l, d_out, raw, 2, d_in, &tmp, NULL, NULL);
+        nv.timing = 0;
+        run_codec(p, plan, nv, ch, n_chunks, &l, d_out, raw, iters, d_in, &rn, NULL, NULL);
+        memcpy(rn.dec_stage, tmp.dec_stage, sizeof rn.dec_stage);
     }
     memset(&rh, 0, sizeof rh);
     memset(&r0, 0, sizeof r0);
     rh.enc_ms = rh.dec_ms = r0.enc_ms = r0.dec_ms = INFINITY; /* 0 GB/s when skipped */
     if (!lean) {
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_BF16, 0, 0, 0}, ch, n_chunks, &l,
+        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_BF16, 0, 0, 0, 0}, ch, n_chunks, &l,
                   d_out, raw, iters, d_in, &rh, NULL, NULL);
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 1, 0, 0}, ch, n_chunks, &l,
+        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 1, 0, 0, 0}, ch, n_chunks, &l,
                   d_out, raw, iters, d_in, &r0, NULL, NULL);
     }
     /* A GPU container must decode on the CPU. */
@@ -426,6 +439,13 @@ int main(int argc, char **argv)
     printf("%-34s %10.2f %10.1f   ratio %.2fx, rel.err %.4g (CPU %.4g)\n", "compress (fp16 GEMM, algo 0)",
            rb.enc_ms, enc_gbs, rb.ratio, rb.rel_mse, cpu_rel);
     printf("%-34s %10.2f %10.1f\n", "decompress (fp16 GEMM)", rb.dec_ms, dec_gbs);
+    printf("%-34s %10.2f %10.1f   rel.err %.4g\n", "decompress (our inflate)", rn.dec_ms,
+           gb / (rn.dec_ms * 1e-3), rn.rel_mse);
+    printf("%-34s %10.2f %10s   ours: %.2f ms (%.1f vs %.1f GB/s of container bytes)\n",
+           "inflate stage (nvCOMP)", rb.dec_stage[KVTC_GPU_STAGE_DEFLATE], "",
+           rn.dec_stage[KVTC_GPU_STAGE_DEFLATE],
+           raw / rb.ratio / 1e6 / rb.dec_stage[KVTC_GPU_STAGE_DEFLATE],
+           raw / rb.ratio / 1e6 / rn.dec_stage[KVTC_GPU_STAGE_DEFLATE]);
     printf("%-34s %10.2f %10.1f   rel.err %.4g\n", "compress (bf16 GEMM)", rh.enc_ms,
            gb / (rh.enc_ms * 1e-3), rh.rel_mse);
     printf("%-34s %10.2f %10.1f\n", "decompress (bf16 GEMM)", rh.dec_ms, gb / (rh.dec_ms * 1e-3));
@@ -464,13 +484,17 @@ int main(int argc, char **argv)
                    "\"rel_sq_error\": %.5g}, "
                    "\"nvcomp_algo1\": {\"compress_gbps\": %.2f, \"decompress_gbps\": %.2f, "
                    "\"ratio\": %.3f}, "
+                   "\"our_inflate\": {\"decompress_gbps\": %.2f, \"inflate_ms\": %.3f, "
+                   "\"rel_sq_error\": %.5g}, \"nvcomp_inflate_ms\": %.3f, "
                    "\"gemm_alone_ms\": %.3f, \"gemm_tflops\": %.1f, \"copy_ms\": %.3f, "
                    "\"copy_gbps_rw\": %.1f, \"compress_over_gemm\": %.3f, "
                    "\"decompress_over_gemm\": %.3f, \"stages_compress_ms\": {",
                 prop.name, n_chunks, raw, pi.key_components, pi.value_components, pi.groups,
                 rb.ratio, rb.enc_ms, rb.dec_ms, enc_gbs, dec_gbs, rb.rel_mse, cpu_rel,
                 lean ? "false" : "true", gb / (rh.enc_ms * 1e-3), gb / (rh.dec_ms * 1e-3), rh.rel_mse,
-                gb / (r0.enc_ms * 1e-3), gb / (r0.dec_ms * 1e-3), r0.ratio, gemm_ms, tfl, copy_ms,
+                gb / (r0.enc_ms * 1e-3), gb / (r0.dec_ms * 1e-3), r0.ratio,
+                gb / (rn.dec_ms * 1e-3), rn.dec_stage[KVTC_GPU_STAGE_DEFLATE], rn.rel_mse,
+                rb.dec_stage[KVTC_GPU_STAGE_DEFLATE], gemm_ms, tfl, copy_ms,
                 copy_gbs, rb.enc_ms / gemm_ms, rb.dec_ms / gemm_ms);
         for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
             fprintf(f, "%s\"%s\": %.3f", s ? ", " : "", kvtc_gpu_stage_name(s), rb.enc_stage[s]);

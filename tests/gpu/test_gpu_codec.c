@@ -3,12 +3,17 @@
  * within the CPU reference's own error, on synthetic layouts and on real
  * stories260K KV; odd sizes, thousands of chunks per batch, poisoned
  * outputs, corrupt containers, non-finite KV, nvCOMP pieces as plain raw
- * DEFLATE. Every test skips when no GPU is present. */
+ * DEFLATE. The cross paths decode with our inflate and with nvCOMP's (the
+ * default): both must give the same chunks. Every test skips when no GPU
+ * is present. */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
 
+#include "../../kernels/inflate_core.h"
 #include "gpu_test_util.h"
 #include "llama_model.h"
 #include "test_util.h"
@@ -88,7 +93,9 @@ static void assert_close(const kvtc_layout *l, const void *orig, const void *cpu
 static void cross_check(const kvtc_profile *p, uint32_t plan, struct batch *b, uint32_t gemm)
 {
     const kvtc_layout *l = kvtc_profile_layout(p);
-    kvtc_gpu_params prm = {gemm, plan == 0 ? 1 : 0, 0, 0}; /* both nvCOMP modes */
+    /* both nvCOMP modes to encode; our inflate decodes (nvCOMP's, the
+     * default, is checked against it below) */
+    kvtc_gpu_params prm = {gemm, plan == 0 ? 1 : 0, 0, 0, KVTC_GPU_INFLATE_KVTC};
     tol = gemm == KVTC_GPU_GEMM_BF16 ? 2.0 : 1.3;
     kvtc_gpu_codec *g = NULL;
     cr_assert_eq(kvtc_gpu_codec_create(p, plan, &prm, &g), 0);
@@ -122,11 +129,25 @@ static void cross_check(const kvtc_profile *p, uint32_t plan, struct batch *b, u
         free(rec[i]);
     }
     gt_gpu_decode(g, l, b->c, b->n, b->gpu, b->gpu_len, rec, st);
+    /* nvCOMP's inflate (still selectable) must give the very same chunks */
+    kvtc_gpu_codec *gn = NULL;
+    prm.inflate = KVTC_GPU_INFLATE_NVCOMP;
+    cr_assert_eq(kvtc_gpu_codec_create(p, plan, &prm, &gn), 0);
+    void **rn = calloc(b->n, sizeof *rn);
+    int32_t *sn = calloc(b->n, 4);
+    gt_gpu_decode(gn, l, b->c, b->n, b->gpu, b->gpu_len, rn, sn);
     for (uint32_t i = 0; i < b->n; i++) {
         cr_assert_eq(st[i], 0, "GPU decode of GPU chunk %u: status %d", i, st[i]);
         assert_close(l, b->c[i].data, b->cpu_rec[i], rec[i], b->c[i].n_tokens, "GPU enc -> GPU dec", i);
+        cr_assert_eq(sn[i], 0, "nvCOMP inflate, chunk %u: status %d", i, sn[i]);
+        cr_assert(!memcmp(rec[i], rn[i], kvtc_chunk_bytes(l, b->c[i].n_tokens)),
+                  "chunk %u: our inflate and nvCOMP's decode differently", i);
         free(rec[i]);
+        free(rn[i]);
     }
+    free(rn);
+    free(sn);
+    kvtc_gpu_codec_free(gn);
     kvtc_decoder_free(dec);
     kvtc_gpu_codec_free(g);
     free(st);
@@ -254,7 +275,15 @@ Test(gpu_codec, raw_containers_are_byte_identical_to_cpu)
     kvtc_profile_free(p);
 }
 
-Test(gpu_codec, nvcomp_pieces_are_plain_raw_deflate)
+/* Also a survey of what nvCOMP writes (block types, matches, code lengths)
+ * through the host build of our decoder, for algo 0 and 1. */
+ParameterizedTestParameters(gpu_codec, nvcomp_pieces_are_plain_raw_deflate)
+{
+    static int algo[] = {0, 1};
+    return cr_make_param_array(int, algo, 2);
+}
+
+ParameterizedTest(int *algo, gpu_codec, nvcomp_pieces_are_plain_raw_deflate)
 {
     GPU_OR_SKIP();
     kvtc_layout l = gt_layout(8, 4, 32, KVTC_DTYPE_BF16, KVTC_ROPE_HALF_SPLIT);
@@ -264,7 +293,11 @@ Test(gpu_codec, nvcomp_pieces_are_plain_raw_deflate)
     b.n = 1;
     b.c[0] = (kvtc_chunk){gt_chunk(&l, 1000, 4096, 8), 1000, 4096, 0};
     kvtc_gpu_codec *g = NULL;
-    cr_assert_eq(kvtc_gpu_codec_create(p, 0, NULL, &g), 0);
+    kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, *algo, 0, 0, KVTC_GPU_INFLATE_KVTC};
+    cr_assert_eq(kvtc_gpu_codec_create(p, 0, &prm, &g), 0);
+    static struct kvtc__inflate_ws ws;
+    struct kvtc__inflate_stats tot = {0, 0, 0, 0, 0}, is = tot;
+    uint8_t *mine = malloc(KVTC_PIECE_MAX), *pad = malloc(2 * KVTC_PIECE_MAX);
     int32_t st[1];
     gt_gpu_encode(g, &l, b.c, 1, b.gpu, b.gpu_len, st);
     cr_assert_eq(st[0], 0);
@@ -292,8 +325,23 @@ Test(gpu_codec, nvcomp_pieces_are_plain_raw_deflate)
         size_t want = i + 1 < info.pieces ? KVTC_PIECE_MAX : sym - (size_t)i * KVTC_PIECE_MAX;
         cr_assert_eq(z.total_out, want);
         inflateEnd(&z);
+        cr_assert_lt(c, 2 * KVTC_PIECE_MAX);
+        memcpy(pad, payload + off, c);
+        cr_assert_eq(kvtc__inflate(pad, c, mine, (uint32_t)want, &ws, &is), 0, "piece %u", i);
+        cr_assert(!memcmp(mine, out, want), "piece %u: our decoder differs from zlib", i);
+        tot.stored += is.stored;
+        tot.fixed += is.fixed;
+        tot.dynamic += is.dynamic;
+        tot.matches += is.matches;
+        tot.max_code_len = is.max_code_len > tot.max_code_len ? is.max_code_len : tot.max_code_len;
         off += c;
     }
+    cr_log_info("nvCOMP algo %d, %u pieces (%zu -> %zu bytes): %u stored, %u fixed, %u dynamic "
+                "blocks, %u matches, codes up to %u bits",
+                *algo, info.pieces, (size_t)sym, off, tot.stored, tot.fixed, tot.dynamic,
+                tot.matches, tot.max_code_len);
+    free(mine);
+    free(pad);
     free(out);
     kvtc_gpu_codec_free(g);
     batch_free(&b);
