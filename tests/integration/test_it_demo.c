@@ -76,9 +76,11 @@ static void check_common(const char *j, double target)
     cr_assert_eq(num(j, "bytes_per_token_raw"), 640.0, "%s", j);
     cr_assert(num(j, "bytes_per_token_kvtc") < 640.0 / (0.8 * target), "%s", j);
     /* the daemon's decode and the client's decode of one stored chunk must
-     * give the same KV; client-compress has only the client's */
+     * give the same KV (the same bytes from a daemon decoding on its CPU,
+     * within a fraction of the codec's error from one decoding on its
+     * GPU); client-compress has only the client's */
     if (daemon)
-        cr_assert(strstr(j, "\"identical\":true"), "daemon and client decodes differ: %s", j);
+        cr_assert(strstr(j, "\"decodes_agree\":true"), "daemon and client decodes differ: %s", j);
     else
         cr_assert(strstr(j, "\"identical\":null"), "%s", j);
 }
