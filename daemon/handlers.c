@@ -1213,7 +1213,18 @@ static void handle_delete_or_pin(kvtcd_session *s,
     for (size_t i = 0; i < n; i++) {
         kvtcd_entry *e = kvtcd_index_find(&srv->index, s->ns, keys[i].data,
                                           now);
-        if (!e) {
+        int pending = kvtcd_tiers_pending(srv->tiers, s->ns, keys[i].data);
+        if (!e && !is_pin && pending) {
+            /* Durable put(s) of the key still being written, none visible
+             * yet: they were accepted before this delete, which must
+             * remove them. */
+            if (kvtcd_tiers_delete_key(srv->tiers, s->ns, keys[i].data, now,
+                                       &c->rc[i], key_done, op) == 1)
+                c->pending++;
+        } else if (!e || (is_pin && pending == 2)) {
+            /* A pin after an accepted delete finds the key gone, as it
+             * would without a disk (the delete does not wait for pins
+             * that come after it). */
             c->rc[i] = KVTC_ENOENT;
         } else if (is_pin) {
             kvtcd_index_pin(&srv->index, e, req->pin->pin,

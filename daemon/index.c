@@ -324,6 +324,11 @@ static void maybe_grow(kvtcd_index *ix)
     free(old);
 }
 
+void kvtcd__index_fail_next(kvtcd_index *ix, uint32_t n)
+{
+    ix->fail_inserts = n;
+}
+
 int kvtcd_index_insert(kvtcd_index *ix, const kvtcd_entry *tmpl,
                        kvtcd_blob *blob, size_t off, uint64_t now_ms,
                        kvtcd_entry **out)
@@ -331,6 +336,10 @@ int kvtcd_index_insert(kvtcd_index *ix, const kvtcd_entry *tmpl,
     if (!blob && tmpl->disk_state != KVTCD_DISK_CLEAN &&
         tmpl->gpu_state != KVTCD_GPU_VALID)
         return KVTC_EINVAL;
+    if (ix->fail_inserts) {
+        ix->fail_inserts--;
+        return KVTC_ENOMEM;
+    }
     /* The new parent's count first: the only step that can fail, so a
      * failure leaves everything as it was. */
     if (tmpl->has_parent && child_inc(ix, tmpl->ns, tmpl->parent) < 0)

@@ -133,6 +133,7 @@ typedef struct kvtcd_index {
     uint64_t evictions;                   /* chunks dropped for room */
     uint64_t expirations;
     kvtcd_tier_counters tc[KVTCD_N_TIERS];
+    uint32_t fail_inserts;                /* tests: kvtcd__index_fail_next */
 } kvtcd_index;
 
 /* tier is borrowed; it must outlive the index. Errors: KVTC_ENOMEM. */
@@ -168,6 +169,9 @@ void kvtcd_index_touch(kvtcd_index *ix, kvtcd_entry *e, uint64_t now_ms);
 int kvtcd_index_insert(kvtcd_index *ix, const kvtcd_entry *tmpl,
                        kvtcd_blob *blob, size_t off, uint64_t now_ms,
                        kvtcd_entry **out);
+/* Tests only: the next n inserts fail with KVTC_ENOMEM (nothing changed),
+ * as when memory runs out. */
+void kvtcd__index_fail_next(kvtcd_index *ix, uint32_t n);
 /* Remove and free e: drop hook, blob reference, child count. */
 void kvtcd_index_remove(kvtcd_index *ix, kvtcd_entry *e);
 /* Give up e's host copy (e must have a GPU or disk copy). */

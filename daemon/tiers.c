@@ -9,7 +9,17 @@
  *
  * Every append and tombstone goes through one FIFO (t->q), so records of
  * one key reach the store in the order the requests came: a tombstone
- * queued after a put's record gets the higher sequence number. */
+ * queued after a put's record gets the higher sequence number.
+ *
+ * Durable puts and deletes take effect in memory when their record is
+ * synced, and up to MAX_APPENDS complete in any order. So each one gets a
+ * ticket when it is accepted (acceptance order = queue order = the order
+ * of their sequence numbers on disk), and a per-key state (kstate, kept
+ * while any of the key's durable ops is pending) remembers the ticket of
+ * the latest one that took effect. A completion older than that changes
+ * nothing in memory (a put releases its record), since the disk already
+ * lets the newer record or tombstone win: memory and disk agree, and both
+ * follow the order the requests were accepted in. */
 #include "tiers.h"
 
 #include <errno.h>
@@ -18,6 +28,8 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
+
+#include <xxhash.h>
 
 #include "kvtc_errors.h"
 #include "log.h"
@@ -37,6 +49,7 @@
 #define SPACE_WAIT_MS 2000      /* a durable write waits this for room */
 #define DEMOTE_SCAN_MAX 4096    /* entries one pass looks at */
 #define MIN_DEFAULT_DISK (64ull << 20)
+#define KSTATE_BUCKETS 4096     /* keys with durable ops pending */
 
 enum job_kind { J_CACHE = 0, J_DURABLE = 1, J_TOMB = 2 };
 
@@ -46,12 +59,14 @@ typedef struct wjob {
     int kind;
     uint32_t ns;
     uint8_t key[KVTCD_KEY_BYTES];
-    uint64_t gen;               /* J_CACHE, J_TOMB (durable): the version */
+    uint64_t gen;               /* J_CACHE: the version */
     kvtcd_blob *blob;           /* J_DURABLE: held from the start;
                                    J_CACHE: while in flight */
     size_t off;
     uint64_t size;
     kvtcd_entry *tmpl;          /* J_DURABLE: inserted once on disk */
+    uint64_t ticket;            /* durable: acceptance order (0: cache) */
+    int compensating;           /* a tombstone for a record memory lost */
     uint64_t deadline_ms;       /* J_DURABLE, J_TOMB: stop waiting for room */
     uint32_t full_tries;        /* appends refused KVTC_EFULL so far */
     int sync;
@@ -87,6 +102,21 @@ typedef struct gjob {
     kvtcd_blob *blob;
 } gjob;
 
+/* A key with durable ops accepted and not finished. */
+typedef struct kstate {
+    struct kstate *next;
+    uint32_t ns;
+    uint8_t key[KVTCD_KEY_BYTES];
+    uint32_t pending;           /* its durable ops not finished */
+    uint64_t latest;            /* ticket of the latest accepted */
+    int latest_tomb;            /* ... and it is a delete */
+    uint64_t applied;           /* ticket of the latest that took effect */
+    int owe_tomb;               /* a record of the key is on disk that
+                                   memory does not hold (its insert
+                                   failed): a later record or a tombstone
+                                   must cover it */
+} kstate;
+
 struct kvtcd_tiers {
     uv_loop_t *loop;
     kvtcd_index *ix;
@@ -102,6 +132,8 @@ struct kvtcd_tiers {
     uint32_t appends;           /* in flight */
     uint64_t dirty;             /* entries QUEUED or WRITING */
     uint64_t busy;              /* durable puts, tombstones, loads */
+    uint64_t next_ticket;
+    kstate **kst;               /* KSTATE_BUCKETS chains */
     int pumping;
     int space_wait;             /* head job found the disk full */
     uint64_t degraded_until;    /* loop ms; 0: healthy */
@@ -252,6 +284,92 @@ static void job_free(wjob *j)
     free(j);
 }
 
+/* ---- the order of durable ops per key (see the top) ------------------- */
+
+static kstate **kst_slot(const kvtcd_tiers *t, uint32_t ns, const uint8_t *key)
+{
+    uint8_t buf[sizeof ns + KVTCD_KEY_BYTES];
+    memcpy(buf, &ns, sizeof ns);
+    memcpy(buf + sizeof ns, key, KVTCD_KEY_BYTES);
+    /* Seeded like the index: clients cannot aim keys at one chain. */
+    uint64_t h = XXH3_64bits_withSeed(buf, sizeof buf, t->ix->seed);
+    kstate **pp = &t->kst[h & (KSTATE_BUCKETS - 1)];
+    while (*pp && !((*pp)->ns == ns &&
+                    memcmp((*pp)->key, key, KVTCD_KEY_BYTES) == 0))
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* A durable put or delete of j's key is accepted: its ticket. Errors:
+ * KVTC_ENOMEM (nothing changed). */
+static int op_accept(kvtcd_tiers *t, wjob *j)
+{
+    kstate **pp = kst_slot(t, j->ns, j->key);
+    kstate *k = *pp;
+    if (!k) {
+        k = calloc(1, sizeof *k);
+        if (!k)
+            return KVTC_ENOMEM;
+        k->ns = j->ns;
+        memcpy(k->key, j->key, KVTCD_KEY_BYTES);
+        *pp = k;
+    }
+    k->pending++;
+    j->ticket = ++t->next_ticket;
+    k->latest = j->ticket;
+    k->latest_tomb = j->kind == J_TOMB;
+    return 0;
+}
+
+/* j's record is synced: 1 when it takes effect in memory (no op of the
+ * key accepted after it has), and it becomes the latest that did; 0 when a
+ * newer one took effect first (its record or tombstone, newer on disk
+ * too, already decided the key). */
+static int op_take_effect(kvtcd_tiers *t, wjob *j)
+{
+    kstate *k = *kst_slot(t, j->ns, j->key);
+    if (!k || j->ticket < k->applied)
+        return 0;
+    k->applied = j->ticket;
+    /* Its record or tombstone is newer than the one memory lost. */
+    k->owe_tomb = 0;
+    return 1;
+}
+
+static int queue_durable_tomb(kvtcd_tiers *t, uint32_t ns, const uint8_t *key,
+                              int compensating, int *rc,
+                              kvtcd_tiers_done_fn done, void *arg);
+
+/* A durable op ends (written or not). The key's state goes with its last
+ * pending op, unless a record memory does not hold still needs covering:
+ * then a tombstone is queued (only now: an earlier one would have hidden
+ * the records of the key's later ops). */
+static void op_finish(kvtcd_tiers *t, wjob *j)
+{
+    kstate **pp = kst_slot(t, j->ns, j->key);
+    kstate *k = *pp;
+    if (!k)
+        return;
+    if (j->compensating)
+        k->owe_tomb = 0; /* tried once; on_tombstoned warned if it failed */
+    if (--k->pending > 0)
+        return;
+    if (k->owe_tomb) {
+        k->owe_tomb = 0;
+        int rc = 0;
+        if (t->closing ||
+            queue_durable_tomb(t, k->ns, k->key, 1, &rc, NULL, NULL) != 1) {
+            KVTCD_WARN("tiers", "no tombstone for a record the index "
+                                "refused: the chunk may come back after a "
+                                "restart");
+        } else {
+            return; /* k lives on with the tombstone */
+        }
+    }
+    *pp = k->next;
+    free(k);
+}
+
 /* A durable put or tombstone ends: tell its caller. */
 static void job_finish(wjob *j, int rc)
 {
@@ -260,6 +378,8 @@ static void job_finish(wjob *j, int rc)
         *j->rc = rc;
     if (j->kind != J_CACHE)
         t->busy--;
+    if (j->ticket)
+        op_finish(t, j);
     kvtcd_tiers_done_fn done = j->done;
     void *arg = j->arg;
     job_free(j);
@@ -323,7 +443,13 @@ static void on_appended(void *arg, int status, const kvtcd_disk_loc *loc)
             job_free(j);
     } else {
         int rc = map_disk_err(status);
-        if (status == 0) {
+        if (status == 0 && !op_take_effect(t, j)) {
+            /* A delete or put of the key accepted after this one took
+             * effect first: this version is already replaced, here as on
+             * disk. The put itself succeeded. */
+            if (!t->closing)
+                kvtcd_disk_release(t->d, loc);
+        } else if (status == 0) {
             /* On stable storage: now the chunk becomes visible. */
             kvtcd_entry *tm = j->tmpl;
             tm->disk_state = KVTCD_DISK_CLEAN;
@@ -331,8 +457,21 @@ static void on_appended(void *arg, int status, const kvtcd_disk_loc *loc)
             tm->gpu_state = KVTCD_GPU_NONE;
             rc = kvtcd_index_insert(t->ix, tm, j->blob, j->off, now_ms(t),
                                     NULL);
-            if (rc < 0 && !t->closing)
-                kvtcd_disk_release(t->d, loc);
+            if (rc < 0) {
+                /* The record is synced (it would win at a restart) but
+                 * cannot be served: the older version goes too, and the
+                 * key is owed a tombstone so the refused put does not
+                 * come back (op_finish). */
+                kvtcd_entry *old = kvtcd_index_find(t->ix, j->ns, j->key,
+                                                    now_ms(t));
+                if (old)
+                    kvtcd_index_remove(t->ix, old);
+                if (!t->closing)
+                    kvtcd_disk_release(t->d, loc);
+                kstate *k = *kst_slot(t, j->ns, j->key);
+                if (k)
+                    k->owe_tomb = 1;
+            }
         }
         job_finish(j, rc);
     }
@@ -346,9 +485,12 @@ static void on_tombstoned(void *arg, int status)
     t->appends--;
     if (status)
         note_write_error(t, status);
-    if (j->done && status == 0) {
-        /* Durable delete: synced, so the entry goes now. */
-        kvtcd_entry *e = find_gen(t, j->ns, j->key, j->gen);
+    if (j->ticket && status == 0 && op_take_effect(t, j)) {
+        /* Durable delete: synced, so the key goes now, whatever version
+         * a put accepted before the delete left there, and even if a pin
+         * came after the delete was accepted (pins are checked when a
+         * delete is accepted, as without a disk). */
+        kvtcd_entry *e = kvtcd_index_find(t->ix, j->ns, j->key, now_ms(t));
         if (e)
             kvtcd_index_remove(t->ix, e);
     } else if (status && !j->done) {
@@ -941,6 +1083,11 @@ int kvtcd_tiers_open(const kvtcd_tiers_params *p, kvtcd_tiers **out)
         free(t);
         return KVTC_EINVAL;
     }
+    t->kst = calloc(KSTATE_BUCKETS, sizeof *t->kst);
+    if (!t->kst) {
+        free(t);
+        return KVTC_ENOMEM;
+    }
     /* Before recovery: records rebuilt into the index are released
      * through it like any other. */
     kvtcd_index_set_drop_hook(p->ix, on_drop, t);
@@ -948,6 +1095,7 @@ int kvtcd_tiers_open(const kvtcd_tiers_params *p, kvtcd_tiers **out)
         int rc = open_disk(t, p);
         if (rc < 0) {
             kvtcd_index_set_drop_hook(p->ix, NULL, NULL);
+            free(t->kst);
             free(t);
             return rc;
         }
@@ -999,6 +1147,17 @@ void kvtcd_tiers_close(kvtcd_tiers *t, void (*closed)(void *arg), void *arg)
 
 void kvtcd_tiers_free(kvtcd_tiers *t)
 {
+    if (!t)
+        return;
+    /* Every job finished before closed() ran: no key state is left. */
+    for (size_t i = 0; t->kst && i < KSTATE_BUCKETS; i++) {
+        while (t->kst[i]) {
+            kstate *k = t->kst[i];
+            t->kst[i] = k->next;
+            free(k);
+        }
+    }
+    free(t->kst);
     free(t);
 }
 
@@ -1057,6 +1216,12 @@ int kvtcd_tiers_put(kvtcd_tiers *t, const kvtcd_entry *tmpl, kvtcd_blob *blob,
     }
     *j->tmpl = *tmpl;
     j->kind = J_DURABLE;
+    if (op_accept(t, j) < 0) {
+        free(j->tmpl);
+        free(j);
+        *rc = KVTC_ENOMEM;
+        return 0;
+    }
     j->blob = blob;
     kvtcd_blob_ref(blob);
     j->off = off;
@@ -1093,33 +1258,85 @@ int kvtcd_tiers_delete(kvtcd_tiers *t, kvtcd_entry *e, uint64_t now,
         kvtcd_index_remove(t->ix, e);
         return 0;
     }
+    if (t->durable) {
+        free(j);
+        return queue_durable_tomb(t, e->ns, e->key, 0, rc, done, arg);
+    }
     j->t = t;
     j->kind = J_TOMB;
     j->ns = e->ns;
     memcpy(j->key, e->key, KVTCD_KEY_BYTES);
     j->size = 4096;
-    j->sync = t->durable;
-    if (!t->durable) {
-        kvtcd_index_remove(t->ix, e);
-        t->busy++;
-        q_push(t, j, 0);
-        pump(t);
-        return 0;
-    }
-    if (degraded(t)) {
+    kvtcd_index_remove(t->ix, e);
+    t->busy++;
+    q_push(t, j, 0);
+    pump(t);
+    return 0;
+}
+
+/* A durable delete of (ns, key); compensating: one the policy owes (no
+ * caller, waits out a back-off instead of failing). Returns as
+ * kvtcd_tiers_delete. */
+static int queue_durable_tomb(kvtcd_tiers *t, uint32_t ns, const uint8_t *key,
+                              int compensating, int *rc,
+                              kvtcd_tiers_done_fn done, void *arg)
+{
+    if (!compensating && degraded(t)) {
         *rc = t->degraded_rc;
-        free(j);
         return 0;
     }
-    j->gen = e->gen;
+    wjob *j = calloc(1, sizeof *j);
+    if (!j) {
+        *rc = KVTC_ENOMEM;
+        return 0;
+    }
+    j->t = t;
+    j->kind = J_TOMB;
+    j->ns = ns;
+    memcpy(j->key, key, KVTCD_KEY_BYTES);
+    j->size = 4096;
+    j->sync = 1;
+    if (op_accept(t, j) < 0) {
+        free(j);
+        *rc = KVTC_ENOMEM;
+        return 0;
+    }
+    j->compensating = compensating;
     j->deadline_ms = now_ms(t) + SPACE_WAIT_MS;
-    j->rc = rc;
-    j->done = done;
-    j->arg = arg;
+    if (!compensating) {
+        j->rc = rc;
+        j->done = done;
+        j->arg = arg;
+    }
     t->busy++;
     q_push(t, j, 0);
     pump(t);
     return 1;
+}
+
+int kvtcd_tiers_delete_key(kvtcd_tiers *t, uint32_t ns,
+                           const uint8_t key[KVTCD_KEY_BYTES], uint64_t now,
+                           int *rc, kvtcd_tiers_done_fn done, void *arg)
+{
+    (void)now;
+    if (!t->d || !t->durable || t->closing ||
+        !kvtcd_tiers_pending(t, ns, key)) {
+        *rc = KVTC_ENOENT;
+        return 0;
+    }
+    *rc = 0;
+    return queue_durable_tomb(t, ns, key, 0, rc, done, arg);
+}
+
+int kvtcd_tiers_pending(const kvtcd_tiers *t, uint32_t ns,
+                        const uint8_t key[KVTCD_KEY_BYTES])
+{
+    if (!t || !t->kst)
+        return 0;
+    const kstate *k = *kst_slot(t, ns, key);
+    if (!k || k->pending == 0)
+        return 0;
+    return k->latest_tomb ? 2 : 1;
 }
 
 static void load_finish(ljob *j, int status)
@@ -1357,3 +1574,4 @@ void kvtcd_tiers_get_stats(const kvtcd_tiers *t, kvtcd_tiers_stats *out)
         out->degraded = degraded(t);
     }
 }
+

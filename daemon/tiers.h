@@ -82,20 +82,38 @@ typedef void (*kvtcd_tiers_done_fn)(void *arg);
 /* Store one chunk of a put: tmpl as for kvtcd_index_insert, its bytes at
  * blob->data + off (the caller keeps its own reference). *rc gets 0 or a
  * KVTC_E* code: KVTC_EFULL (disk full), KVTC_EIO (write failed),
- * KVTC_EBUSY (shutting down), KVTC_ENOMEM. Returns 0 when done (*rc set),
+ * KVTC_EBUSY (shutting down), KVTC_ENOMEM (durable: also when the synced
+ * record cannot be indexed; the key's older version goes and a tombstone
+ * follows). Returns 0 when done (*rc set),
  * 1 when done(arg) will run once *rc is set (durable mode: after the
  * record is on stable storage; rc and arg must stay valid until then). */
 int kvtcd_tiers_put(kvtcd_tiers *t, const kvtcd_entry *tmpl, kvtcd_blob *blob,
                     size_t off, uint64_t now_ms, int *rc,
                     kvtcd_tiers_done_fn done, void *arg);
 
-/* Delete e (unpinned: the caller checks). With a disk tier a tombstone is
- * written so the chunk does not come back after a restart; in durable mode
- * the entry goes, and done(arg) runs, only once it is synced (*rc: 0, or
- * KVTC_EFULL / KVTC_EIO / KVTC_EBUSY and the entry stays). Returns as
- * kvtcd_tiers_put. */
+/* Delete e (unpinned: the caller checks; a pin added later does not stop
+ * it). With a disk tier a tombstone is written so the chunk does not come
+ * back after a restart; in durable mode the key goes, and done(arg) runs,
+ * only once it is synced (*rc: 0, or KVTC_EFULL / KVTC_EIO / KVTC_EBUSY /
+ * KVTC_ENOMEM and the entry stays). Durable puts and deletes of a key
+ * take effect in the order they were accepted, however they complete: the
+ * tombstone removes whatever version a put accepted before it left, and
+ * not one accepted after it. Returns as kvtcd_tiers_put. */
 int kvtcd_tiers_delete(kvtcd_tiers *t, kvtcd_entry *e, uint64_t now_ms,
                        int *rc, kvtcd_tiers_done_fn done, void *arg);
+
+/* Delete (ns, key) when no entry is visible but a durable put of the key
+ * is still being written (kvtcd_tiers_pending): that put was accepted
+ * first, so the delete removes it. Returns as kvtcd_tiers_delete;
+ * KVTC_ENOENT (*rc too) when nothing of the key is pending. */
+int kvtcd_tiers_delete_key(kvtcd_tiers *t, uint32_t ns,
+                           const uint8_t key[KVTCD_KEY_BYTES], uint64_t now_ms,
+                           int *rc, kvtcd_tiers_done_fn done, void *arg);
+
+/* 1 when durable puts or deletes of (ns, key) are accepted and not
+ * finished: 2 when the latest of them is a delete. */
+int kvtcd_tiers_pending(const kvtcd_tiers *t, uint32_t ns,
+                        const uint8_t key[KVTCD_KEY_BYTES]);
 
 /* A loaded chunk: status 0 and a blob reference the callee now owns, the
  * bytes at blob->data + off; or status KVTC_ECORRUPT (the chunk failed its
