@@ -197,6 +197,8 @@ struct kvtcd_disk {
     wop *deferred;              /* finished inside an API call */
     uv_timer_t defer;
     unsigned in_api;
+    kvtcd_disk_lost_fn lost;    /* records dropped without a release */
+    void *lost_arg;
     unsigned wops, rops, works;
     compactor *comp;
     int comp_deferred;
@@ -1315,6 +1317,12 @@ static int read_common(kvtcd_disk *d, const kvtcd_disk_loc *loc, void *dst,
     return 0;
 }
 
+void kvtcd_disk_set_lost(kvtcd_disk *d, kvtcd_disk_lost_fn fn, void *arg)
+{
+    d->lost = fn;
+    d->lost_arg = arg;
+}
+
 int kvtcd_disk_read(kvtcd_disk *d, const kvtcd_disk_loc *loc, void *dst,
                     const uint8_t key[KVTCD_DISK_KEY_BYTES],
                     uint64_t checksum, kvtcd_disk_done_cb cb, void *arg)
@@ -1405,6 +1413,14 @@ static void compact_verified(kvtcd_disk *d, int status)
             r->state = R_DEAD;
             v->live -= r->len;
             d->live -= r->len;
+            /* Its owner still points at it: without this, it would learn
+             * only from a failed read (or never, for a prefix lookup). */
+            if (d->lost) {
+                kvtcd_disk_loc lost = {.seg = v->id, .payload_off = HDR,
+                                       .off = c->cur.off,
+                                       .rec_len = c->cur.len};
+                d->lost(d->lost_arg, &lost);
+            }
         } else if (r && r->state == R_TOMB) {
             r->state = R_DEAD;
             v->tomb -= r->len;

@@ -154,6 +154,15 @@ int kvtcd_disk_compact(kvtcd_disk *d, double min_dead_ratio,
                        kvtcd_disk_reloc_fn reloc, kvtcd_disk_done_cb done,
                        void *arg);
 
+/* Optional: lost(arg, loc) is told of each live record the store gives up
+ * without a release: compaction found it corrupt and dropped it (nothing
+ * to move). Reads of loc fail from then on (KVTC_ECORRUPT, then
+ * KVTC_ENOENT once the segment is deleted), so the owner forgets it. Runs
+ * on the loop, never inside a call into the store; it must not call
+ * kvtcd_disk_release for loc. fn NULL: nobody is told. */
+typedef void (*kvtcd_disk_lost_fn)(void *arg, const kvtcd_disk_loc *loc);
+void kvtcd_disk_set_lost(kvtcd_disk *d, kvtcd_disk_lost_fn fn, void *arg);
+
 typedef struct kvtcd_disk_stats {
     uint64_t capacity;          /* bytes allowed */
     uint64_t used;              /* bytes of segment files */

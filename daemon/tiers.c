@@ -336,6 +336,7 @@ static int op_take_effect(kvtcd_tiers *t, wjob *j)
     return 1;
 }
 
+static void on_lost(void *arg, const kvtcd_disk_loc *loc);
 static int queue_durable_tomb(kvtcd_tiers *t, uint32_t ns, const uint8_t *key,
                               int compensating, int *rc,
                               kvtcd_tiers_done_fn done, void *arg);
@@ -992,6 +993,7 @@ static int open_disk(kvtcd_tiers *t, const kvtcd_tiers_params *p)
         t->d = NULL;
         return r;
     }
+    kvtcd_disk_set_lost(t->d, on_lost, t);
     kvtcd_disk_stats st;
     kvtcd_disk_get_stats(t->d, &st);
     KVTCD_INFO("tiers", "disk tier path=%s capacity=%llu backend=%s "
@@ -1339,6 +1341,40 @@ int kvtcd_tiers_pending(const kvtcd_tiers *t, uint32_t ns,
     return k->latest_tomb ? 2 : 1;
 }
 
+/* e's disk record is gone for good (the store dropped it as corrupt, or a
+ * read found it missing): forget it without a release (the store already
+ * let go), and the chunk too when no copy is left, so Lookup stops
+ * reporting a chunk no get can serve. 1 when e was removed. */
+static int disk_copy_lost(kvtcd_tiers *t, kvtcd_entry *e)
+{
+    KVTCD_WARN("tiers", "disk record lost: %s seg=%u off=%llu",
+               e->blob || e->gpu_state == KVTCD_GPU_VALID
+                   ? "the chunk stays in memory only"
+                   : "chunk dropped",
+               e->dloc.seg, (unsigned long long)e->dloc.off);
+    t->ix->tc[KVTCD_T_DISK].errors++;
+    e->disk_state = KVTCD_DISK_NONE;
+    if (e->blob || e->gpu_state == KVTCD_GPU_VALID)
+        return 0;
+    kvtcd_index_remove(t->ix, e);
+    return 1;
+}
+
+/* The store dropped a corrupt record in compaction. The index is keyed by
+ * (namespace, key), not by location, so this walks it: a rare event (a
+ * damaged disk), cheaper than a Lookup that lies until eviction. */
+static void on_lost(void *arg, const kvtcd_disk_loc *loc)
+{
+    kvtcd_tiers *t = arg;
+    for (kvtcd_entry *e = t->ix->lru_head; e; e = e->lru_next) {
+        if (e->disk_state == KVTCD_DISK_CLEAN && e->dloc.seg == loc->seg &&
+            e->dloc.off == loc->off) {
+            disk_copy_lost(t, e);
+            return;
+        }
+    }
+}
+
 static void load_finish(ljob *j, int status)
 {
     kvtcd_tiers *t = j->t;
@@ -1427,8 +1463,14 @@ static void on_gpu_read(void *arg, int status)
         j->blob = NULL;
         j->dloc = e->dloc;
         j->from = KVTCD_T_DISK;
-        if (start_disk_read(t, j) == 0)
+        int rc = start_disk_read(t, j);
+        if (rc == 0)
             return;
+        if (rc == KVTC_ENOENT) {
+            disk_copy_lost(t, e); /* e has no host copy: reserve kept it */
+            load_finish(j, KVTC_ENOENT);
+            return;
+        }
     }
     load_finish(j, KVTC_EIO);
 }
@@ -1486,6 +1528,8 @@ int kvtcd_tiers_load(kvtcd_tiers *t, kvtcd_entry *e, uint64_t now,
     int rc;
     if (from == KVTCD_T_DISK) {
         rc = start_disk_read(t, j);
+        if (rc == KVTC_ENOENT)
+            disk_copy_lost(t, e); /* a miss from now on */
     } else {
         /* Never a zero-byte blob: the GPU read needs len >= 1 and an
          * empty chunk has no GPU copy anyway. */

@@ -118,13 +118,16 @@ int kvtcd_tiers_pending(const kvtcd_tiers *t, uint32_t ns,
 /* A loaded chunk: status 0 and a blob reference the callee now owns, the
  * bytes at blob->data + off; or status KVTC_ECORRUPT (the chunk failed its
  * checksum and was dropped), KVTC_EIO (read failed), KVTC_EBUSY (no host
- * room to stage it, or shutting down), and blob NULL. */
+ * room to stage it, or shutting down), KVTC_ENOENT (its GPU copy failed
+ * and its disk record is gone: dropped), and blob NULL. */
 typedef void (*kvtcd_tiers_load_fn)(void *arg, int status, kvtcd_blob *blob,
                                     size_t off);
 /* Bring e (no host copy: e->blob NULL) into a host blob from the GPU or
  * disk; cb runs later, and keeps the blob as e's host copy (promotion)
  * if e is still the same version. Immediate errors (cb never runs):
- * KVTC_EBUSY (no host room), KVTC_ENOENT (no lower copy), KVTC_ENOMEM. */
+ * KVTC_EBUSY (no host room), KVTC_ENOENT (no lower copy, or its disk
+ * record is gone: the disk copy is forgotten and e removed when it has no
+ * other copy, so e may be freed), KVTC_ENOMEM. */
 int kvtcd_tiers_load(kvtcd_tiers *t, kvtcd_entry *e, uint64_t now_ms,
                      kvtcd_tiers_load_fn cb, void *arg);
 

@@ -6,6 +6,7 @@
  * recovery after a restart rebuilds the index (deletes and expired TTLs
  * stay gone). */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,7 +58,8 @@ static int check(const uint8_t *p, size_t n, uint32_t i)
     return ok;
 }
 
-static void open_tiers(struct fx *f, int durable, uint64_t disk_size)
+static void open_tiers_seg(struct fx *f, int durable, uint64_t disk_size,
+                           uint64_t segment_bytes)
 {
     kvtcd_tiers_params p = {
         .loop = &f->loop,
@@ -65,6 +67,7 @@ static void open_tiers(struct fx *f, int durable, uint64_t disk_size)
         .clock_base_ms = 0,
         .disk_dir = f->dir,
         .disk_size = disk_size,
+        .segment_bytes = segment_bytes,
         .disk_io = KVTCD_DISK_IO_AUTO,
         .disk_direct = 1,
         .durable = durable,
@@ -76,6 +79,11 @@ static void open_tiers(struct fx *f, int durable, uint64_t disk_size)
         rc = kvtcd_tiers_open(&p, &f->t);
     }
     cr_assert_eq(rc, 0, "tiers open: %s", kvtc_strerror(rc));
+}
+
+static void open_tiers(struct fx *f, int durable, uint64_t disk_size)
+{
+    open_tiers_seg(f, durable, disk_size, 0);
 }
 
 static void fx_start(struct fx *f, uint64_t host_mem)
@@ -978,5 +986,121 @@ Test(daemon_tiers, durable_put_refused_by_the_index_then_a_later_put_wins)
                     "not exercised");
         expect_after_restart(&f, 4, 1, 0, 0, 0);
     }
+    fx_end(&f);
+}
+
+/* ---- issue #5: records the disk store loses ---------------------------- */
+
+static void put_wait(struct fx *f, uint32_t i, size_t size)
+{
+    struct done d = {0};
+    int rc;
+    cr_assert_eq(put_chunk(f, i, size, &rc, &d, 0), 1);
+    for (int k = 0; d.calls == 0 && k < 100000; k++)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    cr_assert_eq(rc, 0, "put %u: %s", i, kvtc_strerror(rc));
+}
+
+static void delete_wait(struct fx *f, uint32_t i)
+{
+    struct done d = {0};
+    int rc;
+    cr_assert_eq(kvtcd_tiers_delete(f->t, find(f, i), now_of(f), &rc,
+                                    on_done, &d), 1);
+    for (int k = 0; d.calls == 0 && k < 100000; k++)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    cr_assert_eq(rc, 0, "delete %u: %s", i, kvtc_strerror(rc));
+}
+
+static uint32_t lookup_hits(struct fx *f, uint32_t i)
+{
+    uint8_t k[32];
+    make_key(k, i);
+    const uint8_t *keys[1] = {k};
+    return kvtcd_index_lookup(&f->ix, f->ns, keys, 1, now_of(f), NULL);
+}
+
+/* Compaction drops a live record that fails its checksum (nothing to
+ * move); the index must not keep reporting the chunk (Lookup said it was
+ * on disk while every get answered NOT_FOUND, until it was evicted). */
+Test(daemon_tiers, corrupt_record_dropped_by_compaction_leaves_the_index)
+{
+    struct fx f;
+    const size_t chunk = 200000;
+    fx_start(&f, 16u << 20);
+    open_tiers_seg(&f, 1, 64u << 20, 1u << 20); /* 5 records a segment */
+    for (uint32_t i = 0; i < 8; i++)
+        put_wait(&f, i, chunk);
+    uint32_t seg0 = find(&f, 0)->dloc.seg;
+    cr_assert_neq(find(&f, 7)->dloc.seg, seg0, "the first segment is not "
+                                               "full");
+    /* All but chunk 2 of the first segment go: mostly dead, so the next
+     * compaction pass takes it. */
+    const uint32_t v = 2;
+    cr_assert_eq(find(&f, v)->dloc.seg, seg0);
+    for (uint32_t i = 0; i < 8; i++)
+        if (i != v && find(&f, i)->dloc.seg == seg0)
+            delete_wait(&f, i);
+    /* Damage chunk 2's payload on disk, and drop its host copy so that
+     * only the disk holds it. */
+    kvtcd_entry *e = find(&f, v);
+    char path[700];
+    snprintf(path, sizeof path, "%s/seg-%08x.kvs", f.dir, e->dloc.seg);
+    int fd = open(path, O_WRONLY);
+    cr_assert_geq(fd, 0, "%s", path);
+    uint8_t junk[16];
+    memset(junk, 0xa5, sizeof junk);
+    cr_assert_eq(pwrite(fd, junk, sizeof junk,
+                        (off_t)(e->dloc.off + e->dloc.payload_off + 1000)),
+                 (ssize_t)sizeof junk);
+    cr_assert_eq(fsync(fd), 0);
+    close(fd);
+    kvtcd_index_drop_host(&f.ix, e);
+    cr_assert_eq(lookup_hits(&f, v), 1);
+    /* The compaction timer (2 s) finds the segment. */
+    kvtcd_tiers_stats st;
+    for (int k = 0; k < 100; k++) {
+        kvtcd_tiers_get_stats(f.t, &st);
+        if (st.disk.corrupt > 0 && st.disk.compactions > 0)
+            break;
+        for (int r = 0; r < 10; r++)
+            uv_run(&f.loop, UV_RUN_ONCE);
+    }
+    cr_assert_gt(st.disk.corrupt, 0, "compaction never met the record");
+    cr_assert_eq(lookup_hits(&f, v), 0, "lookup reports a chunk no get "
+                                        "can serve");
+    cr_assert_null(find(&f, v));
+    /* The other chunks are untouched. */
+    for (uint32_t i = 0; i < 8; i++)
+        if (find(&f, i))
+            expect_exact(&f, i, chunk);
+    fx_end(&f);
+}
+
+/* A disk read that finds the record gone (KVTC_ENOENT: released, its
+ * segment deleted) drops the disk copy, and the chunk when it has no
+ * other copy: it is a miss from then on, for Lookup too. */
+Test(daemon_tiers, disk_copy_found_gone_on_read_leaves_the_index)
+{
+    struct fx f;
+    fx_start(&f, 8u << 20);
+    open_tiers(&f, 1, 64u << 20);
+    put_wait(&f, 3, 5000);
+    kvtcd_entry *e = find(&f, 3);
+    kvtcd_index_drop_host(&f.ix, e);
+    /* Its record, as far as the policy knows, lies in a segment the
+     * store does not have (what compaction leaves after dropping it). */
+    kvtcd_disk_loc real = e->dloc;
+    e->dloc.seg += 1000;
+    struct loaded l = {0};
+    cr_assert_eq(kvtcd_tiers_load(f.t, e, now_of(&f), on_loaded, &l),
+                 KVTC_ENOENT);
+    cr_assert_eq(l.done, 0, "no callback after an immediate error");
+    cr_assert_null(find(&f, 3));
+    cr_assert_eq(lookup_hits(&f, 3), 0);
+    kvtcd_tiers_stats st;
+    kvtcd_tiers_get_stats(f.t, &st);
+    cr_assert_geq(st.c[KVTCD_T_DISK].errors, 1, "not counted");
+    (void)real;
     fx_end(&f);
 }
