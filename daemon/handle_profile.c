@@ -87,6 +87,7 @@ typedef struct upload {
     char dir[1100];
     kvtcd_profile_ent *e;   /* parsed */
     int rc;
+    kvtcd_profiles *reg;    /* set while a registry slot is reserved */
 } upload;
 
 static void upload_free(void *p)
@@ -94,6 +95,8 @@ static void upload_free(void *p)
     upload *u = p;
     if (!u)
         return;
+    if (u->reg)
+        kvtcd_profiles_unreserve(u->reg);
     kvtcd_profile_unref(u->e);
     free(u->buf);
     free(u);
@@ -135,6 +138,9 @@ static void upload_after(uv_work_t *w, int status)
     }
     kvtcd_profile_ent *e = u->e, *got;
     u->e = NULL;
+    /* The slot reserved at admission becomes the profile's. */
+    kvtcd_profiles_unreserve(u->reg);
+    u->reg = NULL;
     int rc = kvtcd_profiles_add(&sv->profiles, e, &got);
     if (rc) {
         kvtcd_send_error(s, op->req_id, ST(TOO_LARGE),
@@ -194,7 +200,9 @@ static void handle_upload(kvtcd_session *s, const Kvtc__Wire__Request *req,
                          (unsigned long long)KVTCD_PROFILE_MAX_BYTES);
         return;
     }
-    if (sv->profiles.count >= KVTCD_MAX_PROFILES) {
+    /* Reserved before the bytes are even received: uploads in flight
+     * count, so none is written to disk and then refused by the limit. */
+    if (kvtcd_profiles_reserve(&sv->profiles) < 0) {
         kvtcd_send_error(s, req->id, ST(TOO_LARGE),
                          "profile upload: %u profiles stored already (limit)",
                          KVTCD_MAX_PROFILES);
@@ -202,8 +210,12 @@ static void handle_upload(kvtcd_session *s, const Kvtc__Wire__Request *req,
     }
     upload *u = calloc(1, sizeof *u);
     kvtcd_op *op = u ? kvtcd_op_new(srv, KVTCD_OP_RECV, s) : NULL;
-    if (u)
+    if (u) {
+        u->reg = &sv->profiles;
         u->buf = malloc(bulk_len);
+    } else {
+        kvtcd_profiles_unreserve(&sv->profiles);
+    }
     if (!op || !u->buf) {
         kvtcd_op_free(op);
         upload_free(u);

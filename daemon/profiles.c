@@ -289,6 +289,24 @@ int kvtcd_profiles_add(kvtcd_profiles *r, kvtcd_profile_ent *e,
     return 0;
 }
 
+int kvtcd_profiles_reserve(kvtcd_profiles *r)
+{
+    uv_mutex_lock(&r->mu);
+    int rc = r->count + r->reserved >= KVTCD_MAX_PROFILES ? KVTC_ENOSPC : 0;
+    if (rc == 0)
+        r->reserved++;
+    uv_mutex_unlock(&r->mu);
+    return rc;
+}
+
+void kvtcd_profiles_unreserve(kvtcd_profiles *r)
+{
+    uv_mutex_lock(&r->mu);
+    if (r->reserved > 0)
+        r->reserved--;
+    uv_mutex_unlock(&r->mu);
+}
+
 int kvtcd_profiles_remove(kvtcd_profiles *r, uint64_t id)
 {
     uv_mutex_lock(&r->mu);

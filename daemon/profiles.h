@@ -59,6 +59,7 @@ typedef struct kvtcd_profiles {
     uv_mutex_t mu;                   /* guards head/count for workers */
     kvtcd_profile_ent *head;
     uint32_t count;
+    uint32_t reserved;               /* uploads admitted, not added yet */
     uint64_t next_seq;
     char dir[1100];                  /* "" when profiles are not persisted */
     uint64_t loaded;                 /* files loaded at start */
@@ -89,6 +90,13 @@ int kvtcd_profile_persist(const char *dir, const kvtcd_profile_ent *e);
  * (KVTCD_MAX_PROFILES; e is released). */
 int kvtcd_profiles_add(kvtcd_profiles *r, kvtcd_profile_ent *e,
                        kvtcd_profile_ent **out);
+/* Admit an upload before its bytes are parsed or written: count +
+ * reservations stay within KVTCD_MAX_PROFILES, so a profile is never
+ * persisted and then refused (it would load at the next start). Release
+ * with kvtcd_profiles_unreserve, just before kvtcd_profiles_add or when
+ * the upload fails. Loop thread. Errors: KVTC_ENOSPC (the limit). */
+int kvtcd_profiles_reserve(kvtcd_profiles *r);
+void kvtcd_profiles_unreserve(kvtcd_profiles *r);
 /* Unregister id and unlink its file. Loop thread. Errors: KVTC_ENOENT. */
 int kvtcd_profiles_remove(kvtcd_profiles *r, uint64_t id);
 
