@@ -41,8 +41,9 @@ N_STAGES = 6
 
 
 class GpuParams(C.Structure):
+    # mirrors struct kvtc_gpu_params (include/kvtc_gpu.h) field for field
     _fields_ = [("gemm", C.c_uint32), ("deflate_algo", C.c_int), ("device", C.c_int),
-                ("timing", C.c_int)]
+                ("timing", C.c_int), ("inflate", C.c_int)]
 
 
 class GpuContainer(C.Structure):
@@ -282,7 +283,8 @@ class Decoder:
         self.profile = profile  # the context reads it: keep it alive
         self.device = device
         self._ctx = C.c_void_p()
-        prm = GpuParams(gemm=gemm, deflate_algo=0, device=device, timing=1 if timing else 0)
+        prm = GpuParams(gemm=gemm, deflate_algo=0, device=device, timing=1 if timing else 0,
+                        inflate=0)
         _check(self._lib.kvtc_gpu_codec_create(profile._p, int(plan), C.byref(prm),
                                                C.byref(self._ctx)), "kvtc_gpu_codec_create")
         self._items = None
