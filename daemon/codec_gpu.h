@@ -52,6 +52,12 @@ typedef struct kvtcd_gpu_run_stats {
     uint32_t done;      /* items finished on the GPU (rc 0) */
     uint32_t to_cpu;    /* items handed back (on_cpu set) */
     uint32_t errors;    /* groups whose launch or copies failed */
+    /* Where the run's time went (debug log lines, the dpath bench): host
+     * staging of the inputs (buffer growth included), the device (copies
+     * in and out, launches), the outputs (copy out of staging fused with
+     * the reply checksum, allocations). */
+    uint64_t stage_ns, device_ns, out_ns;
+    uint64_t in_bytes, out_bytes;
 } kvtcd_gpu_run_stats;
 
 /* Load libkvtc_gpu and the CUDA driver, check the device (CUDA ordinal

@@ -28,6 +28,7 @@ typedef struct job {
     kvtcd_codec *cj;
     uint32_t n;
     uint64_t ns;
+    uint64_t decode_ns, hash_ns; /* decodes: where the time went */
     kvtcd_codec_item *items[KVTCD_CODEC_JOB_ITEMS];
 } job;
 
@@ -80,7 +81,8 @@ static int container_profile(kvtcd_profiles *reg, const kvtc_container_info *ci,
     return 0;
 }
 
-static void do_decode(kvtcd_codec *cj, kvtcd_codec_item *it, uint64_t max_out)
+static void do_decode(kvtcd_codec *cj, kvtcd_codec_item *it, uint64_t max_out,
+                      uint64_t *decode_ns, uint64_t *hash_ns)
 {
     kvtcd_profile_ent *e = NULL;
     kvtc_decoder *dec = NULL;
@@ -98,27 +100,34 @@ static void do_decode(kvtcd_codec *cj, kvtcd_codec_item *it, uint64_t max_out)
     if (rc)
         goto out;
     size_t n = (size_t)it->info.raw_bytes;
-    it->out = malloc(n ? n : 1);
+    /* Straight into the caller's buffer (the reply's blob) when it fits:
+     * no malloc, no copy afterwards. */
+    it->out = it->dst && n <= it->dst_cap ? it->dst : malloc(n ? n : 1);
     if (!it->out) {
         rc = KVTC_ENOMEM;
         goto out;
     }
+    uint64_t t0 = uv_hrtime();
     rc = kvtc_decode(dec, it->src, it->len, it->out, n, NULL);
     if (rc)
         goto out;
+    uint64_t t1 = uv_hrtime();
     it->out_len = n;
+    /* The one hash of the decoded bytes: the reply carries it so that the
+     * client can check what arrived (the raw bytes have no stored
+     * checksum; the container's were checked by the get's re-verify and
+     * again, per section, by kvtc_decode). */
     it->sum = kvtc_wire_checksum(it->out, n);
+    *decode_ns += t1 - t0;
+    *hash_ns += uv_hrtime() - t1;
 out:
     if (e)
         kvtcd_profile_decoder_give(e, dec);
     else if (dec)
         kvtc_decoder_free(dec);
     kvtcd_profile_unref(e);
-    if (rc && it->out) {
-        free(it->out);
-        it->out = NULL;
-        it->out_len = 0;
-    }
+    if (rc)
+        kvtcd_codec_item_drop_out(it);
     it->rc = rc;
 }
 
@@ -130,7 +139,8 @@ static void run_job(job *j)
         if (it->kind == KVTCD_CODEC_ENCODE)
             do_encode(it);
         else
-            do_decode(j->cj, it, it->batch->max_out);
+            do_decode(j->cj, it, it->batch->max_out, &j->decode_ns,
+                      &j->hash_ns);
     }
     j->ns = uv_hrtime() - t0;
 }
@@ -197,6 +207,10 @@ static void on_after(uv_work_t *w, int status)
     cj->running--;
     cj->running_items -= j->n;
     cj->st.busy_ns += j->ns;
+    if (j->decode_ns)
+        KVTCD_DEBUG("codec", "CPU job items=%u ms=%.2f decode_ms=%.2f "
+                             "hash_ms=%.2f",
+                    j->n, j->ns / 1e6, j->decode_ns / 1e6, j->hash_ns / 1e6);
     for (uint32_t i = 0; i < j->n; i++)
         item_done(cj, j->items[i]);
     free(j);
@@ -234,8 +248,16 @@ static void pump(kvtcd_codec *cj)
             return; /* retried when a running job finishes */
         j->cj = cj;
         j->w.data = j;
+        /* Spread what is queued over the free job slots: one request's
+         * chunks alone would otherwise decode one after another on one
+         * pool thread while the others idle. Under load the share is the
+         * full KVTCD_CODEC_JOB_ITEMS, as before. */
+        uint32_t slots = KVTCD_CODEC_MAX_JOBS - cj->running;
+        uint32_t share = (cj->queued + slots - 1) / slots;
+        if (share > KVTCD_CODEC_JOB_ITEMS)
+            share = KVTCD_CODEC_JOB_ITEMS;
         uint64_t bytes = 0;
-        while (cj->qhead && j->n < KVTCD_CODEC_JOB_ITEMS &&
+        while (cj->qhead && j->n < share &&
                (j->n == 0 || bytes + cj->qhead->len <= KVTCD_CODEC_JOB_BYTES)) {
             kvtcd_codec_item *it = fifo_pop(&cj->qhead, &cj->qtail);
             cj->queued--;
@@ -316,6 +338,13 @@ static void on_gpu_after(uv_work_t *w, int status)
         j->rs.to_cpu = j->n;
         j->rs.done = 0;
     }
+    KVTCD_DEBUG("codec", "GPU job items=%u done=%u to_cpu=%u ms=%.2f "
+                         "stage_ms=%.2f device_ms=%.2f out_ms=%.2f "
+                         "in_bytes=%llu out_bytes=%llu",
+                j->n, j->rs.done, j->rs.to_cpu, j->ns / 1e6,
+                j->rs.stage_ns / 1e6, j->rs.device_ns / 1e6,
+                j->rs.out_ns / 1e6, (unsigned long long)j->rs.in_bytes,
+                (unsigned long long)j->rs.out_bytes);
     cj->st.gpu_items += j->rs.done;
     cj->st.gpu_fallback += j->rs.to_cpu;
     cj->st.gpu_errors += j->rs.errors;

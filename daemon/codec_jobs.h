@@ -25,6 +25,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <uv.h>
 
 #include "kvtc_codec.h"
@@ -57,10 +58,16 @@ typedef struct kvtcd_codec_item {
     size_t len;
     uint32_t n_tokens;          /* ENCODE */
     uint32_t first_pos;         /* ENCODE */
+    uint8_t *dst;               /* DECODE: where the chunk goes when it
+                                   fits dst_cap (the caller's buffer, e.g.
+                                   a host-slab blob the reply is sent
+                                   from), else NULL: out is malloc'd */
+    size_t dst_cap;
     /* out */
     int rc;                     /* 0 or KVTC_E* */
-    uint8_t *out;               /* ENCODE, DECODE: malloc'd; the caller
-                                   owns it after done (free or adopt) */
+    uint8_t *out;               /* ENCODE, DECODE: dst, or malloc'd and
+                                   then the caller owns it after done
+                                   (free or adopt) */
     size_t out_len;
     uint64_t sum;               /* XXH3-64 of out */
     kvtc_container_info info;   /* DECODE, CHECK: the container's header */
@@ -78,6 +85,15 @@ struct kvtcd_codec_batch {
     void *arg;
     uint32_t left;              /* private */
 };
+
+/* Let go of an item's output: free it unless it is the caller's dst. */
+static inline void kvtcd_codec_item_drop_out(kvtcd_codec_item *it)
+{
+    if (it->out != it->dst)
+        free(it->out);
+    it->out = NULL;
+    it->out_len = 0;
+}
 
 typedef struct kvtcd_codec_stats {
     uint64_t jobs;

@@ -446,6 +446,7 @@ int kvtcd_serve_get_decodes(int want, int encoding)
 typedef struct dec_ctx {
     kvtcd_server *srv;
     kvtcd_serve_dec *d;
+    kvtcd_blob **dst;           /* per item: its host-slab target, or NULL */
     kvtcd_codec_batch batch;
     void (*done)(void *arg);
     void *arg;
@@ -460,18 +461,22 @@ static void decoded(kvtcd_codec_batch *b)
         kvtcd_serve_dec *d = &c->d[j];
         d->rc = it->rc;
         kvtcd_blob *nb = NULL;
-        if (!d->rc && (d->rc = kvtcd_heap_blob(it->out, it->out_len, NULL,
-                                               NULL, &nb)) == 0) {
+        if (!d->rc && it->out && it->out == it->dst) {
+            nb = c->dst[j]; /* decoded in place: its reference moves */
+            c->dst[j] = NULL;
+        } else if (!d->rc) {
+            d->rc = kvtcd_heap_blob(it->out, it->out_len, NULL, NULL, &nb);
+        }
+        if (!d->rc) {
             it->out = NULL; /* the blob owns it */
             kvtcd_blob_unref(*d->blob);
             *d->blob = nb;
             d->seg->p = nb->data;
-            d->seg->len = nb->size;
+            d->seg->len = it->out_len;
             d->sum = it->sum;
             sv->get_decoded++;
         } else {
-            free(it->out);
-            it->out = NULL;
+            kvtcd_codec_item_drop_out(it);
             sv->get_failed++;
             KVTCD_ERROR("codec", "stored container did not decode; not "
                                  "served err=\"%s\"",
@@ -480,6 +485,10 @@ static void decoded(kvtcd_codec_batch *b)
     }
     void (*done)(void *) = c->done;
     void *arg = c->arg;
+    for (uint32_t j = 0; j < b->n; j++)
+        if (c->dst[j])
+            kvtcd_blob_unref(c->dst[j]); /* unused: failed or moved */
+    free(c->dst);
     free(c->batch.items);
     free(c);
     done(arg);
@@ -509,11 +518,16 @@ void kvtcd_serve_decode(kvtcd_server *srv, kvtcd_serve_dec *d, uint32_t n,
                         void (*done)(void *arg), void *arg)
 {
     dec_ctx *c = n ? calloc(1, sizeof *c) : NULL;
-    if (c)
+    if (c) {
         c->batch.items = calloc(n, sizeof *c->batch.items);
-    if (!c || !c->batch.items) {
-        if (c)
+        c->dst = calloc(n, sizeof *c->dst);
+    }
+    if (!c || !c->batch.items || !c->dst) {
+        if (c) {
+            free(c->batch.items);
+            free(c->dst);
             free(c);
+        }
         for (uint32_t j = 0; j < n; j++)
             d[j].rc = KVTC_ENOMEM;
         dec_fail *f = calloc(1, sizeof *f);
@@ -532,12 +546,23 @@ void kvtcd_serve_decode(kvtcd_server *srv, kvtcd_serve_dec *d, uint32_t n,
     c->d = d;
     c->done = done;
     c->arg = arg;
+    const char *old_path = getenv("KVTCD_DECODE_MALLOC");
+    int in_slab = !(old_path && old_path[0] == '1') && srv->host;
     for (uint32_t j = 0; j < n; j++) {
         kvtcd_codec_item *it = &c->batch.items[j];
         it->kind = KVTCD_CODEC_DECODE;
         it->src = d[j].seg->p;
         it->len = d[j].seg->len;
         d[j].rc = 0;
+        /* The reply's buffer up front, on the loop thread (the tier is
+         * loop-thread only): the worker or the GPU's staging copy writes
+         * the chunk there once, and the send reads it from there. */
+        uint64_t want = d[j].raw_bytes;
+        if (in_slab && want && want <= srv->cfg.max_chunk_bytes &&
+            kvtcd_tier_alloc(srv->host, (size_t)want, &c->dst[j]) == 0) {
+            it->dst = c->dst[j]->data;
+            it->dst_cap = (size_t)want;
+        }
     }
     c->batch.n = n;
     c->batch.max_out = srv->cfg.max_chunk_bytes;

@@ -99,12 +99,24 @@ typedef struct kvtcd_serve_dec {
     kvtcd_blob **blob;          /* in: holds the container (its reference
                                    is dropped on success); out: a blob
                                    holding the raw bytes */
+    uint64_t raw_bytes;         /* in: the decoded size the index
+                                   expects (0: unknown); a host-slab blob
+                                   of that size is the decode's target */
     int rc;                     /* out: 0 or KVTC_E* (seg/blob unchanged) */
     uint64_t sum;               /* out: XXH3-64 of the raw bytes */
 } kvtcd_serve_dec;
 
 /* Decode n hits off the loop thread, then done(arg) on the loop (never
- * inside this call). d[] and what it points to stay valid until then. */
+ * inside this call). d[] and what it points to stay valid until then.
+ * Each hit with raw_bytes set is decoded straight into a blob of the host
+ * tier (the slab: resident, registered with UCX, and with CUDA when a GPU
+ * tier exists), which the reply is then sent from; it is taken without
+ * evicting anything (a raw get must not push stored chunks out) and held
+ * only until the reply is sent, counted in the host tier's use meanwhile.
+ * When the tier has no room, or the container's size differs, the chunk
+ * goes to a malloc'd buffer as before. KVTCD_DECODE_MALLOC=1 in kvtcd's
+ * environment always takes the malloc path (the path before issue #6,
+ * kept selectable for the dpath benchmark). */
 void kvtcd_serve_decode(kvtcd_server *srv, kvtcd_serve_dec *d, uint32_t n,
                         void (*done)(void *arg), void *arg);
 

@@ -707,6 +707,8 @@ typedef struct get_ctx {
     kvtcd_blob **blobs;   /* referenced */
     size_t *offs;
     uint64_t *sums;       /* checksum the index holds */
+    uint64_t *rawsz;      /* per result i: decoded size of a KVTC chunk
+                             the index knows the layout of, else 0 */
     kvtcd_seg *segs;
     /* hits with no host copy, read from the GPU or disk first */
     struct get_load {
@@ -735,6 +737,7 @@ static void get_ctx_free(void *p)
     free(c->blobs);
     free(c->offs);
     free(c->sums);
+    free(c->rawsz);
     free(c->segs);
     free(c->loads);
     free(c->dec);
@@ -758,13 +761,14 @@ static get_ctx *get_ctx_new(size_t n)
     c->blobs = calloc(n, sizeof *c->blobs);
     c->offs = calloc(n, sizeof *c->offs);
     c->sums = calloc(n, sizeof *c->sums);
+    c->rawsz = calloc(n, sizeof *c->rawsz);
     c->segs = calloc(n, sizeof *c->segs);
     c->loads = calloc(n, sizeof *c->loads);
     c->dec = calloc(n, sizeof *c->dec);
     c->dec_k = calloc(n, sizeof *c->dec_k);
     if (!c->dec || !c->dec_k || !c->res || !c->resp || !c->metas || !c->lms || !c->keys ||
         !c->parents || !c->fidx || !c->blobs || !c->offs || !c->sums ||
-        !c->segs || !c->loads) {
+        !c->rawsz || !c->segs || !c->loads) {
         get_ctx_free(c);
         return NULL;
     }
@@ -925,6 +929,7 @@ static void get_hashed(kvtcd_hashjob *job)
             continue;
         c->dec[nd].seg = &c->segs[k];
         c->dec[nd].blob = &c->blobs[k];
+        c->dec[nd].raw_bytes = c->rawsz[c->fidx[k]];
         nd++;
     }
     if (nd) {
@@ -1041,6 +1046,12 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
         c->res[i].meta = &c->metas[i];
         c->res[i].has_tier = 1;
         c->res[i].tier = (Kvtc__Wire__Tier)kvtcd_entry_wire_tier(e);
+        /* A raw get of a container decodes into a buffer of this size
+         * (codec_serve.h); the container's own header has the last word. */
+        if (kvtcd_serve_get_decodes(want, e->encoding) && e->has_layout)
+            c->rawsz[i] = kvtc_chunk_bytes(&e->layout,
+                                           e->n_tokens ? e->n_tokens
+                                                       : e->layout.chunk_tokens);
         size_t j = c->nf++;
         c->fidx[j] = (uint32_t)i;
         c->sums[j] = e->checksum;

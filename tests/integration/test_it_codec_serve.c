@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "itest.h"
@@ -788,4 +789,126 @@ Test(codec_serve, gpu_codec_within_error_bound)
     free(cpu_rec);
     free(cpu_c);
     itest_daemon_stop(&d);
+}
+
+/* ---- the daemon-side decode path, timed (issue #6) ------------------------ */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Best of reps: get n keys in requests of per chunks, want as asked. */
+static double time_gets(kvtc_conn *c, uint32_t space, uint32_t n, uint32_t per, uint32_t want,
+                        uint8_t *buf, int reps, uint64_t *wire)
+{
+    double best = 1e30;
+    kvtc_get_item *it = calloc(per, sizeof *it);
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_s();
+        *wire = 0;
+        for (uint32_t lo = 0; lo < n; lo += per) {
+            uint32_t m = n - lo < per ? n - lo : per;
+            for (uint32_t i = 0; i < m; i++)
+                it[i] = (kvtc_get_item){.field_mask = KVTC_GET_FIELD_MEM | KVTC_GET_FIELD_WANT,
+                                        .key = itest_key(space, lo + i),
+                                        .buf = buf + (size_t)i * K.bytes,
+                                        .capacity = K.bytes, .mem = KVTC_MEM_HOST,
+                                        .want = want};
+            cr_assert_eq(kvtc_get_batch(c, it, m, NULL), 0, "%s", kvtc_last_error(c));
+            for (uint32_t i = 0; i < m; i++) {
+                cr_assert_eq(it[i].status, 0, "get %u want %u", lo + i, want);
+                *wire += it[i].wire_size;
+            }
+        }
+        double t = now_s() - t0;
+        if (t < best)
+            best = t;
+    }
+    free(it);
+    return best;
+}
+
+/* KVTC_DPATH_BENCH=1: put N chunks compressed by the daemon (target 8) and
+ * N raw, then time get want=RAW (the daemon decodes), want=KVTC (as
+ * stored) and the raw chunks, best of 3, in requests of PER chunks; once
+ * with the decode path as it is and once with KVTCD_DECODE_MALLOC=1 (a
+ * malloc'd output per chunk, the path before issue #6). Env: KVTC_DPATH_N
+ * (64), KVTC_DPATH_PER (16), KVTC_DPATH_CODEC (cpu; auto on a GPU box),
+ * KVTC_DPATH_OUT (JSON file). */
+Test(codec_serve, bench_get_raw, .timeout = 600)
+{
+    if (!getenv("KVTC_DPATH_BENCH"))
+        cr_skip_test("set KVTC_DPATH_BENCH=1 for the daemon-side decode timing");
+    uint32_t n = getenv("KVTC_DPATH_N") ? (uint32_t)atoi(getenv("KVTC_DPATH_N")) : 64;
+    uint32_t per = getenv("KVTC_DPATH_PER") ? (uint32_t)atoi(getenv("KVTC_DPATH_PER")) : 16;
+    const char *dev = getenv("KVTC_DPATH_CODEC") ? getenv("KVTC_DPATH_CODEC") : "cpu";
+    const char *logdir = getenv("KVTC_DPATH_LOG"); /* keep kvtcd's debug log there */
+    const char *extra[] = {"--codec-device", dev, logdir ? "--log-level" : NULL, "debug", NULL};
+    uint8_t *buf = malloc((size_t)per * K.bytes);
+    FILE *js = getenv("KVTC_DPATH_OUT") ? fopen(getenv("KVTC_DPATH_OUT"), "w") : NULL;
+    if (js)
+        fprintf(js, "{\"chunk_bytes\": %zu, \"chunks\": %u, \"per_request\": %u, "
+                    "\"codec_device\": \"%s\", \"runs\": [",
+                K.bytes, n, per, dev);
+    printf("dpath bench: %u chunks of %zu bytes, %u per request, codec %s\n", n, K.bytes, per,
+           dev);
+    for (int old = 1; old >= 0; old--) {
+        if (old)
+            setenv("KVTCD_DECODE_MALLOC", "1", 1);
+        else
+            unsetenv("KVTCD_DECODE_MALLOC");
+        struct itest_daemon d;
+        itest_daemon_prepare(&d);
+        char mem[32];
+        snprintf(mem, sizeof mem, "%zuM", (size_t)(4 * n * K.bytes >> 20) + 64);
+        itest_daemon_launch(&d, mem, 0, extra);
+        kvtc_conn *c = itest_connect(&d);
+        cr_assert_eq(kvtc_profile_upload(c, K.pbytes, K.plen, NULL, NULL), 0, "%s",
+                     kvtc_last_error(c));
+        for (uint32_t i = 0; i < n; i++) {
+            cr_assert_eq(put_one(c, itest_key(0x70, i), K.chunk[i % 3], K.bytes, 8, 0, 0, &K.l),
+                         0, "%s", kvtc_last_error(c));
+            cr_assert_eq(put_one(c, itest_key(0x71, i), K.chunk[i % 3], K.bytes, 0, 0, 0, &K.l),
+                         0, "%s", kvtc_last_error(c));
+        }
+        uint64_t w_dec, w_kvtc, w_raw;
+        double t_dec = time_gets(c, 0x70, n, per, KVTC_WANT_RAW, buf, 3, &w_dec);
+        double t_kvtc = time_gets(c, 0x70, n, per, KVTC_WANT_KVTC, buf, 3, &w_kvtc);
+        double t_raw = time_gets(c, 0x71, n, per, KVTC_WANT_RAW, buf, 3, &w_raw);
+        double mb = (double)n * K.bytes / 1e6;
+        const char *name = old ? "malloc per chunk (before #6)" : "into host-slab blobs";
+        printf("| %s | want=RAW decoded %.1f ms (%.0f MB/s) | want=KVTC %.1f ms (%.1fx fewer "
+               "bytes) | raw chunks %.1f ms (%.0f MB/s) |\n",
+               name, t_dec * 1e3, mb / t_dec, t_kvtc * 1e3, (double)w_dec / (double)w_kvtc,
+               t_raw * 1e3, mb / t_raw);
+        if (js)
+            fprintf(js, "%s{\"path\": \"%s\", \"get_raw_decoded_ms\": %.3f, "
+                        "\"get_kvtc_ms\": %.3f, \"get_raw_chunks_ms\": %.3f, "
+                        "\"wire_bytes_decoded\": %" PRIu64 ", \"wire_bytes_kvtc\": %" PRIu64 "}",
+                    old ? "" : ", ", name, t_dec * 1e3, t_kvtc * 1e3, t_raw * 1e3, w_dec,
+                    w_kvtc);
+        kvtc_disconnect(c);
+        if (logdir) {
+            size_t len;
+            char *all = kvtc_test_read_file(d.log, &len);
+            char path[4096];
+            snprintf(path, sizeof path, "%s/kvtcd-%s.log", logdir, old ? "malloc" : "slab");
+            FILE *f = fopen(path, "w");
+            if (f && all)
+                fwrite(all, 1, len, f);
+            if (f)
+                fclose(f);
+            free(all);
+        }
+        itest_daemon_stop(&d);
+    }
+    unsetenv("KVTCD_DECODE_MALLOC");
+    if (js) {
+        fprintf(js, "]}\n");
+        fclose(js);
+    }
+    free(buf);
 }
