@@ -127,6 +127,7 @@ struct kvtc_conn {
     size_t raw_pending;         /* "in data" rendezvous replies arriving */
     kvtc_server_info info;
     struct kvtc__prof_cache *profiles; /* decoders of fetched profiles */
+    struct kvtc__gpu_state *gpu; /* GPU decode contexts (gpu_decode.c) */
     char last_error[256];
 };
 

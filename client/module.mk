@@ -16,6 +16,9 @@ LIBS += $(CLIENT_A) $(CLIENT_SO)
 ifneq ($(NVCC),)
 CLIENT_CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(NVCC)))
 $(OBJ)/client/cuda.o: CPPFLAGS += -DKVTC_HAVE_CUDA -I$(CLIENT_CUDA_HOME)/include
+# The GPU decode of get containers (gpu_decode.c) dlopens libkvtc_gpu.so:
+# only the CUDA runtime is linked.
+$(OBJ)/client/gpu_decode.o: CPPFLAGS += -DKVTC_HAVE_CUDA -I$(CLIENT_CUDA_HOME)/include
 CLIENT_LDLIBS += -L$(CLIENT_CUDA_HOME)/lib64 -Wl,-rpath,$(CLIENT_CUDA_HOME)/lib64 -lcudart
 endif
 
@@ -42,3 +45,4 @@ $(CLIENT_GPU_CHECK): $(OBJ)/tests/gpu/client_cuda.o $(CLIENT_A) $(CODEC_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(CLIENT_A) $(CLIENT_LDLIBS)
 endif
+

@@ -252,6 +252,7 @@ int kvtc_get_batch_async(kvtc_conn *c, kvtc_get_item *items, size_t n,
         it->has_layout = 0;
         it->encoding = KVTC_ENCODING_RAW;
         it->wire_size = 0;
+        it->decoded_on = KVTC_DECODED_NONE;
         uint32_t want = (it->field_mask & KVTC_GET_FIELD_WANT) ? it->want : KVTC_WANT_RAW;
         if (want > KVTC_WANT_CONTAINER) {
             kvtc__set_error(c, "item %zu: want %u", i, want);

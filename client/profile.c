@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu_decode.h"
 #include "internal.h"
 
 #define POP(x) KVTC__WIRE__PROFILE_OP__PROFILE_##x
@@ -25,6 +26,7 @@ struct kvtc__prof_cache {
 
 void kvtc__profile_cache_free(kvtc_conn *c)
 {
+    kvtc__gpu_state_free(c); /* its contexts read the profiles */
     struct kvtc__prof_cache *e = c->profiles;
     while (e) {
         struct kvtc__prof_cache *n = e->next;
@@ -65,6 +67,7 @@ static int cache_add(kvtc_conn *c, kvtc_profile *p)
             struct kvtc__prof_cache *old = *pp;
             *pp = NULL;
             kvtc_decoder_free(old->dec);
+            kvtc__gpu_forget(c, old->p);
             kvtc_profile_free(old->p);
             free(old);
             break;
@@ -309,6 +312,7 @@ static void decode_all(struct kvtc__op *op)
         kvtc_container_info ci;
         int rc = kvtc_inspect(d->at, d->len, &ci);
         kvtc_decoder *dec = NULL;
+        const kvtc_profile *prof = NULL;
         if (!rc && ci.mode == 1) {
             if (!raw_dec)
                 rc = kvtc_decoder_create(NULL, &raw_dec);
@@ -316,13 +320,20 @@ static void decode_all(struct kvtc__op *op)
         } else if (!rc) {
             struct kvtc__prof_cache *e = cache_find(c, ci.profile_id);
             if (e)
-                dec = e->dec;
+                dec = e->dec, prof = e->p;
             else
                 rc = KVTC_EPROFILE;
         }
         if (!rc && ci.raw_bytes > it->capacity) {
             it->size = (size_t)ci.raw_bytes;
             rc = KVTC_ENOSPC;
+        }
+        /* A device buffer: decoded on its GPU when libkvtc_gpu serves it,
+         * else on the CPU and copied (gpu_decode.c). */
+        if (!rc && d->device && !kvtc__gpu_decode(c, prof, &ci, d->at, d->len, it->buf)) {
+            it->size = (size_t)ci.raw_bytes;
+            it->decoded_on = KVTC_DECODED_GPU;
+            continue;
         }
         if (!rc) {
             void *dst = it->buf;
@@ -340,6 +351,7 @@ static void decode_all(struct kvtc__op *op)
             continue;
         }
         it->size = (size_t)ci.raw_bytes;
+        it->decoded_on = KVTC_DECODED_CPU;
     }
     kvtc_decoder_free(raw_dec);
 }

@@ -321,10 +321,10 @@ enum kvtc_get_field {
 enum kvtc_want {
     KVTC_WANT_RAW = 0,      /* the daemon decodes; raw bytes travel */
     KVTC_WANT_KVTC = 1,     /* the container travels (~1/ratio of the
-                               bytes) and libkvtc decodes it on the CPU
-                               into buf: buf gets the raw chunk. The
-                               profile is fetched from the daemon once per
-                               connection and cached. */
+                               bytes) and libkvtc decodes it into buf: buf
+                               gets the raw chunk. The profile is fetched
+                               from the daemon once per connection and
+                               cached. Where: see decoded_on. */
     KVTC_WANT_CONTAINER = 2 /* the container travels and lands in buf as
                                is (decode it with kvtc_decode or on a GPU) */
 };
@@ -349,8 +349,33 @@ typedef struct kvtc_get_item {
     uint32_t encoding;    /* out: enum kvtc_encoding of the bytes that
                              travelled (KVTC: it was stored compressed) */
     uint64_t wire_size;   /* out: bytes that travelled for this chunk */
-    uint64_t reserved[2];
+    uint32_t decoded_on;  /* out: enum kvtc_decoded_on (was reserved: 0
+                             there, which reads as KVTC_DECODED_NONE) */
+    uint32_t reserved32;
+    uint64_t reserved[1];
 } kvtc_get_item;
+
+/* Who decoded a KVTC_WANT_KVTC item's container (kvtc_get_item.decoded_on).
+ * A buffer in host memory is decoded on the CPU. A CUDA device buffer is
+ * decoded on its own GPU by libkvtc_gpu.so when that loads: the container
+ * (~1/ratio of the chunk) is copied host -> device and decoded straight
+ * into buf, bit-identical to kvtc_gpu_decode of that container with
+ * libkvtc_gpu's default parameters (within the plan's error bound of the
+ * CPU decode, not bit-identical to it). libkvtc_gpu.so is opened at run
+ * time (libkvtc has no link-time dependency on it): the path in the
+ * environment variable KVTC_GPU_LIB (only that one: a path that does not
+ * load, e.g. /nonexistent, forces the CPU), else libkvtc_gpu.so next to
+ * the library or program holding libkvtc, else the loader's search path.
+ * Without it, or when the GPU path refuses the chunk (a layout it does
+ * not cover, a CUDA error, any device-side error), the CPU decodes and the
+ * raw chunk is copied to the device, as before. GPU codec contexts are
+ * cached per connection for each (profile, plan, device). */
+enum kvtc_decoded_on {
+    KVTC_DECODED_NONE = 0, /* libkvtc decoded nothing: raw bytes travelled,
+                              KVTC_WANT_CONTAINER, or the item failed */
+    KVTC_DECODED_CPU = 1,
+    KVTC_DECODED_GPU = 2
+};
 
 /* Daemon counters (StatsReply). field_mask says which the daemon filled. */
 enum kvtc_stats_field {

@@ -166,7 +166,9 @@ class GetItem(C.Structure):
         ("want", C.c_uint32),
         ("encoding", C.c_uint32),
         ("wire_size", C.c_uint64),
-        ("reserved", C.c_uint64 * 2),
+        ("decoded_on", C.c_uint32),
+        ("reserved32", C.c_uint32),
+        ("reserved", C.c_uint64 * 1),
     ]
 
 
