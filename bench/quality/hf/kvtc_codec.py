@@ -7,22 +7,31 @@ the u64 after three u32 in kvtc_calib_params gets its padding). Every C call
 that returns an int is checked: a negative code raises KvtcError carrying
 kvtc_strerror's text.
 
-Libraries are found in $KVTC_LIBDIR, else $KVTC_BUILD/lib, else build/lib of
-the repository. Arrays cross as numpy buffers; nothing is copied that C could
-read in place.
+Libraries are found as the client binding finds libkvtc.so (kvtc/_lib.py:
+$KVTC_LIBDIR, $KVTC_BUILD/lib, build/lib of the repository, the system), and
+the structs both bindings mirror (kvtc_layout, kvtc_container_info,
+kvtc_plan_info, kvtc_calib_params) are the client's (kvtc/_types.py), so
+one definition follows the header. Arrays cross as numpy
+buffers; nothing is copied that C could read in place.
 """
 
 import ctypes as C
 import os
+import sys
 
 import numpy as np
 
-# enum kvtc_dtype
-DTYPE_BF16, DTYPE_FP16, DTYPE_FP32, DTYPE_FP8_E4M3 = 1, 2, 3, 4
-# enum kvtc_rope_style
-ROPE_NONE, ROPE_INTERLEAVED, ROPE_HALF_SPLIT = 0, 1, 2
-# enum kvtc_rope_scaling
-ROPE_SCALING_NONE, ROPE_SCALING_LINEAR, ROPE_SCALING_LLAMA3 = 0, 1, 2
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "..", "..", "client", "python"))
+
+from kvtc import _lib  # noqa: E402
+from kvtc import _types as T  # noqa: E402
+from kvtc._types import (DTYPE_BF16, DTYPE_FP16, DTYPE_FP32,  # noqa: E402,F401
+                         DTYPE_FP8_E4M3, ROPE_HALF_SPLIT, ROPE_INTERLEAVED,
+                         ROPE_NONE, ROPE_SCALING_LINEAR, ROPE_SCALING_LLAMA3,
+                         ROPE_SCALING_NONE, CalibParams, ContainerInfo,
+                         Layout, PlanInfo)
+
 # enum kvtc_stage
 STAGE_DEFLATE, STAGE_ZSTD, STAGE_STORE = 0, 1, 2
 # enum kvtc_chunk_flags
@@ -32,79 +41,12 @@ SINK_TOKENS = 4
 BL_FP8, BL_INT4, BL_KIVI2, BL_ZSTD = 1, 2, 3, 4
 
 
-class Layout(C.Structure):
-    _fields_ = [
-        ("layers", C.c_uint32),
-        ("kv_heads", C.c_uint32),
-        ("head_dim", C.c_uint32),
-        ("dtype", C.c_uint32),
-        ("chunk_tokens", C.c_uint32),
-        ("rope_style", C.c_uint32),
-        ("rope_scaling", C.c_uint32),
-        ("rope_orig_max_pos", C.c_uint32),
-        ("rope_theta", C.c_float),
-        ("rope_factor", C.c_float),
-        ("rope_low_freq_factor", C.c_float),
-        ("rope_high_freq_factor", C.c_float),
-    ]
-
-    def row_width(self):
-        return self.layers * self.kv_heads * self.head_dim
-
-    def __repr__(self):
-        return "Layout(%s)" % ", ".join(
-            "%s=%r" % (n, getattr(self, n)) for n, _ in self._fields_)
-
-
-class CalibParams(C.Structure):
-    _fields_ = [
-        ("max_rows", C.c_uint32),
-        ("plan_rows", C.c_uint32),
-        ("max_components", C.c_uint32),
-        ("seed", C.c_uint64),
-        ("value_weight", C.c_float),
-        ("slab_weights", C.POINTER(C.c_float)),
-    ]
-
-
-class PlanInfo(C.Structure):
-    _fields_ = [
-        ("target_ratio", C.c_float),
-        ("bits_per_token", C.c_float),
-        ("mse_key", C.c_float),
-        ("mse_value", C.c_float),
-        ("key_components", C.c_uint32),
-        ("value_components", C.c_uint32),
-        ("groups", C.c_uint32),
-    ]
-
-    def as_dict(self):
-        return {n: getattr(self, n) for n, _ in self._fields_}
-
-
 class Chunk(C.Structure):
     _fields_ = [
         ("data", C.c_void_p),
         ("n_tokens", C.c_uint32),
         ("first_pos", C.c_uint32),
         ("flags", C.c_uint32),
-    ]
-
-
-class ContainerInfo(C.Structure):
-    _fields_ = [
-        ("version", C.c_uint32),
-        ("mode", C.c_uint32),
-        ("stage", C.c_uint32),
-        ("plan", C.c_uint32),
-        ("profile_id", C.c_uint64),
-        ("layout", Layout),
-        ("n_tokens", C.c_uint32),
-        ("first_pos", C.c_uint32),
-        ("sink_tokens", C.c_uint32),
-        ("pieces", C.c_uint32),
-        ("container_bytes", C.c_uint64),
-        ("raw_bytes", C.c_uint64),
     ]
 
 
@@ -126,30 +68,16 @@ def check_header(path=None):
     here makes C read past Python's buffer (it happened): so parse the
     header's `typedef struct NAME { ... } NAME;` bodies and insist on the
     same fields in the same order. Raises RuntimeError on a mismatch."""
-    import re
     if path is None:
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                             "..", "..", "..", "include", "kvtc_codec.h")
     with open(path) as fh:
-        text = re.sub(r"/\*.*?\*/", "", fh.read(), flags=re.S)
+        text = fh.read()
     for name, cls in _MIRRORS.items():
-        m = re.search(r"typedef struct %s \{(.*?)\} %s;" % (name, name), text, re.S)
-        if not m:
-            raise RuntimeError("%s not found in %s" % (name, path))
-        fields = [re.split(r"[\s*]+", d.strip())[-1].split("[")[0]
-                  for d in m.group(1).split(";") if d.strip()]
+        fields = T.header_fields(text, name)
         mine = [f for f, _ in cls._fields_]
         if fields != mine:
             raise RuntimeError("%s: header has %s, binding has %s" % (name, fields, mine))
-
-
-def _libdir():
-    if os.environ.get("KVTC_LIBDIR"):
-        return os.environ["KVTC_LIBDIR"]
-    if os.environ.get("KVTC_BUILD"):
-        return os.path.join(os.environ["KVTC_BUILD"], "lib")
-    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-    return os.path.join(root, "build", "lib")
 
 
 _codec = None
@@ -168,11 +96,7 @@ def _check(lib, func, rc):
     return rc
 
 
-def _proto(lib, name, restype, argtypes):
-    f = getattr(lib, name)
-    f.restype = restype
-    f.argtypes = argtypes
-    return f
+_proto = _lib._proto
 
 
 def codec():
@@ -180,7 +104,7 @@ def codec():
     global _codec
     if _codec is not None:
         return _codec
-    lib = C.CDLL(os.path.join(_libdir(), "libkvtc_codec.so"))
+    lib = C.CDLL(_lib.find_library("libkvtc_codec.so"))
     vp, sz, u32, i32 = C.c_void_p, C.c_size_t, C.c_uint32, C.c_int
     LP = C.POINTER(Layout)
     _proto(lib, "kvtc_strerror", C.c_char_p, [i32])
@@ -232,7 +156,7 @@ def bench():
     global _bench
     if _bench is not None:
         return _bench
-    lib = C.CDLL(os.path.join(_libdir(), "libkvtc_bench.so"))
+    lib = C.CDLL(_lib.find_library("libkvtc_bench.so"))
     _proto(lib, "kvtc_bl_name", C.c_char_p, [C.c_int])
     _proto(lib, "kvtc_bl_roundtrip", C.c_int,
            [C.c_int, C.POINTER(Layout), C.c_void_p, C.c_uint32, C.c_void_p,

@@ -72,6 +72,10 @@ class Layout(C.Structure):
         ("rope_high_freq_factor", C.c_float),
     ]
 
+    def row_width(self):
+        """Elements of one token's row: layers x kv_heads x head_dim."""
+        return self.layers * self.kv_heads * self.head_dim
+
     def as_dict(self):
         return {n: getattr(self, n) for n, _ in self._fields_}
 
@@ -209,6 +213,34 @@ class ContainerInfo(C.Structure):
     ]
 
 
+class PlanInfo(C.Structure):
+    """kvtc_plan_info: one plan of a profile (its ratio and error)."""
+    _fields_ = [
+        ("target_ratio", C.c_float),
+        ("bits_per_token", C.c_float),
+        ("mse_key", C.c_float),
+        ("mse_value", C.c_float),
+        ("key_components", C.c_uint32),
+        ("value_components", C.c_uint32),
+        ("groups", C.c_uint32),
+    ]
+
+    def as_dict(self):
+        return {n: getattr(self, n) for n, _ in self._fields_}
+
+
+class CalibParams(C.Structure):
+    """kvtc_calib_params: the calibrator's knobs (0 = default)."""
+    _fields_ = [
+        ("max_rows", C.c_uint32),
+        ("plan_rows", C.c_uint32),
+        ("max_components", C.c_uint32),
+        ("seed", C.c_uint64),
+        ("value_weight", C.c_float),
+        ("slab_weights", C.POINTER(C.c_float)),
+    ]
+
+
 DoneCb = C.CFUNCTYPE(None, C.c_int, C.c_void_p)
 
 
@@ -231,6 +263,8 @@ MIRRORS = {
     "kvtc_stats": ("kvtc.h", Stats), "kvtc_op_params": ("kvtc.h", OpParams),
     "kvtc_profile_info": ("kvtc.h", ProfileInfo),
     "kvtc_container_info": ("kvtc_codec.h", ContainerInfo),
+    "kvtc_plan_info": ("kvtc_codec.h", PlanInfo),
+    "kvtc_calib_params": ("kvtc_codec.h", CalibParams),
 }
 
 

@@ -32,6 +32,7 @@ import time
 
 from . import _lib
 from . import _types as T
+from ._types import CalibParams, ContainerInfo, PlanInfo  # noqa: F401 (kvtc.gpu.PlanInfo, ...)
 from .errors import error
 
 # enum kvtc_gpu_gemm / kvtc_chunk_flags
@@ -49,30 +50,6 @@ class GpuParams(C.Structure):
 class GpuContainer(C.Structure):
     _fields_ = [("src_off", C.c_uint64), ("src_len", C.c_uint64), ("dst", C.c_void_p),
                 ("n_tokens", C.c_uint32), ("first_pos", C.c_uint32), ("flags", C.c_uint32)]
-
-
-class PlanInfo(C.Structure):
-    _fields_ = [("target_ratio", C.c_float), ("bits_per_token", C.c_float),
-                ("mse_key", C.c_float), ("mse_value", C.c_float),
-                ("key_components", C.c_uint32), ("value_components", C.c_uint32),
-                ("groups", C.c_uint32)]
-
-    def as_dict(self):
-        return {n: getattr(self, n) for n, _ in self._fields_}
-
-
-class CalibParams(C.Structure):
-    _fields_ = [("max_rows", C.c_uint32), ("plan_rows", C.c_uint32),
-                ("max_components", C.c_uint32), ("seed", C.c_uint64),
-                ("value_weight", C.c_float), ("slab_weights", C.POINTER(C.c_float))]
-
-
-class ContainerInfo(C.Structure):
-    _fields_ = [("version", C.c_uint32), ("mode", C.c_uint32), ("stage", C.c_uint32),
-                ("plan", C.c_uint32), ("profile_id", C.c_uint64), ("layout", T.Layout),
-                ("n_tokens", C.c_uint32), ("first_pos", C.c_uint32),
-                ("sink_tokens", C.c_uint32), ("pieces", C.c_uint32),
-                ("container_bytes", C.c_uint64), ("raw_bytes", C.c_uint64)]
 
 
 def _declare(lib):
