@@ -31,6 +31,7 @@ import numpy as np
 from . import _lib
 from . import _types as T
 from . import buffers
+from ._closing import Closing
 from .errors import KVTC_ENOENT, KVTC_ENOSPC, error
 from .keys import key_array, to_bytes, to_struct
 
@@ -103,7 +104,7 @@ def _as_key_list(keys):
     return list(keys)
 
 
-class Client:
+class Client(Closing):
     """A connection to one kvtcd; a context manager that closes it.
 
     server: "HOST:PORT" (default $KVTC_SERVER, else libkvtc's 127.0.0.1:7700);
@@ -151,18 +152,6 @@ class Client:
             if self._conn:
                 self._lib.kvtc_disconnect(self._conn)
                 self._conn = C.c_void_p()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # ---- plumbing ------------------------------------------------------
 

@@ -32,6 +32,7 @@ import time
 
 from . import _lib
 from . import _types as T
+from ._closing import Closing
 from ._types import CalibParams, ContainerInfo, PlanInfo  # noqa: F401 (kvtc.gpu.PlanInfo, ...)
 from .errors import error
 
@@ -142,7 +143,7 @@ def _host_ptr(a):
     return a.ctypes.data, a.nbytes, a
 
 
-class Profile:
+class Profile(Closing):
     """A loaded profile (.kvtcp bytes). Keep it alive while Decoders made
     from it exist (the C context reads it)."""
 
@@ -185,12 +186,6 @@ class Profile:
         if self._p:
             self._lib.kvtc_profile_free(self._p)
             self._p = C.c_void_p()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def calibrate(layout, chunks, targets=(16,), max_components=0, max_rows=0, seed=1,
@@ -252,7 +247,7 @@ def inspect(container):
     return d
 
 
-class Decoder:
+class Decoder(Closing):
     """A GPU codec context for one profile and plan on one device."""
 
     def __init__(self, profile, plan, device=0, timing=False, gemm=GEMM_FP16):
@@ -347,18 +342,6 @@ class Decoder:
         if self._ctx:
             self._lib.kvtc_gpu_codec_free(self._ctx)
             self._ctx = C.c_void_p()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 __all__ = ["available", "lib", "Profile", "calibrate", "inspect", "Decoder"]
