@@ -141,7 +141,7 @@ static void send_cb(void *request, ucs_status_t status, void *user_data)
     kvtc__op_maybe_done(op);
 }
 
-int kvtc__op_pack(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req)
+static int op_pack(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req)
 {
     op->id = ++c->next_id;
     req->id = op->id;
@@ -151,8 +151,8 @@ int kvtc__op_pack(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req)
     return rc;
 }
 
-int kvtc__op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
-                    size_t count, ucp_datatype_t dt, int payload_cuda)
+static int op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
+                     size_t count, ucp_datatype_t dt, int payload_cuda)
 {
     if (c->failed) {
         kvtc__set_error(c, "connection failed earlier");
@@ -221,6 +221,38 @@ int kvtc__op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
     if (sp == NULL)
         op->send_pending = 0;
     return 0;
+}
+
+int kvtc__op_send(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req,
+                  const void *payload, size_t payload_len, ucp_datatype_t dt,
+                  int payload_cuda)
+{
+    int rc = op_pack(c, op, req);
+    if (!rc)
+        rc = op_submit(c, op, payload, payload_len, dt, payload_cuda);
+    return rc;
+}
+
+int kvtc__need_cb(kvtc_conn *c, const kvtc_op_params *p)
+{
+    if (!p || !(p->field_mask & KVTC_OP_PARAM_FIELD_CALLBACK) || !p->cb) {
+        kvtc__set_error(c, "asynchronous call without a callback");
+        return KVTC_EINVAL;
+    }
+    return 0;
+}
+
+void kvtc__recv_cb(void *request, ucs_status_t status, size_t length, void *user_data)
+{
+    struct kvtc__op *op = user_data;
+    (void)length;
+    op->recv_pending = 0;
+    if (status != UCS_OK && !op->status) {
+        op->status = KVTC_ECONN;
+        kvtc__set_error(op->conn, "receive failed: %s", ucs_status_string(status));
+    }
+    ucp_request_free(request);
+    kvtc__op_maybe_done(op);
 }
 
 void kvtc__conn_fail(kvtc_conn *c, int err, const char *why)
@@ -867,9 +899,7 @@ static int hello(kvtc_conn *c, const kvtc_conn_params *params, uint64_t deadline
     if (!o)
         return KVTC_ENOMEM;
     o->deadline_ns = deadline;
-    int rc = kvtc__op_pack(c, o, &req);
-    if (!rc)
-        rc = kvtc__op_submit(c, o, NULL, 0, ucp_dt_make_contig(1), 0);
+    int rc = kvtc__op_send(c, o, &req, NULL, 0, ucp_dt_make_contig(1), 0);
     if (rc) {
         kvtc__op_free(o);
         return rc;
@@ -1013,7 +1043,7 @@ static int bulk_setup(kvtc_conn *c, uint64_t deadline)
         goto fallback;
     o->deadline_ns = 0;
     c->bulk_state = KVTC__BULK_BINDING;
-    if (kvtc__op_pack(c, o, &req) || kvtc__op_submit(c, o, NULL, 0, ucp_dt_make_contig(1), 0)) {
+    if (kvtc__op_send(c, o, &req, NULL, 0, ucp_dt_make_contig(1), 0)) {
         kvtc__op_free(o);
         o = NULL;
         goto fallback;

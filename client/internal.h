@@ -147,13 +147,19 @@ static inline ucp_ep_h kvtc__send_ep(const kvtc_conn *c)
 void kvtc__set_error(kvtc_conn *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 uint64_t kvtc__now_ns(void);
-/* Give op the next id and pack req (its id set) into op->frame. Errors:
- * KVTC_ENOSPC / KVTC_EINVAL when the frame is too large, KVTC_ENOMEM. */
-int kvtc__op_pack(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req);
-/* Post op (frame + payload) and track it; on error nothing stays behind
- * except op, which the caller frees with kvtc__op_free. */
-int kvtc__op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
-                    size_t payload_len, ucp_datatype_t dt, int payload_cuda);
+/* Give op the next id, pack req (its id set) into op->frame and post it
+ * (frame + payload), tracking op. Errors: KVTC_ENOSPC / KVTC_EINVAL when
+ * the frame is too large, KVTC_ENOMEM, the connection's failure; nothing
+ * stays behind except op, which the caller frees with kvtc__op_free. */
+int kvtc__op_send(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req,
+                  const void *payload, size_t payload_len, ucp_datatype_t dt,
+                  int payload_cuda);
+/* KVTC_EINVAL (with the error text) unless p names a callback: the
+ * asynchronous calls report only through it. */
+int kvtc__need_cb(kvtc_conn *c, const kvtc_op_params *p);
+/* UCX receive callback of a reply's rendezvous bytes (user_data = op):
+ * records a failure and finishes op once nothing else is pending. */
+void kvtc__recv_cb(void *request, ucs_status_t status, size_t length, void *user_data);
 struct kvtc__op *kvtc__op_new(kvtc_conn *c, enum kvtc__op_kind kind,
                               const kvtc_op_params *p);
 void kvtc__op_free(struct kvtc__op *op);

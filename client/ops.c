@@ -28,15 +28,6 @@ static int check_batch(kvtc_conn *c, const void *arr, size_t n)
     return 0;
 }
 
-static int need_cb(kvtc_conn *c, const kvtc_op_params *p)
-{
-    if (!p || !(p->field_mask & KVTC_OP_PARAM_FIELD_CALLBACK) || !p->cb) {
-        kvtc__set_error(c, "asynchronous call without a callback");
-        return KVTC_EINVAL;
-    }
-    return 0;
-}
-
 /* Keys as protobuf bytes pointing into the caller's array (packing copies
  * them, so they need not outlive the submit). */
 static ProtobufCBinaryData *wire_keys(const kvtc_key *keys, size_t n)
@@ -51,16 +42,6 @@ static ProtobufCBinaryData *wire_keys(const kvtc_key *keys, size_t n)
     return b;
 }
 
-static int submit_frame(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req,
-                        const void *payload, size_t count, ucp_datatype_t dt,
-                        int cuda)
-{
-    int rc = kvtc__op_pack(c, op, req);
-    if (!rc)
-        rc = kvtc__op_submit(c, op, payload, count, dt, cuda);
-    return rc;
-}
-
 /* ---- Put ------------------------------------------------------------------ */
 
 int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
@@ -68,7 +49,7 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
 {
     if (!c)
         return KVTC_EINVAL;
-    int rc = need_cb(c, p);
+    int rc = kvtc__need_cb(c, p);
     if (rc || (rc = check_batch(c, items, n)))
         return rc;
     uint64_t max_chunk = c->info.max_chunk_bytes ? c->info.max_chunk_bytes
@@ -209,12 +190,12 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
     /* One contiguous buffer goes as such (the common single-chunk case,
      * zero-copy rendezvous); several as an IOV list, still zero-copy. */
     if (op->iov_n == 0)
-        rc = submit_frame(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
+        rc = kvtc__op_send(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
     else if (op->iov_n == 1)
-        rc = submit_frame(c, op, &req, op->iov[0].buffer, op->iov[0].length,
+        rc = kvtc__op_send(c, op, &req, op->iov[0].buffer, op->iov[0].length,
                           ucp_dt_make_contig(1), direct);
     else
-        rc = submit_frame(c, op, &req, op->iov, op->iov_n, ucp_dt_make_iov(), direct);
+        rc = kvtc__op_send(c, op, &req, op->iov, op->iov_n, ucp_dt_make_iov(), direct);
     if (!rc)
         op = NULL;
 cleanup:
@@ -233,7 +214,7 @@ int kvtc_get_batch_async(kvtc_conn *c, kvtc_get_item *items, size_t n,
 {
     if (!c)
         return KVTC_EINVAL;
-    int rc = need_cb(c, p);
+    int rc = kvtc__need_cb(c, p);
     if (rc || (rc = check_batch(c, items, n)))
         return rc;
     ProtobufCBinaryData *keys = calloc(n, sizeof *keys);
@@ -292,26 +273,13 @@ int kvtc_get_batch_async(kvtc_conn *c, kvtc_get_item *items, size_t n,
     req.get = &gr;
     op->out.get = items;
     op->n = n;
-    rc = submit_frame(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
+    rc = kvtc__op_send(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
     if (!rc)
         op = NULL;
 cleanup:
     kvtc__op_free(op);
     free(keys);
     return rc;
-}
-
-static void recv_cb(void *request, ucs_status_t status, size_t length, void *user_data)
-{
-    struct kvtc__op *op = user_data;
-    (void)length;
-    op->recv_pending = 0;
-    if (status != UCS_OK && !op->status) {
-        op->status = KVTC_ECONN;
-        kvtc__set_error(op->conn, "receive failed: %s", ucs_status_string(status));
-    }
-    ucp_request_free(request);
-    kvtc__op_maybe_done(op);
 }
 
 static int same_key(const ProtobufCBinaryData *b, const kvtc_key *k)
@@ -454,7 +422,7 @@ static ucs_status_t get_reply(struct kvtc__op *op, const Kvtc__Wire__GetReply *g
     ucp_request_param_t prm = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                         UCP_OP_ATTR_FIELD_DATATYPE,
-        .cb.recv_am = recv_cb,
+        .cb.recv_am = kvtc__recv_cb,
         .user_data = op,
     };
     void *buf;
@@ -745,7 +713,7 @@ static int keys_async(kvtc_conn *c, enum kvtc__op_kind kind, const kvtc_key *key
 {
     if (!c)
         return KVTC_EINVAL;
-    int rc = need_cb(c, p);
+    int rc = kvtc__need_cb(c, p);
     if (rc || (rc = check_batch(c, keys, n)))
         return rc;
     if (kind == KVTC__OP_LOOKUP && !out1) {
@@ -793,7 +761,7 @@ static int keys_async(kvtc_conn *c, enum kvtc__op_kind kind, const kvtc_key *key
         op->out.statuses = out1;
         break;
     }
-    rc = submit_frame(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
+    rc = kvtc__op_send(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
     if (!rc)
         op = NULL;
 cleanup:
@@ -830,7 +798,7 @@ int kvtc_stats_get_async(kvtc_conn *c, const kvtc_op_params *p, kvtc_stats *out)
 {
     if (!c || !out)
         return KVTC_EINVAL;
-    int rc = need_cb(c, p);
+    int rc = kvtc__need_cb(c, p);
     if (rc)
         return rc;
     struct kvtc__op *op = kvtc__op_new(c, KVTC__OP_STATS, p);
@@ -841,7 +809,7 @@ int kvtc_stats_get_async(kvtc_conn *c, const kvtc_op_params *p, kvtc_stats *out)
     req.body_case = KVTC__WIRE__REQUEST__BODY_STATS;
     req.stats = &sr;
     op->out.stats = out;
-    rc = submit_frame(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
+    rc = kvtc__op_send(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
     if (rc)
         kvtc__op_free(op);
     return rc;

@@ -91,25 +91,13 @@ static int profile_submit(kvtc_conn *c, struct kvtc__op *op, int pop, uint64_t i
     req.body_case = KVTC__WIRE__REQUEST__BODY_PROFILE;
     req.profile = &pr;
     op->out.prof.op = pop;
-    int rc = kvtc__op_pack(c, op, &req);
-    if (!rc)
-        rc = kvtc__op_submit(c, op, payload, len, ucp_dt_make_contig(1), 0);
-    return rc;
-}
-
-static int need_cb(kvtc_conn *c, const kvtc_op_params *p)
-{
-    if (!p || !(p->field_mask & KVTC_OP_PARAM_FIELD_CALLBACK) || !p->cb) {
-        kvtc__set_error(c, "asynchronous call without a callback");
-        return KVTC_EINVAL;
-    }
-    return 0;
+    return kvtc__op_send(c, op, &req, payload, len, ucp_dt_make_contig(1), 0);
 }
 
 /* Common start of the four calls. */
 static struct kvtc__op *new_op(kvtc_conn *c, const kvtc_op_params *p, int *rc)
 {
-    *rc = need_cb(c, p);
+    *rc = kvtc__need_cb(c, p);
     if (*rc)
         return NULL;
     struct kvtc__op *op = kvtc__op_new(c, KVTC__OP_PROFILE, p);
@@ -201,19 +189,6 @@ static void info_out(kvtc_profile_info *o, const Kvtc__Wire__ProfileInfo *in)
         o->ratios[i] = in->ratios[i];
 }
 
-static void prof_recv_cb(void *request, ucs_status_t status, size_t length, void *user_data)
-{
-    struct kvtc__op *op = user_data;
-    (void)length;
-    op->recv_pending = 0;
-    if (status != UCS_OK && !op->status) {
-        op->status = KVTC_ECONN;
-        kvtc__set_error(op->conn, "receive failed: %s", ucs_status_string(status));
-    }
-    ucp_request_free(request);
-    kvtc__op_maybe_done(op);
-}
-
 /* The bytes of a GET: into the caller's buffer or the fetch's own. */
 static ucs_status_t get_bytes(struct kvtc__op *op, const void *bulk, size_t length,
                               void *rndv_desc)
@@ -246,7 +221,7 @@ static ucs_status_t get_bytes(struct kvtc__op *op, const void *bulk, size_t leng
     ucp_request_param_t prm = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                         UCP_OP_ATTR_FIELD_DATATYPE,
-        .cb.recv_am = prof_recv_cb,
+        .cb.recv_am = kvtc__recv_cb,
         .user_data = op,
         .datatype = ucp_dt_make_contig(1),
     };
