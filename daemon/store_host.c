@@ -136,7 +136,7 @@ static int extent_alloc(slab_tier *h, slab_blob *b, size_t size)
 static int slab_alloc(kvtcd_tier *t, size_t size, kvtcd_blob **out)
 {
     slab_tier *h = (slab_tier *)t;
-    if (size > t->capacity || t->used > t->capacity - size)
+    if (!kvtcd_tier_fits(t, size))
         return KVTC_EFULL;
     slab_blob *b = calloc(1, sizeof *b);
     if (!b)
@@ -146,12 +146,7 @@ static int slab_alloc(kvtcd_tier *t, size_t size, kvtcd_blob **out)
         free(b);
         return rc;
     }
-    b->base.tier = t;
-    b->base.refs = 1;
-    b->base.size = size;
-    t->used += size;
-    t->blobs++;
-    *out = &b->base;
+    kvtcd_tier_adopt(t, &b->base, size, out);
     return 0;
 }
 
@@ -159,8 +154,7 @@ static void slab_release(kvtcd_tier *t, kvtcd_blob *kb)
 {
     slab_tier *h = (slab_tier *)t;
     slab_blob *b = (slab_blob *)kb;
-    t->used -= kb->size;
-    t->blobs--;
+    kvtcd_tier_forget(t, kb);
     if (b->own_memh)
         ucp_mem_unmap(h->ucp, (ucp_mem_h)kb->memh);
     if (b->ext)

@@ -121,7 +121,7 @@ static host_blob *blob_create(host_tier *h, size_t cap)
 static int host_alloc(kvtcd_tier *t, size_t size, kvtcd_blob **out)
 {
     host_tier *h = (host_tier *)t;
-    if (size > t->capacity || t->used > t->capacity - size)
+    if (!kvtcd_tier_fits(t, size))
         return KVTC_EFULL;
     size_t cap = (size + h->page - 1) / h->page * h->page;
     if (cap == 0)
@@ -136,12 +136,7 @@ static int host_alloc(kvtcd_tier *t, size_t size, kvtcd_blob **out)
             return KVTC_ENOMEM;
     }
     b->next = NULL;
-    b->base.tier = t;
-    b->base.refs = 1;
-    b->base.size = size;
-    t->used += size;
-    t->blobs++;
-    *out = &b->base;
+    kvtcd_tier_adopt(t, &b->base, size, out);
     return 0;
 }
 
@@ -149,8 +144,7 @@ static void host_release(kvtcd_tier *t, kvtcd_blob *kb)
 {
     host_tier *h = (host_tier *)t;
     host_blob *b = (host_blob *)kb;
-    t->used -= kb->size;
-    t->blobs--;
+    kvtcd_tier_forget(t, kb);
     if (b->cap >= CACHE_MIN_BYTES && h->cached < CACHE_MAX_BLOBS &&
         t->used + h->cached_bytes + b->cap <= t->capacity) {
         b->next = h->cache;

@@ -52,6 +52,32 @@ static inline int kvtcd_tier_alloc(kvtcd_tier *t, size_t size,
     return t->ops->alloc(t, size, out);
 }
 
+/* For ops->alloc: whether size more bytes stay within the capacity
+ * (written so that it cannot overflow). */
+static inline int kvtcd_tier_fits(const kvtcd_tier *t, size_t size)
+{
+    return size <= t->capacity && t->used <= t->capacity - size;
+}
+
+/* For ops->alloc: b's accounting from birth (one reference, size bytes
+ * used, one live blob); ops->release undoes it with kvtcd_tier_forget. */
+static inline void kvtcd_tier_adopt(kvtcd_tier *t, kvtcd_blob *b, size_t size,
+                                    kvtcd_blob **out)
+{
+    b->tier = t;
+    b->refs = 1;
+    b->size = size;
+    t->used += size;
+    t->blobs++;
+    *out = b;
+}
+
+static inline void kvtcd_tier_forget(kvtcd_tier *t, const kvtcd_blob *b)
+{
+    t->used -= b->size;
+    t->blobs--;
+}
+
 static inline void kvtcd_blob_ref(kvtcd_blob *b)
 {
     b->refs++;
