@@ -388,6 +388,23 @@ static void job_finish(wjob *j, int rc)
         done(arg);
 }
 
+/* A queued job that will not be written: a write-behind copy is just not
+ * made (its entry, if still the one queued, stops waiting for the disk); a
+ * durable put or tombstone is answered rc. */
+static void job_drop(kvtcd_tiers *t, wjob *j, int rc)
+{
+    if (j->kind != J_CACHE) {
+        job_finish(j, rc);
+        return;
+    }
+    kvtcd_entry *e = find_gen(t, j->ns, j->key, j->gen);
+    if (e && e->disk_state == KVTCD_DISK_QUEUED) {
+        e->disk_state = KVTCD_DISK_NONE;
+        t->dirty--;
+    }
+    job_free(j);
+}
+
 static void note_write_error(kvtcd_tiers *t, int status)
 {
     if (status == KVTC_ECANCELED)
@@ -554,16 +571,7 @@ static void pump(kvtcd_tiers *t)
         uint64_t now = now_ms(t);
         if (t->closing) {
             q_remove(t, j);
-            if (j->kind == J_CACHE) {
-                kvtcd_entry *e = find_gen(t, j->ns, j->key, j->gen);
-                if (e && e->disk_state == KVTCD_DISK_QUEUED) {
-                    e->disk_state = KVTCD_DISK_NONE;
-                    t->dirty--;
-                }
-                job_free(j);
-            } else {
-                job_finish(j, KVTC_EBUSY);
-            }
+            job_drop(t, j, KVTC_EBUSY);
             continue;
         }
         if (t->space_wait || degraded(t)) {
@@ -601,16 +609,7 @@ static void pump(kvtcd_tiers *t)
         KVTCD_ERROR("tiers", "disk append refused err=\"%s\"",
                     kvtc_strerror(rc));
         t->ix->tc[KVTCD_T_DISK].errors++;
-        if (j->kind == J_CACHE) {
-            kvtcd_entry *e = find_gen(t, j->ns, j->key, j->gen);
-            if (e && e->disk_state == KVTCD_DISK_QUEUED) {
-                e->disk_state = KVTCD_DISK_NONE;
-                t->dirty--;
-            }
-            job_free(j);
-        } else {
-            job_finish(j, map_disk_err(rc));
-        }
+        job_drop(t, j, map_disk_err(rc));
     }
     t->pumping = 0;
 }
