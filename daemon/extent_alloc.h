@@ -9,6 +9,14 @@
  * fits. Used blocks are found by offset through an open-address hash.
  * Every call is O(1) (amortized for the hash's growth).
  *
+ * Why not host_slab.h, the host tier's allocator of the same kind: the GPU
+ * tier looks its blocks up by offset (the index keeps only the offset),
+ * hides a block whose free waits for copies still in flight, and keeps
+ * their counters in the block (user fields); the host tier keeps the
+ * extent itself in its blob and wants none of that, but pages, front-first
+ * placement and a high-water mark for prefaulting. One allocator could
+ * carry both sets; until then each stays the smaller one its tier needs.
+ *
  * Not thread-safe: one owner thread (the daemon's loop). */
 #ifndef KVTCD_EXTENT_ALLOC_H
 #define KVTCD_EXTENT_ALLOC_H

@@ -17,6 +17,12 @@
  * (no single free extent is large enough, or the fitting one is beyond the
  * scan bound); it then counts frag_fails. The caller treats that as full.
  *
+ * Why not extent_alloc.h, the GPU tier's allocator of the same kind: this
+ * one counts pages, places at the front so resident pages are reused and
+ * tracks the high-water mark the prefaulter follows; the GPU tier's adds a
+ * find-by-offset hash, deferred (hidden) frees and per-block counters,
+ * which the host tier does not need (its blob holds the extent).
+ *
  * Not thread-safe: one owner (the loop thread). */
 #ifndef KVTCD_HOST_SLAB_H
 #define KVTCD_HOST_SLAB_H
