@@ -149,17 +149,22 @@ class Conn:
                 it.target_ratio, it.field_mask = float(ratio), it.field_mask | T.PUT_RATIO
         self._run("kvtc_put_batch_async", items, n, per_req)
 
-    def get(self, keys, ptrs, cap, want=T.WANT_RAW, per_req=32):
-        """Fetch keys[i] into host memory ptrs[i] (cap bytes each); returns
-        the items (size, encoding, wire_size of each)."""
-        n = len(keys)
-        items = (T.GetItem * n)()
-        for i in range(n):
-            it = items[i]
+    @staticmethod
+    def _get_items(keys, ptrs, cap, want):
+        """Get items of keys[i] into host memory ptrs[i], cap bytes each."""
+        items = (T.GetItem * len(keys))()
+        for i, it in enumerate(items):
             to_struct(keys[i], it.key)
             it.buf, it.capacity, it.mem = ptrs[i], cap, T.MEM_HOST
             it.want = want
             it.field_mask = T.GET_MEM | T.GET_WANT
+        return items
+
+    def get(self, keys, ptrs, cap, want=T.WANT_RAW, per_req=32):
+        """Fetch keys[i] into host memory ptrs[i] (cap bytes each); returns
+        the items (size, encoding, wire_size of each)."""
+        n = len(keys)
+        items = self._get_items(keys, ptrs, cap, want)
         self._run("kvtc_get_batch_async", items, n, per_req)
         return items
 
@@ -170,13 +175,7 @@ class Conn:
         chunks while later ones travel."""
         n = len(keys)
         per_req = max(1, min(per_req, self.max_batch))
-        items = (T.GetItem * n)()
-        for i in range(n):
-            it = items[i]
-            to_struct(keys[i], it.key)
-            it.buf, it.capacity, it.mem = ptrs[i], cap, T.MEM_HOST
-            it.want = want
-            it.field_mask = T.GET_MEM | T.GET_WANT
+        items = self._get_items(keys, ptrs, cap, want)
         done = []
         cb = T.DoneCb(lambda st, arg: done.append((st, arg)))
         ranges, params = [], []
