@@ -65,18 +65,24 @@ static int keep_all(void *arg, const kvtcd_disk_meta *m, const kvtcd_disk_loc *l
 
 static void append_next(struct slot *s);
 
+/* One op of s completed: counted, the run keeps its first error. Returns
+ * status (nonzero: s stops). */
+static int slot_done(struct slot *s, int status)
+{
+    struct run *r = s->r;
+    r->done++;
+    if (status && !r->err)
+        r->err = status;
+    return status;
+}
+
 static void appended(void *arg, int status, const kvtcd_disk_loc *loc)
 {
     struct slot *s = arg;
-    struct run *r = s->r;
-    r->done++;
-    if (status) {
-        if (!r->err)
-            r->err = status;
+    if (slot_done(s, status))
         return;
-    }
-    if (r->locs)
-        r->locs[s->i] = *loc;
+    if (s->r->locs)
+        s->r->locs[s->i] = *loc;
     append_next(s);
 }
 
@@ -99,14 +105,8 @@ static void read_next(struct slot *s);
 static void readback(void *arg, int status)
 {
     struct slot *s = arg;
-    struct run *r = s->r;
-    r->done++;
-    if (status) {
-        if (!r->err)
-            r->err = status;
-        return;
-    }
-    read_next(s);
+    if (!slot_done(s, status))
+        read_next(s);
 }
 
 static void read_next(struct slot *s)
