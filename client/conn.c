@@ -242,7 +242,7 @@ int kvtc__need_cb(kvtc_conn *c, const kvtc_op_params *p)
     return 0;
 }
 
-void kvtc__recv_cb(void *request, ucs_status_t status, size_t length, void *user_data)
+static void recv_cb(void *request, ucs_status_t status, size_t length, void *user_data)
 {
     struct kvtc__op *op = user_data;
     (void)length;
@@ -253,6 +253,29 @@ void kvtc__recv_cb(void *request, ucs_status_t status, size_t length, void *user
     }
     ucp_request_free(request);
     kvtc__op_maybe_done(op);
+}
+
+ucs_status_t kvtc__op_recv_rndv(struct kvtc__op *op, void *rndv_desc, void *buf,
+                                size_t count, ucp_datatype_t dt)
+{
+    ucp_request_param_t prm = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                        UCP_OP_ATTR_FIELD_DATATYPE,
+        .cb.recv_am = recv_cb,
+        .user_data = op,
+        .datatype = dt,
+    };
+    op->recv_pending = 1;
+    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(op->conn->worker, rndv_desc, buf, count, &prm);
+    if (UCS_PTR_IS_ERR(sp)) {
+        op->recv_pending = 0;
+        op->status = KVTC_ECONN;
+        kvtc__set_error(op->conn, "receive: %s", ucs_status_string(UCS_PTR_STATUS(sp)));
+        return UCS_OK;
+    }
+    if (sp == NULL)
+        op->recv_pending = 0;
+    return UCS_INPROGRESS;
 }
 
 void kvtc__conn_fail(kvtc_conn *c, int err, const char *why)

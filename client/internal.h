@@ -157,9 +157,11 @@ int kvtc__op_send(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req,
 /* KVTC_EINVAL (with the error text) unless p names a callback: the
  * asynchronous calls report only through it. */
 int kvtc__need_cb(kvtc_conn *c, const kvtc_op_params *p);
-/* UCX receive callback of a reply's rendezvous bytes (user_data = op):
- * records a failure and finishes op once nothing else is pending. */
-void kvtc__recv_cb(void *request, ucs_status_t status, size_t length, void *user_data);
+/* Receive a reply's rendezvous bytes (rndv_desc) into buf, count units of
+ * dt, for op: op finishes once they landed (or failed, op->status says
+ * so). Returns what the UCX AM callback returns. */
+ucs_status_t kvtc__op_recv_rndv(struct kvtc__op *op, void *rndv_desc, void *buf,
+                                size_t count, ucp_datatype_t dt);
 struct kvtc__op *kvtc__op_new(kvtc_conn *c, enum kvtc__op_kind kind,
                               const kvtc_op_params *p);
 void kvtc__op_free(struct kvtc__op *op);

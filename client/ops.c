@@ -390,7 +390,6 @@ static int get_plan(struct kvtc__op *op, const Kvtc__Wire__GetReply *gr, size_t 
 static ucs_status_t get_reply(struct kvtc__op *op, const Kvtc__Wire__GetReply *gr,
                               const void *bulk, size_t length, void *rndv_desc)
 {
-    kvtc_conn *c = op->conn;
     int rc = get_plan(op, gr, length);
     if (rc) {
         op->status = rc;
@@ -419,34 +418,10 @@ static ucs_status_t get_reply(struct kvtc__op *op, const Kvtc__Wire__GetReply *g
         return UCS_OK;
     }
     /* Rendezvous: UCX moves the bytes straight into the destinations. */
-    ucp_request_param_t prm = {
-        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                        UCP_OP_ATTR_FIELD_DATATYPE,
-        .cb.recv_am = kvtc__recv_cb,
-        .user_data = op,
-    };
-    void *buf;
-    size_t count;
-    if (op->iov_n == 1) {
-        prm.datatype = ucp_dt_make_contig(1);
-        buf = op->iov[0].buffer;
-        count = op->iov[0].length;
-    } else {
-        prm.datatype = ucp_dt_make_iov();
-        buf = op->iov;
-        count = op->iov_n;
-    }
-    op->recv_pending = 1;
-    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(c->worker, rndv_desc, buf, count, &prm);
-    if (UCS_PTR_IS_ERR(sp)) {
-        op->recv_pending = 0;
-        op->status = KVTC_ECONN;
-        kvtc__set_error(c, "receive: %s", ucs_status_string(UCS_PTR_STATUS(sp)));
-        return UCS_OK;
-    }
-    if (sp == NULL)
-        op->recv_pending = 0;
-    return UCS_INPROGRESS;
+    if (op->iov_n == 1)
+        return kvtc__op_recv_rndv(op, rndv_desc, op->iov[0].buffer, op->iov[0].length,
+                                  ucp_dt_make_contig(1));
+    return kvtc__op_recv_rndv(op, rndv_desc, op->iov, op->iov_n, ucp_dt_make_iov());
 }
 
 /* ---- Replies --------------------------------------------------------------- */

@@ -218,24 +218,7 @@ static ucs_status_t get_bytes(struct kvtc__op *op, const void *bulk, size_t leng
         memcpy(dst, bulk, length);
         return UCS_OK;
     }
-    ucp_request_param_t prm = {
-        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                        UCP_OP_ATTR_FIELD_DATATYPE,
-        .cb.recv_am = kvtc__recv_cb,
-        .user_data = op,
-        .datatype = ucp_dt_make_contig(1),
-    };
-    op->recv_pending = 1;
-    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(c->worker, rndv_desc, dst, length, &prm);
-    if (UCS_PTR_IS_ERR(sp)) {
-        op->recv_pending = 0;
-        op->status = KVTC_ECONN;
-        kvtc__set_error(c, "receive: %s", ucs_status_string(UCS_PTR_STATUS(sp)));
-        return UCS_OK;
-    }
-    if (sp == NULL)
-        op->recv_pending = 0;
-    return UCS_INPROGRESS;
+    return kvtc__op_recv_rndv(op, rndv_desc, dst, length, ucp_dt_make_contig(1));
 }
 
 ucs_status_t kvtc__profile_reply(struct kvtc__op *op, const Kvtc__Wire__Reply *rep,
