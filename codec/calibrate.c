@@ -6,8 +6,11 @@
 #include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "calib.h"
@@ -20,7 +23,9 @@ struct kvtc_calibrator {
     uint32_t width;
     float *rows[2];      /* reservoir [max_rows][D] per stream */
     float *scratch[2];   /* one chunk's rows */
+    uint64_t *slot;      /* [scratch_tokens]: reservoir slot per row, or UINT64_MAX */
     uint32_t scratch_tokens;
+    uint32_t *owner;     /* [max_rows]: the last row of the current add() per slot */
     uint32_t kept;
     uint64_t seen, rng;
     /* after fit: */
@@ -42,6 +47,51 @@ static uint64_t next_rand(uint64_t *s)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
+}
+
+/* A parallel loop over independent items, on up to one thread per online
+ * core (the caller's thread works too). Calibration is CPU-bound in loops
+ * whose items write disjoint outputs in a fixed order, so spreading them
+ * leaves every result bit-identical to the serial loop. Without threads
+ * (pthread_create failing) the caller runs every item itself. */
+struct par {
+    void (*fn)(void *ctx, uint32_t item);
+    void *ctx;
+    uint32_t n;
+    atomic_uint next;
+};
+
+static void *par_worker(void *arg)
+{
+    struct par *p = arg;
+    for (uint32_t i; (i = atomic_fetch_add(&p->next, 1)) < p->n;)
+        p->fn(p->ctx, i);
+    return NULL;
+}
+
+static void par_for(uint32_t n, void (*fn)(void *ctx, uint32_t item), void *ctx)
+{
+    enum { MAX_THREADS = 64 };
+    pthread_t th[MAX_THREADS];
+    struct par p = {.fn = fn, .ctx = ctx, .n = n};
+    atomic_init(&p.next, 0);
+    /* KVTC_CALIB_THREADS caps the threads (1: the serial loop, for
+     * before/after timings and for hosts where calibration must stay
+     * quiet). */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    const char *cap = getenv("KVTC_CALIB_THREADS");
+    if (cap && atol(cap) > 0 && atol(cap) < cores)
+        cores = atol(cap);
+    uint32_t want = cores < 1 ? 1 : cores > MAX_THREADS ? MAX_THREADS : (uint32_t)cores;
+    if (want > n)
+        want = n;
+    uint32_t started = 0;
+    for (; started + 1 < want; started++)
+        if (pthread_create(&th[started], NULL, par_worker, &p))
+            break;
+    par_worker(&p);
+    for (uint32_t i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
 }
 
 int kvtc_calibrator_create(const kvtc_layout *layout, const kvtc_calib_params *params,
@@ -86,6 +136,11 @@ int kvtc_calibrator_create(const kvtc_layout *layout, const kvtc_calib_params *p
     }
     cal->params.slab_weights = NULL; /* the caller's array need not outlive create */
     size_t bytes = (size_t)cal->params.max_rows * cal->width * sizeof(float);
+    cal->owner = malloc((size_t)cal->params.max_rows * sizeof(uint32_t));
+    if (!cal->owner) {
+        kvtc_calibrator_free(cal);
+        return KVTC_ENOMEM;
+    }
     for (int s = 0; s < 2; s++) {
         cal->rows[s] = malloc(bytes);
         if (!cal->rows[s]) {
@@ -112,10 +167,51 @@ void kvtc_calibrator_free(kvtc_calibrator *cal)
         free(cal->plans[i].groups);
     free_errors(&cal->pe);
     free(cal->slab_w);
+    free(cal->slot);
+    free(cal->owner);
     free(cal);
 }
 
 uint64_t kvtc_calibrator_rows(const kvtc_calibrator *cal) { return cal->kept; }
+
+/* kvtc_calibrator_add's parallel parts: items of ADD_BLOCK tokens. */
+#define ADD_BLOCK 16u
+struct add_job {
+    kvtc_calibrator *cal;
+    const void *chunk;
+    uint32_t n_tokens, first_pos, sinks, n;
+    atomic_int rc;
+};
+
+/* item = block * 2 + stream */
+static void add_convert(void *ctx, uint32_t item)
+{
+    struct add_job *j = ctx;
+    kvtc_calibrator *cal = j->cal;
+    int s = (int)(item & 1);
+    uint32_t i0 = (item >> 1) * ADD_BLOCK, cnt = j->n - i0 < ADD_BLOCK ? j->n - i0 : ADD_BLOCK;
+    int rc = kvtc__chunk_to_rows(&cal->layout, j->chunk, j->n_tokens, j->first_pos,
+                                 j->sinks + i0, cnt, s, cal->slab_w,
+                                 cal->scratch[s] + (size_t)i0 * cal->width);
+    if (rc) {
+        int zero = 0;
+        atomic_compare_exchange_strong(&j->rc, &zero, rc);
+    }
+}
+
+static void add_copy(void *ctx, uint32_t item)
+{
+    struct add_job *j = ctx;
+    kvtc_calibrator *cal = j->cal;
+    size_t rb = (size_t)cal->width * sizeof(float);
+    for (uint32_t i = item * ADD_BLOCK; i < j->n && i < (item + 1) * ADD_BLOCK; i++) {
+        uint64_t slot = cal->slot[i];
+        if (slot == UINT64_MAX || cal->owner[slot] != i)
+            continue;
+        for (int s = 0; s < 2; s++)
+            memcpy(cal->rows[s] + slot * cal->width, cal->scratch[s] + (size_t)i * cal->width, rb);
+    }
+}
 
 int kvtc_calibrator_add(kvtc_calibrator *cal, const void *chunk, uint32_t n_tokens,
                         uint32_t first_pos)
@@ -127,43 +223,53 @@ int kvtc_calibrator_add(kvtc_calibrator *cal, const void *chunk, uint32_t n_toke
     if (n == 0)
         return 0;
     if (n_tokens > cal->scratch_tokens) {
+        free(cal->slot);
+        cal->slot = malloc((size_t)n_tokens * sizeof(uint64_t));
         for (int s = 0; s < 2; s++) {
             free(cal->scratch[s]);
             cal->scratch[s] = malloc((size_t)n_tokens * cal->width * sizeof(float));
-            if (!cal->scratch[s]) {
-                cal->scratch_tokens = 0;
-                return KVTC_ENOMEM;
-            }
+        }
+        if (!cal->slot || !cal->scratch[0] || !cal->scratch[1]) {
+            cal->scratch_tokens = 0;
+            return KVTC_ENOMEM;
         }
         cal->scratch_tokens = n_tokens;
     }
-    for (int s = 0; s < 2; s++) {
-        int rc = kvtc__chunk_to_rows(&cal->layout, chunk, n_tokens, first_pos, sinks, n, s,
-                                     cal->slab_w,
-                                     cal->scratch[s]);
-        if (rc)
-            return rc;
-    }
-    size_t rb = (size_t)cal->width * sizeof(float);
+    /* RoPE undo into the scratch rows, in blocks of tokens on every core:
+     * at 160K tokens of a 32768-wide layout this loop alone is over a
+     * minute on one core. All rows are converted (and checked) before the
+     * reservoir changes, so a refused chunk leaves it as it was. */
+    struct add_job job = {.cal = cal, .chunk = chunk, .n_tokens = n_tokens,
+                          .first_pos = first_pos, .sinks = sinks, .n = n};
+    atomic_init(&job.rc, 0);
+    par_for(2 * ((n + ADD_BLOCK - 1) / ADD_BLOCK), add_convert, &job);
+    int rc = atomic_load(&job.rc);
+    if (rc)
+        return rc;
+    /* Slots are drawn serially (the sampling must not depend on threads);
+     * a slot drawn twice in one call keeps its last row, as the serial
+     * copy did, so only that row (owner[slot]) is copied. */
     for (uint32_t i = 0; i < n; i++, cal->seen++) {
         uint64_t slot = cal->kept < cal->params.max_rows ? cal->kept++
                                                          : next_rand(&cal->rng) % (cal->seen + 1);
-        if (slot >= cal->params.max_rows)
-            continue;
-        for (int s = 0; s < 2; s++)
-            memcpy(cal->rows[s] + slot * cal->width, cal->scratch[s] + (size_t)i * cal->width, rb);
+        cal->slot[i] = slot < cal->params.max_rows ? slot : UINT64_MAX;
+        if (slot < cal->params.max_rows)
+            cal->owner[slot] = i;
     }
+    par_for((n + ADD_BLOCK - 1) / ADD_BLOCK, add_copy, &job);
     return 0;
 }
 
-/* Mean-centre rows[n][D] in place and find the top components. At most
+/* Mean-centre rows[n][D] in place (all of them: the covariance is taken
+ * from the centred rows, so n_centred needs no care) and find the top
+ * components. At most
  * *k are kept: fewer when the data has fewer non-negligible directions.
  * basis[D][*k] (column c = component c, by descending variance).
  * With fewer rows than the width, the n x n Gram matrix has the same
  * non-zero spectrum at a fraction of the cost: eigenvectors u of X X^T / n
  * give basis vectors X^T u / sqrt(n lambda). */
-static int pca(void *ctx, float *rows, uint32_t n, uint32_t D, uint32_t *k, float *mean,
-               float *basis, double *var_total, double *var_kept)
+static int pca(void *ctx, float *rows, uint32_t n, uint32_t n_centred, uint32_t D, uint32_t *k,
+               float *mean, float *basis, double *var_total, double *var_kept)
 {
     const int gram = n < D;
     const uint32_t m = gram ? n : D;
@@ -272,37 +378,77 @@ static const float static_clips[KVTC__N_QTYPES][6] = {
     {3.0f, 4.0f, 6.0f, 8.0f, 12.0f, 16.0f}};
 #define N_CLIPS 6
 
-/* Static groups: each component's error for every type and clip (elements
- * quantize independently once shift and scale are fixed), then per group
- * the clip with the least summed error. Errors averaged over rows. */
-static int measure_static(const float *coef, uint32_t n, uint32_t k, const float *sigma, int s,
-                          struct kvtc__plan_errors *pe)
+/* The error measurement's parallel part. Items, each over all rows in row
+ * order (so every sum is accumulated as the serial loop did): a block of
+ * ERR_BLOCK components for (a) the drop errors, (b) one group size and
+ * type, (c) one static type and clip. ERR_BLOCK is a multiple of every
+ * group size, so no group straddles two items. On one core this was most
+ * of a 32768-wide calibration's fit (2 x 4096 rows x 4096 components). */
+#define ERR_BLOCK 1024u
+struct err_job {
+    const float *coef, *w2, *sigma;
+    uint32_t n, k, nb;
+    int s;
+    struct kvtc__plan_errors *pe;
+    double *e; /* static: [type][clip][k] */
+};
+
+static void err_item(void *ctx, uint32_t item)
 {
-    double *e = calloc((size_t)KVTC__N_QTYPES * N_CLIPS * (k ? k : 1), sizeof(double));
-    if (!e)
-        return KVTC_ENOMEM;
-    uint8_t code;
-    for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++)
-        for (uint32_t ci = 0; ci < N_CLIPS; ci++) {
-            uint16_t sh, sc;
-            kvtc__static_params(t, static_clips[t][ci], &sh, &sc);
-            double *et = e + ((size_t)t * N_CLIPS + ci) * k;
-            for (uint32_t r = 0; r < n; r++)
-                for (uint32_t j = 0; j < k; j++)
-                    et[j] += kvtc__quantize_fixed(t, coef + (size_t)r * k + j, 1, NULL, sh, sc,
-                                                  &code);
-            for (uint32_t j = 0; j < k; j++)
-                et[j] *= (double)sigma[j] * sigma[j] / n;
+    const struct err_job *jb = ctx;
+    const uint32_t n = jb->n, k = jb->k, b = item % jb->nb;
+    const uint32_t j0 = b * ERR_BLOCK, j1 = k < j0 + ERR_BLOCK ? k : j0 + ERR_BLOCK;
+    uint32_t kind = item / jb->nb;
+    if (kind == 0) {
+        double *drop = jb->pe->drop[jb->s];
+        for (uint32_t r = 0; r < n; r++)
+            for (uint32_t j = j0; j < j1; j++)
+                drop[j] += (double)jb->coef[(size_t)r * k + j] * jb->coef[(size_t)r * k + j] *
+                           jb->w2[j];
+        return;
+    }
+    kind--;
+    if (kind < KVTC__N_GROUP_SIZES * 3) {
+        uint32_t si = kind / 3, t = KVTC__Q_INT2 + kind % 3, size = kvtc__group_sizes[si];
+        double *acc = jb->pe->group[jb->s][si][t];
+        uint8_t codes[KVTC__MAX_GROUP];
+        uint16_t sh, sc;
+        for (uint32_t r = 0; r < n; r++) {
+            const float *x = jb->coef + (size_t)r * k;
+            for (uint32_t g = j0 / size; g * size < j1; g++) {
+                uint32_t len = k - g * size < size ? k - g * size : size;
+                acc[g] += kvtc__quantize_group(t, x + g * size, len, jb->w2 + g * size, &sh, &sc,
+                                               codes);
+            }
         }
+        return;
+    }
+    kind -= KVTC__N_GROUP_SIZES * 3;
+    uint32_t t = KVTC__Q_INT2 + kind / N_CLIPS, ci = kind % N_CLIPS;
+    uint16_t sh, sc;
+    uint8_t code;
+    kvtc__static_params(t, static_clips[t][ci], &sh, &sc);
+    double *et = jb->e + ((size_t)t * N_CLIPS + ci) * k;
+    for (uint32_t r = 0; r < n; r++)
+        for (uint32_t j = j0; j < j1; j++)
+            et[j] += kvtc__quantize_fixed(t, jb->coef + (size_t)r * k + j, 1, NULL, sh, sc, &code);
+    for (uint32_t j = j0; j < j1; j++)
+        et[j] *= (double)jb->sigma[j] * jb->sigma[j] / n;
+}
+
+/* Static groups: each component's error for every type and clip (elements
+ * quantize independently once shift and scale are fixed; measured by
+ * err_item into e), then per group the clip with the least summed error.
+ * Errors averaged over rows. */
+static int select_static(const double *e, uint32_t k, int s, struct kvtc__plan_errors *pe)
+{
     for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++) {
         uint32_t size = kvtc__group_sizes[si], ng = (k + size - 1) / size;
         for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++) {
             pe->sgroup[s][si][t] = calloc(ng + 1, sizeof(double));
             pe->sclip[s][si][t] = calloc(ng + 1, sizeof(float));
-            if (!pe->sgroup[s][si][t] || !pe->sclip[s][si][t]) {
-                free(e);
+            if (!pe->sgroup[s][si][t] || !pe->sclip[s][si][t])
                 return KVTC_ENOMEM;
-            }
             for (uint32_t g = 0; g < ng; g++) {
                 double best = -1;
                 for (uint32_t ci = 0; ci < N_CLIPS; ci++) {
@@ -319,7 +465,6 @@ static int measure_static(const float *coef, uint32_t n, uint32_t k, const float
             }
         }
     }
-    free(e);
     return 0;
 }
 
@@ -328,50 +473,37 @@ static int measure_static(const float *coef, uint32_t n, uint32_t k, const float
 static int measure_errors(const float *coef, uint32_t n, uint32_t k, const float *sigma, int s,
                           struct kvtc__plan_errors *pe)
 {
-    uint8_t codes[KVTC__MAX_GROUP];
-    uint16_t sh, sc;
     float *w2 = malloc((k ? k : 1) * sizeof(float));
+    double *e = calloc((size_t)KVTC__N_QTYPES * N_CLIPS * (k ? k : 1), sizeof(double));
     pe->drop[s] = calloc(k ? k : 1, sizeof(double));
-    if (!w2 || !pe->drop[s]) {
-        free(w2);
-        return KVTC_ENOMEM;
-    }
+    int rc = KVTC_ENOMEM;
+    if (!w2 || !e || !pe->drop[s])
+        goto out;
     for (uint32_t j = 0; j < k; j++)
         w2[j] = sigma[j] * sigma[j];
     for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++)
         for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++) {
             uint32_t size = kvtc__group_sizes[si];
             pe->group[s][si][t] = calloc((k + size - 1) / size + 1, sizeof(double));
-            if (!pe->group[s][si][t]) {
-                free(w2);
-                return KVTC_ENOMEM;
-            }
+            if (!pe->group[s][si][t])
+                goto out;
         }
-    for (uint32_t r = 0; r < n; r++) {
-        const float *x = coef + (size_t)r * k;
-        for (uint32_t j = 0; j < k; j++)
-            pe->drop[s][j] += (double)x[j] * x[j] * w2[j];
-        for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++) {
-            uint32_t size = kvtc__group_sizes[si];
-            for (uint32_t g = 0; g * size < k; g++) {
-                uint32_t len = k - g * size < size ? k - g * size : size;
-                for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++)
-                    pe->group[s][si][t][g] += kvtc__quantize_group(t, x + g * size, len,
-                                                                   w2 + g * size, &sh, &sc, codes);
-            }
-        }
-    }
-    free(w2);
-    int rc = measure_static(coef, n, k, sigma, s, pe);
-    if (rc)
-        return rc;
+    struct err_job jb = {.coef = coef, .w2 = w2, .sigma = sigma, .n = n, .k = k,
+                         .nb = (k + ERR_BLOCK - 1) / ERR_BLOCK, .s = s, .pe = pe, .e = e};
+    if (k)
+        par_for(jb.nb * (1 + KVTC__N_GROUP_SIZES * 3 + 3 * N_CLIPS), err_item, &jb);
+    if ((rc = select_static(e, k, s, pe)))
+        goto out;
     for (uint32_t j = 0; j < k; j++)
         pe->drop[s][j] /= n;
     for (uint32_t si = 0; si < KVTC__N_GROUP_SIZES; si++)
         for (uint32_t t = KVTC__Q_INT2; t <= KVTC__Q_FP8; t++)
             for (uint32_t g = 0; g * kvtc__group_sizes[si] < k; g++)
                 pe->group[s][si][t][g] /= n;
-    return 0;
+out:
+    free(w2);
+    free(e);
+    return rc;
 }
 
 static void free_errors(struct kvtc__plan_errors *pe)
@@ -423,8 +555,8 @@ int kvtc__calibrator_fit_pca(kvtc_calibrator *cal, kvtc__pca_fn pca_fn, void *pc
         double var_total, var_kept;
         uint32_t k = kmax;
         float *plan_rows = cal->rows[s];
-        rc = pca_fn(pca_ctx, plan_rows + (size_t)held * D, n - held, D, &k, cal->mean[s],
-                    cal->basis[s], &var_total, &var_kept);
+        rc = pca_fn(pca_ctx, plan_rows + (size_t)held * D, n - held, held ? 0 : np, D, &k,
+                    cal->mean[s], cal->basis[s], &var_total, &var_kept);
         if (rc)
             goto out;
         cal->pe.ncomp[s] = k;
