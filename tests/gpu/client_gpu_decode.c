@@ -194,7 +194,7 @@ int main(int argc, char **argv)
               e_cpu);
 
         /* A batch: host, device, device (contexts cached by now). */
-        kvtc_get_item b[3] = {get_item(k, host, bytes), get_item(k, d, bytes),
+        kvtc_get_item b[3] = {get_item(k, host, bytes), get_item(k, (uint8_t *)d + bytes, bytes),
                               get_item(k, (uint8_t *)d + 2 * bytes, bytes)};
         CHECK(cudaMemset(d, 0, 3 * bytes) == cudaSuccess, "memset");
         CHECK(kvtc_get_batch(c, b, 3, NULL) == 0, "batch: %s", kvtc_last_error(c));
