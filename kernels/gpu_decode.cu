@@ -223,21 +223,8 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
         int bad = it->src_len < fixed;
         ex[i] = {s, it->src_len, rawb, 4ull * pieces, bad ? 0 : it->src_len - fixed, (uint32_t)piece,
                  pieces, it->n_tokens, sinks, (uint32_t)tb, (uint32_t)bad};
-        struct kvtc__header h;
-        memset(&h, 0, sizeof h);
-        h.mode = raw ? KVTC__MODE_RAW : KVTC__MODE_CODED;
-        h.stage = raw ? 0 : KVTC_STAGE_DEFLATE;
-        h.plan = raw ? 0 : g->plan_index;
-        h.profile_id = raw ? 0 : g->p->id;
-        h.layout = *l;
-        h.first_pos = it->first_pos;
-        h.n_tokens = it->n_tokens;
-        h.sink_tokens = sinks;
-        h.n_pieces = pieces;
-        h.raw_bytes = rawb;
-        h.table_bytes = 4ull * pieces;
-        h.symbol_bytes = sym;
-        kvtc__header_write(&h, hm + mp.o_hdr + (size_t)i * KVTC__HEADER_BYTES);
+        kvtc__gpu_header(g, raw, it->first_pos, it->n_tokens, sinks, pieces, rawb, sym,
+                         hm + mp.o_hdr + (size_t)i * KVTC__HEADER_BYTES);
         uint64_t lens[3] = {rawb, 4ull * pieces, ex[i].payload_bytes};
         const uint8_t *at[3] = {s + KVTC__HEADER_BYTES, s + KVTC__HEADER_BYTES + rawb, s + fixed};
         for (int k = 0; k < 3; k++) {

@@ -278,21 +278,8 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
                  (const size_t *)(dm + g->host_roff[i]), row, c->n_tokens, c->first_pos, sinks, T};
         ex[i] = {(const uint8_t *)c->data, kvtc_chunk_bytes(l, sinks), 4ull * pieces,
                  (uint32_t)piece, pieces, c->n_tokens, sinks, (uint32_t)tb, 2 * l->layers};
-        struct kvtc__header h;
-        memset(&h, 0, sizeof h);
-        h.mode = raw ? KVTC__MODE_RAW : KVTC__MODE_CODED;
-        h.stage = raw ? 0 : KVTC_STAGE_DEFLATE;
-        h.plan = raw ? 0 : g->plan_index;
-        h.profile_id = raw ? 0 : g->p->id;
-        h.layout = *l;
-        h.first_pos = c->first_pos;
-        h.n_tokens = c->n_tokens;
-        h.sink_tokens = sinks;
-        h.n_pieces = pieces;
-        h.raw_bytes = ex[i].raw_bytes;
-        h.table_bytes = ex[i].table_bytes;
-        h.symbol_bytes = sym;
-        kvtc__header_write(&h, hm + mp.o_hdr + (size_t)i * KVTC__HEADER_BYTES);
+        kvtc__gpu_header(g, raw, c->first_pos, c->n_tokens, sinks, pieces, ex[i].raw_bytes, sym,
+                         hm + mp.o_hdr + (size_t)i * KVTC__HEADER_BYTES);
         for (uint32_t k = 0; k < pieces; k++, piece++) {
             inp[piece] = (uint8_t *)g->sym.p + symo + (uint64_t)k * KVTC_PIECE_MAX;
             ins[piece] = sym - (uint64_t)k * KVTC_PIECE_MAX < KVTC_PIECE_MAX

@@ -6,6 +6,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <string.h>
 
 extern "C" {
 #include "kvtc_gpu.h"
@@ -132,6 +133,30 @@ int kvtc__launch_rows_in(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk
 int kvtc__launch_rows_out(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
                           uint32_t n_chunks, uint64_t M, const void *rows,
                           const int32_t *status, int vec, cudaStream_t s);
+/* The header a chunk's container carries: what the encoder writes and what
+ * the decoder expects to find, from one place. raw: the chunk is stored
+ * as-is (no plan, no stage). */
+static inline void kvtc__gpu_header(const kvtc_gpu_codec *g, int raw, uint32_t first_pos,
+                                    uint32_t n_tokens, uint32_t sinks, uint32_t pieces,
+                                    uint64_t raw_bytes, uint64_t symbol_bytes, uint8_t *out)
+{
+    struct kvtc__header h;
+    memset(&h, 0, sizeof h);
+    h.mode = raw ? KVTC__MODE_RAW : KVTC__MODE_CODED;
+    h.stage = raw ? 0 : KVTC_STAGE_DEFLATE;
+    h.plan = raw ? 0 : g->plan_index;
+    h.profile_id = raw ? 0 : g->p->id;
+    h.layout = g->p->layout;
+    h.first_pos = first_pos;
+    h.n_tokens = n_tokens;
+    h.sink_tokens = sinks;
+    h.n_pieces = pieces;
+    h.raw_bytes = raw_bytes;
+    h.table_bytes = 4ull * pieces;
+    h.symbol_bytes = symbol_bytes;
+    kvtc__header_write(&h, out);
+}
+
 static inline int kvtc__rows_vec_ok(const kvtc_layout *l)
 {
     return (l->dtype == KVTC_DTYPE_BF16 || l->dtype == KVTC_DTYPE_FP16) && l->head_dim % 16 == 0;
