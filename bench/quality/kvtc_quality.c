@@ -18,6 +18,7 @@
 #include "baselines.h"
 #include "kvtc_codec.h"
 #include "llama_model.h"
+#include "projx.h"
 
 #define EVAL_SEED_BASE 1000000u /* eval seeds never meet calibration seeds */
 #define MAX_SEQS 4096u
@@ -35,10 +36,25 @@ static const char *const VARIANT_NAME[N_VARIANTS] = {"kvtc", "kvtc-lnorm", "kvtc
 #define SENS_SEQS 8        /* calibration sequences the sensitivity probe uses */
 #define SENS_NOISE 0.01    /* probe noise power, relative to the slab's power */
 
+/* --projx (issue #3): what cheaper projections cost. Each pair is an
+ * encode/decode GEMM format of projx.h; each group count cuts the layers
+ * into that many contiguous groups with a profile each. */
+static const float PX_TARGETS[] = {8, 16};
+static const uint32_t PX_FMTS[][2] = {
+    {KVTC_PX_BF16, KVTC_PX_BF16},               {KVTC_PX_E4M3_TENSOR, KVTC_PX_FP32},
+    {KVTC_PX_E4M3_ROWCOL, KVTC_PX_FP32},        {KVTC_PX_FP32, KVTC_PX_E4M3_TENSOR},
+    {KVTC_PX_FP32, KVTC_PX_E4M3_ROWCOL},        {KVTC_PX_E4M3_TENSOR, KVTC_PX_E4M3_TENSOR},
+    {KVTC_PX_E4M3_ROWCOL, KVTC_PX_E4M3_ROWCOL}, {KVTC_PX_E4M3_ROWCOL, KVTC_PX_BF16}};
+static const uint32_t PX_GROUPS[] = {2, 5};
+#define N_PX_TARGETS (sizeof PX_TARGETS / sizeof PX_TARGETS[0])
+#define N_PX_FMTS (sizeof PX_FMTS / sizeof PX_FMTS[0])
+#define N_PX_GROUPS (sizeof PX_GROUPS / sizeof PX_GROUPS[0])
+#define PX_MAX_GROUPS 8
+
 struct opts {
     const char *model, *out;
     float target; /* 0: none given */
-    int json, sweep;
+    int json, sweep, projx;
     unsigned variants; /* bit v: run kvtc variant v (enum variant) */
     uint32_t calib_seqs, eval_seqs, prefix, score, chunk;
     uint32_t dtype;
@@ -56,6 +72,10 @@ struct result {
     int sweep;         /* from the finer ladder */
     double ratio, ppl, ppl_delta_pct, kl, top1;
     double mse_key, mse_value; /* reconstruction error of the prefix KV */
+    int has_dev;               /* --projx formats: dev_* and macs are set */
+    double dev_key, dev_value; /* squared distance to the fp32 codec's output,
+                                  relative to the KV's squared norm */
+    double macs;               /* --projx: projection multiply-adds per token */
     uint64_t bytes, raw_bytes, positions;
     kvtc_plan_info plan;
 };
@@ -75,6 +95,8 @@ struct bench {
     double *lp;
     float lscale[N_VARIANTS][2 * KVTC_MAX_LAYERS]; /* per (layer, k|v) */
     float *f32a, *f32b, *f32c, *rec;
+    /* --projx: per group count, per group, the profile of those layers */
+    kvtc_profile *gprof[N_PX_GROUPS][PX_MAX_GROUPS];
     void *dt_in, *dt_out, *cbuf;
     size_t cbuf_cap;
 };
@@ -97,7 +119,7 @@ static void usage(FILE *f)
             "usage: kvtc-quality --model PATH [--target R] [--json] [--calib-seqs N]\n"
             "                    [--eval-seqs N] [--prefix N] [--score N] [--chunk N]\n"
             "                    [--dtype bf16|fp32] [--sweep|--no-sweep] [--norm] [--sens]\n"
-            "                    [--out FILE]\n"
+            "                    [--projx] [--out FILE]\n"
             "  Calibrates kvtc on KV of sequences sampled from the model (seeds 1..N),\n"
             "  restores the first --prefix tokens of other sampled sequences from each\n"
             "  method's reconstruction and scores the next --score tokens against the\n"
@@ -108,7 +130,31 @@ static void usage(FILE *f)
             "  --norm adds kvtc-lnorm rows: each layer's K and V at unit RMS;\n"
             "  --sens adds kvtc-sens rows: scaled by the square root of the model's\n"
             "  measured sensitivity (KL per unit of noise power), so the planner's\n"
-            "  squared error approximates the damage done to the predictions.\n");
+            "  squared error approximates the damage done to the predictions.\n"
+            "  --projx (issue #3) replaces the method list: at 8x and 16x, the codec\n"
+            "  (of --sens if given) with its projection GEMMs emulated in bf16 and fp8\n"
+            "  e4m3 (projx.h), and the layers cut into 2 and 5 groups with a PCA each.\n");
+}
+
+/* The kvtc variant --projx measures: the sensitivity-weighted one when asked
+ * for (as run-stories.sh does), else kvtc as is. */
+static int px_variant(const struct opts *o)
+{
+    return o->variants & (1u << V_SENS) ? V_SENS : V_PLAIN;
+}
+
+/* The layout of layers [l0, l1): a contiguous slice of a canonical chunk
+ * (layer-major), starting span_offset() bytes in. */
+static kvtc_layout span_layout(const struct bench *b, uint32_t l0, uint32_t l1)
+{
+    kvtc_layout l = b->lay;
+    l.layers = l1 - l0;
+    return l;
+}
+
+static size_t span_offset(const struct bench *b, uint32_t l0, uint32_t n)
+{
+    return (size_t)l0 * 2 * n * b->c->kv_dim * kvtc_dtype_size(b->lay.dtype);
 }
 
 /* Tokens [from, from+cnt) of a canonical chunk of n tokens, in both directions. */
@@ -218,6 +264,77 @@ static int recon_baseline(struct bench *b, void *argp, const float *chunk, uint3
         *bytes += stored;
     }
     return 0;
+}
+
+/* --projx formats: the emulated projection (projx.h), and beside it the fp32
+ * one, whose output the format's is compared with. */
+struct px_arg {
+    kvtc_px *x, *ref;
+    void *ref_out;
+    float *ref_f;
+    double dev[2], norm[2];
+};
+
+static int recon_px(struct bench *b, void *argp, const float *chunk, uint32_t n,
+                    uint32_t first, float *out, uint64_t *bytes)
+{
+    struct px_arg *a = argp;
+    size_t elems = (size_t)n * b->tok_floats, stored = 0, ref_stored = 0;
+    size_t w = (size_t)n * b->c->kv_dim;
+    int rc = kvtc_from_float(b->lay.dtype, chunk, b->dt_in, elems);
+    if (!rc)
+        rc = kvtc_px_roundtrip(a->x, b->dt_in, n, first, b->dt_out, &stored);
+    if (!rc)
+        rc = kvtc_px_roundtrip(a->ref, b->dt_in, n, first, a->ref_out, &ref_stored);
+    if (!rc)
+        rc = kvtc_to_float(b->lay.dtype, b->dt_out, out, elems);
+    if (!rc)
+        rc = kvtc_to_float(b->lay.dtype, a->ref_out, a->ref_f, elems);
+    if (rc) {
+        fprintf(stderr, "kvtc-quality: projx roundtrip: %s\n", kvtc_strerror(rc));
+        return rc;
+    }
+    for (size_t sl = 0; sl < 2 * (size_t)b->c->n_layers; sl++)
+        for (size_t j = 0; j < w; j++) {
+            double d = (double)out[sl * w + j] - a->ref_f[sl * w + j];
+            a->dev[sl & 1] += d * d;
+            a->norm[sl & 1] += (double)chunk[sl * w + j] * chunk[sl * w + j];
+        }
+    *bytes += stored;
+    return 0;
+}
+
+/* --projx layer groups: each group's layers (a contiguous slice of the
+ * chunk) through real containers of the group's own profile. */
+struct group_arg {
+    uint32_t g;
+    uint32_t span[PX_MAX_GROUPS + 1];
+    kvtc_encoder *enc[PX_MAX_GROUPS];
+    kvtc_decoder *dec[PX_MAX_GROUPS];
+};
+
+static int recon_groups(struct bench *b, void *argp, const float *chunk, uint32_t n,
+                        uint32_t first, float *out, uint64_t *bytes)
+{
+    struct group_arg *a = argp;
+    size_t elems = (size_t)n * b->tok_floats;
+    int rc = kvtc_from_float(b->lay.dtype, chunk, b->dt_in, elems);
+    for (uint32_t i = 0; !rc && i < a->g; i++) {
+        uint32_t l0 = a->span[i];
+        kvtc_layout lay = span_layout(b, l0, a->span[i + 1]);
+        size_t off = span_offset(b, l0, n), len = 0;
+        kvtc_chunk ch = {.data = (char *)b->dt_in + off, .n_tokens = n, .first_pos = first};
+        rc = kvtc_encode(a->enc[i], &ch, b->cbuf, b->cbuf_cap, &len);
+        if (!rc)
+            rc = kvtc_decode(a->dec[i], b->cbuf, len, (char *)b->dt_out + off,
+                             kvtc_chunk_bytes(&lay, n), NULL);
+        *bytes += len;
+    }
+    if (!rc)
+        rc = kvtc_to_float(b->lay.dtype, b->dt_out, out, elems);
+    if (rc)
+        fprintf(stderr, "kvtc-quality: layer groups: %s\n", kvtc_strerror(rc));
+    return rc;
 }
 
 /* ---- evaluation ------------------------------------------------------- */
@@ -404,18 +521,21 @@ static int sens_scales(struct bench *b, int32_t *const *tok, float *const *kv,
     return rc;
 }
 
-/* One profile from the calibration KV for targets, rows scaled per variant. */
-static int calib_profile(struct bench *b, float *const *kv, int variant, const float *targets,
-                         uint32_t nt, kvtc_profile **out)
+/* One profile from the calibration KV of layers [l0, l1) for targets, rows
+ * scaled per variant. */
+static int calib_profile(struct bench *b, float *const *kv, int variant, uint32_t l0,
+                         uint32_t l1, const float *targets, uint32_t nt, kvtc_profile **out)
 {
     const struct opts *o = &b->o;
     uint32_t T = o->prefix + o->score;
     size_t slabs = 2 * (size_t)b->c->n_layers;
     kvtc_calibrator *cal = NULL;
+    kvtc_layout lay = span_layout(b, l0, l1);
     /* kvtc-sens: the measured sensitivities become the profile's slab
      * weights, so every encoder and decoder of the profile applies them */
-    kvtc_calib_params params = {.slab_weights = variant == V_SENS ? b->lscale[V_SENS] : NULL};
-    int rc = kvtc_calibrator_create(&b->lay, &params, &cal);
+    kvtc_calib_params params = {
+        .slab_weights = variant == V_SENS ? b->lscale[V_SENS] + 2 * (size_t)l0 : NULL};
+    int rc = kvtc_calibrator_create(&lay, &params, &cal);
     for (uint32_t s = 0; !rc && s < o->calib_seqs; s++) {
         for (uint32_t first = 0; !rc && first < T; first += o->chunk) {
             uint32_t n = T - first < o->chunk ? T - first : o->chunk;
@@ -424,7 +544,8 @@ static int calib_profile(struct bench *b, float *const *kv, int variant, const f
                 apply_scales(b, variant, b->f32a, n, 0);
             rc = kvtc_from_float(b->lay.dtype, b->f32a, b->dt_in, (size_t)n * b->tok_floats);
             if (!rc)
-                rc = kvtc_calibrator_add(cal, b->dt_in, n, first);
+                rc = kvtc_calibrator_add(cal, (char *)b->dt_in + span_offset(b, l0, n), n,
+                                         first);
         }
     }
     if (!rc)
@@ -467,9 +588,17 @@ static int calibrate(struct bench *b, kvtc_profile *prof[N_VARIANTS][2])
     for (int v = 0; !rc && v < N_VARIANTS; v++) {
         if (!(o->variants & (1u << v)))
             continue;
-        rc = calib_profile(b, kv, v, targets, nt, &prof[v][0]);
+        rc = calib_profile(b, kv, v, 0, b->c->n_layers, targets, nt, &prof[v][0]);
         if (!rc && o->sweep)
-            rc = calib_profile(b, kv, v, SWEEP_TARGETS, N_SWEEP, &prof[v][1]);
+            rc = calib_profile(b, kv, v, 0, b->c->n_layers, SWEEP_TARGETS, N_SWEEP,
+                               &prof[v][1]);
+    }
+    /* --projx: layer groups of the variant it measures, same targets */
+    for (uint32_t gi = 0; !rc && o->projx && gi < N_PX_GROUPS; gi++) {
+        uint32_t g = PX_GROUPS[gi], L = b->c->n_layers;
+        for (uint32_t i = 0; !rc && g <= L && g <= PX_MAX_GROUPS && i < g; i++)
+            rc = calib_profile(b, kv, px_variant(o), i * L / g, (i + 1) * L / g, PX_TARGETS,
+                               N_PX_TARGETS, &b->gprof[gi][i]);
     }
 cleanup:
     for (uint32_t s = 0; s < o->calib_seqs; s++) {
@@ -546,6 +675,12 @@ static void json_result(FILE *f, const struct result *r, double base_ppl)
     json_num(f, "top1", r->top1);
     json_num(f, "mse_key", r->mse_key);
     json_num(f, "mse_value", r->mse_value);
+    if (r->has_dev) {
+        json_num(f, "dev_key_vs_fp32", r->dev_key);
+        json_num(f, "dev_value_vs_fp32", r->dev_value);
+    }
+    if (r->macs > 0)
+        json_num(f, "gemm_macs_per_token", r->macs);
     fprintf(f, ",\"bytes\":%llu,\"raw_bf16_bytes\":%llu,\"positions\":%llu}",
             (unsigned long long)r->bytes, (unsigned long long)r->raw_bytes,
             (unsigned long long)r->positions);
@@ -641,7 +776,7 @@ static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 
 static int parse_args(int argc, char **argv, struct opts *o)
 {
-    enum { O_CALIB = 256, O_EVAL, O_PREFIX, O_SCORE, O_CHUNK, O_DTYPE, O_SWEEP, O_NOSWEEP, O_NORM, O_SENS };
+    enum { O_CALIB = 256, O_EVAL, O_PREFIX, O_SCORE, O_CHUNK, O_DTYPE, O_SWEEP, O_NOSWEEP, O_NORM, O_SENS, O_PROJX };
     static const struct option lo[] = {
         {"model", required_argument, 0, 'm'},   {"target", required_argument, 0, 't'},
         {"json", no_argument, 0, 'j'},          {"out", required_argument, 0, 'o'},
@@ -653,6 +788,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         {"dtype", required_argument, 0, O_DTYPE},
         {"sweep", no_argument, 0, O_SWEEP},     {"no-sweep", no_argument, 0, O_NOSWEEP},
         {"norm", no_argument, 0, O_NORM},       {"sens", no_argument, 0, O_SENS},
+        {"projx", no_argument, 0, O_PROJX},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     int sweep = -1, c;
     *o = (struct opts){.calib_seqs = 32, .eval_seqs = 16, .prefix = 384, .score = 128,
@@ -687,6 +823,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         case O_NOSWEEP: sweep = 0; break;
         case O_NORM: o->variants |= 1u << V_LNORM; break;
         case O_SENS: o->variants |= 1u << V_SENS; break;
+        case O_PROJX: o->projx = 1; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -700,7 +837,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         return -1;
     }
     /* A --target run answers one question quickly; the sweep is opt-in there. */
-    o->sweep = sweep >= 0 ? sweep : o->target == 0;
+    o->sweep = sweep >= 0 ? sweep : o->target == 0 && !o->projx;
     return 0;
 }
 
@@ -755,6 +892,101 @@ static int run_kvtc(struct bench *b, const kvtc_profile *p, int variant, float t
     return rc;
 }
 
+static int reserve_cbuf(struct bench *b, size_t cap)
+{
+    if (cap <= b->cbuf_cap)
+        return 0;
+    void *nb = realloc(b->cbuf, cap);
+    if (!nb)
+        return KVTC_ENOMEM;
+    b->cbuf = nb;
+    b->cbuf_cap = cap;
+    return 0;
+}
+
+/* --projx: the plan of p for target with the projection formats fmt. */
+static int run_px(struct bench *b, const kvtc_profile *p, float target, const uint32_t fmt[2],
+                  struct result *r)
+{
+    struct px_arg a;
+    memset(&a, 0, sizeof a);
+    uint32_t plan = kvtc_profile_find_plan(p, target), width = 0, ku[2] = {0, 0};
+    size_t elems = (size_t)b->o.chunk * b->tok_floats;
+    memset(r, 0, sizeof *r);
+    snprintf(r->method, sizeof r->method, "px-%s-%s", kvtc_px_fmt_name(fmt[0]),
+             kvtc_px_fmt_name(fmt[1]));
+    r->target = target;
+    int rc = kvtc_profile_plan_info(p, plan, &r->plan);
+    if (!rc)
+        rc = kvtc_px_gemm_dims(p, plan, &width, ku);
+    if (!rc)
+        rc = kvtc_px_create(p, plan, fmt[0], fmt[1], &a.x);
+    if (!rc)
+        rc = kvtc_px_create(p, plan, KVTC_PX_FP32, KVTC_PX_FP32, &a.ref);
+    if (!rc) {
+        a.ref_out = malloc(elems * sizeof(float));
+        a.ref_f = malloc(elems * sizeof(float));
+        rc = a.ref_out && a.ref_f ? 0 : KVTC_ENOMEM;
+    }
+    if (!rc)
+        rc = evaluate(b, recon_px, &a, r);
+    if (!rc) {
+        r->has_dev = 1;
+        r->dev_key = a.dev[0] / a.norm[0];
+        r->dev_value = a.dev[1] / a.norm[1];
+        r->macs = (double)width * (ku[0] + ku[1]);
+    }
+    if (rc)
+        fprintf(stderr, "kvtc-quality: %s at %gx: %s\n", r->method, target, kvtc_strerror(rc));
+    kvtc_px_free(a.x);
+    kvtc_px_free(a.ref);
+    free(a.ref_out);
+    free(a.ref_f);
+    return rc;
+}
+
+/* --projx: the layer groups of PX_GROUPS[gi] at target. */
+static int run_groups(struct bench *b, uint32_t gi, float target, struct result *r)
+{
+    struct group_arg a;
+    memset(&a, 0, sizeof a);
+    uint32_t L = b->c->n_layers;
+    a.g = PX_GROUPS[gi];
+    memset(r, 0, sizeof *r);
+    snprintf(r->method, sizeof r->method, "groups%u", a.g);
+    r->target = target;
+    int rc = 0;
+    for (uint32_t i = 0; !rc && i < a.g; i++) {
+        const kvtc_profile *p = b->gprof[gi][i];
+        uint32_t plan = kvtc_profile_find_plan(p, target), width = 0, ku[2] = {0, 0};
+        kvtc_plan_info pi;
+        a.span[i] = i * L / a.g;
+        a.span[i + 1] = (i + 1) * L / a.g;
+        rc = kvtc_profile_plan_info(p, plan, &pi);
+        if (!rc)
+            rc = kvtc_px_gemm_dims(p, plan, &width, ku);
+        if (!rc)
+            rc = kvtc_encoder_create(p, plan, KVTC_STAGE_DEFLATE, 0, &a.enc[i]);
+        if (!rc)
+            rc = kvtc_decoder_create(p, &a.dec[i]);
+        if (!rc)
+            rc = reserve_cbuf(b, kvtc_encode_bound(a.enc[i], b->o.chunk));
+        r->macs += (double)width * (ku[0] + ku[1]);
+        r->plan.key_components += pi.key_components;
+        r->plan.value_components += pi.value_components;
+        r->plan.groups += pi.groups;
+    }
+    if (!rc)
+        rc = evaluate(b, recon_groups, &a, r);
+    if (rc)
+        fprintf(stderr, "kvtc-quality: %s at %gx: %s\n", r->method, target, kvtc_strerror(rc));
+    for (uint32_t i = 0; i < a.g; i++) {
+        kvtc_encoder_free(a.enc[i]);
+        kvtc_decoder_free(a.dec[i]);
+    }
+    return rc;
+}
+
 static int emit(struct bench *b, struct result *r)
 {
     if (b->o.json) {
@@ -765,6 +997,50 @@ static int emit(struct bench *b, struct result *r)
         table_row(r);
     }
     return 0;
+}
+
+/* --projx rows: the codec (reference), each format pair, each group count,
+ * per target; printed with their distance to the fp32 projection's output
+ * and the projection's multiply-adds per token. */
+static int run_projx(struct bench *b, const kvtc_profile *p, struct result *res,
+                     uint32_t *nres)
+{
+    int rc = 0;
+    uint32_t w = 0, ku[2] = {0, 0};
+    if (!b->o.json)
+        printf("%-18s %6s %8s %9s %10s %7s %10s %10s %9s %9s %9s\n", "projx", "target",
+               "ratio", "dppl%", "KL", "top1", "mse_K", "mse_V", "devK/32", "devV/32",
+               "MAC/tok");
+    for (uint32_t ti = 0; !rc && ti < N_PX_TARGETS; ti++) {
+        float t = PX_TARGETS[ti];
+        uint32_t first = *nres;
+        rc = run_kvtc(b, p, px_variant(&b->o), t, 0, &res[*nres]);
+        if (!rc)
+            rc = kvtc_px_gemm_dims(p, kvtc_profile_find_plan(p, t), &w, ku);
+        if (!rc)
+            res[(*nres)++].macs = (double)w * (ku[0] + ku[1]);
+        for (uint32_t f = 0; !rc && f < N_PX_FMTS; f++)
+            if (!(rc = run_px(b, p, t, PX_FMTS[f], &res[*nres])))
+                (*nres)++;
+        for (uint32_t gi = 0; !rc && gi < N_PX_GROUPS; gi++)
+            if (PX_GROUPS[gi] <= b->c->n_layers && PX_GROUPS[gi] <= PX_MAX_GROUPS &&
+                !(rc = run_groups(b, gi, t, &res[*nres])))
+                (*nres)++;
+        for (uint32_t i = first; !rc && i < *nres; i++) {
+            const struct result *r = &res[i];
+            if (b->o.json) {
+                json_result(stdout, r, exp(b->base_nll));
+                putchar('\n');
+                continue;
+            }
+            printf("%-18s %6g %8.2f %+9.3f %10.5f %7.4f %10.3g %10.3g %9.2e %9.2e %9.3g\n",
+                   r->method, r->target, r->ratio, r->ppl_delta_pct, r->kl, r->top1,
+                   r->mse_key, r->mse_value, r->has_dev ? r->dev_key : 0.0,
+                   r->has_dev ? r->dev_value : 0.0, r->macs);
+        }
+        fflush(stdout);
+    }
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -821,6 +1097,10 @@ int main(int argc, char **argv)
                "ppl", "dppl%", "KL", "top1", "mse_K", "mse_V");
     }
 
+    if (b.o.projx) {
+        rc = run_projx(&b, prof[px_variant(&b.o)][0], res, &nres);
+        goto out;
+    }
     for (int v = 0; v < N_VARIANTS; v++) {
         uint32_t nt = !(b.o.variants & (1u << v)) ? 0 : b.o.target > 0 ? 1 : N_MAIN;
         for (uint32_t i = 0; i < nt; i++) {
@@ -870,7 +1150,8 @@ int main(int argc, char **argv)
     }
     if (!b.o.json)
         printf("(* = finer sweep profile; total %.1fs)\n", now_s() - t0);
-    if (b.o.out)
+out:
+    if (!rc && b.o.out)
         rc = write_out(&b, res, nres, best);
 
 cleanup:
@@ -878,6 +1159,9 @@ cleanup:
         fprintf(stderr, "kvtc-quality: failed: %s\n", kvtc_strerror(rc));
     for (int i = 0; i < 2 * N_VARIANTS; i++)
         kvtc_profile_free(prof[i / 2][i % 2]);
+    for (uint32_t gi = 0; gi < N_PX_GROUPS; gi++)
+        for (uint32_t i = 0; i < PX_MAX_GROUPS; i++)
+            kvtc_profile_free(b.gprof[gi][i]);
     if (b.ev) {
         for (uint32_t i = 0; i < b.o.eval_seqs; i++) {
             free(b.ev[i].tok);

@@ -15,3 +15,12 @@ bench-hf-setup:
 bench-hf: bench-hf-setup $(CODEC_SO) $(BENCHQ_SO)
 	KVTC_BUILD=$(abspath $(BUILD)) $(HF_PY) bench/quality/hf/quality.py \
 	  --cache-dir $(BUILD)/hf-cache $(HF_ARGS)
+
+# Issue #3's projection cost options on SmolLM2-135M (bench/quality/hf/projx.py):
+#   make bench-hf-projx PROJX_ARGS='--eval-docs 8'
+# Writes bench/results/projx-smollm2.json; ~20 min on 2 cores.
+PROJX_ARGS ?=
+.PHONY: bench-hf-projx
+bench-hf-projx: bench-hf-setup $(CODEC_SO) $(BENCHQ_SO)
+	KVTC_BUILD=$(abspath $(BUILD)) $(HF_PY) bench/quality/hf/projx.py \
+	  --cache-dir $(BUILD)/hf-cache $(PROJX_ARGS)
