@@ -61,7 +61,7 @@ static void fill_info(const struct kvtc__header *h, size_t len, kvtc_container_i
     if (!info)
         return;
     memset(info, 0, sizeof *info);
-    info->version = KVTC__CONTAINER_VERSION;
+    info->version = h->index_log2 ? 2 : KVTC__CONTAINER_VERSION;
     info->mode = h->mode;
     info->stage = h->stage;
     info->plan = h->plan;
