@@ -764,6 +764,7 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
     if (!c)
         return KVTC_ENOMEM;
     c->efd = -1;
+    c->local_fd = -1;
     uint64_t fm = params ? params->field_mask : 0;
     uint32_t connect_ms = (fm & KVTC_CONN_PARAM_FIELD_CONNECT_TIMEOUT)
                               ? params->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
@@ -832,6 +833,13 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
         goto fail;
     if (c->peer_addr && bulk_wanted(params, &ss) && (rc = bulk_setup(c, deadline)))
         goto fail;
+    if (kvtc__local_wanted(params)) {
+        /* Smallest payload worth a copy by the daemon's thread pool
+         * (KVTC_LOCAL_MIN bytes); below it UCX's eager send is as fast. */
+        const char *m = getenv("KVTC_LOCAL_MIN");
+        c->local_min = m ? (size_t)strtoull(m, NULL, 0) : KVTC__LOCAL_MIN_DEFAULT;
+        kvtc__local_setup(c, deadline);
+    }
     *out = c;
     return 0;
 fail:
@@ -877,6 +885,7 @@ void kvtc_disconnect(kvtc_conn *c)
     if (c->ctx)
         ucp_cleanup(c->ctx);
     kvtc__profile_cache_free(c);
+    kvtc__local_free(c);
     free(c->peer_addr);
     free(c);
 }

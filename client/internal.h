@@ -21,6 +21,9 @@ enum kvtc__op_kind {
     KVTC__OP_PROFILE
 };
 
+/* Default KVTC_LOCAL_MIN: payloads from this size go by the local path. */
+#define KVTC__LOCAL_MIN_DEFAULT 0u
+
 /* Largest profile libkvtc receives (the daemon's own limit). */
 #define KVTC__PROFILE_MAX_BYTES (1ull << 30)
 
@@ -79,6 +82,7 @@ struct kvtc__op {
     uint8_t *ctr_buf;             /* GET: containers to decode here */
     int fetched;                  /* GET: profiles were fetched once */
     int waiting;                  /* GET: profile fetches outstanding */
+    int local;                    /* PUT, GET: bytes by the local path */
     size_t n;                     /* items / keys */
     union {
         kvtc_put_item *put;
@@ -128,6 +132,13 @@ struct kvtc_conn {
     kvtc_server_info info;
     struct kvtc__prof_cache *profiles; /* decoders of fetched profiles */
     struct kvtc__gpu_state *gpu; /* GPU decode contexts (gpu_decode.c) */
+    /* The same-host local path (local_path.c): the daemon copies bulk
+     * bytes from and to our buffers itself. */
+    char *local_path;           /* HelloReply.local_path (malloc'd) */
+    char *host_id;              /* HelloReply.host_id (malloc'd) */
+    int local_fd;               /* the bound unix socket, -1 */
+    int local_ok;               /* requests may name local ranges */
+    size_t local_min;           /* smallest payload sent that way */
     char last_error[256];
 };
 
@@ -191,6 +202,16 @@ ucs_status_t kvtc__profile_reply(struct kvtc__op *op, const Kvtc__Wire__Reply *r
  * Returns 1 when profiles had to be fetched first (op completes later). */
 int kvtc__get_decode(struct kvtc__op *op);
 void kvtc__profile_cache_free(kvtc_conn *c);
+
+/* local_path.c: the same-host local path. */
+/* Whether params (else KVTC_LOCAL) allow it; on by default. */
+int kvtc__local_wanted(const kvtc_conn_params *params);
+/* After hello: connect to the daemon's socket and bind the session's local
+ * path; on any failure the connection simply stays on UCX payloads. */
+void kvtc__local_setup(kvtc_conn *c, uint64_t deadline_ns);
+/* Stop using it (a copy failed, or the daemon refused a local request). */
+void kvtc__local_off(kvtc_conn *c);
+void kvtc__local_free(kvtc_conn *c);
 
 /* cuda.c: memory types. */
 /* *is_dev = whether p is device memory. KVTC_ENOTSUP when mem asks for

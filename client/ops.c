@@ -55,6 +55,7 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
     uint64_t max_chunk = c->info.max_chunk_bytes ? c->info.max_chunk_bytes
                                                  : KVTC_WIRE_DEFAULT_MAX_CHUNK;
     int *dev = calloc(n, sizeof *dev);
+    Kvtc__Wire__LocalIov *lv = NULL, **lvp = NULL;
     Kvtc__Wire__ChunkMeta *metas = calloc(n, sizeof *metas);
     Kvtc__Wire__ChunkMeta **mptr = calloc(n, sizeof *mptr);
     Kvtc__Wire__Layout *lays = calloc(n, sizeof *lays);
@@ -187,9 +188,31 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
     req.put = &pr;
     op->out.put = items;
     op->n = n;
-    /* One contiguous buffer goes as such (the common single-chunk case,
-     * zero-copy rendezvous); several as an IOV list, still zero-copy. */
-    if (op->iov_n == 0)
+    size_t total = 0;
+    for (size_t k = 0; k < op->iov_n; k++)
+        total += op->iov[k].length;
+    /* Local path: the daemon reads the buffers itself (host memory only;
+     * staged device chunks are in our pinned buffer, which would do, but
+     * device puts keep one path). The buffers stay the caller's until the
+     * callback, as over UCX. */
+    if (c->local_ok && n_dev == 0 && op->iov_n && total >= c->local_min) {
+        lv = calloc(op->iov_n, sizeof *lv);
+        lvp = calloc(op->iov_n, sizeof *lvp);
+        if (!lv || !lvp) {
+            rc = KVTC_ENOMEM;
+            goto cleanup;
+        }
+        for (size_t k = 0; k < op->iov_n; k++) {
+            kvtc__wire__local_iov__init(&lv[k]);
+            lv[k].addr = (uint64_t)(uintptr_t)op->iov[k].buffer;
+            lv[k].len = op->iov[k].length;
+            lvp[k] = &lv[k];
+        }
+        pr.n_local = op->iov_n;
+        pr.local = lvp;
+        op->local = 1;
+        rc = kvtc__op_send(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
+    } else if (op->iov_n == 0)
         rc = kvtc__op_send(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
     else if (op->iov_n == 1)
         rc = kvtc__op_send(c, op, &req, op->iov[0].buffer, op->iov[0].length,
@@ -201,6 +224,8 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
 cleanup:
     kvtc__op_free(op);
     free(dev);
+    free(lv);
+    free(lvp);
     free(metas);
     free(mptr);
     free(lays);
@@ -218,6 +243,8 @@ int kvtc_get_batch_async(kvtc_conn *c, kvtc_get_item *items, size_t n,
     if (rc || (rc = check_batch(c, items, n)))
         return rc;
     ProtobufCBinaryData *keys = calloc(n, sizeof *keys);
+    Kvtc__Wire__LocalIov *lv = NULL, **lvp = NULL;
+    size_t n_dev = 0, cap_total = 0;
     struct kvtc__op *op = kvtc__op_new(c, KVTC__OP_GET, p);
     if (op)
         op->dests = calloc(n, sizeof *op->dests);
@@ -258,6 +285,8 @@ int kvtc_get_batch_async(kvtc_conn *c, kvtc_get_item *items, size_t n,
         /* Remembered per item; the destinations are chosen when the reply
          * tells the sizes. */
         op->dests[i].staged = dev;
+        n_dev += dev != 0;
+        cap_total += it->capacity;
         keys[i].len = KVTC_KEY_BYTES;
         keys[i].data = it->key.bytes;
     }
@@ -267,6 +296,29 @@ int kvtc_get_batch_async(kvtc_conn *c, kvtc_get_item *items, size_t n,
     if (op->want) {
         gr.has_want = 1;
         gr.want = KVTC__WIRE__ENCODING__KVTC;
+    }
+    /* Local path: the daemon writes each hit into its item's buffer itself.
+     * Raw host buffers only: containers are decoded here from a buffer of
+     * their own, device buffers staged. */
+    if (c->local_ok && !op->want && n_dev == 0 && cap_total &&
+        cap_total >= c->local_min) {
+        lv = calloc(n, sizeof *lv);
+        lvp = calloc(n, sizeof *lvp);
+        if (!lv || !lvp) {
+            rc = KVTC_ENOMEM;
+            goto cleanup;
+        }
+        for (size_t i = 0; i < n; i++) {
+            kvtc__wire__local_iov__init(&lv[i]);
+            if (items[i].capacity) {
+                lv[i].addr = (uint64_t)(uintptr_t)items[i].buf;
+                lv[i].len = items[i].capacity;
+            }
+            lvp[i] = &lv[i];
+        }
+        gr.n_local = n;
+        gr.local = lvp;
+        op->local = 1;
     }
     Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
     req.body_case = KVTC__WIRE__REQUEST__BODY_GET;
@@ -279,6 +331,8 @@ int kvtc_get_batch_async(kvtc_conn *c, kvtc_get_item *items, size_t n,
 cleanup:
     kvtc__op_free(op);
     free(keys);
+    free(lv);
+    free(lvp);
     return rc;
 }
 
@@ -337,6 +391,34 @@ static int get_plan(struct kvtc__op *op, const Kvtc__Wire__GetReply *gr, size_t 
             oversize = it->size > oversize ? it->size : oversize;
         else if (op->dests[i].staged && !c->ucx_cuda)
             staged += it->size;
+    }
+    int local = gr->has_local && gr->local;
+    if (local && (!op->local || length || ctr)) {
+        /* Written into our buffers: only what we asked for, raw. */
+        kvtc__set_error(c, "get reply: local delivery not asked for or with "
+                           "%zu payload bytes",
+                        length);
+        return KVTC_EPROTO;
+    }
+    if (local) {
+        /* The daemon wrote every hit that fits into its item's buffer. */
+        for (size_t i = 0; i < op->n; i++) {
+            kvtc_get_item *it = &op->out.get[i];
+            struct kvtc__get_dest *d = &op->dests[i];
+            d->device = d->staged = 0;
+            d->item = i;
+            d->len = 0;
+            if (it->status || !it->size)
+                continue;
+            if (it->size > it->capacity) {
+                it->status = KVTC_ENOSPC;
+                continue;
+            }
+            d->at = it->buf;
+            d->len = it->size;
+        }
+        op->n_dests = op->n;
+        return 0;
     }
     if (total != length) {
         kvtc__set_error(c, "get reply carries %zu bytes, its chunks %llu", length,
@@ -498,6 +580,14 @@ static int hello_out(kvtc_conn *c, const Kvtc__Wire__HelloReply *h)
     c->info.max_batch = h->has_max_batch ? h->max_batch : 0;
     snprintf(c->info.server_version, sizeof c->info.server_version, "%s",
              h->server_version ? h->server_version : "");
+    /* Kept for the local path (local_path.c). */
+    if (h->has_bind_token)
+        c->bind_token = h->bind_token;
+    if (h->local_path && h->host_id && h->local_path[0] && !c->local_path &&
+        strlen(h->local_path) < 128 && strlen(h->host_id) < 64) {
+        c->local_path = strdup(h->local_path);
+        c->host_id = strdup(h->host_id);
+    }
     /* Kept for the bulk endpoint (conn.c); a bind's reply carries none. An
      * address is a few hundred bytes: a huge one is not a worker address. */
     if (h->has_worker_address && h->has_bind_token && h->worker_address.len &&
@@ -518,6 +608,8 @@ ucs_status_t kvtc__op_reply(struct kvtc__op *op, Kvtc__Wire__Reply *rep,
     kvtc_conn *c = op->conn;
     op->replied = 1;
     int st = kvtc_wire_status_to_err(rep->status);
+    if (rep->status == KVTC__WIRE__STATUS__LOCAL)
+        kvtc__local_off(c); /* the daemon fell back: so do we */
     if (st) {
         op->status = st;
         kvtc__set_error(c, "%s", rep->message && rep->message[0] ? rep->message

@@ -350,6 +350,7 @@ int kvtc_wire_status_to_err(int status)
     case KVTC__WIRE__STATUS__CORRUPT: return KVTC_ECORRUPT;
     case KVTC__WIRE__STATUS__BUSY: return KVTC_EBUSY;
     case KVTC__WIRE__STATUS__INTERNAL: return KVTC_EIO;
+    case KVTC__WIRE__STATUS__LOCAL: return KVTC_EIO;
     case KVTC__WIRE__STATUS__PROFILE: return KVTC_EPROFILE;
     case KVTC__WIRE__STATUS__UNSUPPORTED: return KVTC_ENOTSUP;
     case KVTC__WIRE__STATUS__PINNED: return KVTC_EPERM;
@@ -381,7 +382,7 @@ const char *kvtc_wire_status_name(int status)
     static const char *const names[] = {
         "OK",       "NOT_FOUND",    "FULL",    "INVALID", "TOO_LARGE",
         "VERSION",  "UNAUTHORIZED", "CORRUPT", "BUSY",    "INTERNAL",
-        "PROFILE",  "UNSUPPORTED",  "PINNED"};
+        "PROFILE",  "UNSUPPORTED",  "PINNED",  "LOCAL"};
     if (status < 0 || (size_t)status >= sizeof names / sizeof names[0])
         return "UNKNOWN";
     return names[status];

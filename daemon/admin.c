@@ -271,6 +271,25 @@ int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
            "Requests answered with an error status.", m->errors);
     metric(&b, "uptime_seconds", "gauge", "Seconds since start.",
            kvtcd_now_ms(srv) / 1000);
+    /* The same-host local path (local_path.h). */
+    metric(&b, "local_links_total", "counter",
+           "Sessions that bound the local path.", m->local_links);
+    metric(&b, "local_refused_total", "counter",
+           "Local-path handshakes refused.", m->local_refused);
+    metric(&b, "local_puts_total", "counter",
+           "Put requests copied by the local path.", m->local_puts);
+    metric(&b, "local_gets_total", "counter",
+           "Get requests written by the local path.", m->local_gets);
+    metric(&b, "local_bytes_in_total", "counter",
+           "Chunk bytes read from clients by the local path.",
+           m->local_bytes_in);
+    metric(&b, "local_bytes_out_total", "counter",
+           "Chunk bytes written to clients by the local path.",
+           m->local_bytes_out);
+    metric(&b, "local_failures_total", "counter",
+           "Local requests refused or failed (the session fell back to UCX "
+           "payloads).",
+           m->local_failures);
     if (srv->tiers)
         render_tiers(&b, srv);
     render_host(&b, srv);

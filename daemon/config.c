@@ -164,6 +164,8 @@ static int apply(kvtcd_config *c, const char *section, const char *name,
         return parse_u32(v, 1, 65536, &c->max_sessions);
     if (IS("server", "bulk_endpoint"))
         return parse_onoff(v, &c->bulk_endpoint);
+    if (IS("server", "local_path"))
+        return set_path(c->local_path, sizeof c->local_path, v);
     if (IS("store", "host_prefault"))
         return parse_onoff(v, &c->host_prefault);
     if (IS("store", "host_pin"))
@@ -306,6 +308,7 @@ static const struct flag {
     {"--port-file", "server", "port_file"},
     {"--max-sessions", "server", "max_sessions"},
     {"--bulk-endpoint", "server", "bulk_endpoint"},
+    {"--local-path", "server", "local_path"},
     {"--host-mem", "store", "host_mem"},  {"--data-dir", "store", "data_dir"},
     {"--host-prefault", "store", "host_prefault"},
     {"--host-pin", "store", "host_pin"},
@@ -450,6 +453,9 @@ const char *kvtcd_usage(void)
            "  --max-sessions N      most concurrent clients (default 1024)\n"
            "  --bulk-endpoint on|off  offer the worker address so local clients\n"
            "                        add a shared-memory endpoint (default on)\n"
+           "  --local-path auto|off|PATH  unix socket through which clients on\n"
+           "                        this host get the single-copy local path\n"
+           "                        (default auto: abstract @kvtcd-HOST:PORT)\n"
            "  --port-file PATH      once listening, write \"UCX_PORT ADMIN_PORT\\n\"\n"
            "                        to PATH (atomically)\n"
            "  --config FILE         INI file; flags override it\n"

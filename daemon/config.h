@@ -4,6 +4,7 @@
  * INI keys (docs: deploy/kvtcd.example.ini):
  *   [server]  listen = HOST:PORT   admin = HOST:PORT   port_file = PATH
  *             max_sessions = N   bulk_endpoint = on|off
+ *             local_path = auto|off|PATH
  *   [store]   host_mem = SIZE      data_dir = DIR
  *             disk_dir = DIR   disk_size = SIZE   disk_io = auto|uring|threads
  *             durability = cache|durable   gpu_mem = SIZE   gpu_device = N
@@ -70,6 +71,9 @@ typedef struct kvtcd_config {
     uint32_t max_batch;
     uint32_t max_sessions;
     int bulk_endpoint;        /* offer the worker address in HelloReply */
+    char local_path[108];     /* the local path's unix socket: "" or
+                                 "auto" (abstract name), "off", a path
+                                 (sun_path's size bounds it) */
     int log_level;            /* enum kvtcd_log_level */
 } kvtcd_config;
 

@@ -4,11 +4,13 @@
  * enums) before anything is allocated for it; a bad request gets one error
  * reply and has no effect. Handlers run inside the AM callback (from
  * ucp_worker_progress on the loop thread): they may send, never progress. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "codec_serve.h"
+#include "local_path.h"
 #include "kvtc_codec.h"
 #include "kvtc_errors.h"
 #include "log.h"
@@ -112,12 +114,45 @@ static void handle_hello(kvtcd_session *s, const Kvtc__Wire__Request *req)
         hr.has_bind_token = 1;
         hr.bind_token = s->bind_token;
     }
+    /* 1.3: the local path; a 1.2 client ignores the fields. */
+    if (kvtcd_local_name(srv) && h->minor >= 3) {
+        hr.local_path = (char *)kvtcd_local_name(srv);
+        hr.host_id = (char *)kvtcd_local_host_id(srv);
+        hr.has_bind_token = 1;
+        hr.bind_token = s->bind_token;
+    }
     Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
     rep.id = req->id;
     rep.status = ST(OK);
     rep.body_case = KVTC__WIRE__REPLY__BODY_HELLO;
     rep.hello = &hr;
     kvtcd_send_reply(s, &rep, NULL, 0, NULL, 0);
+}
+
+/* ---- the local path (local_path.h) --------------------------------------- */
+
+/* A local copy of request id failed with errno err: the request gets
+ * STATUS_LOCAL and the session falls back to AM payloads. */
+static void local_copy_failed(kvtcd_session *s, uint64_t id, const char *what,
+                              int err)
+{
+    char why[160];
+    snprintf(why, sizeof why, "%s: local copy failed: %s", what,
+             strerror(err));
+    kvtcd_local_fail(s, why);
+    kvtcd_send_error(s, id, ST(LOCAL),
+                     "%s; the session uses UCX payloads from now on", why);
+}
+
+/* A local request on a session whose local path is not (or no longer)
+ * bound. */
+static void local_unavailable(kvtcd_session *s, uint64_t id, const char *what)
+{
+    s->srv->m.local_failures++;
+    kvtcd_send_error(s, id, ST(LOCAL),
+                     "%s: no local path on this session (%s): send the "
+                     "bytes as AM data",
+                     what, s->local_failed ? "it failed" : "not bound");
 }
 
 /* ---- Bind: a session's bulk endpoint ------------------------------------ */
@@ -495,6 +530,57 @@ static void finish_put(kvtcd_op *op, size_t base, const uint8_t *src)
     kvtcd_hashjob_run(srv->loop, &op->hash);
 }
 
+static void put_local_done(kvtcd_lcopy *job)
+{
+    kvtcd_op *op = job->arg;
+    kvtcd_session *s = op->sess;
+    if (job->err) {
+        local_copy_failed(s, op->req_id, "put", job->err);
+        kvtcd_op_free(op); /* frees the reservation */
+        return;
+    }
+    s->srv->m.local_puts++;
+    s->srv->m.local_bytes_in += op->total;
+    op->t1_ns = uv_hrtime();
+    put_hashed(&op->hash);
+}
+
+/* Local path: copy the chunks from the client's ranges (op->lremote,
+ * n_remote of them) into op->blob, each checksummed as it lands (the sums
+ * put_hashed checks), on the thread pool. Owns op. */
+static void put_local_start(kvtcd_op *op, size_t n_remote)
+{
+    kvtcd_session *s = op->sess;
+    op->put_base = 0;
+    op->lcopy = calloc(1, sizeof *op->lcopy);
+    if (!op->lcopy || kvtcd_hashjob_init(&op->hash, op->n_chunks) < 0) {
+        kvtcd_send_error(s, op->req_id, ST(INTERNAL), "put: out of memory");
+        kvtcd_op_free(op);
+        return;
+    }
+    size_t off = 0;
+    for (uint32_t i = 0; i < op->n_chunks; i++) {
+        op->hash.ptr[i] = op->blob->data + off;
+        op->hash.len[i] = op->tmpl[i].size;
+        off += op->tmpl[i].size;
+    }
+    op->hash.arg = op;
+    kvtcd_lcopy *j = op->lcopy;
+    j->to_client = 0;
+    j->remote = op->lremote;
+    j->n_remote = n_remote;
+    j->n = op->n_chunks;
+    j->ptr = (uint8_t **)op->hash.ptr;
+    j->len = op->hash.len;
+    j->sum = op->hash.sum;
+    j->done = put_local_done;
+    j->arg = op;
+    if (kvtcd_lcopy_start(s, j) < 0) {
+        local_unavailable(s, op->req_id, "put");
+        kvtcd_op_free(op);
+    }
+}
+
 static void reply_put_full(kvtcd_session *s, uint64_t id, size_t n,
                            uint64_t total)
 {
@@ -615,7 +701,34 @@ static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,
             return;
         total += put->chunks[i]->size; /* <= 4096 * 1 TiB: no overflow */
     }
-    if (total != bulk_len) {
+    /* 1.3: the bytes lie in the client's memory, named by local ranges
+     * (local path), instead of arriving as AM data. */
+    struct iovec *lremote = NULL;
+    if (put->n_local) {
+        char lwhy[200];
+        if (bulk_len || rndv_desc || preblob || store_full) {
+            kvtcd_send_error(s, req->id, ST(INVALID),
+                             "put: local ranges and %zu payload bytes",
+                             bulk_len);
+            return;
+        }
+        int lrc = kvtcd_local_put_iovs(put->local, put->n_local, total,
+                                       &lremote, lwhy, sizeof lwhy);
+        if (lrc == KVTC_ENOMEM)
+            lwhy[0] = '\0';
+        if (lrc < 0) {
+            kvtcd_send_error(s, req->id, lrc == KVTC_ENOMEM ? ST(INTERNAL)
+                                         : lrc == KVTC_ENOSPC ? ST(TOO_LARGE)
+                                                              : ST(INVALID),
+                             "%s", lwhy[0] ? lwhy : "put: out of memory");
+            return;
+        }
+        if (!s->local) {
+            free(lremote);
+            local_unavailable(s, req->id, "put");
+            return;
+        }
+    } else if (total != bulk_len) {
         kvtcd_send_error(s, req->id, ST(INVALID),
                          "put: chunk sizes add up to %llu bytes but %zu "
                          "arrived",
@@ -626,6 +739,7 @@ static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,
     char why[160];
     int crc = kvtcd_serve_put_prepare(put, &cctx, why, sizeof why);
     if (crc == KVTC_EINVAL) {
+        free(lremote);
         kvtcd_send_error(s, req->id, ST(INVALID), "%s", why);
         return;
     }
@@ -637,9 +751,11 @@ static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,
     uint64_t now = kvtcd_now_ms(srv);
     kvtcd_op *op = crc == 0 ? kvtcd_op_new(srv, KVTCD_OP_PUT, s) : NULL;
     if (!op) {
+        free(lremote);
         kvtcd_serve_put_free(cctx);
         goto nomem;
     }
+    op->lremote = lremote;
     /* The codec work this put asks for (compress, check containers), if
      * any: put_hashed hands it to codec_serve.c. */
     op->ctx = cctx;
@@ -673,6 +789,10 @@ static void handle_put(kvtcd_session *s, const Kvtc__Wire__Request *req,
     }
     if (rc < 0)
         goto nomem;
+    if (op->lremote) {
+        put_local_start(op, put->n_local);
+        return;
+    }
     if (rndv_desc) {
         start_recv(op, rndv_desc, op->blob->data, total);
         return;
@@ -718,6 +838,11 @@ typedef struct get_ctx {
     } *loads;
     uint32_t pending;     /* reads not finished yet */
     int started;          /* every key looked up */
+    /* 1.3, local path: the client's destination per key (GetRequest.local),
+     * NULL otherwise; lcopied once the hits were written there */
+    struct iovec *ldest;
+    int lcopied;
+    uint64_t lbytes;
 } get_ctx;
 
 static void get_ctx_free(void *p)
@@ -742,6 +867,7 @@ static void get_ctx_free(void *p)
     free(c->loads);
     free(c->dec);
     free(c->dec_k);
+    free(c->ldest);
     free(c);
 }
 
@@ -807,20 +933,97 @@ static void meta_of(const kvtcd_entry *e, get_ctx *c, size_t i)
     }
 }
 
-/* Send the hits [0, nsent) as one iov, and free op. */
+static void get_send(kvtcd_op *op);
+
+static void get_local_done(kvtcd_lcopy *job)
+{
+    kvtcd_op *op = job->arg;
+    get_ctx *c = op->ctx;
+    if (job->err) {
+        local_copy_failed(op->sess, op->req_id, "get", job->err);
+        kvtcd_op_free(op);
+        return;
+    }
+    op->sess->srv->m.local_gets++;
+    op->sess->srv->m.local_bytes_out += c->lbytes;
+    op->sess->srv->m.bytes_out += c->lbytes;
+    c->lcopied = 1;
+    get_send(op);
+}
+
+/* Local path: write each hit that fits its key's destination there, on
+ * the thread pool (the blobs stay referenced by c until op is freed), then
+ * get_send again. A hit larger than its destination is not written: the
+ * client sees its size over the capacity, as over UCX. Owns op. */
+static void get_local_copy(kvtcd_op *op)
+{
+    get_ctx *c = op->ctx;
+    size_t n = c->nsent ? c->nsent : 1;
+    kvtcd_lcopy *j = calloc(1, sizeof *j + n * (sizeof(uint8_t *) +
+                                                sizeof(size_t)));
+    op->lremote = calloc(n, sizeof *op->lremote);
+    if (!j || !op->lremote) {
+        free(j);
+        kvtcd_send_error(op->sess, op->req_id, ST(INTERNAL),
+                         "get: out of memory");
+        kvtcd_op_free(op);
+        return;
+    }
+    op->lcopy = j;
+    j->ptr = (uint8_t **)(j + 1);
+    j->len = (size_t *)(j->ptr + n);
+    uint32_t m = 0;
+    for (size_t k = 0; k < c->nsent; k++) {
+        const struct iovec *d = &c->ldest[c->fidx[k]];
+        if (!c->segs[k].len || c->segs[k].len > d->iov_len)
+            continue;
+        j->ptr[m] = (uint8_t *)c->segs[k].p;
+        j->len[m] = c->segs[k].len;
+        op->lremote[m].iov_base = d->iov_base;
+        op->lremote[m].iov_len = c->segs[k].len;
+        c->lbytes += c->segs[k].len;
+        m++;
+    }
+    if (m == 0) {
+        c->lcopied = 1;
+        get_send(op);
+        return;
+    }
+    j->to_client = 1;
+    j->remote = op->lremote;
+    j->n_remote = m;
+    j->n = m;
+    j->done = get_local_done;
+    j->arg = op;
+    if (kvtcd_lcopy_start(op->sess, j) < 0) {
+        local_unavailable(op->sess, op->req_id, "get");
+        kvtcd_op_free(op);
+    }
+}
+
+/* Send the hits [0, nsent) as one iov (or, by the local path, write them
+ * into the client first and send the reply alone), and free op. */
 static void get_send(kvtcd_op *op)
 {
     get_ctx *c = op->ctx;
+    if (c->ldest && !c->lcopied) {
+        get_local_copy(op);
+        return;
+    }
     Kvtc__Wire__GetReply gr = KVTC__WIRE__GET_REPLY__INIT;
     gr.n_results = c->n;
     gr.results = c->resp;
+    if (c->ldest) {
+        gr.has_local = 1;
+        gr.local = 1;
+    }
     Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
     rep.id = op->req_id;
     rep.status = ST(OK);
     rep.body_case = KVTC__WIRE__REPLY__BODY_GET;
     rep.get = &gr;
-    kvtcd_send_reply(op->sess, &rep, c->segs, (uint32_t)c->nsent, c->blobs,
-                     (uint32_t)c->nsent);
+    uint32_t nsegs = c->ldest ? 0 : (uint32_t)c->nsent;
+    kvtcd_send_reply(op->sess, &rep, c->segs, nsegs, c->blobs, nsegs);
     kvtcd_op_free(op);
 }
 
@@ -1014,9 +1217,39 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
         return;
     }
     size_t n = g->n_keys;
+    /* 1.3, local path: one destination per key, checked before anything
+     * is looked up. */
+    if (g->n_local) {
+        if (g->n_local != n) {
+            kvtcd_send_error(s, req->id, ST(INVALID),
+                             "get: %zu local destinations for %zu keys",
+                             g->n_local, n);
+            return;
+        }
+        for (size_t i = 0; i < n; i++)
+            if (kvtcd_local_dest_ok(g->local[i]->addr, g->local[i]->len) < 0) {
+                kvtcd_send_error(s, req->id, ST(INVALID),
+                                 "get: local destination %zu (addr=0x%llx "
+                                 "len=%llu) out of bounds",
+                                 i, (unsigned long long)g->local[i]->addr,
+                                 (unsigned long long)g->local[i]->len);
+                return;
+            }
+        if (!s->local) {
+            local_unavailable(s, req->id, "get");
+            return;
+        }
+    }
     uint64_t now = kvtcd_now_ms(srv);
     get_ctx *c = get_ctx_new(n);
-    kvtcd_op *op = c ? kvtcd_op_new(srv, KVTCD_OP_GET, s) : NULL;
+    if (c && g->n_local && (c->ldest = calloc(n, sizeof *c->ldest))) {
+        for (size_t i = 0; i < n; i++) {
+            c->ldest[i].iov_base = (void *)(uintptr_t)g->local[i]->addr;
+            c->ldest[i].iov_len = (size_t)g->local[i]->len;
+        }
+    }
+    kvtcd_op *op = c && (!g->n_local || c->ldest)
+                       ? kvtcd_op_new(srv, KVTCD_OP_GET, s) : NULL;
     if (!op) {
         get_ctx_free(c);
         kvtcd_send_error(s, req->id, ST(INTERNAL), "get: out of memory");

@@ -17,6 +17,7 @@
 #include "kvtc_errors.h"
 #include "log.h"
 #include "codec_serve.h"
+#include "local_path.h"
 #include "server.h"
 #include "store_host.h"
 
@@ -94,6 +95,7 @@ static void on_signal(uv_signal_t *h, int signum)
 
 static void teardown_handles(kvtcd_server *srv)
 {
+    kvtcd_local_close(srv);
     kvtcd_transport_close_handles(srv);
     kvtcd_admin_close(srv);
     if (!uv_is_closing((uv_handle_t *)&srv->sigterm)) {
@@ -196,6 +198,10 @@ int kvtcd_server_init(kvtcd_server *srv, const kvtcd_config *cfg,
     if (cfg->data_dir[0] && (rc = prepare_data_dir(cfg->data_dir)) < 0)
         goto fail;
     rc = kvtcd_transport_init(srv);
+    if (rc < 0)
+        goto fail;
+    /* After the UCX listener: the default socket name is its address. */
+    rc = kvtcd_local_init(srv);
     if (rc < 0)
         goto fail;
     /* Unset knobs stay out of the mask: the store's default (and its

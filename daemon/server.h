@@ -12,6 +12,7 @@
 #define KVTCD_SERVER_H
 
 #include <stdint.h>
+#include <sys/uio.h>
 #include <ucp/api/ucp.h>
 #include <uv.h>
 
@@ -36,6 +37,12 @@ typedef struct kvtcd_metrics {
     uint64_t errors;        /* requests answered with an error status */
     uint64_t sessions_total;
     uint64_t disconnects;   /* sessions ended by error or peer close */
+    /* the local path (local_path.c) */
+    uint64_t local_links;   /* sessions that bound it */
+    uint64_t local_refused; /* handshakes refused (token, probe, pid) */
+    uint64_t local_puts, local_gets;     /* requests served by it */
+    uint64_t local_bytes_in, local_bytes_out;
+    uint64_t local_failures; /* copies that failed: session fell back */
 } kvtcd_metrics;
 
 typedef struct kvtcd_session {
@@ -58,6 +65,11 @@ typedef struct kvtcd_session {
     int hello_done;
     uint32_t ns;
     char peer[64];
+    /* The same-host local path (local_path.h), NULL when not bound; set
+     * once the client proved on the unix socket that kvtcd may copy from
+     * and to its memory. */
+    struct kvtcd_local_link *local;
+    int local_failed;       /* a copy failed: local requests refused */
 } kvtcd_session;
 
 /* An in-flight operation that holds UCX resources: a put whose bulk data
@@ -102,6 +114,10 @@ typedef struct kvtcd_op {
     kvtcd_blob **holds;                /* blobs the payload points into */
     uint32_t n_holds;
     ucp_dt_iov_t *iov;                 /* what is sent: [message], payload */
+    /* PUT, GET by the local path (local_path.h): the copy and the client's
+     * ranges it uses, freed with the op */
+    struct kvtcd_lcopy *lcopy;
+    struct iovec *lremote;
 } kvtcd_op;
 
 struct kvtcd_server {
@@ -142,6 +158,8 @@ struct kvtcd_server {
     kvtcd_metrics m;
     struct kvtcd_serve *serve;         /* profiles + codec jobs
                                           (codec_serve.h) */
+    struct kvtcd_local *local;         /* unix socket of the local path
+                                          (local_path.h); NULL when off */
     /* admin HTTP */
     uv_tcp_t admin;
     int admin_open;

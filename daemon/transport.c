@@ -15,6 +15,7 @@
 #include <sys/random.h>
 
 #include "kvtc_errors.h"
+#include "local_path.h"
 #include "log.h"
 #include "server.h"
 
@@ -72,6 +73,8 @@ void kvtcd_op_free(kvtcd_op *op)
         kvtcd_blob_unref(op->holds[i]);
     free(op->holds);
     free(op->iov);
+    free(op->lcopy);
+    free(op->lremote);
     kvtcd_session_unref(op->sess);
     free(op);
 }
@@ -97,6 +100,7 @@ static void session_fail(kvtcd_session *s, const char *why)
         return;
     s->open = 0;
     session_unlink(srv, s);
+    kvtcd_local_detach(s);
     s->close_pending = 1;
     s->close_next = srv->close_queue;
     srv->close_queue = s;

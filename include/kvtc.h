@@ -167,7 +167,8 @@ enum kvtc_conn_param_field {
     KVTC_CONN_PARAM_FIELD_CONNECT_TIMEOUT = 1u << 3,
     KVTC_CONN_PARAM_FIELD_OP_TIMEOUT = 1u << 4,
     KVTC_CONN_PARAM_FIELD_SPIN = 1u << 5,
-    KVTC_CONN_PARAM_FIELD_BULK = 1u << 6
+    KVTC_CONN_PARAM_FIELD_BULK = 1u << 6,
+    KVTC_CONN_PARAM_FIELD_LOCAL = 1u << 7
 };
 
 /* The bulk endpoint: after hello, libkvtc opens a second endpoint to the
@@ -182,6 +183,19 @@ enum kvtc_bulk_mode {
     KVTC_BULK_OFF = 0,   /* default */
     KVTC_BULK_AUTO = 1,  /* when the daemon is on this host */
     KVTC_BULK_ALWAYS = 2 /* try it for remote daemons too */
+};
+
+/* The local path (protocol 1.3): with a daemon on this host, libkvtc binds
+ * a unix socket to its session and the daemon copies put and get bytes
+ * straight between its store and the caller's buffers (process_vm_readv /
+ * _writev: one copy, no UCX payload). It needs ptrace access from the
+ * daemon (same user; libkvtc declares the daemon as its tracer for Yama).
+ * Device buffers, compressed gets and remote daemons use UCX payloads; so
+ * does a connection whose local copy once failed (that request fails with
+ * KVTC_EIO). kvtc_server_info.local_path says whether it is in use. */
+enum kvtc_local_mode {
+    KVTC_LOCAL_AUTO = 0, /* default: when the daemon is on this host */
+    KVTC_LOCAL_OFF = 1
 };
 
 typedef struct kvtc_conn_params {
@@ -200,6 +214,9 @@ typedef struct kvtc_conn_params {
     uint32_t bulk;               /* enum kvtc_bulk_mode; default: the
                                     environment's KVTC_BULK_EP (off, auto,
                                     always), else OFF */
+    uint32_t local;              /* enum kvtc_local_mode; default: the
+                                    environment's KVTC_LOCAL (off), else
+                                    AUTO */
 } kvtc_conn_params;
 
 /* Connect to server ("HOST:PORT", "[v6addr]:PORT"; NULL means
@@ -234,7 +251,8 @@ typedef struct kvtc_server_info {
     int device_memory;             /* enum kvtc_device_memory */
     uint32_t bulk_endpoint;        /* 1: requests travel on the bulk
                                       endpoint (kvtc_bulk_mode) */
-    uint32_t reserved32;
+    uint32_t local_path;           /* 1: bulk bytes move by the local
+                                      path (kvtc_local_mode) */
     uint64_t reserved[7];
 } kvtc_server_info;
 

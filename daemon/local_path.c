@@ -1,0 +1,553 @@
+/* local_path.c - kvtcd's unix socket, the links bound through it, and the
+ * process_vm_readv/writev copies (see local_path.h). */
+#include "local_path.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <xxhash.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xxh_x86dispatch.h>
+#define LP_XXH3_UPDATE XXH3_64bits_update_dispatch
+#else
+#define LP_XXH3_UPDATE XXH3_64bits_update
+#endif
+
+#include "kvtc.pb-c.h"
+#include "kvtc_errors.h"
+#include "local_wire.h"
+#include "log.h"
+
+/* Handshakes not finished yet: a bounded number, so idle connects cannot
+ * pile up descriptors. */
+#define MAX_PENDING 64u
+/* One process_vm_* call moves at most this much: small enough that the
+ * checksum reads it back from cache, large enough that the call costs
+ * nothing next to the copy. */
+#define PIECE (256u << 10)
+/* Remote ranges per call (the kernel's UIO_MAXIOV is 1024). */
+#define MAX_RIOV 1024u
+
+struct kvtcd_local_link {
+    kvtcd_local_link *prev, *next; /* lp->links while the socket is open */
+    kvtcd_local *lp;               /* NULL once closing */
+    kvtcd_server *srv;
+    kvtcd_session *sess;           /* bound session, NULL before / after */
+    int fd;
+    uv_poll_t poll;
+    pid_t pid;                     /* from SO_PEERCRED */
+    int pidfd;
+    uint32_t refs;                 /* 1 for the open socket, + 1 per copy */
+    size_t got;                    /* handshake bytes read so far */
+    struct kvtc_local_hello hello;
+};
+
+struct kvtcd_local {
+    kvtcd_server *srv;
+    int fd;
+    uv_poll_t poll;
+    char name[128];                /* announced: "@abstract" or a path */
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* file to
+                                      unlink at close; "" for abstract */
+    char host_id[64];
+    kvtcd_local_link *links;
+    uint32_t n_pending;
+};
+
+/* ---- links ---------------------------------------------------------------- */
+
+static void link_unref(kvtcd_local_link *l)
+{
+    if (--l->refs)
+        return;
+    if (l->pidfd >= 0)
+        close(l->pidfd);
+    free(l);
+}
+
+static void on_link_closed(uv_handle_t *h)
+{
+    kvtcd_local_link *l = h->data;
+    close(l->fd);
+    l->fd = -1;
+    link_unref(l);
+}
+
+/* Unbind l from its session and close its socket. */
+static void link_close(kvtcd_local_link *l)
+{
+    kvtcd_local *lp = l->lp;
+    if (!lp)
+        return;
+    if (l->sess) {
+        l->sess->local = NULL;
+        l->sess = NULL;
+    } else {
+        lp->n_pending--;
+    }
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        lp->links = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+    l->prev = l->next = NULL;
+    l->lp = NULL;
+    uv_poll_stop(&l->poll);
+    uv_close((uv_handle_t *)&l->poll, on_link_closed);
+}
+
+static void send_reply(int fd, int status, const char *msg)
+{
+    struct kvtc_local_reply r;
+    memset(&r, 0, sizeof r);
+    memcpy(r.magic, KVTC_LOCAL_MAGIC, sizeof r.magic);
+    r.status = status;
+    snprintf(r.msg, sizeof r.msg, "%s", msg);
+    /* 128 bytes into a fresh socket's empty buffer: never short; if the
+     * peer is gone it learns nothing anyway. */
+    ssize_t n = send(fd, &r, sizeof r, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)n;
+}
+
+static int pidfd_exited(int pidfd)
+{
+    struct pollfd p = {.fd = pidfd, .events = POLLIN};
+    return poll(&p, 1, 0) != 0; /* readable: exited; error: assume so */
+}
+
+/* The whole hello arrived: check it, bind or refuse. */
+static void handshake(kvtcd_local_link *l)
+{
+    kvtcd_server *srv = l->srv;
+    const struct kvtc_local_hello *h = &l->hello;
+    char why[112];
+    int st = 0;
+    kvtcd_session *s = NULL;
+    if (memcmp(h->magic, KVTC_LOCAL_MAGIC, sizeof h->magic) != 0) {
+        st = KVTC_EPROTO;
+        snprintf(why, sizeof why, "not a kvtc local-path hello");
+        goto refuse;
+    }
+    s = kvtcd_session_find(srv, h->session_id);
+    if (srv->draining) {
+        st = KVTC_EBUSY;
+        snprintf(why, sizeof why, "kvtcd is shutting down");
+        goto refuse;
+    }
+    if (!s || !s->hello_done || s->bind_token != h->token) {
+        /* One answer for all three: no hint about which sessions exist. */
+        st = KVTC_EPERM;
+        snprintf(why, sizeof why, "no such session or wrong token");
+        goto refuse;
+    }
+    if (s->local || s->local_failed) {
+        st = KVTC_EINVAL;
+        snprintf(why, sizeof why, "session has (or had) a local path");
+        goto refuse;
+    }
+    struct ucred cr;
+    socklen_t crlen = sizeof cr;
+    if (getsockopt(l->fd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) != 0 ||
+        cr.pid <= 0) {
+        /* 0 when the peer's pid namespace is not ours (or below it). */
+        st = KVTC_EPERM;
+        snprintf(why, sizeof why, "peer pid not visible (another pid "
+                                  "namespace?)");
+        goto refuse;
+    }
+    l->pid = cr.pid;
+    l->pidfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
+    if (l->pidfd < 0) {
+        st = KVTC_ENOTSUP;
+        snprintf(why, sizeof why, "pidfd_open: %s", strerror(errno));
+        goto refuse;
+    }
+    uint8_t probe[KVTC_LOCAL_PROBE_BYTES];
+    struct iovec li = {probe, sizeof probe};
+    struct iovec ri = {(void *)(uintptr_t)h->probe_addr, sizeof probe};
+    ssize_t n = process_vm_readv(l->pid, &li, 1, &ri, 1, 0);
+    if (n != (ssize_t)sizeof probe) {
+        st = KVTC_EPERM;
+        snprintf(why, sizeof why, "process_vm_readv: %s (ptrace access: "
+                                  "same user, Yama scope <= 1)",
+                 n < 0 ? strerror(errno) : "short read");
+        goto refuse;
+    }
+    /* The pid was the client's during the probe only if it is alive now. */
+    if (memcmp(probe, h->probe, sizeof probe) != 0 || pidfd_exited(l->pidfd)) {
+        st = KVTC_EPERM;
+        snprintf(why, sizeof why, "probe mismatch");
+        goto refuse;
+    }
+    l->sess = s;
+    s->local = l;
+    l->lp->n_pending--;
+    srv->m.local_links++;
+    KVTCD_INFO("session", "local path bound session=%llu pid=%d",
+               (unsigned long long)s->id, (int)l->pid);
+    send_reply(l->fd, 0, "ok");
+    return;
+refuse:
+    srv->m.local_refused++;
+    KVTCD_WARN("session", "local path refused session=%llu reason=\"%s\"",
+               (unsigned long long)(s ? s->id : 0), why);
+    send_reply(l->fd, st, why);
+    link_close(l);
+}
+
+static void on_link_event(uv_poll_t *h, int status, int events)
+{
+    kvtcd_local_link *l = h->data;
+    if (status < 0) {
+        link_close(l);
+        return;
+    }
+    if (!l->sess) {
+        /* The handshake, possibly in pieces. */
+        ssize_t n = recv(l->fd, (char *)&l->hello + l->got,
+                         sizeof l->hello - l->got, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n <= 0) {
+            link_close(l);
+            return;
+        }
+        l->got += (size_t)n;
+        if (l->got == sizeof l->hello)
+            handshake(l);
+        return;
+    }
+    /* Bound: the socket only ever says that the client is gone (EOF) or
+     * broke the protocol (bytes); either ends the local path. */
+    char c;
+    ssize_t n = recv(l->fd, &c, 1, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR) &&
+        !(events & UV_DISCONNECT))
+        return;
+    KVTCD_INFO("session", "local path closed session=%llu reason=\"%s\"",
+               (unsigned long long)l->sess->id,
+               n > 0 ? "unexpected bytes" : "socket closed");
+    link_close(l);
+}
+
+static void on_accept(uv_poll_t *h, int status, int events)
+{
+    kvtcd_local *lp = h->data;
+    (void)events;
+    if (status < 0)
+        return;
+    for (;;) {
+        int fd = accept4(lp->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return; /* EAGAIN, or out of descriptors: retried next event */
+        kvtcd_local_link *l = NULL;
+        if (lp->n_pending >= MAX_PENDING || lp->srv->draining ||
+            !(l = calloc(1, sizeof *l))) {
+            close(fd);
+            continue;
+        }
+        l->lp = lp;
+        l->srv = lp->srv;
+        l->fd = fd;
+        l->pidfd = -1;
+        l->refs = 1;
+        if (uv_poll_init(lp->srv->loop, &l->poll, fd) != 0) {
+            close(fd);
+            free(l);
+            continue;
+        }
+        l->poll.data = l;
+        l->next = lp->links;
+        if (lp->links)
+            lp->links->prev = l;
+        lp->links = l;
+        lp->n_pending++;
+        uv_poll_start(&l->poll, UV_READABLE | UV_DISCONNECT, on_link_event);
+    }
+}
+
+/* ---- the listener --------------------------------------------------------- */
+
+static void read_boot_id(char *out, size_t len)
+{
+    out[0] = '\0';
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (!f)
+        return;
+    if (fgets(out, (int)len, f))
+        out[strcspn(out, "\n")] = '\0';
+    fclose(f);
+}
+
+int kvtcd_local_init(kvtcd_server *srv)
+{
+    const char *cfgp = srv->cfg.local_path;
+    if (!strcmp(cfgp, "off"))
+        return 0;
+    kvtcd_local *lp = calloc(1, sizeof *lp);
+    if (!lp)
+        return KVTC_ENOMEM;
+    lp->srv = srv;
+    lp->fd = -1;
+    read_boot_id(lp->host_id, sizeof lp->host_id);
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    socklen_t salen;
+    if (!cfgp[0] || !strcmp(cfgp, "auto")) {
+        /* Abstract: nothing on disk to go stale after a crash, and unique
+         * while the UCX port is bound. */
+        snprintf(lp->name, sizeof lp->name, "@kvtcd-%.100s", srv->listen_addr);
+        size_t nl = strlen(lp->name + 1);
+        if (nl > sizeof sa.sun_path - 1)
+            nl = sizeof sa.sun_path - 1;
+        memcpy(sa.sun_path + 1, lp->name + 1, nl);
+        lp->name[1 + nl] = '\0';
+        salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + nl);
+    } else {
+        /* config.c bounds the length. */
+        snprintf(lp->name, sizeof lp->name, "%s", cfgp);
+        snprintf(lp->path, sizeof lp->path, "%s", cfgp);
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", cfgp);
+        salen = (socklen_t)sizeof sa;
+        struct stat st;
+        /* A socket left by a daemon that died; never anything else. */
+        if (lstat(cfgp, &st) == 0 && S_ISSOCK(st.st_mode))
+            unlink(cfgp);
+    }
+    lp->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (lp->fd < 0 || bind(lp->fd, (struct sockaddr *)&sa, salen) != 0 ||
+        listen(lp->fd, 64) != 0) {
+        KVTCD_WARN("server", "local path off: cannot listen path=%s "
+                             "err=\"%s\"",
+                   lp->name, strerror(errno));
+        if (lp->fd >= 0)
+            close(lp->fd);
+        free(lp);
+        return 0;
+    }
+    if (lp->path[0])
+        chmod(lp->path, 0660); /* the path is useless to other users */
+    uv_poll_init(srv->loop, &lp->poll, lp->fd);
+    lp->poll.data = lp;
+    uv_poll_start(&lp->poll, UV_READABLE, on_accept);
+    srv->local = lp;
+    KVTCD_INFO("server", "local path listening path=%s host_id=%s", lp->name,
+               lp->host_id[0] ? lp->host_id : "-");
+    return 0;
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    kvtcd_local *lp = h->data;
+    close(lp->fd);
+    free(lp);
+}
+
+void kvtcd_local_close(kvtcd_server *srv)
+{
+    kvtcd_local *lp = srv->local;
+    if (!lp)
+        return;
+    srv->local = NULL;
+    while (lp->links)
+        link_close(lp->links);
+    if (lp->path[0])
+        unlink(lp->path);
+    uv_poll_stop(&lp->poll);
+    uv_close((uv_handle_t *)&lp->poll, on_listener_closed);
+}
+
+const char *kvtcd_local_name(const kvtcd_server *srv)
+{
+    return srv->local ? srv->local->name : NULL;
+}
+
+const char *kvtcd_local_host_id(const kvtcd_server *srv)
+{
+    return srv->local && srv->local->host_id[0] ? srv->local->host_id : NULL;
+}
+
+void kvtcd_local_detach(kvtcd_session *s)
+{
+    if (s->local)
+        link_close(s->local);
+}
+
+void kvtcd_local_fail(kvtcd_session *s, const char *why)
+{
+    s->srv->m.local_failures++;
+    if (!s->local_failed)
+        KVTCD_WARN("session", "local path failed, falling back to UCX "
+                              "payloads session=%llu reason=\"%s\"",
+                   (unsigned long long)s->id, why);
+    s->local_failed = 1;
+    kvtcd_local_detach(s);
+}
+
+/* ---- validation ------------------------------------------------------------ */
+
+int kvtcd_local_dest_ok(uint64_t addr, uint64_t len)
+{
+    if (addr == 0)
+        return len == 0 ? 0 : KVTC_EINVAL;
+    if (addr >= KVTC_LOCAL_ADDR_LIMIT || len > KVTC_LOCAL_ADDR_LIMIT - addr)
+        return KVTC_EINVAL;
+    return 0;
+}
+
+int kvtcd_local_put_iovs(struct Kvtc__Wire__LocalIov *const *v, size_t n,
+                         uint64_t total, struct iovec **out, char *why,
+                         size_t whylen)
+{
+    *out = NULL;
+    if (n > KVTC_LOCAL_MAX_IOV) {
+        snprintf(why, whylen, "put: %zu local ranges, limit %u", n,
+                 KVTC_LOCAL_MAX_IOV);
+        return KVTC_ENOSPC;
+    }
+    uint64_t sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t a = v[i]->addr, l = v[i]->len;
+        if (a == 0 || l == 0 || kvtcd_local_dest_ok(a, l) < 0 ||
+            l > total - sum) {
+            snprintf(why, whylen, "put: local range %zu (addr=0x%llx "
+                                  "len=%llu) is empty, out of bounds or past "
+                                  "the chunks' %llu bytes",
+                     i, (unsigned long long)a, (unsigned long long)l,
+                     (unsigned long long)total);
+            return KVTC_EINVAL;
+        }
+        sum += l;
+    }
+    if (sum != total) {
+        snprintf(why, whylen, "put: local ranges hold %llu bytes, the chunks "
+                              "%llu",
+                 (unsigned long long)sum, (unsigned long long)total);
+        return KVTC_EINVAL;
+    }
+    struct iovec *iov = calloc(n ? n : 1, sizeof *iov);
+    if (!iov)
+        return KVTC_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        iov[i].iov_base = (void *)(uintptr_t)v[i]->addr;
+        iov[i].iov_len = (size_t)v[i]->len;
+    }
+    *out = iov;
+    return 0;
+}
+
+/* ---- copies ---------------------------------------------------------------- */
+
+static void lcopy_work(uv_work_t *w)
+{
+    kvtcd_lcopy *j = w->data;
+    pid_t pid = j->link->pid;
+    int pidfd = j->link->pidfd;
+    XXH3_state_t *st = NULL;
+    if (j->sum && !j->to_client && !(st = XXH3_createState())) {
+        j->err = ENOMEM;
+        return;
+    }
+    size_t ri = 0, roff = 0; /* cursor in the remote ranges */
+    struct iovec r[MAX_RIOV];
+    for (uint32_t i = 0; i < j->n && !j->err; i++) {
+        if (st)
+            XXH3_64bits_reset(st);
+        size_t off = 0;
+        while (off < j->len[i]) {
+            size_t want = j->len[i] - off < PIECE ? j->len[i] - off : PIECE;
+            size_t got = 0, tri = ri, troff = roff;
+            unsigned nr = 0;
+            while (got < want && nr < MAX_RIOV && tri < j->n_remote) {
+                size_t left = j->remote[tri].iov_len - troff;
+                size_t take = left < want - got ? left : want - got;
+                r[nr].iov_base = (char *)j->remote[tri].iov_base + troff;
+                r[nr].iov_len = take;
+                nr++;
+                got += take;
+                troff += take;
+                if (troff == j->remote[tri].iov_len) {
+                    tri++;
+                    troff = 0;
+                }
+            }
+            if (got == 0) {
+                j->err = EFAULT; /* totals disagree: never by validation */
+                break;
+            }
+            struct iovec li = {j->ptr[i] + off, got};
+            ssize_t n;
+            if (j->to_client) {
+                /* Before every write: a pid whose process exited may be
+                 * reused, and must never be written to. */
+                if (pidfd_exited(pidfd)) {
+                    j->err = ESRCH;
+                    break;
+                }
+                n = process_vm_writev(pid, &li, 1, r, nr, 0);
+            } else {
+                n = process_vm_readv(pid, &li, 1, r, nr, 0);
+            }
+            if (n < 0) {
+                j->err = errno ? errno : EIO;
+                break;
+            }
+            if ((size_t)n != got) {
+                j->err = EFAULT; /* a partial copy: part of a range unmapped */
+                break;
+            }
+            if (st)
+                LP_XXH3_UPDATE(st, j->ptr[i] + off, got);
+            off += got;
+            ri = tri;
+            roff = troff;
+        }
+        if (st && !j->err)
+            j->sum[i] = (uint64_t)XXH3_64bits_digest(st);
+    }
+    /* Bytes read are the client's only if it still lives: a pid recycled
+     * during the copy would have fed us another process's memory. */
+    if (!j->err && pidfd_exited(pidfd))
+        j->err = ESRCH;
+    if (st)
+        XXH3_freeState(st);
+}
+
+static void lcopy_after(uv_work_t *w, int status)
+{
+    kvtcd_lcopy *j = w->data;
+    if (status != 0 && !j->err)
+        j->err = ECANCELED;
+    kvtcd_local_link *l = j->link;
+    j->link = NULL;
+    link_unref(l);
+    j->done(j);
+}
+
+int kvtcd_lcopy_start(kvtcd_session *s, kvtcd_lcopy *job)
+{
+    kvtcd_local_link *l = s->local;
+    if (!l || s->local_failed || !s->open)
+        return KVTC_ENOTSUP;
+    job->link = l;
+    job->err = 0;
+    l->refs++;
+    job->work.data = job;
+    if (uv_queue_work(s->srv->loop, &job->work, lcopy_work, lcopy_after) != 0) {
+        job->link = NULL;
+        link_unref(l);
+        return KVTC_EIO;
+    }
+    return 0;
+}

@@ -1,0 +1,103 @@
+/* local_path.h - the same-host single-copy data path (docs/kvtcd.md,
+ * "Local path"; docs/protocol.md, "Local path").
+ *
+ * UCX refuses its shared-memory transports to endpoints with peer error
+ * handling, which kvtcd needs, so on one host bulk bytes would cross tcp/lo.
+ * Instead a client on this host connects to kvtcd's unix-domain socket,
+ * presents its UCX session's id and token, and kvtcd takes its pid from
+ * SO_PEERCRED, opens a pidfd and proves with a small process_vm_readv that
+ * it may copy from and to that process. From then on a Put names ranges of
+ * the client's memory instead of carrying an AM payload and kvtcd copies
+ * them into the host store with process_vm_readv (checksummed piece by
+ * piece as they land); a Get names destinations and kvtcd writes the hits
+ * there with process_vm_writev before replying. Control messages stay on
+ * UCX, and so does failure detection (the UCX endpoint's error ends the
+ * session; the socket closing ends only the local path).
+ *
+ * Copies run on libuv's thread pool; everything else on the loop thread,
+ * like the rest of kvtcd (nothing here is locked). */
+#ifndef KVTCD_LOCAL_PATH_H
+#define KVTCD_LOCAL_PATH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+#include <uv.h>
+
+#include "server.h"
+
+typedef struct kvtcd_local kvtcd_local;
+typedef struct kvtcd_local_link kvtcd_local_link;
+
+/* Listen on the configured socket (cfg.local_path: "" or "auto" -> the
+ * abstract name "@kvtcd-HOST:PORT" of the bound UCX address, "off" ->
+ * nothing, else a file system path, a stale socket there replaced). Call
+ * after the UCX listener is bound. A socket that cannot be made is logged
+ * and leaves the path off (kvtcd serves over UCX alone). Errors:
+ * KVTC_ENOMEM only. */
+int kvtcd_local_init(kvtcd_server *srv);
+
+/* Stop listening and close every link (from teardown, on the loop
+ * thread); the socket file, if any, is removed. Safe when off. */
+void kvtcd_local_close(kvtcd_server *srv);
+
+/* The name HelloReply.local_path announces, or NULL when the path is off.
+ * Owned by srv. */
+const char *kvtcd_local_name(const kvtcd_server *srv);
+
+/* This kernel's boot id (HelloReply.host_id), or NULL. Owned by srv. */
+const char *kvtcd_local_host_id(const kvtcd_server *srv);
+
+/* s is closing: drop its link (the socket closes; copies in flight keep
+ * the pid and pidfd until they finish). */
+void kvtcd_local_detach(kvtcd_session *s);
+
+/* A copy of s failed: log it (once per session), count it, and close the
+ * session's local path; later local requests of s get STATUS_LOCAL. */
+void kvtcd_local_fail(kvtcd_session *s, const char *why);
+
+/* Turn the wire's LocalIov list of a Put into client ranges: at most
+ * KVTC_LOCAL_MAX_IOV, none empty, none wrapping or reaching past
+ * KVTC_LOCAL_ADDR_LIMIT, adding up to exactly total bytes. On success
+ * *out is malloc'd (caller frees); on failure why says what is wrong.
+ * Errors: KVTC_EINVAL, KVTC_ENOSPC (count over the limit), KVTC_ENOMEM. */
+struct Kvtc__Wire__LocalIov;
+int kvtcd_local_put_iovs(struct Kvtc__Wire__LocalIov *const *v, size_t n,
+                         uint64_t total, struct iovec **out, char *why,
+                         size_t whylen);
+
+/* Check one Get destination (address, capacity): not wrapping, below
+ * KVTC_LOCAL_ADDR_LIMIT. A zero address needs zero capacity. 0 or
+ * KVTC_EINVAL. */
+int kvtcd_local_dest_ok(uint64_t addr, uint64_t len);
+
+typedef struct kvtcd_lcopy kvtcd_lcopy;
+typedef void (*kvtcd_lcopy_done)(kvtcd_lcopy *job);
+
+/* One copy between kvtcd's ranges and the client's: the n local ranges
+ * (ptr[i], len[i]) back to back are the same byte stream as the remote
+ * ranges back to back (equal totals). */
+struct kvtcd_lcopy {
+    uv_work_t work;
+    kvtcd_local_link *link;     /* set by kvtcd_lcopy_start, referenced */
+    int to_client;              /* 0: process_vm_readv, 1: _writev */
+    struct iovec *remote;       /* the client's ranges (caller owns) */
+    size_t n_remote;
+    uint32_t n;
+    uint8_t **ptr;              /* kvtcd's ranges (caller owns) */
+    size_t *len;
+    uint64_t *sum;              /* reads: XXH3-64 of each local range as
+                                   it landed (NULL: none) */
+    int err;                    /* out: 0 or the errno of the failure
+                                   (EFAULT for a short copy, ESRCH when
+                                   the client exited) */
+    kvtcd_lcopy_done done;      /* on the loop thread */
+    void *arg;
+};
+
+/* Run job on the thread pool for session s, then job->done on the loop
+ * thread. Errors (done is not called): KVTC_ENOTSUP when s has no live
+ * local link; KVTC_EIO when the pool refuses the work. */
+int kvtcd_lcopy_start(kvtcd_session *s, kvtcd_lcopy *job);
+
+#endif
