@@ -838,6 +838,8 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
          * (KVTC_LOCAL_MIN bytes); below it UCX's eager send is as fast. */
         const char *m = getenv("KVTC_LOCAL_MIN");
         c->local_min = m ? (size_t)strtoull(m, NULL, 0) : KVTC__LOCAL_MIN_DEFAULT;
+        const char *v = getenv("KVTC_LOCAL_VERIFY");
+        c->local_verify = v && strcmp(v, "0") != 0;
         kvtc__local_setup(c, deadline);
     }
     *out = c;

@@ -139,6 +139,8 @@ struct kvtc_conn {
     int local_fd;               /* the bound unix socket, -1 */
     int local_ok;               /* requests may name local ranges */
     size_t local_min;           /* smallest payload sent that way */
+    int local_verify;           /* checksum local puts and gets here too
+                                   (KVTC_LOCAL_VERIFY=1) */
     char last_error[256];
 };
 

@@ -64,7 +64,7 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
         rc = KVTC_ENOMEM;
         goto cleanup;
     }
-    size_t n_dev = 0, dev_bytes = 0, n_data = 0;
+    size_t n_dev = 0, dev_bytes = 0, n_data = 0, put_bytes = 0;
     for (size_t i = 0; i < n; i++) {
         kvtc_put_item *it = &items[i];
         it->status = 0;
@@ -107,7 +107,13 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
         n_dev += dev[i] != 0;
         dev_bytes += dev[i] ? it->size : 0;
         n_data += it->size != 0;
+        put_bytes += it->size;
     }
+    /* Local path: the daemon reads the buffers itself (host memory only;
+     * device puts keep one path). It checksums the bytes as they land, so
+     * ours would only re-read the same memory (KVTC_LOCAL_VERIFY=1 still
+     * sends one for the daemon to check). */
+    int local = c->local_ok && n_dev == 0 && n_data && put_bytes >= c->local_min;
     /* UCX takes device memory directly only when it has CUDA support and
      * the whole payload is device memory; otherwise stage it. */
     int direct = c->ucx_cuda && n_dev && n_dev == n_data;
@@ -143,7 +149,7 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
             m->parent.data = it->parent.bytes;
         }
         m->size = it->size;
-        if (!dev[i] || !direct) {
+        if ((!dev[i] || !direct) && (!local || c->local_verify)) {
             /* Device memory handed straight to UCX is not readable here. */
             m->has_checksum = 1;
             m->checksum = kvtc_wire_checksum(host, it->size);
@@ -188,14 +194,8 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
     req.put = &pr;
     op->out.put = items;
     op->n = n;
-    size_t total = 0;
-    for (size_t k = 0; k < op->iov_n; k++)
-        total += op->iov[k].length;
-    /* Local path: the daemon reads the buffers itself (host memory only;
-     * staged device chunks are in our pinned buffer, which would do, but
-     * device puts keep one path). The buffers stay the caller's until the
-     * callback, as over UCX. */
-    if (c->local_ok && n_dev == 0 && op->iov_n && total >= c->local_min) {
+    /* The buffers stay the caller's until the callback, as over UCX. */
+    if (local) {
         lv = calloc(op->iov_n, sizeof *lv);
         lvp = calloc(op->iov_n, sizeof *lvp);
         if (!lv || !lvp) {
@@ -749,6 +749,11 @@ int kvtc__op_finish(struct kvtc__op *op)
         /* Device memory that UCX filled directly is not readable here. */
         int readable = d->staged || !c->ucx_cuda || d->at != it->buf ||
                        d->device == 0;
+        /* By the local path the daemon hashed each piece of the stored
+         * bytes as it wrote it here (no transport in between): checking
+         * again would re-read the buffer (KVTC_LOCAL_VERIFY=1 does). */
+        if (op->local && !c->local_verify)
+            readable = 0;
         if (d->has_checksum && readable &&
             (d->summed ? d->sum : kvtc_wire_checksum(d->at, d->len)) != d->checksum) {
             it->status = KVTC_ECORRUPT;

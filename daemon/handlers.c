@@ -1142,6 +1142,76 @@ static void get_hashed(kvtcd_hashjob *job)
     get_send(op);
 }
 
+static void get_local_fused_done(kvtcd_lcopy *job)
+{
+    kvtcd_op *op = job->arg;
+    get_ctx *c = op->ctx;
+    if (job->err) {
+        local_copy_failed(op->sess, op->req_id, "get", job->err);
+        kvtcd_op_free(op);
+        return;
+    }
+    kvtcd_server *srv = op->sess->srv;
+    srv->m.local_gets++;
+    srv->m.local_bytes_out += c->lbytes;
+    srv->m.bytes_out += c->lbytes;
+    c->lcopied = 1;
+    get_hashed(&op->hash); /* mismatches become CORRUPT, then get_send */
+}
+
+/* Local path, when no hit needs decoding: verify and deliver in one pass
+ * on the thread pool (each piece hashed, then written from cache to the
+ * client), instead of a hash pass and a copy pass. A hit that fails its
+ * checksum has been written too, but is reported CORRUPT, never OK. Hits
+ * larger than their destination are only verified. Returns 1 when it took
+ * op (answered or in flight), 0 to let the caller hash as usual. */
+static int get_local_fused(kvtcd_op *op)
+{
+    get_ctx *c = op->ctx;
+    for (size_t j = 0; j < c->nf; j++)
+        if (kvtcd_serve_get_decodes(c->want, c->metas[c->fidx[j]].encoding))
+            return 0; /* the decoded bytes are what gets written */
+    size_t n = c->nf ? c->nf : 1;
+    kvtcd_lcopy *lj = calloc(1, sizeof *lj + n);
+    op->lremote = calloc(n, sizeof *op->lremote);
+    if (!lj || !op->lremote) {
+        free(lj);
+        kvtcd_send_error(op->sess, op->req_id, ST(INTERNAL), "get: out of memory");
+        kvtcd_op_free(op);
+        return 1;
+    }
+    op->lcopy = lj;
+    uint8_t *hash_only = (uint8_t *)(lj + 1);
+    size_t m = 0;
+    for (size_t j = 0; j < c->nf; j++) {
+        const struct iovec *d = &c->ldest[c->fidx[j]];
+        size_t len = op->hash.len[j];
+        if (!len || len > d->iov_len) {
+            hash_only[j] = 1;
+            continue;
+        }
+        op->lremote[m].iov_base = d->iov_base;
+        op->lremote[m].iov_len = len;
+        c->lbytes += len;
+        m++;
+    }
+    lj->to_client = 1;
+    lj->remote = op->lremote;
+    lj->n_remote = m;
+    lj->n = (uint32_t)c->nf;
+    lj->ptr = (uint8_t **)op->hash.ptr;
+    lj->len = op->hash.len;
+    lj->sum = op->hash.sum;
+    lj->hash_only = hash_only;
+    lj->done = get_local_fused_done;
+    lj->arg = op;
+    if (kvtcd_lcopy_start(op->sess, lj) < 0) {
+        local_unavailable(op->sess, op->req_id, "get");
+        kvtcd_op_free(op);
+    }
+    return 1;
+}
+
 /* The result of a hit that could not be served (its read failed). */
 static void get_unserved(kvtcd_server *srv, get_ctx *c, size_t i, int rc)
 {
@@ -1188,6 +1258,8 @@ static void get_verify(kvtcd_op *op)
     }
     op->hash.done = get_hashed;
     op->hash.arg = op;
+    if (c->ldest && get_local_fused(op))
+        return;
     kvtcd_hashjob_run(srv->loop, &op->hash);
 }
 

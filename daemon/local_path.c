@@ -455,7 +455,7 @@ static void lcopy_work(uv_work_t *w)
     pid_t pid = j->link->pid;
     int pidfd = j->link->pidfd;
     XXH3_state_t *st = NULL;
-    if (j->sum && !j->to_client && !(st = XXH3_createState())) {
+    if (j->sum && !(st = XXH3_createState())) {
         j->err = ENOMEM;
         return;
     }
@@ -465,6 +465,11 @@ static void lcopy_work(uv_work_t *w)
         if (st)
             XXH3_64bits_reset(st);
         size_t off = 0;
+        if (j->hash_only && j->hash_only[i]) {
+            if (st)
+                LP_XXH3_UPDATE(st, j->ptr[i], j->len[i]);
+            off = j->len[i];
+        }
         while (off < j->len[i]) {
             size_t want = j->len[i] - off < PIECE ? j->len[i] - off : PIECE;
             size_t got = 0, tri = ri, troff = roff;
@@ -488,6 +493,10 @@ static void lcopy_work(uv_work_t *w)
             }
             struct iovec li = {j->ptr[i] + off, got};
             ssize_t n;
+            /* Writes: hash the piece first, reading it into cache, so the
+             * copy reads it from there. */
+            if (st && j->to_client)
+                LP_XXH3_UPDATE(st, j->ptr[i] + off, got);
             if (j->to_client) {
                 /* Before every write: a pid whose process exited may be
                  * reused, and must never be written to. */
@@ -507,7 +516,7 @@ static void lcopy_work(uv_work_t *w)
                 j->err = EFAULT; /* a partial copy: part of a range unmapped */
                 break;
             }
-            if (st)
+            if (st && !j->to_client)
                 LP_XXH3_UPDATE(st, j->ptr[i] + off, got);
             off += got;
             ri = tri;
@@ -544,6 +553,16 @@ int kvtcd_lcopy_start(kvtcd_session *s, kvtcd_lcopy *job)
     job->err = 0;
     l->refs++;
     job->work.data = job;
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < job->n; i++)
+        total += job->len[i];
+    if (total < KVTCD_LOCAL_INLINE_MAX) {
+        /* Small: the thread hop (a wakeup there and back) costs more
+         * than the copy; as for checksums (hash.h). */
+        lcopy_work(&job->work);
+        lcopy_after(&job->work, 0);
+        return 0;
+    }
     if (uv_queue_work(s->srv->loop, &job->work, lcopy_work, lcopy_after) != 0) {
         job->link = NULL;
         link_unref(l);

@@ -86,8 +86,13 @@ struct kvtcd_lcopy {
     uint32_t n;
     uint8_t **ptr;              /* kvtcd's ranges (caller owns) */
     size_t *len;
-    uint64_t *sum;              /* reads: XXH3-64 of each local range as
-                                   it landed (NULL: none) */
+    uint64_t *sum;              /* XXH3-64 of each local range (NULL:
+                                   none): reads hash what landed, writes
+                                   hash each piece just before sending it
+                                   (one pass over memory for both) */
+    const uint8_t *hash_only;   /* writes: ranges i with hash_only[i] are
+                                   hashed, not written (they have no
+                                   remote range); NULL: none */
     int err;                    /* out: 0 or the errno of the failure
                                    (EFAULT for a short copy, ESRCH when
                                    the client exited) */
@@ -95,9 +100,14 @@ struct kvtcd_lcopy {
     void *arg;
 };
 
-/* Run job on the thread pool for session s, then job->done on the loop
- * thread. Errors (done is not called): KVTC_ENOTSUP when s has no live
- * local link; KVTC_EIO when the pool refuses the work. */
+/* Copies of fewer bytes run on the loop thread, inside kvtcd_lcopy_start. */
+#define KVTCD_LOCAL_INLINE_MAX (1u << 20)
+
+/* Run job on the thread pool for session s (inline when it moves fewer
+ * than KVTCD_LOCAL_INLINE_MAX bytes: then done runs before this returns),
+ * then job->done on the loop thread. Errors (done is not called):
+ * KVTC_ENOTSUP when s has no live local link; KVTC_EIO when the pool
+ * refuses the work. */
 int kvtcd_lcopy_start(kvtcd_session *s, kvtcd_lcopy *job);
 
 #endif

@@ -20,11 +20,27 @@ static int kvtc_bt_connect(const char *target, void **conn)
         p.field_mask |= KVTC_CONN_PARAM_FIELD_SPIN;
         p.spin_us = (uint32_t)strtoul(spin, NULL, 10);
     }
+    /* KVTC_BENCH_LOCAL=on|off: the local path (protocol 1.3) required or
+     * refused, so a row is never labelled with a path it did not take;
+     * unset: libkvtc's default. */
+    const char *local = getenv("KVTC_BENCH_LOCAL");
+    int want_local = local && !strcmp(local, "on");
+    if (local && !strcmp(local, "off")) {
+        p.field_mask |= KVTC_CONN_PARAM_FIELD_LOCAL;
+        p.local = KVTC_LOCAL_OFF;
+    }
     kvtc_conn *c = NULL;
     int rc = kvtc_connect(target, &p, &c);
     if (rc) {
         fprintf(stderr, "kvtc: connect %s: %s\n", target, kvtc_strerror(rc));
         return rc;
+    }
+    kvtc_server_info info;
+    if (want_local && (kvtc_server_info_get(c, &info) || !info.local_path)) {
+        fprintf(stderr, "kvtc: local path asked for but not bound (set "
+                        "KVTC_LOCAL_DEBUG=1 to see why)\n");
+        kvtc_disconnect(c);
+        return KVTC_ENOTSUP;
     }
     *conn = c;
     return 0;

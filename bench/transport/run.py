@@ -4,8 +4,11 @@ what users pick today, in one run on loopback.
 
   (a) ucx_perftest ucp_am_bw, server + client process, per UCX_TLS set
   (b) redis-server (no persistence) through hiredis: SET/GET of the same values
-  (c) kvtcd through libkvtc: put/get throughput per chunk size and P50/P99 of
-      single-chunk gets with 1, 16 and 64 concurrent clients
+  (c) kvtcd through libkvtc, twice: bulk bytes as UCX payloads (tcp/lo: UCX
+      gives sockaddr endpoints with peer error handling nothing else) and by
+      the same-host local path (protocol 1.3, process_vm_readv/writev): put/get
+      throughput per chunk size and P50/P99 of single-chunk gets with 1, 16
+      and 64 concurrent clients
 
 Prints a table and writes bench/results/transport.json. The C program
 kvtc_bench_transport does (b) and (c) with the identical workload.
@@ -26,6 +29,11 @@ import time
 MIB = 1 << 20
 SIZES = [256 << 10, 1 << 20, 4 << 20, 8 << 20, 16 << 20, 32 << 20]
 TLS_SETS = ["tcp,sm,self", "tcp"]
+# kvtc's two data paths, one daemon (UCX_TLS=tcp): the client chooses.
+# KVTC_BENCH_LOCAL=on makes bt_kvtc fail rather than silently use UCX.
+KVTC_MODES = {"tcp": "off", "local": "on"}
+# What each kvtc path is judged against: its own physical limit.
+LIMIT_OF = {"tcp": "tcp", "local": "tcp,sm,self"}
 # Requests in flight on the throughput connection: 1 = one blocking call
 # after another; 4 = pipelined (ucx_perftest keeps a window of sends too).
 DEPTHS = [1, 4]
@@ -200,8 +208,14 @@ class Kvtcd:
         self.tmp.cleanup()
 
 
-def best(rows_list, keys):
-    """Best of several runs of one point: highest throughput, lowest latency."""
+def median(vals):
+    vals = sorted(vals)
+    n = len(vals)
+    return vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
+
+
+def med(rows_list, keys):
+    """Median over the rounds of one point, each key on its own."""
     rows_list = [r for r in rows_list if r]
     if not rows_list:
         return None
@@ -209,17 +223,8 @@ def best(rows_list, keys):
     for k in keys:
         vals = [r[k] for r in rows_list if k in r]
         if vals:
-            out[k] = min(vals) if k.endswith("_us") else max(vals)
-    out["runs"] = len(rows_list)
-    return out
-
-
-def best_row(rows_list):
-    """Latency: the whole round with the lowest P99, so P50 and P99 stay a pair."""
-    rows_list = [r for r in rows_list if r]
-    if not rows_list:
-        return None
-    out = dict(min(rows_list, key=lambda r: r["p99_us"]))
+            out[k] = median(vals)
+            out[k + "_rounds"] = vals
     out["runs"] = len(rows_list)
     return out
 
@@ -241,96 +246,102 @@ def fmt(v, w=9, p=0):
 
 def report(result):
     """Tables, ratios and the issue's aims from a result (fresh or --render)."""
-    # Ratios and the table.
     summary = []
+    pt = result["ucx_perftest"]
     for dep in result["depths"]:
         what = "one request at a time" if dep == 1 else f"{dep} requests in flight"
-        print(f"\nThroughput, one connection, {what} (depth {dep}), MiB/s (loopback, {result.get('cpus')} CPUs)")
-        print(f"{'UCX_TLS':<12}{'size':>8}{'perftest':>10}{'kvtc put':>10}{'kvtc get':>10}"
-              f"{'redis set':>10}{'redis get':>10}{'get/perf':>9}{'put/perf':>9}{'get/redis':>10}{'put/redis':>10}")
-        for tls in TLS_SETS:
-            krows = result["kvtc"][tls]["rows"]
-            for s in result["sizes"]:
-                ptr = result["ucx_perftest"][tls].get(str(s))
-                k = pick(krows, "throughput", size=s, depth=dep) or {}
-                r = pick(result["redis"]["rows"], "throughput", size=s, depth=dep) or {}
-                row = {"tls": tls, "size": s, "depth": dep, "perftest_mib_s": ptr and ptr["mib_s"],
-                       "kvtc_put_mib_s": k.get("put_mib_s"), "kvtc_get_mib_s": k.get("get_mib_s"),
-                       "redis_set_mib_s": r.get("put_mib_s"), "redis_get_mib_s": r.get("get_mib_s")}
-                row["get_vs_perftest"] = ratio(row["kvtc_get_mib_s"], row["perftest_mib_s"])
-                row["put_vs_perftest"] = ratio(row["kvtc_put_mib_s"], row["perftest_mib_s"])
-                row["get_vs_redis"] = ratio(row["kvtc_get_mib_s"], row["redis_get_mib_s"])
-                row["put_vs_redis"] = ratio(row["kvtc_put_mib_s"], row["redis_set_mib_s"])
-                summary.append(row)
-                print(f"{tls:<12}{s // 1024:>7}K{fmt(row['perftest_mib_s'], 10)}{fmt(row['kvtc_put_mib_s'], 10)}"
-                      f"{fmt(row['kvtc_get_mib_s'], 10)}{fmt(row['redis_set_mib_s'], 10)}{fmt(row['redis_get_mib_s'], 10)}"
-                      f"{fmt(row['get_vs_perftest'], 9, 2)}{fmt(row['put_vs_perftest'], 9, 2)}"
-                      f"{fmt(row['get_vs_redis'], 10, 2)}{fmt(row['put_vs_redis'], 10, 2)}")
+        print(f"\nThroughput, one connection, {what} (depth {dep}), MiB/s, medians of "
+              f"{result.get('rounds')} rounds (loopback, {result.get('cpus')} CPUs)")
+        print(f"{'size':>6}{'pt tcp':>8}{'pt sm':>8}{'tcp put':>9}{'tcp get':>9}{'loc put':>9}{'loc get':>9}"
+              f"{'rd set':>8}{'rd get':>8}{'lget/sm':>8}{'lput/sm':>8}{'lget/rd':>8}{'lput/rd':>8}")
+        for s in result["sizes"]:
+            row = {"size": s, "depth": dep}
+            for tls in TLS_SETS:
+                ptr = pt.get(tls, {}).get(str(s))
+                row[f"perftest_{tls}_mib_s"] = ptr and ptr["mib_s"]
+            for mode in KVTC_MODES:
+                k = pick(result["kvtc"][mode]["rows"], "throughput", size=s, depth=dep) or {}
+                row[f"kvtc_{mode}_put_mib_s"] = k.get("put_mib_s")
+                row[f"kvtc_{mode}_get_mib_s"] = k.get("get_mib_s")
+                lim = row[f"perftest_{LIMIT_OF[mode]}_mib_s"]
+                row[f"{mode}_get_vs_perftest"] = ratio(k.get("get_mib_s"), lim)
+                row[f"{mode}_put_vs_perftest"] = ratio(k.get("put_mib_s"), lim)
+            r = pick(result["redis"]["rows"], "throughput", size=s, depth=dep) or {}
+            row["redis_set_mib_s"], row["redis_get_mib_s"] = r.get("put_mib_s"), r.get("get_mib_s")
+            for mode in KVTC_MODES:
+                row[f"{mode}_get_vs_redis"] = ratio(row[f"kvtc_{mode}_get_mib_s"], row["redis_get_mib_s"])
+                row[f"{mode}_put_vs_redis"] = ratio(row[f"kvtc_{mode}_put_mib_s"], row["redis_set_mib_s"])
+            summary.append(row)
+            print(f"{s // 1024:>5}K{fmt(row['perftest_tcp_mib_s'], 8)}{fmt(row['perftest_tcp,sm,self_mib_s'], 8)}"
+                  f"{fmt(row['kvtc_tcp_put_mib_s'], 9)}{fmt(row['kvtc_tcp_get_mib_s'], 9)}"
+                  f"{fmt(row['kvtc_local_put_mib_s'], 9)}{fmt(row['kvtc_local_get_mib_s'], 9)}"
+                  f"{fmt(row['redis_set_mib_s'], 8)}{fmt(row['redis_get_mib_s'], 8)}"
+                  f"{fmt(row['local_get_vs_perftest'], 8, 2)}{fmt(row['local_put_vs_perftest'], 8, 2)}"
+                  f"{fmt(row['local_get_vs_redis'], 8, 2)}{fmt(row['local_put_vs_redis'], 8, 2)}")
     result["throughput_summary"] = summary
 
     lat = []
-    print(f"\nSingle-chunk get latency, {result['lat_size'] // 1024} KiB chunks, one connection per client (us)")
-    print(f"{'system':<18}{'clients':>8}{'P50':>10}{'P99':>10}{'P99/P50':>9}{'MiB/s':>10}")
-    systems = [("redis", result["redis"]["rows"])] + [(f"kvtc {tls}", result["kvtc"][tls]["rows"]) for tls in TLS_SETS]
+    print(f"\nSingle-chunk get latency, {result['lat_size'] // 1024} KiB chunks, one connection per client "
+          f"(us, medians of the rounds' P50 and P99)")
+    print(f"{'system':<14}{'clients':>8}{'P50':>10}{'P99':>10}{'P99/P50':>9}{'MiB/s':>10}")
+    systems = [("redis", result["redis"]["rows"])] + \
+              [(f"kvtc {m}", result["kvtc"][m]["rows"]) for m in KVTC_MODES]
     for name, rows in systems:
         for c in result["clients"]:
             r = pick(rows, "latency", clients=c)
             if not r:
-                print(f"{name:<18}{c:>8}{'-':>10}{'-':>10}{'-':>9}{'-':>10}")
+                print(f"{name:<14}{c:>8}{'-':>10}{'-':>10}{'-':>9}{'-':>10}")
                 continue
             q = ratio(r["p99_us"], r["p50_us"])
             lat.append({"system": name, "clients": c, "p50_us": r["p50_us"], "p99_us": r["p99_us"],
                         "p99_over_p50": q, "mib_s": r["mib_s"]})
-            print(f"{name:<18}{c:>8}{fmt(r['p50_us'], 10, 1)}{fmt(r['p99_us'], 10, 1)}{fmt(q, 9, 2)}{fmt(r['mib_s'], 10)}")
+            print(f"{name:<14}{c:>8}{fmt(r['p50_us'], 10, 1)}{fmt(r['p99_us'], 10, 1)}{fmt(q, 9, 2)}"
+                  f"{fmt(r['mib_s'], 10)}")
     result["latency_summary"] = lat
 
-    # The issue's aims, judged on what this run measured.
+    # The issue's aims, per kvtc path, each at its better depth per size,
+    # against its own physical limit (tcp: perftest tcp; local: perftest sm).
     aims = {}
-    # Each (transport, size) at the depth where kvtc did best.
-    by_point = {}
-    for r in summary:
-        key = (r["tls"], r["size"])
-        if r["get_vs_perftest"] is not None and (key not in by_point or
-                                                 r["kvtc_get_mib_s"] > by_point[key]["kvtc_get_mib_s"]):
-            by_point[key] = r
-    # Per transport set: the like-for-like one is where both sides run on
-    # the same lanes (see "Transports really used").
-    for tls in TLS_SETS:
-        pts = [r for (t, _), r in by_point.items() if t == tls]
-        big = [r for r in pts if r["size"] >= 4 * MIB]
-        a = {}
+    for mode in KVTC_MODES:
+        by_size = {}
+        for r in summary:
+            g = r[f"kvtc_{mode}_get_mib_s"]
+            if g is not None and (r["size"] not in by_size or g > by_size[r["size"]][f"kvtc_{mode}_get_mib_s"]):
+                by_size[r["size"]] = r
+        pts = list(by_size.values())
+        big = [r for r in pts if r["size"] >= 4 * MIB and r[f"{mode}_get_vs_perftest"] is not None]
+        a = {"limit": f"ucx_perftest {LIMIT_OF[mode]}"}
         if big:
-            a["get_ge_90pct_perftest_ge_4MiB"] = all(r["get_vs_perftest"] >= 0.9 for r in big)
-            a["put_ge_90pct_perftest_ge_4MiB"] = all((r["put_vs_perftest"] or 0) >= 0.9 for r in big)
-        vs_redis = [r for r in pts if r["get_vs_redis"] is not None]
-        if vs_redis:
-            a["ge_3x_redis"] = all(r["get_vs_redis"] >= 3 and (r["put_vs_redis"] or 0) >= 3 for r in vs_redis)
-            a["redis_get_ratio_range"] = [min(r["get_vs_redis"] for r in vs_redis),
-                                          max(r["get_vs_redis"] for r in vs_redis)]
-            a["redis_put_ratio_range"] = [min(r["put_vs_redis"] or 0 for r in vs_redis),
-                                          max(r["put_vs_redis"] or 0 for r in vs_redis)]
-        l16 = [l for l in lat if l["system"] == f"kvtc {tls}" and l["clients"] == 16]
+            a["get_ge_90pct_perftest_ge_4MiB"] = all(r[f"{mode}_get_vs_perftest"] >= 0.9 for r in big)
+            a["put_ge_90pct_perftest_ge_4MiB"] = all((r[f"{mode}_put_vs_perftest"] or 0) >= 0.9 for r in big)
+            a["get_vs_perftest_ge_4MiB"] = [r[f"{mode}_get_vs_perftest"] for r in big]
+            a["put_vs_perftest_ge_4MiB"] = [r[f"{mode}_put_vs_perftest"] for r in big]
+        vs = [r for r in pts if r[f"{mode}_get_vs_redis"] is not None]
+        if vs:
+            a["ge_3x_redis"] = all(r[f"{mode}_get_vs_redis"] >= 3 and (r[f"{mode}_put_vs_redis"] or 0) >= 3
+                                   for r in vs)
+            a["redis_get_ratio_range"] = [min(r[f"{mode}_get_vs_redis"] for r in vs),
+                                          max(r[f"{mode}_get_vs_redis"] for r in vs)]
+            a["redis_put_ratio_range"] = [min(r[f"{mode}_put_vs_redis"] or 0 for r in vs),
+                                          max(r[f"{mode}_put_vs_redis"] or 0 for r in vs)]
+        l16 = [l for l in lat if l["system"] == f"kvtc {mode}" and l["clients"] == 16]
         if l16:
             a["p99_lt_2x_p50_at_16"] = l16[0]["p99_over_p50"] < 2
-        ln = result.get("lanes", {}).get(tls) or {}
-        a["same_lanes_as_perftest"] = bool(ln.get("kvtc")) and ln.get("kvtc") == ln.get("ucx_perftest")
-        aims[tls] = a
+        aims[mode] = a
     result["aims"] = aims
     print("\nTransports really used (UCX ep_cfg):")
-    for tls in TLS_SETS:
-        ln = result.get("lanes", {}).get(tls) or {"ucx_perftest": None, "kvtc": None}
-        print(f"  UCX_TLS={tls}: ucx_perftest {ln['ucx_perftest']}; kvtc {ln['kvtc']}")
-    print("\nAims (per UCX_TLS set; kvtc at its better depth):")
-    for tls, a in aims.items():
-        print(f"  {tls}: {json.dumps(a)}")
-    for tls in TLS_SETS:
-        if result["kvtc"][tls]["error"]:
-            print(f"kvtc {tls}: {result['kvtc'][tls]['error']}")
+    for tls, ln in (result.get("lanes") or {}).items():
+        print(f"  {tls}: {ln}")
+    print("\nAims (per kvtc path, at its better depth):")
+    for mode, a in aims.items():
+        print(f"  {mode}: {json.dumps(a)}")
+    for mode in KVTC_MODES:
+        if result["kvtc"][mode].get("error"):
+            print(f"kvtc {mode}: {result['kvtc'][mode]['error']}")
     if result["redis"].get("error"):
         print(f"redis: {result['redis']['error']}")
     print(f"load average: start {result.get('loadavg_at_start')}, end {result.get('loadavg_at_end')}, "
           f"per round {result.get('loadavg_per_round')} on {result.get('cpus')} CPUs")
-
 
 
 def main():
@@ -338,7 +349,7 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--out", default="bench/results/transport.json")
     ap.add_argument("--quick", action="store_true", help="fewer bytes and one round (smoke run)")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each point keeps its best")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each point reports the median")
     ap.add_argument("--lat-size", type=int, default=1 << 20)
     ap.add_argument("--host-mem", default="4G")
     ap.add_argument("--render", metavar="JSON", help="print the tables and aims of an earlier run's JSON "
@@ -347,6 +358,8 @@ def main():
     if args.render:
         with open(args.render) as f:
             result = json.load(f)
+        if "local" not in result["kvtc"]:
+            sys.exit("--render reads runs of this version (kvtc tcp + local); older JSON: see git history")
         rows = [r for v in result["kvtc"].values() for r in v["rows"]] + result["redis"]["rows"]
         result.setdefault("depths", sorted({r["depth"] for r in rows if r.get("test") == "throughput"
                                             and "depth" in r}) or [1])
@@ -376,30 +389,28 @@ def main():
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_at_start": load, "nice": os.nice(0),
               "sizes": args.sizes, "depths": args.depths, "clients": args.clients,
               "lat_size": args.lat_size, "bytes_per_size": args.bytes_per_size,
-              "rounds": args.rounds, "method": "per size, ucx_perftest, kvtcd and Redis run back to back "
-              "in each round; every point keeps its best round (highest MiB/s, lowest latency)",
+              "rounds": args.rounds, "method": "per size, ucx_perftest, kvtcd (UCX payloads, then the local "
+              "path) and Redis run back to back in each round; every point is the median of the rounds "
+              "(latency: median P50 and median P99)",
               "ucx_perftest": {}, "redis": {}, "kvtc": {}}
 
     # Servers stay up for the whole run; the measurements interleave so that a
     # burst of load on this shared machine hits every system alike.
     redis = Redis()
-    daemons = {}
-    for tls in TLS_SETS:
-        daemons[tls] = Kvtcd(kvtcd, tls, args.host_mem) if os.access(kvtcd, os.X_OK) else None
+    daemon = Kvtcd(kvtcd, "tcp", args.host_mem) if os.access(kvtcd, os.X_OK) else None
+    envs = {m: dict(daemon.env, KVTC_BENCH_LOCAL=v) if daemon else None for m, v in KVTC_MODES.items()}
     result["lanes"] = {}
     for tls in TLS_SETS:
-        # What each side really runs on: client/server (sockaddr) endpoints
-        # and ucx_perftest's address-exchange endpoints may differ.
         p = perftest(tls, 1 << 20, 64 * MIB, info=True)
-        d = daemons[tls]
-        result["lanes"][tls] = {"ucx_perftest": p and p.get("lanes"),
-                                "kvtc": d.probe_lanes(binary) if d else None}
-        log(f"  lanes {tls}: perftest {result['lanes'][tls]['ucx_perftest']}; "
-            f"kvtc {result['lanes'][tls]['kvtc']}")
+        result["lanes"][f"ucx_perftest {tls}"] = p and p.get("lanes")
+    result["lanes"]["kvtc (UCX endpoint)"] = daemon.probe_lanes(binary) if daemon else None
+    result["lanes"]["kvtc local"] = "process_vm_readv/writev (bulk); the UCX endpoint above for control"
+    log(f"  lanes: {result['lanes']}")
     pt = {tls: {s: [] for s in args.sizes} for tls in TLS_SETS}
-    kv = {tls: {(s, d): [] for s in args.sizes for d in args.depths} for tls in TLS_SETS}
+    kv = {m: {(s, d): [] for s in args.sizes for d in args.depths} for m in KVTC_MODES}
     rd = {(s, d): [] for s in args.sizes for d in args.depths}
-    lat = {name: {c: [] for c in args.clients} for name in ["redis"] + [f"kvtc {t}" for t in TLS_SETS]}
+    lat = {name: {c: [] for c in args.clients} for name in ["redis"] + [f"kvtc {m}" for m in KVTC_MODES]}
+    errors = {m: None for m in KVTC_MODES}
     try:
         for rnd in range(args.rounds):
             result.setdefault("loadavg_per_round", []).append(os.getloadavg()[0])
@@ -408,40 +419,42 @@ def main():
                 log(f"  {size // 1024} KiB")
                 for tls in TLS_SETS:
                     pt[tls][size].append(perftest(tls, size, args.bytes_per_size))
-                    d = daemons[tls]
-                    for dep in args.depths:
-                        if d and d.target:
-                            rows = run_bench(binary, "kvtc", d.target, d.env, args, sizes=[size], depth=dep)
-                            kv[tls][(size, dep)].append(pick(rows or [], "throughput", size=size))
                 for dep in args.depths:
+                    for m in KVTC_MODES:
+                        if daemon and daemon.target:
+                            rows = run_bench(binary, "kvtc", daemon.target, envs[m], args, sizes=[size],
+                                             depth=dep)
+                            if rows is None:
+                                errors[m] = "bench failed (see stderr)"
+                            kv[m][(size, dep)].append(pick(rows or [], "throughput", size=size))
                     if redis.target:
                         rows = run_bench(binary, "redis", redis.target, redis.env, args, sizes=[size], depth=dep)
                         rd[(size, dep)].append(pick(rows or [], "throughput", size=size))
             log("  latency")
-            systems = [("redis", redis)] + [(f"kvtc {t}", daemons[t]) for t in TLS_SETS]
-            for name, srv in systems:
-                if srv and srv.target:
-                    rows = run_bench(binary, name.split()[0], srv.target, srv.env, args, latency=True)
+            systems = [("redis", "redis", redis.target, redis.env)] + \
+                      [(f"kvtc {m}", "kvtc", daemon and daemon.target, envs[m]) for m in KVTC_MODES]
+            for name, be, target, env in systems:
+                if target:
+                    rows = run_bench(binary, be, target, env, args, latency=True)
                     for c in args.clients:
                         lat[name][c].append(pick(rows or [], "latency", clients=c))
     finally:
         redis.stop()
-        for d in daemons.values():
-            if d:
-                d.stop()
+        if daemon:
+            daemon.stop()
 
     thr_keys = ["put_mib_s", "get_mib_s", "put_p50_us", "put_p99_us", "get_p50_us", "get_p99_us"]
+    lat_keys = ["p50_us", "p99_us", "mib_s"]
     for tls in TLS_SETS:
-        result["ucx_perftest"][tls] = {str(s): best(pt[tls][s], ["mib_s", "lat_us"]) for s in args.sizes}
-        d = daemons[tls]
-        result["kvtc"][tls] = {
-            "rows": [r for r in [best(kv[tls][(s, dep)], thr_keys) for s in args.sizes for dep in args.depths] if r] +
-                    [r for r in [best_row(lat[f"kvtc {tls}"][c]) for c in args.clients] if r],
-            "error": (d.error if d else f"{kvtcd} missing")}
-    rrows = [r for r in [best(rd[(s, dep)], thr_keys) for s in args.sizes for dep in args.depths] if r] + \
-            [r for r in [best_row(lat["redis"][c]) for c in args.clients] if r]
-    err = redis.error
-    result["redis"] = {"rows": rrows, "error": err}
+        result["ucx_perftest"][tls] = {str(s): med(pt[tls][s], ["mib_s", "lat_us"]) for s in args.sizes}
+    for m in KVTC_MODES:
+        result["kvtc"][m] = {
+            "rows": [r for r in [med(kv[m][(s, dep)], thr_keys) for s in args.sizes for dep in args.depths] if r] +
+                    [r for r in [med(lat[f"kvtc {m}"][c], lat_keys) for c in args.clients] if r],
+            "error": (daemon.error if daemon else f"{kvtcd} missing") or errors[m]}
+    rrows = [r for r in [med(rd[(s, dep)], thr_keys) for s in args.sizes for dep in args.depths] if r] + \
+            [r for r in [med(lat["redis"][c], lat_keys) for c in args.clients] if r]
+    result["redis"] = {"rows": rrows, "error": redis.error}
 
     try:
         result["loadavg_at_end"] = os.getloadavg()
