@@ -92,8 +92,7 @@ extern "C" void kvtc_gpu_codec_free(kvtc_gpu_codec *g)
         return;
     cudaSetDevice(g->params.device);
     cudaDeviceSynchronize(); /* stream-ordered frees of the buffers may be pending */
-    kvtc__dbuf *bufs[] = {&g->meta, &g->rows, &g->coef, &g->codes, &g->sym,
-                          &g->cmp, &g->temp, &g->sizes, &g->bsum};
+    kvtc__dbuf *bufs[] = {&g->meta, &g->sym, &g->cmp, &g->temp, &g->sizes, &g->bsum};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         kvtc__dbuf_free(bufs[i]);
     for (int s = 0; s < 2; s++) {
@@ -104,6 +103,7 @@ extern "C" void kvtc_gpu_codec_free(kvtc_gpu_codec *g)
     cudaFree(g->inv_freq);
     cudaFree(g->groups);
     cudaFree(g->glist);
+    kvtc__pipe_free(g);
     if (g->blas)
         cublasDestroy(g->blas);
     for (uint32_t i = 0; i < KVTC_GPU_MAX_EVENTS; i++)
@@ -254,6 +254,8 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
         rc = KVTC_EIO;
         goto fail;
     }
+    if ((rc = kvtc__pipe_init(g)))
+        goto fail;
     {
         nvcompBatchedDeflateCompressOpts_t o = nvcompBatchedDeflateCompressDefaultOpts;
         o.algorithm = prm.deflate_algo;

@@ -176,7 +176,10 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
     }
     dec_plan mp;
     plan_meta(n, P, kvtc__code_off_rows(g, g->host_T, n, NULL, 0, NULL), &mp);
-    uint32_t kmax = g->ld[0] > g->ld[1] ? g->ld[0] : g->ld[1];
+    /* sub-batches of the transform pipeline (gpu_pipe.cu): a chunk's
+     * row_start counts from its sub-batch's first row */
+    kvtc__part parts[KVTC_GPU_MAX_SPLIT];
+    uint32_t np = kvtc__pipe_split(g, g->host_T, n, M, parts), pi = 0;
     nvcompBatchedDeflateDecompressOpts_t opts = nvcompBatchedDeflateDecompressDefaultOpts;
     size_t temp_bytes = 0;
     int nv = g->params.inflate == KVTC_GPU_INFLATE_NVCOMP;
@@ -187,8 +190,6 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
         rc = KVTC_EIO;
     if (rc || (rc = kvtc__host_reserve(g, mp.host_bytes)) ||
         (rc = kvtc__dbuf_reserve(&g->meta, mp.dev_bytes, st)) ||
-        (rc = kvtc__dbuf_reserve(&g->rows, M * g->D * 2 + 16, st)) ||
-        (rc = kvtc__dbuf_reserve(&g->coef, M * kmax * 2 + 16, st)) ||
         (rc = kvtc__dbuf_reserve(&g->sym, sym_total + 16, st)) ||
         (rc = kvtc__dbuf_reserve(&g->cmp, P * g->max_out + 16, st)) ||
         (rc = kvtc__dbuf_reserve(&g->temp, temp_bytes + 16, st)))
@@ -216,9 +217,11 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
         uint64_t sym = raw ? 0 : kvtc__plan_symbol_bytes(g->plan, T, NULL, NULL, NULL);
         uint32_t pieces = (uint32_t)kvtc__n_pieces(sym);
         const uint8_t *s = (const uint8_t *)src + it->src_off;
+        while (i >= parts[pi].c0 + parts[pi].n)
+            pi++;
         ch[i] = {(const uint8_t *)it->dst, (uint8_t *)g->sym.p + symo,
-                 (const size_t *)((uint8_t *)g->meta.p + g->host_roff[i]), row, it->n_tokens,
-                 it->first_pos, sinks, T};
+                 (const size_t *)((uint8_t *)g->meta.p + g->host_roff[i]), row - parts[pi].row0,
+                 it->n_tokens, it->first_pos, sinks, T};
         uint64_t rawb = kvtc_chunk_bytes(l, sinks), fixed = KVTC__HEADER_BYTES + rawb + 4ull * pieces;
         int bad = it->src_len < fixed;
         ex[i] = {s, it->src_len, rawb, 4ull * pieces, bad ? 0 : it->src_len - fixed, (uint32_t)piece,
@@ -289,17 +292,8 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
         }
         kvtc__mark(g, KVTC_GPU_STAGE_DEFLATE, st);
     }
-    for (int s = 0; s < 2 && M; s++) {
-        if ((rc = kvtc__launch_dequant(g, s, dch, n, M, g->coef.p, d_status, st)))
-            return rc;
-        kvtc__mark(g, KVTC_GPU_STAGE_QUANT, st);
-        if ((rc = kvtc__gemm_decode(g, s, M, g->coef.p, g->rows.p, st)))
-            return rc;
-        kvtc__mark(g, KVTC_GPU_STAGE_GEMM, st);
-        if ((rc = kvtc__launch_rows_out(g, s, dch, n, M, g->rows.p, d_status, vec, st)))
-            return rc;
-        kvtc__mark(g, KVTC_GPU_STAGE_ROWS, st);
-    }
+    if (M && (rc = kvtc__pipe_decode(g, dch, parts, np, d_status, vec, st)))
+        return rc;
     k_dec_raw<<<dim3(64, n), 256, 0, st>>>(dex, dch, d_status);
     kvtc__mark(g, KVTC_GPU_STAGE_CONTAINER, st);
     return kvtc__cuda_err(cudaGetLastError(), "decode");

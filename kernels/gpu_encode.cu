@@ -234,7 +234,10 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
         return KVTC_ENOSPC;
     enc_plan mp;
     plan_meta(n, P, kvtc__code_off_rows(g, g->host_T, n, NULL, 0, NULL), &mp);
-    uint32_t kmax = g->ld[0] > g->ld[1] ? g->ld[0] : g->ld[1];
+    /* sub-batches of the transform pipeline (gpu_pipe.cu): a chunk's
+     * row_start counts from its sub-batch's first row */
+    kvtc__part parts[KVTC_GPU_MAX_SPLIT];
+    uint32_t np = kvtc__pipe_split(g, g->host_T, n, M, parts), pi = 0;
     rc = kvtc__cuda_err(cudaSetDevice(g->params.device), "cudaSetDevice");
     nvcompBatchedDeflateCompressOpts_t opts = nvcompBatchedDeflateCompressDefaultOpts;
     opts.algorithm = g->params.deflate_algo;
@@ -245,9 +248,6 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
         rc = KVTC_EIO;
     if (rc || (rc = kvtc__host_reserve(g, mp.host_bytes)) ||
         (rc = kvtc__dbuf_reserve(&g->meta, mp.dev_bytes, st)) ||
-        (rc = kvtc__dbuf_reserve(&g->rows, M * g->D * 2 + 16, st)) ||
-        (rc = kvtc__dbuf_reserve(&g->coef, M * kmax * 4 + 16, st)) ||
-        (rc = kvtc__dbuf_reserve(&g->codes, M * kmax + 16, st)) ||
         (rc = kvtc__dbuf_reserve(&g->sym, sym_total + 16, st)) ||
         (rc = kvtc__dbuf_reserve(&g->cmp, P * g->max_out + 16, st)) ||
         (rc = kvtc__dbuf_reserve(&g->temp, temp_bytes + 16, st)))
@@ -274,8 +274,11 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
         chunk_bound(g, c, &sym, &pieces, &sinks);
         int raw = (c->flags & KVTC_CHUNK_RAW) != 0;
         uint32_t T = raw ? 0 : c->n_tokens - sinks;
+        while (i >= parts[pi].c0 + parts[pi].n)
+            pi++;
         ch[i] = {(const uint8_t *)c->data, (uint8_t *)g->sym.p + symo,
-                 (const size_t *)(dm + g->host_roff[i]), row, c->n_tokens, c->first_pos, sinks, T};
+                 (const size_t *)(dm + g->host_roff[i]), row - parts[pi].row0, c->n_tokens,
+                 c->first_pos, sinks, T};
         ex[i] = {(const uint8_t *)c->data, kvtc_chunk_bytes(l, sinks), 4ull * pieces,
                  (uint32_t)piece, pieces, c->n_tokens, sinks, (uint32_t)tb, 2 * l->layers};
         kvtc__gpu_header(g, raw, c->first_pos, c->n_tokens, sinks, pieces, ex[i].raw_bytes, sym,
@@ -311,21 +314,8 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
     kvtc__mark(g, KVTC_GPU_STAGE_SETUP, st);
     const kvtc__dchunk *dch = (const kvtc__dchunk *)(dm + mp.o_ch);
     const enc_ex *dex = (const enc_ex *)(dm + mp.o_ex);
-    for (int s = 0; s < 2 && M; s++) {
-        if (g->g1[s] == g->g0[s])
-            continue;
-        if ((rc = kvtc__launch_rows_in(g, s, dch, n, M, g->rows.p, d_status, vec, st)))
-            return rc;
-        kvtc__mark(g, KVTC_GPU_STAGE_ROWS, st);
-        if ((rc = kvtc__gemm_encode(g, s, M, g->rows.p, (float *)g->coef.p, st)))
-            return rc;
-        kvtc__mark(g, KVTC_GPU_STAGE_GEMM, st);
-        if ((rc = kvtc__launch_quant(g, s, dch, n, M, (const float *)g->coef.p,
-                                     (uint8_t *)g->codes.p, st)) ||
-            (rc = kvtc__launch_pack(g, s, dch, n, (const uint8_t *)g->codes.p, st)))
-            return rc;
-        kvtc__mark(g, KVTC_GPU_STAGE_QUANT, st);
-    }
+    if (M && (rc = kvtc__pipe_encode(g, dch, parts, np, d_status, vec, st)))
+        return rc;
     size_t *outs = (size_t *)(dm + mp.o_outs);
     nvcompStatus_t *nvst = (nvcompStatus_t *)(dm + mp.o_nvst);
     if (P && nvcompBatchedDeflateCompressAsync((const void *const *)(dm + mp.o_inp),

@@ -3,6 +3,7 @@
 #ifndef KVTC_KERNELS_GPU_INTERNAL_H
 #define KVTC_KERNELS_GPU_INTERNAL_H
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -18,12 +19,35 @@ extern "C" {
 #define KVTC_GPU_MAX_GROUPS 65536u
 #define KVTC_GPU_MAX_EVENTS 32u
 #define KVTC_GPU_SMALL_GROUP 8u
+#define KVTC_GPU_MAX_LANES 4u
+#define KVTC_GPU_MAX_SPLIT 16u
 
 /* A device buffer that grows in stream order (cudaMallocAsync), so calls
  * never synchronize the host. */
 struct kvtc__dbuf {
     void *p;
     size_t cap;
+};
+
+/* A lane of the transform pipeline (gpu_pipe.cu): lane 0 is the caller's
+ * stream, the others are context-owned streams forked from it and joined
+ * back with events. Each lane has its own cuBLAS handle (a handle's
+ * workspace must not be shared by concurrent streams) and its own rows /
+ * coefficients / codes buffers, reused by the parts it runs in order. */
+struct kvtc__lane {
+    cudaStream_t s;               /* NULL for lane 0 (the caller's) */
+    cublasHandle_t blas;
+    cudaEvent_t started, done;    /* after its first kernel; its last */
+    cudaEvent_t gemm_done;        /* after its latest GEMM (gemm_chain) */
+    struct kvtc__dbuf rows, coef, codes, ws;
+};
+
+/* A sub-batch: chunks [c0, c0+n), rows [row0, row0+M) of the batch; its
+ * chunks' row_start are relative to row0 (the lane's buffers hold one
+ * sub-batch at a time). */
+struct kvtc__part {
+    uint32_t c0, n;
+    uint64_t row0, M;
 };
 
 /* One quantization group as the kernels read it. */
@@ -59,9 +83,17 @@ struct kvtc_gpu_codec {
     float *mean[2];               /* [D] */
     double *inv_freq;             /* [head_dim/2] RoPE frequencies */
     struct kvtc__dgroup *groups;  /* [n_groups] */
-    cublasHandle_t blas;
+    cublasHandle_t blas;          /* lane 0's */
+    cublasLtHandle_t lt;          /* GEMMs with an SM count target */
+    /* Transform pipeline (gpu_pipe.cu): lanes used, sub-batches per call,
+     * SMs the GEMM targets (0: cuBLAS's default GEMM on all SMs). */
+    uint32_t n_lanes, lanes_made, split, gemm_sms;
+    uint32_t gemm_chain;          /* 1: a part's GEMM waits for the one
+                                     before it on another lane */
+    struct kvtc__lane lane[KVTC_GPU_MAX_LANES];
+    cudaEvent_t fork;
     size_t max_out;               /* nvCOMP bound of one 64 KiB piece */
-    struct kvtc__dbuf meta, rows, coef, codes, sym, cmp, temp, sizes, bsum;
+    struct kvtc__dbuf meta, sym, cmp, temp, sizes, bsum;
     void *host_meta;              /* pageable staging for the meta blob */
     size_t host_meta_cap;
     uint32_t *host_T;             /* per chunk: coded tokens */
@@ -179,9 +211,34 @@ struct kvtc__dcopy {
  * blob: for chunk i, its row's offset in the blob into row_off[i]. */
 size_t kvtc__code_off_rows(const kvtc_gpu_codec *g, const uint32_t *T, uint32_t n, uint8_t *blob,
                            size_t at, size_t *row_off);
-int kvtc__gemm_encode(kvtc_gpu_codec *g, int stream, uint64_t M, const void *rows, float *coef,
-                      cudaStream_t s);
-int kvtc__gemm_decode(kvtc_gpu_codec *g, int stream, uint64_t M, const void *coef, void *rows,
-                      cudaStream_t s);
+int kvtc__gemm_encode(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream, uint64_t M,
+                      const void *rows, float *coef, cudaStream_t s);
+int kvtc__gemm_decode(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream, uint64_t M,
+                      const void *coef, void *rows, cudaStream_t s);
+
+/* ---- gpu_pipe.cu: the transform stages over lanes and sub-batches ---- */
+/* Lanes and the pipeline defaults at context creation (synchronous). */
+int kvtc__pipe_init(kvtc_gpu_codec *g);
+void kvtc__pipe_free(kvtc_gpu_codec *g);
+/* Split a batch (host T[i]: coded tokens per chunk, M in all) into at most
+ * KVTC_GPU_MAX_SPLIT sub-batches of about equal rows; returns their count
+ * (>= 1; parts with M == 0 hold only raw or all-sink chunks). */
+uint32_t kvtc__pipe_split(const kvtc_gpu_codec *g, const uint32_t *T, uint32_t n, uint64_t M,
+                          struct kvtc__part *parts);
+/* Encode: rows -> GEMM -> quantize -> pack of every (part, stream), spread
+ * over the lanes; on return the caller's stream waits for all of it.
+ * dch: device chunk descriptors with part-relative row_start. */
+int kvtc__pipe_encode(kvtc_gpu_codec *g, const kvtc__dchunk *dch, const struct kvtc__part *parts,
+                      uint32_t np, int32_t *d_status, int vec, cudaStream_t st);
+/* Decode: dequantize -> GEMM -> rows of every (part, stream). */
+int kvtc__pipe_decode(kvtc_gpu_codec *g, const kvtc__dchunk *dch, const struct kvtc__part *parts,
+                      uint32_t np, int32_t *d_status, int vec, cudaStream_t st);
+/* Benchmarks and tests: lanes 1..KVTC_GPU_MAX_LANES (1: everything on the
+ * caller's stream, the serial order), split 1..KVTC_GPU_MAX_SPLIT,
+ * gemm_sms 0 (cuBLAS default) or the SMs cuBLASLt's GEMM should target,
+ * chain 0/1 (GEMMs of different lanes one after the other).
+ * Synchronous (creates streams and handles). KVTC_EINVAL out of range. */
+extern "C" int kvtc__gpu_pipeline(kvtc_gpu_codec *g, uint32_t lanes, uint32_t split,
+                                  uint32_t gemm_sms, uint32_t chain);
 
 #endif

@@ -15,7 +15,7 @@ GPU_SRCS := $(wildcard kernels/*.cu)
 GPU_OBJS := $(GPU_SRCS:%.cu=$(OBJ)/%.o)
 GPU_A  := $(LIBDIR)/libkvtc_gpu.a
 GPU_SO := $(LIBDIR)/libkvtc_gpu.so
-GPU_LDLIBS := -L$(CUDA_HOME)/lib64 -L$(NVCOMP_DIR)/lib -l:libnvcomp.so.6 -lcusolver -lcublas \
+GPU_LDLIBS := -L$(CUDA_HOME)/lib64 -L$(NVCOMP_DIR)/lib -l:libnvcomp.so.6 -lcusolver -lcublasLt -lcublas \
               -lcudart -lstdc++ -Wl,-rpath,$(abspath $(NVCOMP_DIR)/lib)
 GPU_RUNENV := LD_LIBRARY_PATH=$(abspath $(NVCOMP_DIR)/lib):$(CUDA_HOME)/lib64$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}
 LIBS += $(GPU_A) $(GPU_SO)

@@ -9,7 +9,11 @@
  * Prints a table; writes bench/results/gpu.json.
  *   kvtc-bench-gpu [--chunks N] [--iters N] [--rank R] [--calib-tokens N]
  *                  [--max-components K] [--calib-gpu 0|1] [--lean 1] [--json PATH]
- *                  [--calib-only 1] [--calib-pool CHUNKS]
+ *                  [--calib-only 1] [--calib-pool CHUNKS] [--pipe-variants JSONL]
+ *                  [--gemm-only COMPONENTS] [--batch-pool CHUNKS]
+ * --pipe-variants: the transform pipeline's settings side by side (JSON
+ * lines to the path). --batch-pool: distinct batch chunks generated (as
+ * --calib-pool; the first N are generated, the rest replay them).
  * --calib-only: calibration alone (issue #3: 163840 tokens <= 2 minutes),
  * one JSON line on stdout, no codec runs, gpu.json untouched.
  * --calib-pool: distinct synthetic 256-token chunks generated (default:
@@ -49,6 +53,14 @@
 /* kernels/gpu_calib.cu: seconds of the last GPU PCA (internal, for the
  * fit's breakdown) */
 extern double kvtc__gpu_calib_pca_seconds;
+/* kernels/gpu_pipe.cu: the transform pipeline's lanes, sub-batches and
+ * GEMM SM target (internal, for --pipe-variants) */
+extern int kvtc__gpu_pipeline(kvtc_gpu_codec *g, uint32_t lanes, uint32_t split,
+                              uint32_t gemm_sms, uint32_t chain);
+static uint32_t pipe_cfg[4];
+static int pipe_set;              /* 1: run_codec applies pipe_cfg to its context */
+static size_t quality_stride = 1; /* run_codec's error: every n-th 64 Ki block */
+static kvtc_gpu_codec *reuse_ctx; /* set: run_codec uses it (no create/free) */
 
 static double now(void)
 {
@@ -79,8 +91,11 @@ static void run_codec(const kvtc_profile *p, uint32_t plan, kvtc_gpu_params prm,
                       size_t raw_bytes, int iters, const void *d_in, struct run *r,
                       uint8_t **first_container, size_t *first_len)
 {
-    kvtc_gpu_codec *g = NULL;
-    KV(kvtc_gpu_codec_create(p, plan, &prm, &g));
+    kvtc_gpu_codec *g = reuse_ctx;
+    if (!g)
+        KV(kvtc_gpu_codec_create(p, plan, &prm, &g));
+    if (pipe_set)
+        KV(kvtc__gpu_pipeline(g, pipe_cfg[0], pipe_cfg[1], pipe_cfg[2], pipe_cfg[3]));
     size_t cap = kvtc_gpu_encode_bound(g, ch, n);
     uint8_t *d_dst;
     uint64_t *d_off, *d_sz;
@@ -170,7 +185,7 @@ static void run_codec(const kvtc_profile *p, uint32_t plan, kvtc_gpu_params prm,
         CK(cudaMemcpy(y, d_out, raw_bytes, cudaMemcpyDeviceToHost));
         float *fx = malloc(4 * 65536), *fy = malloc(4 * 65536);
         double num = 0, den = 0;
-        for (size_t o = 0; o < elems; o += 65536) {
+        for (size_t o = 0; o < elems; o += 65536 * quality_stride) {
             size_t m = elems - o < 65536 ? elems - o : 65536;
             kvtc_to_float(KVTC_DTYPE_BF16, x + o, fx, m);
             kvtc_to_float(KVTC_DTYPE_BF16, y + o, fy, m);
@@ -198,7 +213,8 @@ static void run_codec(const kvtc_profile *p, uint32_t plan, kvtc_gpu_params prm,
     cudaEventDestroy(a);
     cudaEventDestroy(b);
     cudaStreamDestroy(st);
-    kvtc_gpu_codec_free(g);
+    if (!reuse_ctx)
+        kvtc_gpu_codec_free(g);
 }
 
 /* The same projections alone: encode shape (kp x M x D) and decode shape
@@ -270,12 +286,76 @@ static float copy_bw(size_t bytes, int iters)
     return ms;
 }
 
+/* --pipe-variants: the transform pipeline's settings (gpu_pipe.cu) on
+ * the same batch and profile, untimed stages, medians of iters calls each;
+ * decoded output compared byte for byte with the serial order's (lanes 1,
+ * split 1: the code before the pipeline). A table on stdout, JSON lines to
+ * path. */
+static void pipe_variants(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chunk *ch,
+                          uint32_t n, const kvtc_layout *l, void *d_out, size_t raw, int iters,
+                          const void *d_in, const char *path)
+{
+    /* lanes, split, gemm_sms, chain; the serial order first and last */
+    static const uint32_t v[][4] = {
+        {1, 1, 0, 0},   {2, 4, 116, 1}, {2, 8, 116, 1}, {2, 4, 124, 1},
+        {2, 8, 100, 1}, {3, 8, 116, 1}, {2, 4, 116, 0}, {1, 1, 132, 0},
+        {2, 4, 0, 0},   {2, 8, 0, 1},   {1, 1, 0, 0}};
+    uint32_t nv = sizeof v / sizeof v[0];
+    uint8_t *ref = malloc(raw), *got = malloc(raw);
+    FILE *f = fopen(path, "w");
+    if (!ref || !got)
+        exit(1);
+    printf("pipeline variants (%d calls each, medians; serial = lanes 1 split 1; rel.err on "
+           "every 8th 64 Ki block)\n", iters);
+    printf("%5s %5s %5s %5s %10s %10s %10s %10s %12s %10s\n", "lanes", "split", "sms", "chain",
+           "enc ms", "dec ms", "enc GB/s", "dec GB/s", "rel.err", "dec diff");
+    quality_stride = 8;
+    /* one context for all (its creation uploads ~1 GiB of bases) */
+    KV(kvtc_gpu_codec_create(p, plan, NULL, &reuse_ctx));
+    for (uint32_t i = 0; i < nv; i++) {
+        struct run r;
+        memcpy(pipe_cfg, v[i], sizeof pipe_cfg);
+        pipe_set = 1;
+        run_codec(p, plan, (kvtc_gpu_params){.gemm = KVTC_GPU_GEMM_FP16}, ch, n, l, d_out, raw,
+                  iters, d_in, &r, NULL, NULL);
+        pipe_set = 0;
+        CK(cudaMemcpy(i ? got : ref, d_out, raw, cudaMemcpyDeviceToHost));
+        size_t diff = 0;
+        for (size_t b = 0; i && b < raw; b += 65536) {
+            size_t m = raw - b < 65536 ? raw - b : 65536;
+            if (memcmp(got + b, ref + b, m))
+                for (size_t k = 0; k < m; k++)
+                    diff += got[b + k] != ref[b + k];
+        }
+        double gb = raw / 1e9;
+        printf("%5u %5u %5u %5u %10.3f %10.3f %10.1f %10.1f %12.5g %10zu\n", v[i][0], v[i][1],
+               v[i][2], v[i][3], r.enc_ms, r.dec_ms, gb / (r.enc_ms * 1e-3),
+               gb / (r.dec_ms * 1e-3), r.rel_mse, diff);
+        if (f) {
+            fprintf(f, "{\"lanes\": %u, \"split\": %u, \"gemm_sms\": %u, \"chain\": %u, "
+                       "\"compress_ms\": %.4f, \"decompress_ms\": %.4f, \"ratio\": %.4f, "
+                       "\"rel_sq_error\": %.6g, \"decoded_bytes_differing_from_serial\": %zu}\n",
+                    v[i][0], v[i][1], v[i][2], v[i][3], r.enc_ms, r.dec_ms, r.ratio, r.rel_mse,
+                    diff);
+            fflush(f);
+        }
+    }
+    quality_stride = 1;
+    kvtc_gpu_codec_free(reuse_ctx);
+    reuse_ctx = NULL;
+    if (f)
+        fclose(f);
+    free(ref);
+    free(got);
+}
+
 int main(int argc, char **argv)
 {
     uint32_t n_chunks = 32, rank = 1024, calib_tokens = 8192, max_comp = 4096, calib_gpu = 1;
-    uint32_t calib_only = 0, calib_pool = 0;
+    uint32_t calib_only = 0, calib_pool = 0, gemm_only = 0, batch_pool = 0;
     int iters = 10, lean = 0;
-    const char *json = "bench/results/gpu.json";
+    const char *json = "bench/results/gpu.json", *pipe_json = NULL;
+    setvbuf(stdout, NULL, _IOLBF, 0); /* lines reach a log even if the run is cut short */
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--chunks"))
             n_chunks = (uint32_t)atoi(argv[i + 1]);
@@ -297,6 +377,22 @@ int main(int argc, char **argv)
             calib_pool = (uint32_t)atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--json"))
             json = argv[i + 1];
+        else if (!strcmp(argv[i], "--pipe-variants")) /* JSON lines path */
+            pipe_json = argv[i + 1];
+        else if (!strcmp(argv[i], "--batch-pool")) /* distinct batch chunks generated */
+            batch_pool = (uint32_t)atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--gemm-only")) /* the GEMM of K components alone */
+            gemm_only = (uint32_t)atoi(argv[i + 1]);
+    }
+    if (gemm_only) {
+        /* no calibration: for a profiler (ncu) to read the cuBLAS kernels'
+         * resources at the headline's shapes */
+        uint32_t kp[2] = {gemm_only, gemm_only};
+        double tfl = 0;
+        float ms = gemm_alone(32 * 8 * 128, (uint64_t)n_chunks * 256, kp, iters, &tfl);
+        printf("GEMM alone, %u+%u components: %.3f ms per direction, %.0f TFLOP/s\n", gemm_only,
+               gemm_only, ms, tfl);
+        return 0;
     }
     if (!kvtc_gpu_available()) {
         fprintf(stderr, "kvtc-bench-gpu: no CUDA device\n");
@@ -378,9 +474,15 @@ int main(int argc, char **argv)
     CK(cudaMalloc((void **)&d_in, raw));
     CK(cudaMalloc((void **)&d_out, raw));
     kvtc_gpu_chunk *ch = calloc(n_chunks, sizeof *ch);
+    if (batch_pool == 0 || batch_pool > n_chunks)
+        batch_pool = n_chunks;
     for (uint32_t c = 0; c < n_chunks; c++) {
-        KV(bc_source_chunk(src, 256, 65536 + 256 * c, 777 + c, buf));
-        CK(cudaMemcpy(d_in + c * cb, buf, cb, cudaMemcpyHostToDevice));
+        /* chunks past the pool replay its data at their own position:
+         * RoPE-undone at the wrong angle, still KV-like rows; for timing */
+        if (c < batch_pool)
+            KV(bc_source_chunk(src, 256, 65536 + 256 * c, 777 + c, buf));
+        CK(cudaMemcpy(d_in + c * cb, c < batch_pool ? buf : d_in + (c % batch_pool) * cb, cb,
+                      c < batch_pool ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice));
         ch[c] = (kvtc_gpu_chunk){d_in + c * cb, 256, 65536 + 256 * c, 0};
     }
     /* CPU reference error on one chunk. */
@@ -450,6 +552,8 @@ int main(int argc, char **argv)
         run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 1, 0, 0, 0}, ch, n_chunks, &l,
                   d_out, raw, iters, d_in, &r0, NULL, NULL);
     }
+    if (pipe_json)
+        pipe_variants(p, plan, ch, n_chunks, &l, d_out, raw, iters, d_in, pipe_json);
     /* A GPU container must decode on the CPU. */
     int cpu_ok = 0;
     {
