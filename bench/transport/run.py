@@ -351,6 +351,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer bytes and one round (smoke run)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each point reports the median")
     ap.add_argument("--lat-size", type=int, default=1 << 20)
+    ap.add_argument("--bytes-mib", type=int, help="MiB moved per throughput point (default 256, --quick 64)")
+    ap.add_argument("--lat-ops", type=int, help="gets per latency point (default 4096, --quick 1024)")
     ap.add_argument("--host-mem", default="4G")
     ap.add_argument("--render", metavar="JSON", help="print the tables and aims of an earlier run's JSON "
                     "(recomputing ratios and aims into it) and measure nothing")
@@ -371,8 +373,8 @@ def main():
     args.sizes = SIZES
     args.depths = DEPTHS
     args.clients = [1, 16, 64]
-    args.bytes_per_size = (64 if args.quick else 256) * MIB
-    args.lat_ops = 1024 if args.quick else 4096
+    args.bytes_per_size = (args.bytes_mib or (64 if args.quick else 256)) * MIB
+    args.lat_ops = args.lat_ops or (1024 if args.quick else 4096)
     if args.quick:
         args.rounds = 1
 
