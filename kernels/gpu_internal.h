@@ -38,7 +38,7 @@ struct kvtc__lane {
     cudaStream_t s;               /* NULL for lane 0 (the caller's) */
     cublasHandle_t blas;
     cudaEvent_t started, done;    /* after its first kernel; its last */
-    cudaEvent_t gemm_done;        /* after its latest GEMM (gemm_chain) */
+    cudaEvent_t gemm_done;        /* after its latest GEMM (mode 1) */
     struct kvtc__dbuf rows, coef, codes, ws;
 };
 
@@ -88,8 +88,11 @@ struct kvtc_gpu_codec {
     /* Transform pipeline (gpu_pipe.cu): lanes used, sub-batches per call,
      * SMs the GEMM targets (0: cuBLAS's default GEMM on all SMs). */
     uint32_t n_lanes, lanes_made, split, gemm_sms;
-    uint32_t gemm_chain;          /* 1: a part's GEMM waits for the one
-                                     before it on another lane */
+    uint32_t mode;                /* 0: lanes independent; 1: a part's GEMM
+                                     waits for the one before it on another
+                                     lane; 2: GEMM and memory-bound streams */
+    cudaStream_t role_s[2];       /* mode 2: GEMM (highest priority), memory */
+    cudaEvent_t role_ev[8];
     struct kvtc__lane lane[KVTC_GPU_MAX_LANES];
     cudaEvent_t fork;
     size_t max_out;               /* nvCOMP bound of one 64 KiB piece */
@@ -236,9 +239,11 @@ int kvtc__pipe_decode(kvtc_gpu_codec *g, const kvtc__dchunk *dch, const struct k
 /* Benchmarks and tests: lanes 1..KVTC_GPU_MAX_LANES (1: everything on the
  * caller's stream, the serial order), split 1..KVTC_GPU_MAX_SPLIT,
  * gemm_sms 0 (cuBLAS default) or the SMs cuBLASLt's GEMM should target,
- * chain 0/1 (GEMMs of different lanes one after the other).
+ * mode 0 (lanes independent), 1 (GEMMs of different lanes one after the
+ * other) or 2 (lanes must be 2: all GEMMs on a high-priority stream, all
+ * other stages on a low-priority one, double-buffered).
  * Synchronous (creates streams and handles). KVTC_EINVAL out of range. */
 extern "C" int kvtc__gpu_pipeline(kvtc_gpu_codec *g, uint32_t lanes, uint32_t split,
-                                  uint32_t gemm_sms, uint32_t chain);
+                                  uint32_t gemm_sms, uint32_t mode);
 
 #endif

@@ -8,7 +8,9 @@
  * that (it fills every SM: see the defaults below); gemm_sms makes the
  * GEMM (cuBLASLt) target fewer SMs so the others have some. Lane k > 0
  * starts after lane k-1's first kernel, so the lanes do not run the same
- * stage in lockstep; with gemm_chain the GEMMs run one after the other.
+ * stage in lockstep; mode 1 runs the GEMMs of all lanes one after the
+ * other; mode 2 puts every GEMM on one high-priority stream and every
+ * other stage on one low-priority stream, double-buffered (run_roles).
  * With params.timing the parts run serially on the caller's stream: the
  * per-stage events then time each stage alone. */
 #include <stdlib.h>
@@ -26,7 +28,7 @@
 #define PIPE_LANES 1u
 #define PIPE_SPLIT 1u
 #define PIPE_GEMM_SMS 0u
-#define PIPE_CHAIN 1u
+#define PIPE_MODE 0u
 #define PIPE_LT_WS (32u << 20) /* cuBLASLt workspace per lane */
 
 static int lanes_make(kvtc_gpu_codec *g, uint32_t want)
@@ -82,12 +84,37 @@ static int lt_make(kvtc_gpu_codec *g)
     return 0;
 }
 
+/* Mode 2's streams (GEMM: highest priority; memory-bound: lowest) and
+ * events. */
+static int roles_make(kvtc_gpu_codec *g)
+{
+    int least = 0, greatest = 0, rc;
+    if (g->role_s[0])
+        return 0;
+    if ((rc = kvtc__cuda_err(cudaDeviceGetStreamPriorityRange(&least, &greatest), "priorities")))
+        return rc;
+    for (int i = 0; i < 2; i++)
+        if ((rc = kvtc__cuda_err(cudaStreamCreateWithPriority(&g->role_s[i], cudaStreamNonBlocking,
+                                                              i ? least : greatest),
+                                 "cudaStreamCreate"))) {
+            g->role_s[i] = NULL;
+            return rc;
+        }
+    for (int i = 0; i < 8; i++)
+        if ((rc = kvtc__cuda_err(cudaEventCreateWithFlags(&g->role_ev[i], cudaEventDisableTiming),
+                                 "cudaEventCreate"))) {
+            g->role_ev[i] = NULL;
+            return rc;
+        }
+    return 0;
+}
+
 int kvtc__pipe_init(kvtc_gpu_codec *g)
 {
     g->n_lanes = PIPE_LANES;
     g->split = PIPE_SPLIT;
     g->gemm_sms = PIPE_GEMM_SMS;
-    g->gemm_chain = PIPE_CHAIN;
+    g->mode = PIPE_MODE;
     int rc = lanes_make(g, g->n_lanes);
     return rc || !g->gemm_sms ? rc : lt_make(g);
 }
@@ -112,6 +139,12 @@ void kvtc__pipe_free(kvtc_gpu_codec *g)
         if (ln->gemm_done)
             cudaEventDestroy(ln->gemm_done);
     }
+    for (int i = 0; i < 2; i++)
+        if (g->role_s[i])
+            cudaStreamDestroy(g->role_s[i]);
+    for (int i = 0; i < 8; i++)
+        if (g->role_ev[i])
+            cudaEventDestroy(g->role_ev[i]);
     if (g->fork)
         cudaEventDestroy(g->fork);
     if (g->lt)
@@ -119,19 +152,20 @@ void kvtc__pipe_free(kvtc_gpu_codec *g)
 }
 
 extern "C" int kvtc__gpu_pipeline(kvtc_gpu_codec *g, uint32_t lanes, uint32_t split,
-                                  uint32_t gemm_sms, uint32_t chain)
+                                  uint32_t gemm_sms, uint32_t mode)
 {
     if (!g || !lanes || lanes > KVTC_GPU_MAX_LANES || !split || split > KVTC_GPU_MAX_SPLIT ||
-        gemm_sms > 1024 || chain > 1)
+        gemm_sms > 1024 || mode > 2 || (mode == 2 && lanes != 2))
         return KVTC_EINVAL;
     int rc = kvtc__cuda_err(cudaSetDevice(g->params.device), "cudaSetDevice");
     if (rc || (rc = kvtc__cuda_err(cudaDeviceSynchronize(), "sync")) ||
-        (rc = lanes_make(g, lanes)) || (gemm_sms && (rc = lt_make(g))))
+        (rc = lanes_make(g, lanes)) || (gemm_sms && (rc = lt_make(g))) ||
+        (mode == 2 && (rc = roles_make(g))))
         return rc;
     g->n_lanes = lanes;
     g->split = split;
     g->gemm_sms = gemm_sms;
-    g->gemm_chain = chain;
+    g->mode = mode;
     return 0;
 }
 
@@ -231,90 +265,169 @@ static void lane_started(kvtc_gpu_codec *g, uint32_t k, int first, uint32_t nl, 
         cudaEventRecord(g->lane[k].started, s);
 }
 
-/* GEMM order (gemm_chain): the GEMMs of all lanes run one after the
+/* GEMM order (mode 1): the GEMMs of all lanes run one after the
  * other, in the order of the parts, so they never split the SMs between
  * them; only the memory-bound kernels of other lanes run beside one. */
 static void gemm_wait(kvtc_gpu_codec *g, uint32_t k, uint32_t *last, cudaStream_t s)
 {
-    if (g->gemm_chain && *last != UINT32_MAX && *last != k)
+    if (g->mode == 1 && *last != UINT32_MAX && *last != k)
         cudaStreamWaitEvent(s, g->lane[*last].gemm_done, 0);
 }
 
 static void gemm_issued(kvtc_gpu_codec *g, uint32_t k, uint32_t nl, uint32_t *last,
                         cudaStream_t s)
 {
-    if (g->gemm_chain && nl > 1) {
+    if (g->mode == 1 && nl > 1) {
         cudaEventRecord(g->lane[k].gemm_done, s);
         *last = k;
     }
 }
 
+/* One (sub-batch, K|V stream) part of a call. */
+struct pipe_item {
+    const kvtc__part *p;
+    int s;
+};
+
+static uint32_t pipe_items(const kvtc_gpu_codec *g, int enc, const kvtc__part *parts, uint32_t np,
+                           pipe_item *it)
+{
+    uint32_t ni = 0;
+    for (uint32_t j = 0; j < np; j++)
+        for (int s = 0; s < 2 && parts[j].M; s++)
+            if (!enc || g->g1[s] != g->g0[s])
+                it[ni++] = {&parts[j], s};
+    return ni;
+}
+
+/* Stage 0, 1 or 2 of a part with buffers `buf` and the cuBLAS handle of
+ * `bl`, on stream s. Encode: rows, GEMM, quantize + pack; decode:
+ * dequantize, GEMM, rows. */
+static int pipe_stage(kvtc_gpu_codec *g, int enc, int stage, const pipe_item *it,
+                      const kvtc__dchunk *dch, int32_t *d_status, int vec, kvtc__lane *buf,
+                      kvtc__lane *bl, cudaStream_t s)
+{
+    const kvtc__part *p = it->p;
+    const kvtc__dchunk *c = dch + p->c0;
+    int32_t *stt = d_status + p->c0;
+    int rc;
+    if (stage == 1) {
+        rc = enc ? kvtc__gemm_encode(g, bl, it->s, p->M, buf->rows.p, (float *)buf->coef.p, s)
+                 : kvtc__gemm_decode(g, bl, it->s, p->M, buf->coef.p, buf->rows.p, s);
+        kvtc__mark(g, KVTC_GPU_STAGE_GEMM, s);
+    } else if (enc && stage == 0) {
+        rc = kvtc__launch_rows_in(g, it->s, c, p->n, p->M, buf->rows.p, stt, vec, s);
+        kvtc__mark(g, KVTC_GPU_STAGE_ROWS, s);
+    } else if (enc) {
+        if (!(rc = kvtc__launch_quant(g, it->s, c, p->n, p->M, (const float *)buf->coef.p,
+                                      (uint8_t *)buf->codes.p, s)))
+            rc = kvtc__launch_pack(g, it->s, c, p->n, (const uint8_t *)buf->codes.p, s);
+        kvtc__mark(g, KVTC_GPU_STAGE_QUANT, s);
+    } else if (stage == 0) {
+        rc = kvtc__launch_dequant(g, it->s, c, p->n, p->M, buf->coef.p, stt, s);
+        kvtc__mark(g, KVTC_GPU_STAGE_QUANT, s);
+    } else {
+        rc = kvtc__launch_rows_out(g, it->s, c, p->n, p->M, buf->rows.p, stt, vec, s);
+        kvtc__mark(g, KVTC_GPU_STAGE_ROWS, s);
+    }
+    return rc;
+}
+
+/* Modes 0 and 1: parts round robin over the lanes, each part's three
+ * stages on its lane. */
+static int run_lanes(kvtc_gpu_codec *g, int enc, const pipe_item *it, uint32_t ni,
+                     const kvtc__dchunk *dch, int32_t *d_status, int vec, cudaStream_t st)
+{
+    uint32_t nl = lanes_used(g), last = UINT32_MAX;
+    int rc = fork_lanes(g, nl, st);
+    for (uint32_t i = 0; !rc && i < ni; i++) {
+        uint32_t k = i % nl;
+        int first = i < nl;
+        kvtc__lane *ln = &g->lane[k];
+        cudaStream_t ls = lane_stream(g, k, first, st);
+        if ((rc = pipe_stage(g, enc, 0, &it[i], dch, d_status, vec, ln, ln, ls)))
+            break;
+        lane_started(g, k, first, nl, ls);
+        gemm_wait(g, k, &last, ls);
+        if ((rc = pipe_stage(g, enc, 1, &it[i], dch, d_status, vec, ln, ln, ls)))
+            break;
+        gemm_issued(g, k, nl, &last, ls);
+        rc = pipe_stage(g, enc, 2, &it[i], dch, d_status, vec, ln, ln, ls);
+    }
+    return rc ? rc : join_lanes(g, nl, st);
+}
+
+/* Mode 2: every GEMM on one stream of the highest priority (its blocks
+ * get SMs first as they free up), every memory-bound stage on one stream
+ * of the lowest; part i uses buffer slot i % 2 (lanes 0 and 1's buffers),
+ * so stage 0 of part i+1 and stage 2 of part i-1 run while part i's GEMM
+ * does. Events: ev[b] after stage 0 into slot b, ev[2+b] after the GEMM of
+ * slot b, ev[4+b] after stage 2 of slot b; a stage that overwrites a
+ * slot waits for the last reader of it. */
+static int run_roles(kvtc_gpu_codec *g, int enc, const pipe_item *it, uint32_t ni,
+                     const kvtc__dchunk *dch, int32_t *d_status, int vec, cudaStream_t st)
+{
+    cudaStream_t G = g->role_s[0], Ms = g->role_s[1];
+    cudaEvent_t *ev = g->role_ev;
+    kvtc__lane *bl = &g->lane[1];
+    int rc = kvtc__cuda_err(cudaEventRecord(g->fork, st), "fork");
+    if (!rc && !(rc = kvtc__cuda_err(cudaStreamWaitEvent(G, g->fork, 0), "fork wait")))
+        rc = kvtc__cuda_err(cudaStreamWaitEvent(Ms, g->fork, 0), "fork wait");
+    if (!rc && ni)
+        rc = pipe_stage(g, enc, 0, &it[0], dch, d_status, vec, &g->lane[0], bl, Ms);
+    if (!rc && ni)
+        cudaEventRecord(ev[0], Ms);
+    for (uint32_t i = 0; !rc && i < ni; i++) {
+        uint32_t b = i % 2, nb = (i + 1) % 2;
+        cudaStreamWaitEvent(G, ev[b], 0);
+        if (i >= 2) /* stage 2 of part i-2 still reads what this GEMM writes */
+            cudaStreamWaitEvent(G, ev[4 + b], 0);
+        if ((rc = pipe_stage(g, enc, 1, &it[i], dch, d_status, vec, &g->lane[b], bl, G)))
+            break;
+        cudaEventRecord(ev[2 + b], G);
+        if (i + 1 < ni) {
+            if (i + 1 >= 2) /* the GEMM of part i-1 read slot nb */
+                cudaStreamWaitEvent(Ms, ev[2 + nb], 0);
+            if ((rc = pipe_stage(g, enc, 0, &it[i + 1], dch, d_status, vec, &g->lane[nb], bl, Ms)))
+                break;
+            cudaEventRecord(ev[nb], Ms);
+        }
+        cudaStreamWaitEvent(Ms, ev[2 + b], 0);
+        if ((rc = pipe_stage(g, enc, 2, &it[i], dch, d_status, vec, &g->lane[b], bl, Ms)))
+            break;
+        cudaEventRecord(ev[4 + b], Ms);
+    }
+    if (rc)
+        return rc;
+    /* join: the memory stream ends after the last GEMM; wait for both */
+    if ((rc = kvtc__cuda_err(cudaEventRecord(ev[6], G), "join")) ||
+        (rc = kvtc__cuda_err(cudaEventRecord(ev[7], Ms), "join")) ||
+        (rc = kvtc__cuda_err(cudaStreamWaitEvent(st, ev[6], 0), "join wait")))
+        return rc;
+    return kvtc__cuda_err(cudaStreamWaitEvent(st, ev[7], 0), "join wait");
+}
+
+static int pipe_run(kvtc_gpu_codec *g, int enc, const kvtc__dchunk *dch, const kvtc__part *parts,
+                    uint32_t np, int32_t *d_status, int vec, cudaStream_t st)
+{
+    pipe_item it[2 * KVTC_GPU_MAX_SPLIT];
+    uint32_t ni = pipe_items(g, enc, parts, np, it);
+    int rc = lanes_reserve(g, parts, np, enc ? 4 : 2, enc, st);
+    if (rc)
+        return rc;
+    if (g->mode == 2 && lanes_used(g) == 2)
+        return run_roles(g, enc, it, ni, dch, d_status, vec, st);
+    return run_lanes(g, enc, it, ni, dch, d_status, vec, st);
+}
+
 int kvtc__pipe_encode(kvtc_gpu_codec *g, const kvtc__dchunk *dch, const kvtc__part *parts,
                       uint32_t np, int32_t *d_status, int vec, cudaStream_t st)
 {
-    uint32_t nl = lanes_used(g), next = 0, last = UINT32_MAX;
-    int rc = lanes_reserve(g, parts, np, 4, 1, st);
-    if (rc || (rc = fork_lanes(g, nl, st)))
-        return rc;
-    for (uint32_t j = 0; j < np; j++) {
-        const kvtc__part *p = &parts[j];
-        for (int s = 0; s < 2 && p->M; s++) {
-            if (g->g1[s] == g->g0[s])
-                continue;
-            uint32_t k = next % nl;
-            int first = next++ < nl;
-            kvtc__lane *ln = &g->lane[k];
-            cudaStream_t ls = lane_stream(g, k, first, st);
-            const kvtc__dchunk *c = dch + p->c0;
-            if ((rc = kvtc__launch_rows_in(g, s, c, p->n, p->M, ln->rows.p, d_status + p->c0, vec,
-                                           ls)))
-                return rc;
-            lane_started(g, k, first, nl, ls);
-            kvtc__mark(g, KVTC_GPU_STAGE_ROWS, ls);
-            gemm_wait(g, k, &last, ls);
-            if ((rc = kvtc__gemm_encode(g, ln, s, p->M, ln->rows.p, (float *)ln->coef.p, ls)))
-                return rc;
-            gemm_issued(g, k, nl, &last, ls);
-            kvtc__mark(g, KVTC_GPU_STAGE_GEMM, ls);
-            if ((rc = kvtc__launch_quant(g, s, c, p->n, p->M, (const float *)ln->coef.p,
-                                         (uint8_t *)ln->codes.p, ls)) ||
-                (rc = kvtc__launch_pack(g, s, c, p->n, (const uint8_t *)ln->codes.p, ls)))
-                return rc;
-            kvtc__mark(g, KVTC_GPU_STAGE_QUANT, ls);
-        }
-    }
-    return join_lanes(g, nl, st);
+    return pipe_run(g, 1, dch, parts, np, d_status, vec, st);
 }
 
 int kvtc__pipe_decode(kvtc_gpu_codec *g, const kvtc__dchunk *dch, const kvtc__part *parts,
                       uint32_t np, int32_t *d_status, int vec, cudaStream_t st)
 {
-    uint32_t nl = lanes_used(g), next = 0, last = UINT32_MAX;
-    int rc = lanes_reserve(g, parts, np, 2, 0, st);
-    if (rc || (rc = fork_lanes(g, nl, st)))
-        return rc;
-    for (uint32_t j = 0; j < np; j++) {
-        const kvtc__part *p = &parts[j];
-        for (int s = 0; s < 2 && p->M; s++) {
-            uint32_t k = next % nl;
-            int first = next++ < nl;
-            kvtc__lane *ln = &g->lane[k];
-            cudaStream_t ls = lane_stream(g, k, first, st);
-            const kvtc__dchunk *c = dch + p->c0;
-            if ((rc = kvtc__launch_dequant(g, s, c, p->n, p->M, ln->coef.p, d_status + p->c0, ls)))
-                return rc;
-            lane_started(g, k, first, nl, ls);
-            kvtc__mark(g, KVTC_GPU_STAGE_QUANT, ls);
-            gemm_wait(g, k, &last, ls);
-            if ((rc = kvtc__gemm_decode(g, ln, s, p->M, ln->coef.p, ln->rows.p, ls)))
-                return rc;
-            gemm_issued(g, k, nl, &last, ls);
-            kvtc__mark(g, KVTC_GPU_STAGE_GEMM, ls);
-            if ((rc = kvtc__launch_rows_out(g, s, c, p->n, p->M, ln->rows.p, d_status + p->c0, vec,
-                                            ls)))
-                return rc;
-            kvtc__mark(g, KVTC_GPU_STAGE_ROWS, ls);
-        }
-    }
-    return join_lanes(g, nl, st);
+    return pipe_run(g, 0, dch, parts, np, d_status, vec, st);
 }

@@ -10,9 +10,10 @@
  *   kvtc-bench-gpu [--chunks N] [--iters N] [--rank R] [--calib-tokens N]
  *                  [--max-components K] [--calib-gpu 0|1] [--lean 1] [--json PATH]
  *                  [--calib-only 1] [--calib-pool CHUNKS] [--pipe-variants JSONL]
- *                  [--gemm-only COMPONENTS] [--batch-pool CHUNKS]
+ *                  [--gemm-only COMPONENTS] [--batch-pool CHUNKS] [--pipe-only 1]
  * --pipe-variants: the transform pipeline's settings side by side (JSON
- * lines to the path). --batch-pool: distinct batch chunks generated (as
+ * lines to the path; --pipe-only 1: that and the GEMM alone, nothing
+ * else after the calibration). --batch-pool: distinct batch chunks generated (as
  * --calib-pool; the first N are generated, the rest replay them).
  * --calib-only: calibration alone (issue #3: 163840 tokens <= 2 minutes),
  * one JSON line on stdout, no codec runs, gpu.json untouched.
@@ -21,13 +22,16 @@
  * 160K tokens need not wait minutes for the generator. A chunk replayed
  * at another position is RoPE-undone at the wrong angle: still distinct
  * rows of a KV-like spectrum, good for timing, not for quality. */
+#include <cblas.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../codec/bc.h"
 #include "kvtc_codec.h"
@@ -56,7 +60,7 @@ extern double kvtc__gpu_calib_pca_seconds;
 /* kernels/gpu_pipe.cu: the transform pipeline's lanes, sub-batches and
  * GEMM SM target (internal, for --pipe-variants) */
 extern int kvtc__gpu_pipeline(kvtc_gpu_codec *g, uint32_t lanes, uint32_t split,
-                              uint32_t gemm_sms, uint32_t chain);
+                              uint32_t gemm_sms, uint32_t mode);
 static uint32_t pipe_cfg[4];
 static int pipe_set;              /* 1: run_codec applies pipe_cfg to its context */
 static size_t quality_stride = 1; /* run_codec's error: every n-th 64 Ki block */
@@ -67,6 +71,58 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Synthetic chunks i = 0..n-1 (256 tokens at pos0 + 256 i, seed seed0 +
+ * sstep i) into out + i * cb, on every core: the generator takes ~1 s a
+ * chunk on one core, which was a minute of every GPU run. Each chunk is
+ * the same as bc_source_chunk makes alone (the source is read-only). */
+struct gen_job {
+    bc_source *src;
+    uint8_t *out;
+    size_t cb;
+    uint32_t n, pos0, seed0, sstep, next;
+    int rc;
+    pthread_mutex_t mu;
+};
+
+static void *gen_worker(void *arg)
+{
+    struct gen_job *j = arg;
+    for (;;) {
+        pthread_mutex_lock(&j->mu);
+        uint32_t i = j->next++;
+        pthread_mutex_unlock(&j->mu);
+        if (i >= j->n)
+            return NULL;
+        int rc = bc_source_chunk(j->src, 256, j->pos0 + 256 * i, j->seed0 + (uint64_t)j->sstep * i,
+                                 j->out + (size_t)i * j->cb);
+        if (rc) {
+            pthread_mutex_lock(&j->mu);
+            j->rc = j->rc ? j->rc : rc;
+            pthread_mutex_unlock(&j->mu);
+        }
+    }
+}
+
+static int gen_chunks(bc_source *src, uint32_t n, uint32_t pos0, uint32_t seed0, uint32_t sstep,
+                      uint8_t *out, size_t cb)
+{
+    struct gen_job j = {src, out, cb, n, pos0, seed0, sstep, 0, 0, PTHREAD_MUTEX_INITIALIZER};
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    uint32_t nt = cores < 1 ? 1 : cores > 64 ? 64 : (uint32_t)cores, started = 0;
+    if (nt > n)
+        nt = n;
+    pthread_t th[64];
+    openblas_set_num_threads(1); /* one BLAS thread per worker */
+    for (uint32_t t = 0; t < nt; t++)
+        started += pthread_create(&th[started], NULL, gen_worker, &j) == 0;
+    if (!started)
+        gen_worker(&j);
+    for (uint32_t t = 0; t < started; t++)
+        pthread_join(th[t], NULL);
+    openblas_set_num_threads(cores < 1 ? 1 : (int)cores);
+    return j.rc;
 }
 
 static int cmp_f(const void *a, const void *b)
@@ -295,11 +351,13 @@ static void pipe_variants(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_c
                           uint32_t n, const kvtc_layout *l, void *d_out, size_t raw, int iters,
                           const void *d_in, const char *path)
 {
-    /* lanes, split, gemm_sms, chain; the serial order first and last */
+    /* lanes, split, gemm_sms, mode (0: lanes; 1: GEMMs chained; 2: a
+     * high-priority GEMM stream and a low-priority one for the rest); the
+     * serial order first and last */
     static const uint32_t v[][4] = {
-        {1, 1, 0, 0},   {2, 4, 116, 1}, {2, 8, 116, 1}, {2, 4, 124, 1},
-        {2, 8, 100, 1}, {3, 8, 116, 1}, {2, 4, 116, 0}, {1, 1, 132, 0},
-        {2, 4, 0, 0},   {2, 8, 0, 1},   {1, 1, 0, 0}};
+        {1, 1, 0, 0},   {2, 4, 116, 2}, {2, 8, 116, 2}, {2, 8, 124, 2}, {2, 8, 100, 2},
+        {2, 16, 116, 2}, {2, 8, 0, 2},  {2, 4, 116, 1}, {2, 8, 116, 1}, {3, 8, 116, 1},
+        {2, 4, 116, 0}, {1, 1, 132, 0}, {2, 4, 0, 0},   {1, 1, 0, 0}};
     uint32_t nv = sizeof v / sizeof v[0];
     uint8_t *ref = malloc(raw), *got = malloc(raw);
     FILE *f = fopen(path, "w");
@@ -307,7 +365,7 @@ static void pipe_variants(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_c
         exit(1);
     printf("pipeline variants (%d calls each, medians; serial = lanes 1 split 1; rel.err on "
            "every 8th 64 Ki block)\n", iters);
-    printf("%5s %5s %5s %5s %10s %10s %10s %10s %12s %10s\n", "lanes", "split", "sms", "chain",
+    printf("%5s %5s %5s %5s %10s %10s %10s %10s %12s %10s\n", "lanes", "split", "sms", "mode",
            "enc ms", "dec ms", "enc GB/s", "dec GB/s", "rel.err", "dec diff");
     quality_stride = 8;
     /* one context for all (its creation uploads ~1 GiB of bases) */
@@ -332,7 +390,7 @@ static void pipe_variants(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_c
                v[i][2], v[i][3], r.enc_ms, r.dec_ms, gb / (r.enc_ms * 1e-3),
                gb / (r.dec_ms * 1e-3), r.rel_mse, diff);
         if (f) {
-            fprintf(f, "{\"lanes\": %u, \"split\": %u, \"gemm_sms\": %u, \"chain\": %u, "
+            fprintf(f, "{\"lanes\": %u, \"split\": %u, \"gemm_sms\": %u, \"mode\": %u, "
                        "\"compress_ms\": %.4f, \"decompress_ms\": %.4f, \"ratio\": %.4f, "
                        "\"rel_sq_error\": %.6g, \"decoded_bytes_differing_from_serial\": %zu}\n",
                     v[i][0], v[i][1], v[i][2], v[i][3], r.enc_ms, r.dec_ms, r.ratio, r.rel_mse,
@@ -353,7 +411,7 @@ int main(int argc, char **argv)
 {
     uint32_t n_chunks = 32, rank = 1024, calib_tokens = 8192, max_comp = 4096, calib_gpu = 1;
     uint32_t calib_only = 0, calib_pool = 0, gemm_only = 0, batch_pool = 0;
-    int iters = 10, lean = 0;
+    int iters = 10, lean = 0, pipe_only = 0;
     const char *json = "bench/results/gpu.json", *pipe_json = NULL;
     setvbuf(stdout, NULL, _IOLBF, 0); /* lines reach a log even if the run is cut short */
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -379,6 +437,8 @@ int main(int argc, char **argv)
             json = argv[i + 1];
         else if (!strcmp(argv[i], "--pipe-variants")) /* JSON lines path */
             pipe_json = argv[i + 1];
+        else if (!strcmp(argv[i], "--pipe-only")) /* 1: only --pipe-variants + GEMM alone */
+            pipe_only = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--batch-pool")) /* distinct batch chunks generated */
             batch_pool = (uint32_t)atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--gemm-only")) /* the GEMM of K components alone */
@@ -420,14 +480,12 @@ int main(int argc, char **argv)
     uint8_t *pool = malloc(cb * calib_pool);
     if (!pool)
         return 1;
+    t0 = now();
+    KV(gen_chunks(src, calib_pool, 8192, 1000, 256, pool, cb));
+    t_gen = now() - t0;
     for (uint32_t c = 0; c < n_calib_chunks; c++) {
         uint32_t t = c * 256;
         uint8_t *buf = pool + (size_t)(c % calib_pool) * cb;
-        if (c < calib_pool) {
-            t0 = now();
-            KV(bc_source_chunk(src, 256, 8192 + t, 1000 + t, buf));
-            t_gen += now() - t0;
-        }
         t0 = now();
         KV(kvtc_calibrator_add(cal, buf, 256, 8192 + t));
         t_add += now() - t0;
@@ -476,13 +534,20 @@ int main(int argc, char **argv)
     kvtc_gpu_chunk *ch = calloc(n_chunks, sizeof *ch);
     if (batch_pool == 0 || batch_pool > n_chunks)
         batch_pool = n_chunks;
+    {
+        uint8_t *host = malloc(cb * batch_pool);
+        if (!host)
+            return 1;
+        KV(gen_chunks(src, batch_pool, 65536, 777, 1, host, cb));
+        CK(cudaMemcpy(d_in, host, cb * batch_pool, cudaMemcpyHostToDevice));
+        free(host);
+    }
     for (uint32_t c = 0; c < n_chunks; c++) {
         /* chunks past the pool replay its data at their own position:
          * RoPE-undone at the wrong angle, still KV-like rows; for timing */
-        if (c < batch_pool)
-            KV(bc_source_chunk(src, 256, 65536 + 256 * c, 777 + c, buf));
-        CK(cudaMemcpy(d_in + c * cb, c < batch_pool ? buf : d_in + (c % batch_pool) * cb, cb,
-                      c < batch_pool ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice));
+        if (c >= batch_pool)
+            CK(cudaMemcpy(d_in + c * cb, d_in + (c % batch_pool) * cb, cb,
+                          cudaMemcpyDeviceToDevice));
         ch[c] = (kvtc_gpu_chunk){d_in + c * cb, 256, 65536 + 256 * c, 0};
     }
     /* CPU reference error on one chunk. */
@@ -516,6 +581,16 @@ int main(int argc, char **argv)
         free(rec);
         kvtc_encoder_free(enc);
         kvtc_decoder_free(dec);
+    }
+    if (pipe_json && pipe_only) {
+        /* the transform pipeline's settings alone, against the GEMM alone */
+        pipe_variants(p, plan, ch, n_chunks, &l, d_out, raw, iters, d_in, pipe_json);
+        uint32_t kq[2] = {(pi.key_components + 15) / 16 * 16, (pi.value_components + 15) / 16 * 16};
+        double tq = 0;
+        float gq = gemm_alone(l.layers * l.kv_heads * l.head_dim, (uint64_t)n_chunks * 256, kq,
+                              iters, &tq);
+        printf("cuBLAS GEMM alone (per direction): %.3f ms, %.0f TFLOP/s\n", gq, tq);
+        return 0;
     }
     struct run rb, rh, r0;
     uint8_t *first = NULL;

@@ -13,13 +13,15 @@
 
 /* kernels/gpu_pipe.cu (internal): lanes, sub-batches, GEMM SM target */
 extern int kvtc__gpu_pipeline(kvtc_gpu_codec *g, uint32_t lanes, uint32_t split,
-                              uint32_t gemm_sms, uint32_t chain);
+                              uint32_t gemm_sms, uint32_t mode);
 
 #define N_CH 23
 
-/* lanes, split, gemm_sms, chain */
-static const uint32_t cfg[][4] = {{1, 1, 0, 0}, {2, 1, 0, 1},  {2, 3, 0, 0},   {3, 7, 0, 1},
-                                  {4, 16, 0, 1}, {2, 4, 8, 1}, {3, 5, 100, 0}};
+/* lanes, split, gemm_sms, mode (0 lanes, 1 chained GEMMs, 2 GEMM and
+ * memory streams) */
+static const uint32_t cfg[][4] = {{1, 1, 0, 0}, {2, 1, 0, 1},  {2, 3, 0, 0},  {3, 7, 0, 1},
+                                  {4, 16, 0, 1}, {2, 4, 8, 1}, {3, 5, 100, 0}, {2, 1, 0, 2},
+                                  {2, 5, 0, 2},  {2, 16, 60, 2}};
 
 static size_t unwritten(const kvtc_layout *l, const void *a, uint32_t n)
 {
@@ -40,7 +42,8 @@ static void check_close(const kvtc_layout *l, const kvtc_chunk *c, const void *r
     double e_ref = gt_mse(l, c->data, ref, c->n_tokens), e = gt_mse(l, c->data, got, c->n_tokens);
     double energy = gt_energy(l, c->data, c->n_tokens);
     cr_assert(e <= 1.3 * e_ref + 2e-5 * energy + 1e-12,
-              "lanes %u split %u sms %u, %s chunk %u: mse %.3g vs CPU %.3g", v[0], v[1], v[2], what,
+              "lanes %u split %u sms %u mode %u, %s chunk %u: mse %.3g vs CPU %.3g", v[0], v[1],
+              v[2], v[3], what,
               i, e, e_ref);
     size_t elems = kvtc_chunk_bytes(l, c->n_tokens) / kvtc_dtype_size(l->dtype);
     cr_assert(unwritten(l, got, c->n_tokens) * 1000 <= elems,
@@ -174,7 +177,8 @@ Test(gpu_pipe, settings_out_of_range_refused)
     cr_assert_eq(kvtc__gpu_pipeline(g, 5, 1, 0, 0), KVTC_EINVAL);
     cr_assert_eq(kvtc__gpu_pipeline(g, 1, 0, 0, 0), KVTC_EINVAL);
     cr_assert_eq(kvtc__gpu_pipeline(g, 1, 17, 0, 0), KVTC_EINVAL);
-    cr_assert_eq(kvtc__gpu_pipeline(g, 1, 1, 0, 2), KVTC_EINVAL);
+    cr_assert_eq(kvtc__gpu_pipeline(g, 1, 1, 0, 3), KVTC_EINVAL);
+    cr_assert_eq(kvtc__gpu_pipeline(g, 3, 1, 0, 2), KVTC_EINVAL); /* mode 2: two lanes */
     cr_assert_eq(kvtc__gpu_pipeline(g, 2, 2, 0, 1), 0);
     kvtc_gpu_codec_free(g);
     kvtc_profile_free(p);
