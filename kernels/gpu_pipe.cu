@@ -354,7 +354,10 @@ static int run_lanes(kvtc_gpu_codec *g, int enc, const pipe_item *it, uint32_t n
         gemm_issued(g, k, nl, &last, ls);
         rc = pipe_stage(g, enc, 2, &it[i], dch, d_status, vec, ln, ln, ls);
     }
-    return rc ? rc : join_lanes(g, nl, st);
+    /* join even after a failed launch: what was queued on the lanes must
+     * stay ordered before the caller's next use of the buffers */
+    int jr = join_lanes(g, nl, st);
+    return rc ? rc : jr;
 }
 
 /* Mode 2: every GEMM on one stream of the highest priority (its blocks
@@ -397,14 +400,13 @@ static int run_roles(kvtc_gpu_codec *g, int enc, const pipe_item *it, uint32_t n
             break;
         cudaEventRecord(ev[4 + b], Ms);
     }
-    if (rc)
-        return rc;
-    /* join: the memory stream ends after the last GEMM; wait for both */
-    if ((rc = kvtc__cuda_err(cudaEventRecord(ev[6], G), "join")) ||
-        (rc = kvtc__cuda_err(cudaEventRecord(ev[7], Ms), "join")) ||
-        (rc = kvtc__cuda_err(cudaStreamWaitEvent(st, ev[6], 0), "join wait")))
-        return rc;
-    return kvtc__cuda_err(cudaStreamWaitEvent(st, ev[7], 0), "join wait");
+    /* join both (also after a failed launch: what was queued must stay
+     * ordered before the caller's next use of the buffers) */
+    int jr = kvtc__cuda_err(cudaEventRecord(ev[6], G), "join");
+    if (!jr && !(jr = kvtc__cuda_err(cudaEventRecord(ev[7], Ms), "join")) &&
+        !(jr = kvtc__cuda_err(cudaStreamWaitEvent(st, ev[6], 0), "join wait")))
+        jr = kvtc__cuda_err(cudaStreamWaitEvent(st, ev[7], 0), "join wait");
+    return rc ? rc : jr;
 }
 
 static int pipe_run(kvtc_gpu_codec *g, int enc, const kvtc__dchunk *dch, const kvtc__part *parts,
