@@ -284,6 +284,15 @@ void kvtc__conn_fail(kvtc_conn *c, int err, const char *why)
         c->failed = err == KVTC_ECANCELED ? KVTC_ECANCELED : KVTC_ECONN;
         kvtc__set_error(c, "%s", why);
     }
+    /* Before any op in flight is reported: kvtcd may still be copying
+     * into its buffers by the local path. */
+    int local_ops = 0;
+    for (struct kvtc__op *op = c->inflight; op && !local_ops; op = op->next)
+        local_ops = op->local;
+    if (local_ops)
+        kvtc__local_drain(c);
+    else
+        kvtc__local_off(c);
     /* No reply will come any more; UCX completes the sends and receives
      * still in flight (with errors) once the endpoint is closed. */
     for (struct kvtc__op *op = c->inflight, *next; op; op = next) {

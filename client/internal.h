@@ -21,6 +21,10 @@ enum kvtc__op_kind {
     KVTC__OP_PROFILE
 };
 
+/* Longest wait for kvtcd to finish with our memory when a connection with
+ * local operations in flight fails (kvtc__local_drain). */
+#define KVTC__LOCAL_DRAIN_MS 2000u
+
 /* Default KVTC_LOCAL_MIN: payloads from this size go by the local path. */
 #define KVTC__LOCAL_MIN_DEFAULT 0u
 
@@ -213,6 +217,10 @@ int kvtc__local_wanted(const kvtc_conn_params *params);
 void kvtc__local_setup(kvtc_conn *c, uint64_t deadline_ns);
 /* Stop using it (a copy failed, or the daemon refused a local request). */
 void kvtc__local_off(kvtc_conn *c);
+/* The connection fails with operations in flight: close our end and wait
+ * (at most KVTC__LOCAL_DRAIN_MS) until kvtcd closes its own, which it does
+ * once no copy into or out of our memory is running; then off. */
+void kvtc__local_drain(kvtc_conn *c);
 void kvtc__local_free(kvtc_conn *c);
 
 /* cuda.c: memory types. */

@@ -166,6 +166,36 @@ fail:
         close(fd);
 }
 
+void kvtc__local_drain(kvtc_conn *c)
+{
+    if (c->local_fd < 0)
+        return;
+    /* kvtcd stops its copies for us once it sees our end close, and closes
+     * its end only when none is left (daemon/local_path.c): until then it
+     * may still write into buffers of operations we are about to report
+     * as failed. Bounded: a daemon that does not answer is stuck or gone. */
+    shutdown(c->local_fd, SHUT_WR);
+    uint64_t end = kvtc__now_ns() + (uint64_t)KVTC__LOCAL_DRAIN_MS * 1000000u;
+    for (;;) {
+        uint64_t now = kvtc__now_ns();
+        if (now >= end)
+            break;
+        struct pollfd p = {.fd = c->local_fd, .events = POLLIN};
+        int r = poll(&p, 1, (int)((end - now) / 1000000u) + 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        char buf[64];
+        ssize_t n = recv(c->local_fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (n <= 0)
+            break; /* EOF: kvtcd is done with our memory */
+    }
+    kvtc__local_off(c);
+}
+
 void kvtc__local_off(kvtc_conn *c)
 {
     c->local_ok = 0;

@@ -47,6 +47,9 @@ struct kvtcd_local_link {
     pid_t pid;                     /* from SO_PEERCRED */
     int pidfd;
     uint32_t refs;                 /* 1 for the open socket, + 1 per copy */
+    int closed;                    /* set (atomically: copies read it) once
+                                      the link closes: copies stop at their
+                                      next piece */
     size_t got;                    /* handshake bytes read so far */
     struct kvtc_local_hello hello;
 };
@@ -65,10 +68,16 @@ struct kvtcd_local {
 
 /* ---- links ---------------------------------------------------------------- */
 
+/* The socket closes only here, once no copy uses the link any more: a
+ * client that closes its end and waits for ours (libkvtc does, before it
+ * reports canceled operations) knows that kvtcd no longer touches its
+ * memory. */
 static void link_unref(kvtcd_local_link *l)
 {
     if (--l->refs)
         return;
+    if (l->fd >= 0)
+        close(l->fd);
     if (l->pidfd >= 0)
         close(l->pidfd);
     free(l);
@@ -76,10 +85,7 @@ static void link_unref(kvtcd_local_link *l)
 
 static void on_link_closed(uv_handle_t *h)
 {
-    kvtcd_local_link *l = h->data;
-    close(l->fd);
-    l->fd = -1;
-    link_unref(l);
+    link_unref(h->data);
 }
 
 /* Unbind l from its session and close its socket. */
@@ -102,6 +108,7 @@ static void link_close(kvtcd_local_link *l)
         l->next->prev = l->prev;
     l->prev = l->next = NULL;
     l->lp = NULL;
+    __atomic_store_n(&l->closed, 1, __ATOMIC_RELEASE);
     uv_poll_stop(&l->poll);
     uv_close((uv_handle_t *)&l->poll, on_link_closed);
 }
@@ -449,6 +456,15 @@ int kvtcd_local_put_iovs(struct Kvtc__Wire__LocalIov *const *v, size_t n,
 
 /* ---- copies ---------------------------------------------------------------- */
 
+/* The client shut down its end of the socket (libkvtc does when it gives
+ * up on operations in flight, then waits for ours to close). The fd stays
+ * open while a copy holds the link. */
+static int peer_hung_up(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 static void lcopy_work(uv_work_t *w)
 {
     kvtcd_lcopy *j = w->data;
@@ -489,6 +505,15 @@ static void lcopy_work(uv_work_t *w)
             }
             if (got == 0) {
                 j->err = EFAULT; /* totals disagree: never by validation */
+                break;
+            }
+            if (__atomic_load_n(&j->link->closed, __ATOMIC_ACQUIRE) ||
+                peer_hung_up(j->link->fd)) {
+                /* The session ended, its local path closed, or the client
+                 * shut its end (it gave up on its operations): it may be
+                 * reusing this memory by now. Asked here, not only through
+                 * the loop, so a busy loop cannot delay it. */
+                j->err = ECANCELED;
                 break;
             }
             struct iovec li = {j->ptr[i] + off, got};

@@ -603,3 +603,62 @@ Test(it_local, hostile_ranges_rejected, .timeout = 120)
     free(back);
     itest_daemon_stop(&d);
 }
+
+/* Operations canceled by a disconnect: once kvtc_disconnect returns, kvtcd
+ * no longer writes into their buffers (libkvtc waits for it to let go). */
+Test(it_local, disconnect_stops_writes, .timeout = 120)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "512M", 0, NULL);
+    kvtc_conn *c = connect_mode(&d, KVTC_LOCAL_AUTO);
+    cr_assert_eq(local_in_use(c), 1);
+    enum { K = 4 };
+    size_t n = 48u << 20;
+    uint8_t *src = malloc(n);
+    itest_fill(src, n, 9500);
+    kvtc_key keys[K];
+    for (uint32_t i = 0; i < K; i++) {
+        keys[i] = itest_key(SPACE, 9500 + i);
+        cr_assert_eq(kvtc_put(c, &keys[i], src, n), 0, "%s", kvtc_last_error(c));
+    }
+    for (int round = 0; round < 3; round++) {
+        uint8_t *dst[K];
+        kvtc_get_item gi[K];
+        memset(gi, 0, sizeof gi);
+        int done = 0;
+        kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = count_done,
+                             .arg = &done};
+        for (uint32_t i = 0; i < K; i++) {
+            dst[i] = malloc(n);
+            memset(dst[i], 0, n);
+            gi[i].key = keys[i];
+            gi[i].buf = dst[i];
+            gi[i].capacity = n;
+            cr_assert_eq(kvtc_get_batch_async(c, &gi[i], 1, &op), 0);
+        }
+        /* Let the daemon start copying, then walk away. */
+        kvtc_progress(c);
+        struct timespec ts = {0, (long)(round * 2) * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        kvtc_disconnect(c);
+        cr_assert_eq(done, K, "callbacks ran %d of %d", done, K);
+        for (uint32_t i = 0; i < K; i++)
+            memset(dst[i], 0xee, n);
+        ts.tv_nsec = 300 * 1000 * 1000;
+        nanosleep(&ts, NULL);
+        for (uint32_t i = 0; i < K; i++) {
+            for (size_t j = 0; j < n; j += 4096)
+                cr_assert_eq(dst[i][j], 0xee, "kvtcd wrote into buffer %u at %zu after "
+                                              "kvtc_disconnect returned", i, j);
+            free(dst[i]);
+        }
+        cr_assert(itest_daemon_alive(&d));
+        c = connect_mode(&d, KVTC_LOCAL_AUTO);
+        cr_assert_eq(local_in_use(c), 1);
+    }
+    put_get_one(c, 9600, 1u << 20);
+    kvtc_disconnect(c);
+    free(src);
+    itest_daemon_stop(&d);
+}
