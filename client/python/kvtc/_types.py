@@ -116,6 +116,7 @@ class ConnParams(C.Structure):
         ("op_timeout_ms", C.c_uint32),
         ("spin_us", C.c_uint32),
         ("bulk", C.c_uint32),
+        ("local", C.c_uint32),
     ]
 
 
@@ -129,7 +130,7 @@ class ServerInfo(C.Structure):
         ("server_version", C.c_char * 64),
         ("device_memory", C.c_int),
         ("bulk_endpoint", C.c_uint32),
-        ("reserved32", C.c_uint32),
+        ("local_path", C.c_uint32),
         ("reserved", C.c_uint64 * 7),
     ]
 
