@@ -569,6 +569,17 @@ static void lcopy_after(uv_work_t *w, int status)
     j->done(j);
 }
 
+/* KVTCD_LOCAL_INLINE_MAX (bytes) overrides the default, for measuring. */
+static uint64_t inline_max(void)
+{
+    static uint64_t v = UINT64_MAX;
+    if (v == UINT64_MAX) {
+        const char *e = getenv("KVTCD_LOCAL_INLINE_MAX");
+        v = e ? strtoull(e, NULL, 0) : KVTCD_LOCAL_INLINE_MAX;
+    }
+    return v;
+}
+
 int kvtcd_lcopy_start(kvtcd_session *s, kvtcd_lcopy *job)
 {
     kvtcd_local_link *l = s->local;
@@ -581,7 +592,7 @@ int kvtcd_lcopy_start(kvtcd_session *s, kvtcd_lcopy *job)
     uint64_t total = 0;
     for (uint32_t i = 0; i < job->n; i++)
         total += job->len[i];
-    if (total < KVTCD_LOCAL_INLINE_MAX) {
+    if (total < inline_max()) {
         /* Small: the thread hop (a wakeup there and back) costs more
          * than the copy; as for checksums (hash.h). */
         lcopy_work(&job->work);
