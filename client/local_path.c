@@ -18,6 +18,7 @@
 #include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -117,6 +118,15 @@ void kvtc__local_setup(kvtc_conn *c, uint64_t deadline_ns)
         salen = (socklen_t)sizeof sa;
     }
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && deadline_ns) {
+        /* A full backlog (daemon stalled) blocks connect: bounded by what
+         * is left of the connect timeout. */
+        uint64_t now = kvtc__now_ns();
+        uint64_t left = deadline_ns > now ? deadline_ns - now : 1000000u;
+        struct timeval tv = {.tv_sec = (time_t)(left / 1000000000u),
+                             .tv_usec = (suseconds_t)(left % 1000000000u / 1000u) + 1};
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
     if (fd < 0 || connect(fd, (struct sockaddr *)&sa, salen) != 0) {
         note("cannot connect to the daemon's socket");
         goto fail;
