@@ -61,3 +61,50 @@ Test(quality_cli, target_json_lines)
     cr_assert_eq(n, 5, "kvtc + 4 baselines, got %d lines", n);
     cr_assert(seen_kvtc && seen_zstd && seen_int4);
 }
+
+/* --projx (issue #3's projection cost options): per target, the codec, each
+ * projection-format pair on its plan (same ratio: the same symbols up to a
+ * few flipped codes; a distance to the fp32 projection's output, zero for
+ * none of them), and the layer groups (projection MACs below the codec's). */
+Test(quality_cli, projx_json_lines)
+{
+    char model[2048], bin[2048], cmd[8192];
+    const char *mp = kvtc_test_shared_path("models/stories260K.bin");
+    if (!mp) {
+        cr_skip_test("stories260K.bin not found under KVTC_SHARED: skipping kvtc-quality run");
+        return;
+    }
+    snprintf(model, sizeof model, "%s", mp);
+    snprintf(bin, sizeof bin, "%s", kvtc_test_build_path("bin/kvtc-quality"));
+    snprintf(cmd, sizeof cmd,
+             "'%s' --model '%s' --projx --json --calib-seqs 4 --eval-seqs 1 2>/dev/null", bin,
+             model);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    char line[4096];
+    int n = 0, px = 0, groups = 0;
+    double kvtc_ratio = 0, kvtc_macs = 0;
+    while (fgets(line, sizeof line, p)) {
+        n++;
+        double ratio = field(line, "ratio"), macs = field(line, "gemm_macs_per_token");
+        cr_assert(ratio > 1.0 && ratio < 100.0 && macs > 0, "%s", line);
+        if (strstr(line, "\"method\":\"kvtc\"")) {
+            kvtc_ratio = ratio;
+            kvtc_macs = macs;
+        } else if (strstr(line, "\"method\":\"px-")) {
+            px++;
+            double dk = field(line, "dev_key_vs_fp32"), dv = field(line, "dev_value_vs_fp32");
+            cr_assert(dk > 0 && dk < 0.1 && dv > 0 && dv < 0.1, "%s", line);
+            cr_assert(ratio > 0.95 * kvtc_ratio && ratio < 1.05 * kvtc_ratio, "%s", line);
+            cr_assert_eq(macs, kvtc_macs, "%s", line);
+        } else if (strstr(line, "\"method\":\"groups")) {
+            groups++;
+            cr_assert(macs < kvtc_macs, "%s", line);
+        }
+    }
+    int rc = pclose(p);
+    cr_assert_eq(rc, 0, "kvtc-quality exit status %d", rc);
+    cr_assert_eq(n, 22, "2 targets x (kvtc + 8 formats + 2 group counts), got %d lines", n);
+    cr_assert_eq(px, 16);
+    cr_assert_eq(groups, 4);
+}

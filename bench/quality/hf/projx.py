@@ -114,6 +114,36 @@ def group_profiles(args, layout, ckv, weights, groups, targets):
     return profs
 
 
+# Plans each group's profile holds when --joint picks the groups' ratios.
+JOINT_LADDER = [3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 40]
+
+
+def joint_plans(profs, spans, row_width, target):
+    """Per group, the plan (of its ladder) such that the groups' planned
+    errors summed are least within the cross-layer budget (16 * 2 * width /
+    target bits per token): the codec's planner spends one budget across
+    every component of a row; with a profile per group this choice across
+    the ladders gives the groups that freedom back. Planned errors are per
+    element in the weighted row space (slab weights are sliced from one
+    normalisation), so a group's error is width x (mse_key + mse_value)."""
+    budget = 32.0 * row_width / target
+    front = [(0.0, 0.0, ())]
+    for p, (l0, l1) in zip(profs, spans):
+        width = row_width * (l1 - l0) / sum(b - a for a, b in spans)
+        opts = [(pi["bits_per_token"], width * (pi["mse_key"] + pi["mse_value"]), i)
+                for i, pi in enumerate(p.plans())]
+        cand = sorted((b + ob, e + oe, ch + (oi,)) for b, e, ch in front for ob, oe, oi in opts
+                      if b + ob <= budget)
+        front, best = [], float("inf")
+        for c in cand:  # Pareto front: more bits only if less error
+            if c[1] < best:
+                front.append(c)
+                best = c[1]
+    if not front:
+        raise SystemExit("no plan combination fits %g bits" % budget)
+    return list(min(front, key=lambda c: c[1])[2])
+
+
 class Acc:
     """Running metrics of one method over documents (quality.metrics'
     formulas, accumulated per document so no log-probs are kept)."""
@@ -168,13 +198,16 @@ def main():
     ap.add_argument("--chunk-tokens", type=int, default=256)
     ap.add_argument("--targets", type=lambda s: [float(x) for x in s.split(",")],
                     default=[8, 16])
-    ap.add_argument("--formats", type=lambda s: [tuple(x.split("/")) for x in s.split(",")],
+    ap.add_argument("--formats", type=lambda s: [tuple(x.split("/")) for x in s.split(",") if x],
                     default=[tuple(x.split("/")) for x in
                              ("bf16/bf16,e4m3t/fp32,e4m3rc/fp32,fp32/e4m3t,fp32/e4m3rc,"
                               "e4m3t/e4m3t,e4m3rc/e4m3rc,e4m3rc/bf16").split(",")],
                     help="ENC/DEC pairs, comma-separated (fp32, bf16, e4m3t, e4m3rc)")
     ap.add_argument("--groups", type=lambda s: [int(x) for x in s.split(",") if x],
                     default=[2, 3, 5])
+    ap.add_argument("--joint", action="store_true",
+                    help="layer groups get a ladder of plans each and the ratios that "
+                         "minimise their summed planned error within the budget")
     ap.add_argument("--max-rows", type=int, default=24576)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-sens", dest="sens", action="store_false")
@@ -223,7 +256,8 @@ def main():
     for g in args.groups:
         t = time.perf_counter()
         gprofs[g] = (split_layers(L, g),
-                     group_profiles(args, layout, ckv, weights, split_layers(L, g), args.targets))
+                     group_profiles(args, layout, ckv, weights, split_layers(L, g),
+                                    JOINT_LADDER if args.joint else args.targets))
         log("groups-%d profiles (%.1fs)" % (g, time.perf_counter() - t))
     del ckv
 
@@ -245,13 +279,17 @@ def main():
             accs.append(a)
             runners.append(("px", a, Px(full, plan, e, d)))
         for g, (spans, profs) in gprofs.items():
-            plans = [p.find_plan(target) for p in profs]
+            if args.joint:
+                plans = joint_plans(profs, spans, layout.row_width(), target)
+            else:
+                plans = [p.find_plan(target) for p in profs]
             gm, gd = 0, []
             for p, pl in zip(profs, plans):
                 w_, k_ = gemm_dims(p, pl)
                 gm += w_ * (k_[0] + k_[1])
                 gd.append({"width": w_, "kused": k_})
-            a = Acc("groups%d-%gx" % (g, target), kind="groups", groups=g,
+            a = Acc("groups%d%s-%gx" % (g, "-joint" if args.joint else "", target),
+                    kind="groups", groups=g, joint=args.joint,
                     layer_spans=spans, target=target, gemm_macs_per_token=gm,
                     gemm_dims=gd, gemm_macs_vs_cross_layer=gm / macs,
                     plans=[p.plans()[pl] for p, pl in zip(profs, plans)])
