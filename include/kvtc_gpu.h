@@ -5,7 +5,12 @@
  * run as CUDA kernels, cuBLAS GEMMs and nvCOMP's batched raw DEFLATE (or
  * our own inflate, kvtc_gpu_params.inflate), many
  * chunks per call, asynchronously on a caller-given stream: no call below
- * synchronizes the host with the device except create/free.
+ * synchronizes the host with the device except create/free. With our own
+ * Huffman coder (kvtc_gpu_params.deflate) the encoder writes container
+ * version 2 (docs/container.md: the same pieces plus a sub-range index,
+ * which the CPU decoder reads too) and the decoder decodes such pieces
+ * with a thread per sub-range; version 1 containers (the CPU's, nvCOMP's)
+ * decode as before, in the same batch.
  *
  * Ownership: a context owns its device copies of the profile's bases and
  * means, its work buffers, its cuBLAS handle; the profile must stay alive
@@ -64,7 +69,27 @@ enum kvtc_gpu_inflate {
                                     the base of a sub-piece parallel decoder */
 };
 
-/* A zeroed struct is not the defaults: pass NULL for them. */
+/* Who writes the DEFLATE pieces when encoding. */
+enum kvtc_gpu_deflate {
+    KVTC_GPU_DEFLATE_AUTO = 0,   /* the library's default: ours */
+    KVTC_GPU_DEFLATE_NVCOMP = 1, /* nvCOMP's batched Deflate (deflate_algo);
+                                    container version 1 */
+    KVTC_GPU_DEFLATE_KVTC = 2    /* ours (kernels/huff_core.h): Huffman-only
+                                    pieces with a sub-range index; container
+                                    version 2 */
+};
+
+/* Whether decoding uses the index of version 2 containers. */
+enum kvtc_gpu_index {
+    KVTC_GPU_INDEX_AUTO = 0, /* the default: on */
+    KVTC_GPU_INDEX_ON = 1,   /* indexed pieces: our parallel decoder, a
+                                thread per sub-range (the others: inflate) */
+    KVTC_GPU_INDEX_OFF = 2   /* every piece through `inflate` (comparisons) */
+};
+
+/* A zeroed struct is not the defaults for the first five fields: pass NULL
+ * for them. The fields after `inflate` were added later; 0 means their
+ * default, so callers that zero or brace-initialize the struct get it. */
 typedef struct kvtc_gpu_params {
     uint32_t gemm;          /* enum kvtc_gpu_gemm */
     int deflate_algo;       /* nvCOMP Deflate algorithm 0..5 (0, the
@@ -74,6 +99,10 @@ typedef struct kvtc_gpu_params {
     int device;             /* CUDA device ordinal the context lives on */
     int timing;             /* 1: record per-stage CUDA events (benchmarks) */
     int inflate;            /* enum kvtc_gpu_inflate (0: nvCOMP, the default) */
+    int deflate;            /* enum kvtc_gpu_deflate (0: auto) */
+    int index_log2;         /* ours: 2^index_log2 symbols per sub-range of
+                               the index, 8..12 (0: 9) */
+    int decode_index;       /* enum kvtc_gpu_index (0: auto) */
 } kvtc_gpu_params;
 
 typedef struct kvtc_gpu_codec kvtc_gpu_codec;
@@ -103,7 +132,8 @@ size_t kvtc_gpu_encode_bound(const kvtc_gpu_codec *g, const kvtc_gpu_chunk *chun
  * (device, dst_cap >= kvtc_gpu_encode_bound). Writes, in device memory,
  * container i at dst + d_offsets[i], d_sizes[i] bytes long (0 when
  * d_status[i] != 0; statuses: KVTC_EINVAL for non-finite KV, KVTC_EIO when
- * nvCOMP fails, KVTC_ENOTSUP for values beyond the fp16 GEMM's range).
+ * the DEFLATE stage fails, KVTC_ENOTSUP for values beyond the fp16 GEMM's
+ * range).
  * n <= 65535 per call. Work buffers grow in stream order (cudaMallocAsync)
  * to the largest batch seen. Asynchronous on stream. */
 int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, uint32_t n, void *dst,

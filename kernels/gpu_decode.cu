@@ -1,17 +1,24 @@
 /* gpu_decode.cu - many containers back to canonical chunks. The device
  * first proves each container sound (header checksum, every field equal to
  * what the host expects, section checksums, piece table), and only then
- * lets its pieces reach the inflate (ours, gpu_inflate.cu, or nvCOMP's); a
- * bad container's pieces are replaced by an empty DEFLATE block so the
- * batch stays well formed. Symbols are checked again as they are
+ * lets its pieces reach the inflate; a bad container's pieces are replaced
+ * by an empty DEFLATE block so the batch stays well formed. Containers of
+ * either version may come in one batch (the host cannot tell them apart):
+ * a kernel reads each header's version first and lays out its sections;
+ * the pieces of version 2 containers (our encoder's, with a sub-range
+ * index) go to our parallel decoder (gpu_huffman_dec.cu), the others to
+ * params.inflate (nvCOMP's or our serial gpu_inflate.cu), which is given an
+ * empty block in place of each indexed piece. Symbols are checked again as they are
  * dequantized (fp8 NaN codes, non-finite shift/scale). */
 #include <stdlib.h>
 #include <string.h>
 
 #include <nvcomp/deflate.h>
 
+#include "gpu_huffman.h"
 #include "gpu_inflate.h"
 #include "gpu_internal.h"
+#include "huff_core.h"
 #include "xxh3_core.h"
 
 static __constant__ uint8_t c_secret_d[KVTC_XXH3_SECRET_SIZE] = KVTC_XXH3_SECRET_BYTES;
@@ -21,11 +28,27 @@ struct dec_ex {
     uint64_t len, raw_bytes, table_bytes, payload_bytes;
     uint32_t piece_start, n_pieces;
     uint32_t n_tokens, sinks, slab_bytes, bad;
+    uint32_t log2;          /* version 2's index granularity (k_dec_layout);
+                               0: version 1 */
+    uint64_t sym;           /* symbol bytes the plan expects */
+};
+
+/* Per piece, what the validation hands to the two decoders. */
+struct dec_pieces {
+    void *const *slot;       /* host: the piece's aligned slot */
+    const size_t *outb;      /* host: its symbol bytes */
+    const uint8_t *empty;    /* an empty final stored block (03 00) */
+    const void **lp;         /* params.inflate's input: slot or empty */
+    size_t *ls, *lb;         /* its size and expected output (0: empty) */
+    const uint8_t **hidx;    /* ours: the piece's index; NULL: not ours */
+    uint8_t *hlog;           /* its granularity */
+    int use_index;           /* params.decode_index is on */
 };
 
 struct dec_plan {
-    size_t o_coff, o_ch, o_ex, o_hdr, o_seg, o_slot, o_cmpp, o_outb, o_outp, o_pc, host_bytes;
-    size_t o_cmps, o_outs, o_nvst, o_hash, dev_bytes;
+    size_t o_coff, o_ch, o_ex, o_hdr, o_seg, o_slot, o_cmpp, o_outb, o_outp, o_pc, o_empty,
+        host_bytes;
+    size_t o_cmps, o_outs, o_nvst, o_hash, o_lp, o_ls, o_lb, o_hidx, o_hlog, dev_bytes;
 };
 
 static void plan_meta(uint32_t n, uint64_t P, size_t coff_bytes, dec_plan *m)
@@ -42,11 +65,17 @@ static void plan_meta(uint32_t n, uint64_t P, size_t coff_bytes, dec_plan *m)
     TAKE(o_outb, sizeof(size_t) * P);
     TAKE(o_outp, sizeof(void *) * P);
     TAKE(o_pc, sizeof(uint32_t) * P);
+    TAKE(o_empty, 16);
     m->host_bytes = o;
     TAKE(o_cmps, sizeof(size_t) * P);
     TAKE(o_outs, sizeof(size_t) * P);
     TAKE(o_nvst, sizeof(nvcompStatus_t) * P);
     TAKE(o_hash, sizeof(uint64_t) * 3 * n);
+    TAKE(o_lp, sizeof(void *) * P);
+    TAKE(o_ls, sizeof(size_t) * P);
+    TAKE(o_lb, sizeof(size_t) * P);
+    TAKE(o_hidx, sizeof(void *) * P);
+    TAKE(o_hlog, P);
     m->dev_bytes = o;
 #undef TAKE
 }
@@ -61,10 +90,41 @@ __device__ static inline int kd_neq(const uint8_t *a, const uint8_t *b, uint32_t
 
 __device__ static inline uint32_t kd_u32(const uint8_t *p) { return kvtc__rd32(p); }
 
-/* Thread per container: its final header verdict and its pieces' sizes. */
+/* Thread per container, before the checksums: a version 2 header (as it
+ * claims: k_dec_validate checks the claim) moves the table's end and the
+ * payload, so the sections to hash are laid out here. A header too damaged
+ * to claim it keeps the version 1 layout the host gave. */
+__global__ void k_dec_layout(dec_ex *ex, uint32_t n, kvtc__seg *seg)
+{
+    uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= n)
+        return;
+    const dec_ex E = ex[c];
+    if (E.bad)
+        return; /* too short for any header */
+    const uint8_t *s = E.src;
+    uint32_t ver = s[4] | (uint32_t)s[5] << 8, lg = s[10];
+    if (ver != 2 || s[11] || lg < KVTC__INDEX_LOG2_MIN || lg > KVTC__INDEX_LOG2_MAX)
+        return;
+    uint64_t full = E.sym / KVTC_PIECE_MAX, tail = E.sym % KVTC_PIECE_MAX;
+    uint64_t entries = full * (KVTC_PIECE_MAX >> lg) + ((tail + (1u << lg) - 1) >> lg);
+    uint64_t tb = E.table_bytes + 2 * entries, fixed = KVTC__HEADER_BYTES + E.raw_bytes + tb;
+    if (E.len < fixed) {
+        ex[c].bad = 1;
+        return;
+    }
+    ex[c].table_bytes = tb;
+    ex[c].payload_bytes = E.len - fixed;
+    ex[c].log2 = lg;
+    seg[3 * c + 1].len = tb;
+    seg[3 * c + 2] = {s + fixed, E.len - fixed};
+}
+
+/* Thread per container: its final header verdict and its pieces' sizes
+ * and decoders. */
 __global__ void k_dec_validate(const dec_ex *ex, const uint8_t *tmpl, uint32_t n,
                                const uint64_t *hash, uint64_t max_out, size_t *cmps,
-                               int32_t *status)
+                               int32_t *status, dec_pieces pc)
 {
     uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= n)
@@ -72,18 +132,24 @@ __global__ void k_dec_validate(const dec_ex *ex, const uint8_t *tmpl, uint32_t n
     const dec_ex E = ex[c];
     const uint8_t *s = E.src, *t = tmpl + (size_t)c * KVTC__HEADER_BYTES;
     int rc = 0;
+    uint32_t ver = E.bad ? 0 : s[4] | (uint32_t)s[5] << 8;
+    /* t is a version 1 header; version 2 differs in the version, byte 10
+     * (the granularity, which k_dec_layout read) and the table's size */
     if (E.bad || kd_neq(s, t, 0, 4))
         rc = KVTC_ECORRUPT;
-    else if (kd_neq(s, t, 4, 6))
+    else if (ver != 1 && ver != 2)
         rc = KVTC_EVERSION;
     else if (kvtc__xxh3_short(s, KVTC__HEADER_BYTES - 8, c_secret_d) !=
              kvtc__rd64(s + KVTC__HEADER_BYTES - 8))
+        rc = KVTC_ECORRUPT;
+    else if (ver == 2 && (!E.log2 || s[8] != KVTC__MODE_CODED || s[9] != KVTC_STAGE_DEFLATE))
         rc = KVTC_ECORRUPT;
     else if (s[8] == KVTC__MODE_CODED && t[8] == KVTC__MODE_CODED && kd_neq(s, t, 12, 24))
         rc = KVTC_EPROFILE; /* another plan or profile */
     else if (s[8] == KVTC__MODE_CODED && s[9] != KVTC_STAGE_DEFLATE && s[9] <= KVTC_STAGE_STORE)
         rc = KVTC_ENOTSUP;  /* zstd/stored pieces: the CPU decoder reads them */
-    else if (kd_neq(s, t, 6, 104) || kd_neq(s, t, 112, 120) ||
+    else if (kd_neq(s, t, 6, 10) || (ver == 1 && kd_neq(s, t, 10, 12)) || kd_neq(s, t, 12, 96) ||
+             kvtc__rd64(s + 96) != E.table_bytes || kd_neq(s, t, 112, 120) ||
              kvtc__rd64(s + 104) != E.payload_bytes || kvtc__rd64(s + 120) != hash[3 * c] ||
              kvtc__rd64(s + 128) != hash[3 * c + 1] || kvtc__rd64(s + 136) != hash[3 * c + 2])
         rc = KVTC_ECORRUPT;
@@ -97,8 +163,20 @@ __global__ void k_dec_validate(const dec_ex *ex, const uint8_t *tmpl, uint32_t n
     }
     if (!rc && total != E.payload_bytes)
         rc = KVTC_ECORRUPT;
-    for (uint32_t k = 0; k < E.n_pieces; k++)
-        cmps[E.piece_start + k] = rc ? 2 : kd_u32(table + 4 * k);
+    int mine = !rc && E.log2 && pc.use_index;
+    uint64_t eo = 0;
+    for (uint32_t k = 0; k < E.n_pieces; k++) {
+        uint64_t i = E.piece_start + k;
+        size_t sz = rc ? 2 : kd_u32(table + 4 * k);
+        cmps[i] = sz;
+        pc.hidx[i] = mine ? table + 4ull * E.n_pieces + 2 * eo : NULL;
+        pc.hlog[i] = (uint8_t)E.log2;
+        pc.lp[i] = mine ? (const void *)pc.empty : pc.slot[i];
+        pc.ls[i] = mine ? 2 : sz;
+        pc.lb[i] = mine ? 0 : pc.outb[i];
+        if (E.log2)
+            eo += (pc.outb[i] + (1u << E.log2) - 1) >> E.log2;
+    }
     status[c] = rc;
 }
 
@@ -123,11 +201,13 @@ __global__ void k_dec_gather(const dec_ex *ex, const uint32_t *piece_chunk, void
         dst[b] = src[b];
 }
 
+/* nvCOMP's verdicts; indexed pieces (hidx) were ours, not nvCOMP's. */
 __global__ void k_dec_check(const uint32_t *piece_chunk, uint64_t P, const size_t *outb,
-                            const size_t *outs, const nvcompStatus_t *nvst, int32_t *status)
+                            const size_t *outs, const nvcompStatus_t *nvst,
+                            const uint8_t *const *hidx, int32_t *status)
 {
     uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= P)
+    if (i >= P || hidx[i])
         return;
     if (nvst[i] != nvcompSuccess || outs[i] != outb[i])
         atomicCAS((int *)&status[piece_chunk[i]], 0, KVTC_ECORRUPT);
@@ -225,15 +305,20 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
         uint64_t rawb = kvtc_chunk_bytes(l, sinks), fixed = KVTC__HEADER_BYTES + rawb + 4ull * pieces;
         int bad = it->src_len < fixed;
         ex[i] = {s, it->src_len, rawb, 4ull * pieces, bad ? 0 : it->src_len - fixed, (uint32_t)piece,
-                 pieces, it->n_tokens, sinks, (uint32_t)tb, (uint32_t)bad};
+                 pieces, it->n_tokens, sinks, (uint32_t)tb, (uint32_t)bad, 0, sym};
         kvtc__gpu_header(g, raw, it->first_pos, it->n_tokens, sinks, pieces, rawb, sym,
-                         hm + mp.o_hdr + (size_t)i * KVTC__HEADER_BYTES);
+                         0, hm + mp.o_hdr + (size_t)i * KVTC__HEADER_BYTES);
         uint64_t lens[3] = {rawb, 4ull * pieces, ex[i].payload_bytes};
         const uint8_t *at[3] = {s + KVTC__HEADER_BYTES, s + KVTC__HEADER_BYTES + rawb, s + fixed};
         for (int k = 0; k < 3; k++) {
             seg[3 * i + k] = {bad ? s : at[k], bad ? 0 : lens[k]};
             slot[3 * i + k] = slots;
-            slots += kvtc__hash_slots(seg[3 * i + k].len);
+            /* room for the longest table a version 2 container may
+             * have (k_dec_layout sets the actual lengths) */
+            slots += kvtc__hash_slots(k == 1 && !bad && pieces
+                                          ? seg[3 * i + k].len +
+                                                2 * kvtc__index_entries(sym, KVTC__INDEX_LOG2_MIN)
+                                          : seg[3 * i + k].len);
         }
         for (uint32_t k = 0; k < pieces; k++, piece++) {
             cmpp[piece] = (uint8_t *)g->cmp.p + piece * g->max_out;
@@ -246,6 +331,8 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
         symo += kvtc__up(sym, KVTC_GPU_ALIGN);
     }
     slot[3 * (size_t)n] = slots;
+    memset(hm + mp.o_empty, 0, 16);
+    hm[mp.o_empty] = 0x03; /* final, fixed Huffman, end-of-block: no bytes */
     if ((rc = kvtc__dbuf_reserve(&g->bsum, slots * 64 + 64, st)))
         return rc;
     uint8_t *dm = (uint8_t *)g->meta.p;
@@ -261,12 +348,18 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
     size_t *cmps = (size_t *)(dm + mp.o_cmps), *outs = (size_t *)(dm + mp.o_outs);
     nvcompStatus_t *nvst = (nvcompStatus_t *)(dm + mp.o_nvst);
     const uint32_t *dpc = (const uint32_t *)(dm + mp.o_pc);
+    k_dec_layout<<<(n + 127) / 128, 128, 0, st>>>((dec_ex *)(dm + mp.o_ex), n,
+                                                  (kvtc__seg *)(dm + mp.o_seg));
     if ((rc = kvtc__hash_segments((const kvtc__seg *)(dm + mp.o_seg),
                                   (const uint64_t *)(dm + mp.o_slot), 3 * n, slots,
                                   (uint64_t *)g->bsum.p, hash, st)))
         return rc;
+    dec_pieces pcs = {(void *const *)(dm + mp.o_cmpp), (const size_t *)(dm + mp.o_outb),
+                      dm + mp.o_empty, (const void **)(dm + mp.o_lp), (size_t *)(dm + mp.o_ls),
+                      (size_t *)(dm + mp.o_lb), (const uint8_t **)(dm + mp.o_hidx),
+                      dm + mp.o_hlog, g->params.decode_index == KVTC_GPU_INDEX_ON};
     k_dec_validate<<<(n + 127) / 128, 128, 0, st>>>(dex, dm + mp.o_hdr, n, hash, g->max_out, cmps,
-                                                    d_status);
+                                                    d_status, pcs);
     if (P) {
         k_dec_gather<<<(unsigned)P, 256, 0, st>>>(dex, dpc, (void *const *)(dm + mp.o_cmpp), cmps,
                                                   d_status);
@@ -276,20 +369,34 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
         if (!nv) {
             /* Ours (params.inflate): pieces of failed containers are
              * skipped, a bad piece fails its container directly. */
-            if ((rc = kvtc__inflate_batch((const void *const *)(dm + mp.o_cmpp), cmps,
+            if ((rc = kvtc__inflate_batch((const void *const *)(dm + mp.o_lp),
+                                          (const size_t *)(dm + mp.o_ls),
                                           (void *const *)(dm + mp.o_outp),
-                                          (const size_t *)(dm + mp.o_outb), P, dpc, d_status,
-                                          NULL, st)))
+                                          (const size_t *)(dm + mp.o_lb), P, dpc, d_status, NULL,
+                                          st)))
                 return rc;
         } else {
+            /* indexed pieces: an empty block each (their verdicts are
+             * skipped), into room of their real size */
             if (nvcompBatchedDeflateDecompressAsync(
-                    (const void *const *)(dm + mp.o_cmpp), cmps, (const size_t *)(dm + mp.o_outb),
-                    outs, P, g->temp.p, temp_bytes, (void *const *)(dm + mp.o_outp), opts, nvst,
-                    st) != nvcompSuccess)
+                    (const void *const *)(dm + mp.o_lp), (const size_t *)(dm + mp.o_ls),
+                    (const size_t *)(dm + mp.o_outb), outs, P, g->temp.p, temp_bytes,
+                    (void *const *)(dm + mp.o_outp), opts, nvst, st) != nvcompSuccess)
                 return KVTC_EIO;
             k_dec_check<<<(unsigned)((P + 255) / 256), 256, 0, st>>>(
-                dpc, P, (const size_t *)(dm + mp.o_outb), outs, nvst, d_status);
+                dpc, P, (const size_t *)(dm + mp.o_outb), outs, nvst,
+                (const uint8_t *const *)(dm + mp.o_hidx), d_status);
         }
+        /* then ours over the indexed pieces (after the other decoder, so
+         * nothing it might write over their output survives) */
+        if (g->params.decode_index == KVTC_GPU_INDEX_ON &&
+            (rc = kvtc__huff_decode_batch((const void *const *)(dm + mp.o_cmpp), cmps,
+                                          (void *const *)(dm + mp.o_outp),
+                                          (const size_t *)(dm + mp.o_outb),
+                                          (const uint8_t *const *)(dm + mp.o_hidx), P,
+                                          (uint32_t)g->params.index_log2, dm + mp.o_hlog, dpc,
+                                          d_status, st)))
+            return rc;
         kvtc__mark(g, KVTC_GPU_STAGE_DEFLATE, st);
     }
     if (M && (rc = kvtc__pipe_decode(g, dch, parts, np, d_status, vec, st)))

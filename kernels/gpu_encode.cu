@@ -1,6 +1,8 @@
 /* gpu_encode.cu - many chunks to many containers in one stream-ordered
- * pass: rows -> cuBLAS projection -> quantize -> pack -> nvCOMP batched
- * Deflate over every 64 KiB piece of every chunk -> compaction into the
+ * pass: rows -> cuBLAS projection -> quantize -> pack -> batched DEFLATE
+ * (ours, gpu_huffman_enc.cu, with the sub-range index of container
+ * version 2; or nvCOMP's) over every 64 KiB piece of every chunk ->
+ * compaction into the
  * caller's buffer -> section checksums -> headers. Everything the host can
  * know (sizes before the entropy stage, header fields) is computed on the
  * host and uploaded once; what only the device knows (compressed sizes,
@@ -10,7 +12,9 @@
 
 #include <nvcomp/deflate.h>
 
+#include "gpu_huffman.h"
 #include "gpu_internal.h"
+#include "huff_core.h"
 #include "xxh3_core.h"
 
 static __constant__ uint8_t c_secret_e[KVTC_XXH3_SECRET_SIZE] = KVTC_XXH3_SECRET_BYTES;
@@ -26,11 +30,13 @@ struct enc_ex {
 };
 
 struct enc_plan {
-    size_t o_coff, o_ch, o_ex, o_hdr, o_inp, o_ins, o_outp, o_pc, o_slot, host_bytes;
-    size_t o_outs, o_nvst, o_csize, o_seg, o_hash, dev_bytes;
+    size_t o_coff, o_ch, o_ex, o_hdr, o_inp, o_ins, o_outp, o_pc, o_slot, o_idxo, o_idxp,
+        host_bytes;
+    size_t o_outs, o_nvst, o_pst, o_idx, o_csize, o_seg, o_hash, dev_bytes;
 };
 
-static void plan_meta(uint32_t n, uint64_t P, size_t coff_bytes, enc_plan *m)
+/* E: index entries of the batch (ours; 0 with nvCOMP). */
+static void plan_meta(uint32_t n, uint64_t P, uint64_t E, size_t coff_bytes, enc_plan *m)
 {
     size_t o = 0;
 #define TAKE(field, bytes) (m->field = o, o = kvtc__up(o + (bytes), KVTC_GPU_ALIGN))
@@ -43,14 +49,27 @@ static void plan_meta(uint32_t n, uint64_t P, size_t coff_bytes, enc_plan *m)
     TAKE(o_outp, sizeof(void *) * P);
     TAKE(o_pc, sizeof(uint32_t) * P);
     TAKE(o_slot, sizeof(uint64_t) * (3 * (size_t)n + 1));
+    TAKE(o_idxo, sizeof(uint32_t) * (P + 1));
+    TAKE(o_idxp, sizeof(uint16_t *) * P);
     m->host_bytes = o;
     TAKE(o_outs, sizeof(size_t) * P);
     TAKE(o_nvst, sizeof(nvcompStatus_t) * P);
+    TAKE(o_pst, sizeof(int32_t) * P);
+    TAKE(o_idx, sizeof(uint16_t) * E);
     TAKE(o_csize, sizeof(uint64_t) * n);
     TAKE(o_seg, sizeof(kvtc__seg) * 3 * n);
     TAKE(o_hash, sizeof(uint64_t) * 3 * n);
     m->dev_bytes = o;
 #undef TAKE
+}
+
+/* Index entries of a chunk's sym symbol bytes: ours writes the index, nvCOMP
+ * none. */
+static uint64_t idx_entries(const kvtc_gpu_codec *g, uint64_t sym)
+{
+    return g->params.deflate == KVTC_GPU_DEFLATE_KVTC
+               ? kvtc__index_entries(sym, (uint32_t)g->params.index_log2)
+               : 0;
 }
 
 static uint64_t chunk_bound(const kvtc_gpu_codec *g, const kvtc_gpu_chunk *c, uint64_t *sym,
@@ -67,7 +86,7 @@ static uint64_t chunk_bound(const kvtc_gpu_codec *g, const kvtc_gpu_chunk *c, ui
     *sym = kvtc__plan_symbol_bytes(g->plan, c->n_tokens - *sinks, NULL, NULL, NULL);
     *pieces = (uint32_t)kvtc__n_pieces(*sym);
     return kvtc__up(KVTC__HEADER_BYTES + kvtc_chunk_bytes(l, *sinks) + 4ull * *pieces +
-                        (uint64_t)*pieces * g->max_out,
+                        2 * idx_entries(g, *sym) + (uint64_t)*pieces * g->max_out,
                     KVTC_GPU_ALIGN);
 }
 
@@ -96,15 +115,18 @@ extern "C" size_t kvtc_gpu_encode_bound(const kvtc_gpu_codec *g, const kvtc_gpu_
 
 /* ---- assembly kernels ---- */
 
+/* nvst: nvCOMP's piece statuses, or NULL for ours (pst). */
 __global__ void k_enc_sizes(const enc_ex *ex, uint32_t n, const size_t *outs,
-                            const nvcompStatus_t *nvst, int32_t *status, uint64_t *csize)
+                            const nvcompStatus_t *nvst, const int32_t *pst, int32_t *status,
+                            uint64_t *csize)
 {
     uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= n)
         return;
     uint64_t payload = 0;
     for (uint32_t i = ex[c].piece_start; i < ex[c].piece_start + ex[c].n_pieces; i++) {
-        if (nvst[i] != nvcompSuccess || outs[i] == 0 || outs[i] > 0xffffffffu)
+        if ((nvst ? nvst[i] != nvcompSuccess : pst[i] != 0) || outs[i] == 0 ||
+            outs[i] > 0xffffffffu)
             status[c] = KVTC_EIO;
         payload += outs[i];
     }
@@ -147,9 +169,12 @@ __global__ void k_enc_scan(const enc_ex *ex, uint32_t n, const uint64_t *csize, 
     }
 }
 
-/* Block per piece: its table entry and its bytes at their place. */
+/* Block per piece: its table entry, its index entries (idxo: ours, entries
+ * [idxo[i], idxo[i+1]) of idx; NULL: nvCOMP's) and its bytes at their
+ * place. */
 __global__ void k_enc_pieces(const enc_ex *ex, const uint32_t *piece_chunk, void *const *outp,
-                             const size_t *outs, const int32_t *status, const kvtc__seg *seg)
+                             const size_t *outs, const int32_t *status, const kvtc__seg *seg,
+                             const uint32_t *idxo, const uint16_t *idx)
 {
     uint32_t i = blockIdx.x, c = piece_chunk[i];
     if (status[c])
@@ -161,6 +186,14 @@ __global__ void k_enc_pieces(const enc_ex *ex, const uint32_t *piece_chunk, void
     uint32_t sz = (uint32_t)outs[i];
     if (threadIdx.x < 4)
         table[4 * (i - ex[c].piece_start) + threadIdx.x] = (uint8_t)(sz >> (8 * threadIdx.x));
+    if (idxo) {
+        uint32_t e0 = idxo[i], e1 = idxo[i + 1], base = idxo[ex[c].piece_start];
+        uint8_t *it = table + 4ull * ex[c].n_pieces + 2ull * (e0 - base);
+        for (uint32_t k = threadIdx.x; k < e1 - e0; k += blockDim.x) {
+            it[2 * k] = (uint8_t)idx[e0 + k];
+            it[2 * k + 1] = (uint8_t)(idx[e0 + k] >> 8);
+        }
+    }
     const uint8_t *src = (const uint8_t *)outp[i];
     for (uint32_t b = threadIdx.x; b < sz; b += blockDim.x)
         dst[b] = src[b];
@@ -213,7 +246,9 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
     if (!g || !chunks || !n || !dst || !d_offsets || !d_sizes || !d_status)
         return KVTC_EINVAL;
     const kvtc_layout *l = &g->p->layout;
-    uint64_t M = 0, P = 0, sym_total = 0, bound = 0, slots = 0;
+    uint64_t M = 0, P = 0, sym_total = 0, bound = 0, slots = 0, E = 0;
+    int ours = g->params.deflate == KVTC_GPU_DEFLATE_KVTC;
+    uint32_t lg = ours ? (uint32_t)g->params.index_log2 : 0;
     if (n > 65535)
         return KVTC_EINVAL;
     int rc = kvtc__host_chunks(g, n);
@@ -228,12 +263,13 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
         g->host_T[i] = chunks[i].flags & KVTC_CHUNK_RAW ? 0 : chunks[i].n_tokens - sinks;
         M += g->host_T[i];
         P += pieces;
+        E += idx_entries(g, sym);
         sym_total += kvtc__up(sym, KVTC_GPU_ALIGN);
     }
     if (bound > dst_cap)
         return KVTC_ENOSPC;
     enc_plan mp;
-    plan_meta(n, P, kvtc__code_off_rows(g, g->host_T, n, NULL, 0, NULL), &mp);
+    plan_meta(n, P, E, kvtc__code_off_rows(g, g->host_T, n, NULL, 0, NULL), &mp);
     /* sub-batches of the transform pipeline (gpu_pipe.cu): a chunk's
      * row_start counts from its sub-batch's first row */
     kvtc__part parts[KVTC_GPU_MAX_SPLIT];
@@ -242,7 +278,7 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
     nvcompBatchedDeflateCompressOpts_t opts = nvcompBatchedDeflateCompressDefaultOpts;
     opts.algorithm = g->params.deflate_algo;
     size_t temp_bytes = 0;
-    if (!rc && P &&
+    if (!rc && P && !ours &&
         nvcompBatchedDeflateCompressGetTempSize(P, KVTC_PIECE_MAX, opts, &temp_bytes,
                                                 P * KVTC_PIECE_MAX, st) != nvcompSuccess)
         rc = KVTC_EIO;
@@ -261,6 +297,9 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
     void **outp = (void **)(hm + mp.o_outp);
     uint32_t *pc = (uint32_t *)(hm + mp.o_pc);
     uint64_t *slot = (uint64_t *)(hm + mp.o_slot);
+    uint32_t *idxo = (uint32_t *)(hm + mp.o_idxo);
+    uint16_t **idxp = (uint16_t **)(hm + mp.o_idxp);
+    uint64_t eo = 0;
     uint64_t row = 0, symo = 0, piece = 0;
     size_t tb = (size_t)g->hd * kvtc_dtype_size(l->dtype);
     int vec = kvtc__rows_vec_ok(l);
@@ -279,10 +318,11 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
         ch[i] = {(const uint8_t *)c->data, (uint8_t *)g->sym.p + symo,
                  (const size_t *)(dm + g->host_roff[i]), row - parts[pi].row0, c->n_tokens,
                  c->first_pos, sinks, T};
-        ex[i] = {(const uint8_t *)c->data, kvtc_chunk_bytes(l, sinks), 4ull * pieces,
+        ex[i] = {(const uint8_t *)c->data, kvtc_chunk_bytes(l, sinks),
+                 4ull * pieces + 2 * idx_entries(g, sym),
                  (uint32_t)piece, pieces, c->n_tokens, sinks, (uint32_t)tb, 2 * l->layers};
         kvtc__gpu_header(g, raw, c->first_pos, c->n_tokens, sinks, pieces, ex[i].raw_bytes, sym,
-                         hm + mp.o_hdr + (size_t)i * KVTC__HEADER_BYTES);
+                         lg, hm + mp.o_hdr + (size_t)i * KVTC__HEADER_BYTES);
         for (uint32_t k = 0; k < pieces; k++, piece++) {
             inp[piece] = (uint8_t *)g->sym.p + symo + (uint64_t)k * KVTC_PIECE_MAX;
             ins[piece] = sym - (uint64_t)k * KVTC_PIECE_MAX < KVTC_PIECE_MAX
@@ -290,6 +330,9 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
                              : KVTC_PIECE_MAX;
             outp[piece] = (uint8_t *)g->cmp.p + piece * g->max_out;
             pc[piece] = i;
+            idxo[piece] = (uint32_t)eo;
+            idxp[piece] = (uint16_t *)(dm + mp.o_idx) + eo;
+            eo += ours ? kvtc__hc_subranges((uint32_t)ins[piece], lg) : 0;
         }
         uint64_t lens[3] = {ex[i].raw_bytes, ex[i].table_bytes, (uint64_t)pieces * g->max_out};
         for (int s = 0; s < 3; s++) {
@@ -300,6 +343,7 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
         symo += kvtc__up(sym, KVTC_GPU_ALIGN);
     }
     slot[3 * (size_t)n] = slots;
+    idxo[P] = (uint32_t)eo;
     if ((rc = kvtc__dbuf_reserve(&g->bsum, slots * 64 + 64, st)))
         return rc;
     dm = (uint8_t *)g->meta.p;
@@ -318,7 +362,15 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
         return rc;
     size_t *outs = (size_t *)(dm + mp.o_outs);
     nvcompStatus_t *nvst = (nvcompStatus_t *)(dm + mp.o_nvst);
-    if (P && nvcompBatchedDeflateCompressAsync((const void *const *)(dm + mp.o_inp),
+    int32_t *pst = (int32_t *)(dm + mp.o_pst);
+    if (P && ours &&
+        (rc = kvtc__huff_encode_batch((const void *const *)(dm + mp.o_inp),
+                                      (const size_t *)(dm + mp.o_ins), P,
+                                      (void *const *)(dm + mp.o_outp), outs,
+                                      (uint16_t *const *)(dm + mp.o_idxp), lg, pst, st)))
+        return rc;
+    if (P && !ours &&
+        nvcompBatchedDeflateCompressAsync((const void *const *)(dm + mp.o_inp),
                                                (const size_t *)(dm + mp.o_ins), KVTC_PIECE_MAX, P,
                                                g->temp.p, temp_bytes, (void *const *)(dm + mp.o_outp),
                                                outs, opts, nvst, st) != nvcompSuccess)
@@ -327,12 +379,14 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
     uint64_t *csize = (uint64_t *)(dm + mp.o_csize);
     kvtc__seg *seg = (kvtc__seg *)(dm + mp.o_seg);
     uint64_t *hash = (uint64_t *)(dm + mp.o_hash);
-    k_enc_sizes<<<(n + 127) / 128, 128, 0, st>>>(dex, n, outs, nvst, d_status, csize);
+    k_enc_sizes<<<(n + 127) / 128, 128, 0, st>>>(dex, n, outs, ours ? NULL : nvst, pst,
+                                                 d_status, csize);
     k_enc_scan<<<1, 1024, 0, st>>>(dex, n, csize, (uint8_t *)dst, d_offsets, d_sizes, seg);
     if (P)
         k_enc_pieces<<<(unsigned)P, 256, 0, st>>>(dex, (const uint32_t *)(dm + mp.o_pc),
                                                   (void *const *)(dm + mp.o_outp), outs, d_status,
-                                                  seg);
+                                                  seg, ours ? (const uint32_t *)(dm + mp.o_idxo) : NULL,
+                                                  (const uint16_t *)(dm + mp.o_idx));
     k_enc_raw<<<dim3(64, n), 256, 0, st>>>(dex, d_status, seg);
     if ((rc = kvtc__cuda_err(cudaGetLastError(), "assemble")) ||
         (rc = kvtc__hash_segments(seg, (const uint64_t *)(dm + mp.o_slot), 3 * n, slots,

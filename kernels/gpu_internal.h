@@ -95,7 +95,8 @@ struct kvtc_gpu_codec {
     cudaEvent_t role_ev[8];
     struct kvtc__lane lane[KVTC_GPU_MAX_LANES];
     cudaEvent_t fork;
-    size_t max_out;               /* nvCOMP bound of one 64 KiB piece */
+    size_t max_out;               /* bound of one 64 KiB piece, nvCOMP's or
+                                     ours (a slot of the cmp buffer) */
     struct kvtc__dbuf meta, sym, cmp, temp, sizes, bsum;
     void *host_meta;              /* pageable staging for the meta blob */
     size_t host_meta_cap;
@@ -171,9 +172,12 @@ int kvtc__launch_rows_out(const kvtc_gpu_codec *g, int stream, const kvtc__dchun
 /* The header a chunk's container carries: what the encoder writes and what
  * the decoder expects to find, from one place. raw: the chunk is stored
  * as-is (no plan, no stage). */
+/* index_log2: 0 for version 1; else version 2 with that index (coded
+ * chunks only). */
 static inline void kvtc__gpu_header(const kvtc_gpu_codec *g, int raw, uint32_t first_pos,
                                     uint32_t n_tokens, uint32_t sinks, uint32_t pieces,
-                                    uint64_t raw_bytes, uint64_t symbol_bytes, uint8_t *out)
+                                    uint64_t raw_bytes, uint64_t symbol_bytes, uint32_t index_log2,
+                                    uint8_t *out)
 {
     struct kvtc__header h;
     memset(&h, 0, sizeof h);
@@ -187,7 +191,9 @@ static inline void kvtc__gpu_header(const kvtc_gpu_codec *g, int raw, uint32_t f
     h.sink_tokens = sinks;
     h.n_pieces = pieces;
     h.raw_bytes = raw_bytes;
-    h.table_bytes = 4ull * pieces;
+    h.index_log2 = raw ? 0 : index_log2;
+    h.table_bytes = 4ull * pieces +
+                    (h.index_log2 ? 2 * kvtc__index_entries(symbol_bytes, h.index_log2) : 0);
     h.symbol_bytes = symbol_bytes;
     kvtc__header_write(&h, out);
 }

@@ -193,11 +193,20 @@ KVTC_IHD void kvtc__hc_codes(const uint8_t *len, uint32_t n, uint16_t *code)
     }
 }
 
-/* ORs `n` bits of v at bit *at of a zeroed byte buffer. */
+/* ORs the n <= 16 bits of v (none above them) at bit *at of a zeroed
+ * byte buffer: at most three bytes, each touched only if a bit lands in it. */
 KVTC_IHD void kvtc__hc_put(uint8_t *buf, uint32_t *at, uint32_t v, uint32_t n)
 {
-    for (uint32_t b = 0; b < n; b++, (*at)++)
-        buf[*at >> 3] |= (uint8_t)(((v >> b) & 1u) << (*at & 7));
+    uint32_t sh = *at & 7, x = v << sh;
+    uint8_t *p = buf + (*at >> 3);
+    if (n) {
+        p[0] |= (uint8_t)x;
+        if (sh + n > 8)
+            p[1] |= (uint8_t)(x >> 8);
+        if (sh + n > 16)
+            p[2] |= (uint8_t)(x >> 16);
+    }
+    *at += n;
 }
 
 /* The block for literal counts freq[0..256) (freq[256], end-of-block, is
@@ -406,9 +415,74 @@ KVTC_IHD int kvtc__hd_stored_end(uint32_t len, uint32_t n, uint32_t off, uint32_
     return off + blen == len && out + blen == n ? 0 : KVTC_INFL_ESHORT;
 }
 
+/* The literal code as the sub-range decoders read it: one lookup for
+ * codes of <= 11 bits, two for longer ones, no walk. inflate_core.h's
+ * 10-bit table with its canonical walk for longer codes made a warp pay
+ * the walk whenever any of its 32 lanes met a long code, which on 256
+ * byte symbols is nearly every step (measured: ~1000 cycles per symbol).
+ * pri entry: sym | len << 9 (len 1..15); 0x8000 | b: the codes of > 11
+ * bits under this 11-bit prefix are in sec[b..b+16), indexed by the next
+ * 4 bits; 0: no code. Each long code opens at most one block: sec holds
+ * 257 x 16 entries. */
+#define KVTC_HD_PRI 11u
+#define KVTC_HD_SEC (KVTC_HC_SYMS * 16u)
+struct kvtc__hd_table {
+    uint16_t pri[1u << KVTC_HD_PRI];
+    uint16_t sec[KVTC_HD_SEC];
+};
+
+/* From the canonical code inflate_core.h built (counts and symbols sorted
+ * by length, then value). */
+KVTC_IHD void kvtc__hd_table_build(const struct kvtc__huff *h, struct kvtc__hd_table *t)
+{
+    for (uint32_t e = 0; e < (1u << KVTC_HD_PRI); e++)
+        t->pri[e] = 0;
+    uint32_t code = 0, idx = 0, nsec = 0;
+    for (uint32_t l = 1; l <= 15; l++) {
+        for (uint32_t k = 0; k < h->count[l]; k++, code++) {
+            uint32_t rev = 0;
+            for (uint32_t b = 0; b < l; b++)
+                rev |= ((code >> b) & 1u) << (l - 1 - b);
+            uint16_t e = (uint16_t)(h->sym[idx++] | l << 9);
+            if (l <= KVTC_HD_PRI) {
+                for (uint32_t at = rev; at < (1u << KVTC_HD_PRI); at += 1u << l)
+                    t->pri[at] = e;
+                continue;
+            }
+            uint32_t p = rev & ((1u << KVTC_HD_PRI) - 1), hi = rev >> KVTC_HD_PRI;
+            if (!(t->pri[p] & 0x8000)) {
+                if (nsec + 16 > KVTC_HD_SEC)
+                    return; /* cannot happen: one block per long code at most */
+                for (uint32_t j = 0; j < 16; j++)
+                    t->sec[nsec + j] = 0;
+                t->pri[p] = (uint16_t)(0x8000 | nsec);
+                nsec += 16;
+            }
+            uint32_t base = t->pri[p] & 0x7fff, extra = l - KVTC_HD_PRI;
+            for (uint32_t at = hi; at < 16; at += 1u << extra)
+                t->sec[base + at] = e;
+        }
+        code <<= 1;
+    }
+}
+
+KVTC_IHD int kvtc__hd_sym(const struct kvtc__hd_table *t, struct kvtc__ibits *b)
+{
+    kvtc__ib_refill(b);
+    uint32_t e = t->pri[b->buf & ((1u << KVTC_HD_PRI) - 1)];
+    if (e & 0x8000)
+        e = t->sec[(e & 0x7fff) + ((uint32_t)(b->buf >> KVTC_HD_PRI) & 15)];
+    uint32_t n = (e >> 9) & 15;
+    if (!n)
+        return KVTC_INFL_ESYM;
+    b->buf >>= n;
+    b->nb -= n;
+    return (int)(e & 511);
+}
+
 /* Decodes exactly `count` literals from bit `start` into dst (8-byte
  * aligned, count bytes); *end = the bit after them. */
-KVTC_IHD int kvtc__hd_run(const struct kvtc__huff *lit, const uint8_t *src, uint32_t len,
+KVTC_IHD int kvtc__hd_run(const struct kvtc__hd_table *lit, const uint8_t *src, uint32_t len,
                           uint64_t start, uint32_t count, uint8_t *dst, uint64_t *end)
 {
     uint32_t nw = (len + 3) / 4, wi = (uint32_t)(start >> 5);
@@ -419,7 +493,7 @@ KVTC_IHD int kvtc__hd_run(const struct kvtc__huff *lit, const uint8_t *src, uint
     kvtc__ib_take(&b, (uint32_t)(start & 31));
     struct kvtc__iout o = {(uint64_t *)dst, 0, count, 0};
     for (uint32_t i = 0; i < count; i++) {
-        int sym = kvtc__huff_decode(lit, &b);
+        int sym = kvtc__hd_sym(lit, &b);
         if (sym < 0)
             return sym;
         if (sym > 255)
@@ -434,7 +508,7 @@ KVTC_IHD int kvtc__hd_run(const struct kvtc__huff *lit, const uint8_t *src, uint
 
 /* After the last sub-range (ending at bit `at`): the end-of-block code,
  * then zero padding to exactly len bytes. */
-KVTC_IHD int kvtc__hd_tail(const struct kvtc__huff *lit, const uint8_t *src, uint32_t len,
+KVTC_IHD int kvtc__hd_tail(const struct kvtc__hd_table *lit, const uint8_t *src, uint32_t len,
                            uint64_t at)
 {
     uint32_t nw = (len + 3) / 4, wi = (uint32_t)(at >> 5);
@@ -443,7 +517,7 @@ KVTC_IHD int kvtc__hd_tail(const struct kvtc__huff *lit, const uint8_t *src, uin
     struct kvtc__ibits b = {(const uint32_t *)src, nw, wi, 0, 0};
     kvtc__ib_refill(&b);
     kvtc__ib_take(&b, (uint32_t)(at & 31));
-    if (kvtc__huff_decode(lit, &b) != 256)
+    if (kvtc__hd_sym(lit, &b) != 256)
         return KVTC_INFL_ESYM;
     uint64_t e = kvtc__ib_used(&b);
     if ((e + 7) / 8 != len)
@@ -462,7 +536,8 @@ KVTC_IHD uint32_t kvtc__hd_entry(const uint8_t *idx, uint32_t k)
  * per sub-range): src[0..len) (4-byte aligned, readable to a multiple of
  * 4) with its index into exactly n bytes at dst (8-byte aligned). */
 KVTC_IHD int kvtc__hd_piece(const uint8_t *src, uint32_t len, const uint8_t *idx, uint32_t log2,
-                            uint8_t *dst, uint32_t n, struct kvtc__inflate_ws *ws)
+                            uint8_t *dst, uint32_t n, struct kvtc__inflate_ws *ws,
+                            struct kvtc__hd_table *tab)
 {
     if (n == 0 || n > KVTC_INFL_MAX_OUT || log2 < KVTC_HC_LOG2_MIN || log2 > KVTC_HC_LOG2_MAX ||
         ((uintptr_t)dst & 7))
@@ -486,17 +561,18 @@ KVTC_IHD int kvtc__hd_piece(const uint8_t *src, uint32_t len, const uint8_t *idx
                 return kvtc__hd_stored_end(len, n, off, blen, out);
         }
     }
+    kvtc__hd_table_build(&ws->lit, tab);
     uint64_t at = start;
     for (uint32_t k = 0; k < S; k++) {
         uint32_t count = k + 1 < S ? 1u << log2 : n - (k << log2);
         uint64_t end, want = at + kvtc__hd_entry(idx, k);
-        if ((rc = kvtc__hd_run(&ws->lit, src, len, at, count, dst + ((size_t)k << log2), &end)))
+        if ((rc = kvtc__hd_run(tab, src, len, at, count, dst + ((size_t)k << log2), &end)))
             return rc;
         if (end != want)
             return KVTC_INFL_ESHORT;
         at = want;
     }
-    return kvtc__hd_tail(&ws->lit, src, len, at);
+    return kvtc__hd_tail(tab, src, len, at);
 }
 
 #endif

@@ -10,7 +10,10 @@
  *   kvtc-bench-gpu [--chunks N] [--iters N] [--rank R] [--calib-tokens N]
  *                  [--max-components K] [--calib-gpu 0|1] [--lean 1] [--json PATH]
  *                  [--calib-only 1] [--calib-pool CHUNKS] [--pipe-variants JSONL]
- *                  [--gemm-only COMPONENTS] [--batch-pool CHUNKS] [--pipe-only 1]
+ *                  [--gemm-only COMPONENTS] [--batch-pool CHUNKS]
+ *                  [--entropy-json PATH] [--entropy-only 1]
+ * --entropy-json: the DEFLATE stage, ours against nvCOMP's, side by side;
+ * --entropy-only 1: that comparison alone after calibration. [--pipe-only 1]
  * --pipe-variants: the transform pipeline's settings side by side (JSON
  * lines to the path; --pipe-only 1: that and the GEMM alone, nothing
  * else after the calibration). --batch-pool: distinct batch chunks generated (as
@@ -407,12 +410,92 @@ static void pipe_variants(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_c
     free(got);
 }
 
+/* --entropy-json: the DEFLATE stage both ways, ours (kernels/gpu_huffman_*,
+ * version 2 containers, at several index granularities) against nvCOMP's
+ * (algo 0 + its inflate), same batch and profile, in the same run: stage
+ * times from timed calls (2), end to end from untimed ones (iters); the
+ * decoded chunks of every variant must equal nvCOMP's byte for byte (same
+ * symbols, only the entropy coder differs). A table on stdout, JSON to
+ * path. */
+static void entropy_compare(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chunk *ch,
+                            uint32_t n, const kvtc_layout *l, void *d_out, size_t raw, int iters,
+                            const void *d_in, const char *path)
+{
+    struct v {
+        const char *name;
+        int deflate, log2, index, inflate;
+    } v[] = {{"nvcomp", KVTC_GPU_DEFLATE_NVCOMP, 0, KVTC_GPU_INDEX_ON, KVTC_GPU_INFLATE_NVCOMP},
+             {"ours_log2_10", KVTC_GPU_DEFLATE_KVTC, 10, KVTC_GPU_INDEX_ON, 0},
+             {"ours_log2_9", KVTC_GPU_DEFLATE_KVTC, 9, KVTC_GPU_INDEX_ON, 0},
+             {"ours_log2_11", KVTC_GPU_DEFLATE_KVTC, 11, KVTC_GPU_INDEX_ON, 0},
+             {"ours_log2_12", KVTC_GPU_DEFLATE_KVTC, 12, KVTC_GPU_INDEX_ON, 0},
+             {"ours_enc_nvcomp_inflate", KVTC_GPU_DEFLATE_KVTC, 10, KVTC_GPU_INDEX_OFF, 0},
+             {"ours_serial_legacy_pass", KVTC_GPU_DEFLATE_KVTC, 10, KVTC_GPU_INDEX_ON,
+              KVTC_GPU_INFLATE_KVTC}};
+    uint32_t nv = sizeof v / sizeof v[0];
+    uint8_t *ref = malloc(raw), *got = malloc(raw);
+    FILE *f = path ? fopen(path, "w") : NULL;
+    if (!ref || !got)
+        exit(1);
+    double gb = raw / 1e9;
+    quality_stride = 8; /* the host's error pass would dominate the run */
+    printf("entropy stage: ours vs nvCOMP (stage ms from 2 timed calls; end to end: medians of "
+           "%d untimed calls)\n", iters);
+    printf("%-24s %9s %9s %8s %9s %9s %9s %9s %10s\n", "variant", "deflate", "inflate", "ratio",
+           "enc ms", "dec ms", "enc GB/s", "dec GB/s", "dec==nv");
+    if (f)
+        fprintf(f, "{\"raw_bytes\": %zu, \"variants\": [", raw);
+    for (uint32_t i = 0; i < nv; i++) {
+        kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 1, v[i].inflate, v[i].deflate, v[i].log2,
+                               v[i].index};
+        struct run t, r;
+        run_codec(p, plan, prm, ch, n, l, d_out, raw, 2, d_in, &t, NULL, NULL);
+        prm.timing = 0;
+        /* end to end only for the two the headline compares */
+        int full = i < 2;
+        if (full)
+            run_codec(p, plan, prm, ch, n, l, d_out, raw, iters, d_in, &r, NULL, NULL);
+        else
+            r = t;
+        CK(cudaMemcpy(i ? got : ref, d_out, raw, cudaMemcpyDeviceToHost));
+        int same = i == 0 || !memcmp(got, ref, raw);
+        printf("%-24s %9.3f %9.3f %8.2f %9.3f %9.3f %9.1f %9.1f %10s\n", v[i].name,
+               t.enc_stage[KVTC_GPU_STAGE_DEFLATE], t.dec_stage[KVTC_GPU_STAGE_DEFLATE], t.ratio,
+               full ? r.enc_ms : NAN, full ? r.dec_ms : NAN, full ? gb / (r.enc_ms * 1e-3) : NAN,
+               full ? gb / (r.dec_ms * 1e-3) : NAN, same ? "yes" : "NO");
+        if (f) {
+            fprintf(f, "%s{\"variant\": \"%s\", \"deflate_ms\": %.4f, \"inflate_ms\": %.4f, "
+                       "\"ratio\": %.4f, \"container_enc_ms\": %.4f, \"container_dec_ms\": %.4f",
+                    i ? ", " : "", v[i].name, t.enc_stage[KVTC_GPU_STAGE_DEFLATE],
+                    t.dec_stage[KVTC_GPU_STAGE_DEFLATE], t.ratio,
+                    t.enc_stage[KVTC_GPU_STAGE_CONTAINER], t.dec_stage[KVTC_GPU_STAGE_CONTAINER]);
+            if (full)
+                fprintf(f, ", \"compress_ms\": %.4f, \"decompress_ms\": %.4f, "
+                           "\"compress_gbps\": %.2f, \"decompress_gbps\": %.2f",
+                        r.enc_ms, r.dec_ms, gb / (r.enc_ms * 1e-3), gb / (r.dec_ms * 1e-3));
+            fprintf(f, ", \"rel_sq_error\": %.6g, \"decoded_equal_to_nvcomp\": %s}",
+                    t.rel_mse, same ? "true" : "false");
+            fflush(f);
+        }
+        if (!same)
+            fprintf(stderr, "kvtc-bench-gpu: %s decodes other bytes than nvCOMP\n", v[i].name);
+    }
+    quality_stride = 1;
+    if (f) {
+        fprintf(f, "]}\n");
+        fclose(f);
+    }
+    free(ref);
+    free(got);
+}
+
 int main(int argc, char **argv)
 {
     uint32_t n_chunks = 32, rank = 1024, calib_tokens = 8192, max_comp = 4096, calib_gpu = 1;
     uint32_t calib_only = 0, calib_pool = 0, gemm_only = 0, batch_pool = 0;
     int iters = 10, lean = 0, pipe_only = 0;
-    const char *json = "bench/results/gpu.json", *pipe_json = NULL;
+    const char *json = "bench/results/gpu.json", *pipe_json = NULL, *entropy_json = NULL;
+    int entropy_only = 0;
     setvbuf(stdout, NULL, _IOLBF, 0); /* lines reach a log even if the run is cut short */
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--chunks"))
@@ -435,6 +518,10 @@ int main(int argc, char **argv)
             calib_pool = (uint32_t)atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--json"))
             json = argv[i + 1];
+        else if (!strcmp(argv[i], "--entropy-json")) /* ours vs nvCOMP, JSON path */
+            entropy_json = argv[i + 1];
+        else if (!strcmp(argv[i], "--entropy-only")) /* 1: that comparison alone */
+            entropy_only = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--pipe-variants")) /* JSON lines path */
             pipe_json = argv[i + 1];
         else if (!strcmp(argv[i], "--pipe-only")) /* 1: only --pipe-variants + GEMM alone */
@@ -592,16 +679,21 @@ int main(int argc, char **argv)
         printf("cuBLAS GEMM alone (per direction): %.3f ms, %.0f TFLOP/s\n", gq, tq);
         return 0;
     }
+    if (entropy_only) { /* the comparison alone (a short device call) */
+        entropy_compare(p, plan, ch, n_chunks, &l, d_out, raw, iters, d_in,
+                        entropy_json ? entropy_json : "bench/results/gpu-entropy.json");
+        return 0;
+    }
     struct run rb, rh, r0;
     uint8_t *first = NULL;
     size_t first_len = 0;
-    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0}, ch, n_chunks, &l, d_out,
+    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0}, ch, n_chunks, &l, d_out,
               raw, iters, d_in, &rb, &first, &first_len);
-    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 0, 0}, ch, n_chunks, &l, d_out,
+    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 0, 0, 0, 0, 0}, ch, n_chunks, &l, d_out,
               raw, iters, d_in, &rb, NULL, NULL); /* untimed stages: the headline */
     {
         struct run tmp;
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0}, ch, n_chunks, &l,
+        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0}, ch, n_chunks, &l,
                   d_out, raw, 2, d_in, &tmp, NULL, NULL);
         memcpy(rb.enc_stage, tmp.enc_stage, sizeof rb.enc_stage);
         memcpy(rb.dec_stage, tmp.dec_stage, sizeof rb.dec_stage);
@@ -612,7 +704,8 @@ int main(int argc, char **argv)
     struct run rn;
     {
         struct run tmp;
-        kvtc_gpu_params nv = {KVTC_GPU_GEMM_FP16, 0, 0, 1, KVTC_GPU_INFLATE_KVTC};
+        kvtc_gpu_params nv = {KVTC_GPU_GEMM_FP16,    0, 0, 1, KVTC_GPU_INFLATE_KVTC,
+                              KVTC_GPU_DEFLATE_NVCOMP, 0, 0};
         run_codec(p, plan, nv, ch, n_chunks, &l, d_out, raw, 2, d_in, &tmp, NULL, NULL);
         nv.timing = 0;
         run_codec(p, plan, nv, ch, n_chunks, &l, d_out, raw, iters, d_in, &rn, NULL, NULL);
@@ -622,11 +715,13 @@ int main(int argc, char **argv)
     memset(&r0, 0, sizeof r0);
     rh.enc_ms = rh.dec_ms = r0.enc_ms = r0.dec_ms = INFINITY; /* 0 GB/s when skipped */
     if (!lean) {
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_BF16, 0, 0, 0, 0}, ch, n_chunks, &l,
+        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_BF16, 0, 0, 0, 0, 0, 0, 0}, ch, n_chunks, &l,
                   d_out, raw, iters, d_in, &rh, NULL, NULL);
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 1, 0, 0, 0}, ch, n_chunks, &l,
+        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 1, 0, 0, 0, KVTC_GPU_DEFLATE_NVCOMP, 0, 0}, ch, n_chunks, &l,
                   d_out, raw, iters, d_in, &r0, NULL, NULL);
     }
+    if (entropy_json)
+        entropy_compare(p, plan, ch, n_chunks, &l, d_out, raw, iters, d_in, entropy_json);
     if (pipe_json)
         pipe_variants(p, plan, ch, n_chunks, &l, d_out, raw, iters, d_in, pipe_json);
     /* A GPU container must decode on the CPU. */

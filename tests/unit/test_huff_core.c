@@ -17,6 +17,7 @@
 static struct kvtc__inflate_ws ws;
 static struct kvtc__hcode hc;
 static struct kvtc__hc_ws hw;
+static struct kvtc__hd_table tab;
 
 struct enc {
     uint8_t *cmp;   /* padded to 4 (exact heap size for ASan) */
@@ -45,7 +46,7 @@ static struct enc encode(const uint8_t *src, uint32_t n, uint32_t log2)
 static int indexed(const struct enc *e, uint32_t log2, uint8_t *out, uint32_t n)
 {
     uint8_t *dst = malloc(n);
-    int rc = kvtc__hd_piece(e->cmp, e->len, e->idx, log2, dst, n, &ws);
+    int rc = kvtc__hd_piece(e->cmp, e->len, e->idx, log2, dst, n, &ws, &tab);
     if (!rc)
         memcpy(out, dst, n);
     free(dst);

@@ -45,7 +45,8 @@ N_STAGES = 6
 class GpuParams(C.Structure):
     # mirrors struct kvtc_gpu_params (include/kvtc_gpu.h) field for field
     _fields_ = [("gemm", C.c_uint32), ("deflate_algo", C.c_int), ("device", C.c_int),
-                ("timing", C.c_int), ("inflate", C.c_int)]
+                ("timing", C.c_int), ("inflate", C.c_int), ("deflate", C.c_int),
+                ("index_log2", C.c_int), ("decode_index", C.c_int)]
 
 
 class GpuContainer(C.Structure):
@@ -256,7 +257,7 @@ class Decoder(Closing):
         self.device = device
         self._ctx = C.c_void_p()
         prm = GpuParams(gemm=gemm, deflate_algo=0, device=device, timing=1 if timing else 0,
-                        inflate=0)
+                        inflate=0, deflate=0, index_log2=0, decode_index=0)
         _check(self._lib.kvtc_gpu_codec_create(profile._p, int(plan), C.byref(prm),
                                                C.byref(self._ctx)), "kvtc_gpu_codec_create")
         self._items = None
