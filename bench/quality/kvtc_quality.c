@@ -46,6 +46,10 @@ static const uint32_t PX_FMTS[][2] = {
     {KVTC_PX_FP32, KVTC_PX_E4M3_ROWCOL},        {KVTC_PX_E4M3_TENSOR, KVTC_PX_E4M3_TENSOR},
     {KVTC_PX_E4M3_ROWCOL, KVTC_PX_E4M3_ROWCOL}, {KVTC_PX_E4M3_ROWCOL, KVTC_PX_BF16}};
 static const uint32_t PX_GROUPS[] = {2, 5};
+/* The plans each group's profile holds: PX_TARGETS for the equal-ratio rows
+ * and the ladder the -joint rows choose each group's ratio from. */
+static const float PX_LADDER[KVTC_MAX_PLANS] = {3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 40};
+#define PX_FRONT_MAX 8192
 #define N_PX_TARGETS (sizeof PX_TARGETS / sizeof PX_TARGETS[0])
 #define N_PX_FMTS (sizeof PX_FMTS / sizeof PX_FMTS[0])
 #define N_PX_GROUPS (sizeof PX_GROUPS / sizeof PX_GROUPS[0])
@@ -76,6 +80,8 @@ struct result {
     double dev_key, dev_value; /* squared distance to the fp32 codec's output,
                                   relative to the KV's squared norm */
     double macs;               /* --projx: projection multiply-adds per token */
+    uint32_t n_groups;         /* --projx layer groups: each group's plan target */
+    float group_target[PX_MAX_GROUPS];
     uint64_t bytes, raw_bytes, positions;
     kvtc_plan_info plan;
 };
@@ -597,8 +603,8 @@ static int calibrate(struct bench *b, kvtc_profile *prof[N_VARIANTS][2])
     for (uint32_t gi = 0; !rc && o->projx && gi < N_PX_GROUPS; gi++) {
         uint32_t g = PX_GROUPS[gi], L = b->c->n_layers;
         for (uint32_t i = 0; !rc && g <= L && g <= PX_MAX_GROUPS && i < g; i++)
-            rc = calib_profile(b, kv, px_variant(o), i * L / g, (i + 1) * L / g, PX_TARGETS,
-                               N_PX_TARGETS, &b->gprof[gi][i]);
+            rc = calib_profile(b, kv, px_variant(o), i * L / g, (i + 1) * L / g, PX_LADDER,
+                               KVTC_MAX_PLANS, &b->gprof[gi][i]);
     }
 cleanup:
     for (uint32_t s = 0; s < o->calib_seqs; s++) {
@@ -681,6 +687,9 @@ static void json_result(FILE *f, const struct result *r, double base_ppl)
     }
     if (r->macs > 0)
         json_num(f, "gemm_macs_per_token", r->macs);
+    for (uint32_t i = 0; i < r->n_groups; i++)
+        fprintf(f, "%s%g%s", i ? "," : ",\"group_targets\":[", r->group_target[i],
+                i + 1 == r->n_groups ? "]" : "");
     fprintf(f, ",\"bytes\":%llu,\"raw_bf16_bytes\":%llu,\"positions\":%llu}",
             (unsigned long long)r->bytes, (unsigned long long)r->raw_bytes,
             (unsigned long long)r->positions);
@@ -945,23 +954,93 @@ static int run_px(struct bench *b, const kvtc_profile *p, float target, const ui
     return rc;
 }
 
-/* --projx: the layer groups of PX_GROUPS[gi] at target. */
-static int run_groups(struct bench *b, uint32_t gi, float target, struct result *r)
+/* A partial choice of plans for the first groups: bits, planned error. */
+struct px_pick {
+    double bits, err;
+    uint8_t plan[PX_MAX_GROUPS];
+};
+
+static int pick_cmp(const void *x, const void *y)
+{
+    const struct px_pick *a = x, *b = y;
+    return a->bits < b->bits ? -1 : a->bits > b->bits ? 1 : (a->err > b->err) - (a->err < b->err);
+}
+
+/* -joint: one plan of each group's ladder so that the groups' planned
+ * errors summed are least within the cross-layer budget (16 * 2 * width /
+ * target bits per token). The codec's planner spends one budget over a
+ * row's components; this gives the groups that freedom back across their
+ * ladders. Planned errors are per element in the weighted row space (the
+ * groups' slab weights are slices of one set), so a group's error is its
+ * width x (mse_key + mse_value). Pareto fronts merged group by group. */
+static int joint_plans(const struct bench *b, uint32_t gi, uint32_t g, const uint32_t *span,
+                       float target, uint32_t *plans)
+{
+    double budget = 32.0 * (double)b->c->n_layers * b->c->kv_dim / target;
+    struct px_pick *front = malloc(PX_FRONT_MAX * sizeof *front);
+    struct px_pick *cand = malloc(PX_FRONT_MAX * KVTC_MAX_PLANS * sizeof *cand);
+    size_t nf = 1;
+    int rc = front && cand ? 0 : KVTC_ENOMEM;
+    if (!rc)
+        memset(&front[0], 0, sizeof front[0]);
+    for (uint32_t i = 0; !rc && i < g; i++) {
+        const kvtc_profile *p = b->gprof[gi][i];
+        double width = (double)(span[i + 1] - span[i]) * b->c->kv_dim;
+        size_t nc = 0;
+        for (size_t f = 0; !rc && f < nf; f++)
+            for (uint32_t k = 0; !rc && k < kvtc_profile_plan_count(p); k++) {
+                kvtc_plan_info pi;
+                if ((rc = kvtc_profile_plan_info(p, k, &pi)))
+                    break;
+                struct px_pick c = front[f];
+                c.bits += pi.bits_per_token;
+                c.err += width * ((double)pi.mse_key + pi.mse_value);
+                c.plan[i] = (uint8_t)k;
+                if (c.bits <= budget)
+                    cand[nc++] = c;
+            }
+        qsort(cand, nc, sizeof *cand, pick_cmp);
+        nf = 0;
+        for (size_t c = 0; c < nc && nf < PX_FRONT_MAX; c++)
+            if (nf == 0 || cand[c].err < front[nf - 1].err)
+                front[nf++] = cand[c];
+        if (!rc && nf == 0)
+            rc = KVTC_EINVAL; /* no combination fits the budget */
+    }
+    if (!rc) {
+        size_t best = 0;
+        for (size_t f = 1; f < nf; f++)
+            best = front[f].err < front[best].err ? f : best;
+        for (uint32_t i = 0; i < g; i++)
+            plans[i] = front[best].plan[i];
+    }
+    free(front);
+    free(cand);
+    return rc;
+}
+
+/* --projx: the layer groups of PX_GROUPS[gi] at target, every group at the
+ * target ratio, or (joint) at the ratios joint_plans picks. */
+static int run_groups(struct bench *b, uint32_t gi, float target, int joint, struct result *r)
 {
     struct group_arg a;
     memset(&a, 0, sizeof a);
-    uint32_t L = b->c->n_layers;
+    uint32_t L = b->c->n_layers, plans[PX_MAX_GROUPS];
     a.g = PX_GROUPS[gi];
     memset(r, 0, sizeof *r);
-    snprintf(r->method, sizeof r->method, "groups%u", a.g);
+    snprintf(r->method, sizeof r->method, "groups%u%s", a.g, joint ? "-joint" : "");
     r->target = target;
+    for (uint32_t i = 0; i <= a.g; i++)
+        a.span[i] = i * L / a.g;
     int rc = 0;
+    for (uint32_t i = 0; i < a.g; i++)
+        plans[i] = kvtc_profile_find_plan(b->gprof[gi][i], target);
+    if (joint)
+        rc = joint_plans(b, gi, a.g, a.span, target, plans);
     for (uint32_t i = 0; !rc && i < a.g; i++) {
         const kvtc_profile *p = b->gprof[gi][i];
-        uint32_t plan = kvtc_profile_find_plan(p, target), width = 0, ku[2] = {0, 0};
+        uint32_t plan = plans[i], width = 0, ku[2] = {0, 0};
         kvtc_plan_info pi;
-        a.span[i] = i * L / a.g;
-        a.span[i + 1] = (i + 1) * L / a.g;
         rc = kvtc_profile_plan_info(p, plan, &pi);
         if (!rc)
             rc = kvtc_px_gemm_dims(p, plan, &width, ku);
@@ -972,9 +1051,12 @@ static int run_groups(struct bench *b, uint32_t gi, float target, struct result 
         if (!rc)
             rc = reserve_cbuf(b, kvtc_encode_bound(a.enc[i], b->o.chunk));
         r->macs += (double)width * (ku[0] + ku[1]);
+        r->group_target[i] = pi.target_ratio;
+        r->n_groups = i + 1;
         r->plan.key_components += pi.key_components;
         r->plan.value_components += pi.value_components;
         r->plan.groups += pi.groups;
+        r->plan.bits_per_token += pi.bits_per_token;
     }
     if (!rc)
         rc = evaluate(b, recon_groups, &a, r);
@@ -1022,9 +1104,9 @@ static int run_projx(struct bench *b, const kvtc_profile *p, struct result *res,
         for (uint32_t f = 0; !rc && f < N_PX_FMTS; f++)
             if (!(rc = run_px(b, p, t, PX_FMTS[f], &res[*nres])))
                 (*nres)++;
-        for (uint32_t gi = 0; !rc && gi < N_PX_GROUPS; gi++)
-            if (PX_GROUPS[gi] <= b->c->n_layers && PX_GROUPS[gi] <= PX_MAX_GROUPS &&
-                !(rc = run_groups(b, gi, t, &res[*nres])))
+        for (uint32_t gj = 0; !rc && gj < 2 * N_PX_GROUPS; gj++)
+            if (PX_GROUPS[gj / 2] <= b->c->n_layers && PX_GROUPS[gj / 2] <= PX_MAX_GROUPS &&
+                !(rc = run_groups(b, gj / 2, t, gj & 1, &res[*nres])))
                 (*nres)++;
         for (uint32_t i = first; !rc && i < *nres; i++) {
             const struct result *r = &res[i];

@@ -65,7 +65,8 @@ Test(quality_cli, target_json_lines)
 /* --projx (issue #3's projection cost options): per target, the codec, each
  * projection-format pair on its plan (same ratio: the same symbols up to a
  * few flipped codes; a distance to the fp32 projection's output, zero for
- * none of them), and the layer groups (projection MACs below the codec's). */
+ * none of them), and the layer groups, at equal ratios and at jointly
+ * picked ones (projection MACs below the codec's). */
 Test(quality_cli, projx_json_lines)
 {
     char model[2048], bin[2048], cmd[8192];
@@ -98,13 +99,14 @@ Test(quality_cli, projx_json_lines)
             cr_assert(ratio > 0.95 * kvtc_ratio && ratio < 1.05 * kvtc_ratio, "%s", line);
             cr_assert_eq(macs, kvtc_macs, "%s", line);
         } else if (strstr(line, "\"method\":\"groups")) {
-            groups++;
+            groups++; /* equal ratios, or (-joint) ratios picked within the budget */
             cr_assert(macs < kvtc_macs, "%s", line);
+            cr_assert(strstr(line, "\"group_targets\":["), "%s", line);
         }
     }
     int rc = pclose(p);
     cr_assert_eq(rc, 0, "kvtc-quality exit status %d", rc);
-    cr_assert_eq(n, 22, "2 targets x (kvtc + 8 formats + 2 group counts), got %d lines", n);
+    cr_assert_eq(n, 26, "2 targets x (kvtc + 8 formats + 2 group counts x 2), got %d lines", n);
     cr_assert_eq(px, 16);
-    cr_assert_eq(groups, 4);
+    cr_assert_eq(groups, 8);
 }
