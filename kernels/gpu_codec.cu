@@ -2,6 +2,7 @@
  * bases (bf16/fp16, trimmed to the components the plan reaches), means,
  * RoPE frequencies and groups; the cuBLAS handle; work buffers that grow in
  * stream order. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +100,7 @@ extern "C" void kvtc_gpu_codec_free(kvtc_gpu_codec *g)
     for (int s = 0; s < 2; s++) {
         cudaFree(g->benc[s]);
         cudaFree(g->bdec[s]);
+        cudaFree(g->bdir[s]);
         cudaFree(g->mean[s]);
     }
     cudaFree(g->inv_freq);
@@ -126,6 +128,47 @@ static int upload(void **dst, const void *src, size_t bytes)
     int rc = kvtc__cuda_err(cudaMalloc(dst, bytes ? bytes : 16), "cudaMalloc");
     if (!rc && bytes)
         rc = kvtc__cuda_err(cudaMemcpy(*dst, src, bytes, cudaMemcpyHostToDevice), "upload");
+    return rc;
+}
+
+/* The direct decode's basis of stream s (gpu_internal.h, bdir): in the
+ * chunk's dtype, so the decode GEMM writes the chunk itself; the mean
+ * (already divided by the slab weight, as g->mean) as two columns, high
+ * and low part, since one 16-bit copy would lose the bits below the
+ * mean's rounding (the mean can be far larger than what the components
+ * add). Not built for other dtypes, head_dim % 16 != 0 or means beyond
+ * fp16's range (returns 0, bdir[s] stays NULL). Built on request only
+ * (kvtc__gpu_gemm_set): the direct decode measured slower (gpu_gemm.cu). */
+int kvtc__direct_basis(kvtc_gpu_codec *g, int s)
+{
+    const kvtc_profile *p = g->p;
+    const kvtc_layout *l = &p->layout;
+    uint32_t kp = g->kp[s], ld = (uint32_t)kvtc__up(kp + 2, 16);
+    int f16 = l->dtype == KVTC_DTYPE_FP16;
+    if (!kvtc__rows_vec_ok(l) || !kp)
+        return 0;
+    uint16_t *h = (uint16_t *)calloc((size_t)g->D * ld, 2);
+    if (!h)
+        return KVTC_ENOMEM;
+    int ok = 1;
+    for (uint32_t d = 0; d < g->D && ok; d++) {
+        float w = slab_weight(p, s, d / g->hd), m = p->mean[s][d] / w;
+        for (uint32_t c = 0; c < kp; c++) {
+            float v = p->basis[s][(size_t)d * p->ncomp[s] + c] * p->sigma[s][c] / w;
+            h[(size_t)d * ld + c] = f16 ? kvtc__f32_to_f16(v) : kvtc__f32_to_bf16(v);
+        }
+        uint16_t hi = f16 ? kvtc__f32_to_f16(m) : kvtc__f32_to_bf16(m);
+        float r = m - (f16 ? kvtc__f16_to_f32(hi) : kvtc__bf16_to_f32(hi));
+        ok = !f16 || fabsf(m) <= 65504.0f;
+        h[(size_t)d * ld + kp] = hi;
+        h[(size_t)d * ld + kp + 1] = f16 ? kvtc__f32_to_f16(r) : kvtc__f32_to_bf16(r);
+    }
+    int rc = ok ? upload(&g->bdir[s], h, (size_t)g->D * ld * 2) : 0;
+    free(h);
+    if (!rc && ok) {
+        g->ldd[s] = ld;
+        g->dir_type = f16 ? CUDA_R_16F : CUDA_R_16BF;
+    }
     return rc;
 }
 
@@ -268,7 +311,7 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
         rc = KVTC_EIO;
         goto fail;
     }
-    if ((rc = kvtc__pipe_init(g)))
+    if ((rc = kvtc__pipe_init(g)) || (rc = kvtc__gemm_tune(g)))
         goto fail;
     {
         nvcompBatchedDeflateCompressOpts_t o = nvcompBatchedDeflateCompressDefaultOpts;

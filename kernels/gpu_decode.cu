@@ -399,7 +399,7 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
             return rc;
         kvtc__mark(g, KVTC_GPU_STAGE_DEFLATE, st);
     }
-    if (M && (rc = kvtc__pipe_decode(g, dch, parts, np, d_status, vec, st)))
+    if (M && (rc = kvtc__pipe_decode(g, ch, dch, parts, np, d_status, vec, st)))
         return rc;
     k_dec_raw<<<dim3(64, n), 256, 0, st>>>(dex, dch, d_status);
     kvtc__mark(g, KVTC_GPU_STAGE_CONTAINER, st);

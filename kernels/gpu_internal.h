@@ -50,6 +50,15 @@ struct kvtc__part {
     uint64_t row0, M;
 };
 
+/* A cuBLASLt algorithm chosen by timing (gpu_gemm.cu, kvtc__gemm_tune):
+ * candidate idx of the heuristic's n, its time and the first one's. */
+struct kvtc__algo {
+    cublasLtMatmulAlgo_t a;
+    int ok;
+    uint32_t idx, n;
+    float ms, ms_first;
+};
+
 /* One quantization group as the kernels read it. */
 struct kvtc__dgroup {
     uint32_t start, size, bits, type;
@@ -92,6 +101,22 @@ struct kvtc_gpu_codec {
                                      waits for the one before it on another
                                      lane; 2: GEMM and memory-bound streams */
     cudaStream_t role_s[2];       /* mode 2: GEMM (highest priority), memory */
+    /* GEMM choice (gpu_gemm.cu): [encode, decode, direct][stream], timed
+     * at creation; gemm_lt 1: the codec's GEMMs run through cuBLASLt with
+     * them (0: cuBLAS's GemmEx, also when tuning failed or is off). */
+    struct kvtc__algo algo[3][2];
+    uint32_t gemm_lt;
+    /* Direct decode (chunk dtype bf16/fp16 with 16-byte rows; off by
+     * default, built on request by kvtc__gpu_gemm_set): [D][ldd] in the
+     * chunk's dtype (dir_type, a cudaDataType), columns 0..kp the decoder
+     * basis, kp and kp+1 the mean's high and low parts (their
+     * coefficients are 1), zeros to ldd; NULL when not built or not
+     * possible. direct: decoding uses it (the GEMM writes the chunks; keys
+     * then get their RoPE in place) instead of bdec + the rows pass. */
+    void *bdir[2];
+    uint32_t ldd[2], direct;
+    int dir_type;
+    const struct kvtc__dchunk *hch; /* during a decode: host chunk descriptors */
     cudaEvent_t role_ev[8];
     struct kvtc__lane lane[KVTC_GPU_MAX_LANES];
     cudaEvent_t fork;
@@ -208,7 +233,7 @@ int kvtc__launch_quant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *
 int kvtc__launch_pack(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
                       uint32_t n_chunks, const uint8_t *codes, cudaStream_t s);
 int kvtc__launch_dequant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
-                         uint32_t n_chunks, uint64_t M, void *coef, int32_t *status,
+                         uint32_t n_chunks, uint64_t M, void *coef, int32_t *status, int direct,
                          cudaStream_t s);
 /* Leading `n` tokens of every slab: chunk of `total` tokens <-> part. */
 struct kvtc__dcopy {
@@ -224,6 +249,23 @@ int kvtc__gemm_encode(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream, uint
                       const void *rows, float *coef, cudaStream_t s);
 int kvtc__gemm_decode(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream, uint64_t M,
                       const void *coef, void *rows, cudaStream_t s);
+/* Direct decode: per chunk of hch (HOST copies of the descriptors, n of
+ * them, row_start relative to coef), one GEMM batched over layers writes
+ * the chunk's coded tokens of this stream (mean included, RoPE not yet). */
+int kvtc__gemm_direct(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream,
+                      const kvtc__dchunk *hch, uint32_t n_chunks, const void *coef,
+                      cudaStream_t s);
+/* Builds bdir[s] where the layout allows (gpu_codec.cu); 0 also when it
+ * does not (bdir[s] stays NULL). Synchronous. */
+int kvtc__direct_basis(kvtc_gpu_codec *g, int s);
+/* Times cuBLASLt's candidates for the context's shapes and keeps the
+ * fastest (g->algo, g->gemm_lt); synchronous, at creation, after the bases
+ * and pipe_init. Failures leave GemmEx in use (returns 0). */
+int kvtc__gemm_tune(kvtc_gpu_codec *g);
+/* Keys of a direct decode: RoPE redone in place on the chunks' coded
+ * tokens (the GEMM wrote them unrotated). */
+int kvtc__launch_rope_inplace(const kvtc_gpu_codec *g, const kvtc__dchunk *ch, uint32_t n_chunks,
+                              uint64_t M, const int32_t *status, cudaStream_t s);
 
 /* ---- gpu_pipe.cu: the transform stages over lanes and sub-batches ---- */
 /* Lanes and the pipeline defaults at context creation (synchronous). */
@@ -240,8 +282,10 @@ uint32_t kvtc__pipe_split(const kvtc_gpu_codec *g, const uint32_t *T, uint32_t n
 int kvtc__pipe_encode(kvtc_gpu_codec *g, const kvtc__dchunk *dch, const struct kvtc__part *parts,
                       uint32_t np, int32_t *d_status, int vec, cudaStream_t st);
 /* Decode: dequantize -> GEMM -> rows of every (part, stream). */
-int kvtc__pipe_decode(kvtc_gpu_codec *g, const kvtc__dchunk *dch, const struct kvtc__part *parts,
-                      uint32_t np, int32_t *d_status, int vec, cudaStream_t st);
+/* hch: the host copy of dch (direct decode launches a GEMM per chunk). */
+int kvtc__pipe_decode(kvtc_gpu_codec *g, const kvtc__dchunk *hch, const kvtc__dchunk *dch,
+                      const struct kvtc__part *parts, uint32_t np, int32_t *d_status, int vec,
+                      cudaStream_t st);
 /* Benchmarks and tests: lanes 1..KVTC_GPU_MAX_LANES (1: everything on the
  * caller's stream, the serial order), split 1..KVTC_GPU_MAX_SPLIT,
  * gemm_sms 0 (cuBLAS default) or the SMs cuBLASLt's GEMM should target,
@@ -251,5 +295,23 @@ int kvtc__pipe_decode(kvtc_gpu_codec *g, const kvtc__dchunk *dch, const struct k
  * Synchronous (creates streams and handles). KVTC_EINVAL out of range. */
 extern "C" int kvtc__gpu_pipeline(kvtc_gpu_codec *g, uint32_t lanes, uint32_t split,
                                   uint32_t gemm_sms, uint32_t mode);
+/* Benchmarks and tests (gpu_gemm.cu): use_lt 1 the tuned cuBLASLt
+ * algorithms, 0 cuBLAS's GemmEx; direct 1 the direct decode. Synchronous;
+ * KVTC_EINVAL when the context has no such choice. */
+extern "C" int kvtc__gpu_gemm_set(kvtc_gpu_codec *g, uint32_t use_lt, uint32_t direct);
+/* The tuned choice of kind 0 encode, 1 decode, 2 direct, per stream: the
+ * heuristic's candidate idx of n, its time and the first candidate's (ms,
+ * one GEMM at the tuning shape). KVTC_EINVAL if none. */
+extern "C" int kvtc__gpu_gemm_info(const kvtc_gpu_codec *g, int kind, int stream, uint32_t *idx,
+                                   uint32_t *n, float *ms, float *ms_first);
+/* The plan's projection GEMMs alone, as the codec runs them (same
+ * algorithms): both streams' encode GEMMs and both decode GEMMs (not the
+ * direct ones) over M rows of scratch data; medians of iters. Synchronous. */
+extern "C" int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, float *enc_ms,
+                                   float *dec_ms);
+/* Benchmarks: the encode (ld x M x D, fp32 out) and decode (D x M x ld)
+ * shapes alone on scratch data, tuned as at creation: out[0..3] = encode
+ * heuristic-first ms, encode best ms, decode first, decode best. */
+extern "C" int kvtc__gpu_gemm_probe(uint32_t D, uint64_t M, uint32_t ld, int fp16, float *out);
 
 #endif

@@ -115,8 +115,10 @@ int kvtc__pipe_init(kvtc_gpu_codec *g)
     g->split = PIPE_SPLIT;
     g->gemm_sms = PIPE_GEMM_SMS;
     g->mode = PIPE_MODE;
+    /* cuBLASLt always: the codec's GEMMs run through it with the
+     * algorithms kvtc__gemm_tune picks */
     int rc = lanes_make(g, g->n_lanes);
-    return rc || !g->gemm_sms ? rc : lt_make(g);
+    return rc ? rc : lt_make(g);
 }
 
 void kvtc__pipe_free(kvtc_gpu_codec *g)
@@ -159,7 +161,7 @@ extern "C" int kvtc__gpu_pipeline(kvtc_gpu_codec *g, uint32_t lanes, uint32_t sp
         return KVTC_EINVAL;
     int rc = kvtc__cuda_err(cudaSetDevice(g->params.device), "cudaSetDevice");
     if (rc || (rc = kvtc__cuda_err(cudaDeviceSynchronize(), "sync")) ||
-        (rc = lanes_make(g, lanes)) || (gemm_sms && (rc = lt_make(g))) ||
+        (rc = lanes_make(g, lanes)) || (rc = lt_make(g)) ||
         (mode == 2 && (rc = roles_make(g))))
         return rc;
     g->n_lanes = lanes;
@@ -215,6 +217,8 @@ static int lanes_reserve(kvtc_gpu_codec *g, const kvtc__part *parts, uint32_t np
     for (uint32_t j = 0; j < np; j++)
         mmax = parts[j].M > mmax ? parts[j].M : mmax;
     uint32_t kmax = g->ld[0] > g->ld[1] ? g->ld[0] : g->ld[1], nl = lanes_used(g);
+    for (int s = 0; s < 2; s++) /* direct decode: ldd-wide coefficients */
+        kmax = !codes && g->ldd[s] > kmax ? g->ldd[s] : kmax;
     int rc = 0;
     for (uint32_t k = 0; k < nl && !rc; k++) {
         kvtc__lane *ln = &g->lane[k];
@@ -310,10 +314,13 @@ static int pipe_stage(kvtc_gpu_codec *g, int enc, int stage, const pipe_item *it
     const kvtc__part *p = it->p;
     const kvtc__dchunk *c = dch + p->c0;
     int32_t *stt = d_status + p->c0;
+    /* direct decode: the GEMM writes the chunks (16-byte aligned ones) */
+    int dir = !enc && g->direct && g->bdir[it->s] && vec && g->hch;
     int rc;
     if (stage == 1) {
-        rc = enc ? kvtc__gemm_encode(g, bl, it->s, p->M, buf->rows.p, (float *)buf->coef.p, s)
-                 : kvtc__gemm_decode(g, bl, it->s, p->M, buf->coef.p, buf->rows.p, s);
+        rc = enc   ? kvtc__gemm_encode(g, bl, it->s, p->M, buf->rows.p, (float *)buf->coef.p, s)
+             : dir ? kvtc__gemm_direct(g, bl, it->s, g->hch + p->c0, p->n, buf->coef.p, s)
+                   : kvtc__gemm_decode(g, bl, it->s, p->M, buf->coef.p, buf->rows.p, s);
         kvtc__mark(g, KVTC_GPU_STAGE_GEMM, s);
     } else if (enc && stage == 0) {
         rc = kvtc__launch_rows_in(g, it->s, c, p->n, p->M, buf->rows.p, stt, vec, s);
@@ -324,8 +331,11 @@ static int pipe_stage(kvtc_gpu_codec *g, int enc, int stage, const pipe_item *it
             rc = kvtc__launch_pack(g, it->s, c, p->n, (const uint8_t *)buf->codes.p, s);
         kvtc__mark(g, KVTC_GPU_STAGE_QUANT, s);
     } else if (stage == 0) {
-        rc = kvtc__launch_dequant(g, it->s, c, p->n, p->M, buf->coef.p, stt, s);
+        rc = kvtc__launch_dequant(g, it->s, c, p->n, p->M, buf->coef.p, stt, dir, s);
         kvtc__mark(g, KVTC_GPU_STAGE_QUANT, s);
+    } else if (dir) { /* keys: RoPE in place; values are done */
+        rc = it->s == 0 ? kvtc__launch_rope_inplace(g, c, p->n, p->M, stt, s) : 0;
+        kvtc__mark(g, KVTC_GPU_STAGE_ROWS, s);
     } else {
         rc = kvtc__launch_rows_out(g, it->s, c, p->n, p->M, buf->rows.p, stt, vec, s);
         kvtc__mark(g, KVTC_GPU_STAGE_ROWS, s);
@@ -428,8 +438,12 @@ int kvtc__pipe_encode(kvtc_gpu_codec *g, const kvtc__dchunk *dch, const kvtc__pa
     return pipe_run(g, 1, dch, parts, np, d_status, vec, st);
 }
 
-int kvtc__pipe_decode(kvtc_gpu_codec *g, const kvtc__dchunk *dch, const kvtc__part *parts,
-                      uint32_t np, int32_t *d_status, int vec, cudaStream_t st)
+int kvtc__pipe_decode(kvtc_gpu_codec *g, const kvtc__dchunk *hch, const kvtc__dchunk *dch,
+                      const kvtc__part *parts, uint32_t np, int32_t *d_status, int vec,
+                      cudaStream_t st)
 {
-    return pipe_run(g, 0, dch, parts, np, d_status, vec, st);
+    g->hch = hch;
+    int rc = pipe_run(g, 0, dch, parts, np, d_status, vec, st);
+    g->hch = NULL; /* the host copy is the caller's, valid during the call only */
+    return rc;
 }

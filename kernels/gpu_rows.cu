@@ -317,6 +317,61 @@ __global__ void k_rows_out_vec(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G
     }
 }
 
+/* Direct decode, keys: the GEMM wrote token t's keys unrotated (mean
+ * included) into the chunk; rotate them in place by +angle. One block per
+ * row, 16-byte units as k_rows_out_vec. fp32 math, one rounding back to
+ * the chunk's dtype (the GEMM's output was already one). */
+__global__ void k_rope_inplace(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G,
+                               const double *inv_freq, const int32_t *status)
+{
+    __shared__ float cs[KVTC_MAX_HEAD_DIM / 2], sn[KVTC_MAX_HEAD_DIM / 2];
+    uint64_t m = blockIdx.x;
+    uint32_t c = kd_find_chunk(ch, nch, m);
+    if (status[c])
+        return;
+    const kvtc__dchunk C = ch[c];
+    uint32_t t = C.sinks + (uint32_t)(m - C.row_start);
+    int half = G.rope_style == KVTC_ROPE_HALF_SPLIT;
+    double pos = (double)C.first_pos + t;
+    for (uint32_t i = threadIdx.x; i < G.hdim / 2; i += blockDim.x) {
+        double sv, cv;
+        sincos(pos * inv_freq[i], &sv, &cv);
+        cs[i] = (float)cv;
+        sn[i] = (float)sv;
+    }
+    __syncthreads();
+    uint32_t per_vec = G.hdim / 8 / (half ? 2 : 1), units = G.D / G.hdim * per_vec;
+    for (uint32_t u = threadIdx.x; u < units; u += blockDim.x) {
+        uint32_t v = u / per_vec, w = u % per_vec, layer = v / G.kvh;
+        uint32_t r = (v % G.kvh) * G.hdim + w * 8;
+        uint16_t *dst = (uint16_t *)C.data + ((size_t)layer * 2 * C.n_tokens + t) * G.hd;
+        kd_v8 a, b, oa, ob;
+        float xa[8];
+        a.u = *(const uint4 *)(dst + r);
+        for (int e = 0; e < 8; e++)
+            xa[e] = kd_ld16(G.dtype, a.h[e]);
+        if (half) {
+            b.u = *(const uint4 *)(dst + r + G.hdim / 2);
+            uint32_t i0 = w * 8;
+            for (int e = 0; e < 8; e++) {
+                float xb = kd_ld16(G.dtype, b.h[e]);
+                oa.h[e] = kd_st16(G.dtype, xa[e] * cs[i0 + e] - xb * sn[i0 + e]);
+                ob.h[e] = kd_st16(G.dtype, xa[e] * sn[i0 + e] + xb * cs[i0 + e]);
+            }
+            *(uint4 *)(dst + r) = oa.u;
+            *(uint4 *)(dst + r + G.hdim / 2) = ob.u;
+        } else {
+            uint32_t i0 = w * 4;
+            for (int e = 0; e < 8; e += 2) {
+                float x0 = xa[e], x1 = xa[e + 1], c0 = cs[i0 + e / 2], s0 = sn[i0 + e / 2];
+                oa.h[e] = kd_st16(G.dtype, x0 * c0 - x1 * s0);
+                oa.h[e + 1] = kd_st16(G.dtype, x0 * s0 + x1 * c0);
+            }
+            *(uint4 *)(dst + r) = oa.u;
+        }
+    }
+}
+
 static kd_rowgeo geo(const kvtc_gpu_codec *g)
 {
     const kvtc_layout *l = &g->p->layout;
@@ -372,6 +427,15 @@ int kvtc__launch_rows_out(const kvtc_gpu_codec *g, int stream, const kvtc__dchun
             ch, n_chunks, geo(g), stream, g->inv_freq, g->mean[stream],
             (const __nv_bfloat16 *)rows, status);
     return kvtc__cuda_err(cudaGetLastError(), "rows_out");
+}
+
+int kvtc__launch_rope_inplace(const kvtc_gpu_codec *g, const kvtc__dchunk *ch, uint32_t n_chunks,
+                              uint64_t M, const int32_t *status, cudaStream_t s)
+{
+    if (!M || g->p->layout.rope_style == KVTC_ROPE_NONE)
+        return 0;
+    k_rope_inplace<<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), g->inv_freq, status);
+    return kvtc__cuda_err(cudaGetLastError(), "rope in place");
 }
 
 /* ---- quantization, as quant.c does per group and token ---- */
@@ -610,7 +674,8 @@ __device__ static inline int kd_dequant_el(const kvtc__dgroup &gr, const uint8_t
 template <typename RT>
 __global__ void k_dequant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *groups,
                           const uint32_t *small, uint32_t nsmall, const uint32_t *large,
-                          uint32_t nlarge, uint32_t ng, RT *coef, uint32_t kp, int32_t *status)
+                          uint32_t nlarge, uint32_t ng, RT *coef, uint32_t kp, uint32_t ones,
+                          int32_t *status)
 {
     uint64_t m = blockIdx.x;
     uint32_t c = kd_find_chunk(ch, nch, m);
@@ -620,6 +685,8 @@ __global__ void k_dequant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgro
     for (uint32_t j = threadIdx.x; j < kp; j += blockDim.x)
         x[j] = kd_to<RT>(0.0f); /* dropped components */
     __syncthreads();
+    if (ones && threadIdx.x == 0) /* direct decode: the mean's coefficients */
+        x[ones] = x[ones + 1] = kd_to<RT>(1.0f);
     int bad = 0;
     const uint16_t *sym16 = (const uint16_t *)C.sym;
     for (uint32_t k = threadIdx.x; k < nsmall; k += blockDim.x) {
@@ -655,19 +722,23 @@ __global__ void k_dequant(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgro
 }
 
 int kvtc__launch_dequant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
-                         uint32_t n_chunks, uint64_t M, void *coef, int32_t *status,
+                         uint32_t n_chunks, uint64_t M, void *coef, int32_t *status, int direct,
                          cudaStream_t s)
 {
     if (!M || !g->kp[stream])
         return 0;
     const uint32_t *sm = g->glist + g->small0[stream], *lg = g->glist + g->large0[stream];
-    if (g->params.gemm == KVTC_GPU_GEMM_FP16)
+    /* direct: the operand type is the chunk's, the row stride ldd and the
+     * mean's two coefficients at kp, kp+1 */
+    uint32_t ld = direct ? g->ldd[stream] : g->ld[stream], ones = direct ? g->kp[stream] : 0;
+    int f16 = direct ? g->dir_type == CUDA_R_16F : g->params.gemm == KVTC_GPU_GEMM_FP16;
+    if (f16)
         k_dequant<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(
             ch, n_chunks, g->groups, sm, g->nsmall[stream], lg, g->nlarge[stream],
-            g->ndyn, (__half *)coef, g->ld[stream], status);
+            g->ndyn, (__half *)coef, ld, ones, status);
     else
         k_dequant<__nv_bfloat16><<<(unsigned)M, ROW_THREADS, 0, s>>>(
             ch, n_chunks, g->groups, sm, g->nsmall[stream], lg, g->nlarge[stream],
-            g->ndyn, (__nv_bfloat16 *)coef, g->ld[stream], status);
+            g->ndyn, (__nv_bfloat16 *)coef, ld, ones, status);
     return kvtc__cuda_err(cudaGetLastError(), "dequant");
 }

@@ -14,6 +14,10 @@
  *                  [--entropy-json PATH] [--entropy-only 1]
  * --entropy-json: the DEFLATE stage, ours against nvCOMP's, side by side;
  * --entropy-only 1: that comparison alone after calibration. [--pipe-only 1]
+ * --gemm-report PATH: the GEMM choices (tuned cuBLASLt vs GemmEx, direct
+ * decode vs the rows pass, padded shapes) side by side, JSON to the path
+ * (with --pipe-only 1, before the pipeline variants). --probe-only 1: two
+ * timed calls after the calibration, nothing else (for ncu).
  * --pipe-variants: the transform pipeline's settings side by side (JSON
  * lines to the path; --pipe-only 1: that and the GEMM alone, nothing
  * else after the calibration). --batch-pool: distinct batch chunks generated (as
@@ -66,6 +70,16 @@ extern int kvtc__gpu_pipeline(kvtc_gpu_codec *g, uint32_t lanes, uint32_t split,
                               uint32_t gemm_sms, uint32_t mode);
 static uint32_t pipe_cfg[4];
 static int pipe_set;              /* 1: run_codec applies pipe_cfg to its context */
+/* kernels/gpu_gemm.cu (internal, for --gemm-report): GEMM path, its tuned
+ * choices, the GEMMs alone as the codec runs them, shapes probed alone */
+extern int kvtc__gpu_gemm_set(kvtc_gpu_codec *g, uint32_t use_lt, uint32_t direct);
+extern int kvtc__gpu_gemm_info(const kvtc_gpu_codec *g, int kind, int stream, uint32_t *idx,
+                               uint32_t *n, float *ms, float *ms_first);
+extern int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, float *enc_ms,
+                               float *dec_ms);
+extern int kvtc__gpu_gemm_probe(uint32_t D, uint64_t M, uint32_t ld, int fp16, float *out);
+static uint32_t gemm_cfg[2];
+static int gemm_set;              /* 1: run_codec applies gemm_cfg (use_lt, direct) */
 static size_t quality_stride = 1; /* run_codec's error: every n-th 64 Ki block */
 static kvtc_gpu_codec *reuse_ctx; /* set: run_codec uses it (no create/free) */
 
@@ -155,6 +169,8 @@ static void run_codec(const kvtc_profile *p, uint32_t plan, kvtc_gpu_params prm,
         KV(kvtc_gpu_codec_create(p, plan, &prm, &g));
     if (pipe_set)
         KV(kvtc__gpu_pipeline(g, pipe_cfg[0], pipe_cfg[1], pipe_cfg[2], pipe_cfg[3]));
+    if (gemm_set)
+        KV(kvtc__gpu_gemm_set(g, gemm_cfg[0], gemm_cfg[1]));
     size_t cap = kvtc_gpu_encode_bound(g, ch, n);
     uint8_t *d_dst;
     uint64_t *d_off, *d_sz;
@@ -410,6 +426,143 @@ static void pipe_variants(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_c
     free(got);
 }
 
+/* --gemm-report: the GEMM choices (kernels/gpu_gemm.cu) on the same batch
+ * and profile: what tuning picked at creation, the GEMMs alone as the codec
+ * runs them (tuned cuBLASLt) against cuBLAS's GemmEx default, padded
+ * component counts and rows probed alone, and the codec end to end with
+ * each (GEMM path, decode path) pair; decoded bytes compared with the old
+ * code's (GemmEx, rows pass). Table on stdout, JSON to path. */
+static void gemm_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chunk *ch,
+                        uint32_t n, const kvtc_layout *l, void *d_out, size_t raw, int iters,
+                        const void *d_in, const uint32_t kp[2], const char *path)
+{
+    FILE *f = fopen(path, "w");
+    uint32_t D = l->layers * l->kv_heads * l->head_dim;
+    uint64_t M = (uint64_t)n * 256;
+    double gb = raw / 1e9;
+    kvtc_gpu_codec *gu = NULL, *gt = NULL;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    KV(kvtc_gpu_codec_create(p, plan, NULL, &gu));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double create_s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    kvtc_gpu_params tp = {KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0};
+    KV(kvtc_gpu_codec_create(p, plan, &tp, &gt));
+    printf("GEMM choice (context create %.2f s incl. tuning):\n", create_s);
+    if (f)
+        fprintf(f, "{\"create_s\": %.3f, \"tuned\": [", create_s);
+    static const char *kinds[] = {"encode", "decode", "direct"};
+    for (int k = 0, first = 1; k < 3; k++)
+        for (int s = 0; s < 2; s++) {
+            uint32_t idx = 0, nc = 0;
+            float ms = 0, ms0 = 0;
+            if (kvtc__gpu_gemm_info(gu, k, s, &idx, &nc, &ms, &ms0))
+                continue;
+            printf("  %-6s %s: candidate %u of %u, %.3f ms (heuristic's first %.3f ms)\n",
+                   kinds[k], s ? "V" : "K", idx, nc, ms, ms0);
+            if (f)
+                fprintf(f, "%s{\"kind\": \"%s\", \"stream\": %d, \"idx\": %u, \"n\": %u, "
+                           "\"ms\": %.4f, \"first_ms\": %.4f}",
+                        first ? "" : ", ", kinds[k], s, idx, nc, ms, ms0);
+            first = 0;
+        }
+    double tfl = 0;
+    float gx = gemm_alone(D, M, kp, iters, &tfl), ge = 0, gd = 0;
+    KV(kvtc__gpu_gemm_time(gu, M, iters, &ge, &gd));
+    double fl = 2.0 * M * D * (kp[0] + kp[1]);
+    printf("GEMM alone per direction: cuBLAS GemmEx default %.3f ms (%.0f TFLOP/s); codec's "
+           "(tuned cuBLASLt) encode %.3f ms (%.0f), decode %.3f ms (%.0f)\n",
+           gx, tfl, ge, fl / (ge * 1e-3) / 1e12, gd, fl / (gd * 1e-3) / 1e12);
+    if (f)
+        fprintf(f, "], \"gemm_alone_gemmex_ms\": %.4f, \"gemm_alone_enc_ms\": %.4f, "
+                   "\"gemm_alone_dec_ms\": %.4f, \"probe\": [",
+                gx, ge, gd);
+    /* padding: components (ld) and rows (M) probed alone, tuned */
+    uint32_t k0 = kp[0] > kp[1] ? kp[0] : kp[1];
+    uint32_t lds[] = {2048, k0, k0 + 16, k0 + 32, k0 + 64, k0 + 128, k0 + 256};
+    uint64_t Ms[] = {M, M, M, M, M, M, M, M + 128, M - 128};
+    printf("%8s %8s %11s %11s %11s %11s  (ms / TFLOP/s per GEMM of ld x M x D)\n", "ld", "M",
+           "enc first", "enc best", "dec first", "dec best");
+    for (uint32_t i = 0; i < sizeof Ms / sizeof Ms[0]; i++) {
+        uint32_t ld = i < 7 ? lds[i] : k0;
+        float o[4] = {0};
+        if (kvtc__gpu_gemm_probe(D, Ms[i], ld, 1, o))
+            continue;
+        double flo = 2.0 * Ms[i] * D * ld / 1e12;
+        printf("%8u %8llu %6.3f/%4.0f %6.3f/%4.0f %6.3f/%4.0f %6.3f/%4.0f\n", ld,
+               (unsigned long long)Ms[i], o[0], flo / (o[0] * 1e-3), o[1], flo / (o[1] * 1e-3),
+               o[2], flo / (o[2] * 1e-3), o[3], flo / (o[3] * 1e-3));
+        if (f)
+            fprintf(f, "%s{\"ld\": %u, \"M\": %llu, \"enc_first_ms\": %.4f, \"enc_best_ms\": %.4f, "
+                       "\"dec_first_ms\": %.4f, \"dec_best_ms\": %.4f}",
+                    i ? ", " : "", ld, (unsigned long long)Ms[i], o[0], o[1], o[2], o[3]);
+    }
+    if (f)
+        fprintf(f, "], \"codec\": [");
+    /* (use_lt, direct): the old code's path first (the bytes reference) */
+    static const uint32_t v[][2] = {{0, 0}, {1, 0}, {0, 1}, {1, 1}};
+    uint8_t *ref = malloc(raw), *got = malloc(raw);
+    if (!ref || !got)
+        exit(1);
+    quality_stride = 8;
+    printf("%4s %6s %9s %9s %9s %9s %8s %8s %8s %8s %12s %10s\n", "lt", "direct", "enc ms",
+           "dec ms", "enc GB/s", "dec GB/s", "enc gemm", "dec gemm", "dec rows", "dec quant",
+           "rel.err", "bytes diff");
+    for (uint32_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        struct run r, t;
+        memcpy(gemm_cfg, v[i], sizeof gemm_cfg);
+        gemm_set = 1;
+        reuse_ctx = gt;
+        run_codec(p, plan, tp, ch, n, l, d_out, raw, 2, d_in, &t, NULL, NULL);
+        reuse_ctx = gu;
+        run_codec(p, plan, (kvtc_gpu_params){.gemm = KVTC_GPU_GEMM_FP16}, ch, n, l, d_out, raw,
+                  iters, d_in, &r, NULL, NULL);
+        reuse_ctx = NULL;
+        gemm_set = 0;
+        CK(cudaMemcpy(i ? got : ref, d_out, raw, cudaMemcpyDeviceToHost));
+        size_t diff = 0;
+        for (size_t b = 0; i && b < raw; b += 65536) {
+            size_t m = raw - b < 65536 ? raw - b : 65536;
+            if (memcmp(got + b, ref + b, m))
+                for (size_t k = 0; k < m; k++)
+                    diff += got[b + k] != ref[b + k];
+        }
+        printf("%4u %6u %9.3f %9.3f %9.1f %9.1f %8.3f %8.3f %8.3f %8.3f %12.5g %10zu\n", v[i][0],
+               v[i][1], r.enc_ms, r.dec_ms, gb / (r.enc_ms * 1e-3), gb / (r.dec_ms * 1e-3),
+               t.enc_stage[KVTC_GPU_STAGE_GEMM], t.dec_stage[KVTC_GPU_STAGE_GEMM],
+               t.dec_stage[KVTC_GPU_STAGE_ROWS], t.dec_stage[KVTC_GPU_STAGE_QUANT], r.rel_mse,
+               diff);
+        printf("     stages enc:");
+        for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+            printf(" %s %.3f", kvtc_gpu_stage_name(s), t.enc_stage[s]);
+        printf("\n     stages dec:");
+        for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+            printf(" %s %.3f", kvtc_gpu_stage_name(s), t.dec_stage[s]);
+        printf("\n");
+        if (f) {
+            fprintf(f, "%s{\"use_lt\": %u, \"direct\": %u, \"compress_ms\": %.4f, "
+                       "\"decompress_ms\": %.4f, \"ratio\": %.4f, \"rel_sq_error\": %.6g, "
+                       "\"decoded_bytes_differing_from_old\": %zu, \"stages_compress_ms\": {",
+                    i ? ", " : "", v[i][0], v[i][1], r.enc_ms, r.dec_ms, r.ratio, r.rel_mse, diff);
+            for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+                fprintf(f, "%s\"%s\": %.4f", s ? ", " : "", kvtc_gpu_stage_name(s), t.enc_stage[s]);
+            fprintf(f, "}, \"stages_decompress_ms\": {");
+            for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+                fprintf(f, "%s\"%s\": %.4f", s ? ", " : "", kvtc_gpu_stage_name(s), t.dec_stage[s]);
+            fprintf(f, "}}");
+        }
+    }
+    quality_stride = 1;
+    if (f) {
+        fprintf(f, "]}\n");
+        fclose(f);
+    }
+    free(ref);
+    free(got);
+    kvtc_gpu_codec_free(gu);
+    kvtc_gpu_codec_free(gt);
+}
+
 /* --entropy-json: the DEFLATE stage both ways, ours (kernels/gpu_huffman_*,
  * version 2 containers, at several index granularities) against nvCOMP's
  * (algo 0 + its inflate), same batch and profile, in the same run: stage
@@ -495,6 +648,8 @@ int main(int argc, char **argv)
     uint32_t calib_only = 0, calib_pool = 0, gemm_only = 0, batch_pool = 0;
     int iters = 10, lean = 0, pipe_only = 0;
     const char *json = "bench/results/gpu.json", *pipe_json = NULL, *entropy_json = NULL;
+    const char *gemm_json = NULL;
+    int probe_only = 0;
     int entropy_only = 0;
     setvbuf(stdout, NULL, _IOLBF, 0); /* lines reach a log even if the run is cut short */
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -522,6 +677,10 @@ int main(int argc, char **argv)
             entropy_json = argv[i + 1];
         else if (!strcmp(argv[i], "--entropy-only")) /* 1: that comparison alone */
             entropy_only = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--gemm-report")) /* GEMM choices, JSON path */
+            gemm_json = argv[i + 1];
+        else if (!strcmp(argv[i], "--probe-only")) /* 1: one timed call (for ncu) */
+            probe_only = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--pipe-variants")) /* JSON lines path */
             pipe_json = argv[i + 1];
         else if (!strcmp(argv[i], "--pipe-only")) /* 1: only --pipe-variants + GEMM alone */
@@ -669,6 +828,21 @@ int main(int argc, char **argv)
         kvtc_encoder_free(enc);
         kvtc_decoder_free(dec);
     }
+    if (probe_only) {
+        /* two timed calls, nothing else: for a profiler (ncu) to read the
+         * stages' kernels */
+        struct run t;
+        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0}, ch,
+                  n_chunks, &l, d_out, raw, 2, d_in, &t, NULL, NULL);
+        printf("probe: compress %.3f ms, decompress %.3f ms (timed stages)\n", t.enc_ms, t.dec_ms);
+        return 0;
+    }
+    if (gemm_json) {
+        uint32_t kq[2] = {(pi.key_components + 15) / 16 * 16, (pi.value_components + 15) / 16 * 16};
+        gemm_report(p, plan, ch, n_chunks, &l, d_out, raw, iters, d_in, kq, gemm_json);
+        if (!pipe_json && pipe_only)
+            return 0;
+    }
     if (pipe_json && pipe_only) {
         /* the transform pipeline's settings alone, against the GEMM alone */
         pipe_variants(p, plan, ch, n_chunks, &l, d_out, raw, iters, d_in, pipe_json);
@@ -744,6 +918,16 @@ int main(int argc, char **argv)
     double tfl = 0;
     float gemm_ms = gemm_alone(l.layers * l.kv_heads * l.head_dim, (uint64_t)n_chunks * 256, kp,
                                iters, &tfl);
+    /* the GEMMs alone as the codec runs them (the algorithms its context
+     * tuned at creation): the base of the ratios, so that they compare like
+     * with like; cuBLAS's GemmEx default above stays as a reference */
+    float g_enc = 0, g_dec = 0;
+    {
+        kvtc_gpu_codec *gg = NULL;
+        KV(kvtc_gpu_codec_create(p, plan, NULL, &gg));
+        KV(kvtc__gpu_gemm_time(gg, (uint64_t)n_chunks * 256, iters, &g_enc, &g_dec));
+        kvtc_gpu_codec_free(gg);
+    }
     float copy_ms = copy_bw(raw, iters);
     double gb = raw / 1e9;
     double enc_gbs = gb / (rb.enc_ms * 1e-3), dec_gbs = gb / (rb.dec_ms * 1e-3);
@@ -771,11 +955,13 @@ int main(int argc, char **argv)
     printf("%-34s %10.2f %10.1f\n", "decompress (nvCOMP algo 1, LZ)", r0.dec_ms, gb / (r0.dec_ms * 1e-3));
     printf("%-34s %10.2f %10.1f   %.0f TFLOP/s\n", "cuBLAS GEMM alone (per direction)", gemm_ms,
            gemm_gbs, tfl);
+    printf("%-34s %10.2f %10.1f   decode GEMMs %.2f ms (tuned cuBLASLt, as the codec)\n",
+           "codec's encode GEMMs alone", g_enc, gb / (g_enc * 1e-3), g_dec);
     printf("%-34s %10.2f %10.1f   (read+write bytes: %.0f GB/s)\n", "device copy of the batch",
            copy_ms, gb / (copy_ms * 1e-3), copy_gbs);
-    printf("ratios: compress/GEMM time %.2f, decompress/GEMM time %.2f; "
+    printf("ratios: compress/GEMM time %.2f, decompress/GEMM time %.2f (the codec's GEMMs); "
            "compress/copy %.3f, decompress/copy %.3f (raw GB/s over copy GB/s)\n",
-           rb.enc_ms / gemm_ms, rb.dec_ms / gemm_ms, enc_gbs / (gb / (copy_ms * 1e-3)),
+           rb.enc_ms / g_enc, rb.dec_ms / g_dec, enc_gbs / (gb / (copy_ms * 1e-3)),
            dec_gbs / (gb / (copy_ms * 1e-3)));
     printf("stages (ms)       ");
     for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
@@ -805,14 +991,15 @@ int main(int argc, char **argv)
                    "\"rel_sq_error\": %.5g}, \"nvcomp_inflate_ms\": %.3f, "
                    "\"gemm_alone_ms\": %.3f, \"gemm_tflops\": %.1f, \"copy_ms\": %.3f, "
                    "\"copy_gbps_rw\": %.1f, \"compress_over_gemm\": %.3f, "
-                   "\"decompress_over_gemm\": %.3f, \"stages_compress_ms\": {",
+                   "\"decompress_over_gemm\": %.3f, \"gemm_alone_codec_enc_ms\": %.3f, "
+                   "\"gemm_alone_codec_dec_ms\": %.3f, \"stages_compress_ms\": {",
                 prop.name, n_chunks, raw, pi.key_components, pi.value_components, pi.groups,
                 rb.ratio, rb.enc_ms, rb.dec_ms, enc_gbs, dec_gbs, rb.rel_mse, cpu_rel,
                 lean ? "false" : "true", gb / (rh.enc_ms * 1e-3), gb / (rh.dec_ms * 1e-3), rh.rel_mse,
                 gb / (r0.enc_ms * 1e-3), gb / (r0.dec_ms * 1e-3), r0.ratio,
                 gb / (rn.dec_ms * 1e-3), rn.dec_stage[KVTC_GPU_STAGE_DEFLATE], rn.rel_mse,
                 rb.dec_stage[KVTC_GPU_STAGE_DEFLATE], gemm_ms, tfl, copy_ms,
-                copy_gbs, rb.enc_ms / gemm_ms, rb.dec_ms / gemm_ms);
+                copy_gbs, rb.enc_ms / g_enc, rb.dec_ms / g_dec, g_enc, g_dec);
         for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
             fprintf(f, "%s\"%s\": %.3f", s ? ", " : "", kvtc_gpu_stage_name(s), rb.enc_stage[s]);
         fprintf(f, "}, \"stages_decompress_ms\": {");
