@@ -108,7 +108,13 @@ typedef struct kvtc_gpu_params {
 typedef struct kvtc_gpu_codec kvtc_gpu_codec;
 
 /* A context for one profile and one of its plans: uploads bases and means,
- * creates the cuBLAS handle. params may be NULL for defaults. Synchronous.
+ * creates the cuBLAS handles and picks the projections' GEMM algorithms by
+ * timing cuBLASLt's candidates (once per process, device and shape: later
+ * contexts reuse the pick, so they decode to the same bytes; it needs
+ * ~1.5 GiB of scratch for a moment on an 8B-model layout, and falls back
+ * to cuBLAS's default GEMM if that fails; the environment variable
+ * KVTC_GPU_TUNE_ROWS=0 skips it). params may be NULL for defaults.
+ * Synchronous.
  * Errors: KVTC_EINVAL, KVTC_ENOMEM, KVTC_ENOTSUP (no GPU, or a layout the
  * GPU path does not cover), KVTC_EIO. */
 int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_params *params,
