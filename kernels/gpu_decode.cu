@@ -15,6 +15,7 @@
 
 #include <nvcomp/deflate.h>
 
+#include "gpu_copy.cuh"
 #include "gpu_huffman.h"
 #include "gpu_inflate.h"
 #include "gpu_internal.h"
@@ -43,12 +44,13 @@ struct dec_pieces {
     const uint8_t **hidx;    /* ours: the piece's index; NULL: not ours */
     uint8_t *hlog;           /* its granularity */
     int use_index;           /* params.decode_index is on */
+    uint64_t *poff;          /* its offset in the payload (sound containers) */
 };
 
 struct dec_plan {
     size_t o_coff, o_ch, o_ex, o_hdr, o_seg, o_slot, o_cmpp, o_outb, o_outp, o_pc, o_empty,
         host_bytes;
-    size_t o_cmps, o_outs, o_nvst, o_hash, o_lp, o_ls, o_lb, o_hidx, o_hlog, dev_bytes;
+    size_t o_cmps, o_outs, o_nvst, o_hash, o_lp, o_ls, o_lb, o_hidx, o_hlog, o_poff, dev_bytes;
 };
 
 static void plan_meta(uint32_t n, uint64_t P, size_t coff_bytes, dec_plan *m)
@@ -76,6 +78,7 @@ static void plan_meta(uint32_t n, uint64_t P, size_t coff_bytes, dec_plan *m)
     TAKE(o_lb, sizeof(size_t) * P);
     TAKE(o_hidx, sizeof(void *) * P);
     TAKE(o_hlog, P);
+    TAKE(o_poff, sizeof(uint64_t) * P);
     m->dev_bytes = o;
 #undef TAKE
 }
@@ -164,11 +167,13 @@ __global__ void k_dec_validate(const dec_ex *ex, const uint8_t *tmpl, uint32_t n
     if (!rc && total != E.payload_bytes)
         rc = KVTC_ECORRUPT;
     int mine = !rc && E.log2 && pc.use_index;
-    uint64_t eo = 0;
+    uint64_t eo = 0, at = 0;
     for (uint32_t k = 0; k < E.n_pieces; k++) {
         uint64_t i = E.piece_start + k;
         size_t sz = rc ? 2 : kd_u32(table + 4 * k);
         cmps[i] = sz;
+        pc.poff[i] = at;
+        at += sz;
         pc.hidx[i] = mine ? table + 4ull * E.n_pieces + 2 * eo : NULL;
         pc.hlog[i] = (uint8_t)E.log2;
         pc.lp[i] = mine ? (const void *)pc.empty : pc.slot[i];
@@ -180,9 +185,10 @@ __global__ void k_dec_validate(const dec_ex *ex, const uint8_t *tmpl, uint32_t n
     status[c] = rc;
 }
 
-/* Block per piece: into its aligned slot, or an empty final block (03 00). */
+/* Block per piece: into its aligned slot (poff: k_dec_validate's offset in
+ * the payload; 16 bytes a store), or an empty final block (03 00). */
 __global__ void k_dec_gather(const dec_ex *ex, const uint32_t *piece_chunk, void *const *cmpp,
-                             const size_t *cmps, const int32_t *status)
+                             const size_t *cmps, const uint64_t *poff, const int32_t *status)
 {
     uint32_t i = blockIdx.x, c = piece_chunk[i];
     uint8_t *dst = (uint8_t *)cmpp[i];
@@ -192,13 +198,8 @@ __global__ void k_dec_gather(const dec_ex *ex, const uint32_t *piece_chunk, void
         return;
     }
     const dec_ex E = ex[c];
-    const uint8_t *table = E.src + KVTC__HEADER_BYTES + E.raw_bytes;
-    uint64_t prefix = 0;
-    for (uint32_t k = E.piece_start; k < i; k++)
-        prefix += kd_u32(table + 4 * (k - E.piece_start));
-    const uint8_t *src = table + E.table_bytes + prefix;
-    for (uint64_t b = threadIdx.x; b < cmps[i]; b += blockDim.x)
-        dst[b] = src[b];
+    const uint8_t *src = E.src + KVTC__HEADER_BYTES + E.raw_bytes + E.table_bytes + poff[i];
+    kvtc__block_copy(dst, src, cmps[i], threadIdx.x, blockDim.x);
 }
 
 /* nvCOMP's verdicts; indexed pieces (hidx) were ours, not nvCOMP's. */
@@ -357,12 +358,13 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
     dec_pieces pcs = {(void *const *)(dm + mp.o_cmpp), (const size_t *)(dm + mp.o_outb),
                       dm + mp.o_empty, (const void **)(dm + mp.o_lp), (size_t *)(dm + mp.o_ls),
                       (size_t *)(dm + mp.o_lb), (const uint8_t **)(dm + mp.o_hidx),
-                      dm + mp.o_hlog, g->params.decode_index == KVTC_GPU_INDEX_ON};
+                      dm + mp.o_hlog, g->params.decode_index == KVTC_GPU_INDEX_ON,
+                      (uint64_t *)(dm + mp.o_poff)};
     k_dec_validate<<<(n + 127) / 128, 128, 0, st>>>(dex, dm + mp.o_hdr, n, hash, g->max_out, cmps,
                                                     d_status, pcs);
     if (P) {
         k_dec_gather<<<(unsigned)P, 256, 0, st>>>(dex, dpc, (void *const *)(dm + mp.o_cmpp), cmps,
-                                                  d_status);
+                                                  (const uint64_t *)(dm + mp.o_poff), d_status);
         if ((rc = kvtc__cuda_err(cudaGetLastError(), "validate/gather")))
             return rc;
         kvtc__mark(g, KVTC_GPU_STAGE_CONTAINER, st);

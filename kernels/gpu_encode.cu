@@ -12,6 +12,7 @@
 
 #include <nvcomp/deflate.h>
 
+#include "gpu_copy.cuh"
 #include "gpu_huffman.h"
 #include "gpu_internal.h"
 #include "huff_core.h"
@@ -32,7 +33,7 @@ struct enc_ex {
 struct enc_plan {
     size_t o_coff, o_ch, o_ex, o_hdr, o_inp, o_ins, o_outp, o_pc, o_slot, o_idxo, o_idxp,
         host_bytes;
-    size_t o_outs, o_nvst, o_pst, o_idx, o_csize, o_seg, o_hash, dev_bytes;
+    size_t o_outs, o_nvst, o_pst, o_idx, o_csize, o_seg, o_hash, o_poff, dev_bytes;
 };
 
 /* E: index entries of the batch (ours; 0 with nvCOMP). */
@@ -59,6 +60,7 @@ static void plan_meta(uint32_t n, uint64_t P, uint64_t E, size_t coff_bytes, enc
     TAKE(o_csize, sizeof(uint64_t) * n);
     TAKE(o_seg, sizeof(kvtc__seg) * 3 * n);
     TAKE(o_hash, sizeof(uint64_t) * 3 * n);
+    TAKE(o_poff, sizeof(uint64_t) * P);
     m->dev_bytes = o;
 #undef TAKE
 }
@@ -115,74 +117,84 @@ extern "C" size_t kvtc_gpu_encode_bound(const kvtc_gpu_codec *g, const kvtc_gpu_
 
 /* ---- assembly kernels ---- */
 
-/* nvst: nvCOMP's piece statuses, or NULL for ours (pst). */
-__global__ void k_enc_sizes(const enc_ex *ex, uint32_t n, const size_t *outs,
-                            const nvcompStatus_t *nvst, const int32_t *pst, int32_t *status,
-                            uint64_t *csize)
+/* One block: each chunk's compressed size from its pieces' (and each
+ * piece's offset in its payload, poff), then the containers' offsets, an
+ * exclusive scan of the aligned sizes across the block (warp shuffles;
+ * a thread owns a run of consecutive chunks, <= 64 of 65535). nvst:
+ * nvCOMP's piece statuses, or NULL for ours (pst). Was two kernels, the
+ * scan's middle serial on one thread. */
+__global__ void __launch_bounds__(1024)
+    k_enc_scan(const enc_ex *ex, uint32_t n, const size_t *outs, const nvcompStatus_t *nvst,
+               const int32_t *pst, int32_t *status, uint64_t *csize, uint64_t *poff,
+               uint8_t *dst, uint64_t *offs, uint64_t *sizes, kvtc__seg *seg)
 {
-    uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= n)
-        return;
-    uint64_t payload = 0;
-    for (uint32_t i = ex[c].piece_start; i < ex[c].piece_start + ex[c].n_pieces; i++) {
-        if ((nvst ? nvst[i] != nvcompSuccess : pst[i] != 0) || outs[i] == 0 ||
-            outs[i] > 0xffffffffu)
-            status[c] = KVTC_EIO;
-        payload += outs[i];
-    }
-    csize[c] = status[c] ? 0 : KVTC__HEADER_BYTES + ex[c].raw_bytes + ex[c].table_bytes + payload;
-}
-
-/* One block: offsets = exclusive scan of the aligned sizes. */
-__global__ void k_enc_scan(const enc_ex *ex, uint32_t n, const uint64_t *csize, uint8_t *dst,
-                           uint64_t *offs, uint64_t *sizes, kvtc__seg *seg)
-{
-    __shared__ uint64_t part[1024];
-    uint32_t per = (n + blockDim.x - 1) / blockDim.x, a = threadIdx.x * per;
+    __shared__ uint64_t wsum[32];
+    uint32_t t = threadIdx.x, lane = t & 31, w = t >> 5, nw = (blockDim.x + 31) / 32;
+    uint32_t per = (n + blockDim.x - 1) / blockDim.x, a = t * per;
     uint32_t b = a + per < n ? a + per : n;
     uint64_t sum = 0;
-    for (uint32_t c = a; c < b; c++)
-        sum += kvtc__up(csize[c], KVTC_GPU_ALIGN);
-    part[threadIdx.x] = sum;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        uint64_t run = 0;
-        for (uint32_t i = 0; i < blockDim.x; i++) {
-            uint64_t v = part[i];
-            part[i] = run;
-            run += v;
+    for (uint32_t c = a; c < b; c++) {
+        uint64_t payload = 0;
+        int bad = 0;
+        for (uint32_t i = ex[c].piece_start; i < ex[c].piece_start + ex[c].n_pieces; i++) {
+            bad |= (nvst ? nvst[i] != nvcompSuccess : pst[i] != 0) || outs[i] == 0 ||
+                   outs[i] > 0xffffffffu;
+            poff[i] = payload;
+            payload += outs[i];
         }
+        if (bad)
+            status[c] = KVTC_EIO;
+        uint64_t cs =
+            status[c] ? 0 : KVTC__HEADER_BYTES + ex[c].raw_bytes + ex[c].table_bytes + payload;
+        csize[c] = cs;
+        sum += kvtc__up(cs, KVTC_GPU_ALIGN);
+    }
+    uint64_t incl = sum;
+    for (uint32_t o = 1; o < 32; o <<= 1) {
+        uint64_t v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o)
+            incl += v;
+    }
+    if (lane == 31)
+        wsum[w] = incl;
+    __syncthreads();
+    if (w == 0) {
+        uint64_t x = lane < nw ? wsum[lane] : 0, y = x;
+        for (uint32_t o = 1; o < 32; o <<= 1) {
+            uint64_t v = __shfl_up_sync(0xffffffffu, y, o);
+            if (lane >= o)
+                y += v;
+        }
+        if (lane < nw)
+            wsum[lane] = y - x; /* warps before this one */
     }
     __syncthreads();
-    uint64_t off = part[threadIdx.x];
+    uint64_t off = wsum[w] + incl - sum;
     for (uint32_t c = a; c < b; c++) {
+        uint64_t cs = csize[c], live = cs != 0;
         offs[c] = off;
-        sizes[c] = csize[c];
+        sizes[c] = cs;
         uint8_t *base = dst + off;
-        uint64_t live = csize[c] != 0;
         seg[3 * c + 0] = {base + KVTC__HEADER_BYTES, live * ex[c].raw_bytes};
         seg[3 * c + 1] = {base + KVTC__HEADER_BYTES + ex[c].raw_bytes, live * ex[c].table_bytes};
         seg[3 * c + 2] = {base + KVTC__HEADER_BYTES + ex[c].raw_bytes + ex[c].table_bytes,
-                          live ? csize[c] - KVTC__HEADER_BYTES - ex[c].raw_bytes - ex[c].table_bytes
+                          live ? cs - KVTC__HEADER_BYTES - ex[c].raw_bytes - ex[c].table_bytes
                                : 0};
-        off += kvtc__up(csize[c], KVTC_GPU_ALIGN);
+        off += kvtc__up(cs, KVTC_GPU_ALIGN);
     }
 }
 
 /* Block per piece: its table entry, its index entries (idxo: ours, entries
  * [idxo[i], idxo[i+1]) of idx; NULL: nvCOMP's) and its bytes at their
- * place. */
+ * place (poff: k_enc_scan's), 16 bytes a store. */
 __global__ void k_enc_pieces(const enc_ex *ex, const uint32_t *piece_chunk, void *const *outp,
                              const size_t *outs, const int32_t *status, const kvtc__seg *seg,
-                             const uint32_t *idxo, const uint16_t *idx)
+                             const uint64_t *poff, const uint32_t *idxo, const uint16_t *idx)
 {
     uint32_t i = blockIdx.x, c = piece_chunk[i];
     if (status[c])
         return;
-    uint64_t prefix = 0;
-    for (uint32_t k = ex[c].piece_start; k < i; k++)
-        prefix += outs[k];
-    uint8_t *table = (uint8_t *)seg[3 * c + 1].p, *dst = (uint8_t *)seg[3 * c + 2].p + prefix;
+    uint8_t *table = (uint8_t *)seg[3 * c + 1].p, *dst = (uint8_t *)seg[3 * c + 2].p + poff[i];
     uint32_t sz = (uint32_t)outs[i];
     if (threadIdx.x < 4)
         table[4 * (i - ex[c].piece_start) + threadIdx.x] = (uint8_t)(sz >> (8 * threadIdx.x));
@@ -194,9 +206,7 @@ __global__ void k_enc_pieces(const enc_ex *ex, const uint32_t *piece_chunk, void
             it[2 * k + 1] = (uint8_t)(idx[e0 + k] >> 8);
         }
     }
-    const uint8_t *src = (const uint8_t *)outp[i];
-    for (uint32_t b = threadIdx.x; b < sz; b += blockDim.x)
-        dst[b] = src[b];
+    kvtc__block_copy(dst, (const uint8_t *)outp[i], sz, threadIdx.x, blockDim.x);
 }
 
 /* The raw section: the leading `sinks` tokens of every (layer, k|v) slab. */
@@ -379,13 +389,14 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
     uint64_t *csize = (uint64_t *)(dm + mp.o_csize);
     kvtc__seg *seg = (kvtc__seg *)(dm + mp.o_seg);
     uint64_t *hash = (uint64_t *)(dm + mp.o_hash);
-    k_enc_sizes<<<(n + 127) / 128, 128, 0, st>>>(dex, n, outs, ours ? NULL : nvst, pst,
-                                                 d_status, csize);
-    k_enc_scan<<<1, 1024, 0, st>>>(dex, n, csize, (uint8_t *)dst, d_offsets, d_sizes, seg);
+    uint64_t *poff = (uint64_t *)(dm + mp.o_poff);
+    k_enc_scan<<<1, 1024, 0, st>>>(dex, n, outs, ours ? NULL : nvst, pst, d_status, csize, poff,
+                                   (uint8_t *)dst, d_offsets, d_sizes, seg);
     if (P)
         k_enc_pieces<<<(unsigned)P, 256, 0, st>>>(dex, (const uint32_t *)(dm + mp.o_pc),
                                                   (void *const *)(dm + mp.o_outp), outs, d_status,
-                                                  seg, ours ? (const uint32_t *)(dm + mp.o_idxo) : NULL,
+                                                  seg, poff,
+                                                  ours ? (const uint32_t *)(dm + mp.o_idxo) : NULL,
                                                   (const uint16_t *)(dm + mp.o_idx));
     k_enc_raw<<<dim3(64, n), 256, 0, st>>>(dex, d_status, seg);
     if ((rc = kvtc__cuda_err(cudaGetLastError(), "assemble")) ||
