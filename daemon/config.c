@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "kvtc_errors.h"
+#include "local_copy.h"
 #include "log.h"
 #include "store_disk.h"
 #include "wire.h"
@@ -166,6 +167,8 @@ static int apply(kvtcd_config *c, const char *section, const char *name,
         return parse_onoff(v, &c->bulk_endpoint);
     if (IS("server", "local_path"))
         return set_path(c->local_path, sizeof c->local_path, v);
+    if (IS("server", "local_copy_threads"))
+        return parse_u32(v, 0, KVTCD_CWORKERS_MAX, &c->local_copy_threads);
     if (IS("store", "host_prefault"))
         return parse_onoff(v, &c->host_prefault);
     if (IS("store", "host_pin"))
@@ -309,6 +312,7 @@ static const struct flag {
     {"--max-sessions", "server", "max_sessions"},
     {"--bulk-endpoint", "server", "bulk_endpoint"},
     {"--local-path", "server", "local_path"},
+    {"--local-copy-threads", "server", "local_copy_threads"},
     {"--host-mem", "store", "host_mem"},  {"--data-dir", "store", "data_dir"},
     {"--host-prefault", "store", "host_prefault"},
     {"--host-pin", "store", "host_pin"},
@@ -456,6 +460,8 @@ const char *kvtcd_usage(void)
            "  --local-path auto|off|PATH  unix socket through which clients on\n"
            "                        this host get the single-copy local path\n"
            "                        (default auto: abstract @kvtcd-HOST:PORT)\n"
+           "  --local-copy-threads N  threads that copy the local path's bytes\n"
+           "                        (default 0: half the CPUs, 2 to 8)\n"
            "  --port-file PATH      once listening, write \"UCX_PORT ADMIN_PORT\\n\"\n"
            "                        to PATH (atomically)\n"
            "  --config FILE         INI file; flags override it\n"

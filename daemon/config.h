@@ -4,7 +4,7 @@
  * INI keys (docs: deploy/kvtcd.example.ini):
  *   [server]  listen = HOST:PORT   admin = HOST:PORT   port_file = PATH
  *             max_sessions = N   bulk_endpoint = on|off
- *             local_path = auto|off|PATH
+ *             local_path = auto|off|PATH   local_copy_threads = N
  *   [store]   host_mem = SIZE      data_dir = DIR
  *             disk_dir = DIR   disk_size = SIZE   disk_io = auto|uring|threads
  *             durability = cache|durable   gpu_mem = SIZE   gpu_device = N
@@ -74,6 +74,8 @@ typedef struct kvtcd_config {
     char local_path[108];     /* the local path's unix socket: "" or
                                  "auto" (abstract name), "off", a path
                                  (sun_path's size bounds it) */
+    uint32_t local_copy_threads; /* the local path's copy workers; 0:
+                                    half the CPUs, 2..8 */
     int log_level;            /* enum kvtcd_log_level */
 } kvtcd_config;
 

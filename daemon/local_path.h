@@ -14,8 +14,10 @@
  * UCX, and so does failure detection (the UCX endpoint's error ends the
  * session; the socket closing ends only the local path).
  *
- * Copies run on libuv's thread pool; everything else on the loop thread,
- * like the rest of kvtcd (nothing here is locked). */
+ * Copies run on the path's own copy workers (local_copy.h), first come
+ * first served across clients; a small copy that is alone runs on the loop
+ * thread instead (below). Everything else runs on the loop thread, like the
+ * rest of kvtcd (nothing here is locked). */
 #ifndef KVTCD_LOCAL_PATH_H
 #define KVTCD_LOCAL_PATH_H
 
@@ -24,6 +26,7 @@
 #include <sys/uio.h>
 #include <uv.h>
 
+#include "local_copy.h"
 #include "server.h"
 
 typedef struct kvtcd_local kvtcd_local;
@@ -78,7 +81,8 @@ typedef void (*kvtcd_lcopy_done)(kvtcd_lcopy *job);
  * (ptr[i], len[i]) back to back are the same byte stream as the remote
  * ranges back to back (equal totals). */
 struct kvtcd_lcopy {
-    uv_work_t work;
+    kvtcd_cjob cj;              /* private: the worker job */
+    kvtcd_lcopy *pend_next;     /* private: deferred small copies */
     kvtcd_local_link *link;     /* set by kvtcd_lcopy_start, referenced */
     int to_client;              /* 0: process_vm_readv, 1: _writev */
     struct iovec *remote;       /* the client's ranges (caller owns) */
@@ -100,14 +104,30 @@ struct kvtcd_lcopy {
     void *arg;
 };
 
-/* Copies of fewer bytes run on the loop thread, inside kvtcd_lcopy_start. */
+/* Copies of fewer bytes are small: one alone may run on the loop thread. */
 #define KVTCD_LOCAL_INLINE_MAX (1u << 20)
 
-/* Run job on the thread pool for session s (inline when it moves fewer
- * than KVTCD_LOCAL_INLINE_MAX bytes: then done runs before this returns),
- * then job->done on the loop thread. Errors (done is not called):
- * KVTC_ENOTSUP when s has no live local link; KVTC_EIO when the pool
- * refuses the work. */
+/* Start job for session s; job->done runs later on the loop thread (never
+ * inside this call). A copy of KVTCD_LOCAL_INLINE_MAX bytes or more goes
+ * to the copy workers at once. A smaller one waits for the end of the
+ * current batch of requests (kvtcd_local_flush): a thread hop there and
+ * back costs a 256 KiB copy ~20% when it is the only one, yet several in
+ * flight must overlap. Errors (done is not called): KVTC_ENOTSUP when s has
+ * no live local link. */
 int kvtcd_lcopy_start(kvtcd_session *s, kvtcd_lcopy *job);
+
+/* End of a batch of requests (transport.c, after each round of UCX
+ * progress): start the small copies deferred since the last call. When no
+ * copy is in flight, the first runs here on the loop thread (its done
+ * included) while the workers take the rest; otherwise all queue behind
+ * the copies before them. Returns how many ran here (their replies may
+ * want progress). */
+int kvtcd_local_flush(kvtcd_server *srv);
+
+/* Nonzero while copies are queued or running on the workers and the
+ * machine has cores to spare for polling (KVTCD_LOCAL_SPIN_US > 0): the
+ * loop then polls for their completion instead of sleeping in epoll, so a
+ * finished copy is answered without a wakeup. */
+int kvtcd_local_poll_wanted(const kvtcd_server *srv);
 
 #endif

@@ -193,14 +193,22 @@ static void drive(kvtcd_server *srv)
             if (++n >= PROGRESS_BOUND)
                 goto busy;
         }
+        /* This batch of requests is in: start its small local copies
+         * together (local_path.h); replies of those run here want
+         * progress before arming. */
+        if (kvtcd_local_flush(srv))
+            continue;
         if (process_close_queue(srv))
             continue; /* closing queued work: progress it before arming */
         /* While transfers are in flight, UCX (1.13, tcp and sm) has work
          * that does not make the event fd readable (rendezvous steps
          * queued from callbacks); sleeping in epoll would stall them until
          * the next tick. So spin while transfers move, and arm once they
-         * are done or have been silent for SPIN_MS. */
-        if (srv->n_ucx_pending > 0 && now - srv->last_event_ms < SPIN_MS)
+         * are done or have been silent for SPIN_MS. Local copies in
+         * flight likewise, where cores are spare: their completion is then
+         * seen without a wakeup. */
+        if ((srv->n_ucx_pending > 0 && now - srv->last_event_ms < SPIN_MS) ||
+            kvtcd_local_poll_wanted(srv))
             goto busy;
         ucs_status_t st = ucp_worker_arm(srv->worker);
         if (st == UCS_OK) {
@@ -218,6 +226,7 @@ static void drive(kvtcd_server *srv)
         }
     }
 busy:
+    kvtcd_local_flush(srv);
     process_close_queue(srv);
     idle_on(srv);
     srv->in_progress = 0;
