@@ -1,7 +1,10 @@
 /* gpu_huffman_dec.cu - the indexed pieces of our encoder decoded with one
  * thread per sub-range (huff_core.h): a block per piece, its thread 0
- * reading the block header and building the tables in shared memory
- * (inflate_core.h's, a 10-bit primary table), then every thread decoding
+ * reading the block header (the code lengths, bit by bit: serial by
+ * nature), then all threads filling the decode table (a code each) and
+ * turning the index into start bits (a block scan) in shared memory, both
+ * of which thread 0 did alone before (~0.4 ms of fixed cost per GiB on an
+ * H100 while the others waited), then every thread decoding
  * exactly its sub-range's symbols from the bit the index gives it (an
  * 11-bit table plus 16-entry blocks for longer codes: no divergent
  * canonical walk, see huff_core.h). Each
@@ -37,6 +40,7 @@ __global__ void __launch_bounds__(DEC_MAX_T)
     __shared__ kvtc__hd_table tab;
     __shared__ uint32_t start[DEC_MAX_T + 1];
     __shared__ uint32_t st_off[2], st_len[2], st_out[2];
+    __shared__ uint32_t wsum[DEC_MAX_T / 32], data_s;
     __shared__ int verdict;
     uint64_t i = blockIdx.x + (uint64_t)blockIdx.y * gridDim.x;
     uint32_t t = threadIdx.x;
@@ -64,10 +68,7 @@ __global__ void __launch_bounds__(DEC_MAX_T)
         else if (rc == 3)
             S = 0;
         if (rc == 0) {
-            kvtc__hd_table_build(&ws.lit, &tab);
-            start[0] = data;
-            for (uint32_t k = 0; k < S; k++)
-                start[k + 1] = start[k] + kvtc__hd_entry(ix, k);
+            data_s = data;
         } else if (rc == 1) {
             /* stored: zero entries, at most two blocks (<= 65535 each) */
             for (uint32_t k = 0; k < S && rc == 1; k++)
@@ -105,7 +106,38 @@ __global__ void __launch_bounds__(DEC_MAX_T)
                 d[st_out[k] + b] = s[st_off[k] + b];
         return;
     }
-    uint32_t S = kvtc__hc_subranges(cnt, log2);
+    uint32_t S = kvtc__hc_subranges(cnt, log2), nt = blockDim.x, lane = t & 31;
+    /* the table: zeroed, then a code per thread; start[k] = the first data
+     * bit plus the index entries before k: a block scan over runs of
+     * consecutive entries (S may exceed the threads when the container's
+     * granularity is finer than the launch's) */
+    for (uint32_t e = t; e < KVTC_HD_ENTRIES; e += nt)
+        kvtc__hd_table_zero(&tab, e);
+    uint32_t per = (S + nt - 1) / nt, k0 = t * per < S ? t * per : S;
+    uint32_t k1 = k0 + per < S ? k0 + per : S, sum = 0;
+    for (uint32_t k = k0; k < k1; k++)
+        sum += kvtc__hd_entry(ix, k);
+    uint32_t incl = sum;
+    for (uint32_t o = 1; o < 32; o <<= 1) {
+        uint32_t x = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o)
+            incl += x;
+    }
+    if (lane == 31)
+        wsum[t / 32] = incl;
+    __syncthreads();
+    uint32_t run = data_s + incl - sum;
+    for (uint32_t w = 0; w < t / 32; w++)
+        run += wsum[w];
+    if (t == 0)
+        start[0] = data_s;
+    for (uint32_t k = k0; k < k1; k++) {
+        run += kvtc__hd_entry(ix, k);
+        start[k + 1] = run;
+    }
+    for (uint32_t j = t, nc = kvtc__hd_codes(&ws.lit); j < nc; j += nt)
+        kvtc__hd_table_fill(&ws.lit, &tab, j);
+    __syncthreads();
     for (uint32_t k = t; k < S; k += blockDim.x) {
         uint32_t count = k + 1 < S ? 1u << log2 : cnt - (k << log2);
         uint64_t end = 0;

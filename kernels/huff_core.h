@@ -368,7 +368,7 @@ KVTC_IHD int kvtc__hd_setup(const uint8_t *src, uint32_t len, struct kvtc__infla
         return 1;
     if (type != 2 || !final)
         return KVTC_INFL_EBLOCK;
-    int rc = kvtc__inflate_dynamic(ws, &b);
+    int rc = kvtc__inflate_dynamic_ex(ws, &b, 0); /* kvtc__hd_table_* build the tables */
     if (rc)
         return rc;
     uint64_t used = kvtc__ib_used(&b);
@@ -431,39 +431,74 @@ struct kvtc__hd_table {
     uint16_t sec[KVTC_HD_SEC];
 };
 
-/* From the canonical code inflate_core.h built (counts and symbols sorted
- * by length, then value). */
+#define KVTC_HD_ENTRIES ((1u << KVTC_HD_PRI) + KVTC_HD_SEC)
+
+/* Zeroes entry e < KVTC_HD_ENTRIES (pri, then sec): all of them before any
+ * kvtc__hd_table_fill. */
+KVTC_IHD void kvtc__hd_table_zero(struct kvtc__hd_table *t, uint32_t e)
+{
+    if (e < (1u << KVTC_HD_PRI))
+        t->pri[e] = 0;
+    else if (e < KVTC_HD_ENTRIES)
+        t->sec[e - (1u << KVTC_HD_PRI)] = 0;
+}
+
+/* The entries of code j of the canonical code inflate_core.h built (counts
+ * and symbols sorted by length, then value; j < the number of codes). Codes
+ * touch disjoint entries but for a long code's shared primary entry, which
+ * all of them write alike, so the GPU fills codes in parallel, any order.
+ * That is why a long code's 16-entry block is numbered by its 11-bit
+ * prefix's distance from p0, the first prefix no short code took: the long
+ * codes of a complete code fill the code space's top from p0 on, one block
+ * per prefix, at most one per long code (and the same numbering as handing
+ * out blocks in code order). */
+KVTC_IHD void kvtc__hd_table_fill(const struct kvtc__huff *h, struct kvtc__hd_table *t, uint32_t j)
+{
+    uint32_t code = 0, first = 0, l = 1, p0 = 0;
+    for (; l <= 15; l++) {
+        if (l == KVTC_HD_PRI)
+            p0 = code + h->count[l];
+        if (j - first < h->count[l])
+            break;
+        first += h->count[l];
+        code = (code + h->count[l]) << 1;
+    }
+    if (l > 15)
+        return;
+    code += j - first;
+    uint32_t rev = 0;
+    for (uint32_t b = 0; b < l; b++)
+        rev |= ((code >> b) & 1u) << (l - 1 - b);
+    uint16_t e = (uint16_t)(h->sym[j] | l << 9);
+    if (l <= KVTC_HD_PRI) {
+        for (uint32_t at = rev; at < (1u << KVTC_HD_PRI); at += 1u << l)
+            t->pri[at] = e;
+        return;
+    }
+    uint32_t extra = l - KVTC_HD_PRI, blk = (code >> extra) - p0;
+    if (16 * blk + 16 > KVTC_HD_SEC)
+        return; /* cannot happen for a complete code */
+    t->pri[rev & ((1u << KVTC_HD_PRI) - 1)] = (uint16_t)(0x8000 | 16 * blk);
+    for (uint32_t at = rev >> KVTC_HD_PRI; at < 16; at += 1u << extra)
+        t->sec[16 * blk + at] = e;
+}
+
+/* Number of codes of h. */
+KVTC_IHD uint32_t kvtc__hd_codes(const struct kvtc__huff *h)
+{
+    uint32_t n = 0;
+    for (uint32_t l = 1; l <= 15; l++)
+        n += h->count[l];
+    return n;
+}
+
+/* The whole table, serially (host reference of the GPU's parallel fill). */
 KVTC_IHD void kvtc__hd_table_build(const struct kvtc__huff *h, struct kvtc__hd_table *t)
 {
-    for (uint32_t e = 0; e < (1u << KVTC_HD_PRI); e++)
-        t->pri[e] = 0;
-    uint32_t code = 0, idx = 0, nsec = 0;
-    for (uint32_t l = 1; l <= 15; l++) {
-        for (uint32_t k = 0; k < h->count[l]; k++, code++) {
-            uint32_t rev = 0;
-            for (uint32_t b = 0; b < l; b++)
-                rev |= ((code >> b) & 1u) << (l - 1 - b);
-            uint16_t e = (uint16_t)(h->sym[idx++] | l << 9);
-            if (l <= KVTC_HD_PRI) {
-                for (uint32_t at = rev; at < (1u << KVTC_HD_PRI); at += 1u << l)
-                    t->pri[at] = e;
-                continue;
-            }
-            uint32_t p = rev & ((1u << KVTC_HD_PRI) - 1), hi = rev >> KVTC_HD_PRI;
-            if (!(t->pri[p] & 0x8000)) {
-                if (nsec + 16 > KVTC_HD_SEC)
-                    return; /* cannot happen: one block per long code at most */
-                for (uint32_t j = 0; j < 16; j++)
-                    t->sec[nsec + j] = 0;
-                t->pri[p] = (uint16_t)(0x8000 | nsec);
-                nsec += 16;
-            }
-            uint32_t base = t->pri[p] & 0x7fff, extra = l - KVTC_HD_PRI;
-            for (uint32_t at = hi; at < 16; at += 1u << extra)
-                t->sec[base + at] = e;
-        }
-        code <<= 1;
-    }
+    for (uint32_t e = 0; e < KVTC_HD_ENTRIES; e++)
+        kvtc__hd_table_zero(t, e);
+    for (uint32_t j = 0, n = kvtc__hd_codes(h); j < n; j++)
+        kvtc__hd_table_fill(h, t, j);
 }
 
 KVTC_IHD int kvtc__hd_sym(const struct kvtc__hd_table *t, struct kvtc__ibits *b)

@@ -106,8 +106,11 @@ KVTC_IHD uint64_t kvtc__ib_used(const struct kvtc__ibits *b)
 }
 
 /* Builds h from n code lengths (each <= 15). kind 0: the code-length code
- * (must be complete), 1: literal/length, 2: distance (may be empty). */
-KVTC_IHD int kvtc__huff_build(struct kvtc__huff *h, const uint8_t *len, uint32_t n, int kind)
+ * (must be complete), 1: literal/length, 2: distance (may be empty). pri 0
+ * leaves h->pri unset (the checks, counts and symbols are the same): for a
+ * reader with tables of its own (huff_core.h's), 3 KiB of stores less. */
+KVTC_IHD int kvtc__huff_build_ex(struct kvtc__huff *h, const uint8_t *len, uint32_t n, int kind,
+                                 int pri)
 {
     uint16_t offs[16];
     for (int l = 0; l < 16; l++)
@@ -133,6 +136,8 @@ KVTC_IHD int kvtc__huff_build(struct kvtc__huff *h, const uint8_t *len, uint32_t
     for (uint32_t i = 0; i < n; i++)
         if (len[i])
             h->sym[offs[len[i]]++] = (uint16_t)i;
+    if (!pri)
+        return 0;
     for (uint32_t e = 0; e < (1u << KVTC_INFL_PRI); e++)
         h->pri[e] = 0;
     uint32_t code = 0, idx = 0;
@@ -148,6 +153,11 @@ KVTC_IHD int kvtc__huff_build(struct kvtc__huff *h, const uint8_t *len, uint32_t
         code <<= 1;
     }
     return 0;
+}
+
+KVTC_IHD int kvtc__huff_build(struct kvtc__huff *h, const uint8_t *len, uint32_t n, int kind)
+{
+    return kvtc__huff_build_ex(h, len, n, kind, 1);
 }
 
 /* A code longer than the primary table, bit by bit (puff's walk). */
@@ -222,7 +232,10 @@ KVTC_IHD int kvtc__inflate_fixed(struct kvtc__inflate_ws *ws)
     return rc ? rc : kvtc__huff_build(&ws->dist, ws->lens + 288, 32, 2);
 }
 
-KVTC_IHD int kvtc__inflate_dynamic(struct kvtc__inflate_ws *ws, struct kvtc__ibits *b)
+/* A dynamic block's header; lit_pri 0: ws->lit.pri and ws->dist.pri are
+ * left unset (kvtc__huff_build_ex). */
+KVTC_IHD int kvtc__inflate_dynamic_ex(struct kvtc__inflate_ws *ws, struct kvtc__ibits *b,
+                                      int lit_pri)
 {
     /* The order of the code-length code's lengths (RFC 1951 3.2.7). */
     const char *ord = "\x10\x11\x12\x00\x08\x07\x09\x06\x0a\x05\x0b\x04\x0c\x03\x0d\x02\x0e\x01\x0f";
@@ -266,9 +279,14 @@ KVTC_IHD int kvtc__inflate_dynamic(struct kvtc__inflate_ws *ws, struct kvtc__ibi
     }
     if (ws->lens[256] == 0)
         return KVTC_INFL_ECODE; /* no end-of-block code */
-    if ((rc = kvtc__huff_build(&ws->lit, ws->lens, nlen, 1)))
+    if ((rc = kvtc__huff_build_ex(&ws->lit, ws->lens, nlen, 1, lit_pri)))
         return rc;
-    return kvtc__huff_build(&ws->dist, ws->lens + nlen, ndist, 2);
+    return kvtc__huff_build_ex(&ws->dist, ws->lens + nlen, ndist, 2, lit_pri);
+}
+
+KVTC_IHD int kvtc__inflate_dynamic(struct kvtc__inflate_ws *ws, struct kvtc__ibits *b)
+{
+    return kvtc__inflate_dynamic_ex(ws, b, 1);
 }
 
 /* The symbols of one Huffman block, up to its end-of-block code. */
