@@ -14,6 +14,8 @@ quality.py (whose functions it uses); per evaluation document:
   * groups-G: the layers cut into G contiguous groups, each a slice of the
     canonical chunk with a profile (PCA + plan at the same target) of its
     own, calibrated on the same rows; stored bytes summed over the groups.
+    With --joint each group's profile holds a ladder of plans instead and
+    the groups' ratios are picked together (joint_plans).
 Reported: achieved ratio, K/V relative squared error vs the bf16 input,
 the extra error vs the fp32 codec's reconstruction, perplexity change, KL,
 top-1 agreement, and the projection's multiply-adds per token (sum over
