@@ -31,9 +31,11 @@ SIZES = [256 << 10, 1 << 20, 4 << 20, 8 << 20, 16 << 20, 32 << 20]
 TLS_SETS = ["tcp,sm,self", "tcp"]
 # kvtc's two data paths, one daemon (UCX_TLS=tcp): the client chooses.
 # KVTC_BENCH_LOCAL=on makes bt_kvtc fail rather than silently use UCX.
-KVTC_MODES = {"tcp": "off", "local": "on"}
+# "base": the local path of a second daemon (--kvtcd-base, e.g. the build
+# before a change), measured in the same rounds for a same-run baseline.
+KVTC_MODES = {"tcp": "off", "local": "on", "base": "on"}
 # What each kvtc path is judged against: its own physical limit.
-LIMIT_OF = {"tcp": "tcp", "local": "tcp,sm,self"}
+LIMIT_OF = {"tcp": "tcp", "local": "tcp,sm,self", "base": "tcp,sm,self"}
 # Requests in flight on the throughput connection: 1 = one blocking call
 # after another; 4 = pipelined (ucx_perftest keeps a window of sends too).
 DEPTHS = [1, 4]
@@ -198,14 +200,19 @@ class Kvtcd:
         return self.lanes
 
     def stop(self):
+        """Stop the daemon; returns its "local path listening" log line (how
+        its copies were set up), or None."""
         self.proc.terminate()
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.logf.seek(0)
+        line = next((l.strip() for l in self.logf if "local path listening" in l), None)
         self.logf.close()
         self.tmp.cleanup()
+        return line
 
 
 def median(vals):
@@ -244,22 +251,37 @@ def fmt(v, w=9, p=0):
     return f"{v:>{w}.{p}f}" if isinstance(v, (int, float)) else f"{'-':>{w}}"
 
 
+def modes_of(result):
+    return [m for m in KVTC_MODES if m in result["kvtc"]]
+
+
 def report(result):
     """Tables, ratios and the issue's aims from a result (fresh or --render)."""
     summary = []
     pt = result["ucx_perftest"]
+    modes = modes_of(result)
+    # Ratio columns for the local-path modes: get and put against perftest
+    # sm and against Redis.
+    lmodes = [m for m in modes if m != "tcp"]
+    short = {"tcp": "tcp", "local": "loc", "base": "base"}
     for dep in result["depths"]:
         what = "one request at a time" if dep == 1 else f"{dep} requests in flight"
         print(f"\nThroughput, one connection, {what} (depth {dep}), MiB/s, medians of "
               f"{result.get('rounds')} rounds (loopback, {result.get('cpus')} CPUs)")
-        print(f"{'size':>6}{'pt tcp':>8}{'pt sm':>8}{'tcp put':>9}{'tcp get':>9}{'loc put':>9}{'loc get':>9}"
-              f"{'rd set':>8}{'rd get':>8}{'lget/sm':>8}{'lput/sm':>8}{'lget/rd':>8}{'lput/rd':>8}")
+        head = f"{'size':>6}{'pt tcp':>8}{'pt sm':>8}"
+        for m in modes:
+            head += f"{short[m] + ' put':>9}{short[m] + ' get':>9}"
+        head += f"{'rd set':>8}{'rd get':>8}"
+        for m in lmodes:
+            l = short[m][0]
+            head += f"{l + 'get/sm':>9}{l + 'get/rd':>9}{l + 'put/rd':>9}"
+        print(head)
         for s in result["sizes"]:
             row = {"size": s, "depth": dep}
             for tls in TLS_SETS:
                 ptr = pt.get(tls, {}).get(str(s))
                 row[f"perftest_{tls}_mib_s"] = ptr and ptr["mib_s"]
-            for mode in KVTC_MODES:
+            for mode in modes:
                 k = pick(result["kvtc"][mode]["rows"], "throughput", size=s, depth=dep) or {}
                 row[f"kvtc_{mode}_put_mib_s"] = k.get("put_mib_s")
                 row[f"kvtc_{mode}_get_mib_s"] = k.get("get_mib_s")
@@ -268,16 +290,18 @@ def report(result):
                 row[f"{mode}_put_vs_perftest"] = ratio(k.get("put_mib_s"), lim)
             r = pick(result["redis"]["rows"], "throughput", size=s, depth=dep) or {}
             row["redis_set_mib_s"], row["redis_get_mib_s"] = r.get("put_mib_s"), r.get("get_mib_s")
-            for mode in KVTC_MODES:
+            for mode in modes:
                 row[f"{mode}_get_vs_redis"] = ratio(row[f"kvtc_{mode}_get_mib_s"], row["redis_get_mib_s"])
                 row[f"{mode}_put_vs_redis"] = ratio(row[f"kvtc_{mode}_put_mib_s"], row["redis_set_mib_s"])
             summary.append(row)
-            print(f"{s // 1024:>5}K{fmt(row['perftest_tcp_mib_s'], 8)}{fmt(row['perftest_tcp,sm,self_mib_s'], 8)}"
-                  f"{fmt(row['kvtc_tcp_put_mib_s'], 9)}{fmt(row['kvtc_tcp_get_mib_s'], 9)}"
-                  f"{fmt(row['kvtc_local_put_mib_s'], 9)}{fmt(row['kvtc_local_get_mib_s'], 9)}"
-                  f"{fmt(row['redis_set_mib_s'], 8)}{fmt(row['redis_get_mib_s'], 8)}"
-                  f"{fmt(row['local_get_vs_perftest'], 8, 2)}{fmt(row['local_put_vs_perftest'], 8, 2)}"
-                  f"{fmt(row['local_get_vs_redis'], 8, 2)}{fmt(row['local_put_vs_redis'], 8, 2)}")
+            line = f"{s // 1024:>5}K{fmt(row['perftest_tcp_mib_s'], 8)}{fmt(row['perftest_tcp,sm,self_mib_s'], 8)}"
+            for m in modes:
+                line += f"{fmt(row[f'kvtc_{m}_put_mib_s'], 9)}{fmt(row[f'kvtc_{m}_get_mib_s'], 9)}"
+            line += f"{fmt(row['redis_set_mib_s'], 8)}{fmt(row['redis_get_mib_s'], 8)}"
+            for m in lmodes:
+                line += (f"{fmt(row[f'{m}_get_vs_perftest'], 9, 2)}{fmt(row[f'{m}_get_vs_redis'], 9, 2)}"
+                         f"{fmt(row[f'{m}_put_vs_redis'], 9, 2)}")
+            print(line)
     result["throughput_summary"] = summary
 
     lat = []
@@ -285,7 +309,7 @@ def report(result):
           f"(us, medians of the rounds' P50 and P99)")
     print(f"{'system':<14}{'clients':>8}{'P50':>10}{'P99':>10}{'P99/P50':>9}{'MiB/s':>10}")
     systems = [("redis", result["redis"]["rows"])] + \
-              [(f"kvtc {m}", result["kvtc"][m]["rows"]) for m in KVTC_MODES]
+              [(f"kvtc {m}", result["kvtc"][m]["rows"]) for m in modes]
     for name, rows in systems:
         for c in result["clients"]:
             r = pick(rows, "latency", clients=c)
@@ -302,7 +326,7 @@ def report(result):
     # The issue's aims, per kvtc path, each at its better depth per size,
     # against its own physical limit (tcp: perftest tcp; local: perftest sm).
     aims = {}
-    for mode in KVTC_MODES:
+    for mode in modes:
         by_size = {}
         for r in summary:
             g = r[f"kvtc_{mode}_get_mib_s"]
@@ -335,7 +359,7 @@ def report(result):
     print("\nAims (per kvtc path, at its better depth):")
     for mode, a in aims.items():
         print(f"  {mode}: {json.dumps(a)}")
-    for mode in KVTC_MODES:
+    for mode in modes:
         if result["kvtc"][mode].get("error"):
             print(f"kvtc {mode}: {result['kvtc'][mode]['error']}")
     if result["redis"].get("error"):
@@ -354,6 +378,12 @@ def main():
     ap.add_argument("--bytes-mib", type=int, help="MiB moved per throughput point (default 256, --quick 64)")
     ap.add_argument("--lat-ops", type=int, help="gets per latency point (default 4096, --quick 1024)")
     ap.add_argument("--host-mem", default="4G")
+    ap.add_argument("--sizes", help="chunk sizes to measure, e.g. 256K,1M (default 256K..32M)")
+    ap.add_argument("--clients", help="latency client counts (default 1,16,64)")
+    ap.add_argument("--modes", default="tcp,local",
+                    help="kvtc paths: tcp (UCX payloads), local (the local path); default both")
+    ap.add_argument("--kvtcd-base", metavar="KVTCD", help="a second kvtcd binary (e.g. the build before "
+                    "a change): its local path is measured in the same rounds as mode 'base'")
     ap.add_argument("--render", metavar="JSON", help="print the tables and aims of an earlier run's JSON "
                     "(recomputing ratios and aims into it) and measure nothing")
     args = ap.parse_args()
@@ -370,9 +400,21 @@ def main():
         with open(args.render, "w") as f:
             json.dump(result, f, indent=1)
         return
-    args.sizes = SIZES
+    def size_arg(v):
+        v = v.strip().upper()
+        mult = {"K": 1 << 10, "M": 1 << 20}.get(v[-1:], 1)
+        return int(v[:-1] if mult > 1 else v) * mult
+
+    args.sizes = [size_arg(v) for v in args.sizes.split(",")] if args.sizes else SIZES
     args.depths = DEPTHS
-    args.clients = [1, 16, 64]
+    args.clients = [int(c) for c in args.clients.split(",")] if args.clients else [1, 16, 64]
+    modes = [m for m in args.modes.split(",") if m]
+    if any(m not in ("tcp", "local") for m in modes):
+        sys.exit("--modes takes tcp and/or local")
+    if args.kvtcd_base:
+        if not os.access(args.kvtcd_base, os.X_OK):
+            sys.exit(f"--kvtcd-base {args.kvtcd_base}: not an executable")
+        modes.append("base")
     args.bytes_per_size = (args.bytes_mib or (64 if args.quick else 256)) * MIB
     args.lat_ops = args.lat_ops or (1024 if args.quick else 4096)
     if args.quick:
@@ -400,7 +442,12 @@ def main():
     # burst of load on this shared machine hits every system alike.
     redis = Redis()
     daemon = Kvtcd(kvtcd, "tcp", args.host_mem) if os.access(kvtcd, os.X_OK) else None
-    envs = {m: dict(daemon.env, KVTC_BENCH_LOCAL=v) if daemon else None for m, v in KVTC_MODES.items()}
+    base = Kvtcd(args.kvtcd_base, "tcp", args.host_mem) if args.kvtcd_base else None
+    daemon_of = {m: base if m == "base" else daemon for m in modes}
+    envs = {m: dict(daemon_of[m].env, KVTC_BENCH_LOCAL=KVTC_MODES[m]) if daemon_of[m] else None
+            for m in modes}
+    result["kvtcd"] = {"binary": kvtcd, "base": args.kvtcd_base,
+                       "knobs": {k: v for k, v in os.environ.items() if k.startswith("KVTCD_")}}
     result["lanes"] = {}
     for tls in TLS_SETS:
         p = perftest(tls, 1 << 20, 64 * MIB, info=True)
@@ -409,10 +456,10 @@ def main():
     result["lanes"]["kvtc local"] = "process_vm_readv/writev (bulk); the UCX endpoint above for control"
     log(f"  lanes: {result['lanes']}")
     pt = {tls: {s: [] for s in args.sizes} for tls in TLS_SETS}
-    kv = {m: {(s, d): [] for s in args.sizes for d in args.depths} for m in KVTC_MODES}
+    kv = {m: {(s, d): [] for s in args.sizes for d in args.depths} for m in modes}
     rd = {(s, d): [] for s in args.sizes for d in args.depths}
-    lat = {name: {c: [] for c in args.clients} for name in ["redis"] + [f"kvtc {m}" for m in KVTC_MODES]}
-    errors = {m: None for m in KVTC_MODES}
+    lat = {name: {c: [] for c in args.clients} for name in ["redis"] + [f"kvtc {m}" for m in modes]}
+    errors = {m: None for m in modes}
     try:
         for rnd in range(args.rounds):
             result.setdefault("loadavg_per_round", []).append(os.getloadavg()[0])
@@ -422,9 +469,10 @@ def main():
                 for tls in TLS_SETS:
                     pt[tls][size].append(perftest(tls, size, args.bytes_per_size))
                 for dep in args.depths:
-                    for m in KVTC_MODES:
-                        if daemon and daemon.target:
-                            rows = run_bench(binary, "kvtc", daemon.target, envs[m], args, sizes=[size],
+                    for m in modes:
+                        dm = daemon_of[m]
+                        if dm and dm.target:
+                            rows = run_bench(binary, "kvtc", dm.target, envs[m], args, sizes=[size],
                                              depth=dep)
                             if rows is None:
                                 errors[m] = "bench failed (see stderr)"
@@ -434,7 +482,7 @@ def main():
                         rd[(size, dep)].append(pick(rows or [], "throughput", size=size))
             log("  latency")
             systems = [("redis", "redis", redis.target, redis.env)] + \
-                      [(f"kvtc {m}", "kvtc", daemon and daemon.target, envs[m]) for m in KVTC_MODES]
+                      [(f"kvtc {m}", "kvtc", daemon_of[m] and daemon_of[m].target, envs[m]) for m in modes]
             for name, be, target, env in systems:
                 if target:
                     rows = run_bench(binary, be, target, env, args, latency=True)
@@ -442,18 +490,20 @@ def main():
                         lat[name][c].append(pick(rows or [], "latency", clients=c))
     finally:
         redis.stop()
-        if daemon:
-            daemon.stop()
+        for dm, key in ((daemon, "log_local"), (base, "base_log_local")):
+            if dm:
+                result["kvtcd"][key] = dm.stop()
 
     thr_keys = ["put_mib_s", "get_mib_s", "put_p50_us", "put_p99_us", "get_p50_us", "get_p99_us"]
     lat_keys = ["p50_us", "p99_us", "mib_s"]
     for tls in TLS_SETS:
         result["ucx_perftest"][tls] = {str(s): med(pt[tls][s], ["mib_s", "lat_us"]) for s in args.sizes}
-    for m in KVTC_MODES:
+    for m in modes:
+        dm = daemon_of[m]
         result["kvtc"][m] = {
             "rows": [r for r in [med(kv[m][(s, dep)], thr_keys) for s in args.sizes for dep in args.depths] if r] +
                     [r for r in [med(lat[f"kvtc {m}"][c], lat_keys) for c in args.clients] if r],
-            "error": (daemon.error if daemon else f"{kvtcd} missing") or errors[m]}
+            "error": (dm.error if dm else f"{kvtcd} missing") or errors[m]}
     rrows = [r for r in [med(rd[(s, dep)], thr_keys) for s in args.sizes for dep in args.depths] if r] + \
             [r for r in [med(lat["redis"][c], lat_keys) for c in args.clients] if r]
     result["redis"] = {"rows": rrows, "error": redis.error}
