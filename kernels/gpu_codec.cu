@@ -106,6 +106,7 @@ extern "C" void kvtc_gpu_codec_free(kvtc_gpu_codec *g)
     cudaFree(g->inv_freq);
     cudaFree(g->groups);
     cudaFree(g->glist);
+    kvtc__quant_free(g);
     kvtc__pipe_free(g);
     if (g->blas)
         cublasDestroy(g->blas);
@@ -296,6 +297,8 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
         if (rc)
             goto fail;
     }
+    if ((rc = kvtc__quant_init(g, dg))) /* after ld */
+        goto fail;
     {
         double inv[KVTC_MAX_HEAD_DIM / 2] = {0};
         if (p->layout.rope_style != KVTC_ROPE_NONE)

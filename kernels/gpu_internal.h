@@ -134,6 +134,12 @@ struct kvtc_gpu_codec {
     uint8_t ev_stage[KVTC_GPU_MAX_EVENTS];
     uint32_t n_ev;
     int last_encode;
+    /* Tiled quantizer (gpu_quant.cu): per stream, items qitem[qi0[s] ..
+     * qi0[s] + nqi[s]) partition its columns [0, ld) into runs of whole
+     * groups; qtiles[s]: the stream uses the tiled kernels (0: the
+     * row-per-block k_quant/k_pack/k_dequant of gpu_rows.cu). */
+    struct kvtc__qitem *qitem;
+    uint32_t qi0[2], nqi[2], qtiles[2];
 };
 
 /* Record the end of a step of `stage` (no-op unless timing is on). */
@@ -227,6 +233,31 @@ static inline int kvtc__rows_vec_ok(const kvtc_layout *l)
 {
     return (l->dtype == KVTC_DTYPE_BF16 || l->dtype == KVTC_DTYPE_FP16) && l->head_dim % 16 == 0;
 }
+/* ---- gpu_quant.cu: the tiled quantizer ----
+ * An item: columns [c0, c1) of one stream and its groups [ga, gb), all
+ * inside the columns (c1 - c0 <= KVTC_GPU_QITEM_COLS, gb - ga <=
+ * KVTC_GPU_QITEM_GROUPS); a stream's items partition [0, ld). */
+#define KVTC_GPU_QITEM_COLS 1024u
+#define KVTC_GPU_QITEM_GROUPS 128u
+struct kvtc__qitem {
+    uint32_t c0, c1, ga, gb;
+};
+/* Builds g->qitem/qi0/nqi/qtiles from the host copy dg of g->groups (after
+ * g0/g1/ld are set); a stream whose groups are not sorted, disjoint and
+ * inside [0, ld) keeps the old kernels. Synchronous. 0 or KVTC_ENOMEM /
+ * a CUDA error; frees nothing on failure (kvtc__quant_free does). */
+int kvtc__quant_init(kvtc_gpu_codec *g, const struct kvtc__dgroup *dg);
+void kvtc__quant_free(kvtc_gpu_codec *g);
+/* Tiled kernels of a stream (the launchers below dispatch to them when
+ * g->qtiles[stream]): quantize + pack in one pass, pack a no-op. */
+int kvtc__launch_quant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                             uint32_t n_chunks, uint64_t M, const float *coef, cudaStream_t s);
+int kvtc__launch_dequant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                               uint32_t n_chunks, uint64_t M, void *coef, int32_t *status,
+                               cudaStream_t s);
+/* Benchmarks and tests: 1 the tiled kernels where possible (default), 0
+ * the row-per-block ones. KVTC_EINVAL on a NULL context. */
+extern "C" int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles);
 int kvtc__launch_quant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
                        uint32_t n_chunks, uint64_t M, const float *coef, uint8_t *codes,
                        cudaStream_t s);

@@ -9,6 +9,7 @@
 
 #include "gpu_internal.h"
 #include "gpu_numeric.cuh"
+#include "gpu_quant.cuh"
 
 #define ROW_THREADS 256
 
@@ -440,47 +441,6 @@ int kvtc__launch_rope_inplace(const kvtc_gpu_codec *g, const kvtc__dchunk *ch, u
 
 /* ---- quantization, as quant.c does per group and token ---- */
 
-/* Shift and scale of a group from its min/max (and, for fp8, the largest
- * distance from the shift, which the caller computes after the shift). */
-__device__ static inline void kd_int_params(uint32_t bits, float mn, float mx, uint16_t *sh,
-                                            uint16_t *sc, float *shf, float *scf, float *inv)
-{
-    float levels = (float)((1u << bits) - 1);
-    *sh = kd_f32_to_f16(mn);
-    *shf = kd_f16_to_f32(*sh);
-    float range = __fsub_rn(mx, *shf);
-    *sc = range > 0 ? kd_f16_round_up(__fdiv_rn(range, levels)) : 0;
-    *scf = kd_f16_to_f32(*sc);
-    *inv = *scf > 0 ? __fdiv_rn(1.0f, *scf) : 0;
-}
-__device__ static inline uint16_t kd_fp8_shift(float mn, float mx)
-{
-    return kd_f32_to_f16(__fadd_rn(__fmul_rn(0.5f, mn), __fmul_rn(0.5f, mx)));
-}
-__device__ static inline void kd_fp8_scale(float amax, uint16_t *sc, float *scf, float *inv)
-{
-    *sc = kd_f16_round_up(__fdiv_rn(amax, 448.0f));
-    *scf = kd_f16_to_f32(*sc);
-    *inv = *scf > 0 ? __fdiv_rn(1.0f, *scf) : 0;
-}
-__device__ static inline uint8_t kd_code(const kvtc__dgroup &gr, float x, float shf, float scf,
-                                         float inv)
-{
-    if (gr.type == KVTC__Q_FP8)
-        return scf > 0 ? kd_f32_to_e4m3(__fmul_rn(__fsub_rn(x, shf), inv)) : 0;
-    float q = scf > 0 ? rintf(__fmul_rn(__fsub_rn(x, shf), inv)) : 0;
-    return (uint8_t)fminf(fmaxf(q, 0.0f), (float)((1u << gr.bits) - 1));
-}
-/* Static groups: the plan's pair (quant.c's quantize_fixed). */
-__device__ static inline void kd_static_params(const kvtc__dgroup &gr, float *shf, float *scf,
-                                               float *inv)
-{
-    *shf = kd_f16_to_f32(gr.sshift);
-    *scf = kd_f16_to_f32(gr.sscale);
-    *inv = *scf > 0 ? __fdiv_rn(1.0f, *scf) : 0;
-}
-__device__ static inline float kd_clamp16(float v) { return fminf(fmaxf(v, -KVTC_F16_MAX), KVTC_F16_MAX); }
-
 /* A group whose per-token codes fill whole bytes (size * bits % 8 == 0) is
  * packed by the quantizer itself, straight into the symbol bytes: no other
  * token shares its bytes. Only the others go through the codes scratch and
@@ -601,6 +561,8 @@ int kvtc__launch_quant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *
 {
     if (!M || g->g1[stream] == g->g0[stream])
         return 0;
+    if (g->qtiles[stream]) /* gpu_quant.cu: quantizes and packs */
+        return kvtc__launch_quant_tiles(g, stream, ch, n_chunks, M, coef, s);
     k_quant<<<(unsigned)M, ROW_THREADS, 0, s>>>(
         ch, n_chunks, g->groups, g->glist + g->small0[stream], g->nsmall[stream],
         g->glist + g->large0[stream], g->nlarge[stream], g->ndyn, coef, g->ld[stream],
@@ -643,7 +605,7 @@ int kvtc__launch_pack(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *c
                       uint32_t n_chunks, const uint8_t *codes, cudaStream_t s)
 {
     uint32_t ngs = g->g1[stream] - g->g0[stream];
-    if (!ngs || !n_chunks)
+    if (!ngs || !n_chunks || g->qtiles[stream]) /* tiles: packed by the quantizer */
         return 0;
     dim3 grid((ngs + PACK_GROUPS - 1) / PACK_GROUPS, n_chunks);
     k_pack<<<grid, ROW_THREADS, 0, s>>>(ch, g->groups, g->g0[stream], g->g1[stream], codes,
@@ -727,6 +689,8 @@ int kvtc__launch_dequant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk
 {
     if (!M || !g->kp[stream])
         return 0;
+    if (!direct && g->qtiles[stream])
+        return kvtc__launch_dequant_tiles(g, stream, ch, n_chunks, M, coef, status, s);
     const uint32_t *sm = g->glist + g->small0[stream], *lg = g->glist + g->large0[stream];
     /* direct: the operand type is the chunk's, the row stride ldd and the
      * mean's two coefficients at kp, kp+1 */

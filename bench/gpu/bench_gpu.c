@@ -12,12 +12,16 @@
  *                  [--calib-only 1] [--calib-pool CHUNKS] [--pipe-variants JSONL]
  *                  [--gemm-only COMPONENTS] [--batch-pool CHUNKS]
  *                  [--entropy-json PATH] [--entropy-only 1]
+ *                  [--quant-report PATH] [--quant-only 1]
  * --entropy-json: the DEFLATE stage, ours against nvCOMP's, side by side;
  * --entropy-only 1: that comparison alone after calibration. [--pipe-only 1]
  * --gemm-report PATH: the GEMM choices (tuned cuBLASLt vs GemmEx, direct
  * decode vs the rows pass, padded shapes) side by side, JSON to the path
  * (with --pipe-only 1, before the pipeline variants). --probe-only 1: two
  * timed calls after the calibration, nothing else (for ncu).
+ * --quant-report PATH: the quantizer's kernels (row-per-block vs tiled)
+ * side by side, JSON to the path; --quant-only 1: that alone after the
+ * calibration.
  * --pipe-variants: the transform pipeline's settings side by side (JSON
  * lines to the path; --pipe-only 1: that and the GEMM alone, nothing
  * else after the calibration). --batch-pool: distinct batch chunks generated (as
@@ -80,6 +84,11 @@ extern int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, float *
 extern int kvtc__gpu_gemm_probe(uint32_t D, uint64_t M, uint32_t ld, int fp16, float *out);
 static uint32_t gemm_cfg[2];
 static int gemm_set;              /* 1: run_codec applies gemm_cfg (use_lt, direct) */
+/* kernels/gpu_quant.cu (internal, for --quant-report): 1 the tiled
+ * quantizer, 0 the row-per-block kernels */
+extern int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles);
+static uint32_t quant_cfg;
+static int quant_set;             /* 1: run_codec applies quant_cfg */
 static size_t quality_stride = 1; /* run_codec's error: every n-th 64 Ki block */
 static kvtc_gpu_codec *reuse_ctx; /* set: run_codec uses it (no create/free) */
 
@@ -171,6 +180,8 @@ static void run_codec(const kvtc_profile *p, uint32_t plan, kvtc_gpu_params prm,
         KV(kvtc__gpu_pipeline(g, pipe_cfg[0], pipe_cfg[1], pipe_cfg[2], pipe_cfg[3]));
     if (gemm_set)
         KV(kvtc__gpu_gemm_set(g, gemm_cfg[0], gemm_cfg[1]));
+    if (quant_set)
+        KV(kvtc__gpu_quant_set(g, quant_cfg));
     size_t cap = kvtc_gpu_encode_bound(g, ch, n);
     uint8_t *d_dst;
     uint64_t *d_off, *d_sz;
@@ -563,6 +574,95 @@ static void gemm_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chu
     kvtc_gpu_codec_free(gt);
 }
 
+/* --quant-report: the quantizer's kernels side by side on the same batch
+ * and context: row-per-block (0, the old code and the bytes reference),
+ * tiled (1), row-per-block again (the run's spread). Stage times from
+ * timed calls (iters), end to end from untimed ones; decoded chunks and
+ * chunk 0's container must equal the reference's byte for byte. Table on
+ * stdout, JSON to path. */
+static void quant_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chunk *ch,
+                         uint32_t n, const kvtc_layout *l, void *d_out, size_t raw, int iters,
+                         const void *d_in, const char *path)
+{
+    FILE *f = fopen(path, "w");
+    double gb = raw / 1e9;
+    kvtc_gpu_codec *gu = NULL, *gt = NULL;
+    kvtc_gpu_params tp = {KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0};
+    KV(kvtc_gpu_codec_create(p, plan, NULL, &gu));
+    KV(kvtc_gpu_codec_create(p, plan, &tp, &gt));
+    static const uint32_t v[] = {0, 1, 0};
+    uint8_t *ref = malloc(raw), *got = malloc(raw), *c0 = NULL;
+    size_t c0_len = 0;
+    if (!ref || !got)
+        exit(1);
+    quality_stride = 8;
+    if (f)
+        fprintf(f, "{\"variants\": [");
+    printf("%5s %9s %9s %9s %9s %10s %10s %9s %11s %11s\n", "tiles", "enc ms", "dec ms",
+           "enc GB/s", "dec GB/s", "enc quant", "dec quant", "ratio", "bytes diff", "cont0 same");
+    for (uint32_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        struct run r, t;
+        uint8_t *ci = NULL;
+        size_t ci_len = 0;
+        quant_cfg = v[i];
+        quant_set = 1;
+        reuse_ctx = gt;
+        run_codec(p, plan, tp, ch, n, l, d_out, raw, iters, d_in, &t, i ? &ci : &c0,
+                  i ? &ci_len : &c0_len);
+        reuse_ctx = gu;
+        run_codec(p, plan, (kvtc_gpu_params){.gemm = KVTC_GPU_GEMM_FP16}, ch, n, l, d_out, raw,
+                  iters, d_in, &r, NULL, NULL);
+        reuse_ctx = NULL;
+        quant_set = 0;
+        CK(cudaMemcpy(i ? got : ref, d_out, raw, cudaMemcpyDeviceToHost));
+        size_t diff = 0;
+        for (size_t b = 0; i && b < raw; b += 65536) {
+            size_t m = raw - b < 65536 ? raw - b : 65536;
+            if (memcmp(got + b, ref + b, m))
+                for (size_t k = 0; k < m; k++)
+                    diff += got[b + k] != ref[b + k];
+        }
+        int same = !i || (ci_len == c0_len && !memcmp(ci, c0, c0_len));
+        free(ci);
+        printf("%5u %9.3f %9.3f %9.1f %9.1f %10.3f %10.3f %9.3f %11zu %11s\n", v[i], r.enc_ms,
+               r.dec_ms, gb / (r.enc_ms * 1e-3), gb / (r.dec_ms * 1e-3),
+               t.enc_stage[KVTC_GPU_STAGE_QUANT], t.dec_stage[KVTC_GPU_STAGE_QUANT], r.ratio, diff,
+               same ? "yes" : "NO");
+        printf("      stages enc:");
+        for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+            printf(" %s %.3f", kvtc_gpu_stage_name(s), t.enc_stage[s]);
+        printf("\n      stages dec:");
+        for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+            printf(" %s %.3f", kvtc_gpu_stage_name(s), t.dec_stage[s]);
+        printf("\n");
+        if (f) {
+            fprintf(f, "%s{\"tiles\": %u, \"compress_ms\": %.4f, \"decompress_ms\": %.4f, "
+                       "\"timed_compress_ms\": %.4f, \"timed_decompress_ms\": %.4f, "
+                       "\"ratio\": %.4f, \"rel_sq_error\": %.6g, "
+                       "\"decoded_bytes_differing_from_old\": %zu, \"container0_same\": %d, "
+                       "\"stages_compress_ms\": {",
+                    i ? ", " : "", v[i], r.enc_ms, r.dec_ms, t.enc_ms, t.dec_ms, r.ratio,
+                    r.rel_mse, diff, same);
+            for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+                fprintf(f, "%s\"%s\": %.4f", s ? ", " : "", kvtc_gpu_stage_name(s), t.enc_stage[s]);
+            fprintf(f, "}, \"stages_decompress_ms\": {");
+            for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+                fprintf(f, "%s\"%s\": %.4f", s ? ", " : "", kvtc_gpu_stage_name(s), t.dec_stage[s]);
+            fprintf(f, "}}");
+        }
+    }
+    quality_stride = 1;
+    if (f) {
+        fprintf(f, "]}\n");
+        fclose(f);
+    }
+    free(c0);
+    free(ref);
+    free(got);
+    kvtc_gpu_codec_free(gu);
+    kvtc_gpu_codec_free(gt);
+}
+
 /* --entropy-json: the DEFLATE stage both ways, ours (kernels/gpu_huffman_*,
  * version 2 containers, at several index granularities) against nvCOMP's
  * (algo 0 + its inflate), same batch and profile, in the same run: stage
@@ -648,8 +748,8 @@ int main(int argc, char **argv)
     uint32_t calib_only = 0, calib_pool = 0, gemm_only = 0, batch_pool = 0;
     int iters = 10, lean = 0, pipe_only = 0;
     const char *json = "bench/results/gpu.json", *pipe_json = NULL, *entropy_json = NULL;
-    const char *gemm_json = NULL;
-    int probe_only = 0;
+    const char *gemm_json = NULL, *quant_json = NULL;
+    int probe_only = 0, quant_only = 0;
     int entropy_only = 0;
     setvbuf(stdout, NULL, _IOLBF, 0); /* lines reach a log even if the run is cut short */
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -679,6 +779,10 @@ int main(int argc, char **argv)
             entropy_only = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--gemm-report")) /* GEMM choices, JSON path */
             gemm_json = argv[i + 1];
+        else if (!strcmp(argv[i], "--quant-report")) /* quantizer kernels, JSON path */
+            quant_json = argv[i + 1];
+        else if (!strcmp(argv[i], "--quant-only")) /* 1: that report alone */
+            quant_only = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--probe-only")) /* 1: one timed call (for ncu) */
             probe_only = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--pipe-variants")) /* JSON lines path */
@@ -836,6 +940,11 @@ int main(int argc, char **argv)
                   n_chunks, &l, d_out, raw, 2, d_in, &t, NULL, NULL);
         printf("probe: compress %.3f ms, decompress %.3f ms (timed stages)\n", t.enc_ms, t.dec_ms);
         return 0;
+    }
+    if (quant_json) {
+        quant_report(p, plan, ch, n_chunks, &l, d_out, raw, iters, d_in, quant_json);
+        if (quant_only)
+            return 0;
     }
     if (gemm_json) {
         uint32_t kq[2] = {(pi.key_components + 15) / 16 * 16, (pi.value_components + 15) / 16 * 16};

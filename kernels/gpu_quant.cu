@@ -1,0 +1,412 @@
+/* gpu_quant.cu - the tiled quantizer: quantize + pack and dequantize of the
+ * projected coefficients, one block per (tile of QT tokens of one chunk,
+ * item of whole groups), one launch per stream for all groups.
+ *
+ * Why tiles: the codes of QT = 8 consecutive tokens of one group fill
+ * whole bytes for every type (8 x 2 bits), so a tile owns its code bytes
+ * and packs them itself (no codes scratch, no k_pack reading it back
+ * across rows), and its shifts/scales are 16 contiguous bytes per group.
+ * The block first stages its tile's coefficients in shared memory with
+ * 16-byte loads all issued before use (the row-per-block kernel had one
+ * dependent 128-byte load per warp in flight), then quantizes from there
+ * with the same per-(token, group) math as gpu_rows.cu (gpu_quant.cuh),
+ * so the bytes are the CPU codec's. Dequantize mirrors it: code bytes in,
+ * values staged in shared memory, rows written with 16-byte stores (items
+ * cover every column, so no separate zeroing pass). */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "gpu_internal.h"
+#include "gpu_numeric.cuh"
+#include "gpu_quant.cuh"
+
+/* The default: 1 the tiled kernels, 0 the row-per-block ones (the one line
+ * to change should the tiled kernels misbehave on a device). */
+#define KVTC_GPU_QUANT_TILES_DEFAULT 1
+
+#define QT 8u                       /* tokens per tile = warps per block */
+#define QTHREADS (QT * 32u)
+#define QW KVTC_GPU_QITEM_COLS
+#define QG KVTC_GPU_QITEM_GROUPS
+#define QXS (QW + 8u)               /* staged row stride (floats): 16-byte rows */
+#define QCS (QW + 8u)               /* codes row stride: a0 may sit 3 below c0 */
+#define QVS (QW + 16u)              /* dequantized row stride (16-bit values) */
+
+static_assert(KVTC__MAX_GROUP <= QW, "a group must fit one item");
+static_assert(QTHREADS * 2 * 4 >= QW + 8, "two float4 rounds cover an item's columns");
+
+/* The tile of virtual index v: chunk c owns v in [A_c, A_c + ceil(T_c/QT))
+ * with A_c = row_start_c / QT + c (disjoint and increasing since row_start
+ * grows by T_c); *t0 its first token. 0 if v is in no chunk's range. */
+__device__ static inline int kq_tile(const kvtc__dchunk *ch, uint32_t nch, uint32_t v,
+                                     uint32_t *c, uint32_t *t0)
+{
+    uint32_t lo = 0, hi = nch;
+    while (hi - lo > 1) {
+        uint32_t mid = (lo + hi) / 2;
+        if (ch[mid].row_start / QT + mid <= v)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    uint64_t a = ch[lo].row_start / QT + lo;
+    if (v < a || (uint64_t)(v - a) * QT >= ch[lo].T)
+        return 0;
+    *c = lo;
+    *t0 = (uint32_t)(v - a) * QT;
+    return 1;
+}
+
+/* Byte b of a group's tile codes (nel = tokens x size elements, token-major,
+ * little-endian within the byte; elements past nel are zero bits). */
+__device__ static inline uint32_t kq_byte(const uint8_t (*cs)[QCS], const kvtc__dgroup &gr,
+                                          uint32_t lc, uint32_t b, uint32_t nel)
+{
+    uint32_t per = 8 / gr.bits, e = b * per, r = e / gr.size, j = e - r * gr.size, v = 0;
+    for (uint32_t k = 0; k < per && e + k < nel; k++) {
+        v |= (uint32_t)cs[r][lc + j] << (gr.bits * k);
+        if (++j == gr.size) {
+            j = 0;
+            r++;
+        }
+    }
+    return v;
+}
+
+/* Grid: x = tiles (M / QT + chunks), y = the stream's items. */
+__global__ void __launch_bounds__(QTHREADS)
+k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restrict__ groups,
+              const kvtc__qitem *items, uint32_t ng, const float *__restrict__ coef, uint32_t ld)
+{
+    __shared__ __align__(16) float xs[QT][QXS];
+    __shared__ uint8_t cs[QT][QCS];
+    __shared__ uint16_t shs[QG][QT], scs[QG][QT];
+    const kvtc__qitem it = items[blockIdx.y];
+    uint32_t c, t0;
+    if (it.ga == it.gb || !kq_tile(ch, nch, blockIdx.x, &c, &t0))
+        return; /* block-uniform: no thread reaches a barrier */
+    const kvtc__dchunk C = ch[c];
+    uint32_t nr = min(QT, C.T - t0), ngi = it.gb - it.ga;
+    uint32_t tid = threadIdx.x, w = tid / 32, lane = tid & 31;
+    /* Stage: rows t0.. of the columns [a0, c1) as float4 (a0 = c0 rounded
+     * down to 4; ld is a multiple of 16 and rows of coef 16-byte aligned,
+     * so every unit is aligned and inside the row). All loads first. */
+    uint32_t a0 = it.c0 & ~3u, nv4 = (it.c1 - a0 + 3) / 4;
+    const float *base = coef + (C.row_start + t0) * ld + a0;
+    float4 v4[QT][2];
+#pragma unroll
+    for (uint32_t r = 0; r < QT; r++)
+#pragma unroll
+        for (uint32_t k = 0; k < 2; k++) {
+            uint32_t u = tid + k * QTHREADS;
+            if (r < nr && u < nv4)
+                v4[r][k] = __ldg((const float4 *)(base + (size_t)r * ld) + u);
+        }
+#pragma unroll
+    for (uint32_t r = 0; r < QT; r++)
+#pragma unroll
+        for (uint32_t k = 0; k < 2; k++) {
+            uint32_t u = tid + k * QTHREADS;
+            if (r < nr && u < nv4)
+                *(float4 *)&xs[r][4 * u] = v4[r][k];
+        }
+    __syncthreads();
+    /* Quantize: warp w = token w of the tile; small groups a lane each,
+     * larger ones the whole warp. Codes to cs, shift/scale to shs/scs. */
+    if (w < nr) {
+        const float *x = xs[w];
+        uint8_t *cw = cs[w];
+        for (uint32_t k = lane; k < ngi; k += 32) {
+            kvtc__dgroup gr = groups[it.ga + k];
+            if (gr.size > KVTC_GPU_SMALL_GROUP)
+                continue;
+            uint32_t lc = gr.start - a0;
+            float mn = INFINITY, mx = -INFINITY;
+            for (uint32_t j = 0; j < gr.size; j++) {
+                mn = fminf(mn, x[lc + j]);
+                mx = fmaxf(mx, x[lc + j]);
+            }
+            mn = kd_clamp16(mn);
+            mx = kd_clamp16(mx);
+            uint16_t sh = 0, sc = 0;
+            float shf, scf, inv;
+            if (gr.dyn == UINT32_MAX) {
+                kd_static_params(gr, &shf, &scf, &inv);
+            } else if (gr.type == KVTC__Q_FP8) {
+                sh = kd_fp8_shift(mn, mx);
+                shf = kd_f16_to_f32(sh);
+                float amax = 0;
+                for (uint32_t j = 0; j < gr.size; j++)
+                    amax = fmaxf(amax, fabsf(__fsub_rn(x[lc + j], shf)));
+                kd_fp8_scale(amax, &sc, &scf, &inv);
+            } else {
+                kd_int_params(gr.bits, mn, mx, &sh, &sc, &shf, &scf, &inv);
+            }
+            for (uint32_t j = 0; j < gr.size; j++)
+                cw[lc + j] = kd_code(gr, x[lc + j], shf, scf, inv);
+            shs[k][w] = sh;
+            scs[k][w] = sc;
+        }
+        for (uint32_t k = 0; k < ngi; k++) {
+            kvtc__dgroup gr = groups[it.ga + k];
+            if (gr.size <= KVTC_GPU_SMALL_GROUP)
+                continue;
+            uint32_t lc = gr.start - a0;
+            float mn = INFINITY, mx = -INFINITY;
+            for (uint32_t j = lane; j < gr.size; j += 32) {
+                mn = fminf(mn, x[lc + j]);
+                mx = fmaxf(mx, x[lc + j]);
+            }
+            for (int o = 16; o; o >>= 1) {
+                mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            }
+            mn = kd_clamp16(mn);
+            mx = kd_clamp16(mx);
+            uint16_t sh = 0, sc = 0;
+            float shf, scf, inv;
+            if (gr.dyn == UINT32_MAX) {
+                kd_static_params(gr, &shf, &scf, &inv);
+            } else if (gr.type == KVTC__Q_FP8) {
+                sh = kd_fp8_shift(mn, mx);
+                shf = kd_f16_to_f32(sh);
+                float amax = 0;
+                for (uint32_t j = lane; j < gr.size; j += 32)
+                    amax = fmaxf(amax, fabsf(__fsub_rn(x[lc + j], shf)));
+                for (int o = 16; o; o >>= 1)
+                    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+                kd_fp8_scale(amax, &sc, &scf, &inv);
+            } else {
+                kd_int_params(gr.bits, mn, mx, &sh, &sc, &shf, &scf, &inv);
+            }
+            for (uint32_t j = lane; j < gr.size; j += 32)
+                cw[lc + j] = kd_code(gr, x[lc + j], shf, scf, inv);
+            if (lane == 0) {
+                shs[k][w] = sh;
+                scs[k][w] = sc;
+            }
+        }
+    }
+    __syncthreads();
+    /* Write: a warp per group for the tile's shifts/scales (contiguous per
+     * group) and the code bytes of groups of at most 256 tile bytes; the
+     * whole block for larger groups. Each byte is whole and this tile's. */
+    uint16_t *sym16 = (uint16_t *)C.sym; /* sym regions are 16-byte aligned */
+    for (uint32_t k = w; k < ngi; k += QT) {
+        uint32_t gi = it.ga + k;
+        kvtc__dgroup gr = groups[gi];
+        if (gr.dyn != UINT32_MAX) {
+            if (lane < nr)
+                sym16[kvtc__shift_off(gr.dyn, C.T) / 2 + t0 + lane] = shs[k][lane];
+            else if (lane >= 16 && lane - 16 < nr)
+                sym16[kvtc__scale_off(ng, gr.dyn, C.T) / 2 + t0 + lane - 16] = scs[k][lane - 16];
+        }
+        if (gr.size * gr.bits > 256)
+            continue;
+        uint32_t nel = nr * gr.size, nb = (nel * gr.bits + 7) / 8;
+        uint8_t *o = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
+        for (uint32_t b = lane; b < nb; b += 32)
+            o[b] = (uint8_t)kq_byte(cs, gr, gr.start - a0, b, nel);
+    }
+    for (uint32_t k = 0; k < ngi; k++) {
+        uint32_t gi = it.ga + k;
+        kvtc__dgroup gr = groups[gi];
+        if (gr.size * gr.bits <= 256)
+            continue;
+        uint32_t nel = nr * gr.size, nb = (nel * gr.bits + 7) / 8;
+        uint8_t *o = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
+        for (uint32_t b = tid; b < nb; b += QTHREADS)
+            o[b] = (uint8_t)kq_byte(cs, gr, gr.start - a0, b, nel);
+    }
+}
+
+template <typename RT> __device__ static inline uint16_t kq_bits(float v);
+template <> __device__ inline uint16_t kq_bits<__half>(float v)
+{
+    __half h = __float2half_rn(v);
+    return *(uint16_t *)&h;
+}
+template <> __device__ inline uint16_t kq_bits<__nv_bfloat16>(float v)
+{
+    __nv_bfloat16 h = __float2bfloat16_rn(v);
+    return *(uint16_t *)&h;
+}
+
+/* Grid as k_quant_tiles. Every column of the item is written: group
+ * components dequantized, the others (dropped, padding) zero. */
+template <typename RT>
+__global__ void __launch_bounds__(QTHREADS)
+k_dequant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restrict__ groups,
+                const kvtc__qitem *items, uint32_t ng, RT *coef, uint32_t ld, int32_t *status)
+{
+    __shared__ __align__(16) uint16_t vs[QT][QVS];
+    __shared__ float shs[QG][QT], scs[QG][QT];
+    const kvtc__qitem it = items[blockIdx.y];
+    uint32_t c, t0;
+    if (!kq_tile(ch, nch, blockIdx.x, &c, &t0))
+        return;
+    const kvtc__dchunk C = ch[c];
+    uint32_t nr = min(QT, C.T - t0), ngi = it.gb - it.ga;
+    uint32_t tid = threadIdx.x, w = tid / 32, lane = tid & 31;
+    uint32_t a0 = it.c0 & ~7u, width = it.c1 - a0;
+    int bad = 0;
+    const uint16_t *sym16 = (const uint16_t *)C.sym;
+    /* Zeros for the columns no group covers; each token-group's pair. */
+    for (uint32_t i = tid; i < QT * width; i += QTHREADS)
+        vs[i / width][i % width] = 0;
+    for (uint32_t i = tid; i < ngi * QT; i += QTHREADS) {
+        uint32_t k = i / QT, r = i % QT;
+        if (r >= nr)
+            continue;
+        kvtc__dgroup gr = groups[it.ga + k];
+        int dyn = gr.dyn != UINT32_MAX;
+        uint16_t sh = dyn ? sym16[kvtc__shift_off(gr.dyn, C.T) / 2 + t0 + r] : gr.sshift;
+        uint16_t sc = dyn ? sym16[kvtc__scale_off(ng, gr.dyn, C.T) / 2 + t0 + r] : gr.sscale;
+        bad |= (sh & 0x7c00u) == 0x7c00u || (sc & 0x7c00u) == 0x7c00u;
+        shs[k][r] = kd_f16_to_f32(sh);
+        scs[k][r] = kd_f16_to_f32(sc);
+    }
+    __syncthreads();
+    /* Codes -> values: a warp per group of at most 32 components (<= 8
+     * elements a lane), the whole block for larger ones. */
+    for (int big = 0; big < 2; big++)
+        for (uint32_t k = big ? 0 : w; k < ngi; k += big ? 1 : QT) {
+            uint32_t gi = it.ga + k;
+            kvtc__dgroup gr = groups[gi];
+            if ((gr.size > 32) != big)
+                continue;
+            const uint8_t *in = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
+            uint32_t nel = nr * gr.size, lc = gr.start - a0, mask = (1u << gr.bits) - 1;
+            for (uint32_t e = big ? tid : lane; e < nel; e += big ? QTHREADS : 32) {
+                uint32_t r = e / gr.size, j = e - r * gr.size, bit = e * gr.bits;
+                uint32_t q = (in[bit / 8] >> (bit % 8)) & mask;
+                float shf = shs[k][r], scf = scs[k][r], v;
+                if (gr.type == KVTC__Q_FP8) {
+                    bad |= (q & 0x7f) == 0x7f;
+                    v = shf + kd_e4m3_to_f32((uint8_t)q) * scf;
+                } else {
+                    v = shf + (float)q * scf;
+                }
+                vs[r][lc + j] = kq_bits<RT>(v);
+            }
+        }
+    __syncthreads();
+    /* Rows out: 8 values (16 bytes) a store where the unit is the item's
+     * alone; the units shared with a neighbouring item element-wise. */
+    uint32_t nu = (it.c1 - a0 + 7) / 8;
+    uint16_t *out = (uint16_t *)coef + (C.row_start + t0) * ld;
+    for (uint32_t i = tid; i < nr * nu; i += QTHREADS) {
+        uint32_t r = i / nu, u = i - r * nu, col = a0 + 8 * u;
+        uint16_t *dst = out + (size_t)r * ld + col;
+        if (col >= it.c0 && col + 8 <= it.c1) {
+            *(uint4 *)dst = *(const uint4 *)&vs[r][8 * u];
+        } else {
+            for (uint32_t e = 0; e < 8; e++)
+                if (col + e >= it.c0 && col + e < it.c1)
+                    dst[e] = vs[r][8 * u + e];
+        }
+    }
+    if (__syncthreads_or(bad) && tid == 0)
+        atomicCAS((int *)&status[c], 0, KVTC_ECORRUPT);
+}
+
+int kvtc__launch_quant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                             uint32_t n_chunks, uint64_t M, const float *coef, cudaStream_t s)
+{
+    if (!M || !n_chunks || !g->nqi[stream])
+        return 0;
+    dim3 grid((unsigned)(M / QT + n_chunks), g->nqi[stream]);
+    k_quant_tiles<<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups, g->qitem + g->qi0[stream],
+                                            g->ndyn, coef, g->ld[stream]);
+    return kvtc__cuda_err(cudaGetLastError(), "quant tiles");
+}
+
+int kvtc__launch_dequant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                               uint32_t n_chunks, uint64_t M, void *coef, int32_t *status,
+                               cudaStream_t s)
+{
+    if (!M || !n_chunks || !g->nqi[stream])
+        return 0;
+    dim3 grid((unsigned)(M / QT + n_chunks), g->nqi[stream]);
+    const kvtc__qitem *it = g->qitem + g->qi0[stream];
+    if (g->params.gemm == KVTC_GPU_GEMM_FP16)
+        k_dequant_tiles<__half><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups, it, g->ndyn,
+                                                          (__half *)coef, g->ld[stream], status);
+    else
+        k_dequant_tiles<__nv_bfloat16><<<grid, QTHREADS, 0, s>>>(
+            ch, n_chunks, g->groups, it, g->ndyn, (__nv_bfloat16 *)coef, g->ld[stream], status);
+    return kvtc__cuda_err(cudaGetLastError(), "dequant tiles");
+}
+
+/* Items of one stream into it[] (room for ld + groups entries); their
+ * count, or 0 when the groups do not allow tiles. Greedy: whole groups
+ * while the item spans <= QW columns and <= QG groups, the columns up to
+ * the next group (or ld) included when they fit, else gap-only items. */
+static uint32_t quant_items(const kvtc__dgroup *dg, uint32_t g0, uint32_t g1, uint32_t ld,
+                            kvtc__qitem *it)
+{
+    uint32_t end = 0;
+    for (uint32_t i = g0; i < g1; i++) {
+        if (dg[i].start < end || dg[i].size == 0 || dg[i].size > QW ||
+            (uint64_t)dg[i].start + dg[i].size > ld)
+            return 0;
+        end = dg[i].start + dg[i].size;
+    }
+    uint32_t n = 0, a = 0, gi = g0;
+    while (a < ld) {
+        uint32_t ga = gi;
+        while (gi < g1 && gi - ga < QG && dg[gi].start + dg[gi].size - a <= QW)
+            gi++;
+        uint32_t next = gi < g1 ? dg[gi].start : ld, c1;
+        if (gi == ga)
+            c1 = next < a + QW ? next : a + QW; /* a gap: next > a here */
+        else
+            c1 = next - a <= QW ? next : dg[gi - 1].start + dg[gi - 1].size;
+        it[n++] = {a, c1, ga, gi};
+        a = c1;
+    }
+    return n;
+}
+
+int kvtc__quant_init(kvtc_gpu_codec *g, const kvtc__dgroup *dg)
+{
+    size_t cap = 0;
+    for (int s = 0; s < 2; s++)
+        cap += g->ld[s] + (g->g1[s] - g->g0[s]) + 1;
+    kvtc__qitem *h = (kvtc__qitem *)malloc(sizeof *h * cap);
+    if (!h)
+        return KVTC_ENOMEM;
+    uint32_t at = 0;
+    for (int s = 0; s < 2; s++) {
+        g->qi0[s] = at;
+        g->nqi[s] = quant_items(dg, g->g0[s], g->g1[s], g->ld[s], h + at);
+        if (g->nqi[s] > 65535) /* grid.y */
+            g->nqi[s] = 0;
+        g->qtiles[s] = KVTC_GPU_QUANT_TILES_DEFAULT && g->nqi[s] > 0;
+        at += g->nqi[s];
+    }
+    int rc = 0;
+    if (at) {
+        rc = kvtc__cuda_err(cudaMalloc((void **)&g->qitem, sizeof *h * at), "cudaMalloc");
+        if (!rc)
+            rc = kvtc__cuda_err(cudaMemcpy(g->qitem, h, sizeof *h * at, cudaMemcpyHostToDevice),
+                                "cudaMemcpy");
+    }
+    free(h);
+    return rc;
+}
+
+void kvtc__quant_free(kvtc_gpu_codec *g)
+{
+    cudaFree(g->qitem);
+    g->qitem = NULL;
+}
+
+extern "C" int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles)
+{
+    if (!g)
+        return KVTC_EINVAL;
+    for (int s = 0; s < 2; s++)
+        g->qtiles[s] = tiles && g->nqi[s] > 0;
+    return 0;
+}
