@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(ENC_T)
     __shared__ kvtc__hcode c;
     __shared__ kvtc__hc_ws w;
     __shared__ uint32_t off[ENC_T + 1], wsum[ENC_T / 32];
-    __shared__ uint32_t bytes;
+    __shared__ uint32_t cnt[16];
     uint64_t i = blockIdx.x + (uint64_t)blockIdx.y * gridDim.x;
     uint32_t t = threadIdx.x, lane = t & 31, warp = t >> 5;
     if (i >= n)
@@ -126,11 +126,35 @@ __global__ void __launch_bounds__(ENC_T)
     }
     /* used literals (a thread each), plus the end-of-block code */
     uint32_t m = (uint32_t)__syncthreads_count(freq[t] != 0) + 1;
+    /* kvtc__hc_build's steps: the lengths (one thread: Moffat-Katajainen
+     * is a serial walk), then a thread per symbol for its canonical code
+     * and its share of the data's bits while thread 0 writes the header
+     * bits, which need only the lengths. The codes and the bit count were
+     * thread 0's too before. */
     if (t == 0) {
-        kvtc__hc_build(freq, sorted, m, &c, &w);
-        bytes = kvtc__hc_huff_bytes(&c, len);
+        kvtc__hc_build_lengths(freq, sorted, m, &c, &w);
+        c.data_bits = 0;
+        cnt[0] = 0;
     }
     __syncthreads();
+    for (uint32_t l = 1; l < 16; l++) {
+        uint32_t k = (uint32_t)__syncthreads_count(c.len[t] == l) + (c.len[256] == l);
+        if (t == 0)
+            cnt[l] = k;
+    }
+    __syncthreads();
+    c.code[t] = kvtc__hc_code_of(c.len, t, cnt);
+    uint32_t db = freq[t] * c.len[t]; /* < 2^20 */
+    for (uint32_t o = 16; o > 0; o >>= 1)
+        db += __shfl_down_sync(0xffffffffu, db, o);
+    if (lane == 0)
+        atomicAdd((unsigned long long *)&c.data_bits, (unsigned long long)db);
+    if (t == 0) {
+        c.code[256] = kvtc__hc_code_of(c.len, 256, cnt);
+        kvtc__hc_build_header(&c, &w);
+    }
+    __syncthreads();
+    uint32_t bytes = kvtc__hc_huff_bytes(&c, len);
     uint32_t S = kvtc__hc_subranges(len, log2);
     if (bytes == 0) {
         /* stored blocks (rare: incompressible pieces) */
@@ -194,12 +218,19 @@ __global__ void __launch_bounds__(ENC_T)
     for (uint32_t q = t; q < words; q += ENC_T)
         d[q] = 0;
     __syncthreads();
+    /* the header's whole words (bit 0 on: no other thread's bits) by all
+     * threads; thread 0 puts only the rest of it before its symbols (it
+     * put the whole header a byte at a time before) */
+    uint32_t hw = c.hdr_bits / 32;
+    for (uint32_t k = t; k < hw; k += ENC_T)
+        d[k] = (uint32_t)c.hdr[4 * k] | (uint32_t)c.hdr[4 * k + 1] << 8 |
+               (uint32_t)c.hdr[4 * k + 2] << 16 | (uint32_t)c.hdr[4 * k + 3] << 24;
     if (a >= len)
         return; /* past the piece (thread 0 never is: len >= 1) */
     bitw bw;
-    bw_init(&bw, d, t == 0 ? 0 : c.hdr_bits + (uint64_t)off[t]);
+    bw_init(&bw, d, t == 0 ? 32ull * hw : c.hdr_bits + (uint64_t)off[t]);
     if (t == 0) {
-        for (uint32_t q = 0; q < c.hdr_bits; q += 8)
+        for (uint32_t q = 32 * hw; q < c.hdr_bits; q += 8)
             bw_put(&bw, c.hdr[q >> 3], c.hdr_bits - q < 8 ? c.hdr_bits - q : 8);
     }
     q = a;

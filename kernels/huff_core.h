@@ -171,26 +171,36 @@ KVTC_IHD void kvtc__hc_lengths(const uint32_t *freq, const uint16_t *sorted, uin
             len[sorted[--j]] = (uint8_t)l;
 }
 
-/* Canonical codes (RFC 1951 3.2.2) of n lengths, bit-reversed. */
+/* Canonical code (RFC 1951 3.2.2) of symbol s of the lengths len[0..s],
+ * bit-reversed (0 for an unused symbol): the first code of its length, from
+ * count[0..16) (codes per length, count[0] = 0), plus the symbols before
+ * it of that length. Each symbol on its own: the GPU encoder gives each
+ * thread one. */
+KVTC_IHD uint16_t kvtc__hc_code_of(const uint8_t *len, uint32_t s, const uint32_t *count)
+{
+    uint32_t l = len[s], v = 0, r = 0;
+    if (!l)
+        return 0;
+    for (uint32_t k = 1; k <= l; k++)
+        v = (v + count[k - 1]) << 1;
+    for (uint32_t i = 0; i < s; i++)
+        v += len[i] == l;
+    for (uint32_t b = 0; b < l; b++)
+        r |= ((v >> b) & 1u) << (l - 1 - b);
+    return (uint16_t)r;
+}
+
+/* Canonical codes of n lengths, bit-reversed. */
 KVTC_IHD void kvtc__hc_codes(const uint8_t *len, uint32_t n, uint16_t *code)
 {
-    uint32_t count[16], next[16];
+    uint32_t count[16];
     for (uint32_t l = 0; l < 16; l++)
         count[l] = 0;
     for (uint32_t i = 0; i < n; i++)
         count[len[i]]++;
     count[0] = 0;
-    uint32_t c = 0;
-    for (uint32_t l = 1; l < 16; l++) {
-        c = (c + count[l - 1]) << 1;
-        next[l] = c;
-    }
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t l = len[i], v = l ? next[l]++ : 0, r = 0;
-        for (uint32_t b = 0; b < l; b++)
-            r |= ((v >> b) & 1u) << (l - 1 - b);
-        code[i] = (uint16_t)r;
-    }
+    for (uint32_t i = 0; i < n; i++)
+        code[i] = kvtc__hc_code_of(len, i, count);
 }
 
 /* ORs the n <= 16 bits of v (none above them) at bit *at of a zeroed
@@ -209,20 +219,21 @@ KVTC_IHD void kvtc__hc_put(uint8_t *buf, uint32_t *at, uint32_t v, uint32_t n)
     *at += n;
 }
 
-/* The block for literal counts freq[0..256) (freq[256], end-of-block, is
- * taken as 1) and their used symbols ascending, sorted[0..m): lengths,
- * codes, header bits and the data's bit count. */
-KVTC_IHD void kvtc__hc_build(const uint32_t *freq, const uint16_t *sorted, uint32_t m,
-                             struct kvtc__hcode *c, struct kvtc__hc_ws *w)
+/* kvtc__hc_build in three steps, so the GPU can run the middle one (codes
+ * and the data's bit count) with a thread per symbol. First: the literal
+ * code lengths. */
+KVTC_IHD void kvtc__hc_build_lengths(const uint32_t *freq, const uint16_t *sorted, uint32_t m,
+                                     struct kvtc__hcode *c, struct kvtc__hc_ws *w)
 {
-    const char *ord = "\x10\x11\x12\x00\x08\x07\x09\x06\x0a\x05\x0b\x04\x0c\x03\x0d\x02\x0e\x01\x0f";
     for (uint32_t s = 0; s < KVTC_HC_SYMS; s++)
         c->len[s] = 0;
     kvtc__hc_lengths(freq, sorted, m, 15, c->len, w->a);
-    kvtc__hc_codes(c->len, KVTC_HC_SYMS, c->code);
-    c->data_bits = 0;
-    for (uint32_t s = 0; s < 256; s++)
-        c->data_bits += (uint64_t)freq[s] * c->len[s];
+}
+
+/* Last: the block header's bits from the lengths (c->len only). */
+KVTC_IHD void kvtc__hc_build_header(struct kvtc__hcode *c, struct kvtc__hc_ws *w)
+{
+    const char *ord = "\x10\x11\x12\x00\x08\x07\x09\x06\x0a\x05\x0b\x04\x0c\x03\x0d\x02\x0e\x01\x0f";
     /* run-length code of the 257 literal/length lengths and the one
      * distance length (0), as one sequence (RFC 1951 3.2.7) */
     uint32_t nr = 0, N = KVTC_HC_SYMS + 1;
@@ -288,6 +299,20 @@ KVTC_IHD void kvtc__hc_build(const uint32_t *freq, const uint16_t *sorted, uint3
             kvtc__hc_put(c->hdr, &at, w->rle_ext[i], s == 16 ? 2 : s == 17 ? 3 : 7);
     }
     c->hdr_bits = at;
+}
+
+/* The block for literal counts freq[0..256) (freq[256], end-of-block, is
+ * taken as 1) and their used symbols ascending, sorted[0..m): lengths,
+ * codes, header bits and the data's bit count. */
+KVTC_IHD void kvtc__hc_build(const uint32_t *freq, const uint16_t *sorted, uint32_t m,
+                             struct kvtc__hcode *c, struct kvtc__hc_ws *w)
+{
+    kvtc__hc_build_lengths(freq, sorted, m, c, w);
+    kvtc__hc_codes(c->len, KVTC_HC_SYMS, c->code);
+    c->data_bits = 0;
+    for (uint32_t s = 0; s < 256; s++)
+        c->data_bits += (uint64_t)freq[s] * c->len[s];
+    kvtc__hc_build_header(c, w);
 }
 
 /* Bytes of the Huffman form, or 0 when stored blocks are not larger. */
