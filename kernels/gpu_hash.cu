@@ -4,6 +4,8 @@
  * input runs the 8 independent lanes of the scramble chain from shared
  * memory, and the tail (k_finish). xxh3_core.h holds the arithmetic,
  * checked against libxxhash on the CPU. */
+#include <stdlib.h>
+
 #include "gpu_internal.h"
 #include "xxh3_core.h"
 
@@ -164,4 +166,52 @@ int kvtc__hash_segments(const kvtc__seg *seg, const uint64_t *slot_start, uint32
     }
     k_finish<<<n, 256, 0, s>>>(seg, slot_start, n, bsum, out);
     return kvtc__cuda_err(cudaGetLastError(), "hash finish");
+}
+
+/* Test hook (tests/gpu/test_gpu_hash.c; not in a header): XXH3-64 of n
+ * device byte ranges p[i], len[i] (host arrays) into out[i] (host), through
+ * the same kernels as the containers' checksums. Synchronous on the
+ * default stream; 0, or the CUDA failure's KVTC_E* code. */
+extern "C" int kvtc__gpu_xxh3_ranges(const uint8_t *const *p, const uint64_t *len, uint32_t n,
+                                     uint64_t *out)
+{
+    kvtc__seg *hseg = (kvtc__seg *)malloc(sizeof(kvtc__seg) * (n + 1));
+    uint64_t *hslot = (uint64_t *)malloc(sizeof(uint64_t) * (n + 1)), total = 0;
+    kvtc__seg *dseg = NULL;
+    uint64_t *dslot = NULL, *dbsum = NULL, *dout = NULL;
+    int rc = hseg && hslot ? 0 : KVTC_ENOMEM;
+    for (uint32_t i = 0; !rc && i < n; i++) {
+        hseg[i] = {p[i], len[i]};
+        hslot[i] = total;
+        total += kvtc__hash_slots(len[i]);
+    }
+    if (!rc)
+        hslot[n] = total;
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMalloc((void **)&dseg, sizeof(kvtc__seg) * (n + 1)), "hash test");
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMalloc((void **)&dslot, sizeof(uint64_t) * (n + 1)), "hash test");
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMalloc((void **)&dbsum, 64 * total + 64), "hash test");
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMalloc((void **)&dout, sizeof(uint64_t) * (n + 1)), "hash test");
+    if (!rc)
+        rc = kvtc__cuda_err(
+            cudaMemcpy(dseg, hseg, sizeof(kvtc__seg) * n, cudaMemcpyHostToDevice), "hash test");
+    if (!rc)
+        rc = kvtc__cuda_err(
+            cudaMemcpy(dslot, hslot, sizeof(uint64_t) * (n + 1), cudaMemcpyHostToDevice),
+            "hash test");
+    if (!rc)
+        rc = kvtc__hash_segments(dseg, dslot, n, total, dbsum, dout, 0);
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMemcpy(out, dout, sizeof(uint64_t) * n, cudaMemcpyDeviceToHost),
+                            "hash test");
+    cudaFree(dseg);
+    cudaFree(dslot);
+    cudaFree(dbsum);
+    cudaFree(dout);
+    free(hseg);
+    free(hslot);
+    return rc;
 }
