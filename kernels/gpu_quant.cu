@@ -90,26 +90,32 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
     uint32_t tid = threadIdx.x, w = tid / 32, lane = tid & 31;
     /* Stage: rows t0.. of the columns [a0, c1) as float4 (a0 = c0 rounded
      * down to 4; ld is a multiple of 16 and rows of coef 16-byte aligned,
-     * so every unit is aligned and inside the row). All loads first. */
+     * so every unit is aligned and inside the row), loads before stores. */
     uint32_t a0 = it.c0 & ~3u, nv4 = (it.c1 - a0 + 3) / 4;
     const float *base = coef + (C.row_start + t0) * ld + a0;
-    float4 v4[QT][2];
+    /* in two halves of QT/2 rows: 8 loads in flight per thread (16 KiB a
+     * block) at 48 registers, so 4 blocks fit an SM (shared memory bound;
+     * all rows at once took 80 registers: 3 blocks) */
+#pragma unroll 1
+    for (uint32_t h = 0; h < QT; h += QT / 2) {
+        float4 v4[QT / 2][2];
 #pragma unroll
-    for (uint32_t r = 0; r < QT; r++)
+        for (uint32_t r = 0; r < QT / 2; r++)
 #pragma unroll
-        for (uint32_t k = 0; k < 2; k++) {
-            uint32_t u = tid + k * QTHREADS;
-            if (r < nr && u < nv4)
-                v4[r][k] = __ldg((const float4 *)(base + (size_t)r * ld) + u);
-        }
+            for (uint32_t k = 0; k < 2; k++) {
+                uint32_t u = tid + k * QTHREADS;
+                if (h + r < nr && u < nv4)
+                    v4[r][k] = __ldg((const float4 *)(base + (size_t)(h + r) * ld) + u);
+            }
 #pragma unroll
-    for (uint32_t r = 0; r < QT; r++)
+        for (uint32_t r = 0; r < QT / 2; r++)
 #pragma unroll
-        for (uint32_t k = 0; k < 2; k++) {
-            uint32_t u = tid + k * QTHREADS;
-            if (r < nr && u < nv4)
-                *(float4 *)&xs[r][4 * u] = v4[r][k];
-        }
+            for (uint32_t k = 0; k < 2; k++) {
+                uint32_t u = tid + k * QTHREADS;
+                if (h + r < nr && u < nv4)
+                    *(float4 *)&xs[h + r][4 * u] = v4[r][k];
+            }
+    }
     __syncthreads();
     /* Quantize: warp w = token w of the tile; small groups a lane each,
      * larger ones the whole warp. Codes to cs, shift/scale to shs/scs. */
@@ -213,10 +219,23 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
         kvtc__dgroup gr = groups[gi];
         if (gr.size * gr.bits <= 256)
             continue;
-        uint32_t nel = nr * gr.size, nb = (nel * gr.bits + 7) / 8;
+        uint32_t nel = nr * gr.size, nb = (nel * gr.bits + 7) / 8, lc = gr.start - a0;
         uint8_t *o = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
-        for (uint32_t b = tid; b < nb; b += QTHREADS)
-            o[b] = (uint8_t)kq_byte(cs, gr, gr.start - a0, b, nel);
+        if (gr.size * gr.bits % 8) { /* a token's codes end inside a byte */
+            for (uint32_t b = tid; b < nb; b += QTHREADS)
+                o[b] = (uint8_t)kq_byte(cs, gr, lc, b, nel);
+            continue;
+        }
+        /* whole bytes per token (the planner's sizes): no division */
+        uint32_t bt = gr.size * gr.bits / 8, per = 8 / gr.bits;
+        for (uint32_t r = 0; r < nr; r++)
+            for (uint32_t b = tid; b < bt; b += QTHREADS) {
+                const uint8_t *cp = &cs[r][lc + b * per];
+                uint32_t v = 0;
+                for (uint32_t q = 0; q < per; q++)
+                    v |= (uint32_t)cp[q] << (gr.bits * q);
+                o[r * bt + b] = (uint8_t)v;
+            }
     }
 }
 
@@ -230,6 +249,23 @@ template <> __device__ inline uint16_t kq_bits<__nv_bfloat16>(float v)
 {
     __nv_bfloat16 h = __float2bfloat16_rn(v);
     return *(uint16_t *)&h;
+}
+
+/* Element e of a group's tile codes at `in`, dequantized as gpu_rows.cu's
+ * kd_dequant_el (same expression, same rounding); fp8 NaN codes set *bad. */
+template <typename RT>
+__device__ static inline uint16_t kq_value(const kvtc__dgroup &gr, const uint8_t *in, uint32_t e,
+                                           float shf, float scf, int *bad)
+{
+    uint32_t bit = e * gr.bits, q = (in[bit / 8] >> (bit % 8)) & ((1u << gr.bits) - 1);
+    float v;
+    if (gr.type == KVTC__Q_FP8) {
+        *bad |= (q & 0x7f) == 0x7f;
+        v = shf + kd_e4m3_to_f32((uint8_t)q) * scf;
+    } else {
+        v = shf + (float)q * scf;
+    }
+    return kq_bits<RT>(v);
 }
 
 /* Grid as k_quant_tiles. Every column of the item is written: group
@@ -252,8 +288,9 @@ k_dequant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__rest
     int bad = 0;
     const uint16_t *sym16 = (const uint16_t *)C.sym;
     /* Zeros for the columns no group covers; each token-group's pair. */
-    for (uint32_t i = tid; i < QT * width; i += QTHREADS)
-        vs[i / width][i % width] = 0;
+    for (uint32_t r = 0; r < nr; r++)
+        for (uint32_t j = tid; j < width; j += QTHREADS)
+            vs[r][j] = 0;
     for (uint32_t i = tid; i < ngi * QT; i += QTHREADS) {
         uint32_t k = i / QT, r = i % QT;
         if (r >= nr)
@@ -268,28 +305,30 @@ k_dequant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__rest
     }
     __syncthreads();
     /* Codes -> values: a warp per group of at most 32 components (<= 8
-     * elements a lane), the whole block for larger ones. */
-    for (int big = 0; big < 2; big++)
-        for (uint32_t k = big ? 0 : w; k < ngi; k += big ? 1 : QT) {
-            uint32_t gi = it.ga + k;
-            kvtc__dgroup gr = groups[gi];
-            if ((gr.size > 32) != big)
-                continue;
-            const uint8_t *in = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
-            uint32_t nel = nr * gr.size, lc = gr.start - a0, mask = (1u << gr.bits) - 1;
-            for (uint32_t e = big ? tid : lane; e < nel; e += big ? QTHREADS : 32) {
-                uint32_t r = e / gr.size, j = e - r * gr.size, bit = e * gr.bits;
-                uint32_t q = (in[bit / 8] >> (bit % 8)) & mask;
-                float shf = shs[k][r], scf = scs[k][r], v;
-                if (gr.type == KVTC__Q_FP8) {
-                    bad |= (q & 0x7f) == 0x7f;
-                    v = shf + kd_e4m3_to_f32((uint8_t)q) * scf;
-                } else {
-                    v = shf + (float)q * scf;
-                }
-                vs[r][lc + j] = kq_bits<RT>(v);
-            }
+     * elements a lane), the whole block, token by token, for larger ones. */
+    for (uint32_t k = w; k < ngi; k += QT) {
+        uint32_t gi = it.ga + k;
+        kvtc__dgroup gr = groups[gi];
+        if (gr.size > 32)
+            continue;
+        const uint8_t *in = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
+        uint32_t nel = nr * gr.size, lc = gr.start - a0;
+        for (uint32_t e = lane; e < nel; e += 32) {
+            uint32_t r = e / gr.size, j = e - r * gr.size;
+            vs[r][lc + j] = kq_value<RT>(gr, in, e, shs[k][r], scs[k][r], &bad);
         }
+    }
+    for (uint32_t k = 0; k < ngi; k++) {
+        uint32_t gi = it.ga + k;
+        kvtc__dgroup gr = groups[gi];
+        if (gr.size <= 32)
+            continue;
+        const uint8_t *in = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
+        uint32_t lc = gr.start - a0;
+        for (uint32_t r = 0; r < nr; r++)
+            for (uint32_t j = tid; j < gr.size; j += QTHREADS)
+                vs[r][lc + j] = kq_value<RT>(gr, in, r * gr.size + j, shs[k][r], scs[k][r], &bad);
+    }
     __syncthreads();
     /* Rows out: 8 values (16 bytes) a store where the unit is the item's
      * alone; the units shared with a neighbouring item element-wise. */
