@@ -163,14 +163,17 @@ class Redis:
 
 
 class Kvtcd:
-    def __init__(self, kvtcd, tls, host_mem):
+    def __init__(self, kvtcd, tls, host_mem, extra_args=(), extra_env=None):
         self.env = ucx_env(tls)
         self.tmp = tempfile.TemporaryDirectory(prefix="kvtc-bt-")
         pf = os.path.join(self.tmp.name, "ports")
         self.logf = open(os.path.join(self.tmp.name, "kvtcd.log"), "w+")
+        # extra_env reaches the daemon only (its clients keep self.env).
+        denv = dict(self.env, **(extra_env or {}))
         self.proc = subprocess.Popen([kvtcd, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-                                      "--host-mem", host_mem, "--data-dir", self.tmp.name, "--port-file", pf],
-                                     env=self.env, stdout=self.logf, stderr=subprocess.STDOUT)
+                                      "--host-mem", host_mem, "--data-dir", self.tmp.name, "--port-file", pf]
+                                     + list(extra_args),
+                                     env=denv, stdout=self.logf, stderr=subprocess.STDOUT)
         self.target, self.error = None, None
         end = time.time() + 15
         while time.time() < end and self.proc.poll() is None:
@@ -252,7 +255,11 @@ def fmt(v, w=9, p=0):
 
 
 def modes_of(result):
-    return [m for m in KVTC_MODES if m in result["kvtc"]]
+    return list(result["kvtc"])
+
+
+def limit_of(mode):
+    return LIMIT_OF.get(mode, "tcp,sm,self")  # variants: the local path
 
 
 def report(result):
@@ -263,7 +270,7 @@ def report(result):
     # Ratio columns for the local-path modes: get and put against perftest
     # sm and against Redis.
     lmodes = [m for m in modes if m != "tcp"]
-    short = {"tcp": "tcp", "local": "loc", "base": "base"}
+    short = {m: {"tcp": "tcp", "local": "loc"}.get(m, m[:4]) for m in modes}
     for dep in result["depths"]:
         what = "one request at a time" if dep == 1 else f"{dep} requests in flight"
         print(f"\nThroughput, one connection, {what} (depth {dep}), MiB/s, medians of "
@@ -285,7 +292,7 @@ def report(result):
                 k = pick(result["kvtc"][mode]["rows"], "throughput", size=s, depth=dep) or {}
                 row[f"kvtc_{mode}_put_mib_s"] = k.get("put_mib_s")
                 row[f"kvtc_{mode}_get_mib_s"] = k.get("get_mib_s")
-                lim = row[f"perftest_{LIMIT_OF[mode]}_mib_s"]
+                lim = row[f"perftest_{limit_of(mode)}_mib_s"]
                 row[f"{mode}_get_vs_perftest"] = ratio(k.get("get_mib_s"), lim)
                 row[f"{mode}_put_vs_perftest"] = ratio(k.get("put_mib_s"), lim)
             r = pick(result["redis"]["rows"], "throughput", size=s, depth=dep) or {}
@@ -334,7 +341,7 @@ def report(result):
                 by_size[r["size"]] = r
         pts = list(by_size.values())
         big = [r for r in pts if r["size"] >= 4 * MIB and r[f"{mode}_get_vs_perftest"] is not None]
-        a = {"limit": f"ucx_perftest {LIMIT_OF[mode]}"}
+        a = {"limit": f"ucx_perftest {limit_of(mode)}"}
         if big:
             a["get_ge_90pct_perftest_ge_4MiB"] = all(r[f"{mode}_get_vs_perftest"] >= 0.9 for r in big)
             a["put_ge_90pct_perftest_ge_4MiB"] = all((r[f"{mode}_put_vs_perftest"] or 0) >= 0.9 for r in big)
@@ -384,6 +391,10 @@ def main():
                     help="kvtc paths: tcp (UCX payloads), local (the local path); default both")
     ap.add_argument("--kvtcd-base", metavar="KVTCD", help="a second kvtcd binary (e.g. the build before "
                     "a change): its local path is measured in the same rounds as mode 'base'")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:ITEM,...",
+                    help="one more daemon whose local path is measured in the same rounds as mode NAME; "
+                    "items: --flag=value (a kvtcd flag), KEY=VALUE (the daemon's environment), "
+                    "bin=PATH (another binary); e.g. w12:--local-copy-threads=12")
     ap.add_argument("--render", metavar="JSON", help="print the tables and aims of an earlier run's JSON "
                     "(recomputing ratios and aims into it) and measure nothing")
     args = ap.parse_args()
@@ -415,6 +426,24 @@ def main():
         if not os.access(args.kvtcd_base, os.X_OK):
             sys.exit(f"--kvtcd-base {args.kvtcd_base}: not an executable")
         modes.append("base")
+    variants = {}
+    for v in args.variant:
+        name, _, items = v.partition(":")
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,11}", name) or name in modes or name in KVTC_MODES:
+            sys.exit(f"--variant {v}: NAME is 1-12 of [a-z0-9_], not tcp/local/base or a repeat")
+        spec = {"bin": None, "args": [], "env": {}}
+        for it in filter(None, items.split(",")):
+            if it.startswith("--"):
+                spec["args"] += it.split("=", 1)
+            elif it.startswith("bin="):
+                spec["bin"] = it[4:]
+            elif "=" in it:
+                k, _, val = it.partition("=")
+                spec["env"][k] = val
+            else:
+                sys.exit(f"--variant {v}: item {it!r} is not --flag=value, KEY=VALUE or bin=PATH")
+        variants[name] = spec
+        modes.append(name)
     args.bytes_per_size = (args.bytes_mib or (64 if args.quick else 256)) * MIB
     args.lat_ops = args.lat_ops or (1024 if args.quick else 4096)
     if args.quick:
@@ -443,10 +472,12 @@ def main():
     redis = Redis()
     daemon = Kvtcd(kvtcd, "tcp", args.host_mem) if os.access(kvtcd, os.X_OK) else None
     base = Kvtcd(args.kvtcd_base, "tcp", args.host_mem) if args.kvtcd_base else None
-    daemon_of = {m: base if m == "base" else daemon for m in modes}
-    envs = {m: dict(daemon_of[m].env, KVTC_BENCH_LOCAL=KVTC_MODES[m]) if daemon_of[m] else None
+    extra = {n: Kvtcd(sp["bin"] or kvtcd, "tcp", args.host_mem, sp["args"], sp["env"])
+             for n, sp in variants.items()}
+    daemon_of = {m: base if m == "base" else extra.get(m, daemon) for m in modes}
+    envs = {m: dict(daemon_of[m].env, KVTC_BENCH_LOCAL=KVTC_MODES.get(m, "on")) if daemon_of[m] else None
             for m in modes}
-    result["kvtcd"] = {"binary": kvtcd, "base": args.kvtcd_base,
+    result["kvtcd"] = {"binary": kvtcd, "base": args.kvtcd_base, "variants": variants,
                        "knobs": {k: v for k, v in os.environ.items() if k.startswith("KVTCD_")}}
     result["lanes"] = {}
     for tls in TLS_SETS:
@@ -490,7 +521,8 @@ def main():
                         lat[name][c].append(pick(rows or [], "latency", clients=c))
     finally:
         redis.stop()
-        for dm, key in ((daemon, "log_local"), (base, "base_log_local")):
+        for dm, key in [(daemon, "log_local"), (base, "base_log_local")] + \
+                       [(d, f"{n}_log_local") for n, d in extra.items()]:
             if dm:
                 result["kvtcd"][key] = dm.stop()
 
