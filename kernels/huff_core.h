@@ -470,8 +470,9 @@ KVTC_IHD void kvtc__hd_table_zero(struct kvtc__hd_table *t, uint32_t e)
 
 /* The entries of code j of the canonical code inflate_core.h built (counts
  * and symbols sorted by length, then value; j < the number of codes). Codes
- * touch disjoint entries but for a long code's shared primary entry, which
- * all of them write alike, so the GPU fills codes in parallel, any order.
+ * touch disjoint entries (a long prefix's primary entry is written by its
+ * first code, whose bits past the prefix are zeros), so the GPU fills codes
+ * in parallel, any order.
  * That is why a long code's 16-entry block is numbered by its 11-bit
  * prefix's distance from p0, the first prefix no short code took: the long
  * codes of a complete code fill the code space's top from p0 on, one block
@@ -503,7 +504,8 @@ KVTC_IHD void kvtc__hd_table_fill(const struct kvtc__huff *h, struct kvtc__hd_ta
     uint32_t extra = l - KVTC_HD_PRI, blk = (code >> extra) - p0;
     if (16 * blk + 16 > KVTC_HD_SEC)
         return; /* cannot happen for a complete code */
-    t->pri[rev & ((1u << KVTC_HD_PRI) - 1)] = (uint16_t)(0x8000 | 16 * blk);
+    if ((code & ((1u << extra) - 1)) == 0) /* the prefix's first (leftmost) code: one writer */
+        t->pri[rev & ((1u << KVTC_HD_PRI) - 1)] = (uint16_t)(0x8000 | 16 * blk);
     for (uint32_t at = rev >> KVTC_HD_PRI; at < 16; at += 1u << extra)
         t->sec[16 * blk + at] = e;
 }
