@@ -36,6 +36,9 @@
 #define PIECE (256u << 10)
 /* Remote ranges per call (the kernel's UIO_MAXIOV is 1024). */
 #define MAX_RIOV 1024u
+/* Lone small copies of a pipelining session after which it is treated as
+ * one request at a time again (kvtcd_local_flush). */
+#define BURST_DECAY 16u
 
 struct kvtcd_local_link {
     kvtcd_local_link *prev, *next; /* lp->links while the socket is open */
@@ -52,6 +55,11 @@ struct kvtcd_local_link {
                                       next piece */
     size_t got;                    /* handshake bytes read so far */
     struct kvtc_local_hello hello;
+    /* Batching small copies (loop thread): burst is set once this
+     * session's copies came several to a batch (it pipelines); alone
+     * counts its lone copies since (BURST_DECAY of them clear burst). */
+    int burst;
+    uint32_t alone;
 };
 
 struct kvtcd_local {
@@ -684,8 +692,22 @@ int kvtcd_local_flush(kvtcd_server *srv)
         return n;
     }
     /* Alone (nothing queued or copying): here, saving the hop. Otherwise
-     * behind the others, in arrival order. */
+     * behind the others, in arrival order. A lone copy of a session that
+     * pipelines goes to a worker all the same: its next requests are
+     * probably on the wire, and the loop must be free to read them and
+     * hand them out, or they wait for this copy (a depth-4 client's first
+     * request usually arrives alone, the other three a moment later). */
     int here = kvtcd_cworkers_busy(lp->cw) == 0;
+    if (first->pend_next) {
+        for (kvtcd_lcopy *j = first; j; j = j->pend_next) {
+            j->link->burst = 1;
+            j->link->alone = 0;
+        }
+    } else if (first->link->burst) {
+        here = 0;
+        if (++first->link->alone >= BURST_DECAY)
+            first->link->burst = 0;
+    }
     for (kvtcd_lcopy *j = here ? first->pend_next : first, *next; j; j = next) {
         next = j->pend_next;
         j->pend_next = NULL;
