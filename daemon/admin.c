@@ -10,6 +10,7 @@
 
 #include "codec_serve.h"
 #include "kvtc_errors.h"
+#include "local_path.h"
 #include "log.h"
 #include "server.h"
 #include "store_host.h"
@@ -290,6 +291,15 @@ int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
            "Local requests refused or failed (the session fell back to UCX "
            "payloads).",
            m->local_failures);
+    metric(&b, "local_copies_loop_total", "counter",
+           "Local-path copies run on the loop thread (small, alone).",
+           m->local_copies_loop);
+    metric(&b, "local_copies_workers_total", "counter",
+           "Local-path copies run by the copy workers.",
+           m->local_copies_workers);
+    metric(&b, "local_copies_in_flight", "gauge",
+           "Local-path copies queued or running on the copy workers.",
+           (uint64_t)kvtcd_local_copies_busy(srv));
     if (srv->tiers)
         render_tiers(&b, srv);
     render_host(&b, srv);

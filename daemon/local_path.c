@@ -624,6 +624,14 @@ static void lcopy_run(kvtcd_cjob *cj)
         XXH3_freeState(st);
 }
 
+/* Hand job to the workers (counted). */
+static void to_workers(kvtcd_local *lp, kvtcd_lcopy *job)
+{
+    job->pend_next = NULL;
+    lp->srv->m.local_copies_workers++;
+    kvtcd_cworkers_submit(lp->cw, &job->cj);
+}
+
 static void lcopy_done(kvtcd_cjob *cj)
 {
     kvtcd_lcopy *j = (kvtcd_lcopy *)cj;
@@ -661,7 +669,7 @@ int kvtcd_lcopy_start(kvtcd_session *s, kvtcd_lcopy *job)
     for (uint32_t i = 0; i < job->n; i++)
         total += job->len[i];
     if (total >= inline_max()) {
-        kvtcd_cworkers_submit(lp->cw, &job->cj);
+        to_workers(lp, job);
         return 0;
     }
     if (lp->pend_tail)
@@ -689,6 +697,7 @@ int kvtcd_local_flush(kvtcd_server *srv)
             lcopy_done(&j->cj);
             n++;
         }
+        srv->m.local_copies_loop += (uint64_t)n;
         return n;
     }
     /* Alone (nothing queued or copying): here, saving the hop. Otherwise
@@ -710,15 +719,20 @@ int kvtcd_local_flush(kvtcd_server *srv)
     }
     for (kvtcd_lcopy *j = here ? first->pend_next : first, *next; j; j = next) {
         next = j->pend_next;
-        j->pend_next = NULL;
-        kvtcd_cworkers_submit(lp->cw, &j->cj);
+        to_workers(lp, j);
     }
     if (!here)
         return 0;
     first->pend_next = NULL;
+    srv->m.local_copies_loop++;
     lcopy_run(&first->cj);
     lcopy_done(&first->cj); /* may defer more copies: the next flush */
     return 1;
+}
+
+unsigned kvtcd_local_copies_busy(const kvtcd_server *srv)
+{
+    return srv->local ? kvtcd_cworkers_busy(srv->local->cw) : 0;
 }
 
 int kvtcd_local_poll_wanted(const kvtcd_server *srv)

@@ -130,4 +130,8 @@ int kvtcd_local_flush(kvtcd_server *srv);
  * finished copy is answered without a wakeup. */
 int kvtcd_local_poll_wanted(const kvtcd_server *srv);
 
+/* Copies queued or running on the copy workers now (0 when the path is
+ * off), for /metrics. */
+unsigned kvtcd_local_copies_busy(const kvtcd_server *srv);
+
 #endif

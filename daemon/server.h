@@ -43,6 +43,8 @@ typedef struct kvtcd_metrics {
     uint64_t local_puts, local_gets;     /* requests served by it */
     uint64_t local_bytes_in, local_bytes_out;
     uint64_t local_failures; /* copies that failed: session fell back */
+    uint64_t local_copies_loop;    /* copies run on the loop thread */
+    uint64_t local_copies_workers; /* copies run by the copy workers */
 } kvtcd_metrics;
 
 typedef struct kvtcd_session {

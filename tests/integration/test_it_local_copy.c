@@ -57,6 +57,20 @@ static double metric(const struct itest_daemon *d, const char *name)
     return v;
 }
 
+/* Every local request made exactly one copy, counted where it ran;
+ * returns the loop's share. */
+static double copies_add_up(const struct itest_daemon *d)
+{
+    double loop = metric(d, "kvtc_local_copies_loop_total");
+    double workers = metric(d, "kvtc_local_copies_workers_total");
+    double reqs = metric(d, "kvtc_local_puts_total") + metric(d, "kvtc_local_gets_total");
+    cr_expect(loop >= 0 && workers >= 0, "copy counters missing");
+    cr_expect_eq(loop + workers, reqs, "copies on the loop %.0f + on workers %.0f != local "
+                                       "requests %.0f", loop, workers, reqs);
+    cr_expect_eq(metric(d, "kvtc_local_copies_in_flight"), 0);
+    return loop;
+}
+
 static void count_done(int status, void *arg)
 {
     (void)status;
@@ -182,6 +196,10 @@ Test(it_local_copy, batched_many_in_flight, .timeout = 240)
     clients(&d, 4, 3);
     cr_expect_eq(metric(&d, "kvtc_local_failures_total"), 0);
     cr_expect_geq(metric(&d, "kvtc_local_gets_total"), 4 * 3 * DEPTH);
+    copies_add_up(&d);
+    /* Pipelining clients: most copies overlap on the workers. */
+    cr_expect_gt(metric(&d, "kvtc_local_copies_workers_total"),
+                 metric(&d, "kvtc_local_copies_loop_total"));
     itest_daemon_stop(&d);
 }
 
@@ -193,6 +211,10 @@ Test(it_local_copy, inline_many_in_flight, .timeout = 240)
     start(&d, "inline", "1", "0");
     clients(&d, 4, 2);
     cr_expect_eq(metric(&d, "kvtc_local_failures_total"), 0);
+    cr_expect_gt(copies_add_up(&d), 0, "no small copy ran on the loop");
+    /* The workers took exactly the copies of 1 MiB and more (every 11th
+     * chunk and one of the puts of new keys per round and client). */
+    cr_expect_gt(metric(&d, "kvtc_local_copies_workers_total"), 0);
     itest_daemon_stop(&d);
 }
 
@@ -205,6 +227,7 @@ Test(it_local_copy, all_on_workers, .timeout = 240)
     setenv("KVTCD_LOCAL_INLINE_MAX", "0", 1);
     start(&d, "batch", "3", "0");
     cr_expect_eq(traffic(d.addr, 9, 4), 0, "%s", itest_log_tail(&d));
+    cr_expect_eq(copies_add_up(&d), 0, "a copy ran on the loop with KVTCD_LOCAL_INLINE_MAX=0");
     itest_daemon_stop(&d);
 }
 
