@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 MIB = 1 << 20
 SIZES = [256 << 10, 1 << 20, 4 << 20, 8 << 20, 16 << 20, 32 << 20]
@@ -174,7 +175,7 @@ class Kvtcd:
                                       "--host-mem", host_mem, "--data-dir", self.tmp.name, "--port-file", pf]
                                      + list(extra_args),
                                      env=denv, stdout=self.logf, stderr=subprocess.STDOUT)
-        self.target, self.error = None, None
+        self.target, self.error, self.admin = None, None, None
         end = time.time() + 15
         while time.time() < end and self.proc.poll() is None:
             try:
@@ -182,6 +183,7 @@ class Kvtcd:
                     parts = f.read().split()
                 if len(parts) >= 2:
                     self.target = f"127.0.0.1:{int(parts[0])}"
+                    self.admin = int(parts[1])
                     break
             except (OSError, ValueError):
                 pass
@@ -201,6 +203,23 @@ class Kvtcd:
                              env=env, capture_output=True, text=True, timeout=60)
         self.lanes = lanes(out.stderr + out.stdout)
         return self.lanes
+
+    def local_metrics(self):
+        """The daemon's kvtc_local_* series from /metrics (where its copies
+        ran), or None."""
+        if not self.admin or self.proc.poll() is not None:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        out = {}
+        for line in text.splitlines():
+            f = line.split()
+            if len(f) == 2 and f[0].startswith("kvtc_local_"):
+                out[f[0]] = float(f[1])
+        return out
 
     def stop(self):
         """Stop the daemon; returns its "local path listening" log line (how
@@ -524,6 +543,7 @@ def main():
         for dm, key in [(daemon, "log_local"), (base, "base_log_local")] + \
                        [(d, f"{n}_log_local") for n, d in extra.items()]:
             if dm:
+                result["kvtcd"][key.replace("log_local", "metrics")] = dm.local_metrics()
                 result["kvtcd"][key] = dm.stop()
 
     thr_keys = ["put_mib_s", "get_mib_s", "put_p50_us", "put_p99_us", "get_p50_us", "get_p99_us"]
