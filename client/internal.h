@@ -145,6 +145,9 @@ struct kvtc_conn {
     size_t local_min;           /* smallest payload sent that way */
     int local_verify;           /* checksum local puts and gets here too
                                    (KVTC_LOCAL_VERIFY=1) */
+    uint64_t local_wait_ns;     /* how long blocking waits on local ops
+                                   took lately (moving average; 0: none
+                                   yet): sets their polling window */
     char last_error[256];
 };
 

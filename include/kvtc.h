@@ -210,7 +210,11 @@ typedef struct kvtc_conn_params {
                                     this long after the last event before
                                     sleeping on the fd (a wakeup costs more
                                     than a short transfer); default 200,
-                                    0: sleep at once */
+                                    0: sleep at once. Waits on local-path
+                                    operations only, when such waits
+                                    lately took longer than this, poll
+                                    20 us (polling would end before the
+                                    reply anyway) */
     uint32_t bulk;               /* enum kvtc_bulk_mode; default: the
                                     environment's KVTC_BULK_EP (off, auto,
                                     always), else OFF */
