@@ -410,10 +410,13 @@ def main():
                     help="kvtc paths: tcp (UCX payloads), local (the local path); default both")
     ap.add_argument("--kvtcd-base", metavar="KVTCD", help="a second kvtcd binary (e.g. the build before "
                     "a change): its local path is measured in the same rounds as mode 'base'")
+    ap.add_argument("--bench-base", metavar="BENCH", help="the kvtc_bench_transport (i.e. libkvtc) that "
+                    "drives mode 'base' (default: the --build one)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:ITEM,...",
                     help="one more daemon whose local path is measured in the same rounds as mode NAME; "
                     "items: --flag=value (a kvtcd flag), KEY=VALUE (the daemon's environment), "
-                    "bin=PATH (another binary); e.g. w12:--local-copy-threads=12")
+                    "bin=PATH (another kvtcd), bench=PATH (another kvtc_bench_transport, i.e. "
+                    "libkvtc); e.g. w12:--local-copy-threads=12")
     ap.add_argument("--render", metavar="JSON", help="print the tables and aims of an earlier run's JSON "
                     "(recomputing ratios and aims into it) and measure nothing")
     args = ap.parse_args()
@@ -450,12 +453,14 @@ def main():
         name, _, items = v.partition(":")
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,11}", name) or name in modes or name in KVTC_MODES:
             sys.exit(f"--variant {v}: NAME is 1-12 of [a-z0-9_], not tcp/local/base or a repeat")
-        spec = {"bin": None, "args": [], "env": {}}
+        spec = {"bin": None, "bench": None, "args": [], "env": {}}
         for it in filter(None, items.split(",")):
             if it.startswith("--"):
                 spec["args"] += it.split("=", 1)
             elif it.startswith("bin="):
                 spec["bin"] = it[4:]
+            elif it.startswith("bench="):
+                spec["bench"] = it[6:]
             elif "=" in it:
                 k, _, val = it.partition("=")
                 spec["env"][k] = val
@@ -494,9 +499,14 @@ def main():
     extra = {n: Kvtcd(sp["bin"] or kvtcd, "tcp", args.host_mem, sp["args"], sp["env"])
              for n, sp in variants.items()}
     daemon_of = {m: base if m == "base" else extra.get(m, daemon) for m in modes}
+    bench_of = {m: (args.bench_base if m == "base" else variants.get(m, {}).get("bench")) or binary
+                for m in modes}
+    for m, b in bench_of.items():
+        if not os.access(b, os.X_OK):
+            sys.exit(f"mode {m}: bench {b} is not an executable")
     envs = {m: dict(daemon_of[m].env, KVTC_BENCH_LOCAL=KVTC_MODES.get(m, "on")) if daemon_of[m] else None
             for m in modes}
-    result["kvtcd"] = {"binary": kvtcd, "base": args.kvtcd_base, "variants": variants,
+    result["kvtcd"] = {"binary": kvtcd, "base": args.kvtcd_base, "variants": variants, "bench_of": bench_of,
                        "knobs": {k: v for k, v in os.environ.items() if k.startswith("KVTCD_")}}
     result["lanes"] = {}
     for tls in TLS_SETS:
@@ -522,7 +532,7 @@ def main():
                     for m in modes:
                         dm = daemon_of[m]
                         if dm and dm.target:
-                            rows = run_bench(binary, "kvtc", dm.target, envs[m], args, sizes=[size],
+                            rows = run_bench(bench_of[m], "kvtc", dm.target, envs[m], args, sizes=[size],
                                              depth=dep)
                             if rows is None:
                                 errors[m] = "bench failed (see stderr)"
@@ -531,11 +541,12 @@ def main():
                         rows = run_bench(binary, "redis", redis.target, redis.env, args, sizes=[size], depth=dep)
                         rd[(size, dep)].append(pick(rows or [], "throughput", size=size))
             log("  latency")
-            systems = [("redis", "redis", redis.target, redis.env)] + \
-                      [(f"kvtc {m}", "kvtc", daemon_of[m] and daemon_of[m].target, envs[m]) for m in modes]
-            for name, be, target, env in systems:
+            systems = [("redis", "redis", redis.target, redis.env, binary)] + \
+                      [(f"kvtc {m}", "kvtc", daemon_of[m] and daemon_of[m].target, envs[m], bench_of[m])
+                       for m in modes]
+            for name, be, target, env, bench in systems:
                 if target:
-                    rows = run_bench(binary, be, target, env, args, latency=True)
+                    rows = run_bench(bench, be, target, env, args, latency=True)
                     for c in args.clients:
                         lat[name][c].append(pick(rows or [], "latency", clients=c))
     finally:
