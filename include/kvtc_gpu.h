@@ -87,6 +87,23 @@ enum kvtc_gpu_index {
     KVTC_GPU_INDEX_OFF = 2   /* every piece through `inflate` (comparisons) */
 };
 
+/* Operands of one projection direction (kvtc_gpu_params.enc_gemm,
+ * dec_gemm). The encoder and decoder need not agree: coefficients are the
+ * same quantities either way, so this is a per-context choice, not a
+ * profile or container property (a container encoded with fp8 decodes with
+ * fp16 and on the CPU, and vice versa). fp8 is never the default: on real
+ * KV (SmolLM2-135M at 16x, docs/perf-notes.md "Projection cost options")
+ * it costs +3% KL encoding, +7-8% decoding, +10-12% both, for GEMMs that
+ * run ~1.8x faster on an H100. */
+enum kvtc_gpu_proj {
+    KVTC_GPU_PROJ_AUTO = 0, /* the `gemm` field's 16-bit type (default) */
+    KVTC_GPU_PROJ_FP8 = 1   /* e4m3 operands, one scale per operand tensor
+                               (basis at creation; activations per call,
+                               448 / amax on the device), fp32
+                               accumulation; needs width % 16 == 0
+                               (KVTC_ENOTSUP otherwise) */
+};
+
 /* A zeroed struct is not the defaults for the first five fields: pass NULL
  * for them. The fields after `inflate` were added later; 0 means their
  * default, so callers that zero or brace-initialize the struct get it. */
@@ -103,6 +120,8 @@ typedef struct kvtc_gpu_params {
     int index_log2;         /* ours: 2^index_log2 symbols per sub-range of
                                the index, 8..12 (0: 9) */
     int decode_index;       /* enum kvtc_gpu_index (0: auto) */
+    int enc_gemm;           /* enum kvtc_gpu_proj of the encode GEMM (0: auto) */
+    int dec_gemm;           /* enum kvtc_gpu_proj of the decode GEMM (0: auto) */
 } kvtc_gpu_params;
 
 typedef struct kvtc_gpu_codec kvtc_gpu_codec;

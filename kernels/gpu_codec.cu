@@ -107,6 +107,7 @@ extern "C" void kvtc_gpu_codec_free(kvtc_gpu_codec *g)
     cudaFree(g->groups);
     cudaFree(g->glist);
     kvtc__quant_free(g);
+    kvtc__fp8_free(g);
     kvtc__pipe_free(g);
     if (g->blas)
         cublasDestroy(g->blas);
@@ -178,13 +179,14 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
 {
     if (!p || !out || plan >= p->n_plans)
         return KVTC_EINVAL;
-    kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 0, KVTC_GPU_INFLATE_NVCOMP, 0, 0, 0};
+    kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 0, KVTC_GPU_INFLATE_NVCOMP, 0, 0, 0, 0, 0};
     if (params)
         prm = *params;
     if (prm.gemm > KVTC_GPU_GEMM_FP16 || prm.deflate_algo < 0 || prm.deflate_algo > 5 ||
         (prm.inflate != KVTC_GPU_INFLATE_KVTC && prm.inflate != KVTC_GPU_INFLATE_NVCOMP) ||
         prm.deflate < 0 || prm.deflate > KVTC_GPU_DEFLATE_KVTC || prm.decode_index < 0 ||
-        prm.decode_index > KVTC_GPU_INDEX_OFF ||
+        prm.decode_index > KVTC_GPU_INDEX_OFF || prm.enc_gemm < 0 ||
+        prm.enc_gemm > KVTC_GPU_PROJ_FP8 || prm.dec_gemm < 0 || prm.dec_gemm > KVTC_GPU_PROJ_FP8 ||
         (prm.index_log2 && (prm.index_log2 < (int)KVTC__INDEX_LOG2_MIN ||
                             prm.index_log2 > (int)KVTC__INDEX_LOG2_MAX)))
         return KVTC_EINVAL;
@@ -314,7 +316,7 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
         rc = KVTC_EIO;
         goto fail;
     }
-    if ((rc = kvtc__pipe_init(g)) || (rc = kvtc__gemm_tune(g)))
+    if ((rc = kvtc__pipe_init(g)) || (rc = kvtc__gemm_tune(g)) || (rc = kvtc__fp8_init(g)))
         goto fail;
     {
         nvcompBatchedDeflateCompressOpts_t o = nvcompBatchedDeflateCompressDefaultOpts;

@@ -199,6 +199,11 @@ int kvtc__gemm_encode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M,
     uint32_t kp = g->ld[stream];
     if (!M || !g->kp[stream])
         return 0;
+    if (kvtc__fp8_on(g, 0)) {
+        int rc = kvtc__fp8_encode(g, ln, stream, M, rows, coef, s);
+        if (rc != 1)
+            return rc; /* 1: no FP8 algorithm for this shape, 16 bits below */
+    }
     if (g->gemm_sms || g->gemm_lt) {
         lt_prob p = enc_prob(g, stream, M);
         return lt_run(g, ln, &p, &g->algo[0][stream], (int32_t)g->gemm_sms, g->benc[stream], rows,
@@ -222,6 +227,11 @@ int kvtc__gemm_decode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M,
         return 0;
     if (!g->kp[stream])
         return kvtc__cuda_err(cudaMemsetAsync(rows, 0, M * g->D * 2, s), "memset");
+    if (kvtc__fp8_on(g, 1)) {
+        int rc = kvtc__fp8_decode(g, ln, stream, M, coef, rows, s);
+        if (rc != 1)
+            return rc; /* 1: no FP8 algorithm for this shape, 16 bits below */
+    }
     if (g->gemm_sms || g->gemm_lt) {
         lt_prob p = dec_prob(g, stream, M);
         return lt_run(g, ln, &p, &g->algo[1][stream], (int32_t)g->gemm_sms, g->bdec[stream], coef,

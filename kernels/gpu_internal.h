@@ -140,6 +140,9 @@ struct kvtc_gpu_codec {
      * row-per-block k_quant/k_pack/k_dequant of gpu_rows.cu). */
     struct kvtc__qitem *qitem;
     uint32_t qi0[2], nqi[2], qtiles[2];
+    /* fp8 projections (gpu_fp8.cu): NULL unless enc_gemm or dec_gemm is
+     * KVTC_GPU_PROJ_FP8. */
+    struct kvtc__fp8 *fp8;
 };
 
 /* Record the end of a step of `stage` (no-op unless timing is on). */
@@ -297,6 +300,30 @@ int kvtc__gemm_tune(kvtc_gpu_codec *g);
  * tokens (the GEMM wrote them unrotated). */
 int kvtc__launch_rope_inplace(const kvtc_gpu_codec *g, const kvtc__dchunk *ch, uint32_t n_chunks,
                               uint64_t M, const int32_t *status, cudaStream_t s);
+
+/* ---- gpu_fp8.cu: e4m3 projections (params.enc_gemm / dec_gemm) ---- */
+/* e4m3 bases from benc/bdec and the per-lane state, when either direction
+ * asks for fp8 (after the bases and ld; synchronous). KVTC_ENOTSUP when the
+ * row width is not a multiple of 16; kvtc__fp8_free cleans up failures. */
+int kvtc__fp8_init(kvtc_gpu_codec *g);
+void kvtc__fp8_free(kvtc_gpu_codec *g);
+/* 1 when direction dir (0 encode, 1 decode) runs in fp8. */
+int kvtc__fp8_on(const kvtc_gpu_codec *g, int dir);
+/* As kvtc__gemm_encode / _decode with e4m3 operands (the 16-bit activation
+ * converted first, on s); 1 when cuBLASLt has no FP8 algorithm for the
+ * shape (the caller runs the 16-bit GEMM), 0 done, < 0 an error. */
+int kvtc__fp8_encode(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream, uint64_t M,
+                     const void *rows, float *coef, cudaStream_t s);
+int kvtc__fp8_decode(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream, uint64_t M,
+                     const void *coef, void *rows, cudaStream_t s);
+/* Tests and benchmarks: GEMM calls that ran in fp8 and that fell back to
+ * 16 bits since creation (host counters; KVTC_EINVAL on NULLs). */
+extern "C" int kvtc__gpu_fp8_info(const kvtc_gpu_codec *g, uint64_t *runs, uint64_t *fallbacks);
+/* The FP8 GEMMs alone (no activation conversion), both streams, over M
+ * rows of scratch data: medians of iters (ms). Synchronous; KVTC_EINVAL
+ * without fp8, KVTC_ENOTSUP when cuBLASLt has no FP8 algorithm. */
+extern "C" int kvtc__gpu_fp8_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, float *enc_ms,
+                                       float *dec_ms);
 
 /* ---- gpu_pipe.cu: the transform stages over lanes and sub-batches ---- */
 /* Lanes and the pipeline defaults at context creation (synchronous). */

@@ -12,13 +12,15 @@
  *                  [--calib-only 1] [--calib-pool CHUNKS] [--pipe-variants JSONL]
  *                  [--gemm-only COMPONENTS] [--batch-pool CHUNKS]
  *                  [--entropy-json PATH] [--entropy-only 1]
- *                  [--quant-report PATH] [--quant-only 1]
+ *                  [--quant-report PATH] [--quant-only 1] [--fp8-report PATH] [--fp8-only 1]
  * --entropy-json: the DEFLATE stage, ours against nvCOMP's, side by side;
  * --entropy-only 1: that comparison alone after calibration. [--pipe-only 1]
  * --gemm-report PATH: the GEMM choices (tuned cuBLASLt vs GemmEx, direct
  * decode vs the rows pass, padded shapes) side by side, JSON to the path
  * (with --pipe-only 1, before the pipeline variants). --probe-only 1: two
  * timed calls after the calibration, nothing else (for ncu).
+ * --fp8-report PATH: compress/decompress with the fp8 projections (encode,
+ * decode, both) next to fp16, against each GEMM alone (JSON to PATH).
  * --quant-report PATH: the quantizer's kernels (row-per-block vs tiled)
  * side by side, JSON to the path; --quant-only 1: that alone after the
  * calibration.
@@ -79,6 +81,9 @@ static int pipe_set;              /* 1: run_codec applies pipe_cfg to its contex
 extern int kvtc__gpu_gemm_set(kvtc_gpu_codec *g, uint32_t use_lt, uint32_t direct);
 extern int kvtc__gpu_gemm_info(const kvtc_gpu_codec *g, int kind, int stream, uint32_t *idx,
                                uint32_t *n, float *ms, float *ms_first);
+extern int kvtc__gpu_fp8_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, float *enc_ms,
+                                   float *dec_ms);
+extern int kvtc__gpu_fp8_info(const kvtc_gpu_codec *g, uint64_t *runs, uint64_t *fallbacks);
 extern int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, float *enc_ms,
                                float *dec_ms);
 extern int kvtc__gpu_gemm_probe(uint32_t D, uint64_t M, uint32_t ld, int fp16, float *out);
@@ -457,7 +462,7 @@ static void gemm_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chu
     KV(kvtc_gpu_codec_create(p, plan, NULL, &gu));
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double create_s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
-    kvtc_gpu_params tp = {KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0};
+    kvtc_gpu_params tp = {KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0, 0, 0};
     KV(kvtc_gpu_codec_create(p, plan, &tp, &gt));
     printf("GEMM choice (context create %.2f s incl. tuning):\n", create_s);
     if (f)
@@ -587,7 +592,7 @@ static void quant_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_ch
     FILE *f = fopen(path, "w");
     double gb = raw / 1e9;
     kvtc_gpu_codec *gu = NULL, *gt = NULL;
-    kvtc_gpu_params tp = {KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0};
+    kvtc_gpu_params tp = {KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0, 0, 0};
     KV(kvtc_gpu_codec_create(p, plan, NULL, &gu));
     KV(kvtc_gpu_codec_create(p, plan, &tp, &gt));
     static const uint32_t v[] = {0, 1, 0};
@@ -700,7 +705,7 @@ static void entropy_compare(const kvtc_profile *p, uint32_t plan, const kvtc_gpu
         fprintf(f, "{\"raw_bytes\": %zu, \"variants\": [", raw);
     for (uint32_t i = 0; i < nv; i++) {
         kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 1, v[i].inflate, v[i].deflate, v[i].log2,
-                               v[i].index};
+                               v[i].index, 0, 0};
         struct run t, r;
         run_codec(p, plan, prm, ch, n, l, d_out, raw, 2, d_in, &t, NULL, NULL);
         prm.timing = 0;
@@ -742,6 +747,90 @@ static void entropy_compare(const kvtc_profile *p, uint32_t plan, const kvtc_gpu
     free(got);
 }
 
+/* --fp8-report: the projections in fp8 (kvtc_gpu_params.enc_gemm /
+ * dec_gemm) next to fp16 on the same batch: fp16 both ways, fp8 encode,
+ * fp8 decode, fp8 both. One context per variant with stage timing on
+ * (events add microseconds to ~8 ms calls); the GEMMs alone: the fp16
+ * context's (kvtc__gpu_gemm_time) and the fp8 ones without the activation
+ * conversion (kvtc__gpu_fp8_gemm_time). Errors: relative squared error of
+ * the batch vs the input, and the CPU codec's on chunk 0 (cpu_rel). Table
+ * on stdout, JSON to path. */
+static void fp8_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chunk *ch, uint32_t n,
+                       const kvtc_layout *l, void *d_out, size_t raw, int iters, const void *d_in,
+                       double cpu_rel, const char *path)
+{
+    static const int v[4][2] = {{0, 0}, {1, 0}, {0, 1}, {1, 1}};
+    static const char *name[4] = {"fp16", "fp8 encode", "fp8 decode", "fp8 both"};
+    FILE *f = fopen(path, "w");
+    double gb = raw / 1e9;
+    uint64_t M = (uint64_t)n * 256;
+    float g16[2] = {0, 0}, g8[2] = {0, 0};
+    struct run r[4];
+    uint64_t runs[4] = {0}, fbk[4] = {0};
+    quality_stride = 8;
+    for (int i = 0; i < 4; i++) {
+        kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0,
+                               v[i][0] ? KVTC_GPU_PROJ_FP8 : 0, v[i][1] ? KVTC_GPU_PROJ_FP8 : 0};
+        kvtc_gpu_codec *g = NULL;
+        KV(kvtc_gpu_codec_create(p, plan, &prm, &g));
+        reuse_ctx = g;
+        run_codec(p, plan, prm, ch, n, l, d_out, raw, iters, d_in, &r[i], NULL, NULL);
+        reuse_ctx = NULL;
+        KV(kvtc__gpu_fp8_info(g, &runs[i], &fbk[i]));
+        if (i == 0)
+            KV(kvtc__gpu_gemm_time(g, M, iters, &g16[0], &g16[1]));
+        if (i == 3)
+            KV(kvtc__gpu_fp8_gemm_time(g, M, iters, &g8[0], &g8[1]));
+        kvtc_gpu_codec_free(g);
+    }
+    quality_stride = 1;
+    printf("fp8 projections (%s, %.2f GiB): GEMMs alone fp16 enc %.3f / dec %.3f ms, "
+           "fp8 enc %.3f / dec %.3f ms; CPU codec rel.err (chunk 0) %.4g\n",
+           "stage timing on", raw / 1073741824.0, g16[0], g16[1], g8[0], g8[1], cpu_rel);
+    printf("%-11s %8s %8s %8s %8s %7s %7s %7s %7s %7s %10s %8s %9s\n", "variant", "enc ms",
+           "dec ms", "enc GB/s", "dec GB/s", "enc/16", "dec/16", "enc/8", "dec/8", "ratio",
+           "rel.err", "vs CPU", "fp8 calls");
+    if (f)
+        fprintf(f, "{\"raw_bytes\": %zu, \"gemm_fp16_ms\": [%.4f, %.4f], "
+                   "\"gemm_fp8_ms\": [%.4f, %.4f], \"cpu_rel_sq_error_chunk0\": %.6g, "
+                   "\"variants\": [",
+                raw, g16[0], g16[1], g8[0], g8[1], cpu_rel);
+    for (int i = 0; i < 4; i++) {
+        printf("%-11s %8.3f %8.3f %8.1f %8.1f %7.2f %7.2f %7.2f %7.2f %7.3f %10.4g %8.3f %5llu/%llu\n",
+               name[i], r[i].enc_ms, r[i].dec_ms, gb / (r[i].enc_ms * 1e-3),
+               gb / (r[i].dec_ms * 1e-3), r[i].enc_ms / g16[0], r[i].dec_ms / g16[1],
+               r[i].enc_ms / g8[0], r[i].dec_ms / g8[1], r[i].ratio, r[i].rel_mse,
+               cpu_rel > 0 ? r[i].rel_mse / cpu_rel : 0, (unsigned long long)runs[i],
+               (unsigned long long)fbk[i]);
+        printf("      stages enc:");
+        for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+            printf(" %s %.3f", kvtc_gpu_stage_name(s), r[i].enc_stage[s]);
+        printf("\n      stages dec:");
+        for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+            printf(" %s %.3f", kvtc_gpu_stage_name(s), r[i].dec_stage[s]);
+        printf("\n");
+        if (f) {
+            fprintf(f, "%s{\"variant\": \"%s\", \"compress_ms\": %.4f, \"decompress_ms\": %.4f, "
+                       "\"ratio\": %.4f, \"rel_sq_error\": %.6g, \"fp8_gemm_calls\": %llu, "
+                       "\"fp8_fallbacks\": %llu, \"stages_compress_ms\": {",
+                    i ? ", " : "", name[i], r[i].enc_ms, r[i].dec_ms, r[i].ratio, r[i].rel_mse,
+                    (unsigned long long)runs[i], (unsigned long long)fbk[i]);
+            for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+                fprintf(f, "%s\"%s\": %.4f", s ? ", " : "", kvtc_gpu_stage_name(s),
+                        r[i].enc_stage[s]);
+            fprintf(f, "}, \"stages_decompress_ms\": {");
+            for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+                fprintf(f, "%s\"%s\": %.4f", s ? ", " : "", kvtc_gpu_stage_name(s),
+                        r[i].dec_stage[s]);
+            fprintf(f, "}}");
+        }
+    }
+    if (f) {
+        fprintf(f, "]}\n");
+        fclose(f);
+    }
+}
+
 int main(int argc, char **argv)
 {
     uint32_t n_chunks = 32, rank = 1024, calib_tokens = 8192, max_comp = 4096, calib_gpu = 1;
@@ -749,7 +838,8 @@ int main(int argc, char **argv)
     int iters = 10, lean = 0, pipe_only = 0;
     const char *json = "bench/results/gpu.json", *pipe_json = NULL, *entropy_json = NULL;
     const char *gemm_json = NULL, *quant_json = NULL;
-    int probe_only = 0, quant_only = 0;
+    int probe_only = 0, quant_only = 0, fp8_only = 0;
+    const char *fp8_json = NULL;
     int entropy_only = 0;
     setvbuf(stdout, NULL, _IOLBF, 0); /* lines reach a log even if the run is cut short */
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -779,6 +869,10 @@ int main(int argc, char **argv)
             entropy_only = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--gemm-report")) /* GEMM choices, JSON path */
             gemm_json = argv[i + 1];
+        else if (!strcmp(argv[i], "--fp8-report")) /* fp8 projections, JSON path */
+            fp8_json = argv[i + 1];
+        else if (!strcmp(argv[i], "--fp8-only")) /* 1: that report alone */
+            fp8_only = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--quant-report")) /* quantizer kernels, JSON path */
             quant_json = argv[i + 1];
         else if (!strcmp(argv[i], "--quant-only")) /* 1: that report alone */
@@ -936,10 +1030,15 @@ int main(int argc, char **argv)
         /* two timed calls, nothing else: for a profiler (ncu) to read the
          * stages' kernels */
         struct run t;
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0}, ch,
+        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0, 0, 0}, ch,
                   n_chunks, &l, d_out, raw, 2, d_in, &t, NULL, NULL);
         printf("probe: compress %.3f ms, decompress %.3f ms (timed stages)\n", t.enc_ms, t.dec_ms);
         return 0;
+    }
+    if (fp8_json) {
+        fp8_report(p, plan, ch, n_chunks, &l, d_out, raw, iters, d_in, cpu_rel, fp8_json);
+        if (fp8_only)
+            return 0;
     }
     if (quant_json) {
         quant_report(p, plan, ch, n_chunks, &l, d_out, raw, iters, d_in, quant_json);
@@ -970,13 +1069,13 @@ int main(int argc, char **argv)
     struct run rb, rh, r0;
     uint8_t *first = NULL;
     size_t first_len = 0;
-    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0}, ch, n_chunks, &l, d_out,
+    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0, 0, 0}, ch, n_chunks, &l, d_out,
               raw, iters, d_in, &rb, &first, &first_len);
-    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 0, 0, 0, 0, 0}, ch, n_chunks, &l, d_out,
+    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ch, n_chunks, &l, d_out,
               raw, iters, d_in, &rb, NULL, NULL); /* untimed stages: the headline */
     {
         struct run tmp;
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0}, ch, n_chunks, &l,
+        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0, 0, 0}, ch, n_chunks, &l,
                   d_out, raw, 2, d_in, &tmp, NULL, NULL);
         memcpy(rb.enc_stage, tmp.enc_stage, sizeof rb.enc_stage);
         memcpy(rb.dec_stage, tmp.dec_stage, sizeof rb.dec_stage);
@@ -988,7 +1087,7 @@ int main(int argc, char **argv)
     {
         struct run tmp;
         kvtc_gpu_params nv = {KVTC_GPU_GEMM_FP16,    0, 0, 1, KVTC_GPU_INFLATE_KVTC,
-                              KVTC_GPU_DEFLATE_NVCOMP, 0, 0};
+                              KVTC_GPU_DEFLATE_NVCOMP, 0, 0, 0, 0};
         run_codec(p, plan, nv, ch, n_chunks, &l, d_out, raw, 2, d_in, &tmp, NULL, NULL);
         nv.timing = 0;
         run_codec(p, plan, nv, ch, n_chunks, &l, d_out, raw, iters, d_in, &rn, NULL, NULL);
@@ -998,9 +1097,9 @@ int main(int argc, char **argv)
     memset(&r0, 0, sizeof r0);
     rh.enc_ms = rh.dec_ms = r0.enc_ms = r0.dec_ms = INFINITY; /* 0 GB/s when skipped */
     if (!lean) {
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_BF16, 0, 0, 0, 0, 0, 0, 0}, ch, n_chunks, &l,
+        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_BF16, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ch, n_chunks, &l,
                   d_out, raw, iters, d_in, &rh, NULL, NULL);
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 1, 0, 0, 0, KVTC_GPU_DEFLATE_NVCOMP, 0, 0}, ch, n_chunks, &l,
+        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 1, 0, 0, 0, KVTC_GPU_DEFLATE_NVCOMP, 0, 0, 0, 0}, ch, n_chunks, &l,
                   d_out, raw, iters, d_in, &r0, NULL, NULL);
     }
     if (entropy_json)

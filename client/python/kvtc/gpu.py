@@ -38,6 +38,9 @@ from .errors import error
 
 # enum kvtc_gpu_gemm / kvtc_chunk_flags
 GEMM_BF16, GEMM_FP16 = 0, 1
+# enum kvtc_gpu_proj (GpuParams.enc_gemm / dec_gemm: per direction; fp8 is
+# opt-in, it costs KV quality: docs/perf-notes.md "Projection cost options")
+PROJ_AUTO, PROJ_FP8 = 0, 1
 CHUNK_RAW = 1 << 0
 N_STAGES = 6
 
@@ -46,7 +49,8 @@ class GpuParams(C.Structure):
     # mirrors struct kvtc_gpu_params (include/kvtc_gpu.h) field for field
     _fields_ = [("gemm", C.c_uint32), ("deflate_algo", C.c_int), ("device", C.c_int),
                 ("timing", C.c_int), ("inflate", C.c_int), ("deflate", C.c_int),
-                ("index_log2", C.c_int), ("decode_index", C.c_int)]
+                ("index_log2", C.c_int), ("decode_index", C.c_int),
+                ("enc_gemm", C.c_int), ("dec_gemm", C.c_int)]
 
 
 class GpuContainer(C.Structure):
@@ -251,13 +255,14 @@ def inspect(container):
 class Decoder(Closing):
     """A GPU codec context for one profile and plan on one device."""
 
-    def __init__(self, profile, plan, device=0, timing=False, gemm=GEMM_FP16):
+    def __init__(self, profile, plan, device=0, timing=False, gemm=GEMM_FP16, dec_gemm=PROJ_AUTO):
         self._lib = lib()
         self.profile = profile  # the context reads it: keep it alive
         self.device = device
         self._ctx = C.c_void_p()
         prm = GpuParams(gemm=gemm, deflate_algo=0, device=device, timing=1 if timing else 0,
-                        inflate=0, deflate=0, index_log2=0, decode_index=0)
+                        inflate=0, deflate=0, index_log2=0, decode_index=0, enc_gemm=0,
+                        dec_gemm=dec_gemm)
         _check(self._lib.kvtc_gpu_codec_create(profile._p, int(plan), C.byref(prm),
                                                C.byref(self._ctx)), "kvtc_gpu_codec_create")
         self._items = None

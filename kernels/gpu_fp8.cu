@@ -1,0 +1,360 @@
+/* gpu_fp8.cu - the projections with fp8 (e4m3) operands, per direction
+ * (kvtc_gpu_params.enc_gemm / dec_gemm = KVTC_GPU_PROJ_FP8; issue #3).
+ *
+ * cuBLASLt FP8 matmul on Hopper: both operands e4m3 and K-major ("TN"),
+ * CUBLAS_COMPUTE_32F with fast accumulation OFF (bench/quality/projx.h
+ * emulates fp32 accumulation: K = D = 32768 on an 8B model, and Hopper's
+ * fast path accumulates without promotion), one per-tensor scale per
+ * operand as a device scalar (A/B_SCALE_POINTER), no host sync:
+ *   encode: coef^T[ld x M] (fp32) = enc8^T * rows8, enc8 [ld][D] (the
+ *           encoder basis transposed at creation), rows8 [M][D];
+ *   decode: rows^T[D x M] (fp16/bf16 as the rows pass reads) = bdec8^T *
+ *           coef8, bdec8 [D][ld] (the layout of bdec), coef8 [M][ld].
+ * The activations are converted from the 16-bit buffers the rows pass
+ * (encode) and the dequantizer (decode) write: an amax pass, then a pass
+ * that scales by 448/amax and rounds to e4m3 (scale on the device). The
+ * per-tensor scale needs the whole batch's amax before any e4m3 value
+ * exists, so the conversion is a pass of its own, not fused into those
+ * kernels (that would need per-token scales, i.e. a rescale in the
+ * quantizer / rows kernels: the next step if the pass shows up).
+ * Non-finite values are left out of the amax (a poisoned chunk must not
+ * spoil its neighbours' scale; its own columns of the output are NaN and
+ * its status is already set). One scale per batch and direction: an
+ * extreme but finite chunk coarsens the others' rounding (never their
+ * validity); projx measured per-tensor as good as per-row/column scales.
+ * When cuBLASLt has no FP8 algorithm for a shape, the call runs the 16-bit
+ * GEMM instead (counted, kvtc__gpu_fp8_info): fp8 never breaks a call. */
+#include <cuda_fp8.h>
+
+#include "gpu_internal.h"
+
+#define F8_THREADS 256u
+#define F8_MAX 448.0f
+
+struct kvtc__fp8 {
+    int on[2];                   /* [0 encode, 1 decode] */
+    void *b8[2][2];              /* [dir][stream] e4m3 bases (layouts above) */
+    float *dev;                  /* basis dequant scales [dir][stream] (4),
+                                    then per lane: amax bits, act scale */
+    kvtc__dbuf act[KVTC_GPU_MAX_LANES];
+    uint64_t runs, fallbacks;
+};
+
+static __device__ __forceinline__ float ld16(const uint16_t *p, size_t i, int bf)
+{
+    uint16_t v = p[i];
+    return bf ? __bfloat162float(__ushort_as_bfloat16(v)) : __half2float(__ushort_as_half(v));
+}
+
+/* amax over finite |x| of n 16-bit values into *amax (float bits; the
+ * caller zeroes it): non-negative floats order as their bits. */
+__global__ void k_amax16(const uint16_t *src, size_t n, int bf, unsigned *amax)
+{
+    float m = 0.0f;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float a = fabsf(ld16(src, i, bf));
+        if (a <= 3.0e38f) /* false for inf and NaN */
+            m = fmaxf(m, a);
+    }
+    for (int o = 16; o; o >>= 1)
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((threadIdx.x & 31) == 0 && m > 0.0f)
+        atomicMax(amax, __float_as_uint(m));
+}
+
+/* dst[r * dld + c] = e4m3(src[r * sld + c] * 448 / amax) for r < rows,
+ * c < cols (transposed: dst[c * dld + r]); *dscale = amax / 448 (the
+ * multiplier cuBLASLt applies). amax 0: scale 1. */
+__global__ void k_to_e4m3(const uint16_t *src, uint64_t rows, uint32_t cols, uint32_t sld, int bf,
+                          const unsigned *amax, float *dscale, __nv_fp8_storage_t *dst,
+                          uint32_t dld, int transpose)
+{
+    float a = __uint_as_float(*amax), s = a > 0.0f ? F8_MAX / a : 1.0f;
+    if (blockIdx.x == 0 && threadIdx.x == 0)
+        *dscale = 1.0f / s;
+    size_t n = rows * cols;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / cols, c = i - r * cols;
+        __nv_fp8_storage_t q =
+            __nv_cvt_float_to_fp8(ld16(src, r * sld + c, bf) * s, __NV_SATFINITE, __NV_E4M3);
+        dst[transpose ? c * dld + r : r * dld + c] = q;
+    }
+}
+
+/* 16-byte steps of the activation conversion (rows of 8 values; every
+ * activation width here is a multiple of 16). */
+__global__ void k_to_e4m3_vec(const uint4 *src, size_t n8, int bf, const unsigned *amax,
+                              float *dscale, uint2 *dst)
+{
+    float a = __uint_as_float(*amax), s = a > 0.0f ? F8_MAX / a : 1.0f;
+    if (blockIdx.x == 0 && threadIdx.x == 0)
+        *dscale = 1.0f / s;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint4 v = src[i];
+        const uint16_t *h = (const uint16_t *)&v;
+        uint8_t q[8];
+        for (int k = 0; k < 8; k++) {
+            float x = bf ? __bfloat162float(__ushort_as_bfloat16(h[k]))
+                         : __half2float(__ushort_as_half(h[k]));
+            q[k] = __nv_cvt_float_to_fp8(x * s, __NV_SATFINITE, __NV_E4M3);
+        }
+        dst[i] = *(const uint2 *)q;
+    }
+}
+
+static unsigned grid_for(size_t n)
+{
+    size_t b = (n + F8_THREADS - 1) / F8_THREADS;
+    return (unsigned)(b < 1 ? 1 : b > 4096 ? 4096 : b);
+}
+
+static int is_bf(const kvtc_gpu_codec *g) { return g->params.gemm != KVTC_GPU_GEMM_FP16; }
+
+/* The activation of M rows of width w (16-bit, [M][w]) into lane li's
+ * e4m3 buffer, its scale at f->dev[4 + 2 li + 1]. */
+static int act_convert(kvtc_gpu_codec *g, int li, const void *src, uint64_t M, uint32_t w,
+                       cudaStream_t s)
+{
+    kvtc__fp8 *f = g->fp8;
+    size_t n = M * w;
+    unsigned *amax = (unsigned *)(f->dev + 4 + 2 * li);
+    int rc = kvtc__dbuf_reserve(&f->act[li], n + 16, s);
+    if (rc || (rc = kvtc__cuda_err(cudaMemsetAsync(amax, 0, 4, s), "memset")))
+        return rc;
+    k_amax16<<<grid_for(n / 4), F8_THREADS, 0, s>>>((const uint16_t *)src, n, is_bf(g), amax);
+    k_to_e4m3_vec<<<grid_for(n / 8), F8_THREADS, 0, s>>>((const uint4 *)src, n / 8, is_bf(g), amax,
+                                                         f->dev + 4 + 2 * li + 1,
+                                                         (uint2 *)f->act[li].p);
+    return kvtc__cuda_err(cudaGetLastError(), "fp8 convert");
+}
+
+/* One FP8 matmul: C[m x n] = (sa * A^T) (sb * B), A [k x m] (lda k), B
+ * [k x n] (ldb k), C of type ct (ldc m). 1: no FP8 algorithm (caller
+ * falls back), 0 done, < 0 error. */
+static int f8_run(kvtc_gpu_codec *g, kvtc__lane *ln, uint64_t m, uint64_t n, uint64_t k,
+                  const void *A, const float *sa, const void *B, const float *sb, void *C,
+                  cudaDataType ct, cudaStream_t s)
+{
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t h;
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    int8_t fast = 0;
+    uint64_t ws = ln->ws.cap;
+    const float one = 1.0f, zero = 0.0f;
+    int found = 0, rc = KVTC_EIO;
+    if (cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) {
+        op = NULL;
+        goto done;
+    }
+    if (cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) ||
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) ||
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast) ||
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa) ||
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb))
+        goto done;
+    if (cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, k, m, (int64_t)k) ||
+        cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, k, n, (int64_t)k) ||
+        cublasLtMatrixLayoutCreate(&lc, ct, m, n, (int64_t)m))
+        goto done;
+    if (cublasLtMatmulPreferenceCreate(&pref) ||
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                             sizeof ws))
+        goto done;
+    if (cublasLtMatmulAlgoGetHeuristic(g->lt, op, la, lb, lc, lc, pref, 1, &h, &found) ||
+        found < 1) {
+        rc = 1;
+        goto done;
+    }
+    rc = cublasLtMatmul(g->lt, op, &one, A, la, B, lb, &zero, C, lc, C, lc, &h.algo, ln->ws.p, ws,
+                        s) == CUBLAS_STATUS_SUCCESS
+             ? 0
+             : KVTC_EIO;
+done:
+    if (pref)
+        cublasLtMatmulPreferenceDestroy(pref);
+    if (lc)
+        cublasLtMatrixLayoutDestroy(lc);
+    if (lb)
+        cublasLtMatrixLayoutDestroy(lb);
+    if (la)
+        cublasLtMatrixLayoutDestroy(la);
+    if (op)
+        cublasLtMatmulDescDestroy(op);
+    return rc;
+}
+
+int kvtc__fp8_encode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M, const void *rows,
+                     float *coef, cudaStream_t s)
+{
+    kvtc__fp8 *f = g->fp8;
+    int li = (int)(ln - g->lane), rc;
+    if ((rc = act_convert(g, li, rows, M, g->D, s)))
+        return rc;
+    rc = f8_run(g, ln, g->ld[stream], M, g->D, f->b8[0][stream], f->dev + stream,
+                f->act[li].p, f->dev + 4 + 2 * li + 1, coef, CUDA_R_32F, s);
+    if (rc == 0)
+        f->runs++;
+    else if (rc == 1)
+        f->fallbacks++;
+    return rc;
+}
+
+int kvtc__fp8_decode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M, const void *coef,
+                     void *rows, cudaStream_t s)
+{
+    kvtc__fp8 *f = g->fp8;
+    int li = (int)(ln - g->lane), rc;
+    if ((rc = act_convert(g, li, coef, M, g->ld[stream], s)))
+        return rc;
+    rc = f8_run(g, ln, g->D, M, g->ld[stream], f->b8[1][stream], f->dev + 2 + stream,
+                f->act[li].p, f->dev + 4 + 2 * li + 1, rows,
+                is_bf(g) ? CUDA_R_16BF : CUDA_R_16F, s);
+    if (rc == 0)
+        f->runs++;
+    else if (rc == 1)
+        f->fallbacks++;
+    return rc;
+}
+
+int kvtc__fp8_init(kvtc_gpu_codec *g)
+{
+    int on[2] = {g->params.enc_gemm == KVTC_GPU_PROJ_FP8, g->params.dec_gemm == KVTC_GPU_PROJ_FP8};
+    if (!on[0] && !on[1])
+        return 0;
+    /* FP8 operands need 16-element leading dimensions: ld is, D must be
+     * (every real model's is: head_dim % 16 == 0) */
+    if (g->D % 16)
+        return KVTC_ENOTSUP;
+    kvtc__fp8 *f = (kvtc__fp8 *)calloc(1, sizeof *f);
+    if (!f)
+        return KVTC_ENOMEM;
+    g->fp8 = f;
+    f->on[0] = on[0];
+    f->on[1] = on[1];
+    int rc = kvtc__cuda_err(cudaMalloc(&f->dev, sizeof(float) * (4 + 2 * KVTC_GPU_MAX_LANES)),
+                            "cudaMalloc");
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMemset(f->dev, 0, sizeof(float) * (4 + 2 * KVTC_GPU_MAX_LANES)),
+                            "memset");
+    for (int dir = 0; dir < 2 && !rc; dir++)
+        for (int s = 0; s < 2 && !rc; s++) {
+            uint32_t ld = g->ld[s];
+            size_t n = (size_t)g->D * ld;
+            if (!on[dir] || !g->kp[s])
+                continue;
+            unsigned *amax = (unsigned *)(f->dev + 4); /* lane 0's, free now */
+            const uint16_t *src = (const uint16_t *)(dir ? g->bdec[s] : g->benc[s]);
+            if ((rc = kvtc__cuda_err(cudaMalloc(&f->b8[dir][s], n), "cudaMalloc")) ||
+                (rc = kvtc__cuda_err(cudaMemset(amax, 0, 4), "memset")))
+                break;
+            k_amax16<<<grid_for(n / 4), F8_THREADS>>>(src, n, is_bf(g), amax);
+            /* encode: [D][ld] -> [ld][D]; decode: as is */
+            k_to_e4m3<<<grid_for(n), F8_THREADS>>>(src, g->D, ld, ld, is_bf(g), amax,
+                                                   f->dev + 2 * dir + s,
+                                                   (__nv_fp8_storage_t *)f->b8[dir][s],
+                                                   dir ? ld : g->D, !dir);
+            rc = kvtc__cuda_err(cudaDeviceSynchronize(), "fp8 bases");
+        }
+    return rc; /* kvtc__fp8_free cleans up on failure */
+}
+
+void kvtc__fp8_free(kvtc_gpu_codec *g)
+{
+    kvtc__fp8 *f = g->fp8;
+    if (!f)
+        return;
+    for (int d = 0; d < 2; d++)
+        for (int s = 0; s < 2; s++)
+            cudaFree(f->b8[d][s]);
+    for (uint32_t i = 0; i < KVTC_GPU_MAX_LANES; i++)
+        kvtc__dbuf_free(&f->act[i]);
+    cudaFree(f->dev);
+    free(f);
+    g->fp8 = NULL;
+}
+
+int kvtc__fp8_on(const kvtc_gpu_codec *g, int dir) { return g->fp8 && g->fp8->on[dir]; }
+
+extern "C" int kvtc__gpu_fp8_info(const kvtc_gpu_codec *g, uint64_t *runs, uint64_t *fallbacks)
+{
+    if (!g || !runs || !fallbacks)
+        return KVTC_EINVAL;
+    *runs = g->fp8 ? g->fp8->runs : 0;
+    *fallbacks = g->fp8 ? g->fp8->fallbacks : 0;
+    return 0;
+}
+
+extern "C" int kvtc__gpu_fp8_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, float *enc_ms,
+                                       float *dec_ms)
+{
+    /* the FP8 GEMMs alone (no conversion), both streams, on scratch e4m3
+     * activations with scale 1; medians of iters. Synchronous. */
+    if (!g || !g->fp8 || !M || iters < 1 || !enc_ms || !dec_ms)
+        return KVTC_EINVAL;
+    kvtc__fp8 *f = g->fp8;
+    kvtc__lane *ln = &g->lane[0];
+    uint32_t kmax = g->ld[0] > g->ld[1] ? g->ld[0] : g->ld[1];
+    size_t w = g->D > kmax ? g->D : kmax;
+    void *B = NULL, *C = NULL;
+    float *one = NULL, h1 = 1.0f;
+    cudaEvent_t e[3] = {NULL, NULL, NULL};
+    float *t = (float *)calloc(2 * (size_t)iters, sizeof(float));
+    int rc = t ? kvtc__cuda_err(cudaSetDevice(g->params.device), "cudaSetDevice") : KVTC_ENOMEM;
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMalloc(&B, M * w), "cudaMalloc");
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMalloc(&C, M * w * 4), "cudaMalloc");
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMalloc(&one, 4), "cudaMalloc");
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMemset(B, 0x2c, M * w), "memset"); /* e4m3 0x2c = 0.1875 */
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMemcpy(one, &h1, 4, cudaMemcpyHostToDevice), "memcpy");
+    for (int i = 0; i < 3 && !rc; i++)
+        if (cudaEventCreate(&e[i]) != cudaSuccess)
+            rc = KVTC_EIO;
+    for (int i = -2; i < iters && !rc; i++) {
+        cudaEventRecord(e[0], 0);
+        for (int s = 0; s < 2 && !rc; s++)
+            if (g->kp[s] && f->b8[0][s])
+                rc = f8_run(g, ln, g->ld[s], M, g->D, f->b8[0][s], f->dev + s, B, one, C,
+                            CUDA_R_32F, 0);
+        cudaEventRecord(e[1], 0);
+        for (int s = 0; s < 2 && !rc; s++)
+            if (g->kp[s] && f->b8[1][s])
+                rc = f8_run(g, ln, g->D, M, g->ld[s], f->b8[1][s], f->dev + 2 + s, B, one, C,
+                            is_bf(g) ? CUDA_R_16BF : CUDA_R_16F, 0);
+        cudaEventRecord(e[2], 0);
+        if (rc == 1)
+            rc = KVTC_ENOTSUP;
+        if (!rc)
+            rc = kvtc__cuda_err(cudaEventSynchronize(e[2]), "fp8 gemm time");
+        if (!rc && i >= 0) {
+            cudaEventElapsedTime(&t[i], e[0], e[1]);
+            cudaEventElapsedTime(&t[iters + i], e[1], e[2]);
+        }
+    }
+    for (int k = 0; k < 2 && !rc; k++) {
+        float *v = t + (size_t)k * iters;
+        for (int i = 1; i < iters; i++)
+            for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+                float x = v[j];
+                v[j] = v[j - 1];
+                v[j - 1] = x;
+            }
+        (k ? *dec_ms : *enc_ms) = v[iters / 2];
+    }
+    for (int i = 0; i < 3; i++)
+        if (e[i])
+            cudaEventDestroy(e[i]);
+    cudaFree(B);
+    cudaFree(C);
+    cudaFree(one);
+    free(t);
+    return rc;
+}
