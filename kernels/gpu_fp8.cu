@@ -22,9 +22,13 @@
  * its status is already set). One scale per batch and direction: an
  * extreme but finite chunk coarsens the others' rounding (never their
  * validity); projx measured per-tensor as good as per-row/column scales.
- * When cuBLASLt has no FP8 algorithm for a shape, the call runs the 16-bit
- * GEMM instead (counted, kvtc__gpu_fp8_info): fp8 never breaks a call. */
+ * The FP8 GEMM takes the first M & ~15 rows (cuBLASLt's FP8 kernels want
+ * 16-aligned dimensions), the 16-bit GEMM the rest; when cuBLASLt has no
+ * FP8 algorithm for a shape or refuses it, the 16-bit GEMM takes all
+ * (counted, kvtc__gpu_fp8_info; the first reason goes to stderr): fp8
+ * never breaks a call. */
 #include <cuda_fp8.h>
+#include <stdio.h>
 
 #include "gpu_internal.h"
 
@@ -38,6 +42,7 @@ struct kvtc__fp8 {
                                     then per lane: amax bits, act scale */
     kvtc__dbuf act[KVTC_GPU_MAX_LANES];
     uint64_t runs, fallbacks;
+    uint32_t noted;              /* f8_note's reports so far */
 };
 
 static __device__ __forceinline__ float ld16(const uint16_t *p, size_t i, int bf)
@@ -131,9 +136,24 @@ static int act_convert(kvtc_gpu_codec *g, int li, const void *src, uint64_t M, u
     return kvtc__cuda_err(cudaGetLastError(), "fp8 convert");
 }
 
+/* Reports an FP8 GEMM that could not run (once per context): the 16-bit
+ * GEMM then runs instead, so this is a speed finding, not an error. */
+static void f8_note(kvtc_gpu_codec *g, const char *step, int st, uint64_t m, uint64_t n,
+                    uint64_t k)
+{
+    if (g->fp8->noted++)
+        return;
+    fprintf(stderr, "kvtc gpu: fp8 GEMM %llux%llux%llu: %s (cuBLAS status %d); 16-bit GEMM used\n",
+            (unsigned long long)m, (unsigned long long)n, (unsigned long long)k, step, st);
+}
+
+#define F8_CANDIDATES 4
+
 /* One FP8 matmul: C[m x n] = (sa * A^T) (sb * B), A [k x m] (lda k), B
- * [k x n] (ldb k), C of type ct (ldc m). 1: no FP8 algorithm (caller
- * falls back), 0 done, < 0 error. */
+ * [k x n] (ldb k), C of type ct (ldc m). 1: it could not run (nothing
+ * enqueued; the caller falls back), 0 done. cuBLASLt's heuristic
+ * candidates are tried in order until one launches (its first may refuse
+ * at launch what the heuristic accepted: alignment checks). */
 static int f8_run(kvtc_gpu_codec *g, kvtc__lane *ln, uint64_t m, uint64_t n, uint64_t k,
                   const void *A, const float *sa, const void *B, const float *sb, void *C,
                   cudaDataType ct, cudaStream_t s)
@@ -141,39 +161,55 @@ static int f8_run(kvtc_gpu_codec *g, kvtc__lane *ln, uint64_t m, uint64_t n, uin
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
     cublasLtMatmulPreference_t pref = NULL;
-    cublasLtMatmulHeuristicResult_t h;
+    cublasLtMatmulHeuristicResult_t h[F8_CANDIDATES];
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    int8_t fast = 0;
-    uint64_t ws = ln->ws.cap;
+    uint64_t ws = ln->ws.p ? ln->ws.cap : 0;
     const float one = 1.0f, zero = 0.0f;
-    int found = 0, rc = KVTC_EIO;
-    if (cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) {
+    int found = 0, rc = 1;
+    cublasStatus_t st;
+    if ((st = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F))) {
         op = NULL;
+        f8_note(g, "descriptor", st, m, n, k);
         goto done;
     }
-    if (cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) ||
-        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) ||
-        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast) ||
-        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa) ||
-        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb))
+    /* fast accumulation stays at its default, off: fp32 accumulation */
+    if ((st = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta)) ||
+        (st = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb)) ||
+        (st = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa,
+                                             sizeof sa)) ||
+        (st = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb,
+                                             sizeof sb))) {
+        f8_note(g, "attributes", st, m, n, k);
         goto done;
-    if (cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, k, m, (int64_t)k) ||
-        cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, k, n, (int64_t)k) ||
-        cublasLtMatrixLayoutCreate(&lc, ct, m, n, (int64_t)m))
+    }
+    if ((st = cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, k, m, (int64_t)k)) ||
+        (st = cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, k, n, (int64_t)k)) ||
+        (st = cublasLtMatrixLayoutCreate(&lc, ct, m, n, (int64_t)m))) {
+        f8_note(g, "layouts", st, m, n, k);
         goto done;
-    if (cublasLtMatmulPreferenceCreate(&pref) ||
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                             sizeof ws))
+    }
+    if ((st = cublasLtMatmulPreferenceCreate(&pref)) ||
+        (st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                   &ws, sizeof ws))) {
+        f8_note(g, "preference", st, m, n, k);
         goto done;
-    if (cublasLtMatmulAlgoGetHeuristic(g->lt, op, la, lb, lc, lc, pref, 1, &h, &found) ||
+    }
+    if ((st = cublasLtMatmulAlgoGetHeuristic(g->lt, op, la, lb, lc, lc, pref, F8_CANDIDATES, h,
+                                             &found)) ||
         found < 1) {
-        rc = 1;
+        f8_note(g, "no algorithm", st, m, n, k);
         goto done;
     }
-    rc = cublasLtMatmul(g->lt, op, &one, A, la, B, lb, &zero, C, lc, C, lc, &h.algo, ln->ws.p, ws,
-                        s) == CUBLAS_STATUS_SUCCESS
-             ? 0
-             : KVTC_EIO;
+    for (int i = 0; i < found && rc; i++) {
+        st = cublasLtMatmul(g->lt, op, &one, A, la, B, lb, &zero, C, lc, C, lc, &h[i].algo,
+                            ln->ws.p, ws, s);
+        if (st == CUBLAS_STATUS_SUCCESS)
+            rc = 0;
+    }
+    if (rc) {
+        f8_note(g, "launch refused", st, m, n, k);
+        cudaGetLastError(); /* a refused launch leaves nothing behind */
+    }
 done:
     if (pref)
         cublasLtMatmulPreferenceDestroy(pref);
@@ -188,37 +224,53 @@ done:
     return rc;
 }
 
+/* Rows the FP8 GEMM takes: a multiple of 16 (cuBLASLt's FP8 kernels want
+ * every dimension 16-aligned; the rest go to the 16-bit GEMM). */
+static uint64_t f8_rows(uint64_t M) { return M & ~(uint64_t)15; }
+
 int kvtc__fp8_encode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M, const void *rows,
-                     float *coef, cudaStream_t s)
+                     float *coef, cudaStream_t s, uint64_t *done)
 {
     kvtc__fp8 *f = g->fp8;
     int li = (int)(ln - g->lane), rc;
-    if ((rc = act_convert(g, li, rows, M, g->D, s)))
+    uint64_t Mf = f8_rows(M);
+    *done = 0;
+    if (!Mf)
+        return 0;
+    if ((rc = act_convert(g, li, rows, Mf, g->D, s)))
         return rc;
-    rc = f8_run(g, ln, g->ld[stream], M, g->D, f->b8[0][stream], f->dev + stream,
+    rc = f8_run(g, ln, g->ld[stream], Mf, g->D, f->b8[0][stream], f->dev + stream,
                 f->act[li].p, f->dev + 4 + 2 * li + 1, coef, CUDA_R_32F, s);
-    if (rc == 0)
-        f->runs++;
-    else if (rc == 1)
+    if (rc)
         f->fallbacks++;
-    return rc;
+    else {
+        f->runs++;
+        *done = Mf;
+    }
+    return 0;
 }
 
 int kvtc__fp8_decode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M, const void *coef,
-                     void *rows, cudaStream_t s)
+                     void *rows, cudaStream_t s, uint64_t *done)
 {
     kvtc__fp8 *f = g->fp8;
     int li = (int)(ln - g->lane), rc;
-    if ((rc = act_convert(g, li, coef, M, g->ld[stream], s)))
+    uint64_t Mf = f8_rows(M);
+    *done = 0;
+    if (!Mf)
+        return 0;
+    if ((rc = act_convert(g, li, coef, Mf, g->ld[stream], s)))
         return rc;
-    rc = f8_run(g, ln, g->D, M, g->ld[stream], f->b8[1][stream], f->dev + 2 + stream,
+    rc = f8_run(g, ln, g->D, Mf, g->ld[stream], f->b8[1][stream], f->dev + 2 + stream,
                 f->act[li].p, f->dev + 4 + 2 * li + 1, rows,
                 is_bf(g) ? CUDA_R_16BF : CUDA_R_16F, s);
-    if (rc == 0)
-        f->runs++;
-    else if (rc == 1)
+    if (rc)
         f->fallbacks++;
-    return rc;
+    else {
+        f->runs++;
+        *done = Mf;
+    }
+    return 0;
 }
 
 int kvtc__fp8_init(kvtc_gpu_codec *g)
@@ -331,7 +383,7 @@ extern "C" int kvtc__gpu_fp8_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters,
                             is_bf(g) ? CUDA_R_16BF : CUDA_R_16F, 0);
         cudaEventRecord(e[2], 0);
         if (rc == 1)
-            rc = KVTC_ENOTSUP;
+            rc = KVTC_ENOTSUP; /* no FP8 GEMM at this shape (f8_note said why) */
         if (!rc)
             rc = kvtc__cuda_err(cudaEventSynchronize(e[2]), "fp8 gemm time");
         if (!rc && i >= 0) {

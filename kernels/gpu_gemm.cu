@@ -200,9 +200,14 @@ int kvtc__gemm_encode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M,
     if (!M || !g->kp[stream])
         return 0;
     if (kvtc__fp8_on(g, 0)) {
-        int rc = kvtc__fp8_encode(g, ln, stream, M, rows, coef, s);
-        if (rc != 1)
-            return rc; /* 1: no FP8 algorithm for this shape, 16 bits below */
+        /* fp8 takes a multiple of 16 rows (or none): the rest below */
+        uint64_t done = 0;
+        int rc = kvtc__fp8_encode(g, ln, stream, M, rows, coef, s, &done);
+        if (rc || done == M)
+            return rc;
+        rows = (const uint8_t *)rows + done * g->D * 2;
+        coef += done * kp;
+        M -= done;
     }
     if (g->gemm_sms || g->gemm_lt) {
         lt_prob p = enc_prob(g, stream, M);
@@ -228,9 +233,14 @@ int kvtc__gemm_decode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M,
     if (!g->kp[stream])
         return kvtc__cuda_err(cudaMemsetAsync(rows, 0, M * g->D * 2, s), "memset");
     if (kvtc__fp8_on(g, 1)) {
-        int rc = kvtc__fp8_decode(g, ln, stream, M, coef, rows, s);
-        if (rc != 1)
-            return rc; /* 1: no FP8 algorithm for this shape, 16 bits below */
+        /* fp8 takes a multiple of 16 rows (or none): the rest below */
+        uint64_t done = 0;
+        int rc = kvtc__fp8_decode(g, ln, stream, M, coef, rows, s, &done);
+        if (rc || done == M)
+            return rc;
+        coef = (const uint8_t *)coef + done * kp * 2;
+        rows = (uint8_t *)rows + done * g->D * 2;
+        M -= done;
     }
     if (g->gemm_sms || g->gemm_lt) {
         lt_prob p = dec_prob(g, stream, M);

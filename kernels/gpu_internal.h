@@ -310,12 +310,13 @@ void kvtc__fp8_free(kvtc_gpu_codec *g);
 /* 1 when direction dir (0 encode, 1 decode) runs in fp8. */
 int kvtc__fp8_on(const kvtc_gpu_codec *g, int dir);
 /* As kvtc__gemm_encode / _decode with e4m3 operands (the 16-bit activation
- * converted first, on s); 1 when cuBLASLt has no FP8 algorithm for the
- * shape (the caller runs the 16-bit GEMM), 0 done, < 0 an error. */
+ * converted first, on s) for the first *done rows (M & ~15, or 0 when
+ * cuBLASLt cannot run the FP8 GEMM): the caller projects the rest in 16
+ * bits. 0, or < 0 an error. */
 int kvtc__fp8_encode(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream, uint64_t M,
-                     const void *rows, float *coef, cudaStream_t s);
+                     const void *rows, float *coef, cudaStream_t s, uint64_t *done);
 int kvtc__fp8_decode(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream, uint64_t M,
-                     const void *coef, void *rows, cudaStream_t s);
+                     const void *coef, void *rows, cudaStream_t s, uint64_t *done);
 /* Tests and benchmarks: GEMM calls that ran in fp8 and that fell back to
  * 16 bits since creation (host counters; KVTC_EINVAL on NULLs). */
 extern "C" int kvtc__gpu_fp8_info(const kvtc_gpu_codec *g, uint64_t *runs, uint64_t *fallbacks);
