@@ -777,6 +777,8 @@ static void fp8_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chun
         run_codec(p, plan, prm, ch, n, l, d_out, raw, iters, d_in, &r[i], NULL, NULL);
         reuse_ctx = NULL;
         KV(kvtc__gpu_fp8_info(g, &runs[i], &fbk[i]));
+        fprintf(stderr, "fp8 report: %s compress %.3f ms, decompress %.3f ms, rel.err %.4g\n",
+                name[i], r[i].enc_ms, r[i].dec_ms, r[i].rel_mse);
         if (i == 0)
             KV(kvtc__gpu_gemm_time(g, M, iters, &g16[0], &g16[1]));
         if (i == 3)
