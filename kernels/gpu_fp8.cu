@@ -34,12 +34,21 @@
 
 #define F8_THREADS 256u
 #define F8_MAX 448.0f
+/* Device scalars each in a 256-byte slot: cuBLASLt refused (at launch,
+ * CUBLAS_STATUS_NOT_SUPPORTED, after its heuristic accepted the problem)
+ * scale pointers 4 or 8 bytes past a 16-byte boundary on the H100. */
+#define F8_SLOT 64u
+#define F8_N_SLOTS (4u + 2u * KVTC_GPU_MAX_LANES)
+/* slot i: basis scale (dir, stream) i = 2 dir + stream; lane li's amax
+ * 4 + 2 li, its activation scale 5 + 2 li */
+#define F8_AT(f, i) ((f)->dev + (size_t)(i) * F8_SLOT)
 
 struct kvtc__fp8 {
     int on[2];                   /* [0 encode, 1 decode] */
     void *b8[2][2];              /* [dir][stream] e4m3 bases (layouts above) */
-    float *dev;                  /* basis dequant scales [dir][stream] (4),
-                                    then per lane: amax bits, act scale */
+    float *dev;                  /* F8_SLOT-float slots: basis dequant
+                                    scales [dir][stream] (slots 0..3), then
+                                    per lane: amax bits, act scale */
     kvtc__dbuf act[KVTC_GPU_MAX_LANES];
     uint64_t runs, fallbacks;
     uint32_t noted;              /* f8_note's reports so far */
@@ -125,13 +134,13 @@ static int act_convert(kvtc_gpu_codec *g, int li, const void *src, uint64_t M, u
 {
     kvtc__fp8 *f = g->fp8;
     size_t n = M * w;
-    unsigned *amax = (unsigned *)(f->dev + 4 + 2 * li);
+    unsigned *amax = (unsigned *)F8_AT(f, 4 + 2 * li);
     int rc = kvtc__dbuf_reserve(&f->act[li], n + 16, s);
     if (rc || (rc = kvtc__cuda_err(cudaMemsetAsync(amax, 0, 4, s), "memset")))
         return rc;
     k_amax16<<<grid_for(n / 4), F8_THREADS, 0, s>>>((const uint16_t *)src, n, is_bf(g), amax);
     k_to_e4m3_vec<<<grid_for(n / 8), F8_THREADS, 0, s>>>((const uint4 *)src, n / 8, is_bf(g), amax,
-                                                         f->dev + 4 + 2 * li + 1,
+                                                         F8_AT(f, 5 + 2 * li),
                                                          (uint2 *)f->act[li].p);
     return kvtc__cuda_err(cudaGetLastError(), "fp8 convert");
 }
@@ -239,8 +248,8 @@ int kvtc__fp8_encode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M, 
         return 0;
     if ((rc = act_convert(g, li, rows, Mf, g->D, s)))
         return rc;
-    rc = f8_run(g, ln, g->ld[stream], Mf, g->D, f->b8[0][stream], f->dev + stream,
-                f->act[li].p, f->dev + 4 + 2 * li + 1, coef, CUDA_R_32F, s);
+    rc = f8_run(g, ln, g->ld[stream], Mf, g->D, f->b8[0][stream], F8_AT(f, stream),
+                f->act[li].p, F8_AT(f, 5 + 2 * li), coef, CUDA_R_32F, s);
     if (rc)
         f->fallbacks++;
     else {
@@ -261,8 +270,8 @@ int kvtc__fp8_decode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M, 
         return 0;
     if ((rc = act_convert(g, li, coef, Mf, g->ld[stream], s)))
         return rc;
-    rc = f8_run(g, ln, g->D, Mf, g->ld[stream], f->b8[1][stream], f->dev + 2 + stream,
-                f->act[li].p, f->dev + 4 + 2 * li + 1, rows,
+    rc = f8_run(g, ln, g->D, Mf, g->ld[stream], f->b8[1][stream], F8_AT(f, 2 + stream),
+                f->act[li].p, F8_AT(f, 5 + 2 * li), rows,
                 is_bf(g) ? CUDA_R_16BF : CUDA_R_16F, s);
     if (rc)
         f->fallbacks++;
@@ -288,18 +297,17 @@ int kvtc__fp8_init(kvtc_gpu_codec *g)
     g->fp8 = f;
     f->on[0] = on[0];
     f->on[1] = on[1];
-    int rc = kvtc__cuda_err(cudaMalloc(&f->dev, sizeof(float) * (4 + 2 * KVTC_GPU_MAX_LANES)),
-                            "cudaMalloc");
+    size_t db = sizeof(float) * F8_SLOT * F8_N_SLOTS;
+    int rc = kvtc__cuda_err(cudaMalloc(&f->dev, db), "cudaMalloc");
     if (!rc)
-        rc = kvtc__cuda_err(cudaMemset(f->dev, 0, sizeof(float) * (4 + 2 * KVTC_GPU_MAX_LANES)),
-                            "memset");
+        rc = kvtc__cuda_err(cudaMemset(f->dev, 0, db), "memset");
     for (int dir = 0; dir < 2 && !rc; dir++)
         for (int s = 0; s < 2 && !rc; s++) {
             uint32_t ld = g->ld[s];
             size_t n = (size_t)g->D * ld;
             if (!on[dir] || !g->kp[s])
                 continue;
-            unsigned *amax = (unsigned *)(f->dev + 4); /* lane 0's, free now */
+            unsigned *amax = (unsigned *)F8_AT(f, 4); /* lane 0's, free now */
             const uint16_t *src = (const uint16_t *)(dir ? g->bdec[s] : g->benc[s]);
             if ((rc = kvtc__cuda_err(cudaMalloc(&f->b8[dir][s], n), "cudaMalloc")) ||
                 (rc = kvtc__cuda_err(cudaMemset(amax, 0, 4), "memset")))
@@ -307,7 +315,7 @@ int kvtc__fp8_init(kvtc_gpu_codec *g)
             k_amax16<<<grid_for(n / 4), F8_THREADS>>>(src, n, is_bf(g), amax);
             /* encode: [D][ld] -> [ld][D]; decode: as is */
             k_to_e4m3<<<grid_for(n), F8_THREADS>>>(src, g->D, ld, ld, is_bf(g), amax,
-                                                   f->dev + 2 * dir + s,
+                                                   F8_AT(f, 2 * dir + s),
                                                    (__nv_fp8_storage_t *)f->b8[dir][s],
                                                    dir ? ld : g->D, !dir);
             rc = kvtc__cuda_err(cudaDeviceSynchronize(), "fp8 bases");
@@ -374,12 +382,12 @@ extern "C" int kvtc__gpu_fp8_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters,
         cudaEventRecord(e[0], 0);
         for (int s = 0; s < 2 && !rc; s++)
             if (g->kp[s] && f->b8[0][s])
-                rc = f8_run(g, ln, g->ld[s], M, g->D, f->b8[0][s], f->dev + s, B, one, C,
+                rc = f8_run(g, ln, g->ld[s], M, g->D, f->b8[0][s], F8_AT(f, s), B, one, C,
                             CUDA_R_32F, 0);
         cudaEventRecord(e[1], 0);
         for (int s = 0; s < 2 && !rc; s++)
             if (g->kp[s] && f->b8[1][s])
-                rc = f8_run(g, ln, g->D, M, g->ld[s], f->b8[1][s], f->dev + 2 + s, B, one, C,
+                rc = f8_run(g, ln, g->D, M, g->ld[s], f->b8[1][s], F8_AT(f, 2 + s), B, one, C,
                             is_bf(g) ? CUDA_R_16BF : CUDA_R_16F, 0);
         cudaEventRecord(e[2], 0);
         if (rc == 1)
