@@ -93,8 +93,13 @@ enum kvtc_gpu_index {
  * profile or container property (a container encoded with fp8 decodes with
  * fp16 and on the CPU, and vice versa). fp8 is never the default: on real
  * KV (SmolLM2-135M at 16x, docs/perf-notes.md "Projection cost options")
- * it costs +3% KL encoding, +7-8% decoding, +10-12% both, for GEMMs that
- * run ~1.8x faster on an H100. */
+ * it costs +3% KL encoding, +7-8% decoding, +10-12% both, for GEMMs at
+ * ~1.8x fp16's rate on an H100 (1330-1440 vs 761 TFLOP/s). One scale per
+ * call and direction: an extreme (finite) chunk coarsens its batch
+ * neighbours' rounding. The FP8 GEMM takes the first M & ~15 rows of a
+ * call, the 16-bit GEMM the rest, and all of them when cuBLASLt refuses
+ * FP8 for the shape (a line on stderr; the call still succeeds). The
+ * direct decode (a benchmark setting) stays 16-bit. */
 enum kvtc_gpu_proj {
     KVTC_GPU_PROJ_AUTO = 0, /* the `gemm` field's 16-bit type (default) */
     KVTC_GPU_PROJ_FP8 = 1   /* e4m3 operands, one scale per operand tensor
