@@ -20,9 +20,11 @@
 #include "gpu_numeric.cuh"
 #include "gpu_quant.cuh"
 
-/* The default: 1 the tiled kernels, 0 the row-per-block ones (the one line
- * to change should the tiled kernels misbehave on a device). */
-#define KVTC_GPU_QUANT_TILES_DEFAULT 1
+/* The default: 2 the second tiled quantizer (gaps, v13: 0.88 vs 1.19 ms
+ * for variant 1 per GiB on an H100, same bytes), 1 the first, 0 the
+ * row-per-block kernels (the one line to change should the tiled kernels
+ * misbehave on a device). */
+#define KVTC_GPU_QUANT_TILES_DEFAULT 2
 
 #define QT 8u                       /* tokens per tile = warps per block */
 #define QTHREADS (QT * 32u)
@@ -73,7 +75,228 @@ __device__ static inline uint32_t kq_byte(const uint8_t (*cs)[QCS], const kvtc__
     return v;
 }
 
-/* Grid: x = tiles (M / QT + chunks), y = the stream's items. */
+/* Smallest power of two >= s (s >= 1). */
+__device__ static inline uint32_t kq_pow2(uint32_t s) { return s <= 1 ? 1u : 1u << (32 - __clz(s - 1)); }
+
+/* Variant 2's quantization of groups of <= 32 components (gaps, v13): the
+ * warp (token w's) takes a run of consecutive groups of one power-of-two
+ * width p at a time, p lanes a group, lane j its element j, min/max and
+ * amax by xor shuffles inside the p-lane segment. Variant 1 gave a lane
+ * a group of <= 8 (lanes read shared memory `size` floats apart: up to
+ * 8-way bank conflicts, the elements one after the other) and the whole
+ * warp to each group of 9..32 (5 shuffle levels and the shift/scale math
+ * per group on a warp). min/max/amax are order-free, so the bytes are
+ * variant 1's. Returns the groups done (>= 1). */
+__device__ static inline uint32_t kq_small_run(const kvtc__dgroup *sg, uint32_t k, uint32_t ngi,
+                                               uint32_t lane, const float *x, uint8_t *cw,
+                                               uint32_t a0, uint16_t (*shs)[QT],
+                                               uint16_t (*scs)[QT], uint32_t w)
+{
+    uint32_t p = kq_pow2(sg[k].size), per = 32 / p, kl = k + lane;
+    int same = 0;
+    if (lane < per && kl < ngi)
+        same = sg[kl].size <= 32 && kq_pow2(sg[kl].size) == p;
+    uint32_t bal = __ballot_sync(0xffffffffu, same);
+    uint32_t m = bal == 0xffffffffu ? 32 : __ffs(~bal) - 1; /* lane 0 is always same */
+    uint32_t q = lane / p, j = lane & (p - 1);
+    int live = q < m;
+    const kvtc__dgroup gr = sg[live ? k + q : k];
+    int act = live && j < gr.size;
+    uint32_t lc = gr.start - a0;
+    float v = act ? x[lc + j] : 0.0f;
+    float mn = act ? v : INFINITY, mx = act ? v : -INFINITY;
+    for (uint32_t o = 1; o < p; o <<= 1) {
+        mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    }
+    mn = kd_clamp16(mn);
+    mx = kd_clamp16(mx);
+    uint16_t sh = 0, sc = 0;
+    float shf, scf, inv;
+    if (gr.dyn == UINT32_MAX) {
+        kd_static_params(gr, &shf, &scf, &inv);
+    } else if (gr.type == KVTC__Q_FP8) { /* warp-uniform: every lane shuffles */
+        sh = kd_fp8_shift(mn, mx);
+        shf = kd_f16_to_f32(sh);
+        float amax = act ? fabsf(__fsub_rn(v, shf)) : 0.0f;
+        for (uint32_t o = 1; o < p; o <<= 1)
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        kd_fp8_scale(amax, &sc, &scf, &inv);
+    } else {
+        kd_int_params(gr.bits, mn, mx, &sh, &sc, &shf, &scf, &inv);
+    }
+    if (act)
+        cw[lc + j] = kd_code(gr, v, shf, scf, inv);
+    if (live && j == 0) {
+        shs[k + q][w] = sh;
+        scs[k + q][w] = sc;
+    }
+    return m;
+}
+
+/* The run of consecutive groups from k (< ke) of k's power-of-two width p
+ * that one warp pass takes (kq_small_run's rule): *m groups, this lane's
+ * group gk (k + lane / p, or k when past the run), its element j, *act
+ * when j is inside that group. */
+__device__ static inline void kq_run(const kvtc__dgroup *sg, uint32_t k, uint32_t ke, uint32_t lane,
+                                     uint32_t *p, uint32_t *m, uint32_t *gk, uint32_t *j, int *act)
+{
+    uint32_t pp = kq_pow2(sg[k].size), per = 32 / pp, kl = k + lane;
+    int same = 0;
+    if (lane < per && kl < ke)
+        same = sg[kl].size <= 32 && kq_pow2(sg[kl].size) == pp;
+    uint32_t bal = __ballot_sync(0xffffffffu, same);
+    uint32_t mm = bal == 0xffffffffu ? 32 : __ffs(~bal) - 1, q = lane / pp;
+    *p = pp;
+    *m = mm;
+    *gk = q < mm ? k + q : k;
+    *j = lane & (pp - 1);
+    *act = q < mm && *j < sg[*gk].size;
+}
+
+/* Variant 3's quantization of one token (warp w's row x of the tile; codes
+ * to cw, shift/scale bits to shs/scs[.][w]). Variants 1 and 2 ran the
+ * shift/scale math (two IEEE divisions, fp16 conversions and rounding:
+ * ~150 instructions) on a whole warp per (token, group), the lanes
+ * redundant or idle: ncu (H100, 371-group plan) shows both kernels issue
+ * bound (SM throughput ~80%, DRAM 9-13%). Here a warp takes its groups 32
+ * at a time: min/max of each (segments of p lanes for groups <= 32, the
+ * warp for larger ones) go to the group's owner lane (kb + lane), the
+ * owners run the math together (fp8: shift first, then the amax pass with
+ * each lane fetching its group's shift by a shuffle), and the codes pass
+ * fetches each group's parameters from its owner. Same math, same order-
+ * free reductions: variant 1's bytes. */
+__device__ static void kq_quant_v3(const kvtc__dgroup *sg, uint32_t ngi, uint32_t lane,
+                                   const float *x, uint8_t *cw, uint32_t a0, uint16_t (*shs)[QT],
+                                   uint16_t (*scs)[QT], uint32_t w)
+{
+    const unsigned full = 0xffffffffu;
+    for (uint32_t kb = 0; kb < ngi; kb += 32) {
+        uint32_t ke = min(ngi, kb + 32);
+        float omn = INFINITY, omx = -INFINITY; /* group kb + lane's */
+        for (uint32_t k = kb; k < ke;) {
+            if (sg[k].size <= 32) {
+                uint32_t p, m, gk, j;
+                int act;
+                kq_run(sg, k, ke, lane, &p, &m, &gk, &j, &act);
+                float v = act ? x[sg[gk].start - a0 + j] : 0.0f;
+                float mn = act ? v : INFINITY, mx = act ? v : -INFINITY;
+                for (uint32_t o = 1; o < p; o <<= 1) {
+                    mn = fminf(mn, __shfl_xor_sync(full, mn, o));
+                    mx = fmaxf(mx, __shfl_xor_sync(full, mx, o));
+                }
+                /* owner lanes [k - kb, k - kb + m) take their segment's */
+                int own = lane >= k - kb && lane < k - kb + m;
+                uint32_t src = own ? (lane - (k - kb)) * p : 0;
+                float tmn = __shfl_sync(full, mn, src), tmx = __shfl_sync(full, mx, src);
+                if (own) {
+                    omn = tmn;
+                    omx = tmx;
+                }
+                k += m;
+                continue;
+            }
+            const kvtc__dgroup &gr = sg[k];
+            uint32_t lc = gr.start - a0;
+            float mn = INFINITY, mx = -INFINITY;
+            for (uint32_t j = lane; j < gr.size; j += 32) {
+                mn = fminf(mn, x[lc + j]);
+                mx = fmaxf(mx, x[lc + j]);
+            }
+            for (int o = 16; o; o >>= 1) {
+                mn = fminf(mn, __shfl_xor_sync(full, mn, o));
+                mx = fmaxf(mx, __shfl_xor_sync(full, mx, o));
+            }
+            if (lane == k - kb) {
+                omn = mn;
+                omx = mx;
+            }
+            k++;
+        }
+        /* the owners' parameters */
+        uint32_t mine = kb + lane;
+        int has = mine < ke;
+        const kvtc__dgroup og = sg[has ? mine : kb];
+        omn = kd_clamp16(omn);
+        omx = kd_clamp16(omx);
+        uint16_t sh = 0, sc = 0;
+        float shf = 0, scf = 0, inv = 0;
+        int f8 = has && og.dyn != UINT32_MAX && og.type == KVTC__Q_FP8;
+        if (og.dyn == UINT32_MAX) {
+            kd_static_params(og, &shf, &scf, &inv);
+        } else if (og.type == KVTC__Q_FP8) {
+            sh = kd_fp8_shift(omn, omx);
+            shf = kd_f16_to_f32(sh);
+        } else {
+            kd_int_params(og.bits, omn, omx, &sh, &sc, &shf, &scf, &inv);
+        }
+        if (__any_sync(full, f8)) { /* amax of |x - shift| for fp8 groups */
+            float oam = 0;
+            for (uint32_t k = kb; k < ke;) {
+                if (sg[k].size <= 32) {
+                    uint32_t p, m, gk, j;
+                    int act;
+                    kq_run(sg, k, ke, lane, &p, &m, &gk, &j, &act);
+                    float gsh = __shfl_sync(full, shf, gk - kb);
+                    float a = act ? fabsf(__fsub_rn(x[sg[gk].start - a0 + j], gsh)) : 0.0f;
+                    for (uint32_t o = 1; o < p; o <<= 1)
+                        a = fmaxf(a, __shfl_xor_sync(full, a, o));
+                    int own = lane >= k - kb && lane < k - kb + m;
+                    float t = __shfl_sync(full, a, own ? (lane - (k - kb)) * p : 0);
+                    if (own)
+                        oam = t;
+                    k += m;
+                    continue;
+                }
+                const kvtc__dgroup &gr = sg[k];
+                float gsh = __shfl_sync(full, shf, k - kb), a = 0;
+                for (uint32_t j = lane; j < gr.size; j += 32)
+                    a = fmaxf(a, fabsf(__fsub_rn(x[gr.start - a0 + j], gsh)));
+                for (int o = 16; o; o >>= 1)
+                    a = fmaxf(a, __shfl_xor_sync(full, a, o));
+                if (lane == k - kb)
+                    oam = a;
+                k++;
+            }
+            if (f8)
+                kd_fp8_scale(oam, &sc, &scf, &inv);
+        }
+        if (has) {
+            shs[mine][w] = sh;
+            scs[mine][w] = sc;
+        }
+        /* codes, each lane with its group's parameters from the owner */
+        for (uint32_t k = kb; k < ke;) {
+            if (sg[k].size <= 32) {
+                uint32_t p, m, gk, j;
+                int act;
+                kq_run(sg, k, ke, lane, &p, &m, &gk, &j, &act);
+                float gsh = __shfl_sync(full, shf, gk - kb), gsc = __shfl_sync(full, scf, gk - kb),
+                      gin = __shfl_sync(full, inv, gk - kb);
+                uint32_t lc = sg[gk].start - a0;
+                if (act)
+                    cw[lc + j] = kd_code(sg[gk], x[lc + j], gsh, gsc, gin);
+                k += m;
+                continue;
+            }
+            const kvtc__dgroup &gr = sg[k];
+            float gsh = __shfl_sync(full, shf, k - kb), gsc = __shfl_sync(full, scf, k - kb),
+                  gin = __shfl_sync(full, inv, k - kb);
+            uint32_t lc = gr.start - a0;
+            for (uint32_t j = lane; j < gr.size; j += 32)
+                cw[lc + j] = kd_code(gr, x[lc + j], gsh, gsc, gin);
+            k++;
+        }
+    }
+}
+
+/* Grid: x = tiles (M / QT + chunks), y = the stream's items. V 1: the
+ * first tiled version (quant, v11); V 2 (gaps, v13): the item's group
+ * descriptors staged in shared memory (variant 1 walked them in global
+ * memory, one dependent L1 load per group, three times per block) and
+ * groups of <= 32 components quantized by kq_small_run; V 3: V 2's
+ * staging with kq_quant_v3 (the per-(token, group) math once per lane). */
+template <int V>
 __global__ void __launch_bounds__(QTHREADS)
 k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restrict__ groups,
               const kvtc__qitem *items, uint32_t ng, const float *__restrict__ coef, uint32_t ld)
@@ -81,6 +304,7 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
     __shared__ __align__(16) float xs[QT][QXS];
     __shared__ uint8_t cs[QT][QCS];
     __shared__ uint16_t shs[QG][QT], scs[QG][QT];
+    __shared__ kvtc__dgroup sgs[V >= 2 ? QG : 1];
     const kvtc__qitem it = items[blockIdx.y];
     uint32_t c, t0;
     if (it.ga == it.gb || !kq_tile(ch, nch, blockIdx.x, &c, &t0))
@@ -88,6 +312,12 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
     const kvtc__dchunk C = ch[c];
     uint32_t nr = min(QT, C.T - t0), ngi = it.gb - it.ga;
     uint32_t tid = threadIdx.x, w = tid / 32, lane = tid & 31;
+    /* the item's groups: shared memory (V 2, visible after the staging's
+     * barrier) or global */
+    const kvtc__dgroup *sg = V >= 2 ? sgs : groups + it.ga;
+    if (V >= 2)
+        for (uint32_t k = tid; k < ngi; k += QTHREADS)
+            sgs[k] = groups[it.ga + k];
     /* Stage: rows t0.. of the columns [a0, c1) as float4 (a0 = c0 rounded
      * down to 4; ld is a multiple of 16 and rows of coef 16-byte aligned,
      * so every unit is aligned and inside the row), loads before stores. */
@@ -119,7 +349,55 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
     __syncthreads();
     /* Quantize: warp w = token w of the tile; small groups a lane each,
      * larger ones the whole warp. Codes to cs, shift/scale to shs/scs. */
-    if (w < nr) {
+    if (V == 3 && w < nr)
+        kq_quant_v3(sg, ngi, lane, xs[w], cs[w], a0, shs, scs, w);
+    if (V == 2 && w < nr) {
+        const float *x = xs[w];
+        uint8_t *cw = cs[w];
+        for (uint32_t k = 0; k < ngi;) {
+            if (sg[k].size <= 32) {
+                k += kq_small_run(sg, k, ngi, lane, x, cw, a0, shs, scs, w);
+                continue;
+            }
+            kvtc__dgroup gr = sg[k];
+            uint32_t lc = gr.start - a0;
+            float mn = INFINITY, mx = -INFINITY;
+            for (uint32_t j = lane; j < gr.size; j += 32) {
+                mn = fminf(mn, x[lc + j]);
+                mx = fmaxf(mx, x[lc + j]);
+            }
+            for (int o = 16; o; o >>= 1) {
+                mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            }
+            mn = kd_clamp16(mn);
+            mx = kd_clamp16(mx);
+            uint16_t sh = 0, sc = 0;
+            float shf, scf, inv;
+            if (gr.dyn == UINT32_MAX) {
+                kd_static_params(gr, &shf, &scf, &inv);
+            } else if (gr.type == KVTC__Q_FP8) {
+                sh = kd_fp8_shift(mn, mx);
+                shf = kd_f16_to_f32(sh);
+                float amax = 0;
+                for (uint32_t j = lane; j < gr.size; j += 32)
+                    amax = fmaxf(amax, fabsf(__fsub_rn(x[lc + j], shf)));
+                for (int o = 16; o; o >>= 1)
+                    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+                kd_fp8_scale(amax, &sc, &scf, &inv);
+            } else {
+                kd_int_params(gr.bits, mn, mx, &sh, &sc, &shf, &scf, &inv);
+            }
+            for (uint32_t j = lane; j < gr.size; j += 32)
+                cw[lc + j] = kd_code(gr, x[lc + j], shf, scf, inv);
+            if (lane == 0) {
+                shs[k][w] = sh;
+                scs[k][w] = sc;
+            }
+            k++;
+        }
+    }
+    if (V == 1 && w < nr) {
         const float *x = xs[w];
         uint8_t *cw = cs[w];
         for (uint32_t k = lane; k < ngi; k += 32) {
@@ -200,7 +478,7 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
     uint16_t *sym16 = (uint16_t *)C.sym; /* sym regions are 16-byte aligned */
     for (uint32_t k = w; k < ngi; k += QT) {
         uint32_t gi = it.ga + k;
-        kvtc__dgroup gr = groups[gi];
+        kvtc__dgroup gr = sg[k];
         if (gr.dyn != UINT32_MAX) {
             if (lane < nr)
                 sym16[kvtc__shift_off(gr.dyn, C.T) / 2 + t0 + lane] = shs[k][lane];
@@ -216,7 +494,7 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
     }
     for (uint32_t k = 0; k < ngi; k++) {
         uint32_t gi = it.ga + k;
-        kvtc__dgroup gr = groups[gi];
+        kvtc__dgroup gr = sg[k];
         if (gr.size * gr.bits <= 256)
             continue;
         uint32_t nel = nr * gr.size, nb = (nel * gr.bits + 7) / 8, lc = gr.start - a0;
@@ -355,8 +633,18 @@ int kvtc__launch_quant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dc
     if (!M || !n_chunks || !g->nqi[stream])
         return 0;
     dim3 grid((unsigned)(M / QT + n_chunks), g->nqi[stream]);
-    k_quant_tiles<<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups, g->qitem + g->qi0[stream],
-                                            g->ndyn, coef, g->ld[stream]);
+    if (g->qtiles[stream] == 3)
+        k_quant_tiles<3><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
+                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
+                                                   g->ld[stream]);
+    else if (g->qtiles[stream] == 2)
+        k_quant_tiles<2><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
+                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
+                                                   g->ld[stream]);
+    else
+        k_quant_tiles<1><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
+                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
+                                                   g->ld[stream]);
     return kvtc__cuda_err(cudaGetLastError(), "quant tiles");
 }
 
@@ -421,7 +709,7 @@ int kvtc__quant_init(kvtc_gpu_codec *g, const kvtc__dgroup *dg)
         g->nqi[s] = quant_items(dg, g->g0[s], g->g1[s], g->ld[s], h + at);
         if (g->nqi[s] > 65535) /* grid.y */
             g->nqi[s] = 0;
-        g->qtiles[s] = KVTC_GPU_QUANT_TILES_DEFAULT && g->nqi[s] > 0;
+        g->qtiles[s] = g->nqi[s] > 0 ? KVTC_GPU_QUANT_TILES_DEFAULT : 0;
         at += g->nqi[s];
     }
     int rc = 0;
@@ -445,7 +733,9 @@ extern "C" int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles)
 {
     if (!g)
         return KVTC_EINVAL;
+    if (tiles > 3)
+        return KVTC_EINVAL;
     for (int s = 0; s < 2; s++)
-        g->qtiles[s] = tiles && g->nqi[s] > 0;
+        g->qtiles[s] = g->nqi[s] > 0 ? tiles : 0;
     return 0;
 }

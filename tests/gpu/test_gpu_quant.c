@@ -121,11 +121,14 @@ static void check_layout(uint64_t seed, const uint32_t *T, uint32_t n)
         so += len;
         row += T[i];
     }
+    /* tiles 2 and 3: the later tiled quantizers (same dequantizer as 1;
+     * its values are checked through tiles 1's round below) */
     for (int bf16 = 0; bf16 < 2; bf16++)
-        for (uint32_t tiles = 0; tiles < 2; tiles++) {
+        for (uint32_t tiles = 0; tiles < 4; tiles++) {
+            uint32_t d = tiles < 2 ? tiles : 1;
             memset(gpu, 0x5a, symtot + 1);
             int rc = kvtc__gpu_quant_check(&pl, T, n, (const float *const *)coef, k, tiles, bf16,
-                                           gpu, (uint16_t *const[2]){deq[0][tiles], deq[1][tiles]});
+                                           gpu, (uint16_t *const[2]){deq[0][d], deq[1][d]});
             cr_assert_eq(rc, 0, "seed %llu tiles %u: rc %d", (unsigned long long)seed, tiles, rc);
             size_t at = 0;
             while (at < symtot && cpu[at] == gpu[at])
@@ -220,11 +223,12 @@ Test(gpu_quant, tiled_containers_equal_row_kernels)
     for (uint32_t plan = 0; plan < kvtc_profile_plan_count(p); plan++) {
         kvtc_gpu_codec *g = NULL;
         cr_assert_eq(kvtc_gpu_codec_create(p, plan, NULL, &g), 0);
-        uint8_t *out[2][N];
-        size_t len[2][N];
-        int32_t st[2][N];
-        void *dec[2][N];
-        for (uint32_t tiles = 0; tiles < 2; tiles++) {
+        enum { V = 4 }; /* row kernels, tiled 1, 2 and 3 */
+        uint8_t *out[V][N];
+        size_t len[V][N];
+        int32_t st[V][N];
+        void *dec[V][N];
+        for (uint32_t tiles = 0; tiles < V; tiles++) {
             cr_assert_eq(kvtc__gpu_quant_set(g, tiles), 0);
             gt_gpu_encode(g, &l, c, N, out[tiles], len[tiles], st[tiles]);
             for (uint32_t i = 0; i < N; i++) {
@@ -234,14 +238,17 @@ Test(gpu_quant, tiled_containers_equal_row_kernels)
             gt_gpu_decode(g, &l, c, N, out[tiles], len[tiles], dec[tiles], st[tiles]);
         }
         for (uint32_t i = 0; i < N; i++) {
-            cr_assert_eq(st[0][i], 0);
-            cr_assert_eq(st[1][i], 0);
-            cr_assert_eq(len[0][i], len[1][i], "plan %u chunk %u: container sizes", plan, i);
-            cr_assert(!memcmp(out[0][i], out[1][i], len[0][i]), "plan %u chunk %u: containers",
-                      plan, i);
-            cr_assert(!memcmp(dec[0][i], dec[1][i], kvtc_chunk_bytes(&l, toks[i])),
-                      "plan %u chunk %u: decoded chunks", plan, i);
-            for (int t = 0; t < 2; t++) {
+            for (int t = 1; t < V; t++) {
+                cr_assert_eq(st[0][i], 0);
+                cr_assert_eq(st[t][i], 0);
+                cr_assert_eq(len[0][i], len[t][i], "plan %u chunk %u tiles %d: container sizes",
+                             plan, i, t);
+                cr_assert(!memcmp(out[0][i], out[t][i], len[0][i]),
+                          "plan %u chunk %u tiles %d: containers", plan, i, t);
+                cr_assert(!memcmp(dec[0][i], dec[t][i], kvtc_chunk_bytes(&l, toks[i])),
+                          "plan %u chunk %u tiles %d: decoded chunks", plan, i, t);
+            }
+            for (int t = 0; t < V; t++) {
                 free(out[t][i]);
                 free(dec[t][i]);
             }
