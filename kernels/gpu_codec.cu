@@ -50,16 +50,72 @@ void kvtc__dbuf_free(kvtc__dbuf *b)
     b->cap = 0;
 }
 
+/* A pinned slot with room for need bytes whose last upload has run, or -1
+ * (both busy, or pinned staging off). Why pinned: a pageable
+ * cudaMemcpyAsync makes the driver copy the blob into its own staging
+ * buffer before it returns, host time the GPU waits through when it is
+ * idle at the call; from page-locked memory the copy is a DMA queued on
+ * the stream. Growth frees a slot only once its upload has run. */
+static int pin_slot(kvtc_gpu_codec *g, size_t need)
+{
+    if (!g->pin_init) {
+        const char *e = getenv("KVTC_GPU_PAGEABLE_META");
+        g->pin_off = e && *e == '1';
+        g->pin_init = 1;
+    }
+    for (int i = 0; !g->pin_off && i < 2; i++) {
+        int k = (g->pin_next + i) & 1;
+        if (!g->pin_ev[k] &&
+            cudaEventCreateWithFlags(&g->pin_ev[k], cudaEventDisableTiming) != cudaSuccess) {
+            g->pin_ev[k] = NULL;
+            g->pin_off = 1;
+            break;
+        }
+        if (cudaEventQuery(g->pin_ev[k]) != cudaSuccess) /* its upload is still queued */
+            continue;
+        if (g->pin_cap[k] < need) {
+            cudaFreeHost(g->pin[k]);
+            g->pin[k] = NULL;
+            g->pin_cap[k] = 0;
+            size_t want = kvtc__up(need + need / 8, 1u << 16);
+            if (cudaMallocHost(&g->pin[k], want) != cudaSuccess) {
+                cudaGetLastError();
+                g->pin[k] = NULL;
+                g->pin_off = 1;
+                break;
+            }
+            g->pin_cap[k] = want;
+        }
+        return k;
+    }
+    return -1;
+}
+
 int kvtc__host_reserve(kvtc_gpu_codec *g, size_t need)
 {
-    if (need <= g->host_meta_cap)
+    g->pin_cur = pin_slot(g, need);
+    if (g->pin_cur >= 0) {
+        g->hmeta = (uint8_t *)g->pin[g->pin_cur];
         return 0;
-    void *p = realloc(g->host_meta, need);
-    if (!p)
-        return KVTC_ENOMEM;
-    g->host_meta = p;
-    g->host_meta_cap = need;
+    }
+    if (need > g->host_meta_cap) {
+        void *p = realloc(g->host_meta, need);
+        if (!p)
+            return KVTC_ENOMEM;
+        g->host_meta = p;
+        g->host_meta_cap = need;
+    }
+    g->hmeta = (uint8_t *)g->host_meta;
     return 0;
+}
+
+void kvtc__host_uploaded(kvtc_gpu_codec *g, cudaStream_t s)
+{
+    if (g->pin_cur < 0)
+        return;
+    cudaEventRecord(g->pin_ev[g->pin_cur], s);
+    g->pin_next = g->pin_cur ^ 1;
+    g->pin_cur = -1;
 }
 
 int kvtc__host_chunks(kvtc_gpu_codec *g, uint32_t n)
@@ -114,6 +170,11 @@ extern "C" void kvtc_gpu_codec_free(kvtc_gpu_codec *g)
     for (uint32_t i = 0; i < KVTC_GPU_MAX_EVENTS; i++)
         if (g->ev[i])
             cudaEventDestroy(g->ev[i]);
+    for (int k = 0; k < 2; k++) {
+        cudaFreeHost(g->pin[k]);
+        if (g->pin_ev[k])
+            cudaEventDestroy(g->pin_ev[k]);
+    }
     free(g->host_meta);
     free(g->host_T);
     free(g->host_roff);

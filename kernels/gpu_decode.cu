@@ -309,7 +309,7 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
         (rc = kvtc__dbuf_reserve(&g->cmp, P * g->max_out + 16, st)) ||
         (rc = kvtc__dbuf_reserve(&g->temp, temp_bytes + 16, st)))
         return rc;
-    uint8_t *hm = (uint8_t *)g->host_meta;
+    uint8_t *hm = g->hmeta;
     kvtc__dchunk *ch = (kvtc__dchunk *)(hm + mp.o_ch);
     dec_ex *ex = (dec_ex *)(hm + mp.o_ex);
     kvtc__seg *seg = (kvtc__seg *)(hm + mp.o_seg);
@@ -373,8 +373,10 @@ extern "C" int kvtc_gpu_decode(kvtc_gpu_codec *g, const kvtc_gpu_container *item
     uint8_t *dm = (uint8_t *)g->meta.p;
     g->n_ev = 0;
     kvtc__mark(g, KVTC_GPU_STAGE_SETUP, st);
-    if ((rc = kvtc__cuda_err(cudaMemcpyAsync(dm, hm, mp.host_bytes, cudaMemcpyHostToDevice, st),
-                             "meta upload")))
+    rc = kvtc__cuda_err(cudaMemcpyAsync(dm, hm, mp.host_bytes, cudaMemcpyHostToDevice, st),
+                        "meta upload");
+    kvtc__host_uploaded(g, st);
+    if (rc)
         return rc;
     kvtc__mark(g, KVTC_GPU_STAGE_SETUP, st);
     const kvtc__dchunk *dch = (const kvtc__dchunk *)(dm + mp.o_ch);

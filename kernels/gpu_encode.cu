@@ -299,7 +299,7 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
         (rc = kvtc__dbuf_reserve(&g->temp, temp_bytes + 16, st)))
         return rc;
     /* Host side of the meta blob. */
-    uint8_t *hm = (uint8_t *)g->host_meta, *dm = (uint8_t *)g->meta.p;
+    uint8_t *hm = g->hmeta, *dm = (uint8_t *)g->meta.p;
     kvtc__dchunk *ch = (kvtc__dchunk *)(hm + mp.o_ch);
     enc_ex *ex = (enc_ex *)(hm + mp.o_ex);
     const void **inp = (const void **)(hm + mp.o_inp);
@@ -359,11 +359,13 @@ extern "C" int kvtc_gpu_encode(kvtc_gpu_codec *g, const kvtc_gpu_chunk *chunks, 
     dm = (uint8_t *)g->meta.p;
     g->n_ev = 0;
     kvtc__mark(g, KVTC_GPU_STAGE_SETUP, st);
-    /* Pageable source: the driver stages it before returning, so the host
-     * buffer is free again at once and no device sync happens. */
-    if ((rc = kvtc__cuda_err(cudaMemcpyAsync(dm, hm, mp.host_bytes, cudaMemcpyHostToDevice, st),
-                             "meta upload")) ||
-        (rc = kvtc__cuda_err(cudaMemsetAsync(d_status, 0, sizeof(int32_t) * n, st), "status")))
+    /* From a pinned slot (its reuse waits for this upload's event) or,
+     * pageable, staged by the driver before it returns; no device sync
+     * either way. */
+    rc = kvtc__cuda_err(cudaMemcpyAsync(dm, hm, mp.host_bytes, cudaMemcpyHostToDevice, st),
+                        "meta upload");
+    kvtc__host_uploaded(g, st);
+    if (rc || (rc = kvtc__cuda_err(cudaMemsetAsync(d_status, 0, sizeof(int32_t) * n, st), "status")))
         return rc;
     kvtc__mark(g, KVTC_GPU_STAGE_SETUP, st);
     const kvtc__dchunk *dch = (const kvtc__dchunk *)(dm + mp.o_ch);

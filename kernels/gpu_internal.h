@@ -128,6 +128,17 @@ struct kvtc_gpu_codec {
     uint32_t *host_T;             /* per chunk: coded tokens */
     size_t *host_roff;            /* per chunk: its code offset row in meta */
     uint32_t host_n_cap;
+    /* Pinned staging of the meta blob (gaps, v13): two page-locked
+     * buffers used in turn, pin_ev[k] recorded after slot k's upload; a
+     * call fills a slot whose last upload has run (cudaEventQuery, never a
+     * wait), else the pageable host_meta. hmeta: the buffer this call
+     * fills; pin_cur its slot or -1; pin_off: pageable only
+     * (KVTC_GPU_PAGEABLE_META=1, or cudaMallocHost failed). */
+    void *pin[2];
+    size_t pin_cap[2];
+    cudaEvent_t pin_ev[2];
+    int pin_cur, pin_next, pin_off, pin_init;
+    uint8_t *hmeta;
     /* Stage timing (params.timing): an event after each step, the step's
      * stage in ev_stage; read back by kvtc_gpu_stage_times. */
     cudaEvent_t ev[KVTC_GPU_MAX_EVENTS];
@@ -160,7 +171,12 @@ __host__ __device__ static inline size_t kvtc__up(size_t v, size_t a) { return (
 int kvtc__dbuf_reserve(struct kvtc__dbuf *b, size_t need, cudaStream_t s);
 void kvtc__dbuf_free(struct kvtc__dbuf *b);
 int kvtc__cuda_err(cudaError_t e, const char *what);
+/* g->hmeta with room for need bytes: a free pinned slot, else the
+ * pageable buffer. KVTC_ENOMEM. */
 int kvtc__host_reserve(kvtc_gpu_codec *g, size_t need);
+/* After the call's upload of g->hmeta on s: marks its pinned slot busy
+ * until the upload has run. */
+void kvtc__host_uploaded(kvtc_gpu_codec *g, cudaStream_t s);
 int kvtc__host_chunks(kvtc_gpu_codec *g, uint32_t n);
 
 /* Symbol byte offsets of dynamic group number d (of nd) for T coded tokens

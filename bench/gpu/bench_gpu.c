@@ -23,7 +23,14 @@
  * decode, both) next to fp16, against each GEMM alone (JSON to PATH).
  * --quant-report PATH: the quantizer's kernels (row-per-block vs tiled)
  * side by side, JSON to the path; --quant-only 1: that alone after the
- * calibration.
+ * calibration. --quant-variants 0,1,2: which (0 row kernels, 1..3 the
+ * tiled variants; default 0,1,2,3,0). --gap-report PATH: per variant, a
+ * call's wall time with the GPU idle / busy ahead / back to back, its host
+ * time and the timed stages' sum (where the idle time goes); with
+ * --gap-pageable 1 each variant again with the meta blob staged from
+ * pageable memory; --gap-only 1: that (and --quant-report if given) alone.
+ * --profile-out PATH saves the calibrated profile; --profile-in PATH
+ * loads one instead of calibrating (same flags otherwise).
  * --pipe-variants: the transform pipeline's settings side by side (JSON
  * lines to the path; --pipe-only 1: that and the GEMM alone, nothing
  * else after the calibration). --batch-pool: distinct batch chunks generated (as
@@ -94,6 +101,11 @@ static int gemm_set;              /* 1: run_codec applies gemm_cfg (use_lt, dire
 extern int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles);
 static uint32_t quant_cfg;
 static int quant_set;             /* 1: run_codec applies quant_cfg */
+/* --quant-variants: the quantizer variants --quant-report and --gap-report
+ * run (0 row kernels, 1..3 the tiled ones); the first is the bytes
+ * reference */
+static uint32_t quant_v[8] = {0, 1, 2, 3, 0}, n_quant_v = 5;
+static int gap_pageable; /* --gap-pageable 1: gap report with pageable meta too */
 static size_t quality_stride = 1; /* run_codec's error: every n-th 64 Ki block */
 static kvtc_gpu_codec *reuse_ctx; /* set: run_codec uses it (no create/free) */
 
@@ -595,7 +607,7 @@ static void quant_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_ch
     kvtc_gpu_params tp = {KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0, 0, 0};
     KV(kvtc_gpu_codec_create(p, plan, NULL, &gu));
     KV(kvtc_gpu_codec_create(p, plan, &tp, &gt));
-    static const uint32_t v[] = {0, 1, 0};
+    const uint32_t *v = quant_v;
     uint8_t *ref = malloc(raw), *got = malloc(raw), *c0 = NULL;
     size_t c0_len = 0;
     if (!ref || !got)
@@ -605,7 +617,7 @@ static void quant_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_ch
         fprintf(f, "{\"variants\": [");
     printf("%5s %9s %9s %9s %9s %10s %10s %9s %11s %11s\n", "tiles", "enc ms", "dec ms",
            "enc GB/s", "dec GB/s", "enc quant", "dec quant", "ratio", "bytes diff", "cont0 same");
-    for (uint32_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+    for (uint32_t i = 0; i < n_quant_v; i++) {
         struct run r, t;
         uint8_t *ci = NULL;
         size_t ci_len = 0;
@@ -833,6 +845,172 @@ static void fp8_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chun
     }
 }
 
+static double host_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+/* One gap_report measurement of a direction: medians over iters of the
+ * call's wall time between events around it (*wall), the host time the
+ * call takes to return (*host), with the GPU idle when the call starts
+ * (busy 0: the bench's way) or still busy with 4 memsets of the output
+ * batch queued before the start event (busy 1: the call's host work
+ * overlaps them, so the wall is the GPU's part alone), or two calls back
+ * to back between the events (busy 2: wall per call). */
+static void gap_measure(kvtc_gpu_codec *g, int enc, int busy, const kvtc_gpu_chunk *ch,
+                        const kvtc_gpu_container *it, uint32_t n, void *d_out, size_t raw,
+                        uint8_t *d_dst, size_t cap, uint64_t *d_off, uint64_t *d_sz,
+                        int32_t *d_st, cudaStream_t st, int iters, float *wall, float *host)
+{
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    float *tw = calloc(iters, sizeof(float)), *th = calloc(iters, sizeof(float));
+    for (int i = -1; i < iters; i++) {
+        for (int k = 0; busy == 1 && k < 4; k++)
+            CK(cudaMemsetAsync(d_out, k, raw, st));
+        CK(cudaEventRecord(a, st));
+        double h0 = host_ms();
+        for (int k = 0; k < (busy == 2 ? 2 : 1); k++) {
+            if (enc)
+                KV(kvtc_gpu_encode(g, ch, n, d_dst, cap, d_off, d_sz, d_st, st));
+            else
+                KV(kvtc_gpu_decode(g, it, n, d_dst, d_st, st));
+        }
+        double h1 = host_ms();
+        CK(cudaEventRecord(b, st));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        if (i >= 0) {
+            tw[i] = busy == 2 ? ms / 2 : ms;
+            th[i] = (float)(busy == 2 ? (h1 - h0) / 2 : h1 - h0);
+        }
+    }
+    *wall = median(tw, iters);
+    *host = median(th, iters);
+    free(tw);
+    free(th);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+}
+
+/* --gap-report: where a call's time goes besides its stages (issue #3,
+ * gaps): per quantizer variant (--quant-variants) and direction, the wall
+ * time with the GPU idle at the call (as the headline), with the GPU busy
+ * ahead of it (the call's host work hidden), back to back, the host time
+ * of the call, and the timed stages' sum (another context, params.timing:
+ * events between the stages). idle - busy = host work before the first
+ * launch that the GPU waits for; busy - stage sum = gaps between kernels
+ * and the timing events' own cost. JSON to path. */
+static void gap_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chunk *ch, uint32_t n,
+                       const kvtc_layout *l, void *d_out, size_t raw, int iters, const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (f)
+        fprintf(f, "{\"variants\": [");
+    printf("gaps (ms; medians of %d): tiles dir idle busy b2b host stages_sum | stages\n", iters);
+    for (uint32_t rv = 0; rv < n_quant_v * (gap_pageable ? 2 : 1); rv++) {
+        /* the second round: the meta blob staged from pageable memory */
+        uint32_t vi = rv % n_quant_v, pg = rv >= n_quant_v;
+        if (pg)
+            setenv("KVTC_GPU_PAGEABLE_META", "1", 1);
+        else
+            unsetenv("KVTC_GPU_PAGEABLE_META");
+        kvtc_gpu_codec *g = NULL, *gt = NULL;
+        kvtc_gpu_params up = {.gemm = KVTC_GPU_GEMM_FP16}, tp = up;
+        tp.timing = 1;
+        KV(kvtc_gpu_codec_create(p, plan, &up, &g));
+        KV(kvtc_gpu_codec_create(p, plan, &tp, &gt));
+        KV(kvtc__gpu_quant_set(g, quant_v[vi]));
+        KV(kvtc__gpu_quant_set(gt, quant_v[vi]));
+        size_t cap = kvtc_gpu_encode_bound(g, ch, n);
+        uint8_t *d_dst;
+        uint64_t *d_off, *d_sz;
+        int32_t *d_st;
+        CK(cudaMalloc((void **)&d_dst, cap));
+        CK(cudaMalloc((void **)&d_off, 8 * n));
+        CK(cudaMalloc((void **)&d_sz, 8 * n));
+        CK(cudaMalloc((void **)&d_st, 4 * n));
+        cudaStream_t st;
+        CK(cudaStreamCreate(&st));
+        KV(kvtc_gpu_encode(g, ch, n, d_dst, cap, d_off, d_sz, d_st, st));
+        CK(cudaStreamSynchronize(st));
+        uint64_t *off = malloc(8 * n), *sz = malloc(8 * n);
+        int32_t *stat = malloc(4 * n);
+        kvtc_gpu_container *it = malloc(sizeof *it * n);
+        CK(cudaMemcpy(off, d_off, 8 * n, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(sz, d_sz, 8 * n, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(stat, d_st, 4 * n, cudaMemcpyDeviceToHost));
+        uint8_t *op = d_out;
+        for (uint32_t c = 0; c < n; c++) {
+            if (stat[c]) {
+                fprintf(stderr, "gap report: encode status %d on chunk %u\n", stat[c], c);
+                exit(1);
+            }
+            it[c] = (kvtc_gpu_container){off[c], sz[c], op, ch[c].n_tokens, ch[c].first_pos,
+                                         ch[c].flags};
+            op += kvtc_chunk_bytes(l, ch[c].n_tokens);
+        }
+        if (f)
+            fprintf(f, "%s{\"tiles\": %u, \"pageable_meta\": %u", rv ? ", " : "", quant_v[vi],
+                    pg);
+        for (int enc = 1; enc >= 0; enc--) {
+            float w[3], h[3], stg[KVTC_GPU_N_STAGES], sum = 0, acc[KVTC_GPU_N_STAGES] = {0};
+            for (int busy = 0; busy < 3; busy++)
+                gap_measure(g, enc, busy, ch, it, n, d_out, raw, d_dst, cap, d_off, d_sz, d_st,
+                            st, iters, &w[busy], &h[busy]);
+            for (int i = -1; i < iters; i++) {
+                if (enc)
+                    KV(kvtc_gpu_encode(gt, ch, n, d_dst, cap, d_off, d_sz, d_st, st));
+                else
+                    KV(kvtc_gpu_decode(gt, it, n, d_dst, d_st, st));
+                CK(cudaStreamSynchronize(st));
+                KV(kvtc_gpu_stage_times(gt, stg));
+                for (int s = 0; i >= 0 && s < KVTC_GPU_N_STAGES; s++)
+                    acc[s] += stg[s] / iters;
+            }
+            for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+                sum += acc[s];
+            printf("gaps %u%s %s idle %.3f busy %.3f b2b %.3f host %.3f (busy %.3f) stages %.3f |",
+                   quant_v[vi], pg ? "p" : "", enc ? "enc" : "dec", w[0], w[1], w[2], h[0], h[1],
+                   sum);
+            for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+                printf(" %s %.3f", kvtc_gpu_stage_name(s), acc[s]);
+            printf("\n");
+            if (f) {
+                fprintf(f, ", \"%s\": {\"idle_ms\": %.4f, \"busy_ms\": %.4f, \"b2b_ms\": %.4f, "
+                           "\"host_ms\": %.4f, \"host_busy_ms\": %.4f, \"host_b2b_ms\": %.4f, "
+                           "\"stages_sum_ms\": %.4f, \"stages\": {",
+                        enc ? "compress" : "decompress", w[0], w[1], w[2], h[0], h[1], h[2], sum);
+                for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
+                    fprintf(f, "%s\"%s\": %.4f", s ? ", " : "", kvtc_gpu_stage_name(s), acc[s]);
+                fprintf(f, "}}");
+            }
+        }
+        if (f)
+            fprintf(f, "}");
+        free(off);
+        free(sz);
+        free(stat);
+        free(it);
+        cudaFree(d_dst);
+        cudaFree(d_off);
+        cudaFree(d_sz);
+        cudaFree(d_st);
+        cudaStreamDestroy(st);
+        kvtc_gpu_codec_free(g);
+        kvtc_gpu_codec_free(gt);
+    }
+    unsetenv("KVTC_GPU_PAGEABLE_META");
+    if (f) {
+        fprintf(f, "]}\n");
+        fclose(f);
+    }
+}
+
 int main(int argc, char **argv)
 {
     uint32_t n_chunks = 32, rank = 1024, calib_tokens = 8192, max_comp = 4096, calib_gpu = 1;
@@ -840,7 +1018,8 @@ int main(int argc, char **argv)
     int iters = 10, lean = 0, pipe_only = 0;
     const char *json = "bench/results/gpu.json", *pipe_json = NULL, *entropy_json = NULL;
     const char *gemm_json = NULL, *quant_json = NULL;
-    int probe_only = 0, quant_only = 0, fp8_only = 0;
+    int probe_only = 0, quant_only = 0, fp8_only = 0, gap_only = 0;
+    const char *gap_json = NULL, *profile_out = NULL, *profile_in = NULL;
     const char *fp8_json = NULL;
     int entropy_only = 0;
     setvbuf(stdout, NULL, _IOLBF, 0); /* lines reach a log even if the run is cut short */
@@ -879,6 +1058,24 @@ int main(int argc, char **argv)
             quant_json = argv[i + 1];
         else if (!strcmp(argv[i], "--quant-only")) /* 1: that report alone */
             quant_only = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--profile-out")) /* save the calibrated profile */
+            profile_out = argv[i + 1];
+        else if (!strcmp(argv[i], "--profile-in")) /* load it instead of calibrating */
+            profile_in = argv[i + 1];
+        else if (!strcmp(argv[i], "--gap-report")) /* idle time per call, JSON path */
+            gap_json = argv[i + 1];
+        else if (!strcmp(argv[i], "--gap-pageable")) /* 1: also with pageable meta */
+            gap_pageable = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--gap-only")) /* 1: that report alone */
+            gap_only = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--quant-variants")) { /* e.g. 0,1,2 */
+            n_quant_v = 0;
+            for (char *q = argv[i + 1], *e; *q && n_quant_v < 8; q = e + (*e == ',')) {
+                quant_v[n_quant_v++] = (uint32_t)strtoul(q, &e, 10);
+                if (e == q) /* not a number: stop */
+                    break;
+            }
+        }
         else if (!strcmp(argv[i], "--probe-only")) /* 1: one timed call (for ncu) */
             probe_only = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--pipe-variants")) /* JSON lines path */
@@ -927,9 +1124,10 @@ int main(int argc, char **argv)
     if (!pool)
         return 1;
     t0 = now();
-    KV(gen_chunks(src, calib_pool, 8192, 1000, 256, pool, cb));
+    if (!profile_in)
+        KV(gen_chunks(src, calib_pool, 8192, 1000, 256, pool, cb));
     t_gen = now() - t0;
-    for (uint32_t c = 0; c < n_calib_chunks; c++) {
+    for (uint32_t c = 0; !profile_in && c < n_calib_chunks; c++) {
         uint32_t t = c * 256;
         uint8_t *buf = pool + (size_t)(c % calib_pool) * cb;
         t0 = now();
@@ -941,17 +1139,22 @@ int main(int argc, char **argv)
     if (!buf)
         return 1;
     t0 = now();
-    KV(calib_gpu ? kvtc_gpu_calibrator_fit(cal, 0) : kvtc_calibrator_fit(cal));
+    if (!profile_in)
+        KV(calib_gpu ? kvtc_gpu_calibrator_fit(cal, 0) : kvtc_calibrator_fit(cal));
     t_fit = now() - t0;
     /* the fit's PCA part (GPU, or LAPACK when --calib-gpu 0: not split) */
     double t_pca = calib_gpu ? kvtc__gpu_calib_pca_seconds : 0;
     t0 = now();
     float targets[] = {4, 8, 16, 32};
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; !profile_in && i < 4; i++)
         KV(kvtc_calibrator_plan(cal, targets[i], NULL));
     kvtc_profile *p = NULL;
-    KV(kvtc_calibrator_profile(cal, &p));
+    /* --profile-in: a profile saved by --profile-out (a second process of
+     * the same run, e.g. under ncu, skips the calibration) */
+    KV(profile_in ? kvtc_profile_load_file(profile_in, &p) : kvtc_calibrator_profile(cal, &p));
     kvtc_calibrator_free(cal);
+    if (profile_out)
+        KV(kvtc_profile_save_file(p, profile_out));
     t_plan = now() - t0;
     double calib_s = t_add + t_fit + t_plan;
     uint32_t plan = kvtc_profile_find_plan(p, 16);
@@ -1040,6 +1243,11 @@ int main(int argc, char **argv)
     if (fp8_json) {
         fp8_report(p, plan, ch, n_chunks, &l, d_out, raw, iters, d_in, cpu_rel, fp8_json);
         if (fp8_only)
+            return 0;
+    }
+    if (gap_json) {
+        gap_report(p, plan, ch, n_chunks, &l, d_out, raw, iters, gap_json);
+        if (gap_only && !quant_json)
             return 0;
     }
     if (quant_json) {
