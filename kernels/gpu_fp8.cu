@@ -109,13 +109,14 @@ __global__ void k_to_e4m3_vec(const uint4 *src, size_t n8, int bf, const unsigne
          i += (size_t)gridDim.x * blockDim.x) {
         uint4 v = src[i];
         const uint16_t *h = (const uint16_t *)&v;
-        uint8_t q[8];
+        uint32_t q[2] = {0, 0}; /* packed in registers: no byte array to reinterpret */
         for (int k = 0; k < 8; k++) {
             float x = bf ? __bfloat162float(__ushort_as_bfloat16(h[k]))
                          : __half2float(__ushort_as_half(h[k]));
-            q[k] = __nv_cvt_float_to_fp8(x * s, __NV_SATFINITE, __NV_E4M3);
+            q[k / 4] |= (uint32_t)__nv_cvt_float_to_fp8(x * s, __NV_SATFINITE, __NV_E4M3)
+                        << (8 * (k % 4));
         }
-        dst[i] = *(const uint2 *)q;
+        dst[i] = make_uint2(q[0], q[1]);
     }
 }
 
@@ -128,7 +129,7 @@ static unsigned grid_for(size_t n)
 static int is_bf(const kvtc_gpu_codec *g) { return g->params.gemm != KVTC_GPU_GEMM_FP16; }
 
 /* The activation of M rows of width w (16-bit, [M][w]) into lane li's
- * e4m3 buffer, its scale at f->dev[4 + 2 li + 1]. */
+ * e4m3 buffer, its scale in slot 5 + 2 li (amax in 4 + 2 li). */
 static int act_convert(kvtc_gpu_codec *g, int li, const void *src, uint64_t M, uint32_t w,
                        cudaStream_t s)
 {
