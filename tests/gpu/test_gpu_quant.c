@@ -126,6 +126,8 @@ static void check_layout(uint64_t seed, const uint32_t *T, uint32_t n)
     for (int bf16 = 0; bf16 < 2; bf16++)
         for (uint32_t tiles = 0; tiles < 4; tiles++) {
             uint32_t d = tiles < 2 ? tiles : 1;
+            if (bf16 && tiles > 1) /* bf16 changes the dequantizer only */
+                continue;
             memset(gpu, 0x5a, symtot + 1);
             int rc = kvtc__gpu_quant_check(&pl, T, n, (const float *const *)coef, k, tiles, bf16,
                                            gpu, (uint16_t *const[2]){deq[0][d], deq[1][d]});
