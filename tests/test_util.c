@@ -2,6 +2,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 static const char *join(const char *env, const char *fallback, const char *rel)
@@ -29,6 +30,23 @@ const char *kvtc_test_tmpdir(void)
 {
     const char *t = getenv("TMPDIR");
     return t && *t ? t : "/tmp";
+}
+
+char *kvtc_test_write_temp(const char *text)
+{
+    static __thread char path[4096];
+    snprintf(path, sizeof path, "%s/kvtc-test-XXXXXX", kvtc_test_tmpdir());
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return NULL;
+    size_t n = strlen(text);
+    int ok = write(fd, text, n) == (ssize_t)n;
+    close(fd);
+    if (!ok) {
+        unlink(path);
+        return NULL;
+    }
+    return path;
 }
 
 void *kvtc_test_read_file(const char *path, size_t *len)

@@ -11,6 +11,10 @@ const char *kvtc_test_shared_path(const char *rel);
 const char *kvtc_test_build_path(const char *rel);
 /* The folder for temporary files: $TMPDIR when set, else /tmp. */
 const char *kvtc_test_tmpdir(void);
+/* Write text into a new file under kvtc_test_tmpdir() (mkstemp) and return
+ * its path (a static buffer, reused by the next call), or NULL on failure.
+ * The caller unlinks it. */
+char *kvtc_test_write_temp(const char *text);
 /* Read a whole file; caller frees. NULL on failure. */
 void *kvtc_test_read_file(const char *path, size_t *len);
 

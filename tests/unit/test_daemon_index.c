@@ -637,14 +637,11 @@ Test(daemon_config, defaults)
     cr_assert_eq(c.log_level, KVTCD_LOG_INFO);
 }
 
+/* An INI file with text, under the test temp folder (asserted). */
 static char *write_ini(const char *text)
 {
-    static char path[512];
-    snprintf(path, sizeof path, "%s/kvtcd-test-%d.ini", kvtc_test_tmpdir(), (int)getpid());
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fputs(text, f);
-    fclose(f);
+    char *path = kvtc_test_write_temp(text);
+    cr_assert_not_null(path, "cannot write a temporary INI file");
     return path;
 }
 

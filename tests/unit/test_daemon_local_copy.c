@@ -15,6 +15,7 @@
 #include "config.h"
 #include "kvtc_errors.h"
 #include "local_copy.h"
+#include "test_util.h"
 
 struct tjob {
     kvtcd_cjob cj;                 /* first: the callbacks cast back */
@@ -229,14 +230,11 @@ Test(daemon_local_copy, close_idle, .timeout = 10)
     cr_assert_eq(uv_loop_close(&loop), 0);
 }
 
+/* An INI file with text, under the test temp folder (asserted). */
 static char *write_ini(const char *text)
 {
-    static char path[64];
-    snprintf(path, sizeof path, "/tmp/kvtc-lcopy-ini-XXXXXX");
-    int fd = mkstemp(path);
-    cr_assert_geq(fd, 0);
-    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-    close(fd);
+    char *path = kvtc_test_write_temp(text);
+    cr_assert_not_null(path, "cannot write a temporary INI file");
     return path;
 }
 
