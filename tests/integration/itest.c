@@ -543,3 +543,47 @@ void itest_umount(const char *dir)
     if (umount2(dir, MNT_DETACH) && errno != EINVAL && errno != ENOENT)
         fprintf(stderr, "itest: umount %s: %s\n", dir, strerror(errno));
 }
+
+static void round_done(int status, void *arg)
+{
+    (void)status;
+    ++*(int *)arg;
+}
+
+void itest_disconnect_round(kvtc_conn *c, const kvtc_key *keys, uint32_t k, size_t n,
+                            long delay_ms)
+{
+    uint8_t **dst = calloc(k, sizeof *dst);
+    kvtc_get_item *gi = calloc(k, sizeof *gi);
+    cr_assert(dst && gi);
+    int done = 0;
+    kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = round_done,
+                         .arg = &done};
+    for (uint32_t i = 0; i < k; i++) {
+        dst[i] = malloc(n);
+        cr_assert_not_null(dst[i]);
+        memset(dst[i], 0, n); /* resident before the daemon writes */
+        gi[i].key = keys[i];
+        gi[i].buf = dst[i];
+        gi[i].capacity = n;
+        cr_assert_eq(kvtc_get_batch_async(c, &gi[i], 1, &op), 0);
+    }
+    /* Let the daemon start copying, then walk away. */
+    kvtc_progress(c);
+    struct timespec ts = {0, delay_ms * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    kvtc_disconnect(c);
+    cr_assert_eq(done, (int)k, "callbacks ran %d of %u", done, k);
+    for (uint32_t i = 0; i < k; i++)
+        memset(dst[i], 0xee, n);
+    ts.tv_nsec = 300 * 1000 * 1000;
+    nanosleep(&ts, NULL);
+    for (uint32_t i = 0; i < k; i++) {
+        for (size_t j = 0; j < n; j += 4096)
+            cr_assert_eq(dst[i][j], 0xee, "kvtcd wrote into buffer %u at %zu after "
+                                          "kvtc_disconnect returned", i, j);
+        free(dst[i]);
+    }
+    free(dst);
+    free(gi);
+}

@@ -92,6 +92,14 @@ kvtc_key itest_key(uint32_t space, uint32_t i);
 void itest_fill(void *buf, size_t len, uint64_t seed);
 int itest_check(const void *buf, size_t len, uint64_t seed);
 
+/* One round of "a disconnect stops every write": asynchronous gets of
+ * keys[0..k) (n bytes each) into fresh buffers, delay_ms for the daemon to
+ * start copying, kvtc_disconnect(c); then asserts every callback ran and,
+ * after poisoning the buffers and waiting 300 ms, that kvtcd wrote none of
+ * them any more. c is gone afterwards. */
+void itest_disconnect_round(kvtc_conn *c, const kvtc_key *keys, uint32_t k, size_t n,
+                            long delay_ms);
+
 /* HTTP GET of path on the admin port. Returns the status code (or -1) and
  * the body in *body (malloc'd, NUL-terminated; caller frees). */
 int itest_http_get(int port, const char *path, char **body);

@@ -250,35 +250,7 @@ Test(it_local_copy, disconnect_with_copies_queued, .timeout = 120)
         cr_assert_eq(kvtc_put(c, &keys[i], src, n), 0, "%s", kvtc_last_error(c));
     }
     for (int round = 0; round < 3; round++) {
-        uint8_t *dst[K];
-        kvtc_get_item gi[K];
-        memset(gi, 0, sizeof gi);
-        int done = 0;
-        kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = count_done,
-                             .arg = &done};
-        for (uint32_t i = 0; i < K; i++) {
-            dst[i] = malloc(n);
-            memset(dst[i], 0, n);
-            gi[i].key = keys[i];
-            gi[i].buf = dst[i];
-            gi[i].capacity = n;
-            cr_assert_eq(kvtc_get_batch_async(c, &gi[i], 1, &op), 0);
-        }
-        kvtc_progress(c);
-        struct timespec ts = {0, (long)round * 1000 * 1000};
-        nanosleep(&ts, NULL);
-        kvtc_disconnect(c);
-        cr_assert_eq(done, K, "callbacks ran %d of %d", done, K);
-        for (uint32_t i = 0; i < K; i++)
-            memset(dst[i], 0xee, n);
-        ts.tv_nsec = 300 * 1000 * 1000;
-        nanosleep(&ts, NULL);
-        for (uint32_t i = 0; i < K; i++) {
-            for (size_t j = 0; j < n; j += 4096)
-                cr_assert_eq(dst[i][j], 0xee, "kvtcd wrote into buffer %u at %zu after "
-                                              "kvtc_disconnect returned", i, j);
-            free(dst[i]);
-        }
+        itest_disconnect_round(c, keys, K, n, round);
         cr_assert(itest_daemon_alive(&d));
         c = connect_local(d.addr);
         cr_assert_not_null(c);
