@@ -1,7 +1,7 @@
 /* The codec on the GPU against the CPU codec: each reads what the other
  * writes (GPU encode -> CPU decode, CPU encode -> GPU decode, GPU -> GPU),
  * within the CPU reference's own error, on synthetic layouts and on real
- * stories260K KV; odd sizes, thousands of chunks per batch, poisoned
+ * KV (stories260K; SmolLM2-135M's from `make gpu-hf-fixture`); odd sizes, thousands of chunks per batch, poisoned
  * outputs, corrupt containers, non-finite KV, nvCOMP pieces as plain raw
  * DEFLATE. The cross paths decode with our inflate and with nvCOMP's (the
  * default): both must give the same chunks. Every test skips when no GPU
@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "../../kernels/inflate_core.h"
@@ -228,6 +229,105 @@ Test(gpu_codec, cross_paths_real_stories260K_kv)
     kvtc_profile_free(p);
     kvtc_llama_state_free(s);
     kvtc_llama_free(m);
+}
+
+/* tests/gpu/hf_kv_fixture.py's file: header fields, checked against the
+ * file's size before any byte of KV is used (a file is untrusted input). */
+struct hf_kv {
+    kvtc_layout l;
+    uint32_t calib, eval;
+    const uint16_t *kv[2]; /* bf16 [L][2][T][H][D]: calibration, evaluation */
+    void *file;
+};
+
+static int hf_kv_load(const char *path, struct hf_kv *h)
+{
+    size_t len = 0;
+    uint8_t *f = kvtc_test_read_file(path, &len);
+    uint32_t u[8];
+    float theta;
+    if (!f || len < 64 || memcmp(f, "KVTCHFK1", 8)) {
+        free(f);
+        return -1;
+    }
+    memcpy(u, f + 8, 20);
+    memcpy(&theta, f + 28, 4);
+    memcpy(u + 5, f + 32, 8);
+    if (u[0] != 1 || !u[1] || u[1] > 256 || !u[2] || u[2] > 64 || !u[3] || u[3] > 512 ||
+        u[3] % 2 || u[6] < 256 || u[5] < 16 || u[5] > 65536 || u[6] > 65536) {
+        free(f);
+        return -1;
+    }
+    size_t row = (size_t)u[1] * 2 * u[2] * u[3];
+    if (len != 64 + 2 * row * ((size_t)u[5] + u[6])) {
+        free(f);
+        return -1;
+    }
+    memset(h, 0, sizeof *h);
+    h->l = gt_layout(u[1], u[2], u[3], KVTC_DTYPE_BF16, (int)u[4]);
+    h->l.rope_theta = theta;
+    h->l.rope_factor = 1.0f;
+    h->l.chunk_tokens = 256;
+    h->calib = u[5];
+    h->eval = u[6];
+    h->kv[0] = (const uint16_t *)(f + 64);
+    h->kv[1] = h->kv[0] + row * u[5];
+    h->file = f;
+    return 0;
+}
+
+/* Tokens [t0, t0 + n) of a [L][2][T][H][D] bf16 cache as one canonical
+ * chunk (malloc'd). */
+static void *hf_chunk(const struct hf_kv *h, const uint16_t *kv, uint32_t T, uint32_t t0,
+                      uint32_t n)
+{
+    size_t tok = (size_t)h->l.kv_heads * h->l.head_dim;
+    uint16_t *c = malloc(kvtc_chunk_bytes(&h->l, n));
+    cr_assert(c);
+    for (size_t s = 0; s < (size_t)h->l.layers * 2; s++)
+        memcpy(c + s * n * tok, kv + (s * T + t0) * tok, n * tok * 2);
+    return c;
+}
+
+/* Real KV of the Hugging Face model of the CPU codec's issue (SmolLM2-135M:
+ * 30 layers x 3 KV heads x 64, half-split RoPE, bf16): calibrated on a
+ * Python-tutorial document, checked on a fortunes document. */
+Test(gpu_codec, cross_paths_real_smollm2_kv)
+{
+    GPU_OR_SKIP();
+    const char *env = getenv("KVTC_TEST_HF_KV");
+    const char *path = env && *env ? env : kvtc_test_build_path("tests/gpu/smollm2-kv.bin");
+    struct hf_kv h;
+    if (access(path, R_OK) != 0)
+        cr_skip_test("%s absent: `make gpu-hf-fixture` writes it (needs the HF harness's "
+                     "virtualenv)", path);
+    cr_assert_eq(hf_kv_load(path, &h), 0, "%s: not a valid fixture", path);
+    kvtc_calibrator *cal = NULL;
+    cr_assert_eq(kvtc_calibrator_create(&h.l, NULL, &cal), 0);
+    for (uint32_t t0 = 0; t0 < h.calib; t0 += 256) {
+        uint32_t n = h.calib - t0 < 256 ? h.calib - t0 : 256;
+        void *c = hf_chunk(&h, h.kv[0], h.calib, t0, n);
+        cr_assert_eq(kvtc_calibrator_add(cal, c, n, t0), 0);
+        free(c);
+    }
+    float targets[] = {4, 8, 16};
+    kvtc_profile *p = NULL;
+    cr_assert_eq(kvtc_calibrator_finish(cal, targets, 3, &p), 0);
+    kvtc_calibrator_free(cal);
+    for (uint32_t plan = 0; plan < kvtc_profile_plan_count(p); plan++) {
+        static struct batch b;
+        memset(&b, 0, sizeof b);
+        uint32_t cuts[] = {0, 64, 128, 200, 255, 256};
+        b.n = 5;
+        for (uint32_t i = 0; i < b.n; i++) {
+            uint32_t t = cuts[i + 1] - cuts[i];
+            b.c[i] = (kvtc_chunk){hf_chunk(&h, h.kv[1], h.eval, cuts[i], t), t, cuts[i], 0};
+        }
+        cross_check(p, plan, &b, plan == 2 ? KVTC_GPU_GEMM_BF16 : KVTC_GPU_GEMM_FP16);
+        batch_free(&b);
+    }
+    kvtc_profile_free(p);
+    free(h.file);
 }
 
 Test(gpu_codec, thousands_of_chunks_per_batch)
