@@ -23,6 +23,7 @@ struct kvtc_px {
     float *benc[2], *bdec[2];
     float *inv_benc[2];    /* [ku]: per output column (component) */
     float *inv_bdec[2];    /* [D]: per output column (row element) */
+    float *s_rows[2];      /* E4M3_STATIC encode: [D] row element scales */
     float *meanw[2];       /* [D]: mean / slab weight (the GPU's centring) */
     struct kvtc__entropy *ent;
     size_t *shift_off, *scale_off, *code_off;
@@ -34,7 +35,7 @@ struct kvtc_px {
 
 const char *kvtc_px_fmt_name(uint32_t fmt)
 {
-    static const char *const n[KVTC_PX_N_FMTS] = {"fp32", "bf16", "e4m3t", "e4m3rc"};
+    static const char *const n[KVTC_PX_N_FMTS] = {"fp32", "bf16", "e4m3t", "e4m3rc", "e4m3s"};
     return fmt < KVTC_PX_N_FMTS ? n[fmt] : NULL;
 }
 
@@ -112,6 +113,7 @@ void kvtc_px_free(kvtc_px *x)
         free(x->bdec[s]);
         free(x->inv_benc[s]);
         free(x->inv_bdec[s]);
+        free(x->s_rows[s]);
         free(x->meanw[s]);
     }
     kvtc__entropy_free(x->ent);
@@ -151,11 +153,33 @@ static int prepare_stream(kvtc_px *x, int s)
             x->bdec[s][(size_t)d * ku + c] = b * p->sigma[s][c] * (1.0f / w);
         }
     }
-    if (x->fmt[0] != KVTC_PX_FP32 && ku)
-        round_matrix_cols(x->fmt[0], x->benc[s], D, ku, x->inv_benc[s]);
+    if (x->fmt[0] == KVTC_PX_E4M3_STATIC && ku) {
+        /* row element d's calibration std from the profile (all its
+         * components), unweighted as the GPU's rows are; its activation
+         * scale's inverse folded into basis row d */
+        if (!(x->s_rows[s] = malloc(D * sizeof(float))))
+            return KVTC_ENOMEM;
+        for (uint32_t d = 0; d < D; d++) {
+            double v = 0;
+            for (uint32_t c = 0; c < k; c++) {
+                double b = p->basis[s][(size_t)d * k + c] * (double)p->sigma[s][c];
+                v += b * b;
+            }
+            double sd = sqrt(v) / weight(p, s, d);
+            float sc = sd > 1e-30 ? (float)(KVTC_PX_STATIC_SCALE / sd) : 1.0f;
+            x->s_rows[s][d] = sc;
+            for (uint32_t c = 0; c < ku; c++)
+                x->benc[s][(size_t)d * ku + c] /= sc;
+        }
+    }
+    /* E4M3_STATIC's bases: one scale per tensor, as E4M3_TENSOR's */
+    uint32_t bf[2] = {x->fmt[0] == KVTC_PX_E4M3_STATIC ? KVTC_PX_E4M3_TENSOR : x->fmt[0],
+                      x->fmt[1] == KVTC_PX_E4M3_STATIC ? KVTC_PX_E4M3_TENSOR : x->fmt[1]};
+    if (bf[0] != KVTC_PX_FP32 && ku)
+        round_matrix_cols(bf[0], x->benc[s], D, ku, x->inv_benc[s]);
     /* decode output column d is row d of bdec: per-row scales there */
-    if (x->fmt[1] != KVTC_PX_FP32 && ku)
-        round_matrix(x->fmt[1], x->bdec[s], D, ku, ku, x->inv_bdec[s]);
+    if (bf[1] != KVTC_PX_FP32 && ku)
+        round_matrix(bf[1], x->bdec[s], D, ku, ku, x->inv_bdec[s]);
     return 0;
 }
 
@@ -251,7 +275,16 @@ static int project(kvtc_px *x, int s, const void *chunk, uint32_t n, uint32_t fi
                 x->coef[(size_t)t * k + j] *= p->inv_sigma[s][j];
         return 0;
     }
-    round_matrix(fmt, x->rows, T, D, D, x->inv_a);
+    if (fmt == KVTC_PX_E4M3_STATIC) {
+        for (uint32_t t = 0; t < T; t++) {
+            for (uint32_t j = 0; j < D; j++)
+                x->rows[(size_t)t * D + j] =
+                    round_fmt(fmt, x->rows[(size_t)t * D + j], x->s_rows[s][j]);
+            x->inv_a[t] = 1.0f; /* the scales are in the basis rows */
+        }
+    } else {
+        round_matrix(fmt, x->rows, T, D, D, x->inv_a);
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)ku, (int)D, 1.0f,
                 x->rows, (int)D, x->benc[s], (int)ku, 0.0f, x->coef, (int)k);
     if (fmt != KVTC_PX_BF16) /* the epilogue's descale */
@@ -285,7 +318,16 @@ static int reconstruct(kvtc_px *x, int s, uint32_t n, uint32_t first, uint32_t s
     if (ku) {
         for (uint32_t t = 0; t < T; t++)
             memcpy(x->aq + (size_t)t * ku, x->coef + (size_t)t * k, ku * sizeof(float));
-        round_matrix(fmt, x->aq, T, ku, ku, x->inv_a);
+        if (fmt == KVTC_PX_E4M3_STATIC) {
+            for (uint32_t t = 0; t < T; t++) {
+                for (uint32_t j = 0; j < ku; j++)
+                    x->aq[(size_t)t * ku + j] =
+                        round_fmt(fmt, x->aq[(size_t)t * ku + j], KVTC_PX_STATIC_SCALE);
+                x->inv_a[t] = 1.0f / KVTC_PX_STATIC_SCALE;
+            }
+        } else {
+            round_matrix(fmt, x->aq, T, ku, ku, x->inv_a);
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)D, (int)ku, 1.0f,
                     x->aq, (int)ku, x->bdec[s], (int)ku, 0.0f, x->rows, (int)D);
     } else {

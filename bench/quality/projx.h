@@ -23,6 +23,16 @@
  *                (per token) and per column of the output for the basis
  *                (per component when encoding, per row element when
  *                decoding): outer-vector scaling, applied in the epilogue.
+ *   E4M3_STATIC  e4m3 with activation scales fixed before any data (fp8b,
+ *                v15; the GPU codec's fp8 decode, kernels/gpu_fp8.cu):
+ *                decode: the whitened coefficients (unit variance by
+ *                construction) x 16, saturating (1 sigma -> 16, 448 = 28
+ *                sigma); encode: row element d x 16 / std_d, std_d the
+ *                calibration std of the centred rows from the profile
+ *                (sqrt(sum_c basis[d][c]^2 sigma_c^2) / slab weight),
+ *                1 / (16 / std_d) folded into the basis rows before their
+ *                per-tensor rounding. A chunk's result depends on nothing
+ *                but the chunk (E4M3_TENSOR's activation scale is its amax).
  * Products of e4m3 (or bf16) values are exact in fp32, so sgemm on the
  * rounded values is the tensor-core result up to the accumulation order. */
 #ifndef KVTC_BENCH_PROJX_H
@@ -38,12 +48,16 @@ enum kvtc_px_fmt {
     KVTC_PX_BF16 = 1,
     KVTC_PX_E4M3_TENSOR = 2,
     KVTC_PX_E4M3_ROWCOL = 3,
-    KVTC_PX_N_FMTS = 4
+    KVTC_PX_E4M3_STATIC = 4,
+    KVTC_PX_N_FMTS = 5
 };
+/* E4M3_STATIC's activation scale: 1 sigma of a (whitened) coefficient or a
+ * row element maps to this (the GPU's KVTC_GPU_FP8_DEC_SCALE). */
+#define KVTC_PX_STATIC_SCALE 16.0f
 
 typedef struct kvtc_px kvtc_px;
 
-/* "fp32", "bf16", "e4m3t", "e4m3rc"; NULL if unknown. */
+/* "fp32", "bf16", "e4m3t", "e4m3rc", "e4m3s"; NULL if unknown. */
 const char *kvtc_px_fmt_name(uint32_t fmt);
 
 /* A roundtrip context for plan of p, encode GEMM in enc_fmt and decode GEMM

@@ -189,3 +189,33 @@ Test(quality_projx, bad_arguments)
     kvtc_px_free(NULL);
     kvtc_profile_free(p);
 }
+
+/* E4M3_STATIC (the GPU's fp8 decode since v15): a fixed activation scale
+ * on the whitened coefficients costs no more than the chunk's own amax
+ * scale (e4m3's relative precision is the same across its range; 28 sigma
+ * of headroom leaves nothing of KV-like data saturated). */
+Test(quality_projx, static_decode_scale_as_good_as_amax)
+{
+    kvtc_profile *p = calibrated();
+    size_t bytes = kvtc_chunk_bytes(&LAYOUT, CHUNK), elems = bytes / 2, stored = 0;
+    void *raw = make_chunk(CHUNK), *ref = malloc(bytes), *got = malloc(bytes);
+    kvtc_px *x = NULL;
+    cr_assert_eq(kvtc_px_create(p, 1, KVTC_PX_FP32, KVTC_PX_FP32, &x), 0);
+    cr_assert_eq(kvtc_px_roundtrip(x, raw, CHUNK, 64, ref, &stored), 0);
+    kvtc_px_free(x);
+    double dev[2];
+    const uint32_t fmt[2] = {KVTC_PX_E4M3_TENSOR, KVTC_PX_E4M3_STATIC};
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(kvtc_px_create(p, 1, KVTC_PX_FP32, fmt[i], &x), 0);
+        cr_assert_eq(kvtc_px_roundtrip(x, raw, CHUNK, 64, got, &stored), 0);
+        kvtc_px_free(x);
+        dev[i] = rel_dev(ref, got, elems);
+    }
+    cr_expect_str_eq(kvtc_px_fmt_name(KVTC_PX_E4M3_STATIC), "e4m3s");
+    cr_expect(dev[1] > 0 && dev[1] < 1.5 * dev[0] + 1e-6, "static %.3g vs amax %.3g", dev[1],
+              dev[0]);
+    free(raw);
+    free(ref);
+    free(got);
+    kvtc_profile_free(p);
+}
