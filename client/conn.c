@@ -163,6 +163,8 @@ static int op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
     }
     op->send_pending = 1;
     op->reply_pending = 1;
+    if (c->trace)
+        op->t_sub = kvtc__now_ns();
     op->next = c->inflight;
     if (c->inflight)
         c->inflight->prev = op;
@@ -319,6 +321,8 @@ static ucs_status_t dispatch(kvtc_conn *c, Kvtc__Wire__Reply *rep, const void *b
     ucs_status_t ret = UCS_OK;
     if (op) {
         op->reply_pending = 0;
+        if (c->trace)
+            op->t_rep = kvtc__now_ns();
         ret = kvtc__op_reply(op, rep, bulk, bulk_len, rndv_desc);
         kvtc__op_maybe_done(op);
     }
@@ -492,6 +496,7 @@ static int run_done(kvtc_conn *c)
             n++; /* waits for profile fetches, which complete it */
             continue;
         }
+        kvtc__trace_op(c, op);
         if (op->cb)
             op->cb(op->status, op->arg);
         kvtc__op_free(op);
@@ -897,8 +902,10 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
         c->local_min = m ? (size_t)strtoull(m, NULL, 0) : KVTC__LOCAL_MIN_DEFAULT;
         const char *v = getenv("KVTC_LOCAL_VERIFY");
         c->local_verify = v && strcmp(v, "0") != 0;
+        c->local_client_check = kvtc__local_check_wanted();
         kvtc__local_setup(c, deadline);
     }
+    kvtc__trace_open(c);
     *out = c;
     return 0;
 fail:
@@ -945,6 +952,7 @@ void kvtc_disconnect(kvtc_conn *c)
         ucp_cleanup(c->ctx);
     kvtc__profile_cache_free(c);
     kvtc__local_free(c);
+    kvtc__trace_close(c);
     free(c->peer_addr);
     free(c);
 }

@@ -25,6 +25,10 @@ enum kvtc__op_kind {
  * local operations in flight fails (kvtc__local_drain). */
 #define KVTC__LOCAL_DRAIN_MS 2000u
 
+/* Default of KVTC_LOCAL_CHECK: whether libkvtc or kvtcd verifies the hits
+ * of local gets (see kvtc__local_check_wanted). */
+#define KVTC__LOCAL_CHECK_CLIENT_DEFAULT 0
+
 /* Default KVTC_LOCAL_MIN: payloads from this size go by the local path. */
 #define KVTC__LOCAL_MIN_DEFAULT 0u
 
@@ -87,6 +91,9 @@ struct kvtc__op {
     int fetched;                  /* GET: profiles were fetched once */
     int waiting;                  /* GET: profile fetches outstanding */
     int local;                    /* PUT, GET: bytes by the local path */
+    int local_check;              /* GET: we asked to check its hits here */
+    uint64_t t_sub, t_rep;        /* KVTC_TRACE (trace.c): submitted, reply
+                                     handled (0 when not traced) */
     size_t n;                     /* items / keys */
     union {
         kvtc_put_item *put;
@@ -143,11 +150,16 @@ struct kvtc_conn {
     int local_fd;               /* the bound unix socket, -1 */
     int local_ok;               /* requests may name local ranges */
     size_t local_min;           /* smallest payload sent that way */
+    int local_client_check;     /* local gets: we verify each hit against
+                                   its checksum, the daemon skips its own
+                                   pass (GetRequest.client_checks;
+                                   KVTC_LOCAL_CHECK=client|daemon) */
     int local_verify;           /* checksum local puts and gets here too
                                    (KVTC_LOCAL_VERIFY=1) */
     uint64_t local_wait_ns;     /* how long blocking waits on local ops
                                    took lately (moving average; 0: none
                                    yet): sets their polling window */
+    struct kvtc__trace *trace;  /* KVTC_TRACE records (trace.c), NULL */
     char last_error[256];
 };
 
@@ -218,6 +230,10 @@ int kvtc__local_wanted(const kvtc_conn_params *params);
 /* After hello: connect to the daemon's socket and bind the session's local
  * path; on any failure the connection simply stays on UCX payloads. */
 void kvtc__local_setup(kvtc_conn *c, uint64_t deadline_ns);
+/* Who verifies local gets: 1 libkvtc (after the copy, on the caller's
+ * core), 0 kvtcd (before it, on its copy workers). KVTC_LOCAL_CHECK=
+ * client|daemon, else KVTC__LOCAL_CHECK_CLIENT_DEFAULT. */
+int kvtc__local_check_wanted(void);
 /* Stop using it (a copy failed, or the daemon refused a local request). */
 void kvtc__local_off(kvtc_conn *c);
 /* The connection fails with operations in flight: close our end and wait
@@ -225,6 +241,13 @@ void kvtc__local_off(kvtc_conn *c);
  * once no copy into or out of our memory is running; then off. */
 void kvtc__local_drain(kvtc_conn *c);
 void kvtc__local_free(kvtc_conn *c);
+
+/* trace.c: KVTC_TRACE=PREFIX per-op timestamps. open after hello (sets
+ * c->trace when asked for), op before an op's completion runs, close at
+ * disconnect (writes PREFIX.<pid>.<session>.csv). */
+void kvtc__trace_open(kvtc_conn *c);
+void kvtc__trace_op(kvtc_conn *c, const struct kvtc__op *op);
+void kvtc__trace_close(kvtc_conn *c);
 
 /* cuda.c: memory types. */
 /* *is_dev = whether p is device memory. KVTC_ENOTSUP when mem asks for

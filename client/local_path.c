@@ -50,6 +50,16 @@ int kvtc__local_wanted(const kvtc_conn_params *params)
     return !(e && (!strcmp(e, "off") || !strcmp(e, "0") || !strcmp(e, "no")));
 }
 
+int kvtc__local_check_wanted(void)
+{
+    const char *e = getenv("KVTC_LOCAL_CHECK");
+    if (e && !strcmp(e, "client"))
+        return 1;
+    if (e && !strcmp(e, "daemon"))
+        return 0;
+    return KVTC__LOCAL_CHECK_CLIENT_DEFAULT;
+}
+
 /* Why the local path is not used, for KVTC_LOCAL_DEBUG (the connection
  * itself is fine either way). */
 static void note(const char *why)

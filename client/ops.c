@@ -319,6 +319,14 @@ int kvtc_get_batch_async(kvtc_conn *c, kvtc_get_item *items, size_t n,
         gr.n_local = n;
         gr.local = lvp;
         op->local = 1;
+        if (c->local_client_check) {
+            /* We hash what lands here (kvtc__op_finish): the daemon then
+             * reads each stored chunk once, to copy it. A daemon of before
+             * this field verifies anyway: checked twice, never unchecked. */
+            gr.has_client_checks = 1;
+            gr.client_checks = 1;
+            op->local_check = 1;
+        }
     }
     Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
     req.body_case = KVTC__WIRE__REQUEST__BODY_GET;
@@ -749,10 +757,12 @@ int kvtc__op_finish(struct kvtc__op *op)
         /* Device memory that UCX filled directly is not readable here. */
         int readable = d->staged || !c->ucx_cuda || d->at != it->buf ||
                        d->device == 0;
-        /* By the local path the daemon hashed each piece of the stored
-         * bytes as it wrote it here (no transport in between): checking
-         * again would re-read the buffer (KVTC_LOCAL_VERIFY=1 does). */
-        if (op->local && !c->local_verify)
+        /* By the local path either the daemon hashed each piece of the
+         * stored bytes as it wrote it here (no transport in between), or
+         * we said we would check (op->local_check): then here, end to end,
+         * before the caller may see the bytes; a mismatch is ECORRUPT,
+         * never data. KVTC_LOCAL_VERIFY=1 checks in both cases. */
+        if (op->local && !op->local_check && !c->local_verify)
             readable = 0;
         if (d->has_checksum && readable &&
             (d->summed ? d->sum : kvtc_wire_checksum(d->at, d->len)) != d->checksum) {

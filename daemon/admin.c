@@ -297,6 +297,20 @@ int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
     metric(&b, "local_copies_workers_total", "counter",
            "Local-path copies run by the copy workers.",
            m->local_copies_workers);
+    metric(&b, "local_client_checked_total", "counter",
+           "Local get hits whose checksum the client verified (the daemon "
+           "did not read them a second time).",
+           m->local_client_checked);
+    metric(&b, "local_active_clients", "gauge",
+           "Sessions with a local-path copy in flight now.",
+           (uint64_t)kvtcd_local_active_clients(srv));
+    metric(&b, "local_polling", "gauge",
+           "1 while the polling policy lets copy workers and the loop poll.",
+           (uint64_t)kvtcd_local_polling(srv));
+    metric(&b, "local_worker_poll_ms_total", "counter",
+           "Milliseconds the local path's copy workers spent polling for "
+           "jobs (about the CPU time polling cost).",
+           kvtcd_local_polled_ns(srv) / 1000000u);
     metric(&b, "local_copies_in_flight", "gauge",
            "Local-path copies queued or running on the copy workers.",
            (uint64_t)kvtcd_local_copies_busy(srv));

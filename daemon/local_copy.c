@@ -23,6 +23,9 @@ struct kvtcd_cworkers {
     unsigned queued;               /* length of the queue: written under
                                       mu, read by polling workers without */
     unsigned sleeping;             /* workers in uv_cond_wait (mu) */
+    int spin_gate;                 /* 1: polling allowed now (atomic:
+                                      set by the loop, read by workers) */
+    uint64_t polled_ns;            /* time spent polling (atomic) */
     int quit;                      /* (mu) */
     uint64_t spin_ns;
     unsigned busy;                 /* loop thread only */
@@ -36,15 +39,21 @@ static void worker_main(void *arg)
     kvtcd_cworkers *w = arg;
     uv_mutex_lock(&w->mu);
     for (;;) {
-        if (!w->head && !w->quit && w->spin_ns) {
+        if (!w->head && !w->quit && w->spin_ns &&
+            __atomic_load_n(&w->spin_gate, __ATOMIC_ACQUIRE)) {
             /* Right after a job (or at start): the next one of a burst is
              * usually a few microseconds away, and waking a sleeping
-             * thread costs about as much as a small copy takes. */
+             * thread costs about as much as a small copy takes. Only
+             * while the gate is open: with more threads wanting cores
+             * than there are, polling takes one from a client or a copy
+             * (the loop closes it, kvtcd_cworkers_set_spin). */
             uv_mutex_unlock(&w->mu);
-            uint64_t end = uv_hrtime() + w->spin_ns;
+            uint64_t t0 = uv_hrtime(), end = t0 + w->spin_ns, now = t0;
             while (!__atomic_load_n(&w->queued, __ATOMIC_ACQUIRE) &&
-                   uv_hrtime() < end)
+                   __atomic_load_n(&w->spin_gate, __ATOMIC_RELAXED) &&
+                   (now = uv_hrtime()) < end)
                 CPU_RELAX();
+            __atomic_add_fetch(&w->polled_ns, now - t0, __ATOMIC_RELAXED);
             uv_mutex_lock(&w->mu);
         }
         while (!w->head && !w->quit) {
@@ -132,6 +141,7 @@ int kvtcd_cworkers_create(uv_loop_t *loop, unsigned threads, unsigned spin_us,
         return KVTC_ENOMEM;
     w->loop = loop;
     w->spin_ns = (uint64_t)spin_us * 1000u;
+    w->spin_gate = 1;
     if (uv_mutex_init(&w->mu) != 0) {
         free(w);
         return KVTC_ENOMEM;
@@ -177,6 +187,17 @@ void kvtcd_cworkers_submit(kvtcd_cworkers *w, kvtcd_cjob *job)
     uv_mutex_unlock(&w->mu);
 }
 
+void kvtcd_cworkers_set_spin(kvtcd_cworkers *w, int on)
+{
+    if (w)
+        __atomic_store_n(&w->spin_gate, on ? 1 : 0, __ATOMIC_RELEASE);
+}
+
+uint64_t kvtcd_cworkers_polled_ns(const kvtcd_cworkers *w)
+{
+    return w ? __atomic_load_n(&w->polled_ns, __ATOMIC_RELAXED) : 0;
+}
+
 unsigned kvtcd_cworkers_busy(const kvtcd_cworkers *w)
 {
     return w ? w->busy : 0;
@@ -199,5 +220,5 @@ unsigned kvtcd_cworkers_default_threads(void)
 
 unsigned kvtcd_cworkers_default_spin_us(void)
 {
-    return sysconf(_SC_NPROCESSORS_ONLN) >= 8 ? 50u : 0u;
+    return sysconf(_SC_NPROCESSORS_ONLN) >= 8 ? KVTCD_CWORKERS_SPIN_US : 0u;
 }

@@ -43,6 +43,15 @@ int kvtcd_cworkers_create(uv_loop_t *loop, unsigned threads, unsigned spin_us,
  * must stay valid until its done has been called. Not after close. */
 void kvtcd_cworkers_submit(kvtcd_cworkers *w, kvtcd_cjob *job);
 
+/* Open (on) or close the polling gate: while closed, a worker that runs
+ * out of jobs sleeps at once, and one polling stops. Open at create. Loop
+ * thread. */
+void kvtcd_cworkers_set_spin(kvtcd_cworkers *w, int on);
+
+/* Wall time the workers spent polling for jobs so far, all together (about
+ * the CPU time polling cost). Any thread. */
+uint64_t kvtcd_cworkers_polled_ns(const kvtcd_cworkers *w);
+
 /* Jobs submitted whose done has not been called yet. */
 unsigned kvtcd_cworkers_busy(const kvtcd_cworkers *w);
 
@@ -55,9 +64,17 @@ void kvtcd_cworkers_close(kvtcd_cworkers *w);
  * 3-4 GB/s on one thread; the clients need cores too). */
 unsigned kvtcd_cworkers_default_threads(void);
 
-/* The default polling window: 50 us with 8 or more online CPUs, else 0 (on
- * a machine with few cores a polling worker takes the core the loop or a
- * client needs). */
+/* A worker's polling window after a job, where cores are spare: long
+ * enough to span the gap between a pipelining client's groups of requests
+ * (H100 host, 256 KiB gets at depth 4: 75-90 us from a copy's end to the
+ * next group's hand-over; a worker woken instead started its copy ~13 us
+ * late and copied 87 us where the loop thread, already running, took 62). */
+#define KVTCD_CWORKERS_SPIN_US 150u
+
+/* The default polling window: KVTCD_CWORKERS_SPIN_US with 8 or more online
+ * CPUs, else 0 (on a machine with few cores a polling worker takes the
+ * core the loop or a client needs). Either way the polling policy
+ * (kvtcd_local_spin_ok) may close the gate while cores are short. */
 unsigned kvtcd_cworkers_default_spin_us(void);
 
 #endif

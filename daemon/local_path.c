@@ -60,6 +60,7 @@ struct kvtcd_local_link {
      * counts its lone copies since (BURST_DECAY of them clear burst). */
     int burst;
     uint32_t alone;
+    uint32_t inflight;             /* its copies not done yet (loop) */
 };
 
 struct kvtcd_local {
@@ -80,7 +81,34 @@ struct kvtcd_local {
                                       where it arrives (few cores) */
     kvtcd_lcopy *pend_head, *pend_tail; /* small copies deferred to the
                                       end of the batch (kvtcd_local_flush) */
+    /* Polling policy (kvtcd_local_spin_ok): */
+    unsigned cpus, workers;
+    int spin_always;               /* KVTCD_LOCAL_SPIN_POLICY=always */
+    unsigned n_active;             /* links with inflight > 0 */
+    int polling;                   /* the policy's answer now */
+    uint64_t linger_ns;            /* loop polls this long after a reply */
+    uint64_t last_done_ns;         /* when a copy was last answered */
 };
+
+/* ---- the polling policy --------------------------------------------------- */
+
+int kvtcd_local_spin_ok(unsigned cpus, unsigned workers, unsigned clients)
+{
+    /* + 1: the loop thread. */
+    return (uint64_t)clients + workers + 1 <= cpus;
+}
+
+/* Recompute whether threads may poll (after n_active changed). */
+static void update_polling(kvtcd_local *lp)
+{
+    int on = lp->spin_us &&
+             (lp->spin_always ||
+              kvtcd_local_spin_ok(lp->cpus, lp->workers, lp->n_active));
+    if (on != lp->polling) {
+        lp->polling = on;
+        kvtcd_cworkers_set_spin(lp->cw, on);
+    }
+}
 
 /* ---- links ---------------------------------------------------------------- */
 
@@ -124,6 +152,11 @@ static void link_close(kvtcd_local_link *l)
         l->next->prev = l->prev;
     l->prev = l->next = NULL;
     l->lp = NULL;
+    if (l->inflight) {
+        /* Its copies still finish, but its client no longer waits. */
+        lp->n_active--;
+        update_polling(lp);
+    }
     __atomic_store_n(&l->closed, 1, __ATOMIC_RELEASE);
     uv_poll_stop(&l->poll);
     uv_close((uv_handle_t *)&l->poll, on_link_closed);
@@ -323,6 +356,15 @@ static unsigned spin_us(void)
     return v > 10000 ? 10000u : (unsigned)v;
 }
 
+/* KVTCD_LOCAL_LINGER_US=N: how long the loop keeps polling after it
+ * answered a local request, while the policy allows polling. */
+static uint64_t linger_ns(void)
+{
+    const char *e = getenv("KVTCD_LOCAL_LINGER_US");
+    unsigned long v = e && *e ? strtoul(e, NULL, 0) : KVTCD_LOCAL_LINGER_US;
+    return (uint64_t)(v > 10000 ? 10000 : v) * 1000u;
+}
+
 /* KVTCD_LOCAL_SMALL=batch|inline overrides how small copies run (default:
  * batch with 8 or more online CPUs; with fewer, a worker has no core of
  * its own and inline is faster: 2-core box, 256 KiB gets at depth 4, 46-55
@@ -352,12 +394,20 @@ int kvtcd_local_init(kvtcd_server *srv)
     unsigned threads = srv->cfg.local_copy_threads
                            ? srv->cfg.local_copy_threads
                            : kvtcd_cworkers_default_threads();
+    const char *pol = getenv("KVTCD_LOCAL_SPIN_POLICY");
+    lp->spin_always = pol && !strcmp(pol, "always");
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    lp->cpus = cpus > 0 ? (unsigned)cpus : 1;
+    lp->workers = threads;
+    lp->linger_ns = linger_ns();
     if (kvtcd_cworkers_create(srv->loop, threads, lp->spin_us, &lp->cw) < 0) {
         KVTCD_WARN("server", "local path off: cannot start %u copy "
                              "workers", threads);
         free(lp);
         return 0;
     }
+    lp->polling = 1; /* the workers start with their gate open */
+    update_polling(lp);
     read_boot_id(lp->host_id, sizeof lp->host_id);
     struct sockaddr_un sa;
     memset(&sa, 0, sizeof sa);
@@ -401,11 +451,16 @@ int kvtcd_local_init(kvtcd_server *srv)
     uv_poll_init(srv->loop, &lp->poll, lp->fd);
     lp->poll.data = lp;
     uv_poll_start(&lp->poll, UV_READABLE, on_accept);
+    if (kvtcd_ltrace_open(getenv("KVTCD_LOCAL_TRACE"), &srv->ltrace) < 0)
+        KVTCD_WARN("server", "local trace off: out of memory");
     srv->local = lp;
     KVTCD_INFO("server", "local path listening path=%s host_id=%s "
-                         "copy_workers=%u spin_us=%u small_copies=%s",
+                         "copy_workers=%u spin_us=%u spin_policy=%s "
+                         "linger_us=%llu small_copies=%s",
                lp->name, lp->host_id[0] ? lp->host_id : "-", threads,
-               lp->spin_us, lp->batch ? "batch" : "inline");
+               lp->spin_us, lp->spin_always ? "always" : "adaptive",
+               (unsigned long long)(lp->linger_ns / 1000u),
+               lp->batch ? "batch" : "inline");
     return 0;
 }
 
@@ -435,6 +490,9 @@ void kvtcd_local_close(kvtcd_server *srv)
     lp->pend_head = lp->pend_tail = NULL;
     kvtcd_cworkers_close(lp->cw);
     lp->cw = NULL;
+    /* Copies still finishing are not traced: their records are dropped. */
+    kvtcd_ltrace_close(srv->ltrace);
+    srv->ltrace = NULL;
     if (lp->path[0])
         unlink(lp->path);
     uv_poll_stop(&lp->poll);
@@ -534,6 +592,9 @@ static int peer_hung_up(int fd)
 static void lcopy_run(kvtcd_cjob *cj)
 {
     kvtcd_lcopy *j = (kvtcd_lcopy *)cj; /* cj is its first member */
+    int traced = j->lt.t[KVTCD_LT_START] != 0;
+    if (traced)
+        j->lt.t[KVTCD_LT_RUN0] = uv_hrtime();
     pid_t pid = j->link->pid;
     int pidfd = j->link->pidfd;
     XXH3_state_t *st = NULL;
@@ -622,12 +683,19 @@ static void lcopy_run(kvtcd_cjob *cj)
         j->err = ESRCH;
     if (st)
         XXH3_freeState(st);
+    if (traced)
+        j->lt.t[KVTCD_LT_RUN1] = uv_hrtime();
 }
 
 /* Hand job to the workers (counted). */
 static void to_workers(kvtcd_local *lp, kvtcd_lcopy *job)
 {
     job->pend_next = NULL;
+    if (job->lt.t[KVTCD_LT_START]) {
+        job->lt.t[KVTCD_LT_QUEUE] = uv_hrtime();
+        job->lt.where = 1;
+        job->lt.busy = kvtcd_cworkers_busy(lp->cw);
+    }
     lp->srv->m.local_copies_workers++;
     kvtcd_cworkers_submit(lp->cw, &job->cj);
 }
@@ -636,9 +704,38 @@ static void lcopy_done(kvtcd_cjob *cj)
 {
     kvtcd_lcopy *j = (kvtcd_lcopy *)cj;
     kvtcd_local_link *l = j->link;
+    kvtcd_server *srv = l->srv;
+    kvtcd_local *lp = l->lp; /* NULL once the link closed */
     j->link = NULL;
+    if (l->inflight && --l->inflight == 0 && lp) {
+        lp->n_active--;
+        update_polling(lp);
+    }
+    if (lp && lp->linger_ns)
+        lp->last_done_ns = uv_hrtime();
     link_unref(l);
+    if (!j->lt.t[KVTCD_LT_START] || !srv->ltrace) {
+        j->done(j);
+        return;
+    }
+    /* done answers the request and may free j: keep the record. */
+    kvtcd_lt_rec r = j->lt;
+    r.t[KVTCD_LT_DONE] = uv_hrtime();
     j->done(j);
+    r.t[KVTCD_LT_REPLY] = uv_hrtime();
+    kvtcd_ltrace_add(srv->ltrace, &r);
+}
+
+/* The loop runs job itself (flush): stamped as such when traced. */
+static void run_here(kvtcd_lcopy *job)
+{
+    if (job->lt.t[KVTCD_LT_START]) {
+        job->lt.t[KVTCD_LT_QUEUE] = uv_hrtime();
+        job->lt.where = 0;
+        job->lt.busy = kvtcd_cworkers_busy(job->link->lp->cw);
+    }
+    lcopy_run(&job->cj);
+    lcopy_done(&job->cj);
 }
 
 /* KVTCD_LOCAL_INLINE_MAX (bytes) overrides the default, for measuring (0:
@@ -662,13 +759,39 @@ int kvtcd_lcopy_start(kvtcd_session *s, kvtcd_lcopy *job)
     job->link = l;
     job->err = 0;
     l->refs++;
+    if (l->inflight++ == 0) {
+        lp->n_active++;
+        update_polling(lp);
+    }
     job->cj.run = lcopy_run;
     job->cj.done = lcopy_done;
     job->pend_next = NULL;
+    kvtcd_server *srv = s->srv;
+    if (srv->ltrace) {
+        job->lt.sess = s->id;
+        job->lt.slept = (uint32_t)srv->lt_slept;
+        job->lt.t[KVTCD_LT_WAKE] = srv->lt_wake_ns;
+        job->lt.t[KVTCD_LT_AM] = srv->lt_am_ns;
+        job->lt.t[KVTCD_LT_START] = uv_hrtime();
+    }
     uint64_t total = 0;
     for (uint32_t i = 0; i < job->n; i++)
         total += job->len[i];
+    job->lt.bytes = total;
     if (total >= inline_max()) {
+        to_workers(lp, job);
+        return 0;
+    }
+    if (lp->batch && l->burst) {
+        /* A session that pipelines: its copy goes to a worker now rather
+         * than at the end of the batch (H100 host, 256 KiB gets at depth
+         * 4: the group's last copy began ~12 us after its request, behind
+         * the hand-over of the others). Its lone copies count towards
+         * BURST_DECAY only while none of its others is in flight. */
+        if (l->inflight > 1)
+            l->alone = 0;
+        else if (++l->alone >= BURST_DECAY)
+            l->burst = 0;
         to_workers(lp, job);
         return 0;
     }
@@ -693,8 +816,7 @@ int kvtcd_local_flush(kvtcd_server *srv)
         for (kvtcd_lcopy *j = first, *next; j; j = next) {
             next = j->pend_next;
             j->pend_next = NULL;
-            lcopy_run(&j->cj);
-            lcopy_done(&j->cj);
+            run_here(j);
             n++;
         }
         srv->m.local_copies_loop += (uint64_t)n;
@@ -725,8 +847,7 @@ int kvtcd_local_flush(kvtcd_server *srv)
         return 0;
     first->pend_next = NULL;
     srv->m.local_copies_loop++;
-    lcopy_run(&first->cj);
-    lcopy_done(&first->cj); /* may defer more copies: the next flush */
+    run_here(first); /* may defer more copies: the next flush */
     return 1;
 }
 
@@ -738,5 +859,24 @@ unsigned kvtcd_local_copies_busy(const kvtcd_server *srv)
 int kvtcd_local_poll_wanted(const kvtcd_server *srv)
 {
     const kvtcd_local *lp = srv->local;
-    return lp && lp->spin_us && kvtcd_cworkers_busy(lp->cw) > 0;
+    if (!lp || !lp->polling)
+        return 0;
+    if (kvtcd_cworkers_busy(lp->cw) > 0)
+        return 1;
+    return lp->linger_ns && uv_hrtime() - lp->last_done_ns < lp->linger_ns;
+}
+
+unsigned kvtcd_local_active_clients(const kvtcd_server *srv)
+{
+    return srv->local ? srv->local->n_active : 0;
+}
+
+int kvtcd_local_polling(const kvtcd_server *srv)
+{
+    return srv->local ? srv->local->polling : 0;
+}
+
+uint64_t kvtcd_local_polled_ns(const kvtcd_server *srv)
+{
+    return srv->local ? kvtcd_cworkers_polled_ns(srv->local->cw) : 0;
 }

@@ -27,6 +27,7 @@
 #include <uv.h>
 
 #include "local_copy.h"
+#include "local_trace.h"
 #include "server.h"
 
 typedef struct kvtcd_local kvtcd_local;
@@ -102,7 +103,13 @@ struct kvtcd_lcopy {
                                    the client exited) */
     kvtcd_lcopy_done done;      /* on the loop thread */
     void *arg;
+    kvtcd_lt_rec lt;            /* KVTCD_LOCAL_TRACE: the caller sets req
+                                   and put; the rest is stamped here */
 };
+
+/* Default KVTCD_LOCAL_LINGER_US: how long the loop polls after answering
+ * a local request, for the next one (while polling is allowed). */
+#define KVTCD_LOCAL_LINGER_US 0u
 
 /* Copies of fewer bytes are small: one alone may run on the loop thread. */
 #define KVTCD_LOCAL_INLINE_MAX (1u << 20)
@@ -124,11 +131,29 @@ int kvtcd_lcopy_start(kvtcd_session *s, kvtcd_lcopy *job);
  * want progress). */
 int kvtcd_local_flush(kvtcd_server *srv);
 
-/* Nonzero while copies are queued or running on the workers and the
- * machine has cores to spare for polling (KVTCD_LOCAL_SPIN_US > 0): the
- * loop then polls for their completion instead of sleeping in epoll, so a
- * finished copy is answered without a wakeup. */
+/* Nonzero while the loop should poll instead of sleeping in epoll: the
+ * polling policy allows it (kvtcd_local_spin_ok, KVTCD_LOCAL_SPIN_US > 0)
+ * and copies are queued or running on the workers (a finished copy is then
+ * answered without a wakeup) or a local request was answered less than
+ * the linger window ago (KVTCD_LOCAL_LINGER_US: the next request of a
+ * pipelining client is then read without one). */
 int kvtcd_local_poll_wanted(const kvtcd_server *srv);
+
+/* The polling policy (docs/kvtcd.md "Local path"): polling -- the copy
+ * workers waiting for the next job, the loop waiting for finished copies
+ * and the next request -- pays only while every thread that may want a
+ * core has one: the loop, each copy worker (copying or polling) and one
+ * thread per client with a local request in flight. Beyond that a polling
+ * thread takes the core a woken client or a copy needs, and the wait for
+ * it is what the tail latency is made of. 1: poll. Pure (unit-tested). */
+int kvtcd_local_spin_ok(unsigned cpus, unsigned workers, unsigned clients);
+
+/* Clients (sessions) with a local copy in flight now, and whether the
+ * policy lets threads poll now; for /metrics and tests. */
+unsigned kvtcd_local_active_clients(const kvtcd_server *srv);
+int kvtcd_local_polling(const kvtcd_server *srv);
+/* Wall time the copy workers spent polling so far (0 when off). */
+uint64_t kvtcd_local_polled_ns(const kvtcd_server *srv);
 
 /* Copies queued or running on the copy workers now (0 when the path is
  * off), for /metrics. */

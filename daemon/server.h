@@ -45,6 +45,8 @@ typedef struct kvtcd_metrics {
     uint64_t local_failures; /* copies that failed: session fell back */
     uint64_t local_copies_loop;    /* copies run on the loop thread */
     uint64_t local_copies_workers; /* copies run by the copy workers */
+    uint64_t local_client_checked; /* local get hits the client verifies
+                                      (GetRequest.client_checks) */
 } kvtcd_metrics;
 
 typedef struct kvtcd_session {
@@ -162,6 +164,13 @@ struct kvtcd_server {
                                           (codec_serve.h) */
     struct kvtcd_local *local;         /* unix socket of the local path
                                           (local_path.h); NULL when off */
+    /* KVTCD_LOCAL_TRACE (local_trace.h): NULL when off; else the stamps
+     * its records take from the loop: when the current progress round
+     * began (and whether the loop had slept in epoll before it), and when
+     * the request being dispatched arrived (0 outside dispatch). */
+    struct kvtcd_ltrace *ltrace;
+    uint64_t lt_wake_ns, lt_am_ns;
+    int lt_slept, lt_armed;
     /* admin HTTP */
     uv_tcp_t admin;
     int admin_open;

@@ -180,11 +180,17 @@ static void idle_on(kvtcd_server *srv)
     }
 }
 
-static void drive(kvtcd_server *srv)
+static void drive(kvtcd_server *srv, int from_poll)
 {
     if (srv->in_progress || !srv->worker)
         return;
     srv->in_progress = 1;
+    if (srv->ltrace) {
+        /* Woken by the event fd after arming: the loop slept in epoll. */
+        srv->lt_wake_ns = uv_hrtime();
+        srv->lt_slept = from_poll && srv->lt_armed;
+        srv->lt_armed = 0;
+    }
     uint64_t now = uv_now(srv->loop);
     for (int round = 0; round < ARM_ROUNDS; round++) {
         unsigned n = 0;
@@ -212,6 +218,7 @@ static void drive(kvtcd_server *srv)
             goto busy;
         ucs_status_t st = ucp_worker_arm(srv->worker);
         if (st == UCS_OK) {
+            srv->lt_armed = 1;
             if (srv->idle_on) {
                 uv_idle_stop(&srv->idle);
                 srv->idle_on = 0;
@@ -234,22 +241,22 @@ busy:
 
 void kvtcd_transport_progress(kvtcd_server *srv)
 {
-    drive(srv);
+    drive(srv, 0);
 }
 
 static void on_poll(uv_poll_t *h, int status, int events)
 {
-    drive(h->data);
+    drive(h->data, 1);
 }
 
 static void on_prepare(uv_prepare_t *h)
 {
-    drive(h->data);
+    drive(h->data, 0);
 }
 
 static void on_idle(uv_idle_t *h)
 {
-    drive(h->data);
+    drive(h->data, 0);
 }
 
 /* UCX defers some work (endpoint error handling, wire-up steps) to
@@ -257,7 +264,7 @@ static void on_idle(uv_idle_t *h)
  * slow tick makes sure they run even when no traffic wakes the loop. */
 static void on_tick(uv_timer_t *t)
 {
-    drive(t->data);
+    drive(t->data, 0);
 }
 
 /* ---- receiving ------------------------------------------------------------- */
@@ -609,7 +616,7 @@ void kvtcd_transport_close_all(kvtcd_server *srv)
 {
     while (srv->sessions)
         session_fail(srv->sessions, "daemon shutting down");
-    drive(srv);
+    drive(srv, 0);
 }
 
 void kvtcd_transport_close_handles(kvtcd_server *srv)

@@ -23,3 +23,11 @@ $(BT_BIN): $(BT_OBJS) $(BT_LIBS)
 .PHONY: bench-transport
 bench-transport: $(BT_BIN) $(BINDIR)/kvtcd
 	python3 bench/transport/run.py --build $(BUILD)
+
+# kvtc_bench_cma: whether process_vm_writev/readv into one process scales
+# with the threads doing it (the local path's copy workers).
+BT_CMA_BIN := $(BINDIR)/kvtc_bench_cma
+BENCHES += $(BT_CMA_BIN)
+$(BT_CMA_BIN): $(OBJ)/bench/transport/cma_scale.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< -lxxhash

@@ -415,6 +415,7 @@ def main():
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:ITEM,...",
                     help="one more daemon whose local path is measured in the same rounds as mode NAME; "
                     "items: --flag=value (a kvtcd flag), KEY=VALUE (the daemon's environment), "
+                    "client.KEY=VALUE (the bench's, i.e. libkvtc's, environment), "
                     "bin=PATH (another kvtcd), bench=PATH (another kvtc_bench_transport, i.e. "
                     "libkvtc); e.g. w12:--local-copy-threads=12")
     ap.add_argument("--render", metavar="JSON", help="print the tables and aims of an earlier run's JSON "
@@ -453,9 +454,12 @@ def main():
         name, _, items = v.partition(":")
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,11}", name) or name in modes or name in KVTC_MODES:
             sys.exit(f"--variant {v}: NAME is 1-12 of [a-z0-9_], not tcp/local/base or a repeat")
-        spec = {"bin": None, "bench": None, "args": [], "env": {}}
+        spec = {"bin": None, "bench": None, "args": [], "env": {}, "cenv": {}}
         for it in filter(None, items.split(",")):
-            if it.startswith("--"):
+            if it.startswith("client.") and "=" in it:
+                k, _, val = it[7:].partition("=")
+                spec["cenv"][k] = val
+            elif it.startswith("--"):
                 spec["args"] += it.split("=", 1)
             elif it.startswith("bin="):
                 spec["bin"] = it[4:]
@@ -465,7 +469,8 @@ def main():
                 k, _, val = it.partition("=")
                 spec["env"][k] = val
             else:
-                sys.exit(f"--variant {v}: item {it!r} is not --flag=value, KEY=VALUE or bin=PATH")
+                sys.exit(f"--variant {v}: item {it!r} is not --flag=value, KEY=VALUE, client.KEY=VALUE, "
+                         "bin=PATH or bench=PATH")
         variants[name] = spec
         modes.append(name)
     args.bytes_per_size = (args.bytes_mib or (64 if args.quick else 256)) * MIB
@@ -504,7 +509,8 @@ def main():
     for m, b in bench_of.items():
         if not os.access(b, os.X_OK):
             sys.exit(f"mode {m}: bench {b} is not an executable")
-    envs = {m: dict(daemon_of[m].env, KVTC_BENCH_LOCAL=KVTC_MODES.get(m, "on")) if daemon_of[m] else None
+    envs = {m: dict(daemon_of[m].env, KVTC_BENCH_LOCAL=KVTC_MODES.get(m, "on"),
+                    **variants.get(m, {}).get("cenv", {})) if daemon_of[m] else None
             for m in modes}
     result["kvtcd"] = {"binary": kvtcd, "base": args.kvtcd_base, "variants": variants, "bench_of": bench_of,
                        "knobs": {k: v for k, v in os.environ.items() if k.startswith("KVTCD_")}}

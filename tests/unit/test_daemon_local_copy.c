@@ -15,6 +15,7 @@
 #include "config.h"
 #include "kvtc_errors.h"
 #include "local_copy.h"
+#include "local_path.h"
 #include "test_util.h"
 
 struct tjob {
@@ -228,6 +229,83 @@ Test(daemon_local_copy, close_idle, .timeout = 10)
     kvtcd_cworkers_close(w);
     cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
     cr_assert_eq(uv_loop_close(&loop), 0);
+}
+
+/* The polling policy: poll only while the loop, every worker and one
+ * thread per active client fit on the CPUs. */
+Test(daemon_local_copy, spin_policy_decisions)
+{
+    /* The H100 host: 16 CPUs, 8 workers. */
+    cr_assert_eq(kvtcd_local_spin_ok(16, 8, 0), 1);
+    cr_assert_eq(kvtcd_local_spin_ok(16, 8, 1), 1);
+    cr_assert_eq(kvtcd_local_spin_ok(16, 8, 7), 1);  /* 7 + 8 + 1 = 16 */
+    cr_assert_eq(kvtcd_local_spin_ok(16, 8, 8), 0);
+    cr_assert_eq(kvtcd_local_spin_ok(16, 8, 16), 0);
+    cr_assert_eq(kvtcd_local_spin_ok(16, 8, 64), 0);
+    /* More workers leave room for fewer clients. */
+    cr_assert_eq(kvtcd_local_spin_ok(16, 12, 3), 1);
+    cr_assert_eq(kvtcd_local_spin_ok(16, 12, 4), 0);
+    /* A big machine polls for many clients. */
+    cr_assert_eq(kvtcd_local_spin_ok(128, 8, 64), 1);
+    cr_assert_eq(kvtcd_local_spin_ok(64, 8, 56), 0);
+    /* Few cores: never (the 2-core box). */
+    cr_assert_eq(kvtcd_local_spin_ok(2, 2, 0), 0);
+    cr_assert_eq(kvtcd_local_spin_ok(1, 1, 0), 0);
+    cr_assert_eq(kvtcd_local_spin_ok(0, 0, 0), 0);
+    /* No overflow. */
+    cr_assert_eq(kvtcd_local_spin_ok(16, 8, 0xffffffffu), 0);
+    cr_assert_eq(kvtcd_local_spin_ok(0xffffffffu, 0xffffffffu, 0xffffffffu), 0);
+}
+
+/* Time the worker polls after one job with a 30 ms window and the gate as
+ * given (closed after close_after_ms when that is >= 0), in ms. */
+static double polled_after_job(int gate, int close_after_ms, double *closed_at_ms)
+{
+    struct tstate st;
+    state_init(&st, 1, 1, 30000);
+    kvtcd_cworkers_set_spin(st.w, gate);
+    kvtcd_cworkers_submit(st.w, &st.jobs[0].cj);
+    while (st.done_count < 1)
+        uv_run(&st.loop, UV_RUN_ONCE);
+    /* The window after a job opens once run returns: done ran later. */
+    uint64_t p0 = kvtcd_cworkers_polled_ns(st.w), t0 = uv_hrtime();
+    if (close_after_ms >= 0) {
+        sleep_us(close_after_ms * 1000);
+        kvtcd_cworkers_set_spin(st.w, 0);
+        *closed_at_ms = (double)(uv_hrtime() - t0) / 1e6;
+    }
+    sleep_us(60000);
+    double ms = (double)(kvtcd_cworkers_polled_ns(st.w) - p0) / 1e6;
+    state_finish(&st);
+    state_free(&st);
+    return ms;
+}
+
+/* The gate: closed, a worker out of jobs sleeps at once; closing it stops
+ * one that polls; open, it polls its window. Jobs run either way. */
+Test(daemon_local_copy, spin_gate_stops_polling, .timeout = 30)
+{
+    double at = 0;
+    double closed = polled_after_job(0, -1, &at);
+    double stopped = polled_after_job(1, 5, &at);
+    double open = polled_after_job(1, -1, &at);
+    cr_log_info("polled after a job (30 ms window): gate closed %.1f ms, closed after %.1f "
+                "ms: %.1f ms, open %.1f ms", closed, at, stopped, open);
+    cr_expect_lt(closed, 1.0, "closed gate: polled %.1f ms", closed);
+    /* (A loaded machine may wake this thread too late to tell.) */
+    if (at < 15.0)
+        cr_expect_lt(stopped, at + 10.0, "gate closed after %.1f ms: polled %.1f ms", at,
+                     stopped);
+    cr_expect_gt(open, 20.0, "open gate: polled only %.1f ms of a 30 ms window", open);
+    /* Jobs still run with the gate closed, across idle gaps. */
+    struct tstate st;
+    enum { N = 50 };
+    state_init(&st, N, 3, 1000);
+    kvtcd_cworkers_set_spin(st.w, 0);
+    st.chain_left = N - 1;
+    kvtcd_cworkers_submit(st.w, &st.jobs[0].cj);
+    state_finish(&st);
+    state_free(&st);
 }
 
 /* An INI file with text, under the test temp folder (asserted). */
