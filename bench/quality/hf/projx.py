@@ -39,7 +39,7 @@ sys.path.insert(0, HERE)
 import kvtc_codec as kc  # noqa: E402
 import quality as q  # noqa: E402
 
-FMTS = {"fp32": 0, "bf16": 1, "e4m3t": 2, "e4m3rc": 3}
+FMTS = {"fp32": 0, "bf16": 1, "e4m3t": 2, "e4m3rc": 3, "e4m3s": 4}
 log = q.log
 
 
@@ -204,7 +204,7 @@ def main():
                     default=[tuple(x.split("/")) for x in
                              ("bf16/bf16,e4m3t/fp32,e4m3rc/fp32,fp32/e4m3t,fp32/e4m3rc,"
                               "e4m3t/e4m3t,e4m3rc/e4m3rc,e4m3rc/bf16").split(",")],
-                    help="ENC/DEC pairs, comma-separated (fp32, bf16, e4m3t, e4m3rc)")
+                    help="ENC/DEC pairs, comma-separated (fp32, bf16, e4m3t, e4m3rc, e4m3s)")
     ap.add_argument("--groups", type=lambda s: [int(x) for x in s.split(",") if x],
                     default=[2, 3, 5])
     ap.add_argument("--joint", action="store_true",
