@@ -11,6 +11,7 @@
 
 #include <uv.h>
 
+#include "config.h"
 #include "cuda_driver.h"
 #include "kvtc_errors.h"
 #include "kvtc_gpu.h"
@@ -70,6 +71,7 @@ struct kvtcd_gpu_codec {
     dbuf d_in, d_out, d_meta;
     hbuf h_in, h_out, h_meta;
     uint32_t fail_next;
+    int proj;              /* enum kvtcd_gpu_projection */
 };
 
 /* ---- loading ----------------------------------------------------------------- */
@@ -227,6 +229,22 @@ void kvtcd_gpu_codec_close(kvtcd_gpu_codec *g)
     free(g);
 }
 
+void kvtcd_gpu_codec_set_projection(kvtcd_gpu_codec *g, int proj)
+{
+    if (proj == g->proj)
+        return;
+    /* contexts are created with the projections: drop the cached ones */
+    g->cu->cuStreamSynchronize(g->stream);
+    for (uint32_t i = 0; i < KVTCD_GPU_CODECS; i++)
+        slot_clear(g, &g->slots[i]);
+    g->proj = proj;
+}
+
+int kvtcd_gpu_codec_projection(const kvtcd_gpu_codec *g)
+{
+    return g ? g->proj : KVTCD_GPU_PROJ_FP16;
+}
+
 void kvtcd__gpu_codec_fail_next(kvtcd_gpu_codec *g, uint32_t n)
 {
     g->fail_next = n;
@@ -300,7 +318,18 @@ static kvtc_gpu_codec *context_of(kvtcd_gpu_codec *g, kvtcd_profile_ent *e,
     slot_clear(g, victim);
     kvtc_gpu_params prm = {.gemm = KVTC_GPU_GEMM_FP16, .deflate_algo = 0,
                            .device = g->device, .timing = 0};
+    prm.enc_gemm = g->proj == KVTCD_GPU_PROJ_FP8 ? KVTC_GPU_PROJ_FP8 : KVTC_GPU_PROJ_AUTO;
+    prm.dec_gemm = g->proj != KVTCD_GPU_PROJ_FP16 ? KVTC_GPU_PROJ_FP8 : KVTC_GPU_PROJ_AUTO;
     victim->rc = g->api.create(e->p, plan, &prm, &victim->gc);
+    if (victim->rc == KVTC_ENOTSUP && g->proj != KVTCD_GPU_PROJ_FP16) {
+        /* fp8 needs a row width that is a multiple of 16: this profile
+         * gets the 16-bit projections rather than the CPU */
+        KVTCD_WARN("codec", "GPU codec: fp8 projections refused for a profile; "
+                            "16-bit there profile=%016llx plan=%u",
+                   (unsigned long long)e->id, plan);
+        prm.enc_gemm = prm.dec_gemm = KVTC_GPU_PROJ_AUTO;
+        victim->rc = g->api.create(e->p, plan, &prm, &victim->gc);
+    }
     if (victim->rc) {
         victim->gc = NULL;
         KVTCD_WARN("codec", "GPU codec refuses a profile; its chunks are "

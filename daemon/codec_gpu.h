@@ -79,6 +79,15 @@ void kvtcd_gpu_codec_close(kvtcd_gpu_codec *g);
 void kvtcd_gpu_codec_run(kvtcd_gpu_codec *g, kvtcd_codec_item **items,
                          uint32_t n, kvtcd_gpu_run_stats *rs);
 
+/* The projection GEMMs of the contexts made from now on (enum
+ * kvtcd_gpu_projection, config.h: fp16, fp8 decode, fp8 both; the
+ * default fp16); cached contexts are dropped when it changes. A profile
+ * the fp8 GEMM refuses (row width not a multiple of 16) gets 16 bits. On
+ * the thread that runs, with no run in flight. */
+void kvtcd_gpu_codec_set_projection(kvtcd_gpu_codec *g, int proj);
+/* The current one; fp16 for NULL. Any thread (a plain read). */
+int kvtcd_gpu_codec_projection(const kvtcd_gpu_codec *g);
+
 /* Tests only: the next n group launches fail with KVTC_EIO before reaching
  * the device (the fallback path on a healthy GPU). */
 void kvtcd__gpu_codec_fail_next(kvtcd_gpu_codec *g, uint32_t n);

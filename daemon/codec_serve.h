@@ -42,6 +42,7 @@ typedef struct kvtcd_serve {
     uint64_t get_decoded;        /* chunks decoded for a raw get */
     uint64_t get_failed;         /* stored containers that did not decode */
     uint64_t profile_uploads, profile_deletes;
+    int gpu_projection;          /* enum kvtcd_gpu_projection in use */
 } kvtcd_serve;
 
 /* Profiles from srv->cfg.data_dir (loaded now) and the codec scheduler on

@@ -232,6 +232,17 @@ static int apply(kvtcd_config *c, const char *section, const char *name,
             return KVTC_EINVAL;
         return 0;
     }
+    if (IS("store", "gpu_projection")) {
+        if (strcmp(v, "fp16") == 0)
+            c->gpu_projection = KVTCD_GPU_PROJ_FP16;
+        else if (strcmp(v, "fp8-decode") == 0)
+            c->gpu_projection = KVTCD_GPU_PROJ_FP8_DECODE;
+        else if (strcmp(v, "fp8") == 0)
+            c->gpu_projection = KVTCD_GPU_PROJ_FP8;
+        else
+            return KVTC_EINVAL;
+        return 0;
+    }
     if (IS("limits", "max_chunk_bytes")) {
         uint64_t n;
         if (kvtcd_parse_size(v, &n) < 0 || n == 0 || n > (1ull << 40))
@@ -322,6 +333,7 @@ static const struct flag {
     {"--gpu-mem", "store", "gpu_mem"},
     {"--gpu-device", "store", "gpu_device"},
     {"--codec-device", "store", "codec_device"},
+    {"--gpu-projection", "store", "gpu_projection"},
     {"--max-chunk", "limits", "max_chunk_bytes"},
     {"--max-batch", "limits", "max_batch"},
     {"--log-level", "log", "level"},
@@ -452,6 +464,10 @@ const char *kvtcd_usage(void)
            "                        (the GPU when libkvtc_gpu and a GPU are there,\n"
            "                        else the CPU; default), cpu, gpu (refuse to\n"
            "                        start without it)\n"
+           "  --gpu-projection P    the GPU codec's projections: fp16 (default),\n"
+           "                        fp8-decode (e4m3 decode GEMM: faster decoding,\n"
+           "                        a small quality cost: docs/kvtcd.md), fp8\n"
+           "                        (e4m3 both ways)\n"
            "  --max-chunk SIZE      largest chunk accepted (default 256M)\n"
            "  --max-batch N         most chunks/keys per request (default 1024)\n"
            "  --max-sessions N      most concurrent clients (default 1024)\n"

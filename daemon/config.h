@@ -9,6 +9,7 @@
  *             disk_dir = DIR   disk_size = SIZE   disk_io = auto|uring|threads
  *             durability = cache|durable   gpu_mem = SIZE   gpu_device = N
  *             codec_device = auto|cpu|gpu
+ *             gpu_projection = fp16|fp8-decode|fp8
  *             host_prefault = on|off   host_pin = on|off
  *   [limits]  max_chunk_bytes = SIZE   max_batch = N
  *   [log]     level = debug|info|warn|error
@@ -45,6 +46,15 @@ enum kvtcd_codec_device {
     KVTCD_CODEC_DEVICE_GPU = 2    /* the GPU, or the daemon does not start */
 };
 
+/* The GPU codec's projection GEMMs (docs/kvtcd.md, "Compression";
+ * kvtc_gpu_params.enc_gemm / dec_gemm): fp8 is e4m3 operands, faster and
+ * a measured quality cost; containers are the same either way. */
+enum kvtcd_gpu_projection {
+    KVTCD_GPU_PROJ_FP16 = 0,        /* 16-bit both ways (the default) */
+    KVTCD_GPU_PROJ_FP8_DECODE = 1,  /* e4m3 decode, 16-bit encode */
+    KVTCD_GPU_PROJ_FP8 = 2          /* e4m3 both ways */
+};
+
 typedef struct kvtcd_config {
     char listen_host[256];
     uint16_t listen_port;
@@ -67,6 +77,7 @@ typedef struct kvtcd_config {
     uint64_t gpu_mem;         /* GPU slab bytes; 0 = no GPU tier */
     uint32_t gpu_device;      /* GPU tier and GPU codec */
     int codec_device;         /* enum kvtcd_codec_device */
+    int gpu_projection;       /* enum kvtcd_gpu_projection */
     uint64_t max_chunk_bytes;
     uint32_t max_batch;
     uint32_t max_sessions;

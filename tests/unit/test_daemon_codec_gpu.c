@@ -11,12 +11,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "codec_gpu.h"
 #include "codec_jobs.h"
 #include "config.h"
 #include "kvtc_errors.h"
 #include "profiles.h"
+#include "../../bench/quality/projx.h"
+#include "test_util.h"
 
 /* ---- synthetic KV: a few latent factors plus noise, fp16 ------------------- */
 
@@ -318,6 +321,39 @@ Test(daemon_codec_gpu, codec_device_flag)
     cr_assert_eq(kvtcd_config_from_args(&c, 3, a4, &action, err, sizeof err), KVTC_EINVAL);
 }
 
+/* --gpu-projection / [store] gpu_projection: fp16 by default, the three
+ * names, anything else refused (a typo must not silently mean fp16). */
+Test(daemon_codec_gpu, gpu_projection_flag_and_ini)
+{
+    kvtcd_config c;
+    int action;
+    char err[256];
+    char *a0[] = {"kvtcd", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 1, a0, &action, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.gpu_projection, KVTCD_GPU_PROJ_FP16);
+    char *a1[] = {"kvtcd", "--gpu-projection", "fp8-decode", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 3, a1, &action, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.gpu_projection, KVTCD_GPU_PROJ_FP8_DECODE);
+    char *a2[] = {"kvtcd", "--gpu-projection=fp8", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 2, a2, &action, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.gpu_projection, KVTCD_GPU_PROJ_FP8);
+    char *a3[] = {"kvtcd", "--gpu-projection", "fp4", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 3, a3, &action, err, sizeof err), KVTC_EINVAL);
+    /* INI, and the flag over it */
+    char *ini = kvtc_test_write_temp("[store]\ngpu_projection = fp8-decode\n");
+    kvtcd_config_defaults(&c);
+    cr_assert_eq(kvtcd_config_load_ini(&c, ini, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.gpu_projection, KVTCD_GPU_PROJ_FP8_DECODE);
+    char *a4[] = {"kvtcd", "--config", ini, "--gpu-projection", "fp16", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 5, a4, &action, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.gpu_projection, KVTCD_GPU_PROJ_FP16);
+    unlink(ini);
+    char *bad = kvtc_test_write_temp("[store]\ngpu_projection = FP8\n");
+    kvtcd_config_defaults(&c);
+    cr_assert_eq(kvtcd_config_load_ini(&c, bad, err, sizeof err), KVTC_EINVAL);
+    unlink(bad);
+}
+
 /* ---- with a GPU codec (device machine) ----------------------------------------- */
 
 #define NB 3
@@ -401,6 +437,68 @@ Test(daemon_codec_gpu, gpu_jobs_match_the_cpu_codec, .timeout = 120)
         free(gctr[i]);
         free(cctr[i]);
         free(cref[i]);
+        free(c[i]);
+    }
+    rig_fini(&r);
+}
+
+/* The knob at work: with fp8-decode, GPU-encoded chunks decode on the GPU
+ * within 1.3x the emulated fp8 decode's error (bench/quality/projx.h,
+ * fp16 encode + e4m3 static-scale decode) and the CPU decodes the same
+ * containers (they do not change with the projection); back to fp16, the
+ * decode is the 16-bit one again. */
+Test(daemon_codec_gpu, gpu_fp8_decode_projection, .timeout = 120)
+{
+    struct rig r;
+    rig_init(&r, layout_of(2, 4, 64, 128));
+    rig_gpu_or_skip(&r);
+    kvtcd_gpu_codec_set_projection(r.g, KVTCD_GPU_PROJ_FP8_DECODE);
+    cr_assert_eq(kvtcd_gpu_codec_projection(r.g), KVTCD_GPU_PROJ_FP8_DECODE);
+    void *c[PER];
+    for (int i = 0; i < PER; i++)
+        c[i] = make_chunk(&r.l, 500 + (uint64_t)i);
+    kvtcd_codec_item it[PER], dit[PER];
+    run_encode(&r, c, 1, PER, 1, it);
+    uint8_t *ctr[PER];
+    size_t len[PER];
+    for (uint32_t i = 0; i < PER; i++) {
+        cr_assert_eq(it[i].rc, 0);
+        ctr[i] = it[i].out;
+        len[i] = it[i].out_len;
+    }
+    run_decode(&r, ctr, len, 1, PER, dit);
+    const kvtcd_codec_stats *st = kvtcd_codec_get_stats(r.cj);
+    cr_assert_eq(st->gpu_fallback, 0);
+    kvtc_px *x = NULL;
+    cr_assert_eq(kvtc_px_create(r.e->p, 1, KVTC_PX_BF16, KVTC_PX_E4M3_STATIC, &x), 0);
+    void *emu = malloc(r.bytes);
+    for (uint32_t i = 0; i < PER; i++) {
+        cr_assert_eq(dit[i].rc, 0, "decode %u: %d", i, dit[i].rc);
+        size_t stored = 0;
+        cr_assert_eq(kvtc_px_roundtrip(x, c[i], r.l.chunk_tokens, 0, emu, &stored), 0);
+        double ref = mse(&r.l, c[i], emu), err = mse(&r.l, c[i], dit[i].out);
+        void *cpu = cpu_decode(r.e, ctr[i], len[i]);
+        double e16 = mse(&r.l, c[i], cpu);
+        cr_log_info("fp8-decode chunk %u: mse %.4g, emulated %.4g, CPU decode %.4g", i, err, ref,
+                    e16);
+        cr_assert(err <= 1.3 * ref + 2e-5 * energy(&r.l, c[i]),
+                  "chunk %u: fp8 decode mse %.4g vs emulated %.4g", i, err, ref);
+        free(cpu);
+        free(dit[i].out);
+    }
+    free(emu);
+    kvtc_px_free(x);
+    /* back to fp16: the contexts are remade, the decode is 16-bit again */
+    kvtcd_gpu_codec_set_projection(r.g, KVTCD_GPU_PROJ_FP16);
+    run_decode(&r, ctr, len, 1, PER, dit);
+    for (uint32_t i = 0; i < PER; i++) {
+        cr_assert_eq(dit[i].rc, 0);
+        void *cpu = cpu_decode(r.e, ctr[i], len[i]);
+        cr_assert(mse(&r.l, cpu, dit[i].out) <= 0.25 * mse(&r.l, c[i], cpu) +
+                                                    2e-5 * energy(&r.l, c[i]));
+        free(cpu);
+        free(dit[i].out);
+        free(ctr[i]);
         free(c[i]);
     }
     rig_fini(&r);
