@@ -10,22 +10,32 @@
  *           encoder basis transposed at creation), rows8 [M][D];
  *   decode: rows^T[D x M] (fp16/bf16 as the rows pass reads) = bdec8^T *
  *           coef8, bdec8 [D][ld] (the layout of bdec), coef8 [M][ld].
- * The activations are converted from the 16-bit buffers the rows pass
- * (encode) and the dequantizer (decode) write: an amax pass, then a pass
- * that scales by 448/amax and rounds to e4m3 (scale on the device). The
- * per-tensor scale needs the whole batch's amax before any e4m3 value
- * exists, so the conversion is a pass of its own, not fused into those
- * kernels (that would need per-token scales, i.e. a rescale in the
- * quantizer / rows kernels: the next step if the pass shows up).
- * Non-finite values are left out of the amax (a poisoned chunk must not
- * spoil its neighbours' scale; its own columns of the output are NaN and
- * its status is already set). One scale per batch and direction: an
- * extreme but finite chunk coarsens the others' rounding (never their
- * validity); projx measured per-tensor as good as per-row/column scales.
- * The FP8 GEMM takes the first M & ~15 rows (cuBLASLt's FP8 kernels want
- * 16-aligned dimensions), the 16-bit GEMM the rest; when cuBLASLt has no
- * FP8 algorithm for a shape or refuses it, the 16-bit GEMM takes all
- * (counted, kvtc__gpu_fp8_info; the first reason goes to stderr): fp8
+ * Decode (fp8b, v15): the activation has a STATIC scale. The dequantized
+ * coefficients are whitened (the profile's sigma is folded into bdec), so
+ * every component has about unit variance and one constant,
+ * KVTC_GPU_FP8_DEC_SCALE (1 sigma -> 16, saturating at 28 sigma), serves
+ * them all; the tiled dequantizer writes e4m3 itself (gpu_quant.cu), the
+ * GEMM descales by its inverse. A chunk's decode then depends on its own
+ * symbols only: v13 scaled by the batch's amax, so a chunk decoded beside
+ * a larger one came out coarser (the H100 test failure of 46a9733: a
+ * 1-token chunk at 2.1x the per-chunk emulation's error) and its bytes
+ * changed with its batch-mates. Every row runs in the FP8 GEMM: the last
+ * M % 16 as a zero-padded 16-row GEMM into scratch (cuBLASLt's FP8 kernels
+ * want 16-aligned dimensions; the 16-bit GEMM there would read twice the
+ * basis bytes and give those rows other arithmetic).
+ * Encode: the activation is converted from the 16-bit rows the rows pass
+ * writes: an amax pass, then a pass that scales by 448/amax and rounds to
+ * e4m3 (scale on the device), one scale per batch (an extreme but finite
+ * chunk coarsens the others' rounding, never their validity); non-finite
+ * values are left out of the amax (a poisoned chunk must not spoil its
+ * neighbours' scale; its status is already set). The encode's coefficients
+ * are quantized with per-token ranges, so its batch dependence is
+ * rounding-level; a static per-column scale from the profile (the rows'
+ * calibration std) would remove it the same way (docs/perf-notes.md).
+ * Encode's FP8 GEMM takes the first M & ~15 rows, the 16-bit GEMM the
+ * rest; when cuBLASLt has no FP8 algorithm for a shape or refuses it, the
+ * 16-bit GEMM takes all (decode: from the e4m3 values widened back;
+ * counted, kvtc__gpu_fp8_info; the first reason goes to stderr): fp8
  * never breaks a call. */
 #include <cuda_fp8.h>
 #include <stdio.h>
@@ -38,9 +48,11 @@
  * CUBLAS_STATUS_NOT_SUPPORTED, after its heuristic accepted the problem)
  * scale pointers 4 or 8 bytes past a 16-byte boundary on the H100. */
 #define F8_SLOT 64u
-#define F8_N_SLOTS (4u + 2u * KVTC_GPU_MAX_LANES)
+#define F8_N_SLOTS (5u + 2u * KVTC_GPU_MAX_LANES)
 /* slot i: basis scale (dir, stream) i = 2 dir + stream; lane li's amax
- * 4 + 2 li, its activation scale 5 + 2 li */
+ * 4 + 2 li, its activation scale 5 + 2 li; the decode activation's static
+ * descale 1 / KVTC_GPU_FP8_DEC_SCALE last */
+#define F8_DEC_SLOT (4u + 2u * KVTC_GPU_MAX_LANES)
 #define F8_AT(f, i) ((f)->dev + (size_t)(i) * F8_SLOT)
 
 struct kvtc__fp8 {
@@ -117,6 +129,41 @@ __global__ void k_to_e4m3_vec(const uint4 *src, size_t n8, int bf, const unsigne
                         << (8 * (k % 4));
         }
         dst[i] = make_uint2(q[0], q[1]);
+    }
+}
+
+/* Decode activations from 16-bit coefficients (the row-per-block
+ * dequantizer's): x KVTC_GPU_FP8_DEC_SCALE, as the tiled dequantizer
+ * writes them itself. 8 values a step. */
+__global__ void k_to_e4m3_static(const uint4 *src, size_t n8, int bf, uint2 *dst)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint4 v = src[i];
+        const uint16_t *h = (const uint16_t *)&v;
+        uint32_t q[2] = {0, 0};
+        for (int k = 0; k < 8; k++) {
+            float x = bf ? __bfloat162float(__ushort_as_bfloat16(h[k]))
+                         : __half2float(__ushort_as_half(h[k]));
+            q[k / 4] |= (uint32_t)__nv_cvt_float_to_fp8(x * KVTC_GPU_FP8_DEC_SCALE, __NV_SATFINITE,
+                                                        __NV_E4M3)
+                        << (8 * (k % 4));
+        }
+        dst[i] = make_uint2(q[0], q[1]);
+    }
+}
+
+/* The other way, for the 16-bit GEMM when cuBLASLt refuses an FP8 one:
+ * e4m3 activations back to coefficients (/ KVTC_GPU_FP8_DEC_SCALE, exact
+ * in 16 bits: 4 significant bits), so the fallback sees the same values. */
+__global__ void k_from_e4m3(const uint8_t *src, size_t n, int bf, uint16_t *dst)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        __half_raw hr = __nv_cvt_fp8_to_halfraw(src[i], __NV_E4M3);
+        float x = __half2float(__half(hr)) * (1.0f / KVTC_GPU_FP8_DEC_SCALE);
+        dst[i] = bf ? __bfloat16_as_ushort(__float2bfloat16_rn(x))
+                    : __half_as_ushort(__float2half_rn(x));
     }
 }
 
@@ -260,26 +307,81 @@ int kvtc__fp8_encode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M, 
     return 0;
 }
 
-int kvtc__fp8_decode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M, const void *coef,
-                     void *rows, cudaStream_t s, uint64_t *done)
+int kvtc__fp8_dec_e4m3(const kvtc_gpu_codec *g, int stream)
+{
+    return kvtc__fp8_on(g, 1) && g->qtiles[stream];
+}
+
+/* rows [from, M) to the caller's 16-bit GEMM: coef's own when it holds 16
+ * bits, else the e4m3 values widened into the lane's scratch. */
+static int dec_rest(kvtc_gpu_codec *g, int li, int stream, uint64_t from, uint64_t M,
+                    const void *coef, int e8, cudaStream_t s, const void **rest)
 {
     kvtc__fp8 *f = g->fp8;
-    int li = (int)(ln - g->lane), rc;
-    uint64_t Mf = f8_rows(M);
-    *done = 0;
-    if (!Mf)
+    uint32_t ld = g->ld[stream];
+    f->fallbacks++;
+    if (!e8) {
+        *rest = (const uint8_t *)coef + from * ld * 2;
         return 0;
-    if ((rc = act_convert(g, li, coef, Mf, g->ld[stream], s)))
-        return rc;
-    rc = f8_run(g, ln, g->D, Mf, g->ld[stream], f->b8[1][stream], F8_AT(f, 2 + stream),
-                f->act[li].p, F8_AT(f, 5 + 2 * li), rows,
-                is_bf(g) ? CUDA_R_16BF : CUDA_R_16F, s);
-    if (rc)
-        f->fallbacks++;
-    else {
-        f->runs++;
-        *done = Mf;
     }
+    size_t n = (M - from) * ld;
+    int rc = kvtc__dbuf_reserve(&f->act[li], 2 * n + 16, s);
+    if (rc)
+        return rc;
+    k_from_e4m3<<<grid_for(n), F8_THREADS, 0, s>>>((const uint8_t *)coef + from * ld, n, is_bf(g),
+                                                 (uint16_t *)f->act[li].p);
+    *rest = f->act[li].p;
+    return kvtc__cuda_err(cudaGetLastError(), "fp8 widen");
+}
+
+int kvtc__fp8_decode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M, const void *coef,
+                     void *rows, cudaStream_t s, uint64_t *done, const void **rest)
+{
+    kvtc__fp8 *f = g->fp8;
+    int li = (int)(ln - g->lane), rc, e8 = kvtc__fp8_dec_e4m3(g, stream);
+    uint32_t ld = g->ld[stream];
+    uint64_t Mf = f8_rows(M), t = M - Mf;
+    cudaDataType ct = is_bf(g) ? CUDA_R_16BF : CUDA_R_16F;
+    const float *sb = F8_AT(f, F8_DEC_SLOT);
+    /* scratch: [16-bit input converted: M ld][tail in: 16 ld][tail out: 16 D 16-bit] */
+    size_t conv = e8 ? 0 : kvtc__up(M * ld, 256), tin = (size_t)16 * ld;
+    *done = 0;
+    *rest = coef;
+    if ((rc = kvtc__dbuf_reserve(&f->act[li], conv + tin + (size_t)32 * g->D + 16, s)))
+        return rc;
+    uint8_t *scr = (uint8_t *)f->act[li].p;
+    const uint8_t *a8 = (const uint8_t *)coef;
+    if (!e8) {
+        k_to_e4m3_static<<<grid_for(M * ld / 8), F8_THREADS, 0, s>>>(
+            (const uint4 *)coef, M * ld / 8, is_bf(g), (uint2 *)scr);
+        if ((rc = kvtc__cuda_err(cudaGetLastError(), "fp8 convert")))
+            return rc;
+        a8 = scr;
+    }
+    if (Mf && f8_run(g, ln, g->D, Mf, ld, f->b8[1][stream], F8_AT(f, 2 + stream), a8, sb, rows,
+                     ct, s))
+        return dec_rest(g, li, stream, 0, M, coef, e8, s, rest);
+    if (t) {
+        /* the last M % 16 rows: a zero-padded 16-row FP8 GEMM into
+         * scratch (the rows buffer has no room for padding) */
+        uint8_t *in = scr + conv, *out = in + tin;
+        if ((rc = kvtc__cuda_err(cudaMemsetAsync(in, 0, tin, s), "memset")) ||
+            (rc = kvtc__cuda_err(cudaMemcpyAsync(in, a8 + Mf * ld, t * ld,
+                                                 cudaMemcpyDeviceToDevice, s),
+                                 "fp8 tail")))
+            return rc;
+        if (f8_run(g, ln, g->D, 16, ld, f->b8[1][stream], F8_AT(f, 2 + stream), in, sb, out, ct,
+                   s)) {
+            *done = Mf;
+            return dec_rest(g, li, stream, Mf, M, coef, e8, s, rest);
+        }
+        if ((rc = kvtc__cuda_err(cudaMemcpyAsync((uint8_t *)rows + Mf * g->D * 2, out,
+                                                 t * g->D * 2, cudaMemcpyDeviceToDevice, s),
+                                 "fp8 tail")))
+            return rc;
+    }
+    f->runs++;
+    *done = M;
     return 0;
 }
 
@@ -299,9 +401,14 @@ int kvtc__fp8_init(kvtc_gpu_codec *g)
     f->on[0] = on[0];
     f->on[1] = on[1];
     size_t db = sizeof(float) * F8_SLOT * F8_N_SLOTS;
+    float dscale = 1.0f / KVTC_GPU_FP8_DEC_SCALE;
     int rc = kvtc__cuda_err(cudaMalloc(&f->dev, db), "cudaMalloc");
     if (!rc)
         rc = kvtc__cuda_err(cudaMemset(f->dev, 0, db), "memset");
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMemcpy(F8_AT(f, F8_DEC_SLOT), &dscale, sizeof dscale,
+                                       cudaMemcpyHostToDevice),
+                            "memcpy");
     for (int dir = 0; dir < 2 && !rc; dir++)
         for (int s = 0; s < 2 && !rc; s++) {
             uint32_t ld = g->ld[s];

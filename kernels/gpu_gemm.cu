@@ -233,12 +233,12 @@ int kvtc__gemm_decode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M,
     if (!g->kp[stream])
         return kvtc__cuda_err(cudaMemsetAsync(rows, 0, M * g->D * 2, s), "memset");
     if (kvtc__fp8_on(g, 1)) {
-        /* fp8 takes a multiple of 16 rows (or none): the rest below */
+        /* fp8 takes every row, unless cuBLASLt refused: then the rest
+         * below, from 16-bit coefficients fp8 hands back */
         uint64_t done = 0;
-        int rc = kvtc__fp8_decode(g, ln, stream, M, coef, rows, s, &done);
+        int rc = kvtc__fp8_decode(g, ln, stream, M, coef, rows, s, &done, &coef);
         if (rc || done == M)
             return rc;
-        coef = (const uint8_t *)coef + done * kp * 2;
         rows = (uint8_t *)rows + done * g->D * 2;
         M -= done;
     }

@@ -271,6 +271,8 @@ void kvtc__quant_free(kvtc_gpu_codec *g);
  * g->qtiles[stream]): quantize + pack in one pass, pack a no-op. */
 int kvtc__launch_quant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
                              uint32_t n_chunks, uint64_t M, const float *coef, cudaStream_t s);
+/* coef: 16-bit values, or e4m3 ones (x KVTC_GPU_FP8_DEC_SCALE, saturating)
+ * when kvtc__fp8_dec_e4m3(g, stream). */
 int kvtc__launch_dequant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
                                uint32_t n_chunks, uint64_t M, void *coef, int32_t *status,
                                cudaStream_t s);
@@ -326,14 +328,35 @@ int kvtc__fp8_init(kvtc_gpu_codec *g);
 void kvtc__fp8_free(kvtc_gpu_codec *g);
 /* 1 when direction dir (0 encode, 1 decode) runs in fp8. */
 int kvtc__fp8_on(const kvtc_gpu_codec *g, int dir);
-/* As kvtc__gemm_encode / _decode with e4m3 operands (the 16-bit activation
- * converted first, on s) for the first *done rows (M & ~15, or 0 when
- * cuBLASLt cannot run the FP8 GEMM): the caller projects the rest in 16
- * bits. 0, or < 0 an error. */
+/* The decode activation's static scale (fp8b, v15): the dequantized
+ * coefficients are whitened (divided by the profile's calibration sigma,
+ * so about unit variance for every component), and the e4m3 activation is
+ * coefficient x KVTC_GPU_FP8_DEC_SCALE: 1 sigma -> 16, saturating at 448
+ * = 28 sigma. A constant, not the batch's amax: a chunk's activation
+ * depends only on its own symbols, never on its batch-mates. The GEMM
+ * descales by 1/KVTC_GPU_FP8_DEC_SCALE (a device scalar like the basis
+ * scale). Per-component scales would all be this one after whitening. */
+#define KVTC_GPU_FP8_DEC_SCALE 16.0f
+/* 1 when the dequantizer writes the decode activation of stream as e4m3
+ * ([M][ld] bytes, x KVTC_GPU_FP8_DEC_SCALE) instead of 16 bits: fp8 decode
+ * on and the stream on the tiled dequantizer (the row-per-block kernels
+ * write 16 bits and kvtc__fp8_decode converts with the same scale). */
+int kvtc__fp8_dec_e4m3(const kvtc_gpu_codec *g, int stream);
+/* Encode: as kvtc__gemm_encode with e4m3 operands (the 16-bit activation
+ * converted first with the batch's amax, on s) for the first *done rows
+ * (M & ~15, or 0 when cuBLASLt cannot run the FP8 GEMM): the caller
+ * projects the rest in 16 bits. 0, or < 0 an error. */
 int kvtc__fp8_encode(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream, uint64_t M,
                      const void *rows, float *coef, cudaStream_t s, uint64_t *done);
+/* Decode: coef holds e4m3 (kvtc__fp8_dec_e4m3) or 16-bit coefficients; all
+ * M rows go through the FP8 GEMM (the last M % 16 as a zero-padded 16-row
+ * GEMM into scratch), so every row gets the same arithmetic wherever it
+ * sits in the batch. When cuBLASLt refuses, *done < M and *rest points at
+ * 16-bit coefficients of rows [*done, M) (the e4m3 values widened, or
+ * coef's own rows) for the caller's 16-bit GEMM. 0, or < 0 an error. */
 int kvtc__fp8_decode(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream, uint64_t M,
-                     const void *coef, void *rows, cudaStream_t s, uint64_t *done);
+                     const void *coef, void *rows, cudaStream_t s, uint64_t *done,
+                     const void **rest);
 /* Tests and benchmarks: GEMM calls that ran in fp8 and that fell back to
  * 16 bits since creation (host counters; KVTC_EINVAL on NULLs). */
 extern "C" int kvtc__gpu_fp8_info(const kvtc_gpu_codec *g, uint64_t *runs, uint64_t *fallbacks);

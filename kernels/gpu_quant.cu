@@ -15,6 +15,7 @@
  * cover every column, so no separate zeroing pass). */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include "gpu_internal.h"
 #include "gpu_numeric.cuh"
@@ -530,6 +531,14 @@ template <> __device__ inline uint16_t kq_bits<__nv_bfloat16>(float v)
     __nv_bfloat16 h = __float2bfloat16_rn(v);
     return *(uint16_t *)&h;
 }
+/* fp8 decode (fp8b, v15): the GEMM's e4m3 activation straight from the
+ * dequantized value, times the static scale (saturating, as cuBLASLt's
+ * own conversions): no 16-bit copy, no amax pass, nothing shared with the
+ * batch-mates. */
+template <> __device__ inline uint16_t kq_bits<__nv_fp8_e4m3>(float v)
+{
+    return __nv_cvt_float_to_fp8(v * KVTC_GPU_FP8_DEC_SCALE, __NV_SATFINITE, __NV_E4M3);
+}
 
 /* Element e of a group's tile codes at `in`, dequantized as gpu_rows.cu's
  * kd_dequant_el (same expression, same rounding); fp8 NaN codes set *bad. */
@@ -610,19 +619,35 @@ k_dequant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__rest
                 vs[r][lc + j] = kq_value<RT>(gr, in, r * gr.size + j, shs[k][r], scs[k][r], &bad);
     }
     __syncthreads();
-    /* Rows out: 8 values (16 bytes) a store where the unit is the item's
-     * alone; the units shared with a neighbouring item element-wise. */
+    /* Rows out: 8 values (16 bytes, e4m3: 8) a store where the unit is
+     * the item's alone; the units shared with a neighbouring item
+     * element-wise. */
     uint32_t nu = (it.c1 - a0 + 7) / 8;
-    uint16_t *out = (uint16_t *)coef + (C.row_start + t0) * ld;
     for (uint32_t i = tid; i < nr * nu; i += QTHREADS) {
         uint32_t r = i / nu, u = i - r * nu, col = a0 + 8 * u;
-        uint16_t *dst = out + (size_t)r * ld + col;
-        if (col >= it.c0 && col + 8 <= it.c1) {
-            *(uint4 *)dst = *(const uint4 *)&vs[r][8 * u];
+        size_t at = (C.row_start + t0 + r) * ld + col;
+        int whole = col >= it.c0 && col + 8 <= it.c1;
+        if constexpr (sizeof(RT) == 1) {
+            uint8_t *dst = (uint8_t *)coef + at;
+            if (whole) {
+                const uint16_t *v = &vs[r][8 * u];
+                uint32_t lo = v[0] | v[1] << 8 | v[2] << 16 | (uint32_t)v[3] << 24;
+                uint32_t hi = v[4] | v[5] << 8 | v[6] << 16 | (uint32_t)v[7] << 24;
+                *(uint2 *)dst = make_uint2(lo, hi);
+            } else {
+                for (uint32_t e = 0; e < 8; e++)
+                    if (col + e >= it.c0 && col + e < it.c1)
+                        dst[e] = (uint8_t)vs[r][8 * u + e];
+            }
         } else {
-            for (uint32_t e = 0; e < 8; e++)
-                if (col + e >= it.c0 && col + e < it.c1)
-                    dst[e] = vs[r][8 * u + e];
+            uint16_t *dst = (uint16_t *)coef + at;
+            if (whole) {
+                *(uint4 *)dst = *(const uint4 *)&vs[r][8 * u];
+            } else {
+                for (uint32_t e = 0; e < 8; e++)
+                    if (col + e >= it.c0 && col + e < it.c1)
+                        dst[e] = vs[r][8 * u + e];
+            }
         }
     }
     if (__syncthreads_or(bad) && tid == 0)
@@ -658,7 +683,10 @@ int kvtc__launch_dequant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__
         return 0;
     dim3 grid((unsigned)(M / QT + n_chunks), g->nqi[stream]);
     const kvtc__qitem *it = g->qitem + g->qi0[stream];
-    if (g->params.gemm == KVTC_GPU_GEMM_FP16)
+    if (kvtc__fp8_dec_e4m3(g, stream))
+        k_dequant_tiles<__nv_fp8_e4m3><<<grid, QTHREADS, 0, s>>>(
+            ch, n_chunks, g->groups, it, g->ndyn, (__nv_fp8_e4m3 *)coef, g->ld[stream], status);
+    else if (g->params.gemm == KVTC_GPU_GEMM_FP16)
         k_dequant_tiles<__half><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups, it, g->ndyn,
                                                           (__half *)coef, g->ld[stream], status);
     else
