@@ -20,7 +20,8 @@
  * (with --pipe-only 1, before the pipeline variants). --probe-only 1: two
  * timed calls after the calibration, nothing else (for ncu).
  * --fp8-report PATH: compress/decompress with the fp8 projections (encode,
- * decode, both) next to fp16, against each GEMM alone (JSON to PATH).
+ * decode, both) next to fp16, against each GEMM alone (JSON to PATH);
+ * --fp8-variants 0,2: only those (0 fp16, 1 fp8 encode, 2 fp8 decode, 3 both).
  * --quant-report PATH: the quantizer's kernels (row-per-block vs tiled)
  * side by side, JSON to the path; --quant-only 1: that alone after the
  * calibration. --quant-variants 0,1,2: which (0 row kernels, 1..3 the
@@ -759,6 +760,11 @@ static void entropy_compare(const kvtc_profile *p, uint32_t plan, const kvtc_gpu
     free(got);
 }
 
+/* --fp8-variants: which of fp16 / fp8 encode / fp8 decode / fp8 both
+ * --fp8-report runs (bit i: variant i), so a short device call can take
+ * the ones it needs (each costs a context, ~15-20 s on an H100). */
+static uint32_t fp8_mask = 0xf;
+
 /* Relative squared error of bytes of bf16 output vs input (device). */
 static double pool_rel_err(const void *d_in, const void *d_out, size_t bytes)
 {
@@ -838,6 +844,8 @@ static void fp8_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chun
     size_t pool_bytes = (raw / n) * (pool ? pool : n);
     quality_stride = (size_t)1 << 30; /* run_codec's sampled error: replaced below */
     for (int i = 0; i < 4; i++) {
+        if (!(fp8_mask >> i & 1))
+            continue;
         kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0,
                                v[i][0] ? KVTC_GPU_PROJ_FP8 : 0, v[i][1] ? KVTC_GPU_PROJ_FP8 : 0};
         kvtc_gpu_codec *g = NULL;
@@ -857,8 +865,8 @@ static void fp8_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chun
                 name[i], r[i].enc_ms, r[i].dec_ms, r[i].rel_mse, alone[i]);
         if (i == 0)
             KV(kvtc__gpu_gemm_time(g, M, iters, &g16[0], &g16[1]));
-        if (i == 3)
-            KV(kvtc__gpu_fp8_gemm_time(g, M, iters, &g8[0], &g8[1]));
+        if (i == 3 || (i > 0 && !(fp8_mask >> 3 & 1) && !(fp8_mask >> (i + 1) & 1)))
+            KV(kvtc__gpu_fp8_gemm_time(g, M, iters, &g8[0], &g8[1])); /* the last fp8 context */
         kvtc_gpu_codec_free(g);
     }
     quality_stride = 1;
@@ -876,7 +884,9 @@ static void fp8_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chun
                    "\"gemm_fp8_ms\": [%.4f, %.4f], \"cpu_rel_sq_error_chunk0\": %.6g, "
                    "\"variants\": [",
                 raw, g16[0], g16[1], g8[0], g8[1], cpu_rel);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0, first = 1; i < 4; i++) {
+        if (!(fp8_mask >> i & 1))
+            continue;
         printf("%-11s %8.3f %8.3f %8.1f %8.1f %7.2f %7.2f %7.2f %7.2f %7.3f %10.4g %8.3f %7.4f "
                "%5llu/%llu\n",
                name[i], r[i].enc_ms, r[i].dec_ms, gb / (r[i].enc_ms * 1e-3),
@@ -896,9 +906,10 @@ static void fp8_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chun
                        "\"ratio\": %.4f, \"rel_sq_error_pool\": %.6g, \"pool_chunks\": %u, "
                        "\"chunk0_alone_bytes_equal\": %.6f, \"fp8_gemm_calls\": %llu, "
                        "\"fp8_fallbacks\": %llu, \"stages_compress_ms\": {",
-                    i ? ", " : "", name[i], r[i].enc_ms, r[i].dec_ms, r[i].ratio, r[i].rel_mse,
-                    pool ? pool : n, alone[i], (unsigned long long)runs[i],
+                    first ? "" : ", ", name[i], r[i].enc_ms, r[i].dec_ms, r[i].ratio,
+                    r[i].rel_mse, pool ? pool : n, alone[i], (unsigned long long)runs[i],
                     (unsigned long long)fbk[i]);
+            first = 0;
             for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
                 fprintf(f, "%s\"%s\": %.4f", s ? ", " : "", kvtc_gpu_stage_name(s),
                         r[i].enc_stage[s]);
@@ -1128,6 +1139,12 @@ int main(int argc, char **argv)
             fp8_json = argv[i + 1];
         else if (!strcmp(argv[i], "--fp8-only")) /* 1: that report alone */
             fp8_only = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--fp8-variants")) { /* 0 fp16, 1 enc, 2 dec, 3 both */
+            fp8_mask = 0;
+            for (const char *q = argv[i + 1]; *q; q++)
+                if (*q >= '0' && *q <= '3')
+                    fp8_mask |= 1u << (*q - '0');
+        }
         else if (!strcmp(argv[i], "--quant-report")) /* quantizer kernels, JSON path */
             quant_json = argv[i + 1];
         else if (!strcmp(argv[i], "--quant-only")) /* 1: that report alone */
