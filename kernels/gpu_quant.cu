@@ -21,13 +21,11 @@
 #include "gpu_numeric.cuh"
 #include "gpu_quant.cuh"
 
-/* The default: 1, the first tiled quantizer, whose random-plan test
- * (symbols equal the CPU's for group sizes 1..1024, every type, T 1..257)
- * passed on an H100. Variant 2 (gaps, v14: 0.88 vs 1.19 ms per GiB on an
- * H100, same bytes on the benchmark's plan) becomes the default once that
- * test has run to the end on a device for it; the session that built it
- * had no device time left. 0: the row-per-block kernels. */
-#define KVTC_GPU_QUANT_TILES_DEFAULT 1
+/* The default: 4 (encq, v16), the fastest tiled quantizer whose
+ * random-plan test (symbols equal the CPU's for group sizes 1..1024, every
+ * type, T 1..257) passed on an H100; see docs/perf-notes.md "Compress
+ * overhead under the GEMM". 0: the row-per-block kernels. */
+#define KVTC_GPU_QUANT_TILES_DEFAULT 4
 
 #define QT 8u                       /* tokens per tile = warps per block */
 #define QTHREADS (QT * 32u)
@@ -115,18 +113,27 @@ __device__ static inline uint32_t kq_small_run(const kvtc__dgroup *sg, uint32_t 
     mn = kd_clamp16(mn);
     mx = kd_clamp16(mx);
     uint16_t sh = 0, sc = 0;
-    float shf, scf, inv;
+    float shf = 0, scf = 0, inv = 0;
+    /* A run may mix types (same width, other type or static): the amax
+     * shuffles run on every lane whenever any lane's group is dynamic
+     * fp8 (a full-mask shuffle reached by some lanes only is undefined:
+     * it hung the random-plan test on an H100); xor partners stay inside
+     * the p-lane segment, so other groups' lanes only reduce zeros. */
+    int f8 = gr.dyn != UINT32_MAX && gr.type == KVTC__Q_FP8;
     if (gr.dyn == UINT32_MAX) {
         kd_static_params(gr, &shf, &scf, &inv);
-    } else if (gr.type == KVTC__Q_FP8) { /* warp-uniform: every lane shuffles */
+    } else if (f8) {
         sh = kd_fp8_shift(mn, mx);
         shf = kd_f16_to_f32(sh);
-        float amax = act ? fabsf(__fsub_rn(v, shf)) : 0.0f;
-        for (uint32_t o = 1; o < p; o <<= 1)
-            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        kd_fp8_scale(amax, &sc, &scf, &inv);
     } else {
         kd_int_params(gr.bits, mn, mx, &sh, &sc, &shf, &scf, &inv);
+    }
+    if (__any_sync(0xffffffffu, f8)) {
+        float amax = act && f8 ? fabsf(__fsub_rn(v, shf)) : 0.0f;
+        for (uint32_t o = 1; o < p; o <<= 1)
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        if (f8)
+            kd_fp8_scale(amax, &sc, &scf, &inv);
     }
     if (act)
         cw[lc + j] = kd_code(gr, v, shf, scf, inv);
@@ -155,6 +162,44 @@ __device__ static inline void kq_run(const kvtc__dgroup *sg, uint32_t k, uint32_
     *gk = q < mm ? k + q : k;
     *j = lane & (pp - 1);
     *act = q < mm && *j < sg[*gk].size;
+}
+
+/* kq_run with shifts (variant 6): the log2 of the run's width to *lg
+ * instead of the width (32 / p and lane / p were two integer divisions
+ * per call, ~20 instructions each: the compiler cannot see that p is a
+ * power of two), called 2-3 times per run of small groups per token. */
+__device__ static inline void kq_run2(const kvtc__dgroup *sg, uint32_t k, uint32_t ke,
+                                      uint32_t lane, uint32_t *lg, uint32_t *m, uint32_t *gk,
+                                      uint32_t *j, int *act)
+{
+    uint32_t s0 = sg[k].size, l = s0 <= 1 ? 0 : 32 - __clz(s0 - 1), kl = k + lane;
+    int same = 0;
+    if ((lane >> (5 - l)) == 0 && kl < ke) {
+        uint32_t s = sg[kl].size;
+        same = s <= 32 && (s <= 1 ? 0u : 32u - __clz(s - 1)) == l;
+    }
+    uint32_t bal = __ballot_sync(0xffffffffu, same);
+    uint32_t mm = bal == 0xffffffffu ? 32 : __ffs(~bal) - 1, q = lane >> l;
+    *lg = l;
+    *m = mm;
+    *gk = q < mm ? k + q : k;
+    *j = lane & ((1u << l) - 1);
+    *act = q < mm && *j < sg[*gk].size;
+}
+
+/* The run of kq_run (SH 0) or kq_run2 (SH 1): width p, its log2 *lg. */
+template <int SH>
+__device__ static inline void kq_run_v(const kvtc__dgroup *sg, uint32_t k, uint32_t ke,
+                                       uint32_t lane, uint32_t *p, uint32_t *lg, uint32_t *m,
+                                       uint32_t *gk, uint32_t *j, int *act)
+{
+    if (SH) {
+        kq_run2(sg, k, ke, lane, lg, m, gk, j, act);
+        *p = 1u << *lg;
+    } else {
+        kq_run(sg, k, ke, lane, p, m, gk, j, act);
+        *lg = 31 - __clz(*p);
+    }
 }
 
 /* Variant 3's quantization of one token (warp w's row x of the tile; codes
@@ -293,12 +338,283 @@ __device__ static void kq_quant_v3(const kvtc__dgroup *sg, uint32_t ngi, uint32_
     }
 }
 
+/* e4m3 code of f: the hardware's conversion (round to nearest even,
+ * saturating at 448: the software rule of gpu_numeric.cuh, checked on all
+ * 2^32 inputs by kvtc__gpu_e4m3_check) when HW, else the software one;
+ * NaN keeps the software rule's sign bit. ~20 instructions and a
+ * divergent branch per fp8 coefficient become one. */
+template <int HW> __device__ static inline uint32_t kq_e4m3(float f)
+{
+    if (HW && f == f)
+        return (uint32_t)__nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E4M3);
+    return kd_f32_to_e4m3(f);
+}
+
+/* kd_code with the type and bits in registers (gpu_quant.cuh's expression;
+ * callers pass a descriptor copied out of shared memory once, where the
+ * reference form reloaded it per element: a store to the codes array may
+ * alias it). */
+template <int HW>
+__device__ static inline uint32_t kq_code(uint32_t type, uint32_t bits, float x, float shf,
+                                          float scf, float inv)
+{
+    float d = __fmul_rn(__fsub_rn(x, shf), inv);
+    if (type == KVTC__Q_FP8)
+        return scf > 0 ? kq_e4m3<HW>(d) : 0;
+    float q = scf > 0 ? rintf(d) : 0;
+    return (uint32_t)fminf(fmaxf(q, 0.0f), (float)((1u << bits) - 1));
+}
+
+/* Codes of one byte per q < 8 / bits (elements per byte). */
+__device__ static inline uint32_t kq_per(uint32_t bits) { return bits == 2 ? 4u : bits == 4 ? 2u : 1u; }
+
+/* Variant 4's (5's: software e4m3) quantization of token w's row x: variant
+ * 3's owner scheme (a warp takes its groups 32 at a time; min/max to the
+ * group's owner lane, the owners run the shift/scale math together) with
+ * what ncu's issue-bound profile asked for:
+ * - groups whose per-token codes fill whole bytes (size * bits % 8 == 0:
+ *   every planner group but size-1 int2/int4) are packed by the codes pass
+ *   itself and stored from registers (a lane forms a byte from its 8/bits
+ *   consecutive elements; segments of small groups OR their lanes' codes by
+ *   two xor shuffles): no codes array round trip through shared memory and
+ *   no pack pass for them (the pack phase skips them);
+ * - large groups read 16 bytes a lane (float4, when the group starts on a
+ *   4-float boundary of the staged row) in the min/max and codes passes;
+ * - descriptors copied to registers once per group and step;
+ * - the hardware e4m3 conversion (HW).
+ * Same per-group math and order-free reductions: variant 1's bytes. */
+template <int HW, int SH>
+__device__ static void kq_quant_v4(const kvtc__dgroup *sg, uint32_t ngi, uint32_t lane,
+                                   const float *x, uint8_t *cw, uint32_t a0, uint16_t (*shs)[QT],
+                                   uint16_t (*scs)[QT], uint32_t w, uint8_t *sym,
+                                   const size_t *coff, uint32_t tok)
+{
+    const unsigned full = 0xffffffffu;
+    for (uint32_t kb = 0; kb < ngi; kb += 32) {
+        uint32_t ke = min(ngi, kb + 32);
+        float omn = INFINITY, omx = -INFINITY; /* group kb + lane's */
+        for (uint32_t k = kb; k < ke;) {
+            uint32_t size = sg[k].size;
+            if (size <= 32) {
+                uint32_t p, lg, m, gk, j;
+                int act;
+                kq_run_v<SH>(sg, k, ke, lane, &p, &lg, &m, &gk, &j, &act);
+                float v = act ? x[sg[gk].start - a0 + j] : 0.0f;
+                float mn = act ? v : INFINITY, mx = act ? v : -INFINITY;
+                for (uint32_t o = 1; o < p; o <<= 1) {
+                    mn = fminf(mn, __shfl_xor_sync(full, mn, o));
+                    mx = fmaxf(mx, __shfl_xor_sync(full, mx, o));
+                }
+                int own = lane >= k - kb && lane < k - kb + m;
+                uint32_t src = own ? (lane - (k - kb)) << lg : 0;
+                float tmn = __shfl_sync(full, mn, src), tmx = __shfl_sync(full, mx, src);
+                if (own) {
+                    omn = tmn;
+                    omx = tmx;
+                }
+                k += m;
+                continue;
+            }
+            uint32_t lc = sg[k].start - a0, j0 = 0;
+            float mn = INFINITY, mx = -INFINITY;
+            if ((lc & 3) == 0) {
+                const float4 *x4 = (const float4 *)(x + lc);
+                for (uint32_t u = lane; u < size / 4; u += 32) {
+                    float4 f = x4[u];
+                    mn = fminf(mn, fminf(fminf(f.x, f.y), fminf(f.z, f.w)));
+                    mx = fmaxf(mx, fmaxf(fmaxf(f.x, f.y), fmaxf(f.z, f.w)));
+                }
+                j0 = size & ~3u;
+            }
+            for (uint32_t j = j0 + lane; j < size; j += 32) {
+                mn = fminf(mn, x[lc + j]);
+                mx = fmaxf(mx, x[lc + j]);
+            }
+            for (int o = 16; o; o >>= 1) {
+                mn = fminf(mn, __shfl_xor_sync(full, mn, o));
+                mx = fmaxf(mx, __shfl_xor_sync(full, mx, o));
+            }
+            if (lane == k - kb) {
+                omn = mn;
+                omx = mx;
+            }
+            k++;
+        }
+        /* the owners' parameters (variant 3's) */
+        uint32_t mine = kb + lane;
+        int has = mine < ke;
+        const kvtc__dgroup og = sg[has ? mine : kb];
+        omn = kd_clamp16(omn);
+        omx = kd_clamp16(omx);
+        uint16_t sh = 0, sc = 0;
+        float shf = 0, scf = 0, inv = 0;
+        int f8 = has && og.dyn != UINT32_MAX && og.type == KVTC__Q_FP8;
+        if (og.dyn == UINT32_MAX) {
+            kd_static_params(og, &shf, &scf, &inv);
+        } else if (og.type == KVTC__Q_FP8) {
+            sh = kd_fp8_shift(omn, omx);
+            shf = kd_f16_to_f32(sh);
+        } else {
+            kd_int_params(og.bits, omn, omx, &sh, &sc, &shf, &scf, &inv);
+        }
+        if (__any_sync(full, f8)) { /* amax of |x - shift| for fp8 groups */
+            float oam = 0;
+            for (uint32_t k = kb; k < ke;) {
+                if (sg[k].size <= 32) {
+                    uint32_t p, lg, m, gk, j;
+                    int act;
+                    kq_run_v<SH>(sg, k, ke, lane, &p, &lg, &m, &gk, &j, &act);
+                    float gsh = __shfl_sync(full, shf, gk - kb);
+                    float a = act ? fabsf(__fsub_rn(x[sg[gk].start - a0 + j], gsh)) : 0.0f;
+                    for (uint32_t o = 1; o < p; o <<= 1)
+                        a = fmaxf(a, __shfl_xor_sync(full, a, o));
+                    int own = lane >= k - kb && lane < k - kb + m;
+                    float t = __shfl_sync(full, a, own ? (lane - (k - kb)) << lg : 0);
+                    if (own)
+                        oam = t;
+                    k += m;
+                    continue;
+                }
+                uint32_t size = sg[k].size, lc = sg[k].start - a0;
+                float gsh = __shfl_sync(full, shf, k - kb), a = 0;
+                for (uint32_t j = lane; j < size; j += 32)
+                    a = fmaxf(a, fabsf(__fsub_rn(x[lc + j], gsh)));
+                for (int o = 16; o; o >>= 1)
+                    a = fmaxf(a, __shfl_xor_sync(full, a, o));
+                if (lane == k - kb)
+                    oam = a;
+                k++;
+            }
+            if (f8)
+                kd_fp8_scale(oam, &sc, &scf, &inv);
+        }
+        if (has) {
+            shs[mine][w] = sh;
+            scs[mine][w] = sc;
+        }
+        /* codes: whole-byte groups straight to the symbols, the others to
+         * the codes array for the pack phase */
+        for (uint32_t k = kb; k < ke;) {
+            if (sg[k].size <= 32) {
+                uint32_t p, lg, m, gk, j;
+                int act;
+                kq_run_v<SH>(sg, k, ke, lane, &p, &lg, &m, &gk, &j, &act);
+                const kvtc__dgroup gg = sg[gk];
+                float gsh = __shfl_sync(full, shf, gk - kb), gsc = __shfl_sync(full, scf, gk - kb),
+                      gin = __shfl_sync(full, inv, gk - kb);
+                uint32_t lc = gg.start - a0, per = kq_per(gg.bits);
+                uint32_t c = act ? kq_code<HW>(gg.type, gg.bits, x[lc + j], gsh, gsc, gin) : 0;
+                /* bytes of per consecutive lanes (inside the segment: p
+                 * and per are powers of two, per <= size <= p) */
+                uint32_t t = c << (gg.bits * (j & (per - 1)));
+                uint32_t o1 = __shfl_xor_sync(full, t, 1);
+                if (per >= 2)
+                    t |= o1;
+                uint32_t o2 = __shfl_xor_sync(full, t, 2);
+                if (per >= 4)
+                    t |= o2;
+                if (act) {
+                    if (gg.size * gg.bits % 8 == 0) {
+                        uint32_t lp = per >> 1; /* log2 of per: 1, 2, 4 -> 0, 1, 2 */
+                        if ((j & (per - 1)) == 0)
+                            sym[coff[gk] + (size_t)tok * (SH ? gg.size >> lp : gg.size / per) +
+                                (SH ? j >> lp : j / per)] = (uint8_t)t;
+                    } else {
+                        cw[lc + j] = (uint8_t)c;
+                    }
+                }
+                k += m;
+                continue;
+            }
+            const kvtc__dgroup gg = sg[k];
+            float gsh = __shfl_sync(full, shf, k - kb), gsc = __shfl_sync(full, scf, k - kb),
+                  gin = __shfl_sync(full, inv, k - kb);
+            uint32_t lc = gg.start - a0;
+            if (gg.size * gg.bits % 8) { /* a token's codes end inside a byte */
+                for (uint32_t j = lane; j < gg.size; j += 32)
+                    cw[lc + j] = (uint8_t)kq_code<HW>(gg.type, gg.bits, x[lc + j], gsh, gsc, gin);
+                k++;
+                continue;
+            }
+            uint32_t per = kq_per(gg.bits), bt = SH ? gg.size >> (per >> 1) : gg.size / per;
+            uint8_t *o = sym + coff[k] + (size_t)tok * bt;
+            if (per == 4 && (lc & 3) == 0) {
+                const float4 *x4 = (const float4 *)(x + lc);
+                for (uint32_t b = lane; b < bt; b += 32) {
+                    float4 f = x4[b];
+                    o[b] = (uint8_t)(kq_code<HW>(gg.type, 2, f.x, gsh, gsc, gin) |
+                                     kq_code<HW>(gg.type, 2, f.y, gsh, gsc, gin) << 2 |
+                                     kq_code<HW>(gg.type, 2, f.z, gsh, gsc, gin) << 4 |
+                                     kq_code<HW>(gg.type, 2, f.w, gsh, gsc, gin) << 6);
+                }
+            } else if (per == 2 && (lc & 1) == 0) {
+                const float2 *x2 = (const float2 *)(x + lc);
+                for (uint32_t b = lane; b < bt; b += 32) {
+                    float2 f = x2[b];
+                    o[b] = (uint8_t)(kq_code<HW>(gg.type, 4, f.x, gsh, gsc, gin) |
+                                     kq_code<HW>(gg.type, 4, f.y, gsh, gsc, gin) << 4);
+                }
+            } else {
+                for (uint32_t b = lane; b < bt; b += 32) {
+                    uint32_t v = 0;
+                    for (uint32_t q = 0; q < per; q++)
+                        v |= kq_code<HW>(gg.type, gg.bits, x[lc + b * per + q], gsh, gsc, gin)
+                             << (gg.bits * q);
+                    o[b] = (uint8_t)v;
+                }
+            }
+            k++;
+        }
+    }
+}
+
+/* kvtc__gpu_e4m3_check's sweep: every non-NaN float (NaN takes the
+ * software rule in kq_e4m3 anyway). */
+__global__ void k_e4m3_check(unsigned long long *bad, uint32_t *first)
+{
+    uint64_t step = (uint64_t)gridDim.x * blockDim.x;
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < (1ull << 32); i += step) {
+        float f = __uint_as_float((uint32_t)i);
+        if (f == f && kq_e4m3<1>(f) != kd_f32_to_e4m3(f)) {
+            atomicAdd(bad, 1ull);
+            atomicMin(first, (uint32_t)i);
+        }
+    }
+}
+
+/* Tests: the hardware e4m3 conversion against gpu_numeric.cuh's software
+ * one on every non-NaN float bit pattern; *mismatches and the smallest
+ * mismatching pattern (*first, UINT32_MAX if none). Synchronous, device 0's
+ * current context; KVTC_EIO on a CUDA error. */
+extern "C" int kvtc__gpu_e4m3_check(uint64_t *mismatches, uint32_t *first)
+{
+    unsigned long long *d = NULL;
+    int rc = kvtc__cuda_err(cudaMalloc((void **)&d, 16), "malloc");
+    unsigned long long init[2] = {0, 0xffffffffull};
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMemcpy(d, init, 16, cudaMemcpyHostToDevice), "copy");
+    if (!rc) {
+        k_e4m3_check<<<1024, 256>>>(d, (uint32_t *)(d + 1));
+        rc = kvtc__cuda_err(cudaGetLastError(), "e4m3 check");
+    }
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMemcpy(init, d, 16, cudaMemcpyDeviceToHost), "copy");
+    cudaFree(d);
+    *mismatches = init[0];
+    *first = (uint32_t)init[1];
+    return rc;
+}
+
 /* Grid: x = tiles (M / QT + chunks), y = the stream's items. V 1: the
  * first tiled version (quant, v11); V 2 (gaps, v13): the item's group
  * descriptors staged in shared memory (variant 1 walked them in global
  * memory, one dependent L1 load per group, three times per block) and
  * groups of <= 32 components quantized by kq_small_run; V 3: V 2's
- * staging with kq_quant_v3 (the per-(token, group) math once per lane). */
+ * staging with kq_quant_v3 (the per-(token, group) math once per lane);
+ * V 4: kq_quant_v4 (whole-byte groups packed and stored by the codes pass,
+ * hardware e4m3), V 5: the same with the software e4m3 conversion, V 6:
+ * V 4 with kq_run2 and shifts for the small groups' runs and the size-1
+ * groups' pack (no integer divisions). */
 template <int V>
 __global__ void __launch_bounds__(QTHREADS)
 k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restrict__ groups,
@@ -354,6 +670,9 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
      * larger ones the whole warp. Codes to cs, shift/scale to shs/scs. */
     if (V == 3 && w < nr)
         kq_quant_v3(sg, ngi, lane, xs[w], cs[w], a0, shs, scs, w);
+    if (V >= 4 && w < nr)
+        kq_quant_v4<V != 5, V == 6>(sg, ngi, lane, xs[w], cs[w], a0, shs, scs, w, C.sym,
+                                    C.code_off + it.ga, t0 + w);
     if (V == 2 && w < nr) {
         const float *x = xs[w];
         uint8_t *cw = cs[w];
@@ -488,17 +807,28 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
             else if (lane >= 16 && lane - 16 < nr)
                 sym16[kvtc__scale_off(ng, gr.dyn, C.T) / 2 + t0 + lane - 16] = scs[k][lane - 16];
         }
-        if (gr.size * gr.bits > 256)
-            continue;
+        if (gr.size * gr.bits > 256 || (V >= 4 && gr.size * gr.bits % 8 == 0))
+            continue; /* the block's loop below; V 4: written by the codes pass */
         uint32_t nel = nr * gr.size, nb = (nel * gr.bits + 7) / 8;
         uint8_t *o = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
+        if (V == 6 && gr.size == 1) { /* size-1 int2/int4: kq_byte without its divisions */
+            uint32_t per = kq_per(gr.bits), lp = per >> 1, lc = gr.start - a0;
+            for (uint32_t b = lane; b < nb; b += 32) {
+                uint32_t v = 0;
+                for (uint32_t q = 0; q < per; q++)
+                    if ((b << lp) + q < nr)
+                        v |= (uint32_t)cs[(b << lp) + q][lc] << (gr.bits * q);
+                o[b] = (uint8_t)v;
+            }
+            continue;
+        }
         for (uint32_t b = lane; b < nb; b += 32)
             o[b] = (uint8_t)kq_byte(cs, gr, gr.start - a0, b, nel);
     }
     for (uint32_t k = 0; k < ngi; k++) {
         uint32_t gi = it.ga + k;
         kvtc__dgroup gr = sg[k];
-        if (gr.size * gr.bits <= 256)
+        if (gr.size * gr.bits <= 256 || (V >= 4 && gr.size * gr.bits % 8 == 0))
             continue;
         uint32_t nel = nr * gr.size, nb = (nel * gr.bits + 7) / 8, lc = gr.start - a0;
         uint8_t *o = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
@@ -660,7 +990,19 @@ int kvtc__launch_quant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dc
     if (!M || !n_chunks || !g->nqi[stream])
         return 0;
     dim3 grid((unsigned)(M / QT + n_chunks), g->nqi[stream]);
-    if (g->qtiles[stream] == 3)
+    if (g->qtiles[stream] == 6)
+        k_quant_tiles<6><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
+                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
+                                                   g->ld[stream]);
+    else if (g->qtiles[stream] == 5)
+        k_quant_tiles<5><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
+                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
+                                                   g->ld[stream]);
+    else if (g->qtiles[stream] == 4)
+        k_quant_tiles<4><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
+                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
+                                                   g->ld[stream]);
+    else if (g->qtiles[stream] == 3)
         k_quant_tiles<3><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
                                                    g->qitem + g->qi0[stream], g->ndyn, coef,
                                                    g->ld[stream]);
@@ -763,7 +1105,7 @@ extern "C" int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles)
 {
     if (!g)
         return KVTC_EINVAL;
-    if (tiles > 3)
+    if (tiles > 6)
         return KVTC_EINVAL;
     for (int s = 0; s < 2; s++)
         g->qtiles[s] = g->nqi[s] > 0 ? tiles : 0;

@@ -179,6 +179,70 @@ template <typename RT> __device__ static inline float kd_rval(uint16_t b)
     return kd_from(r);
 }
 
+/* One unit of k_rows_in_vec(2): the 8 (or 2 x 8, half-split keys)
+ * elements a (b) of one head vector, RoPE undone, the means ma (mb)
+ * subtracted, into the row at column j. Both kernels run this one
+ * expression, so their rows are the same bits. */
+template <typename RT>
+__device__ static inline void kd_unit_in(const kd_rowgeo &G, int rope, int half, const float *cs,
+                                         const float *sn, uint32_t w, kd_v8 a, kd_v8 b,
+                                         const float *ma, const float *mb, uint16_t *row,
+                                         uint32_t j, int *bad, int *range)
+{
+    kd_v8 oa, ob;
+    float xa[8], xb[8];
+    for (int e = 0; e < 8; e++)
+        xa[e] = kd_ld16(G.dtype, a.h[e]);
+    if (half) {
+        for (int e = 0; e < 8; e++)
+            xb[e] = kd_ld16(G.dtype, b.h[e]);
+        uint32_t i0 = w * 8;
+        for (int e = 0; e < 8; e++) {
+            *bad |= !isfinite(xa[e]) || !isfinite(xb[e]);
+            float y0 = xa[e] * cs[i0 + e] - xb[e] * sn[i0 + e];
+            float y1 = xa[e] * sn[i0 + e] + xb[e] * cs[i0 + e];
+            float c0 = y0 - ma[e], c1 = y1 - mb[e];
+            *range |= kd_out_of_range<RT>(c0) | kd_out_of_range<RT>(c1);
+            oa.h[e] = kd_rbits<RT>(c0);
+            ob.h[e] = kd_rbits<RT>(c1);
+        }
+        *(uint4 *)(row + j) = oa.u;
+        *(uint4 *)(row + j + G.hdim / 2) = ob.u;
+        return;
+    }
+    if (rope) { /* interleaved: 4 pairs (2i, 2i+1) */
+        uint32_t i0 = w * 4;
+        for (int e = 0; e < 8; e += 2) {
+            float x0 = xa[e], x1 = xa[e + 1], c0 = cs[i0 + e / 2], s0 = sn[i0 + e / 2];
+            *bad |= !isfinite(x0) || !isfinite(x1);
+            xa[e] = x0 * c0 - x1 * s0;
+            xa[e + 1] = x0 * s0 + x1 * c0;
+        }
+    } else {
+        for (int e = 0; e < 8; e++)
+            *bad |= !isfinite(xa[e]);
+    }
+    for (int e = 0; e < 8; e++) {
+        *range |= kd_out_of_range<RT>(xa[e] - ma[e]);
+        oa.h[e] = kd_rbits<RT>(xa[e] - ma[e]);
+    }
+    *(uint4 *)(row + j) = oa.u;
+}
+
+/* The block's RoPE angles (cos, -sin) of token t of chunk C. */
+__device__ static inline void kd_angles_in(const kvtc__dchunk &C, uint32_t t, const kd_rowgeo &G,
+                                           const double *inv_freq, float *cs, float *sn)
+{
+    double pos = (double)C.first_pos + t;
+    for (uint32_t i = threadIdx.x; i < G.hdim / 2; i += blockDim.x) {
+        double sv, cv;
+        sincos(pos * inv_freq[i], &sv, &cv);
+        cs[i] = (float)cv;
+        sn[i] = -(float)sv;
+    }
+    __syncthreads();
+}
+
 template <typename RT>
 __global__ void k_rows_in_vec(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int stream,
                               const double *inv_freq, const float *mean, RT *rows, int32_t *status)
@@ -190,16 +254,8 @@ __global__ void k_rows_in_vec(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G,
     uint32_t t = C.sinks + (uint32_t)(m - C.row_start);
     int rope = stream == 0 && G.rope_style != KVTC_ROPE_NONE;
     int half = rope && G.rope_style == KVTC_ROPE_HALF_SPLIT;
-    if (rope) {
-        double pos = (double)C.first_pos + t;
-        for (uint32_t i = threadIdx.x; i < G.hdim / 2; i += blockDim.x) {
-            double sv, cv;
-            sincos(pos * inv_freq[i], &sv, &cv);
-            cs[i] = (float)cv;
-            sn[i] = -(float)sv;
-        }
-        __syncthreads();
-    }
+    if (rope)
+        kd_angles_in(C, t, G, inv_freq, cs, sn);
     uint16_t *row = (uint16_t *)(rows + m * G.D);
     uint32_t per_vec = G.hdim / 8 / (half ? 2 : 1), units = G.D / G.hdim * per_vec;
     int bad = 0, range = 0;
@@ -209,45 +265,97 @@ __global__ void k_rows_in_vec(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G,
         const uint16_t *src = (const uint16_t *)C.data +
                               (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd;
         uint32_t j = layer * G.hd + r;
-        kd_v8 a, b, oa, ob;
+        kd_v8 a, b;
         a.u = *(const uint4 *)(src + r);
-        float xa[8], xb[8];
-        for (int e = 0; e < 8; e++)
-            xa[e] = kd_ld16(G.dtype, a.h[e]);
+        b.u = half ? *(const uint4 *)(src + r + G.hdim / 2) : a.u;
+        kd_unit_in<RT>(G, rope, half, cs, sn, w, a, b, mean + j, mean + j + G.hdim / 2, row, j,
+                       &bad, &range);
+    }
+    bad = __syncthreads_or(bad);
+    range = __syncthreads_or(range);
+    if ((bad || range) && threadIdx.x == 0)
+        status[c] = bad ? KVTC_EINVAL : KVTC_ENOTSUP;
+}
+
+/* Where unit u of the row reads (src offset s) and writes (column j);
+ * w its index within the head vector. */
+__device__ static inline void kd_unit_at(const kd_rowgeo &G, const kvtc__dchunk &C, int stream,
+                                         uint32_t t, uint32_t per_vec, uint32_t u,
+                                         const uint16_t **src, uint32_t *j, uint32_t *w)
+{
+    uint32_t v = u / per_vec, layer = v / G.kvh;
+    *w = u % per_vec;
+    uint32_t r = (v % G.kvh) * G.hdim + *w * 8;
+    *src = (const uint16_t *)C.data + (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd + r;
+    *j = layer * G.hd + r;
+}
+
+/* k_rows_in_vec with the memory side reworked (encq, issue #3: the rows
+ * pass moved 2 GiB in 0.99 ms, 2.2 TB/s against ~2.9 for a copy): the
+ * next unit's chunk data is loaded (read-only path) before this unit's
+ * arithmetic, so each thread keeps two units' loads in flight, and the
+ * means come as float4 (two 16-byte loads per 8 means where the first
+ * kernel made eight 4-byte ones, each a cache wavefront per 4 lanes).
+ * Two whole units a thread with their means took 100 registers (2 blocks
+ * an SM) or spilled at 64; the prefetch takes 78 (3 blocks an SM, the
+ * first kernel 48: 5), so PF 0 is the float4 means alone, one unit in
+ * flight. Same per-unit arithmetic (kd_unit_in): the same rows. */
+template <typename RT, int PF>
+__global__ void __launch_bounds__(256, PF ? 3 : 4) /* <= 80 / 64 registers */
+k_rows_in_vec2(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int stream,
+               const double *inv_freq, const float *__restrict__ mean, RT *rows, int32_t *status)
+{
+    __shared__ float cs[KVTC_MAX_HEAD_DIM / 2], sn[KVTC_MAX_HEAD_DIM / 2];
+    uint64_t m = blockIdx.x;
+    uint32_t c = kd_find_chunk(ch, nch, m);
+    const kvtc__dchunk C = ch[c];
+    uint32_t t = C.sinks + (uint32_t)(m - C.row_start);
+    int rope = stream == 0 && G.rope_style != KVTC_ROPE_NONE;
+    int half = rope && G.rope_style == KVTC_ROPE_HALF_SPLIT;
+    uint16_t *row = (uint16_t *)(rows + m * G.D);
+    uint32_t per_vec = G.hdim / 8 / (half ? 2 : 1), units = G.D / G.hdim * per_vec;
+    uint32_t hh = G.hdim / 2;
+    int bad = 0, range = 0;
+    uint32_t u = threadIdx.x, j = 0, w = 0;
+    kd_v8 a, b;
+    const uint16_t *src;
+    if (rope) /* (loads issued before it would be spilled around sincos's call) */
+        kd_angles_in(C, t, G, inv_freq, cs, sn);
+    if (u < units) {
+        kd_unit_at(G, C, stream, t, per_vec, u, &src, &j, &w);
+        a.u = __ldg((const uint4 *)src);
+        b.u = half ? __ldg((const uint4 *)(src + hh)) : a.u;
+    }
+    for (; u < units; u += blockDim.x) {
+        uint32_t un = u + blockDim.x, jn = 0, wn = 0;
+        kd_v8 na, nb;
+        na.u = nb.u = make_uint4(0, 0, 0, 0);
+        if (PF && un < units) {
+            kd_unit_at(G, C, stream, t, per_vec, un, &src, &jn, &wn);
+            na.u = __ldg((const uint4 *)src);
+            nb.u = half ? __ldg((const uint4 *)(src + hh)) : na.u;
+        }
+        float ma[8], mb[8];
+        const float4 *m4 = (const float4 *)(mean + j);
+        float4 m0 = __ldg(m4), m1 = __ldg(m4 + 1);
+        ma[0] = m0.x, ma[1] = m0.y, ma[2] = m0.z, ma[3] = m0.w;
+        ma[4] = m1.x, ma[5] = m1.y, ma[6] = m1.z, ma[7] = m1.w;
         if (half) {
-            b.u = *(const uint4 *)(src + r + G.hdim / 2);
-            for (int e = 0; e < 8; e++)
-                xb[e] = kd_ld16(G.dtype, b.h[e]);
-            uint32_t i0 = w * 8;
-            for (int e = 0; e < 8; e++) {
-                bad |= !isfinite(xa[e]) || !isfinite(xb[e]);
-                float y0 = xa[e] * cs[i0 + e] - xb[e] * sn[i0 + e];
-                float y1 = xa[e] * sn[i0 + e] + xb[e] * cs[i0 + e];
-                float c0 = y0 - mean[j + e], c1 = y1 - mean[j + G.hdim / 2 + e];
-                range |= kd_out_of_range<RT>(c0) | kd_out_of_range<RT>(c1);
-                oa.h[e] = kd_rbits<RT>(c0);
-                ob.h[e] = kd_rbits<RT>(c1);
-            }
-            *(uint4 *)(row + j) = oa.u;
-            *(uint4 *)(row + j + G.hdim / 2) = ob.u;
-        } else {
-            if (rope) { /* interleaved: 4 pairs (2i, 2i+1) */
-                uint32_t i0 = w * 4;
-                for (int e = 0; e < 8; e += 2) {
-                    float x0 = xa[e], x1 = xa[e + 1], c0 = cs[i0 + e / 2], s0 = sn[i0 + e / 2];
-                    bad |= !isfinite(x0) || !isfinite(x1);
-                    xa[e] = x0 * c0 - x1 * s0;
-                    xa[e + 1] = x0 * s0 + x1 * c0;
-                }
-            } else {
-                for (int e = 0; e < 8; e++)
-                    bad |= !isfinite(xa[e]);
-            }
-            for (int e = 0; e < 8; e++) {
-                range |= kd_out_of_range<RT>(xa[e] - mean[j + e]);
-                oa.h[e] = kd_rbits<RT>(xa[e] - mean[j + e]);
-            }
-            *(uint4 *)(row + j) = oa.u;
+            const float4 *h4 = (const float4 *)(mean + j + hh);
+            float4 h0 = __ldg(h4), h1 = __ldg(h4 + 1);
+            mb[0] = h0.x, mb[1] = h0.y, mb[2] = h0.z, mb[3] = h0.w;
+            mb[4] = h1.x, mb[5] = h1.y, mb[6] = h1.z, mb[7] = h1.w;
+        }
+        kd_unit_in<RT>(G, rope, half, cs, sn, w, a, b, ma, mb, row, j, &bad, &range);
+        if (PF) {
+            a = na;
+            b = nb;
+            j = jn;
+            w = wn;
+        } else if (un < units) {
+            kd_unit_at(G, C, stream, t, per_vec, un, &src, &j, &w);
+            a.u = __ldg((const uint4 *)src);
+            b.u = half ? __ldg((const uint4 *)(src + hh)) : a.u;
         }
     }
     bad = __syncthreads_or(bad);
@@ -373,6 +481,26 @@ __global__ void k_rope_inplace(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G
     }
 }
 
+/* Which vectorized encode rows kernel runs: 0 k_rows_in_vec (the first),
+ * 1 k_rows_in_vec2 with the next unit prefetched (the default: H100, 1 GiB,
+ * same run: rows stage 0.910 ms vs 0.945 for 0 and 0.953 for 2, same
+ * bytes), 2 k_rows_in_vec2 with the float4 means alone. Process-wide, for
+ * benchmarks (kvtc__gpu_rows_set). */
+#define KVTC_GPU_ROWS_IN_DEFAULT 1
+static int rows_in_v = KVTC_GPU_ROWS_IN_DEFAULT;
+
+/* Benchmarks: the encode rows kernel of later launches (0, 1 or 2 as
+ * above, -1 the default again; the same rows from each). Process-wide and
+ * not synchronized with launches on other threads (a bench knob).
+ * KVTC_EINVAL on another value. */
+extern "C" int kvtc__gpu_rows_set(int v)
+{
+    if (v < -1 || v > 2)
+        return KVTC_EINVAL;
+    rows_in_v = v < 0 ? KVTC_GPU_ROWS_IN_DEFAULT : v;
+    return 0;
+}
+
 static kd_rowgeo geo(const kvtc_gpu_codec *g)
 {
     const kvtc_layout *l = &g->p->layout;
@@ -386,7 +514,16 @@ int kvtc__launch_rows_in(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk
 {
     if (!M)
         return 0;
-    if (vec && g->params.gemm == KVTC_GPU_GEMM_FP16)
+    int fp16 = g->params.gemm == KVTC_GPU_GEMM_FP16;
+    if (vec && rows_in_v && fp16)
+        (rows_in_v == 1 ? k_rows_in_vec2<__half, 1> : k_rows_in_vec2<__half, 0>)
+            <<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), stream, g->inv_freq,
+                                                 g->mean[stream], (__half *)rows, status);
+    else if (vec && rows_in_v)
+        (rows_in_v == 1 ? k_rows_in_vec2<__nv_bfloat16, 1> : k_rows_in_vec2<__nv_bfloat16, 0>)
+            <<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), stream, g->inv_freq,
+                                                 g->mean[stream], (__nv_bfloat16 *)rows, status);
+    else if (vec && g->params.gemm == KVTC_GPU_GEMM_FP16)
         k_rows_in_vec<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), stream,
                                                                  g->inv_freq, g->mean[stream],
                                                                  (__half *)rows, status);

@@ -55,6 +55,7 @@
 #include <unistd.h>
 
 #include "../codec/bc.h"
+#include "../codec/internal.h" /* plan_groups_print: the plan's groups */
 #include "kvtc_codec.h"
 #include "kvtc_gpu.h"
 
@@ -100,11 +101,16 @@ static int gemm_set;              /* 1: run_codec applies gemm_cfg (use_lt, dire
 /* kernels/gpu_quant.cu (internal, for --quant-report): 1 the tiled
  * quantizer, 0 the row-per-block kernels */
 extern int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles);
+/* kernels/gpu_rows.cu (internal): the encode rows kernel, process-wide
+ * (0 the first, 1 prefetching, 2 float4 means; -1 the default) */
+extern int kvtc__gpu_rows_set(int v);
 static uint32_t quant_cfg;
 static int quant_set;             /* 1: run_codec applies quant_cfg */
 /* --quant-variants: the quantizer variants --quant-report and --gap-report
- * run (0 row kernels, 1..3 the tiled ones); the first is the bytes
- * reference */
+ * run (0 row kernels, 1..6 the tiled ones); the first is the bytes
+ * reference. In --quant-report, v >= 10 is quantizer v % 10 with encode
+ * rows kernel v / 10 - 1 (14: tiled 4 + the first rows kernel; 34: tiled
+ * 4 + rows kernel 2), v < 10 the library's default rows kernel. */
 static uint32_t quant_v[8] = {0, 1, 2, 3, 0}, n_quant_v = 5;
 static int gap_pageable; /* --gap-pageable 1: gap report with pageable meta too */
 static size_t quality_stride = 1; /* run_codec's error: every n-th 64 Ki block */
@@ -592,6 +598,37 @@ static void gemm_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chu
     kvtc_gpu_codec_free(gt);
 }
 
+/* The plan's groups per stream by size (1, 16, 64, 256, 1024, other) and
+ * type, and how many are static: the quantizer's time follows the group
+ * structure (per-(token, group) work) more than the bytes. One line per
+ * stream on stdout. */
+static void plan_groups_print(const kvtc_profile *p, uint32_t plan)
+{
+    static const uint32_t sz[] = {1, 16, 64, 256, 1024};
+    const struct kvtc__plan *pl = &p->plans[plan];
+    for (uint8_t s = 0; s < 2; s++) {
+        uint32_t n[6][4];
+        memset(n, 0, sizeof n);
+        for (uint32_t i = 0; i < pl->n_groups; i++) {
+            const struct kvtc__group *g = &pl->groups[i];
+            if (g->stream != s || g->type < KVTC__Q_INT2 || g->type > KVTC__Q_FP8)
+                continue;
+            int c = 5;
+            for (int k = 0; k < 5; k++)
+                if (g->size == sz[k])
+                    c = k;
+            n[c][g->type]++;
+            n[c][0] += g->is_static != 0;
+        }
+        printf("plan groups, %s (size: int2/int4/fp8 static):", s ? "values" : "keys");
+        for (int c = 0; c < 6; c++)
+            if (n[c][1] + n[c][2] + n[c][3])
+                printf(" %s%u: %u/%u/%u %u", c == 5 ? "other" : "", c == 5 ? 0 : sz[c],
+                       n[c][1], n[c][2], n[c][3], n[c][0]);
+        printf("\n");
+    }
+}
+
 /* --quant-report: the quantizer's kernels side by side on the same batch
  * and context: row-per-block (0, the old code and the bytes reference),
  * tiled (1), row-per-block again (the run's spread). Stage times from
@@ -614,6 +651,7 @@ static void quant_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_ch
     if (!ref || !got)
         exit(1);
     quality_stride = 8;
+    plan_groups_print(p, plan);
     if (f)
         fprintf(f, "{\"variants\": [");
     printf("%5s %9s %9s %9s %9s %10s %10s %9s %11s %11s\n", "tiles", "enc ms", "dec ms",
@@ -622,8 +660,9 @@ static void quant_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_ch
         struct run r, t;
         uint8_t *ci = NULL;
         size_t ci_len = 0;
-        quant_cfg = v[i];
+        quant_cfg = v[i] % 10;
         quant_set = 1;
+        KV(kvtc__gpu_rows_set(v[i] >= 10 ? (int)(v[i] / 10) - 1 : -1));
         reuse_ctx = gt;
         run_codec(p, plan, tp, ch, n, l, d_out, raw, iters, d_in, &t, i ? &ci : &c0,
                   i ? &ci_len : &c0_len);
@@ -632,6 +671,7 @@ static void quant_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_ch
                   iters, d_in, &r, NULL, NULL);
         reuse_ctx = NULL;
         quant_set = 0;
+        KV(kvtc__gpu_rows_set(-1));
         CK(cudaMemcpy(i ? got : ref, d_out, raw, cudaMemcpyDeviceToHost));
         size_t diff = 0;
         for (size_t b = 0; i && b < raw; b += 65536) {

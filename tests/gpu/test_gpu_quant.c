@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../../codec/internal.h"
 #include "../../codec/symbols.h"
@@ -19,6 +20,29 @@ extern int kvtc__gpu_quant_check(const struct kvtc__plan *pl, const uint32_t *T,
                                  const float *const coef[2], const uint32_t k[2], uint32_t tiles,
                                  int bf16, uint8_t *sym, uint16_t *const deq[2]);
 extern int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles);
+extern int kvtc__gpu_e4m3_check(uint64_t *mismatches, uint32_t *first);
+
+enum { NV = 7 }; /* quantizer variants: 0 row kernels, 1..6 tiled */
+
+/* KVTC_TEST_QUANT_TILES=LIST (e.g. "4" or "0,3,4"): the variants whose
+ * symbols the random-plan test checks (all by default), so a device call
+ * can give one candidate every layout within its time. */
+static int tiles_on(uint32_t t)
+{
+    const char *e = getenv("KVTC_TEST_QUANT_TILES");
+    if (!e || !*e)
+        return 1;
+    for (const char *q = e; *q;) {
+        char *end;
+        unsigned long v = strtoul(q, &end, 10);
+        if (end == q)
+            break;
+        if (v == t)
+            return 1;
+        q = *end == ',' ? end + 1 : end;
+    }
+    return 0;
+}
 
 static uint64_t rng_state;
 static uint32_t rnd(void)
@@ -121,12 +145,14 @@ static void check_layout(uint64_t seed, const uint32_t *T, uint32_t n)
         so += len;
         row += T[i];
     }
-    /* tiles 2 and 3: the later tiled quantizers (same dequantizer as 1;
+    /* tiles 2..6: the later tiled quantizers (same dequantizer as 1;
      * its values are checked through tiles 1's round below) */
     for (int bf16 = 0; bf16 < 2; bf16++)
-        for (uint32_t tiles = 0; tiles < 4; tiles++) {
+        for (uint32_t tiles = 0; tiles < NV; tiles++) {
             uint32_t d = tiles < 2 ? tiles : 1;
             if (bf16 && tiles > 1) /* bf16 changes the dequantizer only */
+                continue;
+            if (!tiles_on(tiles))
                 continue;
             memset(gpu, 0x5a, symtot + 1);
             int rc = kvtc__gpu_quant_check(&pl, T, n, (const float *const *)coef, k, tiles, bf16,
@@ -141,7 +167,10 @@ static void check_layout(uint64_t seed, const uint32_t *T, uint32_t n)
                          (unsigned long long)seed, tiles, bf16, at, (unsigned long long)symtot,
                          cpu[at], gpu[at], pl.n_groups, n);
         }
-    /* (the last round was bf16: redo fp16 dequantization for both kernels) */
+    /* (the last round was bf16: redo fp16 dequantization for both kernels;
+     * skipped when the run checks later variants only) */
+    if (!tiles_on(0) || !tiles_on(1))
+        goto done;
     for (uint32_t tiles = 0; tiles < 2; tiles++)
         cr_assert_eq(kvtc__gpu_quant_check(&pl, T, n, (const float *const *)coef, k, tiles, 0, gpu,
                                            (uint16_t *const[2]){deq[0][tiles], deq[1][tiles]}),
@@ -176,6 +205,7 @@ static void check_layout(uint64_t seed, const uint32_t *T, uint32_t n)
         }
     }
     free(ref);
+done:
     for (int s = 0; s < 2; s++) {
         free(coef[s]);
         free(deq[s][0]);
@@ -195,14 +225,32 @@ Test(gpu_quant, tiled_symbols_equal_cpu_random_plans)
      * compute-sanitizer the first KVTC_TEST_QUANT_LAYOUTS batches only */
     const char *lim = getenv("KVTC_TEST_QUANT_LAYOUTS");
     uint32_t T[8], seed = 1, max_seed = lim ? (uint32_t)atoi(lim) : UINT32_MAX;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     for (uint32_t t = 1; t <= 257 && seed <= max_seed;) {
         uint32_t n = 1 + seed % 6;
         for (uint32_t i = 0; i < n; i++)
             T[i] = t <= 257 ? t++ : fixed[(seed + i) % 14];
         check_layout(0x9e3779b97f4a7c15ull * seed, T, n);
+        /* progress: a run cut by a time cap still says how far it got */
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        cr_log_info("layout %u done (token counts 1..%u covered) at %.1f s", seed, t - 1,
+                    (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
         seed++;
     }
     check_layout(77, fixed, 8);
+}
+
+/* The hardware e4m3 conversion that tiled variant 4 uses equals the
+ * software rule (gpu_numeric.cuh, the CPU codec's bytes) on every non-NaN
+ * float. */
+Test(gpu_quant, e4m3_hardware_conversion_equals_software)
+{
+    GPU_OR_SKIP();
+    uint64_t bad = 0;
+    uint32_t first = 0;
+    cr_assert_eq(kvtc__gpu_e4m3_check(&bad, &first), 0);
+    cr_assert_eq(bad, 0, "%llu inputs differ, first 0x%08x", (unsigned long long)bad, first);
 }
 
 /* A batch coded by a real context with either kernel: identical containers,
@@ -225,7 +273,7 @@ Test(gpu_quant, tiled_containers_equal_row_kernels)
     for (uint32_t plan = 0; plan < kvtc_profile_plan_count(p); plan++) {
         kvtc_gpu_codec *g = NULL;
         cr_assert_eq(kvtc_gpu_codec_create(p, plan, NULL, &g), 0);
-        enum { V = 4 }; /* row kernels, tiled 1, 2 and 3 */
+        enum { V = NV }; /* row kernels, tiled 1..6 */
         uint8_t *out[V][N];
         size_t len[V][N];
         int32_t st[V][N];
