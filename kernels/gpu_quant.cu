@@ -568,6 +568,296 @@ __device__ static void kq_quant_v4(const kvtc__dgroup *sg, uint32_t ngi, uint32_
     }
 }
 
+/* Lanes of group k in variant 7's small-group path: *le = 2 (4 elements
+ * a lane, one float4) when its size is a multiple of 4, at most 128, on a
+ * 4-float boundary of the staged row; else *le = 0 (an element a lane) for
+ * sizes <= 32. *l: log2 of the lanes (a power of two >= size >> *le).
+ * Returns 0 for the large path (neither). */
+__device__ static inline int kq_class(const kvtc__dgroup &g, uint32_t a0, uint32_t *l, uint32_t *le)
+{
+    uint32_t s = g.size;
+    if ((s & 3) == 0 && s <= 128 && ((g.start - a0) & 3) == 0) {
+        *le = 2;
+        s >>= 2;
+    } else if (s <= 32) {
+        *le = 0;
+    } else {
+        return 0;
+    }
+    *l = s <= 1 ? 0 : 32 - __clz(s - 1);
+    return 1;
+}
+
+/* kq_run2 over kq_class: the run from k (< ke, small) of consecutive
+ * groups of k's class (l, le), one warp pass; this lane's group gk (k when
+ * past the run), its lane index j in the group (elements j << le ..),
+ * *act when those are inside the group. */
+__device__ static inline void kq_run3(const kvtc__dgroup *sg, uint32_t k, uint32_t ke,
+                                      uint32_t lane, uint32_t a0, uint32_t *lg, uint32_t *le,
+                                      uint32_t *m, uint32_t *gk, uint32_t *j, int *act)
+{
+    uint32_t l = 0, e = 0, kl = k + lane;
+    kq_class(sg[k], a0, &l, &e);
+    int same = 0;
+    if ((lane >> (5 - l)) == 0 && kl < ke) {
+        uint32_t l2, e2;
+        same = kq_class(sg[kl], a0, &l2, &e2) && l2 == l && e2 == e;
+    }
+    uint32_t bal = __ballot_sync(0xffffffffu, same);
+    uint32_t mm = bal == 0xffffffffu ? 32 : __ffs(~bal) - 1, q = lane >> l;
+    *lg = l;
+    *le = e;
+    *m = mm;
+    *gk = q < mm ? k + q : k;
+    *j = lane & ((1u << l) - 1);
+    *act = q < mm && (*j << e) < sg[*gk].size;
+}
+
+/* Variant 7 (experimental; built after the H100 runs, not yet run on a
+ * GPU): variant 6 where the plan's many size-16 groups (125-141 a stream
+ * on the benchmark's plan, half its columns) take 4 lanes each, a float4
+ * a lane, 8 groups a warp pass instead of 2 (kq_class / kq_run3: any
+ * group of a multiple of 4 up to 128 components on a 4-float boundary);
+ * a lane's 4 codes are whole bytes (int2: 1, int4: 2, fp8: 4), stored
+ * directly. Static groups skip the min/max and amax passes (their shift
+ * and scale are the plan's). Same per-group math, order-free reductions:
+ * variant 1's bytes. */
+__device__ static void kq_quant_v7(const kvtc__dgroup *sg, uint32_t ngi, uint32_t lane,
+                                   const float *x, uint8_t *cw, uint32_t a0, uint16_t (*shs)[QT],
+                                   uint16_t (*scs)[QT], uint32_t w, uint8_t *sym,
+                                   const size_t *coff, uint32_t tok)
+{
+    const unsigned full = 0xffffffffu;
+    for (uint32_t kb = 0; kb < ngi; kb += 32) {
+        uint32_t ke = min(ngi, kb + 32);
+        float omn = INFINITY, omx = -INFINITY; /* group kb + lane's */
+        for (uint32_t k = kb; k < ke;) {
+            uint32_t cl, ce;
+            if (kq_class(sg[k], a0, &cl, &ce)) {
+                uint32_t lg, le, m, gk, j;
+                int act;
+                kq_run3(sg, k, ke, lane, a0, &lg, &le, &m, &gk, &j, &act);
+                float mn = INFINITY, mx = -INFINITY;
+                if (act) {
+                    const float *xp = x + (sg[gk].start - a0) + (j << le);
+                    if (le) {
+                        float4 f = *(const float4 *)xp;
+                        mn = fminf(fminf(f.x, f.y), fminf(f.z, f.w));
+                        mx = fmaxf(fmaxf(f.x, f.y), fmaxf(f.z, f.w));
+                    } else {
+                        mn = mx = xp[0];
+                    }
+                }
+                for (uint32_t o = 1; o < (1u << lg); o <<= 1) {
+                    mn = fminf(mn, __shfl_xor_sync(full, mn, o));
+                    mx = fmaxf(mx, __shfl_xor_sync(full, mx, o));
+                }
+                int own = lane >= k - kb && lane < k - kb + m;
+                uint32_t src = own ? (lane - (k - kb)) << lg : 0;
+                float tmn = __shfl_sync(full, mn, src), tmx = __shfl_sync(full, mx, src);
+                if (own) {
+                    omn = tmn;
+                    omx = tmx;
+                }
+                k += m;
+                continue;
+            }
+            uint32_t size = sg[k].size, lc = sg[k].start - a0, j0 = 0;
+            if (sg[k].dyn == UINT32_MAX) { /* static: no min/max needed */
+                k++;
+                continue;
+            }
+            float mn = INFINITY, mx = -INFINITY;
+            if ((lc & 3) == 0) {
+                const float4 *x4 = (const float4 *)(x + lc);
+                for (uint32_t u = lane; u < size / 4; u += 32) {
+                    float4 f = x4[u];
+                    mn = fminf(mn, fminf(fminf(f.x, f.y), fminf(f.z, f.w)));
+                    mx = fmaxf(mx, fmaxf(fmaxf(f.x, f.y), fmaxf(f.z, f.w)));
+                }
+                j0 = size & ~3u;
+            }
+            for (uint32_t j = j0 + lane; j < size; j += 32) {
+                mn = fminf(mn, x[lc + j]);
+                mx = fmaxf(mx, x[lc + j]);
+            }
+            for (int o = 16; o; o >>= 1) {
+                mn = fminf(mn, __shfl_xor_sync(full, mn, o));
+                mx = fmaxf(mx, __shfl_xor_sync(full, mx, o));
+            }
+            if (lane == k - kb) {
+                omn = mn;
+                omx = mx;
+            }
+            k++;
+        }
+        /* the owners' parameters (variant 3's) */
+        uint32_t mine = kb + lane;
+        int has = mine < ke;
+        const kvtc__dgroup og = sg[has ? mine : kb];
+        omn = kd_clamp16(omn);
+        omx = kd_clamp16(omx);
+        uint16_t sh = 0, sc = 0;
+        float shf = 0, scf = 0, inv = 0;
+        int f8 = has && og.dyn != UINT32_MAX && og.type == KVTC__Q_FP8;
+        if (og.dyn == UINT32_MAX) {
+            kd_static_params(og, &shf, &scf, &inv);
+        } else if (og.type == KVTC__Q_FP8) {
+            sh = kd_fp8_shift(omn, omx);
+            shf = kd_f16_to_f32(sh);
+        } else {
+            kd_int_params(og.bits, omn, omx, &sh, &sc, &shf, &scf, &inv);
+        }
+        if (__any_sync(full, f8)) { /* amax of |x - shift| for dynamic fp8 groups */
+            float oam = 0;
+            for (uint32_t k = kb; k < ke;) {
+                uint32_t cl, ce;
+                if (kq_class(sg[k], a0, &cl, &ce)) {
+                    uint32_t lg, le, m, gk, j;
+                    int act;
+                    kq_run3(sg, k, ke, lane, a0, &lg, &le, &m, &gk, &j, &act);
+                    float gsh = __shfl_sync(full, shf, gk - kb), a = 0;
+                    if (act) {
+                        const float *xp = x + (sg[gk].start - a0) + (j << le);
+                        if (le) {
+                            float4 f = *(const float4 *)xp;
+                            a = fmaxf(fmaxf(fabsf(__fsub_rn(f.x, gsh)), fabsf(__fsub_rn(f.y, gsh))),
+                                      fmaxf(fabsf(__fsub_rn(f.z, gsh)), fabsf(__fsub_rn(f.w, gsh))));
+                        } else {
+                            a = fabsf(__fsub_rn(xp[0], gsh));
+                        }
+                    }
+                    for (uint32_t o = 1; o < (1u << lg); o <<= 1)
+                        a = fmaxf(a, __shfl_xor_sync(full, a, o));
+                    int own = lane >= k - kb && lane < k - kb + m;
+                    float t = __shfl_sync(full, a, own ? (lane - (k - kb)) << lg : 0);
+                    if (own)
+                        oam = t;
+                    k += m;
+                    continue;
+                }
+                const kvtc__dgroup gg = sg[k];
+                if (gg.dyn == UINT32_MAX || gg.type != KVTC__Q_FP8) { /* no amax used */
+                    k++;
+                    continue;
+                }
+                uint32_t lc = gg.start - a0;
+                float gsh = __shfl_sync(full, shf, k - kb), a = 0;
+                for (uint32_t j = lane; j < gg.size; j += 32)
+                    a = fmaxf(a, fabsf(__fsub_rn(x[lc + j], gsh)));
+                for (int o = 16; o; o >>= 1)
+                    a = fmaxf(a, __shfl_xor_sync(full, a, o));
+                if (lane == k - kb)
+                    oam = a;
+                k++;
+            }
+            if (f8)
+                kd_fp8_scale(oam, &sc, &scf, &inv);
+        }
+        if (has) {
+            shs[mine][w] = sh;
+            scs[mine][w] = sc;
+        }
+        /* codes: whole-byte groups straight to the symbols, the others to
+         * the codes array for the pack phase */
+        for (uint32_t k = kb; k < ke;) {
+            uint32_t cl, ce;
+            if (kq_class(sg[k], a0, &cl, &ce)) {
+                uint32_t lg, le, m, gk, j;
+                int act;
+                kq_run3(sg, k, ke, lane, a0, &lg, &le, &m, &gk, &j, &act);
+                const kvtc__dgroup gg = sg[gk];
+                float gsh = __shfl_sync(full, shf, gk - kb), gsc = __shfl_sync(full, scf, gk - kb),
+                      gin = __shfl_sync(full, inv, gk - kb);
+                uint32_t lc = gg.start - a0;
+                if (le) { /* 4 codes a lane: whole bytes (size % 4 == 0) */
+                    if (act) {
+                        float4 f = *(const float4 *)(x + lc + (j << 2));
+                        uint32_t c0 = kq_code<1>(gg.type, gg.bits, f.x, gsh, gsc, gin),
+                                 c1 = kq_code<1>(gg.type, gg.bits, f.y, gsh, gsc, gin),
+                                 c2 = kq_code<1>(gg.type, gg.bits, f.z, gsh, gsc, gin),
+                                 c3 = kq_code<1>(gg.type, gg.bits, f.w, gsh, gsc, gin);
+                        /* this lane's bytes: element 4j's bit 4j * bits */
+                        uint8_t *o = sym + coff[gk] + (size_t)tok * (gg.size * gg.bits / 8) +
+                                     ((j * gg.bits) >> 1);
+                        if (gg.bits == 2) {
+                            o[0] = (uint8_t)(c0 | c1 << 2 | c2 << 4 | c3 << 6);
+                        } else if (gg.bits == 4) {
+                            o[0] = (uint8_t)(c0 | c1 << 4);
+                            o[1] = (uint8_t)(c2 | c3 << 4);
+                        } else {
+                            o[0] = (uint8_t)c0;
+                            o[1] = (uint8_t)c1;
+                            o[2] = (uint8_t)c2;
+                            o[3] = (uint8_t)c3;
+                        }
+                    }
+                    k += m;
+                    continue;
+                }
+                uint32_t per = kq_per(gg.bits), lp = per >> 1;
+                uint32_t c = act ? kq_code<1>(gg.type, gg.bits, x[lc + j], gsh, gsc, gin) : 0;
+                /* bytes of per consecutive lanes (inside the segment) */
+                uint32_t t = c << (gg.bits * (j & (per - 1)));
+                uint32_t o1 = __shfl_xor_sync(full, t, 1);
+                if (per >= 2)
+                    t |= o1;
+                uint32_t o2 = __shfl_xor_sync(full, t, 2);
+                if (per >= 4)
+                    t |= o2;
+                if (act) {
+                    if (gg.size * gg.bits % 8 == 0) {
+                        if ((j & (per - 1)) == 0)
+                            sym[coff[gk] + (size_t)tok * (gg.size >> lp) + (j >> lp)] = (uint8_t)t;
+                    } else {
+                        cw[lc + j] = (uint8_t)c;
+                    }
+                }
+                k += m;
+                continue;
+            }
+            const kvtc__dgroup gg = sg[k];
+            float gsh = __shfl_sync(full, shf, k - kb), gsc = __shfl_sync(full, scf, k - kb),
+                  gin = __shfl_sync(full, inv, k - kb);
+            uint32_t lc = gg.start - a0;
+            if (gg.size * gg.bits % 8) { /* a token's codes end inside a byte */
+                for (uint32_t j = lane; j < gg.size; j += 32)
+                    cw[lc + j] = (uint8_t)kq_code<1>(gg.type, gg.bits, x[lc + j], gsh, gsc, gin);
+                k++;
+                continue;
+            }
+            uint32_t per = kq_per(gg.bits), bt = gg.size >> (per >> 1);
+            uint8_t *o = sym + coff[k] + (size_t)tok * bt;
+            if (per == 4 && (lc & 3) == 0) {
+                const float4 *x4 = (const float4 *)(x + lc);
+                for (uint32_t b = lane; b < bt; b += 32) {
+                    float4 f = x4[b];
+                    o[b] = (uint8_t)(kq_code<1>(gg.type, 2, f.x, gsh, gsc, gin) |
+                                     kq_code<1>(gg.type, 2, f.y, gsh, gsc, gin) << 2 |
+                                     kq_code<1>(gg.type, 2, f.z, gsh, gsc, gin) << 4 |
+                                     kq_code<1>(gg.type, 2, f.w, gsh, gsc, gin) << 6);
+                }
+            } else if (per == 2 && (lc & 1) == 0) {
+                const float2 *x2 = (const float2 *)(x + lc);
+                for (uint32_t b = lane; b < bt; b += 32) {
+                    float2 f = x2[b];
+                    o[b] = (uint8_t)(kq_code<1>(gg.type, 4, f.x, gsh, gsc, gin) |
+                                     kq_code<1>(gg.type, 4, f.y, gsh, gsc, gin) << 4);
+                }
+            } else {
+                for (uint32_t b = lane; b < bt; b += 32) {
+                    uint32_t v = 0;
+                    for (uint32_t q = 0; q < per; q++)
+                        v |= kq_code<1>(gg.type, gg.bits, x[lc + b * per + q], gsh, gsc, gin)
+                             << (gg.bits * q);
+                    o[b] = (uint8_t)v;
+                }
+            }
+            k++;
+        }
+    }
+}
+
 /* kvtc__gpu_e4m3_check's sweep: every non-NaN float (NaN takes the
  * software rule in kq_e4m3 anyway). */
 __global__ void k_e4m3_check(unsigned long long *bad, uint32_t *first)
@@ -614,7 +904,8 @@ extern "C" int kvtc__gpu_e4m3_check(uint64_t *mismatches, uint32_t *first)
  * V 4: kq_quant_v4 (whole-byte groups packed and stored by the codes pass,
  * hardware e4m3), V 5: the same with the software e4m3 conversion, V 6:
  * V 4 with kq_run2 and shifts for the small groups' runs and the size-1
- * groups' pack (no integer divisions). */
+ * groups' pack (no integer divisions); V 7 (experimental, not yet run on
+ * a GPU): kq_quant_v7, 4-element lanes for groups of a multiple of 4. */
 template <int V>
 __global__ void __launch_bounds__(QTHREADS)
 k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restrict__ groups,
@@ -670,7 +961,10 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
      * larger ones the whole warp. Codes to cs, shift/scale to shs/scs. */
     if (V == 3 && w < nr)
         kq_quant_v3(sg, ngi, lane, xs[w], cs[w], a0, shs, scs, w);
-    if (V >= 4 && w < nr)
+    if (V == 7 && w < nr)
+        kq_quant_v7(sg, ngi, lane, xs[w], cs[w], a0, shs, scs, w, C.sym, C.code_off + it.ga,
+                    t0 + w);
+    if (V >= 4 && V <= 6 && w < nr)
         kq_quant_v4<V != 5, V == 6>(sg, ngi, lane, xs[w], cs[w], a0, shs, scs, w, C.sym,
                                     C.code_off + it.ga, t0 + w);
     if (V == 2 && w < nr) {
@@ -811,7 +1105,7 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
             continue; /* the block's loop below; V 4: written by the codes pass */
         uint32_t nel = nr * gr.size, nb = (nel * gr.bits + 7) / 8;
         uint8_t *o = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
-        if (V == 6 && gr.size == 1) { /* size-1 int2/int4: kq_byte without its divisions */
+        if (V >= 6 && gr.size == 1) { /* size-1 int2/int4: kq_byte without its divisions */
             uint32_t per = kq_per(gr.bits), lp = per >> 1, lc = gr.start - a0;
             for (uint32_t b = lane; b < nb; b += 32) {
                 uint32_t v = 0;
@@ -990,7 +1284,11 @@ int kvtc__launch_quant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dc
     if (!M || !n_chunks || !g->nqi[stream])
         return 0;
     dim3 grid((unsigned)(M / QT + n_chunks), g->nqi[stream]);
-    if (g->qtiles[stream] == 6)
+    if (g->qtiles[stream] == 7)
+        k_quant_tiles<7><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
+                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
+                                                   g->ld[stream]);
+    else if (g->qtiles[stream] == 6)
         k_quant_tiles<6><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
                                                    g->qitem + g->qi0[stream], g->ndyn, coef,
                                                    g->ld[stream]);
@@ -1105,7 +1403,7 @@ extern "C" int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles)
 {
     if (!g)
         return KVTC_EINVAL;
-    if (tiles > 6)
+    if (tiles > 7)
         return KVTC_EINVAL;
     for (int s = 0; s < 2; s++)
         g->qtiles[s] = g->nqi[s] > 0 ? tiles : 0;

@@ -107,7 +107,7 @@ extern int kvtc__gpu_rows_set(int v);
 static uint32_t quant_cfg;
 static int quant_set;             /* 1: run_codec applies quant_cfg */
 /* --quant-variants: the quantizer variants --quant-report and --gap-report
- * run (0 row kernels, 1..6 the tiled ones); the first is the bytes
+ * run (0 row kernels, 1..7 the tiled ones); the first is the bytes
  * reference. In --quant-report, v >= 10 is quantizer v % 10 with encode
  * rows kernel v / 10 - 1 (14: tiled 4 + the first rows kernel; 34: tiled
  * 4 + rows kernel 2), v < 10 the library's default rows kernel. */
