@@ -21,11 +21,13 @@
 #include "gpu_numeric.cuh"
 #include "gpu_quant.cuh"
 
-/* The default: 4 (encq, v16), the fastest tiled quantizer whose
- * random-plan test (symbols equal the CPU's for group sizes 1..1024, every
- * type, T 1..257) passed on an H100; see docs/perf-notes.md "Compress
- * overhead under the GEMM". 0: the row-per-block kernels. */
-#define KVTC_GPU_QUANT_TILES_DEFAULT 4
+/* The default: 7 (encq, v16; lead's H100 run of 775d8a8), the fastest
+ * tiled quantizer whose random-plan test (symbols equal the CPU's for group
+ * sizes 1..1024, every type, T 1..257) passed on an H100, memcheck clean:
+ * encode quantizer 0.425 ms vs 0.691 for 4 on the benchmark plan, same
+ * bytes; see docs/perf-notes.md "Compress overhead under the GEMM".
+ * 0: the row-per-block kernels. */
+#define KVTC_GPU_QUANT_TILES_DEFAULT 7
 
 #define QT 8u                       /* tokens per tile = warps per block */
 #define QTHREADS (QT * 32u)
@@ -613,8 +615,9 @@ __device__ static inline void kq_run3(const kvtc__dgroup *sg, uint32_t k, uint32
     *act = q < mm && (*j << e) < sg[*gk].size;
 }
 
-/* Variant 7 (experimental; built after the H100 runs, not yet run on a
- * GPU): variant 6 where the plan's many size-16 groups (125-141 a stream
+/* Variant 7 (the default since the lead's H100 run of 775d8a8: random-plan
+ * symbols equal the CPU's, memcheck clean, 0.425 vs 0.691 ms for 4):
+ * variant 6 where the plan's many size-16 groups (125-141 a stream
  * on the benchmark's plan, half its columns) take 4 lanes each, a float4
  * a lane, 8 groups a warp pass instead of 2 (kq_class / kq_run3: any
  * group of a multiple of 4 up to 128 components on a 4-float boundary);
@@ -904,8 +907,8 @@ extern "C" int kvtc__gpu_e4m3_check(uint64_t *mismatches, uint32_t *first)
  * V 4: kq_quant_v4 (whole-byte groups packed and stored by the codes pass,
  * hardware e4m3), V 5: the same with the software e4m3 conversion, V 6:
  * V 4 with kq_run2 and shifts for the small groups' runs and the size-1
- * groups' pack (no integer divisions); V 7 (experimental, not yet run on
- * a GPU): kq_quant_v7, 4-element lanes for groups of a multiple of 4. */
+ * groups' pack (no integer divisions); V 7 (the default): kq_quant_v7,
+ * 4-element lanes for groups of a multiple of 4. */
 template <int V>
 __global__ void __launch_bounds__(QTHREADS)
 k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restrict__ groups,
