@@ -19,6 +19,7 @@
 #define SPACE 0x4c434b00u
 #define MARK_LEN 32u
 #define WINDOW (4u << 20)
+#define MAP_MAX (4ull << 30)
 
 static kvtc_conn *connect_check(const struct itest_daemon *d, const char *who)
 {
@@ -55,8 +56,11 @@ static int flip_in_process(pid_t pid, const uint8_t *mark, size_t off)
     while (fgets(line, sizeof line, f)) {
         uint64_t lo, hi;
         char perm[8];
+        /* Private writable memory only, and not the sanitizers' shadow
+         * (terabytes of address space under ASan): the host slab is far
+         * below MAP_MAX. */
         if (sscanf(line, "%" SCNx64 "-%" SCNx64 " %7s", &lo, &hi, perm) != 3 ||
-            perm[0] != 'r' || perm[1] != 'w')
+            perm[0] != 'r' || perm[1] != 'w' || perm[3] != 'p' || hi - lo > MAP_MAX)
             continue;
         for (uint64_t a = lo; a < hi; a += WINDOW - MARK_LEN) {
             size_t n = hi - a < WINDOW ? (size_t)(hi - a) : WINDOW;

@@ -308,6 +308,40 @@ Test(daemon_local_copy, spin_gate_stops_polling, .timeout = 30)
     state_free(&st);
 }
 
+/* Polling workers under churn: bursts with gaps around the polling window,
+ * the gate flipped while jobs arrive, done chaining the next job: every job
+ * runs once and no submission is left unanswered (a lost wakeup would hang
+ * the loop until the timeout). */
+Test(daemon_local_copy, polling_workers_lose_no_job, .timeout = 60)
+{
+    struct tstate st;
+    enum { N = 3000 };
+    state_init(&st, N, 4, 100);
+    int next = 0;
+    while (next < N) {
+        int burst = 1 + next % 7;
+        for (int k = 0; k < burst && next < N; k++, next++) {
+            if (next % 97 == 0)
+                kvtcd_cworkers_set_spin(st.w, (next / 97) % 2);
+            kvtcd_cworkers_submit(st.w, &st.jobs[next].cj);
+        }
+        while (st.done_count < next - 4)
+            uv_run(&st.loop, UV_RUN_ONCE);
+        if (next % 5 == 0)
+            sleep_us(next % 3 ? 50 : 150); /* inside, then past, the window */
+    }
+    state_finish(&st);
+    state_free(&st);
+    /* One job at a time, each submitted from the previous one's done. */
+    state_init(&st, 500, 4, 100);
+    st.chain_left = 499;
+    kvtcd_cworkers_submit(st.w, &st.jobs[0].cj);
+    state_finish(&st);
+    for (int i = 0; i < 500; i++)
+        cr_assert_eq(st.start_order[i], i);
+    state_free(&st);
+}
+
 /* An INI file with text, under the test temp folder (asserted). */
 static char *write_ini(const char *text)
 {
