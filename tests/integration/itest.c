@@ -487,6 +487,15 @@ int itest_metric(const char *body, const char *name, double *out)
     return -1;
 }
 
+double itest_daemon_metric(const struct itest_daemon *d, const char *name)
+{
+    char *body = itest_metrics_body(d);
+    double v = -1;
+    itest_metric(body, name, &v);
+    free(body);
+    return v;
+}
+
 double itest_metric_sum(const char *body, const char *base, int *count)
 {
     size_t bl = strlen(base);

@@ -111,6 +111,8 @@ char *itest_metrics_body(const struct itest_daemon *d);
  * labels exactly as printed ("kvtc_chunks", "kvtc_x{tier=\"disk\"}").
  * Returns 0 and *out, or -1 when absent. */
 int itest_metric(const char *body, const char *name, double *out);
+/* itest_metric on the daemon's /metrics fetched now; -1 when absent. */
+double itest_daemon_metric(const struct itest_daemon *d, const char *name);
 
 /* Sum of every series of metric base (any labels); *count (may be NULL)
  * gets how many series there were. */

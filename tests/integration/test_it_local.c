@@ -45,15 +45,6 @@ static uint32_t local_in_use(kvtc_conn *c)
     return info.local_path;
 }
 
-static double metric(const struct itest_daemon *d, const char *name)
-{
-    char *body = itest_metrics_body(d);
-    double v = -1;
-    itest_metric(body, name, &v);
-    free(body);
-    return v;
-}
-
 static void count_done(int status, void *arg)
 {
     (void)status;
@@ -102,9 +93,9 @@ Test(it_local, sizes_exact, .timeout = 180)
     kvtc_key miss = itest_key(SPACE, 999);
     cr_expect_eq(kvtc_get(c, &miss, small, sizeof small, &got), KVTC_ENOENT);
     cr_expect_eq(local_in_use(c), 1);
-    cr_expect_geq(metric(&d, "kvtc_local_puts_total"), (double)ns);
-    cr_expect_geq(metric(&d, "kvtc_local_gets_total"), (double)ns);
-    cr_expect_eq(metric(&d, "kvtc_local_failures_total"), 0);
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_local_puts_total"), (double)ns);
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_local_gets_total"), (double)ns);
+    cr_expect_eq(itest_daemon_metric(&d, "kvtc_local_failures_total"), 0);
     kvtc_disconnect(c);
     itest_daemon_stop(&d);
 }
@@ -225,8 +216,8 @@ Test(it_local, sixteen_clients, .timeout = 240)
         cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0,
                   "client %u: status 0x%x (2 connect, 3 no local path, 4 bytes)", i, st);
     }
-    cr_expect_geq(metric(&d, "kvtc_local_links_total"), NC);
-    cr_expect_geq(metric(&d, "kvtc_local_puts_total"), NC * 6);
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_local_links_total"), NC);
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_local_puts_total"), NC * 6);
     itest_daemon_stop(&d);
 }
 
@@ -335,7 +326,7 @@ Test(it_local, fallback_off_and_failed, .timeout = 120)
     cr_assert_eq(kvtc_get(c, &k1, buf, n, &got), 0, "%s", kvtc_last_error(c));
     cr_assert(itest_check(buf, n, 7003));
     put_get_one(c, 7004, (3u << 20) + 1);
-    cr_expect_geq(metric(&d2, "kvtc_local_failures_total"), 1);
+    cr_expect_geq(itest_daemon_metric(&d2, "kvtc_local_failures_total"), 1);
     munmap(ro, n);
     free(buf);
     free(src);

@@ -32,15 +32,6 @@ static kvtc_conn *connect_check(const struct itest_daemon *d, const char *who)
     return c;
 }
 
-static double metric(const struct itest_daemon *d, const char *name)
-{
-    char *body = itest_metrics_body(d);
-    double v = -1;
-    itest_metric(body, name, &v);
-    free(body);
-    return v;
-}
-
 /* Flip one bit at offset off past every copy of mark[MARK_LEN] in pid's
  * writable mappings. Returns the number of copies changed. */
 static int flip_in_process(pid_t pid, const uint8_t *mark, size_t off)
@@ -120,8 +111,8 @@ Test(it_local_check, client_checks_round_trips, .timeout = 120)
         cr_assert_eq(it[i].status, 0);
         cr_assert(itest_check(dst[i], sizes[i], i));
     }
-    cr_expect_geq(metric(&d, "kvtc_local_client_checked_total"), 2.0 * NS);
-    cr_expect_eq(metric(&d, "kvtc_local_failures_total"), 0);
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_local_client_checked_total"), 2.0 * NS);
+    cr_expect_eq(itest_daemon_metric(&d, "kvtc_local_failures_total"), 0);
     kvtc_disconnect(c);
     for (uint32_t i = 0; i < NS; i++) {
         free(src[i]);
@@ -169,14 +160,14 @@ Test(it_local_check, flipped_stored_byte_fails_the_get, .timeout = 120)
     }
     size_t got = 0;
     cr_expect_eq(kvtc_get(cc, &it[VICTIM].key, dst[VICTIM], n, &got), KVTC_ECORRUPT);
-    cr_expect_geq(metric(&d, "kvtc_local_client_checked_total"), NK + 1.0);
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_local_client_checked_total"), NK + 1.0);
 
     /* kvtcd's own check: the same chunk fails there, and leaves the index. */
     cr_expect_eq(kvtc_get(dc, &it[VICTIM].key, dst[VICTIM], n, &got), KVTC_ECORRUPT,
                  "daemon check let it through: %s", kvtc_last_error(dc));
     cr_expect_eq(kvtc_get(dc, &it[VICTIM].key, dst[VICTIM], n, &got), KVTC_ENOENT);
-    cr_expect_geq(metric(&d, "kvtc_corrupt_total"), 1.0);
-    cr_expect_eq(metric(&d, "kvtc_local_failures_total"), 0);
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_corrupt_total"), 1.0);
+    cr_expect_eq(itest_daemon_metric(&d, "kvtc_local_failures_total"), 0);
     kvtc_disconnect(cc);
     kvtc_disconnect(dc);
     for (uint32_t i = 0; i < NK; i++) {

@@ -48,26 +48,17 @@ static kvtc_conn *connect_local(const char *addr)
     return c;
 }
 
-static double metric(const struct itest_daemon *d, const char *name)
-{
-    char *body = itest_metrics_body(d);
-    double v = -1;
-    itest_metric(body, name, &v);
-    free(body);
-    return v;
-}
-
 /* Every local request made exactly one copy, counted where it ran;
  * returns the loop's share. */
 static double copies_add_up(const struct itest_daemon *d)
 {
-    double loop = metric(d, "kvtc_local_copies_loop_total");
-    double workers = metric(d, "kvtc_local_copies_workers_total");
-    double reqs = metric(d, "kvtc_local_puts_total") + metric(d, "kvtc_local_gets_total");
+    double loop = itest_daemon_metric(d, "kvtc_local_copies_loop_total");
+    double workers = itest_daemon_metric(d, "kvtc_local_copies_workers_total");
+    double reqs = itest_daemon_metric(d, "kvtc_local_puts_total") + itest_daemon_metric(d, "kvtc_local_gets_total");
     cr_expect(loop >= 0 && workers >= 0, "copy counters missing");
     cr_expect_eq(loop + workers, reqs, "copies on the loop %.0f + on workers %.0f != local "
                                        "requests %.0f", loop, workers, reqs);
-    cr_expect_eq(metric(d, "kvtc_local_copies_in_flight"), 0);
+    cr_expect_eq(itest_daemon_metric(d, "kvtc_local_copies_in_flight"), 0);
     return loop;
 }
 
@@ -194,12 +185,12 @@ Test(it_local_copy, batched_many_in_flight, .timeout = 240)
     struct itest_daemon d;
     start(&d, "batch", "2", "20");
     clients(&d, 4, 3);
-    cr_expect_eq(metric(&d, "kvtc_local_failures_total"), 0);
-    cr_expect_geq(metric(&d, "kvtc_local_gets_total"), 4 * 3 * DEPTH);
+    cr_expect_eq(itest_daemon_metric(&d, "kvtc_local_failures_total"), 0);
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_local_gets_total"), 4 * 3 * DEPTH);
     copies_add_up(&d);
     /* Pipelining clients: most copies overlap on the workers. */
-    cr_expect_gt(metric(&d, "kvtc_local_copies_workers_total"),
-                 metric(&d, "kvtc_local_copies_loop_total"));
+    cr_expect_gt(itest_daemon_metric(&d, "kvtc_local_copies_workers_total"),
+                 itest_daemon_metric(&d, "kvtc_local_copies_loop_total"));
     itest_daemon_stop(&d);
 }
 
@@ -210,11 +201,11 @@ Test(it_local_copy, inline_many_in_flight, .timeout = 240)
     struct itest_daemon d;
     start(&d, "inline", "1", "0");
     clients(&d, 4, 2);
-    cr_expect_eq(metric(&d, "kvtc_local_failures_total"), 0);
+    cr_expect_eq(itest_daemon_metric(&d, "kvtc_local_failures_total"), 0);
     cr_expect_gt(copies_add_up(&d), 0, "no small copy ran on the loop");
     /* The workers took exactly the copies of 1 MiB and more (every 11th
      * chunk and one of the puts of new keys per round and client). */
-    cr_expect_gt(metric(&d, "kvtc_local_copies_workers_total"), 0);
+    cr_expect_gt(itest_daemon_metric(&d, "kvtc_local_copies_workers_total"), 0);
     itest_daemon_stop(&d);
 }
 
