@@ -1,9 +1,9 @@
 /* The codec on the GPU against the CPU codec: each reads what the other
  * writes (GPU encode -> CPU decode, CPU encode -> GPU decode, GPU -> GPU),
  * within the CPU reference's own error, on synthetic layouts and on real
- * KV (stories260K; SmolLM2-135M's from `make gpu-hf-fixture`); odd sizes, thousands of chunks per batch, poisoned
- * outputs, corrupt containers, non-finite KV, nvCOMP pieces as plain raw
- * DEFLATE. The cross paths decode with our inflate and with nvCOMP's (the
+ * KV (stories260K; SmolLM2-135M's from `make gpu-hf-fixture`); odd sizes,
+ * thousands of chunks per batch, poisoned outputs, corrupt containers,
+ * non-finite KV, nvCOMP pieces as plain raw DEFLATE. The cross paths decode with our inflate and with nvCOMP's (the
  * default): both must give the same chunks. Every test skips when no GPU
  * is present. */
 #include <criterion/criterion.h>
@@ -244,7 +244,7 @@ static int hf_kv_load(const char *path, struct hf_kv *h)
 {
     size_t len = 0;
     uint8_t *f = kvtc_test_read_file(path, &len);
-    uint32_t u[8];
+    uint32_t u[7]; /* version, layers, kv_heads, head_dim, rope_style, calib, eval */
     float theta;
     if (!f || len < 64 || memcmp(f, "KVTCHFK1", 8)) {
         free(f);
