@@ -9,6 +9,7 @@
 
 #include <nvcomp/deflate.h>
 
+#include "gpu_basis.h"
 #include "gpu_internal.h"
 #include "huff_core.h"
 
@@ -342,16 +343,15 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
             goto fail;
         }
         for (int dir = 0; dir < 2; dir++) {
-            const float *scale = dir ? p->sigma[s] : p->inv_sigma[s];
-            uint16_t *h = (uint16_t *)hb;
-            for (uint32_t d = 0; d < g->D; d++)
-                for (uint32_t c = 0; c < kp; c++) {
-                    float w = slab_weight(p, s, d / g->hd);
-                    float v = p->basis[s][(size_t)d * p->ncomp[s] + c] * scale[c] *
-                              (dir ? 1.0f / w : w);
-                    h[(size_t)d * ld + c] = prm.gemm == KVTC_GPU_GEMM_FP16 ? kvtc__f32_to_f16(v)
-                                                                          : kvtc__f32_to_bf16(v);
-                }
+            float lm[KVTC_MAX_LAYERS];
+            for (uint32_t layer = 0; layer < g->D / g->hd; layer++) {
+                float w = slab_weight(p, s, layer);
+                lm[layer] = dir ? 1.0f / w : w;
+            }
+            kvtc__basis16 b = {p->basis[s], p->ncomp[s], dir ? p->sigma[s] : p->inv_sigma[s],
+                               lm, g->D, g->hd, kp, ld, prm.gemm != KVTC_GPU_GEMM_FP16,
+                               (uint16_t *)hb};
+            kvtc__basis16_fill(&b, 0);
             if ((rc = upload(dir ? &g->bdec[s] : &g->benc[s], hb, (size_t)g->D * ld * 2)))
                 break;
         }
