@@ -321,6 +321,12 @@ kvtc_stats itest_stats(kvtc_conn *c)
     return s;
 }
 
+int itest_one_session(const kvtc_stats *s, void *arg)
+{
+    (void)arg;
+    return s->sessions == 1;
+}
+
 int itest_wait_stats(kvtc_conn *c, int (*pred)(const kvtc_stats *, void *), void *arg,
                      int timeout_ms)
 {

@@ -83,6 +83,9 @@ kvtc_stats itest_stats(kvtc_conn *c);
  * when it held. */
 int itest_wait_stats(kvtc_conn *c, int (*pred)(const kvtc_stats *, void *),
                      void *arg, int timeout_ms);
+/* itest_wait_stats predicate: the asking session is the only one left
+ * (the others, e.g. killed clients', are gone). arg unused. */
+int itest_one_session(const kvtc_stats *s, void *arg);
 
 /* Deterministic key i of a test-local key space. */
 kvtc_key itest_key(uint32_t space, uint32_t i);

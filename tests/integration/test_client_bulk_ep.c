@@ -84,12 +84,6 @@ Test(client_bulk_ep, daemon_without_it_falls_back, .timeout = 60)
     itest_daemon_stop(&d);
 }
 
-static int one_session(const kvtc_stats *s, void *arg)
-{
-    (void)arg;
-    return s->sessions == 1;
-}
-
 /* The child is forked before this process touches UCX (UCX state does not
  * survive a fork) and puts until it is killed. */
 Test(client_bulk_ep, killed_client_frees_session, .timeout = 90)
@@ -130,7 +124,7 @@ Test(client_bulk_ep, killed_client_frees_session, .timeout = 90)
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     close(pfd[0]);
-    cr_expect(itest_wait_stats(c, one_session, NULL, 20000),
+    cr_expect(itest_wait_stats(c, itest_one_session, NULL, 20000),
               "the killed client's session is still open: %s", itest_log_tail(&d));
     roundtrip(c, 30); /* still serving */
     kvtc_disconnect(c);

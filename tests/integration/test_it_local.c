@@ -221,12 +221,6 @@ Test(it_local, sixteen_clients, .timeout = 240)
     itest_daemon_stop(&d);
 }
 
-static int one_session(const kvtc_stats *s, void *arg)
-{
-    (void)arg;
-    return s->sessions == 1;
-}
-
 Test(it_local, client_killed_mid_transfer, .timeout = 120)
 {
     struct itest_daemon d;
@@ -270,7 +264,7 @@ Test(it_local, client_killed_mid_transfer, .timeout = 120)
         waitpid(pid, NULL, 0);
         cr_assert(itest_daemon_alive(&d), "daemon died with its client: %s", itest_log_tail(&d));
         kvtc_conn *c = connect_mode(&d, KVTC_LOCAL_AUTO);
-        cr_expect(itest_wait_stats(c, one_session, NULL, 15000),
+        cr_expect(itest_wait_stats(c, itest_one_session, NULL, 15000),
                   "the killed client's session never ended");
         cr_expect_eq(local_in_use(c), 1);
         put_get_one(c, 6000 + round, 3u << 20);

@@ -252,12 +252,6 @@ Test(it_local_copy, disconnect_with_copies_queued, .timeout = 120)
     itest_daemon_stop(&d);
 }
 
-static int one_session(const kvtc_stats *s, void *arg)
-{
-    (void)arg;
-    return s->sessions == 1;
-}
-
 /* Clients killed with small puts and gets queued on one worker: their
  * copies end (ECANCELED or ESRCH), the sessions go, the daemon serves on. */
 Test(it_local_copy, killed_clients_with_copies_queued, .timeout = 120)
@@ -320,7 +314,7 @@ Test(it_local_copy, killed_clients_with_copies_queued, .timeout = 120)
     cr_assert(itest_daemon_alive(&d), "daemon died with its clients: %s", itest_log_tail(&d));
     kvtc_conn *c = connect_local(d.addr);
     cr_assert_not_null(c);
-    cr_expect(itest_wait_stats(c, one_session, NULL, 15000),
+    cr_expect(itest_wait_stats(c, itest_one_session, NULL, 15000),
               "the killed clients' sessions never ended");
     kvtc_disconnect(c);
     cr_expect_eq(traffic(d.addr, 4, 1), 0, "%s", itest_log_tail(&d));
