@@ -939,20 +939,29 @@ static void meta_of(const kvtcd_entry *e, get_ctx *c, size_t i)
 
 static void get_send(kvtcd_op *op);
 
-static void get_local_done(kvtcd_lcopy *job)
+/* A local get's copy ended: counted and 1, or (failed) the request
+ * answered STATUS_LOCAL, its op freed and 0. */
+static int get_local_copied(kvtcd_lcopy *job)
 {
     kvtcd_op *op = job->arg;
     get_ctx *c = op->ctx;
     if (job->err) {
         local_copy_failed(op->sess, op->req_id, "get", job->err);
         kvtcd_op_free(op);
-        return;
+        return 0;
     }
-    op->sess->srv->m.local_gets++;
-    op->sess->srv->m.local_bytes_out += c->lbytes;
-    op->sess->srv->m.bytes_out += c->lbytes;
+    kvtcd_server *srv = op->sess->srv;
+    srv->m.local_gets++;
+    srv->m.local_bytes_out += c->lbytes;
+    srv->m.bytes_out += c->lbytes;
     c->lcopied = 1;
-    get_send(op);
+    return 1;
+}
+
+static void get_local_done(kvtcd_lcopy *job)
+{
+    if (get_local_copied(job))
+        get_send(job->arg);
 }
 
 /* Local path: write each hit that fits its key's destination there, on
@@ -1150,18 +1159,8 @@ static void get_hashed(kvtcd_hashjob *job)
 static void get_local_fused_done(kvtcd_lcopy *job)
 {
     kvtcd_op *op = job->arg;
-    get_ctx *c = op->ctx;
-    if (job->err) {
-        local_copy_failed(op->sess, op->req_id, "get", job->err);
-        kvtcd_op_free(op);
-        return;
-    }
-    kvtcd_server *srv = op->sess->srv;
-    srv->m.local_gets++;
-    srv->m.local_bytes_out += c->lbytes;
-    srv->m.bytes_out += c->lbytes;
-    c->lcopied = 1;
-    get_hashed(&op->hash); /* mismatches become CORRUPT, then get_send */
+    if (get_local_copied(job))
+        get_hashed(&op->hash); /* mismatches become CORRUPT, then get_send */
 }
 
 /* Local path, when no hit needs decoding: verify and deliver in one pass
