@@ -59,49 +59,43 @@ static float e4m3_scale(float amax)
     return amax > 0 && isfinite(amax) ? E4M3_MAX / amax : 1.0f;
 }
 
-/* Round a [n][m] matrix in place; e4m3 scales per row (rowcol) or one for
- * all, their inverses into inv[n] (per row) -- inv may be NULL for bf16. */
-static void round_matrix(uint32_t fmt, float *a, size_t n, size_t m, size_t ld, float *inv)
+/* Round `lines` lines of len elements in place (line l, element k at
+ * a[l * line_step + k * elem_step]); e4m3 scales per line (rowcol) or one
+ * for all, their inverses into inv[lines] -- inv may be NULL for bf16. */
+static void round_lines(uint32_t fmt, float *a, size_t lines, size_t len, size_t line_step,
+                        size_t elem_step, float *inv)
 {
     float amax_all = 0;
     if (fmt == KVTC_PX_E4M3_TENSOR)
-        for (size_t i = 0; i < n; i++)
-            for (size_t j = 0; j < m; j++)
-                amax_all = fmaxf(amax_all, fabsf(a[i * ld + j]));
-    for (size_t i = 0; i < n; i++) {
-        float amax = amax_all;
+        for (size_t l = 0; l < lines; l++)
+            for (size_t k = 0; k < len; k++)
+                amax_all = fmaxf(amax_all, fabsf(a[l * line_step + k * elem_step]));
+    for (size_t l = 0; l < lines; l++) {
+        float *x = a + l * line_step, amax = amax_all;
         if (fmt == KVTC_PX_E4M3_ROWCOL) {
             amax = 0;
-            for (size_t j = 0; j < m; j++)
-                amax = fmaxf(amax, fabsf(a[i * ld + j]));
+            for (size_t k = 0; k < len; k++)
+                amax = fmaxf(amax, fabsf(x[k * elem_step]));
         }
         float s = fmt == KVTC_PX_BF16 ? 1.0f : e4m3_scale(amax);
-        for (size_t j = 0; j < m; j++)
-            a[i * ld + j] = round_fmt(fmt, a[i * ld + j], s);
+        for (size_t k = 0; k < len; k++)
+            x[k * elem_step] = round_fmt(fmt, x[k * elem_step], s);
         if (inv)
-            inv[i] = 1.0f / s;
+            inv[l] = 1.0f / s;
     }
 }
 
-/* Column scales of a [n][m] matrix (per column c over all rows): e4m3 needs
- * them before rounding, so this variant rounds column-wise. */
+/* A [n][m] matrix (row stride ld), scales per row. */
+static void round_matrix(uint32_t fmt, float *a, size_t n, size_t m, size_t ld, float *inv)
+{
+    round_lines(fmt, a, n, m, ld, 1, inv);
+}
+
+/* A dense [n][m] matrix, scales per column (e4m3 needs them before
+ * rounding, so it rounds column-wise). */
 static void round_matrix_cols(uint32_t fmt, float *a, size_t n, size_t m, float *inv)
 {
-    float amax_all = 0;
-    for (size_t i = 0; fmt == KVTC_PX_E4M3_TENSOR && i < n * m; i++)
-        amax_all = fmaxf(amax_all, fabsf(a[i]));
-    for (size_t j = 0; j < m; j++) {
-        float amax = amax_all;
-        if (fmt == KVTC_PX_E4M3_ROWCOL) {
-            amax = 0;
-            for (size_t i = 0; i < n; i++)
-                amax = fmaxf(amax, fabsf(a[i * m + j]));
-        }
-        float s = fmt == KVTC_PX_BF16 ? 1.0f : e4m3_scale(amax);
-        for (size_t i = 0; i < n; i++)
-            a[i * m + j] = round_fmt(fmt, a[i * m + j], s);
-        inv[j] = 1.0f / s;
-    }
+    round_lines(fmt, a, m, n, 1, m, inv);
 }
 
 void kvtc_px_free(kvtc_px *x)
