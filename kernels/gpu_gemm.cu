@@ -10,7 +10,11 @@
  * fixed at 1 (kvtc__gemm_direct). The direct decode is off by default and
  * built only on request (kvtc__gpu_gemm_set): on an H100 its 64 batched
  * GEMMs of 256 tokens x 32 layers took 7.59 ms where the flat decode GEMM
- * took 5.60, more than the 0.42 ms the rows pass it removes (perf-notes). */
+ * took 5.60, more than the 0.42 ms the rows pass it removes (perf-notes).
+ * The grouped variants (gdir, v18) run one pointer-array GEMM per distinct
+ * token count over every (layer, chunk) pair instead, layer-major so that
+ * the problems in flight share one layer's basis slice in L2 (per chunk,
+ * each call re-read the whole basis from memory: 256 MiB a call). */
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -39,6 +43,7 @@ struct lt_prob {
     int32_t batch;
     int64_t sa, sb, sc;
     uint32_t align; /* bytes every pointer is aligned to */
+    int32_t ptrs;   /* 1: A, B, C are device arrays of batch pointers */
 };
 
 struct lt_desc {
@@ -60,11 +65,20 @@ static void desc_free(lt_desc *d)
 }
 
 static int layout(cublasLtMatrixLayout_t *l, cudaDataType t, uint64_t rows, uint64_t cols,
-                  uint64_t ld, int32_t batch, int64_t stride)
+                  uint64_t ld, int32_t batch, int64_t stride, int32_t ptrs)
 {
     if (cublasLtMatrixLayoutCreate(l, t, rows, cols, (int64_t)ld) != CUBLAS_STATUS_SUCCESS) {
         *l = NULL;
         return KVTC_EIO;
+    }
+    if (ptrs) {
+        uint32_t mode = CUBLASLT_BATCH_MODE_POINTER_ARRAY;
+        return cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch,
+                                                sizeof batch) ||
+                       cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_MODE,
+                                                        &mode, sizeof mode)
+                   ? KVTC_EIO
+                   : 0;
     }
     if (batch > 1 &&
         (cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch,
@@ -87,9 +101,9 @@ static int desc_make(const lt_prob *p, int32_t sms, lt_desc *d)
         (sms && cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sms,
                                                sizeof sms)) ||
         layout(&d->la, p->at, p->ta == CUBLAS_OP_N ? p->m : p->k,
-               p->ta == CUBLAS_OP_N ? p->k : p->m, p->lda, p->batch, p->sa) ||
-        layout(&d->lb, p->at, p->k, p->n, p->ldb, p->batch, p->sb) ||
-        layout(&d->lc, p->ct, p->m, p->n, p->ldc, p->batch, p->sc)) {
+               p->ta == CUBLAS_OP_N ? p->k : p->m, p->lda, p->batch, p->sa, p->ptrs) ||
+        layout(&d->lb, p->at, p->k, p->n, p->ldb, p->batch, p->sb, p->ptrs) ||
+        layout(&d->lc, p->ct, p->m, p->n, p->ldc, p->batch, p->sc, p->ptrs)) {
         desc_free(d);
         return rc;
     }
@@ -159,14 +173,14 @@ static lt_prob enc_prob(const kvtc_gpu_codec *g, int stream, uint64_t M)
 {
     /* Column-major view: coef^T[ld x M] = basis^T[ld x D] * rows^T[D x M]. */
     uint32_t ld = g->ld[stream];
-    return lt_prob{CUBLAS_OP_N, ld, M, g->D, ld, g->D, ld, in_type(g), CUDA_R_32F, 1, 0, 0, 0, 256};
+    return lt_prob{CUBLAS_OP_N, ld, M, g->D, ld, g->D, ld, in_type(g), CUDA_R_32F, 1, 0, 0, 0, 256, 0};
 }
 
 static lt_prob dec_prob(const kvtc_gpu_codec *g, int stream, uint64_t M)
 {
     /* rows^T[D x M] = basis[D x ld] * coef^T[ld x M] */
     uint32_t ld = g->ld[stream];
-    return lt_prob{CUBLAS_OP_T, g->D, M, ld, ld, ld, g->D, in_type(g), in_type(g), 1, 0, 0, 0, 256};
+    return lt_prob{CUBLAS_OP_T, g->D, M, ld, ld, ld, g->D, in_type(g), in_type(g), 1, 0, 0, 0, 256, 0};
 }
 
 /* Direct decode of one chunk's T coded tokens (n_tokens in all): for every
@@ -190,7 +204,18 @@ static lt_prob dir_prob(const kvtc_gpu_codec *g, int stream, uint32_t T, uint32_
                    (int64_t)g->hd * ld,
                    0,
                    (int64_t)2 * n_tokens * g->hd,
-                   16};
+                   16,
+                   0};
+}
+
+/* Grouped direct decode: `batch` problems of the per-chunk shape for T
+ * coded tokens (one per (layer, chunk) pair of the chunks with that T),
+ * their A, B, C pointers read from device arrays. */
+static lt_prob grp_prob(const kvtc_gpu_codec *g, int stream, uint32_t T, uint32_t batch)
+{
+    uint32_t ld = g->ldd[stream];
+    cudaDataType t = (cudaDataType)g->dir_type;
+    return lt_prob{CUBLAS_OP_T, g->hd, T, ld, ld, ld, g->hd, t, t, (int32_t)batch, 0, 0, 0, 16, 1};
 }
 
 int kvtc__gemm_encode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M, const void *rows,
@@ -256,14 +281,16 @@ int kvtc__gemm_decode(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint64_t M,
     return st == CUBLAS_STATUS_SUCCESS ? 0 : KVTC_EIO;
 }
 
-int kvtc__gemm_direct(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, const kvtc__dchunk *hch,
-                      uint32_t n_chunks, const void *coef, cudaStream_t s)
+/* The per-chunk direct decode (v10) of the chunks of hch with T == only_T
+ * (0: every coded chunk). */
+static int direct_chunks(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, const kvtc__dchunk *hch,
+                         uint32_t n_chunks, const void *coef, uint32_t only_T, cudaStream_t s)
 {
     size_t es = 2;
     int rc = 0;
     for (uint32_t i = 0; i < n_chunks && !rc; i++) {
         const kvtc__dchunk *c = &hch[i];
-        if (!c->T)
+        if (!c->T || (only_T && c->T != only_T))
             continue;
         lt_prob p = dir_prob(g, stream, c->T, c->n_tokens);
         const uint8_t *B = (const uint8_t *)coef + c->row_start * g->ldd[stream] * es;
@@ -272,6 +299,126 @@ int kvtc__gemm_direct(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, const kvtc_
          * checked against this shape by lt_run */
         rc = lt_run(g, ln, &p, &g->algo[2][stream], (int32_t)g->gemm_sms, g->bdir[stream], B, C,
                     s);
+        if (!rc)
+            g->dir_runs[KVTC_GPU_DIRPATH_CHUNK]++;
+    }
+    return rc;
+}
+
+/* The grouped direct decode's pointer arrays, one thread per chunk: chunk
+ * i with T_i > 0 gets the L entries [L*base + l*cnt + rank] (layer-major;
+ * chunk_major: [L*base + rank*L + l]) of A (its layer's basis columns), B
+ * (its coefficients) and C (its slab of layer l, stream s, from its first
+ * coded token), where base counts the coded chunks of a smaller T, cnt
+ * those of T_i and rank those of T_i before i: the groups lie in
+ * increasing T, as kvtc__gemm_direct issues them. Every thread scans all
+ * n token counts (staged through shared memory): O(n^2), ~5 us for 4096
+ * chunks, against a host-built table that would need an upload. */
+#define DIR_PTR_THREADS 256
+__global__ void k_dir_ptrs(const kvtc__dchunk *ch, uint32_t n, uint32_t L, uint32_t hd,
+                           uint32_t ldd, int stream, const uint8_t *bdir, const uint8_t *coef,
+                           int chunk_major, const void **A, const void **B, void **C)
+{
+    __shared__ uint32_t sT[DIR_PTR_THREADS];
+    uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+    uint32_t Ti = i < n ? ch[i].T : 0, base = 0, cnt = 0, rank = 0;
+    for (uint32_t j0 = 0; j0 < n; j0 += blockDim.x) {
+        __syncthreads();
+        if (j0 + threadIdx.x < n)
+            sT[threadIdx.x] = ch[j0 + threadIdx.x].T;
+        __syncthreads();
+        uint32_t m = n - j0 < blockDim.x ? n - j0 : blockDim.x;
+        for (uint32_t k = 0; Ti && k < m; k++) {
+            uint32_t t = sT[k];
+            base += t && t < Ti;
+            cnt += t == Ti;
+            rank += t == Ti && j0 + k < i;
+        }
+    }
+    if (!Ti)
+        return;
+    const size_t es = 2;
+    const kvtc__dchunk c = ch[i];
+    const uint8_t *b = coef + c.row_start * ldd * es;
+    uint8_t *out = (uint8_t *)c.data + ((size_t)stream * c.n_tokens + c.sinks) * hd * es;
+    for (uint32_t l = 0; l < L; l++) {
+        size_t e = (size_t)L * base + (chunk_major ? (size_t)rank * L + l : (size_t)l * cnt + rank);
+        A[e] = bdir + (size_t)l * hd * ldd * es;
+        B[e] = b;
+        C[e] = out + (size_t)l * 2 * c.n_tokens * hd * es;
+    }
+}
+
+/* One group of the grouped direct decode: `batch` (layer, chunk) problems
+ * of T tokens through cuBLASLt's pointer-array mode, else (refused, or
+ * KVTC_GPU_DIRECT_BATCHEDEX) cublasGemmBatchedEx; KVTC_EIO when both
+ * refuse (nothing enqueued). */
+static int grouped_one(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, uint32_t T, uint32_t batch,
+                       const void *const *A, const void *const *B, void *const *C, cudaStream_t s)
+{
+    if (g->direct != KVTC_GPU_DIRECT_BATCHEDEX) {
+        lt_prob p = grp_prob(g, stream, T, batch);
+        if (!lt_run(g, ln, &p, &g->algo_grp[stream], (int32_t)g->gemm_sms, A, B, (void *)C, s)) {
+            g->dir_runs[KVTC_GPU_DIRPATH_LT]++;
+            return 0;
+        }
+    }
+    const float one = 1.0f, zero = 0.0f;
+    cudaDataType t = (cudaDataType)g->dir_type;
+    int ld = (int)g->ldd[stream];
+    cublasSetStream(ln->blas, s);
+    if (cublasGemmBatchedEx(ln->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)g->hd, (int)T, ld, &one, A, t,
+                            ld, B, t, ld, &zero, C, t, (int)g->hd, (int)batch, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
+        return KVTC_EIO;
+    g->dir_runs[KVTC_GPU_DIRPATH_BATCHEDEX]++;
+    return 0;
+}
+
+int kvtc__gemm_direct(kvtc_gpu_codec *g, kvtc__lane *ln, int stream, const kvtc__dchunk *hch,
+                      const kvtc__dchunk *dch, uint32_t n_chunks, const void *coef,
+                      const kvtc__dbuf *scratch, cudaStream_t s)
+{
+    uint32_t L = g->p->layout.layers;
+    uint64_t coded = 0;
+    for (uint32_t i = 0; i < n_chunks; i++)
+        coded += hch[i].T != 0;
+    if (!coded)
+        return 0;
+    /* three arrays of coded x L pointers in the scratch buffer */
+    size_t per = (size_t)coded * L;
+    uintptr_t at = scratch && scratch->p ? kvtc__up((uintptr_t)scratch->p, 16) : 0;
+    if (g->direct == KVTC_GPU_DIRECT_CHUNKS || !dch || !at ||
+        at + 3 * per * sizeof(void *) > (uintptr_t)scratch->p + scratch->cap)
+        return direct_chunks(g, ln, stream, hch, n_chunks, coef, 0, s);
+    const void **A = (const void **)at, **B = A + per;
+    void **C = (void **)(B + per);
+    k_dir_ptrs<<<(n_chunks + DIR_PTR_THREADS - 1) / DIR_PTR_THREADS, DIR_PTR_THREADS, 0, s>>>(
+        dch, n_chunks, L, g->hd, g->ldd[stream], stream, (const uint8_t *)g->bdir[stream],
+        (const uint8_t *)coef, g->direct == KVTC_GPU_DIRECT_CHUNK_MAJOR, A, B, C);
+    int rc = kvtc__cuda_err(cudaGetLastError(), "direct pointers");
+    /* the groups in increasing T, as k_dir_ptrs lays them out: one pass
+     * over the chunks per distinct T (one in a batch of whole chunks) */
+    uint64_t done = 0;
+    for (uint32_t prev = 0; !rc;) {
+        uint32_t T = UINT32_MAX, cnt = 0;
+        for (uint32_t i = 0; i < n_chunks; i++) {
+            uint32_t t = hch[i].T;
+            if (t <= prev || t > T)
+                continue;
+            if (t < T) {
+                T = t;
+                cnt = 0;
+            }
+            cnt++;
+        }
+        if (!cnt)
+            break;
+        size_t off = (size_t)done * L;
+        if (grouped_one(g, ln, stream, T, cnt * L, A + off, B + off, C + off, s))
+            rc = direct_chunks(g, ln, stream, hch, n_chunks, coef, T, s);
+        done += cnt;
+        prev = T;
     }
     return rc;
 }
@@ -322,7 +469,7 @@ static int same_prob(const lt_prob *a, const lt_prob *b)
     return a->ta == b->ta && a->m == b->m && a->n == b->n && a->k == b->k && a->lda == b->lda &&
            a->ldb == b->ldb && a->ldc == b->ldc && a->at == b->at && a->ct == b->ct &&
            a->batch == b->batch && a->sa == b->sa && a->sb == b->sb && a->sc == b->sc &&
-           a->align == b->align;
+           a->align == b->align && a->ptrs == b->ptrs;
 }
 
 static int tune_pick(kvtc_gpu_codec *g, const lt_prob *p, const void *A, const void *B, void *C,
@@ -436,6 +583,46 @@ int kvtc__gemm_tune(kvtc_gpu_codec *g)
 
 /* ---- benchmarks and tests ---- */
 
+/* Tunes the grouped direct decode of stream s as the headline batch runs
+ * it: TUNE_ROWS / TUNE_TOKENS chunks of TUNE_TOKENS tokens, every (layer,
+ * chunk) problem layer-major; the chunks' coefficients distinct (their
+ * reads are most of the traffic), their outputs all in one chunk-sized
+ * buffer C (2 x D x TUNE_TOKENS 16-bit values). Synchronous. */
+static int tune_grouped(kvtc_gpu_codec *g, int s, void *C, cudaEvent_t e0, cudaEvent_t e1)
+{
+    uint32_t L = g->p->layout.layers, nc = TUNE_ROWS / TUNE_TOKENS, ld = g->ldd[s];
+    size_t nb = (size_t)nc * L, es = 2;
+    size_t bb = (size_t)nc * TUNE_TOKENS * ld * es;
+    void *B = NULL, **arr = NULL;
+    void **h = (void **)malloc(3 * nb * sizeof(void *));
+    int rc = h ? kvtc__cuda_err(cudaMalloc(&B, bb), "cudaMalloc") : KVTC_ENOMEM;
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMalloc((void **)&arr, 3 * nb * sizeof(void *)), "cudaMalloc");
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMemset(B, 0x1c, bb), "memset"); /* small nonzero values */
+    for (uint32_t c = 0; !rc && c < nc; c++)
+        for (uint32_t l = 0; l < L; l++) {
+            size_t e = (size_t)l * nc + c;
+            h[e] = (uint8_t *)g->bdir[s] + (size_t)l * g->hd * ld * es;
+            h[nb + e] = (uint8_t *)B + (size_t)c * TUNE_TOKENS * ld * es;
+            h[2 * nb + e] = (uint8_t *)C + ((size_t)s * TUNE_TOKENS + (size_t)l * 2 * TUNE_TOKENS) *
+                                               g->hd * es;
+        }
+    if (!rc)
+        rc = kvtc__cuda_err(cudaMemcpy(arr, h, 3 * nb * sizeof(void *), cudaMemcpyHostToDevice),
+                            "upload");
+    if (!rc) {
+        lt_prob pr = grp_prob(g, s, TUNE_TOKENS, (uint32_t)nb);
+        rc = tune_one(g, &pr, arr, arr + nb, arr + 2 * nb, e0, e1, &g->algo_grp[s]);
+    }
+    if (!rc)
+        rc = kvtc__cuda_err(cudaDeviceSynchronize(), "tune");
+    cudaFree(arr);
+    cudaFree(B);
+    free(h);
+    return rc;
+}
+
 /* The direct decode's bases and their tuned GEMMs, on first request. */
 static int direct_make(kvtc_gpu_codec *g)
 {
@@ -467,22 +654,29 @@ static int direct_make(kvtc_gpu_codec *g)
         lt_prob pr = dir_prob(g, s, TUNE_TOKENS, TUNE_TOKENS);
         rc = tune_one(g, &pr, g->bdir[s], B, C, e0, e1, &g->algo[2][s]);
     }
+    if (rc) { /* tuning is an optimization: the heuristic's choice */
+        g->algo[2][0].ok = g->algo[2][1].ok = 0;
+        cudaGetLastError();
+    }
+    for (int s = 0; s < 2 && e1; s++)
+        if (g->bdir[s] && tune_grouped(g, s, C, e0, e1)) {
+            /* no cuBLASLt pointer-array algorithm (or no memory): the
+             * heuristic's at run time, else cublasGemmBatchedEx */
+            g->algo_grp[s].ok = 0;
+            cudaGetLastError();
+        }
     if (e0)
         cudaEventDestroy(e0);
     if (e1)
         cudaEventDestroy(e1);
     cudaFree(B);
     cudaFree(C);
-    if (rc) { /* tuning is an optimization: the heuristic's choice */
-        g->algo[2][0].ok = g->algo[2][1].ok = 0;
-        cudaGetLastError();
-    }
     return 0;
 }
 
 extern "C" int kvtc__gpu_gemm_set(kvtc_gpu_codec *g, uint32_t use_lt, uint32_t direct)
 {
-    if (!g || use_lt > 1 || direct > 1 || (use_lt && !g->algo[0][0].ok && !g->algo[0][1].ok))
+    if (!g || use_lt > 1 || direct > KVTC_GPU_DIRECT_MAX || (use_lt && !g->algo[0][0].ok && !g->algo[0][1].ok))
         return KVTC_EINVAL;
     int rc = kvtc__cuda_err(cudaSetDevice(g->params.device), "cudaSetDevice");
     if (rc || (rc = kvtc__cuda_err(cudaDeviceSynchronize(), "sync")) ||
@@ -493,12 +687,22 @@ extern "C" int kvtc__gpu_gemm_set(kvtc_gpu_codec *g, uint32_t use_lt, uint32_t d
     return 0;
 }
 
+extern "C" int kvtc__gpu_direct_info(const kvtc_gpu_codec *g, uint64_t *out)
+{
+    if (!g || !out)
+        return KVTC_EINVAL;
+    memcpy(out, g->dir_runs, sizeof g->dir_runs);
+    return 0;
+}
+
 extern "C" int kvtc__gpu_gemm_info(const kvtc_gpu_codec *g, int kind, int stream, uint32_t *idx,
                                    uint32_t *n, float *ms, float *ms_first)
 {
-    if (!g || kind < 0 || kind > 2 || stream < 0 || stream > 1 || !g->algo[kind][stream].ok)
+    if (!g || kind < 0 || kind > 3 || stream < 0 || stream > 1)
         return KVTC_EINVAL;
-    const kvtc__algo *a = &g->algo[kind][stream];
+    const kvtc__algo *a = kind == 3 ? &g->algo_grp[stream] : &g->algo[kind][stream];
+    if (!a->ok)
+        return KVTC_EINVAL;
     *idx = a->idx;
     *n = a->n;
     *ms = a->ms;

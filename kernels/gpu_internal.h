@@ -116,6 +116,12 @@ struct kvtc_gpu_codec {
     void *bdir[2];
     uint32_t ldd[2], direct;
     int dir_type;
+    /* Grouped direct decode (gdir, v18; direct = KVTC_GPU_DIRECT_GROUPED..):
+     * the tuned cuBLASLt algorithm of the pointer-array GEMM per stream,
+     * and host counters of direct-decode GEMM launches by path (index
+     * KVTC_GPU_DIRPATH_*), read by kvtc__gpu_direct_info. */
+    struct kvtc__algo algo_grp[2];
+    uint64_t dir_runs[3];
     const struct kvtc__dchunk *hch; /* during a decode: host chunk descriptors */
     cudaEvent_t role_ev[8];
     struct kvtc__lane lane[KVTC_GPU_MAX_LANES];
@@ -303,12 +309,29 @@ int kvtc__gemm_encode(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream, uint
                       const void *rows, float *coef, cudaStream_t s);
 int kvtc__gemm_decode(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream, uint64_t M,
                       const void *coef, void *rows, cudaStream_t s);
-/* Direct decode: per chunk of hch (HOST copies of the descriptors, n of
- * them, row_start relative to coef), one GEMM batched over layers writes
- * the chunk's coded tokens of this stream (mean included, RoPE not yet). */
+/* Direct decode variants (g->direct; kvtc__gpu_gemm_set): */
+#define KVTC_GPU_DIRECT_CHUNKS 1    /* per chunk a GEMM strided over layers (v10) */
+#define KVTC_GPU_DIRECT_GROUPED 2   /* per distinct T one pointer-array GEMM over every
+                                       (layer, chunk) pair, layer-major: cuBLASLt, else
+                                       cublasGemmBatchedEx, else per chunk */
+#define KVTC_GPU_DIRECT_BATCHEDEX 3 /* as 2 through cublasGemmBatchedEx only */
+#define KVTC_GPU_DIRECT_CHUNK_MAJOR 4 /* as 2 in (chunk, layer) order (measures the order) */
+#define KVTC_GPU_DIRECT_MAX 4u
+/* Paths a direct-decode GEMM took (g->dir_runs): per chunk strided,
+ * cuBLASLt pointer arrays, cublasGemmBatchedEx. */
+#define KVTC_GPU_DIRPATH_CHUNK 0
+#define KVTC_GPU_DIRPATH_LT 1
+#define KVTC_GPU_DIRPATH_BATCHEDEX 2
+/* Direct decode of stream `stream` for the n_chunks chunks of hch (HOST
+ * copies of the descriptors, row_start relative to coef) and dch (their
+ * device copies): the GEMMs write the chunks' coded tokens (mean
+ * included, RoPE not yet). The grouped variants build their pointer
+ * arrays on s into scratch (a device buffer the call may overwrite: the
+ * part's rows buffer, unused by a direct decode) and fall back to the
+ * per-chunk GEMMs when it is too small. No host synchronisation. */
 int kvtc__gemm_direct(kvtc_gpu_codec *g, struct kvtc__lane *ln, int stream,
-                      const kvtc__dchunk *hch, uint32_t n_chunks, const void *coef,
-                      cudaStream_t s);
+                      const kvtc__dchunk *hch, const kvtc__dchunk *dch, uint32_t n_chunks,
+                      const void *coef, const struct kvtc__dbuf *scratch, cudaStream_t s);
 /* Builds bdir[s] where the layout allows (gpu_codec.cu); 0 also when it
  * does not (bdir[s] stays NULL). Synchronous. */
 int kvtc__direct_basis(kvtc_gpu_codec *g, int s);
@@ -396,12 +419,18 @@ int kvtc__pipe_decode(kvtc_gpu_codec *g, const kvtc__dchunk *hch, const kvtc__dc
 extern "C" int kvtc__gpu_pipeline(kvtc_gpu_codec *g, uint32_t lanes, uint32_t split,
                                   uint32_t gemm_sms, uint32_t mode);
 /* Benchmarks and tests (gpu_gemm.cu): use_lt 1 the tuned cuBLASLt
- * algorithms, 0 cuBLAS's GemmEx; direct 1 the direct decode. Synchronous;
- * KVTC_EINVAL when the context has no such choice. */
+ * algorithms, 0 cuBLAS's GemmEx; direct 0 the rows pass, 1..4 a direct
+ * decode variant (KVTC_GPU_DIRECT_*). Synchronous; KVTC_EINVAL when the
+ * context has no such choice. */
 extern "C" int kvtc__gpu_gemm_set(kvtc_gpu_codec *g, uint32_t use_lt, uint32_t direct);
-/* The tuned choice of kind 0 encode, 1 decode, 2 direct, per stream: the
- * heuristic's candidate idx of n, its time and the first candidate's (ms,
- * one GEMM at the tuning shape). KVTC_EINVAL if none. */
+/* Direct-decode GEMM launches since creation by path (KVTC_GPU_DIRPATH_*
+ * order: per chunk, cuBLASLt pointer arrays, GemmBatchedEx) into out[3].
+ * Host counters; KVTC_EINVAL on NULLs. */
+extern "C" int kvtc__gpu_direct_info(const kvtc_gpu_codec *g, uint64_t *out);
+/* The tuned choice of kind 0 encode, 1 decode, 2 direct (per chunk), 3
+ * grouped direct (pointer arrays), per stream: the heuristic's candidate
+ * idx of n, its time and the first candidate's (ms, one GEMM at the
+ * tuning shape). KVTC_EINVAL if none. */
 extern "C" int kvtc__gpu_gemm_info(const kvtc_gpu_codec *g, int kind, int stream, uint32_t *idx,
                                    uint32_t *n, float *ms, float *ms_first);
 /* The plan's projection GEMMs alone, as the codec runs them (same

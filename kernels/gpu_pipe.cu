@@ -319,7 +319,8 @@ static int pipe_stage(kvtc_gpu_codec *g, int enc, int stage, const pipe_item *it
     int rc;
     if (stage == 1) {
         rc = enc   ? kvtc__gemm_encode(g, bl, it->s, p->M, buf->rows.p, (float *)buf->coef.p, s)
-             : dir ? kvtc__gemm_direct(g, bl, it->s, g->hch + p->c0, p->n, buf->coef.p, s)
+             : dir ? kvtc__gemm_direct(g, bl, it->s, g->hch + p->c0, c, p->n, buf->coef.p,
+                                       &buf->rows, s)
                    : kvtc__gemm_decode(g, bl, it->s, p->M, buf->coef.p, buf->rows.p, s);
         kvtc__mark(g, KVTC_GPU_STAGE_GEMM, s);
     } else if (enc && stage == 0) {

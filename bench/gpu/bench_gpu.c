@@ -17,7 +17,11 @@
  * --entropy-only 1: that comparison alone after calibration. [--pipe-only 1]
  * --gemm-report PATH: the GEMM choices (tuned cuBLASLt vs GemmEx, direct
  * decode vs the rows pass, padded shapes) side by side, JSON to the path
- * (with --pipe-only 1, before the pipeline variants). --probe-only 1: two
+ * (with --pipe-only 1, before the pipeline variants); --gemm-variants
+ * 10,11,12: which (use_lt x 10 + direct decode variant 0..4: 0 rows pass,
+ * 1 per chunk, 2 grouped, 3 grouped by GemmBatchedEx, 4 grouped
+ * chunk-major; the first is the bytes reference; default 0,10,1,11);
+ * --gemm-probe 0 skips its padded shapes. --probe-only 1: two
  * timed calls after the calibration, nothing else (for ncu).
  * --fp8-report PATH: compress/decompress with the fp8 projections (encode,
  * decode, both) next to fp16, against each GEMM alone (JSON to PATH);
@@ -96,8 +100,12 @@ extern int kvtc__gpu_fp8_info(const kvtc_gpu_codec *g, uint64_t *runs, uint64_t 
 extern int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, float *enc_ms,
                                float *dec_ms);
 extern int kvtc__gpu_gemm_probe(uint32_t D, uint64_t M, uint32_t ld, int fp16, float *out);
+extern int kvtc__gpu_direct_info(const kvtc_gpu_codec *g, uint64_t *out);
 static uint32_t gemm_cfg[2];
 static int gemm_set;              /* 1: run_codec applies gemm_cfg (use_lt, direct) */
+/* --gemm-variants: use_lt x 10 + direct of each --gemm-report row */
+static uint32_t gemm_v[12] = {0, 10, 1, 11}, n_gemm_v = 4;
+static int gemm_probe = 1;        /* --gemm-probe 0: no padded shapes */
 /* kernels/gpu_quant.cu (internal, for --quant-report): 1 the tiled
  * quantizer, 0 the row-per-block kernels */
 extern int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles);
@@ -486,8 +494,8 @@ static void gemm_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chu
     printf("GEMM choice (context create %.2f s incl. tuning):\n", create_s);
     if (f)
         fprintf(f, "{\"create_s\": %.3f, \"tuned\": [", create_s);
-    static const char *kinds[] = {"encode", "decode", "direct"};
-    for (int k = 0, first = 1; k < 3; k++)
+    static const char *kinds[] = {"encode", "decode", "direct", "grouped"};
+    for (int k = 0, first = 1; k < 4; k++)
         for (int s = 0; s < 2; s++) {
             uint32_t idx = 0, nc = 0;
             float ms = 0, ms0 = 0;
@@ -518,7 +526,7 @@ static void gemm_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chu
     uint64_t Ms[] = {M, M, M, M, M, M, M, M + 128, M - 128};
     printf("%8s %8s %11s %11s %11s %11s  (ms / TFLOP/s per GEMM of ld x M x D)\n", "ld", "M",
            "enc first", "enc best", "dec first", "dec best");
-    for (uint32_t i = 0; i < sizeof Ms / sizeof Ms[0]; i++) {
+    for (uint32_t i = 0; gemm_probe && i < sizeof Ms / sizeof Ms[0]; i++) {
         uint32_t ld = i < 7 ? lds[i] : k0;
         float o[4] = {0};
         if (kvtc__gpu_gemm_probe(D, Ms[i], ld, 1, o))
@@ -534,8 +542,13 @@ static void gemm_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chu
     }
     if (f)
         fprintf(f, "], \"codec\": [");
-    /* (use_lt, direct): the old code's path first (the bytes reference) */
-    static const uint32_t v[][2] = {{0, 0}, {1, 0}, {0, 1}, {1, 1}};
+    /* (use_lt, direct) from --gemm-variants; the first is the bytes
+     * reference (by default the old code's path, GemmEx + rows pass) */
+    uint32_t v[12][2];
+    for (uint32_t i = 0; i < n_gemm_v; i++) {
+        v[i][0] = gemm_v[i] / 10;
+        v[i][1] = gemm_v[i] % 10;
+    }
     uint8_t *ref = malloc(raw), *got = malloc(raw);
     if (!ref || !got)
         exit(1);
@@ -543,15 +556,18 @@ static void gemm_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chu
     printf("%4s %6s %9s %9s %9s %9s %8s %8s %8s %8s %12s %10s\n", "lt", "direct", "enc ms",
            "dec ms", "enc GB/s", "dec GB/s", "enc gemm", "dec gemm", "dec rows", "dec quant",
            "rel.err", "bytes diff");
-    for (uint32_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+    for (uint32_t i = 0; i < n_gemm_v; i++) {
         struct run r, t;
+        uint64_t p0[3], p1[3];
         memcpy(gemm_cfg, v[i], sizeof gemm_cfg);
         gemm_set = 1;
         reuse_ctx = gt;
         run_codec(p, plan, tp, ch, n, l, d_out, raw, 2, d_in, &t, NULL, NULL);
         reuse_ctx = gu;
+        KV(kvtc__gpu_direct_info(gu, p0));
         run_codec(p, plan, (kvtc_gpu_params){.gemm = KVTC_GPU_GEMM_FP16}, ch, n, l, d_out, raw,
                   iters, d_in, &r, NULL, NULL);
+        KV(kvtc__gpu_direct_info(gu, p1));
         reuse_ctx = NULL;
         gemm_set = 0;
         CK(cudaMemcpy(i ? got : ref, d_out, raw, cudaMemcpyDeviceToHost));
@@ -567,6 +583,11 @@ static void gemm_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chu
                t.enc_stage[KVTC_GPU_STAGE_GEMM], t.dec_stage[KVTC_GPU_STAGE_GEMM],
                t.dec_stage[KVTC_GPU_STAGE_ROWS], t.dec_stage[KVTC_GPU_STAGE_QUANT], r.rel_mse,
                diff);
+        /* which GEMMs the direct decode ran (per call: warm-ups included) */
+        double calls = iters + 2;
+        printf("     direct GEMMs per call: per chunk %.0f, cuBLASLt grouped %.0f, "
+               "GemmBatchedEx %.0f\n",
+               (p1[0] - p0[0]) / calls, (p1[1] - p0[1]) / calls, (p1[2] - p0[2]) / calls);
         printf("     stages enc:");
         for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
             printf(" %s %.3f", kvtc_gpu_stage_name(s), t.enc_stage[s]);
@@ -577,8 +598,10 @@ static void gemm_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chu
         if (f) {
             fprintf(f, "%s{\"use_lt\": %u, \"direct\": %u, \"compress_ms\": %.4f, "
                        "\"decompress_ms\": %.4f, \"ratio\": %.4f, \"rel_sq_error\": %.6g, "
-                       "\"decoded_bytes_differing_from_old\": %zu, \"stages_compress_ms\": {",
+                       "\"decoded_bytes_differing_from_old\": %zu, ",
                     i ? ", " : "", v[i][0], v[i][1], r.enc_ms, r.dec_ms, r.ratio, r.rel_mse, diff);
+            fprintf(f, "\"direct_gemms_per_call\": [%.1f, %.1f, %.1f], \"stages_compress_ms\": {",
+                    (p1[0] - p0[0]) / calls, (p1[1] - p0[1]) / calls, (p1[2] - p0[2]) / calls);
             for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
                 fprintf(f, "%s\"%s\": %.4f", s ? ", " : "", kvtc_gpu_stage_name(s), t.enc_stage[s]);
             fprintf(f, "}, \"stages_decompress_ms\": {");
@@ -1180,6 +1203,22 @@ int main(int argc, char **argv)
             entropy_only = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--gemm-report")) /* GEMM choices, JSON path */
             gemm_json = argv[i + 1];
+        else if (!strcmp(argv[i], "--gemm-probe")) /* 0: no padded shapes */
+            gemm_probe = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--gemm-variants")) { /* e.g. 10,11,12 */
+            n_gemm_v = 0;
+            for (char *q = argv[i + 1], *e; *q && n_gemm_v < 12; q = e + (*e == ',')) {
+                uint32_t x = (uint32_t)strtoul(q, &e, 10);
+                if (e == q) /* not a number: stop */
+                    break;
+                if (x / 10 <= 1 && x % 10 <= 4)
+                    gemm_v[n_gemm_v++] = x;
+            }
+            if (!n_gemm_v) {
+                fprintf(stderr, "--gemm-variants: none of use_lt x 10 + direct (0..4)\n");
+                return 2;
+            }
+        }
         else if (!strcmp(argv[i], "--fp8-report")) /* fp8 projections, JSON path */
             fp8_json = argv[i + 1];
         else if (!strcmp(argv[i], "--fp8-only")) /* 1: that report alone */
