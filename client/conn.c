@@ -952,6 +952,7 @@ void kvtc_disconnect(kvtc_conn *c)
         ucp_cleanup(c->ctx);
     kvtc__profile_cache_free(c);
     kvtc__local_free(c);
+    kvtc__mem_free_all(c); /* after the local path closed: kvtcd let go */
     kvtc__trace_close(c);
     free(c->peer_addr);
     free(c);

@@ -159,6 +159,10 @@ struct kvtc_conn {
     uint64_t local_wait_ns;     /* how long blocking waits on local ops
                                    took lately (moving average; 0: none
                                    yet): sets their polling window */
+    int local_regions;          /* the daemon maps shared memory
+                                   (KVTC_LOCAL_FLAG_REGIONS) */
+    struct kvtc__mem *mem;      /* kvtc_mem_alloc's blocks (shared_mem.c) */
+    uint64_t mem_next_id;
     struct kvtc__trace *trace;  /* KVTC_TRACE records (trace.c), NULL */
     char last_error[256];
 };
@@ -240,6 +244,10 @@ void kvtc__local_off(kvtc_conn *c);
  * (at most KVTC__LOCAL_DRAIN_MS) until kvtcd closes its own, which it does
  * once no copy into or out of our memory is running; then off. */
 void kvtc__local_drain(kvtc_conn *c);
+/* Read exactly len bytes from fd before deadline_ns (0: none). 0 or -1. */
+int kvtc__local_read_full(int fd, void *buf, size_t len, uint64_t deadline_ns);
+/* shared_mem.c: free every kvtc_mem_alloc block (disconnect). */
+void kvtc__mem_free_all(kvtc_conn *c);
 void kvtc__local_free(kvtc_conn *c);
 
 /* trace.c: KVTC_TRACE=PREFIX per-op timestamps. open after hello (sets

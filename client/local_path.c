@@ -68,7 +68,7 @@ static void note(const char *why)
         fprintf(stderr, "libkvtc: local path not used: %s\n", why);
 }
 
-static int read_full(int fd, void *buf, size_t len, uint64_t deadline_ns)
+int kvtc__local_read_full(int fd, void *buf, size_t len, uint64_t deadline_ns)
 {
     size_t got = 0;
     while (got < len) {
@@ -166,7 +166,7 @@ void kvtc__local_setup(kvtc_conn *c, uint64_t deadline_ns)
         goto fail;
     }
     struct kvtc_local_reply r;
-    if (read_full(fd, &r, sizeof r, deadline_ns) != 0 ||
+    if (kvtc__local_read_full(fd, &r, sizeof r, deadline_ns) != 0 ||
         memcmp(r.magic, KVTC_LOCAL_MAGIC, sizeof r.magic) != 0) {
         note("no handshake reply");
         goto fail;
@@ -179,6 +179,7 @@ void kvtc__local_setup(kvtc_conn *c, uint64_t deadline_ns)
     }
     c->local_fd = fd;
     c->local_ok = 1;
+    c->local_regions = (r.flags & KVTC_LOCAL_FLAG_REGIONS) != 0;
     c->info.local_path = 1;
     return;
 fail:
@@ -219,6 +220,7 @@ void kvtc__local_drain(kvtc_conn *c)
 void kvtc__local_off(kvtc_conn *c)
 {
     c->local_ok = 0;
+    c->local_regions = 0;
     c->info.local_path = 0;
     if (c->local_fd >= 0)
         close(c->local_fd);

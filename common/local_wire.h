@@ -2,9 +2,10 @@
  * local path, docs/protocol.md "Local path"), shared by kvtcd and libkvtc.
  *
  * Both ends run on one host (one kernel), so the two fixed-size records are
- * in the host's byte order. The socket carries nothing else: after the
- * reply it stays open, idle, for the session's life; either side closing
- * it ends the local path of that session (not the session). */
+ * in the host's byte order. After the reply the socket stays open for the
+ * session's life, carrying only region messages (below) where the daemon
+ * offers them; either side closing it ends the local path of that session
+ * (not the session). */
 #ifndef KVTC_LOCAL_WIRE_H
 #define KVTC_LOCAL_WIRE_H
 
@@ -27,13 +28,39 @@ struct kvtc_local_hello {
 };
 
 /* Daemon -> client: status 0 (the session's bulk bytes may now travel by
- * the local path) or a negative KVTC_E* code with a reason. */
+ * the local path) or a negative KVTC_E* code with a reason. Also the
+ * answer to each region message. */
 struct kvtc_local_reply {
     char magic[8];
     int32_t status;
-    uint32_t reserved;
+    uint32_t flags;             /* handshake: KVTC_LOCAL_FLAG_*; 0 from
+                                   daemons before regions */
     char msg[112];              /* NUL-terminated */
 };
+
+/* The daemon maps client memory shared with it (region messages). */
+#define KVTC_LOCAL_FLAG_REGIONS 1u
+
+/* Client -> daemon on a bound socket: a region of the client's memory that
+ * is a sealed memfd (F_SEAL_SHRINK and F_SEAL_GROW), sent with the memfd
+ * as SCM_RIGHTS (MAP), or the end of one (UNMAP, no descriptor). kvtcd
+ * maps it and then copies into and out of it with plain loads and stores
+ * instead of process_vm_writev/readv. The client waits for each answer
+ * (a kvtc_local_reply) before it names the region in a request or frees
+ * it, which orders the socket against the UCX requests. */
+#define KVTC_LOCAL_REGION_MAGIC "KVTCRG01"
+enum { KVTC_LOCAL_REGION_MAP = 1, KVTC_LOCAL_REGION_UNMAP = 2 };
+struct kvtc_local_region {
+    char magic[8];
+    uint32_t op;                /* KVTC_LOCAL_REGION_* */
+    uint32_t reserved;          /* 0 */
+    uint64_t id;                /* the client's name for it, unique */
+    uint64_t addr;              /* MAP: where the client mapped the memfd */
+    uint64_t len;               /* MAP: bytes mapped from offset 0 */
+};
+/* Regions one session may have mapped at once, and the largest one. */
+#define KVTC_LOCAL_MAX_REGIONS 256u
+#define KVTC_LOCAL_MAX_REGION_BYTES (1ull << 40)
 
 /* Largest LocalIov list of one Put (a Get has one per key). */
 #define KVTC_LOCAL_MAX_IOV 4096u

@@ -11,6 +11,7 @@
 #include "codec_serve.h"
 #include "kvtc_errors.h"
 #include "local_path.h"
+#include "local_region.h"
 #include "log.h"
 #include "server.h"
 #include "store_host.h"
@@ -297,6 +298,16 @@ int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
     metric(&b, "local_copies_workers_total", "counter",
            "Local-path copies run by the copy workers.",
            m->local_copies_workers);
+    metric(&b, "local_copies_shared_total", "counter",
+           "Local-path copies into or out of client memory shared with "
+           "kvtcd (plain copies, no process_vm_*).",
+           m->local_copies_shared);
+    metric(&b, "local_regions", "gauge",
+           "Client memory regions mapped now (all sessions).",
+           kvtcd_regions_mapped());
+    metric(&b, "local_regions_refused_total", "counter",
+           "Region messages refused (bad memfd, probe, limits).",
+           m->local_regions_refused);
     metric(&b, "local_client_checked_total", "counter",
            "Local get hits whose checksum the client verified (the daemon "
            "did not read them a second time).",

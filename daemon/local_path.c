@@ -24,6 +24,7 @@
 
 #include "kvtc.pb-c.h"
 #include "kvtc_errors.h"
+#include "local_region.h"
 #include "local_wire.h"
 #include "log.h"
 
@@ -61,6 +62,12 @@ struct kvtcd_local_link {
     int burst;
     uint32_t alone;
     uint32_t inflight;             /* its copies not done yet (loop) */
+    /* Client memory shared with us (local_region.h), and a region
+     * message being read: bytes so far and the descriptor it brought. */
+    kvtcd_regions regions;
+    struct kvtc_local_region rmsg;
+    size_t rgot;
+    int rfd;
 };
 
 struct kvtcd_local {
@@ -152,6 +159,11 @@ static void link_close(kvtcd_local_link *l)
         l->next->prev = l->prev;
     l->prev = l->next = NULL;
     l->lp = NULL;
+    /* Copies in flight keep their region mapped until they end. */
+    kvtcd_regions_clear(&l->regions);
+    if (l->rfd >= 0)
+        close(l->rfd);
+    l->rfd = -1;
     if (l->inflight) {
         /* Its copies still finish, but its client no longer waits. */
         lp->n_active--;
@@ -162,12 +174,13 @@ static void link_close(kvtcd_local_link *l)
     uv_close((uv_handle_t *)&l->poll, on_link_closed);
 }
 
-static void send_reply(int fd, int status, const char *msg)
+static void send_reply(int fd, int status, uint32_t flags, const char *msg)
 {
     struct kvtc_local_reply r;
     memset(&r, 0, sizeof r);
     memcpy(r.magic, KVTC_LOCAL_MAGIC, sizeof r.magic);
     r.status = status;
+    r.flags = flags;
     snprintf(r.msg, sizeof r.msg, "%s", msg);
     /* 128 bytes into a fresh socket's empty buffer: never short; if the
      * peer is gone it learns nothing anyway. */
@@ -251,14 +264,89 @@ static void handshake(kvtcd_local_link *l)
     srv->m.local_links++;
     KVTCD_INFO("session", "local path bound session=%llu pid=%d",
                (unsigned long long)s->id, (int)l->pid);
-    send_reply(l->fd, 0, "ok");
+    send_reply(l->fd, 0, KVTC_LOCAL_FLAG_REGIONS, "ok");
     return;
 refuse:
     srv->m.local_refused++;
     KVTCD_WARN("session", "local path refused session=%llu reason=\"%s\"",
                (unsigned long long)(s ? s->id : 0), why);
-    send_reply(l->fd, st, why);
+    send_reply(l->fd, st, 0, why);
     link_close(l);
+}
+
+/* Read what there is of a region message, with the descriptor a MAP
+ * brings (kept in l->rfd; any other descriptors closed). 1: complete, 0:
+ * not yet, -1: EOF or error, -2: malformed. */
+static int read_region_msg(kvtcd_local_link *l)
+{
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(4 * sizeof(int))];
+    } cm;
+    struct iovec iov = {(char *)&l->rmsg + l->rgot, sizeof l->rmsg - l->rgot};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
+                        .msg_control = cm.buf, .msg_controllen = sizeof cm.buf};
+    ssize_t n = recvmsg(l->fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    int bad = (mh.msg_flags & MSG_CTRUNC) != 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); n > 0 && c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < nfd; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (l->rfd < 0 && !bad)
+                l->rfd = fd;
+            else {
+                close(fd);
+                bad = 1;
+            }
+        }
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (n <= 0)
+        return -1;
+    if (bad)
+        return -2;
+    l->rgot += (size_t)n;
+    return l->rgot == sizeof l->rmsg ? 1 : 0;
+}
+
+/* A whole region message: map or unmap, and answer it. A bad one gets an
+ * error answer; the link and its other regions carry on. */
+static void region_msg(kvtcd_local_link *l)
+{
+    char why[112] = "ok";
+    int st;
+    struct kvtc_local_region m = l->rmsg;
+    int fd = l->rfd;
+    l->rfd = -1;
+    l->rgot = 0;
+    if (memcmp(m.magic, KVTC_LOCAL_REGION_MAGIC, sizeof m.magic) != 0) {
+        st = KVTC_EPROTO;
+        snprintf(why, sizeof why, "not a region message");
+    } else if (m.op == KVTC_LOCAL_REGION_MAP) {
+        st = fd < 0 ? KVTC_EINVAL
+                    : kvtcd_region_map(&l->regions, l->pid, fd, &m, why, sizeof why);
+        if (fd < 0)
+            snprintf(why, sizeof why, "region without its memfd");
+    } else if (m.op == KVTC_LOCAL_REGION_UNMAP && fd < 0) {
+        st = kvtcd_region_unmap(&l->regions, m.id);
+        if (st)
+            snprintf(why, sizeof why, "no such region");
+    } else {
+        st = KVTC_EINVAL;
+        snprintf(why, sizeof why, "unknown region operation");
+    }
+    if (fd >= 0)
+        close(fd); /* mapped (or refused): the descriptor is not needed */
+    if (st) {
+        l->srv->m.local_regions_refused++;
+        KVTCD_WARN("session", "local region refused session=%llu reason=\"%s\"",
+                   (unsigned long long)l->sess->id, why);
+    }
+    send_reply(l->fd, st, 0, why);
 }
 
 static void on_link_event(uv_poll_t *h, int status, int events)
@@ -283,16 +371,18 @@ static void on_link_event(uv_poll_t *h, int status, int events)
             handshake(l);
         return;
     }
-    /* Bound: the socket only ever says that the client is gone (EOF) or
-     * broke the protocol (bytes); either ends the local path. */
-    char c;
-    ssize_t n = recv(l->fd, &c, 1, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR) &&
-        !(events & UV_DISCONNECT))
+    /* Bound: region messages (local_region.h), or EOF when the client is
+     * gone. Anything else ends the local path. */
+    int n = read_region_msg(l);
+    if (n == 0 && !(events & UV_DISCONNECT))
         return;
+    if (n == 1) {
+        region_msg(l);
+        return;
+    }
     KVTCD_INFO("session", "local path closed session=%llu reason=\"%s\"",
                (unsigned long long)l->sess->id,
-               n > 0 ? "unexpected bytes" : "socket closed");
+               n == -2 ? "malformed region message" : "socket closed");
     link_close(l);
 }
 
@@ -316,6 +406,7 @@ static void on_accept(uv_poll_t *h, int status, int events)
         l->srv = lp->srv;
         l->fd = fd;
         l->pidfd = -1;
+        l->rfd = -1;
         l->refs = 1;
         if (uv_poll_init(lp->srv->loop, &l->poll, fd) != 0) {
             close(fd);
@@ -649,7 +740,11 @@ static void lcopy_run(kvtcd_cjob *cj)
              * copy reads it from there. */
             if (st && j->to_client)
                 LP_XXH3_UPDATE(st, j->ptr[i] + off, got);
-            if (j->to_client) {
+            if (j->region) {
+                /* Shared pages (local_region.h): plain copies, never into
+                 * another process, so no pid check. */
+                n = (ssize_t)kvtcd_region_copy(j->region, j->to_client, &li, r, nr);
+            } else if (j->to_client) {
                 /* Before every write: a pid whose process exited may be
                  * reused, and must never be written to. */
                 if (pidfd_exited(pidfd)) {
@@ -707,6 +802,8 @@ static void lcopy_done(kvtcd_cjob *cj)
     kvtcd_server *srv = l->srv;
     kvtcd_local *lp = l->lp; /* NULL once the link closed */
     j->link = NULL;
+    kvtcd_region_unref(j->region);
+    j->region = NULL;
     if (l->inflight && --l->inflight == 0 && lp) {
         lp->n_active--;
         update_polling(lp);
@@ -766,6 +863,9 @@ int kvtcd_lcopy_start(kvtcd_session *s, kvtcd_lcopy *job)
     job->cj.run = lcopy_run;
     job->cj.done = lcopy_done;
     job->pend_next = NULL;
+    job->region = kvtcd_region_find(&l->regions, job->remote, job->n_remote);
+    if (job->region)
+        s->srv->m.local_copies_shared++;
     kvtcd_server *srv = s->srv;
     if (srv->ltrace) {
         job->lt.sess = s->id;

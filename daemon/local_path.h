@@ -85,6 +85,9 @@ struct kvtcd_lcopy {
     kvtcd_cjob cj;              /* private: the worker job */
     kvtcd_lcopy *pend_next;     /* private: deferred small copies */
     kvtcd_local_link *link;     /* set by kvtcd_lcopy_start, referenced */
+    struct kvtcd_region *region; /* private: the shared region holding
+                                   every remote range, referenced; NULL:
+                                   process_vm_readv/writev */
     int to_client;              /* 0: process_vm_readv, 1: _writev */
     struct iovec *remote;       /* the client's ranges (caller owns) */
     size_t n_remote;

@@ -45,6 +45,9 @@ typedef struct kvtcd_metrics {
     uint64_t local_failures; /* copies that failed: session fell back */
     uint64_t local_copies_loop;    /* copies run on the loop thread */
     uint64_t local_copies_workers; /* copies run by the copy workers */
+    uint64_t local_copies_shared;  /* copies into or out of client memory
+                                      shared with us (local_region.h) */
+    uint64_t local_regions_refused; /* region messages refused */
     uint64_t local_client_checked; /* local get hits the client verifies
                                       (GetRequest.client_checks) */
 } kvtcd_metrics;

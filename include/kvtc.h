@@ -238,6 +238,27 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
  * a no-op. */
 void kvtc_disconnect(kvtc_conn *conn);
 
+/* Allocate size bytes (rounded up to whole pages, zeroed) for chunk
+ * buffers, in *out. Where the connection has the same-host local path and
+ * the daemon accepts regions, the memory is shared with kvtcd (a sealed
+ * memfd it maps too), so puts from it and gets into it are plain memory
+ * copies in kvtcd rather than process_vm_readv/writev, which pin pages
+ * and scale poorly across threads. Elsewhere it is ordinary memory, and
+ * any buffer works with every call either way. A get or put uses the
+ * shared copy when all its ranges lie in one such allocation. Valid until
+ * kvtc_mem_free or kvtc_disconnect (which frees what is left); free it
+ * only with no operation using it in flight. Costs a round trip to kvtcd:
+ * allocate once, reuse. Errors: KVTC_EINVAL, KVTC_ENOMEM. */
+int kvtc_mem_alloc(kvtc_conn *conn, size_t size, void **out);
+
+/* Free memory from kvtc_mem_alloc on the same connection (NULL: no-op).
+ * Errors: KVTC_EINVAL (not from kvtc_mem_alloc on conn). */
+int kvtc_mem_free(kvtc_conn *conn, void *ptr);
+
+/* Whether ptr lies in memory of conn's kvtc_mem_alloc that kvtcd shares:
+ * 1 shared, 0 not (also for other memory). */
+int kvtc_mem_shared(const kvtc_conn *conn, const void *ptr);
+
 /* Message of the latest failed operation on conn: the daemon's reason or a
  * local one; "" when none. Owned by conn, valid until the next call on it.
  * kvtc_last_error(NULL) is why the calling thread's latest kvtc_connect

@@ -181,7 +181,7 @@ static int run_throughput(const struct opts *o, void *conn, size_t size)
     if (!put_ns || !get_ns)
         goto out;
     for (size_t j = 0; j < depth; j++) {
-        if (!(src[j] = malloc(size)) || !(dst[j] = malloc(size)))
+        if (!(src[j] = bt_buf_alloc(be, conn, size)) || !(dst[j] = bt_buf_alloc(be, conn, size)))
             goto out;
         bt_fill(src[j], size, size);
     }
@@ -251,8 +251,8 @@ static int run_throughput(const struct opts *o, void *conn, size_t size)
     rc = 0;
 out:
     for (size_t j = 0; j < depth; j++) {
-        free(src[j]);
-        free(dst[j]);
+        bt_buf_free(be, conn, src[j]);
+        bt_buf_free(be, conn, dst[j]);
     }
     free(put_ns);
     free(get_ns);
@@ -274,9 +274,11 @@ static void *lat_main(void *arg)
     const struct bt_backend *be = t->o->be;
     size_t size = t->o->lat_size;
     void *conn = NULL;
-    uint8_t *dst = malloc(size);
+    uint8_t *dst = NULL;
     uint8_t key[BT_KEY_LEN];
-    t->rc = dst ? be->connect(t->o->target, &conn) : KVTC_ENOMEM;
+    t->rc = be->connect(t->o->target, &conn);
+    if (!t->rc && !(dst = bt_buf_alloc(be, conn, size)))
+        t->rc = KVTC_ENOMEM;
     /* Every thread reaches the barrier, even a failed one, or the rest hang. */
     if (!t->rc) {
         /* One untimed get so connection set-up is not counted as latency. */
@@ -292,9 +294,9 @@ static void *lat_main(void *arg)
     }
     if (t->rc)
         fprintf(stderr, "bench: %s latency client %d: %s\n", be->name, t->index, kvtc_strerror(t->rc));
+    bt_buf_free(be, conn, dst);
     if (conn)
         be->close(conn);
-    free(dst);
     return NULL;
 }
 

@@ -28,12 +28,20 @@ struct bt_backend {
     int (*get_many)(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
                     size_t n);
     void (*close)(void *conn);
+    /* Buffers for the connection's values (NULL: malloc/free). The kvtc
+     * backend hands out memory shared with kvtcd when KVTC_BENCH_SHM=on. */
+    int (*alloc)(void *conn, size_t len, void **out);
+    void (*release)(void *conn, void *buf);
 };
 
 extern const struct bt_backend bt_redis_backend;
 /* NULL when built without libkvtc. */
 extern const struct bt_backend *const bt_kvtc_backend;
 
+/* A value buffer of len bytes for conn through be (NULL on failure), and
+ * its release (NULL: no-op). */
+void *bt_buf_alloc(const struct bt_backend *be, void *conn, size_t len);
+void bt_buf_free(const struct bt_backend *be, void *conn, void *buf);
 /* Monotonic time in nanoseconds. */
 uint64_t bt_now_ns(void);
 /* Key number `i` of the run tagged `tag`: deterministic, distinct per (tag, i). */

@@ -147,6 +147,35 @@ static void kvtc_bt_close(void *conn)
     kvtc_disconnect(conn);
 }
 
+/* KVTC_BENCH_SHM=on: value buffers shared with kvtcd (kvtc_mem_alloc), and
+ * a connection whose daemon did not take them fails rather than measure
+ * the ordinary path under this label. */
+static int kvtc_bt_alloc(void *conn, size_t len, void **out)
+{
+    const char *e = getenv("KVTC_BENCH_SHM");
+    if (!(e && !strcmp(e, "on"))) {
+        *out = malloc(len);
+        return *out ? 0 : KVTC_ENOMEM;
+    }
+    int rc = kvtc_mem_alloc(conn, len, out);
+    if (!rc && !kvtc_mem_shared(conn, *out)) {
+        fprintf(stderr, "kvtc: buffer not shared with kvtcd (KVTC_LOCAL_DEBUG=1 says why)\n");
+        kvtc_mem_free(conn, *out);
+        *out = NULL;
+        rc = KVTC_ENOTSUP;
+    }
+    return rc;
+}
+
+static void kvtc_bt_release(void *conn, void *buf)
+{
+    const char *e = getenv("KVTC_BENCH_SHM");
+    if (e && !strcmp(e, "on"))
+        kvtc_mem_free(conn, buf);
+    else
+        free(buf);
+}
+
 static const struct bt_backend backend = {
     .name = "kvtc",
     .connect = kvtc_bt_connect,
@@ -156,6 +185,8 @@ static const struct bt_backend backend = {
     .close = kvtc_bt_close,
     .put_many = kvtc_bt_put_many,
     .get_many = kvtc_bt_get_many,
+    .alloc = kvtc_bt_alloc,
+    .release = kvtc_bt_release,
 };
 
 const struct bt_backend *const bt_kvtc_backend = &backend;

@@ -63,3 +63,21 @@ double bt_quantile(uint64_t *samples, size_t n, double q)
         rank = n;
     return (double)samples[rank - 1];
 }
+
+void *bt_buf_alloc(const struct bt_backend *be, void *conn, size_t len)
+{
+    void *p = NULL;
+    if (be->alloc)
+        return be->alloc(conn, len, &p) == 0 ? p : NULL;
+    return malloc(len);
+}
+
+void bt_buf_free(const struct bt_backend *be, void *conn, void *buf)
+{
+    if (!buf)
+        return;
+    if (be->release)
+        be->release(conn, buf);
+    else
+        free(buf);
+}

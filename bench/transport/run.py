@@ -34,9 +34,12 @@ TLS_SETS = ["tcp,sm,self", "tcp"]
 # KVTC_BENCH_LOCAL=on makes bt_kvtc fail rather than silently use UCX.
 # "base": the local path of a second daemon (--kvtcd-base, e.g. the build
 # before a change), measured in the same rounds for a same-run baseline.
-KVTC_MODES = {"tcp": "off", "local": "on", "base": "on"}
+# "shm": the local path into and out of buffers shared with kvtcd
+# (kvtc_mem_alloc; KVTC_BENCH_SHM=on makes bt_kvtc fail if kvtcd does not
+# take them), same daemon as "local".
+KVTC_MODES = {"tcp": "off", "local": "on", "shm": "on", "base": "on"}
 # What each kvtc path is judged against: its own physical limit.
-LIMIT_OF = {"tcp": "tcp", "local": "tcp,sm,self", "base": "tcp,sm,self"}
+LIMIT_OF = {"tcp": "tcp", "local": "tcp,sm,self", "shm": "tcp,sm,self", "base": "tcp,sm,self"}
 # Requests in flight on the throughput connection: 1 = one blocking call
 # after another; 4 = pipelined (ucx_perftest keeps a window of sends too).
 DEPTHS = [1, 4]
@@ -406,8 +409,9 @@ def main():
     ap.add_argument("--host-mem", default="4G")
     ap.add_argument("--sizes", help="chunk sizes to measure, e.g. 256K,1M (default 256K..32M)")
     ap.add_argument("--clients", help="latency client counts (default 1,16,64)")
-    ap.add_argument("--modes", default="tcp,local",
-                    help="kvtc paths: tcp (UCX payloads), local (the local path); default both")
+    ap.add_argument("--modes", default="tcp,local,shm",
+                    help="kvtc paths: tcp (UCX payloads), local (the local path, any buffers), shm (the "
+                    "local path, buffers shared with kvtcd); default all three")
     ap.add_argument("--kvtcd-base", metavar="KVTCD", help="a second kvtcd binary (e.g. the build before "
                     "a change): its local path is measured in the same rounds as mode 'base'")
     ap.add_argument("--bench-base", metavar="BENCH", help="the kvtc_bench_transport (i.e. libkvtc) that "
@@ -443,8 +447,8 @@ def main():
     args.depths = DEPTHS
     args.clients = [int(c) for c in args.clients.split(",")] if args.clients else [1, 16, 64]
     modes = [m for m in args.modes.split(",") if m]
-    if any(m not in ("tcp", "local") for m in modes):
-        sys.exit("--modes takes tcp and/or local")
+    if any(m not in ("tcp", "local", "shm") for m in modes):
+        sys.exit("--modes takes tcp, local and/or shm")
     if args.kvtcd_base:
         if not os.access(args.kvtcd_base, os.X_OK):
             sys.exit(f"--kvtcd-base {args.kvtcd_base}: not an executable")
@@ -509,8 +513,9 @@ def main():
     for m, b in bench_of.items():
         if not os.access(b, os.X_OK):
             sys.exit(f"mode {m}: bench {b} is not an executable")
-    envs = {m: dict(daemon_of[m].env, KVTC_BENCH_LOCAL=KVTC_MODES.get(m, "on"),
-                    **variants.get(m, {}).get("cenv", {})) if daemon_of[m] else None
+    envs = {m: {**daemon_of[m].env, "KVTC_BENCH_LOCAL": KVTC_MODES.get(m, "on"),
+                "KVTC_BENCH_SHM": "on" if m == "shm" else "off",
+                **variants.get(m, {}).get("cenv", {})} if daemon_of[m] else None
             for m in modes}
     result["kvtcd"] = {"binary": kvtcd, "base": args.kvtcd_base, "variants": variants, "bench_of": bench_of,
                        "knobs": {k: v for k, v in os.environ.items() if k.startswith("KVTCD_")}}
@@ -520,6 +525,8 @@ def main():
         result["lanes"][f"ucx_perftest {tls}"] = p and p.get("lanes")
     result["lanes"]["kvtc (UCX endpoint)"] = daemon.probe_lanes(binary) if daemon else None
     result["lanes"]["kvtc local"] = "process_vm_readv/writev (bulk); the UCX endpoint above for control"
+    result["lanes"]["kvtc shm"] = "memcpy in kvtcd into/out of memfd buffers the client shares (bulk); " \
+                                  "the UCX endpoint above for control"
     log(f"  lanes: {result['lanes']}")
     pt = {tls: {s: [] for s in args.sizes} for tls in TLS_SETS}
     kv = {m: {(s, d): [] for s in args.sizes for d in args.depths} for m in modes}
