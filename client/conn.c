@@ -6,6 +6,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -557,6 +558,19 @@ static void sleep_fd(kvtc_conn *c, int64_t ms)
     (void)poll(&pfd, 1, (int)ms);
 }
 
+/* One turn of a blocking wait's polling: give the CPU to whatever else
+ * is runnable on it. On loopback the kernel tends to wake the daemon
+ * thread we just sent to on our own CPU (the waker's); polling without
+ * yielding kept it off that CPU for our whole window (H100 host traces:
+ * 10-20% of local requests reached kvtcd ~200 us late, the default
+ * window, docs/perf-notes.md "Registered buffers"). Returns at once when
+ * nothing else wants the CPU. */
+static void spin_turn(const kvtc_conn *c)
+{
+    if (c->spin_yield)
+        sched_yield();
+}
+
 static int64_t ms_left(uint64_t deadline_ns)
 {
     if (!deadline_ns)
@@ -617,8 +631,10 @@ int kvtc__wait_flag(kvtc_conn *c, const int *flag, uint64_t deadline_ns)
         uint64_t now = kvtc__now_ns();
         if (deadline_ns && now >= deadline_ns)
             return KVTC_ETIMEDOUT;
-        if (now < spin_until)
+        if (now < spin_until) {
+            spin_turn(c);
             continue;
+        }
         sleep_fd(c, ms_left(deadline_ns));
         spin_until = kvtc__now_ns() + window;
     }
@@ -645,8 +661,10 @@ int kvtc_wait_all(kvtc_conn *c, int timeout_ms)
         uint64_t now = kvtc__now_ns();
         if (deadline && now >= deadline)
             return KVTC_ETIMEDOUT;
-        if (now < spin_until)
+        if (now < spin_until) {
+            spin_turn(c);
             continue;
+        }
         sleep_fd(c, ms_left(deadline));
         spin_until = kvtc__now_ns() + window;
     }
@@ -834,6 +852,9 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
                                                                : DEFAULT_OP_TIMEOUT_MS;
     c->spin_ns = (uint64_t)((fm & KVTC_CONN_PARAM_FIELD_SPIN) ? params->spin_us
                                                               : DEFAULT_SPIN_US) * 1000u;
+    /* KVTC_SPIN_YIELD=0: poll without yielding (for measuring). */
+    const char *yield = getenv("KVTC_SPIN_YIELD");
+    c->spin_yield = !(yield && !strcmp(yield, "0"));
     uint64_t deadline = deadline_after(connect_ms);
     struct sockaddr_storage ss;
     socklen_t sslen = 0;

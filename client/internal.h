@@ -138,6 +138,7 @@ struct kvtc_conn {
     size_t n_done;
     uint32_t op_timeout_ms;
     uint64_t spin_ns;           /* busy-poll window of blocking waits */
+    int spin_yield;             /* sched_yield while polling (spin_turn) */
     size_t max_am_header;       /* largest frame that travels as AM header */
     size_t raw_pending;         /* "in data" rendezvous replies arriving */
     kvtc_server_info info;

@@ -2,16 +2,12 @@
 #include "local_copy.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "kvtc_errors.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define CPU_RELAX() _mm_pause()
-#else
-#define CPU_RELAX() ((void)0)
-#endif
+#include <sched.h>
 
 struct kvtcd_cworkers {
     uv_loop_t *loop;
@@ -30,6 +26,8 @@ struct kvtcd_cworkers {
     uint64_t polled_ns;            /* time spent polling (atomic) */
     int quit;                      /* written under mu, read atomically */
     uint64_t spin_ns;
+    int yield;                     /* sched_yield while polling
+                                      (KVTCD_LOCAL_SPIN_YIELD=0: not) */
     unsigned busy;                 /* loop thread only */
     int closing;                   /* loop thread only */
     unsigned n;                    /* threads started */
@@ -71,7 +69,11 @@ static kvtcd_cjob *poll_for_job(kvtcd_cworkers *w, uint64_t end)
             if (j)
                 break;
         }
-        CPU_RELAX();
+        /* Polling yields: a client (or the loop) that the kernel woke on
+         * this CPU gets it at once instead of after our window (H100
+         * host traces, docs/perf-notes.md "Registered buffers"). */
+        if (w->yield)
+            sched_yield();
         now = uv_hrtime();
     }
     if (!j)
@@ -175,6 +177,8 @@ int kvtcd_cworkers_create(uv_loop_t *loop, unsigned threads, unsigned spin_us,
         return KVTC_ENOMEM;
     w->loop = loop;
     w->spin_ns = (uint64_t)spin_us * 1000u;
+    const char *y = getenv("KVTCD_LOCAL_SPIN_YIELD");
+    w->yield = !(y && !strcmp(y, "0"));
     w->spin_gate = 1;
     if (uv_mutex_init(&w->mu) != 0) {
         free(w);
