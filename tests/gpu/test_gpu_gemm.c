@@ -10,7 +10,8 @@
  * chunk (v10), grouped pointer-array GEMMs through cuBLASLt or
  * cublasGemmBatchedEx, layer- or chunk-major (gdir, v18); the grouped one
  * must take the path it claims (counters), give a chunk the same bytes
- * alone as in a batch of hundreds, and the same bytes in either order.
+ * alone as in a batch of hundreds, the same bytes in either order and
+ * from either dequantizer (tiled or row-per-block).
  * Skips without a GPU. */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -26,6 +27,8 @@ extern int kvtc__gpu_gemm_info(const kvtc_gpu_codec *g, int kind, int stream, ui
 extern int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, float *enc_ms,
                                float *dec_ms);
 extern int kvtc__gpu_direct_info(const kvtc_gpu_codec *g, uint64_t *out);
+/* kernels/gpu_quant.cu: 0 the row-per-block (de)quantizer, 1..7 tiled */
+extern int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles);
 
 /* kernels/gpu_internal.h: direct decode variants, paths (counters) */
 enum { DIR_CHUNKS = 1, DIR_GROUPED = 2, DIR_BATCHEDEX = 3, DIR_CHUNK_MAJOR = 4 };
@@ -179,8 +182,9 @@ Test(gpu_gemm, no_direct_where_rows_are_not_16_byte_units)
  * a block (its token-count scan crosses blocks and tiles): 300 chunks of
  * 1..3 coded tokens after 4 sink-bearing ones, decoded within the CPU's
  * bounds; a chunk alone decodes to the bytes it got in the batch (its
- * GEMM depends on its token count, not on its batch-mates), and the
- * chunk-major order gives the layer-major order's bytes. */
+ * GEMM depends on its token count, not on its batch-mates), the
+ * chunk-major order gives the layer-major order's bytes, and so does the
+ * row-per-block dequantizer. */
 #define N_MANY 300
 Test(gpu_gemm, grouped_direct_many_chunks)
 {
@@ -251,6 +255,17 @@ Test(gpu_gemm, grouped_direct_many_chunks)
                       "chunk %u: chunk-major bytes differ from layer-major", i);
         else
             check_close(&l, &c[i], cref[i], rec4[i], "chunk-major", i, 1, DIR_CHUNK_MAJOR);
+        free(rec4[i]);
+    }
+    /* the direct activation from the row-per-block dequantizer (tiles 0)
+     * and from the tiled one (the default): same values, same bytes */
+    cr_assert_eq(kvtc__gpu_quant_set(g, 0), 0);
+    cr_assert_eq(kvtc__gpu_gemm_set(g, 1, DIR_GROUPED), 0);
+    gt_gpu_decode(g, &l, c, N_MANY, cont, len, rec4, st);
+    for (uint32_t i = 0; i < N_MANY; i++) {
+        cr_assert_eq(st[i], 0);
+        cr_assert(!memcmp(rec4[i], rec[i], kvtc_chunk_bytes(&l, c[i].n_tokens)),
+                  "chunk %u: row-per-block dequantizer's bytes differ from the tiled one's", i);
     }
     kvtc_gpu_codec_free(g);
     for (uint32_t i = 0; i < N_MANY; i++) {
