@@ -282,6 +282,12 @@ int kvtc__launch_quant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dc
 int kvtc__launch_dequant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
                                uint32_t n_chunks, uint64_t M, void *coef, int32_t *status,
                                cudaStream_t s);
+/* The direct decode's activation (gdir, v18): as kvtc__launch_dequant_tiles
+ * in the chunk's dtype (g->dir_type) with row stride ldd, the mean's two
+ * coefficients 1 at kp, kp+1 and zeros to ldd (kvtc__direct_basis). */
+int kvtc__launch_dequant_tiles_direct(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                                      uint32_t n_chunks, uint64_t M, void *coef, int32_t *status,
+                                      cudaStream_t s);
 /* Benchmarks and tests: 1..7 the tiled quantizer of that variant where
  * possible (7 the default, KVTC_GPU_QUANT_TILES_DEFAULT in gpu_quant.cu;
  * the dequantizer is the same), 0 the row-per-block kernels. KVTC_EINVAL

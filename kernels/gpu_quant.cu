@@ -1338,6 +1338,43 @@ int kvtc__launch_dequant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__
     return kvtc__cuda_err(cudaGetLastError(), "dequant tiles");
 }
 
+/* Direct decode (gpu_gemm.cu, kvtc__gemm_direct): columns [kp, ldd) of
+ * every row after the tiles wrote [0, ld): the mean's two coefficients (1
+ * at kp and kp + 1, kvtc__direct_basis) and zeros. */
+template <typename RT>
+__global__ void k_dequant_mean_cols(uint16_t *coef, uint64_t M, uint32_t kp, uint32_t ldd)
+{
+    uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    uint32_t w = ldd - kp;
+    if (i >= M * w)
+        return;
+    uint64_t r = i / w;
+    uint32_t j = kp + (uint32_t)(i - r * w);
+    coef[r * ldd + j] = kq_bits<RT>(j < kp + 2 ? 1.0f : 0.0f);
+}
+
+int kvtc__launch_dequant_tiles_direct(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                                      uint32_t n_chunks, uint64_t M, void *coef, int32_t *status,
+                                      cudaStream_t s)
+{
+    if (!M || !n_chunks || !g->nqi[stream])
+        return 0;
+    dim3 grid((unsigned)(M / QT + n_chunks), g->nqi[stream]);
+    const kvtc__qitem *it = g->qitem + g->qi0[stream];
+    uint32_t kp = g->kp[stream], ldd = g->ldd[stream];
+    unsigned tb = (unsigned)((M * (ldd - kp) + 255) / 256);
+    if (g->dir_type == CUDA_R_16F) {
+        k_dequant_tiles<__half><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups, it, g->ndyn,
+                                                          (__half *)coef, ldd, status);
+        k_dequant_mean_cols<__half><<<tb, 256, 0, s>>>((uint16_t *)coef, M, kp, ldd);
+    } else {
+        k_dequant_tiles<__nv_bfloat16><<<grid, QTHREADS, 0, s>>>(
+            ch, n_chunks, g->groups, it, g->ndyn, (__nv_bfloat16 *)coef, ldd, status);
+        k_dequant_mean_cols<__nv_bfloat16><<<tb, 256, 0, s>>>((uint16_t *)coef, M, kp, ldd);
+    }
+    return kvtc__cuda_err(cudaGetLastError(), "dequant tiles (direct)");
+}
+
 /* Items of one stream into it[] (room for ld + groups entries); their
  * count, or 0 when the groups do not allow tiles. Greedy: whole groups
  * while the item spans <= QW columns and <= QG groups, the columns up to

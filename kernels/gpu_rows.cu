@@ -826,8 +826,10 @@ int kvtc__launch_dequant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk
 {
     if (!M || !g->kp[stream])
         return 0;
-    if (!direct && g->qtiles[stream])
-        return kvtc__launch_dequant_tiles(g, stream, ch, n_chunks, M, coef, status, s);
+    if (g->qtiles[stream])
+        return direct ? kvtc__launch_dequant_tiles_direct(g, stream, ch, n_chunks, M, coef, status,
+                                                          s)
+                      : kvtc__launch_dequant_tiles(g, stream, ch, n_chunks, M, coef, status, s);
     const uint32_t *sm = g->glist + g->small0[stream], *lg = g->glist + g->large0[stream];
     /* direct: the operand type is the chunk's, the row stride ldd and the
      * mean's two coefficients at kp, kp+1 */
