@@ -319,13 +319,16 @@ static kvtc_gpu_codec *context_of(kvtcd_gpu_codec *g, kvtcd_profile_ent *e,
     kvtc_gpu_params prm = {.gemm = KVTC_GPU_GEMM_FP16, .deflate_algo = 0,
                            .device = g->device, .timing = 0};
     prm.enc_gemm = g->proj == KVTCD_GPU_PROJ_FP8 ? KVTC_GPU_PROJ_FP8 : KVTC_GPU_PROJ_AUTO;
-    prm.dec_gemm = g->proj != KVTCD_GPU_PROJ_FP16 ? KVTC_GPU_PROJ_FP8 : KVTC_GPU_PROJ_AUTO;
+    prm.dec_gemm = g->proj == KVTCD_GPU_PROJ_DIRECT_DECODE ? KVTC_GPU_PROJ_DIRECT
+                   : g->proj != KVTCD_GPU_PROJ_FP16       ? KVTC_GPU_PROJ_FP8
+                                                          : KVTC_GPU_PROJ_AUTO;
     victim->rc = g->api.create(e->p, plan, &prm, &victim->gc);
     if (victim->rc == KVTC_ENOTSUP && g->proj != KVTCD_GPU_PROJ_FP16) {
-        /* fp8 needs a row width that is a multiple of 16: this profile
-         * gets the 16-bit projections rather than the CPU */
-        KVTCD_WARN("codec", "GPU codec: fp8 projections refused for a profile; "
-                            "16-bit there profile=%016llx plan=%u",
+        /* fp8 needs a row width that is a multiple of 16, the direct
+         * decode rows of 16-byte units: this profile gets the plain
+         * 16-bit projections rather than the CPU */
+        KVTCD_WARN("codec", "GPU codec: projection option refused for a "
+                            "profile; plain 16-bit there profile=%016llx plan=%u",
                    (unsigned long long)e->id, plan);
         prm.enc_gemm = prm.dec_gemm = KVTC_GPU_PROJ_AUTO;
         victim->rc = g->api.create(e->p, plan, &prm, &victim->gc);

@@ -27,14 +27,14 @@ static int attach_gpu(kvtcd_server *srv, kvtcd_serve *sv)
     int rc = kvtcd_gpu_codec_open((int)srv->cfg.gpu_device, &sv->profiles,
                                   &g, why, sizeof why);
     if (rc == 0) {
-        static const char *const proj[] = {"fp16", "fp8-decode", "fp8"};
+        static const char *const proj[] = {"fp16", "fp8-decode", "fp8", "direct-decode"};
         int pj = srv->cfg.gpu_projection;
         kvtcd_gpu_codec_set_projection(g, pj);
         kvtcd_codec_set_gpu(sv->codec, g);
         sv->gpu_projection = pj;
         KVTCD_INFO("codec", "codec on GPU %u (libkvtc_gpu) projection=%s",
                    srv->cfg.gpu_device,
-                   pj >= 0 && pj <= KVTCD_GPU_PROJ_FP8 ? proj[pj] : "?");
+                   pj >= 0 && pj <= KVTCD_GPU_PROJ_DIRECT_DECODE ? proj[pj] : "?");
         return 0;
     }
     if (srv->cfg.codec_device == KVTCD_CODEC_DEVICE_GPU) {
@@ -124,8 +124,8 @@ void kvtcd_serve_metrics_each(const kvtcd_serve *sv,
        "1 when chunks are coded on the GPU (libkvtc_gpu), 0 on the CPU.",
        (uint64_t)kvtcd_codec_uses_gpu(sv->codec));
     fn(ctx, "codec_gpu_projection", "gauge",
-       "The GPU codec's projection GEMMs: 0 fp16, 1 fp8 decode, 2 fp8 both "
-       "(--gpu-projection; 0 when coding on the CPU).",
+       "The GPU codec's projection GEMMs: 0 fp16, 1 fp8 decode, 2 fp8 both, "
+       "3 direct decode (--gpu-projection; 0 when coding on the CPU).",
        (uint64_t)(kvtcd_codec_uses_gpu(sv->codec) ? sv->gpu_projection : 0));
     fn(ctx, "codec_gpu_jobs_total", "counter",
        "GPU codec jobs (each one launch per profile and plan).", st->gpu_jobs);

@@ -239,6 +239,8 @@ static int apply(kvtcd_config *c, const char *section, const char *name,
             c->gpu_projection = KVTCD_GPU_PROJ_FP8_DECODE;
         else if (strcmp(v, "fp8") == 0)
             c->gpu_projection = KVTCD_GPU_PROJ_FP8;
+        else if (strcmp(v, "direct-decode") == 0)
+            c->gpu_projection = KVTCD_GPU_PROJ_DIRECT_DECODE;
         else
             return KVTC_EINVAL;
         return 0;
@@ -467,7 +469,8 @@ const char *kvtcd_usage(void)
            "  --gpu-projection P    the GPU codec's projections: fp16 (default),\n"
            "                        fp8-decode (e4m3 decode GEMM: faster decoding,\n"
            "                        a small quality cost: docs/kvtcd.md), fp8\n"
-           "                        (e4m3 both ways)\n"
+           "                        (e4m3 both ways), direct-decode (16-bit, the\n"
+           "                        decode GEMM writes the chunks: no rows pass)\n"
            "  --max-chunk SIZE      largest chunk accepted (default 256M)\n"
            "  --max-batch N         most chunks/keys per request (default 1024)\n"
            "  --max-sessions N      most concurrent clients (default 1024)\n"

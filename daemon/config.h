@@ -9,7 +9,7 @@
  *             disk_dir = DIR   disk_size = SIZE   disk_io = auto|uring|threads
  *             durability = cache|durable   gpu_mem = SIZE   gpu_device = N
  *             codec_device = auto|cpu|gpu
- *             gpu_projection = fp16|fp8-decode|fp8
+ *             gpu_projection = fp16|fp8-decode|fp8|direct-decode
  *             host_prefault = on|off   host_pin = on|off
  *   [limits]  max_chunk_bytes = SIZE   max_batch = N
  *   [log]     level = debug|info|warn|error
@@ -52,7 +52,9 @@ enum kvtcd_codec_device {
 enum kvtcd_gpu_projection {
     KVTCD_GPU_PROJ_FP16 = 0,        /* 16-bit both ways (the default) */
     KVTCD_GPU_PROJ_FP8_DECODE = 1,  /* e4m3 decode, 16-bit encode */
-    KVTCD_GPU_PROJ_FP8 = 2          /* e4m3 both ways */
+    KVTCD_GPU_PROJ_FP8 = 2,         /* e4m3 both ways */
+    KVTCD_GPU_PROJ_DIRECT_DECODE = 3 /* 16-bit; the decode GEMM writes the
+                                       chunks (KVTC_GPU_PROJ_DIRECT) */
 };
 
 typedef struct kvtcd_config {

@@ -99,14 +99,26 @@ enum kvtc_gpu_index {
  * neighbours' rounding. The FP8 GEMM takes the first M & ~15 rows of a
  * call, the 16-bit GEMM the rest, and all of them when cuBLASLt refuses
  * FP8 for the shape (a line on stderr; the call still succeeds). The
- * direct decode (a benchmark setting) stays 16-bit. */
+ * direct decode (KVTC_GPU_PROJ_DIRECT) stays 16-bit. */
 enum kvtc_gpu_proj {
     KVTC_GPU_PROJ_AUTO = 0, /* the `gemm` field's 16-bit type (default) */
-    KVTC_GPU_PROJ_FP8 = 1   /* e4m3 operands, one scale per operand tensor
+    KVTC_GPU_PROJ_FP8 = 1,  /* e4m3 operands, one scale per operand tensor
                                (basis at creation; activations per call,
                                448 / amax on the device), fp32
                                accumulation; needs width % 16 == 0
                                (KVTC_ENOTSUP otherwise) */
+    KVTC_GPU_PROJ_DIRECT = 2 /* dec_gemm only: 16-bit in the chunks' dtype,
+                               written straight into the canonical chunks
+                               by one grouped GEMM per stream over every
+                               (layer, chunk) pair, keys' RoPE redone in
+                               place: no rows pass (H100, 1 GiB 8B batch:
+                               decompress 7.30 vs 7.55 ms, 1.30x the
+                               GEMM alone; docs/perf-notes.md gdir, v18).
+                               Decodes to other bytes than AUTO, within
+                               the same bounds; a second copy of the
+                               decode bases on the device; KVTC_ENOTSUP
+                               where no stream's head rows are whole
+                               16-byte units */
 };
 
 /* A zeroed struct is not the defaults for the first five fields: pass NULL

@@ -248,7 +248,7 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
         (prm.inflate != KVTC_GPU_INFLATE_KVTC && prm.inflate != KVTC_GPU_INFLATE_NVCOMP) ||
         prm.deflate < 0 || prm.deflate > KVTC_GPU_DEFLATE_KVTC || prm.decode_index < 0 ||
         prm.decode_index > KVTC_GPU_INDEX_OFF || prm.enc_gemm < 0 ||
-        prm.enc_gemm > KVTC_GPU_PROJ_FP8 || prm.dec_gemm < 0 || prm.dec_gemm > KVTC_GPU_PROJ_FP8 ||
+        prm.enc_gemm > KVTC_GPU_PROJ_FP8 || prm.dec_gemm < 0 || prm.dec_gemm > KVTC_GPU_PROJ_DIRECT ||
         (prm.index_log2 && (prm.index_log2 < (int)KVTC__INDEX_LOG2_MIN ||
                             prm.index_log2 > (int)KVTC__INDEX_LOG2_MAX)))
         return KVTC_EINVAL;
@@ -379,6 +379,13 @@ extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
     }
     if ((rc = kvtc__pipe_init(g)) || (rc = kvtc__gemm_tune(g)) || (rc = kvtc__fp8_init(g)))
         goto fail;
+    /* The grouped direct decode (gpu_gemm.cu): its bases and GEMM now. */
+    if (prm.dec_gemm == KVTC_GPU_PROJ_DIRECT &&
+        (rc = kvtc__gpu_gemm_set(g, g->gemm_lt, KVTC_GPU_DIRECT_GROUPED))) {
+        if (rc == KVTC_EINVAL)
+            rc = KVTC_ENOTSUP; /* neither stream's rows are 16-byte units */
+        goto fail;
+    }
     {
         nvcompBatchedDeflateCompressOpts_t o = nvcompBatchedDeflateCompressDefaultOpts;
         o.algorithm = prm.deflate_algo;

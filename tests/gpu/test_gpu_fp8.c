@@ -308,8 +308,11 @@ Test(gpu_fp8, width_not_multiple_of_16_refused)
     kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 0, 0, 0, 0, 0, 0, KVTC_GPU_PROJ_FP8};
     kvtc_gpu_codec *g = NULL;
     cr_assert_eq(kvtc_gpu_codec_create(p, 0, &prm, &g), KVTC_ENOTSUP);
-    prm.dec_gemm = 2;
+    prm.dec_gemm = KVTC_GPU_PROJ_DIRECT + 1;
     cr_assert_eq(kvtc_gpu_codec_create(p, 0, &prm, &g), KVTC_EINVAL);
+    /* fp32 chunks: no direct decode (it needs 16-bit rows of 16-byte units) */
+    prm.dec_gemm = KVTC_GPU_PROJ_DIRECT;
+    cr_assert_eq(kvtc_gpu_codec_create(p, 0, &prm, &g), KVTC_ENOTSUP);
     prm.dec_gemm = 0; /* 16-bit both ways still fine */
     cr_assert_eq(kvtc_gpu_codec_create(p, 0, &prm, &g), 0);
     kvtc_gpu_codec_free(g);

@@ -257,6 +257,32 @@ Test(gpu_gemm, grouped_direct_many_chunks)
             check_close(&l, &c[i], cref[i], rec4[i], "chunk-major", i, 1, DIR_CHUNK_MAJOR);
         free(rec4[i]);
     }
+    /* The public switch (kvtc_gpu_params.dec_gemm = KVTC_GPU_PROJ_DIRECT)
+     * is this path: same bytes from a context created with it, through
+     * the grouped GEMMs; encode has no direct projection. */
+    {
+        kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 0, KVTC_GPU_INFLATE_NVCOMP, 0, 0, 0, 0, 0};
+        kvtc_gpu_codec *g2 = NULL;
+        prm.enc_gemm = KVTC_GPU_PROJ_DIRECT;
+        cr_assert_eq(kvtc_gpu_codec_create(p, 1, &prm, &g2), KVTC_EINVAL);
+        prm.enc_gemm = KVTC_GPU_PROJ_AUTO;
+        prm.dec_gemm = KVTC_GPU_PROJ_DIRECT;
+        cr_assert_eq(kvtc_gpu_codec_create(p, 1, &prm, &g2), 0);
+        cr_assert_eq(kvtc__gpu_direct_info(g2, r0), 0);
+        gt_gpu_decode(g2, &l, c, N_MANY, cont, len, rec4, st);
+        cr_assert_eq(kvtc__gpu_direct_info(g2, r1), 0);
+        cr_assert(r1[PATH_CHUNK] == r0[PATH_CHUNK] &&
+                      r1[PATH_LT] + r1[PATH_BATCHEDEX] - r0[PATH_LT] - r0[PATH_BATCHEDEX] == 8,
+                  "KVTC_GPU_PROJ_DIRECT did not take the grouped GEMMs");
+        for (uint32_t i = 0; i < N_MANY; i++) {
+            cr_assert_eq(st[i], 0);
+            cr_assert(!memcmp(rec4[i], rec[i], kvtc_chunk_bytes(&l, c[i].n_tokens)),
+                      "chunk %u: KVTC_GPU_PROJ_DIRECT decodes to other bytes", i);
+            free(rec4[i]);
+            rec4[i] = NULL;
+        }
+        kvtc_gpu_codec_free(g2);
+    }
     /* the direct activation from the row-per-block dequantizer (tiles 0)
      * and from the tiled one (the default): same values, same bytes */
     cr_assert_eq(kvtc__gpu_quant_set(g, 0), 0);

@@ -321,7 +321,7 @@ Test(daemon_codec_gpu, codec_device_flag)
     cr_assert_eq(kvtcd_config_from_args(&c, 3, a4, &action, err, sizeof err), KVTC_EINVAL);
 }
 
-/* --gpu-projection / [store] gpu_projection: fp16 by default, the three
+/* --gpu-projection / [store] gpu_projection: fp16 by default, the four
  * names, anything else refused (a typo must not silently mean fp16). */
 Test(daemon_codec_gpu, gpu_projection_flag_and_ini)
 {
@@ -337,6 +337,9 @@ Test(daemon_codec_gpu, gpu_projection_flag_and_ini)
     char *a2[] = {"kvtcd", "--gpu-projection=fp8", NULL};
     cr_assert_eq(kvtcd_config_from_args(&c, 2, a2, &action, err, sizeof err), 0, "%s", err);
     cr_assert_eq(c.gpu_projection, KVTCD_GPU_PROJ_FP8);
+    char *a5[] = {"kvtcd", "--gpu-projection", "direct-decode", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 3, a5, &action, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.gpu_projection, KVTCD_GPU_PROJ_DIRECT_DECODE);
     char *a3[] = {"kvtcd", "--gpu-projection", "fp4", NULL};
     cr_assert_eq(kvtcd_config_from_args(&c, 3, a3, &action, err, sizeof err), KVTC_EINVAL);
     /* INI, and the flag over it */
@@ -496,6 +499,45 @@ Test(daemon_codec_gpu, gpu_fp8_decode_projection, .timeout = 120)
         void *cpu = cpu_decode(r.e, ctr[i], len[i]);
         cr_assert(mse(&r.l, cpu, dit[i].out) <= 0.25 * mse(&r.l, c[i], cpu) +
                                                     2e-5 * energy(&r.l, c[i]));
+        free(cpu);
+        free(dit[i].out);
+        free(ctr[i]);
+        free(c[i]);
+    }
+    rig_fini(&r);
+}
+
+/* --gpu-projection direct-decode: the GPU decode GEMM writes the chunks
+ * (kvtc_gpu_params.dec_gemm = KVTC_GPU_PROJ_DIRECT); every chunk decodes on
+ * the GPU (no fallback) to what the CPU decodes, within the 16-bit GPU
+ * decode's usual distance. */
+Test(daemon_codec_gpu, gpu_direct_decode_projection, .timeout = 120)
+{
+    struct rig r;
+    rig_init(&r, layout_of(2, 4, 64, 128));
+    rig_gpu_or_skip(&r);
+    kvtcd_gpu_codec_set_projection(r.g, KVTCD_GPU_PROJ_DIRECT_DECODE);
+    cr_assert_eq(kvtcd_gpu_codec_projection(r.g), KVTCD_GPU_PROJ_DIRECT_DECODE);
+    void *c[PER];
+    kvtcd_codec_item it[PER], dit[PER];
+    uint8_t *ctr[PER];
+    size_t len[PER];
+    for (int i = 0; i < PER; i++)
+        c[i] = make_chunk(&r.l, 700 + (uint64_t)i);
+    run_encode(&r, c, 1, PER, 1, it);
+    for (uint32_t i = 0; i < PER; i++) {
+        cr_assert_eq(it[i].rc, 0);
+        ctr[i] = it[i].out;
+        len[i] = it[i].out_len;
+    }
+    run_decode(&r, ctr, len, 1, PER, dit);
+    cr_assert_eq(kvtcd_codec_get_stats(r.cj)->gpu_fallback, 0);
+    for (uint32_t i = 0; i < PER; i++) {
+        cr_assert_eq(dit[i].rc, 0, "decode %u: %d", i, dit[i].rc);
+        void *cpu = cpu_decode(r.e, ctr[i], len[i]);
+        cr_assert(mse(&r.l, cpu, dit[i].out) <= 0.25 * mse(&r.l, c[i], cpu) +
+                                                    2e-5 * energy(&r.l, c[i]),
+                  "chunk %u: direct decode too far from the CPU's", i);
         free(cpu);
         free(dit[i].out);
         free(ctr[i]);
