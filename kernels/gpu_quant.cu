@@ -1318,23 +1318,35 @@ int kvtc__launch_quant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dc
     return kvtc__cuda_err(cudaGetLastError(), "quant tiles");
 }
 
+/* The tiles' coefficients into coef as elements of type t (e4m3, fp16 or
+ * bf16), rows ld apart. */
+static void launch_dequant_as(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
+                              uint32_t n_chunks, uint64_t M, void *coef, uint32_t ld,
+                              int32_t *status, cudaDataType t, cudaStream_t s)
+{
+    dim3 grid((unsigned)(M / QT + n_chunks), g->nqi[stream]);
+    const kvtc__qitem *it = g->qitem + g->qi0[stream];
+    if (t == CUDA_R_8F_E4M3)
+        k_dequant_tiles<__nv_fp8_e4m3><<<grid, QTHREADS, 0, s>>>(
+            ch, n_chunks, g->groups, it, g->ndyn, (__nv_fp8_e4m3 *)coef, ld, status);
+    else if (t == CUDA_R_16F)
+        k_dequant_tiles<__half><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups, it, g->ndyn,
+                                                          (__half *)coef, ld, status);
+    else
+        k_dequant_tiles<__nv_bfloat16><<<grid, QTHREADS, 0, s>>>(
+            ch, n_chunks, g->groups, it, g->ndyn, (__nv_bfloat16 *)coef, ld, status);
+}
+
 int kvtc__launch_dequant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
                                uint32_t n_chunks, uint64_t M, void *coef, int32_t *status,
                                cudaStream_t s)
 {
     if (!M || !n_chunks || !g->nqi[stream])
         return 0;
-    dim3 grid((unsigned)(M / QT + n_chunks), g->nqi[stream]);
-    const kvtc__qitem *it = g->qitem + g->qi0[stream];
-    if (kvtc__fp8_dec_e4m3(g, stream))
-        k_dequant_tiles<__nv_fp8_e4m3><<<grid, QTHREADS, 0, s>>>(
-            ch, n_chunks, g->groups, it, g->ndyn, (__nv_fp8_e4m3 *)coef, g->ld[stream], status);
-    else if (g->params.gemm == KVTC_GPU_GEMM_FP16)
-        k_dequant_tiles<__half><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups, it, g->ndyn,
-                                                          (__half *)coef, g->ld[stream], status);
-    else
-        k_dequant_tiles<__nv_bfloat16><<<grid, QTHREADS, 0, s>>>(
-            ch, n_chunks, g->groups, it, g->ndyn, (__nv_bfloat16 *)coef, g->ld[stream], status);
+    cudaDataType t = kvtc__fp8_dec_e4m3(g, stream)             ? CUDA_R_8F_E4M3
+                     : g->params.gemm == KVTC_GPU_GEMM_FP16 ? CUDA_R_16F
+                                                            : CUDA_R_16BF;
+    launch_dequant_as(g, stream, ch, n_chunks, M, coef, g->ld[stream], status, t, s);
     return kvtc__cuda_err(cudaGetLastError(), "dequant tiles");
 }
 
@@ -1359,19 +1371,13 @@ int kvtc__launch_dequant_tiles_direct(const kvtc_gpu_codec *g, int stream, const
 {
     if (!M || !n_chunks || !g->nqi[stream])
         return 0;
-    dim3 grid((unsigned)(M / QT + n_chunks), g->nqi[stream]);
-    const kvtc__qitem *it = g->qitem + g->qi0[stream];
     uint32_t kp = g->kp[stream], ldd = g->ldd[stream];
     unsigned tb = (unsigned)((M * (ldd - kp) + 255) / 256);
-    if (g->dir_type == CUDA_R_16F) {
-        k_dequant_tiles<__half><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups, it, g->ndyn,
-                                                          (__half *)coef, ldd, status);
+    launch_dequant_as(g, stream, ch, n_chunks, M, coef, ldd, status, (cudaDataType)g->dir_type, s);
+    if (g->dir_type == CUDA_R_16F)
         k_dequant_mean_cols<__half><<<tb, 256, 0, s>>>((uint16_t *)coef, M, kp, ldd);
-    } else {
-        k_dequant_tiles<__nv_bfloat16><<<grid, QTHREADS, 0, s>>>(
-            ch, n_chunks, g->groups, it, g->ndyn, (__nv_bfloat16 *)coef, ldd, status);
+    else
         k_dequant_mean_cols<__nv_bfloat16><<<tb, 256, 0, s>>>((uint16_t *)coef, M, kp, ldd);
-    }
     return kvtc__cuda_err(cudaGetLastError(), "dequant tiles (direct)");
 }
 
