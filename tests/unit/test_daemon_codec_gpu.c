@@ -361,6 +361,21 @@ Test(daemon_codec_gpu, gpu_projection_flag_and_ini)
 
 #define NB 3
 #define PER 4
+/* PER chunks made from seed on, each encoded on its own (plan 1) and
+ * checked: the chunks in c, their containers in ctr / len (caller frees). */
+static void encode_per(struct rig *r, uint64_t seed, void **c, uint8_t **ctr, size_t *len)
+{
+    kvtcd_codec_item it[PER];
+    for (int i = 0; i < PER; i++)
+        c[i] = make_chunk(&r->l, seed + (uint64_t)i);
+    run_encode(r, c, 1, PER, 1, it);
+    for (uint32_t i = 0; i < PER; i++) {
+        cr_assert_eq(it[i].rc, 0);
+        ctr[i] = it[i].out;
+        len[i] = it[i].out_len;
+    }
+}
+
 #define N (NB * PER)
 
 /* err <= 1.3 x the CPU's own error plus a floor for fp16 rounding, as
@@ -458,17 +473,10 @@ Test(daemon_codec_gpu, gpu_fp8_decode_projection, .timeout = 120)
     kvtcd_gpu_codec_set_projection(r.g, KVTCD_GPU_PROJ_FP8_DECODE);
     cr_assert_eq(kvtcd_gpu_codec_projection(r.g), KVTCD_GPU_PROJ_FP8_DECODE);
     void *c[PER];
-    for (int i = 0; i < PER; i++)
-        c[i] = make_chunk(&r.l, 500 + (uint64_t)i);
-    kvtcd_codec_item it[PER], dit[PER];
-    run_encode(&r, c, 1, PER, 1, it);
+    kvtcd_codec_item dit[PER];
     uint8_t *ctr[PER];
     size_t len[PER];
-    for (uint32_t i = 0; i < PER; i++) {
-        cr_assert_eq(it[i].rc, 0);
-        ctr[i] = it[i].out;
-        len[i] = it[i].out_len;
-    }
+    encode_per(&r, 500, c, ctr, len);
     run_decode(&r, ctr, len, 1, PER, dit);
     const kvtcd_codec_stats *st = kvtcd_codec_get_stats(r.cj);
     cr_assert_eq(st->gpu_fallback, 0);
@@ -519,17 +527,10 @@ Test(daemon_codec_gpu, gpu_direct_decode_projection, .timeout = 120)
     kvtcd_gpu_codec_set_projection(r.g, KVTCD_GPU_PROJ_DIRECT_DECODE);
     cr_assert_eq(kvtcd_gpu_codec_projection(r.g), KVTCD_GPU_PROJ_DIRECT_DECODE);
     void *c[PER];
-    kvtcd_codec_item it[PER], dit[PER];
+    kvtcd_codec_item dit[PER];
     uint8_t *ctr[PER];
     size_t len[PER];
-    for (int i = 0; i < PER; i++)
-        c[i] = make_chunk(&r.l, 700 + (uint64_t)i);
-    run_encode(&r, c, 1, PER, 1, it);
-    for (uint32_t i = 0; i < PER; i++) {
-        cr_assert_eq(it[i].rc, 0);
-        ctr[i] = it[i].out;
-        len[i] = it[i].out_len;
-    }
+    encode_per(&r, 700, c, ctr, len);
     run_decode(&r, ctr, len, 1, PER, dit);
     cr_assert_eq(kvtcd_codec_get_stats(r.cj)->gpu_fallback, 0);
     for (uint32_t i = 0; i < PER; i++) {
