@@ -389,6 +389,25 @@ static void assert_close(const struct rig *r, const void *orig, const void *cpu_
               "%s chunk %u: mse %.3g vs CPU %.3g (energy %.3g)", what, i, err, ref, en);
 }
 
+/* Decode the PER containers on the GPU and hold each to the CPU's decode
+ * of it (the 16-bit GPU decode's distance); frees ctr[] and c[]. */
+static void decode_near_cpu(struct rig *r, void **c, uint8_t **ctr, size_t *len, const char *what)
+{
+    kvtcd_codec_item dit[PER];
+    run_decode(r, ctr, len, 1, PER, dit);
+    for (uint32_t i = 0; i < PER; i++) {
+        cr_assert_eq(dit[i].rc, 0, "%s, decode %u: %d", what, i, dit[i].rc);
+        void *cpu = cpu_decode(r->e, ctr[i], len[i]);
+        cr_assert(mse(&r->l, cpu, dit[i].out) <= 0.25 * mse(&r->l, c[i], cpu) +
+                                                     2e-5 * energy(&r->l, c[i]),
+                  "%s, chunk %u: too far from the CPU's decode", what, i);
+        free(cpu);
+        free(dit[i].out);
+        free(ctr[i]);
+        free(c[i]);
+    }
+}
+
 Test(daemon_codec_gpu, gpu_jobs_match_the_cpu_codec, .timeout = 120)
 {
     struct rig r;
@@ -501,17 +520,7 @@ Test(daemon_codec_gpu, gpu_fp8_decode_projection, .timeout = 120)
     kvtc_px_free(x);
     /* back to fp16: the contexts are remade, the decode is 16-bit again */
     kvtcd_gpu_codec_set_projection(r.g, KVTCD_GPU_PROJ_FP16);
-    run_decode(&r, ctr, len, 1, PER, dit);
-    for (uint32_t i = 0; i < PER; i++) {
-        cr_assert_eq(dit[i].rc, 0);
-        void *cpu = cpu_decode(r.e, ctr[i], len[i]);
-        cr_assert(mse(&r.l, cpu, dit[i].out) <= 0.25 * mse(&r.l, c[i], cpu) +
-                                                    2e-5 * energy(&r.l, c[i]));
-        free(cpu);
-        free(dit[i].out);
-        free(ctr[i]);
-        free(c[i]);
-    }
+    decode_near_cpu(&r, c, ctr, len, "fp16 again");
     rig_fini(&r);
 }
 
@@ -527,23 +536,11 @@ Test(daemon_codec_gpu, gpu_direct_decode_projection, .timeout = 120)
     kvtcd_gpu_codec_set_projection(r.g, KVTCD_GPU_PROJ_DIRECT_DECODE);
     cr_assert_eq(kvtcd_gpu_codec_projection(r.g), KVTCD_GPU_PROJ_DIRECT_DECODE);
     void *c[PER];
-    kvtcd_codec_item dit[PER];
     uint8_t *ctr[PER];
     size_t len[PER];
     encode_per(&r, 700, c, ctr, len);
-    run_decode(&r, ctr, len, 1, PER, dit);
+    decode_near_cpu(&r, c, ctr, len, "direct decode");
     cr_assert_eq(kvtcd_codec_get_stats(r.cj)->gpu_fallback, 0);
-    for (uint32_t i = 0; i < PER; i++) {
-        cr_assert_eq(dit[i].rc, 0, "decode %u: %d", i, dit[i].rc);
-        void *cpu = cpu_decode(r.e, ctr[i], len[i]);
-        cr_assert(mse(&r.l, cpu, dit[i].out) <= 0.25 * mse(&r.l, c[i], cpu) +
-                                                    2e-5 * energy(&r.l, c[i]),
-                  "chunk %u: direct decode too far from the CPU's", i);
-        free(cpu);
-        free(dit[i].out);
-        free(ctr[i]);
-        free(c[i]);
-    }
     rig_fini(&r);
 }
 
