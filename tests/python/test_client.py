@@ -143,6 +143,25 @@ class TestRoundTrip(DaemonCase):
             self.assertEqual(c.get(k).view(np.uint16).tobytes(), a.tobytes())
 
 
+class TestSharedBuffers(DaemonCase):
+    def test_alloc_put_get_free(self):
+        """Arrays from alloc() are shared with kvtcd where the local path is
+        bound, and work as sources and destinations either way."""
+        src, dst = self.client.alloc((1 << 20) + 5), self.client.alloc((1 << 20) + 5)
+        self.assertTrue(self.client.server_info["local_path"] == 0 or
+                        (self.client.is_shared(src) and self.client.is_shared(dst[100:])))
+        self.assertFalse(self.client.is_shared(np.zeros(10, dtype=np.uint8)))
+        src[:] = np.random.default_rng(3).integers(0, 256, size=src.size, dtype=np.uint8)
+        k, = self.keys(1, "shm")
+        self.client.put(k, src)
+        self.assertIs(self.client.get(k, out=dst), dst)
+        self.assertEqual(dst.tobytes(), src.tobytes())
+        self.client.free(src)
+        self.client.free(dst)
+        with self.assertRaises(ValueError):
+            self.client.free(dst)
+
+
 class TestLookupDeletePin(DaemonCase):
     def test_lookup_counts_leading_hits_of_a_chain(self):
         tokens = list(range(1000, 1064))

@@ -93,6 +93,9 @@ def _declare(lib):
     _proto(lib, "kvtc_profile_list", i32, [conn, OPP, PIP, sz, szp])
     _proto(lib, "kvtc_profile_delete", i32, [conn, C.c_uint64, OPP])
     _proto(lib, "kvtc_inspect", i32, [vp, sz, C.POINTER(T.ContainerInfo)])
+    _proto(lib, "kvtc_mem_alloc", i32, [conn, sz, C.POINTER(vp)])
+    _proto(lib, "kvtc_mem_free", i32, [conn, vp])
+    _proto(lib, "kvtc_mem_shared", i32, [conn, vp])
 
 
 _lib = None

@@ -143,15 +143,48 @@ class Client(Closing):
         self.server_info["server_version"] = info.server_version.decode(errors="replace")
         self._max_batch = max(1, info.max_batch)
         self._hint = _FIRST_HINT
+        self._blocks = {}  # address -> array of alloc(): freed by close()
 
     # ---- life cycle ----------------------------------------------------
 
     def close(self):
-        """Disconnect (idempotent). Operations in flight end first."""
+        """Disconnect (idempotent). Operations in flight end first. Arrays
+        from alloc() are freed with the connection: do not touch them after."""
         with self._lock:
             if self._conn:
                 self._lib.kvtc_disconnect(self._conn)
                 self._conn = C.c_void_p()
+                self._blocks.clear()
+
+    # ---- buffers shared with kvtcd -----------------------------------------
+
+    def alloc(self, nbytes):
+        """A zeroed numpy uint8 array of nbytes for chunk bytes
+        (kvtc_mem_alloc): on a connection with the same-host local path its
+        memory is shared with kvtcd, so put() from it and get(out=...) into
+        it (or a view of it) are plain memory copies in kvtcd. Allocate once
+        and reuse (each call is a round trip to kvtcd). Valid until
+        free(array) or close(): keep no view of it past that."""
+        ptr = C.c_void_p()
+        self._call("kvtc_mem_alloc", int(nbytes), C.byref(ptr))
+        arr = np.ctypeslib.as_array((C.c_uint8 * int(nbytes)).from_address(ptr.value))
+        self._blocks[ptr.value] = arr
+        return arr
+
+    def is_shared(self, array):
+        """True when array (from alloc(), or a view into one) is memory
+        kvtcd shares."""
+        with self._lock:
+            return bool(self._conn) and self._lib.kvtc_mem_shared(
+                self._conn, C.c_void_p(np.asarray(array).ctypes.data)) == 1
+
+    def free(self, array):
+        """Free an array from alloc() (no operation may be using it)."""
+        addr = np.asarray(array).ctypes.data
+        if addr not in self._blocks:
+            raise ValueError("not an array from this client's alloc()")
+        self._call("kvtc_mem_free", C.c_void_p(addr))
+        del self._blocks[addr]
 
     # ---- plumbing ------------------------------------------------------
 
