@@ -23,9 +23,10 @@
 #endif
 
 /* Regions up to this size get their page tables filled at map time, so the
- * first copies into them take no faults; larger ones fault on first use
- * rather than hold the loop thread. */
-#define POPULATE_MAX (1ull << 30)
+ * first copies into them take no faults; larger ones fault on first use,
+ * on the copy workers, rather than hold the loop thread (a few ms at most
+ * here; a client could otherwise make the loop populate a GiB a message). */
+#define POPULATE_MAX (64ull << 20)
 #define PROBE 16u
 
 struct kvtcd_region {
