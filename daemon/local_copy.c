@@ -1,13 +1,12 @@
 /* local_copy.c - the local path's copy workers (see local_copy.h). */
 #include "local_copy.h"
 
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "kvtc_errors.h"
-
-#include <sched.h>
 
 struct kvtcd_cworkers {
     uv_loop_t *loop;
@@ -177,8 +176,7 @@ int kvtcd_cworkers_create(uv_loop_t *loop, unsigned threads, unsigned spin_us,
         return KVTC_ENOMEM;
     w->loop = loop;
     w->spin_ns = (uint64_t)spin_us * 1000u;
-    const char *y = getenv("KVTCD_LOCAL_SPIN_YIELD");
-    w->yield = !(y && !strcmp(y, "0"));
+    w->yield = kvtcd_spin_yield();
     w->spin_gate = 1;
     if (uv_mutex_init(&w->mu) != 0) {
         free(w);
@@ -253,6 +251,16 @@ void kvtcd_cworkers_close(kvtcd_cworkers *w)
     w->closing = 1;
     if (!w->busy)
         finish_close(w);
+}
+
+int kvtcd_spin_yield(void)
+{
+    static int v = -1; /* racy first read is harmless: same answer */
+    if (v < 0) {
+        const char *e = getenv("KVTCD_LOCAL_SPIN_YIELD");
+        v = !(e && !strcmp(e, "0"));
+    }
+    return v;
 }
 
 unsigned kvtcd_cworkers_default_threads(void)

@@ -64,6 +64,11 @@ void kvtcd_cworkers_close(kvtcd_cworkers *w);
  * 3-4 GB/s on one thread; the clients need cores too). */
 unsigned kvtcd_cworkers_default_threads(void);
 
+/* Whether polling threads (the copy workers, kvtcd's loop) call
+ * sched_yield between polls: 1 unless KVTCD_LOCAL_SPIN_YIELD=0 (a knob for
+ * measuring; docs/kvtcd.md "Polling yields"). Any thread. */
+int kvtcd_spin_yield(void);
+
 /* A worker's polling window after a job, where cores are spare: long
  * enough to span the gap between a pipelining client's groups of requests
  * (H100 host, 256 KiB gets at depth 4: 75-90 us from a copy's end to the

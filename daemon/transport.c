@@ -255,25 +255,13 @@ static void on_prepare(uv_prepare_t *h)
     drive(h->data, 0);
 }
 
-/* KVTCD_LOCAL_SPIN_YIELD=0: the loop and the copy workers poll without
- * yielding (for measuring). */
-static int spin_yield(void)
-{
-    static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("KVTCD_LOCAL_SPIN_YIELD");
-        v = !(e && !strcmp(e, "0"));
-    }
-    return v;
-}
-
 /* The loop polls (local copies or transfers in flight): between rounds it
  * yields, so a client or copy worker the kernel woke on this CPU runs at
  * once rather than after the polling ends. */
 static void on_idle(uv_idle_t *h)
 {
     drive(h->data, 0);
-    if (spin_yield())
+    if (kvtcd_spin_yield())
         sched_yield();
 }
 
