@@ -28,6 +28,7 @@ struct bench_opts {
     uint64_t id;      /* key space; 0: random (a later --op get run reuses an
                          earlier --op put --keep run's chunks with --id) */
     int do_put, do_get, keep, verify;
+    int shared;       /* buffers from kvtc_mem_alloc (shared with kvtcd) */
 };
 
 struct slot;
@@ -44,6 +45,8 @@ struct client {
     int err;
     char errmsg[256];
     struct slot *slots;
+    uint8_t *src;              /* --shared: this connection's copy of the
+                                  payload; NULL: src_buf */
 };
 
 struct slot {
@@ -85,6 +88,10 @@ static int bench_opt(void *ctx, int argc, char **argv, int *i)
     }
     if (!strcmp(n, "--verify")) {
         o->verify = 1;
+        return 1;
+    }
+    if (!strcmp(n, "--shared")) {
+        o->shared = 1;
         return 1;
     }
     const char *names[] = {"--size", "--count", "--clients", "--depth", "--batch", "--op", "--id"};
@@ -170,7 +177,8 @@ static int submit(struct client *cl, struct slot *s, uint64_t op)
         kvtc_key k = bench_key(op * o->batch + b);
         if (cl->phase_put) {
             s->put[b] = (kvtc_put_item){.field_mask = KVTC_PUT_FIELD_MEM, .key = k,
-                                        .data = src_buf, .size = o->size, .mem = KVTC_MEM_HOST};
+                                        .data = cl->src ? cl->src : src_buf, .size = o->size,
+                                        .mem = KVTC_MEM_HOST};
         } else {
             void *buf = s->get[b].buf;
             s->get[b] = (kvtc_get_item){.field_mask = KVTC_GET_FIELD_MEM, .key = k, .buf = buf,
@@ -223,6 +231,32 @@ static void run_phase(struct client *cl)
     }
 }
 
+/* --shared: the payload and the get buffers in memory kvtcd shares (freed
+ * by kvtc_disconnect); refuses to measure anything else under that name. */
+static int shared_buffers(struct client *cl)
+{
+    const struct bench_opts *o = cl->o;
+    void *p = NULL;
+    int rc = 0;
+    if (o->do_put && !(rc = kvtc_mem_alloc(cl->conn, o->size, &p))) {
+        cl->src = p;
+        memcpy(cl->src, src_buf, o->size);
+    }
+    for (uint32_t d = 0; !rc && o->do_get && d < o->depth; d++)
+        for (uint32_t b = 0; !rc && b < o->batch; b++)
+            if (!(rc = kvtc_mem_alloc(cl->conn, o->size, &p)))
+                cl->slots[d].get[b].buf = p;
+    if (rc)
+        snprintf(cl->errmsg, sizeof cl->errmsg, "kvtc_mem_alloc: %s", kvtc_strerror(rc));
+    else if (!kvtc_mem_shared(cl->conn, o->do_put ? (void *)cl->src : cl->slots[0].get[0].buf)) {
+        rc = KVTC_ENOTSUP;
+        snprintf(cl->errmsg, sizeof cl->errmsg, "--shared: kvtcd does not share buffers with this "
+                                                "process (another host, or no local path; "
+                                                "KVTC_LOCAL_DEBUG=1 says why)");
+    }
+    return rc;
+}
+
 static void *client_main(void *arg)
 {
     struct client *cl = arg;
@@ -235,7 +269,7 @@ static void *client_main(void *arg)
         s->put = calloc(o->batch, sizeof *s->put);
         s->get = calloc(o->batch, sizeof *s->get);
         ok = s->put && s->get;
-        for (uint32_t b = 0; ok && o->do_get && b < o->batch; b++)
+        for (uint32_t b = 0; ok && o->do_get && !o->shared && b < o->batch; b++)
             ok = (s->get[b].buf = malloc(o->size)) != NULL;
     }
     kvtc_conn_params p = {.field_mask = KVTC_CONN_PARAM_FIELD_CLIENT_NAME,
@@ -245,6 +279,9 @@ static void *client_main(void *arg)
         cl->err = rc;
         snprintf(cl->errmsg, sizeof cl->errmsg, "connect: %s",
                  ok ? kvtc_last_error(NULL) : "out of memory");
+        atomic_store(&any_error, 1);
+    } else if (o->shared && (rc = shared_buffers(cl))) {
+        cl->err = rc;
         atomic_store(&any_error, 1);
     }
     for (int phase = 0; phase < 2; phase++) {
@@ -366,14 +403,16 @@ int kvtc_cmd_bench(const struct kvtc_cli_global *g, int argc, char **argv)
     if (a.help) {
         printf("usage: kvtc [-s HOST:PORT] bench [--op put|get|both] [--size SIZE]\n"
                "       [--count N] [--clients C] [--depth D] [--batch B] [--verify]\n"
-               "       [--keep] [--id N] [--json]\n"
+               "       [--keep] [--id N] [--shared] [--json]\n"
                "Put COUNT operations of BATCH chunks of SIZE bytes (256K, 4M, ...), then\n"
                "get them back, from C client threads (one connection each) with D\n"
                "operations in flight per client. Prints throughput and latency\n"
                "percentiles per phase; --json prints one JSON object. The chunks are\n"
                "deleted afterwards unless --keep; --id N names the key space, so a\n"
                "'--op get --id N' run reads what a '--op put --keep --id N' run stored\n"
-               "(--verify then needs the same --size). Defaults: both, 1M, 256, 1, 1, 1.\n");
+               "(--verify then needs the same --size). --shared: buffers from\n"
+               "kvtc_mem_alloc, which kvtcd on this host copies into and out of directly\n"
+               "(fails where it cannot). Defaults: both, 1M, 256, 1, 1, 1.\n");
         return 0;
     }
     if (a.n_pos)
@@ -466,8 +505,8 @@ out:
         for (uint32_t i = 0; i < o.clients; i++) {
             free(cls[i].lat);
             for (uint32_t d = 0; cls[i].slots && d < o.depth; d++) {
-                for (uint32_t b = 0; cls[i].slots[d].get && b < o.batch; b++)
-                    free(cls[i].slots[d].get[b].buf);
+                for (uint32_t b = 0; cls[i].slots[d].get && !o.shared && b < o.batch; b++)
+                    free(cls[i].slots[d].get[b].buf); /* --shared: disconnect freed them */
                 free(cls[i].slots[d].put);
                 free(cls[i].slots[d].get);
             }

@@ -1,4 +1,5 @@
-/* The kvtc CLI's command-line contract (issue 4), which other tools rely on:
+/* The kvtc CLI's command-line contract (issue 4), which other tools rely on,
+ * and kvtc bench's round trips:
  *   kvtc -s HOST:PORT put KEY FILE | get KEY OUT | lookup KEY... | stats --json
  * exit 0 on success; on any failure (a miss included) a non-zero exit and
  * one line on stderr. */
@@ -199,6 +200,37 @@ Test(it_cli, put_get_lookup_stats_contract, .timeout = 90)
     run_cli(&c, "stats", "--json", NULL, NULL, NULL);
     expect_failure(&c, "stats with no daemon");
     free(buf);
+    free(c.out);
+    free(c.err);
+    free((char *)c.bin);
+}
+
+/* kvtc bench round trips (--verify) with ordinary buffers and with buffers
+ * shared with kvtcd (--shared); --shared fails cleanly, one line, where
+ * kvtcd cannot share them (the local path switched off). */
+Test(it_cli, bench_verifies_with_and_without_shared_buffers, .timeout = 90)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    const char *bin = kvtc_test_build_path("bin/kvtc");
+    if (access(bin, X_OK) != 0)
+        cr_skip_test("kvtc CLI not built (%s missing)", bin);
+    struct cli c = {.bin = strdup(bin)};
+    itest_daemon_start(&d, "256M", 0, NULL);
+    c.server = d.addr;
+    run_cli(&c, "bench", "--size", "256K", "--verify", NULL);
+    cr_expect_eq(c.code, 0, "bench: exit %d: %s", c.code, c.err);
+    double before = itest_daemon_metric(&d, "kvtc_local_copies_shared_total");
+    run_cli(&c, "bench", "--size", "256K", "--verify", "--shared");
+    cr_expect_eq(c.code, 0, "bench --shared: exit %d: %s", c.code, c.err);
+    cr_expect(strstr(c.out, "get") != NULL, "bench --shared printed \"%s\"", c.out);
+    /* 256 puts and 256 gets of the default count went the shared way */
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_local_copies_shared_total") - before, 512.0);
+    setenv("KVTC_LOCAL", "off", 1);
+    run_cli(&c, "bench", "--size", "256K", "--shared", NULL);
+    unsetenv("KVTC_LOCAL");
+    expect_failure(&c, "bench --shared without the local path");
+    itest_daemon_stop(&d);
     free(c.out);
     free(c.err);
     free((char *)c.bin);
