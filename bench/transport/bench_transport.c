@@ -1,7 +1,8 @@
 /* kvtc_bench_transport - put/get throughput and concurrent get latency of
- * one store (kvtcd through libkvtc, or Redis through hiredis).
+ * one store (kvtcd through libkvtc, or Redis through hiredis), or of the
+ * floor under both (memcpy: values in this process, a get is one memcpy).
  *
- *   kvtc_bench_transport --backend kvtc|redis --target HOST:PORT
+ *   kvtc_bench_transport --backend kvtc|redis|memcpy --target HOST:PORT
  *       [--sizes 262144,1048576,...] [--bytes-per-size N]
  *       [--lat-size N] [--clients 1,16,64] [--lat-ops N]
  *       [--depth N] [--no-throughput] [--no-latency]
@@ -65,7 +66,7 @@ static int parse_list(const char *s, size_t *out, int max, int *n)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: kvtc_bench_transport --backend kvtc|redis --target HOST:PORT\n"
+    fprintf(f, "usage: kvtc_bench_transport --backend kvtc|redis|memcpy --target HOST:PORT\n"
                "  [--sizes B,B,...] [--bytes-per-size B] [--lat-size B]\n"
                "  [--clients N,N,...] [--lat-ops N] [--depth N (1..16)]\n"
                "  [--no-throughput] [--no-latency]\n");
@@ -105,6 +106,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
                 o->be = &bt_redis_backend;
             else if (!strcmp(v, "kvtc"))
                 o->be = bt_kvtc_backend;
+            else if (!strcmp(v, "memcpy"))
+                o->be = &bt_memcpy_backend;
             if (!o->be) {
                 fprintf(stderr, "bench: backend %s unavailable in this build\n", v);
                 return KVTC_ENOTSUP;

@@ -35,6 +35,9 @@ struct bt_backend {
 };
 
 extern const struct bt_backend bt_redis_backend;
+/* The floor: values in the bench's own process, a get is one memcpy
+ * (bt_memcpy.c); --target is ignored. */
+extern const struct bt_backend bt_memcpy_backend;
 /* NULL when built without libkvtc. */
 extern const struct bt_backend *const bt_kvtc_backend;
 

@@ -1,6 +1,7 @@
 # bench/transport: kvtcd vs ucx_perftest vs Redis on loopback.
 #   make bench-transport   build, run bench/transport/run.py, write bench/results/transport.json
-BT_SRCS := bench/transport/bench_transport.c bench/transport/bt_util.c bench/transport/bt_redis.c
+BT_SRCS := bench/transport/bench_transport.c bench/transport/bt_util.c bench/transport/bt_redis.c \
+           bench/transport/bt_memcpy.c
 ifdef CLIENT_A
 BT_SRCS += bench/transport/bt_kvtc.c
 BT_LIBS := $(CLIENT_A) $(CODEC_A)

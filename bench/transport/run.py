@@ -9,9 +9,12 @@ what users pick today, in one run on loopback.
       the same-host local path (protocol 1.3, process_vm_readv/writev): put/get
       throughput per chunk size and P50/P99 of single-chunk gets with 1, 16
       and 64 concurrent clients
+  (d) the floor under the latency: the same single-chunk gets as one memcpy
+      each from values in the bench's own process (no request, no daemon):
+      the tail the host's memory and scheduler give any same-host store
 
 Prints a table and writes bench/results/transport.json. The C program
-kvtc_bench_transport does (b) and (c) with the identical workload.
+kvtc_bench_transport does (b), (c) and (d) with the identical workload.
 
   python3 bench/transport/run.py [--build build] [--quick]
 """
@@ -337,7 +340,9 @@ def report(result):
     print(f"\nSingle-chunk get latency, {result['lat_size'] // 1024} KiB chunks, one connection per client "
           f"(us, medians of the rounds' P50 and P99)")
     print(f"{'system':<14}{'clients':>8}{'P50':>10}{'P99':>10}{'P99/P50':>9}{'MiB/s':>10}")
-    systems = [("redis", result["redis"]["rows"])] + \
+    # memcpy: the floor, the same gets as one memcpy each inside the bench
+    systems = [("memcpy floor", result.get("memcpy", {}).get("rows", [])),
+               ("redis", result["redis"]["rows"])] + \
               [(f"kvtc {m}", result["kvtc"][m]["rows"]) for m in modes]
     for name, rows in systems:
         for c in result["clients"]:
@@ -346,8 +351,10 @@ def report(result):
                 print(f"{name:<14}{c:>8}{'-':>10}{'-':>10}{'-':>9}{'-':>10}")
                 continue
             q = ratio(r["p99_us"], r["p50_us"])
+            # each round's own P99/P50 (rounds interleave the systems)
+            qr = [ratio(b, a) for a, b in zip(r.get("p50_us_rounds", []), r.get("p99_us_rounds", []))]
             lat.append({"system": name, "clients": c, "p50_us": r["p50_us"], "p99_us": r["p99_us"],
-                        "p99_over_p50": q, "mib_s": r["mib_s"]})
+                        "p99_over_p50": q, "p99_over_p50_rounds": qr, "mib_s": r["mib_s"]})
             print(f"{name:<14}{c:>8}{fmt(r['p50_us'], 10, 1)}{fmt(r['p99_us'], 10, 1)}{fmt(q, 9, 2)}"
                   f"{fmt(r['mib_s'], 10)}")
     result["latency_summary"] = lat
@@ -378,8 +385,14 @@ def report(result):
             a["redis_put_ratio_range"] = [min(r[f"{mode}_put_vs_redis"] or 0 for r in vs),
                                           max(r[f"{mode}_put_vs_redis"] or 0 for r in vs)]
         l16 = [l for l in lat if l["system"] == f"kvtc {mode}" and l["clients"] == 16]
+        f16 = [l for l in lat if l["system"] == "memcpy floor" and l["clients"] == 16]
         if l16:
             a["p99_lt_2x_p50_at_16"] = l16[0]["p99_over_p50"] < 2
+            a["p99_over_p50_at_16_rounds"] = l16[0]["p99_over_p50_rounds"]
+        if l16 and f16:
+            # the same 16 gets as memcpy alone, same rounds: the host's own tail
+            a["floor_p99_over_p50_at_16"] = f16[0]["p99_over_p50"]
+            a["floor_p99_over_p50_at_16_rounds"] = f16[0]["p99_over_p50_rounds"]
         aims[mode] = a
     result["aims"] = aims
     print("\nTransports really used (UCX ep_cfg):")
@@ -531,7 +544,8 @@ def main():
     pt = {tls: {s: [] for s in args.sizes} for tls in TLS_SETS}
     kv = {m: {(s, d): [] for s in args.sizes for d in args.depths} for m in modes}
     rd = {(s, d): [] for s in args.sizes for d in args.depths}
-    lat = {name: {c: [] for c in args.clients} for name in ["redis"] + [f"kvtc {m}" for m in modes]}
+    lat = {name: {c: [] for c in args.clients}
+           for name in ["memcpy", "redis"] + [f"kvtc {m}" for m in modes]}
     errors = {m: None for m in modes}
     try:
         for rnd in range(args.rounds):
@@ -554,7 +568,8 @@ def main():
                         rows = run_bench(binary, "redis", redis.target, redis.env, args, sizes=[size], depth=dep)
                         rd[(size, dep)].append(pick(rows or [], "throughput", size=size))
             log("  latency")
-            systems = [("redis", "redis", redis.target, redis.env, binary)] + \
+            systems = [("memcpy", "memcpy", "-", dict(os.environ), binary),
+                       ("redis", "redis", redis.target, redis.env, binary)] + \
                       [(f"kvtc {m}", "kvtc", daemon_of[m] and daemon_of[m].target, envs[m], bench_of[m])
                        for m in modes]
             for name, be, target, env, bench in systems:
@@ -583,6 +598,7 @@ def main():
     rrows = [r for r in [med(rd[(s, dep)], thr_keys) for s in args.sizes for dep in args.depths] if r] + \
             [r for r in [med(lat["redis"][c], lat_keys) for c in args.clients] if r]
     result["redis"] = {"rows": rrows, "error": redis.error}
+    result["memcpy"] = {"rows": [r for r in [med(lat["memcpy"][c], lat_keys) for c in args.clients] if r]}
 
     try:
         result["loadavg_at_end"] = os.getloadavg()
