@@ -1,9 +1,11 @@
-/* Who verifies local gets (docs/protocol.md "Local path",
- * GetRequest.client_checks). With KVTC_LOCAL_CHECK=client libkvtc hashes
- * what kvtcd wrote into its buffer against the reply's checksum and kvtcd
- * skips its own read; with =daemon kvtcd verifies before it writes. Either
- * way a stored byte flipped in kvtcd's memory makes the get fail with
- * KVTC_ECORRUPT: never the bytes with an OK. The flip comes from outside,
+/* Who verifies gets (docs/protocol.md, GetRequest.client_checks). Local
+ * path: with KVTC_LOCAL_CHECK=client libkvtc hashes what kvtcd wrote into
+ * its buffer against the reply's checksum and kvtcd skips its own read;
+ * with =daemon kvtcd verifies before it writes. Over UCX both check: kvtcd
+ * re-reads the stored bytes before it sends them and drops a chunk that
+ * fails, libkvtc checks what arrived. Every way a stored byte flipped
+ * in kvtcd's memory makes the get fail with KVTC_ECORRUPT: never the
+ * bytes with an OK. The flip comes from outside,
  * as a memory fault would: the test finds the chunk's unique marker in
  * kvtcd's memory (/proc/PID/maps + process_vm_readv; kvtcd is its child)
  * and rewrites one byte with process_vm_writev. */
@@ -23,7 +25,8 @@
 
 static kvtc_conn *connect_check(const struct itest_daemon *d, const char *who)
 {
-    /* libkvtc reads KVTC_LOCAL_CHECK when it connects. */
+    /* libkvtc reads KVTC_LOCAL and KVTC_LOCAL_CHECK when it connects. */
+    setenv("KVTC_LOCAL", "auto", 1);
     setenv("KVTC_LOCAL_CHECK", who, 1);
     kvtc_conn *c = itest_connect(d);
     kvtc_server_info info;
@@ -170,6 +173,65 @@ Test(it_local_check, flipped_stored_byte_fails_the_get, .timeout = 120)
     cr_expect_eq(itest_daemon_metric(&d, "kvtc_local_failures_total"), 0);
     kvtc_disconnect(cc);
     kvtc_disconnect(dc);
+    for (uint32_t i = 0; i < NK; i++) {
+        free(src[i]);
+        free(dst[i]);
+    }
+    itest_daemon_stop(&d);
+}
+
+Test(it_local_check, ucx_get_of_flipped_byte_fails_and_leaves_the_index, .timeout = 120)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "256M", 0, NULL);
+    setenv("KVTC_LOCAL", "off", 1); /* bulk bytes as UCX payloads */
+    kvtc_conn *c = itest_connect(&d);
+    unsetenv("KVTC_LOCAL");
+    kvtc_server_info info;
+    cr_assert_eq(kvtc_server_info_get(c, &info), 0);
+    cr_assert_eq(info.local_path, 0);
+    /* eager (hashed inline by kvtcd) and rendezvous (on its pool) sizes */
+    static const size_t sizes[] = {256u << 10, 4u << 20, 1024};
+    enum { NK = 3, VICTIM = 1 };
+    uint8_t *src[NK], *dst[NK];
+    kvtc_get_item it[NK];
+    uint8_t mark[MARK_LEN];
+    for (uint32_t i = 0; i < NK; i++) {
+        src[i] = malloc(sizes[i]);
+        dst[i] = malloc(sizes[i]);
+        cr_assert(src[i] && dst[i]);
+        itest_fill(src[i], sizes[i], 200 + i);
+        kvtc_key k = itest_key(SPACE, 200 + i);
+        cr_assert_eq(kvtc_put(c, &k, src[i], sizes[i]), 0, "put: %s", kvtc_last_error(c));
+        it[i] = (kvtc_get_item){.key = k, .buf = dst[i], .capacity = sizes[i]};
+    }
+    cr_assert_eq(kvtc_get_batch(c, it, NK, NULL), 0, "batch: %s", kvtc_last_error(c));
+    for (uint32_t i = 0; i < NK; i++)
+        cr_assert(itest_check(dst[i], sizes[i], 200 + i), "%zu B came back different", sizes[i]);
+
+    memcpy(mark, src[VICTIM] + 4096, MARK_LEN);
+    cr_assert_geq(flip_in_process(d.pid, mark, MARK_LEN + 7), 1, "chunk not found in kvtcd's memory");
+    for (uint32_t i = 0; i < NK; i++)
+        memset(dst[i], 0, sizes[i]);
+    cr_assert_eq(kvtc_get_batch(c, it, NK, NULL), KVTC_ECORRUPT, "the flipped chunk got through: %s",
+                 kvtc_last_error(c));
+    for (uint32_t i = 0; i < NK; i++) {
+        if (i == VICTIM) {
+            cr_expect_eq(it[i].status, KVTC_ECORRUPT);
+        } else {
+            cr_expect_eq(it[i].status, 0);
+            cr_expect(itest_check(dst[i], sizes[i], 200 + i));
+        }
+    }
+    /* kvtcd's check found it first and dropped it: the key is gone. */
+    size_t hits = 1;
+    cr_assert_eq(kvtc_lookup(c, &it[VICTIM].key, 1, NULL, &hits, NULL), 0);
+    cr_expect_eq(hits, 0, "the corrupt chunk stayed in the index");
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_corrupt_total"), 1.0);
+    size_t got = 0;
+    cr_expect_eq(kvtc_get(c, &it[VICTIM].key, dst[VICTIM], sizes[VICTIM], &got), KVTC_ENOENT);
+    kvtc_disconnect(c);
     for (uint32_t i = 0; i < NK; i++) {
         free(src[i]);
         free(dst[i]);
