@@ -137,6 +137,8 @@ static void send_cb(void *request, ucs_status_t status, void *user_data)
 {
     struct kvtc__op *op = user_data;
     op->send_pending = 0;
+    if (op->conn->trace)
+        op->t_bulk = kvtc__now_ns();
     if (status != UCS_OK && !op->status) {
         op->status = KVTC_ECONN;
         kvtc__set_error(op->conn, "send failed: %s", ucs_status_string(status));
@@ -253,6 +255,8 @@ static void recv_cb(void *request, ucs_status_t status, size_t length, void *use
     struct kvtc__op *op = user_data;
     (void)length;
     op->recv_pending = 0;
+    if (op->conn->trace)
+        op->t_bulk = kvtc__now_ns();
     if (status != UCS_OK && !op->status) {
         op->status = KVTC_ECONN;
         kvtc__set_error(op->conn, "receive failed: %s", ucs_status_string(status));
@@ -855,6 +859,10 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
     /* KVTC_SPIN_YIELD=0: poll without yielding (for measuring). */
     const char *yield = getenv("KVTC_SPIN_YIELD");
     c->spin_yield = !(yield && !strcmp(yield, "0"));
+    /* KVTC_UCX_CHECK=daemon: kvtcd verifies a get's hits before it sends
+     * them over UCX (we check them on arrival either way). */
+    const char *uck = getenv("KVTC_UCX_CHECK");
+    c->ucx_daemon_check = uck && !strcmp(uck, "daemon");
     uint64_t deadline = deadline_after(connect_ms);
     struct sockaddr_storage ss;
     socklen_t sslen = 0;

@@ -94,6 +94,8 @@ struct kvtc__op {
     int local_check;              /* GET: we asked to check its hits here */
     uint64_t t_sub, t_rep;        /* KVTC_TRACE (trace.c): submitted, reply
                                      handled (0 when not traced) */
+    uint64_t t_bulk;              /* KVTC_TRACE: its UCX send, or its
+                                     rendezvous receive, completed (0: none) */
     size_t n;                     /* items / keys */
     union {
         kvtc_put_item *put;
@@ -139,6 +141,8 @@ struct kvtc_conn {
     uint32_t op_timeout_ms;
     uint64_t spin_ns;           /* busy-poll window of blocking waits */
     int spin_yield;             /* sched_yield while polling (spin_turn) */
+    int ucx_daemon_check;       /* KVTC_UCX_CHECK=daemon: no client_checks
+                                   on UCX gets */
     size_t max_am_header;       /* largest frame that travels as AM header */
     size_t raw_pending;         /* "in data" rendezvous replies arriving */
     kvtc_server_info info;

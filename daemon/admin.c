@@ -265,6 +265,10 @@ int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
     metric(&b, "corrupt_total", "counter",
            "Checksum mismatches (put payloads and stored chunks).",
            m->corrupt);
+    metric(&b, "gets_audited_total", "counter",
+           "Get hits sent over UCX to a client that checks them itself, "
+           "re-verified by kvtcd beside the send instead of before it.",
+           m->gets_audited);
     metric(&b, "bytes_in_total", "counter", "Chunk bytes received.",
            m->bytes_in);
     metric(&b, "bytes_out_total", "counter", "Chunk bytes sent.",

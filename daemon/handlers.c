@@ -846,7 +846,8 @@ typedef struct get_ctx {
     int lcopied;
     uint64_t lbytes;
     int client_checks;    /* GetRequest.client_checks: libkvtc verifies
-                             what lands in its memory, we need not */
+                             what it receives, so we need not before
+                             sending (get_audit_new) or copying */
 } get_ctx;
 
 static void get_ctx_free(void *p)
@@ -1097,6 +1098,21 @@ static void get_decoded(void *arg)
     get_send(op);
 }
 
+/* A stored chunk failed its checksum: never serve it again. It leaves
+ * the index if the index still maps key to these bytes. */
+static void drop_corrupt(kvtcd_server *srv, const kvtcd_session *s, uint32_t ns,
+                         const uint8_t *key, const kvtcd_blob *blob, size_t off,
+                         size_t len)
+{
+    KVTCD_ERROR("store", "stored chunk failed its checksum; dropped "
+                         "session=%llu bytes=%zu",
+                (unsigned long long)s->id, len);
+    kvtcd_entry *e = kvtcd_index_find(&srv->index, ns, key, kvtcd_now_ms(srv));
+    if (e && e->blob == blob && e->off == off)
+        kvtcd_index_remove(&srv->index, e);
+    srv->m.corrupt++;
+}
+
 /* Hits re-verified: mismatches become CORRUPT misses (and leave the
  * index); stored containers a raw get asked for are decoded; the rest are
  * sent as one iov. Frees op. */
@@ -1106,7 +1122,6 @@ static void get_hashed(kvtcd_hashjob *job)
     kvtcd_session *s = op->sess;
     kvtcd_server *srv = s->srv;
     get_ctx *c = op->ctx;
-    uint64_t now = kvtcd_now_ms(srv);
     size_t ns = 0;
     for (size_t j = 0; j < c->nf; j++) {
         size_t i = c->fidx[j];
@@ -1120,17 +1135,11 @@ static void get_hashed(kvtcd_hashjob *job)
             ns++;
             continue;
         }
-        /* Never serve wrong KV: drop it, if the index still has it. */
-        KVTCD_ERROR("store", "stored chunk failed its checksum; dropped "
-                             "session=%llu bytes=%zu",
-                    (unsigned long long)s->id, job->len[j]);
-        kvtcd_entry *e = kvtcd_index_find(&srv->index, c->ns, c->keys[i], now);
-        if (e && e->blob == c->blobs[j] && e->off == c->offs[j])
-            kvtcd_index_remove(&srv->index, e);
+        /* Never serve wrong KV. */
+        drop_corrupt(srv, s, c->ns, c->keys[i], c->blobs[j], c->offs[j], job->len[j]);
         c->res[i].status = ST(CORRUPT);
         c->res[i].meta = NULL;
         c->res[i].has_tier = 0;
-        srv->m.corrupt++;
         srv->m.hits--;
         srv->m.misses++;
         kvtcd_blob_unref(c->blobs[j]);
@@ -1240,6 +1249,86 @@ static void get_unserved(kvtcd_server *srv, get_ctx *c, size_t i, int rc)
     srv->m.misses++;
 }
 
+/* A get's hits re-verified after they were sent, for a client that
+ * checks them itself (GetRequest.client_checks): what the op owns. */
+typedef struct get_audit {
+    uint32_t ns;
+    size_t *offs;
+    uint64_t *sums;                  /* what the index holds */
+    uint8_t (*keys)[KVTCD_KEY_BYTES];
+} get_audit;
+
+static void get_audit_free(void *p)
+{
+    get_audit *a = p;
+    if (a) {
+        free(a->offs);
+        free(a->sums);
+        free(a->keys);
+        free(a);
+    }
+}
+
+static void get_audited(kvtcd_hashjob *job)
+{
+    kvtcd_op *aud = job->arg;
+    get_audit *a = aud->ctx;
+    kvtcd_server *srv = aud->sess->srv;
+    for (uint32_t j = 0; j < job->n; j++)
+        if (job->sum[j] != a->sums[j])
+            drop_corrupt(srv, aud->sess, a->ns, a->keys[j], aud->holds[j], a->offs[j],
+                         job->len[j]);
+    kvtcd_op_free(aud);
+}
+
+/* The client checks each hit against the checksum the reply carries (the
+ * one the index took when the bytes arrived), so the hits can go out at
+ * once and kvtcd's own re-read of the stored bytes run beside the send
+ * instead of before it; a chunk that fails it still leaves the index.
+ * Hits that are decoded here are never sent unverified (a decoder fed bad
+ * bytes would produce bytes with a matching fresh checksum). Returns the
+ * re-read, ready to run (it holds references to the blobs), or NULL to
+ * verify first. */
+static kvtcd_op *get_audit_new(kvtcd_op *op)
+{
+    get_ctx *c = op->ctx;
+    kvtcd_session *s = op->sess;
+    if (c->ldest || !c->client_checks || c->nf == 0)
+        return NULL;
+    for (size_t j = 0; j < c->nf; j++)
+        if (kvtcd_serve_get_decodes(c->want, c->metas[c->fidx[j]].encoding))
+            return NULL;
+    kvtcd_op *aud = kvtcd_op_new(s->srv, KVTCD_OP_AUDIT, s);
+    get_audit *a = aud ? calloc(1, sizeof *a) : NULL;
+    if (aud) {
+        aud->ctx = a;
+        aud->ctx_free = get_audit_free;
+    }
+    size_t n = c->nf ? c->nf : 1;
+    if (!a || kvtcd_hashjob_init(&aud->hash, (uint32_t)c->nf) < 0 ||
+        !(a->offs = calloc(n, sizeof *a->offs)) || !(a->sums = calloc(n, sizeof *a->sums)) ||
+        !(a->keys = calloc(n, sizeof *a->keys)) ||
+        !(aud->holds = calloc(n, sizeof *aud->holds))) {
+        kvtcd_op_free(aud);
+        return NULL;
+    }
+    a->ns = c->ns;
+    for (size_t j = 0; j < c->nf; j++) {
+        aud->hash.ptr[j] = op->hash.ptr[j];
+        aud->hash.len[j] = op->hash.len[j];
+        a->offs[j] = c->offs[j];
+        a->sums[j] = c->sums[j];
+        memcpy(a->keys[j], c->keys[c->fidx[j]], KVTCD_KEY_BYTES);
+        aud->holds[j] = c->blobs[j];
+        kvtcd_blob_ref(c->blobs[j]);
+        aud->n_holds = (uint32_t)j + 1;
+    }
+    s->srv->m.gets_audited += c->nf;
+    aud->hash.done = get_audited;
+    aud->hash.arg = aud;
+    return aud;
+}
+
 /* Every hit is in host RAM (or failed): drop the failed ones from the
  * list, then re-verify the rest off the loop and send (get_hashed). Frees
  * op on failure. */
@@ -1276,6 +1365,14 @@ static void get_verify(kvtcd_op *op)
     op->hash.arg = op;
     if (c->ldest && get_local_fused(op))
         return;
+    kvtcd_op *aud = get_audit_new(op);
+    if (aud) {
+        for (size_t j = 0; j < c->nf; j++) /* get_hashed finds them equal */
+            op->hash.sum[j] = c->sums[j];
+        get_hashed(&op->hash); /* sends; may free op */
+        kvtcd_hashjob_run(srv->loop, &aud->hash);
+        return;
+    }
     kvtcd_hashjob_run(srv->loop, &op->hash);
 }
 
@@ -1330,8 +1427,9 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
     }
     uint64_t now = kvtcd_now_ms(srv);
     get_ctx *c = get_ctx_new(n);
-    if (c && g->n_local && (c->ldest = calloc(n, sizeof *c->ldest))) {
+    if (c)
         c->client_checks = g->has_client_checks && g->client_checks;
+    if (c && g->n_local && (c->ldest = calloc(n, sizeof *c->ldest))) {
         for (size_t i = 0; i < n; i++) {
             c->ldest[i].iov_base = (void *)(uintptr_t)g->local[i]->addr;
             c->ldest[i].iov_len = (size_t)g->local[i]->len;

@@ -50,6 +50,8 @@ typedef struct kvtcd_metrics {
     uint64_t local_regions_refused; /* region messages refused */
     uint64_t local_client_checked; /* local get hits the client verifies
                                       (GetRequest.client_checks) */
+    uint64_t gets_audited;         /* UCX get hits sent before kvtcd
+                                      re-verified them (client_checks) */
 } kvtcd_metrics;
 
 typedef struct kvtcd_session {
@@ -85,9 +87,12 @@ enum kvtcd_op_kind {
     KVTCD_OP_PUT = 1,  /* a put: bulk arriving into blob, then hashed */
     KVTCD_OP_SEND = 2, /* a reply being sent */
     KVTCD_OP_RECV = 3, /* an "in data" request arriving by rendezvous */
-    KVTCD_OP_GET = 4,  /* a get: hits read from lower tiers, re-verified */
-    KVTCD_OP_KEYS = 5  /* a delete or pin (durable deletes wait for their
+    KVTCD_OP_GET = 4,  /* a get: hits read from lower tiers, re-verified
+                          (or, for a client that checks, see AUDIT) */
+    KVTCD_OP_KEYS = 5, /* a delete or pin (durable deletes wait for their
                           tombstones) */
+    KVTCD_OP_AUDIT = 6 /* a get's hits re-verified after they were sent to
+                          a client that checks them itself */
 };
 
 typedef struct kvtcd_op {

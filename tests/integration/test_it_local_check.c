@@ -1,11 +1,11 @@
 /* Who verifies gets (docs/protocol.md, GetRequest.client_checks). Local
  * path: with KVTC_LOCAL_CHECK=client libkvtc hashes what kvtcd wrote into
  * its buffer against the reply's checksum and kvtcd skips its own read;
- * with =daemon kvtcd verifies before it writes. Over UCX both check: kvtcd
- * re-reads the stored bytes before it sends them and drops a chunk that
- * fails, libkvtc checks what arrived. Every way a stored byte flipped
- * in kvtcd's memory makes the get fail with KVTC_ECORRUPT: never the
- * bytes with an OK. The flip comes from outside,
+ * with =daemon kvtcd verifies before it writes. Over UCX libkvtc always
+ * checks what arrived, and kvtcd re-reads the stored bytes beside the send
+ * (KVTC_UCX_CHECK=daemon: before it), dropping a chunk that fails. Every
+ * way, a stored byte flipped in kvtcd's memory makes the get fail with
+ * KVTC_ECORRUPT: never the bytes with an OK. The flip comes from outside,
  * as a memory fault would: the test finds the chunk's unique marker in
  * kvtcd's memory (/proc/PID/maps + process_vm_readv; kvtcd is its child)
  * and rewrites one byte with process_vm_writev. */
@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #define SPACE 0x4c434b00u
 #define MARK_LEN 32u
@@ -180,23 +181,40 @@ Test(it_local_check, flipped_stored_byte_fails_the_get, .timeout = 120)
     itest_daemon_stop(&d);
 }
 
+/* Over UCX: connect without the local path, KVTC_UCX_CHECK as given. */
+static kvtc_conn *connect_ucx(const struct itest_daemon *d, const char *check)
+{
+    setenv("KVTC_LOCAL", "off", 1);
+    setenv("KVTC_UCX_CHECK", check, 1);
+    kvtc_conn *c = itest_connect(d);
+    unsetenv("KVTC_LOCAL");
+    unsetenv("KVTC_UCX_CHECK");
+    kvtc_server_info info;
+    cr_assert_eq(kvtc_server_info_get(c, &info), 0);
+    cr_assert_eq(info.local_path, 0);
+    return c;
+}
+
+/* 1 while k is in the index. */
+static size_t present(kvtc_conn *c, const kvtc_key *k)
+{
+    size_t hits = 0;
+    cr_assert_eq(kvtc_lookup(c, k, 1, NULL, &hits, NULL), 0);
+    return hits;
+}
+
 Test(it_local_check, ucx_get_of_flipped_byte_fails_and_leaves_the_index, .timeout = 120)
 {
     struct itest_daemon d;
     itest_setup(ITEST_TLS_TCP);
     itest_daemon_start(&d, "256M", 0, NULL);
-    setenv("KVTC_LOCAL", "off", 1); /* bulk bytes as UCX payloads */
-    kvtc_conn *c = itest_connect(&d);
-    unsetenv("KVTC_LOCAL");
-    kvtc_server_info info;
-    cr_assert_eq(kvtc_server_info_get(c, &info), 0);
-    cr_assert_eq(info.local_path, 0);
+    kvtc_conn *c = connect_ucx(&d, "client");
+    kvtc_conn *dc = connect_ucx(&d, "daemon");
     /* eager (hashed inline by kvtcd) and rendezvous (on its pool) sizes */
-    static const size_t sizes[] = {256u << 10, 4u << 20, 1024};
-    enum { NK = 3, VICTIM = 1 };
+    static const size_t sizes[] = {256u << 10, 4u << 20, 1024, 4u << 20};
+    enum { NK = 4, VICTIM = 1, VICTIM2 = 3 };
     uint8_t *src[NK], *dst[NK];
     kvtc_get_item it[NK];
-    uint8_t mark[MARK_LEN];
     for (uint32_t i = 0; i < NK; i++) {
         src[i] = malloc(sizes[i]);
         dst[i] = malloc(sizes[i]);
@@ -206,17 +224,25 @@ Test(it_local_check, ucx_get_of_flipped_byte_fails_and_leaves_the_index, .timeou
         cr_assert_eq(kvtc_put(c, &k, src[i], sizes[i]), 0, "put: %s", kvtc_last_error(c));
         it[i] = (kvtc_get_item){.key = k, .buf = dst[i], .capacity = sizes[i]};
     }
+    /* Intact: sent before kvtcd's own check (which runs beside the send),
+     * every byte right. */
     cr_assert_eq(kvtc_get_batch(c, it, NK, NULL), 0, "batch: %s", kvtc_last_error(c));
     for (uint32_t i = 0; i < NK; i++)
         cr_assert(itest_check(dst[i], sizes[i], 200 + i), "%zu B came back different", sizes[i]);
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_gets_audited_total"), NK);
 
+    uint8_t mark[MARK_LEN];
     memcpy(mark, src[VICTIM] + 4096, MARK_LEN);
     cr_assert_geq(flip_in_process(d.pid, mark, MARK_LEN + 7), 1, "chunk not found in kvtcd's memory");
+    memcpy(mark, src[VICTIM2] + 4096, MARK_LEN);
+    cr_assert_geq(flip_in_process(d.pid, mark, MARK_LEN + 7), 1, "chunk 2 not found in kvtcd's memory");
     for (uint32_t i = 0; i < NK; i++)
         memset(dst[i], 0, sizes[i]);
-    cr_assert_eq(kvtc_get_batch(c, it, NK, NULL), KVTC_ECORRUPT, "the flipped chunk got through: %s",
-                 kvtc_last_error(c));
-    for (uint32_t i = 0; i < NK; i++) {
+    /* libkvtc's check refuses the flipped chunk (kvtcd sent it unread);
+     * the others come back intact. */
+    cr_assert_eq(kvtc_get_batch(c, it, VICTIM2, NULL), KVTC_ECORRUPT,
+                 "the flipped chunk got through: %s", kvtc_last_error(c));
+    for (uint32_t i = 0; i < VICTIM2; i++) {
         if (i == VICTIM) {
             cr_expect_eq(it[i].status, KVTC_ECORRUPT);
         } else {
@@ -224,14 +250,23 @@ Test(it_local_check, ucx_get_of_flipped_byte_fails_and_leaves_the_index, .timeou
             cr_expect(itest_check(dst[i], sizes[i], 200 + i));
         }
     }
-    /* kvtcd's check found it first and dropped it: the key is gone. */
-    size_t hits = 1;
-    cr_assert_eq(kvtc_lookup(c, &it[VICTIM].key, 1, NULL, &hits, NULL), 0);
-    cr_expect_eq(hits, 0, "the corrupt chunk stayed in the index");
+    /* kvtcd's check beside the send found it too and dropped it: the key
+     * leaves the index a moment after the reply. */
+    for (int t = 0; t < 500 && present(c, &it[VICTIM].key); t++)
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    cr_expect_eq(present(c, &it[VICTIM].key), 0, "the corrupt chunk stayed in the index");
     cr_expect_geq(itest_daemon_metric(&d, "kvtc_corrupt_total"), 1.0);
     size_t got = 0;
     cr_expect_eq(kvtc_get(c, &it[VICTIM].key, dst[VICTIM], sizes[VICTIM], &got), KVTC_ENOENT);
+
+    /* KVTC_UCX_CHECK=daemon: kvtcd verifies before sending; the chunk is
+     * reported corrupt and gone at once. */
+    cr_expect_eq(kvtc_get(dc, &it[VICTIM2].key, dst[VICTIM2], sizes[VICTIM2], &got), KVTC_ECORRUPT,
+                 "daemon check let it through: %s", kvtc_last_error(dc));
+    cr_expect_eq(present(dc, &it[VICTIM2].key), 0);
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_corrupt_total"), 2.0);
     kvtc_disconnect(c);
+    kvtc_disconnect(dc);
     for (uint32_t i = 0; i < NK; i++) {
         free(src[i]);
         free(dst[i]);
