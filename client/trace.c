@@ -2,7 +2,9 @@
  * (KVTC_TRACE=PREFIX; off by default, one branch per stamp when off).
  *
  * Each connection keeps one record per finished operation: when it was
- * submitted, when its reply was handled and when its completion ran, on
+ * submitted, when its reply was handled, when its bulk bytes finished
+ * moving over UCX (its send, or its rendezvous receive; 0 if none) and
+ * when its completion ran, on
  * CLOCK_MONOTONIC (kvtcd's KVTCD_LOCAL_TRACE uses the same clock, so
  * bench/transport/trace_join.py can line the two up by session and
  * request id). kvtc_disconnect writes them to PREFIX.<pid>.<session>.csv.
@@ -19,7 +21,7 @@
 struct kvtc__trace_rec {
     uint64_t id;
     uint32_t kind, local;
-    uint64_t t_sub, t_rep, t_done;
+    uint64_t t_sub, t_rep, t_bulk, t_done;
 };
 
 struct kvtc__trace {
@@ -50,7 +52,8 @@ void kvtc__trace_op(kvtc_conn *c, const struct kvtc__op *op)
     }
     t->r[t->n++] = (struct kvtc__trace_rec){
         .id = op->id, .kind = (uint32_t)op->kind, .local = (uint32_t)op->local,
-        .t_sub = op->t_sub, .t_rep = op->t_rep, .t_done = kvtc__now_ns()};
+        .t_sub = op->t_sub, .t_rep = op->t_rep, .t_bulk = op->t_bulk,
+        .t_done = kvtc__now_ns()};
 }
 
 void kvtc__trace_close(kvtc_conn *c)
@@ -68,14 +71,15 @@ void kvtc__trace_close(kvtc_conn *c)
         f = fopen(path, "w");
     }
     if (f) {
-        fprintf(f, "sess,req,kind,local,sub,rep,done\n");
+        fprintf(f, "sess,req,kind,local,sub,rep,done,bulk\n");
         for (uint32_t i = 0; i < t->n; i++)
-            fprintf(f, "%llu,%llu,%u,%u,%llu,%llu,%llu\n",
+            fprintf(f, "%llu,%llu,%u,%u,%llu,%llu,%llu,%llu\n",
                     (unsigned long long)c->info.session_id,
                     (unsigned long long)t->r[i].id, t->r[i].kind, t->r[i].local,
                     (unsigned long long)t->r[i].t_sub,
                     (unsigned long long)t->r[i].t_rep,
-                    (unsigned long long)t->r[i].t_done);
+                    (unsigned long long)t->r[i].t_done,
+                    (unsigned long long)t->r[i].t_bulk);
         fclose(f);
     }
     free(t->r);
