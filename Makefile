@@ -73,7 +73,9 @@ $(TESTDIR)/kvtc_tests: $(TEST_OBJS) $(TEST_DEPS)
 # in test processes are reported by those processes and never failed a test.
 TEST_LSAN := $(if $(filter 1,$(SAN)),LSAN_OPTIONS=exitcode=0)
 
-test: all $(FUZZERS)
+# The benchmarks are compiled (not run) by `test` too, so a change that
+# breaks one fails here rather than on the next measuring machine.
+test: all $(FUZZERS) $(BENCHES)
 	@for f in $(FUZZERS); do \
 	  echo "fuzz: $$f for $(FUZZ_SECONDS)s"; \
 	  $$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=0 \
