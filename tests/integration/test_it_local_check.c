@@ -83,6 +83,64 @@ static int flip_in_process(pid_t pid, const uint8_t *mark, size_t off)
     return flipped;
 }
 
+/* Chunks stored for a test: chunk i is len[i] bytes seeded seed0 + i,
+ * under key (SPACE, seed0 + i), with a get item into dst[i]. */
+#define MAX_CHUNKS 8
+struct chunks {
+    uint32_t n, seed0;
+    size_t len[MAX_CHUNKS];
+    uint8_t *src[MAX_CHUNKS], *dst[MAX_CHUNKS];
+    kvtc_get_item it[MAX_CHUNKS];
+};
+
+static void chunks_put(kvtc_conn *c, struct chunks *ch, const size_t *sizes, uint32_t n,
+                       uint32_t seed0)
+{
+    cr_assert_leq(n, MAX_CHUNKS);
+    ch->n = n;
+    ch->seed0 = seed0;
+    for (uint32_t i = 0; i < n; i++) {
+        ch->len[i] = sizes[i];
+        ch->src[i] = malloc(sizes[i]);
+        ch->dst[i] = calloc(1, sizes[i]);
+        cr_assert(ch->src[i] && ch->dst[i]);
+        itest_fill(ch->src[i], sizes[i], seed0 + i);
+        kvtc_key k = itest_key(SPACE, seed0 + i);
+        cr_assert_eq(kvtc_put(c, &k, ch->src[i], sizes[i]), 0, "put: %s", kvtc_last_error(c));
+        ch->it[i] = (kvtc_get_item){.key = k, .buf = ch->dst[i], .capacity = sizes[i]};
+    }
+}
+
+static void chunks_free(struct chunks *ch)
+{
+    for (uint32_t i = 0; i < ch->n; i++) {
+        free(ch->src[i]);
+        free(ch->dst[i]);
+    }
+}
+
+/* Flip a byte of chunk i where kvtcd keeps it (its bytes at 4096.. are
+ * unique to it: seeded fill). */
+static void chunks_flip(const struct itest_daemon *d, const struct chunks *ch, uint32_t i)
+{
+    cr_assert_geq(flip_in_process(d->pid, ch->src[i] + 4096, MARK_LEN + 7), 1,
+                  "chunk %u not found in kvtcd's memory", i);
+}
+
+/* After a batch get of chunks [0, n): victim refused as corrupt, the
+ * others intact. */
+static void chunks_expect_victim(const struct chunks *ch, uint32_t n, uint32_t victim)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (i == victim) {
+            cr_expect_eq(ch->it[i].status, KVTC_ECORRUPT);
+        } else {
+            cr_expect_eq(ch->it[i].status, 0);
+            cr_expect(itest_check(ch->dst[i], ch->len[i], ch->seed0 + i));
+        }
+    }
+}
+
 Test(it_local_check, client_checks_round_trips, .timeout = 120)
 {
     struct itest_daemon d;
@@ -91,37 +149,23 @@ Test(it_local_check, client_checks_round_trips, .timeout = 120)
     kvtc_conn *c = connect_check(&d, "client");
     static const size_t sizes[] = {1024, (256u << 10) + 3, 4u << 20};
     enum { NS = sizeof sizes / sizeof sizes[0] };
-    uint8_t *src[NS], *dst[NS];
-    kvtc_get_item it[NS];
+    struct chunks ch;
+    chunks_put(c, &ch, sizes, NS, 0);
     for (uint32_t i = 0; i < NS; i++) {
-        src[i] = malloc(sizes[i]);
-        dst[i] = malloc(sizes[i]);
-        cr_assert(src[i] && dst[i]);
-        itest_fill(src[i], sizes[i], i);
-        kvtc_key k = itest_key(SPACE, i);
-        cr_assert_eq(kvtc_put(c, &k, src[i], sizes[i]), 0, "put: %s", kvtc_last_error(c));
         size_t got = 0;
-        memset(dst[i], 0, sizes[i]);
-        cr_assert_eq(kvtc_get(c, &k, dst[i], sizes[i], &got), 0, "get %zu: %s", sizes[i],
-                     kvtc_last_error(c));
+        cr_assert_eq(kvtc_get(c, &ch.it[i].key, ch.dst[i], sizes[i], &got), 0, "get %zu: %s",
+                     sizes[i], kvtc_last_error(c));
         cr_assert_eq(got, sizes[i]);
-        cr_assert(itest_check(dst[i], sizes[i], i), "%zu B came back different", sizes[i]);
-        memset(dst[i], 0, sizes[i]);
-        it[i] = (kvtc_get_item){.key = k, .buf = dst[i], .capacity = sizes[i]};
+        cr_assert(itest_check(ch.dst[i], sizes[i], i), "%zu B came back different", sizes[i]);
+        memset(ch.dst[i], 0, sizes[i]);
     }
     /* A batch, every hit checked here. */
-    cr_assert_eq(kvtc_get_batch(c, it, NS, NULL), 0, "batch: %s", kvtc_last_error(c));
-    for (uint32_t i = 0; i < NS; i++) {
-        cr_assert_eq(it[i].status, 0);
-        cr_assert(itest_check(dst[i], sizes[i], i));
-    }
+    cr_assert_eq(kvtc_get_batch(c, ch.it, NS, NULL), 0, "batch: %s", kvtc_last_error(c));
+    chunks_expect_victim(&ch, NS, UINT32_MAX);
     cr_expect_geq(itest_daemon_metric(&d, "kvtc_local_client_checked_total"), 2.0 * NS);
     cr_expect_eq(itest_daemon_metric(&d, "kvtc_local_failures_total"), 0);
     kvtc_disconnect(c);
-    for (uint32_t i = 0; i < NS; i++) {
-        free(src[i]);
-        free(dst[i]);
-    }
+    chunks_free(&ch);
     itest_daemon_stop(&d);
 }
 
@@ -133,51 +177,30 @@ Test(it_local_check, flipped_stored_byte_fails_the_get, .timeout = 120)
     kvtc_conn *cc = connect_check(&d, "client");
     kvtc_conn *dc = connect_check(&d, "daemon");
     const size_t n = 256u << 10;
+    static const size_t sizes[] = {256u << 10, 256u << 10, 256u << 10};
     enum { NK = 3, VICTIM = 1 };
-    uint8_t *src[NK], *dst[NK];
-    kvtc_get_item it[NK];
-    uint8_t mark[MARK_LEN];
-    for (uint32_t i = 0; i < NK; i++) {
-        src[i] = malloc(n);
-        dst[i] = malloc(n);
-        cr_assert(src[i] && dst[i]);
-        itest_fill(src[i], n, 100 + i);
-        kvtc_key k = itest_key(SPACE, 100 + i);
-        cr_assert_eq(kvtc_put(cc, &k, src[i], n), 0, "put: %s", kvtc_last_error(cc));
-        it[i] = (kvtc_get_item){.key = k, .buf = dst[i], .capacity = n};
-    }
-    /* The victim's bytes at 4096.. are unique to it (seeded fill). */
-    memcpy(mark, src[VICTIM] + 4096, MARK_LEN);
-    int flipped = flip_in_process(d.pid, mark, MARK_LEN + 7);
-    cr_assert_geq(flipped, 1, "chunk not found in kvtcd's memory");
+    struct chunks ch;
+    chunks_put(cc, &ch, sizes, NK, 100);
+    chunks_flip(&d, &ch, VICTIM);
 
     /* Client check: kvtcd writes what it holds, libkvtc refuses it. */
-    cr_assert_eq(kvtc_get_batch(cc, it, NK, NULL), KVTC_ECORRUPT, "client check let it through: %s",
-                 kvtc_last_error(cc));
-    for (uint32_t i = 0; i < NK; i++) {
-        if (i == VICTIM) {
-            cr_expect_eq(it[i].status, KVTC_ECORRUPT);
-        } else {
-            cr_expect_eq(it[i].status, 0);
-            cr_expect(itest_check(dst[i], n, 100 + i));
-        }
-    }
+    cr_assert_eq(kvtc_get_batch(cc, ch.it, NK, NULL), KVTC_ECORRUPT,
+                 "client check let it through: %s", kvtc_last_error(cc));
+    chunks_expect_victim(&ch, NK, VICTIM);
     size_t got = 0;
-    cr_expect_eq(kvtc_get(cc, &it[VICTIM].key, dst[VICTIM], n, &got), KVTC_ECORRUPT);
+    const kvtc_key *vk = &ch.it[VICTIM].key;
+    cr_expect_eq(kvtc_get(cc, vk, ch.dst[VICTIM], n, &got), KVTC_ECORRUPT);
     cr_expect_geq(itest_daemon_metric(&d, "kvtc_local_client_checked_total"), NK + 1.0);
 
     /* kvtcd's own check: the same chunk fails there, and leaves the index. */
-    cr_expect_eq(kvtc_get(dc, &it[VICTIM].key, dst[VICTIM], n, &got), KVTC_ECORRUPT,
+    cr_expect_eq(kvtc_get(dc, vk, ch.dst[VICTIM], n, &got), KVTC_ECORRUPT,
                  "daemon check let it through: %s", kvtc_last_error(dc));
-    cr_expect_eq(kvtc_get(dc, &it[VICTIM].key, dst[VICTIM], n, &got), KVTC_ENOENT);
+    cr_expect_eq(kvtc_get(dc, vk, ch.dst[VICTIM], n, &got), KVTC_ENOENT);
     cr_expect_geq(itest_daemon_metric(&d, "kvtc_corrupt_total"), 1.0);
     cr_expect_eq(itest_daemon_metric(&d, "kvtc_local_failures_total"), 0);
     kvtc_disconnect(cc);
     kvtc_disconnect(dc);
-    for (uint32_t i = 0; i < NK; i++) {
-        free(src[i]);
-        free(dst[i]);
-    }
+    chunks_free(&ch);
     itest_daemon_stop(&d);
 }
 
@@ -213,63 +236,41 @@ Test(it_local_check, ucx_get_of_flipped_byte_fails_and_leaves_the_index, .timeou
     /* eager (hashed inline by kvtcd) and rendezvous (on its pool) sizes */
     static const size_t sizes[] = {256u << 10, 4u << 20, 1024, 4u << 20};
     enum { NK = 4, VICTIM = 1, VICTIM2 = 3 };
-    uint8_t *src[NK], *dst[NK];
-    kvtc_get_item it[NK];
-    for (uint32_t i = 0; i < NK; i++) {
-        src[i] = malloc(sizes[i]);
-        dst[i] = malloc(sizes[i]);
-        cr_assert(src[i] && dst[i]);
-        itest_fill(src[i], sizes[i], 200 + i);
-        kvtc_key k = itest_key(SPACE, 200 + i);
-        cr_assert_eq(kvtc_put(c, &k, src[i], sizes[i]), 0, "put: %s", kvtc_last_error(c));
-        it[i] = (kvtc_get_item){.key = k, .buf = dst[i], .capacity = sizes[i]};
-    }
+    struct chunks ch;
+    chunks_put(c, &ch, sizes, NK, 200);
     /* Intact: sent before kvtcd's own check (which runs beside the send),
      * every byte right. */
-    cr_assert_eq(kvtc_get_batch(c, it, NK, NULL), 0, "batch: %s", kvtc_last_error(c));
-    for (uint32_t i = 0; i < NK; i++)
-        cr_assert(itest_check(dst[i], sizes[i], 200 + i), "%zu B came back different", sizes[i]);
+    cr_assert_eq(kvtc_get_batch(c, ch.it, NK, NULL), 0, "batch: %s", kvtc_last_error(c));
+    chunks_expect_victim(&ch, NK, UINT32_MAX);
     cr_expect_geq(itest_daemon_metric(&d, "kvtc_gets_audited_total"), NK);
 
-    uint8_t mark[MARK_LEN];
-    memcpy(mark, src[VICTIM] + 4096, MARK_LEN);
-    cr_assert_geq(flip_in_process(d.pid, mark, MARK_LEN + 7), 1, "chunk not found in kvtcd's memory");
-    memcpy(mark, src[VICTIM2] + 4096, MARK_LEN);
-    cr_assert_geq(flip_in_process(d.pid, mark, MARK_LEN + 7), 1, "chunk 2 not found in kvtcd's memory");
+    chunks_flip(&d, &ch, VICTIM);
+    chunks_flip(&d, &ch, VICTIM2);
     for (uint32_t i = 0; i < NK; i++)
-        memset(dst[i], 0, sizes[i]);
+        memset(ch.dst[i], 0, sizes[i]);
     /* libkvtc's check refuses the flipped chunk (kvtcd sent it unread);
      * the others come back intact. */
-    cr_assert_eq(kvtc_get_batch(c, it, VICTIM2, NULL), KVTC_ECORRUPT,
+    cr_assert_eq(kvtc_get_batch(c, ch.it, VICTIM2, NULL), KVTC_ECORRUPT,
                  "the flipped chunk got through: %s", kvtc_last_error(c));
-    for (uint32_t i = 0; i < VICTIM2; i++) {
-        if (i == VICTIM) {
-            cr_expect_eq(it[i].status, KVTC_ECORRUPT);
-        } else {
-            cr_expect_eq(it[i].status, 0);
-            cr_expect(itest_check(dst[i], sizes[i], 200 + i));
-        }
-    }
+    chunks_expect_victim(&ch, VICTIM2, VICTIM);
     /* kvtcd's check beside the send found it too and dropped it: the key
      * leaves the index a moment after the reply. */
-    for (int t = 0; t < 500 && present(c, &it[VICTIM].key); t++)
+    const kvtc_key *vk = &ch.it[VICTIM].key, *vk2 = &ch.it[VICTIM2].key;
+    for (int t = 0; t < 500 && present(c, vk); t++)
         nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
-    cr_expect_eq(present(c, &it[VICTIM].key), 0, "the corrupt chunk stayed in the index");
+    cr_expect_eq(present(c, vk), 0, "the corrupt chunk stayed in the index");
     cr_expect_geq(itest_daemon_metric(&d, "kvtc_corrupt_total"), 1.0);
     size_t got = 0;
-    cr_expect_eq(kvtc_get(c, &it[VICTIM].key, dst[VICTIM], sizes[VICTIM], &got), KVTC_ENOENT);
+    cr_expect_eq(kvtc_get(c, vk, ch.dst[VICTIM], sizes[VICTIM], &got), KVTC_ENOENT);
 
     /* KVTC_UCX_CHECK=daemon: kvtcd verifies before sending; the chunk is
      * reported corrupt and gone at once. */
-    cr_expect_eq(kvtc_get(dc, &it[VICTIM2].key, dst[VICTIM2], sizes[VICTIM2], &got), KVTC_ECORRUPT,
+    cr_expect_eq(kvtc_get(dc, vk2, ch.dst[VICTIM2], sizes[VICTIM2], &got), KVTC_ECORRUPT,
                  "daemon check let it through: %s", kvtc_last_error(dc));
-    cr_expect_eq(present(dc, &it[VICTIM2].key), 0);
+    cr_expect_eq(present(dc, vk2), 0);
     cr_expect_geq(itest_daemon_metric(&d, "kvtc_corrupt_total"), 2.0);
     kvtc_disconnect(c);
     kvtc_disconnect(dc);
-    for (uint32_t i = 0; i < NK; i++) {
-        free(src[i]);
-        free(dst[i]);
-    }
+    chunks_free(&ch);
     itest_daemon_stop(&d);
 }
