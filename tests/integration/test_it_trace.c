@@ -5,6 +5,7 @@
  * bulk receive ended, between its reply and its completion; a put's when
  * its send ended. */
 #include "itest.h"
+#include "test_util.h"
 
 #include <criterion/criterion.h>
 #include <inttypes.h>
@@ -27,9 +28,10 @@ Test(it_trace, ucx_ops_carry_their_bulk_stamp, .timeout = 60)
     struct itest_daemon d;
     itest_setup(ITEST_TLS_TCP);
     itest_daemon_start(&d, "128M", 0, NULL);
-    char dir[] = "/tmp/kvtc-trace-XXXXXX";
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/kvtc-trace-XXXXXX", kvtc_test_tmpdir());
     cr_assert(mkdtemp(dir));
-    char prefix[128];
+    char prefix[300];
     snprintf(prefix, sizeof prefix, "%s/t", dir);
     setenv("KVTC_TRACE", prefix, 1);
     setenv("KVTC_LOCAL", "off", 1);
@@ -49,7 +51,7 @@ Test(it_trace, ucx_ops_carry_their_bulk_stamp, .timeout = 60)
     kvtc_disconnect(c); /* writes the trace */
     unsetenv("KVTC_TRACE");
 
-    char path[256];
+    char path[400];
     snprintf(path, sizeof path, "%s.%d.%" PRIu64 ".csv", prefix, (int)getpid(), info.session_id);
     FILE *f = fopen(path, "r");
     cr_assert(f, "no trace at %s", path);
