@@ -27,14 +27,13 @@ static int attach_gpu(kvtcd_server *srv, kvtcd_serve *sv)
     int rc = kvtcd_gpu_codec_open((int)srv->cfg.gpu_device, &sv->profiles,
                                   &g, why, sizeof why);
     if (rc == 0) {
-        static const char *const proj[] = {"fp16", "fp8-decode", "fp8", "direct-decode"};
         int pj = srv->cfg.gpu_projection;
         kvtcd_gpu_codec_set_projection(g, pj);
         kvtcd_codec_set_gpu(sv->codec, g);
         sv->gpu_projection = pj;
         KVTCD_INFO("codec", "codec on GPU %u (libkvtc_gpu) projection=%s",
                    srv->cfg.gpu_device,
-                   pj >= 0 && pj <= KVTCD_GPU_PROJ_DIRECT_DECODE ? proj[pj] : "?");
+                   kvtcd_gpu_projection_name(pj));
         return 0;
     }
     if (srv->cfg.codec_device == KVTCD_CODEC_DEVICE_GPU) {

@@ -95,6 +95,43 @@ static int parse_onoff(const char *s, int *out)
     return 0;
 }
 
+/* The names an option accepts and the value each sets. */
+struct named {
+    const char *name;
+    int val;
+};
+
+static const struct named disk_io_names[] = {
+    {"auto", KVTCD_DISK_IO_AUTO}, {"uring", KVTCD_DISK_IO_URING},
+    {"io_uring", KVTCD_DISK_IO_URING}, {"threads", KVTCD_DISK_IO_THREADS}};
+static const struct named durability_names[] = {
+    {"cache", KVTCD_DURABILITY_CACHE}, {"durable", KVTCD_DURABILITY_DURABLE}};
+static const struct named codec_device_names[] = {
+    {"auto", KVTCD_CODEC_DEVICE_AUTO}, {"cpu", KVTCD_CODEC_DEVICE_CPU},
+    {"gpu", KVTCD_CODEC_DEVICE_GPU}};
+static const struct named gpu_projection_names[] = {
+    {"fp16", KVTCD_GPU_PROJ_FP16}, {"fp8-decode", KVTCD_GPU_PROJ_FP8_DECODE},
+    {"fp8", KVTCD_GPU_PROJ_FP8}, {"direct-decode", KVTCD_GPU_PROJ_DIRECT_DECODE}};
+#define NAMES(t) t, sizeof t / sizeof t[0]
+
+static int parse_named(const char *v, const struct named *t, size_t n, int *out)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v, t[i].name) == 0) {
+            *out = t[i].val;
+            return 0;
+        }
+    return KVTC_EINVAL;
+}
+
+const char *kvtcd_gpu_projection_name(int proj)
+{
+    for (size_t i = 0; i < sizeof gpu_projection_names / sizeof gpu_projection_names[0]; i++)
+        if (gpu_projection_names[i].val == proj)
+            return gpu_projection_names[i].name;
+    return "?";
+}
+
 static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 {
     if (!s || !*s || *s == '-' || *s == '+')
@@ -191,26 +228,10 @@ static int apply(kvtcd_config *c, const char *section, const char *name,
         c->disk_size = n;
         return 0;
     }
-    if (IS("store", "disk_io")) {
-        if (strcmp(v, "auto") == 0)
-            c->disk_io = KVTCD_DISK_IO_AUTO;
-        else if (strcmp(v, "uring") == 0 || strcmp(v, "io_uring") == 0)
-            c->disk_io = KVTCD_DISK_IO_URING;
-        else if (strcmp(v, "threads") == 0)
-            c->disk_io = KVTCD_DISK_IO_THREADS;
-        else
-            return KVTC_EINVAL;
-        return 0;
-    }
-    if (IS("store", "durability")) {
-        if (strcmp(v, "cache") == 0)
-            c->durability = KVTCD_DURABILITY_CACHE;
-        else if (strcmp(v, "durable") == 0)
-            c->durability = KVTCD_DURABILITY_DURABLE;
-        else
-            return KVTC_EINVAL;
-        return 0;
-    }
+    if (IS("store", "disk_io"))
+        return parse_named(v, NAMES(disk_io_names), &c->disk_io);
+    if (IS("store", "durability"))
+        return parse_named(v, NAMES(durability_names), &c->durability);
     if (IS("store", "gpu_mem")) {
         /* 0 is valid: no GPU tier. */
         uint64_t n;
@@ -221,30 +242,10 @@ static int apply(kvtcd_config *c, const char *section, const char *name,
     }
     if (IS("store", "gpu_device"))
         return parse_u32(v, 0, 1024, &c->gpu_device);
-    if (IS("store", "codec_device")) {
-        if (strcmp(v, "auto") == 0)
-            c->codec_device = KVTCD_CODEC_DEVICE_AUTO;
-        else if (strcmp(v, "cpu") == 0)
-            c->codec_device = KVTCD_CODEC_DEVICE_CPU;
-        else if (strcmp(v, "gpu") == 0)
-            c->codec_device = KVTCD_CODEC_DEVICE_GPU;
-        else
-            return KVTC_EINVAL;
-        return 0;
-    }
-    if (IS("store", "gpu_projection")) {
-        if (strcmp(v, "fp16") == 0)
-            c->gpu_projection = KVTCD_GPU_PROJ_FP16;
-        else if (strcmp(v, "fp8-decode") == 0)
-            c->gpu_projection = KVTCD_GPU_PROJ_FP8_DECODE;
-        else if (strcmp(v, "fp8") == 0)
-            c->gpu_projection = KVTCD_GPU_PROJ_FP8;
-        else if (strcmp(v, "direct-decode") == 0)
-            c->gpu_projection = KVTCD_GPU_PROJ_DIRECT_DECODE;
-        else
-            return KVTC_EINVAL;
-        return 0;
-    }
+    if (IS("store", "codec_device"))
+        return parse_named(v, NAMES(codec_device_names), &c->codec_device);
+    if (IS("store", "gpu_projection"))
+        return parse_named(v, NAMES(gpu_projection_names), &c->gpu_projection);
     if (IS("limits", "max_chunk_bytes")) {
         uint64_t n;
         if (kvtcd_parse_size(v, &n) < 0 || n == 0 || n > (1ull << 40))

@@ -116,6 +116,8 @@ int kvtcd_config_validate(kvtcd_config *c, char *err, size_t errlen);
 /* "4096", "512K", "512M", "4G", "1T" (binary units, optional "iB"/"B").
  * Errors: KVTC_EINVAL (syntax, zero-free overflow). */
 int kvtcd_parse_size(const char *s, uint64_t *out);
+/* --gpu-projection's name of an enum kvtcd_gpu_projection value ("?" if none). */
+const char *kvtcd_gpu_projection_name(int proj);
 /* "HOST:PORT" or "[V6]:PORT"; port 0..65535 (0: pick one). */
 int kvtcd_parse_hostport(const char *s, char *host, size_t hostlen,
                          uint16_t *port);
