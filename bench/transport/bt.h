@@ -11,6 +11,19 @@
 
 #define BT_KEY_LEN 32
 
+/* One windowed pass (bt_backend.window). Slot j's buffer bufs[j] serves
+ * one operation at a time: next(arg, i, j, key) names operation i's key
+ * and, for a put, stamps bufs[j] before it starts; done(arg, i, j) runs
+ * when it finished (a get's bytes are then in bufs[j]). */
+struct bt_window {
+    int put;
+    size_t n, depth, len;
+    void *const *bufs;
+    void (*next)(void *arg, size_t i, size_t j, uint8_t key[BT_KEY_LEN]);
+    void (*done)(void *arg, size_t i, size_t j);
+    void *arg;
+};
+
 /* One store under test. Every connection belongs to one thread. */
 struct bt_backend {
     const char *name;
@@ -20,13 +33,10 @@ struct bt_backend {
     /* Fetch exactly `len` bytes into buf; a miss or a size mismatch fails. */
     int (*get)(void *conn, const uint8_t key[BT_KEY_LEN], void *buf, size_t len);
     int (*del)(void *conn, const uint8_t key[BT_KEY_LEN]);
-    /* Pipelined: n puts (gets) in flight at once on the connection, each its
-     * own request; returns when all are done. bufs[i] holds (receives) len
-     * bytes for keys[i]. */
-    int (*put_many)(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
-                    size_t n);
-    int (*get_many)(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
-                    size_t n);
+    /* Pipelined (--depth > 1): w->n puts or gets on the connection, each
+     * its own request, at most w->depth in flight; a new one starts as soon
+     * as one finishes (a sliding window, as ucx_perftest keeps its sends). */
+    int (*window)(void *conn, const struct bt_window *w);
     void (*close)(void *conn);
     /* Buffers for the connection's values (NULL: malloc/free). The kvtc
      * backend hands out memory shared with kvtcd when KVTC_BENCH_SHM=on. */

@@ -4,9 +4,21 @@
 
 #include "kvtc.h"
 
+#include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define WINDOW_SPIN_US 200u /* libkvtc's default polling window */
+
+/* KVTC_BENCH_SPIN_US: libkvtc's busy-poll window (its default when unset);
+ * the windowed passes poll as long before sleeping on the fd. */
+static uint64_t spin_us(void)
+{
+    const char *spin = getenv("KVTC_BENCH_SPIN_US");
+    return spin && *spin ? strtoull(spin, NULL, 10) : WINDOW_SPIN_US;
+}
 
 static int kvtc_bt_connect(const char *target, void **conn)
 {
@@ -14,11 +26,10 @@ static int kvtc_bt_connect(const char *target, void **conn)
     p.field_mask = KVTC_CONN_PARAM_FIELD_CONNECT_TIMEOUT | KVTC_CONN_PARAM_FIELD_CLIENT_NAME;
     p.connect_timeout_ms = 20000;
     p.client_name = "kvtc_bench_transport";
-    /* KVTC_BENCH_SPIN_US: libkvtc's busy-poll window (its default when unset). */
     const char *spin = getenv("KVTC_BENCH_SPIN_US");
     if (spin && *spin) {
         p.field_mask |= KVTC_CONN_PARAM_FIELD_SPIN;
-        p.spin_us = (uint32_t)strtoul(spin, NULL, 10);
+        p.spin_us = (uint32_t)spin_us();
     }
     /* KVTC_BENCH_LOCAL=on|off: the local path (protocol 1.3) required or
      * refused, so a row is never labelled with a path it did not take;
@@ -76,70 +87,106 @@ static int kvtc_bt_del(void *conn, const uint8_t key[BT_KEY_LEN])
     return kvtc_delete(conn, &k, 1, NULL, NULL);
 }
 
-#define MAX_MANY 64
+#define MAX_WINDOW 64
+static void wait_fd(kvtc_conn *c)
+{
+    int fd;
+    if (kvtc_get_fd(c, &fd) == 0) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        (void)poll(&p, 1, 10);
+    }
+}
 
-struct many_state {
-    int done;
-    int rc;
+struct win_slot {
+    struct win_state *w;
+    size_t i;     /* the operation this slot serves */
+    int busy, rc;
+    kvtc_put_item pi;
+    kvtc_get_item gi;
 };
 
-static void many_done(int status, void *arg)
+struct win_state {
+    const struct bt_window *w;
+    struct win_slot slot[MAX_WINDOW];
+};
+
+static void win_done(int status, void *arg)
 {
-    struct many_state *m = arg;
-    m->done++;
-    if (status && !m->rc)
-        m->rc = status;
+    struct win_slot *s = arg;
+    s->busy = 0;
+    s->rc = status;
 }
 
-/* n single-chunk requests in flight on one connection (the asynchronous
- * API), then wait for all of them. */
-static int kvtc_bt_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
-                        size_t n, int put)
+/* Start operation i in slot j (the asynchronous API). */
+static int win_start(kvtc_conn *c, struct win_state *st, size_t i, size_t j)
 {
-    kvtc_put_item pi[MAX_MANY];
-    kvtc_get_item gi[MAX_MANY];
-    struct many_state m = {0, 0};
-    kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = many_done, .arg = &m};
-    size_t submitted = 0;
+    const struct bt_window *w = st->w;
+    struct win_slot *s = &st->slot[j];
+    kvtc_key k;
+    w->next(w->arg, i, j, k.bytes);
+    kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = win_done, .arg = s};
+    s->i = i;
+    s->busy = 1;
+    s->rc = 0;
+    int rc;
+    if (w->put) {
+        s->pi = (kvtc_put_item){.key = k, .data = w->bufs[j], .size = w->len};
+        rc = kvtc_put_batch_async(c, &s->pi, 1, &p);
+    } else {
+        s->gi = (kvtc_get_item){.key = k, .buf = w->bufs[j], .capacity = w->len};
+        rc = kvtc_get_batch_async(c, &s->gi, 1, &p);
+    }
+    if (rc)
+        s->busy = 0;
+    return rc;
+}
+
+/* At most w->depth single-chunk requests in flight on one connection, a
+ * new one submitted from the completion of the last. */
+static int kvtc_bt_window(void *conn, const struct bt_window *w)
+{
+    struct win_state st = {.w = w};
+    size_t depth = w->depth < w->n ? w->depth : w->n, next = 0, busy = 0;
     int rc = 0;
-    if (n > MAX_MANY)
+    if (depth > MAX_WINDOW)
         return KVTC_EINVAL;
-    for (size_t i = 0; i < n && !rc; i++) {
-        if (put) {
-            pi[i] = (kvtc_put_item){.data = bufs[i], .size = len};
-            memcpy(pi[i].key.bytes, keys[i], BT_KEY_LEN);
-            rc = kvtc_put_batch_async(conn, &pi[i], 1, &p);
-        } else {
-            gi[i] = (kvtc_get_item){.buf = bufs[i], .capacity = len};
-            memcpy(gi[i].key.bytes, keys[i], BT_KEY_LEN);
-            rc = kvtc_get_batch_async(conn, &gi[i], 1, &p);
+    for (size_t j = 0; j < depth && !rc; j++, next++, busy++)
+        rc = win_start(conn, &st, next, j);
+    uint64_t idle_since = bt_now_ns(), spin_ns = spin_us() * 1000u;
+    while (busy && !rc) {
+        int got = kvtc_progress(conn);
+        if (got < 0) {
+            rc = got;
+            break;
         }
-        if (!rc)
-            submitted++;
+        /* Like the blocking calls: poll a while, then sleep on the fd. */
+        if (got > 0)
+            idle_since = bt_now_ns();
+        else if (bt_now_ns() - idle_since > spin_ns && kvtc_arm(conn) == 0)
+            wait_fd(conn);
+        for (size_t j = 0; j < depth && !rc; j++) {
+            struct win_slot *s = &st.slot[j];
+            if (s->busy || s->i == SIZE_MAX)
+                continue;
+            if ((rc = s->rc) == 0 && !w->put && s->gi.size != w->len)
+                rc = KVTC_ECORRUPT;
+            if (rc)
+                break;
+            w->done(w->arg, s->i, j);
+            s->i = SIZE_MAX;
+            busy--;
+            if (next < w->n) {
+                rc = win_start(conn, &st, next++, j);
+                busy += rc == 0;
+            }
+        }
     }
-    /* Submitted operations must finish before their items go out of scope. */
+    /* Started operations must finish before their items go out of scope. */
     int wrc = kvtc_wait_all(conn, -1);
-    if (rc || (rc = wrc) || (rc = m.rc)) {
-        fprintf(stderr, "kvtc: pipelined %s: %s (%s)\n", put ? "put" : "get", kvtc_strerror(rc),
+    if (rc || (rc = wrc))
+        fprintf(stderr, "kvtc: pipelined %s: %s (%s)\n", w->put ? "put" : "get", kvtc_strerror(rc),
                 kvtc_last_error(conn));
-        return rc;
-    }
-    for (size_t i = 0; !put && i < n; i++)
-        if (gi[i].size != len)
-            return KVTC_ECORRUPT;
-    return (size_t)m.done == submitted ? 0 : KVTC_EIO;
-}
-
-static int kvtc_bt_put_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
-                            size_t n)
-{
-    return kvtc_bt_many(conn, keys, bufs, len, n, 1);
-}
-
-static int kvtc_bt_get_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
-                            size_t n)
-{
-    return kvtc_bt_many(conn, keys, bufs, len, n, 0);
+    return rc;
 }
 
 static void kvtc_bt_close(void *conn)
@@ -183,8 +230,7 @@ static const struct bt_backend backend = {
     .get = kvtc_bt_get,
     .del = kvtc_bt_del,
     .close = kvtc_bt_close,
-    .put_many = kvtc_bt_put_many,
-    .get_many = kvtc_bt_get_many,
+    .window = kvtc_bt_window,
     .alloc = kvtc_bt_alloc,
     .release = kvtc_bt_release,
 };

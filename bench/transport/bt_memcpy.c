@@ -101,21 +101,18 @@ static int mc_del(void *conn, const uint8_t key[BT_KEY_LEN])
     return v ? 0 : KVTC_ENOENT;
 }
 
-static int mc_put_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
-                       size_t n)
+/* Copies are synchronous: a window is one operation after another. */
+static int mc_window(void *conn, const struct bt_window *w)
 {
     int rc = 0;
-    for (size_t i = 0; !rc && i < n; i++)
-        rc = mc_put(conn, keys[i], bufs[i], len);
-    return rc;
-}
-
-static int mc_get_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
-                       size_t n)
-{
-    int rc = 0;
-    for (size_t i = 0; !rc && i < n; i++)
-        rc = mc_get(conn, keys[i], bufs[i], len);
+    for (size_t i = 0; !rc && i < w->n; i++) {
+        size_t j = i % w->depth;
+        uint8_t key[BT_KEY_LEN];
+        w->next(w->arg, i, j, key);
+        rc = w->put ? mc_put(conn, key, w->bufs[j], w->len) : mc_get(conn, key, w->bufs[j], w->len);
+        if (!rc)
+            w->done(w->arg, i, j);
+    }
     return rc;
 }
 
@@ -130,7 +127,6 @@ const struct bt_backend bt_memcpy_backend = {
     .put = mc_put,
     .get = mc_get,
     .del = mc_del,
-    .put_many = mc_put_many,
-    .get_many = mc_get_many,
+    .window = mc_window,
     .close = mc_close,
 };

@@ -71,45 +71,48 @@ static int redis_del(void *conn, const uint8_t key[BT_KEY_LEN])
     return 0;
 }
 
-/* hiredis pipelining: every command appended first, then every reply read. */
-static int redis_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
-                      size_t n, int put)
+static int redis_append(redisContext *c, const struct bt_window *w, size_t i, size_t j)
+{
+    uint8_t key[BT_KEY_LEN];
+    w->next(w->arg, i, j, key);
+    int r = w->put ? redisAppendCommand(c, "SET %b %b", key, (size_t)BT_KEY_LEN, w->bufs[j], w->len)
+                   : redisAppendCommand(c, "GET %b", key, (size_t)BT_KEY_LEN);
+    return r == REDIS_OK ? 0 : KVTC_ENOMEM;
+}
+
+/* hiredis pipelining as a sliding window: replies come in command order,
+ * so the oldest command's slot is the one that finished, and its slot
+ * takes the next command before the next reply is read. */
+static int redis_window(void *conn, const struct bt_window *w)
 {
     redisContext *c = conn;
+    size_t depth = w->depth < w->n ? w->depth : w->n, next = 0;
     int rc = 0;
-    for (size_t i = 0; i < n; i++) {
-        int r = put ? redisAppendCommand(c, "SET %b %b", keys[i], (size_t)BT_KEY_LEN, bufs[i], len)
-                    : redisAppendCommand(c, "GET %b", keys[i], (size_t)BT_KEY_LEN);
-        if (r != REDIS_OK)
-            return KVTC_ENOMEM;
-    }
-    for (size_t i = 0; i < n; i++) {
+    for (; next < depth; next++)
+        if ((rc = redis_append(c, w, next, next)))
+            return rc;
+    for (size_t i = 0; i < w->n; i++) {
+        size_t j = i % depth; /* FIFO: operation i used slot i mod depth */
         redisReply *r = NULL;
         if (redisGetReply(c, (void **)&r) != REDIS_OK || !r) {
             fprintf(stderr, "redis: pipelined reply: %s\n", c->errstr);
             return KVTC_ECONN;
         }
-        if (put && r->type != REDIS_REPLY_STATUS)
+        if (w->put && r->type != REDIS_REPLY_STATUS)
             rc = rc ? rc : KVTC_EIO;
-        else if (!put && (r->type != REDIS_REPLY_STRING || (size_t)r->len != len))
+        else if (!w->put && (r->type != REDIS_REPLY_STRING || (size_t)r->len != w->len))
             rc = rc ? rc : KVTC_ENOENT;
-        else if (!put)
-            memcpy(bufs[i], r->str, len);
+        else if (!w->put)
+            memcpy(w->bufs[j], r->str, w->len);
         freeReplyObject(r);
+        if (!rc)
+            w->done(w->arg, i, j);
+        if (next < w->n) {
+            int arc = redis_append(c, w, next++, j);
+            rc = rc ? rc : arc;
+        }
     }
     return rc;
-}
-
-static int redis_put_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
-                          size_t n)
-{
-    return redis_many(conn, keys, bufs, len, n, 1);
-}
-
-static int redis_get_many(void *conn, const uint8_t (*keys)[BT_KEY_LEN], void *const *bufs, size_t len,
-                          size_t n)
-{
-    return redis_many(conn, keys, bufs, len, n, 0);
 }
 
 static void redis_close(void *conn)
@@ -124,6 +127,5 @@ const struct bt_backend bt_redis_backend = {
     .get = redis_get,
     .del = redis_del,
     .close = redis_close,
-    .put_many = redis_put_many,
-    .get_many = redis_get_many,
+    .window = redis_window,
 };

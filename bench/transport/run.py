@@ -44,7 +44,8 @@ KVTC_MODES = {"tcp": "off", "local": "on", "shm": "on", "base": "on"}
 # What each kvtc path is judged against: its own physical limit.
 LIMIT_OF = {"tcp": "tcp", "local": "tcp,sm,self", "shm": "tcp,sm,self", "base": "tcp,sm,self"}
 # Requests in flight on the throughput connection: 1 = one blocking call
-# after another; 4 = pipelined (ucx_perftest keeps a window of sends too).
+# after another; 4 = a sliding window of 4 (a new request as soon as one
+# finishes, as ucx_perftest keeps its window of sends).
 DEPTHS = [1, 4]
 
 
@@ -422,6 +423,7 @@ def main():
     ap.add_argument("--host-mem", default="4G")
     ap.add_argument("--sizes", help="chunk sizes to measure, e.g. 256K,1M (default 256K..32M)")
     ap.add_argument("--clients", help="latency client counts (default 1,16,64)")
+    ap.add_argument("--depths", help="requests in flight per throughput point (default 1,4)")
     ap.add_argument("--modes", default="tcp,local,shm",
                     help="kvtc paths: tcp (UCX payloads), local (the local path, any buffers), shm (the "
                     "local path, buffers shared with kvtcd); default all three")
@@ -457,7 +459,7 @@ def main():
         return int(v[:-1] if mult > 1 else v) * mult
 
     args.sizes = [size_arg(v) for v in args.sizes.split(",")] if args.sizes else SIZES
-    args.depths = DEPTHS
+    args.depths = [int(d) for d in args.depths.split(",")] if args.depths else DEPTHS
     args.clients = [int(c) for c in args.clients.split(",")] if args.clients else [1, 16, 64]
     modes = [m for m in args.modes.split(",") if m]
     if any(m not in ("tcp", "local", "shm") for m in modes):
