@@ -63,6 +63,7 @@ extern "C" {
  * a buffer of their size while in flight. So below 1 MiB eager, from 1 MiB
  * on rendezvous. */
 #define KVTC_WIRE_RNDV_THRESH "1m"
+#define KVTC_WIRE_RNDV_THRESH_BYTES (1u << 20) /* the same, in bytes */
 
 /* ---- Frames ----------------------------------------------------------- */
 

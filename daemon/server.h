@@ -79,6 +79,10 @@ typedef struct kvtcd_session {
      * and to its memory. */
     struct kvtcd_local_link *local;
     int local_failed;       /* a copy failed: local requests refused */
+    /* Replies with rendezvous-size payloads go out one at a time
+     * (transport.c, "one bulk reply at a time"): the others wait here. */
+    struct kvtcd_op *bulk_q_head, *bulk_q_tail;
+    int bulk_sending;
 } kvtcd_session;
 
 /* An in-flight operation that holds UCX resources: a put whose bulk data
@@ -126,6 +130,12 @@ typedef struct kvtcd_op {
     kvtcd_blob **holds;                /* blobs the payload points into */
     uint32_t n_holds;
     ucp_dt_iov_t *iov;                 /* what is sent: [message], payload */
+    size_t send_hlen;                  /* AM header bytes of header */
+    const void *send_data;             /* AM data: a buffer or iov */
+    size_t send_dlen;                  /* its bytes, or iov entries */
+    int send_iov;                      /* send_data is an iov */
+    int send_bulk;                     /* counts as the session's bulk reply */
+    struct kvtcd_op *bulk_q_next;      /* session's bulk_q */
     /* PUT, GET by the local path (local_path.h): the copy and the client's
      * ranges it uses, freed with the op */
     struct kvtcd_lcopy *lcopy;

@@ -94,6 +94,8 @@ static void session_unlink(kvtcd_server *srv, kvtcd_session *s)
 
 /* Mark s closed and queue its endpoint for closing from the drive loop:
  * UCX callbacks (where failures are reported) must not close endpoints. */
+static void drop_bulk_queue(kvtcd_session *s);
+
 static void session_fail(kvtcd_session *s, const char *why)
 {
     kvtcd_server *srv = s->srv;
@@ -102,6 +104,7 @@ static void session_fail(kvtcd_session *s, const char *why)
     s->open = 0;
     session_unlink(srv, s);
     kvtcd_local_detach(s);
+    drop_bulk_queue(s);
     s->close_pending = 1;
     s->close_next = srv->close_queue;
     srv->close_queue = s;
@@ -683,6 +686,87 @@ void kvtcd_transport_cleanup_context(kvtcd_server *srv)
 
 /* ---- sending ------------------------------------------------------------------ */
 
+/* ---- sending replies -------------------------------------------------------
+ *
+ * One bulk reply at a time: a session's replies whose payloads go by
+ * rendezvous (>= KVTC_WIRE_RNDV_THRESH_BYTES) are posted one after the
+ * other, the next when the last one's send completed. Posted together,
+ * UCX (1.13, tcp) queues their data back to back on the endpoint, and the
+ * message that completes the first transfer at the client queues behind
+ * the second one's data: a pipelined client saw every get of its window
+ * complete together, at the end, and then checked them one by one with
+ * the link idle (docs/perf-notes.md, "Pipelined gets over UCX tcp").
+ * One at a time each completes when its own data has landed, and the
+ * client checks it while the next one moves. */
+
+static void on_send_done(void *req, ucs_status_t status, void *user_data);
+static void send_done(kvtcd_op *op);
+
+/* Hand op to UCX; 0, or an error (op freed). */
+static int post_send(kvtcd_op *op)
+{
+    kvtcd_session *s = op->sess;
+    kvtcd_server *srv = s->srv;
+    ucp_request_param_t p = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+        .cb.send = on_send_done,
+        .user_data = op,
+    };
+    if (op->send_iov) {
+        p.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
+        p.datatype = ucp_dt_make_iov();
+    }
+    /* A bound bulk endpoint carries every reply: the client sends its
+     * requests there too, and it has the shared-memory lanes. */
+    ucp_ep_h ep = s->bulk_ep ? s->bulk_ep : s->ep;
+    ucs_status_ptr_t r = ucp_am_send_nbx(ep, KVTC_WIRE_AM_REPLY, op->header, op->send_hlen,
+                                         op->send_data, op->send_dlen, &p);
+    if (r != NULL && !UCS_PTR_IS_ERR(r)) {
+        op->ucx_req = r;
+        srv->n_ucx_pending++;
+        return 0;
+    }
+    int rc = 0;
+    if (UCS_PTR_IS_ERR(r)) {
+        KVTCD_WARN("ucx", "reply send failed session=%llu err=\"%s\"",
+                   (unsigned long long)s->id, ucs_status_string(UCS_PTR_STATUS(r)));
+        rc = KVTC_ECONN;
+    }
+    send_done(op);
+    return rc;
+}
+
+/* op's send is over (done, failed or never posted): free it and, if it was
+ * the session's bulk reply, post the next one waiting. */
+static void send_done(kvtcd_op *op)
+{
+    kvtcd_session *s = op->sess;
+    int bulk = op->send_bulk;
+    kvtcd_op_free(op);
+    if (!bulk)
+        return;
+    s->bulk_sending = 0;
+    kvtcd_op *next = s->bulk_q_head;
+    if (!next || !s->open)
+        return;
+    s->bulk_q_head = next->bulk_q_next;
+    if (!s->bulk_q_head)
+        s->bulk_q_tail = NULL;
+    s->bulk_sending = 1;
+    (void)post_send(next); /* frees next on failure, posting the one after */
+}
+
+/* The session failed: replies still waiting are not sent. */
+static void drop_bulk_queue(kvtcd_session *s)
+{
+    while (s->bulk_q_head) {
+        kvtcd_op *op = s->bulk_q_head;
+        s->bulk_q_head = op->bulk_q_next;
+        kvtcd_op_free(op);
+    }
+    s->bulk_q_tail = NULL;
+}
+
 static void on_send_done(void *req, ucs_status_t status, void *user_data)
 {
     kvtcd_op *op = user_data;
@@ -693,7 +777,7 @@ static void on_send_done(void *req, ucs_status_t status, void *user_data)
     ucp_request_free(req);
     op->ucx_req = NULL;
     op->sess->srv->n_ucx_pending--;
-    kvtcd_op_free(op);
+    send_done(op);
 }
 
 int kvtcd_send_reply(kvtcd_session *s, const Kvtc__Wire__Reply *rep,
@@ -750,44 +834,29 @@ int kvtcd_send_reply(kvtcd_session *s, const Kvtc__Wire__Reply *rep,
         op->iov[n].buffer = (void *)segs[i].p;
         op->iov[n++].length = segs[i].len;
     }
-    const void *hdr = op->header;
-    size_t hlen = in_data ? KVTC_WIRE_LEN_BYTES : op->header_len;
-    ucp_request_param_t p = {
-        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-        .cb.send = on_send_done,
-        .user_data = op,
-    };
-    const void *data = NULL;
-    size_t dlen = 0;
+    op->send_hlen = in_data ? KVTC_WIRE_LEN_BYTES : op->header_len;
     if (n == 1) {
-        data = op->iov[0].buffer;
-        dlen = op->iov[0].length;
+        op->send_data = op->iov[0].buffer;
+        op->send_dlen = op->iov[0].length;
     } else if (n > 1) {
-        p.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
-        p.datatype = ucp_dt_make_iov();
-        data = op->iov;
-        dlen = n;
+        op->send_iov = 1;
+        op->send_data = op->iov;
+        op->send_dlen = n;
     }
-    /* A bound bulk endpoint carries every reply: the client sends its
-     * requests there too, and it has the shared-memory lanes. */
-    ucp_ep_h ep = s->bulk_ep ? s->bulk_ep : s->ep;
-    ucs_status_ptr_t r = ucp_am_send_nbx(ep, KVTC_WIRE_AM_REPLY, hdr, hlen,
-                                         data, dlen, &p);
     srv->m.bytes_out += payload_len;
-    if (r == NULL) {
-        kvtcd_op_free(op);
-        return 0;
+    if (payload_len >= KVTC_WIRE_RNDV_THRESH_BYTES) {
+        op->send_bulk = 1;
+        if (s->bulk_sending) {
+            if (s->bulk_q_tail)
+                s->bulk_q_tail->bulk_q_next = op;
+            else
+                s->bulk_q_head = op;
+            s->bulk_q_tail = op;
+            return 0;
+        }
+        s->bulk_sending = 1;
     }
-    if (UCS_PTR_IS_ERR(r)) {
-        KVTCD_WARN("ucx", "reply send failed session=%llu err=\"%s\"",
-                   (unsigned long long)s->id,
-                   ucs_status_string(UCS_PTR_STATUS(r)));
-        kvtcd_op_free(op);
-        return KVTC_ECONN;
-    }
-    op->ucx_req = r;
-    srv->n_ucx_pending++;
-    return 0;
+    return post_send(op);
 fail:
     kvtcd_op_free(op);
     return rc;
