@@ -491,12 +491,15 @@ static int run_done(kvtc_conn *c)
 {
     int n = 0;
     struct kvtc__op *op;
+    kvtc__checker_collect(c);
     while ((op = c->done_head)) {
         c->done_head = op->next;
         if (!c->done_head)
             c->done_tail = NULL;
         c->n_done--;
         op->next = NULL;
+        if (kvtc__checker_take(c, op))
+            continue; /* back on the done list once hashed (checker.c) */
         if (kvtc__op_finish(op)) {
             n++; /* waits for profile fetches, which complete it */
             continue;
@@ -537,6 +540,8 @@ int kvtc_arm(kvtc_conn *c)
         return KVTC_EINVAL;
     if (c->done_head)
         return KVTC_EBUSY;
+    if (kvtc__checker_ready(c))
+        return KVTC_EBUSY; /* hashed gets to finish */
     ucs_status_t st = ucp_worker_arm(c->worker);
     if (st == UCS_ERR_BUSY)
         return KVTC_EBUSY;
@@ -547,7 +552,7 @@ int kvtc_arm(kvtc_conn *c)
 
 size_t kvtc_inflight(const kvtc_conn *c)
 {
-    return c ? c->n_inflight + c->n_done : 0;
+    return c ? c->n_inflight + c->n_done + kvtc__checker_pending(c) : 0;
 }
 
 /* Sleep on the wakeup fd for at most ms (bounded to a slice so deadlines
@@ -856,6 +861,11 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
                                                                : DEFAULT_OP_TIMEOUT_MS;
     c->spin_ns = (uint64_t)((fm & KVTC_CONN_PARAM_FIELD_SPIN) ? params->spin_us
                                                               : DEFAULT_SPIN_US) * 1000u;
+    /* The checker thread (checker.c): on unless the caller or
+     * KVTC_CHECK_THREAD=0 says no. */
+    const char *ct = getenv("KVTC_CHECK_THREAD");
+    c->check_thread = (fm & KVTC_CONN_PARAM_FIELD_CHECK_THREAD) ? params->check_thread != KVTC_CHECK_INLINE
+                                                               : !(ct && !strcmp(ct, "0"));
     /* KVTC_SPIN_YIELD=0: poll without yielding (for measuring). */
     const char *yield = getenv("KVTC_SPIN_YIELD");
     c->spin_yield = !(yield && !strcmp(yield, "0"));
@@ -949,6 +959,8 @@ void kvtc_disconnect(kvtc_conn *c)
     if (!c)
         return;
     if (c->worker) {
+        /* Gets being checked read the caller's buffers: let them finish. */
+        kvtc__checker_stop(c);
         if (c->n_inflight)
             kvtc__conn_fail(c, KVTC_ECANCELED, "disconnected");
         /* Always forced: every operation has completed (or was canceled

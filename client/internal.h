@@ -169,6 +169,9 @@ struct kvtc_conn {
     struct kvtc__mem *mem;      /* kvtc_mem_alloc's blocks (shared_mem.c) */
     uint64_t mem_next_id;
     struct kvtc__trace *trace;  /* KVTC_TRACE records (trace.c), NULL */
+    int check_thread;           /* pipelined UCX gets are checked on a
+                                   thread of their own (checker.c) */
+    struct kvtc__checker *checker; /* that thread, NULL until needed */
     char last_error[256];
 };
 
@@ -224,6 +227,20 @@ ucs_status_t kvtc__op_reply(struct kvtc__op *op, Kvtc__Wire__Reply *rep,
  * UCX callbacks. Returns 1 when op waits for profile fetches instead (they
  * complete it: run its callback and free it), else 0. */
 int kvtc__op_finish(struct kvtc__op *op);
+/* 1 when kvtc__op_finish hashes get op's destination i (its bytes are
+ * readable here and not summed yet). */
+int kvtc__get_dest_needs_sum(const struct kvtc__op *op, size_t i);
+
+/* checker.c: a get whose hits need checking, finished while other ops are
+ * in flight, is hashed on the connection's checker thread. take: 1 when
+ * it took op (off every list until collect puts it back on the done list
+ * with its sums), 0: check inline. pending: ops it holds; ready: some are
+ * hashed; stop: wait for them, join the thread, collect. */
+int kvtc__checker_take(kvtc_conn *c, struct kvtc__op *op);
+void kvtc__checker_collect(kvtc_conn *c);
+size_t kvtc__checker_pending(const kvtc_conn *c);
+int kvtc__checker_ready(const kvtc_conn *c);
+void kvtc__checker_stop(kvtc_conn *c);
 
 /* profile.c: the Profile reply of op. */
 ucs_status_t kvtc__profile_reply(struct kvtc__op *op, const Kvtc__Wire__Reply *rep,

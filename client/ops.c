@@ -728,6 +728,32 @@ ucs_status_t kvtc__op_reply(struct kvtc__op *op, Kvtc__Wire__Reply *rep,
     return ret;
 }
 
+/* Whether the bytes of get op's destination i are to be checked here. */
+static int dest_readable(const struct kvtc__op *op, size_t i)
+{
+    const kvtc_conn *c = op->conn;
+    const struct kvtc__get_dest *d = &op->dests[i];
+    const kvtc_get_item *it = &op->out.get[i];
+    /* Device memory that UCX filled directly is not readable here. */
+    if (!(d->staged || !c->ucx_cuda || d->at != it->buf || d->device == 0))
+        return 0;
+    /* By the local path either the daemon hashed each piece of the stored
+     * bytes as it wrote it here (no transport in between), or we said we
+     * would check (op->local_check): then here, end to end, before the
+     * caller may see the bytes; a mismatch is ECORRUPT, never data.
+     * KVTC_LOCAL_VERIFY=1 checks in both cases. */
+    return !(op->local && !op->local_check && !c->local_verify);
+}
+
+int kvtc__get_dest_needs_sum(const struct kvtc__op *op, size_t i)
+{
+    if (i >= op->n_dests || i >= op->n)
+        return 0;
+    const struct kvtc__get_dest *d = &op->dests[i];
+    return d->len && d->has_checksum && !d->summed && !op->status && !op->out.get[i].status &&
+           dest_readable(op, i);
+}
+
 /* Runs outside UCX callbacks once nothing is pending: device copies,
  * checksums, and the op's overall status from its items. */
 int kvtc__op_finish(struct kvtc__op *op)
@@ -763,17 +789,7 @@ int kvtc__op_finish(struct kvtc__op *op)
         const struct kvtc__get_dest *d = i < op->n_dests ? &op->dests[i] : NULL;
         if (!d || !d->len)
             continue;
-        /* Device memory that UCX filled directly is not readable here. */
-        int readable = d->staged || !c->ucx_cuda || d->at != it->buf ||
-                       d->device == 0;
-        /* By the local path either the daemon hashed each piece of the
-         * stored bytes as it wrote it here (no transport in between), or
-         * we said we would check (op->local_check): then here, end to end,
-         * before the caller may see the bytes; a mismatch is ECORRUPT,
-         * never data. KVTC_LOCAL_VERIFY=1 checks in both cases. */
-        if (op->local && !op->local_check && !c->local_verify)
-            readable = 0;
-        if (d->has_checksum && readable &&
+        if (d->has_checksum && dest_readable(op, i) &&
             (d->summed ? d->sum : kvtc_wire_checksum(d->at, d->len)) != d->checksum) {
             it->status = KVTC_ECORRUPT;
             continue;

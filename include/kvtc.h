@@ -168,7 +168,17 @@ enum kvtc_conn_param_field {
     KVTC_CONN_PARAM_FIELD_OP_TIMEOUT = 1u << 4,
     KVTC_CONN_PARAM_FIELD_SPIN = 1u << 5,
     KVTC_CONN_PARAM_FIELD_BULK = 1u << 6,
-    KVTC_CONN_PARAM_FIELD_LOCAL = 1u << 7
+    KVTC_CONN_PARAM_FIELD_LOCAL = 1u << 7,
+    KVTC_CONN_PARAM_FIELD_CHECK_THREAD = 1u << 8
+};
+
+/* Who checks the chunks that gets bring over UCX against their checksums
+ * (every one is checked before the caller sees it). With other operations
+ * in flight, a thread of the connection's own does, so the connection's
+ * thread keeps moving bytes meanwhile; a lone get is checked inline. */
+enum kvtc_check_mode {
+    KVTC_CHECK_THREAD = 0, /* default (environment: KVTC_CHECK_THREAD=0 is INLINE) */
+    KVTC_CHECK_INLINE = 1  /* always on the thread that calls kvtc_progress */
 };
 
 /* The bulk endpoint: after hello, libkvtc opens a second endpoint to the
@@ -221,6 +231,7 @@ typedef struct kvtc_conn_params {
     uint32_t local;              /* enum kvtc_local_mode; default: the
                                     environment's KVTC_LOCAL (off), else
                                     AUTO */
+    uint32_t check_thread;       /* enum kvtc_check_mode; default THREAD */
 } kvtc_conn_params;
 
 /* Connect to server ("HOST:PORT", "[v6addr]:PORT"; NULL means

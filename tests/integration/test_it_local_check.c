@@ -274,3 +274,84 @@ Test(it_local_check, ucx_get_of_flipped_byte_fails_and_leaves_the_index, .timeou
     chunks_free(&ch);
     itest_daemon_stop(&d);
 }
+
+static unsigned thread_count(void)
+{
+    unsigned n = 0;
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "Threads: %u", &n) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+static void win_cb(int status, void *arg)
+{
+    int *slot = arg;
+    *slot = status + 1000; /* set: 1000 + status */
+}
+
+/* Pipelined gets over UCX (several in flight, each its own request) are
+ * checked on the connection's checker thread (client/checker.c): the
+ * flipped chunk fails, the others arrive intact, and with
+ * KVTC_CHECK_INLINE the same happens on the caller's thread alone. */
+static void pipelined_gets(uint32_t check_mode)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "256M", 0, NULL);
+    setenv("KVTC_LOCAL", "off", 1);
+    kvtc_conn_params p = {.field_mask = KVTC_CONN_PARAM_FIELD_CHECK_THREAD,
+                          .check_thread = check_mode};
+    kvtc_conn *c = NULL;
+    char target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%u", d.port);
+    int rc = kvtc_connect(target, &p, &c);
+    cr_assert_eq(rc, 0, "connect: %s", kvtc_strerror(rc));
+    unsetenv("KVTC_LOCAL");
+    enum { NK = 6, VICTIM = 2 };
+    static const size_t sizes[NK] = {1u << 20, 4u << 20, 2u << 20, 4u << 20, (1u << 20) + 5, 3u << 20};
+    struct chunks ch;
+    chunks_put(c, &ch, sizes, NK, 300 + check_mode * 10);
+    chunks_flip(&d, &ch, VICTIM);
+    unsigned before = thread_count();
+    for (int round = 0; round < 2; round++) {
+        int done[NK] = {0};
+        for (uint32_t i = 0; i < NK; i++) {
+            memset(ch.dst[i], 0, ch.len[i]);
+            kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = win_cb, .arg = &done[i]};
+            cr_assert_eq(kvtc_get_batch_async(c, &ch.it[i], 1, &op), 0, "submit: %s", kvtc_last_error(c));
+        }
+        cr_assert_eq(kvtc_wait_all(c, 60000), 0);
+        for (uint32_t i = 0; i < NK; i++) {
+            cr_assert_neq(done[i], 0, "get %u never completed", i);
+            if (i == VICTIM && round == 0) {
+                cr_expect_eq(done[i] - 1000, KVTC_ECORRUPT, "the flipped chunk got through");
+            } else if (i != VICTIM) {
+                cr_expect_eq(done[i] - 1000, 0, "get %u: %s", i, kvtc_strerror(done[i] - 1000));
+                cr_expect(itest_check(ch.dst[i], ch.len[i], ch.seed0 + i), "chunk %u differs", i);
+            }
+        }
+    }
+    /* The checker is one thread of the connection's (joined when it
+     * disconnects). */
+    unsigned during = thread_count();
+    cr_expect_eq(during, before + (check_mode == KVTC_CHECK_THREAD ? 1u : 0u),
+                 "threads %u -> %u", before, during);
+    kvtc_disconnect(c);
+    chunks_free(&ch);
+    itest_daemon_stop(&d);
+}
+
+Test(it_local_check, pipelined_ucx_gets_checked_on_a_thread, .timeout = 120)
+{
+    pipelined_gets(KVTC_CHECK_THREAD);
+}
+
+Test(it_local_check, pipelined_ucx_gets_checked_inline, .timeout = 120)
+{
+    pipelined_gets(KVTC_CHECK_INLINE);
+}
