@@ -5,6 +5,7 @@
 #include "kvtc.h"
 
 #include <poll.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -159,11 +160,15 @@ static int kvtc_bt_window(void *conn, const struct bt_window *w)
             rc = got;
             break;
         }
-        /* Like the blocking calls: poll a while, then sleep on the fd. */
+        /* Like libkvtc's blocking calls: poll a while, yielding the CPU
+         * to whatever the kernel woke on it (the daemon's thread, on
+         * loopback), then sleep on the fd. */
         if (got > 0)
             idle_since = bt_now_ns();
         else if (bt_now_ns() - idle_since > spin_ns && kvtc_arm(conn) == 0)
             wait_fd(conn);
+        else
+            sched_yield();
         for (size_t j = 0; j < depth && !rc; j++) {
             struct win_slot *s = &st.slot[j];
             if (s->busy || s->i == SIZE_MAX)
