@@ -1,22 +1,29 @@
-/* checker.c - the checksums of pipelined UCX gets, off the caller's thread.
+/* checker.c - the checksums of pipelined UCX puts and gets, off the
+ * caller's thread.
  *
- * libkvtc checks every chunk a get brings over UCX against the checksum the
- * daemon announced (XXH3-64, ~180 us per 4 MiB on the H100 host) before
- * the caller sees it. Inline, that hash runs on the connection's thread
- * inside kvtc_progress, and while it runs that thread moves no bytes: with
- * several gets in flight the next transfer stalls behind it (UCX over TCP
- * progresses only when called). So when a get that finished has bytes to
- * check and other operations are still in flight, run_done hands it to the
- * connection's checker thread, which fills each destination's sum
- * (kvtc__get_dest.summed) and hands it back; kvtc_progress then finishes it
- * as before: compare, callback. A lone get is checked inline, as there is
- * nothing to overlap. The thread starts with the first such get and stops
- * at kvtc_disconnect; KVTC_CONN_PARAM_FIELD_CHECK_THREAD turns it off.
+ * libkvtc checks every chunk a get brings over UCX against the checksum
+ * the daemon announced (XXH3-64, ~180 us per 4 MiB on the H100 host)
+ * before the caller sees it, and hashes every put's payload for the daemon
+ * to check. Inline, those hashes run on the connection's thread, and while
+ * they run it moves no bytes: with several operations in flight the next
+ * transfer stalls behind them (UCX over TCP progresses only when called).
+ * So with other operations in flight:
+ *   - a get that finished with bytes to check goes from run_done to the
+ *     connection's checker thread, which fills each destination's sum
+ *     (kvtc__get_dest.summed); back on the done list, kvtc__op_finish
+ *     compares as before;
+ *   - a put's payload is hashed there before it is sent: the thread fills
+ *     the checksums its request announces, and kvtc_progress sends it
+ *     (kvtc__put_send_later).
+ * A lone get or put is hashed inline: nothing to overlap. The thread
+ * starts with the first such operation and stops at kvtc_disconnect
+ * (puts it holds then fail with KVTC_ECANCELED, unsent);
+ * KVTC_CONN_PARAM_FIELD_CHECK_THREAD turns it off.
  *
  * The thread reads the caller's buffers (the op owns them until its
- * callback) and writes only the op's dests; the op sits on one list at a
- * time, the checker's under its mutex. It wakes a connection sleeping on
- * its fd with ucp_worker_signal (thread-safe). */
+ * callback) and writes only the op's sums; an op is on one list at a time,
+ * the checker's under its mutex. It wakes a connection sleeping on its fd
+ * with ucp_worker_signal (callable from any thread). */
 #include "internal.h"
 
 #include <pthread.h>
@@ -61,11 +68,19 @@ static void *checker_main(void *arg)
         if (!k->todo_head)
             k->todo_tail = NULL;
         pthread_mutex_unlock(&k->mu);
-        for (size_t i = 0; i < op->n_dests; i++) {
-            struct kvtc__get_dest *d = &op->dests[i];
-            if (kvtc__get_dest_needs_sum(op, i)) {
-                d->sum = kvtc_wire_checksum(d->at, d->len);
-                d->summed = 1;
+        if (op->later) {
+            /* A put: the checksums its request announces. */
+            Kvtc__Wire__ChunkMeta *m = op->later->metas;
+            for (size_t i = 0; i < op->n; i++)
+                if (m[i].has_checksum)
+                    m[i].checksum = kvtc_wire_checksum(op->out.put[i].data, op->out.put[i].size);
+        } else {
+            for (size_t i = 0; i < op->n_dests; i++) {
+                struct kvtc__get_dest *d = &op->dests[i];
+                if (kvtc__get_dest_needs_sum(op, i)) {
+                    d->sum = kvtc_wire_checksum(d->at, d->len);
+                    d->summed = 1;
+                }
             }
         }
         pthread_mutex_lock(&k->mu);
@@ -104,13 +119,10 @@ static size_t bytes_to_sum(const struct kvtc__op *op)
     return total;
 }
 
-int kvtc__checker_take(kvtc_conn *c, struct kvtc__op *op)
+static int hand_over(kvtc_conn *c, struct kvtc__op *op)
 {
-    if (!c->check_thread || op->kind != KVTC__OP_GET || op->status || op->fetched ||
-        op->local || !c->n_inflight || bytes_to_sum(op) < KVTC_WIRE_RNDV_THRESH_BYTES)
-        return 0;
     if (!c->checker && checker_start(c) != 0) {
-        c->check_thread = 0; /* no thread: check inline from now on */
+        c->check_thread = 0; /* no thread: hash inline from now on */
         return 0;
     }
     struct kvtc__checker *k = c->checker;
@@ -122,7 +134,21 @@ int kvtc__checker_take(kvtc_conn *c, struct kvtc__op *op)
     return 1;
 }
 
-void kvtc__checker_collect(kvtc_conn *c)
+int kvtc__checker_take(kvtc_conn *c, struct kvtc__op *op)
+{
+    if (!c->check_thread || op->kind != KVTC__OP_GET || op->status || op->fetched ||
+        op->local || !c->n_inflight || bytes_to_sum(op) < KVTC_WIRE_RNDV_THRESH_BYTES)
+        return 0;
+    return hand_over(c, op);
+}
+
+int kvtc__checker_take_put(kvtc_conn *c, struct kvtc__op *op)
+{
+    return c->check_thread && hand_over(c, op);
+}
+
+/* cancel: puts are not sent but fail (the connection is going away). */
+static void collect(kvtc_conn *c, int cancel)
 {
     struct kvtc__checker *k = c->checker;
     if (!k)
@@ -130,20 +156,34 @@ void kvtc__checker_collect(kvtc_conn *c)
     pthread_mutex_lock(&k->mu);
     struct kvtc__op *op = k->done_head;
     k->done_head = k->done_tail = NULL;
+    pthread_mutex_unlock(&k->mu);
     while (op) {
         struct kvtc__op *next = op->next;
+        pthread_mutex_lock(&k->mu);
         k->n--;
-        /* Back among the finished ops: kvtc__op_finish compares the sums. */
-        if (c->done_tail)
-            c->done_tail->next = op;
-        else
-            c->done_head = op;
-        c->done_tail = op;
+        pthread_mutex_unlock(&k->mu);
         op->next = NULL;
-        c->n_done++;
+        if (op->later && cancel) {
+            kvtc__op_fail_unsent(op, KVTC_ECANCELED);
+        } else if (op->later) {
+            kvtc__put_send_later(op); /* a put: its checksums are in */
+        } else {
+            /* A get, back among the finished ops: kvtc__op_finish compares
+             * the sums. */
+            if (c->done_tail)
+                c->done_tail->next = op;
+            else
+                c->done_head = op;
+            c->done_tail = op;
+            c->n_done++;
+        }
         op = next;
     }
-    pthread_mutex_unlock(&k->mu);
+}
+
+void kvtc__checker_collect(kvtc_conn *c)
+{
+    collect(c, 0);
 }
 
 size_t kvtc__checker_pending(const kvtc_conn *c)
@@ -178,7 +218,7 @@ void kvtc__checker_stop(kvtc_conn *c)
     pthread_cond_signal(&k->cv);
     pthread_mutex_unlock(&k->mu);
     pthread_join(k->thread, NULL);
-    kvtc__checker_collect(c);
+    collect(c, 1);
     pthread_cond_destroy(&k->cv);
     pthread_mutex_destroy(&k->mu);
     free(k);

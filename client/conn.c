@@ -95,6 +95,7 @@ void kvtc__op_free(struct kvtc__op *op)
     if (!op)
         return;
     free(op->frame);
+    kvtc__put_later_free(op->later);
     free(op->iov);
     free(op->hdr_iov);
     free(op->dests);
@@ -117,20 +118,31 @@ static void unlink_inflight(struct kvtc__op *op)
     c->n_inflight--;
 }
 
-void kvtc__op_maybe_done(struct kvtc__op *op)
+/* Queue op's completion: callbacks run later from kvtc_progress, outside
+ * UCX callbacks, so they may submit new operations. */
+static void push_done(kvtc_conn *c, struct kvtc__op *op)
 {
-    if (op->send_pending || op->reply_pending || op->recv_pending)
-        return;
-    kvtc_conn *c = op->conn;
-    unlink_inflight(op);
-    /* Callbacks run later from kvtc_progress, outside UCX callbacks, so
-     * they may submit new operations. */
+    op->next = NULL;
     if (c->done_tail)
         c->done_tail->next = op;
     else
         c->done_head = op;
     c->done_tail = op;
     c->n_done++;
+}
+
+void kvtc__op_fail_unsent(struct kvtc__op *op, int rc)
+{
+    op->status = rc;
+    push_done(op->conn, op);
+}
+
+void kvtc__op_maybe_done(struct kvtc__op *op)
+{
+    if (op->send_pending || op->reply_pending || op->recv_pending)
+        return;
+    unlink_inflight(op);
+    push_done(op->conn, op);
 }
 
 static void send_cb(void *request, ucs_status_t status, void *user_data)

@@ -96,6 +96,8 @@ struct kvtc__op {
                                      handled (0 when not traced) */
     uint64_t t_bulk;              /* KVTC_TRACE: its UCX send, or its
                                      rendezvous receive, completed (0: none) */
+    struct kvtc__put_later *later; /* PUT: its request, waiting for the
+                                     checker's checksums (checker.c) */
     size_t n;                     /* items / keys */
     union {
         kvtc_put_item *put;
@@ -211,6 +213,9 @@ struct kvtc__op *kvtc__op_new(kvtc_conn *c, enum kvtc__op_kind kind,
 void kvtc__op_free(struct kvtc__op *op);
 /* Finish op if nothing is pending any more. */
 void kvtc__op_maybe_done(struct kvtc__op *op);
+/* An op that was never handed to UCX fails with rc: its callback runs from
+ * kvtc_progress like any other. */
+void kvtc__op_fail_unsent(struct kvtc__op *op, int rc);
 /* Fail the connection: every op in flight gets err (the first timed-out
  * op keeps ETIMEDOUT), the endpoint is closed. */
 void kvtc__conn_fail(kvtc_conn *c, int err, const char *why);
@@ -227,6 +232,19 @@ ucs_status_t kvtc__op_reply(struct kvtc__op *op, Kvtc__Wire__Reply *rep,
  * UCX callbacks. Returns 1 when op waits for profile fetches instead (they
  * complete it: run its callback and free it), else 0. */
 int kvtc__op_finish(struct kvtc__op *op);
+/* A put's request while the checker hashes its payload: its chunk
+ * metadata (the checksums to fill), owned by the op. */
+struct kvtc__put_later {
+    Kvtc__Wire__ChunkMeta *metas;
+    Kvtc__Wire__ChunkMeta **mptr;
+    Kvtc__Wire__Layout *lays;
+    int has_ttl;
+    uint32_t ttl_ms;
+};
+void kvtc__put_later_free(struct kvtc__put_later *l);
+/* Checksums in: send it (ops.c). Errors complete the op with them. */
+void kvtc__put_send_later(struct kvtc__op *op);
+
 /* 1 when kvtc__op_finish hashes get op's destination i (its bytes are
  * readable here and not summed yet). */
 int kvtc__get_dest_needs_sum(const struct kvtc__op *op, size_t i);
@@ -237,6 +255,10 @@ int kvtc__get_dest_needs_sum(const struct kvtc__op *op, size_t i);
  * with its sums), 0: check inline. pending: ops it holds; ready: some are
  * hashed; stop: wait for them, join the thread, collect. */
 int kvtc__checker_take(kvtc_conn *c, struct kvtc__op *op);
+/* A put whose payload the checker hashes before it is sent (op->later
+ * set): 1 taken (kvtc__put_send_later sends it once collected), 0: hash
+ * inline. */
+int kvtc__checker_take_put(kvtc_conn *c, struct kvtc__op *op);
 void kvtc__checker_collect(kvtc_conn *c);
 size_t kvtc__checker_pending(const kvtc_conn *c);
 int kvtc__checker_ready(const kvtc_conn *c);

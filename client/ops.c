@@ -44,6 +44,44 @@ static ProtobufCBinaryData *wire_keys(const kvtc_key *keys, size_t n)
 
 /* ---- Put ------------------------------------------------------------------ */
 
+/* Send req with op's payload (op->iov) as its bulk bytes. */
+static int send_payload(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req, int direct)
+{
+    if (op->iov_n == 1)
+        return kvtc__op_send(c, op, req, op->iov[0].buffer, op->iov[0].length,
+                             ucp_dt_make_contig(1), direct);
+    return kvtc__op_send(c, op, req, op->iov, op->iov_n, ucp_dt_make_iov(), direct);
+}
+
+void kvtc__put_later_free(struct kvtc__put_later *l)
+{
+    if (!l)
+        return;
+    free(l->metas);
+    free(l->mptr);
+    free(l->lays);
+    free(l);
+}
+
+void kvtc__put_send_later(struct kvtc__op *op)
+{
+    kvtc_conn *c = op->conn;
+    struct kvtc__put_later *l = op->later;
+    Kvtc__Wire__PutRequest pr = KVTC__WIRE__PUT_REQUEST__INIT;
+    pr.n_chunks = op->n;
+    pr.chunks = l->mptr;
+    pr.has_ttl_ms = l->has_ttl;
+    pr.ttl_ms = l->ttl_ms;
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    req.body_case = KVTC__WIRE__REQUEST__BODY_PUT;
+    req.put = &pr;
+    int rc = c->failed ? c->failed : send_payload(c, op, &req, 0);
+    op->later = NULL;
+    kvtc__put_later_free(l); /* the frame is packed: nothing points here */
+    if (rc)
+        kvtc__op_fail_unsent(op, rc);
+}
+
 int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
                          const kvtc_op_params *p)
 {
@@ -114,6 +152,10 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
      * ours would only re-read the same memory (KVTC_LOCAL_VERIFY=1 still
      * sends one for the daemon to check). */
     int local = c->local_ok && n_dev == 0 && n_data && put_bytes >= c->local_min;
+    /* Pipelined over UCX: the checker thread hashes the payload while
+     * this thread moves the operations ahead of it (checker.c). */
+    int later = !local && n_dev == 0 && c->check_thread && c->n_inflight &&
+                put_bytes >= KVTC_WIRE_RNDV_THRESH_BYTES && !c->failed;
     /* UCX takes device memory directly only when it has CUDA support and
      * the whole payload is device memory; otherwise stage it. */
     int direct = c->ucx_cuda && n_dev && n_dev == n_data;
@@ -152,7 +194,8 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
         if ((!dev[i] || !direct) && (!local || c->local_verify)) {
             /* Device memory handed straight to UCX is not readable here. */
             m->has_checksum = 1;
-            m->checksum = kvtc_wire_checksum(host, it->size);
+            if (!later)
+                m->checksum = kvtc_wire_checksum(host, it->size);
         }
         if (it->field_mask & KVTC_PUT_FIELD_LAYOUT) {
             kvtc__wire__layout__init(&lays[i]);
@@ -182,18 +225,41 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
             op->iov_n++;
         }
     }
+    op->out.put = items;
+    op->n = n;
+    int has_ttl = p && (p->field_mask & KVTC_OP_PARAM_FIELD_TTL);
+    if (later) {
+        struct kvtc__put_later *l = calloc(1, sizeof *l);
+        if (!l) {
+            rc = KVTC_ENOMEM;
+            goto cleanup;
+        }
+        *l = (struct kvtc__put_later){.metas = metas, .mptr = mptr, .lays = lays,
+                                      .has_ttl = has_ttl, .ttl_ms = has_ttl ? p->ttl_ms : 0};
+        metas = NULL, mptr = NULL, lays = NULL; /* the op's now */
+        op->later = l;
+        if (kvtc__checker_take_put(c, op)) {
+            op = NULL;
+            goto cleanup;
+        }
+        /* No thread after all: hash here and send as usual. */
+        metas = l->metas, mptr = l->mptr, lays = l->lays;
+        op->later = NULL;
+        free(l);
+        for (size_t i = 0; i < n; i++)
+            if (metas[i].has_checksum)
+                metas[i].checksum = kvtc_wire_checksum(items[i].data, items[i].size);
+    }
     Kvtc__Wire__PutRequest pr = KVTC__WIRE__PUT_REQUEST__INIT;
     pr.n_chunks = n;
     pr.chunks = mptr;
-    if (p && (p->field_mask & KVTC_OP_PARAM_FIELD_TTL)) {
+    if (has_ttl) {
         pr.has_ttl_ms = 1;
         pr.ttl_ms = p->ttl_ms;
     }
     Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
     req.body_case = KVTC__WIRE__REQUEST__BODY_PUT;
     req.put = &pr;
-    op->out.put = items;
-    op->n = n;
     /* The buffers stay the caller's until the callback, as over UCX. */
     if (local) {
         lv = calloc(op->iov_n, sizeof *lv);
@@ -214,11 +280,8 @@ int kvtc_put_batch_async(kvtc_conn *c, kvtc_put_item *items, size_t n,
         rc = kvtc__op_send(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
     } else if (op->iov_n == 0)
         rc = kvtc__op_send(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
-    else if (op->iov_n == 1)
-        rc = kvtc__op_send(c, op, &req, op->iov[0].buffer, op->iov[0].length,
-                          ucp_dt_make_contig(1), direct);
     else
-        rc = kvtc__op_send(c, op, &req, op->iov, op->iov_n, ucp_dt_make_iov(), direct);
+        rc = send_payload(c, op, &req, direct);
     if (!rc)
         op = NULL;
 cleanup:

@@ -294,11 +294,39 @@ static void win_cb(int status, void *arg)
     *slot = status + 1000; /* set: 1000 + status */
 }
 
-/* Pipelined gets over UCX (several in flight, each its own request) are
- * checked on the connection's checker thread (client/checker.c): the
- * flipped chunk fails, the others arrive intact, and with
+/* chunks_put with every put in flight at once, each its own request: all
+ * but the first are hashed on the checker thread (with check_thread). */
+static void chunks_put_pipelined(kvtc_conn *c, struct chunks *ch, const size_t *sizes,
+                                 uint32_t n, uint32_t seed0)
+{
+    cr_assert_leq(n, MAX_CHUNKS);
+    ch->n = n;
+    ch->seed0 = seed0;
+    kvtc_put_item pi[MAX_CHUNKS];
+    int done[MAX_CHUNKS] = {0};
+    for (uint32_t i = 0; i < n; i++) {
+        ch->len[i] = sizes[i];
+        ch->src[i] = malloc(sizes[i]);
+        ch->dst[i] = calloc(1, sizes[i]);
+        cr_assert(ch->src[i] && ch->dst[i]);
+        itest_fill(ch->src[i], sizes[i], seed0 + i);
+        kvtc_key k = itest_key(SPACE, seed0 + i);
+        pi[i] = (kvtc_put_item){.key = k, .data = ch->src[i], .size = sizes[i]};
+        kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = win_cb, .arg = &done[i]};
+        cr_assert_eq(kvtc_put_batch_async(c, &pi[i], 1, &op), 0, "put: %s", kvtc_last_error(c));
+        ch->it[i] = (kvtc_get_item){.key = k, .buf = ch->dst[i], .capacity = sizes[i]};
+    }
+    cr_assert_eq(kvtc_wait_all(c, 60000), 0);
+    for (uint32_t i = 0; i < n; i++)
+        cr_assert_eq(done[i], 1000, "put %u: %s", i, kvtc_strerror(done[i] - 1000));
+}
+
+/* Pipelined puts and gets over UCX (several in flight, each its own
+ * request) are hashed on the connection's checker thread
+ * (client/checker.c): every put is stored with the right checksum (its
+ * gets pass), the flipped chunk fails, the others arrive intact; with
  * KVTC_CHECK_INLINE the same happens on the caller's thread alone. */
-static void pipelined_gets(uint32_t check_mode)
+static void pipelined(uint32_t check_mode)
 {
     struct itest_daemon d;
     itest_setup(ITEST_TLS_TCP);
@@ -315,9 +343,9 @@ static void pipelined_gets(uint32_t check_mode)
     enum { NK = 6, VICTIM = 2 };
     static const size_t sizes[NK] = {1u << 20, 4u << 20, 2u << 20, 4u << 20, (1u << 20) + 5, 3u << 20};
     struct chunks ch;
-    chunks_put(c, &ch, sizes, NK, 300 + check_mode * 10);
-    chunks_flip(&d, &ch, VICTIM);
     unsigned before = thread_count();
+    chunks_put_pipelined(c, &ch, sizes, NK, 300 + check_mode * 10);
+    chunks_flip(&d, &ch, VICTIM);
     for (int round = 0; round < 2; round++) {
         int done[NK] = {0};
         for (uint32_t i = 0; i < NK; i++) {
@@ -346,12 +374,12 @@ static void pipelined_gets(uint32_t check_mode)
     itest_daemon_stop(&d);
 }
 
-Test(it_local_check, pipelined_ucx_gets_checked_on_a_thread, .timeout = 120)
+Test(it_local_check, pipelined_ucx_puts_and_gets_hashed_on_a_thread, .timeout = 120)
 {
-    pipelined_gets(KVTC_CHECK_THREAD);
+    pipelined(KVTC_CHECK_THREAD);
 }
 
-Test(it_local_check, pipelined_ucx_gets_checked_inline, .timeout = 120)
+Test(it_local_check, pipelined_ucx_puts_and_gets_hashed_inline, .timeout = 120)
 {
-    pipelined_gets(KVTC_CHECK_INLINE);
+    pipelined(KVTC_CHECK_INLINE);
 }
