@@ -21,7 +21,11 @@
  * Thread-safety: a connection is used by one thread at a time (the caller
  * serializes; callbacks run on the thread that calls kvtc_progress or a
  * blocking call). Distinct connections are independent and may be used from
- * different threads concurrently. The key, gather and scatter helpers are
+ * different threads concurrently. A connection with several puts or gets
+ * in flight over UCX starts one thread of its own that hashes their bytes
+ * (enum kvtc_check_mode); it never runs callbacks, and it is joined by
+ * kvtc_disconnect. Operations may complete in another order than they were
+ * submitted. The key, gather and scatter helpers are
  * pure functions, safe from any thread.
  *
  * fork(): UCX does not survive it. A child forked while its parent holds a
