@@ -170,12 +170,7 @@ static void collect(kvtc_conn *c, int cancel)
         } else {
             /* A get, back among the finished ops: kvtc__op_finish compares
              * the sums. */
-            if (c->done_tail)
-                c->done_tail->next = op;
-            else
-                c->done_head = op;
-            c->done_tail = op;
-            c->n_done++;
+            kvtc__op_push_done(c, op);
         }
         op = next;
     }

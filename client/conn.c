@@ -118,9 +118,7 @@ static void unlink_inflight(struct kvtc__op *op)
     c->n_inflight--;
 }
 
-/* Queue op's completion: callbacks run later from kvtc_progress, outside
- * UCX callbacks, so they may submit new operations. */
-static void push_done(kvtc_conn *c, struct kvtc__op *op)
+void kvtc__op_push_done(kvtc_conn *c, struct kvtc__op *op)
 {
     op->next = NULL;
     if (c->done_tail)
@@ -134,7 +132,7 @@ static void push_done(kvtc_conn *c, struct kvtc__op *op)
 void kvtc__op_fail_unsent(struct kvtc__op *op, int rc)
 {
     op->status = rc;
-    push_done(op->conn, op);
+    kvtc__op_push_done(op->conn, op);
 }
 
 void kvtc__op_maybe_done(struct kvtc__op *op)
@@ -142,7 +140,7 @@ void kvtc__op_maybe_done(struct kvtc__op *op)
     if (op->send_pending || op->reply_pending || op->recv_pending)
         return;
     unlink_inflight(op);
-    push_done(op->conn, op);
+    kvtc__op_push_done(op->conn, op);
 }
 
 static void send_cb(void *request, ucs_status_t status, void *user_data)

@@ -213,6 +213,9 @@ struct kvtc__op *kvtc__op_new(kvtc_conn *c, enum kvtc__op_kind kind,
 void kvtc__op_free(struct kvtc__op *op);
 /* Finish op if nothing is pending any more. */
 void kvtc__op_maybe_done(struct kvtc__op *op);
+/* Queue op's completion: its callback runs later from kvtc_progress,
+ * outside UCX callbacks, so it may submit new operations. */
+void kvtc__op_push_done(kvtc_conn *c, struct kvtc__op *op);
 /* An op that was never handed to UCX fails with rc: its callback runs from
  * kvtc_progress like any other. */
 void kvtc__op_fail_unsent(struct kvtc__op *op, int rc);

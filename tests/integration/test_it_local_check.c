@@ -93,6 +93,19 @@ struct chunks {
     kvtc_get_item it[MAX_CHUNKS];
 };
 
+/* Chunk i's buffers, bytes and get item; its key. */
+static kvtc_key chunk_init(struct chunks *ch, uint32_t i, size_t size)
+{
+    ch->len[i] = size;
+    ch->src[i] = malloc(size);
+    ch->dst[i] = calloc(1, size);
+    cr_assert(ch->src[i] && ch->dst[i]);
+    itest_fill(ch->src[i], size, ch->seed0 + i);
+    kvtc_key k = itest_key(SPACE, ch->seed0 + i);
+    ch->it[i] = (kvtc_get_item){.key = k, .buf = ch->dst[i], .capacity = size};
+    return k;
+}
+
 static void chunks_put(kvtc_conn *c, struct chunks *ch, const size_t *sizes, uint32_t n,
                        uint32_t seed0)
 {
@@ -100,14 +113,8 @@ static void chunks_put(kvtc_conn *c, struct chunks *ch, const size_t *sizes, uin
     ch->n = n;
     ch->seed0 = seed0;
     for (uint32_t i = 0; i < n; i++) {
-        ch->len[i] = sizes[i];
-        ch->src[i] = malloc(sizes[i]);
-        ch->dst[i] = calloc(1, sizes[i]);
-        cr_assert(ch->src[i] && ch->dst[i]);
-        itest_fill(ch->src[i], sizes[i], seed0 + i);
-        kvtc_key k = itest_key(SPACE, seed0 + i);
+        kvtc_key k = chunk_init(ch, i, sizes[i]);
         cr_assert_eq(kvtc_put(c, &k, ch->src[i], sizes[i]), 0, "put: %s", kvtc_last_error(c));
-        ch->it[i] = (kvtc_get_item){.key = k, .buf = ch->dst[i], .capacity = sizes[i]};
     }
 }
 
@@ -305,16 +312,9 @@ static void chunks_put_pipelined(kvtc_conn *c, struct chunks *ch, const size_t *
     kvtc_put_item pi[MAX_CHUNKS];
     int done[MAX_CHUNKS] = {0};
     for (uint32_t i = 0; i < n; i++) {
-        ch->len[i] = sizes[i];
-        ch->src[i] = malloc(sizes[i]);
-        ch->dst[i] = calloc(1, sizes[i]);
-        cr_assert(ch->src[i] && ch->dst[i]);
-        itest_fill(ch->src[i], sizes[i], seed0 + i);
-        kvtc_key k = itest_key(SPACE, seed0 + i);
-        pi[i] = (kvtc_put_item){.key = k, .data = ch->src[i], .size = sizes[i]};
+        pi[i] = (kvtc_put_item){.key = chunk_init(ch, i, sizes[i]), .data = ch->src[i], .size = sizes[i]};
         kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = win_cb, .arg = &done[i]};
         cr_assert_eq(kvtc_put_batch_async(c, &pi[i], 1, &op), 0, "put: %s", kvtc_last_error(c));
-        ch->it[i] = (kvtc_get_item){.key = k, .buf = ch->dst[i], .capacity = sizes[i]};
     }
     cr_assert_eq(kvtc_wait_all(c, 60000), 0);
     for (uint32_t i = 0; i < n; i++)
