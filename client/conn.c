@@ -143,18 +143,83 @@ void kvtc__op_maybe_done(struct kvtc__op *op)
     kvtc__op_push_done(op->conn, op);
 }
 
+/* ---- One bulk send at a time ----------------------------------------------
+ *
+ * Requests whose payloads go by rendezvous (puts of >= 1 MiB) are posted
+ * one after the other, the next when the last one's send completed. Posted
+ * together, UCX (1.13, tcp) queues their data back to back and the message
+ * that completes each transfer at kvtcd waits behind the next one's data:
+ * kvtcd then received, verified and acknowledged a pipelined client's puts
+ * all at once. kvtcd sends its bulk replies the same way (transport.c). */
+
+static void send_cb(void *request, ucs_status_t status, void *user_data);
+
+/* Hand op's saved send to UCX. */
+static void post_send(kvtc_conn *c, struct kvtc__op *op)
+{
+    ucs_status_ptr_t sp = ucp_am_send_nbx(kvtc__send_ep(c), KVTC_WIRE_AM_REQUEST, op->q_hdr,
+                                          op->q_hlen, op->q_data, op->q_count, &op->q_prm);
+    if (sp != NULL && !UCS_PTR_IS_ERR(sp))
+        return;
+    if (UCS_PTR_IS_ERR(sp))
+        send_cb(NULL, UCS_PTR_STATUS(sp), op);
+    else
+        send_cb(NULL, UCS_OK, op);
+}
+
+/* The posted bulk send ended: post the next one waiting. */
+static void bulk_send_next(kvtc_conn *c)
+{
+    c->bulk_sending = 0;
+    struct kvtc__op *op = c->sendq_head;
+    if (!op || c->failed)
+        return;
+    c->sendq_head = op->sendq_next;
+    if (!c->sendq_head)
+        c->sendq_tail = NULL;
+    c->bulk_sending = 1;
+    post_send(c, op);
+}
+
+/* The connection failed: sends still waiting are not posted. */
+static void drop_send_queue(kvtc_conn *c)
+{
+    while (c->sendq_head) {
+        struct kvtc__op *op = c->sendq_head;
+        c->sendq_head = op->sendq_next;
+        op->send_pending = 0;
+    }
+    c->sendq_tail = NULL;
+    c->bulk_sending = 0;
+}
+
 static void send_cb(void *request, ucs_status_t status, void *user_data)
 {
     struct kvtc__op *op = user_data;
+    kvtc_conn *c = op->conn;
     op->send_pending = 0;
-    if (op->conn->trace)
+    if (c->trace)
         op->t_bulk = kvtc__now_ns();
     if (status != UCS_OK && !op->status) {
         op->status = KVTC_ECONN;
-        kvtc__set_error(op->conn, "send failed: %s", ucs_status_string(status));
+        kvtc__set_error(c, "send failed: %s", ucs_status_string(status));
     }
-    ucp_request_free(request);
+    if (request)
+        ucp_request_free(request);
+    int bulk = op->bulk_send;
     kvtc__op_maybe_done(op);
+    if (bulk)
+        bulk_send_next(c);
+}
+
+static size_t payload_bytes(const void *payload, size_t count, ucp_datatype_t dt)
+{
+    if (dt != ucp_dt_make_iov())
+        return count;
+    size_t n = 0;
+    for (size_t i = 0; i < count; i++)
+        n += ((const ucp_dt_iov_t *)payload)[i].length;
+    return n;
 }
 
 static int op_pack(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req)
@@ -229,15 +294,35 @@ static int op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
         count = nb + 1;
         prm.datatype = ucp_dt_make_iov();
     }
+    if (payload_bytes(payload, count, prm.datatype) >= KVTC_WIRE_RNDV_THRESH_BYTES) {
+        op->bulk_send = 1;
+        op->q_hdr = hdr, op->q_hlen = hdr_len, op->q_data = payload, op->q_count = count;
+        op->q_prm = prm;
+        if (c->bulk_sending) {
+            op->sendq_next = NULL;
+            if (c->sendq_tail)
+                c->sendq_tail->sendq_next = op;
+            else
+                c->sendq_head = op;
+            c->sendq_tail = op;
+            return 0;
+        }
+        c->bulk_sending = 1;
+    }
     ucs_status_ptr_t sp = ucp_am_send_nbx(kvtc__send_ep(c), KVTC_WIRE_AM_REQUEST, hdr,
                                           hdr_len, payload, count, &prm);
     if (UCS_PTR_IS_ERR(sp)) {
+        if (op->bulk_send)
+            c->bulk_sending = 0;
         kvtc__set_error(c, "send: %s", ucs_status_string(UCS_PTR_STATUS(sp)));
         unlink_inflight(op);
         return KVTC_ECONN;
     }
-    if (sp == NULL)
+    if (sp == NULL) {
         op->send_pending = 0;
+        if (op->bulk_send)
+            c->bulk_sending = 0; /* nothing waits: it was the only one */
+    }
     return 0;
 }
 
@@ -315,6 +400,7 @@ void kvtc__conn_fail(kvtc_conn *c, int err, const char *why)
         kvtc__local_off(c);
     /* No reply will come any more; UCX completes the sends and receives
      * still in flight (with errors) once the endpoint is closed. */
+    drop_send_queue(c);
     for (struct kvtc__op *op = c->inflight, *next; op; op = next) {
         next = op->next;
         if (!op->status)

@@ -98,6 +98,13 @@ struct kvtc__op {
                                      rendezvous receive, completed (0: none) */
     struct kvtc__put_later *later; /* PUT: its request, waiting for the
                                      checker's checksums (checker.c) */
+    /* A request whose payload goes by rendezvous waits here while another
+     * one's is sent (conn.c, "one bulk send at a time"). */
+    int bulk_send;
+    struct kvtc__op *sendq_next;
+    const void *q_hdr, *q_data;
+    size_t q_hlen, q_count;
+    ucp_request_param_t q_prm;
     size_t n;                     /* items / keys */
     union {
         kvtc_put_item *put;
@@ -174,6 +181,8 @@ struct kvtc_conn {
     int check_thread;           /* pipelined UCX gets are checked on a
                                    thread of their own (checker.c) */
     struct kvtc__checker *checker; /* that thread, NULL until needed */
+    struct kvtc__op *sendq_head, *sendq_tail; /* bulk sends waiting */
+    int bulk_sending;           /* one is posted */
     char last_error[256];
 };
 

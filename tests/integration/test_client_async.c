@@ -304,3 +304,54 @@ Test(client_async, timeout_and_daemon_death, .timeout = 90)
     cr_assert_eq(kvtc_stats_get(c, NULL, &(kvtc_stats){0}), KVTC_ECONN);
     kvtc_disconnect(c);
 }
+
+/* Puts pipelined over UCX wait for their turn (one bulk send at a time,
+ * client/conn.c) or for the checker thread's checksums (client/checker.c).
+ * Neither may strand them: a disconnect completes every one exactly once,
+ * and so does the daemon's death. */
+Test(client_async, pipelined_puts_complete_on_disconnect_and_daemon_death, .timeout = 120)
+{
+    enum { N = 6 };
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "256M", 0, NULL);
+    size_t n = 2u << 20;
+    uint8_t *buf[N];
+    kvtc_put_item it[N];
+    for (int i = 0; i < N; i++) {
+        buf[i] = malloc(n);
+        itest_fill(buf[i], n, 40 + (uint64_t)i);
+    }
+    for (int round = 0; round < 2; round++) {
+        kvtc_conn *c = itest_connect(&d);
+        struct done dn[N];
+        memset(dn, 0, sizeof dn);
+        if (round == 1)
+            cr_assert_eq(kill(d.pid, SIGSTOP), 0);
+        for (int i = 0; i < N; i++) {
+            it[i] = (kvtc_put_item){.key = itest_key(SPACE + 5, (uint32_t)(round * N + i)),
+                                    .data = buf[i], .size = n};
+            kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &dn[i]};
+            cr_assert_eq(kvtc_put_batch_async(c, &it[i], 1, &p), 0, "%s", kvtc_last_error(c));
+        }
+        kvtc_progress(c);
+        if (round == 0) {
+            kvtc_disconnect(c); /* at once: the callbacks run inside it */
+        } else {
+            itest_daemon_signal_wait(&d, SIGKILL, 5000);
+            cr_assert_eq(kvtc_wait_all(c, 20000), 0, "puts still in flight after the daemon died");
+        }
+        for (int i = 0; i < N; i++) {
+            cr_expect_eq(dn[i].calls, 1, "round %d put %d: %d callbacks", round, i, dn[i].calls);
+            if (round == 1)
+                cr_expect_eq(dn[i].status, KVTC_ECONN, "put %d: %s", i, kvtc_strerror(dn[i].status));
+            else
+                cr_expect(dn[i].status == 0 || dn[i].status == KVTC_ECANCELED, "put %d: %s", i,
+                          kvtc_strerror(dn[i].status));
+        }
+        if (round == 1)
+            kvtc_disconnect(c);
+    }
+    for (int i = 0; i < N; i++)
+        free(buf[i]);
+}
