@@ -117,6 +117,7 @@ class ConnParams(C.Structure):
         ("spin_us", C.c_uint32),
         ("bulk", C.c_uint32),
         ("local", C.c_uint32),
+        ("check_thread", C.c_uint32),
     ]
 
 
