@@ -1055,7 +1055,8 @@ void kvtc_disconnect(kvtc_conn *c)
     if (!c)
         return;
     if (c->worker) {
-        /* Gets being checked read the caller's buffers: let them finish. */
+        /* The checker reads the buffers of the puts and gets it holds:
+         * let it finish. */
         kvtc__checker_stop(c);
         if (c->n_inflight)
             kvtc__conn_fail(c, KVTC_ECANCELED, "disconnected");
