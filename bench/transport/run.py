@@ -284,8 +284,14 @@ def modes_of(result):
     return list(result["kvtc"])
 
 
-def limit_of(mode):
-    return LIMIT_OF.get(mode, "tcp,sm,self")  # variants: the local path
+def limit_of(result, mode):
+    """A path's physical limit; a variant's is tcp's when its client was
+    kept off the local path (client.KVTC_BENCH_LOCAL=off), else the local
+    path's."""
+    if mode in LIMIT_OF:
+        return LIMIT_OF[mode]
+    spec = result.get("kvtcd", {}).get("variants", {}).get(mode, {})
+    return "tcp" if spec.get("cenv", {}).get("KVTC_BENCH_LOCAL") == "off" else "tcp,sm,self"
 
 
 def report(result):
@@ -295,7 +301,7 @@ def report(result):
     modes = modes_of(result)
     # Ratio columns for the local-path modes: get and put against perftest
     # sm and against Redis.
-    lmodes = [m for m in modes if m != "tcp"]
+    lmodes = [m for m in modes if limit_of(result, m) != "tcp"]
     short = {m: {"tcp": "tcp", "local": "loc"}.get(m, m[:4]) for m in modes}
     for dep in result["depths"]:
         what = "one request at a time" if dep == 1 else f"{dep} requests in flight"
@@ -318,7 +324,7 @@ def report(result):
                 k = pick(result["kvtc"][mode]["rows"], "throughput", size=s, depth=dep) or {}
                 row[f"kvtc_{mode}_put_mib_s"] = k.get("put_mib_s")
                 row[f"kvtc_{mode}_get_mib_s"] = k.get("get_mib_s")
-                lim = row[f"perftest_{limit_of(mode)}_mib_s"]
+                lim = row[f"perftest_{limit_of(result, mode)}_mib_s"]
                 row[f"{mode}_get_vs_perftest"] = ratio(k.get("get_mib_s"), lim)
                 row[f"{mode}_put_vs_perftest"] = ratio(k.get("put_mib_s"), lim)
             r = pick(result["redis"]["rows"], "throughput", size=s, depth=dep) or {}
@@ -371,7 +377,7 @@ def report(result):
                 by_size[r["size"]] = r
         pts = list(by_size.values())
         big = [r for r in pts if r["size"] >= 4 * MIB and r[f"{mode}_get_vs_perftest"] is not None]
-        a = {"limit": f"ucx_perftest {limit_of(mode)}"}
+        a = {"limit": f"ucx_perftest {limit_of(result, mode)}"}
         if big:
             a["get_ge_90pct_perftest_ge_4MiB"] = all(r[f"{mode}_get_vs_perftest"] >= 0.9 for r in big)
             a["put_ge_90pct_perftest_ge_4MiB"] = all((r[f"{mode}_put_vs_perftest"] or 0) >= 0.9 for r in big)
