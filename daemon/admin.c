@@ -269,6 +269,10 @@ int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
            "Get hits sent over UCX to a client that checks them itself, "
            "re-verified by kvtcd beside the send instead of before it.",
            m->gets_audited);
+    metric(&b, "bulk_replies_waited_total", "counter",
+           "Replies with rendezvous-size payloads that waited for their "
+           "session's previous one to be sent (one at a time per session).",
+           m->bulk_replies_waited);
     metric(&b, "bytes_in_total", "counter", "Chunk bytes received.",
            m->bytes_in);
     metric(&b, "bytes_out_total", "counter", "Chunk bytes sent.",

@@ -52,6 +52,8 @@ typedef struct kvtcd_metrics {
                                       (GetRequest.client_checks) */
     uint64_t gets_audited;         /* UCX get hits sent before kvtcd
                                       re-verified them (client_checks) */
+    uint64_t bulk_replies_waited;  /* replies that waited for their
+                                      session's previous bulk reply */
 } kvtcd_metrics;
 
 typedef struct kvtcd_session {

@@ -847,6 +847,7 @@ int kvtcd_send_reply(kvtcd_session *s, const Kvtc__Wire__Reply *rep,
     if (payload_len >= KVTC_WIRE_RNDV_THRESH_BYTES) {
         op->send_bulk = 1;
         if (s->bulk_sending) {
+            srv->m.bulk_replies_waited++;
             if (s->bulk_q_tail)
                 s->bulk_q_tail->bulk_q_next = op;
             else

@@ -364,6 +364,8 @@ static void pipelined(uint32_t check_mode)
             }
         }
     }
+    /* kvtcd sent the pipelined gets' replies one at a time. */
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_bulk_replies_waited_total"), 1.0);
     /* The checker is one thread of the connection's (joined when it
      * disconnects). */
     unsigned during = thread_count();
