@@ -92,10 +92,10 @@ static void session_unlink(kvtcd_server *srv, kvtcd_session *s)
     srv->n_sessions--;
 }
 
-/* Mark s closed and queue its endpoint for closing from the drive loop:
- * UCX callbacks (where failures are reported) must not close endpoints. */
 static void drop_bulk_queue(kvtcd_session *s);
 
+/* Mark s closed and queue its endpoint for closing from the drive loop:
+ * UCX callbacks (where failures are reported) must not close endpoints. */
 static void session_fail(kvtcd_session *s, const char *why)
 {
     kvtcd_server *srv = s->srv;
@@ -684,9 +684,7 @@ void kvtcd_transport_cleanup_context(kvtcd_server *srv)
     }
 }
 
-/* ---- sending ------------------------------------------------------------------ */
-
-/* ---- sending replies -------------------------------------------------------
+/* ---- sending ------------------------------------------------------------------
  *
  * One bulk reply at a time: a session's replies whose payloads go by
  * rendezvous (>= KVTC_WIRE_RNDV_THRESH_BYTES) are posted one after the
@@ -695,7 +693,7 @@ void kvtcd_transport_cleanup_context(kvtcd_server *srv)
  * message that completes the first transfer at the client queues behind
  * the second one's data: a pipelined client saw every get of its window
  * complete together, at the end, and then checked them one by one with
- * the link idle (docs/perf-notes.md, "Pipelined gets over UCX tcp").
+ * the link idle (docs/perf-notes.md, "Pipelined UCX tcp").
  * One at a time each completes when its own data has landed, and the
  * client checks it while the next one moves. */
 
@@ -741,19 +739,21 @@ static int post_send(kvtcd_op *op)
 static void send_done(kvtcd_op *op)
 {
     kvtcd_session *s = op->sess;
-    int bulk = op->send_bulk;
+    kvtcd_op *next = NULL;
+    if (op->send_bulk) {
+        s->bulk_sending = 0;
+        if (s->open && (next = s->bulk_q_head) != NULL) {
+            s->bulk_q_head = next->bulk_q_next;
+            if (!s->bulk_q_head)
+                s->bulk_q_tail = NULL;
+            s->bulk_sending = 1;
+        }
+    }
+    /* Last: the op's reference may be the session's last one. next holds
+     * a reference of its own. */
     kvtcd_op_free(op);
-    if (!bulk)
-        return;
-    s->bulk_sending = 0;
-    kvtcd_op *next = s->bulk_q_head;
-    if (!next || !s->open)
-        return;
-    s->bulk_q_head = next->bulk_q_next;
-    if (!s->bulk_q_head)
-        s->bulk_q_tail = NULL;
-    s->bulk_sending = 1;
-    (void)post_send(next); /* frees next on failure, posting the one after */
+    if (next)
+        (void)post_send(next); /* frees next on failure, posting the one after */
 }
 
 /* The session failed: replies still waiting are not sent. */

@@ -164,6 +164,83 @@ Test(it_lifecycle, client_killed_mid_transfer_frees_everything, .timeout = 90)
     itest_daemon_stop(&d);
 }
 
+/* Child: gets of one 4 MiB chunk, 8 in flight, until killed: kvtcd has one
+ * bulk reply of this session in flight and others waiting behind it
+ * (transport.c, one bulk reply at a time). Says "s" once under way. */
+static void child_pipelined_gets(const struct itest_daemon *d, int fd)
+{
+    enum { DEPTH = 8 };
+    kvtc_conn *c = NULL;
+    if (kvtc_connect(d->addr, NULL, &c))
+        _exit(3);
+    static int done[DEPTH];
+    static kvtc_get_item g[DEPTH];
+    uint8_t *buf = malloc((size_t)DEPTH << 22);
+    if (!buf)
+        _exit(4);
+    for (int round = 0;; round++) {
+        for (int j = 0; j < DEPTH; j++) {
+            g[j] = (kvtc_get_item){.key = itest_key(SPACE, 3), .buf = buf + ((size_t)j << 22),
+                                   .capacity = 4u << 20};
+            kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = done_cb, .arg = &done[j]};
+            if (kvtc_get_batch_async(c, &g[j], 1, &p))
+                _exit(5);
+        }
+        if (kvtc_wait_all(c, 20000))
+            _exit(6);
+        if (round == 0 && write(fd, "s", 1) != 1)
+            _exit(7);
+    }
+}
+
+Test(it_lifecycle, client_killed_with_pipelined_gets_frees_its_session, .timeout = 90)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "256M", 0, NULL);
+    int go[2], news[2];
+    cr_assert_eq(pipe(go), 0);
+    cr_assert_eq(pipe(news), 0);
+    /* Before the parent touches UCX (fork). */
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    char ch = 0;
+    if (pid == 0) {
+        close(go[1]);
+        close(news[0]);
+        if (read(go[0], &ch, 1) != 1) /* the chunk is stored */
+            _exit(2);
+        child_pipelined_gets(&d, news[1]);
+    }
+    close(go[0]);
+    close(news[1]);
+    kvtc_conn *c = itest_connect(&d);
+    uint8_t *buf = malloc(4u << 20);
+    itest_fill(buf, 4u << 20, 5);
+    kvtc_key k = itest_key(SPACE, 3);
+    cr_assert_eq(kvtc_put(c, &k, buf, 4u << 20), 0);
+    cr_assert_eq(write(go[1], "g", 1), 1);
+    close(go[1]);
+    struct pollfd p = {.fd = news[0], .events = POLLIN};
+    cr_assert_eq(poll(&p, 1, 20000), 1, "child never got under way");
+    cr_assert_eq(read(news[0], &ch, 1), 1);
+    nanosleep(&(struct timespec){0, 30 * 1000000L}, NULL);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    close(news[0]);
+    struct want w = {1, (4u << 20) + (1u << 20), 1};
+    cr_assert(itest_wait_stats(c, settled, &w, 15000), "the killed reader's session stayed: sessions %lu",
+              (unsigned long)itest_stats(c).sessions);
+    cr_assert(itest_daemon_alive(&d), "kvtcd died:\n%s", itest_log_tail(&d));
+    size_t got = 0;
+    memset(buf, 0, 4u << 20);
+    cr_assert_eq(kvtc_get(c, &k, buf, 4u << 20, &got), 0);
+    cr_assert(got == 4u << 20 && itest_check(buf, 4u << 20, 5));
+    free(buf);
+    kvtc_disconnect(c);
+    itest_daemon_stop(&d);
+}
+
 Test(it_lifecycle, restart_on_the_same_port, .timeout = 60)
 {
     struct itest_daemon d;
