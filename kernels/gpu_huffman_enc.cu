@@ -1,11 +1,22 @@
 /* gpu_huffman_enc.cu - our Huffman-only DEFLATE encoder (huff_core.h), a
- * block of 256 threads per piece: per-warp byte histograms, a parallel rank
- * sort of the used symbols, the code and block header built by one thread
- * (kvtc__hc_build, a few microseconds), then a bit-parallel write: each
- * thread owns 256 symbols, their bit lengths are scanned across the block,
- * and every thread writes its bits at its offset (boundary words, shared
- * with a neighbour, by atomicOr into the zeroed output; the words between
- * by plain stores). The index entries fall out of the scan. */
+ * block of 256 threads per piece, every step spread over the block (a
+ * probe of the first version, session 8: one thread building the code and
+ * the header and a __match_any_sync histogram were ~80% of a block's time):
+ * - byte counts in per-lane 16-bit counters (a bank per lane: no
+ *   conflicts, no matching), summed per symbol;
+ * - a parallel rank sort of the used symbols;
+ * - the code lengths by package-merge, a thread per list entry per level
+ *   (kvtc__hc_lengths builds the same lists one entry at a time);
+ * - canonical codes from per-warp ballots of each length;
+ * - the block header: run-length symbols placed by a scan over the runs,
+ *   the code-length code by the same package-merge, its bits OR-ed into
+ *   shared words at offsets from a scan;
+ * - a bit-parallel write: each thread owns 256 symbols, their bit lengths
+ *   are scanned across the block, and every thread writes its bits at its
+ *   offset (boundary words, shared with a neighbour, by atomicOr into the
+ *   zeroed output; the words between by plain stores). The index entries
+ *   fall out of the scan.
+ * The bytes equal kvtc__hc_encode_ref's (tests/gpu/test_gpu_huffman.c). */
 #include <cuda_runtime.h>
 
 #include "gpu_huffman.h"
@@ -53,17 +64,302 @@ __device__ static inline void bw_end(bitw *b)
         atomicOr(b->d + b->w, (uint32_t)b->acc);
 }
 
+/* Exclusive prefix sum of v over the block's ENC_T threads; *total gets
+ * the sum. ws: ENC_T / 32 words of shared scratch. Every thread calls it. */
+__device__ static uint32_t blk_scan(uint32_t v, uint32_t *ws, uint32_t *total)
+{
+    uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, incl = v;
+    for (uint32_t o = 1; o < 32; o <<= 1) {
+        uint32_t u = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o)
+            incl += u;
+    }
+    __syncthreads(); /* ws may still be read by a previous scan */
+    if (lane == 31)
+        ws[warp] = incl;
+    __syncthreads();
+    uint32_t base = 0, all = 0;
+    for (uint32_t k = 0; k < ENC_T / 32; k++) {
+        base += k < warp ? ws[k] : 0;
+        all += ws[k];
+    }
+    *total = all;
+    return base + incl - v;
+}
+
+/* kvtc__hc_lengths with the block's threads: the same package-merge lists
+ * (a leaf's place: its index plus the packages lighter than it; a
+ * package's: its index plus the leaves not heavier), so the same lengths.
+ * lw[0..m): the leaves' weights, ascending (sorted's order); sets
+ * len[sorted[i]] for i < m. Block-uniform arguments; ends synchronized. */
+__device__ static void pm_lengths(const uint32_t *lw, const uint16_t *sorted, uint32_t m,
+                                  uint32_t limit, uint8_t *len, kvtc__hc_pm *pm)
+{
+    uint32_t t = threadIdx.x;
+    if (m <= 1) {
+        if (m == 1 && t == 0)
+            len[sorted[0]] = 1;
+        __syncthreads();
+        return;
+    }
+    for (uint32_t j = t; j < limit * KVTC_HC_PM_WORDS; j += ENC_T)
+        pm->pkg[j / KVTC_HC_PM_WORDS][j % KVTC_HC_PM_WORDS] = 0;
+    for (uint32_t i = t; i < m; i += ENC_T)
+        pm->w[0][i] = lw[i];
+    __syncthreads();
+    uint32_t n = m;
+    for (uint32_t s = 1; s < limit; s++) {
+        const uint32_t *prev = pm->w[(s - 1) & 1];
+        uint32_t *cur = pm->w[s & 1], np = n / 2;
+        for (uint32_t x = t; x < m + np; x += ENC_T) {
+            uint32_t lo = 0, hi, v, pos;
+            if (x < m) {
+                v = lw[x], hi = np;
+                while (lo < hi) {
+                    uint32_t mid = (lo + hi) >> 1;
+                    if (prev[2 * mid] + prev[2 * mid + 1] < v)
+                        lo = mid + 1;
+                    else
+                        hi = mid;
+                }
+                pos = x + lo;
+            } else {
+                uint32_t k = x - m;
+                v = prev[2 * k] + prev[2 * k + 1], hi = m;
+                while (lo < hi) {
+                    uint32_t mid = (lo + hi) >> 1;
+                    if (lw[mid] <= v)
+                        lo = mid + 1;
+                    else
+                        hi = mid;
+                }
+                pos = k + lo;
+                atomicOr(&pm->pkg[s][pos >> 5], 1u << (pos & 31));
+            }
+            cur[pos] = v;
+        }
+        n = m + np;
+        __syncthreads();
+    }
+    if (t < 32) { /* kvtc__hc_pm_select, a word of flags a lane */
+        uint32_t k = 2 * m - 2;
+        for (uint32_t s = limit; s-- > 0;) {
+            uint32_t wv = 0;
+            if (t < KVTC_HC_PM_WORDS && 32 * t < k) {
+                wv = pm->pkg[s][t];
+                if (k - 32 * t < 32)
+                    wv &= (1u << (k - 32 * t)) - 1;
+            }
+            uint32_t p = (uint32_t)__popc(wv);
+            for (uint32_t o = 16; o > 0; o >>= 1)
+                p += __shfl_xor_sync(0xffffffffu, p, o);
+            if (t == 0)
+                pm->sel[s] = k - p;
+            k = 2 * p;
+        }
+    }
+    __syncthreads();
+    for (uint32_t i = t; i < m; i += ENC_T) {
+        uint32_t l = 0;
+        for (uint32_t s = 0; s < limit; s++)
+            l += i < pm->sel[s];
+        len[sorted[i]] = (uint8_t)l;
+    }
+    __syncthreads();
+}
+
+/* Run-length symbols of a run of r >= 1 lengths v (kvtc__hc_build_header's
+ * rules): how many, or, with sym != NULL, written there too. */
+__device__ static uint32_t rle_run(uint32_t v, uint32_t r, uint8_t *sym, uint8_t *ext)
+{
+    uint32_t n = 0;
+    if (v == 0) {
+        while (r >= 11) {
+            uint32_t k = r < 138 ? r : 138;
+            if (sym)
+                sym[n] = 18, ext[n] = (uint8_t)(k - 11);
+            n++, r -= k;
+        }
+        if (r >= 3) {
+            if (sym)
+                sym[n] = 17, ext[n] = (uint8_t)(r - 3);
+            n++, r = 0;
+        }
+    } else {
+        if (sym)
+            sym[n] = (uint8_t)v, ext[n] = 0;
+        n++, r--;
+        while (r >= 3) {
+            uint32_t k = r < 6 ? r : 6;
+            if (sym)
+                sym[n] = 16, ext[n] = (uint8_t)(k - 3);
+            n++, r -= k;
+        }
+    }
+    for (; r > 0; r--) {
+        if (sym)
+            sym[n] = (uint8_t)v, ext[n] = 0;
+        n++;
+    }
+    return n;
+}
+
+/* ORs the n <= 25 bits of v at bit `at` of zeroed shared words. */
+__device__ static inline void hw_put(uint32_t *hw, uint32_t at, uint32_t v, uint32_t n)
+{
+    uint32_t sh = at & 31;
+    atomicOr(hw + (at >> 5), v << sh);
+    if (sh + n > 32)
+        atomicOr(hw + (at >> 5) + 1, v >> (32 - sh));
+}
+
+/* The first canonical code of length l (RFC 1951 3.2.2) from the counts
+ * of codes per length (count[0] = 0). */
+__device__ static inline uint32_t first_code(const uint32_t *count, uint32_t l)
+{
+    uint32_t v = 0;
+    for (uint32_t k = 1; k <= l; k++)
+        v = (v + count[k - 1]) << 1;
+    return v;
+}
+
+/* The header's state in shared memory. */
+struct hdr_sh {
+    uint32_t starts[(KVTC_HC_SYMS + 1 + 31) / 32]; /* run starts of the 258 lengths */
+    uint32_t clf[19], lw[19], cnt[16], ncl, cm;
+    uint16_t cls[19], clcode[19];
+    uint8_t cllen[19];
+    uint8_t sym[2 * ENC_T], ext[2 * ENC_T];
+};
+
+/* kvtc__hc_build_header with the block's threads: the same symbols, code
+ * and bits, OR-ed into hw (KVTC_HC_HDR_BYTES / 4 words, zeroed here);
+ * sets c->hdr_bits. c->len complete. ws: blk_scan's scratch. */
+__device__ static void par_header(kvtc__hcode *c, hdr_sh *h, kvtc__hc_pm *pm, uint32_t *hw,
+                                  uint32_t *ws)
+{
+    const uint32_t N = KVTC_HC_SYMS + 1; /* 257 literal/length lengths + 1 distance */
+    uint32_t t = threadIdx.x, total;
+    for (uint32_t k = t; k < KVTC_HC_HDR_BYTES / 4; k += ENC_T)
+        hw[k] = 0;
+    if (t < sizeof h->starts / 4)
+        h->starts[t] = 0;
+    if (t < 19)
+        h->clf[t] = 0, h->cllen[t] = 0;
+    if (t == 0)
+        h->ncl = 4;
+    __syncthreads();
+#define LEN_AT(i) ((i) < KVTC_HC_SYMS ? (uint32_t)c->len[i] : 0u)
+    for (uint32_t i = t; i < N; i += ENC_T)
+        if (i == 0 || LEN_AT(i) != LEN_AT(i - 1))
+            atomicOr(&h->starts[i >> 5], 1u << (i & 31));
+    __syncthreads();
+    /* thread t: positions 2t and 2t + 1; a run's symbols at its start */
+    uint32_t r_len[2] = {0, 0}, cnt = 0;
+    for (uint32_t j = 0; j < 2; j++) {
+        uint32_t i = 2 * t + j;
+        if (i >= N || !(h->starts[i >> 5] >> (i & 31) & 1))
+            continue;
+        uint32_t e = i + 1; /* the next start, or N */
+        while (e < N) {
+            uint32_t wv = h->starts[e >> 5] >> (e & 31);
+            if (wv) {
+                e += (uint32_t)__ffs(wv) - 1;
+                break;
+            }
+            e = (e | 31) + 1;
+        }
+        r_len[j] = (e < N ? e : N) - i;
+        cnt += rle_run(LEN_AT(i), r_len[j], NULL, NULL);
+    }
+    uint32_t o = blk_scan(cnt, ws, &total), nr = total;
+    for (uint32_t j = 0; j < 2; j++)
+        if (r_len[j]) {
+            uint32_t i = 2 * t + j, k = rle_run(LEN_AT(i), r_len[j], h->sym + o, h->ext + o);
+            for (uint32_t q = 0; q < k; q++)
+                atomicAdd(&h->clf[h->sym[o + q]], 1u);
+            o += k;
+        }
+#undef LEN_AT
+    __syncthreads();
+    /* the code-length code: <= 7 bits and complete, so a lone used symbol
+     * gets a 1-bit partner (kvtc__hc_build_header's order: rank by
+     * (count, symbol)) */
+    uint32_t mine = t < 19 ? h->clf[t] : 0;
+    uint32_t cm = (uint32_t)__syncthreads_count(mine != 0);
+    if (cm == 1) {
+        if (mine)
+            h->clf[t == 0 ? 1 : 0] = 1;
+        cm = 2;
+    }
+    __syncthreads();
+    if (t < 19 && h->clf[t]) {
+        uint32_t f = h->clf[t], r = 0;
+        for (uint32_t j = 0; j < 19; j++)
+            r += h->clf[j] && (h->clf[j] < f || (h->clf[j] == f && j < t));
+        h->cls[r] = (uint16_t)t;
+        h->lw[r] = f;
+    }
+    __syncthreads();
+    pm_lengths(h->lw, h->cls, cm, 7, h->cllen, pm);
+    const char *ord = "\x10\x11\x12\x00\x08\x07\x09\x06\x0a\x05\x0b\x04\x0c\x03\x0d\x02\x0e\x01\x0f";
+    if (t < 16)
+        h->cnt[t] = 0;
+    __syncthreads();
+    if (t < 19) {
+        if (h->cllen[t])
+            atomicAdd(&h->cnt[h->cllen[t]], 1u);
+        if (h->cllen[(uint8_t)ord[t]])
+            atomicMax(&h->ncl, t + 1);
+    }
+    __syncthreads();
+    if (t < 19)
+        h->clcode[t] = kvtc__hc_code_of(h->cllen, t, h->cnt);
+    __syncthreads();
+    uint32_t ncl = h->ncl;
+    if (t == 0) /* BFINAL 1, BTYPE 10, HLIT 257, HDIST 1, HCLEN */
+        hw_put(hw, 0, 1u | 2u << 1 | (ncl - 4) << 13, 17);
+    if (t < ncl)
+        hw_put(hw, 17 + 3 * t, h->cllen[(uint8_t)ord[t]], 3);
+    uint32_t b[2] = {0, 0};
+    for (uint32_t j = 0; j < 2; j++) {
+        uint32_t q = 2 * t + j;
+        if (q < nr) {
+            uint32_t s = h->sym[q];
+            b[j] = h->cllen[s] + (s < 16 ? 0 : s == 16 ? 2 : s == 17 ? 3 : 7);
+        }
+    }
+    uint32_t at = 17 + 3 * ncl + blk_scan(b[0] + b[1], ws, &total);
+    for (uint32_t j = 0; j < 2; j++) {
+        uint32_t q = 2 * t + j;
+        if (q >= nr)
+            continue;
+        uint32_t s = h->sym[q], l = h->cllen[s];
+        hw_put(hw, at, h->clcode[s] | (uint32_t)h->ext[q] << l, b[j]);
+        at += b[j];
+    }
+    if (t == 0)
+        c->hdr_bits = 17 + 3 * ncl + total;
+    __syncthreads();
+}
+
 __global__ void __launch_bounds__(ENC_T)
     k_huff_enc(const void *const *src, const size_t *src_len, uint64_t n, void *const *dst,
                size_t *dst_len, uint16_t *const *idx, uint32_t log2, int32_t *status)
 {
-    __shared__ uint32_t hist[ENC_T / 32][256];
-    __shared__ uint32_t freq[KVTC_HC_SYMS];
+    /* per-lane 16-bit counters, two symbols a word; later package-merge's
+     * lists (the counts are summed by then) */
+    __shared__ __align__(16) uint32_t scratch[128 * 32];
+    __shared__ uint32_t freq[KVTC_HC_SYMS], lw[KVTC_HC_SYMS];
     __shared__ uint16_t sorted[KVTC_HC_SYMS];
+    __shared__ uint32_t ctab[KVTC_HC_SYMS]; /* code | length << 16 */
     __shared__ kvtc__hcode c;
-    __shared__ kvtc__hc_ws w;
-    __shared__ uint32_t off[ENC_T + 1], wsum[ENC_T / 32];
-    __shared__ uint32_t cnt[16];
+    __shared__ hdr_sh h;
+    __shared__ uint32_t hw[KVTC_HC_HDR_BYTES / 4];
+    __shared__ uint32_t off[ENC_T + 1], ws[ENC_T / 32];
+    __shared__ uint32_t lcount[ENC_T / 32][16], cnt[16], wbits[ENC_T / 32];
+    static_assert(sizeof(kvtc__hc_pm) <= sizeof scratch, "package-merge lists fit the counters");
+    kvtc__hc_pm *pm = (kvtc__hc_pm *)scratch;
     uint64_t i = blockIdx.x + (uint64_t)blockIdx.y * gridDim.x;
     uint32_t t = threadIdx.x, lane = t & 31, warp = t >> 5;
     if (i >= n)
@@ -79,35 +375,48 @@ __global__ void __launch_bounds__(ENC_T)
     uint8_t *d8 = (uint8_t *)dst[i];
     uint32_t *d = (uint32_t *)dst[i];
     uint16_t *ix = idx[i];
-    for (uint32_t b = t; b < 256; b += ENC_T)
-        for (uint32_t k = 0; k < ENC_T / 32; k++)
-            hist[k][b] = 0;
+    for (uint32_t k = t; k < 128 * 32; k += ENC_T)
+        scratch[k] = 0;
     __syncthreads();
-    /* Lanes holding the same byte add once (__match_any_sync): quantized
-     * symbols are skewed, and 32 lanes hitting one shared counter serialize
-     * on the SM's atomic unit (the first version spent ~1.4 ms per GiB
-     * here). Loop bounds are warp-uniform; idle lanes carry 256 + lane,
-     * which matches no byte and no other lane. */
-    const uint32_t *s32 = (const uint32_t *)s;
-    uint32_t nq = len / 4;
-    for (uint32_t base = warp * 32; base < nq; base += ENC_T) {
-        uint32_t q = base + lane, v = q < nq ? s32[q] : 0;
-#pragma unroll
-        for (uint32_t k = 0; k < 4; k++) {
-            uint32_t b = q < nq ? (v >> (8 * k)) & 255 : 256 + lane;
-            uint32_t same = __match_any_sync(0xffffffffu, b);
-            if (b < 256 && lane == (uint32_t)__ffs(same) - 1)
-                atomicAdd(&hist[warp][b], (uint32_t)__popc(same));
+    /* A lane's counters live in its own bank: no two lanes of a warp ever
+     * touch one bank, skewed data or not. <= 8 x 256 bytes per counter. */
+#define COUNT_BYTE(b) atomicAdd(&scratch[((b) >> 1) * 32 + lane], 1u << (((b) & 1) << 4))
+#define COUNT_WORD(v)                                                                              \
+    do {                                                                                           \
+        COUNT_BYTE((v) & 255);                                                                     \
+        COUNT_BYTE(((v) >> 8) & 255);                                                              \
+        COUNT_BYTE(((v) >> 16) & 255);                                                             \
+        COUNT_BYTE((v) >> 24);                                                                     \
+    } while (0)
+    uint32_t done = 0;
+    if (((uintptr_t)s & 15) == 0) {
+        uint32_t nv = len / 16;
+        for (uint32_t q = t; q < nv; q += ENC_T) {
+            uint4 w4 = ((const uint4 *)s)[q];
+            COUNT_WORD(w4.x);
+            COUNT_WORD(w4.y);
+            COUNT_WORD(w4.z);
+            COUNT_WORD(w4.w);
         }
+        done = nv * 16;
+    } else { /* 4-byte aligned (the API's promise) */
+        uint32_t nq = len / 4;
+        for (uint32_t q = t; q < nq; q += ENC_T) {
+            uint32_t v = ((const uint32_t *)s)[q];
+            COUNT_WORD(v);
+        }
+        done = nq * 4;
     }
-    if (t < (len & 3))
-        atomicAdd(&hist[warp][s[(len & ~3u) + t]], 1u);
+    for (uint32_t q = done + t; q < len; q += ENC_T)
+        COUNT_BYTE(s[q]);
+#undef COUNT_WORD
+#undef COUNT_BYTE
     __syncthreads();
-    for (uint32_t b = t; b < 256; b += ENC_T) {
-        uint32_t f = 0;
-        for (uint32_t k = 0; k < ENC_T / 32; k++)
-            f += hist[k][b];
-        freq[b] = f;
+    {
+        uint32_t row = t >> 1, sh = (t & 1) << 4, f = 0;
+        for (uint32_t j = 0; j < 32; j++) /* rotated: the warp's 16 rows in 16 banks */
+            f += scratch[row * 32 + ((j + row) & 31)] >> sh & 0xffffu;
+        freq[t] = f;
     }
     if (t == 0)
         freq[256] = 1;
@@ -115,6 +424,7 @@ __global__ void __launch_bounds__(ENC_T)
     /* rank of each used symbol by (freq, symbol): kvtc__hc_sort's order */
     for (uint32_t sym = t; sym < KVTC_HC_SYMS; sym += ENC_T) {
         uint32_t f = freq[sym];
+        c.len[sym] = 0;
         if (!f)
             continue;
         uint32_t r = 0;
@@ -123,37 +433,57 @@ __global__ void __launch_bounds__(ENC_T)
             r += g && (g < f || (g == f && j < sym));
         }
         sorted[r] = (uint16_t)sym;
+        lw[r] = f;
     }
     /* used literals (a thread each), plus the end-of-block code */
     uint32_t m = (uint32_t)__syncthreads_count(freq[t] != 0) + 1;
-    /* kvtc__hc_build's steps: the lengths (one thread: Moffat-Katajainen
-     * is a serial walk), then a thread per symbol for its canonical code
-     * and its share of the data's bits while thread 0 writes the header
-     * bits, which need only the lengths. The codes and the bit count were
-     * thread 0's too before. */
-    if (t == 0) {
-        kvtc__hc_build_lengths(freq, sorted, m, &c, &w);
-        c.data_bits = 0;
-        cnt[0] = 0;
+    pm_lengths(lw, sorted, m, 15, c.len, pm);
+    /* canonical codes (kvtc__hc_code_of's): the first code of each length
+     * plus the symbols of that length before this one, counted by a
+     * ballot per length and warp */
+    uint32_t l = c.len[t], before = 0;
+    for (uint32_t k = 1; k < 16; k++) {
+        uint32_t bal = __ballot_sync(0xffffffffu, l == k);
+        if (l == k)
+            before = (uint32_t)__popc(bal & ((1u << lane) - 1));
+        if (lane == 0)
+            lcount[warp][k] = (uint32_t)__popc(bal);
     }
     __syncthreads();
-    for (uint32_t l = 1; l < 16; l++) {
-        uint32_t k = (uint32_t)__syncthreads_count(c.len[t] == l) + (c.len[256] == l);
-        if (t == 0)
-            cnt[l] = k;
+    if (t < 16) {
+        uint32_t k = 0;
+        for (uint32_t w = 0; w < ENC_T / 32; w++)
+            k += t ? lcount[w][t] : 0;
+        cnt[t] = k + (t && c.len[256] == t);
     }
     __syncthreads();
-    c.code[t] = kvtc__hc_code_of(c.len, t, cnt);
-    uint32_t db = freq[t] * c.len[t]; /* < 2^20 */
+    uint32_t first = first_code(cnt, l);
+    for (uint32_t w = 0; l && w < warp; w++)
+        before += lcount[w][l];
+    uint32_t code = l ? __brev(first + before) >> (32 - l) : 0;
+    c.code[t] = (uint16_t)code;
+    ctab[t] = code | l << 16;
+    uint32_t db = freq[t] * l; /* < 2^20 */
     for (uint32_t o = 16; o > 0; o >>= 1)
         db += __shfl_down_sync(0xffffffffu, db, o);
     if (lane == 0)
-        atomicAdd((unsigned long long *)&c.data_bits, (unsigned long long)db);
+        wbits[warp] = db;
     if (t == 0) {
-        c.code[256] = kvtc__hc_code_of(c.len, 256, cnt);
-        kvtc__hc_build_header(&c, &w);
+        uint32_t le = c.len[256], eb = 0;
+        for (uint32_t w = 0; w < ENC_T / 32; w++)
+            eb += lcount[w][le]; /* every literal of its length comes first */
+        uint32_t ec = __brev(first_code(cnt, le) + eb) >> (32 - le);
+        c.code[256] = (uint16_t)ec;
+        ctab[256] = ec | le << 16;
     }
     __syncthreads();
+    if (t == 0) {
+        uint64_t bits = 0;
+        for (uint32_t w = 0; w < ENC_T / 32; w++)
+            bits += wbits[w];
+        c.data_bits = bits;
+    }
+    par_header(&c, &h, pm, hw, ws);
     uint32_t bytes = kvtc__hc_huff_bytes(&c, len);
     uint32_t S = kvtc__hc_subranges(len, log2);
     if (bytes == 0) {
@@ -187,26 +517,14 @@ __global__ void __launch_bounds__(ENC_T)
         uint32_t w[4] = {w4.x, w4.y, w4.z, w4.w};
 #pragma unroll
         for (int j = 0; j < 16; j++)
-            bits += c.len[(w[j >> 2] >> (8 * (j & 3))) & 255];
+            bits += ctab[(w[j >> 2] >> (8 * (j & 3))) & 255] >> 16;
     }
     for (; q < e; q++)
-        bits += c.len[s[q]];
-    /* exclusive scan across the block */
-    uint32_t incl = bits;
-    for (uint32_t o = 1; o < 32; o <<= 1) {
-        uint32_t v = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o)
-            incl += v;
-    }
-    if (lane == 31)
-        wsum[warp] = incl;
-    __syncthreads();
-    uint32_t base = 0;
-    for (uint32_t k = 0; k < warp; k++)
-        base += wsum[k];
-    off[t] = base + incl - bits;
+        bits += ctab[s[q]] >> 16;
+    uint32_t all, before_bits = blk_scan(bits, ws, &all);
+    off[t] = before_bits;
     if (t == ENC_T - 1)
-        off[ENC_T] = base + incl;
+        off[ENC_T] = all;
     __syncthreads();
     uint32_t per = (1u << log2) / ENC_PER; /* threads per sub-range */
     for (uint32_t k = t; k < S; k += ENC_T) {
@@ -221,34 +539,31 @@ __global__ void __launch_bounds__(ENC_T)
     /* the header's whole words (bit 0 on: no other thread's bits) by all
      * threads; thread 0 puts only the rest of it before its symbols (it
      * put the whole header a byte at a time before) */
-    uint32_t hw = c.hdr_bits / 32;
-    for (uint32_t k = t; k < hw; k += ENC_T)
-        d[k] = (uint32_t)c.hdr[4 * k] | (uint32_t)c.hdr[4 * k + 1] << 8 |
-               (uint32_t)c.hdr[4 * k + 2] << 16 | (uint32_t)c.hdr[4 * k + 3] << 24;
+    uint32_t hwn = c.hdr_bits / 32;
+    for (uint32_t k = t; k < hwn; k += ENC_T)
+        d[k] = hw[k];
     if (a >= len)
         return; /* past the piece (thread 0 never is: len >= 1) */
     bitw bw;
-    bw_init(&bw, d, t == 0 ? 32ull * hw : c.hdr_bits + (uint64_t)off[t]);
-    if (t == 0) {
-        for (uint32_t q = 32 * hw; q < c.hdr_bits; q += 8)
-            bw_put(&bw, c.hdr[q >> 3], c.hdr_bits - q < 8 ? c.hdr_bits - q : 8);
-    }
+    bw_init(&bw, d, t == 0 ? 32ull * hwn : c.hdr_bits + (uint64_t)off[t]);
+    if (t == 0 && (c.hdr_bits & 31))
+        bw_put(&bw, hw[hwn], c.hdr_bits & 31); /* the header's last bits, zeros above */
     q = a;
     for (; v16 && q + 16 <= e; q += 16) {
         uint4 w4 = *(const uint4 *)(s + q);
         uint32_t w[4] = {w4.x, w4.y, w4.z, w4.w};
 #pragma unroll
         for (int j = 0; j < 16; j++) {
-            uint32_t sym = (w[j >> 2] >> (8 * (j & 3))) & 255;
-            bw_put(&bw, c.code[sym], c.len[sym]);
+            uint32_t v = ctab[(w[j >> 2] >> (8 * (j & 3))) & 255];
+            bw_put(&bw, v & 0xffffu, v >> 16);
         }
     }
     for (; q < e; q++) {
-        uint32_t sym = s[q];
-        bw_put(&bw, c.code[sym], c.len[sym]);
+        uint32_t v = ctab[s[q]];
+        bw_put(&bw, v & 0xffffu, v >> 16);
     }
     if (a < len && e == len)
-        bw_put(&bw, c.code[256], c.len[256]);
+        bw_put(&bw, ctab[256] & 0xffffu, ctab[256] >> 16);
     bw_end(&bw);
     if (t == 0)
         dst_len[i] = nbytes, status[i] = 0;

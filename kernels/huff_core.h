@@ -63,9 +63,19 @@ struct kvtc__hcode {
     uint64_t data_bits;  /* sum of freq x len over the literals */
 };
 
-/* Scratch of kvtc__hc_build (the GPU keeps it in shared memory). */
+/* Package-merge's lists (kvtc__hc_lengths): two levels' merged weights
+ * (a level holds < 2 x the symbols), which entries of each of <= 15
+ * levels are packages, and the leaves each level takes. */
+#define KVTC_HC_PM_WORDS ((2u * KVTC_HC_SYMS + 31u) / 32u)
+struct kvtc__hc_pm {
+    uint32_t w[2][2 * KVTC_HC_SYMS];
+    uint32_t pkg[15][KVTC_HC_PM_WORDS];
+    uint32_t sel[15];
+};
+
+/* Scratch of kvtc__hc_build. */
 struct kvtc__hc_ws {
-    int32_t a[KVTC_HC_SYMS];
+    struct kvtc__hc_pm pm;
     uint32_t clf[19];
     uint16_t cls[19];
     uint16_t clcode[19];
@@ -91,13 +101,48 @@ KVTC_IHD uint32_t kvtc__hc_sort(const uint32_t *freq, uint32_t n, uint16_t *sort
     return m;
 }
 
-/* Code lengths of the m used symbols sorted[0..m) (ascending frequency),
- * at most `limit` bits, complete (Kraft sum exactly 1) when m >= 2. Optimal
- * lengths by Moffat and Katajainen's in-place method, then the overlong
- * ones moved up as miniz's tdefl_huffman_enforce_max_code_size does (each
- * step keeps the Kraft sum, one unit per step). Frequencies sum to < 2^31. */
+/* Population count, host and device. */
+KVTC_IHD uint32_t kvtc__hc_popc(uint32_t v)
+{
+#ifdef __CUDA_ARCH__
+    return (uint32_t)__popc(v);
+#else
+    return (uint32_t)__builtin_popcount(v);
+#endif
+}
+
+/* Package-merge's selection, from the package flags of every level: the
+ * top level (limit - 1, codes of 1 bit) takes its first 2m - 2 entries;
+ * the packages among them expand into the first 2p entries of the level
+ * below, and so on down. sel[s] = how many leaves level s takes (always a
+ * prefix of the sorted leaves); a leaf's code length is the number of
+ * levels that take it. */
+KVTC_IHD void kvtc__hc_pm_select(struct kvtc__hc_pm *pm, uint32_t m, uint32_t limit)
+{
+    uint32_t k = 2 * m - 2;
+    for (uint32_t s = limit; s-- > 0;) {
+        uint32_t p = 0;
+        for (uint32_t j = 0; 32 * j < k; j++) {
+            uint32_t wv = pm->pkg[s][j];
+            if (k - 32 * j < 32)
+                wv &= (1u << (k - 32 * j)) - 1;
+            p += kvtc__hc_popc(wv);
+        }
+        pm->sel[s] = k - p;
+        k = 2 * p;
+    }
+}
+
+/* Code lengths of the m used symbols sorted[0..m) (ascending (frequency,
+ * symbol)), at most `limit` bits, complete (Kraft sum exactly 1) when m >=
+ * 2, and optimal under the limit: Larmore and Hirschberg's package-merge.
+ * Level 0 lists the leaves; level s merges them with the pairwise sums
+ * ("packages") of level s - 1's list, a leaf before a package of equal
+ * weight. The GPU encoder builds the same lists with a thread per entry
+ * (a leaf's place is its index plus the packages lighter than it), so both
+ * give the same lengths. Frequencies sum to < 2^31; m <= 2^limit. */
 KVTC_IHD void kvtc__hc_lengths(const uint32_t *freq, const uint16_t *sorted, uint32_t m,
-                               uint32_t limit, uint8_t *len, int32_t *A)
+                               uint32_t limit, uint8_t *len, struct kvtc__hc_pm *pm)
 {
     if (m == 0)
         return;
@@ -105,70 +150,35 @@ KVTC_IHD void kvtc__hc_lengths(const uint32_t *freq, const uint16_t *sorted, uin
         len[sorted[0]] = 1;
         return;
     }
+    uint32_t *prev = pm->w[0], *cur = pm->w[1], n = m;
     for (uint32_t i = 0; i < m; i++)
-        A[i] = (int32_t)freq[sorted[i]];
-    /* pass 1: parent pointers (left to right) */
-    int n = (int)m, root = 0, leaf = 2, next;
-    A[0] += A[1];
-    for (next = 1; next < n - 1; next++) {
-        if (leaf >= n || A[root] < A[leaf]) {
-            A[next] = A[root];
-            A[root++] = next;
-        } else {
-            A[next] = A[leaf++];
-        }
-        if (leaf >= n || (root < next && A[root] < A[leaf])) {
-            A[next] += A[root];
-            A[root++] = next;
-        } else {
-            A[next] += A[leaf++];
-        }
-    }
-    /* pass 2: internal node depths; pass 3: leaf depths */
-    A[n - 2] = 0;
-    for (next = n - 3; next >= 0; next--)
-        A[next] = A[A[next]] + 1;
-    int avbl = 1, used = 0, dpth = 0;
-    root = n - 2;
-    next = n - 1;
-    while (avbl > 0) {
-        while (root >= 0 && A[root] == dpth) {
-            used++;
-            root--;
-        }
-        while (avbl > used) {
-            A[next--] = dpth;
-            avbl--;
-        }
-        avbl = 2 * used;
-        dpth++;
-        used = 0;
-    }
-    uint32_t num[33];
-    for (uint32_t l = 0; l < 33; l++)
-        num[l] = 0;
-    for (uint32_t i = 0; i < m; i++)
-        num[A[i] > 32 ? 32 : A[i]]++;
-    for (uint32_t l = limit + 1; l <= 32; l++)
-        num[limit] += num[l];
-    uint32_t total = 0;
-    for (uint32_t l = limit; l > 0; l--)
-        total += num[l] << (limit - l);
-    while (total != (1u << limit)) {
-        num[limit]--;
-        for (uint32_t l = limit - 1; l > 0; l--)
-            if (num[l]) {
-                num[l]--;
-                num[l + 1] += 2;
-                break;
+        prev[i] = freq[sorted[i]];
+    for (uint32_t s = 0; s < limit; s++)
+        for (uint32_t j = 0; j < KVTC_HC_PM_WORDS; j++)
+            pm->pkg[s][j] = 0;
+    for (uint32_t s = 1; s < limit; s++) {
+        uint32_t np = n / 2, i = 0, k = 0, o = 0;
+        while (i < m || k < np) {
+            uint32_t f = i < m ? freq[sorted[i]] : 0;
+            uint32_t pk = k < np ? prev[2 * k] + prev[2 * k + 1] : 0;
+            if (i < m && (k == np || f <= pk)) {
+                cur[o++] = f, i++;
+            } else {
+                pm->pkg[s][o >> 5] |= 1u << (o & 31);
+                cur[o++] = pk, k++;
             }
-        total--;
+        }
+        n = o;
+        uint32_t *t = prev;
+        prev = cur, cur = t;
     }
-    /* the most frequent symbols get the shortest codes */
-    uint32_t j = m;
-    for (uint32_t l = 1; l <= limit; l++)
-        for (uint32_t k = num[l]; k > 0; k--)
-            len[sorted[--j]] = (uint8_t)l;
+    kvtc__hc_pm_select(pm, m, limit);
+    for (uint32_t i = 0; i < m; i++) {
+        uint32_t l = 0;
+        for (uint32_t s = 0; s < limit; s++)
+            l += i < pm->sel[s];
+        len[sorted[i]] = (uint8_t)l;
+    }
 }
 
 /* Canonical code (RFC 1951 3.2.2) of symbol s of the lengths len[0..s],
@@ -227,7 +237,7 @@ KVTC_IHD void kvtc__hc_build_lengths(const uint32_t *freq, const uint16_t *sorte
 {
     for (uint32_t s = 0; s < KVTC_HC_SYMS; s++)
         c->len[s] = 0;
-    kvtc__hc_lengths(freq, sorted, m, 15, c->len, w->a);
+    kvtc__hc_lengths(freq, sorted, m, 15, c->len, &w->pm);
 }
 
 /* Last: the block header's bits from the lengths (c->len only). */
@@ -277,7 +287,7 @@ KVTC_IHD void kvtc__hc_build_header(struct kvtc__hcode *c, struct kvtc__hc_ws *w
     }
     for (uint32_t i = 0; i < 19; i++)
         w->cllen[i] = 0;
-    kvtc__hc_lengths(w->clf, w->cls, cm, 7, w->cllen, w->a);
+    kvtc__hc_lengths(w->clf, w->cls, cm, 7, w->cllen, &w->pm);
     kvtc__hc_codes(w->cllen, 19, w->clcode);
     uint32_t ncl = 19;
     while (ncl > 4 && w->cllen[(uint8_t)ord[ncl - 1]] == 0)

@@ -123,14 +123,47 @@ Test(huff_core, single_symbol_uniform_and_two_symbol_pieces)
     free(data);
 }
 
+/* The cost (sum of freq x length) of an optimal code without a length
+ * limit, and its longest code: Huffman's merges of the two lightest, by
+ * selection (n <= 257: quadratic is fine). */
+static uint64_t huffman_cost(const uint32_t *freq, uint32_t n, uint32_t *depth)
+{
+    uint64_t w[KVTC_HC_SYMS], cost = 0;
+    uint32_t d[KVTC_HC_SYMS], alive = n;
+    for (uint32_t i = 0; i < n; i++)
+        w[i] = freq[i], d[i] = 0;
+    while (alive > 1) {
+        uint32_t a = UINT32_MAX, b = UINT32_MAX;
+        for (uint32_t i = 0; i < n; i++) {
+            if (w[i] == UINT64_MAX)
+                continue;
+            if (a == UINT32_MAX || w[i] < w[a])
+                b = a, a = i;
+            else if (b == UINT32_MAX || w[i] < w[b])
+                b = i;
+        }
+        cost += w[a] + w[b];
+        w[a] += w[b], w[b] = UINT64_MAX;
+        d[a] = (d[a] > d[b] ? d[a] : d[b]) + 1;
+        alive--;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        if (w[i] != UINT64_MAX)
+            *depth = d[i];
+    return cost;
+}
+
 /* Lengths are complete codes within their limits, on frequencies that
- * push them (Fibonacci counts) and on random ones. */
-Test(huff_core, lengths_limited_and_complete)
+ * push them (Fibonacci counts) and on random ones, and optimal: where an
+ * unlimited Huffman code fits the limit, they cost exactly what it does,
+ * and never less than it. */
+Test(huff_core, lengths_limited_complete_and_optimal)
 {
     uint32_t freq[KVTC_HC_SYMS];
     uint16_t sorted[KVTC_HC_SYMS];
     uint8_t len[KVTC_HC_SYMS];
-    int32_t A[KVTC_HC_SYMS];
+    static struct kvtc__hc_pm pm;
+    uint32_t fits = 0;
     uint64_t seed = 3;
     for (int trial = 0; trial < 400; trial++) {
         uint32_t n = 2 + (uint32_t)(ig_rand(&seed) % 256), limit = trial & 1 ? 15 : 7;
@@ -152,14 +185,25 @@ Test(huff_core, lengths_limited_and_complete)
         for (uint32_t i = 1; i < m; i++)
             cr_assert(freq[sorted[i - 1]] < freq[sorted[i]] ||
                       (freq[sorted[i - 1]] == freq[sorted[i]] && sorted[i - 1] < sorted[i]));
-        kvtc__hc_lengths(freq, sorted, m, limit, len, A);
-        uint64_t kraft = 0;
+        kvtc__hc_lengths(freq, sorted, m, limit, len, &pm);
+        uint64_t kraft = 0, cost = 0;
         for (uint32_t s = 0; s < n; s++) {
             cr_assert(len[s] >= 1 && len[s] <= limit, "trial %d: len %u", trial, len[s]);
             kraft += 1ull << (limit - len[s]);
+            cost += (uint64_t)freq[s] * len[s];
         }
         cr_assert_eq(kraft, 1ull << limit, "trial %d: incomplete or over-subscribed", trial);
+        uint32_t depth = 0;
+        uint64_t best = huffman_cost(freq, n, &depth);
+        cr_assert(cost >= best, "trial %d: cost %llu below Huffman's %llu", trial,
+                  (unsigned long long)cost, (unsigned long long)best);
+        if (depth <= limit) {
+            fits++;
+            cr_assert_eq(cost, best, "trial %d: cost %llu, Huffman's %llu (depth %u)", trial,
+                         (unsigned long long)cost, (unsigned long long)best, depth);
+        }
     }
+    cr_assert(fits > 100 && fits < 400, "both kinds of trial ran (%u fit the limit)", fits);
 }
 
 /* Counts 1, 1, 2, 4, ..., 32768 need 17-bit codes unlimited: the block
