@@ -27,41 +27,144 @@ extern "C" {
 }
 
 #define ENC_T 256u
-#define ENC_PER 256u /* symbols per thread: 64 KiB / ENC_T */
+#define WARP_BYTES (65536u / (ENC_T / 32)) /* a warp's share of a full piece */
+#define RING 128u /* a window adds <= 60 words to the <= 1 pending */
 static_assert(ENC_T == 256, "a thread per literal (histogram, rank, count)");
 
-/* Bits into 32-bit words from bit p on: the first and the last word may be
- * shared with a neighbour (atomicOr), the others are this thread's. */
-struct bitw {
-    uint32_t *d, w, nb, first;
-    uint64_t acc;
-};
+/* Shared memory the warp functions below use too (file scope: 32-bit
+ * shared addresses, no pointer registers in their loops). scratch: per-lane
+ * 16-bit byte counters (two symbols a word), then package-merge's lists,
+ * then a ring of RING words per warp. */
+__shared__ __align__(16) uint32_t scratch[128 * 32];
+__shared__ uint32_t ctab[KVTC_HC_SYMS]; /* code | length << 16 */
+__shared__ uint32_t nib[32];            /* lengths as nibbles: 8 symbols a word */
 
-__device__ static inline void bw_init(bitw *b, uint32_t *d, uint64_t p)
+/* A lane's symbols of a window: the 4 bytes at p (4-byte aligned), fewer
+ * at the piece's end (*ns of them, none past it). */
+__device__ static inline uint32_t load_syms(const uint8_t *s, uint32_t p, uint32_t len,
+                                            uint32_t *ns)
 {
-    b->d = d, b->w = (uint32_t)(p >> 5), b->nb = (uint32_t)(p & 31), b->first = 1, b->acc = 0;
-}
-
-__device__ static inline void bw_put(bitw *b, uint32_t v, uint32_t n)
-{
-    b->acc |= (uint64_t)v << b->nb;
-    b->nb += n;
-    if (b->nb >= 32) {
-        if (b->first)
-            atomicOr(b->d + b->w, (uint32_t)b->acc);
-        else
-            b->d[b->w] = (uint32_t)b->acc;
-        b->first = 0;
-        b->w++;
-        b->acc >>= 32;
-        b->nb -= 32;
+    if (p + 4 <= len) {
+        *ns = 4;
+        return *(const uint32_t *)(s + p);
     }
+    uint32_t v = 0, n = p < len ? len - p : 0;
+    for (uint32_t k = 0; k < n; k++)
+        v |= (uint32_t)s[p + k] << (8 * k);
+    *ns = n;
+    return v;
 }
 
-__device__ static inline void bw_end(bitw *b)
+/* ORs the n <= 60 bits of v at bit p of the output into a warp's ring of
+ * RING shared words from scratch[ring] (word w of the output at
+ * scratch[ring + w % RING]). */
+__device__ static inline void ring_or(uint32_t ring, uint32_t p, uint64_t v, uint32_t n)
 {
-    if (b->nb)
-        atomicOr(b->d + b->w, (uint32_t)b->acc);
+    uint32_t sh = p & 31, w = p >> 5;
+    atomicOr(&scratch[ring + w % RING], (uint32_t)(v << sh));
+    uint64_t hi = sh ? v >> (32 - sh) : v >> 32; /* from the next word's bit 0 */
+    if (sh + n > 32)
+        atomicOr(&scratch[ring + (w + 1) % RING], (uint32_t)hi);
+    if (sh + n > 64)
+        atomicOr(&scratch[ring + (w + 2) % RING], (uint32_t)(hi >> 32));
+}
+
+/* The bits of a warp's windows [w0, w1) of the piece (nibble lengths),
+ * its index entries (a window never straddles two sub-ranges: 2^log2 >=
+ * 256), and their total. */
+__device__ __noinline__ static uint32_t warp_bits(const uint8_t *s, uint32_t w0, uint32_t w1,
+                                                  uint32_t len, uint32_t log2, uint16_t *ix)
+{
+    uint32_t lane = threadIdx.x & 31, sub = 0, mine = 0;
+    for (uint32_t win = w0; win < w1; win += 128) { /* empty for warps past the piece */
+        uint32_t ns, v = load_syms(s, win + 4 * lane, len, &ns), b = 0;
+        for (uint32_t k = 0; k < ns; k++) {
+            uint32_t sym = (v >> (8 * k)) & 255;
+            b += (nib[sym >> 3] >> (4 * (sym & 7))) & 15;
+        }
+        for (uint32_t o = 16; o > 0; o >>= 1)
+            b += __shfl_xor_sync(0xffffffffu, b, o);
+        sub += b, mine += b;
+        if (win + 128 >= w1 || ((win + 128) & ((1u << log2) - 1)) == 0) {
+            if (lane == 0)
+                ix[win >> log2] = (uint16_t)sub;
+            sub = 0;
+        }
+    }
+    return mine;
+}
+
+/* One window of a warp: each lane's ns symbols of v OR-ed at its offset
+ * into the ring, then the ring's complete words out to d; returns the bit
+ * after the window. first_w: the warp's first word, the previous warp's
+ * too when shared_first. */
+__device__ __forceinline__ static uint32_t win_put(uint32_t v, uint32_t ns, uint32_t ring,
+                                                    uint32_t *d, uint32_t pos, uint32_t first_w,
+                                                    int shared_first)
+{
+    uint32_t lane = threadIdx.x & 31, nb = 0;
+    uint64_t acc = 0;
+#pragma unroll
+    for (uint32_t k = 0; k < 4; k++) {
+        uint32_t e = k < ns ? ctab[(v >> (8 * k)) & 255] : 0;
+        acc |= (uint64_t)(e & 0xffffu) << nb;
+        nb += e >> 16;
+    }
+    uint32_t incl = nb;
+    for (uint32_t o = 1; o < 32; o <<= 1) {
+        uint32_t x = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o)
+            incl += x;
+    }
+    if (nb)
+        ring_or(ring, pos + incl - nb, acc, nb);
+    uint32_t from = pos >> 5;
+    pos += __shfl_sync(0xffffffffu, incl, 31);
+    __syncwarp();
+    for (uint32_t wi = from + lane; wi < pos >> 5; wi += 32) { /* complete words */
+        uint32_t x = scratch[ring + wi % RING];
+        scratch[ring + wi % RING] = 0;
+        if (wi == first_w && shared_first)
+            atomicOr(d + wi, x);
+        else
+            d[wi] = x;
+    }
+    __syncwarp();
+    return pos;
+}
+
+/* A warp's codes of windows [w0, w1) from bit pos on, the end-of-block
+ * code after them if `last`; shared_first: its first word is the
+ * previous warp's too. The ring is zeroed but for the header's last bits
+ * (warp 0). Whole windows take no bounds checks (bit positions in a
+ * piece's output: < 2^20). */
+__device__ __noinline__ static void warp_write(const uint8_t *s, uint32_t w0, uint32_t w1,
+                                               uint32_t len, uint32_t ring, uint32_t *d,
+                                               uint32_t pos, int shared_first, int last)
+{
+    uint32_t lane = threadIdx.x & 31, first_w = pos >> 5, whole = w0 + ((w1 - w0) & ~127u);
+    const uint32_t *s32 = (const uint32_t *)s + lane;
+    for (uint32_t win = w0; win < whole; win += 128)
+        pos = win_put(s32[win / 4], 4, ring, d, pos, first_w, shared_first);
+    if (whole < w1) {
+        uint32_t ns, v = load_syms(s, whole + 4 * lane, len, &ns);
+        pos = win_put(v, ns, ring, d, pos, first_w, shared_first);
+    }
+    uint32_t from = pos >> 5; /* the words before it are out */
+    if (last) { /* the end of block after the piece's last symbol */
+        if (lane == 0)
+            ring_or(ring, pos, ctab[256] & 0xffffu, ctab[256] >> 16);
+        pos += ctab[256] >> 16;
+        __syncwarp();
+    }
+    uint32_t endw = (pos + 31) >> 5;
+    for (uint32_t wi = from + lane; wi < endw; wi += 32) {
+        uint32_t x = scratch[ring + wi % RING];
+        if ((wi == first_w && shared_first) || (wi + 1 == endw && (pos & 31)))
+            atomicOr(d + wi, x); /* a neighbour's word too */
+        else
+            d[wi] = x;
+    }
 }
 
 /* Exclusive prefix sum of v over the block's ENC_T threads; *total gets
@@ -343,20 +446,18 @@ __device__ static void par_header(kvtc__hcode *c, hdr_sh *h, kvtc__hc_pm *pm, ui
     __syncthreads();
 }
 
-__global__ void __launch_bounds__(ENC_T)
+__global__ void __launch_bounds__(ENC_T, 8) /* 8 blocks an SM: ~1000 pieces in one wave */
     k_huff_enc(const void *const *src, const size_t *src_len, uint64_t n, void *const *dst,
                size_t *dst_len, uint16_t *const *idx, uint32_t log2, int32_t *status)
 {
     /* per-lane 16-bit counters, two symbols a word; later package-merge's
      * lists (the counts are summed by then) */
-    __shared__ __align__(16) uint32_t scratch[128 * 32];
     __shared__ uint32_t freq[KVTC_HC_SYMS], lw[KVTC_HC_SYMS];
     __shared__ uint16_t sorted[KVTC_HC_SYMS];
-    __shared__ uint32_t ctab[KVTC_HC_SYMS]; /* code | length << 16 */
     __shared__ kvtc__hcode c;
     __shared__ hdr_sh h;
     __shared__ uint32_t hw[KVTC_HC_HDR_BYTES / 4];
-    __shared__ uint32_t off[ENC_T + 1], ws[ENC_T / 32];
+    __shared__ uint32_t ws[ENC_T / 32];
     __shared__ uint32_t lcount[ENC_T / 32][16], cnt[16], wbits[ENC_T / 32];
     static_assert(sizeof(kvtc__hc_pm) <= sizeof scratch, "package-merge lists fit the counters");
     kvtc__hc_pm *pm = (kvtc__hc_pm *)scratch;
@@ -505,66 +606,49 @@ __global__ void __launch_bounds__(ENC_T)
             dst_len[i] = total, status[i] = 0;
         return;
     }
-    /* bit length of this thread's symbols */
-    uint32_t a = t * ENC_PER, e = a + ENC_PER < len ? a + ENC_PER : (a < len ? len : a), bits = 0;
-    /* (threads past the piece have a == e: no bits, nothing to write) */
-    /* 16-byte loads: a thread's 256 bytes are 16 lines of its own, and a
-     * byte load per symbol cost a cache wavefront per lane */
-    int v16 = ((uintptr_t)s & 15) == 0;
-    uint32_t q = a;
-    for (; v16 && q + 16 <= e; q += 16) {
-        uint4 w4 = *(const uint4 *)(s + q);
-        uint32_t w[4] = {w4.x, w4.y, w4.z, w4.w};
-#pragma unroll
-        for (int j = 0; j < 16; j++)
-            bits += ctab[(w[j >> 2] >> (8 * (j & 3))) & 255] >> 16;
+    /* The write, a warp per 8 KiB of the piece in windows of 128 bytes
+     * (a 4-byte word a lane, loads coalesced): first each window's bits
+     * (lengths from the nibble table: its 32 words sit in 32 banks), the
+     * index entries and the warp's total; then, from the warp's first bit
+     * (the header's length plus the warps before), each lane's 4 codes
+     * OR-ed at its offset (a warp scan) into a ring of shared words, whose
+     * complete words go out as coalesced stores. The first and last word
+     * of a warp's bits may be a neighbour's too: OR-ed into the zeroed
+     * output. (A thread per 256 contiguous symbols, the first version,
+     * was bound by the L1's wavefronts: 32 lines per load and per store.) */
+    if (t < 32) {
+        uint32_t v = 0;
+        for (uint32_t k = 0; k < 8; k++)
+            v |= (uint32_t)c.len[8 * t + k] << (4 * k);
+        nib[t] = v;
     }
-    for (; q < e; q++)
-        bits += ctab[s[q]] >> 16;
-    uint32_t all, before_bits = blk_scan(bits, ws, &all);
-    off[t] = before_bits;
-    if (t == ENC_T - 1)
-        off[ENC_T] = all;
     __syncthreads();
-    uint32_t per = (1u << log2) / ENC_PER; /* threads per sub-range */
-    for (uint32_t k = t; k < S; k += ENC_T) {
-        uint32_t t1 = (k + 1) * per < ENC_T ? (k + 1) * per : ENC_T;
-        ix[k] = (uint16_t)(off[t1] - off[k * per]);
-    }
-    uint64_t total_bits = c.hdr_bits + (uint64_t)off[ENC_T] + c.len[256];
+    uint32_t w0 = warp * WARP_BYTES, w1 = w0 + WARP_BYTES < len ? w0 + WARP_BYTES : len;
+    uint32_t mine = warp_bits(s, w0, w1, len, log2, ix);
+    if (lane == 0)
+        wbits[warp] = mine;
+    __syncthreads();
+    uint32_t pos = c.hdr_bits;
+    for (uint32_t w = 0; w < warp; w++)
+        pos += wbits[w];
+    uint64_t total_bits = c.hdr_bits + c.data_bits + c.len[256];
     uint32_t nbytes = (uint32_t)((total_bits + 7) / 8), words = (nbytes + 3) / 4;
     for (uint32_t q = t; q < words; q += ENC_T)
         d[q] = 0;
+    uint32_t ring = warp * RING; /* package-merge is done with scratch */
+    for (uint32_t k = lane; k < RING; k += 32)
+        scratch[ring + k] = 0;
     __syncthreads();
-    /* the header's whole words (bit 0 on: no other thread's bits) by all
-     * threads; thread 0 puts only the rest of it before its symbols (it
-     * put the whole header a byte at a time before) */
+    /* the header's whole words (bit 0 on: nobody else's bits); its last
+     * bits start warp 0's ring */
     uint32_t hwn = c.hdr_bits / 32;
     for (uint32_t k = t; k < hwn; k += ENC_T)
         d[k] = hw[k];
-    if (a >= len)
-        return; /* past the piece (thread 0 never is: len >= 1) */
-    bitw bw;
-    bw_init(&bw, d, t == 0 ? 32ull * hwn : c.hdr_bits + (uint64_t)off[t]);
     if (t == 0 && (c.hdr_bits & 31))
-        bw_put(&bw, hw[hwn], c.hdr_bits & 31); /* the header's last bits, zeros above */
-    q = a;
-    for (; v16 && q + 16 <= e; q += 16) {
-        uint4 w4 = *(const uint4 *)(s + q);
-        uint32_t w[4] = {w4.x, w4.y, w4.z, w4.w};
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            uint32_t v = ctab[(w[j >> 2] >> (8 * (j & 3))) & 255];
-            bw_put(&bw, v & 0xffffu, v >> 16);
-        }
-    }
-    for (; q < e; q++) {
-        uint32_t v = ctab[s[q]];
-        bw_put(&bw, v & 0xffffu, v >> 16);
-    }
-    if (a < len && e == len)
-        bw_put(&bw, ctab[256] & 0xffffu, ctab[256] >> 16);
-    bw_end(&bw);
+        scratch[ring + hwn % RING] = hw[hwn];
+    __syncwarp();
+    if (w0 < len)
+        warp_write(s, w0, w1, len, ring, d, pos, warp > 0 && (pos & 31), w1 == len);
     if (t == 0)
         dst_len[i] = nbytes, status[i] = 0;
 }
