@@ -69,27 +69,47 @@ __device__ static inline void ring_or(uint32_t ring, uint32_t p, uint64_t v, uin
         atomicOr(&scratch[ring + (w + 2) % RING], (uint32_t)(hi >> 32));
 }
 
-/* The bits of a warp's windows [w0, w1) of the piece (nibble lengths),
- * its index entries (a window never straddles two sub-ranges: 2^log2 >=
- * 256), and their total. */
+/* Code lengths of a lane's ns symbols of v, from the nibble table. */
+__device__ __forceinline__ static uint32_t nib_bits(uint32_t v, uint32_t ns)
+{
+    uint32_t b = 0;
+#pragma unroll
+    for (uint32_t k = 0; k < 4; k++) {
+        uint32_t sym = (v >> (8 * k)) & 255;
+        b += k < ns ? (nib[sym >> 3] >> (4 * (sym & 7))) & 15 : 0;
+    }
+    return b;
+}
+
+/* The bits of a warp's share [w0, w1) of the piece, a sub-range (2^log2
+ * >= 256 bytes: whole windows but at the piece's end) at a time: each
+ * lane's words of 4 windows loaded before they are counted (loads in
+ * flight, not one window's latency after another's), one warp sum per
+ * sub-range for its index entry. Returns the total. */
 __device__ __noinline__ static uint32_t warp_bits(const uint8_t *s, uint32_t w0, uint32_t w1,
                                                   uint32_t len, uint32_t log2, uint16_t *ix)
 {
-    uint32_t lane = threadIdx.x & 31, sub = 0, mine = 0;
-    for (uint32_t win = w0; win < w1; win += 128) { /* empty for warps past the piece */
-        uint32_t ns, v = load_syms(s, win + 4 * lane, len, &ns), b = 0;
-        for (uint32_t k = 0; k < ns; k++) {
-            uint32_t sym = (v >> (8 * k)) & 255;
-            b += (nib[sym >> 3] >> (4 * (sym & 7))) & 15;
+    uint32_t lane = threadIdx.x & 31, mine = 0;
+    const uint32_t *s32 = (const uint32_t *)s + lane;
+    for (uint32_t sr = w0; sr < w1; sr += 1u << log2) { /* none for warps past the piece */
+        uint32_t end = sr + (1u << log2) < w1 ? sr + (1u << log2) : w1;
+        uint32_t whole = sr + ((end - sr) & ~127u), win = sr, b = 0;
+        for (; win + 512 <= whole; win += 512) {
+            uint32_t v0 = s32[win / 4], v1 = s32[win / 4 + 32], v2 = s32[win / 4 + 64],
+                     v3 = s32[win / 4 + 96];
+            b += nib_bits(v0, 4) + nib_bits(v1, 4) + nib_bits(v2, 4) + nib_bits(v3, 4);
+        }
+        for (; win < whole; win += 128)
+            b += nib_bits(s32[win / 4], 4);
+        if (whole < end) {
+            uint32_t ns, v = load_syms(s, whole + 4 * lane, len, &ns);
+            b += nib_bits(v, ns);
         }
         for (uint32_t o = 16; o > 0; o >>= 1)
             b += __shfl_xor_sync(0xffffffffu, b, o);
-        sub += b, mine += b;
-        if (win + 128 >= w1 || ((win + 128) & ((1u << log2) - 1)) == 0) {
-            if (lane == 0)
-                ix[win >> log2] = (uint16_t)sub;
-            sub = 0;
-        }
+        if (lane == 0)
+            ix[sr >> log2] = (uint16_t)b;
+        mine += b;
     }
     return mine;
 }
@@ -144,8 +164,13 @@ __device__ __noinline__ static void warp_write(const uint8_t *s, uint32_t w0, ui
 {
     uint32_t lane = threadIdx.x & 31, first_w = pos >> 5, whole = w0 + ((w1 - w0) & ~127u);
     const uint32_t *s32 = (const uint32_t *)s + lane;
-    for (uint32_t win = w0; win < whole; win += 128)
-        pos = win_put(s32[win / 4], 4, ring, d, pos, first_w, shared_first);
+    uint32_t next = w0 < whole ? s32[w0 / 4] : 0; /* a window's load ahead */
+    for (uint32_t win = w0; win < whole; win += 128) {
+        uint32_t v = next;
+        if (win + 128 < whole)
+            next = s32[win / 4 + 32];
+        pos = win_put(v, 4, ring, d, pos, first_w, shared_first);
+    }
     if (whole < w1) {
         uint32_t ns, v = load_syms(s, whole + 4 * lane, len, &ns);
         pos = win_put(v, ns, ring, d, pos, first_w, shared_first);
@@ -492,12 +517,24 @@ __global__ void __launch_bounds__(ENC_T, 8) /* 8 blocks an SM: ~1000 pieces in o
     uint32_t done = 0;
     if (((uintptr_t)s & 15) == 0) {
         uint32_t nv = len / 16;
-        for (uint32_t q = t; q < nv; q += ENC_T) {
-            uint4 w4 = ((const uint4 *)s)[q];
-            COUNT_WORD(w4.x);
-            COUNT_WORD(w4.y);
-            COUNT_WORD(w4.z);
-            COUNT_WORD(w4.w);
+        uint32_t q = t;
+        for (; q + ENC_T < nv; q += 2 * ENC_T) { /* two loads in flight */
+            uint4 a4 = ((const uint4 *)s)[q], b4 = ((const uint4 *)s)[q + ENC_T];
+            COUNT_WORD(a4.x);
+            COUNT_WORD(a4.y);
+            COUNT_WORD(a4.z);
+            COUNT_WORD(a4.w);
+            COUNT_WORD(b4.x);
+            COUNT_WORD(b4.y);
+            COUNT_WORD(b4.z);
+            COUNT_WORD(b4.w);
+        }
+        if (q < nv) {
+            uint4 a4 = ((const uint4 *)s)[q];
+            COUNT_WORD(a4.x);
+            COUNT_WORD(a4.y);
+            COUNT_WORD(a4.z);
+            COUNT_WORD(a4.w);
         }
         done = nv * 16;
     } else { /* 4-byte aligned (the API's promise) */
