@@ -11,12 +11,11 @@
  * - the block header: run-length symbols placed by a scan over the runs,
  *   the code-length code by the same package-merge, its bits OR-ed into
  *   shared words at offsets from a scan;
- * - a bit-parallel write: each thread owns 256 symbols, their bit lengths
- *   are scanned across the block, and every thread writes its bits at its
- *   offset (boundary words, shared with a neighbour, by atomicOr into the
- *   zeroed output; the words between by plain stores). The index entries
- *   fall out of the scan.
- * The bytes equal kvtc__hc_encode_ref's (tests/gpu/test_gpu_huffman.c). */
+ * - the bits: a warp per 8 KiB of the piece in 128-byte windows, a lane
+ *   per 4-byte word (see the comment at the write below).
+ * The bytes equal kvtc__hc_encode_ref's (tests/gpu/test_gpu_huffman.c).
+ * docs/perf-notes.md, "The Huffman encoder without serial steps", has the
+ * probe's numbers for each step. */
 #include <cuda_runtime.h>
 
 #include "gpu_huffman.h"
