@@ -197,8 +197,6 @@ __global__ void __launch_bounds__(ENC_T, 8) /* 8 blocks an SM: ~1000 pieces in o
     k_huff_enc(const void *const *src, const size_t *src_len, uint64_t n, void *const *dst,
                size_t *dst_len, uint16_t *const *idx, uint32_t log2, int32_t *status)
 {
-    /* per-lane 16-bit counters, two symbols a word; later package-merge's
-     * lists (the counts are summed by then) */
     __shared__ uint32_t freq[KVTC_HC_SYMS], lw[KVTC_HC_SYMS];
     __shared__ uint16_t sorted[KVTC_HC_SYMS];
     __shared__ kvtc__hcode c;
@@ -207,7 +205,7 @@ __global__ void __launch_bounds__(ENC_T, 8) /* 8 blocks an SM: ~1000 pieces in o
     __shared__ uint32_t ws[ENC_T / 32];
     __shared__ uint32_t lcount[ENC_T / 32][16], cnt[16], wbits[ENC_T / 32];
     static_assert(sizeof(kvtc__hc_pm) <= sizeof scratch, "package-merge lists fit the counters");
-    kvtc__hc_pm *pm = (kvtc__hc_pm *)scratch;
+    kvtc__hc_pm *pm = (kvtc__hc_pm *)scratch; /* the counts are summed by then */
     uint64_t i = blockIdx.x + (uint64_t)blockIdx.y * gridDim.x;
     uint32_t t = threadIdx.x, lane = t & 31, warp = t >> 5;
     if (i >= n)
@@ -321,7 +319,7 @@ __global__ void __launch_bounds__(ENC_T, 8) /* 8 blocks an SM: ~1000 pieces in o
     for (uint32_t w = 0; l && w < warp; w++)
         before += lcount[w][l];
     uint32_t code = l ? __brev(first + before) >> (32 - l) : 0;
-    c.code[t] = (uint16_t)code;
+    c.code[t] = (uint16_t)code; /* as kvtc__hc_build fills it; the write reads ctab */
     ctab[t] = code | l << 16;
     uint32_t db = freq[t] * l; /* < 2^20 */
     for (uint32_t o = 16; o > 0; o >>= 1)
