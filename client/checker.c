@@ -24,6 +24,7 @@
  * callback) and writes only the op's sums; an op is on one list at a time,
  * the checker's under its mutex. It wakes a connection sleeping on its fd
  * with ucp_worker_signal (callable from any thread). */
+#include "fifo.h"
 #include "internal.h"
 
 #include <pthread.h>
@@ -42,16 +43,6 @@ struct kvtc__checker {
     ucp_worker_h worker;
 };
 
-static void push(struct kvtc__op **head, struct kvtc__op **tail, struct kvtc__op *op)
-{
-    op->next = NULL;
-    if (*tail)
-        (*tail)->next = op;
-    else
-        *head = op;
-    *tail = op;
-}
-
 static void *checker_main(void *arg)
 {
     struct kvtc__checker *k = arg;
@@ -64,9 +55,7 @@ static void *checker_main(void *arg)
             pthread_cond_wait(&k->cv, &k->mu);
             continue;
         }
-        k->todo_head = op->next;
-        if (!k->todo_head)
-            k->todo_tail = NULL;
+        KVTC_FIFO_POP(k->todo_head, k->todo_tail, next);
         pthread_mutex_unlock(&k->mu);
         if (op->later) {
             /* A put: the checksums its request announces. */
@@ -84,7 +73,7 @@ static void *checker_main(void *arg)
             }
         }
         pthread_mutex_lock(&k->mu);
-        push(&k->done_head, &k->done_tail, op);
+        KVTC_FIFO_PUSH(k->done_head, k->done_tail, op, next);
         ucp_worker_signal(k->worker);
     }
     pthread_mutex_unlock(&k->mu);
@@ -127,7 +116,7 @@ static int hand_over(kvtc_conn *c, struct kvtc__op *op)
     }
     struct kvtc__checker *k = c->checker;
     pthread_mutex_lock(&k->mu);
-    push(&k->todo_head, &k->todo_tail, op);
+    KVTC_FIFO_PUSH(k->todo_head, k->todo_tail, op, next);
     k->n++;
     pthread_cond_signal(&k->cv);
     pthread_mutex_unlock(&k->mu);

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "fifo.h"
 #include "internal.h"
 
 #define DEFAULT_PORT "7700"
@@ -120,12 +121,7 @@ static void unlink_inflight(struct kvtc__op *op)
 
 void kvtc__op_push_done(kvtc_conn *c, struct kvtc__op *op)
 {
-    op->next = NULL;
-    if (c->done_tail)
-        c->done_tail->next = op;
-    else
-        c->done_head = op;
-    c->done_tail = op;
+    KVTC_FIFO_PUSH(c->done_head, c->done_tail, op, next);
     c->n_done++;
 }
 
@@ -174,9 +170,7 @@ static void bulk_send_next(kvtc_conn *c)
     struct kvtc__op *op = c->sendq_head;
     if (!op || c->failed)
         return;
-    c->sendq_head = op->sendq_next;
-    if (!c->sendq_head)
-        c->sendq_tail = NULL;
+    KVTC_FIFO_POP(c->sendq_head, c->sendq_tail, sendq_next);
     c->bulk_sending = 1;
     post_send(c, op);
 }
@@ -184,12 +178,11 @@ static void bulk_send_next(kvtc_conn *c)
 /* The connection failed: sends still waiting are not posted. */
 static void drop_send_queue(kvtc_conn *c)
 {
-    while (c->sendq_head) {
-        struct kvtc__op *op = c->sendq_head;
-        c->sendq_head = op->sendq_next;
+    struct kvtc__op *op;
+    while ((op = c->sendq_head)) {
+        KVTC_FIFO_POP(c->sendq_head, c->sendq_tail, sendq_next);
         op->send_pending = 0;
     }
-    c->sendq_tail = NULL;
     c->bulk_sending = 0;
 }
 
@@ -299,12 +292,7 @@ static int op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
         op->q_hdr = hdr, op->q_hlen = hdr_len, op->q_data = payload, op->q_count = count;
         op->q_prm = prm;
         if (c->bulk_sending) {
-            op->sendq_next = NULL;
-            if (c->sendq_tail)
-                c->sendq_tail->sendq_next = op;
-            else
-                c->sendq_head = op;
-            c->sendq_tail = op;
+            KVTC_FIFO_PUSH(c->sendq_head, c->sendq_tail, op, sendq_next);
             return 0;
         }
         c->bulk_sending = 1;
@@ -589,9 +577,7 @@ static int run_done(kvtc_conn *c)
     struct kvtc__op *op;
     kvtc__checker_collect(c);
     while ((op = c->done_head)) {
-        c->done_head = op->next;
-        if (!c->done_head)
-            c->done_tail = NULL;
+        KVTC_FIFO_POP(c->done_head, c->done_tail, next);
         c->n_done--;
         op->next = NULL;
         if (kvtc__checker_take(c, op))

@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "fifo.h"
 #include "kvtc_errors.h"
 #include "log.h"
 
@@ -68,12 +69,7 @@ int kvtcd_aio_errno(int e)
 
 static void fifo_push(kvtcd_aio *a, aio_op *op)
 {
-    op->next = NULL;
-    if (a->wait_tail)
-        a->wait_tail->next = op;
-    else
-        a->wait_head = op;
-    a->wait_tail = op;
+    KVTC_FIFO_PUSH(a->wait_head, a->wait_tail, op, next);
     a->waiting++;
 }
 
@@ -81,9 +77,7 @@ static aio_op *fifo_pop(kvtcd_aio *a)
 {
     aio_op *op = a->wait_head;
     if (op) {
-        a->wait_head = op->next;
-        if (!a->wait_head)
-            a->wait_tail = NULL;
+        KVTC_FIFO_POP(a->wait_head, a->wait_tail, next);
         a->waiting--;
     }
     return op;

@@ -22,6 +22,7 @@
 #define LP_XXH3_UPDATE XXH3_64bits_update
 #endif
 
+#include "fifo.h"
 #include "kvtc.pb-c.h"
 #include "kvtc_errors.h"
 #include "local_region.h"
@@ -895,11 +896,7 @@ int kvtcd_lcopy_start(kvtcd_session *s, kvtcd_lcopy *job)
         to_workers(lp, job);
         return 0;
     }
-    if (lp->pend_tail)
-        lp->pend_tail->pend_next = job;
-    else
-        lp->pend_head = job;
-    lp->pend_tail = job;
+    KVTC_FIFO_PUSH(lp->pend_head, lp->pend_tail, job, pend_next);
     return 0;
 }
 

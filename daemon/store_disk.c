@@ -40,6 +40,7 @@
 #include <xxhash.h>
 
 #include "aio.h"
+#include "fifo.h"
 #include "kvtc_errors.h"
 #include "log.h"
 #include "segment.h"
@@ -384,11 +385,9 @@ static void bounce_put(kvtcd_disk *d, uint8_t *b, int large)
     bpool *p = large ? &d->large : &d->small;
     p->free[p->nfree++] = b;
     /* Whoever waited for a buffer goes on, in arrival order. */
-    while (d->bwait_head) {
-        wop *w = d->bwait_head;
-        d->bwait_head = w->next;
-        if (!d->bwait_head)
-            d->bwait_tail = NULL;
+    wop *w;
+    while ((w = d->bwait_head)) {
+        KVTC_FIFO_POP(d->bwait_head, d->bwait_tail, next);
         w->next = NULL;
         w->waiting = 0;
         wop_pump(w);
@@ -399,13 +398,8 @@ static void bounce_put(kvtcd_disk *d, uint8_t *b, int large)
 
 static void bwait_push(kvtcd_disk *d, wop *w)
 {
-    w->next = NULL;
     w->waiting = 1;
-    if (d->bwait_tail)
-        d->bwait_tail->next = w;
-    else
-        d->bwait_head = w;
-    d->bwait_tail = w;
+    KVTC_FIFO_PUSH(d->bwait_head, d->bwait_tail, w, next);
 }
 
 static void pool_free(bpool *p)
@@ -726,12 +720,7 @@ static int fits_active(const kvtcd_disk *d, const wop *w)
 
 static void roll_push(kvtcd_disk *d, wop *w)
 {
-    w->next = NULL;
-    if (d->roll_tail)
-        d->roll_tail->next = w;
-    else
-        d->roll_head = w;
-    d->roll_tail = w;
+    KVTC_FIFO_PUSH(d->roll_head, d->roll_tail, w, next);
     d->waiting_bytes += w->rec_len;
 }
 
@@ -744,9 +733,7 @@ static void drain_roll(kvtcd_disk *d)
             start_roll(d);
             return;
         }
-        d->roll_head = w->next;
-        if (!d->roll_head)
-            d->roll_tail = NULL;
+        KVTC_FIFO_POP(d->roll_head, d->roll_tail, next);
         w->next = NULL;
         d->waiting_bytes -= w->rec_len;
         int rc = place(d, w);
@@ -757,14 +744,13 @@ static void drain_roll(kvtcd_disk *d)
 
 static void fail_roll_waiters(kvtcd_disk *d, int status)
 {
-    while (d->roll_head) {
-        wop *w = d->roll_head;
-        d->roll_head = w->next;
+    wop *w;
+    while ((w = d->roll_head)) {
+        KVTC_FIFO_POP(d->roll_head, d->roll_tail, next);
         d->waiting_bytes -= w->rec_len;
         w->next = NULL;
         wop_finish(w, status);
     }
-    d->roll_tail = NULL;
 }
 
 static void create_work(uv_work_t *req)
@@ -2198,9 +2184,8 @@ void kvtcd_disk_close(kvtcd_disk *d, void (*closed)(void *arg), void *arg)
     d->closed_arg = arg;
     d->in_api++;
     fail_roll_waiters(d, KVTC_ECANCELED);
-    while (d->bwait_head) {
-        wop *w = d->bwait_head;
-        d->bwait_head = w->next;
+    for (wop *w; (w = d->bwait_head);) {
+        KVTC_FIFO_POP(d->bwait_head, d->bwait_tail, next);
         w->next = NULL;
         w->waiting = 0;
         w->status = KVTC_ECANCELED;
@@ -2208,7 +2193,6 @@ void kvtcd_disk_close(kvtcd_disk *d, void (*closed)(void *arg), void *arg)
             wop_finish(w, KVTC_ECANCELED);
         /* else its last piece finishes it */
     }
-    d->bwait_tail = NULL;
     if (d->comp)
         d->comp->stop = 1;
     d->in_api--;

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "fifo.h"
 #include "kvtc_errors.h"
 #include "local_path.h"
 #include "log.h"
@@ -743,9 +744,7 @@ static void send_done(kvtcd_op *op)
     if (op->send_bulk) {
         s->bulk_sending = 0;
         if (s->open && (next = s->bulk_q_head) != NULL) {
-            s->bulk_q_head = next->bulk_q_next;
-            if (!s->bulk_q_head)
-                s->bulk_q_tail = NULL;
+            KVTC_FIFO_POP(s->bulk_q_head, s->bulk_q_tail, bulk_q_next);
             s->bulk_sending = 1;
         }
     }
@@ -759,12 +758,11 @@ static void send_done(kvtcd_op *op)
 /* The session failed: replies still waiting are not sent. */
 static void drop_bulk_queue(kvtcd_session *s)
 {
-    while (s->bulk_q_head) {
-        kvtcd_op *op = s->bulk_q_head;
-        s->bulk_q_head = op->bulk_q_next;
+    kvtcd_op *op;
+    while ((op = s->bulk_q_head)) {
+        KVTC_FIFO_POP(s->bulk_q_head, s->bulk_q_tail, bulk_q_next);
         kvtcd_op_free(op);
     }
-    s->bulk_q_tail = NULL;
 }
 
 static void on_send_done(void *req, ucs_status_t status, void *user_data)
@@ -848,11 +846,7 @@ int kvtcd_send_reply(kvtcd_session *s, const Kvtc__Wire__Reply *rep,
         op->send_bulk = 1;
         if (s->bulk_sending) {
             srv->m.bulk_replies_waited++;
-            if (s->bulk_q_tail)
-                s->bulk_q_tail->bulk_q_next = op;
-            else
-                s->bulk_q_head = op;
-            s->bulk_q_tail = op;
+            KVTC_FIFO_PUSH(s->bulk_q_head, s->bulk_q_tail, op, bulk_q_next);
             return 0;
         }
         s->bulk_sending = 1;
