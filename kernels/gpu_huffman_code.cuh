@@ -253,7 +253,7 @@ __device__ static void par_header(kvtc__hcode *c, hdr_sh *h, kvtc__hc_pm *pm, ui
     }
     __syncthreads();
     pm_lengths(h->lw, h->cls, cm, 7, h->cllen, pm);
-    const char *ord = "\x10\x11\x12\x00\x08\x07\x09\x06\x0a\x05\x0b\x04\x0c\x03\x0d\x02\x0e\x01\x0f";
+    const char *ord = KVTC_INFL_CL_ORDER;
     if (t < 16)
         h->cnt[t] = 0;
     __syncthreads();

@@ -243,7 +243,7 @@ KVTC_IHD void kvtc__hc_build_lengths(const uint32_t *freq, const uint16_t *sorte
 /* Last: the block header's bits from the lengths (c->len only). */
 KVTC_IHD void kvtc__hc_build_header(struct kvtc__hcode *c, struct kvtc__hc_ws *w)
 {
-    const char *ord = "\x10\x11\x12\x00\x08\x07\x09\x06\x0a\x05\x0b\x04\x0c\x03\x0d\x02\x0e\x01\x0f";
+    const char *ord = KVTC_INFL_CL_ORDER;
     /* run-length code of the 257 literal/length lengths and the one
      * distance length (0), as one sequence (RFC 1951 3.2.7) */
     uint32_t nr = 0, N = KVTC_HC_SYMS + 1;
@@ -451,16 +451,19 @@ KVTC_IHD int kvtc__hd_stored_end(uint32_t len, uint32_t n, uint32_t off, uint32_
 }
 
 /* The literal code as the sub-range decoders read it: one lookup for
- * codes of <= 11 bits, two for longer ones, no walk. inflate_core.h's
+ * codes of <= 12 bits, two for longer ones, no walk. inflate_core.h's
  * 10-bit table with its canonical walk for longer codes made a warp pay
  * the walk whenever any of its 32 lanes met a long code, which on 256
- * byte symbols is nearly every step (measured: ~1000 cycles per symbol).
- * pri entry: sym | len << 9 (len 1..15); 0x8000 | b: the codes of > 11
- * bits under this 11-bit prefix are in sec[b..b+16), indexed by the next
- * 4 bits; 0: no code. Each long code opens at most one block: sec holds
- * 257 x 16 entries. */
-#define KVTC_HD_PRI 11u
-#define KVTC_HD_SEC (KVTC_HC_SYMS * 16u)
+ * byte symbols is nearly every step (measured: ~1000 cycles per symbol);
+ * 12 bits rather than 11 so that a warp's lanes meet a long code less
+ * often (the GPU takes the second lookup only when one of them does).
+ * pri entry: sym | len << 9 (len 1..15); 0x8000 | b: the codes of > 12
+ * bits under this 12-bit prefix are in sec[b..b+8), indexed by the next
+ * 3 bits; 0: no code. Each long code opens at most one block: sec holds
+ * 257 x 8 entries. */
+#define KVTC_HD_PRI 12u
+#define KVTC_HD_SEC_BITS (15u - KVTC_HD_PRI)
+#define KVTC_HD_SEC (KVTC_HC_SYMS << KVTC_HD_SEC_BITS)
 struct kvtc__hd_table {
     uint16_t pri[1u << KVTC_HD_PRI];
     uint16_t sec[KVTC_HD_SEC];
@@ -478,16 +481,38 @@ KVTC_IHD void kvtc__hd_table_zero(struct kvtc__hd_table *t, uint32_t e)
         t->sec[e - (1u << KVTC_HD_PRI)] = 0;
 }
 
+/* The entries of one code: symbol sym, length l (1..15), canonical code
+ * `code` (MSB first), p0 = the first KVTC_HD_PRI-bit prefix no short code
+ * took.
+ * Codes touch disjoint entries (a long prefix's primary entry is written
+ * by its first code, whose bits past the prefix are zeros), so the GPU
+ * puts codes in parallel, any order.
+ * That is why a long code's block of sec is numbered by its prefix's distance from p0: the long codes of a complete code fill the
+ * code space's top from p0 on, one block per prefix, at most one per long
+ * code (and the same numbering as handing out blocks in code order). */
+KVTC_IHD void kvtc__hd_table_put(struct kvtc__hd_table *t, uint32_t sym, uint32_t l,
+                                 uint32_t code, uint32_t p0)
+{
+    uint32_t rev = 0;
+    for (uint32_t b = 0; b < l; b++)
+        rev |= ((code >> b) & 1u) << (l - 1 - b);
+    uint16_t e = (uint16_t)(sym | l << 9);
+    if (l <= KVTC_HD_PRI) {
+        for (uint32_t at = rev; at < (1u << KVTC_HD_PRI); at += 1u << l)
+            t->pri[at] = e;
+        return;
+    }
+    uint32_t extra = l - KVTC_HD_PRI, blk = (code >> extra) - p0;
+    if ((blk + 1) << KVTC_HD_SEC_BITS > KVTC_HD_SEC)
+        return; /* cannot happen for a complete code */
+    if ((code & ((1u << extra) - 1)) == 0) /* the prefix's first (leftmost) code: one writer */
+        t->pri[rev & ((1u << KVTC_HD_PRI) - 1)] = (uint16_t)(0x8000 | blk << KVTC_HD_SEC_BITS);
+    for (uint32_t at = rev >> KVTC_HD_PRI; at < (1u << KVTC_HD_SEC_BITS); at += 1u << extra)
+        t->sec[(blk << KVTC_HD_SEC_BITS) + at] = e;
+}
+
 /* The entries of code j of the canonical code inflate_core.h built (counts
- * and symbols sorted by length, then value; j < the number of codes). Codes
- * touch disjoint entries (a long prefix's primary entry is written by its
- * first code, whose bits past the prefix are zeros), so the GPU fills codes
- * in parallel, any order.
- * That is why a long code's 16-entry block is numbered by its 11-bit
- * prefix's distance from p0, the first prefix no short code took: the long
- * codes of a complete code fill the code space's top from p0 on, one block
- * per prefix, at most one per long code (and the same numbering as handing
- * out blocks in code order). */
+ * and symbols sorted by length, then value; j < the number of codes). */
 KVTC_IHD void kvtc__hd_table_fill(const struct kvtc__huff *h, struct kvtc__hd_table *t, uint32_t j)
 {
     uint32_t code = 0, first = 0, l = 1, p0 = 0;
@@ -499,25 +524,8 @@ KVTC_IHD void kvtc__hd_table_fill(const struct kvtc__huff *h, struct kvtc__hd_ta
         first += h->count[l];
         code = (code + h->count[l]) << 1;
     }
-    if (l > 15)
-        return;
-    code += j - first;
-    uint32_t rev = 0;
-    for (uint32_t b = 0; b < l; b++)
-        rev |= ((code >> b) & 1u) << (l - 1 - b);
-    uint16_t e = (uint16_t)(h->sym[j] | l << 9);
-    if (l <= KVTC_HD_PRI) {
-        for (uint32_t at = rev; at < (1u << KVTC_HD_PRI); at += 1u << l)
-            t->pri[at] = e;
-        return;
-    }
-    uint32_t extra = l - KVTC_HD_PRI, blk = (code >> extra) - p0;
-    if (16 * blk + 16 > KVTC_HD_SEC)
-        return; /* cannot happen for a complete code */
-    if ((code & ((1u << extra) - 1)) == 0) /* the prefix's first (leftmost) code: one writer */
-        t->pri[rev & ((1u << KVTC_HD_PRI) - 1)] = (uint16_t)(0x8000 | 16 * blk);
-    for (uint32_t at = rev >> KVTC_HD_PRI; at < 16; at += 1u << extra)
-        t->sec[16 * blk + at] = e;
+    if (l <= 15)
+        kvtc__hd_table_put(t, h->sym[j], l, code + (j - first), p0);
 }
 
 /* Number of codes of h. */
@@ -543,7 +551,8 @@ KVTC_IHD int kvtc__hd_sym(const struct kvtc__hd_table *t, struct kvtc__ibits *b)
     kvtc__ib_refill(b);
     uint32_t e = t->pri[b->buf & ((1u << KVTC_HD_PRI) - 1)];
     if (e & 0x8000)
-        e = t->sec[(e & 0x7fff) + ((uint32_t)(b->buf >> KVTC_HD_PRI) & 15)];
+        e = t->sec[(e & 0x7fff) +
+                   ((uint32_t)(b->buf >> KVTC_HD_PRI) & ((1u << KVTC_HD_SEC_BITS) - 1))];
     uint32_t n = (e >> 9) & 15;
     if (!n)
         return KVTC_INFL_ESYM;

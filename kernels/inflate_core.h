@@ -35,6 +35,8 @@
 
 #define KVTC_INFL_PRI 10u          /* primary table bits */
 #define KVTC_INFL_MAX_OUT 65536u   /* the container's piece size */
+/* The order of the code-length code's lengths (RFC 1951 3.2.7). */
+#define KVTC_INFL_CL_ORDER "\x10\x11\x12\x00\x08\x07\x09\x06\x0a\x05\x0b\x04\x0c\x03\x0d\x02\x0e\x01\x0f"
 
 enum {
     KVTC_INFL_EINPUT = -1,   /* read past the end of the input */
@@ -237,8 +239,7 @@ KVTC_IHD int kvtc__inflate_fixed(struct kvtc__inflate_ws *ws)
 KVTC_IHD int kvtc__inflate_dynamic_ex(struct kvtc__inflate_ws *ws, struct kvtc__ibits *b,
                                       int lit_pri)
 {
-    /* The order of the code-length code's lengths (RFC 1951 3.2.7). */
-    const char *ord = "\x10\x11\x12\x00\x08\x07\x09\x06\x0a\x05\x0b\x04\x0c\x03\x0d\x02\x0e\x01\x0f";
+    const char *ord = KVTC_INFL_CL_ORDER;
     kvtc__ib_refill(b);
     uint32_t nlen = kvtc__ib_take(b, 5) + 257, ndist = kvtc__ib_take(b, 5) + 1;
     uint32_t ncode = kvtc__ib_take(b, 4) + 4;

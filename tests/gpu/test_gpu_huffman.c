@@ -265,6 +265,71 @@ Test(gpu_huffman, tampered_indexes_fail_their_piece_only)
     set_free(&s);
 }
 
+/* Damaged block headers: a bit flipped in a piece's first 160 bytes, two
+ * in its first 10, the block type changed, HLIT past 286. The GPU's
+ * verdict and bytes are the host reference's (kvtc__hd_piece): the warp
+ * that reads headers takes only what the reference takes. */
+Test(gpu_huffman, damaged_headers_judged_as_the_reference)
+{
+    GPU_OR_SKIP();
+    struct set s = {0};
+    uint64_t seed = 9;
+    for (uint32_t i = 0; i < 240; i++) {
+        uint32_t n = 1000 + 263 * i;
+        uint8_t *p = malloc(n);
+        ig_data(p, n, (int)(i % IG_N_KINDS), &seed);
+        add(&s, p, n);
+    }
+    struct dev d;
+    dev_up(&d, &s, 9);
+    size_t *clen = malloc(sizeof(size_t) * s.n);
+    uint8_t *cmp = malloc((size_t)SLOT * s.n), *ix = malloc((size_t)512 * s.n);
+    CUDA_OK(cudaMemcpy(clen, d.d_clen, sizeof(size_t) * s.n, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(cmp, d.cmp, (size_t)SLOT * s.n, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(ix, d.idx, (size_t)512 * s.n, cudaMemcpyDeviceToHost));
+    for (uint32_t i = 0; i < s.n; i++) {
+        uint8_t *c = cmp + (size_t)SLOT * i;
+        uint32_t span = clen[i] < 160 ? (uint32_t)clen[i] : 160, b;
+        switch (i % 6) {
+        case 3:
+            b = (uint32_t)(ig_rand(&seed) % 80);
+            c[b / 8] ^= (uint8_t)(1u << (b % 8));
+            __attribute__((fallthrough)); /* and a second bit */
+        case 0: case 1: case 2:
+            b = (uint32_t)(ig_rand(&seed) % (8u * span));
+            c[b / 8] ^= (uint8_t)(1u << (b % 8));
+            break;
+        case 4: c[0] ^= (uint8_t)(2u << (ig_rand(&seed) % 2)); break; /* another type */
+        default: c[0] |= 0xf8; break; /* HLIT 31: 288 codes */
+        }
+    }
+    CUDA_OK(cudaMemcpy(d.cmp, cmp, (size_t)SLOT * s.n, cudaMemcpyHostToDevice));
+    int32_t *st = malloc(sizeof(int32_t) * s.n);
+    decode(&d, 9, st);
+    static struct kvtc__inflate_ws ws;
+    static struct kvtc__hd_table tab;
+    uint8_t *ref = malloc(65536), *got = malloc(65536);
+    uint32_t took = 0, refused = 0;
+    for (uint32_t i = 0; i < s.n; i++) {
+        int rc = kvtc__hd_piece(cmp + (size_t)SLOT * i, (uint32_t)clen[i], ix + (size_t)512 * i,
+                                9, ref, s.len[i], &ws, &tab);
+        if (rc) {
+            refused++;
+            cr_assert_neq(st[i], 0, "piece %u: the reference refuses it (%d), the GPU took it", i,
+                          rc);
+            continue;
+        }
+        took++;
+        cr_assert_eq(st[i], 0, "piece %u: the reference takes it, the GPU says %d", i, st[i]);
+        CUDA_OK(cudaMemcpy(got, d.out + (size_t)SLOT * i, s.len[i], cudaMemcpyDeviceToHost));
+        cr_assert(!memcmp(got, ref, s.len[i]), "piece %u: bytes differ from the reference", i);
+    }
+    cr_assert(took > 0 && refused > 0, "took %u, refused %u: both paths checked", took, refused);
+    free(ref), free(got), free(st), free(clen), free(cmp), free(ix);
+    dev_free(&d);
+    set_free(&s);
+}
+
 /* ---- codec level ---- */
 
 struct cbatch {
