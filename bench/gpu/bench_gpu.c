@@ -34,6 +34,9 @@
  * time and the timed stages' sum (where the idle time goes); with
  * --gap-pageable 1 each variant again with the meta blob staged from
  * pageable memory; --gap-only 1: that (and --quant-report if given) alone.
+ * --pairs N (default 0: off, at most 16): the headline's codec calls
+ * and its GEMMs alone alternated N times in one context, the per-pair
+ * ratios' median and range (the two sides then share clocks and heat).
  * --profile-out PATH saves the calibrated profile; --profile-in PATH
  * loads one instead of calibrating (same flags otherwise).
  * --pipe-variants: the transform pipeline's settings side by side (JSON
@@ -1164,6 +1167,48 @@ static void gap_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chun
     }
 }
 
+/* --pairs N: the headline's codec calls and the codec's GEMMs alone
+ * alternate N times in one context (3 calls each a pair), so the two sides
+ * of each ratio share the card's clocks and heat: across processes the
+ * GEMMs alone moved 4.75-5.84 ms on one H100 (session 9), as much as
+ * anything the codec changes. Medians and ranges of the per-pair ratios. */
+struct pairs {
+    int n;
+    float enc[16], dec[16];
+};
+
+static void paired_ratios(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chunk *ch,
+                          uint32_t n, const kvtc_layout *l, void *d_out, size_t raw,
+                          const void *d_in, struct pairs *pr)
+{
+    kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    size_t stride = quality_stride;
+    quality_stride = 64; /* the error pass is the headline's, not this one's */
+    KV(kvtc_gpu_codec_create(p, plan, &prm, &reuse_ctx));
+    for (int k = 0; k < pr->n; k++) {
+        struct run r;
+        float e = 0, d = 0;
+        run_codec(p, plan, prm, ch, n, l, d_out, raw, 3, d_in, &r, NULL, NULL);
+        KV(kvtc__gpu_gemm_time(reuse_ctx, (uint64_t)n * 256, 3, &e, &d));
+        pr->enc[k] = r.enc_ms / e;
+        pr->dec[k] = r.dec_ms / d;
+    }
+    kvtc_gpu_codec_free(reuse_ctx);
+    reuse_ctx = NULL;
+    quality_stride = stride;
+}
+
+static float range_of(const float *v, int n, float *hi)
+{
+    float lo = v[0];
+    *hi = v[0];
+    for (int i = 1; i < n; i++) {
+        lo = v[i] < lo ? v[i] : lo;
+        *hi = v[i] > *hi ? v[i] : *hi;
+    }
+    return lo;
+}
+
 int main(int argc, char **argv)
 {
     uint32_t n_chunks = 32, rank = 1024, calib_tokens = 8192, max_comp = 4096, calib_gpu = 1;
@@ -1175,6 +1220,7 @@ int main(int argc, char **argv)
     const char *gap_json = NULL, *profile_out = NULL, *profile_in = NULL;
     const char *fp8_json = NULL;
     int entropy_only = 0;
+    struct pairs pairs = {0, {0}, {0}}; /* --pairs: off until it has run on a GPU */
     setvbuf(stdout, NULL, _IOLBF, 0); /* lines reach a log even if the run is cut short */
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--chunks"))
@@ -1257,6 +1303,8 @@ int main(int argc, char **argv)
             pipe_json = argv[i + 1];
         else if (!strcmp(argv[i], "--pipe-only")) /* 1: only --pipe-variants + GEMM alone */
             pipe_only = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--pairs")) /* paired codec / GEMM-alone ratios */
+            pairs.n = atoi(argv[i + 1]) < 0 ? 0 : atoi(argv[i + 1]) > 16 ? 16 : atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--batch-pool")) /* distinct batch chunks generated */
             batch_pool = (uint32_t)atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--gemm-only")) /* the GEMM of K components alone */
@@ -1523,6 +1571,8 @@ int main(int argc, char **argv)
         KV(kvtc__gpu_gemm_time(gg, (uint64_t)n_chunks * 256, iters, &g_enc, &g_dec));
         kvtc_gpu_codec_free(gg);
     }
+    if (pairs.n)
+        paired_ratios(p, plan, ch, n_chunks, &l, d_out, raw, d_in, &pairs);
     float copy_ms = copy_bw(raw, iters);
     double gb = raw / 1e9;
     double enc_gbs = gb / (rb.enc_ms * 1e-3), dec_gbs = gb / (rb.dec_ms * 1e-3);
@@ -1563,6 +1613,15 @@ int main(int argc, char **argv)
            "compress/copy %.3f, decompress/copy %.3f (raw GB/s over copy GB/s)\n",
            rb.enc_ms / g_enc, rb.dec_ms / g_dec, enc_gbs / (gb / (copy_ms * 1e-3)),
            dec_gbs / (gb / (copy_ms * 1e-3)));
+    if (pairs.n) {
+        float eh, dh, el = range_of(pairs.enc, pairs.n, &eh), dl = range_of(pairs.dec, pairs.n, &dh);
+        float se[16], sd[16]; /* median sorts: the pairs keep their order for the JSON */
+        memcpy(se, pairs.enc, sizeof se);
+        memcpy(sd, pairs.dec, sizeof sd);
+        printf("paired ratios (%d x: the codec's calls, then its GEMMs alone, one context): "
+               "compress/GEMM %.2f (%.2f-%.2f), decompress/GEMM %.2f (%.2f-%.2f)\n",
+               pairs.n, median(se, pairs.n), el, eh, median(sd, pairs.n), dl, dh);
+    }
     printf("stages (ms)       ");
     for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
         printf(" %9s", kvtc_gpu_stage_name(s));
@@ -1605,7 +1664,13 @@ int main(int argc, char **argv)
         fprintf(f, "}, \"stages_decompress_ms\": {");
         for (int s = 0; s < KVTC_GPU_N_STAGES; s++)
             fprintf(f, "%s\"%s\": %.3f", s ? ", " : "", kvtc_gpu_stage_name(s), rb.dec_stage[s]);
-        fprintf(f, "}, \"gpu_container_cpu_decodes\": %s, \"calibration\": {\"pca\": \"%s\", "
+        fprintf(f, "}, \"paired_compress_over_gemm\": [");
+        for (int k = 0; k < pairs.n; k++)
+            fprintf(f, "%s%.4f", k ? ", " : "", pairs.enc[k]);
+        fprintf(f, "], \"paired_decompress_over_gemm\": [");
+        for (int k = 0; k < pairs.n; k++)
+            fprintf(f, "%s%.4f", k ? ", " : "", pairs.dec[k]);
+        fprintf(f, "], \"gpu_container_cpu_decodes\": %s, \"calibration\": {\"pca\": \"%s\", "
                    "\"tokens\": %u, \"max_components\": %u, \"seconds\": %.2f, "
                    "\"add_s\": %.2f, \"fit_s\": %.2f, \"plans_s\": %.2f}}\n",
                 cpu_ok ? "true" : "false", calib_gpu ? "gpu" : "cpu", calib_tokens, max_comp,
