@@ -1170,7 +1170,7 @@ static void gap_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chun
 /* --pairs N: the headline's codec calls and the codec's GEMMs alone
  * alternate N times in one context (3 calls each a pair), so the two sides
  * of each ratio share the card's clocks and heat: across processes the
- * GEMMs alone moved 4.75-5.84 ms on one H100 (session 9), as much as
+ * GEMMs alone moved 4.75-6.08 ms on one H100 (session 9), as much as
  * anything the codec changes. Medians and ranges of the per-pair ratios. */
 struct pairs {
     int n;
