@@ -79,7 +79,7 @@ __device__ static int warp_header(const uint8_t *src, uint32_t len, hdr_ws *h, u
         code = (code + c[l]) << 1;
     }
     uint32_t lt = (1u << lane) - 1, m = __match_any_sync(~0u, cl);
-    if (cl) /* canonical: first of its length plus the shorter symbols of it */
+    if (cl) /* canonical: its length's first code plus the lower symbols of that length */
         for (uint32_t at = __brev(first + __popc(m & lt)) >> (32 - cl); at < 128; at += 1u << cl)
             h->cl_tab[at] = (uint8_t)(lane | cl << 5);
     __syncwarp();

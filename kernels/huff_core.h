@@ -483,13 +483,13 @@ KVTC_IHD void kvtc__hd_table_zero(struct kvtc__hd_table *t, uint32_t e)
 
 /* The entries of one code: symbol sym, length l (1..15), canonical code
  * `code` (MSB first), p0 = the first KVTC_HD_PRI-bit prefix no short code
- * took.
- * Codes touch disjoint entries (a long prefix's primary entry is written
- * by its first code, whose bits past the prefix are zeros), so the GPU
- * puts codes in parallel, any order.
- * That is why a long code's block of sec is numbered by its prefix's distance from p0: the long codes of a complete code fill the
- * code space's top from p0 on, one block per prefix, at most one per long
- * code (and the same numbering as handing out blocks in code order). */
+ * took. Codes touch disjoint entries (a long prefix's primary entry is
+ * written by its first code, whose bits past the prefix are zeros), so
+ * the GPU puts codes in parallel, any order. That is why a long code's
+ * block of sec is numbered by its prefix's distance from p0: the long
+ * codes of a complete code fill the code space's top from p0 on, one
+ * block per prefix, at most one per long code (and the same numbering as
+ * handing out blocks in code order). */
 KVTC_IHD void kvtc__hd_table_put(struct kvtc__hd_table *t, uint32_t sym, uint32_t l,
                                  uint32_t code, uint32_t p0)
 {
