@@ -34,6 +34,18 @@ static void add(struct set *s, uint8_t *d, uint32_t len)
     s->len[s->n++] = len;
 }
 
+/* count pieces of n0, n0 + step, ... bytes, of kinds[i % nk] in turn. */
+static void add_ramp(struct set *s, uint32_t count, uint32_t n0, uint32_t step, const int *kinds,
+                     uint32_t nk, uint64_t *seed)
+{
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t n = n0 + step * i;
+        uint8_t *p = malloc(n);
+        ig_data(p, n, kinds[i % nk], seed);
+        add(s, p, n);
+    }
+}
+
 static void set_free(struct set *s)
 {
     for (uint32_t i = 0; i < s->n; i++)
@@ -208,12 +220,8 @@ Test(gpu_huffman, tampered_indexes_fail_their_piece_only)
     GPU_OR_SKIP();
     struct set s = {0};
     uint64_t seed = 5;
-    for (uint32_t i = 0; i < 96; i++) {
-        uint32_t n = 20000 + 400 * i;
-        uint8_t *p = malloc(n);
-        ig_data(p, n, i % 2 ? IG_QUANT : IG_FIB, &seed);
-        add(&s, p, n);
-    }
+    static const int kinds[] = {IG_FIB, IG_QUANT};
+    add_ramp(&s, 96, 20000, 400, kinds, 2, &seed);
     struct dev d;
     dev_up(&d, &s, 10);
     int32_t *st = malloc(sizeof(int32_t) * s.n);
@@ -274,12 +282,8 @@ Test(gpu_huffman, damaged_headers_judged_as_the_reference)
     GPU_OR_SKIP();
     struct set s = {0};
     uint64_t seed = 9;
-    for (uint32_t i = 0; i < 240; i++) {
-        uint32_t n = 1000 + 263 * i;
-        uint8_t *p = malloc(n);
-        ig_data(p, n, (int)(i % IG_N_KINDS), &seed);
-        add(&s, p, n);
-    }
+    static const int kinds[] = {IG_RANDOM, IG_QUANT, IG_TEXT, IG_RUNS, IG_FIB, IG_FEW};
+    add_ramp(&s, 240, 1000, 263, kinds, IG_N_KINDS, &seed);
     struct dev d;
     dev_up(&d, &s, 9);
     size_t *clen = malloc(sizeof(size_t) * s.n);
