@@ -509,6 +509,14 @@ int kvtcd_index_reserve(kvtcd_index *ix, size_t size, uint64_t now_ms,
     return KVTC_EFULL;
 }
 
+int kvtcd_index_reserve_copy(kvtcd_index *ix, size_t size, kvtcd_blob **out)
+{
+    int rc = kvtcd_tier_alloc(ix->tier, size, out);
+    if (rc != KVTC_EFULL || size > ix->tier->capacity)
+        return rc;
+    return drop_clean_host(ix, size, out);
+}
+
 int kvtcd_entry_wire_tier(const kvtcd_entry *e)
 {
     if (e->blob)

@@ -205,6 +205,13 @@ kvtcd_entry *kvtcd_index_victim(kvtcd_index *ix, uint64_t now_ms,
 int kvtcd_index_reserve(kvtcd_index *ix, size_t size, uint64_t now_ms,
                         kvtcd_blob **out);
 
+/* As kvtcd_index_reserve, for a second copy of a chunk a lower tier holds
+ * (a promotion): only drops host copies that a GPU or disk copy also
+ * holds, never evicts an entry. Evicting one there would lose a chunk
+ * (in cache mode, one whose disk write is still queued) to make room for
+ * a copy that already exists. Errors: KVTC_EFULL, KVTC_ENOMEM. */
+int kvtcd_index_reserve_copy(kvtcd_index *ix, size_t size, kvtcd_blob **out);
+
 /* The wire tier (Kvtc__Wire__Tier) a get serves e from: host when it has a
  * host copy, else GPU, else disk. */
 int kvtcd_entry_wire_tier(const kvtcd_entry *e);

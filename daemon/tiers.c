@@ -1480,7 +1480,7 @@ static int start_disk_read(kvtcd_tiers *t, ljob *j)
     if (j->dloc.rec_len == 0 || (j->dloc.rec_len & (align - 1)) ||
         j->dloc.payload_off + j->size > j->dloc.rec_len)
         return KVTC_EINVAL;
-    int rc = kvtcd_index_reserve(t->ix, j->dloc.rec_len, now_ms(t), &j->blob);
+    int rc = kvtcd_index_reserve_copy(t->ix, j->dloc.rec_len, &j->blob);
     if (rc < 0)
         return rc == KVTC_EFULL ? KVTC_EBUSY : rc;
     if (((uintptr_t)j->blob->data & (align - 1)) != 0) {
@@ -1532,7 +1532,7 @@ int kvtcd_tiers_load(kvtcd_tiers *t, kvtcd_entry *e, uint64_t now,
     } else {
         /* Never a zero-byte blob: the GPU read needs len >= 1 and an
          * empty chunk has no GPU copy anyway. */
-        rc = kvtcd_index_reserve(t->ix, e->size, now, &j->blob);
+        rc = kvtcd_index_reserve_copy(t->ix, e->size, &j->blob);
         if (rc == 0) {
             j->off = 0;
             rc = kvtcd_gpu_read(t->g, &e->gloc, j->blob->data, e->size,

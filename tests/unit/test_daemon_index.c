@@ -583,6 +583,38 @@ Test(daemon_evict, writes_in_flight_are_not_host_victims)
     teardown(&f);
 }
 
+/* A promotion's buffer (kvtcd_index_reserve_copy) drops host copies that
+ * a lower tier also holds, but never evicts a chunk: with only dirty host
+ * copies (cache mode, disk writes queued) it is refused and every chunk
+ * stays; a put (kvtcd_index_reserve) may still evict one. */
+Test(daemon_evict, promotions_never_evict_a_chunk)
+{
+    struct fixture f;
+    setup(&f, 2 * 1000);
+    cr_assert_eq(put(&f.ix, f.ns, 0, 1000, 0, 0), 0);
+    cr_assert_eq(put(&f.ix, f.ns, 1, 1000, 1, 0), 0);
+    kvtcd_blob *b = NULL;
+    cr_assert_eq(kvtcd_index_reserve_copy(&f.ix, 1000, &b), KVTC_EFULL);
+    cr_assert_null(b);
+    cr_assert_eq(f.ix.evictions, 0);
+    cr_assert_not_null(get(&f.ix, f.ns, 0, 2));
+    cr_assert_not_null(get(&f.ix, f.ns, 1, 2));
+    /* Key 1's host copy also lies on disk: it goes, the chunk stays. */
+    kvtcd_entry *e1 = get(&f.ix, f.ns, 1, 3);
+    e1->disk_state = KVTCD_DISK_CLEAN;
+    cr_assert_eq(kvtcd_index_reserve_copy(&f.ix, 1000, &b), 0);
+    cr_assert_not_null(b);
+    cr_assert_eq(f.ix.evictions, 0);
+    cr_assert_eq(f.ix.tc[KVTCD_T_HOST].demotions, 1);
+    e1 = get(&f.ix, f.ns, 1, 4);
+    cr_assert_not_null(e1);
+    cr_assert_null(e1->blob);
+    kvtcd_blob_unref(b);
+    e1->disk_state = KVTCD_DISK_NONE; /* no hook here */
+    kvtcd_index_remove(&f.ix, e1);
+    teardown(&f);
+}
+
 /* ---- config ------------------------------------------------------------- */
 
 Test(daemon_config, sizes_and_addresses)
