@@ -10,6 +10,7 @@
  * code, then zero padding to the stream's exact end), which makes the
  * result the serial decode's; any mismatch fails the piece. Stored pieces
  * are copied by all threads. */
+#include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 
 #include "gpu_huffman.h"
@@ -31,81 +32,86 @@ __device__ static inline void fail(const uint32_t *group, int32_t *status, uint6
 }
 
 /* ---- a sub-range's symbols ----
- * ncu of the one-word-a-refill loop (session 9): warps issued once per 32
- * cycles, stalled on shared loads (the table) queued behind the lanes'
- * scattered 4-byte loads and 8-byte stores in L1TEX, and on the next word.
- * So: a lane reads its words 16 bytes at a time (four refills a load),
- * stores 16 symbols at once, and looks up the second-level table only
- * when a lane of the warp needs it. (The warps then wait mostly on those
- * loads, 58% of stalls, but loading two blocks ahead instead of one did
- * not change the time: their cost is the scattered requests, not the
- * distance.) */
+ * ncu of one thread's own loads (session 9): warps issued once per 32
+ * cycles, the table's shared loads queued in L1TEX behind the lanes'
+ * scattered global loads (32 lines a warp load, 2% L1 hits); 16-byte
+ * loads a lane (four refills each) still left 58% of stalls on them, and
+ * loading further ahead changed nothing: their cost is the scattered
+ * requests, not the distance. So the words are staged (session 10): each
+ * lane keeps its two current lines of L words of the piece in shared
+ * memory, and every chunk of symbols the warp reloads, for each lane that
+ * moved into its upper line, the line after it: coalesced, a word a lane
+ * (cp.async), 32 / L lanes' lines an instruction. A chunk takes fewer
+ * than L words from where it starts (chunk(L) symbols take <= 15 bits
+ * each, and buf holds <= 64 bits more), so the two lines always hold
+ * them. The lanes store 16 symbols at once and look up the second-level
+ * table only when a lane of the warp needs it. */
+#ifndef KVTC_INFL_LINE_WORDS
+#define KVTC_INFL_LINE_WORDS 32u /* 32: 128-byte lines, chunks of 64 symbols */
+#endif
+#define LINE_WORDS KVTC_INFL_LINE_WORDS
+#define LANE_WORDS (2u * LINE_WORDS + 1u) /* two lines and a pad word (banks spread) */
+#define CHUNK (2u * LINE_WORDS)           /* (2L symbols x 15 bits + 64) / 32 < L words */
 
-/* A lane's bit reader. Words at or past nw read as 0; a 16-byte block not
- * wholly inside [w, w + nw) is read a word at a time, so no byte outside
- * the piece's words is read. */
-struct lane_bits {
-    const uint32_t *w;
-    int32_t nw, off; /* off: w's word offset in its 16-byte block */
-    uint32_t wi;     /* the next word buf takes */
-    uint4 cur, nxt;  /* cur: the rest of wi's block; nxt: the block after */
+struct lane_lines {
+    uint32_t *sm; /* this lane's LANE_WORDS */
+    uint32_t off; /* the piece's word offset in its line */
+    uint32_t wi;  /* the next word buf takes */
+    int32_t ln;   /* the lower line in sm (word x lies in line (x + off) / L) */
     uint64_t buf;
     uint32_t nb;
 };
 
-__device__ __forceinline__ uint4 load_block(const uint32_t *w, int32_t a, int32_t nw)
+__device__ __forceinline__ uint32_t ll_take(lane_lines &b)
 {
-    if (a >= 0 && a + 4 <= nw)
-        return __ldg((const uint4 *)(w + a));
-    uint32_t v[4];
-#pragma unroll
-    for (int k = 0; k < 4; k++)
-        v[k] = a + k >= 0 && a + k < nw ? __ldg(w + a + k) : 0;
-    return make_uint4(v[0], v[1], v[2], v[3]);
-}
-
-__device__ __forceinline__ uint32_t lb_take(lane_bits &b)
-{
-    uint32_t v = b.cur.x;
-    b.cur = make_uint4(b.cur.y, b.cur.z, b.cur.w, 0);
-    if (((++b.wi + b.off) & 3) == 0) { /* into the next block */
-        b.cur = b.nxt;
-        b.nxt = load_block(b.w, (int32_t)b.wi + 4, b.nw);
-    }
-    return v;
-}
-
-/* Positioned at bit `start` (its word < nw). */
-__device__ __forceinline__ void lb_init(lane_bits &b, const uint32_t *w, uint32_t nw,
-                                        uint64_t start)
-{
-    b.w = w, b.nw = (int32_t)nw, b.off = (int32_t)(((uintptr_t)w >> 2) & 3);
-    b.wi = (uint32_t)(start >> 5);
-    int32_t skip = ((int32_t)b.wi + b.off) & 3, a = (int32_t)b.wi - skip;
-    b.cur = load_block(w, a, b.nw);
-    b.nxt = load_block(w, a + 4, b.nw);
-    for (int32_t k = 0; k < skip; k++)
-        b.cur = make_uint4(b.cur.y, b.cur.z, b.cur.w, 0);
-    uint32_t sh = (uint32_t)(start & 31);
-    b.buf = lb_take(b) >> sh;
-    b.nb = 32 - sh;
+    uint32_t p = b.wi++ + b.off;
+    return b.sm[((p / LINE_WORDS) & 1) * LINE_WORDS + p % LINE_WORDS];
 }
 
 /* >= 32 bits in buf (two codes' worth). */
-__device__ __forceinline__ void lb_refill(lane_bits &b)
+__device__ __forceinline__ void ll_refill(lane_lines &b)
 {
     if (b.nb <= 32) {
-        b.buf |= (uint64_t)lb_take(b) << b.nb;
+        b.buf |= (uint64_t)ll_take(b) << b.nb;
         b.nb += 32;
     }
+}
+
+/* Warp-wide: for each lane in m (its owner), line `line` (the owner's
+ * value) of the piece into the owner's slot for it, 32 / L owners an
+ * instruction, a word a lane; words outside the piece's [0, nw) are zero. */
+__device__ __forceinline__ void ll_load(uint32_t m, int32_t line, const uint32_t *w, int32_t nw,
+                                        uint32_t off, uint32_t *warp_sm, uint32_t lane)
+{
+    while (m) {
+        uint32_t o = 32; /* this lane's owner: the (lane / L)-th lowest of m */
+#pragma unroll
+        for (uint32_t q = 0; q < 32 / LINE_WORDS; q++) {
+            uint32_t b = m ? __ffs(m) - 1 : 32;
+            o = q == lane / LINE_WORDS ? b : o;
+            m &= m ? m - 1 : 0;
+        }
+        int32_t l = __shfl_sync(~0u, line, o & 31);
+        if (o < 32) {
+            int32_t x = l * (int32_t)LINE_WORDS + (int32_t)(lane % LINE_WORDS) - (int32_t)off;
+            uint32_t *d = warp_sm + o * LANE_WORDS + (l & 1) * LINE_WORDS + lane % LINE_WORDS;
+            if (x >= 0 && x < nw)
+                __pipeline_memcpy_async(d, w + x, 4);
+            else
+                *d = 0;
+        }
+    }
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
+    __syncwarp(); /* the other lanes' copies are visible */
 }
 
 /* One literal off buf (>= 15 valid bits), as kvtc__hd_sym reads it; a code
  * of no symbol or a symbol past 255 sets bad (checked once a run: the run
  * fails all the same). The second-level lookup is a branch of the lanes
  * that are here, taken when one of them has a long code. */
-__device__ __forceinline__ uint32_t lb_sym(const uint16_t *pri, const uint16_t *sec,
-                                           lane_bits &b, uint32_t &bad)
+__device__ __forceinline__ uint32_t ll_sym(const uint16_t *pri, const uint16_t *sec,
+                                           lane_lines &b, uint32_t &bad)
 {
     uint32_t e = pri[(uint32_t)b.buf & ((1u << KVTC_HD_PRI) - 1)];
     if (__any_sync(__activemask(), e & 0x8000) && (e & 0x8000))
@@ -122,27 +128,20 @@ __device__ __forceinline__ uint32_t pack4(const uint32_t *v)
     return v[0] | v[1] << 8 | v[2] << 16 | v[3] << 24;
 }
 
-/* kvtc__hd_run's result: `count` literals from bit `start` into dst
- * (8-byte aligned), *end = the bit after them. One refill per two
- * symbols (a refill leaves >= 32 bits, two codes take <= 30). Same words
- * read, symbols and end bit as the reference. */
-__device__ static int run_lean(const uint16_t *pri, const uint16_t *sec, const uint8_t *src,
-                               uint32_t len, uint64_t start, uint32_t count, uint8_t *dst,
-                               uint64_t *end)
+/* Symbols [i, stop) of a run into dst (8-byte aligned; a16: 16-byte), 16
+ * a store, one refill per two symbols (a refill leaves >= 32 bits, two
+ * codes take <= 30). */
+__device__ __forceinline__ void decode_span(const uint16_t *pri, const uint16_t *sec,
+                                            lane_lines &b, uint8_t *dst, uint32_t &i,
+                                            uint32_t stop, int a16, uint32_t &bad)
 {
-    uint32_t nw = (len + 3) / 4, bad = 0, i = 0;
-    if ((start >> 5) >= nw)
-        return KVTC_INFL_EINPUT;
-    lane_bits b;
-    lb_init(b, (const uint32_t *)src, nw, start);
-    int a16 = ((uintptr_t)dst & 15) == 0;
-    for (; i + 16 <= count; i += 16) {
+    for (; i + 16 <= stop; i += 16) {
         uint32_t v[16];
 #pragma unroll
         for (int k = 0; k < 16; k += 2) {
-            lb_refill(b);
-            v[k] = lb_sym(pri, sec, b, bad);
-            v[k + 1] = lb_sym(pri, sec, b, bad);
+            ll_refill(b);
+            v[k] = ll_sym(pri, sec, b, bad);
+            v[k + 1] = ll_sym(pri, sec, b, bad);
         }
         uint4 q = make_uint4(pack4(v), pack4(v + 4), pack4(v + 8), pack4(v + 12));
         if (a16) {
@@ -152,12 +151,50 @@ __device__ static int run_lean(const uint16_t *pri, const uint16_t *sec, const u
             *(uint2 *)(dst + i + 8) = make_uint2(q.z, q.w);
         }
     }
-    for (; i < count; i++) { /* a piece's last few */
-        lb_refill(b);
-        dst[i] = (uint8_t)lb_sym(pri, sec, b, bad);
+    for (; i < stop; i++) { /* a piece's last few */
+        ll_refill(b);
+        dst[i] = (uint8_t)ll_sym(pri, sec, b, bad);
+    }
+}
+
+/* kvtc__hd_run's result: `count` literals from bit `start` into dst
+ * (8-byte aligned), *end = the bit after them; same words read, symbols
+ * and end bit as the reference. Warp-wide: all 32 lanes call it, count 0
+ * for a lane without a sub-range; warp_sm = the warp's 32 x LANE_WORDS
+ * words of shared memory. */
+__device__ static int run_staged(const uint16_t *pri, const uint16_t *sec, const uint8_t *src,
+                                 uint32_t len, uint64_t start, uint32_t count, uint8_t *dst,
+                                 uint64_t *end, uint32_t *warp_sm, uint32_t lane)
+{
+    const uint32_t *w = (const uint32_t *)src;
+    int32_t nw = (int32_t)((len + 3) / 4);
+    int live = count && (int64_t)(start >> 5) < nw;
+    int rc = count && !live ? KVTC_INFL_EINPUT : 0;
+    lane_lines b;
+    b.sm = warp_sm + lane * LANE_WORDS;
+    b.off = (uint32_t)(((uintptr_t)w >> 2) % LINE_WORDS);
+    b.wi = live ? (uint32_t)(start >> 5) : 0;
+    b.ln = (int32_t)((b.wi + b.off) / LINE_WORDS);
+    uint32_t m = __ballot_sync(~0u, live);
+    ll_load(m, b.ln, w, nw, b.off, warp_sm, lane);
+    ll_load(m, b.ln + 1, w, nw, b.off, warp_sm, lane);
+    uint32_t sh = (uint32_t)(start & 31), bad = 0, i = 0, n = live ? count : 0;
+    b.buf = live ? ll_take(b) >> sh : 0;
+    b.nb = live ? 32 - sh : 64;
+    int a16 = ((uintptr_t)dst & 15) == 0;
+    uint32_t chunks = __reduce_max_sync(~0u, (n + CHUNK - 1) / CHUNK);
+    for (uint32_t c = 0; c < chunks; c++) {
+        /* lanes whose words moved into their upper line get the line
+         * after it, into the lower slot (its words are taken: the
+         * syncwarp orders the lanes' reads of it before the copies) */
+        __syncwarp();
+        int need = live && (int32_t)((b.wi + b.off) / LINE_WORDS) > b.ln;
+        b.ln += need;
+        ll_load(__ballot_sync(~0u, need), b.ln + 1, w, nw, b.off, warp_sm, lane);
+        decode_span(pri, sec, b, dst, i, (c + 1) * CHUNK < n ? (c + 1) * CHUNK : n, a16, bad);
     }
     *end = (uint64_t)b.wi * 32 - b.nb;
-    return bad ? KVTC_INFL_ESYM : 0;
+    return rc ? rc : bad ? KVTC_INFL_ESYM : 0;
 }
 
 /* Where a stored piece's (at most two) blocks are. */
@@ -288,10 +325,15 @@ __global__ void __launch_bounds__(DEC_MAX_T)
             kvtc__hd_table_fill(&ws.lit, &tab, j);
     }
     __syncthreads();
-    for (uint32_t k = t; k < S; k += blockDim.x) {
-        uint32_t count = k + 1 < S ? 1u << log2 : cnt - (k << log2);
+    /* warp-uniform trips (run_staged is warp-wide): lane k - k0 */
+    extern __shared__ __align__(16) uint32_t lines[]; /* nt x LANE_WORDS */
+    for (uint32_t k0 = t - lane; k0 < S; k0 += blockDim.x) {
+        uint32_t k = k0 + lane, count = k >= S ? 0 : k + 1 < S ? 1u << log2 : cnt - (k << log2);
         uint64_t end = 0;
-        int rc = run_lean(tab.pri, tab.sec, s, len, start[k], count, d + ((size_t)k << log2), &end);
+        int rc = run_staged(tab.pri, tab.sec, s, len, k < S ? start[k] : 0, count,
+                            d + ((size_t)k << log2), &end, lines + (t - lane) * LANE_WORDS, lane);
+        if (k >= S)
+            continue;
         if (!rc && end != start[k + 1])
             rc = KVTC_INFL_ESHORT;
         if (!rc && k + 1 == S)
@@ -312,8 +354,13 @@ extern "C" int kvtc__huff_decode_batch(const void *const *src, const size_t *src
     if (!n)
         return 0;
     uint32_t threads = 65536u >> log2;
+    threads = threads < 32 ? 32 : threads;
     dim3 grid((unsigned)(n < 65535 ? n : 65535), (unsigned)((n + 65534) / 65535));
-    k_huff_dec<<<grid, threads < 32 ? 32 : threads, 0, (cudaStream_t)stream>>>(
-        src, src_len, dst, dst_len, idx, n, log2, plog, group, status);
+    size_t sm = (size_t)threads * LANE_WORDS * 4; /* the lanes' lines (run_staged) */
+    if (cudaFuncSetAttribute(k_huff_dec, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm) !=
+        cudaSuccess)
+        return KVTC_EIO;
+    k_huff_dec<<<grid, threads, sm, (cudaStream_t)stream>>>(src, src_len, dst, dst_len, idx, n,
+                                                           log2, plog, group, status);
     return cudaGetLastError() == cudaSuccess ? 0 : KVTC_EIO;
 }
