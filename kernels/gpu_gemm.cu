@@ -710,8 +710,19 @@ extern "C" int kvtc__gpu_gemm_info(const kvtc_gpu_codec *g, int kind, int stream
     return 0;
 }
 
-extern "C" int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, float *enc_ms,
-                                   float *dec_ms)
+/* fp16 in [-2, 2) from a hash of the index: rows whose bits toggle */
+__global__ void k_noise_fp16(uint16_t *p, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t x = (uint32_t)i * 0x9e3779b9u ^ (uint32_t)(i >> 32);
+        x ^= x >> 16, x *= 0x7feb352du, x ^= x >> 15, x *= 0x846ca68bu, x ^= x >> 16;
+        p[i] = __half_as_ushort(__float2half((float)(x >> 8) * (4.0f / 16777216.0f) - 2.0f));
+    }
+}
+
+extern "C" int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, int noise,
+                                   float *enc_ms, float *dec_ms)
 {
     if (!g || !M || iters < 1)
         return KVTC_EINVAL;
@@ -723,8 +734,12 @@ extern "C" int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, flo
     int rc = t ? kvtc__cuda_err(cudaMalloc(&B, M * w * 2), "cudaMalloc") : KVTC_ENOMEM;
     if (!rc)
         rc = kvtc__cuda_err(cudaMalloc(&C, M * w * 4), "cudaMalloc");
-    if (!rc)
+    if (!rc && noise) {
+        k_noise_fp16<<<1024, 256>>>((uint16_t *)B, M * w);
+        rc = kvtc__cuda_err(cudaGetLastError(), "noise");
+    } else if (!rc) {
         rc = kvtc__cuda_err(cudaMemset(B, 0x1c, M * w * 2), "memset");
+    }
     for (int i = 0; i < 3 && !rc; i++)
         if (cudaEventCreate(&e[i]) != cudaSuccess)
             rc = KVTC_EIO;

@@ -441,9 +441,11 @@ extern "C" int kvtc__gpu_gemm_info(const kvtc_gpu_codec *g, int kind, int stream
                                    uint32_t *n, float *ms, float *ms_first);
 /* The plan's projection GEMMs alone, as the codec runs them (same
  * algorithms): both streams' encode GEMMs and both decode GEMMs (not the
- * direct ones) over M rows of scratch data; medians of iters. Synchronous. */
-extern "C" int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, float *enc_ms,
-                                   float *dec_ms);
+ * direct ones) over M rows of scratch data; medians of iters. Synchronous.
+ * noise 0: the rows are one constant; 1: pseudo-random in [-2, 2) (a
+ * GEMM's power, so its clock, depends on how many bits toggle). */
+extern "C" int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, int noise,
+                                   float *enc_ms, float *dec_ms);
 /* Benchmarks: the encode (ld x M x D, fp32 out) and decode (D x M x ld)
  * shapes alone on scratch data, tuned as at creation: out[0..3] = encode
  * heuristic-first ms, encode best ms, decode first, decode best. */

@@ -24,8 +24,8 @@
 extern int kvtc__gpu_gemm_set(kvtc_gpu_codec *g, uint32_t use_lt, uint32_t direct);
 extern int kvtc__gpu_gemm_info(const kvtc_gpu_codec *g, int kind, int stream, uint32_t *idx,
                                uint32_t *n, float *ms, float *ms_first);
-extern int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, float *enc_ms,
-                               float *dec_ms);
+extern int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, int noise,
+                               float *enc_ms, float *dec_ms);
 extern int kvtc__gpu_direct_info(const kvtc_gpu_codec *g, uint64_t *out);
 /* kernels/gpu_quant.cu: 0 the row-per-block (de)quantizer, 1..7 tiled */
 extern int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles);
@@ -141,7 +141,7 @@ static void every_choice(kvtc_layout l, int want_direct)
             cr_assert(ch + lt_n + bx == 0, "direct off, yet direct GEMMs ran");
     }
     float e_ms = 0, d_ms = 0;
-    cr_assert_eq(kvtc__gpu_gemm_time(g, 64, 2, &e_ms, &d_ms), 0);
+    cr_assert_eq(kvtc__gpu_gemm_time(g, 64, 2, 1, &e_ms, &d_ms), 0);
     cr_assert(e_ms > 0 && d_ms > 0);
     kvtc_gpu_codec_free(g);
     for (uint32_t i = 0; i < N_CH; i++) {
