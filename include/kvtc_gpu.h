@@ -121,24 +121,41 @@ enum kvtc_gpu_proj {
                                16-byte units */
 };
 
-/* A zeroed struct is not the defaults for the first five fields: pass NULL
- * for them. The fields after `inflate` were added later; 0 means their
- * default, so callers that zero or brace-initialize the struct get it. */
+/* Which fields of kvtc_gpu_params the caller set (as UCX's field_mask):
+ * kvtc_gpu_codec_create reads those and gives every other field its
+ * default, so a zeroed struct (or NULL) is the defaults, and a field added
+ * later changes nothing for callers that do not name it. */
+enum kvtc_gpu_params_field {
+    KVTC_GPU_PARAM_GEMM = 1u << 0,
+    KVTC_GPU_PARAM_DEFLATE_ALGO = 1u << 1,
+    KVTC_GPU_PARAM_DEVICE = 1u << 2,
+    KVTC_GPU_PARAM_TIMING = 1u << 3,
+    KVTC_GPU_PARAM_INFLATE = 1u << 4,
+    KVTC_GPU_PARAM_DEFLATE = 1u << 5,
+    KVTC_GPU_PARAM_INDEX_LOG2 = 1u << 6,
+    KVTC_GPU_PARAM_DECODE_INDEX = 1u << 7,
+    KVTC_GPU_PARAM_ENC_GEMM = 1u << 8,
+    KVTC_GPU_PARAM_DEC_GEMM = 1u << 9
+};
+
 typedef struct kvtc_gpu_params {
-    uint32_t gemm;          /* enum kvtc_gpu_gemm */
+    uint64_t field_mask;    /* enum kvtc_gpu_params_field bits; a bit this
+                               library does not know is KVTC_EINVAL */
+    uint32_t gemm;          /* enum kvtc_gpu_gemm (default fp16) */
     int deflate_algo;       /* nvCOMP Deflate algorithm 0..5 (0, the
                                default: Huffman only, which on quantized
                                symbols is both the fastest and the smallest
                                (docs/perf-notes.md); 1: LZ + Huffman) */
-    int device;             /* CUDA device ordinal the context lives on */
-    int timing;             /* 1: record per-stage CUDA events (benchmarks) */
-    int inflate;            /* enum kvtc_gpu_inflate (0: nvCOMP, the default) */
-    int deflate;            /* enum kvtc_gpu_deflate (0: auto) */
+    int device;             /* CUDA device ordinal the context lives on (0) */
+    int timing;             /* 1: record per-stage CUDA events (benchmarks;
+                               default 0) */
+    int inflate;            /* enum kvtc_gpu_inflate (default nvCOMP) */
+    int deflate;            /* enum kvtc_gpu_deflate (default auto) */
     int index_log2;         /* ours: 2^index_log2 symbols per sub-range of
-                               the index, 8..12 (0: 9) */
-    int decode_index;       /* enum kvtc_gpu_index (0: auto) */
-    int enc_gemm;           /* enum kvtc_gpu_proj of the encode GEMM (0: auto) */
-    int dec_gemm;           /* enum kvtc_gpu_proj of the decode GEMM (0: auto) */
+                               the index, 8..12 (default, or 0: 9) */
+    int decode_index;       /* enum kvtc_gpu_index (default auto) */
+    int enc_gemm;           /* enum kvtc_gpu_proj of the encode GEMM (auto) */
+    int dec_gemm;           /* enum kvtc_gpu_proj of the decode GEMM (auto) */
 } kvtc_gpu_params;
 
 typedef struct kvtc_gpu_codec kvtc_gpu_codec;

@@ -236,14 +236,44 @@ int kvtc__direct_basis(kvtc_gpu_codec *g, int s)
     return rc;
 }
 
+/* The defaults, then each field the caller's field_mask names. */
+static int gpu_params_resolve(const kvtc_gpu_params *in, kvtc_gpu_params *out)
+{
+    const uint64_t known = (uint64_t)KVTC_GPU_PARAM_DEC_GEMM * 2 - 1;
+    memset(out, 0, sizeof *out);
+    out->field_mask = known;
+    out->gemm = KVTC_GPU_GEMM_FP16;
+    out->inflate = KVTC_GPU_INFLATE_NVCOMP;
+    if (!in)
+        return 0;
+    uint64_t m = in->field_mask;
+    if (m & ~known)
+        return KVTC_EINVAL; /* a field of a newer library: not silently ignored */
+#define KVTC_TAKE(bit, f) \
+    if (m & (bit))        \
+        out->f = in->f;
+    KVTC_TAKE(KVTC_GPU_PARAM_GEMM, gemm)
+    KVTC_TAKE(KVTC_GPU_PARAM_DEFLATE_ALGO, deflate_algo)
+    KVTC_TAKE(KVTC_GPU_PARAM_DEVICE, device)
+    KVTC_TAKE(KVTC_GPU_PARAM_TIMING, timing)
+    KVTC_TAKE(KVTC_GPU_PARAM_INFLATE, inflate)
+    KVTC_TAKE(KVTC_GPU_PARAM_DEFLATE, deflate)
+    KVTC_TAKE(KVTC_GPU_PARAM_INDEX_LOG2, index_log2)
+    KVTC_TAKE(KVTC_GPU_PARAM_DECODE_INDEX, decode_index)
+    KVTC_TAKE(KVTC_GPU_PARAM_ENC_GEMM, enc_gemm)
+    KVTC_TAKE(KVTC_GPU_PARAM_DEC_GEMM, dec_gemm)
+#undef KVTC_TAKE
+    return 0;
+}
+
 extern "C" int kvtc_gpu_codec_create(const kvtc_profile *p, uint32_t plan,
                                      const kvtc_gpu_params *params, kvtc_gpu_codec **out)
 {
     if (!p || !out || plan >= p->n_plans)
         return KVTC_EINVAL;
-    kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 0, KVTC_GPU_INFLATE_NVCOMP, 0, 0, 0, 0, 0};
-    if (params)
-        prm = *params;
+    kvtc_gpu_params prm;
+    if (gpu_params_resolve(params, &prm))
+        return KVTC_EINVAL;
     if (prm.gemm > KVTC_GPU_GEMM_FP16 || prm.deflate_algo < 0 || prm.deflate_algo > 5 ||
         (prm.inflate != KVTC_GPU_INFLATE_KVTC && prm.inflate != KVTC_GPU_INFLATE_NVCOMP) ||
         prm.deflate < 0 || prm.deflate > KVTC_GPU_DEFLATE_KVTC || prm.decode_index < 0 ||

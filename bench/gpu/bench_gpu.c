@@ -124,6 +124,8 @@ static int quant_set;             /* 1: run_codec applies quant_cfg */
  * 4 + rows kernel 2), v < 10 the library's default rows kernel. */
 static uint32_t quant_v[8] = {0, 1, 2, 3, 0}, n_quant_v = 5;
 static int gap_pageable; /* --gap-pageable 1: gap report with pageable meta too */
+/* the default params with per-stage timing (kvtc_gpu_stage_times) */
+static const kvtc_gpu_params timed = {.field_mask = KVTC_GPU_PARAM_TIMING, .timing = 1};
 static size_t quality_stride = 1; /* run_codec's error: every n-th 64 Ki block */
 /* run_codec's error covers the first quality_bytes only: the generated
  * chunks (with --batch-pool the rest replay them at other positions,
@@ -446,7 +448,7 @@ static void pipe_variants(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_c
         struct run r;
         memcpy(pipe_cfg, v[i], sizeof pipe_cfg);
         pipe_set = 1;
-        run_codec(p, plan, (kvtc_gpu_params){.gemm = KVTC_GPU_GEMM_FP16}, ch, n, l, d_out, raw,
+        run_codec(p, plan, (kvtc_gpu_params){0}, ch, n, l, d_out, raw,
                   iters, d_in, &r, NULL, NULL);
         pipe_set = 0;
         CK(cudaMemcpy(i ? got : ref, d_out, raw, cudaMemcpyDeviceToHost));
@@ -499,7 +501,7 @@ static void gemm_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chu
     KV(kvtc_gpu_codec_create(p, plan, NULL, &gu));
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double create_s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
-    kvtc_gpu_params tp = {KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0, 0, 0};
+    kvtc_gpu_params tp = timed;
     KV(kvtc_gpu_codec_create(p, plan, &tp, &gt));
     printf("GEMM choice (context create %.2f s incl. tuning):\n", create_s);
     if (f)
@@ -575,7 +577,7 @@ static void gemm_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chu
         run_codec(p, plan, tp, ch, n, l, d_out, raw, 2, d_in, &t, NULL, NULL);
         reuse_ctx = gu;
         KV(kvtc__gpu_direct_info(gu, p0));
-        run_codec(p, plan, (kvtc_gpu_params){.gemm = KVTC_GPU_GEMM_FP16}, ch, n, l, d_out, raw,
+        run_codec(p, plan, (kvtc_gpu_params){0}, ch, n, l, d_out, raw,
                   iters, d_in, &r, NULL, NULL);
         KV(kvtc__gpu_direct_info(gu, p1));
         reuse_ctx = NULL;
@@ -675,7 +677,7 @@ static void quant_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_ch
     FILE *f = fopen(path, "w");
     double gb = raw / 1e9;
     kvtc_gpu_codec *gu = NULL, *gt = NULL;
-    kvtc_gpu_params tp = {KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0, 0, 0};
+    kvtc_gpu_params tp = timed;
     KV(kvtc_gpu_codec_create(p, plan, NULL, &gu));
     KV(kvtc_gpu_codec_create(p, plan, &tp, &gt));
     const uint32_t *v = quant_v;
@@ -700,7 +702,7 @@ static void quant_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_ch
         run_codec(p, plan, tp, ch, n, l, d_out, raw, iters, d_in, &t, i ? &ci : &c0,
                   i ? &ci_len : &c0_len);
         reuse_ctx = gu;
-        run_codec(p, plan, (kvtc_gpu_params){.gemm = KVTC_GPU_GEMM_FP16}, ch, n, l, d_out, raw,
+        run_codec(p, plan, (kvtc_gpu_params){0}, ch, n, l, d_out, raw,
                   iters, d_in, &r, NULL, NULL);
         reuse_ctx = NULL;
         quant_set = 0;
@@ -790,8 +792,14 @@ static void entropy_compare(const kvtc_profile *p, uint32_t plan, const kvtc_gpu
     if (f)
         fprintf(f, "{\"raw_bytes\": %zu, \"variants\": [", raw);
     for (uint32_t i = 0; i < nv; i++) {
-        kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 1, v[i].inflate, v[i].deflate, v[i].log2,
-                               v[i].index, 0, 0};
+        kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_TIMING | KVTC_GPU_PARAM_INFLATE |
+                                             KVTC_GPU_PARAM_DEFLATE | KVTC_GPU_PARAM_INDEX_LOG2 |
+                                             KVTC_GPU_PARAM_DECODE_INDEX,
+                               .timing = 1,
+                               .inflate = v[i].inflate,
+                               .deflate = v[i].deflate,
+                               .index_log2 = v[i].log2,
+                               .decode_index = v[i].index};
         struct run t, r;
         run_codec(p, plan, prm, ch, n, l, d_out, raw, 2, d_in, &t, NULL, NULL);
         prm.timing = 0;
@@ -919,8 +927,11 @@ static void fp8_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chun
     for (int i = 0; i < 4; i++) {
         if (!(fp8_mask >> i & 1))
             continue;
-        kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0,
-                               v[i][0] ? KVTC_GPU_PROJ_FP8 : 0, v[i][1] ? KVTC_GPU_PROJ_FP8 : 0};
+        kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_TIMING | KVTC_GPU_PARAM_ENC_GEMM |
+                                             KVTC_GPU_PARAM_DEC_GEMM,
+                               .timing = 1,
+                               .enc_gemm = v[i][0] ? KVTC_GPU_PROJ_FP8 : 0,
+                               .dec_gemm = v[i][1] ? KVTC_GPU_PROJ_FP8 : 0};
         kvtc_gpu_codec *g = NULL;
         KV(kvtc_gpu_codec_create(p, plan, &prm, &g));
         reuse_ctx = g;
@@ -1082,8 +1093,7 @@ static void gap_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chun
                 setenv("KVTC_GPU_PAGEABLE_META", "1", 1);
             else
                 unsetenv("KVTC_GPU_PAGEABLE_META");
-            kvtc_gpu_params up = {.gemm = KVTC_GPU_GEMM_FP16}, tp = up;
-            tp.timing = 1;
+            kvtc_gpu_params up = {0}, tp = timed;
             KV(kvtc_gpu_codec_create(p, plan, &up, &g));
             KV(kvtc_gpu_codec_create(p, plan, &tp, &gt));
         }
@@ -1209,7 +1219,7 @@ static void paired_ratios(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_c
                           uint32_t n, const kvtc_layout *l, void *d_out, size_t raw,
                           const void *d_in, struct pairs *pr)
 {
-    kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    kvtc_gpu_params prm = {0};
     size_t stride = quality_stride;
     quality_stride = 0; /* the error pass is the headline's, not this one's */
     KV(kvtc_gpu_codec_create(p, plan, &prm, &reuse_ctx));
@@ -1494,7 +1504,7 @@ int main(int argc, char **argv)
         /* two timed calls, nothing else: for a profiler (ncu) to read the
          * stages' kernels */
         struct run t;
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0, 0, 0}, ch,
+        run_codec(p, plan, timed, ch,
                   n_chunks, &l, d_out, raw, 2, d_in, &t, NULL, NULL);
         printf("probe: compress %.3f ms, decompress %.3f ms (timed stages)\n", t.enc_ms, t.dec_ms);
         return 0;
@@ -1539,13 +1549,13 @@ int main(int argc, char **argv)
     struct run rb, rh, r0;
     uint8_t *first = NULL;
     size_t first_len = 0;
-    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0, 0, 0}, ch, n_chunks, &l, d_out,
+    run_codec(p, plan, timed, ch, n_chunks, &l, d_out,
               raw, iters, d_in, &rb, &first, &first_len);
-    run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ch, n_chunks, &l, d_out,
+    run_codec(p, plan, (kvtc_gpu_params){0}, ch, n_chunks, &l, d_out,
               raw, iters, d_in, &rb, NULL, NULL); /* untimed stages: the headline */
     {
         struct run tmp;
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 0, 0, 1, 0, 0, 0, 0, 0, 0}, ch, n_chunks, &l,
+        run_codec(p, plan, timed, ch, n_chunks, &l,
                   d_out, raw, 2, d_in, &tmp, NULL, NULL);
         memcpy(rb.enc_stage, tmp.enc_stage, sizeof rb.enc_stage);
         memcpy(rb.dec_stage, tmp.dec_stage, sizeof rb.dec_stage);
@@ -1557,8 +1567,11 @@ int main(int argc, char **argv)
     struct run rn;
     {
         struct run tmp;
-        kvtc_gpu_params nv = {KVTC_GPU_GEMM_FP16,    0, 0, 1, KVTC_GPU_INFLATE_KVTC,
-                              KVTC_GPU_DEFLATE_NVCOMP, 0, 0, 0, 0};
+        kvtc_gpu_params nv = {.field_mask = KVTC_GPU_PARAM_TIMING | KVTC_GPU_PARAM_INFLATE |
+                                            KVTC_GPU_PARAM_DEFLATE,
+                              .timing = 1,
+                              .inflate = KVTC_GPU_INFLATE_KVTC,
+                              .deflate = KVTC_GPU_DEFLATE_NVCOMP};
         run_codec(p, plan, nv, ch, n_chunks, &l, d_out, raw, 2, d_in, &tmp, NULL, NULL);
         nv.timing = 0;
         run_codec(p, plan, nv, ch, n_chunks, &l, d_out, raw, iters, d_in, &rn, NULL, NULL);
@@ -1568,9 +1581,11 @@ int main(int argc, char **argv)
     memset(&r0, 0, sizeof r0);
     rh.enc_ms = rh.dec_ms = r0.enc_ms = r0.dec_ms = INFINITY; /* 0 GB/s when skipped */
     if (!lean) {
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_BF16, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ch, n_chunks, &l,
+        run_codec(p, plan, (kvtc_gpu_params){.field_mask = KVTC_GPU_PARAM_GEMM, .gemm = KVTC_GPU_GEMM_BF16}, ch, n_chunks, &l,
                   d_out, raw, iters, d_in, &rh, NULL, NULL);
-        run_codec(p, plan, (kvtc_gpu_params){KVTC_GPU_GEMM_FP16, 1, 0, 0, 0, KVTC_GPU_DEFLATE_NVCOMP, 0, 0, 0, 0}, ch, n_chunks, &l,
+        run_codec(p, plan, (kvtc_gpu_params){.field_mask = KVTC_GPU_PARAM_DEFLATE_ALGO | KVTC_GPU_PARAM_DEFLATE,
+                                              .deflate_algo = 1,
+                                              .deflate = KVTC_GPU_DEFLATE_NVCOMP}, ch, n_chunks, &l,
                   d_out, raw, iters, d_in, &r0, NULL, NULL);
     }
     if (entropy_json)

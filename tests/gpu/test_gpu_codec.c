@@ -96,7 +96,11 @@ static void cross_check(const kvtc_profile *p, uint32_t plan, struct batch *b, u
     const kvtc_layout *l = kvtc_profile_layout(p);
     /* both nvCOMP modes to encode; our inflate decodes (nvCOMP's, the
      * default, is checked against it below) */
-    kvtc_gpu_params prm = {gemm, plan == 0 ? 1 : 0, 0, 0, KVTC_GPU_INFLATE_KVTC, 0, 0, 0, 0, 0};
+    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_GEMM | KVTC_GPU_PARAM_DEFLATE_ALGO |
+                                         KVTC_GPU_PARAM_INFLATE,
+                           .gemm = gemm,
+                           .deflate_algo = plan == 0 ? 1 : 0,
+                           .inflate = KVTC_GPU_INFLATE_KVTC};
     tol = gemm == KVTC_GPU_GEMM_BF16 ? 2.0 : 1.3;
     kvtc_gpu_codec *g = NULL;
     cr_assert_eq(kvtc_gpu_codec_create(p, plan, &prm, &g), 0);
@@ -393,8 +397,11 @@ ParameterizedTest(int *algo, gpu_codec, nvcomp_pieces_are_plain_raw_deflate)
     b.n = 1;
     b.c[0] = (kvtc_chunk){gt_chunk(&l, 1000, 4096, 8), 1000, 4096, 0};
     kvtc_gpu_codec *g = NULL;
-    kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, *algo, 0, 0, KVTC_GPU_INFLATE_KVTC,
-                           KVTC_GPU_DEFLATE_NVCOMP, 0, 0, 0, 0};
+    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_DEFLATE_ALGO | KVTC_GPU_PARAM_INFLATE |
+                                         KVTC_GPU_PARAM_DEFLATE,
+                           .deflate_algo = *algo,
+                           .inflate = KVTC_GPU_INFLATE_KVTC,
+                           .deflate = KVTC_GPU_DEFLATE_NVCOMP};
     cr_assert_eq(kvtc_gpu_codec_create(p, 0, &prm, &g), 0);
     static struct kvtc__inflate_ws ws;
     struct kvtc__inflate_stats tot = {0, 0, 0, 0, 0}, is = tot;

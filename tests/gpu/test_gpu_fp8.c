@@ -48,8 +48,9 @@ static void fb_free(struct fb *b)
 
 static kvtc_gpu_codec *ctx(const kvtc_profile *p, uint32_t plan, int enc8, int dec8)
 {
-    kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 0, KVTC_GPU_INFLATE_NVCOMP, 0, 0, 0,
-                           enc8 ? KVTC_GPU_PROJ_FP8 : 0, dec8 ? KVTC_GPU_PROJ_FP8 : 0};
+    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_ENC_GEMM | KVTC_GPU_PARAM_DEC_GEMM,
+                           .enc_gemm = enc8 ? KVTC_GPU_PROJ_FP8 : 0,
+                           .dec_gemm = dec8 ? KVTC_GPU_PROJ_FP8 : 0};
     kvtc_gpu_codec *g = NULL;
     cr_assert_eq(kvtc_gpu_codec_create(p, plan, &prm, &g), 0);
     return g;
@@ -305,11 +306,14 @@ Test(gpu_fp8, width_not_multiple_of_16_refused)
     GPU_OR_SKIP();
     kvtc_layout l = gt_layout(2, 3, 6, KVTC_DTYPE_FP32, KVTC_ROPE_NONE); /* width 36 */
     kvtc_profile *p = gt_profile(&l, 512, 13);
-    kvtc_gpu_params prm = {KVTC_GPU_GEMM_FP16, 0, 0, 0, 0, 0, 0, 0, 0, KVTC_GPU_PROJ_FP8};
+    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_DEC_GEMM, .dec_gemm = KVTC_GPU_PROJ_FP8};
     kvtc_gpu_codec *g = NULL;
     cr_assert_eq(kvtc_gpu_codec_create(p, 0, &prm, &g), KVTC_ENOTSUP);
     prm.dec_gemm = KVTC_GPU_PROJ_DIRECT + 1;
     cr_assert_eq(kvtc_gpu_codec_create(p, 0, &prm, &g), KVTC_EINVAL);
+    /* a field this library does not know: refused, not ignored */
+    kvtc_gpu_params newer = {.field_mask = (uint64_t)KVTC_GPU_PARAM_DEC_GEMM << 1};
+    cr_assert_eq(kvtc_gpu_codec_create(p, 0, &newer, &g), KVTC_EINVAL);
     /* fp32 chunks: no direct decode (it needs 16-bit rows of 16-byte units) */
     prm.dec_gemm = KVTC_GPU_PROJ_DIRECT;
     cr_assert_eq(kvtc_gpu_codec_create(p, 0, &prm, &g), KVTC_ENOTSUP);

@@ -386,8 +386,12 @@ Test(gpu_huffman, v2_containers_read_on_cpu_and_mixed_with_v1_on_gpu, .timeout =
     GPU_OR_SKIP();
     kvtc_layout l = gt_layout(2, 1, 16, KVTC_DTYPE_BF16, KVTC_ROPE_HALF_SPLIT);
     kvtc_profile *p = gt_profile(&l, 512, 6);
-    kvtc_gpu_params ours = {KVTC_GPU_GEMM_FP16, 0, 0, 0, KVTC_GPU_INFLATE_NVCOMP,
-                            KVTC_GPU_DEFLATE_KVTC, 9, KVTC_GPU_INDEX_ON, 0, 0};
+    kvtc_gpu_params ours = {.field_mask = KVTC_GPU_PARAM_INFLATE | KVTC_GPU_PARAM_DEFLATE |
+                                          KVTC_GPU_PARAM_INDEX_LOG2 | KVTC_GPU_PARAM_DECODE_INDEX,
+                            .inflate = KVTC_GPU_INFLATE_NVCOMP,
+                            .deflate = KVTC_GPU_DEFLATE_KVTC,
+                            .index_log2 = 9,
+                            .decode_index = KVTC_GPU_INDEX_ON};
     kvtc_gpu_codec *g = NULL;
     cr_assert_eq(kvtc_gpu_codec_create(p, 1, &ours, &g), 0);
     struct cbatch b;
