@@ -163,7 +163,7 @@ static struct gpu_ctx *ctx_get(struct kvtc__gpu_state *st, const kvtc_profile *p
         return NULL;
     /* libkvtc_gpu's defaults, on this device: the decode is then the same
      * as that of a context made with NULL params. */
-    kvtc_gpu_params gp = {.field_mask = KVTC_GPU_PARAM_DEVICE, .device = device};
+    kvtc_gpu_params gp = {.field_mask = KVTC_GPU_PARAM_FIELD_DEVICE, .device = device};
     x->p = p;
     x->plan = plan;
     x->device = device;

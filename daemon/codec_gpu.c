@@ -316,8 +316,8 @@ static kvtc_gpu_codec *context_of(kvtcd_gpu_codec *g, kvtcd_profile_ent *e,
     }
     g->cu->cuStreamSynchronize(g->stream);
     slot_clear(g, victim);
-    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_DEVICE | KVTC_GPU_PARAM_ENC_GEMM |
-                                         KVTC_GPU_PARAM_DEC_GEMM,
+    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_FIELD_DEVICE | KVTC_GPU_PARAM_FIELD_ENC_GEMM |
+                                         KVTC_GPU_PARAM_FIELD_DEC_GEMM,
                            .device = g->device};
     prm.enc_gemm = g->proj == KVTCD_GPU_PROJ_FP8 ? KVTC_GPU_PROJ_FP8 : KVTC_GPU_PROJ_AUTO;
     prm.dec_gemm = g->proj == KVTCD_GPU_PROJ_DIRECT_DECODE ? KVTC_GPU_PROJ_DIRECT

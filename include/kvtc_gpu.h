@@ -125,21 +125,21 @@ enum kvtc_gpu_proj {
  * kvtc_gpu_codec_create reads those and gives every other field its
  * default, so a zeroed struct (or NULL) is the defaults, and a field added
  * later changes nothing for callers that do not name it. */
-enum kvtc_gpu_params_field {
-    KVTC_GPU_PARAM_GEMM = 1u << 0,
-    KVTC_GPU_PARAM_DEFLATE_ALGO = 1u << 1,
-    KVTC_GPU_PARAM_DEVICE = 1u << 2,
-    KVTC_GPU_PARAM_TIMING = 1u << 3,
-    KVTC_GPU_PARAM_INFLATE = 1u << 4,
-    KVTC_GPU_PARAM_DEFLATE = 1u << 5,
-    KVTC_GPU_PARAM_INDEX_LOG2 = 1u << 6,
-    KVTC_GPU_PARAM_DECODE_INDEX = 1u << 7,
-    KVTC_GPU_PARAM_ENC_GEMM = 1u << 8,
-    KVTC_GPU_PARAM_DEC_GEMM = 1u << 9
+enum kvtc_gpu_param_field {
+    KVTC_GPU_PARAM_FIELD_GEMM = 1u << 0,
+    KVTC_GPU_PARAM_FIELD_DEFLATE_ALGO = 1u << 1,
+    KVTC_GPU_PARAM_FIELD_DEVICE = 1u << 2,
+    KVTC_GPU_PARAM_FIELD_TIMING = 1u << 3,
+    KVTC_GPU_PARAM_FIELD_INFLATE = 1u << 4,
+    KVTC_GPU_PARAM_FIELD_DEFLATE = 1u << 5,
+    KVTC_GPU_PARAM_FIELD_INDEX_LOG2 = 1u << 6,
+    KVTC_GPU_PARAM_FIELD_DECODE_INDEX = 1u << 7,
+    KVTC_GPU_PARAM_FIELD_ENC_GEMM = 1u << 8,
+    KVTC_GPU_PARAM_FIELD_DEC_GEMM = 1u << 9
 };
 
 typedef struct kvtc_gpu_params {
-    uint64_t field_mask;    /* enum kvtc_gpu_params_field bits; a bit this
+    uint64_t field_mask;    /* enum kvtc_gpu_param_field bits; a bit this
                                library does not know is KVTC_EINVAL */
     uint32_t gemm;          /* enum kvtc_gpu_gemm (default fp16) */
     int deflate_algo;       /* nvCOMP Deflate algorithm 0..5 (0, the

@@ -239,7 +239,7 @@ int kvtc__direct_basis(kvtc_gpu_codec *g, int s)
 /* The defaults, then each field the caller's field_mask names. */
 static int gpu_params_resolve(const kvtc_gpu_params *in, kvtc_gpu_params *out)
 {
-    const uint64_t known = (uint64_t)KVTC_GPU_PARAM_DEC_GEMM * 2 - 1;
+    const uint64_t known = (uint64_t)KVTC_GPU_PARAM_FIELD_DEC_GEMM * 2 - 1;
     memset(out, 0, sizeof *out);
     out->field_mask = known;
     out->gemm = KVTC_GPU_GEMM_FP16;
@@ -252,16 +252,16 @@ static int gpu_params_resolve(const kvtc_gpu_params *in, kvtc_gpu_params *out)
 #define KVTC_TAKE(bit, f) \
     if (m & (bit))        \
         out->f = in->f;
-    KVTC_TAKE(KVTC_GPU_PARAM_GEMM, gemm)
-    KVTC_TAKE(KVTC_GPU_PARAM_DEFLATE_ALGO, deflate_algo)
-    KVTC_TAKE(KVTC_GPU_PARAM_DEVICE, device)
-    KVTC_TAKE(KVTC_GPU_PARAM_TIMING, timing)
-    KVTC_TAKE(KVTC_GPU_PARAM_INFLATE, inflate)
-    KVTC_TAKE(KVTC_GPU_PARAM_DEFLATE, deflate)
-    KVTC_TAKE(KVTC_GPU_PARAM_INDEX_LOG2, index_log2)
-    KVTC_TAKE(KVTC_GPU_PARAM_DECODE_INDEX, decode_index)
-    KVTC_TAKE(KVTC_GPU_PARAM_ENC_GEMM, enc_gemm)
-    KVTC_TAKE(KVTC_GPU_PARAM_DEC_GEMM, dec_gemm)
+    KVTC_TAKE(KVTC_GPU_PARAM_FIELD_GEMM, gemm)
+    KVTC_TAKE(KVTC_GPU_PARAM_FIELD_DEFLATE_ALGO, deflate_algo)
+    KVTC_TAKE(KVTC_GPU_PARAM_FIELD_DEVICE, device)
+    KVTC_TAKE(KVTC_GPU_PARAM_FIELD_TIMING, timing)
+    KVTC_TAKE(KVTC_GPU_PARAM_FIELD_INFLATE, inflate)
+    KVTC_TAKE(KVTC_GPU_PARAM_FIELD_DEFLATE, deflate)
+    KVTC_TAKE(KVTC_GPU_PARAM_FIELD_INDEX_LOG2, index_log2)
+    KVTC_TAKE(KVTC_GPU_PARAM_FIELD_DECODE_INDEX, decode_index)
+    KVTC_TAKE(KVTC_GPU_PARAM_FIELD_ENC_GEMM, enc_gemm)
+    KVTC_TAKE(KVTC_GPU_PARAM_FIELD_DEC_GEMM, dec_gemm)
 #undef KVTC_TAKE
     return 0;
 }

@@ -507,15 +507,9 @@ extern "C" int kvtc__gpu_fp8_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters,
             cudaEventElapsedTime(&t[iters + i], e[1], e[2]);
         }
     }
-    for (int k = 0; k < 2 && !rc; k++) {
-        float *v = t + (size_t)k * iters;
-        for (int i = 1; i < iters; i++)
-            for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
-                float x = v[j];
-                v[j] = v[j - 1];
-                v[j - 1] = x;
-            }
-        (k ? *dec_ms : *enc_ms) = v[iters / 2];
+    if (!rc) {
+        *enc_ms = kvtc__median_ms(t, iters);
+        *dec_ms = kvtc__median_ms(t + iters, iters);
     }
     for (int i = 0; i < 3; i++)
         if (e[i])

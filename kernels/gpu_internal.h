@@ -204,6 +204,18 @@ struct kvtc__seg {
  * segment's actual length must not need more. */
 int kvtc__hash_segments(const struct kvtc__seg *seg, const uint64_t *slot_start, uint32_t n,
                         uint64_t total_slots, uint64_t *bsum, uint64_t *out, cudaStream_t s);
+/* The median of v[0..n) (n >= 1; sorts v): the GEMM timers' reduction. */
+static inline float kvtc__median_ms(float *v, int n)
+{
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            float x = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = x;
+        }
+    return v[n / 2];
+}
+
 /* Blocks a segment of at most len bytes needs. */
 static inline uint64_t kvtc__hash_slots(uint64_t len) { return len > 240 ? (len - 1) / 1024 : 0; }
 

@@ -125,7 +125,7 @@ static int quant_set;             /* 1: run_codec applies quant_cfg */
 static uint32_t quant_v[8] = {0, 1, 2, 3, 0}, n_quant_v = 5;
 static int gap_pageable; /* --gap-pageable 1: gap report with pageable meta too */
 /* the default params with per-stage timing (kvtc_gpu_stage_times) */
-static const kvtc_gpu_params timed = {.field_mask = KVTC_GPU_PARAM_TIMING, .timing = 1};
+static const kvtc_gpu_params timed = {.field_mask = KVTC_GPU_PARAM_FIELD_TIMING, .timing = 1};
 static size_t quality_stride = 1; /* run_codec's error: every n-th 64 Ki block */
 /* run_codec's error covers the first quality_bytes only: the generated
  * chunks (with --batch-pool the rest replay them at other positions,
@@ -792,9 +792,11 @@ static void entropy_compare(const kvtc_profile *p, uint32_t plan, const kvtc_gpu
     if (f)
         fprintf(f, "{\"raw_bytes\": %zu, \"variants\": [", raw);
     for (uint32_t i = 0; i < nv; i++) {
-        kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_TIMING | KVTC_GPU_PARAM_INFLATE |
-                                             KVTC_GPU_PARAM_DEFLATE | KVTC_GPU_PARAM_INDEX_LOG2 |
-                                             KVTC_GPU_PARAM_DECODE_INDEX,
+        kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_FIELD_TIMING |
+                                             KVTC_GPU_PARAM_FIELD_INFLATE |
+                                             KVTC_GPU_PARAM_FIELD_DEFLATE |
+                                             KVTC_GPU_PARAM_FIELD_INDEX_LOG2 |
+                                             KVTC_GPU_PARAM_FIELD_DECODE_INDEX,
                                .timing = 1,
                                .inflate = v[i].inflate,
                                .deflate = v[i].deflate,
@@ -927,8 +929,9 @@ static void fp8_report(const kvtc_profile *p, uint32_t plan, const kvtc_gpu_chun
     for (int i = 0; i < 4; i++) {
         if (!(fp8_mask >> i & 1))
             continue;
-        kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_TIMING | KVTC_GPU_PARAM_ENC_GEMM |
-                                             KVTC_GPU_PARAM_DEC_GEMM,
+        kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_FIELD_TIMING |
+                                             KVTC_GPU_PARAM_FIELD_ENC_GEMM |
+                                             KVTC_GPU_PARAM_FIELD_DEC_GEMM,
                                .timing = 1,
                                .enc_gemm = v[i][0] ? KVTC_GPU_PROJ_FP8 : 0,
                                .dec_gemm = v[i][1] ? KVTC_GPU_PROJ_FP8 : 0};
@@ -1567,8 +1570,9 @@ int main(int argc, char **argv)
     struct run rn;
     {
         struct run tmp;
-        kvtc_gpu_params nv = {.field_mask = KVTC_GPU_PARAM_TIMING | KVTC_GPU_PARAM_INFLATE |
-                                            KVTC_GPU_PARAM_DEFLATE,
+        kvtc_gpu_params nv = {.field_mask = KVTC_GPU_PARAM_FIELD_TIMING |
+                                            KVTC_GPU_PARAM_FIELD_INFLATE |
+                                            KVTC_GPU_PARAM_FIELD_DEFLATE,
                               .timing = 1,
                               .inflate = KVTC_GPU_INFLATE_KVTC,
                               .deflate = KVTC_GPU_DEFLATE_NVCOMP};
@@ -1581,12 +1585,13 @@ int main(int argc, char **argv)
     memset(&r0, 0, sizeof r0);
     rh.enc_ms = rh.dec_ms = r0.enc_ms = r0.dec_ms = INFINITY; /* 0 GB/s when skipped */
     if (!lean) {
-        run_codec(p, plan, (kvtc_gpu_params){.field_mask = KVTC_GPU_PARAM_GEMM, .gemm = KVTC_GPU_GEMM_BF16}, ch, n_chunks, &l,
-                  d_out, raw, iters, d_in, &rh, NULL, NULL);
-        run_codec(p, plan, (kvtc_gpu_params){.field_mask = KVTC_GPU_PARAM_DEFLATE_ALGO | KVTC_GPU_PARAM_DEFLATE,
-                                              .deflate_algo = 1,
-                                              .deflate = KVTC_GPU_DEFLATE_NVCOMP}, ch, n_chunks, &l,
-                  d_out, raw, iters, d_in, &r0, NULL, NULL);
+        kvtc_gpu_params bf = {.field_mask = KVTC_GPU_PARAM_FIELD_GEMM, .gemm = KVTC_GPU_GEMM_BF16};
+        kvtc_gpu_params lz = {.field_mask = KVTC_GPU_PARAM_FIELD_DEFLATE_ALGO |
+                                            KVTC_GPU_PARAM_FIELD_DEFLATE,
+                              .deflate_algo = 1,
+                              .deflate = KVTC_GPU_DEFLATE_NVCOMP};
+        run_codec(p, plan, bf, ch, n_chunks, &l, d_out, raw, iters, d_in, &rh, NULL, NULL);
+        run_codec(p, plan, lz, ch, n_chunks, &l, d_out, raw, iters, d_in, &r0, NULL, NULL);
     }
     if (entropy_json)
         entropy_compare(p, plan, ch, n_chunks, &l, d_out, raw, iters, d_in, entropy_json);

@@ -122,6 +122,19 @@ double gt_energy(const kvtc_layout *l, const void *a, uint32_t n)
     return s / (double)e;
 }
 
+size_t gt_count_poison(const kvtc_layout *l, const void *a, uint32_t n)
+{
+    size_t bytes = kvtc_chunk_bytes(l, n), es = kvtc_dtype_size(l->dtype), hits = 0;
+    const uint8_t *p = a;
+    for (size_t i = 0; i + es <= bytes; i += es) {
+        size_t k = 0;
+        while (k < es && p[i + k] == 0xA5)
+            k++;
+        hits += k == es;
+    }
+    return hits;
+}
+
 void gt_gpu_encode(kvtc_gpu_codec *g, const kvtc_layout *l, const kvtc_chunk *chunks,
                    uint32_t n, uint8_t **out, size_t *len, int32_t *status)
 {

@@ -35,6 +35,8 @@ kvtc_profile *gt_profile(const kvtc_layout *l, uint32_t tokens, uint64_t seed);
 double gt_mse(const kvtc_layout *l, const void *a, const void *b, uint32_t n);
 /* Mean square of a chunk (signal energy). */
 double gt_energy(const kvtc_layout *l, const void *a, uint32_t n);
+/* Elements of a chunk still all 0xA5 bytes (the poison outputs start as). */
+size_t gt_count_poison(const kvtc_layout *l, const void *a, uint32_t n);
 
 /* GPU batch encode of host chunks; containers come back to the host:
  * out[i] malloc'ed, len[i], status[i]. */

@@ -59,19 +59,6 @@ static void cpu_ref(const kvtc_profile *p, uint32_t plan, struct batch *b)
     kvtc_decoder_free(dec);
 }
 
-static size_t count_poison(const kvtc_layout *l, const void *a, uint32_t n)
-{
-    size_t bytes = kvtc_chunk_bytes(l, n), es = kvtc_dtype_size(l->dtype), hits = 0;
-    const uint8_t *p = a;
-    for (size_t i = 0; i + es <= bytes; i += es) {
-        size_t k = 0;
-        while (k < es && p[i + k] == 0xA5)
-            k++;
-        hits += k == es;
-    }
-    return hits;
-}
-
 /* err <= 1.3 x the CPU's own error (2x with bf16 projections, whose
  * rounding noise the per-component sigma scaling amplifies on small
  * components: see kvtc_gpu.h), plus a floor for 16-bit rounding. */
@@ -88,7 +75,7 @@ static void assert_close(const kvtc_layout *l, const void *orig, const void *cpu
      * 0xA5A5 = -0.0226): an unwritten output shows as whole tokens or slabs,
      * far above a per-mille of coincidences. */
     size_t elems = kvtc_chunk_bytes(l, n) / kvtc_dtype_size(l->dtype);
-    cr_assert(count_poison(l, got, n) * 1000 <= elems, "%s chunk %u: unwritten elements", what, i);
+    cr_assert(gt_count_poison(l, got, n) * 1000 <= elems, "%s chunk %u: unwritten elements", what, i);
 }
 
 static void cross_check(const kvtc_profile *p, uint32_t plan, struct batch *b, uint32_t gemm)
@@ -96,8 +83,8 @@ static void cross_check(const kvtc_profile *p, uint32_t plan, struct batch *b, u
     const kvtc_layout *l = kvtc_profile_layout(p);
     /* both nvCOMP modes to encode; our inflate decodes (nvCOMP's, the
      * default, is checked against it below) */
-    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_GEMM | KVTC_GPU_PARAM_DEFLATE_ALGO |
-                                         KVTC_GPU_PARAM_INFLATE,
+    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_FIELD_GEMM | KVTC_GPU_PARAM_FIELD_DEFLATE_ALGO |
+                                         KVTC_GPU_PARAM_FIELD_INFLATE,
                            .gemm = gemm,
                            .deflate_algo = plan == 0 ? 1 : 0,
                            .inflate = KVTC_GPU_INFLATE_KVTC};
@@ -397,8 +384,8 @@ ParameterizedTest(int *algo, gpu_codec, nvcomp_pieces_are_plain_raw_deflate)
     b.n = 1;
     b.c[0] = (kvtc_chunk){gt_chunk(&l, 1000, 4096, 8), 1000, 4096, 0};
     kvtc_gpu_codec *g = NULL;
-    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_DEFLATE_ALGO | KVTC_GPU_PARAM_INFLATE |
-                                         KVTC_GPU_PARAM_DEFLATE,
+    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_FIELD_DEFLATE_ALGO | KVTC_GPU_PARAM_FIELD_INFLATE |
+                                         KVTC_GPU_PARAM_FIELD_DEFLATE,
                            .deflate_algo = *algo,
                            .inflate = KVTC_GPU_INFLATE_KVTC,
                            .deflate = KVTC_GPU_DEFLATE_NVCOMP};

@@ -48,25 +48,12 @@ static void fb_free(struct fb *b)
 
 static kvtc_gpu_codec *ctx(const kvtc_profile *p, uint32_t plan, int enc8, int dec8)
 {
-    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_ENC_GEMM | KVTC_GPU_PARAM_DEC_GEMM,
+    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_FIELD_ENC_GEMM | KVTC_GPU_PARAM_FIELD_DEC_GEMM,
                            .enc_gemm = enc8 ? KVTC_GPU_PROJ_FP8 : 0,
                            .dec_gemm = dec8 ? KVTC_GPU_PROJ_FP8 : 0};
     kvtc_gpu_codec *g = NULL;
     cr_assert_eq(kvtc_gpu_codec_create(p, plan, &prm, &g), 0);
     return g;
-}
-
-static size_t count_poison(const kvtc_layout *l, const void *a, uint32_t n)
-{
-    size_t bytes = kvtc_chunk_bytes(l, n), es = kvtc_dtype_size(l->dtype), hits = 0;
-    const uint8_t *p = a;
-    for (size_t i = 0; i + es <= bytes; i += es) {
-        size_t k = 0;
-        while (k < es && p[i + k] == 0xA5)
-            k++;
-        hits += k == es;
-    }
-    return hits;
 }
 
 /* The emulation's mse of chunk c under (enc_fmt, dec_fmt). */
@@ -99,7 +86,7 @@ static void check_bound(const kvtc_profile *p, uint32_t plan, uint32_t ef, uint3
               "%s plan %u chunk %u: mse %.4g vs emulated e4m3 %.4g (energy %.3g)", what, plan, i,
               err, ref, energy);
     size_t elems = kvtc_chunk_bytes(l, c->n_tokens) / kvtc_dtype_size(l->dtype);
-    cr_assert(count_poison(l, got, c->n_tokens) * 1000 <= elems, "%s chunk %u: unwritten", what,
+    cr_assert(gt_count_poison(l, got, c->n_tokens) * 1000 <= elems, "%s chunk %u: unwritten", what,
               i);
 }
 
@@ -306,13 +293,13 @@ Test(gpu_fp8, width_not_multiple_of_16_refused)
     GPU_OR_SKIP();
     kvtc_layout l = gt_layout(2, 3, 6, KVTC_DTYPE_FP32, KVTC_ROPE_NONE); /* width 36 */
     kvtc_profile *p = gt_profile(&l, 512, 13);
-    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_DEC_GEMM, .dec_gemm = KVTC_GPU_PROJ_FP8};
+    kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_FIELD_DEC_GEMM, .dec_gemm = KVTC_GPU_PROJ_FP8};
     kvtc_gpu_codec *g = NULL;
     cr_assert_eq(kvtc_gpu_codec_create(p, 0, &prm, &g), KVTC_ENOTSUP);
     prm.dec_gemm = KVTC_GPU_PROJ_DIRECT + 1;
     cr_assert_eq(kvtc_gpu_codec_create(p, 0, &prm, &g), KVTC_EINVAL);
     /* a field this library does not know: refused, not ignored */
-    kvtc_gpu_params newer = {.field_mask = (uint64_t)KVTC_GPU_PARAM_DEC_GEMM << 1};
+    kvtc_gpu_params newer = {.field_mask = (uint64_t)KVTC_GPU_PARAM_FIELD_DEC_GEMM << 1};
     cr_assert_eq(kvtc_gpu_codec_create(p, 0, &newer, &g), KVTC_EINVAL);
     /* fp32 chunks: no direct decode (it needs 16-bit rows of 16-byte units) */
     prm.dec_gemm = KVTC_GPU_PROJ_DIRECT;

@@ -261,7 +261,7 @@ Test(gpu_gemm, grouped_direct_many_chunks)
      * is this path: same bytes from a context created with it, through
      * the grouped GEMMs; encode has no direct projection. */
     {
-        kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_ENC_GEMM | KVTC_GPU_PARAM_DEC_GEMM};
+        kvtc_gpu_params prm = {.field_mask = KVTC_GPU_PARAM_FIELD_ENC_GEMM | KVTC_GPU_PARAM_FIELD_DEC_GEMM};
         kvtc_gpu_codec *g2 = NULL;
         prm.enc_gemm = KVTC_GPU_PROJ_DIRECT;
         cr_assert_eq(kvtc_gpu_codec_create(p, 1, &prm, &g2), KVTC_EINVAL);

@@ -386,8 +386,8 @@ Test(gpu_huffman, v2_containers_read_on_cpu_and_mixed_with_v1_on_gpu, .timeout =
     GPU_OR_SKIP();
     kvtc_layout l = gt_layout(2, 1, 16, KVTC_DTYPE_BF16, KVTC_ROPE_HALF_SPLIT);
     kvtc_profile *p = gt_profile(&l, 512, 6);
-    kvtc_gpu_params ours = {.field_mask = KVTC_GPU_PARAM_INFLATE | KVTC_GPU_PARAM_DEFLATE |
-                                          KVTC_GPU_PARAM_INDEX_LOG2 | KVTC_GPU_PARAM_DECODE_INDEX,
+    kvtc_gpu_params ours = {.field_mask = KVTC_GPU_PARAM_FIELD_INFLATE | KVTC_GPU_PARAM_FIELD_DEFLATE |
+                                          KVTC_GPU_PARAM_FIELD_INDEX_LOG2 | KVTC_GPU_PARAM_FIELD_DECODE_INDEX,
                             .inflate = KVTC_GPU_INFLATE_NVCOMP,
                             .deflate = KVTC_GPU_DEFLATE_KVTC,
                             .index_log2 = 9,

@@ -23,19 +23,6 @@ static const uint32_t cfg[][4] = {{1, 1, 0, 0}, {2, 1, 0, 1},  {2, 3, 0, 0},  {3
                                   {4, 16, 0, 1}, {2, 4, 8, 1}, {3, 5, 100, 0}, {2, 1, 0, 2},
                                   {2, 5, 0, 2},  {2, 16, 60, 2}};
 
-static size_t unwritten(const kvtc_layout *l, const void *a, uint32_t n)
-{
-    size_t es = kvtc_dtype_size(l->dtype), bytes = kvtc_chunk_bytes(l, n), hits = 0;
-    const uint8_t *p = a;
-    for (size_t i = 0; i + es <= bytes; i += es) {
-        size_t k = 0;
-        while (k < es && p[i + k] == 0xA5)
-            k++;
-        hits += k == es;
-    }
-    return hits;
-}
-
 static void check_close(const kvtc_layout *l, const kvtc_chunk *c, const void *ref,
                         const void *got, const char *what, uint32_t i, const uint32_t *v)
 {
@@ -46,7 +33,7 @@ static void check_close(const kvtc_layout *l, const kvtc_chunk *c, const void *r
               v[2], v[3], what,
               i, e, e_ref);
     size_t elems = kvtc_chunk_bytes(l, c->n_tokens) / kvtc_dtype_size(l->dtype);
-    cr_assert(unwritten(l, got, c->n_tokens) * 1000 <= elems,
+    cr_assert(gt_count_poison(l, got, c->n_tokens) * 1000 <= elems,
               "lanes %u split %u sms %u, %s chunk %u: unwritten elements", v[0], v[1], v[2], what,
               i);
 }

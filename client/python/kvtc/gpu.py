@@ -41,17 +41,18 @@ GEMM_BF16, GEMM_FP16 = 0, 1
 # enum kvtc_gpu_proj (GpuParams.enc_gemm / dec_gemm: per direction; fp8 is
 # opt-in, it costs KV quality: docs/perf-notes.md "Projection cost options")
 PROJ_AUTO, PROJ_FP8 = 0, 1
-# enum kvtc_gpu_params_field (GpuParams.field_mask), the bits used here
-PARAM_GEMM, PARAM_DEVICE, PARAM_TIMING, PARAM_DEC_GEMM = 1 << 0, 1 << 2, 1 << 3, 1 << 9
+# enum kvtc_gpu_param_field (GpuParams.field_mask), the bits used here
+PARAM_FIELD_GEMM, PARAM_FIELD_DEVICE, PARAM_FIELD_TIMING = 1 << 0, 1 << 2, 1 << 3
+PARAM_FIELD_DEC_GEMM = 1 << 9
 CHUNK_RAW = 1 << 0
 N_STAGES = 6
 
 
 class GpuParams(C.Structure):
     # mirrors struct kvtc_gpu_params (include/kvtc_gpu.h) field for field;
-    # field_mask: the PARAM_* bits of the fields set, the others default
-    _fields_ = [("field_mask", C.c_uint64), ("gemm", C.c_uint32), ("deflate_algo", C.c_int), ("device", C.c_int),
-                ("timing", C.c_int), ("inflate", C.c_int), ("deflate", C.c_int),
+    # field_mask: the PARAM_FIELD_* bits of the fields set, the others default
+    _fields_ = [("field_mask", C.c_uint64), ("gemm", C.c_uint32), ("deflate_algo", C.c_int),
+                ("device", C.c_int), ("timing", C.c_int), ("inflate", C.c_int), ("deflate", C.c_int),
                 ("index_log2", C.c_int), ("decode_index", C.c_int),
                 ("enc_gemm", C.c_int), ("dec_gemm", C.c_int)]
 
@@ -263,7 +264,8 @@ class Decoder(Closing):
         self.profile = profile  # the context reads it: keep it alive
         self.device = device
         self._ctx = C.c_void_p()
-        prm = GpuParams(field_mask=PARAM_GEMM | PARAM_DEVICE | PARAM_TIMING | PARAM_DEC_GEMM,
+        prm = GpuParams(field_mask=(PARAM_FIELD_GEMM | PARAM_FIELD_DEVICE | PARAM_FIELD_TIMING
+                                    | PARAM_FIELD_DEC_GEMM),
                         gemm=gemm, device=device, timing=1 if timing else 0, dec_gemm=dec_gemm)
         _check(self._lib.kvtc_gpu_codec_create(profile._p, int(plan), C.byref(prm),
                                                C.byref(self._ctx)), "kvtc_gpu_codec_create")
