@@ -54,6 +54,32 @@ __device__ static inline void kd_pair(const kd_rowgeo &G, uint32_t p, uint32_t *
     *off_b = base + (G.rope_style == KVTC_ROPE_INTERLEAVED ? 2 * *i + 1 : *i + half);
 }
 
+/* The block's RoPE angles of token t of chunk C: (cos, -sin) to undo the
+ * rotation (encode), (cos, sin) to redo it. */
+__device__ static inline void kd_angles(const kvtc__dchunk &C, uint32_t t, const kd_rowgeo &G,
+                                        const double *inv_freq, int undo, float *cs, float *sn)
+{
+    double pos = (double)C.first_pos + t;
+    for (uint32_t i = threadIdx.x; i < G.hdim / 2; i += blockDim.x) {
+        double sv, cv;
+        sincos(pos * inv_freq[i], &sv, &cv);
+        cs[i] = (float)cv;
+        sn[i] = undo ? -(float)sv : (float)sv;
+    }
+    __syncthreads();
+}
+
+/* The rotation of one RoPE pair by the angle (c, s), every rounding
+ * spelled out: the compiler may fuse a * b - c * d either way round, and
+ * did so differently in the scalar and vectorized kernels, so their rows
+ * differed in the last bit (interleaved keys, session 11); each kernel
+ * rotates through this one function. */
+__device__ static inline void kd_rot(float x0, float x1, float c, float s, float *y0, float *y1)
+{
+    *y0 = __fmaf_rn(x0, c, -__fmul_rn(x1, s));
+    *y1 = __fmaf_rn(x0, s, __fmul_rn(x1, c));
+}
+
 template <typename RT>
 __global__ void k_rows_in(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int stream,
                           const double *inv_freq, const float *mean, RT *rows, int32_t *status)
@@ -68,14 +94,7 @@ __global__ void k_rows_in(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int
     int bad = 0, range = 0;
     int rope = stream == 0 && G.rope_style != KVTC_ROPE_NONE;
     if (rope) {
-        double pos = (double)C.first_pos + t;
-        for (uint32_t i = threadIdx.x; i < G.hdim / 2; i += blockDim.x) {
-            double s, co;
-            sincos(pos * inv_freq[i], &s, &co);
-            cs[i] = (float)co;
-            sn[i] = -(float)s; /* undo: rotate by -angle */
-        }
-        __syncthreads();
+        kd_angles(C, t, G, inv_freq, 1, cs, sn);
         uint32_t npairs = G.layers * G.kvh * (G.hdim / 2);
         for (uint32_t p = threadIdx.x; p < npairs; p += blockDim.x) {
             uint32_t layer, a, b, i;
@@ -83,7 +102,8 @@ __global__ void k_rows_in(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int
             const uint8_t *src = C.data + (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd * es;
             float x0 = kd_load(G.dtype, src, a), x1 = kd_load(G.dtype, src, b);
             bad |= !isfinite(x0) || !isfinite(x1);
-            float y0 = x0 * cs[i] - x1 * sn[i], y1 = x0 * sn[i] + x1 * cs[i];
+            float y0, y1;
+            kd_rot(x0, x1, cs[i], sn[i], &y0, &y1);
             uint32_t ja = layer * G.hd + a, jb = layer * G.hd + b;
             float c0 = y0 - mean[ja], c1 = y1 - mean[jb];
             range |= kd_out_of_range<RT>(c0) | kd_out_of_range<RT>(c1);
@@ -122,14 +142,7 @@ __global__ void k_rows_out(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, in
     const RT *row = rows + m * G.D;
     uint8_t *out = (uint8_t *)C.data;
     if (stream == 0 && G.rope_style != KVTC_ROPE_NONE) {
-        double pos = (double)C.first_pos + t;
-        for (uint32_t i = threadIdx.x; i < G.hdim / 2; i += blockDim.x) {
-            double s, co;
-            sincos(pos * inv_freq[i], &s, &co);
-            cs[i] = (float)co;
-            sn[i] = (float)s;
-        }
-        __syncthreads();
+        kd_angles(C, t, G, inv_freq, 0, cs, sn);
         uint32_t npairs = G.layers * G.kvh * (G.hdim / 2);
         for (uint32_t p = threadIdx.x; p < npairs; p += blockDim.x) {
             uint32_t layer, a, b, i;
@@ -137,8 +150,10 @@ __global__ void k_rows_out(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, in
             uint32_t ja = layer * G.hd + a, jb = layer * G.hd + b;
             float x0 = kd_from(row[ja]) + mean[ja], x1 = kd_from(row[jb]) + mean[jb];
             uint8_t *dst = out + (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd * es;
-            kd_store(G.dtype, dst, a, x0 * cs[i] - x1 * sn[i]);
-            kd_store(G.dtype, dst, b, x0 * sn[i] + x1 * cs[i]);
+            float y0, y1;
+            kd_rot(x0, x1, cs[i], sn[i], &y0, &y1);
+            kd_store(G.dtype, dst, a, y0);
+            kd_store(G.dtype, dst, b, y1);
         }
     } else {
         for (uint32_t j = threadIdx.x; j < G.D; j += blockDim.x) {
@@ -179,10 +194,9 @@ template <typename RT> __device__ static inline float kd_rval(uint16_t b)
     return kd_from(r);
 }
 
-/* One unit of k_rows_in_vec(2): the 8 (or 2 x 8, half-split keys)
- * elements a (b) of one head vector, RoPE undone, the means ma (mb)
- * subtracted, into the row at column j. Both kernels run this one
- * expression, so their rows are the same bits. */
+/* One unit of k_rows_in_vec: the 8 (or 2 x 8, half-split keys) elements a
+ * (b) of one head vector, RoPE undone, the means ma (mb) subtracted, into
+ * the row at column j: k_rows_in's expression, so the same bits. */
 template <typename RT>
 __device__ static inline void kd_unit_in(const kd_rowgeo &G, int rope, int half, const float *cs,
                                          const float *sn, uint32_t w, kd_v8 a, kd_v8 b,
@@ -199,8 +213,8 @@ __device__ static inline void kd_unit_in(const kd_rowgeo &G, int rope, int half,
         uint32_t i0 = w * 8;
         for (int e = 0; e < 8; e++) {
             *bad |= !isfinite(xa[e]) || !isfinite(xb[e]);
-            float y0 = xa[e] * cs[i0 + e] - xb[e] * sn[i0 + e];
-            float y1 = xa[e] * sn[i0 + e] + xb[e] * cs[i0 + e];
+            float y0, y1;
+            kd_rot(xa[e], xb[e], cs[i0 + e], sn[i0 + e], &y0, &y1);
             float c0 = y0 - ma[e], c1 = y1 - mb[e];
             *range |= kd_out_of_range<RT>(c0) | kd_out_of_range<RT>(c1);
             oa.h[e] = kd_rbits<RT>(c0);
@@ -215,8 +229,7 @@ __device__ static inline void kd_unit_in(const kd_rowgeo &G, int rope, int half,
         for (int e = 0; e < 8; e += 2) {
             float x0 = xa[e], x1 = xa[e + 1], c0 = cs[i0 + e / 2], s0 = sn[i0 + e / 2];
             *bad |= !isfinite(x0) || !isfinite(x1);
-            xa[e] = x0 * c0 - x1 * s0;
-            xa[e + 1] = x0 * s0 + x1 * c0;
+            kd_rot(x0, x1, c0, s0, &xa[e], &xa[e + 1]);
         }
     } else {
         for (int e = 0; e < 8; e++)
@@ -229,134 +242,254 @@ __device__ static inline void kd_unit_in(const kd_rowgeo &G, int rope, int half,
     *(uint4 *)(row + j) = oa.u;
 }
 
-/* The block's RoPE angles (cos, -sin) of token t of chunk C. */
-__device__ static inline void kd_angles_in(const kvtc__dchunk &C, uint32_t t, const kd_rowgeo &G,
-                                           const double *inv_freq, float *cs, float *sn)
-{
-    double pos = (double)C.first_pos + t;
-    for (uint32_t i = threadIdx.x; i < G.hdim / 2; i += blockDim.x) {
-        double sv, cv;
-        sincos(pos * inv_freq[i], &sv, &cv);
-        cs[i] = (float)cv;
-        sn[i] = -(float)sv;
-    }
-    __syncthreads();
-}
-
+/* One unit of k_rows_out_vec: the row's 8 (or 2 x 8, half-split keys)
+ * elements at column j (a) and j + hdim / 2 (b), the means added, RoPE
+ * redone, into the chunk at dst (and dst + hdim / 2): k_rows_out's
+ * expression, so the same bits. */
 template <typename RT>
-__global__ void k_rows_in_vec(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int stream,
-                              const double *inv_freq, const float *mean, RT *rows, int32_t *status)
+__device__ static inline void kd_unit_out(const kd_rowgeo &G, int rope, int half, const float *cs,
+                                          const float *sn, uint32_t w, kd_v8 a, kd_v8 b,
+                                          const float *ma, const float *mb, uint16_t *dst)
 {
-    __shared__ float cs[KVTC_MAX_HEAD_DIM / 2], sn[KVTC_MAX_HEAD_DIM / 2];
-    uint64_t m = blockIdx.x;
-    uint32_t c = kd_find_chunk(ch, nch, m);
-    const kvtc__dchunk C = ch[c];
-    uint32_t t = C.sinks + (uint32_t)(m - C.row_start);
-    int rope = stream == 0 && G.rope_style != KVTC_ROPE_NONE;
-    int half = rope && G.rope_style == KVTC_ROPE_HALF_SPLIT;
-    if (rope)
-        kd_angles_in(C, t, G, inv_freq, cs, sn);
-    uint16_t *row = (uint16_t *)(rows + m * G.D);
-    uint32_t per_vec = G.hdim / 8 / (half ? 2 : 1), units = G.D / G.hdim * per_vec;
-    int bad = 0, range = 0;
-    for (uint32_t u = threadIdx.x; u < units; u += blockDim.x) {
-        uint32_t v = u / per_vec, w = u % per_vec, layer = v / G.kvh;
-        uint32_t r = (v % G.kvh) * G.hdim + w * 8; /* first element within the layer */
-        const uint16_t *src = (const uint16_t *)C.data +
-                              (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd;
-        uint32_t j = layer * G.hd + r;
-        kd_v8 a, b;
-        a.u = *(const uint4 *)(src + r);
-        b.u = half ? *(const uint4 *)(src + r + G.hdim / 2) : a.u;
-        kd_unit_in<RT>(G, rope, half, cs, sn, w, a, b, mean + j, mean + j + G.hdim / 2, row, j,
-                       &bad, &range);
+    kd_v8 oa, ob;
+    float xa[8];
+    for (int e = 0; e < 8; e++)
+        xa[e] = kd_rval<RT>(a.h[e]) + ma[e];
+    if (half) {
+        uint32_t i0 = w * 8;
+        for (int e = 0; e < 8; e++) {
+            float xb = kd_rval<RT>(b.h[e]) + mb[e];
+            float y0, y1;
+            kd_rot(xa[e], xb, cs[i0 + e], sn[i0 + e], &y0, &y1);
+            oa.h[e] = kd_st16(G.dtype, y0);
+            ob.h[e] = kd_st16(G.dtype, y1);
+        }
+        *(uint4 *)dst = oa.u;
+        *(uint4 *)(dst + G.hdim / 2) = ob.u;
+        return;
     }
-    bad = __syncthreads_or(bad);
-    range = __syncthreads_or(range);
-    if ((bad || range) && threadIdx.x == 0)
-        status[c] = bad ? KVTC_EINVAL : KVTC_ENOTSUP;
+    if (rope) {
+        uint32_t i0 = w * 4;
+        for (int e = 0; e < 8; e += 2) {
+            float x0 = xa[e], x1 = xa[e + 1], c0 = cs[i0 + e / 2], s0 = sn[i0 + e / 2];
+            kd_rot(x0, x1, c0, s0, &xa[e], &xa[e + 1]);
+        }
+    }
+    for (int e = 0; e < 8; e++)
+        oa.h[e] = kd_st16(G.dtype, xa[e]);
+    *(uint4 *)dst = oa.u;
 }
 
-/* Where unit u of the row reads (src offset s) and writes (column j);
- * w its index within the head vector. */
-__device__ static inline void kd_unit_at(const kd_rowgeo &G, const kvtc__dchunk &C, int stream,
-                                         uint32_t t, uint32_t per_vec, uint32_t u,
-                                         const uint16_t **src, uint32_t *j, uint32_t *w)
+/* One unit of k_rope_inplace: rotate the 8 (2 x 8) elements at dst by
+ * +angle, fp32 math, one rounding back to the chunk's dtype. */
+__device__ static inline void kd_unit_rope(const kd_rowgeo &G, int half, const float *cs,
+                                           const float *sn, uint32_t w, kd_v8 a, kd_v8 b,
+                                           uint16_t *dst)
 {
-    uint32_t v = u / per_vec, layer = v / G.kvh;
-    *w = u % per_vec;
-    uint32_t r = (v % G.kvh) * G.hdim + *w * 8;
-    *src = (const uint16_t *)C.data + (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd + r;
-    *j = layer * G.hd + r;
+    kd_v8 oa, ob;
+    float xa[8];
+    for (int e = 0; e < 8; e++)
+        xa[e] = kd_ld16(G.dtype, a.h[e]);
+    if (half) {
+        uint32_t i0 = w * 8;
+        for (int e = 0; e < 8; e++) {
+            float xb = kd_ld16(G.dtype, b.h[e]);
+            float y0, y1;
+            kd_rot(xa[e], xb, cs[i0 + e], sn[i0 + e], &y0, &y1);
+            oa.h[e] = kd_st16(G.dtype, y0);
+            ob.h[e] = kd_st16(G.dtype, y1);
+        }
+        *(uint4 *)dst = oa.u;
+        *(uint4 *)(dst + G.hdim / 2) = ob.u;
+        return;
+    }
+    uint32_t i0 = w * 4;
+    for (int e = 0; e < 8; e += 2) {
+        float x0 = xa[e], x1 = xa[e + 1], c0 = cs[i0 + e / 2], s0 = sn[i0 + e / 2];
+        float y0, y1;
+        kd_rot(x0, x1, c0, s0, &y0, &y1);
+        oa.h[e] = kd_st16(G.dtype, y0);
+        oa.h[e + 1] = kd_st16(G.dtype, y1);
+    }
+    *(uint4 *)dst = oa.u;
 }
 
-/* k_rows_in_vec with the memory side reworked (encq, issue #3: the rows
- * pass moved 2 GiB in 0.99 ms, 2.2 TB/s against ~2.9 for a copy): the
- * next unit's chunk data is loaded (read-only path) before this unit's
- * arithmetic, so each thread keeps two units' loads in flight, and the
- * means come as float4 (two 16-byte loads per 8 means where the first
- * kernel made eight 4-byte ones, each a cache wavefront per 4 lanes).
- * Two whole units a thread with their means took 100 registers (2 blocks
- * an SM) or spilled at 64; the prefetch takes 78 (3 blocks an SM, the
- * first kernel 48: 5), so PF 0 is the float4 means alone, one unit in
- * flight. Same per-unit arithmetic (kd_unit_in): the same rows. */
-template <typename RT, int PF>
-__global__ void __launch_bounds__(256, PF ? 3 : 4) /* <= 80 / 64 registers */
-k_rows_in_vec2(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int stream,
-               const double *inv_freq, const float *__restrict__ mean, RT *rows, int32_t *status)
+/* ---- The vectorized kernels' memory side. One block a row; a thread
+ * takes the units threadIdx.x + k * blockDim.x and keeps its next
+ * KD_RING units' loads in flight by cp.async into its own ring of slots in
+ * shared memory: no registers held by loads in flight, so residency is
+ * set by the ring (32 KiB a block) and the registers. A thread reads only
+ * the slots it filled, so a wait on its own copies is enough: no block
+ * barrier. The units' places come from a walk without a division a unit
+ * (kd_walk). Measured (session 11, H200, 1 GiB): rows_in 0.79-0.81 ->
+ * 0.70-0.72 ms, rows_out 0.84-0.87 -> 0.69-0.73, the direct decode's RoPE
+ * 0.34-0.35 -> 0.31, against the kernels before (one or two 16-byte loads
+ * a thread in flight, ~4 integer divisions a unit); docs/perf-notes.md,
+ * "Row kernels" (v23). ---- */
+/* A thread's walk over the units u = threadIdx.x + k * blockDim.x of one
+ * row, in order, as (layer, r): r the unit within the layer (upl units a
+ * layer), advanced by blockDim.x units a step. */
+struct kd_walk {
+    uint32_t upl, per_vec, layer, r, sl, sr;
+    float inv_pv;
+    __device__ kd_walk(uint32_t units_per_layer, uint32_t pv)
+        : upl(units_per_layer), per_vec(pv), layer(threadIdx.x / units_per_layer),
+          r(threadIdx.x % units_per_layer), sl(blockDim.x / units_per_layer),
+          sr(blockDim.x % units_per_layer), inv_pv(1.0f / pv)
+    {
+    }
+    __device__ void next()
+    {
+        r += sr;
+        layer += sl;
+        if (r >= upl) {
+            r -= upl;
+            layer++;
+        }
+    }
+    /* Unit r's first element within its layer, and w: the unit's index
+     * within its head vector. r < 2^17 is exact in a float; the product's
+     * rounding moves the quotient by at most one, corrected here. */
+    __device__ uint32_t elem(uint32_t hdim, uint32_t *w) const
+    {
+        uint32_t h = (uint32_t)((float)r * inv_pv);
+        if (h * per_vec > r)
+            h--;
+        else if ((h + 1) * per_vec <= r)
+            h++;
+        *w = r - h * per_vec;
+        return h * hdim + *w * 8;
+    }
+};
+
+__device__ static inline void kd_means8(const float *__restrict__ mean, float *m8)
 {
-    __shared__ float cs[KVTC_MAX_HEAD_DIM / 2], sn[KVTC_MAX_HEAD_DIM / 2];
-    uint64_t m = blockIdx.x;
-    uint32_t c = kd_find_chunk(ch, nch, m);
-    const kvtc__dchunk C = ch[c];
-    uint32_t t = C.sinks + (uint32_t)(m - C.row_start);
-    int rope = stream == 0 && G.rope_style != KVTC_ROPE_NONE;
-    int half = rope && G.rope_style == KVTC_ROPE_HALF_SPLIT;
-    uint16_t *row = (uint16_t *)(rows + m * G.D);
-    uint32_t per_vec = G.hdim / 8 / (half ? 2 : 1), units = G.D / G.hdim * per_vec;
-    uint32_t hh = G.hdim / 2;
-    int bad = 0, range = 0;
-    uint32_t u = threadIdx.x, j = 0, w = 0;
-    kd_v8 a, b;
+    const float4 *m4 = (const float4 *)mean;
+    float4 m0 = __ldg(m4), m1 = __ldg(m4 + 1);
+    m8[0] = m0.x, m8[1] = m0.y, m8[2] = m0.z, m8[3] = m0.w;
+    m8[4] = m1.x, m8[5] = m1.y, m8[6] = m1.z, m8[7] = m1.w;
+}
+
+#define KD_RING 4
+
+__device__ static inline void kd_cp16(uint4 *dst, const void *src)
+{
+    unsigned sa = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(src) : "memory");
+}
+__device__ static inline void kd_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ static inline void kd_cp_wait_ring()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(KD_RING - 1) : "memory");
+}
+
+/* A thread's ring: slot k's two 16-byte parts (a, b) at ring[(2k + p) *
+ * blockDim.x + threadIdx.x], so a warp's 32 parts are consecutive. */
+struct kd_ring {
+    uint4 *my;
+    __device__ explicit kd_ring(uint4 *ring) : my(ring + threadIdx.x) {}
+    __device__ void fill(uint32_t k, const uint16_t *a, const uint16_t *b) const
+    {
+        uint32_t slot = k % KD_RING;
+        kd_cp16(my + 2 * slot * blockDim.x, a);
+        if (b)
+            kd_cp16(my + (2 * slot + 1) * blockDim.x, b);
+    }
+    __device__ void take(uint32_t k, int half, kd_v8 *a, kd_v8 *b) const
+    {
+        uint32_t slot = k % KD_RING;
+        a->u = my[2 * slot * blockDim.x];
+        b->u = half ? my[(2 * slot + 1) * blockDim.x] : a->u;
+    }
+};
+
+/* Units of this thread in a row of `units`: threadIdx.x + k * blockDim.x. */
+__device__ static inline uint32_t kd_my_units(uint32_t units)
+{
+    return units > threadIdx.x ? (units - threadIdx.x + blockDim.x - 1) / blockDim.x : 0;
+}
+
+/* A thread's units of one row as a stream: unit k's bytes come from src +
+ * layer * lstride + its element (and + hdim / 2 for half-split pairs);
+ * `in` walks the loads KD_RING units ahead of `out`, the units used. */
+struct kd_units {
+    kd_walk in, out;
+    kd_ring rg;
     const uint16_t *src;
-    if (rope) /* (loads issued before it would be spilled around sincos's call) */
-        kd_angles_in(C, t, G, inv_freq, cs, sn);
-    if (u < units) {
-        kd_unit_at(G, C, stream, t, per_vec, u, &src, &j, &w);
-        a.u = __ldg((const uint4 *)src);
-        b.u = half ? __ldg((const uint4 *)(src + hh)) : a.u;
+    size_t lstride;
+    uint32_t n, hdim;
+    int half;
+    __device__ kd_units(uint4 *ring, const kd_rowgeo &G, int half_pairs, const uint16_t *from,
+                        size_t layer_stride)
+        : in(G.kvh * (G.hdim / 8 / (half_pairs ? 2 : 1)), G.hdim / 8 / (half_pairs ? 2 : 1)),
+          out(in), rg(ring), src(from), lstride(layer_stride),
+          n(kd_my_units(G.layers * in.upl)), hdim(G.hdim), half(half_pairs)
+    {
+        for (uint32_t k = 0; k < KD_RING; k++)
+            issue(k);
     }
-    for (; u < units; u += blockDim.x) {
-        uint32_t un = u + blockDim.x, jn = 0, wn = 0;
-        kd_v8 na, nb;
-        na.u = nb.u = make_uint4(0, 0, 0, 0);
-        if (PF && un < units) {
-            kd_unit_at(G, C, stream, t, per_vec, un, &src, &jn, &wn);
-            na.u = __ldg((const uint4 *)src);
-            nb.u = half ? __ldg((const uint4 *)(src + hh)) : na.u;
-        }
+    /* the in-walk's unit (this thread's k-th) into its slot */
+    __device__ void issue(uint32_t k)
+    {
+        uint32_t w;
+        const uint16_t *sp = src + in.layer * lstride + in.elem(hdim, &w);
+        if (k < n)
+            rg.fill(k, sp, half ? sp + hdim / 2 : NULL);
+        kd_cp_commit();
+        in.next();
+    }
+    /* unit k's bytes (once they are in), its layer, its first element
+     * within the layer and w, its index within its head vector */
+    __device__ void take(uint32_t k, kd_v8 *a, kd_v8 *b, uint32_t *layer, uint32_t *e,
+                         uint32_t *w)
+    {
+        *layer = out.layer;
+        *e = out.elem(hdim, w);
+        out.next();
+        kd_cp_wait_ring();
+        rg.take(k, half, a, b);
+    }
+    /* after unit k's bytes are used: its slot takes unit k + KD_RING */
+    __device__ void refill(uint32_t k) { issue(k + KD_RING); }
+    /* the means of the unit at column j (and j + hdim / 2) */
+    __device__ void means(const float *__restrict__ mean, uint32_t j, float *ma, float *mb) const
+    {
+        kd_means8(mean + j, ma);
+        if (half)
+            kd_means8(mean + j + hdim / 2, mb);
+    }
+};
+
+/* 4 blocks an SM (64 registers): 3 gave 0.78-0.79 ms where 4 gave 0.70-0.72. */
+template <typename RT>
+__global__ void __launch_bounds__(ROW_THREADS, 4)
+k_rows_in_vec(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int stream,
+              const double *inv_freq, const float *__restrict__ mean, RT *rows, int32_t *status)
+{
+    __shared__ float cs[KVTC_MAX_HEAD_DIM / 2], sn[KVTC_MAX_HEAD_DIM / 2];
+    __shared__ uint4 ring[2 * KD_RING * ROW_THREADS];
+    uint64_t m = blockIdx.x;
+    uint32_t c = kd_find_chunk(ch, nch, m);
+    const kvtc__dchunk C = ch[c];
+    uint32_t t = C.sinks + (uint32_t)(m - C.row_start);
+    int rope = stream == 0 && G.rope_style != KVTC_ROPE_NONE;
+    int half = rope && G.rope_style == KVTC_ROPE_HALF_SPLIT;
+    uint16_t *row = (uint16_t *)(rows + m * G.D);
+    /* the first loads go out before the angles' sincos */
+    kd_units U(ring, G, half, (const uint16_t *)C.data + ((size_t)stream * C.n_tokens + t) * G.hd,
+               (size_t)2 * C.n_tokens * G.hd);
+    if (rope)
+        kd_angles(C, t, G, inv_freq, 1, cs, sn);
+    int bad = 0, range = 0;
+    for (uint32_t k = 0; k < U.n; k++) {
+        kd_v8 a, b;
+        uint32_t layer, e, w;
         float ma[8], mb[8];
-        const float4 *m4 = (const float4 *)(mean + j);
-        float4 m0 = __ldg(m4), m1 = __ldg(m4 + 1);
-        ma[0] = m0.x, ma[1] = m0.y, ma[2] = m0.z, ma[3] = m0.w;
-        ma[4] = m1.x, ma[5] = m1.y, ma[6] = m1.z, ma[7] = m1.w;
-        if (half) {
-            const float4 *h4 = (const float4 *)(mean + j + hh);
-            float4 h0 = __ldg(h4), h1 = __ldg(h4 + 1);
-            mb[0] = h0.x, mb[1] = h0.y, mb[2] = h0.z, mb[3] = h0.w;
-            mb[4] = h1.x, mb[5] = h1.y, mb[6] = h1.z, mb[7] = h1.w;
-        }
+        U.take(k, &a, &b, &layer, &e, &w);
+        uint32_t j = layer * G.hd + e;
+        U.means(mean, j, ma, mb);
         kd_unit_in<RT>(G, rope, half, cs, sn, w, a, b, ma, mb, row, j, &bad, &range);
-        if (PF) {
-            a = na;
-            b = nb;
-            j = jn;
-            w = wn;
-        } else if (un < units) {
-            kd_unit_at(G, C, stream, t, per_vec, un, &src, &j, &w);
-            a.u = __ldg((const uint4 *)src);
-            b.u = half ? __ldg((const uint4 *)(src + hh)) : a.u;
-        }
+        U.refill(k);
     }
     bad = __syncthreads_or(bad);
     range = __syncthreads_or(range);
@@ -364,12 +497,18 @@ k_rows_in_vec2(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int stream,
         status[c] = bad ? KVTC_EINVAL : KVTC_ENOTSUP;
 }
 
+/* Blocks an SM the compiler must fit (registers): 5 here (48 registers) */
+#ifndef KD_OUT_BLOCKS
+#define KD_OUT_BLOCKS 5
+#endif
 template <typename RT>
-__global__ void k_rows_out_vec(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int stream,
-                               const double *inv_freq, const float *mean, const RT *rows,
-                               const int32_t *status)
+__global__ void __launch_bounds__(ROW_THREADS, KD_OUT_BLOCKS)
+k_rows_out_vec(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, int stream,
+               const double *inv_freq, const float *__restrict__ mean, const RT *rows,
+               const int32_t *status)
 {
     __shared__ float cs[KVTC_MAX_HEAD_DIM / 2], sn[KVTC_MAX_HEAD_DIM / 2];
+    __shared__ uint4 ring[2 * KD_RING * ROW_THREADS];
     uint64_t m = blockIdx.x;
     uint32_t c = kd_find_chunk(ch, nch, m);
     if (status[c])
@@ -378,62 +517,30 @@ __global__ void k_rows_out_vec(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G
     uint32_t t = C.sinks + (uint32_t)(m - C.row_start);
     int rope = stream == 0 && G.rope_style != KVTC_ROPE_NONE;
     int half = rope && G.rope_style == KVTC_ROPE_HALF_SPLIT;
-    if (rope) {
-        double pos = (double)C.first_pos + t;
-        for (uint32_t i = threadIdx.x; i < G.hdim / 2; i += blockDim.x) {
-            double sv, cv;
-            sincos(pos * inv_freq[i], &sv, &cv);
-            cs[i] = (float)cv;
-            sn[i] = (float)sv;
-        }
-        __syncthreads();
-    }
-    const uint16_t *row = (const uint16_t *)(rows + m * G.D);
-    uint32_t per_vec = G.hdim / 8 / (half ? 2 : 1), units = G.D / G.hdim * per_vec;
-    for (uint32_t u = threadIdx.x; u < units; u += blockDim.x) {
-        uint32_t v = u / per_vec, w = u % per_vec, layer = v / G.kvh;
-        uint32_t r = (v % G.kvh) * G.hdim + w * 8;
-        uint16_t *dst = (uint16_t *)C.data + (((size_t)layer * 2 + stream) * C.n_tokens + t) * G.hd;
-        uint32_t j = layer * G.hd + r;
-        kd_v8 a, b, oa, ob;
-        float xa[8], xb[8];
-        a.u = *(const uint4 *)(row + j);
-        for (int e = 0; e < 8; e++)
-            xa[e] = kd_rval<RT>(a.h[e]) + mean[j + e];
-        if (half) {
-            b.u = *(const uint4 *)(row + j + G.hdim / 2);
-            uint32_t i0 = w * 8;
-            for (int e = 0; e < 8; e++) {
-                xb[e] = kd_rval<RT>(b.h[e]) + mean[j + G.hdim / 2 + e];
-                oa.h[e] = kd_st16(G.dtype, xa[e] * cs[i0 + e] - xb[e] * sn[i0 + e]);
-                ob.h[e] = kd_st16(G.dtype, xa[e] * sn[i0 + e] + xb[e] * cs[i0 + e]);
-            }
-            *(uint4 *)(dst + r) = oa.u;
-            *(uint4 *)(dst + r + G.hdim / 2) = ob.u;
-        } else {
-            if (rope) {
-                uint32_t i0 = w * 4;
-                for (int e = 0; e < 8; e += 2) {
-                    float x0 = xa[e], x1 = xa[e + 1], c0 = cs[i0 + e / 2], s0 = sn[i0 + e / 2];
-                    xa[e] = x0 * c0 - x1 * s0;
-                    xa[e + 1] = x0 * s0 + x1 * c0;
-                }
-            }
-            for (int e = 0; e < 8; e++)
-                oa.h[e] = kd_st16(G.dtype, xa[e]);
-            *(uint4 *)(dst + r) = oa.u;
-        }
+    uint16_t *dst = (uint16_t *)C.data + ((size_t)stream * C.n_tokens + t) * G.hd;
+    size_t lstride = (size_t)2 * C.n_tokens * G.hd;
+    kd_units U(ring, G, half, (const uint16_t *)(rows + m * G.D), G.hd);
+    if (rope)
+        kd_angles(C, t, G, inv_freq, 0, cs, sn);
+    for (uint32_t k = 0; k < U.n; k++) {
+        kd_v8 a, b;
+        uint32_t layer, e, w;
+        float ma[8], mb[8];
+        U.take(k, &a, &b, &layer, &e, &w);
+        U.means(mean, layer * G.hd + e, ma, mb);
+        kd_unit_out<RT>(G, rope, half, cs, sn, w, a, b, ma, mb, dst + layer * lstride + e);
+        U.refill(k);
     }
 }
 
 /* Direct decode, keys: the GEMM wrote token t's keys unrotated (mean
- * included) into the chunk; rotate them in place by +angle. One block per
- * row, 16-byte units as k_rows_out_vec. fp32 math, one rounding back to
- * the chunk's dtype (the GEMM's output was already one). */
-__global__ void k_rope_inplace(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G,
-                               const double *inv_freq, const int32_t *status)
+ * included) into the chunk; rotate them in place by +angle. */
+__global__ void __launch_bounds__(ROW_THREADS)
+k_rope_inplace(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G, const double *inv_freq,
+               const int32_t *status)
 {
     __shared__ float cs[KVTC_MAX_HEAD_DIM / 2], sn[KVTC_MAX_HEAD_DIM / 2];
+    __shared__ uint4 ring[2 * KD_RING * ROW_THREADS];
     uint64_t m = blockIdx.x;
     uint32_t c = kd_find_chunk(ch, nch, m);
     if (status[c])
@@ -441,63 +548,33 @@ __global__ void k_rope_inplace(const kvtc__dchunk *ch, uint32_t nch, kd_rowgeo G
     const kvtc__dchunk C = ch[c];
     uint32_t t = C.sinks + (uint32_t)(m - C.row_start);
     int half = G.rope_style == KVTC_ROPE_HALF_SPLIT;
-    double pos = (double)C.first_pos + t;
-    for (uint32_t i = threadIdx.x; i < G.hdim / 2; i += blockDim.x) {
-        double sv, cv;
-        sincos(pos * inv_freq[i], &sv, &cv);
-        cs[i] = (float)cv;
-        sn[i] = (float)sv;
-    }
-    __syncthreads();
-    uint32_t per_vec = G.hdim / 8 / (half ? 2 : 1), units = G.D / G.hdim * per_vec;
-    for (uint32_t u = threadIdx.x; u < units; u += blockDim.x) {
-        uint32_t v = u / per_vec, w = u % per_vec, layer = v / G.kvh;
-        uint32_t r = (v % G.kvh) * G.hdim + w * 8;
-        uint16_t *dst = (uint16_t *)C.data + ((size_t)layer * 2 * C.n_tokens + t) * G.hd;
-        kd_v8 a, b, oa, ob;
-        float xa[8];
-        a.u = *(const uint4 *)(dst + r);
-        for (int e = 0; e < 8; e++)
-            xa[e] = kd_ld16(G.dtype, a.h[e]);
-        if (half) {
-            b.u = *(const uint4 *)(dst + r + G.hdim / 2);
-            uint32_t i0 = w * 8;
-            for (int e = 0; e < 8; e++) {
-                float xb = kd_ld16(G.dtype, b.h[e]);
-                oa.h[e] = kd_st16(G.dtype, xa[e] * cs[i0 + e] - xb * sn[i0 + e]);
-                ob.h[e] = kd_st16(G.dtype, xa[e] * sn[i0 + e] + xb * cs[i0 + e]);
-            }
-            *(uint4 *)(dst + r) = oa.u;
-            *(uint4 *)(dst + r + G.hdim / 2) = ob.u;
-        } else {
-            uint32_t i0 = w * 4;
-            for (int e = 0; e < 8; e += 2) {
-                float x0 = xa[e], x1 = xa[e + 1], c0 = cs[i0 + e / 2], s0 = sn[i0 + e / 2];
-                oa.h[e] = kd_st16(G.dtype, x0 * c0 - x1 * s0);
-                oa.h[e + 1] = kd_st16(G.dtype, x0 * s0 + x1 * c0);
-            }
-            *(uint4 *)(dst + r) = oa.u;
-        }
+    uint16_t *dst = (uint16_t *)C.data + (size_t)t * G.hd; /* keys of layer 0 */
+    size_t lstride = (size_t)2 * C.n_tokens * G.hd;
+    kd_units U(ring, G, half, dst, lstride);
+    kd_angles(C, t, G, inv_freq, 0, cs, sn);
+    for (uint32_t k = 0; k < U.n; k++) {
+        kd_v8 a, b;
+        uint32_t layer, e, w;
+        U.take(k, &a, &b, &layer, &e, &w);
+        kd_unit_rope(G, half, cs, sn, w, a, b, dst + layer * lstride + e);
+        U.refill(k);
     }
 }
 
-/* Which vectorized encode rows kernel runs: 0 k_rows_in_vec (the first),
- * 1 k_rows_in_vec2 with the next unit prefetched (the default: H100, 1 GiB,
- * same run: rows stage 0.910 ms vs 0.945 for 0 and 0.953 for 2, same
- * bytes), 2 k_rows_in_vec2 with the float4 means alone. Process-wide, for
- * benchmarks (kvtc__gpu_rows_set). */
-#define KVTC_GPU_ROWS_IN_DEFAULT 1
-static int rows_in_v = KVTC_GPU_ROWS_IN_DEFAULT;
+/* Which row kernels run where 16-byte units fit: 1 the vectorized ones
+ * (the default), 0 the scalar ones everywhere (tests: both give the same
+ * bits). Process-wide (kvtc__gpu_rows_set). */
+#define KVTC_GPU_ROWS_DEFAULT 1
+static int rows_v = KVTC_GPU_ROWS_DEFAULT;
 
-/* Benchmarks: the encode rows kernel of later launches (0, 1 or 2 as
- * above, -1 the default again; the same rows from each). Process-wide and
- * not synchronized with launches on other threads (a bench knob).
- * KVTC_EINVAL on another value. */
+/* Tests and benchmarks: the row kernels of later launches (0 or 1 as
+ * above, -1 the default again). Process-wide and not synchronized with
+ * launches on other threads. KVTC_EINVAL on another value. */
 extern "C" int kvtc__gpu_rows_set(int v)
 {
-    if (v < -1 || v > 2)
+    if (v < -1 || v > 1)
         return KVTC_EINVAL;
-    rows_in_v = v < 0 ? KVTC_GPU_ROWS_IN_DEFAULT : v;
+    rows_v = v < 0 ? KVTC_GPU_ROWS_DEFAULT : v;
     return 0;
 }
 
@@ -515,30 +592,20 @@ int kvtc__launch_rows_in(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk
     if (!M)
         return 0;
     int fp16 = g->params.gemm == KVTC_GPU_GEMM_FP16;
-    if (vec && rows_in_v && fp16)
-        (rows_in_v == 1 ? k_rows_in_vec2<__half, 1> : k_rows_in_vec2<__half, 0>)
-            <<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), stream, g->inv_freq,
-                                                 g->mean[stream], (__half *)rows, status);
-    else if (vec && rows_in_v)
-        (rows_in_v == 1 ? k_rows_in_vec2<__nv_bfloat16, 1> : k_rows_in_vec2<__nv_bfloat16, 0>)
-            <<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), stream, g->inv_freq,
-                                                 g->mean[stream], (__nv_bfloat16 *)rows, status);
-    else if (vec && g->params.gemm == KVTC_GPU_GEMM_FP16)
-        k_rows_in_vec<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), stream,
-                                                                 g->inv_freq, g->mean[stream],
-                                                                 (__half *)rows, status);
-    else if (vec)
+    const float *mean = g->mean[stream];
+    if (vec && rows_v && fp16)
+        k_rows_in_vec<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(
+            ch, n_chunks, geo(g), stream, g->inv_freq, mean, (__half *)rows, status);
+    else if (vec && rows_v)
         k_rows_in_vec<__nv_bfloat16><<<(unsigned)M, ROW_THREADS, 0, s>>>(
-            ch, n_chunks, geo(g), stream, g->inv_freq, g->mean[stream], (__nv_bfloat16 *)rows,
-            status);
-    else if (g->params.gemm == KVTC_GPU_GEMM_FP16)
+            ch, n_chunks, geo(g), stream, g->inv_freq, mean, (__nv_bfloat16 *)rows, status);
+    else if (fp16)
         k_rows_in<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), stream,
-                                                             g->inv_freq, g->mean[stream],
-                                                             (__half *)rows, status);
+                                                             g->inv_freq, mean, (__half *)rows,
+                                                             status);
     else
         k_rows_in<__nv_bfloat16><<<(unsigned)M, ROW_THREADS, 0, s>>>(
-            ch, n_chunks, geo(g), stream, g->inv_freq, g->mean[stream], (__nv_bfloat16 *)rows,
-            status);
+            ch, n_chunks, geo(g), stream, g->inv_freq, mean, (__nv_bfloat16 *)rows, status);
     return kvtc__cuda_err(cudaGetLastError(), "rows_in");
 }
 
@@ -548,22 +615,22 @@ int kvtc__launch_rows_out(const kvtc_gpu_codec *g, int stream, const kvtc__dchun
 {
     if (!M)
         return 0;
-    if (vec && g->params.gemm == KVTC_GPU_GEMM_FP16)
+    int fp16 = g->params.gemm == KVTC_GPU_GEMM_FP16;
+    const float *mean = g->mean[stream];
+    if (vec && rows_v && fp16)
         k_rows_out_vec<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(
-            ch, n_chunks, geo(g), stream, g->inv_freq, g->mean[stream], (const __half *)rows,
-            status);
-    else if (vec)
+            ch, n_chunks, geo(g), stream, g->inv_freq, mean, (const __half *)rows, status);
+    else if (vec && rows_v)
         k_rows_out_vec<__nv_bfloat16><<<(unsigned)M, ROW_THREADS, 0, s>>>(
-            ch, n_chunks, geo(g), stream, g->inv_freq, g->mean[stream],
-            (const __nv_bfloat16 *)rows, status);
-    else if (g->params.gemm == KVTC_GPU_GEMM_FP16)
-        k_rows_out<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(ch, n_chunks, geo(g), stream,
-                                                              g->inv_freq, g->mean[stream],
-                                                              (const __half *)rows, status);
+            ch, n_chunks, geo(g), stream, g->inv_freq, mean, (const __nv_bfloat16 *)rows,
+            status);
+    else if (fp16)
+        k_rows_out<__half><<<(unsigned)M, ROW_THREADS, 0, s>>>(
+            ch, n_chunks, geo(g), stream, g->inv_freq, mean, (const __half *)rows, status);
     else
         k_rows_out<__nv_bfloat16><<<(unsigned)M, ROW_THREADS, 0, s>>>(
-            ch, n_chunks, geo(g), stream, g->inv_freq, g->mean[stream],
-            (const __nv_bfloat16 *)rows, status);
+            ch, n_chunks, geo(g), stream, g->inv_freq, mean, (const __nv_bfloat16 *)rows,
+            status);
     return kvtc__cuda_err(cudaGetLastError(), "rows_out");
 }
 

@@ -23,6 +23,8 @@
  * chunk-major; the first is the bytes reference; default 0,10,1,11);
  * --gemm-probe 0 skips its padded shapes. --probe-only 1: two
  * timed calls after the calibration, nothing else (for ncu).
+ * --rows-kernels 0|1: the scalar (0) or vectorized (1, the default) row
+ * kernels for the whole run (kernels/gpu_rows.cu).
  * --fp8-report PATH: compress/decompress with the fp8 projections (encode,
  * decode, both) next to fp16, against each GEMM alone (JSON to PATH);
  * --fp8-variants 0,2: only those (0 fp16, 1 fp8 encode, 2 fp8 decode, 3 both).
@@ -112,16 +114,16 @@ static int gemm_probe = 1;        /* --gemm-probe 0: no padded shapes */
 /* kernels/gpu_quant.cu (internal, for --quant-report): 1 the tiled
  * quantizer, 0 the row-per-block kernels */
 extern int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles);
-/* kernels/gpu_rows.cu (internal): the encode rows kernel, process-wide
- * (0 the first, 1 prefetching, 2 float4 means; -1 the default) */
+/* kernels/gpu_rows.cu (internal): the row kernels, process-wide (0 the
+ * scalar ones, 1 the vectorized ones; -1 the default, vectorized) */
 extern int kvtc__gpu_rows_set(int v);
 static uint32_t quant_cfg;
 static int quant_set;             /* 1: run_codec applies quant_cfg */
 /* --quant-variants: the quantizer variants --quant-report and --gap-report
  * run (0 row kernels, 1..7 the tiled ones); the first is the bytes
- * reference. In --quant-report, v >= 10 is quantizer v % 10 with encode
- * rows kernel v / 10 - 1 (14: tiled 4 + the first rows kernel; 34: tiled
- * 4 + rows kernel 2), v < 10 the library's default rows kernel. */
+ * reference. In --quant-report, v >= 10 is quantizer v % 10 with the row
+ * kernels v / 10 - 1 (17: tiled 7 + the scalar row kernels; 27: tiled 7
+ * + the vectorized ones), v < 10 the library's default row kernels. */
 static uint32_t quant_v[8] = {0, 1, 2, 3, 0}, n_quant_v = 5;
 static int gap_pageable; /* --gap-pageable 1: gap report with pageable meta too */
 /* the default params with per-stage timing (kvtc_gpu_stage_times) */
@@ -1347,6 +1349,8 @@ int main(int argc, char **argv)
         }
         else if (!strcmp(argv[i], "--probe-only")) /* 1: one timed call (for ncu) */
             probe_only = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--rows-kernels")) /* kvtc__gpu_rows_set for the run */
+            KV(kvtc__gpu_rows_set(atoi(argv[i + 1])));
         else if (!strcmp(argv[i], "--pipe-variants")) /* JSON lines path */
             pipe_json = argv[i + 1];
         else if (!strcmp(argv[i], "--pipe-only")) /* 1: only --pipe-variants + GEMM alone */
