@@ -300,10 +300,9 @@ int kvtc__launch_dequant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__
 int kvtc__launch_dequant_tiles_direct(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
                                       uint32_t n_chunks, uint64_t M, void *coef, int32_t *status,
                                       cudaStream_t s);
-/* Benchmarks and tests: 1..7 the tiled quantizer of that variant where
- * possible (7 the default, KVTC_GPU_QUANT_TILES_DEFAULT in gpu_quant.cu;
- * the dequantizer is the same), 0 the row-per-block kernels. KVTC_EINVAL
- * on a NULL context or tiles > 7. */
+/* Benchmarks and tests: 1 the tiled quantizer and dequantizer where
+ * possible (the default, KVTC_GPU_QUANT_TILES_DEFAULT in gpu_quant.cu), 0
+ * the row-per-block kernels. KVTC_EINVAL on a NULL context or tiles > 1. */
 extern "C" int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles);
 int kvtc__launch_quant(const kvtc_gpu_codec *g, int stream, const kvtc__dchunk *ch,
                        uint32_t n_chunks, uint64_t M, const float *coef, uint8_t *codes,

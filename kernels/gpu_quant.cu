@@ -21,13 +21,12 @@
 #include "gpu_numeric.cuh"
 #include "gpu_quant.cuh"
 
-/* The default: 7 (encq, v16; lead's H100 run of 775d8a8), the fastest
- * tiled quantizer whose random-plan test (symbols equal the CPU's for group
- * sizes 1..1024, every type, T 1..257) passed on an H100, memcheck clean:
- * encode quantizer 0.425 ms vs 0.691 for 4 on the benchmark plan, same
- * bytes; see docs/perf-notes.md "Compress overhead under the GEMM".
- * 0: the row-per-block kernels. */
-#define KVTC_GPU_QUANT_TILES_DEFAULT 7
+/* The default: 1, the tiled kernels (the notes' variant 7: encq, v16; the
+ * lead's H100 run of 775d8a8, random-plan symbols equal to the CPU's for
+ * group sizes 1..1024, every type, T 1..257, memcheck clean; encode
+ * quantizer 0.425 ms against 0.691 for variant 4 on the benchmark plan).
+ * 0: the row-per-block kernels (gpu_rows.cu), the reference. */
+#define KVTC_GPU_QUANT_TILES_DEFAULT 1
 
 #define QT 8u                       /* tokens per tile = warps per block */
 #define QTHREADS (QT * 32u)
@@ -78,273 +77,6 @@ __device__ static inline uint32_t kq_byte(const uint8_t (*cs)[QCS], const kvtc__
     return v;
 }
 
-/* Smallest power of two >= s (s >= 1). */
-__device__ static inline uint32_t kq_pow2(uint32_t s) { return s <= 1 ? 1u : 1u << (32 - __clz(s - 1)); }
-
-/* Variant 2's quantization of groups of <= 32 components (gaps, v13): the
- * warp (token w's) takes a run of consecutive groups of one power-of-two
- * width p at a time, p lanes a group, lane j its element j, min/max and
- * amax by xor shuffles inside the p-lane segment. Variant 1 gave a lane
- * a group of <= 8 (lanes read shared memory `size` floats apart: up to
- * 8-way bank conflicts, the elements one after the other) and the whole
- * warp to each group of 9..32 (5 shuffle levels and the shift/scale math
- * per group on a warp). min/max/amax are order-free, so the bytes are
- * variant 1's. Returns the groups done (>= 1). */
-__device__ static inline uint32_t kq_small_run(const kvtc__dgroup *sg, uint32_t k, uint32_t ngi,
-                                               uint32_t lane, const float *x, uint8_t *cw,
-                                               uint32_t a0, uint16_t (*shs)[QT],
-                                               uint16_t (*scs)[QT], uint32_t w)
-{
-    uint32_t p = kq_pow2(sg[k].size), per = 32 / p, kl = k + lane;
-    int same = 0;
-    if (lane < per && kl < ngi)
-        same = sg[kl].size <= 32 && kq_pow2(sg[kl].size) == p;
-    uint32_t bal = __ballot_sync(0xffffffffu, same);
-    uint32_t m = bal == 0xffffffffu ? 32 : __ffs(~bal) - 1; /* lane 0 is always same */
-    uint32_t q = lane / p, j = lane & (p - 1);
-    int live = q < m;
-    const kvtc__dgroup gr = sg[live ? k + q : k];
-    int act = live && j < gr.size;
-    uint32_t lc = gr.start - a0;
-    float v = act ? x[lc + j] : 0.0f;
-    float mn = act ? v : INFINITY, mx = act ? v : -INFINITY;
-    for (uint32_t o = 1; o < p; o <<= 1) {
-        mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    }
-    mn = kd_clamp16(mn);
-    mx = kd_clamp16(mx);
-    uint16_t sh = 0, sc = 0;
-    float shf = 0, scf = 0, inv = 0;
-    /* A run may mix types (same width, other type or static): the amax
-     * shuffles run on every lane whenever any lane's group is dynamic
-     * fp8 (a full-mask shuffle reached by some lanes only is undefined:
-     * it hung the random-plan test on an H100); xor partners stay inside
-     * the p-lane segment, so other groups' lanes only reduce zeros. */
-    int f8 = gr.dyn != UINT32_MAX && gr.type == KVTC__Q_FP8;
-    if (gr.dyn == UINT32_MAX) {
-        kd_static_params(gr, &shf, &scf, &inv);
-    } else if (f8) {
-        sh = kd_fp8_shift(mn, mx);
-        shf = kd_f16_to_f32(sh);
-    } else {
-        kd_int_params(gr.bits, mn, mx, &sh, &sc, &shf, &scf, &inv);
-    }
-    if (__any_sync(0xffffffffu, f8)) {
-        float amax = act && f8 ? fabsf(__fsub_rn(v, shf)) : 0.0f;
-        for (uint32_t o = 1; o < p; o <<= 1)
-            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        if (f8)
-            kd_fp8_scale(amax, &sc, &scf, &inv);
-    }
-    if (act)
-        cw[lc + j] = kd_code(gr, v, shf, scf, inv);
-    if (live && j == 0) {
-        shs[k + q][w] = sh;
-        scs[k + q][w] = sc;
-    }
-    return m;
-}
-
-/* The run of consecutive groups from k (< ke) of k's power-of-two width p
- * that one warp pass takes (kq_small_run's rule): *m groups, this lane's
- * group gk (k + lane / p, or k when past the run), its element j, *act
- * when j is inside that group. */
-__device__ static inline void kq_run(const kvtc__dgroup *sg, uint32_t k, uint32_t ke, uint32_t lane,
-                                     uint32_t *p, uint32_t *m, uint32_t *gk, uint32_t *j, int *act)
-{
-    uint32_t pp = kq_pow2(sg[k].size), per = 32 / pp, kl = k + lane;
-    int same = 0;
-    if (lane < per && kl < ke)
-        same = sg[kl].size <= 32 && kq_pow2(sg[kl].size) == pp;
-    uint32_t bal = __ballot_sync(0xffffffffu, same);
-    uint32_t mm = bal == 0xffffffffu ? 32 : __ffs(~bal) - 1, q = lane / pp;
-    *p = pp;
-    *m = mm;
-    *gk = q < mm ? k + q : k;
-    *j = lane & (pp - 1);
-    *act = q < mm && *j < sg[*gk].size;
-}
-
-/* kq_run with shifts (variant 6): the log2 of the run's width to *lg
- * instead of the width (32 / p and lane / p were two integer divisions
- * per call, ~20 instructions each: the compiler cannot see that p is a
- * power of two), called 2-3 times per run of small groups per token. */
-__device__ static inline void kq_run2(const kvtc__dgroup *sg, uint32_t k, uint32_t ke,
-                                      uint32_t lane, uint32_t *lg, uint32_t *m, uint32_t *gk,
-                                      uint32_t *j, int *act)
-{
-    uint32_t s0 = sg[k].size, l = s0 <= 1 ? 0 : 32 - __clz(s0 - 1), kl = k + lane;
-    int same = 0;
-    if ((lane >> (5 - l)) == 0 && kl < ke) {
-        uint32_t s = sg[kl].size;
-        same = s <= 32 && (s <= 1 ? 0u : 32u - __clz(s - 1)) == l;
-    }
-    uint32_t bal = __ballot_sync(0xffffffffu, same);
-    uint32_t mm = bal == 0xffffffffu ? 32 : __ffs(~bal) - 1, q = lane >> l;
-    *lg = l;
-    *m = mm;
-    *gk = q < mm ? k + q : k;
-    *j = lane & ((1u << l) - 1);
-    *act = q < mm && *j < sg[*gk].size;
-}
-
-/* The run of kq_run (SH 0) or kq_run2 (SH 1): width p, its log2 *lg. */
-template <int SH>
-__device__ static inline void kq_run_v(const kvtc__dgroup *sg, uint32_t k, uint32_t ke,
-                                       uint32_t lane, uint32_t *p, uint32_t *lg, uint32_t *m,
-                                       uint32_t *gk, uint32_t *j, int *act)
-{
-    if (SH) {
-        kq_run2(sg, k, ke, lane, lg, m, gk, j, act);
-        *p = 1u << *lg;
-    } else {
-        kq_run(sg, k, ke, lane, p, m, gk, j, act);
-        *lg = 31 - __clz(*p);
-    }
-}
-
-/* Variant 3's quantization of one token (warp w's row x of the tile; codes
- * to cw, shift/scale bits to shs/scs[.][w]). Variants 1 and 2 ran the
- * shift/scale math (two IEEE divisions, fp16 conversions and rounding:
- * ~150 instructions) on a whole warp per (token, group), the lanes
- * redundant or idle: ncu (H100, 371-group plan) shows both kernels issue
- * bound (SM throughput ~80%, DRAM 9-13%). Here a warp takes its groups 32
- * at a time: min/max of each (segments of p lanes for groups <= 32, the
- * warp for larger ones) go to the group's owner lane (kb + lane), the
- * owners run the math together (fp8: shift first, then the amax pass with
- * each lane fetching its group's shift by a shuffle), and the codes pass
- * fetches each group's parameters from its owner. Same math, same order-
- * free reductions: variant 1's bytes. */
-__device__ static void kq_quant_v3(const kvtc__dgroup *sg, uint32_t ngi, uint32_t lane,
-                                   const float *x, uint8_t *cw, uint32_t a0, uint16_t (*shs)[QT],
-                                   uint16_t (*scs)[QT], uint32_t w)
-{
-    const unsigned full = 0xffffffffu;
-    for (uint32_t kb = 0; kb < ngi; kb += 32) {
-        uint32_t ke = min(ngi, kb + 32);
-        float omn = INFINITY, omx = -INFINITY; /* group kb + lane's */
-        for (uint32_t k = kb; k < ke;) {
-            if (sg[k].size <= 32) {
-                uint32_t p, m, gk, j;
-                int act;
-                kq_run(sg, k, ke, lane, &p, &m, &gk, &j, &act);
-                float v = act ? x[sg[gk].start - a0 + j] : 0.0f;
-                float mn = act ? v : INFINITY, mx = act ? v : -INFINITY;
-                for (uint32_t o = 1; o < p; o <<= 1) {
-                    mn = fminf(mn, __shfl_xor_sync(full, mn, o));
-                    mx = fmaxf(mx, __shfl_xor_sync(full, mx, o));
-                }
-                /* owner lanes [k - kb, k - kb + m) take their segment's */
-                int own = lane >= k - kb && lane < k - kb + m;
-                uint32_t src = own ? (lane - (k - kb)) * p : 0;
-                float tmn = __shfl_sync(full, mn, src), tmx = __shfl_sync(full, mx, src);
-                if (own) {
-                    omn = tmn;
-                    omx = tmx;
-                }
-                k += m;
-                continue;
-            }
-            const kvtc__dgroup &gr = sg[k];
-            uint32_t lc = gr.start - a0;
-            float mn = INFINITY, mx = -INFINITY;
-            for (uint32_t j = lane; j < gr.size; j += 32) {
-                mn = fminf(mn, x[lc + j]);
-                mx = fmaxf(mx, x[lc + j]);
-            }
-            for (int o = 16; o; o >>= 1) {
-                mn = fminf(mn, __shfl_xor_sync(full, mn, o));
-                mx = fmaxf(mx, __shfl_xor_sync(full, mx, o));
-            }
-            if (lane == k - kb) {
-                omn = mn;
-                omx = mx;
-            }
-            k++;
-        }
-        /* the owners' parameters */
-        uint32_t mine = kb + lane;
-        int has = mine < ke;
-        const kvtc__dgroup og = sg[has ? mine : kb];
-        omn = kd_clamp16(omn);
-        omx = kd_clamp16(omx);
-        uint16_t sh = 0, sc = 0;
-        float shf = 0, scf = 0, inv = 0;
-        int f8 = has && og.dyn != UINT32_MAX && og.type == KVTC__Q_FP8;
-        if (og.dyn == UINT32_MAX) {
-            kd_static_params(og, &shf, &scf, &inv);
-        } else if (og.type == KVTC__Q_FP8) {
-            sh = kd_fp8_shift(omn, omx);
-            shf = kd_f16_to_f32(sh);
-        } else {
-            kd_int_params(og.bits, omn, omx, &sh, &sc, &shf, &scf, &inv);
-        }
-        if (__any_sync(full, f8)) { /* amax of |x - shift| for fp8 groups */
-            float oam = 0;
-            for (uint32_t k = kb; k < ke;) {
-                if (sg[k].size <= 32) {
-                    uint32_t p, m, gk, j;
-                    int act;
-                    kq_run(sg, k, ke, lane, &p, &m, &gk, &j, &act);
-                    float gsh = __shfl_sync(full, shf, gk - kb);
-                    float a = act ? fabsf(__fsub_rn(x[sg[gk].start - a0 + j], gsh)) : 0.0f;
-                    for (uint32_t o = 1; o < p; o <<= 1)
-                        a = fmaxf(a, __shfl_xor_sync(full, a, o));
-                    int own = lane >= k - kb && lane < k - kb + m;
-                    float t = __shfl_sync(full, a, own ? (lane - (k - kb)) * p : 0);
-                    if (own)
-                        oam = t;
-                    k += m;
-                    continue;
-                }
-                const kvtc__dgroup &gr = sg[k];
-                float gsh = __shfl_sync(full, shf, k - kb), a = 0;
-                for (uint32_t j = lane; j < gr.size; j += 32)
-                    a = fmaxf(a, fabsf(__fsub_rn(x[gr.start - a0 + j], gsh)));
-                for (int o = 16; o; o >>= 1)
-                    a = fmaxf(a, __shfl_xor_sync(full, a, o));
-                if (lane == k - kb)
-                    oam = a;
-                k++;
-            }
-            if (f8)
-                kd_fp8_scale(oam, &sc, &scf, &inv);
-        }
-        if (has) {
-            shs[mine][w] = sh;
-            scs[mine][w] = sc;
-        }
-        /* codes, each lane with its group's parameters from the owner */
-        for (uint32_t k = kb; k < ke;) {
-            if (sg[k].size <= 32) {
-                uint32_t p, m, gk, j;
-                int act;
-                kq_run(sg, k, ke, lane, &p, &m, &gk, &j, &act);
-                float gsh = __shfl_sync(full, shf, gk - kb), gsc = __shfl_sync(full, scf, gk - kb),
-                      gin = __shfl_sync(full, inv, gk - kb);
-                uint32_t lc = sg[gk].start - a0;
-                if (act)
-                    cw[lc + j] = kd_code(sg[gk], x[lc + j], gsh, gsc, gin);
-                k += m;
-                continue;
-            }
-            const kvtc__dgroup &gr = sg[k];
-            float gsh = __shfl_sync(full, shf, k - kb), gsc = __shfl_sync(full, scf, k - kb),
-                  gin = __shfl_sync(full, inv, k - kb);
-            uint32_t lc = gr.start - a0;
-            for (uint32_t j = lane; j < gr.size; j += 32)
-                cw[lc + j] = kd_code(gr, x[lc + j], gsh, gsc, gin);
-            k++;
-        }
-    }
-}
-
-/* e4m3 code of f: the hardware's conversion (round to nearest even,
- * saturating at 448: the software rule of gpu_numeric.cuh, checked on all
- * 2^32 inputs by kvtc__gpu_e4m3_check) when HW, else the software one;
- * NaN keeps the software rule's sign bit. ~20 instructions and a
- * divergent branch per fp8 coefficient become one. */
 template <int HW> __device__ static inline uint32_t kq_e4m3(float f)
 {
     if (HW && f == f)
@@ -370,207 +102,7 @@ __device__ static inline uint32_t kq_code(uint32_t type, uint32_t bits, float x,
 /* Codes of one byte per q < 8 / bits (elements per byte). */
 __device__ static inline uint32_t kq_per(uint32_t bits) { return bits == 2 ? 4u : bits == 4 ? 2u : 1u; }
 
-/* Variant 4's (5's: software e4m3) quantization of token w's row x: variant
- * 3's owner scheme (a warp takes its groups 32 at a time; min/max to the
- * group's owner lane, the owners run the shift/scale math together) with
- * what ncu's issue-bound profile asked for:
- * - groups whose per-token codes fill whole bytes (size * bits % 8 == 0:
- *   every planner group but size-1 int2/int4) are packed by the codes pass
- *   itself and stored from registers (a lane forms a byte from its 8/bits
- *   consecutive elements; segments of small groups OR their lanes' codes by
- *   two xor shuffles): no codes array round trip through shared memory and
- *   no pack pass for them (the pack phase skips them);
- * - large groups read 16 bytes a lane (float4, when the group starts on a
- *   4-float boundary of the staged row) in the min/max and codes passes;
- * - descriptors copied to registers once per group and step;
- * - the hardware e4m3 conversion (HW).
- * Same per-group math and order-free reductions: variant 1's bytes. */
-template <int HW, int SH>
-__device__ static void kq_quant_v4(const kvtc__dgroup *sg, uint32_t ngi, uint32_t lane,
-                                   const float *x, uint8_t *cw, uint32_t a0, uint16_t (*shs)[QT],
-                                   uint16_t (*scs)[QT], uint32_t w, uint8_t *sym,
-                                   const size_t *coff, uint32_t tok)
-{
-    const unsigned full = 0xffffffffu;
-    for (uint32_t kb = 0; kb < ngi; kb += 32) {
-        uint32_t ke = min(ngi, kb + 32);
-        float omn = INFINITY, omx = -INFINITY; /* group kb + lane's */
-        for (uint32_t k = kb; k < ke;) {
-            uint32_t size = sg[k].size;
-            if (size <= 32) {
-                uint32_t p, lg, m, gk, j;
-                int act;
-                kq_run_v<SH>(sg, k, ke, lane, &p, &lg, &m, &gk, &j, &act);
-                float v = act ? x[sg[gk].start - a0 + j] : 0.0f;
-                float mn = act ? v : INFINITY, mx = act ? v : -INFINITY;
-                for (uint32_t o = 1; o < p; o <<= 1) {
-                    mn = fminf(mn, __shfl_xor_sync(full, mn, o));
-                    mx = fmaxf(mx, __shfl_xor_sync(full, mx, o));
-                }
-                int own = lane >= k - kb && lane < k - kb + m;
-                uint32_t src = own ? (lane - (k - kb)) << lg : 0;
-                float tmn = __shfl_sync(full, mn, src), tmx = __shfl_sync(full, mx, src);
-                if (own) {
-                    omn = tmn;
-                    omx = tmx;
-                }
-                k += m;
-                continue;
-            }
-            uint32_t lc = sg[k].start - a0, j0 = 0;
-            float mn = INFINITY, mx = -INFINITY;
-            if ((lc & 3) == 0) {
-                const float4 *x4 = (const float4 *)(x + lc);
-                for (uint32_t u = lane; u < size / 4; u += 32) {
-                    float4 f = x4[u];
-                    mn = fminf(mn, fminf(fminf(f.x, f.y), fminf(f.z, f.w)));
-                    mx = fmaxf(mx, fmaxf(fmaxf(f.x, f.y), fmaxf(f.z, f.w)));
-                }
-                j0 = size & ~3u;
-            }
-            for (uint32_t j = j0 + lane; j < size; j += 32) {
-                mn = fminf(mn, x[lc + j]);
-                mx = fmaxf(mx, x[lc + j]);
-            }
-            for (int o = 16; o; o >>= 1) {
-                mn = fminf(mn, __shfl_xor_sync(full, mn, o));
-                mx = fmaxf(mx, __shfl_xor_sync(full, mx, o));
-            }
-            if (lane == k - kb) {
-                omn = mn;
-                omx = mx;
-            }
-            k++;
-        }
-        /* the owners' parameters (variant 3's) */
-        uint32_t mine = kb + lane;
-        int has = mine < ke;
-        const kvtc__dgroup og = sg[has ? mine : kb];
-        omn = kd_clamp16(omn);
-        omx = kd_clamp16(omx);
-        uint16_t sh = 0, sc = 0;
-        float shf = 0, scf = 0, inv = 0;
-        int f8 = has && og.dyn != UINT32_MAX && og.type == KVTC__Q_FP8;
-        if (og.dyn == UINT32_MAX) {
-            kd_static_params(og, &shf, &scf, &inv);
-        } else if (og.type == KVTC__Q_FP8) {
-            sh = kd_fp8_shift(omn, omx);
-            shf = kd_f16_to_f32(sh);
-        } else {
-            kd_int_params(og.bits, omn, omx, &sh, &sc, &shf, &scf, &inv);
-        }
-        if (__any_sync(full, f8)) { /* amax of |x - shift| for fp8 groups */
-            float oam = 0;
-            for (uint32_t k = kb; k < ke;) {
-                if (sg[k].size <= 32) {
-                    uint32_t p, lg, m, gk, j;
-                    int act;
-                    kq_run_v<SH>(sg, k, ke, lane, &p, &lg, &m, &gk, &j, &act);
-                    float gsh = __shfl_sync(full, shf, gk - kb);
-                    float a = act ? fabsf(__fsub_rn(x[sg[gk].start - a0 + j], gsh)) : 0.0f;
-                    for (uint32_t o = 1; o < p; o <<= 1)
-                        a = fmaxf(a, __shfl_xor_sync(full, a, o));
-                    int own = lane >= k - kb && lane < k - kb + m;
-                    float t = __shfl_sync(full, a, own ? (lane - (k - kb)) << lg : 0);
-                    if (own)
-                        oam = t;
-                    k += m;
-                    continue;
-                }
-                uint32_t size = sg[k].size, lc = sg[k].start - a0;
-                float gsh = __shfl_sync(full, shf, k - kb), a = 0;
-                for (uint32_t j = lane; j < size; j += 32)
-                    a = fmaxf(a, fabsf(__fsub_rn(x[lc + j], gsh)));
-                for (int o = 16; o; o >>= 1)
-                    a = fmaxf(a, __shfl_xor_sync(full, a, o));
-                if (lane == k - kb)
-                    oam = a;
-                k++;
-            }
-            if (f8)
-                kd_fp8_scale(oam, &sc, &scf, &inv);
-        }
-        if (has) {
-            shs[mine][w] = sh;
-            scs[mine][w] = sc;
-        }
-        /* codes: whole-byte groups straight to the symbols, the others to
-         * the codes array for the pack phase */
-        for (uint32_t k = kb; k < ke;) {
-            if (sg[k].size <= 32) {
-                uint32_t p, lg, m, gk, j;
-                int act;
-                kq_run_v<SH>(sg, k, ke, lane, &p, &lg, &m, &gk, &j, &act);
-                const kvtc__dgroup gg = sg[gk];
-                float gsh = __shfl_sync(full, shf, gk - kb), gsc = __shfl_sync(full, scf, gk - kb),
-                      gin = __shfl_sync(full, inv, gk - kb);
-                uint32_t lc = gg.start - a0, per = kq_per(gg.bits);
-                uint32_t c = act ? kq_code<HW>(gg.type, gg.bits, x[lc + j], gsh, gsc, gin) : 0;
-                /* bytes of per consecutive lanes (inside the segment: p
-                 * and per are powers of two, per <= size <= p) */
-                uint32_t t = c << (gg.bits * (j & (per - 1)));
-                uint32_t o1 = __shfl_xor_sync(full, t, 1);
-                if (per >= 2)
-                    t |= o1;
-                uint32_t o2 = __shfl_xor_sync(full, t, 2);
-                if (per >= 4)
-                    t |= o2;
-                if (act) {
-                    if (gg.size * gg.bits % 8 == 0) {
-                        uint32_t lp = per >> 1; /* log2 of per: 1, 2, 4 -> 0, 1, 2 */
-                        if ((j & (per - 1)) == 0)
-                            sym[coff[gk] + (size_t)tok * (SH ? gg.size >> lp : gg.size / per) +
-                                (SH ? j >> lp : j / per)] = (uint8_t)t;
-                    } else {
-                        cw[lc + j] = (uint8_t)c;
-                    }
-                }
-                k += m;
-                continue;
-            }
-            const kvtc__dgroup gg = sg[k];
-            float gsh = __shfl_sync(full, shf, k - kb), gsc = __shfl_sync(full, scf, k - kb),
-                  gin = __shfl_sync(full, inv, k - kb);
-            uint32_t lc = gg.start - a0;
-            if (gg.size * gg.bits % 8) { /* a token's codes end inside a byte */
-                for (uint32_t j = lane; j < gg.size; j += 32)
-                    cw[lc + j] = (uint8_t)kq_code<HW>(gg.type, gg.bits, x[lc + j], gsh, gsc, gin);
-                k++;
-                continue;
-            }
-            uint32_t per = kq_per(gg.bits), bt = SH ? gg.size >> (per >> 1) : gg.size / per;
-            uint8_t *o = sym + coff[k] + (size_t)tok * bt;
-            if (per == 4 && (lc & 3) == 0) {
-                const float4 *x4 = (const float4 *)(x + lc);
-                for (uint32_t b = lane; b < bt; b += 32) {
-                    float4 f = x4[b];
-                    o[b] = (uint8_t)(kq_code<HW>(gg.type, 2, f.x, gsh, gsc, gin) |
-                                     kq_code<HW>(gg.type, 2, f.y, gsh, gsc, gin) << 2 |
-                                     kq_code<HW>(gg.type, 2, f.z, gsh, gsc, gin) << 4 |
-                                     kq_code<HW>(gg.type, 2, f.w, gsh, gsc, gin) << 6);
-                }
-            } else if (per == 2 && (lc & 1) == 0) {
-                const float2 *x2 = (const float2 *)(x + lc);
-                for (uint32_t b = lane; b < bt; b += 32) {
-                    float2 f = x2[b];
-                    o[b] = (uint8_t)(kq_code<HW>(gg.type, 4, f.x, gsh, gsc, gin) |
-                                     kq_code<HW>(gg.type, 4, f.y, gsh, gsc, gin) << 4);
-                }
-            } else {
-                for (uint32_t b = lane; b < bt; b += 32) {
-                    uint32_t v = 0;
-                    for (uint32_t q = 0; q < per; q++)
-                        v |= kq_code<HW>(gg.type, gg.bits, x[lc + b * per + q], gsh, gsc, gin)
-                             << (gg.bits * q);
-                    o[b] = (uint8_t)v;
-                }
-            }
-            k++;
-        }
-    }
-}
-
-/* Lanes of group k in variant 7's small-group path: *le = 2 (4 elements
+/* Lanes of group k in kq_quant_token's small-group path: *le = 2 (4 elements
  * a lane, one float4) when its size is a multiple of 4, at most 128, on a
  * 4-float boundary of the staged row; else *le = 0 (an element a lane) for
  * sizes <= 32. *l: log2 of the lanes (a power of two >= size >> *le).
@@ -590,11 +122,12 @@ __device__ static inline int kq_class(const kvtc__dgroup &g, uint32_t a0, uint32
     return 1;
 }
 
-/* kq_run2 over kq_class: the run from k (< ke, small) of consecutive
- * groups of k's class (l, le), one warp pass; this lane's group gk (k when
- * past the run), its lane index j in the group (elements j << le ..),
- * *act when those are inside the group. */
-__device__ static inline void kq_run3(const kvtc__dgroup *sg, uint32_t k, uint32_t ke,
+/* The run from k (< ke, small) of consecutive groups of k's class (l, le)
+ * that one warp pass takes (*m groups, 2^l lanes each: shifts, no integer
+ * division); this lane's group gk (k when past the run), its lane index j
+ * in the group (elements j << le ..), *act when those are inside the
+ * group. */
+__device__ static inline void kq_run(const kvtc__dgroup *sg, uint32_t k, uint32_t ke,
                                       uint32_t lane, uint32_t a0, uint32_t *lg, uint32_t *le,
                                       uint32_t *m, uint32_t *gk, uint32_t *j, int *act)
 {
@@ -615,20 +148,22 @@ __device__ static inline void kq_run3(const kvtc__dgroup *sg, uint32_t k, uint32
     *act = q < mm && (*j << e) < sg[*gk].size;
 }
 
-/* Variant 7 (the default since the lead's H100 run of 775d8a8: random-plan
- * symbols equal the CPU's, memcheck clean, 0.425 vs 0.691 ms for 4):
- * variant 6 where the plan's many size-16 groups (125-141 a stream
- * on the benchmark's plan, half its columns) take 4 lanes each, a float4
- * a lane, 8 groups a warp pass instead of 2 (kq_class / kq_run3: any
- * group of a multiple of 4 up to 128 components on a 4-float boundary);
- * a lane's 4 codes are whole bytes (int2: 1, int4: 2, fp8: 4), stored
- * directly. Static groups skip the min/max and amax passes (their shift
- * and scale are the plan's). Same per-group math, order-free reductions:
- * variant 1's bytes. */
-__device__ static void kq_quant_v7(const kvtc__dgroup *sg, uint32_t ngi, uint32_t lane,
-                                   const float *x, uint8_t *cw, uint32_t a0, uint16_t (*shs)[QT],
-                                   uint16_t (*scs)[QT], uint32_t w, uint8_t *sym,
-                                   const size_t *coff, uint32_t tok)
+/* Quantization of token w's row x of the tile (codes to cw, shift/scale
+ * bits to shs/scs[.][w]; whole-byte groups packed and stored into sym at
+ * token tok directly). A warp takes its groups 32 at a time: small groups
+ * in runs of one class (kq_class / kq_run: groups of a multiple of 4 up to
+ * 128 components on a 4-float boundary take a float4 a lane, 8 size-16
+ * groups a warp pass; others up to 32 an element a lane), larger ones the
+ * whole warp; min/max of each group go to its owner lane (kb + lane), the
+ * owners run the shift/scale math together (fp8: shift, then an amax
+ * pass), and the codes pass fetches each group's parameters from its
+ * owner. Static groups skip the min/max and amax passes (their shift and
+ * scale are the plan's). The same per-group math as gpu_quant.cuh with
+ * order-free reductions: the row kernels' bytes, the CPU codec's. */
+__device__ static void kq_quant_token(const kvtc__dgroup *sg, uint32_t ngi, uint32_t lane,
+                                      const float *x, uint8_t *cw, uint32_t a0,
+                                      uint16_t (*shs)[QT], uint16_t (*scs)[QT], uint32_t w,
+                                      uint8_t *sym, const size_t *coff, uint32_t tok)
 {
     const unsigned full = 0xffffffffu;
     for (uint32_t kb = 0; kb < ngi; kb += 32) {
@@ -639,7 +174,7 @@ __device__ static void kq_quant_v7(const kvtc__dgroup *sg, uint32_t ngi, uint32_
             if (kq_class(sg[k], a0, &cl, &ce)) {
                 uint32_t lg, le, m, gk, j;
                 int act;
-                kq_run3(sg, k, ke, lane, a0, &lg, &le, &m, &gk, &j, &act);
+                kq_run(sg, k, ke, lane, a0, &lg, &le, &m, &gk, &j, &act);
                 float mn = INFINITY, mx = -INFINITY;
                 if (act) {
                     const float *xp = x + (sg[gk].start - a0) + (j << le);
@@ -694,7 +229,7 @@ __device__ static void kq_quant_v7(const kvtc__dgroup *sg, uint32_t ngi, uint32_
             }
             k++;
         }
-        /* the owners' parameters (variant 3's) */
+        /* the owners' parameters */
         uint32_t mine = kb + lane;
         int has = mine < ke;
         const kvtc__dgroup og = sg[has ? mine : kb];
@@ -718,7 +253,7 @@ __device__ static void kq_quant_v7(const kvtc__dgroup *sg, uint32_t ngi, uint32_
                 if (kq_class(sg[k], a0, &cl, &ce)) {
                     uint32_t lg, le, m, gk, j;
                     int act;
-                    kq_run3(sg, k, ke, lane, a0, &lg, &le, &m, &gk, &j, &act);
+                    kq_run(sg, k, ke, lane, a0, &lg, &le, &m, &gk, &j, &act);
                     float gsh = __shfl_sync(full, shf, gk - kb), a = 0;
                     if (act) {
                         const float *xp = x + (sg[gk].start - a0) + (j << le);
@@ -768,7 +303,7 @@ __device__ static void kq_quant_v7(const kvtc__dgroup *sg, uint32_t ngi, uint32_
             if (kq_class(sg[k], a0, &cl, &ce)) {
                 uint32_t lg, le, m, gk, j;
                 int act;
-                kq_run3(sg, k, ke, lane, a0, &lg, &le, &m, &gk, &j, &act);
+                kq_run(sg, k, ke, lane, a0, &lg, &le, &m, &gk, &j, &act);
                 const kvtc__dgroup gg = sg[gk];
                 float gsh = __shfl_sync(full, shf, gk - kb), gsc = __shfl_sync(full, scf, gk - kb),
                       gin = __shfl_sync(full, inv, gk - kb);
@@ -898,18 +433,12 @@ extern "C" int kvtc__gpu_e4m3_check(uint64_t *mismatches, uint32_t *first)
     return rc;
 }
 
-/* Grid: x = tiles (M / QT + chunks), y = the stream's items. V 1: the
- * first tiled version (quant, v11); V 2 (gaps, v13): the item's group
- * descriptors staged in shared memory (variant 1 walked them in global
- * memory, one dependent L1 load per group, three times per block) and
- * groups of <= 32 components quantized by kq_small_run; V 3: V 2's
- * staging with kq_quant_v3 (the per-(token, group) math once per lane);
- * V 4: kq_quant_v4 (whole-byte groups packed and stored by the codes pass,
- * hardware e4m3), V 5: the same with the software e4m3 conversion, V 6:
- * V 4 with kq_run2 and shifts for the small groups' runs and the size-1
- * groups' pack (no integer divisions); V 7 (the default): kq_quant_v7,
- * 4-element lanes for groups of a multiple of 4. */
-template <int V>
+/* Grid: x = tiles (M / QT + chunks), y = the stream's items. The item's
+ * group descriptors are staged in shared memory, each token's groups are
+ * quantized by kq_quant_token (whole-byte groups packed and stored there),
+ * and the rest is packed below. The history (variants 1-7, measured on an
+ * H100) is in docs/perf-notes.md, "The quantizer as tiles" to "Compress
+ * overhead under the GEMM"; only the last one is kept. */
 __global__ void __launch_bounds__(QTHREADS)
 k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restrict__ groups,
               const kvtc__qitem *items, uint32_t ng, const float *__restrict__ coef, uint32_t ld)
@@ -917,7 +446,7 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
     __shared__ __align__(16) float xs[QT][QXS];
     __shared__ uint8_t cs[QT][QCS];
     __shared__ uint16_t shs[QG][QT], scs[QG][QT];
-    __shared__ kvtc__dgroup sgs[V >= 2 ? QG : 1];
+    __shared__ kvtc__dgroup sg[QG];
     const kvtc__qitem it = items[blockIdx.y];
     uint32_t c, t0;
     if (it.ga == it.gb || !kq_tile(ch, nch, blockIdx.x, &c, &t0))
@@ -925,12 +454,9 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
     const kvtc__dchunk C = ch[c];
     uint32_t nr = min(QT, C.T - t0), ngi = it.gb - it.ga;
     uint32_t tid = threadIdx.x, w = tid / 32, lane = tid & 31;
-    /* the item's groups: shared memory (V 2, visible after the staging's
-     * barrier) or global */
-    const kvtc__dgroup *sg = V >= 2 ? sgs : groups + it.ga;
-    if (V >= 2)
-        for (uint32_t k = tid; k < ngi; k += QTHREADS)
-            sgs[k] = groups[it.ga + k];
+    /* the item's groups (visible after the staging's barrier) */
+    for (uint32_t k = tid; k < ngi; k += QTHREADS)
+        sg[k] = groups[it.ga + k];
     /* Stage: rows t0.. of the columns [a0, c1) as float4 (a0 = c0 rounded
      * down to 4; ld is a multiple of 16 and rows of coef 16-byte aligned,
      * so every unit is aligned and inside the row), loads before stores. */
@@ -962,134 +488,9 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
     __syncthreads();
     /* Quantize: warp w = token w of the tile; small groups a lane each,
      * larger ones the whole warp. Codes to cs, shift/scale to shs/scs. */
-    if (V == 3 && w < nr)
-        kq_quant_v3(sg, ngi, lane, xs[w], cs[w], a0, shs, scs, w);
-    if (V == 7 && w < nr)
-        kq_quant_v7(sg, ngi, lane, xs[w], cs[w], a0, shs, scs, w, C.sym, C.code_off + it.ga,
-                    t0 + w);
-    if (V >= 4 && V <= 6 && w < nr)
-        kq_quant_v4<V != 5, V == 6>(sg, ngi, lane, xs[w], cs[w], a0, shs, scs, w, C.sym,
-                                    C.code_off + it.ga, t0 + w);
-    if (V == 2 && w < nr) {
-        const float *x = xs[w];
-        uint8_t *cw = cs[w];
-        for (uint32_t k = 0; k < ngi;) {
-            if (sg[k].size <= 32) {
-                k += kq_small_run(sg, k, ngi, lane, x, cw, a0, shs, scs, w);
-                continue;
-            }
-            kvtc__dgroup gr = sg[k];
-            uint32_t lc = gr.start - a0;
-            float mn = INFINITY, mx = -INFINITY;
-            for (uint32_t j = lane; j < gr.size; j += 32) {
-                mn = fminf(mn, x[lc + j]);
-                mx = fmaxf(mx, x[lc + j]);
-            }
-            for (int o = 16; o; o >>= 1) {
-                mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            }
-            mn = kd_clamp16(mn);
-            mx = kd_clamp16(mx);
-            uint16_t sh = 0, sc = 0;
-            float shf, scf, inv;
-            if (gr.dyn == UINT32_MAX) {
-                kd_static_params(gr, &shf, &scf, &inv);
-            } else if (gr.type == KVTC__Q_FP8) {
-                sh = kd_fp8_shift(mn, mx);
-                shf = kd_f16_to_f32(sh);
-                float amax = 0;
-                for (uint32_t j = lane; j < gr.size; j += 32)
-                    amax = fmaxf(amax, fabsf(__fsub_rn(x[lc + j], shf)));
-                for (int o = 16; o; o >>= 1)
-                    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-                kd_fp8_scale(amax, &sc, &scf, &inv);
-            } else {
-                kd_int_params(gr.bits, mn, mx, &sh, &sc, &shf, &scf, &inv);
-            }
-            for (uint32_t j = lane; j < gr.size; j += 32)
-                cw[lc + j] = kd_code(gr, x[lc + j], shf, scf, inv);
-            if (lane == 0) {
-                shs[k][w] = sh;
-                scs[k][w] = sc;
-            }
-            k++;
-        }
-    }
-    if (V == 1 && w < nr) {
-        const float *x = xs[w];
-        uint8_t *cw = cs[w];
-        for (uint32_t k = lane; k < ngi; k += 32) {
-            kvtc__dgroup gr = groups[it.ga + k];
-            if (gr.size > KVTC_GPU_SMALL_GROUP)
-                continue;
-            uint32_t lc = gr.start - a0;
-            float mn = INFINITY, mx = -INFINITY;
-            for (uint32_t j = 0; j < gr.size; j++) {
-                mn = fminf(mn, x[lc + j]);
-                mx = fmaxf(mx, x[lc + j]);
-            }
-            mn = kd_clamp16(mn);
-            mx = kd_clamp16(mx);
-            uint16_t sh = 0, sc = 0;
-            float shf, scf, inv;
-            if (gr.dyn == UINT32_MAX) {
-                kd_static_params(gr, &shf, &scf, &inv);
-            } else if (gr.type == KVTC__Q_FP8) {
-                sh = kd_fp8_shift(mn, mx);
-                shf = kd_f16_to_f32(sh);
-                float amax = 0;
-                for (uint32_t j = 0; j < gr.size; j++)
-                    amax = fmaxf(amax, fabsf(__fsub_rn(x[lc + j], shf)));
-                kd_fp8_scale(amax, &sc, &scf, &inv);
-            } else {
-                kd_int_params(gr.bits, mn, mx, &sh, &sc, &shf, &scf, &inv);
-            }
-            for (uint32_t j = 0; j < gr.size; j++)
-                cw[lc + j] = kd_code(gr, x[lc + j], shf, scf, inv);
-            shs[k][w] = sh;
-            scs[k][w] = sc;
-        }
-        for (uint32_t k = 0; k < ngi; k++) {
-            kvtc__dgroup gr = groups[it.ga + k];
-            if (gr.size <= KVTC_GPU_SMALL_GROUP)
-                continue;
-            uint32_t lc = gr.start - a0;
-            float mn = INFINITY, mx = -INFINITY;
-            for (uint32_t j = lane; j < gr.size; j += 32) {
-                mn = fminf(mn, x[lc + j]);
-                mx = fmaxf(mx, x[lc + j]);
-            }
-            for (int o = 16; o; o >>= 1) {
-                mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            }
-            mn = kd_clamp16(mn);
-            mx = kd_clamp16(mx);
-            uint16_t sh = 0, sc = 0;
-            float shf, scf, inv;
-            if (gr.dyn == UINT32_MAX) {
-                kd_static_params(gr, &shf, &scf, &inv);
-            } else if (gr.type == KVTC__Q_FP8) {
-                sh = kd_fp8_shift(mn, mx);
-                shf = kd_f16_to_f32(sh);
-                float amax = 0;
-                for (uint32_t j = lane; j < gr.size; j += 32)
-                    amax = fmaxf(amax, fabsf(__fsub_rn(x[lc + j], shf)));
-                for (int o = 16; o; o >>= 1)
-                    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-                kd_fp8_scale(amax, &sc, &scf, &inv);
-            } else {
-                kd_int_params(gr.bits, mn, mx, &sh, &sc, &shf, &scf, &inv);
-            }
-            for (uint32_t j = lane; j < gr.size; j += 32)
-                cw[lc + j] = kd_code(gr, x[lc + j], shf, scf, inv);
-            if (lane == 0) {
-                shs[k][w] = sh;
-                scs[k][w] = sc;
-            }
-        }
-    }
+    if (w < nr)
+        kq_quant_token(sg, ngi, lane, xs[w], cs[w], a0, shs, scs, w, C.sym, C.code_off + it.ga,
+                       t0 + w);
     __syncthreads();
     /* Write: a warp per group for the tile's shifts/scales (contiguous per
      * group) and the code bytes of groups of at most 256 tile bytes; the
@@ -1104,11 +505,11 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
             else if (lane >= 16 && lane - 16 < nr)
                 sym16[kvtc__scale_off(ng, gr.dyn, C.T) / 2 + t0 + lane - 16] = scs[k][lane - 16];
         }
-        if (gr.size * gr.bits > 256 || (V >= 4 && gr.size * gr.bits % 8 == 0))
-            continue; /* the block's loop below; V 4: written by the codes pass */
+        if (gr.size * gr.bits > 256 || gr.size * gr.bits % 8 == 0)
+            continue; /* the block's loop below, or written by the codes pass */
         uint32_t nel = nr * gr.size, nb = (nel * gr.bits + 7) / 8;
         uint8_t *o = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
-        if (V >= 6 && gr.size == 1) { /* size-1 int2/int4: kq_byte without its divisions */
+        if (gr.size == 1) { /* size-1 int2/int4: kq_byte without its divisions */
             uint32_t per = kq_per(gr.bits), lp = per >> 1, lc = gr.start - a0;
             for (uint32_t b = lane; b < nb; b += 32) {
                 uint32_t v = 0;
@@ -1125,25 +526,13 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
     for (uint32_t k = 0; k < ngi; k++) {
         uint32_t gi = it.ga + k;
         kvtc__dgroup gr = sg[k];
-        if (gr.size * gr.bits <= 256 || (V >= 4 && gr.size * gr.bits % 8 == 0))
+        if (gr.size * gr.bits <= 256 || gr.size * gr.bits % 8 == 0)
             continue;
+        /* a token's codes end inside a byte: the block packs them */
         uint32_t nel = nr * gr.size, nb = (nel * gr.bits + 7) / 8, lc = gr.start - a0;
         uint8_t *o = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
-        if (gr.size * gr.bits % 8) { /* a token's codes end inside a byte */
-            for (uint32_t b = tid; b < nb; b += QTHREADS)
-                o[b] = (uint8_t)kq_byte(cs, gr, lc, b, nel);
-            continue;
-        }
-        /* whole bytes per token (the planner's sizes): no division */
-        uint32_t bt = gr.size * gr.bits / 8, per = 8 / gr.bits;
-        for (uint32_t r = 0; r < nr; r++)
-            for (uint32_t b = tid; b < bt; b += QTHREADS) {
-                const uint8_t *cp = &cs[r][lc + b * per];
-                uint32_t v = 0;
-                for (uint32_t q = 0; q < per; q++)
-                    v |= (uint32_t)cp[q] << (gr.bits * q);
-                o[r * bt + b] = (uint8_t)v;
-            }
+        for (uint32_t b = tid; b < nb; b += QTHREADS)
+            o[b] = (uint8_t)kq_byte(cs, gr, lc, b, nel);
     }
 }
 
@@ -1287,34 +676,8 @@ int kvtc__launch_quant_tiles(const kvtc_gpu_codec *g, int stream, const kvtc__dc
     if (!M || !n_chunks || !g->nqi[stream])
         return 0;
     dim3 grid((unsigned)(M / QT + n_chunks), g->nqi[stream]);
-    if (g->qtiles[stream] == 7)
-        k_quant_tiles<7><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
-                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
-                                                   g->ld[stream]);
-    else if (g->qtiles[stream] == 6)
-        k_quant_tiles<6><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
-                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
-                                                   g->ld[stream]);
-    else if (g->qtiles[stream] == 5)
-        k_quant_tiles<5><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
-                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
-                                                   g->ld[stream]);
-    else if (g->qtiles[stream] == 4)
-        k_quant_tiles<4><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
-                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
-                                                   g->ld[stream]);
-    else if (g->qtiles[stream] == 3)
-        k_quant_tiles<3><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
-                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
-                                                   g->ld[stream]);
-    else if (g->qtiles[stream] == 2)
-        k_quant_tiles<2><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
-                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
-                                                   g->ld[stream]);
-    else
-        k_quant_tiles<1><<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups,
-                                                   g->qitem + g->qi0[stream], g->ndyn, coef,
-                                                   g->ld[stream]);
+    k_quant_tiles<<<grid, QTHREADS, 0, s>>>(ch, n_chunks, g->groups, g->qitem + g->qi0[stream],
+                                            g->ndyn, coef, g->ld[stream]);
     return kvtc__cuda_err(cudaGetLastError(), "quant tiles");
 }
 
@@ -1447,9 +810,7 @@ void kvtc__quant_free(kvtc_gpu_codec *g)
 
 extern "C" int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles)
 {
-    if (!g)
-        return KVTC_EINVAL;
-    if (tiles > 7)
+    if (!g || tiles > 1)
         return KVTC_EINVAL;
     for (int s = 0; s < 2; s++)
         g->qtiles[s] = g->nqi[s] > 0 ? tiles : 0;

@@ -56,7 +56,7 @@ static int fake_ctx(kvtc_gpu_codec *g, const struct kvtc__plan *pl, int bf16)
 
 /* Tests: quantize + pack coef[s] ([M][k[s]] host floats, M = sum of T[i],
  * k[s] = the stream's last group end rounded up to 16) for chunks of T[i]
- * coded tokens with the tiled (tiles 1..7: the variant) or row-per-block kernels; sym
+ * coded tokens with the tiled (tiles 1) or row-per-block (0) kernels; sym
  * (host) gets each chunk's symbol bytes back to back (every byte must be
  * written: the device buffer starts poisoned); then dequantize those
  * symbols into deq[s] ([M][k[s]] host, fp16 or bf16 bits). Synchronous.
@@ -84,11 +84,11 @@ extern "C" int kvtc__gpu_quant_check(const struct kvtc__plan *pl, const uint32_t
     if (!rc && (!hoff || !hch || !at || !len || !hstat))
         rc = KVTC_ENOMEM;
     for (int s = 0; !rc && s < 2; s++) {
-        if (k[s] != g->ld[s])
+        if (k[s] != g->ld[s] || tiles > 1)
             rc = KVTC_EINVAL;
         else if (tiles && g->ld[s] && !g->nqi[s])
             rc = KVTC_ENOTSUP;
-        g->qtiles[s] = g->nqi[s] ? tiles : 0; /* 1..7: the tiled variant */
+        g->qtiles[s] = g->nqi[s] ? tiles : 0; /* 1: the tiled kernels */
     }
     for (uint32_t i = 0; !rc && i < n; i++) {
         len[i] = kvtc__plan_symbol_bytes(pl, T[i], NULL, NULL, hoff + (size_t)i * pl->n_groups);

@@ -30,8 +30,8 @@
  * --fp8-variants 0,2: only those (0 fp16, 1 fp8 encode, 2 fp8 decode, 3 both).
  * --quant-report PATH: the quantizer's kernels (row-per-block vs tiled)
  * side by side, JSON to the path; --quant-only 1: that alone after the
- * calibration. --quant-variants 0,1,2: which (0 row kernels, 1..3 the
- * tiled variants; default 0,1,2,3,0). --gap-report PATH: per variant, a
+ * calibration. --quant-variants 0,1: which (0 row kernels, 1 tiled;
+ * default 0,1,0). --gap-report PATH: per variant, a
  * call's wall time with the GPU idle / busy ahead / back to back, its host
  * time and the timed stages' sum (where the idle time goes); with
  * --gap-pageable 1 each variant again with the meta blob staged from
@@ -119,12 +119,12 @@ extern int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles);
 extern int kvtc__gpu_rows_set(int v);
 static uint32_t quant_cfg;
 static int quant_set;             /* 1: run_codec applies quant_cfg */
-/* --quant-variants: the quantizer variants --quant-report and --gap-report
- * run (0 row kernels, 1..7 the tiled ones); the first is the bytes
- * reference. In --quant-report, v >= 10 is quantizer v % 10 with the row
- * kernels v / 10 - 1 (17: tiled 7 + the scalar row kernels; 27: tiled 7
- * + the vectorized ones), v < 10 the library's default row kernels. */
-static uint32_t quant_v[8] = {0, 1, 2, 3, 0}, n_quant_v = 5;
+/* --quant-variants: the quantizer kernels --quant-report and --gap-report
+ * run (0 row kernels, 1 tiled); the first is the bytes reference. In
+ * --quant-report, v >= 10 is quantizer v % 10 with the row kernels v / 10
+ * - 1 (11: tiled + the scalar row kernels; 21: tiled + the vectorized
+ * ones), v < 10 the library's default row kernels. */
+static uint32_t quant_v[8] = {0, 1, 0}, n_quant_v = 3;
 static int gap_pageable; /* --gap-pageable 1: gap report with pageable meta too */
 /* the default params with per-stage timing (kvtc_gpu_stage_times) */
 static const kvtc_gpu_params timed = {.field_mask = KVTC_GPU_PARAM_FIELD_TIMING, .timing = 1};
@@ -1339,7 +1339,7 @@ int main(int argc, char **argv)
             gap_pageable = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--gap-only")) /* 1: that report alone */
             gap_only = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--quant-variants")) { /* e.g. 0,1,2 */
+        else if (!strcmp(argv[i], "--quant-variants")) { /* e.g. 0,1 */
             n_quant_v = 0;
             for (char *q = argv[i + 1], *e; *q && n_quant_v < 8; q = e + (*e == ',')) {
                 quant_v[n_quant_v++] = (uint32_t)strtoul(q, &e, 10);

@@ -27,7 +27,7 @@ extern int kvtc__gpu_gemm_info(const kvtc_gpu_codec *g, int kind, int stream, ui
 extern int kvtc__gpu_gemm_time(kvtc_gpu_codec *g, uint64_t M, int iters, int noise,
                                float *enc_ms, float *dec_ms);
 extern int kvtc__gpu_direct_info(const kvtc_gpu_codec *g, uint64_t *out);
-/* kernels/gpu_quant.cu: 0 the row-per-block (de)quantizer, 1..7 tiled */
+/* kernels/gpu_quant.cu: 0 the row-per-block (de)quantizer, 1 tiled */
 extern int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles);
 
 /* kernels/gpu_internal.h: direct decode variants, paths (counters) */

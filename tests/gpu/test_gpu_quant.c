@@ -22,30 +22,8 @@ extern int kvtc__gpu_quant_check(const struct kvtc__plan *pl, const uint32_t *T,
 extern int kvtc__gpu_quant_set(kvtc_gpu_codec *g, uint32_t tiles);
 extern int kvtc__gpu_e4m3_check(uint64_t *mismatches, uint32_t *first);
 
-/* quantizer variants: 0 row kernels, 1..7 tiled (7 experimental: built
- * after the last H100 run; if a gpu_quant assertion names tiles 7, the
- * variant is wrong, not the test) */
-enum { NV = 8 };
-
-/* KVTC_TEST_QUANT_TILES=LIST (e.g. "4" or "0,3,4"): the variants whose
- * symbols the random-plan test checks (all by default), so a device call
- * can give one candidate every layout within its time. */
-static int tiles_on(uint32_t t)
-{
-    const char *e = getenv("KVTC_TEST_QUANT_TILES");
-    if (!e || !*e)
-        return 1;
-    for (const char *q = e; *q;) {
-        char *end;
-        unsigned long v = strtoul(q, &end, 10);
-        if (end == q)
-            break;
-        if (v == t)
-            return 1;
-        q = *end == ',' ? end + 1 : end;
-    }
-    return 0;
-}
+/* the quantizer's kernels: 0 row-per-block (the reference), 1 tiled */
+enum { NV = 2 };
 
 static uint64_t rng_state;
 static uint32_t rnd(void)
@@ -148,18 +126,12 @@ static void check_layout(uint64_t seed, const uint32_t *T, uint32_t n)
         so += len;
         row += T[i];
     }
-    /* tiles 2..7: the later tiled quantizers (same dequantizer as 1;
-     * its values are checked through tiles 1's round below) */
+    /* both kernels, with fp16 and bf16 dequantization */
     for (int bf16 = 0; bf16 < 2; bf16++)
         for (uint32_t tiles = 0; tiles < NV; tiles++) {
-            uint32_t d = tiles < 2 ? tiles : 1;
-            if (bf16 && tiles > 1) /* bf16 changes the dequantizer only */
-                continue;
-            if (!tiles_on(tiles))
-                continue;
             memset(gpu, 0x5a, symtot + 1);
             int rc = kvtc__gpu_quant_check(&pl, T, n, (const float *const *)coef, k, tiles, bf16,
-                                           gpu, (uint16_t *const[2]){deq[0][d], deq[1][d]});
+                                           gpu, (uint16_t *const[2]){deq[0][tiles], deq[1][tiles]});
             cr_assert_eq(rc, 0, "seed %llu tiles %u: rc %d", (unsigned long long)seed, tiles, rc);
             size_t at = 0;
             while (at < symtot && cpu[at] == gpu[at])
@@ -170,10 +142,7 @@ static void check_layout(uint64_t seed, const uint32_t *T, uint32_t n)
                          (unsigned long long)seed, tiles, bf16, at, (unsigned long long)symtot,
                          cpu[at], gpu[at], pl.n_groups, n);
         }
-    /* (the last round was bf16: redo fp16 dequantization for both kernels;
-     * skipped when the run checks later variants only) */
-    if (!tiles_on(0) || !tiles_on(1))
-        goto done;
+    /* (the last round was bf16: redo fp16 dequantization for both kernels) */
     for (uint32_t tiles = 0; tiles < 2; tiles++)
         cr_assert_eq(kvtc__gpu_quant_check(&pl, T, n, (const float *const *)coef, k, tiles, 0, gpu,
                                            (uint16_t *const[2]){deq[0][tiles], deq[1][tiles]}),
@@ -208,7 +177,6 @@ static void check_layout(uint64_t seed, const uint32_t *T, uint32_t n)
         }
     }
     free(ref);
-done:
     for (int s = 0; s < 2; s++) {
         free(coef[s]);
         free(deq[s][0]);
@@ -244,7 +212,7 @@ Test(gpu_quant, tiled_symbols_equal_cpu_random_plans)
     check_layout(77, fixed, 8);
 }
 
-/* The hardware e4m3 conversion that tiled variant 4 uses equals the
+/* The hardware e4m3 conversion that the tiled quantizer uses equals the
  * software rule (gpu_numeric.cuh, the CPU codec's bytes) on every non-NaN
  * float. */
 Test(gpu_quant, e4m3_hardware_conversion_equals_software)
@@ -276,7 +244,7 @@ Test(gpu_quant, tiled_containers_equal_row_kernels)
     for (uint32_t plan = 0; plan < kvtc_profile_plan_count(p); plan++) {
         kvtc_gpu_codec *g = NULL;
         cr_assert_eq(kvtc_gpu_codec_create(p, plan, NULL, &g), 0);
-        enum { V = NV }; /* row kernels, tiled 1..7 */
+        enum { V = NV }; /* row kernels, tiled */
         uint8_t *out[V][N];
         size_t len[V][N];
         int32_t st[V][N];
