@@ -12,7 +12,16 @@
  * with the same per-(token, group) math as gpu_rows.cu (gpu_quant.cuh),
  * so the bytes are the CPU codec's. Dequantize mirrors it: code bytes in,
  * values staged in shared memory, rows written with 16-byte stores (items
- * cover every column, so no separate zeroing pass). */
+ * cover every column, so no separate zeroing pass).
+ *
+ * Who does what inside a tile: a group of at most KQ_LANE_GROUP components
+ * is one thread's per token (the planner's many size-1 and size-16
+ * groups: no shuffles, no ballots, its codes stored a word at a time);
+ * larger groups a warp's per token (quantize) or the whole block's
+ * (dequantize), found through per-item lists (kq_lists) rather than by
+ * every warp scanning every group. Session 12 measured on an H200 (1 GiB
+ * Llama-3.1-8B batch, 16x plan, per stream): quantize 197 -> 99 us
+ * (147M -> 65M instructions), dequantize 136 -> 72 us (107M -> 54M). */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -35,9 +44,13 @@
 #define QXS (QW + 8u)               /* staged row stride (floats): 16-byte rows */
 #define QCS (QW + 8u)               /* codes row stride: a0 may sit 3 below c0 */
 #define QVS (QW + 16u)              /* dequantized row stride (16-bit values) */
+/* Groups of at most this many components are a lane's own, per token, in
+ * both directions: the planner's many size-1 and size-16 groups. */
+#define KQ_LANE_GROUP 32u
 
 static_assert(KVTC__MAX_GROUP <= QW, "a group must fit one item");
 static_assert(QTHREADS * 2 * 4 >= QW + 8, "two float4 rounds cover an item's columns");
+static_assert(QG <= 256, "an item's group indices fit kq_lists' bytes");
 
 /* The tile of virtual index v: chunk c owns v in [A_c, A_c + ceil(T_c/QT))
  * with A_c = row_start_c / QT + c (disjoint and increasing since row_start
@@ -102,296 +115,238 @@ __device__ static inline uint32_t kq_code(uint32_t type, uint32_t bits, float x,
 /* Codes of one byte per q < 8 / bits (elements per byte). */
 __device__ static inline uint32_t kq_per(uint32_t bits) { return bits == 2 ? 4u : bits == 4 ? 2u : 1u; }
 
-/* Lanes of group k in kq_quant_token's small-group path: *le = 2 (4 elements
- * a lane, one float4) when its size is a multiple of 4, at most 128, on a
- * 4-float boundary of the staged row; else *le = 0 (an element a lane) for
- * sizes <= 32. *l: log2 of the lanes (a power of two >= size >> *le).
- * Returns 0 for the large path (neither). */
-__device__ static inline int kq_class(const kvtc__dgroup &g, uint32_t a0, uint32_t *l, uint32_t *le)
+/* The item's groups that no single thread takes, as ordered lists of
+ * their indices (< QG) built by one warp: big, more than KQ_LANE_GROUP
+ * components (a warp or the block per token); wide, tile codes of more
+ * than 256 bits ending inside a byte (the quantizer's block-wide packing).
+ * Scanning every group for these in each warp cost a third of the
+ * quantizer's instructions. */
+__device__ static void kq_lists(const kvtc__dgroup *g, uint32_t ngi, uint32_t lane, uint8_t *big,
+                                uint32_t *nbig, uint8_t *wide, uint32_t *nwide)
 {
-    uint32_t s = g.size;
-    if ((s & 3) == 0 && s <= 128 && ((g.start - a0) & 3) == 0) {
-        *le = 2;
-        s >>= 2;
-    } else if (s <= 32) {
-        *le = 0;
+    uint32_t nb = 0, nw = 0, below = (1u << lane) - 1;
+    for (uint32_t kb = 0; kb < ngi; kb += 32) {
+        uint32_t k = kb + lane, size = 0, tb = 0;
+        if (k < ngi) {
+            size = g[k].size;
+            tb = size * g[k].bits;
+        }
+        int isb = size > KQ_LANE_GROUP, isw = tb > 256 && tb % 8;
+        uint32_t mb = __ballot_sync(0xffffffffu, isb), mw = __ballot_sync(0xffffffffu, isw);
+        if (isb)
+            big[nb + __popc(mb & below)] = (uint8_t)k;
+        if (isw)
+            wide[nw + __popc(mw & below)] = (uint8_t)k;
+        nb += __popc(mb);
+        nw += __popc(mw);
+    }
+    if (lane == 0) {
+        *nbig = nb;
+        *nwide = nw;
+    }
+}
+
+/* The fp8 shift of a group's min/max (clamped to fp16's range), and its
+ * value, which the amax pass measures distances from. */
+__device__ static inline uint16_t kq_fp8_shift(float mn, float mx, float *shf)
+{
+    uint16_t sh = kd_fp8_shift(kd_clamp16(mn), kd_clamp16(mx));
+    *shf = kd_f16_to_f32(sh);
+    return sh;
+}
+
+/* Shift and scale of one group for one token (their fp16 bits: 0 for
+ * static groups, whose pair is the plan's): dynamic int groups from their
+ * min/max, fp8 ones from their shift fsh and amax. The reductions behind
+ * mn, mx and amax are order-free, so any split of the elements over lanes
+ * gives these bytes. */
+__device__ static inline void kq_params(const kvtc__dgroup &gg, float mn, float mx, uint16_t fsh,
+                                        float amax, uint16_t *sh, uint16_t *sc, float *shf,
+                                        float *scf, float *inv)
+{
+    *sh = *sc = 0;
+    if (gg.dyn == UINT32_MAX) {
+        kd_static_params(gg, shf, scf, inv);
+    } else if (gg.type == KVTC__Q_FP8) {
+        *sh = fsh;
+        *shf = kd_f16_to_f32(fsh);
+        kd_fp8_scale(amax, sc, scf, inv);
     } else {
-        return 0;
+        kd_int_params(gg.bits, kd_clamp16(mn), kd_clamp16(mx), sh, sc, shf, scf, inv);
     }
-    *l = s <= 1 ? 0 : 32 - __clz(s - 1);
-    return 1;
 }
 
-/* The run from k (< ke, small) of consecutive groups of k's class (l, le)
- * that one warp pass takes (*m groups, 2^l lanes each: shifts, no integer
- * division); this lane's group gk (k when past the run), its lane index j
- * in the group (elements j << le ..), *act when those are inside the
- * group. */
-__device__ static inline void kq_run(const kvtc__dgroup *sg, uint32_t k, uint32_t ke,
-                                      uint32_t lane, uint32_t a0, uint32_t *lg, uint32_t *le,
-                                      uint32_t *m, uint32_t *gk, uint32_t *j, int *act)
+/* 4 bytes at o: one store where o is 4-byte aligned. */
+__device__ static inline void kq_put4(uint8_t *o, uint32_t v, int aligned)
 {
-    uint32_t l = 0, e = 0, kl = k + lane;
-    kq_class(sg[k], a0, &l, &e);
-    int same = 0;
-    if ((lane >> (5 - l)) == 0 && kl < ke) {
-        uint32_t l2, e2;
-        same = kq_class(sg[kl], a0, &l2, &e2) && l2 == l && e2 == e;
+    if (aligned) {
+        *(uint32_t *)o = v;
+        return;
     }
-    uint32_t bal = __ballot_sync(0xffffffffu, same);
-    uint32_t mm = bal == 0xffffffffu ? 32 : __ffs(~bal) - 1, q = lane >> l;
-    *lg = l;
-    *le = e;
-    *m = mm;
-    *gk = q < mm ? k + q : k;
-    *j = lane & ((1u << l) - 1);
-    *act = q < mm && (*j << e) < sg[*gk].size;
+    for (int k = 0; k < 4; k++)
+        o[k] = (uint8_t)(v >> (8 * k));
 }
 
-/* Quantization of token w's row x of the tile (codes to cw, shift/scale
- * bits to shs/scs[.][w]; whole-byte groups packed and stored into sym at
- * token tok directly). A warp takes its groups 32 at a time: small groups
- * in runs of one class (kq_class / kq_run: groups of a multiple of 4 up to
- * 128 components on a 4-float boundary take a float4 a lane, 8 size-16
- * groups a warp pass; others up to 32 an element a lane), larger ones the
- * whole warp; min/max of each group go to its owner lane (kb + lane), the
- * owners run the shift/scale math together (fp8: shift, then an amax
- * pass), and the codes pass fetches each group's parameters from its
- * owner. Static groups skip the min/max and amax passes (their shift and
- * scale are the plan's). The same per-group math as gpu_quant.cuh with
- * order-free reductions: the row kernels' bytes, the CPU codec's. */
-__device__ static void kq_quant_token(const kvtc__dgroup *sg, uint32_t ngi, uint32_t lane,
-                                      const float *x, uint8_t *cw, uint32_t a0,
-                                      uint16_t (*shs)[QT], uint16_t (*scs)[QT], uint32_t w,
-                                      uint8_t *sym, const size_t *coff, uint32_t tok)
+/* A group of at most KQ_LANE_GROUP components for one token, by one
+ * thread: its parameters to sh_out and sc_out, its codes packed into whole
+ * bytes at o, or to cw (the tile's codes row, for the pack phase) when the
+ * token's codes end inside a byte. Groups of whole float4 units (the
+ * planner's size-16 ones) read their row by 16 bytes and store their codes
+ * 4 bytes at a time. */
+__device__ static void kq_lane_group(const kvtc__dgroup &gg, const float *x, uint8_t *cw,
+                                     uint16_t *sh_out, uint16_t *sc_out, uint8_t *o)
+{
+    uint32_t size = gg.size, bits = gg.bits;
+    int vec = (size & 3) == 0 && ((uintptr_t)x & 15) == 0;
+    const float4 *x4 = (const float4 *)x;
+    float mn = INFINITY, mx = -INFINITY, amax = 0, shf = 0, scf, inv;
+    uint16_t sh, sc, fsh = 0;
+    if (gg.dyn != UINT32_MAX) {
+        if (vec) {
+            for (uint32_t u = 0; u < size / 4; u++) {
+                float4 f = x4[u];
+                mn = fminf(mn, fminf(fminf(f.x, f.y), fminf(f.z, f.w)));
+                mx = fmaxf(mx, fmaxf(fmaxf(f.x, f.y), fmaxf(f.z, f.w)));
+            }
+        } else {
+            for (uint32_t j = 0; j < size; j++) {
+                mn = fminf(mn, x[j]);
+                mx = fmaxf(mx, x[j]);
+            }
+        }
+        if (gg.type == KVTC__Q_FP8) {
+            fsh = kq_fp8_shift(mn, mx, &shf);
+            for (uint32_t u = 0; vec && u < size / 4; u++) {
+                float4 f = x4[u];
+                float a = fmaxf(fabsf(__fsub_rn(f.x, shf)), fabsf(__fsub_rn(f.y, shf)));
+                a = fmaxf(a, fmaxf(fabsf(__fsub_rn(f.z, shf)), fabsf(__fsub_rn(f.w, shf))));
+                amax = fmaxf(amax, a);
+            }
+            for (uint32_t j = 0; !vec && j < size; j++)
+                amax = fmaxf(amax, fabsf(__fsub_rn(x[j], shf)));
+        }
+    }
+    kq_params(gg, mn, mx, fsh, amax, &sh, &sc, &shf, &scf, &inv);
+    *sh_out = sh;
+    *sc_out = sc;
+    if (vec) { /* 4 codes = 4 x bits bits: whole bytes for every type */
+        int al = ((uintptr_t)o & 3) == 0;
+        uint64_t acc = 0;
+        uint32_t nbits = 0, ob = 0;
+        for (uint32_t u = 0; u < size / 4; u++) {
+            float4 f = x4[u];
+            uint32_t v = kq_code<1>(gg.type, bits, f.x, shf, scf, inv) |
+                         kq_code<1>(gg.type, bits, f.y, shf, scf, inv) << bits |
+                         kq_code<1>(gg.type, bits, f.z, shf, scf, inv) << (2 * bits) |
+                         kq_code<1>(gg.type, bits, f.w, shf, scf, inv) << (3 * bits);
+            acc |= (uint64_t)v << nbits;
+            nbits += 4 * bits;
+            if (nbits >= 32) {
+                kq_put4(o + ob, (uint32_t)acc, al);
+                ob += 4;
+                acc >>= 32;
+                nbits -= 32;
+            }
+        }
+        for (; nbits; nbits -= 8, acc >>= 8)
+            o[ob++] = (uint8_t)acc;
+        return;
+    }
+    if (size * bits % 8) {
+        for (uint32_t j = 0; j < size; j++)
+            cw[j] = (uint8_t)kq_code<1>(gg.type, bits, x[j], shf, scf, inv);
+        return;
+    }
+    uint32_t per = kq_per(bits), nb = size * bits / 8;
+    for (uint32_t b = 0; b < nb; b++) {
+        uint32_t v = 0;
+        for (uint32_t q = 0; q < per; q++)
+            v |= kq_code<1>(gg.type, bits, x[b * per + q], shf, scf, inv) << (bits * q);
+        o[b] = (uint8_t)v;
+    }
+}
+
+/* A group larger than KQ_LANE_GROUP for one token, by the whole warp:
+ * min/max (and fp8 amax) reduced over the lanes, every lane then holds the
+ * parameters; lane 0 stores their bits; codes as kq_lane_group's. */
+__device__ static void kq_warp_group(const kvtc__dgroup &gg, const float *x, uint32_t lane,
+                                     uint8_t *cw, uint16_t *sh_out, uint16_t *sc_out, uint8_t *o)
 {
     const unsigned full = 0xffffffffu;
-    for (uint32_t kb = 0; kb < ngi; kb += 32) {
-        uint32_t ke = min(ngi, kb + 32);
-        float omn = INFINITY, omx = -INFINITY; /* group kb + lane's */
-        for (uint32_t k = kb; k < ke;) {
-            uint32_t cl, ce;
-            if (kq_class(sg[k], a0, &cl, &ce)) {
-                uint32_t lg, le, m, gk, j;
-                int act;
-                kq_run(sg, k, ke, lane, a0, &lg, &le, &m, &gk, &j, &act);
-                float mn = INFINITY, mx = -INFINITY;
-                if (act) {
-                    const float *xp = x + (sg[gk].start - a0) + (j << le);
-                    if (le) {
-                        float4 f = *(const float4 *)xp;
-                        mn = fminf(fminf(f.x, f.y), fminf(f.z, f.w));
-                        mx = fmaxf(fmaxf(f.x, f.y), fmaxf(f.z, f.w));
-                    } else {
-                        mn = mx = xp[0];
-                    }
-                }
-                for (uint32_t o = 1; o < (1u << lg); o <<= 1) {
-                    mn = fminf(mn, __shfl_xor_sync(full, mn, o));
-                    mx = fmaxf(mx, __shfl_xor_sync(full, mx, o));
-                }
-                int own = lane >= k - kb && lane < k - kb + m;
-                uint32_t src = own ? (lane - (k - kb)) << lg : 0;
-                float tmn = __shfl_sync(full, mn, src), tmx = __shfl_sync(full, mx, src);
-                if (own) {
-                    omn = tmn;
-                    omx = tmx;
-                }
-                k += m;
-                continue;
+    uint32_t size = gg.size, j0 = 0;
+    int aligned = ((uintptr_t)x & 15) == 0;
+    float mn = INFINITY, mx = -INFINITY, amax = 0, shf = 0, scf, inv;
+    uint16_t sh, sc, fsh = 0;
+    if (gg.dyn != UINT32_MAX) {
+        if (aligned) {
+            const float4 *x4 = (const float4 *)x;
+            for (uint32_t u = lane; u < size / 4; u += 32) {
+                float4 f = x4[u];
+                mn = fminf(mn, fminf(fminf(f.x, f.y), fminf(f.z, f.w)));
+                mx = fmaxf(mx, fmaxf(fmaxf(f.x, f.y), fmaxf(f.z, f.w)));
             }
-            uint32_t size = sg[k].size, lc = sg[k].start - a0, j0 = 0;
-            if (sg[k].dyn == UINT32_MAX) { /* static: no min/max needed */
-                k++;
-                continue;
-            }
-            float mn = INFINITY, mx = -INFINITY;
-            if ((lc & 3) == 0) {
-                const float4 *x4 = (const float4 *)(x + lc);
-                for (uint32_t u = lane; u < size / 4; u += 32) {
-                    float4 f = x4[u];
-                    mn = fminf(mn, fminf(fminf(f.x, f.y), fminf(f.z, f.w)));
-                    mx = fmaxf(mx, fmaxf(fmaxf(f.x, f.y), fmaxf(f.z, f.w)));
-                }
-                j0 = size & ~3u;
-            }
-            for (uint32_t j = j0 + lane; j < size; j += 32) {
-                mn = fminf(mn, x[lc + j]);
-                mx = fmaxf(mx, x[lc + j]);
-            }
-            for (int o = 16; o; o >>= 1) {
-                mn = fminf(mn, __shfl_xor_sync(full, mn, o));
-                mx = fmaxf(mx, __shfl_xor_sync(full, mx, o));
-            }
-            if (lane == k - kb) {
-                omn = mn;
-                omx = mx;
-            }
-            k++;
+            j0 = size & ~3u;
         }
-        /* the owners' parameters */
-        uint32_t mine = kb + lane;
-        int has = mine < ke;
-        const kvtc__dgroup og = sg[has ? mine : kb];
-        omn = kd_clamp16(omn);
-        omx = kd_clamp16(omx);
-        uint16_t sh = 0, sc = 0;
-        float shf = 0, scf = 0, inv = 0;
-        int f8 = has && og.dyn != UINT32_MAX && og.type == KVTC__Q_FP8;
-        if (og.dyn == UINT32_MAX) {
-            kd_static_params(og, &shf, &scf, &inv);
-        } else if (og.type == KVTC__Q_FP8) {
-            sh = kd_fp8_shift(omn, omx);
-            shf = kd_f16_to_f32(sh);
-        } else {
-            kd_int_params(og.bits, omn, omx, &sh, &sc, &shf, &scf, &inv);
+        for (uint32_t j = j0 + lane; j < size; j += 32) {
+            mn = fminf(mn, x[j]);
+            mx = fmaxf(mx, x[j]);
         }
-        if (__any_sync(full, f8)) { /* amax of |x - shift| for dynamic fp8 groups */
-            float oam = 0;
-            for (uint32_t k = kb; k < ke;) {
-                uint32_t cl, ce;
-                if (kq_class(sg[k], a0, &cl, &ce)) {
-                    uint32_t lg, le, m, gk, j;
-                    int act;
-                    kq_run(sg, k, ke, lane, a0, &lg, &le, &m, &gk, &j, &act);
-                    float gsh = __shfl_sync(full, shf, gk - kb), a = 0;
-                    if (act) {
-                        const float *xp = x + (sg[gk].start - a0) + (j << le);
-                        if (le) {
-                            float4 f = *(const float4 *)xp;
-                            a = fmaxf(fmaxf(fabsf(__fsub_rn(f.x, gsh)), fabsf(__fsub_rn(f.y, gsh))),
-                                      fmaxf(fabsf(__fsub_rn(f.z, gsh)), fabsf(__fsub_rn(f.w, gsh))));
-                        } else {
-                            a = fabsf(__fsub_rn(xp[0], gsh));
-                        }
-                    }
-                    for (uint32_t o = 1; o < (1u << lg); o <<= 1)
-                        a = fmaxf(a, __shfl_xor_sync(full, a, o));
-                    int own = lane >= k - kb && lane < k - kb + m;
-                    float t = __shfl_sync(full, a, own ? (lane - (k - kb)) << lg : 0);
-                    if (own)
-                        oam = t;
-                    k += m;
-                    continue;
-                }
-                const kvtc__dgroup gg = sg[k];
-                if (gg.dyn == UINT32_MAX || gg.type != KVTC__Q_FP8) { /* no amax used */
-                    k++;
-                    continue;
-                }
-                uint32_t lc = gg.start - a0;
-                float gsh = __shfl_sync(full, shf, k - kb), a = 0;
-                for (uint32_t j = lane; j < gg.size; j += 32)
-                    a = fmaxf(a, fabsf(__fsub_rn(x[lc + j], gsh)));
-                for (int o = 16; o; o >>= 1)
-                    a = fmaxf(a, __shfl_xor_sync(full, a, o));
-                if (lane == k - kb)
-                    oam = a;
-                k++;
-            }
-            if (f8)
-                kd_fp8_scale(oam, &sc, &scf, &inv);
+        for (int d = 16; d; d >>= 1) {
+            mn = fminf(mn, __shfl_xor_sync(full, mn, d));
+            mx = fmaxf(mx, __shfl_xor_sync(full, mx, d));
         }
-        if (has) {
-            shs[mine][w] = sh;
-            scs[mine][w] = sc;
+        if (gg.type == KVTC__Q_FP8) {
+            fsh = kq_fp8_shift(mn, mx, &shf);
+            for (uint32_t j = lane; j < size; j += 32)
+                amax = fmaxf(amax, fabsf(__fsub_rn(x[j], shf)));
+            for (int d = 16; d; d >>= 1)
+                amax = fmaxf(amax, __shfl_xor_sync(full, amax, d));
         }
-        /* codes: whole-byte groups straight to the symbols, the others to
-         * the codes array for the pack phase */
-        for (uint32_t k = kb; k < ke;) {
-            uint32_t cl, ce;
-            if (kq_class(sg[k], a0, &cl, &ce)) {
-                uint32_t lg, le, m, gk, j;
-                int act;
-                kq_run(sg, k, ke, lane, a0, &lg, &le, &m, &gk, &j, &act);
-                const kvtc__dgroup gg = sg[gk];
-                float gsh = __shfl_sync(full, shf, gk - kb), gsc = __shfl_sync(full, scf, gk - kb),
-                      gin = __shfl_sync(full, inv, gk - kb);
-                uint32_t lc = gg.start - a0;
-                if (le) { /* 4 codes a lane: whole bytes (size % 4 == 0) */
-                    if (act) {
-                        float4 f = *(const float4 *)(x + lc + (j << 2));
-                        uint32_t c0 = kq_code<1>(gg.type, gg.bits, f.x, gsh, gsc, gin),
-                                 c1 = kq_code<1>(gg.type, gg.bits, f.y, gsh, gsc, gin),
-                                 c2 = kq_code<1>(gg.type, gg.bits, f.z, gsh, gsc, gin),
-                                 c3 = kq_code<1>(gg.type, gg.bits, f.w, gsh, gsc, gin);
-                        /* this lane's bytes: element 4j's bit 4j * bits */
-                        uint8_t *o = sym + coff[gk] + (size_t)tok * (gg.size * gg.bits / 8) +
-                                     ((j * gg.bits) >> 1);
-                        if (gg.bits == 2) {
-                            o[0] = (uint8_t)(c0 | c1 << 2 | c2 << 4 | c3 << 6);
-                        } else if (gg.bits == 4) {
-                            o[0] = (uint8_t)(c0 | c1 << 4);
-                            o[1] = (uint8_t)(c2 | c3 << 4);
-                        } else {
-                            o[0] = (uint8_t)c0;
-                            o[1] = (uint8_t)c1;
-                            o[2] = (uint8_t)c2;
-                            o[3] = (uint8_t)c3;
-                        }
-                    }
-                    k += m;
-                    continue;
-                }
-                uint32_t per = kq_per(gg.bits), lp = per >> 1;
-                uint32_t c = act ? kq_code<1>(gg.type, gg.bits, x[lc + j], gsh, gsc, gin) : 0;
-                /* bytes of per consecutive lanes (inside the segment) */
-                uint32_t t = c << (gg.bits * (j & (per - 1)));
-                uint32_t o1 = __shfl_xor_sync(full, t, 1);
-                if (per >= 2)
-                    t |= o1;
-                uint32_t o2 = __shfl_xor_sync(full, t, 2);
-                if (per >= 4)
-                    t |= o2;
-                if (act) {
-                    if (gg.size * gg.bits % 8 == 0) {
-                        if ((j & (per - 1)) == 0)
-                            sym[coff[gk] + (size_t)tok * (gg.size >> lp) + (j >> lp)] = (uint8_t)t;
-                    } else {
-                        cw[lc + j] = (uint8_t)c;
-                    }
-                }
-                k += m;
-                continue;
-            }
-            const kvtc__dgroup gg = sg[k];
-            float gsh = __shfl_sync(full, shf, k - kb), gsc = __shfl_sync(full, scf, k - kb),
-                  gin = __shfl_sync(full, inv, k - kb);
-            uint32_t lc = gg.start - a0;
-            if (gg.size * gg.bits % 8) { /* a token's codes end inside a byte */
-                for (uint32_t j = lane; j < gg.size; j += 32)
-                    cw[lc + j] = (uint8_t)kq_code<1>(gg.type, gg.bits, x[lc + j], gsh, gsc, gin);
-                k++;
-                continue;
-            }
-            uint32_t per = kq_per(gg.bits), bt = gg.size >> (per >> 1);
-            uint8_t *o = sym + coff[k] + (size_t)tok * bt;
-            if (per == 4 && (lc & 3) == 0) {
-                const float4 *x4 = (const float4 *)(x + lc);
-                for (uint32_t b = lane; b < bt; b += 32) {
-                    float4 f = x4[b];
-                    o[b] = (uint8_t)(kq_code<1>(gg.type, 2, f.x, gsh, gsc, gin) |
-                                     kq_code<1>(gg.type, 2, f.y, gsh, gsc, gin) << 2 |
-                                     kq_code<1>(gg.type, 2, f.z, gsh, gsc, gin) << 4 |
-                                     kq_code<1>(gg.type, 2, f.w, gsh, gsc, gin) << 6);
-                }
-            } else if (per == 2 && (lc & 1) == 0) {
-                const float2 *x2 = (const float2 *)(x + lc);
-                for (uint32_t b = lane; b < bt; b += 32) {
-                    float2 f = x2[b];
-                    o[b] = (uint8_t)(kq_code<1>(gg.type, 4, f.x, gsh, gsc, gin) |
-                                     kq_code<1>(gg.type, 4, f.y, gsh, gsc, gin) << 4);
-                }
-            } else {
-                for (uint32_t b = lane; b < bt; b += 32) {
-                    uint32_t v = 0;
-                    for (uint32_t q = 0; q < per; q++)
-                        v |= kq_code<1>(gg.type, gg.bits, x[lc + b * per + q], gsh, gsc, gin)
-                             << (gg.bits * q);
-                    o[b] = (uint8_t)v;
-                }
-            }
-            k++;
+    }
+    kq_params(gg, mn, mx, fsh, amax, &sh, &sc, &shf, &scf, &inv);
+    if (lane == 0) {
+        *sh_out = sh;
+        *sc_out = sc;
+    }
+    if (size * gg.bits % 8) { /* a token's codes end inside a byte */
+        for (uint32_t j = lane; j < size; j += 32)
+            cw[j] = (uint8_t)kq_code<1>(gg.type, gg.bits, x[j], shf, scf, inv);
+        return;
+    }
+    uint32_t per = kq_per(gg.bits), bt = size >> (per >> 1);
+    if (aligned && (size & 3) == 0) {
+        /* a float4 a lane: 4 codes, 4 x bits bits = 1, 2 or 4 bytes */
+        const float4 *x4 = (const float4 *)x;
+        uint32_t ub = gg.bits / 2;
+        int al = ((uintptr_t)o & (ub - 1)) == 0;
+        for (uint32_t u = lane; u < size / 4; u += 32) {
+            float4 f = x4[u];
+            uint32_t v = kq_code<1>(gg.type, gg.bits, f.x, shf, scf, inv) |
+                         kq_code<1>(gg.type, gg.bits, f.y, shf, scf, inv) << gg.bits |
+                         kq_code<1>(gg.type, gg.bits, f.z, shf, scf, inv) << (2 * gg.bits) |
+                         kq_code<1>(gg.type, gg.bits, f.w, shf, scf, inv) << (3 * gg.bits);
+            uint8_t *d = o + u * ub;
+            if (ub == 4 && al)
+                *(uint32_t *)d = v;
+            else if (ub == 2 && al)
+                *(uint16_t *)d = (uint16_t)v;
+            else
+                for (uint32_t b = 0; b < ub; b++)
+                    d[b] = (uint8_t)(v >> (8 * b));
+        }
+    } else if (per == 2 && ((uintptr_t)x & 7) == 0) {
+        const float2 *x2 = (const float2 *)x;
+        for (uint32_t b = lane; b < bt; b += 32) {
+            float2 f = x2[b];
+            o[b] = (uint8_t)(kq_code<1>(gg.type, 4, f.x, shf, scf, inv) |
+                             kq_code<1>(gg.type, 4, f.y, shf, scf, inv) << 4);
+        }
+    } else {
+        for (uint32_t b = lane; b < bt; b += 32) {
+            uint32_t v = 0;
+            for (uint32_t q = 0; q < per; q++)
+                v |= kq_code<1>(gg.type, gg.bits, x[b * per + q], shf, scf, inv) << (gg.bits * q);
+            o[b] = (uint8_t)v;
         }
     }
 }
@@ -447,6 +402,8 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
     __shared__ uint8_t cs[QT][QCS];
     __shared__ uint16_t shs[QG][QT], scs[QG][QT];
     __shared__ kvtc__dgroup sg[QG];
+    __shared__ uint8_t big[QG], wide[QG];
+    __shared__ uint32_t nbig, nwide;
     const kvtc__qitem it = items[blockIdx.y];
     uint32_t c, t0;
     if (it.ga == it.gb || !kq_tile(ch, nch, blockIdx.x, &c, &t0))
@@ -454,9 +411,11 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
     const kvtc__dchunk C = ch[c];
     uint32_t nr = min(QT, C.T - t0), ngi = it.gb - it.ga;
     uint32_t tid = threadIdx.x, w = tid / 32, lane = tid & 31;
-    /* the item's groups (visible after the staging's barrier) */
+    /* the item's groups and lists (visible after the staging's barrier) */
     for (uint32_t k = tid; k < ngi; k += QTHREADS)
         sg[k] = groups[it.ga + k];
+    if (w == 0)
+        kq_lists(groups + it.ga, ngi, lane, big, &nbig, wide, &nwide);
     /* Stage: rows t0.. of the columns [a0, c1) as float4 (a0 = c0 rounded
      * down to 4; ld is a multiple of 16 and rows of coef 16-byte aligned,
      * so every unit is aligned and inside the row), loads before stores. */
@@ -486,11 +445,29 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
             }
     }
     __syncthreads();
-    /* Quantize: warp w = token w of the tile; small groups a lane each,
-     * larger ones the whole warp. Codes to cs, shift/scale to shs/scs. */
-    if (w < nr)
-        kq_quant_token(sg, ngi, lane, xs[w], cs[w], a0, shs, scs, w, C.sym, C.code_off + it.ga,
-                       t0 + w);
+    /* Quantize (shift/scale bits to shs/scs, whole-byte groups' codes
+     * packed and stored into sym, the others' to cs): groups of at most
+     * KQ_LANE_GROUP components a thread per (group, token), so a warp
+     * takes 4 groups x 8 tokens and its rows' 16-byte reads conflict at
+     * most 2-way; larger groups warp w for token w. The same per-group math
+     * as gpu_quant.cuh with order-free reductions: the row kernels' bytes,
+     * the CPU codec's. (Until session 12 a warp took one token's small
+     * groups 2-8 lanes each, in runs of one size class found by ballots,
+     * with shuffles for every reduction and parameter.) */
+    const size_t *coff = C.code_off + it.ga;
+    for (uint32_t i = tid; i < ngi * QT; i += QTHREADS) {
+        uint32_t k = i / QT, r = i % QT;
+        const kvtc__dgroup gg = sg[k];
+        if (r < nr && gg.size <= KQ_LANE_GROUP)
+            kq_lane_group(gg, xs[r] + (gg.start - a0), cs[r] + (gg.start - a0), &shs[k][r],
+                          &scs[k][r], C.sym + coff[k] + (size_t)(t0 + r) * (gg.size * gg.bits / 8));
+    }
+    for (uint32_t b = 0; w < nr && b < nbig; b++) {
+        uint32_t k = big[b];
+        const kvtc__dgroup gg = sg[k];
+        kq_warp_group(gg, xs[w] + (gg.start - a0), lane, cs[w] + (gg.start - a0), &shs[k][w],
+                      &scs[k][w], C.sym + coff[k] + (size_t)(t0 + w) * (gg.size * gg.bits / 8));
+    }
     __syncthreads();
     /* Write: a warp per group for the tile's shifts/scales (contiguous per
      * group) and the code bytes of groups of at most 256 tile bytes; the
@@ -523,11 +500,9 @@ k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restri
         for (uint32_t b = lane; b < nb; b += 32)
             o[b] = (uint8_t)kq_byte(cs, gr, gr.start - a0, b, nel);
     }
-    for (uint32_t k = 0; k < ngi; k++) {
-        uint32_t gi = it.ga + k;
+    for (uint32_t b = 0; b < nwide; b++) {
+        uint32_t k = wide[b], gi = it.ga + k;
         kvtc__dgroup gr = sg[k];
-        if (gr.size * gr.bits <= 256 || gr.size * gr.bits % 8 == 0)
-            continue;
         /* a token's codes end inside a byte: the block packs them */
         uint32_t nel = nr * gr.size, nb = (nel * gr.bits + 7) / 8, lc = gr.start - a0;
         uint8_t *o = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
@@ -556,21 +531,61 @@ template <> __device__ inline uint16_t kq_bits<__nv_fp8_e4m3>(float v)
     return __nv_cvt_float_to_fp8(v * KVTC_GPU_FP8_DEC_SCALE, __NV_SATFINITE, __NV_E4M3);
 }
 
-/* Element e of a group's tile codes at `in`, dequantized as gpu_rows.cu's
- * kd_dequant_el (same expression, same rounding); fp8 NaN codes set *bad. */
+/* Code q of a group, dequantized as gpu_rows.cu's kd_dequant_el (same
+ * expression, same rounding); fp8 NaN codes set *bad. */
 template <typename RT>
-__device__ static inline uint16_t kq_value(const kvtc__dgroup &gr, const uint8_t *in, uint32_t e,
-                                           float shf, float scf, int *bad)
+__device__ static inline uint32_t kq_dq(uint32_t type, uint32_t q, float shf, float scf, int *bad)
 {
-    uint32_t bit = e * gr.bits, q = (in[bit / 8] >> (bit % 8)) & ((1u << gr.bits) - 1);
     float v;
-    if (gr.type == KVTC__Q_FP8) {
+    if (type == KVTC__Q_FP8) {
         *bad |= (q & 0x7f) == 0x7f;
         v = shf + kd_e4m3_to_f32((uint8_t)q) * scf;
     } else {
         v = shf + (float)q * scf;
     }
     return kq_bits<RT>(v);
+}
+
+/* Element e of a group's tile codes at `in`, dequantized. */
+template <typename RT>
+__device__ static inline uint16_t kq_value(const kvtc__dgroup &gr, const uint8_t *in, uint32_t e,
+                                           float shf, float scf, int *bad)
+{
+    uint32_t bit = e * gr.bits, q = (in[bit / 8] >> (bit % 8)) & ((1u << gr.bits) - 1);
+    return (uint16_t)kq_dq<RT>(gr.type, q, shf, scf, bad);
+}
+
+/* 8 consecutive codes starting at byte p (8 x bits bits: bits bytes, read
+ * at once where p is aligned to them), dequantized: 16-bit values in
+ * element order, two a word. */
+template <typename RT>
+__device__ static inline uint4 kq_unit8(const kvtc__dgroup &gr, const uint8_t *p, float shf,
+                                        float scf, int *bad)
+{
+    uint32_t nb = gr.bits, mask = (1u << gr.bits) - 1, v[8];
+    uint64_t w = 0;
+    if (((uintptr_t)p & (nb - 1)) == 0)
+        w = nb == 8 ? *(const uint64_t *)p : nb == 4 ? *(const uint32_t *)p : *(const uint16_t *)p;
+    else
+        for (uint32_t b = 0; b < nb; b++)
+            w |= (uint64_t)p[b] << (8 * b);
+#pragma unroll
+    for (uint32_t q = 0; q < 8; q++)
+        v[q] = kq_dq<RT>(gr.type, (uint32_t)(w >> (q * gr.bits)) & mask, shf, scf, bad);
+    return make_uint4(v[0] | v[1] << 16, v[2] | v[3] << 16, v[4] | v[5] << 16, v[6] | v[7] << 16);
+}
+
+/* A unit of 8 values into vs's row at column lc: one store where lc is a
+ * multiple of 8 (the row is 16-byte aligned). */
+__device__ static inline void kq_put8(uint16_t *row, uint32_t lc, uint4 v)
+{
+    if ((lc & 7) == 0) {
+        *(uint4 *)(row + lc) = v;
+        return;
+    }
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    for (uint32_t e = 0; e < 8; e++)
+        row[lc + e] = (uint16_t)(w[e / 2] >> (16 * (e & 1)));
 }
 
 /* Grid as k_quant_tiles. Every column of the item is written: group
@@ -582,20 +597,25 @@ k_dequant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__rest
 {
     __shared__ __align__(16) uint16_t vs[QT][QVS];
     __shared__ float shs[QG][QT], scs[QG][QT];
+    __shared__ uint8_t big[QG], wide[QG];
+    __shared__ uint32_t nbig, nwide;
     const kvtc__qitem it = items[blockIdx.y];
     uint32_t c, t0;
     if (!kq_tile(ch, nch, blockIdx.x, &c, &t0))
         return;
     const kvtc__dchunk C = ch[c];
     uint32_t nr = min(QT, C.T - t0), ngi = it.gb - it.ga;
-    uint32_t tid = threadIdx.x, w = tid / 32, lane = tid & 31;
+    uint32_t tid = threadIdx.x;
     uint32_t a0 = it.c0 & ~7u, width = it.c1 - a0;
     int bad = 0;
     const uint16_t *sym16 = (const uint16_t *)C.sym;
-    /* Zeros for the columns no group covers; each token-group's pair. */
+    if (tid < 32)
+        kq_lists(groups + it.ga, ngi, tid, big, &nbig, wide, &nwide);
+    /* Zeros for the columns no group covers, 8 a store (rows are 16-byte
+     * aligned and QVS leaves room past width); each token-group's pair. */
     for (uint32_t r = 0; r < nr; r++)
-        for (uint32_t j = tid; j < width; j += QTHREADS)
-            vs[r][j] = 0;
+        for (uint32_t u = tid; u < (width + 7) / 8; u += QTHREADS)
+            *(uint4 *)&vs[r][8 * u] = make_uint4(0, 0, 0, 0);
     for (uint32_t i = tid; i < ngi * QT; i += QTHREADS) {
         uint32_t k = i / QT, r = i % QT;
         if (r >= nr)
@@ -609,27 +629,44 @@ k_dequant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__rest
         scs[k][r] = kd_f16_to_f32(sc);
     }
     __syncthreads();
-    /* Codes -> values: a warp per group of at most 32 components (<= 8
-     * elements a lane), the whole block, token by token, for larger ones. */
-    for (uint32_t k = w; k < ngi; k += QT) {
-        uint32_t gi = it.ga + k;
+    /* Codes -> values: a thread per (group, token) for groups of at most
+     * KQ_LANE_GROUP components (a warp: 4 groups x 8 tokens, the tokens'
+     * codes contiguous); the whole block for larger ones (kq_lists), a
+     * thread per 8 values of a token. Groups of whole 8-code units read a
+     * unit's bytes at once (kq_unit8). (A warp per small group with an
+     * element a lane spent an integer division and a byte load per element
+     * and left most lanes idle on size-1 groups; every warp scanned every
+     * group for the large ones.) */
+    for (uint32_t i = tid; i < ngi * QT; i += QTHREADS) {
+        uint32_t k = i / QT, r = i % QT, gi = it.ga + k;
         kvtc__dgroup gr = groups[gi];
-        if (gr.size > 32)
+        if (r >= nr || gr.size > KQ_LANE_GROUP)
             continue;
         const uint8_t *in = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
-        uint32_t nel = nr * gr.size, lc = gr.start - a0;
-        for (uint32_t e = lane; e < nel; e += 32) {
-            uint32_t r = e / gr.size, j = e - r * gr.size;
-            vs[r][lc + j] = kq_value<RT>(gr, in, e, shs[k][r], scs[k][r], &bad);
-        }
+        uint32_t lc = gr.start - a0, j = 0;
+        float shf = shs[k][r], scf = scs[k][r];
+        if ((gr.size & 7) == 0)
+            for (; j < gr.size; j += 8)
+                kq_put8(vs[r], lc + j,
+                        kq_unit8<RT>(gr, in + (r * gr.size + j) * gr.bits / 8, shf, scf, &bad));
+        for (; j < gr.size; j++)
+            vs[r][lc + j] = kq_value<RT>(gr, in, r * gr.size + j, shf, scf, &bad);
     }
-    for (uint32_t k = 0; k < ngi; k++) {
-        uint32_t gi = it.ga + k;
+    for (uint32_t b = 0; b < nbig; b++) {
+        uint32_t k = big[b], gi = it.ga + k;
         kvtc__dgroup gr = groups[gi];
-        if (gr.size <= 32)
-            continue;
         const uint8_t *in = C.sym + C.code_off[gi] + (size_t)t0 * gr.size * gr.bits / 8;
         uint32_t lc = gr.start - a0;
+        if ((gr.size & 7) == 0) {
+            uint32_t nu8 = gr.size / 8;
+            for (uint32_t i = tid; i < nr * nu8; i += QTHREADS) {
+                uint32_t r = i / nu8, u = i - r * nu8;
+                kq_put8(vs[r], lc + 8 * u,
+                        kq_unit8<RT>(gr, in + (r * gr.size + 8 * u) * gr.bits / 8, shs[k][r],
+                                     scs[k][r], &bad));
+            }
+            continue;
+        }
         for (uint32_t r = 0; r < nr; r++)
             for (uint32_t j = tid; j < gr.size; j += QTHREADS)
                 vs[r][lc + j] = kq_value<RT>(gr, in, r * gr.size + j, shs[k][r], scs[k][r], &bad);
@@ -639,33 +676,34 @@ k_dequant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__rest
      * the item's alone; the units shared with a neighbouring item
      * element-wise. */
     uint32_t nu = (it.c1 - a0 + 7) / 8;
-    for (uint32_t i = tid; i < nr * nu; i += QTHREADS) {
-        uint32_t r = i / nu, u = i - r * nu, col = a0 + 8 * u;
-        size_t at = (C.row_start + t0 + r) * ld + col;
-        int whole = col >= it.c0 && col + 8 <= it.c1;
-        if constexpr (sizeof(RT) == 1) {
-            uint8_t *dst = (uint8_t *)coef + at;
-            if (whole) {
-                const uint16_t *v = &vs[r][8 * u];
-                uint32_t lo = v[0] | v[1] << 8 | v[2] << 16 | (uint32_t)v[3] << 24;
-                uint32_t hi = v[4] | v[5] << 8 | v[6] << 16 | (uint32_t)v[7] << 24;
-                *(uint2 *)dst = make_uint2(lo, hi);
+    for (uint32_t r = 0; r < nr; r++)
+        for (uint32_t u = tid; u < nu; u += QTHREADS) {
+            uint32_t col = a0 + 8 * u;
+            size_t at = (C.row_start + t0 + r) * ld + col;
+            int whole = col >= it.c0 && col + 8 <= it.c1;
+            if constexpr (sizeof(RT) == 1) {
+                uint8_t *dst = (uint8_t *)coef + at;
+                if (whole) {
+                    const uint16_t *v = &vs[r][8 * u];
+                    uint32_t lo = v[0] | v[1] << 8 | v[2] << 16 | (uint32_t)v[3] << 24;
+                    uint32_t hi = v[4] | v[5] << 8 | v[6] << 16 | (uint32_t)v[7] << 24;
+                    *(uint2 *)dst = make_uint2(lo, hi);
+                } else {
+                    for (uint32_t e = 0; e < 8; e++)
+                        if (col + e >= it.c0 && col + e < it.c1)
+                            dst[e] = (uint8_t)vs[r][8 * u + e];
+                }
             } else {
-                for (uint32_t e = 0; e < 8; e++)
-                    if (col + e >= it.c0 && col + e < it.c1)
-                        dst[e] = (uint8_t)vs[r][8 * u + e];
-            }
-        } else {
-            uint16_t *dst = (uint16_t *)coef + at;
-            if (whole) {
-                *(uint4 *)dst = *(const uint4 *)&vs[r][8 * u];
-            } else {
-                for (uint32_t e = 0; e < 8; e++)
-                    if (col + e >= it.c0 && col + e < it.c1)
-                        dst[e] = vs[r][8 * u + e];
+                uint16_t *dst = (uint16_t *)coef + at;
+                if (whole) {
+                    *(uint4 *)dst = *(const uint4 *)&vs[r][8 * u];
+                } else {
+                    for (uint32_t e = 0; e < 8; e++)
+                        if (col + e >= it.c0 && col + e < it.c1)
+                            dst[e] = vs[r][8 * u + e];
+                }
             }
         }
-    }
     if (__syncthreads_or(bad) && tid == 0)
         atomicCAS((int *)&status[c], 0, KVTC_ECORRUPT);
 }
