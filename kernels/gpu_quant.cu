@@ -389,11 +389,12 @@ extern "C" int kvtc__gpu_e4m3_check(uint64_t *mismatches, uint32_t *first)
 }
 
 /* Grid: x = tiles (M / QT + chunks), y = the stream's items. The item's
- * group descriptors are staged in shared memory, each token's groups are
- * quantized by kq_quant_token (whole-byte groups packed and stored there),
- * and the rest is packed below. The history (variants 1-7, measured on an
- * H100) is in docs/perf-notes.md, "The quantizer as tiles" to "Compress
- * overhead under the GEMM"; only the last one is kept. */
+ * group descriptors and lists are staged in shared memory, the groups
+ * quantized by kq_lane_group / kq_warp_group (whole-byte groups packed and
+ * stored there), and the rest packed below. The history (variants 1-7,
+ * measured on an H100) is in docs/perf-notes.md, "The quantizer as tiles"
+ * to "Compress overhead under the GEMM"; variant 7 was kept, and session
+ * 12 changed who quantizes what ("The (de)quantizer's threads"). */
 __global__ void __launch_bounds__(QTHREADS)
 k_quant_tiles(const kvtc__dchunk *ch, uint32_t nch, const kvtc__dgroup *__restrict__ groups,
               const kvtc__qitem *items, uint32_t ng, const float *__restrict__ coef, uint32_t ld)
