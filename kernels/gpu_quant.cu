@@ -176,6 +176,34 @@ __device__ static inline void kq_params(const kvtc__dgroup &gg, float mn, float 
     }
 }
 
+/* min/max folded with a float4 of the group's elements. */
+__device__ static inline void kq_minmax4(float4 f, float *mn, float *mx)
+{
+    *mn = fminf(*mn, fminf(fminf(f.x, f.y), fminf(f.z, f.w)));
+    *mx = fmaxf(*mx, fmaxf(fmaxf(f.x, f.y), fmaxf(f.z, f.w)));
+}
+
+/* The codes of 4 consecutive elements, packed (4 x bits bits). */
+__device__ static inline uint32_t kq_code4(const kvtc__dgroup &gg, float4 f, float shf, float scf,
+                                           float inv)
+{
+    return kq_code<1>(gg.type, gg.bits, f.x, shf, scf, inv) |
+           kq_code<1>(gg.type, gg.bits, f.y, shf, scf, inv) << gg.bits |
+           kq_code<1>(gg.type, gg.bits, f.z, shf, scf, inv) << (2 * gg.bits) |
+           kq_code<1>(gg.type, gg.bits, f.w, shf, scf, inv) << (3 * gg.bits);
+}
+
+/* Byte b of one token's codes of a whole-byte group: 8 / bits codes of
+ * the elements from x[b * 8 / bits]. */
+__device__ static inline uint8_t kq_code_byte(const kvtc__dgroup &gg, const float *x, uint32_t b,
+                                              float shf, float scf, float inv)
+{
+    uint32_t per = kq_per(gg.bits), v = 0;
+    for (uint32_t q = 0; q < per; q++)
+        v |= kq_code<1>(gg.type, gg.bits, x[b * per + q], shf, scf, inv) << (gg.bits * q);
+    return (uint8_t)v;
+}
+
 /* 4 bytes at o: one store where o is 4-byte aligned. */
 __device__ static inline void kq_put4(uint8_t *o, uint32_t v, int aligned)
 {
@@ -203,11 +231,8 @@ __device__ static void kq_lane_group(const kvtc__dgroup &gg, const float *x, uin
     uint16_t sh, sc, fsh = 0;
     if (gg.dyn != UINT32_MAX) {
         if (vec) {
-            for (uint32_t u = 0; u < size / 4; u++) {
-                float4 f = x4[u];
-                mn = fminf(mn, fminf(fminf(f.x, f.y), fminf(f.z, f.w)));
-                mx = fmaxf(mx, fmaxf(fmaxf(f.x, f.y), fmaxf(f.z, f.w)));
-            }
+            for (uint32_t u = 0; u < size / 4; u++)
+                kq_minmax4(x4[u], &mn, &mx);
         } else {
             for (uint32_t j = 0; j < size; j++) {
                 mn = fminf(mn, x[j]);
@@ -234,12 +259,7 @@ __device__ static void kq_lane_group(const kvtc__dgroup &gg, const float *x, uin
         uint64_t acc = 0;
         uint32_t nbits = 0, ob = 0;
         for (uint32_t u = 0; u < size / 4; u++) {
-            float4 f = x4[u];
-            uint32_t v = kq_code<1>(gg.type, bits, f.x, shf, scf, inv) |
-                         kq_code<1>(gg.type, bits, f.y, shf, scf, inv) << bits |
-                         kq_code<1>(gg.type, bits, f.z, shf, scf, inv) << (2 * bits) |
-                         kq_code<1>(gg.type, bits, f.w, shf, scf, inv) << (3 * bits);
-            acc |= (uint64_t)v << nbits;
+            acc |= (uint64_t)kq_code4(gg, x4[u], shf, scf, inv) << nbits;
             nbits += 4 * bits;
             if (nbits >= 32) {
                 kq_put4(o + ob, (uint32_t)acc, al);
@@ -257,13 +277,8 @@ __device__ static void kq_lane_group(const kvtc__dgroup &gg, const float *x, uin
             cw[j] = (uint8_t)kq_code<1>(gg.type, bits, x[j], shf, scf, inv);
         return;
     }
-    uint32_t per = kq_per(bits), nb = size * bits / 8;
-    for (uint32_t b = 0; b < nb; b++) {
-        uint32_t v = 0;
-        for (uint32_t q = 0; q < per; q++)
-            v |= kq_code<1>(gg.type, bits, x[b * per + q], shf, scf, inv) << (bits * q);
-        o[b] = (uint8_t)v;
-    }
+    for (uint32_t b = 0; b < size * bits / 8; b++)
+        o[b] = kq_code_byte(gg, x, b, shf, scf, inv);
 }
 
 /* A group larger than KQ_LANE_GROUP for one token, by the whole warp:
@@ -280,11 +295,8 @@ __device__ static void kq_warp_group(const kvtc__dgroup &gg, const float *x, uin
     if (gg.dyn != UINT32_MAX) {
         if (aligned) {
             const float4 *x4 = (const float4 *)x;
-            for (uint32_t u = lane; u < size / 4; u += 32) {
-                float4 f = x4[u];
-                mn = fminf(mn, fminf(fminf(f.x, f.y), fminf(f.z, f.w)));
-                mx = fmaxf(mx, fmaxf(fmaxf(f.x, f.y), fmaxf(f.z, f.w)));
-            }
+            for (uint32_t u = lane; u < size / 4; u += 32)
+                kq_minmax4(x4[u], &mn, &mx);
             j0 = size & ~3u;
         }
         for (uint32_t j = j0 + lane; j < size; j += 32) {
@@ -320,11 +332,7 @@ __device__ static void kq_warp_group(const kvtc__dgroup &gg, const float *x, uin
         uint32_t ub = gg.bits / 2;
         int al = ((uintptr_t)o & (ub - 1)) == 0;
         for (uint32_t u = lane; u < size / 4; u += 32) {
-            float4 f = x4[u];
-            uint32_t v = kq_code<1>(gg.type, gg.bits, f.x, shf, scf, inv) |
-                         kq_code<1>(gg.type, gg.bits, f.y, shf, scf, inv) << gg.bits |
-                         kq_code<1>(gg.type, gg.bits, f.z, shf, scf, inv) << (2 * gg.bits) |
-                         kq_code<1>(gg.type, gg.bits, f.w, shf, scf, inv) << (3 * gg.bits);
+            uint32_t v = kq_code4(gg, x4[u], shf, scf, inv);
             uint8_t *d = o + u * ub;
             if (ub == 4 && al)
                 *(uint32_t *)d = v;
@@ -342,12 +350,8 @@ __device__ static void kq_warp_group(const kvtc__dgroup &gg, const float *x, uin
                              kq_code<1>(gg.type, 4, f.y, shf, scf, inv) << 4);
         }
     } else {
-        for (uint32_t b = lane; b < bt; b += 32) {
-            uint32_t v = 0;
-            for (uint32_t q = 0; q < per; q++)
-                v |= kq_code<1>(gg.type, gg.bits, x[b * per + q], shf, scf, inv) << (gg.bits * q);
-            o[b] = (uint8_t)v;
-        }
+        for (uint32_t b = lane; b < bt; b += 32)
+            o[b] = kq_code_byte(gg, x, b, shf, scf, inv);
     }
 }
 
