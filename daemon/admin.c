@@ -267,7 +267,8 @@ int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
            m->corrupt);
     metric(&b, "gets_audited_total", "counter",
            "Get hits sent over UCX to a client that checks them itself, "
-           "re-verified by kvtcd beside the send instead of before it.",
+           "re-verified by kvtcd beside the send instead of before it "
+           "(at most once per chunk an --audit-interval).",
            m->gets_audited);
     metric(&b, "bulk_replies_waited_total", "counter",
            "Replies with rendezvous-size payloads that waited for their "

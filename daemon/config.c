@@ -51,6 +51,7 @@ void kvtcd_config_defaults(kvtcd_config *c)
     c->bulk_endpoint = 1;
     c->host_prefault = -1;
     c->host_pin = -1;
+    c->audit_interval = KVTCD_DEFAULT_AUDIT_INTERVAL;
     c->log_level = KVTCD_LOG_INFO;
 }
 
@@ -206,6 +207,8 @@ static int apply(kvtcd_config *c, const char *section, const char *name,
         return set_path(c->local_path, sizeof c->local_path, v);
     if (IS("server", "local_copy_threads"))
         return parse_u32(v, 0, KVTCD_CWORKERS_MAX, &c->local_copy_threads);
+    if (IS("store", "audit_interval"))
+        return parse_u32(v, 0, KVTCD_MAX_AUDIT_INTERVAL, &c->audit_interval);
     if (IS("store", "host_prefault"))
         return parse_onoff(v, &c->host_prefault);
     if (IS("store", "host_pin"))
@@ -330,6 +333,7 @@ static const struct flag {
     {"--host-mem", "store", "host_mem"},  {"--data-dir", "store", "data_dir"},
     {"--host-prefault", "store", "host_prefault"},
     {"--host-pin", "store", "host_pin"},
+    {"--audit-interval", "store", "audit_interval"},
     {"--disk-dir", "store", "disk_dir"},  {"--disk-size", "store", "disk_size"},
     {"--disk-io", "store", "disk_io"},
     {"--durability", "store", "durability"},
@@ -449,6 +453,9 @@ const char *kvtcd_usage(void)
            "                        (default on)\n"
            "  --host-pin on|off     mlock that memory too, where RLIMIT_MEMLOCK or\n"
            "                        CAP_IPC_LOCK allow (default on; refusal logged)\n"
+           "  --audit-interval SEC  re-read a stored chunk beside a send to a client\n"
+           "                        that checks it at most once in SEC seconds\n"
+           "                        (default 60; 0: on every get)\n"
            "  --data-dir DIR        daemon state directory (not the disk tier)\n"
            "  --disk-dir DIR        disk tier: segment files in DIR (created if\n"
            "                        missing); no disk tier without it\n"

@@ -27,6 +27,10 @@
 #define KVTCD_DEFAULT_MAX_BATCH 1024u
 #define KVTCD_DEFAULT_MAX_SESSIONS 1024u
 #define KVTCD_MIN_HOST_MEM (1ull << 20)
+/* The default --audit-interval (seconds) and its ceiling (a day). */
+#define KVTCD_DEFAULT_AUDIT_INTERVAL 60u
+#define KVTCD_MAX_AUDIT_INTERVAL 86400u
+
 /* An explicit --disk-size below this is refused (one segment's worth). */
 #define KVTCD_MIN_DISK_SIZE (1ull << 20)
 /* The default disk size (80% of the free space) is at least this. */
@@ -89,6 +93,11 @@ typedef struct kvtcd_config {
                                  (sun_path's size bounds it) */
     uint32_t local_copy_threads; /* the local path's copy workers; 0:
                                     half the CPUs, 2..8 */
+    uint32_t audit_interval;  /* seconds: a stored chunk sent to a client
+                                 that checks it is re-read beside the send
+                                 at most once an interval (0: every time;
+                                 docs/protocol.md, "Who checks a Get's
+                                 bytes over UCX") */
     int log_level;            /* enum kvtcd_log_level */
 } kvtcd_config;
 

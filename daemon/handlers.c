@@ -829,6 +829,8 @@ typedef struct get_ctx {
     kvtcd_blob **blobs;   /* referenced */
     size_t *offs;
     uint64_t *sums;       /* checksum the index holds */
+    uint8_t *audit;       /* 1: re-read it beside the send if it goes out
+                             unverified (its entry's audit was due) */
     uint64_t *rawsz;      /* per result i: decoded size of a KVTC chunk
                              the index knows the layout of, else 0 */
     kvtcd_seg *segs;
@@ -867,6 +869,7 @@ static void get_ctx_free(void *p)
     free(c->blobs);
     free(c->offs);
     free(c->sums);
+    free(c->audit);
     free(c->rawsz);
     free(c->segs);
     free(c->loads);
@@ -892,13 +895,14 @@ static get_ctx *get_ctx_new(size_t n)
     c->blobs = calloc(n, sizeof *c->blobs);
     c->offs = calloc(n, sizeof *c->offs);
     c->sums = calloc(n, sizeof *c->sums);
+    c->audit = calloc(n, sizeof *c->audit);
     c->rawsz = calloc(n, sizeof *c->rawsz);
     c->segs = calloc(n, sizeof *c->segs);
     c->loads = calloc(n, sizeof *c->loads);
     c->dec = calloc(n, sizeof *c->dec);
     c->dec_k = calloc(n, sizeof *c->dec_k);
     if (!c->dec || !c->dec_k || !c->res || !c->resp || !c->metas || !c->lms || !c->keys ||
-        !c->parents || !c->fidx || !c->blobs || !c->offs || !c->sums ||
+        !c->parents || !c->fidx || !c->blobs || !c->offs || !c->sums || !c->audit ||
         !c->rawsz || !c->segs || !c->loads) {
         get_ctx_free(c);
         return NULL;
@@ -1281,52 +1285,68 @@ static void get_audited(kvtcd_hashjob *job)
     kvtcd_op_free(aud);
 }
 
-/* The client checks each hit against the checksum the reply carries (the
- * one the index took when the bytes arrived), so the hits can go out at
- * once and kvtcd's own re-read of the stored bytes run beside the send
- * instead of before it; a chunk that fails it still leaves the index.
- * Hits that are decoded here are never sent unverified (a decoder fed bad
- * bytes would produce bytes with a matching fresh checksum). Returns the
- * re-read, ready to run (it holds references to the blobs), or NULL to
- * verify first. */
-static kvtcd_op *get_audit_new(kvtcd_op *op)
+/* 1 when the hits may go out at once, before kvtcd reads them: the client
+ * checks each against the checksum the reply carries (the one the index
+ * took when the bytes arrived; GetRequest.client_checks over UCX). Hits
+ * that are decoded here are never sent unverified (a decoder fed bad bytes
+ * would produce bytes with a matching fresh checksum). */
+static int get_sends_unread(const get_ctx *c)
+{
+    if (c->ldest || !c->client_checks || c->nf == 0)
+        return 0;
+    for (size_t j = 0; j < c->nf; j++)
+        if (kvtcd_serve_get_decodes(c->want, c->metas[c->fidx[j]].encoding))
+            return 0;
+    return 1;
+}
+
+/* kvtcd's own re-read of the stored bytes of the hits that are due for it
+ * (c->audit; at most once an --audit-interval per chunk: the client checks
+ * every one anyway), to run beside the send; a chunk that fails it still
+ * leaves the index. *out: the re-read, ready to run (it holds references
+ * to the blobs), or NULL when none is due. Errors: KVTC_ENOMEM (then
+ * verify first). */
+static int get_audit_new(kvtcd_op *op, kvtcd_op **out)
 {
     get_ctx *c = op->ctx;
     kvtcd_session *s = op->sess;
-    if (c->ldest || !c->client_checks || c->nf == 0)
-        return NULL;
+    size_t nd = 0;
     for (size_t j = 0; j < c->nf; j++)
-        if (kvtcd_serve_get_decodes(c->want, c->metas[c->fidx[j]].encoding))
-            return NULL;
+        nd += c->audit[j];
+    *out = NULL;
+    if (nd == 0)
+        return 0;
     kvtcd_op *aud = kvtcd_op_new(s->srv, KVTCD_OP_AUDIT, s);
     get_audit *a = aud ? calloc(1, sizeof *a) : NULL;
     if (aud) {
         aud->ctx = a;
         aud->ctx_free = get_audit_free;
     }
-    size_t n = c->nf ? c->nf : 1;
-    if (!a || kvtcd_hashjob_init(&aud->hash, (uint32_t)c->nf) < 0 ||
-        !(a->offs = calloc(n, sizeof *a->offs)) || !(a->sums = calloc(n, sizeof *a->sums)) ||
-        !(a->keys = calloc(n, sizeof *a->keys)) ||
-        !(aud->holds = calloc(n, sizeof *aud->holds))) {
+    if (!a || kvtcd_hashjob_init(&aud->hash, (uint32_t)nd) < 0 ||
+        !(a->offs = calloc(nd, sizeof *a->offs)) || !(a->sums = calloc(nd, sizeof *a->sums)) ||
+        !(a->keys = calloc(nd, sizeof *a->keys)) ||
+        !(aud->holds = calloc(nd, sizeof *aud->holds))) {
         kvtcd_op_free(aud);
-        return NULL;
+        return KVTC_ENOMEM;
     }
     a->ns = c->ns;
-    for (size_t j = 0; j < c->nf; j++) {
-        aud->hash.ptr[j] = op->hash.ptr[j];
-        aud->hash.len[j] = op->hash.len[j];
-        a->offs[j] = c->offs[j];
-        a->sums[j] = c->sums[j];
-        memcpy(a->keys[j], c->keys[c->fidx[j]], KVTCD_KEY_BYTES);
-        aud->holds[j] = c->blobs[j];
+    for (size_t j = 0, k = 0; j < c->nf; j++) {
+        if (!c->audit[j])
+            continue;
+        aud->hash.ptr[k] = op->hash.ptr[j];
+        aud->hash.len[k] = op->hash.len[j];
+        a->offs[k] = c->offs[j];
+        a->sums[k] = c->sums[j];
+        memcpy(a->keys[k], c->keys[c->fidx[j]], KVTCD_KEY_BYTES);
+        aud->holds[k] = c->blobs[j];
         kvtcd_blob_ref(c->blobs[j]);
-        aud->n_holds = (uint32_t)j + 1;
+        aud->n_holds = (uint32_t)++k;
     }
-    s->srv->m.gets_audited += c->nf;
+    s->srv->m.gets_audited += nd;
     aud->hash.done = get_audited;
     aud->hash.arg = aud;
-    return aud;
+    *out = aud;
+    return 0;
 }
 
 /* Every hit is in host RAM (or failed): drop the failed ones from the
@@ -1347,6 +1367,7 @@ static void get_verify(kvtcd_op *op)
         c->blobs[k] = c->blobs[j];
         c->offs[k] = c->offs[j];
         c->sums[k] = c->sums[j];
+        c->audit[k] = c->audit[j];
         if (k != j)
             c->blobs[j] = NULL;
         k++;
@@ -1365,12 +1386,13 @@ static void get_verify(kvtcd_op *op)
     op->hash.arg = op;
     if (c->ldest && get_local_fused(op))
         return;
-    kvtcd_op *aud = get_audit_new(op);
-    if (aud) {
+    kvtcd_op *aud = NULL;
+    if (get_sends_unread(c) && get_audit_new(op, &aud) == 0) {
         for (size_t j = 0; j < c->nf; j++) /* get_hashed finds them equal */
             op->hash.sum[j] = c->sums[j];
         get_hashed(&op->hash); /* sends; may free op */
-        kvtcd_hashjob_run(srv->loop, &aud->hash);
+        if (aud)
+            kvtcd_hashjob_run(srv->loop, &aud->hash);
         return;
     }
     kvtcd_hashjob_run(srv->loop, &op->hash);
@@ -1475,6 +1497,15 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
         size_t j = c->nf++;
         c->fidx[j] = (uint32_t)i;
         c->sums[j] = e->checksum;
+        /* Over UCX kvtcd hashes a hit before it sends it, or beside the
+         * send when the client checks it (get_sends_unread), then only if
+         * its host bytes were not hashed within --audit-interval: a read
+         * from the GPU or disk makes new host bytes, always due. (The local
+         * path has its own rule: kvtcd_lcopy.) */
+        uint64_t every = (uint64_t)srv->cfg.audit_interval * 1000u;
+        c->audit[j] = !c->ldest && (!e->blob || !e->audit_ms || now - e->audit_ms >= every);
+        if (c->audit[j])
+            e->audit_ms = now;
         if (e->blob) {
             c->blobs[j] = e->blob;
             kvtcd_blob_ref(e->blob);

@@ -104,6 +104,10 @@ typedef struct kvtcd_entry {
     uint64_t pin_deadline_ms;             /* 0: pins never lapse */
     uint64_t expire_ms;                   /* 0: never */
     uint64_t atime_ms;
+    uint64_t audit_ms;                    /* when its host bytes were last
+                                             hashed: by the put that stored
+                                             them, or a get (handlers.c,
+                                             --audit-interval); 0: never */
 } kvtcd_entry;
 
 typedef struct kvtcd_child kvtcd_child;

@@ -3,9 +3,10 @@
  * its buffer against the reply's checksum and kvtcd skips its own read;
  * with =daemon kvtcd verifies before it writes. Over UCX libkvtc always
  * checks what arrived, and kvtcd re-reads the stored bytes beside the send
- * (KVTC_UCX_CHECK=daemon: before it), dropping a chunk that fails. Every
- * way, a stored byte flipped in kvtcd's memory makes the get fail with
- * KVTC_ECORRUPT: never the bytes with an OK. The flip comes from outside,
+ * at most once an --audit-interval (KVTC_UCX_CHECK=daemon: before it, every
+ * time), dropping a chunk that fails. Every way, a stored byte flipped in
+ * kvtcd's memory makes the get fail with KVTC_ECORRUPT: never the bytes
+ * with an OK. The flip comes from outside,
  * as a memory fault would: the test finds the chunk's unique marker in
  * kvtcd's memory (/proc/PID/maps + process_vm_readv; kvtcd is its child)
  * and rewrites one byte with process_vm_writev. */
@@ -237,7 +238,10 @@ Test(it_local_check, ucx_get_of_flipped_byte_fails_and_leaves_the_index, .timeou
 {
     struct itest_daemon d;
     itest_setup(ITEST_TLS_TCP);
-    itest_daemon_start(&d, "256M", 0, NULL);
+    /* every get re-reads what it sends (the default waits a minute after
+     * the put's own check: ucx_get_audits_once_an_interval) */
+    static const char *const every_get[] = {"--audit-interval", "0", NULL};
+    itest_daemon_start(&d, "256M", 0, every_get);
     kvtc_conn *c = connect_ucx(&d, "client");
     kvtc_conn *dc = connect_ucx(&d, "daemon");
     /* eager (hashed inline by kvtcd) and rendezvous (on its pool) sizes */
@@ -278,6 +282,57 @@ Test(it_local_check, ucx_get_of_flipped_byte_fails_and_leaves_the_index, .timeou
     cr_expect_geq(itest_daemon_metric(&d, "kvtc_corrupt_total"), 2.0);
     kvtc_disconnect(c);
     kvtc_disconnect(dc);
+    chunks_free(&ch);
+    itest_daemon_stop(&d);
+}
+
+static double secs_since(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) + (t.tv_nsec - t0->tv_nsec) * 1e-9;
+}
+
+/* --audit-interval: kvtcd re-reads a chunk it sends to a checking client
+ * at most once an interval (the put's own check counts); libkvtc still
+ * refuses a flipped byte on every get. */
+Test(it_local_check, ucx_get_audits_once_an_interval, .timeout = 120)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    static const char *const every_2s[] = {"--audit-interval", "2", NULL};
+    itest_daemon_start(&d, "256M", 0, every_2s);
+    kvtc_conn *c = connect_ucx(&d, "client");
+    static const size_t sizes[] = {4u << 20, 256u << 10};
+    enum { NK = 2, VICTIM = 0 };
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct chunks ch;
+    chunks_put(c, &ch, sizes, NK, 300);
+    chunks_flip(&d, &ch, VICTIM);
+    /* Within the interval: the client refuses the flipped chunk, kvtcd
+     * does not re-read it, and it stays. (Asserted only when the machine
+     * was fast enough to be inside the interval.) */
+    cr_assert_eq(kvtc_get_batch(c, ch.it, NK, NULL), KVTC_ECORRUPT);
+    chunks_expect_victim(&ch, NK, VICTIM);
+    const kvtc_key *vk = &ch.it[VICTIM].key;
+    if (secs_since(&t0) < 1.5) {
+        nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL);
+        cr_expect_eq(itest_daemon_metric(&d, "kvtc_gets_audited_total"), 0);
+        cr_expect_eq(present(c, vk), 1, "re-read within the interval");
+    }
+    /* Past it: the next get is re-read beside the send, and the chunk
+     * leaves the index. */
+    while (secs_since(&t0) < 2.3)
+        nanosleep(&(struct timespec){0, 50 * 1000 * 1000}, NULL);
+    size_t got = 0;
+    cr_expect_eq(kvtc_get(c, vk, ch.dst[VICTIM], sizes[VICTIM], &got), KVTC_ECORRUPT);
+    for (int t = 0; t < 500 && present(c, vk); t++)
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    cr_expect_eq(present(c, vk), 0, "the corrupt chunk stayed past the interval");
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_gets_audited_total"), 1.0);
+    cr_expect_geq(itest_daemon_metric(&d, "kvtc_corrupt_total"), 1.0);
+    kvtc_disconnect(c);
     chunks_free(&ch);
     itest_daemon_stop(&d);
 }

@@ -852,6 +852,30 @@ Test(daemon_config, host_tier_knobs)
     cr_assert_not_null(strstr(kvtcd_usage(), "--host-pin on|off"));
 }
 
+/* --audit-interval / [store] audit_interval: seconds, 0 allowed, the
+ * default a minute, a day at most. */
+Test(daemon_config, audit_interval)
+{
+    kvtcd_config c;
+    int action;
+    char err[256] = "";
+    char *argv0[] = {"kvtcd", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 1, argv0, &action, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.audit_interval, KVTCD_DEFAULT_AUDIT_INTERVAL);
+    char *argv[] = {"kvtcd", "--audit-interval", "0", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 3, argv, &action, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.audit_interval, 0);
+    char *path = write_ini("[store]\naudit_interval = 5\n");
+    char *argv2[] = {"kvtcd", "--config", path, NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 3, argv2, &action, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.audit_interval, 5);
+    unlink(path);
+    char *bad[] = {"kvtcd", "--audit-interval", "86401", NULL};
+    cr_assert_lt(kvtcd_config_from_args(&c, 3, bad, &action, err, sizeof err), 0);
+    cr_assert_not_null(strstr(err, "audit"), "%s", err);
+    cr_assert_not_null(strstr(kvtcd_usage(), "--audit-interval SEC"));
+}
+
 Test(daemon_config, help_and_version)
 {
     kvtcd_config c;
