@@ -126,6 +126,17 @@ static void metric(struct sbuf *b, const char *name, const char *type,
               name, help, name, type, name, (unsigned long long)v);
 }
 
+/* A clock's seconds as a counter; absent when the clock cannot be read. */
+static void cpu_metric(struct sbuf *b, const char *name, const char *help,
+                       clockid_t clock)
+{
+    struct timespec ts;
+    if (clock_gettime(clock, &ts) != 0)
+        return;
+    sb_printf(b, "# HELP kvtc_%s %s\n# TYPE kvtc_%s counter\nkvtc_%s %.6f\n",
+              name, help, name, name, ts.tv_sec + ts.tv_nsec * 1e-9);
+}
+
 static const char *const tier_names[KVTCD_N_TIERS] = {"host", "gpu",
                                                       "disk"};
 
@@ -282,6 +293,15 @@ int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
            "Requests answered with an error status.", m->errors);
     metric(&b, "uptime_seconds", "gauge", "Seconds since start.",
            kvtcd_now_ms(srv) / 1000);
+    if (srv->loop_cpu_clock_ok)
+        cpu_metric(&b, "loop_cpu_seconds_total",
+                   "CPU seconds of the loop thread, which runs every request "
+                   "and every UCX transfer (tcp copies included): a rate "
+                   "near 1 means it is the bound.",
+                   srv->loop_cpu_clock);
+    cpu_metric(&b, "process_cpu_seconds_total",
+               "CPU seconds of the whole daemon (all threads).",
+               CLOCK_PROCESS_CPUTIME_ID);
     /* The same-host local path (local_path.h). */
     metric(&b, "local_links_total", "counter",
            "Sessions that bound the local path.", m->local_links);

@@ -8,6 +8,7 @@
  * store. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,6 +190,8 @@ int kvtcd_server_init(kvtcd_server *srv, const kvtcd_config *cfg,
     srv->loop = loop;
     uv_update_time(loop);
     srv->start_ms = uv_now(loop);
+    srv->loop_cpu_clock_ok =
+        pthread_getcpuclockid(pthread_self(), &srv->loop_cpu_clock) == 0;
     uv_signal_init(loop, &srv->sigterm);
     uv_signal_init(loop, &srv->sigint);
     uv_timer_init(loop, &srv->drain_timer);

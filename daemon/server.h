@@ -13,6 +13,7 @@
 
 #include <stdint.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <ucp/api/ucp.h>
 #include <uv.h>
 
@@ -148,6 +149,10 @@ struct kvtcd_server {
     kvtcd_config cfg;
     uv_loop_t *loop;
     uint64_t start_ms;
+    /* The loop thread's CPU clock: every request, UCX transfer and tcp
+     * copy runs there, so it is what saturates first (/metrics). */
+    clockid_t loop_cpu_clock;
+    int loop_cpu_clock_ok;
     /* UCX, driven from the loop */
     ucp_context_h ucp;
     ucp_worker_h worker;

@@ -211,9 +211,9 @@ class Kvtcd:
         self.lanes = lanes(out.stderr + out.stdout)
         return self.lanes
 
-    def local_metrics(self):
-        """The daemon's kvtc_local_* series from /metrics (where its copies
-        ran), or None."""
+    def metrics(self, prefix):
+        """The daemon's unlabelled series starting with prefix from
+        /metrics, or None."""
         if not self.admin or self.proc.poll() is not None:
             return None
         try:
@@ -224,9 +224,20 @@ class Kvtcd:
         out = {}
         for line in text.splitlines():
             f = line.split()
-            if len(f) == 2 and f[0].startswith("kvtc_local_"):
+            if len(f) == 2 and f[0].startswith(prefix):
                 out[f[0]] = float(f[1])
         return out
+
+    def local_metrics(self):
+        """The daemon's kvtc_local_* series (where its copies ran), or None."""
+        return self.metrics("kvtc_local_")
+
+    def cpu(self):
+        """(loop thread, whole daemon) CPU seconds so far, or None."""
+        m = self.metrics("kvtc_") or {}
+        if "kvtc_loop_cpu_seconds_total" not in m:
+            return None
+        return m["kvtc_loop_cpu_seconds_total"], m.get("kvtc_process_cpu_seconds_total")
 
     def stop(self):
         """Stop the daemon; returns its "local path listening" log line (how
@@ -263,6 +274,18 @@ def med(rows_list, keys):
             out[k + "_rounds"] = vals
     out["runs"] = len(rows_list)
     return out
+
+
+def add_cpu(row, c0, c1, nbytes):
+    """kvtcd's CPU seconds per GB moved (puts + gets) over one bench run:
+    its loop thread's (every UCX transfer and tcp copy runs there) and the
+    whole daemon's."""
+    if not row or not c0 or not c1:
+        return
+    gb = nbytes / 1e9
+    row["kvtcd_loop_cpu_s_per_gb"] = round((c1[0] - c0[0]) / gb, 4)
+    if c0[1] is not None and c1[1] is not None:
+        row["kvtcd_cpu_s_per_gb"] = round((c1[1] - c0[1]) / gb, 4)
 
 
 def pick(rows, test, **kw):
@@ -342,6 +365,17 @@ def report(result):
                          f"{fmt(row[f'{m}_put_vs_redis'], 9, 2)}")
             print(line)
     result["throughput_summary"] = summary
+
+    # Where kvtcd's CPU went per GB moved (puts + gets of each point): its
+    # loop thread runs every UCX transfer, so over tcp it is the bound.
+    cpu_rows = [(m, r) for m in modes for r in result["kvtc"][m]["rows"]
+                if r.get("test") == "throughput" and r.get("kvtcd_loop_cpu_s_per_gb") is not None]
+    if cpu_rows:
+        print("\nkvtcd CPU seconds per GB moved (puts + gets), medians of the rounds")
+        print(f"{'path':<8}{'size':>7}{'depth':>6}{'loop':>8}{'daemon':>8}")
+        for m, r in cpu_rows:
+            print(f"{m[:8]:<8}{r['size'] // 1024:>6}K{r['depth']:>6}{fmt(r['kvtcd_loop_cpu_s_per_gb'], 8, 3)}"
+                  f"{fmt(r.get('kvtcd_cpu_s_per_gb'), 8, 3)}")
 
     lat = []
     print(f"\nSingle-chunk get latency, {result['lat_size'] // 1024} KiB chunks, one connection per client "
@@ -567,11 +601,14 @@ def main():
                     for m in modes:
                         dm = daemon_of[m]
                         if dm and dm.target:
+                            c0 = dm.cpu()
                             rows = run_bench(bench_of[m], "kvtc", dm.target, envs[m], args, sizes=[size],
                                              depth=dep)
                             if rows is None:
                                 errors[m] = "bench failed (see stderr)"
-                            kv[m][(size, dep)].append(pick(rows or [], "throughput", size=size))
+                            row = pick(rows or [], "throughput", size=size)
+                            add_cpu(row, c0, dm.cpu(), 2 * args.bytes_per_size)
+                            kv[m][(size, dep)].append(row)
                     if redis.target:
                         rows = run_bench(binary, "redis", redis.target, redis.env, args, sizes=[size], depth=dep)
                         rd[(size, dep)].append(pick(rows or [], "throughput", size=size))
@@ -593,7 +630,8 @@ def main():
                 result["kvtcd"][key.replace("log_local", "metrics")] = dm.local_metrics()
                 result["kvtcd"][key] = dm.stop()
 
-    thr_keys = ["put_mib_s", "get_mib_s", "put_p50_us", "put_p99_us", "get_p50_us", "get_p99_us"]
+    thr_keys = ["put_mib_s", "get_mib_s", "put_p50_us", "put_p99_us", "get_p50_us", "get_p99_us",
+                "kvtcd_loop_cpu_s_per_gb", "kvtcd_cpu_s_per_gb"]
     lat_keys = ["p50_us", "p99_us", "mib_s"]
     for tls in TLS_SETS:
         result["ucx_perftest"][tls] = {str(s): med(pt[tls][s], ["mib_s", "lat_us"]) for s in args.sizes}

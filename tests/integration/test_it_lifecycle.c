@@ -346,6 +346,20 @@ Test(it_lifecycle, admin_metrics_and_healthz, .timeout = 60)
     cr_expect_eq(metric(body, "kvtc_chunks"), (double)s.chunks, "kvtc_chunks:\n%s", body);
     cr_expect_eq(metric(body, "kvtc_bytes_used"), (double)s.bytes_used, "kvtc_bytes_used:\n%s", body);
     cr_expect_geq(metric(body, "kvtc_puts_total"), 3, "kvtc_puts_total:\n%s", body);
+    /* The loop thread served the puts: some CPU, never more than the
+     * daemon's, and the counters only grow. */
+    double loop = metric(body, "kvtc_loop_cpu_seconds_total");
+    double proc = metric(body, "kvtc_process_cpu_seconds_total");
+    cr_expect_gt(loop, 0, "kvtc_loop_cpu_seconds_total:\n%s", body);
+    cr_expect_leq(loop, proc, "loop %.6f s > process %.6f s", loop, proc);
+    free(body);
+    for (uint32_t i = 3; i < 8; i++) {
+        kvtc_key k = itest_key(SPACE + 1, i);
+        cr_assert_eq(kvtc_put(c, &k, buf, sizeof buf), 0);
+    }
+    cr_assert_eq(itest_http_get(d.admin_port, "/metrics", &body), 200);
+    cr_expect_geq(metric(body, "kvtc_loop_cpu_seconds_total"), loop, "loop CPU went back");
+    cr_expect_geq(metric(body, "kvtc_process_cpu_seconds_total"), proc, "process CPU went back");
     free(body);
 
     code = itest_http_get(d.admin_port, "/no-such-page", &body);
