@@ -32,3 +32,14 @@ BENCHES += $(BT_CMA_BIN)
 $(BT_CMA_BIN): $(OBJ)/bench/transport/cma_scale.o
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< -lxxhash
+
+# kvtc_bench_conns: one client thread, several connections (to several
+# daemons or one): whose thread bounds a tcp stream.
+ifdef CLIENT_A
+BT_CONNS_BIN := $(BINDIR)/kvtc_bench_conns
+BENCHES += $(BT_CONNS_BIN)
+$(OBJ)/bench/transport/conns_one_thread.o: | $(WIRE_GEN_H)
+$(BT_CONNS_BIN): $(OBJ)/bench/transport/conns_one_thread.o $(CLIENT_A) $(CODEC_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(CLIENT_A) $(CODEC_A) $(CLIENT_LDLIBS) $(CODEC_LDLIBS)
+endif
