@@ -153,8 +153,9 @@ static void send_cb(void *request, ucs_status_t status, void *user_data);
 /* Hand op's saved send to UCX. */
 static void post_send(kvtc_conn *c, struct kvtc__op *op)
 {
-    ucs_status_ptr_t sp = ucp_am_send_nbx(kvtc__send_ep(c), KVTC_WIRE_AM_REQUEST, op->q_hdr,
-                                          op->q_hlen, op->q_data, op->q_count, &op->q_prm);
+    ucp_ep_h ep = op->ep ? op->ep : kvtc__send_ep(c);
+    ucs_status_ptr_t sp = ucp_am_send_nbx(ep, KVTC_WIRE_AM_REQUEST, op->q_hdr, op->q_hlen,
+                                          op->q_data, op->q_count, &op->q_prm);
     if (sp != NULL && !UCS_PTR_IS_ERR(sp))
         return;
     if (UCS_PTR_IS_ERR(sp))
@@ -164,14 +165,15 @@ static void post_send(kvtc_conn *c, struct kvtc__op *op)
 }
 
 /* The posted bulk send ended: post the next one waiting. */
-static void bulk_send_next(kvtc_conn *c)
+static void bulk_send_next(kvtc_conn *c, uint32_t stream)
 {
-    c->bulk_sending = 0;
-    struct kvtc__op *op = c->sendq_head;
+    struct kvtc__sendq *q = &c->sendq[stream];
+    q->sending = 0;
+    struct kvtc__op *op = q->head;
     if (!op || c->failed)
         return;
-    KVTC_FIFO_POP(c->sendq_head, c->sendq_tail, sendq_next);
-    c->bulk_sending = 1;
+    KVTC_FIFO_POP(q->head, q->tail, sendq_next);
+    q->sending = 1;
     post_send(c, op);
 }
 
@@ -179,11 +181,14 @@ static void bulk_send_next(kvtc_conn *c)
 static void drop_send_queue(kvtc_conn *c)
 {
     struct kvtc__op *op;
-    while ((op = c->sendq_head)) {
-        KVTC_FIFO_POP(c->sendq_head, c->sendq_tail, sendq_next);
-        op->send_pending = 0;
+    for (uint32_t i = 0; i <= KVTC__MAX_RAILS; i++) {
+        struct kvtc__sendq *q = &c->sendq[i];
+        while ((op = q->head)) {
+            KVTC_FIFO_POP(q->head, q->tail, sendq_next);
+            op->send_pending = 0;
+        }
+        q->sending = 0;
     }
-    c->bulk_sending = 0;
 }
 
 static void send_cb(void *request, ucs_status_t status, void *user_data)
@@ -200,9 +205,10 @@ static void send_cb(void *request, ucs_status_t status, void *user_data)
     if (request)
         ucp_request_free(request);
     int bulk = op->bulk_send;
+    uint32_t stream = op->stream;
     kvtc__op_maybe_done(op);
     if (bulk)
-        bulk_send_next(c);
+        bulk_send_next(c, stream);
 }
 
 static size_t payload_bytes(const void *payload, size_t count, ucp_datatype_t dt)
@@ -287,21 +293,23 @@ static int op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
         count = nb + 1;
         prm.datatype = ucp_dt_make_iov();
     }
+    struct kvtc__sendq *q = &c->sendq[op->stream];
     if (payload_bytes(payload, count, prm.datatype) >= KVTC_WIRE_RNDV_THRESH_BYTES) {
         op->bulk_send = 1;
         op->q_hdr = hdr, op->q_hlen = hdr_len, op->q_data = payload, op->q_count = count;
         op->q_prm = prm;
-        if (c->bulk_sending) {
-            KVTC_FIFO_PUSH(c->sendq_head, c->sendq_tail, op, sendq_next);
+        if (q->sending) {
+            KVTC_FIFO_PUSH(q->head, q->tail, op, sendq_next);
             return 0;
         }
-        c->bulk_sending = 1;
+        q->sending = 1;
     }
-    ucs_status_ptr_t sp = ucp_am_send_nbx(kvtc__send_ep(c), KVTC_WIRE_AM_REQUEST, hdr,
-                                          hdr_len, payload, count, &prm);
+    ucp_ep_h ep = op->ep ? op->ep : kvtc__send_ep(c);
+    ucs_status_ptr_t sp =
+        ucp_am_send_nbx(ep, KVTC_WIRE_AM_REQUEST, hdr, hdr_len, payload, count, &prm);
     if (UCS_PTR_IS_ERR(sp)) {
         if (op->bulk_send)
-            c->bulk_sending = 0;
+            q->sending = 0;
         kvtc__set_error(c, "send: %s", ucs_status_string(UCS_PTR_STATUS(sp)));
         unlink_inflight(op);
         return KVTC_ECONN;
@@ -309,7 +317,7 @@ static int op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
     if (sp == NULL) {
         op->send_pending = 0;
         if (op->bulk_send)
-            c->bulk_sending = 0; /* nothing waits: it was the only one */
+            q->sending = 0; /* nothing waits: it was the only one */
     }
     return 0;
 }
@@ -601,7 +609,7 @@ int kvtc_progress(kvtc_conn *c)
         return KVTC_EINVAL;
     for (int i = 0; i < PROGRESS_BUDGET && ucp_worker_progress(c->worker); i++)
         ;
-    if (c->failed && (c->ep || c->bulk_ep))
+    if (c->failed && (c->ep || c->bulk_ep || c->n_rails))
         close_ep(c, 1);
     expire(c);
     int n = run_done(c);
@@ -794,10 +802,13 @@ static void close_one(kvtc_conn *c, ucp_ep_h *epp, int force)
     ucp_request_free(sp);
 }
 
-/* Close both endpoints (the bulk one first: its transfers are the ones
- * that may touch the caller's buffers directly). */
+/* Close every endpoint (the rails and the bulk one first: their transfers
+ * are the ones that may touch the caller's buffers directly). */
 static void close_ep(kvtc_conn *c, int force)
 {
+    for (uint32_t i = 0; i < c->n_rails; i++)
+        close_one(c, &c->rail_ep[i], force);
+    c->n_rails = 0;
     close_one(c, &c->bulk_ep, force);
     close_one(c, &c->ep, force);
 }
@@ -923,6 +934,8 @@ static int ucx_setup(kvtc_conn *c)
 static int hello(kvtc_conn *c, const kvtc_conn_params *params, uint64_t deadline);
 static int bulk_wanted(const kvtc_conn_params *params, const struct sockaddr_storage *ss);
 static int bulk_setup(kvtc_conn *c, uint64_t deadline);
+static int rails_wanted(const kvtc_conn_params *params);
+static int rails_setup(kvtc_conn *c, uint64_t deadline);
 
 int kvtc_connect(const char *server, const kvtc_conn_params *params,
                  kvtc_conn **out)
@@ -1026,6 +1039,9 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
         c->local_client_check = kvtc__local_check_wanted();
         kvtc__local_setup(c, deadline);
     }
+    if (c->n_rail_addr && !c->local_ok && rails_wanted(params) &&
+        (rc = rails_setup(c, deadline)))
+        goto fail;
     kvtc__trace_open(c);
     *out = c;
     return 0;
@@ -1051,7 +1067,7 @@ void kvtc_disconnect(kvtc_conn *c)
          * waits on a peer that never answers leaves requests that
          * ucp_worker_destroy treats as a bug and aborts on. The daemon
          * sees the disconnect either way. */
-        if (c->ep || c->bulk_ep)
+        if (c->ep || c->bulk_ep || c->n_rails)
             close_ep(c, 1);
         /* Sends and receives posted on the closed endpoint complete now;
          * bounded, because the worker teardown reclaims any stragglers. */
@@ -1079,6 +1095,8 @@ void kvtc_disconnect(kvtc_conn *c)
     kvtc__mem_free_all(c); /* after the local path closed: kvtcd let go */
     kvtc__trace_close(c);
     free(c->peer_addr);
+    for (uint32_t i = 0; i < c->n_rail_addr; i++)
+        free(c->rail_addr[i]);
     free(c);
 }
 
@@ -1195,60 +1213,63 @@ static int bulk_wanted(const kvtc_conn_params *params, const struct sockaddr_sto
     return mode == KVTC_BULK_ALWAYS || addr_is_local(ss);
 }
 
-static void bulk_flush_cb(void *request, ucs_status_t status, void *user_data)
+static void ep_flush_cb(void *request, ucs_status_t status, void *user_data)
 {
-    kvtc_conn *c = user_data;
-    if (c->bulk_flushed == 0)
-        c->bulk_flushed = status == UCS_OK ? 1 : -1;
+    int *flushed = user_data;
+    if (*flushed == 0)
+        *flushed = status == UCS_OK ? 1 : -1;
     ucp_request_free(request);
 }
 
-/* Progress until *flag is set, the bulk endpoint failed, the connection
- * failed or the deadline passed. */
-static void bulk_wait(kvtc_conn *c, const int *flag, uint64_t deadline)
+/* Progress until *flag is set, *flushed (the endpoint's state) went
+ * negative, the connection failed or the deadline passed. */
+static void ep_wait(kvtc_conn *c, const int *flag, const int *flushed, uint64_t deadline)
 {
     int64_t t;
-    while (!*flag && c->bulk_flushed >= 0 && !c->failed && (t = ms_left(deadline)) != 0) {
+    while (!*flag && *flushed >= 0 && !c->failed && (t = ms_left(deadline)) != 0) {
         kvtc_progress(c);
-        if (!*flag && c->bulk_flushed >= 0 && !c->failed)
+        if (!*flag && *flushed >= 0 && !c->failed)
             sleep_fd(c, t > 10 ? 10 : t);
     }
 }
 
-/* Set up and bind the bulk endpoint. Any failure on its own side leaves
- * the connection on TCP and returns 0; an error return means the
- * connection itself failed or the daemon did not answer in time (it may
- * have bound the endpoint, so going on without it is not safe). */
-static int bulk_setup(kvtc_conn *c, uint64_t deadline)
+/* Open an endpoint to the daemon's worker address addr and bind it to our
+ * session with a Hello{bind_session, bind_token} sent on it; errcb sets
+ * *flushed to -1 when it fails. 0: bound, in *epp. 1: not bound, its own
+ * failure (closed): the connection goes on without it. < 0: the connection
+ * failed or the daemon did not answer in time (it may have bound the
+ * endpoint, so going on without it is not safe). */
+static int bind_ep(kvtc_conn *c, const void *addr, ucp_err_handler_cb_t errcb, int *flushed,
+                   ucp_ep_h *epp, const char *what, uint64_t deadline)
 {
     ucp_ep_params_t ep = {
         .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                       UCP_EP_PARAM_FIELD_ERR_HANDLER,
-        .address = c->peer_addr,
+        .address = addr,
         .err_mode = UCP_ERR_HANDLING_MODE_PEER,
-        .err_handler = {.cb = bulk_err_cb, .arg = c},
+        .err_handler = {.cb = errcb, .arg = c},
     };
-    c->bulk_flushed = 0;
-    if (ucp_ep_create(c->worker, &ep, &c->bulk_ep) != UCS_OK) {
-        c->bulk_ep = NULL;
-        return 0;
+    *flushed = 0;
+    if (ucp_ep_create(c->worker, &ep, epp) != UCS_OK) {
+        *epp = NULL;
+        return 1;
     }
     /* As for the first endpoint: no send before wire-up ends. */
     ucp_request_param_t fp = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-        .cb.send = bulk_flush_cb,
-        .user_data = c,
+        .cb.send = ep_flush_cb,
+        .user_data = flushed,
     };
-    ucs_status_ptr_t sp = ucp_ep_flush_nbx(c->bulk_ep, &fp);
+    ucs_status_ptr_t sp = ucp_ep_flush_nbx(*epp, &fp);
     if (UCS_PTR_IS_ERR(sp))
-        c->bulk_flushed = -1;
+        *flushed = -1;
     else if (sp == NULL)
-        c->bulk_flushed = 1;
-    bulk_wait(c, &c->bulk_flushed, deadline); /* until 1 or -1 */
+        *flushed = 1;
+    ep_wait(c, flushed, flushed, deadline); /* until 1 or -1 */
     int rc = 0;
     struct sync_wait w = {0};
     struct kvtc__op *o = NULL;
-    if (c->bulk_flushed != 1)
+    if (*flushed != 1)
         goto fallback;
     Kvtc__Wire__Hello h = KVTC__WIRE__HELLO__INIT;
     h.major = KVTC_PROTO_MAJOR;
@@ -1261,35 +1282,29 @@ static int bulk_setup(kvtc_conn *c, uint64_t deadline)
     req.hello = &h;
     kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = sync_cb, .arg = &w};
     /* No deadline of its own: an expired op fails the whole connection,
-     * and this one may only fail the bulk endpoint. */
+     * and this one may only fail the endpoint. */
     o = kvtc__op_new(c, KVTC__OP_BIND, &op);
     if (!o)
         goto fallback;
     o->deadline_ns = 0;
-    c->bulk_state = KVTC__BULK_BINDING;
+    o->ep = *epp;
     if (kvtc__op_send(c, o, &req, NULL, 0, ucp_dt_make_contig(1), 0)) {
         kvtc__op_free(o);
         o = NULL;
         goto fallback;
     }
-    bulk_wait(c, &w.done, deadline);
-    if (w.done && w.status == 0 && c->bulk_flushed >= 0) {
-        c->bulk_state = KVTC__BULK_BOUND;
-        c->info.bulk_endpoint = 1;
-        if (getenv("KVTC_EP_INFO")) /* which lanes each endpoint got */
-            ucp_ep_print_info(c->ep, stderr), ucp_ep_print_info(c->bulk_ep, stderr);
+    ep_wait(c, &w.done, flushed, deadline);
+    if (w.done && w.status == 0 && *flushed >= 0)
         return 0;
-    }
     if (c->failed) {
         rc = c->failed;
-    } else if (!w.done && c->bulk_flushed >= 0) {
-        kvtc__set_error(c, "binding the bulk endpoint timed out");
+    } else if (!w.done && *flushed >= 0) {
+        kvtc__set_error(c, "binding %s timed out", what);
         rc = KVTC_ETIMEDOUT;
     }
 fallback:
-    c->bulk_state = KVTC__BULK_NONE;
     /* The forced close completes the bind's send if it is still posted. */
-    close_one(c, &c->bulk_ep, 1);
+    close_one(c, epp, 1);
     if (o && !w.done) {
         for (struct kvtc__op *x = c->inflight; x; x = x->next)
             if (x == o) {
@@ -1300,8 +1315,86 @@ fallback:
             }
         run_done(c);
     }
-    c->bulk_flushed = 0;
-    if (!rc)
-        c->last_error[0] = '\0';
-    return rc;
+    *flushed = 0;
+    if (rc)
+        return rc;
+    c->last_error[0] = '\0';
+    return 1;
+}
+
+/* Set up and bind the bulk endpoint; 0 also when it stays unbound. */
+static int bulk_setup(kvtc_conn *c, uint64_t deadline)
+{
+    c->bulk_state = KVTC__BULK_BINDING;
+    int rc = bind_ep(c, c->peer_addr, bulk_err_cb, &c->bulk_flushed, &c->bulk_ep,
+                     "the bulk endpoint", deadline);
+    if (rc == 0) {
+        c->bulk_state = KVTC__BULK_BOUND;
+        c->info.bulk_endpoint = 1;
+        if (getenv("KVTC_EP_INFO")) /* which lanes each endpoint got */
+            ucp_ep_print_info(c->ep, stderr), ucp_ep_print_info(c->bulk_ep, stderr);
+        return 0;
+    }
+    c->bulk_state = KVTC__BULK_NONE;
+    return rc < 0 ? rc : 0;
+}
+
+/* ---- Rails ------------------------------------------------------------------
+ *
+ * A daemon with rails (UCX workers on threads of their own, protocol 1.4)
+ * lists their addresses in HelloReply. Over UCX payloads every byte a
+ * worker moves is copied by the thread that progresses it, and one thread
+ * is the bound of a tcp stream; so the client binds an endpoint to each
+ * rail, as the bulk endpoint is bound, and sends its large puts and gets
+ * there round robin (kvtc__rail_pick); each reply comes back on the rail
+ * its request took. Not with the local path (bytes do not travel on UCX
+ * then), nor with KVTC_RAILS=0. Once bound, a rail failing fails the
+ * connection. */
+
+static int rails_wanted(const kvtc_conn_params *params)
+{
+    if (params && (params->field_mask & KVTC_CONN_PARAM_FIELD_RAILS))
+        return params->rails != KVTC_RAILS_OFF;
+    const char *e = getenv("KVTC_RAILS");
+    return !e || (strcmp(e, "0") && strcmp(e, "off"));
+}
+
+static void rail_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
+{
+    kvtc_conn *c = arg;
+    for (uint32_t i = 0; i < c->n_rails; i++)
+        if (c->rail_ep[i] == ep) {
+            char why[128];
+            snprintf(why, sizeof why, "connection lost (rail %u): %s", i,
+                     ucs_status_string(status));
+            kvtc__conn_fail(c, KVTC_ECONN, why);
+            return;
+        }
+    c->rail_flushed = -1; /* the one being bound */
+}
+
+/* Bind a rail for each address, in order, until one cannot be bound. */
+static int rails_setup(kvtc_conn *c, uint64_t deadline)
+{
+    for (uint32_t i = 0; i < c->n_rail_addr; i++) {
+        ucp_ep_h ep = NULL;
+        int rc = bind_ep(c, c->rail_addr[i], rail_err_cb, &c->rail_flushed, &ep, "a rail",
+                         deadline);
+        if (rc < 0)
+            return rc;
+        if (rc > 0)
+            break;
+        c->rail_ep[c->n_rails++] = ep;
+    }
+    c->info.rails = c->n_rails;
+    return 0;
+}
+
+void kvtc__rail_pick(kvtc_conn *c, struct kvtc__op *op, size_t bytes)
+{
+    if (!c->n_rails || bytes < KVTC_WIRE_RNDV_THRESH_BYTES)
+        return;
+    uint32_t i = c->rail_next++ % c->n_rails;
+    op->ep = c->rail_ep[i];
+    op->stream = 1 + i;
 }

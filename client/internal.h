@@ -101,6 +101,9 @@ struct kvtc__op {
     /* A request whose payload goes by rendezvous waits here while another
      * one's is sent (conn.c, "one bulk send at a time"). */
     int bulk_send;
+    ucp_ep_h ep;                  /* where its request goes: a rail, or NULL
+                                     for kvtc__send_ep (conn.c, "Rails") */
+    uint32_t stream;              /* 1 + its rail, 0: the usual endpoint */
     struct kvtc__op *sendq_next;
     const void *q_hdr, *q_data;
     size_t q_hlen, q_count;
@@ -124,6 +127,8 @@ struct kvtc__op {
         } prof;
     } out;
 };
+
+#define KVTC__MAX_RAILS 16u
 
 struct kvtc_conn {
     ucp_context_h ctx;
@@ -181,8 +186,21 @@ struct kvtc_conn {
     int check_thread;           /* pipelined UCX gets are checked on a
                                    thread of their own (checker.c) */
     struct kvtc__checker *checker; /* that thread, NULL until needed */
-    struct kvtc__op *sendq_head, *sendq_tail; /* bulk sends waiting */
-    int bulk_sending;           /* one is posted */
+    /* Rails (conn.c): endpoints to the daemon's rail workers, each bound
+     * to our session; large puts and gets go there, round robin. */
+    void *rail_addr[KVTC__MAX_RAILS]; /* HelloReply.rail_address (malloc'd) */
+    size_t rail_addr_len[KVTC__MAX_RAILS];
+    uint32_t n_rail_addr;
+    ucp_ep_h rail_ep[KVTC__MAX_RAILS];
+    uint32_t n_rails;           /* bound (they are requests' from then on) */
+    uint32_t rail_next;
+    int rail_flushed;           /* the endpoint being bound: 0, 1, -1 */
+    /* Bulk sends one at a time per stream (conn.c): [0] the usual
+     * endpoint, [1 + i] rail i. */
+    struct kvtc__sendq {
+        struct kvtc__op *head, *tail; /* waiting */
+        int sending;                  /* one is posted */
+    } sendq[1 + KVTC__MAX_RAILS];
     char last_error[256];
 };
 
@@ -197,6 +215,11 @@ static inline ucp_ep_h kvtc__send_ep(const kvtc_conn *c)
 {
     return c->bulk_state != KVTC__BULK_NONE && c->bulk_ep ? c->bulk_ep : c->ep;
 }
+
+/* Send op's request of `bytes` bulk bytes (its payload, or a get's
+ * destinations) on a rail, round robin, when it is large enough and the
+ * connection has rails (sets op->ep, op->stream). */
+void kvtc__rail_pick(kvtc_conn *c, struct kvtc__op *op, size_t bytes);
 
 /* conn.c */
 void kvtc__set_error(kvtc_conn *c, const char *fmt, ...)

@@ -47,6 +47,10 @@ static ProtobufCBinaryData *wire_keys(const kvtc_key *keys, size_t n)
 /* Send req with op's payload (op->iov) as its bulk bytes. */
 static int send_payload(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req, int direct)
 {
+    size_t bytes = 0;
+    for (size_t i = 0; i < op->iov_n; i++)
+        bytes += op->iov[i].length;
+    kvtc__rail_pick(c, op, bytes);
     if (op->iov_n == 1)
         return kvtc__op_send(c, op, req, op->iov[0].buffer, op->iov[0].length,
                              ucp_dt_make_contig(1), direct);
@@ -405,6 +409,13 @@ int kvtc_get_batch_async(kvtc_conn *c, kvtc_get_item *items, size_t n,
     req.get = &gr;
     op->out.get = items;
     op->n = n;
+    if (!op->local) {
+        /* Large hits come back on the rail the request takes. */
+        size_t room = 0;
+        for (size_t i = 0; i < n; i++)
+            room += items[i].capacity;
+        kvtc__rail_pick(c, op, room);
+    }
     rc = kvtc__op_send(c, op, &req, NULL, 0, ucp_dt_make_contig(1), 0);
     if (!rc)
         op = NULL;
@@ -667,6 +678,19 @@ static int hello_out(kvtc_conn *c, const Kvtc__Wire__HelloReply *h)
         strlen(h->local_path) < 128 && strlen(h->host_id) < 64) {
         c->local_path = strdup(h->local_path);
         c->host_id = strdup(h->host_id);
+    }
+    /* Kept for the rails (conn.c, "Rails"); a bind's reply carries none. */
+    for (size_t i = 0; i < h->n_rail_address && c->n_rail_addr < KVTC__MAX_RAILS; i++) {
+        const ProtobufCBinaryData *a = &h->rail_address[i];
+        if (!a->len || a->len > 65536 || !h->has_bind_token)
+            break; /* not a worker address */
+        void *copy = malloc(a->len);
+        if (!copy)
+            break;
+        memcpy(copy, a->data, a->len);
+        c->rail_addr[c->n_rail_addr] = copy;
+        c->rail_addr_len[c->n_rail_addr++] = a->len;
+        c->bind_token = h->bind_token;
     }
     /* Kept for the bulk endpoint (conn.c); a bind's reply carries none. An
      * address is a few hundred bytes: a huge one is not a worker address. */

@@ -29,7 +29,7 @@ extern "C" {
 /* Protocol version: a peer of another major is refused with STATUS_VERSION;
  * minors only add optional fields and are compatible both ways. */
 #define KVTC_PROTO_MAJOR 1u
-#define KVTC_PROTO_MINOR 3u
+#define KVTC_PROTO_MINOR 4u
 
 /* UCX active-message ids. */
 #define KVTC_WIRE_AM_REQUEST 1u

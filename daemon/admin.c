@@ -13,6 +13,7 @@
 #include "local_path.h"
 #include "local_region.h"
 #include "log.h"
+#include "rails.h"
 #include "server.h"
 #include "store_host.h"
 
@@ -135,6 +136,29 @@ static void cpu_metric(struct sbuf *b, const char *name, const char *help,
         return;
     sb_printf(b, "# HELP kvtc_%s %s\n# TYPE kvtc_%s counter\nkvtc_%s %.6f\n",
               name, help, name, name, ts.tv_sec + ts.tv_nsec * 1e-9);
+}
+
+/* Rails (rails.h): how many, what came on them, each one's CPU. */
+static void render_rails(struct sbuf *b, const kvtcd_server *srv)
+{
+    uint32_t n = kvtcd_rails_count(srv);
+    metric(b, "rails", "gauge",
+           "Rails running: UCX workers on threads of their own that carry "
+           "large puts and gets.", n);
+    metric(b, "rail_binds_total", "counter",
+           "Client endpoints bound to a session on a rail.", srv->m.rail_binds);
+    metric(b, "rail_requests_total", "counter",
+           "Requests that came on a rail.", srv->m.rail_requests);
+    if (!n)
+        return;
+    sb_printf(b, "# HELP kvtc_rail_cpu_seconds_total CPU seconds of each rail's "
+                 "thread (its tcp copies).\n# TYPE kvtc_rail_cpu_seconds_total "
+                 "counter\n");
+    for (uint32_t r = 0; r < n; r++) {
+        double sec = kvtcd_rails_cpu_seconds(srv, r);
+        if (sec >= 0)
+            sb_printf(b, "kvtc_rail_cpu_seconds_total{rail=\"%u\"} %.6f\n", r, sec);
+    }
 }
 
 static const char *const tier_names[KVTCD_N_TIERS] = {"host", "gpu",
@@ -302,6 +326,7 @@ int kvtcd_metrics_render(const kvtcd_server *srv, char **out, size_t *len)
     cpu_metric(&b, "process_cpu_seconds_total",
                "CPU seconds of the whole daemon (all threads).",
                CLOCK_PROCESS_CPUTIME_ID);
+    render_rails(&b, srv);
     /* The same-host local path (local_path.h). */
     metric(&b, "local_links_total", "counter",
            "Sessions that bound the local path.", m->local_links);

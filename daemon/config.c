@@ -207,6 +207,8 @@ static int apply(kvtcd_config *c, const char *section, const char *name,
         return set_path(c->local_path, sizeof c->local_path, v);
     if (IS("server", "local_copy_threads"))
         return parse_u32(v, 0, KVTCD_CWORKERS_MAX, &c->local_copy_threads);
+    if (IS("server", "rails"))
+        return parse_u32(v, 0, KVTCD_MAX_RAILS, &c->rails);
     if (IS("store", "audit_interval"))
         return parse_u32(v, 0, KVTCD_MAX_AUDIT_INTERVAL, &c->audit_interval);
     if (IS("store", "host_prefault"))
@@ -330,6 +332,7 @@ static const struct flag {
     {"--bulk-endpoint", "server", "bulk_endpoint"},
     {"--local-path", "server", "local_path"},
     {"--local-copy-threads", "server", "local_copy_threads"},
+    {"--rails", "server", "rails"},
     {"--host-mem", "store", "host_mem"},  {"--data-dir", "store", "data_dir"},
     {"--host-prefault", "store", "host_prefault"},
     {"--host-pin", "store", "host_pin"},
@@ -489,6 +492,10 @@ const char *kvtcd_usage(void)
            "                        (default auto: abstract @kvtcd-HOST:PORT)\n"
            "  --local-copy-threads N  threads that copy the local path's bytes\n"
            "                        (default 0: half the CPUs, 2 to 8)\n"
+           "  --rails N             UCX workers on threads of their own that\n"
+           "                        carry clients' large puts and gets over\n"
+           "                        UCX, beside the loop's (default 0, at\n"
+           "                        most 16; docs/kvtcd.md, Transport)\n"
            "  --port-file PATH      once listening, write \"UCX_PORT ADMIN_PORT\\n\"\n"
            "                        to PATH (atomically)\n"
            "  --config FILE         INI file; flags override it\n"

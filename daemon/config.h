@@ -5,6 +5,7 @@
  *   [server]  listen = HOST:PORT   admin = HOST:PORT   port_file = PATH
  *             max_sessions = N   bulk_endpoint = on|off
  *             local_path = auto|off|PATH   local_copy_threads = N
+ *             rails = N
  *   [store]   host_mem = SIZE      data_dir = DIR
  *             disk_dir = DIR   disk_size = SIZE   disk_io = auto|uring|threads
  *             durability = cache|durable   gpu_mem = SIZE   gpu_device = N
@@ -93,6 +94,9 @@ typedef struct kvtcd_config {
                                  (sun_path's size bounds it) */
     uint32_t local_copy_threads; /* the local path's copy workers; 0:
                                     half the CPUs, 2..8 */
+    uint32_t rails;           /* UCX workers of their own threads that
+                                 carry large puts and gets (rails.h); 0:
+                                 none, all on the loop */
     uint32_t audit_interval;  /* seconds: a stored chunk sent to a client
                                  that checks it is re-read beside the send
                                  at most once an interval (0: every time;
@@ -100,6 +104,8 @@ typedef struct kvtcd_config {
                                  bytes over UCX") */
     int log_level;            /* enum kvtcd_log_level */
 } kvtcd_config;
+
+#define KVTCD_MAX_RAILS 16u /* --rails */
 
 enum kvtcd_action { KVTCD_RUN = 0, KVTCD_HELP = 1, KVTCD_VERSION = 2 };
 

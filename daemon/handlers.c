@@ -14,6 +14,7 @@
 #include "kvtc_codec.h"
 #include "kvtc_errors.h"
 #include "log.h"
+#include "rails.h"
 #include "server.h"
 
 #define ST(x) KVTC__WIRE__STATUS__##x
@@ -114,6 +115,20 @@ static void handle_hello(kvtcd_session *s, const Kvtc__Wire__Request *req)
         hr.has_bind_token = 1;
         hr.bind_token = s->bind_token;
     }
+    /* 1.4: the rails' worker addresses. */
+    ProtobufCBinaryData rails[KVTCD_MAX_RAILS];
+    uint32_t n_rails = kvtcd_rails_count(srv);
+    for (uint32_t r = 0; r < n_rails; r++) {
+        const void *a;
+        kvtcd_rails_address(srv, r, &a, &rails[r].len);
+        rails[r].data = (uint8_t *)a;
+    }
+    if (n_rails && h->minor >= 4) {
+        hr.n_rail_address = n_rails;
+        hr.rail_address = rails;
+        hr.has_bind_token = 1;
+        hr.bind_token = s->bind_token;
+    }
     /* 1.3: the local path; a 1.2 client ignores the fields. */
     if (kvtcd_local_name(srv) && h->minor >= 3) {
         hr.local_path = (char *)kvtcd_local_name(srv);
@@ -171,17 +186,17 @@ static void refuse_bind(kvtcd_server *srv, ucp_ep_h ep, uint64_t id,
     kvtcd_session_close(t, why);
 }
 
-ucs_status_t kvtcd_handle_unbound(kvtcd_server *srv, ucp_ep_h ep,
-                                  const void *header, size_t header_len,
-                                  void *data, size_t length,
-                                  const ucp_am_recv_param_t *param)
+/* A bind is one small inline Hello{bind_session, bind_token}: that, or
+ * NULL for anything else from an endpoint of no session (counted, logged;
+ * its data is dropped unread). */
+static Kvtc__Wire__Request *parse_bind(kvtcd_server *srv, const void *header,
+                                       size_t header_len, size_t length,
+                                       int rndv)
 {
     size_t mlen;
     int in_data;
     Kvtc__Wire__Request *req = NULL;
-    /* A bind is one small inline Hello: anything else from an unknown
-     * endpoint is dropped unread (returning UCS_OK drops its data). */
-    if (length != 0 || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) ||
+    if (length != 0 || rndv ||
         kvtc_wire_am_split(header, header_len, length, &mlen, &in_data) < 0 ||
         in_data ||
         kvtc_wire_unpack_request_msg((const uint8_t *)header +
@@ -195,19 +210,104 @@ ucs_status_t kvtcd_handle_unbound(kvtcd_server *srv, ucp_ep_h ep,
                    header_len, length);
         if (req)
             kvtc_wire_request_free(req);
-        return UCS_OK;
+        return NULL;
     }
     srv->m.requests++;
-    const Kvtc__Wire__Hello *h = req->hello;
+    return req;
+}
+
+/* The session a bind names, if it may bind: else NULL, *status and *why
+ * say why (one answer for a wrong id and a wrong token: no hint about
+ * which sessions exist). */
+static kvtcd_session *bind_target(kvtcd_server *srv, const Kvtc__Wire__Hello *h,
+                                  int *status, const char **why)
+{
     kvtcd_session *s = kvtcd_session_find(srv, h->bind_session);
+    *status = ST(OK);
     if (srv->draining)
-        refuse_bind(srv, ep, req->id, ST(BUSY), "kvtcd is shutting down");
+        *status = ST(BUSY), *why = "kvtcd is shutting down";
     else if (!kvtc_wire_version_ok(h->major))
-        refuse_bind(srv, ep, req->id, ST(VERSION), "protocol version");
+        *status = ST(VERSION), *why = "protocol version";
     else if (!s || !s->hello_done || s->bind_token != h->bind_token)
-        /* One answer for all three: no hint about which sessions exist. */
-        refuse_bind(srv, ep, req->id, ST(UNAUTHORIZED),
-                    "no such session or wrong token");
+        *status = ST(UNAUTHORIZED), *why = "no such session or wrong token";
+    return *status == ST(OK) ? s : NULL;
+}
+
+/* The reply to a bind: a HelloReply naming the session, or an error. */
+static int pack_bind_reply(uint64_t id, const kvtcd_session *s, int status,
+                           const char *why, void **frame, size_t *len)
+{
+    Kvtc__Wire__HelloReply hr = KVTC__WIRE__HELLO_REPLY__INIT;
+    Kvtc__Wire__Reply rep = KVTC__WIRE__REPLY__INIT;
+    char msg[160];
+    rep.id = id;
+    rep.status = (Kvtc__Wire__Status)status;
+    if (status == ST(OK)) {
+        hr.major = KVTC_PROTO_MAJOR;
+        hr.minor = KVTC_PROTO_MINOR;
+        hr.has_session_id = 1;
+        hr.session_id = s->id;
+        rep.body_case = KVTC__WIRE__REPLY__BODY_HELLO;
+        rep.hello = &hr;
+    } else {
+        snprintf(msg, sizeof msg, "bind: %s", why);
+        rep.message = msg;
+    }
+    return kvtc_wire_pack_reply_alloc(&rep, frame, len);
+}
+
+void kvtcd_handle_rail_bind(kvtcd_server *srv, uint32_t r, ucp_ep_h ep,
+                            const void *header, size_t header_len,
+                            size_t length, int rndv)
+{
+    Kvtc__Wire__Request *req = parse_bind(srv, header, header_len, length, rndv);
+    if (!req) {
+        kvtcd_rail_close_ep(srv, r, ep);
+        return;
+    }
+    int status;
+    const char *why = "";
+    kvtcd_session *s = bind_target(srv, req->hello, &status, &why);
+    if (s && s->rail_ep[r])
+        s = NULL, status = ST(INVALID), why = "session already has this rail";
+    void *frame = NULL;
+    size_t len = 0;
+    if (pack_bind_reply(req->id, s, status, why, &frame, &len) < 0 ||
+        len > srv->max_am_header) {
+        free(frame);
+        frame = NULL;
+    }
+    if (s) {
+        s->rail_ep[r] = ep;
+        srv->m.rail_binds++;
+        KVTCD_INFO("session", "rail bound session=%llu rail=%u",
+                   (unsigned long long)s->id, r);
+    } else {
+        srv->m.errors++;
+        KVTCD_WARN("session", "rail bind refused rail=%u reason=\"%s\"", r, why);
+    }
+    if (frame)
+        kvtcd_rail_send_frame(srv, r, ep, frame, len);
+    if (!s)
+        kvtcd_rail_close_ep(srv, r, ep); /* after the answer, in order */
+    kvtc_wire_request_free(req);
+}
+
+ucs_status_t kvtcd_handle_unbound(kvtcd_server *srv, ucp_ep_h ep,
+                                  const void *header, size_t header_len,
+                                  void *data, size_t length,
+                                  const ucp_am_recv_param_t *param)
+{
+    Kvtc__Wire__Request *req =
+        parse_bind(srv, header, header_len, length,
+                   (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0);
+    if (!req)
+        return UCS_OK; /* drops its data */
+    int status;
+    const char *why = "";
+    kvtcd_session *s = bind_target(srv, req->hello, &status, &why);
+    if (!s)
+        refuse_bind(srv, ep, req->id, status, why);
     else if (s->bulk_ep)
         refuse_bind(srv, ep, req->id, ST(INVALID),
                     "session already has a bulk endpoint");
@@ -637,7 +737,11 @@ static void complete_recv(kvtcd_op *op, ucs_status_t status)
         finish_put(op, 0, NULL);
         return;
     }
-    /* KVTCD_OP_RECV: the message (and any bulk after it) has arrived. */
+    /* KVTCD_OP_RECV: the message (and any bulk after it) has arrived.
+     * Its reply goes back on the rail it came on, if one. */
+    kvtcd_server *srv = s->srv;
+    uint32_t saved_rail = srv->cur_rail;
+    srv->cur_rail = op->rail;
     const void *msg = op->msg_buf ? op->msg_buf : op->blob->data;
     Kvtc__Wire__Request *req = NULL;
     if (kvtc_wire_unpack_request_msg(msg, op->msg_len, &req) < 0) {
@@ -654,6 +758,7 @@ static void complete_recv(kvtcd_op *op, ucs_status_t status)
                  NULL, op->blob, op->msg_len, 0);
         kvtc_wire_request_free(req);
     }
+    srv->cur_rail = saved_rail;
     kvtcd_op_free(op);
 }
 
@@ -667,10 +772,15 @@ static void on_recv_done(void *request, ucs_status_t status, size_t length,
     complete_recv(op, status);
 }
 
-/* Start receiving a rendezvous payload of len bytes into dst. */
+/* Start receiving a rendezvous payload of len bytes into dst. A request
+ * that came on a rail has its descriptor there: the rail receives it. */
 static void start_recv(kvtcd_op *op, void *desc, void *dst, size_t len)
 {
     kvtcd_server *srv = op->sess->srv;
+    if (srv->cur_rail) {
+        kvtcd_rail_recv(srv, srv->cur_rail - 1, desc, dst, len, op, complete_recv);
+        return;
+    }
     ucp_request_param_t p = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
         .cb.recv_am = on_recv_done,
@@ -1754,6 +1864,17 @@ static void dispatch(kvtcd_session *s, Kvtc__Wire__Request *req,
                      kvtcd_blob *preblob, size_t preoff, int store_full)
 {
     kvtcd_server *srv = s->srv;
+    if (srv->cur_rail) {
+        /* Its reply goes back on that rail. Rails carry bulk bytes only:
+         * puts and gets (a profile's upload would need the loop's worker). */
+        kvtcd_session_route(s, req->id, srv->cur_rail - 1);
+        if (req->body_case != KVTC__WIRE__REQUEST__BODY_PUT &&
+            req->body_case != KVTC__WIRE__REQUEST__BODY_GET) {
+            kvtcd_send_error(s, req->id, ST(INVALID),
+                             "only puts and gets travel on a rail");
+            return;
+        }
+    }
     if (srv->draining) {
         kvtcd_send_error(s, req->id, ST(BUSY), "kvtcd is shutting down");
         return;
@@ -1830,6 +1951,7 @@ ucs_status_t kvtcd_handle_request(kvtcd_session *s, const void *header,
         kvtcd_op *op = kvtcd_op_new(srv, KVTCD_OP_RECV, s);
         if (!op)
             return UCS_OK;
+        op->rail = srv->cur_rail;
         op->msg_len = mlen;
         op->total = length;
         void *dst;

@@ -24,6 +24,10 @@
 #include "tiers.h"
 #include "wire.h"
 
+/* Requests of one session in flight on its rails whose replies are routed
+ * back there; beyond it a reply takes the session's first endpoint. */
+#define KVTCD_RAIL_ROUTES 64
+
 typedef struct kvtcd_server kvtcd_server;
 
 typedef struct kvtcd_metrics {
@@ -55,6 +59,8 @@ typedef struct kvtcd_metrics {
                                       re-verified them (client_checks) */
     uint64_t bulk_replies_waited;  /* replies that waited for their
                                       session's previous bulk reply */
+    uint64_t rail_requests;        /* requests that came on a rail */
+    uint64_t rail_binds;           /* rail endpoints bound to sessions */
 } kvtcd_metrics;
 
 typedef struct kvtcd_session {
@@ -82,10 +88,22 @@ typedef struct kvtcd_session {
      * and to its memory. */
     struct kvtcd_local_link *local;
     int local_failed;       /* a copy failed: local requests refused */
-    /* Replies with rendezvous-size payloads go out one at a time
-     * (transport.c, "one bulk reply at a time"): the others wait here. */
-    struct kvtcd_op *bulk_q_head, *bulk_q_tail;
-    int bulk_sending;
+    /* Replies with rendezvous-size payloads go out one at a time per
+     * stream (transport.c, "one bulk reply at a time"): the others wait
+     * here. [0]: the session's endpoint; [1 + r]: rail r. */
+    struct kvtcd_bulk_q {
+        struct kvtcd_op *head, *tail;
+        int sending;
+    } bulk_q[1 + KVTCD_MAX_RAILS];
+    /* Rails (rails.h): the client's endpoint to each rail once bound (a
+     * handle of the rail's; NULL until then), and which rail each request
+     * in flight came on, so its reply goes back there. */
+    ucp_ep_h rail_ep[KVTCD_MAX_RAILS];
+    struct {
+        uint64_t id;
+        uint32_t rail;
+    } rail_route[KVTCD_RAIL_ROUTES];
+    uint32_t n_rail_routes;
 } kvtcd_session;
 
 /* An in-flight operation that holds UCX resources: a put whose bulk data
@@ -138,6 +156,8 @@ typedef struct kvtcd_op {
     size_t send_dlen;                  /* its bytes, or iov entries */
     int send_iov;                      /* send_data is an iov */
     int send_bulk;                     /* counts as the session's bulk reply */
+    uint32_t rail;                     /* SEND: goes out on this rail (+1);
+                                          RECV: its request came on it */
     struct kvtcd_op *bulk_q_next;      /* session's bulk_q */
     /* PUT, GET by the local path (local_path.h): the copy and the client's
      * ranges it uses, freed with the op */
@@ -187,6 +207,9 @@ struct kvtcd_server {
     kvtcd_metrics m;
     struct kvtcd_serve *serve;         /* profiles + codec jobs
                                           (codec_serve.h) */
+    struct kvtcd_rails *rails;         /* rails.h; NULL without */
+    uint32_t cur_rail;                 /* rail (+1) of the request being
+                                          dispatched; 0: the loop's worker */
     struct kvtcd_local *local;         /* unix socket of the local path
                                           (local_path.h); NULL when off */
     /* KVTCD_LOCAL_TRACE (local_trace.h): NULL when off; else the stamps
@@ -267,6 +290,8 @@ int kvtcd_session_bind_bulk(kvtcd_session *s, ucp_ep_h ep);
  * (yet): it can be answered and is closed like any other. NULL when the
  * daemon drains or has max_sessions already. */
 kvtcd_session *kvtcd_session_adopt(kvtcd_server *srv, ucp_ep_h ep);
+/* Request id of s came on rail r: its reply goes back there. */
+void kvtcd_session_route(kvtcd_session *s, uint64_t id, uint32_t r);
 
 /* ---- handlers.c ---- */
 /* Handle one request frame from s. data/length/param as the AM callback got
@@ -284,6 +309,11 @@ ucs_status_t kvtcd_handle_unbound(kvtcd_server *srv, ucp_ep_h ep,
                                   const void *header, size_t header_len,
                                   void *data, size_t length,
                                   const ucp_am_recv_param_t *param);
+/* The same on endpoint ep of rail r (rails.h): a bind makes ep the
+ * session's endpoint on that rail; anything else closes ep. */
+void kvtcd_handle_rail_bind(kvtcd_server *srv, uint32_t r, ucp_ep_h ep,
+                            const void *header, size_t header_len,
+                            size_t length, int rndv);
 
 /* ---- admin.c ---- */
 int kvtcd_admin_init(kvtcd_server *srv);

@@ -19,6 +19,7 @@
 #include "kvtc_errors.h"
 #include "local_path.h"
 #include "log.h"
+#include "rails.h"
 #include "server.h"
 
 #define PROGRESS_BOUND 1024 /* ucp_worker_progress calls per drive */
@@ -106,6 +107,11 @@ static void session_fail(kvtcd_session *s, const char *why)
     session_unlink(srv, s);
     kvtcd_local_detach(s);
     drop_bulk_queue(s);
+    for (uint32_t r = 0; r < KVTCD_MAX_RAILS; r++)
+        if (s->rail_ep[r]) {
+            kvtcd_rail_close_ep(srv, r, s->rail_ep[r]);
+            s->rail_ep[r] = NULL;
+        }
     s->close_pending = 1;
     s->close_next = srv->close_queue;
     srv->close_queue = s;
@@ -520,6 +526,11 @@ int kvtcd_transport_init(kvtcd_server *srv)
         .features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
         .name = "kvtcd",
     };
+    if (srv->cfg.rails) {
+        /* The rails' workers live on threads of their own. */
+        params.field_mask |= UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+        params.mt_workers_shared = 1;
+    }
     st = ucp_init(&params, config, &srv->ucp);
     ucp_config_release(config);
     if (st != UCS_OK) {
@@ -575,6 +586,9 @@ int kvtcd_transport_init(kvtcd_server *srv)
                     ucs_status_string(st));
         return KVTC_EIO;
     }
+    int rrc = kvtcd_rails_start(srv);
+    if (rrc < 0)
+        return rrc;
 
     struct sockaddr_storage ss;
     socklen_t sl;
@@ -631,6 +645,9 @@ void kvtcd_transport_close_all(kvtcd_server *srv)
 
 void kvtcd_transport_close_handles(kvtcd_server *srv)
 {
+    /* Also after a start that failed half way: a rail's handle would keep
+     * the loop alive. */
+    kvtcd_rails_stop(srv);
     if (!srv->handles_open)
         return;
     srv->handles_open = 0;
@@ -701,6 +718,17 @@ void kvtcd_transport_cleanup_context(kvtcd_server *srv)
 static void on_send_done(void *req, ucs_status_t status, void *user_data);
 static void send_done(kvtcd_op *op);
 
+static uint32_t route_take(kvtcd_session *s, uint64_t id);
+
+static void on_rail_send_done(kvtcd_op *op, ucs_status_t status)
+{
+    if (status != UCS_OK)
+        KVTCD_DEBUG("ucx", "rail reply send ended session=%llu req=%llu err=\"%s\"",
+                    (unsigned long long)op->sess->id, (unsigned long long)op->req_id,
+                    ucs_status_string(status));
+    send_done(op);
+}
+
 /* Hand op to UCX; 0, or an error (op freed). */
 static int post_send(kvtcd_op *op)
 {
@@ -714,6 +742,18 @@ static int post_send(kvtcd_op *op)
     if (op->send_iov) {
         p.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
         p.datatype = ucp_dt_make_iov();
+    }
+    if (op->rail) {
+        /* Back on the rail its request came on: that thread sends it. */
+        ucp_ep_h rep = s->rail_ep[op->rail - 1];
+        if (!rep) {
+            send_done(op); /* the session ended: nobody to answer */
+            return KVTC_ECONN;
+        }
+        kvtcd_rail_send(srv, op->rail - 1, rep, op->header, op->send_hlen,
+                        op->send_data, op->send_dlen, op->send_iov, op,
+                        on_rail_send_done);
+        return 0;
     }
     /* A bound bulk endpoint carries every reply: the client sends its
      * requests there too, and it has the shared-memory lanes. */
@@ -742,10 +782,11 @@ static void send_done(kvtcd_op *op)
     kvtcd_session *s = op->sess;
     kvtcd_op *next = NULL;
     if (op->send_bulk) {
-        s->bulk_sending = 0;
-        if (s->open && (next = s->bulk_q_head) != NULL) {
-            KVTC_FIFO_POP(s->bulk_q_head, s->bulk_q_tail, bulk_q_next);
-            s->bulk_sending = 1;
+        struct kvtcd_bulk_q *q = &s->bulk_q[op->rail];
+        q->sending = 0;
+        if (s->open && (next = q->head) != NULL) {
+            KVTC_FIFO_POP(q->head, q->tail, bulk_q_next);
+            q->sending = 1;
         }
     }
     /* Last: the op's reference may be the session's last one. next holds
@@ -759,10 +800,11 @@ static void send_done(kvtcd_op *op)
 static void drop_bulk_queue(kvtcd_session *s)
 {
     kvtcd_op *op;
-    while ((op = s->bulk_q_head)) {
-        KVTC_FIFO_POP(s->bulk_q_head, s->bulk_q_tail, bulk_q_next);
-        kvtcd_op_free(op);
-    }
+    for (uint32_t i = 0; i <= KVTCD_MAX_RAILS; i++)
+        while ((op = s->bulk_q[i].head)) {
+            KVTC_FIFO_POP(s->bulk_q[i].head, s->bulk_q[i].tail, bulk_q_next);
+            kvtcd_op_free(op);
+        }
 }
 
 static void on_send_done(void *req, ucs_status_t status, void *user_data)
@@ -842,19 +884,80 @@ int kvtcd_send_reply(kvtcd_session *s, const Kvtc__Wire__Reply *rep,
         op->send_dlen = n;
     }
     srv->m.bytes_out += payload_len;
+    op->rail = route_take(s, rep->id);
     if (payload_len >= KVTC_WIRE_RNDV_THRESH_BYTES) {
+        /* One at a time on each stream: the session's endpoint, a rail. */
+        struct kvtcd_bulk_q *q = &s->bulk_q[op->rail];
         op->send_bulk = 1;
-        if (s->bulk_sending) {
+        if (q->sending) {
             srv->m.bulk_replies_waited++;
-            KVTC_FIFO_PUSH(s->bulk_q_head, s->bulk_q_tail, op, bulk_q_next);
+            KVTC_FIFO_PUSH(q->head, q->tail, op, bulk_q_next);
             return 0;
         }
-        s->bulk_sending = 1;
+        q->sending = 1;
     }
     return post_send(op);
 fail:
     kvtcd_op_free(op);
     return rc;
+}
+
+/* ---- rails (rails.h) ------------------------------------------------------------ */
+
+void kvtcd_session_route(kvtcd_session *s, uint64_t id, uint32_t r)
+{
+    if (s->n_rail_routes < KVTCD_RAIL_ROUTES) {
+        s->rail_route[s->n_rail_routes].id = id;
+        s->rail_route[s->n_rail_routes].rail = r + 1;
+        s->n_rail_routes++;
+    }
+}
+
+/* The rail (+1) request id of s came on, forgotten now; 0: none. */
+static uint32_t route_take(kvtcd_session *s, uint64_t id)
+{
+    for (uint32_t i = 0; i < s->n_rail_routes; i++)
+        if (s->rail_route[i].id == id) {
+            uint32_t r = s->rail_route[i].rail;
+            s->rail_route[i] = s->rail_route[--s->n_rail_routes];
+            return r;
+        }
+    return 0;
+}
+
+static kvtcd_session *session_of_rail_ep(kvtcd_server *srv, uint32_t r, ucp_ep_h ep)
+{
+    for (kvtcd_session *s = srv->sessions; s; s = s->next)
+        if (s->rail_ep[r] == ep)
+            return s;
+    return NULL;
+}
+
+void kvtcd_rail_request(kvtcd_server *srv, uint32_t r, ucp_ep_h ep, const void *header,
+                        size_t hlen, kvtcd_rail_data *d, const void *data, size_t len,
+                        int rndv)
+{
+    kvtcd_session *s = session_of_rail_ep(srv, r, ep);
+    if (!s) {
+        kvtcd_handle_rail_bind(srv, r, ep, header, hlen, len, rndv);
+        return;
+    }
+    srv->m.rail_requests++;
+    ucp_am_recv_param_t prm = {
+        .recv_attr = rndv ? UCP_AM_RECV_ATTR_FLAG_RNDV : 0,
+    };
+    srv->cur_rail = r + 1;
+    kvtcd_handle_request(s, header, hlen, rndv ? (void *)d : (void *)data, len, &prm);
+    srv->cur_rail = 0;
+}
+
+void kvtcd_rail_ep_failed(kvtcd_server *srv, uint32_t r, ucp_ep_h ep, const char *why)
+{
+    kvtcd_session *s = session_of_rail_ep(srv, r, ep);
+    if (s)
+        session_fail(s, why); /* closes this endpoint with its others */
+    else
+        kvtcd_rail_close_ep(srv, r, ep);
 }
 
 int kvtcd_send_error(kvtcd_session *s, uint64_t req_id, int status,

@@ -173,7 +173,8 @@ enum kvtc_conn_param_field {
     KVTC_CONN_PARAM_FIELD_SPIN = 1u << 5,
     KVTC_CONN_PARAM_FIELD_BULK = 1u << 6,
     KVTC_CONN_PARAM_FIELD_LOCAL = 1u << 7,
-    KVTC_CONN_PARAM_FIELD_CHECK_THREAD = 1u << 8
+    KVTC_CONN_PARAM_FIELD_CHECK_THREAD = 1u << 8,
+    KVTC_CONN_PARAM_FIELD_RAILS = 1u << 9
 };
 
 /* Who checks the chunks that gets bring over UCX against their checksums
@@ -183,6 +184,19 @@ enum kvtc_conn_param_field {
 enum kvtc_check_mode {
     KVTC_CHECK_THREAD = 0, /* default (environment: KVTC_CHECK_THREAD=0 is INLINE) */
     KVTC_CHECK_INLINE = 1  /* always on the thread that calls kvtc_progress */
+};
+
+/* Rails (protocol 1.4): a daemon started with --rails N has N more UCX
+ * workers, each on a thread of its own. Over UCX payloads (a remote daemon,
+ * or KVTC_LOCAL=off) one thread copies every byte its worker moves and is
+ * the bound of a tcp stream, so libkvtc binds an endpoint to each rail and
+ * sends puts and gets of 1 MiB or more there, round robin; the rest, and
+ * everything over the local path, stays on the first endpoint.
+ * kvtc_server_info.rails says how many are bound. */
+enum kvtc_rails_mode {
+    KVTC_RAILS_AUTO = 0, /* default: whatever the daemon offers (environment:
+                            KVTC_RAILS=0 is OFF) */
+    KVTC_RAILS_OFF = 1
 };
 
 /* The bulk endpoint: after hello, libkvtc opens a second endpoint to the
@@ -236,6 +250,7 @@ typedef struct kvtc_conn_params {
                                     environment's KVTC_LOCAL (off), else
                                     AUTO */
     uint32_t check_thread;       /* enum kvtc_check_mode; default THREAD */
+    uint32_t rails;              /* enum kvtc_rails_mode; default AUTO */
 } kvtc_conn_params;
 
 /* Connect to server ("HOST:PORT", "[v6addr]:PORT"; NULL means
@@ -293,7 +308,10 @@ typedef struct kvtc_server_info {
                                       endpoint (kvtc_bulk_mode) */
     uint32_t local_path;           /* 1: bulk bytes move by the local
                                       path (kvtc_local_mode) */
-    uint64_t reserved[7];
+    uint32_t rails;                /* rails bound: large puts and gets
+                                      travel there (KVTC_RAILS) */
+    uint32_t reserved32;
+    uint64_t reserved[6];
 } kvtc_server_info;
 
 enum kvtc_device_memory {

@@ -141,6 +141,8 @@ struct itest_raw;
 
 /* Connect a bare UCP endpoint (AM, client/server) to the daemon. */
 struct itest_raw *itest_raw_open(const struct itest_daemon *d);
+/* The same to a UCP worker address (a rail's, from HelloReply). */
+struct itest_raw *itest_raw_open_address(const void *addr);
 /* Send AM id am_id with the given header and payload, flagged for reply. */
 int itest_raw_send(struct itest_raw *r, unsigned am_id, const void *hdr, size_t hlen,
                    const void *data, size_t dlen);

@@ -81,7 +81,8 @@ static ucs_status_t wait_req(struct itest_raw *r, void *req, int timeout_ms)
     return st;
 }
 
-struct itest_raw *itest_raw_open(const struct itest_daemon *d)
+/* A context and worker that take reply frames. */
+static struct itest_raw *raw_new(void)
 {
     struct itest_raw *r = calloc(1, sizeof *r);
     cr_assert_not_null(r);
@@ -100,7 +101,20 @@ struct itest_raw *itest_raw_open(const struct itest_daemon *d)
                                  .arg = r};
     st = ucp_worker_set_am_recv_handler(r->worker, &hp);
     cr_assert_eq(st, UCS_OK);
+    return r;
+}
 
+/* Finish wire-up before the first send (UCX 1.13 on shared memory). */
+static void raw_flush(struct itest_raw *r)
+{
+    ucp_request_param_t fp = {0};
+    ucs_status_t st = wait_req(r, ucp_ep_flush_nbx(r->ep, &fp), 10000);
+    cr_assert_eq(st, UCS_OK, "endpoint flush: %s", ucs_status_string(st));
+}
+
+struct itest_raw *itest_raw_open(const struct itest_daemon *d)
+{
+    struct itest_raw *r = raw_new();
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)d->port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
@@ -110,12 +124,24 @@ struct itest_raw *itest_raw_open(const struct itest_daemon *d)
                           .sockaddr = {.addr = (struct sockaddr *)&sa, .addrlen = sizeof sa},
                           .err_mode = UCP_ERR_HANDLING_MODE_PEER,
                           .err_handler = {.cb = on_ep_error, .arg = r}};
-    st = ucp_ep_create(r->worker, &ep, &r->ep);
+    ucs_status_t st = ucp_ep_create(r->worker, &ep, &r->ep);
     cr_assert_eq(st, UCS_OK, "ucp_ep_create: %s", ucs_status_string(st));
-    /* Finish wire-up before the first send (UCX 1.13 on shared memory). */
-    ucp_request_param_t fp = {0};
-    st = wait_req(r, ucp_ep_flush_nbx(r->ep, &fp), 10000);
-    cr_assert_eq(st, UCS_OK, "endpoint flush: %s", ucs_status_string(st));
+    raw_flush(r);
+    return r;
+}
+
+struct itest_raw *itest_raw_open_address(const void *addr)
+{
+    struct itest_raw *r = raw_new();
+    ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
+                                        UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                                        UCP_EP_PARAM_FIELD_ERR_HANDLER,
+                          .address = addr,
+                          .err_mode = UCP_ERR_HANDLING_MODE_PEER,
+                          .err_handler = {.cb = on_ep_error, .arg = r}};
+    ucs_status_t st = ucp_ep_create(r->worker, &ep, &r->ep);
+    cr_assert_eq(st, UCS_OK, "ucp_ep_create: %s", ucs_status_string(st));
+    raw_flush(r);
     return r;
 }
 

@@ -248,3 +248,113 @@ Test(it_malformed, large_put_with_wrong_checksum_is_refused, .timeout = 60)
     itest_raw_close(r);
     itest_daemon_stop(&d);
 }
+
+/* A bind Hello{bind_session, bind_token} (docs/protocol.md, "Rails"). */
+static Kvtc__Wire__Reply *bind_rail(struct itest_raw *r, uint64_t session, uint64_t token)
+{
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    Kvtc__Wire__Hello h = KVTC__WIRE__HELLO__INIT;
+    h.major = KVTC_PROTO_MAJOR;
+    h.minor = KVTC_PROTO_MINOR;
+    h.has_bind_session = h.has_bind_token = 1;
+    h.bind_session = session;
+    h.bind_token = token;
+    req.body_case = KVTC__WIRE__REQUEST__BODY_HELLO;
+    req.hello = &h;
+    return send_req(r, &req, NULL, 0);
+}
+
+/* A put on r that must get no answer within 2 s. */
+static void expect_unanswered(struct itest_raw *r, uint8_t *key, const char *what)
+{
+    Kvtc__Wire__Request req = KVTC__WIRE__REQUEST__INIT;
+    Kvtc__Wire__PutRequest p = KVTC__WIRE__PUT_REQUEST__INIT;
+    Kvtc__Wire__ChunkMeta m = KVTC__WIRE__CHUNK_META__INIT;
+    Kvtc__Wire__ChunkMeta *chunks[1] = {&m};
+    m.key = (ProtobufCBinaryData){.len = KVTC_WIRE_KEY_BYTES, .data = key};
+    m.size = 4;
+    p.n_chunks = 1;
+    p.chunks = chunks;
+    req.body_case = KVTC__WIRE__REQUEST__BODY_PUT;
+    req.put = &p;
+    req.id = ++next_id;
+    void *buf = NULL;
+    size_t blen = 0, len = 0;
+    cr_assert_eq(kvtc_wire_pack_request_alloc(&req, &buf, &blen), 0);
+    itest_raw_send(r, KVTC_WIRE_AM_REQUEST, buf, blen, "abcd", 4); /* may fail: closed */
+    free(buf);
+    void *rep = itest_raw_wait_reply(r, 2000, &len);
+    cr_expect_null(rep, "%s was answered", what);
+    free(rep);
+}
+
+/* Rails: a bind with a wrong token is refused and its endpoint closed, as
+ * is an endpoint whose first request is no bind; a bound rail takes puts
+ * and gets only. The session and the daemon serve on. */
+Test(it_malformed, rails_refuse_bad_binds_and_other_requests, .timeout = 90)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    const char *extra[] = {"--rails", "2", NULL};
+    itest_daemon_start(&d, "64M", 0, extra);
+    struct itest_raw *r = itest_raw_open(&d);
+    Kvtc__Wire__Request hreq = KVTC__WIRE__REQUEST__INIT;
+    Kvtc__Wire__Hello h = KVTC__WIRE__HELLO__INIT;
+    h.major = KVTC_PROTO_MAJOR;
+    h.minor = KVTC_PROTO_MINOR;
+    hreq.body_case = KVTC__WIRE__REQUEST__BODY_HELLO;
+    hreq.hello = &h;
+    Kvtc__Wire__Reply *rep = send_req(r, &hreq, NULL, 0);
+    cr_assert_eq(rep->status, KVTC__WIRE__STATUS__OK);
+    cr_assert_eq(rep->hello->n_rail_address, 2, "hello reply offers %zu rails",
+                 rep->hello->n_rail_address);
+    uint64_t session = rep->hello->session_id, token = rep->hello->bind_token;
+    size_t alen = rep->hello->rail_address[0].len;
+    void *addr = malloc(alen);
+    cr_assert_not_null(addr);
+    memcpy(addr, rep->hello->rail_address[0].data, alen);
+    kvtc_wire_reply_free(rep);
+
+    /* Refused endpoints are closed on the daemon's side: what they send
+     * next is not answered (UCX may tell this side only much later). */
+    uint8_t key[KVTC_WIRE_KEY_BYTES];
+    memset(key, 3, sizeof key);
+    struct itest_raw *bad = itest_raw_open_address(addr);
+    expect_status(bind_rail(bad, session, token ^ 1), KVTC__WIRE__STATUS__UNAUTHORIZED,
+                  "a rail bind with a wrong token");
+    expect_unanswered(bad, key, "a put after a refused rail bind");
+    itest_raw_close(bad);
+
+    struct itest_raw *junk = itest_raw_open_address(addr);
+    Kvtc__Wire__StatsRequest sr = KVTC__WIRE__STATS_REQUEST__INIT;
+    Kvtc__Wire__Request sreq = KVTC__WIRE__REQUEST__INIT;
+    sreq.body_case = KVTC__WIRE__REQUEST__BODY_STATS;
+    sreq.stats = &sr;
+    sreq.id = ++next_id;
+    void *buf = NULL;
+    size_t blen = 0;
+    cr_assert_eq(kvtc_wire_pack_request_alloc(&sreq, &buf, &blen), 0);
+    cr_assert_eq(itest_raw_send(junk, KVTC_WIRE_AM_REQUEST, buf, blen, NULL, 0), 0);
+    free(buf);
+    size_t len = 0;
+    void *none = itest_raw_wait_reply(junk, 2000, &len);
+    cr_expect_null(none, "stats on an unbound rail endpoint was answered");
+    free(none);
+    expect_unanswered(junk, key, "a put on an unbound rail endpoint");
+    itest_raw_close(junk);
+
+    struct itest_raw *rail = itest_raw_open_address(addr);
+    expect_status(bind_rail(rail, session, token), KVTC__WIRE__STATUS__OK, "a good rail bind");
+    expect_status(stats(rail), KVTC__WIRE__STATUS__INVALID, "stats on a rail");
+    expect_status(put_one(rail, key, sizeof key, 4, "abcd", 4), KVTC__WIRE__STATUS__OK,
+                  "a put on a rail");
+    rep = stats(r);
+    cr_expect_eq(rep->status, KVTC__WIRE__STATUS__OK);
+    cr_expect_eq(rep->stats->chunks, 1, "the rail's put is not in the store");
+    kvtc_wire_reply_free(rep);
+    itest_raw_close(rail);
+    free(addr);
+    itest_raw_close(r);
+    cr_assert(itest_daemon_alive(&d));
+    itest_daemon_stop(&d);
+}

@@ -876,6 +876,29 @@ Test(daemon_config, audit_interval)
     cr_assert_not_null(strstr(kvtcd_usage(), "--audit-interval SEC"));
 }
 
+/* --rails / [server] rails: none by default, at most KVTCD_MAX_RAILS. */
+Test(daemon_config, rails)
+{
+    kvtcd_config c;
+    int action;
+    char err[256] = "";
+    char *argv0[] = {"kvtcd", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 1, argv0, &action, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.rails, 0);
+    char *argv[] = {"kvtcd", "--rails", "4", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 3, argv, &action, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.rails, 4);
+    char *path = write_ini("[server]\nrails = 2\n");
+    char *argv2[] = {"kvtcd", "--config", path, NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 3, argv2, &action, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.rails, 2);
+    unlink(path);
+    char *bad[] = {"kvtcd", "--rails", "17", NULL};
+    cr_assert_lt(kvtcd_config_from_args(&c, 3, bad, &action, err, sizeof err), 0);
+    cr_assert_not_null(strstr(err, "rails"), "%s", err);
+    cr_assert_not_null(strstr(kvtcd_usage(), "--rails N"));
+}
+
 Test(daemon_config, help_and_version)
 {
     kvtcd_config c;

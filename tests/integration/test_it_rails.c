@@ -1,0 +1,260 @@
+/* Rails (docs/protocol.md "Rails", docs/kvtcd.md "Transport"): kvtcd
+ * --rails N offers N more UCX workers on threads of their own; libkvtc
+ * binds them and sends its large puts and gets there. Bytes exact from
+ * 1 KiB to 64 MiB, batches mixing small and large chunks, many operations
+ * in flight, the client's opt-out, and a client killed mid-transfer on a
+ * rail frees its session. Over tcp with the local path off: what a client
+ * on another host gets. */
+#include "itest.h"
+
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SPACE 0x5241494cu
+
+static const char *const with_rails[] = {"--rails", "2", NULL};
+
+static kvtc_conn *connect_ucx(const struct itest_daemon *d, uint32_t rails)
+{
+    kvtc_conn *c = NULL;
+    kvtc_conn_params p = {.field_mask = KVTC_CONN_PARAM_FIELD_LOCAL | KVTC_CONN_PARAM_FIELD_RAILS |
+                                        KVTC_CONN_PARAM_FIELD_CONNECT_TIMEOUT |
+                                        KVTC_CONN_PARAM_FIELD_OP_TIMEOUT,
+                          .local = KVTC_LOCAL_OFF,
+                          .rails = rails,
+                          .connect_timeout_ms = 10000,
+                          .op_timeout_ms = 60000};
+    int rc = kvtc_connect(d->addr, &p, &c);
+    cr_assert_eq(rc, 0, "connect: %s (%s)", kvtc_strerror(rc), kvtc_last_error(NULL));
+    return c;
+}
+
+static void status_cb(int status, void *arg)
+{
+    *(int *)arg = status;
+}
+
+static uint32_t rails_of(kvtc_conn *c)
+{
+    kvtc_server_info info;
+    cr_assert_eq(kvtc_server_info_get(c, &info), 0);
+    return info.rails;
+}
+
+static void roundtrip(kvtc_conn *c, uint32_t base, size_t n)
+{
+    uint8_t *src = malloc(n), *dst = malloc(n);
+    cr_assert(src && dst);
+    itest_fill(src, n, base);
+    memset(dst, 0xa5, n);
+    kvtc_key k = itest_key(SPACE, base);
+    cr_assert_eq(kvtc_put(c, &k, src, n), 0, "put %zu: %s", n, kvtc_last_error(c));
+    size_t got = 0;
+    cr_assert_eq(kvtc_get(c, &k, dst, n, &got), 0, "get %zu: %s", n, kvtc_last_error(c));
+    cr_assert_eq(got, n);
+    cr_assert(itest_check(dst, n, base), "%zu B came back different", n);
+    free(src);
+    free(dst);
+}
+
+Test(it_rails, bytes_exact_from_1k_to_64m, .timeout = 180)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "512M", 0, with_rails);
+    kvtc_conn *c = connect_ucx(&d, KVTC_RAILS_AUTO);
+    cr_assert_eq(rails_of(c), 2, "rails not bound: %s", itest_log_tail(&d));
+    static const size_t sizes[] = {1024, 256u << 10, 1u << 20, (4u << 20) + 5, 64u << 20};
+    for (uint32_t i = 0; i < 5; i++)
+        roundtrip(c, i, sizes[i]);
+    char *body = itest_metrics_body(&d);
+    double v = 0;
+    cr_assert_eq(itest_metric(body, "kvtc_rails", &v), 0);
+    cr_expect_eq(v, 2);
+    cr_assert_eq(itest_metric(body, "kvtc_rail_binds_total", &v), 0);
+    cr_expect_eq(v, 2);
+    /* The puts and gets of >= 1 MiB (three sizes, two each) took a rail. */
+    cr_assert_eq(itest_metric(body, "kvtc_rail_requests_total", &v), 0);
+    cr_expect_eq(v, 6, "requests on rails: %g", v);
+    cr_assert_eq(itest_metric(body, "kvtc_errors_total", &v), 0);
+    cr_expect_eq(v, 0);
+    int n = 0;
+    itest_metric_sum(body, "kvtc_rail_cpu_seconds_total", &n);
+    cr_expect_eq(n, 2, "one CPU series per rail:\n%s", body);
+    free(body);
+    kvtc_disconnect(c);
+    itest_daemon_stop(&d);
+}
+
+/* Many in flight at once, on both rails and the first endpoint: a batch of
+ * small and large chunks, then pipelined single-chunk puts and gets. */
+Test(it_rails, batches_and_pipelines, .timeout = 180)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "512M", 0, with_rails);
+    kvtc_conn *c = connect_ucx(&d, KVTC_RAILS_AUTO);
+    cr_assert_eq(rails_of(c), 2);
+    enum { N = 6 };
+    static const size_t sizes[N] = {8192, 2u << 20, 100, (3u << 20) + 1, 64u << 10, 1u << 20};
+    uint8_t *src[N], *dst[N];
+    kvtc_put_item pi[N];
+    kvtc_get_item gi[N];
+    memset(pi, 0, sizeof pi);
+    memset(gi, 0, sizeof gi);
+    for (int i = 0; i < N; i++) {
+        src[i] = malloc(sizes[i]);
+        dst[i] = malloc(sizes[i]);
+        cr_assert(src[i] && dst[i]);
+        itest_fill(src[i], sizes[i], 100 + i);
+        pi[i].key = gi[i].key = itest_key(SPACE, 100 + i);
+        pi[i].data = src[i];
+        pi[i].size = sizes[i];
+        gi[i].buf = dst[i];
+        gi[i].capacity = sizes[i];
+    }
+    cr_assert_eq(kvtc_put_batch(c, pi, N, NULL), 0, "batch put: %s", kvtc_last_error(c));
+    cr_assert_eq(kvtc_get_batch(c, gi, N, NULL), 0, "batch get: %s", kvtc_last_error(c));
+    for (int i = 0; i < N; i++) {
+        cr_expect_eq(gi[i].size, sizes[i]);
+        cr_expect(itest_check(dst[i], sizes[i], 100 + i), "batch chunk %d differs", i);
+    }
+
+    /* 16 puts of 2 MiB in flight, then 16 gets. */
+    enum { P = 16 };
+    size_t n = 2u << 20;
+    uint8_t *pb[P], *gb[P];
+    kvtc_put_item pp[P];
+    kvtc_get_item gg[P];
+    int pst[P], gst[P];
+    memset(pp, 0, sizeof pp);
+    memset(gg, 0, sizeof gg);
+    for (int i = 0; i < P; i++) {
+        pb[i] = malloc(n);
+        gb[i] = malloc(n);
+        cr_assert(pb[i] && gb[i]);
+        itest_fill(pb[i], n, 200 + i);
+        pp[i].key = gg[i].key = itest_key(SPACE, 200 + i);
+        pp[i].data = pb[i];
+        pp[i].size = n;
+        gg[i].buf = gb[i];
+        gg[i].capacity = n;
+        pst[i] = gst[i] = 1;
+    }
+    for (int i = 0; i < P; i++) {
+        kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK,
+                             .cb = status_cb,
+                             .arg = &pst[i]};
+        cr_assert_eq(kvtc_put_batch_async(c, &pp[i], 1, &op), 0);
+    }
+    cr_assert_eq(kvtc_wait_all(c, 60000), 0);
+    for (int i = 0; i < P; i++) {
+        cr_expect_eq(pst[i], 0, "pipelined put %d: %s", i, kvtc_strerror(pst[i]));
+        kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK,
+                             .cb = status_cb,
+                             .arg = &gst[i]};
+        cr_assert_eq(kvtc_get_batch_async(c, &gg[i], 1, &op), 0);
+    }
+    cr_assert_eq(kvtc_wait_all(c, 60000), 0);
+    for (int i = 0; i < P; i++) {
+        cr_expect_eq(gst[i], 0, "pipelined get %d: %s", i, kvtc_strerror(gst[i]));
+        cr_expect(itest_check(gb[i], n, 200 + i), "pipelined chunk %d differs", i);
+        free(pb[i]);
+        free(gb[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        free(src[i]);
+        free(dst[i]);
+    }
+    kvtc_disconnect(c);
+    itest_daemon_stop(&d);
+}
+
+/* A client that says no, and a daemon with none: the first endpoint
+ * carries everything, as before 1.4. */
+Test(it_rails, off_on_either_side, .timeout = 120)
+{
+    struct itest_daemon d, plain;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "256M", 0, with_rails);
+    kvtc_conn *c = connect_ucx(&d, KVTC_RAILS_OFF);
+    cr_expect_eq(rails_of(c), 0);
+    roundtrip(c, 300, 4u << 20);
+    kvtc_disconnect(c);
+    cr_expect_eq(itest_daemon_metric(&d, "kvtc_rail_binds_total"), 0);
+    itest_daemon_stop(&d);
+
+    itest_daemon_start(&plain, "256M", 0, NULL);
+    c = connect_ucx(&plain, KVTC_RAILS_AUTO);
+    cr_expect_eq(rails_of(c), 0);
+    roundtrip(c, 301, 4u << 20);
+    kvtc_disconnect(c);
+    cr_expect_eq(itest_daemon_metric(&plain, "kvtc_rails"), 0);
+    itest_daemon_stop(&plain);
+}
+
+/* The child is forked before this process touches UCX and puts 32 MiB
+ * chunks over the rails until it is killed. */
+Test(it_rails, killed_client_frees_session, .timeout = 120)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "512M", 0, with_rails);
+    int pfd[2], gfd[2];
+    cr_assert_eq(pipe(pfd), 0);
+    cr_assert_eq(pipe(gfd), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        close(pfd[0]);
+        close(gfd[1]);
+        kvtc_conn *c = NULL;
+        kvtc_conn_params p = {.field_mask = KVTC_CONN_PARAM_FIELD_LOCAL, .local = KVTC_LOCAL_OFF};
+        if (kvtc_connect(d.addr, &p, &c))
+            _exit(2);
+        kvtc_server_info info;
+        kvtc_server_info_get(c, &info);
+        size_t n = 32u << 20;
+        uint8_t *buf = malloc(n);
+        memset(buf, 7, n);
+        char ok = info.rails == 2 ? 'r' : 'n';
+        if (write(pfd[1], &ok, 1) != 1)
+            _exit(3);
+        if (read(gfd[0], &ok, 1) != 1)
+            _exit(4);
+        for (uint32_t i = 0;; i++) {
+            kvtc_key k = itest_key(SPACE, 400 + i % 8);
+            kvtc_put(c, &k, buf, n);
+        }
+    }
+    close(pfd[1]);
+    close(gfd[0]);
+    char ok = 0;
+    cr_assert_eq(read(pfd[0], &ok, 1), 1, "child did not connect");
+    cr_expect_eq(ok, 'r', "child's rails not bound");
+    kvtc_conn *c = itest_connect(&d);
+    cr_assert_eq(write(gfd[1], &ok, 1), 1);
+    close(gfd[1]);
+    usleep(300 * 1000); /* puts under way */
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    close(pfd[0]);
+    cr_expect(itest_wait_stats(c, itest_one_session, NULL, 20000),
+              "the killed client's session is still open: %s", itest_log_tail(&d));
+    /* Nothing it had in flight is left behind. */
+    double ops = -1;
+    for (int i = 0; i < 200 && (ops = itest_daemon_metric(&d, "kvtc_inflight_ops")) != 0; i++)
+        usleep(50 * 1000);
+    cr_expect_eq(ops, 0, "transfers still in flight: %s", itest_log_tail(&d));
+    kvtc_disconnect(c);
+    c = connect_ucx(&d, KVTC_RAILS_AUTO); /* still serving, rails too */
+    cr_expect_eq(rails_of(c), 2);
+    roundtrip(c, 500, 8u << 20);
+    kvtc_disconnect(c);
+    cr_assert(itest_daemon_alive(&d));
+    itest_daemon_stop(&d);
+}
