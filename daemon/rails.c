@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fifo.h"
 #include "kvtc_errors.h"
 #include "local_copy.h"
 #include "log.h"
@@ -144,11 +145,7 @@ static void post_evt(rail *r, rail_evt *e)
     struct kvtcd_rails *a = r->all;
     e->rail = r->idx;
     pthread_mutex_lock(&a->mu);
-    if (a->evt_tail)
-        a->evt_tail->next = e;
-    else
-        a->evt_head = e;
-    a->evt_tail = e;
+    KVTC_FIFO_PUSH(a->evt_head, a->evt_tail, e, next);
     pthread_mutex_unlock(&a->mu);
     uv_async_send(&a->async);
 }
@@ -157,11 +154,7 @@ static void post_cmd(rail *r, rail_cmd *c)
 {
     c->rail = r;
     pthread_mutex_lock(&r->mu);
-    if (r->cmd_tail)
-        r->cmd_tail->next = c;
-    else
-        r->cmd_head = c;
-    r->cmd_tail = c;
+    KVTC_FIFO_PUSH(r->cmd_head, r->cmd_tail, c, next);
     pthread_mutex_unlock(&r->mu);
     uint64_t one = 1;
     while (write(r->cmd_efd, &one, sizeof one) < 0 && errno == EINTR)
@@ -405,6 +398,19 @@ static void on_send_done(void *req, ucs_status_t status, void *user_data)
     finish_cmd(c->rail, c, status);
 }
 
+/* c's UCX request was posted: done at once, failed, or in flight. */
+static void posted(rail *r, rail_cmd *c, ucs_status_ptr_t sp)
+{
+    if (sp == NULL) {
+        finish_cmd(r, c, UCS_OK);
+    } else if (UCS_PTR_IS_ERR(sp)) {
+        finish_cmd(r, c, UCS_PTR_STATUS(sp));
+    } else {
+        r->pending++;
+        r->last_event_ms = now_ms();
+    }
+}
+
 static void run_recv(rail *r, rail_cmd *c)
 {
     kvtcd_rail_data *d = c->d;
@@ -421,15 +427,7 @@ static void run_recv(rail *r, rail_cmd *c)
         .cb.recv_am = on_recv_done,
         .user_data = c,
     };
-    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(r->w, desc, c->dst, c->len, &p);
-    if (sp == NULL) {
-        finish_cmd(r, c, UCS_OK);
-    } else if (UCS_PTR_IS_ERR(sp)) {
-        finish_cmd(r, c, UCS_PTR_STATUS(sp));
-    } else {
-        r->pending++;
-        r->last_event_ms = now_ms();
-    }
+    posted(r, c, ucp_am_recv_data_nbx(r->w, desc, c->dst, c->len, &p));
 }
 
 static void run_send(rail *r, rail_cmd *c)
@@ -448,16 +446,8 @@ static void run_send(rail *r, rail_cmd *c)
         p.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
         p.datatype = ucp_dt_make_iov();
     }
-    ucs_status_ptr_t sp =
-        ucp_am_send_nbx(c->ep, KVTC_WIRE_AM_REPLY, c->hdr, c->hlen, c->data, c->dlen, &p);
-    if (sp == NULL) {
-        finish_cmd(r, c, UCS_OK);
-    } else if (UCS_PTR_IS_ERR(sp)) {
-        finish_cmd(r, c, UCS_PTR_STATUS(sp));
-    } else {
-        r->pending++;
-        r->last_event_ms = now_ms();
-    }
+    posted(r, c, ucp_am_send_nbx(c->ep, KVTC_WIRE_AM_REPLY, c->hdr, c->hlen, c->data, c->dlen,
+                                 &p));
 }
 
 /* Run the commands queued so far; 1 if there were any. */

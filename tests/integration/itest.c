@@ -472,6 +472,62 @@ int itest_run(char *const argv[], char **out, char **err)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* ---- A client killed mid-transfer ---------------------------------- */
+
+char itest_putter_start(struct itest_putter *pt, const struct itest_daemon *d,
+                        const kvtc_conn_params *params, size_t chunk, uint32_t space,
+                        char (*tell)(const kvtc_server_info *info))
+{
+    int up[2], down[2];
+    cr_assert_eq(pipe(up), 0);
+    cr_assert_eq(pipe(down), 0);
+    pt->pid = fork();
+    cr_assert_geq(pt->pid, 0);
+    if (pt->pid == 0) {
+        close(up[0]);
+        close(down[1]);
+        kvtc_conn *c = NULL;
+        if (kvtc_connect(d->addr, params, &c))
+            _exit(2);
+        kvtc_server_info info;
+        kvtc_server_info_get(c, &info);
+        uint8_t *buf = malloc(chunk);
+        if (!buf)
+            _exit(3);
+        memset(buf, 7, chunk);
+        char said = tell(&info);
+        if (write(up[1], &said, 1) != 1 || read(down[0], &said, 1) != 1)
+            _exit(4);
+        for (uint32_t i = 0;; i++) {
+            kvtc_key k = itest_key(space, i % 8);
+            kvtc_put(c, &k, buf, chunk);
+        }
+    }
+    close(up[1]);
+    close(down[0]);
+    pt->go_fd = down[1];
+    char said = 0;
+    cr_assert_eq(read(up[0], &said, 1), 1, "the putter did not connect");
+    close(up[0]);
+    return said;
+}
+
+void itest_putter_go(struct itest_putter *pt)
+{
+    char go = 1;
+    cr_assert_eq(write(pt->go_fd, &go, 1), 1);
+    close(pt->go_fd);
+    pt->go_fd = -1;
+}
+
+void itest_putter_kill(struct itest_putter *pt, int after_ms)
+{
+    usleep((useconds_t)after_ms * 1000);
+    kill(pt->pid, SIGKILL);
+    waitpid(pt->pid, NULL, 0);
+    pt->pid = 0;
+}
+
 /* ---- Metrics and file-system helpers (tiers) ------------------------ */
 
 /* The value of the first sample of name in a Prometheus text body. name is

@@ -135,6 +135,26 @@ int itest_run(char *const argv[], char **out, char **err);
 /* Tail of the daemon log (static buffer), for failure messages. */
 const char *itest_log_tail(const struct itest_daemon *d);
 
+/* ---- A client killed mid-transfer ----------------------------------- */
+
+/* A child process (forked before this process touches UCX: UCX state does
+ * not survive a fork) that connects to d with params, tells its parent one
+ * byte, tell(what its connection got), waits for itest_putter_go, then
+ * puts chunks of `chunk` bytes under 8 keys of space until it is killed. */
+struct itest_putter {
+    pid_t pid;
+    int go_fd;
+};
+/* Start it; returns the byte it told. */
+char itest_putter_start(struct itest_putter *pt, const struct itest_daemon *d,
+                        const kvtc_conn_params *params, size_t chunk, uint32_t space,
+                        char (*tell)(const kvtc_server_info *info));
+/* Let its puts begin (after this process has connected, say: a connect
+ * would otherwise compete with them for a loaded kvtcd). */
+void itest_putter_go(struct itest_putter *pt);
+/* Wait after_ms (puts under way), SIGKILL it, reap it. */
+void itest_putter_kill(struct itest_putter *pt, int after_ms);
+
 /* ---- Raw UCX endpoint: hand-made frames ----------------------------- */
 
 struct itest_raw;

@@ -8,10 +8,8 @@
 #include "itest.h"
 
 #include <criterion/criterion.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define SPACE 0x5241494cu
@@ -197,52 +195,24 @@ Test(it_rails, off_on_either_side, .timeout = 120)
     itest_daemon_stop(&plain);
 }
 
-/* The child is forked before this process touches UCX and puts 32 MiB
- * chunks over the rails until it is killed. */
+static char tell_rails(const kvtc_server_info *info)
+{
+    return info->rails == 2 ? 'r' : 'n';
+}
+
+/* A client putting 32 MiB chunks over the rails is killed. */
 Test(it_rails, killed_client_frees_session, .timeout = 120)
 {
     struct itest_daemon d;
     itest_setup(ITEST_TLS_TCP);
     itest_daemon_start(&d, "512M", 0, with_rails);
-    int pfd[2], gfd[2];
-    cr_assert_eq(pipe(pfd), 0);
-    cr_assert_eq(pipe(gfd), 0);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        close(pfd[0]);
-        close(gfd[1]);
-        kvtc_conn *c = NULL;
-        kvtc_conn_params p = {.field_mask = KVTC_CONN_PARAM_FIELD_LOCAL, .local = KVTC_LOCAL_OFF};
-        if (kvtc_connect(d.addr, &p, &c))
-            _exit(2);
-        kvtc_server_info info;
-        kvtc_server_info_get(c, &info);
-        size_t n = 32u << 20;
-        uint8_t *buf = malloc(n);
-        memset(buf, 7, n);
-        char ok = info.rails == 2 ? 'r' : 'n';
-        if (write(pfd[1], &ok, 1) != 1)
-            _exit(3);
-        if (read(gfd[0], &ok, 1) != 1)
-            _exit(4);
-        for (uint32_t i = 0;; i++) {
-            kvtc_key k = itest_key(SPACE, 400 + i % 8);
-            kvtc_put(c, &k, buf, n);
-        }
-    }
-    close(pfd[1]);
-    close(gfd[0]);
-    char ok = 0;
-    cr_assert_eq(read(pfd[0], &ok, 1), 1, "child did not connect");
-    cr_expect_eq(ok, 'r', "child's rails not bound");
+    struct itest_putter pt;
+    kvtc_conn_params p = {.field_mask = KVTC_CONN_PARAM_FIELD_LOCAL, .local = KVTC_LOCAL_OFF};
+    char said = itest_putter_start(&pt, &d, &p, 32u << 20, SPACE + 1, tell_rails);
+    cr_expect_eq(said, 'r', "the putter's rails not bound");
     kvtc_conn *c = itest_connect(&d);
-    cr_assert_eq(write(gfd[1], &ok, 1), 1);
-    close(gfd[1]);
-    usleep(300 * 1000); /* puts under way */
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    close(pfd[0]);
+    itest_putter_go(&pt);
+    itest_putter_kill(&pt, 300);
     cr_expect(itest_wait_stats(c, itest_one_session, NULL, 20000),
               "the killed client's session is still open: %s", itest_log_tail(&d));
     /* Nothing it had in flight is left behind. */
