@@ -118,6 +118,7 @@ class ConnParams(C.Structure):
         ("bulk", C.c_uint32),
         ("local", C.c_uint32),
         ("check_thread", C.c_uint32),
+        ("rails", C.c_uint32),
     ]
 
 
@@ -132,7 +133,9 @@ class ServerInfo(C.Structure):
         ("device_memory", C.c_int),
         ("bulk_endpoint", C.c_uint32),
         ("local_path", C.c_uint32),
-        ("reserved", C.c_uint64 * 7),
+        ("rails", C.c_uint32),
+        ("reserved32", C.c_uint32),
+        ("reserved", C.c_uint64 * 6),
     ]
 
 
