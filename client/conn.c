@@ -974,6 +974,8 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
     int rc = resolve(c, server ? server : KVTC_DEFAULT_SERVER, &ss, &sslen);
     if (rc)
         goto fail;
+    c->server_ss = ss;
+    c->server_sslen = sslen;
     if ((rc = ucx_setup(c)))
         goto fail;
 
@@ -1039,7 +1041,7 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
         c->local_client_check = kvtc__local_check_wanted();
         kvtc__local_setup(c, deadline);
     }
-    if (c->n_rail_addr && !c->local_ok && rails_wanted(params) &&
+    if (c->n_rail_port && !c->local_ok && rails_wanted(params) &&
         (rc = rails_setup(c, deadline)))
         goto fail;
     kvtc__trace_open(c);
@@ -1095,8 +1097,6 @@ void kvtc_disconnect(kvtc_conn *c)
     kvtc__mem_free_all(c); /* after the local path closed: kvtcd let go */
     kvtc__trace_close(c);
     free(c->peer_addr);
-    for (uint32_t i = 0; i < c->n_rail_addr; i++)
-        free(c->rail_addr[i]);
     free(c);
 }
 
@@ -1233,24 +1233,17 @@ static void ep_wait(kvtc_conn *c, const int *flag, const int *flushed, uint64_t 
     }
 }
 
-/* Open an endpoint to the daemon's worker address addr and bind it to our
- * session with a Hello{bind_session, bind_token} sent on it; errcb sets
- * *flushed to -1 when it fails. 0: bound, in *epp. 1: not bound, its own
- * failure (closed): the connection goes on without it. < 0: the connection
- * failed or the daemon did not answer in time (it may have bound the
- * endpoint, so going on without it is not safe). */
-static int bind_ep(kvtc_conn *c, const void *addr, ucp_err_handler_cb_t errcb, int *flushed,
-                   ucp_ep_h *epp, const char *what, uint64_t deadline)
+/* Open an endpoint (ep: where to, and an error handler that sets *flushed
+ * to -1) and bind it to our session with a Hello{bind_session,
+ * bind_token} sent on it. 0: bound, in *epp. 1: not bound, its own failure
+ * (closed): the connection goes on without it. < 0: the connection failed
+ * or the daemon did not answer in time (it may have bound the endpoint, so
+ * going on without it is not safe). */
+static int bind_ep(kvtc_conn *c, const ucp_ep_params_t *ep, int *flushed, ucp_ep_h *epp,
+                   const char *what, uint64_t deadline)
 {
-    ucp_ep_params_t ep = {
-        .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                      UCP_EP_PARAM_FIELD_ERR_HANDLER,
-        .address = addr,
-        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
-        .err_handler = {.cb = errcb, .arg = c},
-    };
     *flushed = 0;
-    if (ucp_ep_create(c->worker, &ep, epp) != UCS_OK) {
+    if (ucp_ep_create(c->worker, ep, epp) != UCS_OK) {
         *epp = NULL;
         return 1;
     }
@@ -1325,9 +1318,15 @@ fallback:
 /* Set up and bind the bulk endpoint; 0 also when it stays unbound. */
 static int bulk_setup(kvtc_conn *c, uint64_t deadline)
 {
+    ucp_ep_params_t ep = {
+        .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLER,
+        .address = c->peer_addr,
+        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
+        .err_handler = {.cb = bulk_err_cb, .arg = c},
+    };
     c->bulk_state = KVTC__BULK_BINDING;
-    int rc = bind_ep(c, c->peer_addr, bulk_err_cb, &c->bulk_flushed, &c->bulk_ep,
-                     "the bulk endpoint", deadline);
+    int rc = bind_ep(c, &ep, &c->bulk_flushed, &c->bulk_ep, "the bulk endpoint", deadline);
     if (rc == 0) {
         c->bulk_state = KVTC__BULK_BOUND;
         c->info.bulk_endpoint = 1;
@@ -1341,8 +1340,9 @@ static int bulk_setup(kvtc_conn *c, uint64_t deadline)
 
 /* ---- Rails ------------------------------------------------------------------
  *
- * A daemon with rails (UCX workers on threads of their own, protocol 1.4)
- * lists their addresses in HelloReply. Over UCX payloads every byte a
+ * A daemon with rails (UCX workers on threads of their own, each with a
+ * listener of its own on the daemon's host; protocol 1.4) lists their
+ * ports in HelloReply. Over UCX payloads every byte a
  * worker moves is copied by the thread that progresses it, and one thread
  * is the bound of a tcp stream; so the client binds an endpoint to each
  * rail, as the bulk endpoint is bound, and sends its large puts and gets
@@ -1373,18 +1373,33 @@ static void rail_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
     c->rail_flushed = -1; /* the one being bound */
 }
 
-/* Bind a rail for each address, in order, until one cannot be bound. */
+/* Bind a rail for each port (the daemon's host), in order, until one
+ * cannot be bound. */
 static int rails_setup(kvtc_conn *c, uint64_t deadline)
 {
-    for (uint32_t i = 0; i < c->n_rail_addr; i++) {
+    for (uint32_t i = 0; i < c->n_rail_port; i++) {
+        struct sockaddr_storage ss = c->server_ss;
+        if (ss.ss_family == AF_INET6)
+            ((struct sockaddr_in6 *)&ss)->sin6_port = htons(c->rail_port[i]);
+        else
+            ((struct sockaddr_in *)&ss)->sin_port = htons(c->rail_port[i]);
+        ucp_ep_params_t p = {
+            .field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
+                          UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER,
+            .flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER,
+            .sockaddr = {.addr = (struct sockaddr *)&ss, .addrlen = c->server_sslen},
+            .err_mode = UCP_ERR_HANDLING_MODE_PEER,
+            .err_handler = {.cb = rail_err_cb, .arg = c},
+        };
         ucp_ep_h ep = NULL;
-        int rc = bind_ep(c, c->rail_addr[i], rail_err_cb, &c->rail_flushed, &ep, "a rail",
-                         deadline);
+        int rc = bind_ep(c, &p, &c->rail_flushed, &ep, "a rail", deadline);
         if (rc < 0)
             return rc;
         if (rc > 0)
             break;
         c->rail_ep[c->n_rails++] = ep;
+        if (getenv("KVTC_EP_INFO")) /* which lanes each endpoint got */
+            ucp_ep_print_info(ep, stderr);
     }
     c->info.rails = c->n_rails;
     return 0;

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
 #include "kvtc.h"
@@ -188,9 +189,11 @@ struct kvtc_conn {
     struct kvtc__checker *checker; /* that thread, NULL until needed */
     /* Rails (conn.c): endpoints to the daemon's rail workers, each bound
      * to our session; large puts and gets go there, round robin. */
-    void *rail_addr[KVTC__MAX_RAILS]; /* HelloReply.rail_address (malloc'd) */
-    size_t rail_addr_len[KVTC__MAX_RAILS];
-    uint32_t n_rail_addr;
+    uint16_t rail_port[KVTC__MAX_RAILS]; /* HelloReply.rail_port */
+    uint32_t n_rail_port;
+    struct sockaddr_storage server_ss;   /* the daemon's address (rails: its
+                                            host, their ports) */
+    socklen_t server_sslen;
     ucp_ep_h rail_ep[KVTC__MAX_RAILS];
     uint32_t n_rails;           /* bound (they are requests' from then on) */
     uint32_t rail_next;

@@ -680,16 +680,10 @@ static int hello_out(kvtc_conn *c, const Kvtc__Wire__HelloReply *h)
         c->host_id = strdup(h->host_id);
     }
     /* Kept for the rails (conn.c, "Rails"); a bind's reply carries none. */
-    for (size_t i = 0; i < h->n_rail_address && c->n_rail_addr < KVTC__MAX_RAILS; i++) {
-        const ProtobufCBinaryData *a = &h->rail_address[i];
-        if (!a->len || a->len > 65536 || !h->has_bind_token)
-            break; /* not a worker address */
-        void *copy = malloc(a->len);
-        if (!copy)
-            break;
-        memcpy(copy, a->data, a->len);
-        c->rail_addr[c->n_rail_addr] = copy;
-        c->rail_addr_len[c->n_rail_addr++] = a->len;
+    for (size_t i = 0; i < h->n_rail_port && c->n_rail_port < KVTC__MAX_RAILS; i++) {
+        if (!h->rail_port[i] || h->rail_port[i] > 65535 || !h->has_bind_token)
+            break; /* not a port */
+        c->rail_port[c->n_rail_port++] = (uint16_t)h->rail_port[i];
         c->bind_token = h->bind_token;
     }
     /* Kept for the bulk endpoint (conn.c); a bind's reply carries none. An

@@ -49,10 +49,19 @@ void kvtcd_config_defaults(kvtcd_config *c)
     c->max_batch = KVTCD_DEFAULT_MAX_BATCH;
     c->max_sessions = KVTCD_DEFAULT_MAX_SESSIONS;
     c->bulk_endpoint = 1;
+    c->rails = KVTCD_RAILS_AUTO;
     c->host_prefault = -1;
     c->host_pin = -1;
     c->audit_interval = KVTCD_DEFAULT_AUDIT_INTERVAL;
     c->log_level = KVTCD_LOG_INFO;
+}
+
+uint32_t kvtcd_rails_auto(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 8)
+        return 0;
+    return n / 4 < 4 ? (uint32_t)(n / 4) : 4;
 }
 
 int kvtcd_parse_size(const char *s, uint64_t *out)
@@ -207,8 +216,13 @@ static int apply(kvtcd_config *c, const char *section, const char *name,
         return set_path(c->local_path, sizeof c->local_path, v);
     if (IS("server", "local_copy_threads"))
         return parse_u32(v, 0, KVTCD_CWORKERS_MAX, &c->local_copy_threads);
-    if (IS("server", "rails"))
+    if (IS("server", "rails")) {
+        if (!strcmp(v, "auto")) {
+            c->rails = KVTCD_RAILS_AUTO;
+            return 0;
+        }
         return parse_u32(v, 0, KVTCD_MAX_RAILS, &c->rails);
+    }
     if (IS("store", "audit_interval"))
         return parse_u32(v, 0, KVTCD_MAX_AUDIT_INTERVAL, &c->audit_interval);
     if (IS("store", "host_prefault"))
@@ -492,10 +506,12 @@ const char *kvtcd_usage(void)
            "                        (default auto: abstract @kvtcd-HOST:PORT)\n"
            "  --local-copy-threads N  threads that copy the local path's bytes\n"
            "                        (default 0: half the CPUs, 2 to 8)\n"
-           "  --rails N             UCX workers on threads of their own that\n"
+           "  --rails auto|N        UCX workers on threads of their own that\n"
            "                        carry clients' large puts and gets over\n"
-           "                        UCX, beside the loop's (default 0, at\n"
-           "                        most 16; docs/kvtcd.md, Transport)\n"
+           "                        UCX, beside the loop's (default auto: a\n"
+           "                        quarter of the CPUs, at most 4, none\n"
+           "                        below 8 CPUs; 0 to 16; docs/kvtcd.md,\n"
+           "                        Transport)\n"
            "  --port-file PATH      once listening, write \"UCX_PORT ADMIN_PORT\\n\"\n"
            "                        to PATH (atomically)\n"
            "  --config FILE         INI file; flags override it\n"

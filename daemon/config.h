@@ -5,7 +5,7 @@
  *   [server]  listen = HOST:PORT   admin = HOST:PORT   port_file = PATH
  *             max_sessions = N   bulk_endpoint = on|off
  *             local_path = auto|off|PATH   local_copy_threads = N
- *             rails = N
+ *             rails = auto|N
  *   [store]   host_mem = SIZE      data_dir = DIR
  *             disk_dir = DIR   disk_size = SIZE   disk_io = auto|uring|threads
  *             durability = cache|durable   gpu_mem = SIZE   gpu_device = N
@@ -96,7 +96,8 @@ typedef struct kvtcd_config {
                                     half the CPUs, 2..8 */
     uint32_t rails;           /* UCX workers of their own threads that
                                  carry large puts and gets (rails.h); 0:
-                                 none, all on the loop */
+                                 none, all on the loop; KVTCD_RAILS_AUTO:
+                                 kvtcd_rails_auto() */
     uint32_t audit_interval;  /* seconds: a stored chunk sent to a client
                                  that checks it is re-read beside the send
                                  at most once an interval (0: every time;
@@ -106,6 +107,12 @@ typedef struct kvtcd_config {
 } kvtcd_config;
 
 #define KVTCD_MAX_RAILS 16u /* --rails */
+#define KVTCD_RAILS_AUTO UINT32_MAX /* --rails auto (the default) */
+
+/* Rails for this host (--rails auto): a quarter of the online CPUs, at
+ * most 4; none below 8 CPUs, where their threads would take the cores the
+ * loop and the clients need. */
+uint32_t kvtcd_rails_auto(void);
 
 enum kvtcd_action { KVTCD_RUN = 0, KVTCD_HELP = 1, KVTCD_VERSION = 2 };
 

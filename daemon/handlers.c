@@ -115,17 +115,14 @@ static void handle_hello(kvtcd_session *s, const Kvtc__Wire__Request *req)
         hr.has_bind_token = 1;
         hr.bind_token = s->bind_token;
     }
-    /* 1.4: the rails' worker addresses. */
-    ProtobufCBinaryData rails[KVTCD_MAX_RAILS];
+    /* 1.4: the rails' ports. */
+    uint32_t rails[KVTCD_MAX_RAILS];
     uint32_t n_rails = kvtcd_rails_count(srv);
-    for (uint32_t r = 0; r < n_rails; r++) {
-        const void *a;
-        kvtcd_rails_address(srv, r, &a, &rails[r].len);
-        rails[r].data = (uint8_t *)a;
-    }
+    for (uint32_t r = 0; r < n_rails; r++)
+        rails[r] = kvtcd_rails_port(srv, r);
     if (n_rails && h->minor >= 4) {
-        hr.n_rail_address = n_rails;
-        hr.rail_address = rails;
+        hr.n_rail_port = n_rails;
+        hr.rail_port = rails;
         hr.has_bind_token = 1;
         hr.bind_token = s->bind_token;
     }
@@ -287,9 +284,9 @@ void kvtcd_handle_rail_bind(kvtcd_server *srv, uint32_t r, ucp_ep_h ep,
         KVTCD_WARN("session", "rail bind refused rail=%u reason=\"%s\"", r, why);
     }
     if (frame)
-        kvtcd_rail_send_frame(srv, r, ep, frame, len);
-    if (!s)
-        kvtcd_rail_close_ep(srv, r, ep); /* after the answer, in order */
+        kvtcd_rail_send_frame(srv, r, ep, frame, len, !s);
+    else if (!s)
+        kvtcd_rail_close_ep(srv, r, ep);
     kvtc_wire_request_free(req);
 }
 

@@ -7,7 +7,9 @@
  * not given up; the loop sees endpoints and data only as handles. */
 #include "rails.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -69,6 +71,7 @@ typedef struct rail_cmd {
     size_t dlen;
     int iov;
     void *frame;            /* SEND: freed after (no op) */
+    int close_after;        /* SEND: then close ep (a refused bind) */
     kvtcd_op *op;           /* RECV, SEND: the loop's */
     kvtcd_rail_done_cb done;
 } rail_cmd;
@@ -97,8 +100,8 @@ typedef struct rail {
     pthread_t th;
     int started;
     ucp_worker_h w;
-    ucp_address_t *addr;
-    size_t addr_len;
+    ucp_listener_h listener;
+    uint16_t port;                  /* where the listener took */
     int wefd, cmd_efd, epfd;
     clockid_t cpu;
     int cpu_ok;
@@ -108,6 +111,7 @@ typedef struct rail {
     /* the rail's thread only */
     kvtcd_rail_data *data;
     rail_ep *eps;
+    uint32_t n_eps;
     uint32_t pending;               /* UCX requests in flight */
     uint32_t closing;               /* endpoint closes in flight */
     uint64_t last_event_ms;
@@ -124,6 +128,8 @@ struct kvtcd_rails {
     rail_evt *evt_head, *evt_tail;
     uv_async_t async;
     int async_open;
+    struct sockaddr_storage listen_ss; /* the loop's listener's host, port 0 */
+    socklen_t listen_len;
 };
 
 static uint64_t now_ns(void)
@@ -179,6 +185,16 @@ static rail_cmd *new_cmd(int kind, kvtcd_op *op, kvtcd_rail_done_cb done)
 /* A command's completion, from the rail's thread to the loop. */
 static void finish_cmd(rail *r, rail_cmd *c, ucs_status_t st)
 {
+    if (c->close_after) {
+        /* After the answer has gone out; not from inside UCX's callback,
+         * where closing an endpoint is not allowed: queued to ourselves. */
+        rail_cmd *cc = calloc(1, sizeof *cc);
+        if (cc) {
+            cc->kind = RC_CLOSE;
+            cc->ep = c->ep;
+            post_cmd(r, cc);
+        }
+    }
     if (c->done) {
         rail_evt *e = calloc(1, sizeof *e);
         if (e) {
@@ -223,30 +239,32 @@ static void on_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
     post_evt(r, ev);
 }
 
-/* First sight of an endpoint a client opened to this rail: watch it. */
-static rail_ep *track_ep(rail *r, ucp_ep_h ep)
+/* A client connected to this rail's listener: its endpoint, watched for
+ * failure. Refused beyond max_sessions endpoints (a client that connects
+ * and never binds holds one until it goes) and while stopping. */
+static void on_conn_request(ucp_conn_request_h req, void *arg)
 {
-    rail_ep *e = find_ep(r, ep);
-    if (e)
-        return e;
-    e = calloc(1, sizeof *e);
-    if (!e)
-        return NULL;
+    rail *r = arg;
+    rail_ep *e = NULL;
+    if (atomic_load(&r->stopping) || r->n_eps >= r->all->srv->cfg.max_sessions ||
+        !(e = calloc(1, sizeof *e))) {
+        ucp_listener_reject(r->listener, req);
+        return;
+    }
     ucp_ep_params_t p = {
-        .field_mask = UCP_EP_PARAM_FIELD_ERR_HANDLER,
+        .field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLER,
+        .conn_request = req,
+        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
         .err_handler = {.cb = on_ep_error, .arg = r},
     };
-    ucs_status_ptr_t sp = ucp_ep_modify_nb(ep, &p);
-    if (UCS_PTR_IS_ERR(sp)) {
+    if (ucp_ep_create(r->w, &p, &e->ep) != UCS_OK) {
         free(e);
-        return NULL;
+        return;
     }
-    if (sp)
-        ucp_request_free(sp);
-    e->ep = ep;
     e->next = r->eps;
     r->eps = e;
-    return e;
+    r->n_eps++;
 }
 
 static void unlink_data(rail *r, kvtcd_rail_data *d)
@@ -291,6 +309,7 @@ static void close_ep(rail *r, ucp_ep_h ep)
     rail_ep *e = *pp;
     *pp = e->next;
     free(e);
+    r->n_eps--;
     for (kvtcd_rail_data *d = r->data; d; d = d->next)
         if (d->ep == ep && d->kind == RD_RNDV && !d->dead) {
             ucp_am_data_release(r->w, d->data);
@@ -317,9 +336,9 @@ static ucs_status_t on_request(void *arg, const void *header, size_t header_leng
     r->last_event_ms = now_ms();
     if (!(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) || !param->reply_ep)
         return UCS_OK; /* cannot be answered: dropped with its data */
-    rail_ep *e = track_ep(r, param->reply_ep);
+    rail_ep *e = find_ep(r, param->reply_ep);
     if (!e || e->failed)
-        return UCS_OK;
+        return UCS_OK; /* not accepted here, or failing: dropped */
     if (atomic_load(&r->queued) >= RAIL_MAX_QUEUED || header_length > RAIL_MAX_HEADER) {
         /* A client flooding the rail: end its session (the loop closes
          * this endpoint with the others), drop this request. */
@@ -498,6 +517,9 @@ static void rail_sleep(rail *r)
 
 static void rail_shutdown(rail *r)
 {
+    if (r->listener)
+        ucp_listener_destroy(r->listener);
+    r->listener = NULL;
     while (r->data)
         drop_data(r, r->data);
     while (r->eps)
@@ -629,13 +651,16 @@ void kvtcd_rail_send(kvtcd_server *srv, uint32_t r, ucp_ep_h ep, const void *hea
 }
 
 void kvtcd_rail_send_frame(kvtcd_server *srv, uint32_t r, ucp_ep_h ep, void *frame,
-                           size_t frame_len)
+                           size_t frame_len, int close_after)
 {
     rail_cmd *c = new_cmd(RC_SEND, NULL, NULL);
     if (!c) {
         free(frame);
+        if (close_after)
+            kvtcd_rail_close_ep(srv, r, ep);
         return;
     }
+    c->close_after = close_after;
     c->ep = ep;
     c->frame = frame;
     c->hdr = frame;
@@ -685,13 +710,29 @@ static int rail_init(struct kvtcd_rails *a, rail *r, uint32_t idx)
     };
     ucp_worker_attr_t wa = {.field_mask = UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER};
     if (ucp_worker_set_am_recv_handler(r->w, &ah) != UCS_OK ||
-        ucp_worker_get_address(r->w, &r->addr, &r->addr_len) != UCS_OK ||
         ucp_worker_get_efd(r->w, &r->wefd) != UCS_OK ||
         ucp_worker_query(r->w, &wa) != UCS_OK) {
-        r->addr = NULL;
         KVTCD_ERROR("rails", "cannot set up the worker of rail=%u", idx);
         return KVTC_EIO;
     }
+    /* A listener of its own, beside the loop's, on the same address: an
+     * endpoint a client opens to a worker address gets one tcp lane and no
+     * RMA lane (UCX 1.13), so its rendezvous moves by AM fragments; one
+     * from HOST:PORT gets the rendezvous lanes perftest has. */
+    ucp_listener_params_t lp = {
+        .field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER,
+        .sockaddr = {.addr = (const struct sockaddr *)&a->listen_ss, .addrlen = a->listen_len},
+        .conn_handler = {.cb = on_conn_request, .arg = r},
+    };
+    ucp_listener_attr_t la = {.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR};
+    if ((st = ucp_listener_create(r->w, &lp, &r->listener)) != UCS_OK ||
+        ucp_listener_query(r->listener, &la) != UCS_OK) {
+        KVTCD_ERROR("rails", "cannot listen rail=%u err=\"%s\"", idx, ucs_status_string(st));
+        return KVTC_EIO;
+    }
+    r->port = ntohs(la.sockaddr.ss_family == AF_INET6
+                        ? ((const struct sockaddr_in6 *)&la.sockaddr)->sin6_port
+                        : ((const struct sockaddr_in *)&la.sockaddr)->sin_port);
     /* One limit for every reply frame, whichever worker sends it. */
     if (wa.max_am_header < a->srv->max_am_header)
         a->srv->max_am_header = wa.max_am_header;
@@ -726,9 +767,9 @@ static void rail_fini(rail *r)
     }
     r->cmd_head = r->cmd_tail = NULL;
     if (r->w) {
-        if (r->addr)
-            ucp_worker_release_address(r->w, r->addr);
-        r->addr = NULL;
+        if (r->listener) /* a start that failed before the thread ran */
+            ucp_listener_destroy(r->listener);
+        r->listener = NULL;
         ucp_worker_destroy(r->w);
         r->w = NULL;
     }
@@ -764,15 +805,23 @@ static void on_async_closed(uv_handle_t *h)
     free_rails(srv);
 }
 
-int kvtcd_rails_start(kvtcd_server *srv)
+int kvtcd_rails_start(kvtcd_server *srv, const struct sockaddr *listen, socklen_t len)
 {
     uint32_t n = srv->cfg.rails;
     if (n == 0)
         return 0;
+    if (len > sizeof(struct sockaddr_storage))
+        return KVTC_EINVAL;
     struct kvtcd_rails *a = calloc(1, sizeof *a);
     if (!a)
         return KVTC_ENOMEM;
     a->srv = srv;
+    memcpy(&a->listen_ss, listen, len);
+    a->listen_len = len;
+    if (a->listen_ss.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&a->listen_ss)->sin6_port = 0;
+    else
+        ((struct sockaddr_in *)&a->listen_ss)->sin_port = 0;
     pthread_mutex_init(&a->mu, NULL);
     srv->rails = a;
     if (uv_async_init(srv->loop, &a->async, on_events) != 0) {
@@ -825,10 +874,9 @@ uint32_t kvtcd_rails_count(const kvtcd_server *srv)
     return srv->rails && srv->rails->async_open ? srv->rails->n : 0;
 }
 
-void kvtcd_rails_address(const kvtcd_server *srv, uint32_t r, const void **addr, size_t *len)
+uint16_t kvtcd_rails_port(const kvtcd_server *srv, uint32_t r)
 {
-    *addr = srv->rails->r[r].addr;
-    *len = srv->rails->r[r].addr_len;
+    return srv->rails->r[r].port;
 }
 
 double kvtcd_rails_cpu_seconds(const kvtcd_server *srv, uint32_t r)

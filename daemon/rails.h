@@ -5,11 +5,12 @@
  * of the bytes it moves, and one such thread saturates at ~4.5-5 GB/s on
  * the hosts measured: kvtcd's loop thread was the bound of every tcp
  * client together (docs/perf-notes.md, "One tcp stream's bound"). A rail
- * is one more worker, progressed by its own thread. HelloReply offers the
- * rails' worker addresses; a client opens an endpoint to each, binds it
- * to its session with the bulk endpoint's Hello{bind_session, bind_token}
- * and sends its large Put and Get requests there, spread over the rails;
- * each reply goes back on the rail its request came on.
+ * is one more worker, progressed by its own thread, with a listener of its
+ * own on the daemon's host. HelloReply offers the rails' ports; a client
+ * connects to each, binds the endpoint to its session with the bulk
+ * endpoint's Hello{bind_session, bind_token} and sends its large Put and
+ * Get requests there, spread over the rails; each reply goes back on the
+ * rail its request came on.
  *
  * A rail moves bytes and nothing else. Its thread hands every request that
  * arrives to the loop (kvtcd_rail_request, in transport.c), which handles
@@ -30,6 +31,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
 typedef struct kvtcd_server kvtcd_server;
@@ -41,9 +43,10 @@ typedef struct kvtcd_rail_data kvtcd_rail_data;
 /* Completion of a command for op, on the loop thread. */
 typedef void (*kvtcd_rail_done_cb)(kvtcd_op *op, ucs_status_t status);
 
-/* Start srv->cfg.rails rails on srv->ucp (created for several workers) and
- * the loop's side of their events. 0, or KVTC_E* with none left running. */
-int kvtcd_rails_start(kvtcd_server *srv);
+/* Start srv->cfg.rails rails on srv->ucp (created for several workers),
+ * each listening on listen's host (any port), and the loop's side of
+ * their events. 0, or KVTC_E* with none left running. */
+int kvtcd_rails_start(kvtcd_server *srv, const struct sockaddr *listen, socklen_t len);
 
 /* Stop and join the rails: their endpoints closed, their data released,
  * their workers destroyed; events not yet handled are dropped (ops still
@@ -54,9 +57,8 @@ void kvtcd_rails_stop(kvtcd_server *srv);
 /* Number of rails running. */
 uint32_t kvtcd_rails_count(const kvtcd_server *srv);
 
-/* Rail r's worker address (what HelloReply offers), valid while running. */
-void kvtcd_rails_address(const kvtcd_server *srv, uint32_t r, const void **addr,
-                         size_t *len);
+/* Rail r's listening port (what HelloReply offers). */
+uint16_t kvtcd_rails_port(const kvtcd_server *srv, uint32_t r);
 
 /* CPU seconds rail r's thread has used, or -1 when unknown. */
 double kvtcd_rails_cpu_seconds(const kvtcd_server *srv, uint32_t r);
@@ -78,9 +80,10 @@ void kvtcd_rail_send(kvtcd_server *srv, uint32_t r, ucp_ep_h ep, const void *hea
                      size_t hlen, const void *data, size_t dlen, int iov, kvtcd_op *op,
                      kvtcd_rail_done_cb done);
 
-/* Send a reply frame the rail frees afterwards (binds and refusals: no op). */
+/* Send a reply frame the rail frees afterwards (binds and refusals: no op);
+ * with close_after, close ep once it has gone out. */
 void kvtcd_rail_send_frame(kvtcd_server *srv, uint32_t r, ucp_ep_h ep, void *frame,
-                           size_t frame_len);
+                           size_t frame_len, int close_after);
 
 /* Close endpoint ep of rail r (forced): its pending transfers fail. */
 void kvtcd_rail_close_ep(kvtcd_server *srv, uint32_t r, ucp_ep_h ep);

@@ -526,6 +526,8 @@ int kvtcd_transport_init(kvtcd_server *srv)
         .features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
         .name = "kvtcd",
     };
+    if (srv->cfg.rails == KVTCD_RAILS_AUTO)
+        srv->cfg.rails = kvtcd_rails_auto();
     if (srv->cfg.rails) {
         /* The rails' workers live on threads of their own. */
         params.field_mask |= UCP_PARAM_FIELD_MT_WORKERS_SHARED;
@@ -586,9 +588,6 @@ int kvtcd_transport_init(kvtcd_server *srv)
                     ucs_status_string(st));
         return KVTC_EIO;
     }
-    int rrc = kvtcd_rails_start(srv);
-    if (rrc < 0)
-        return rrc;
 
     struct sockaddr_storage ss;
     socklen_t sl;
@@ -612,6 +611,9 @@ int kvtcd_transport_init(kvtcd_server *srv)
     if (ucp_listener_query(srv->listener, &la) == UCS_OK)
         format_sockaddr(&la.sockaddr, srv->listen_addr,
                         sizeof srv->listen_addr, &srv->bound_port);
+    int rrc = kvtcd_rails_start(srv, (const struct sockaddr *)&ss, sl);
+    if (rrc < 0)
+        return rrc;
 
     uv_poll_init(srv->loop, &srv->poll, srv->efd);
     srv->poll.data = srv;

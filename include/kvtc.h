@@ -186,8 +186,9 @@ enum kvtc_check_mode {
     KVTC_CHECK_INLINE = 1  /* always on the thread that calls kvtc_progress */
 };
 
-/* Rails (protocol 1.4): a daemon started with --rails N has N more UCX
- * workers, each on a thread of its own. Over UCX payloads (a remote daemon,
+/* Rails (protocol 1.4): a daemon with rails (kvtcd --rails, by default on
+ * hosts of 8 CPUs or more) has more UCX workers, each on a thread and a
+ * port of its own. Over UCX payloads (a remote daemon,
  * or KVTC_LOCAL=off) one thread copies every byte its worker moves and is
  * the bound of a tcp stream, so libkvtc binds an endpoint to each rail and
  * sends puts and gets of 1 MiB or more there, round robin; the rest, and

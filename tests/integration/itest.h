@@ -161,8 +161,8 @@ struct itest_raw;
 
 /* Connect a bare UCP endpoint (AM, client/server) to the daemon. */
 struct itest_raw *itest_raw_open(const struct itest_daemon *d);
-/* The same to a UCP worker address (a rail's, from HelloReply). */
-struct itest_raw *itest_raw_open_address(const void *addr);
+/* The same to another listening port on 127.0.0.1 (a rail's). */
+struct itest_raw *itest_raw_open_port(int port);
 /* Send AM id am_id with the given header and payload, flagged for reply. */
 int itest_raw_send(struct itest_raw *r, unsigned am_id, const void *hdr, size_t hlen,
                    const void *data, size_t dlen);

@@ -114,29 +114,19 @@ static void raw_flush(struct itest_raw *r)
 
 struct itest_raw *itest_raw_open(const struct itest_daemon *d)
 {
+    return itest_raw_open_port(d->port);
+}
+
+struct itest_raw *itest_raw_open_port(int port)
+{
     struct itest_raw *r = raw_new();
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)d->port)};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
                                         UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                                         UCP_EP_PARAM_FIELD_ERR_HANDLER,
                           .flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER,
                           .sockaddr = {.addr = (struct sockaddr *)&sa, .addrlen = sizeof sa},
-                          .err_mode = UCP_ERR_HANDLING_MODE_PEER,
-                          .err_handler = {.cb = on_ep_error, .arg = r}};
-    ucs_status_t st = ucp_ep_create(r->worker, &ep, &r->ep);
-    cr_assert_eq(st, UCS_OK, "ucp_ep_create: %s", ucs_status_string(st));
-    raw_flush(r);
-    return r;
-}
-
-struct itest_raw *itest_raw_open_address(const void *addr)
-{
-    struct itest_raw *r = raw_new();
-    ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
-                                        UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                                        UCP_EP_PARAM_FIELD_ERR_HANDLER,
-                          .address = addr,
                           .err_mode = UCP_ERR_HANDLING_MODE_PEER,
                           .err_handler = {.cb = on_ep_error, .arg = r}};
     ucs_status_t st = ucp_ep_create(r->worker, &ep, &r->ep);

@@ -876,7 +876,8 @@ Test(daemon_config, audit_interval)
     cr_assert_not_null(strstr(kvtcd_usage(), "--audit-interval SEC"));
 }
 
-/* --rails / [server] rails: none by default, at most KVTCD_MAX_RAILS. */
+/* --rails / [server] rails: auto by default (none below 8 CPUs, a
+ * quarter of them up to 4), or 0 to KVTCD_MAX_RAILS. */
 Test(daemon_config, rails)
 {
     kvtcd_config c;
@@ -884,7 +885,12 @@ Test(daemon_config, rails)
     char err[256] = "";
     char *argv0[] = {"kvtcd", NULL};
     cr_assert_eq(kvtcd_config_from_args(&c, 1, argv0, &action, err, sizeof err), 0, "%s", err);
-    cr_assert_eq(c.rails, 0);
+    cr_assert_eq(c.rails, KVTCD_RAILS_AUTO);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    cr_assert_eq(kvtcd_rails_auto(), cpus < 8 ? 0 : cpus / 4 < 4 ? (uint32_t)(cpus / 4) : 4);
+    char *argv_auto[] = {"kvtcd", "--rails", "0", "--rails", "auto", NULL};
+    cr_assert_eq(kvtcd_config_from_args(&c, 5, argv_auto, &action, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.rails, KVTCD_RAILS_AUTO);
     char *argv[] = {"kvtcd", "--rails", "4", NULL};
     cr_assert_eq(kvtcd_config_from_args(&c, 3, argv, &action, err, sizeof err), 0, "%s", err);
     cr_assert_eq(c.rails, 4);
@@ -896,7 +902,7 @@ Test(daemon_config, rails)
     char *bad[] = {"kvtcd", "--rails", "17", NULL};
     cr_assert_lt(kvtcd_config_from_args(&c, 3, bad, &action, err, sizeof err), 0);
     cr_assert_not_null(strstr(err, "rails"), "%s", err);
-    cr_assert_not_null(strstr(kvtcd_usage(), "--rails N"));
+    cr_assert_not_null(strstr(kvtcd_usage(), "--rails auto|N"));
 }
 
 Test(daemon_config, help_and_version)
