@@ -46,7 +46,6 @@ struct kvtcd_rail_data {
     size_t len;
     int kind;        /* enum rail_data_kind */
     int dead;        /* its endpoint closed: descriptor already released */
-    int loop_taken;  /* loop only: a receive was asked for */
 };
 
 typedef struct rail_ep {
@@ -128,6 +127,10 @@ struct kvtcd_rails {
     rail_evt *evt_head, *evt_tail;
     uv_async_t async;
     int async_open;
+    int data_given;                 /* loop only: the request being handled
+                                       had its data received or released
+                                       (read here, never the record: the
+                                       rail may have freed it by then) */
     struct sockaddr_storage listen_ss; /* the loop's listener's host, port 0 */
     socklen_t listen_len;
 };
@@ -583,11 +586,12 @@ static void on_events(uv_async_t *h)
         switch (e->kind) {
         case RE_REQ:
             atomic_fetch_sub(&a->r[e->rail].queued, 1);
+            a->data_given = 0;
             kvtcd_rail_request(a->srv, e->rail, e->ep, e->hdr, e->hlen, e->d,
                                e->d && e->d->kind != RD_RNDV ? e->d->data : NULL, e->len,
                                e->rndv);
             /* Data the handling did not receive goes back now. */
-            if (e->d && !e->d->loop_taken)
+            if (e->d && !a->data_given)
                 kvtcd_rail_release(a->srv, e->rail, e->d);
             break;
         case RE_DONE:
@@ -606,7 +610,7 @@ static void on_events(uv_async_t *h)
 void kvtcd_rail_recv(kvtcd_server *srv, uint32_t r, kvtcd_rail_data *d, void *dst,
                      size_t len, kvtcd_op *op, kvtcd_rail_done_cb done)
 {
-    d->loop_taken = 1;
+    srv->rails->data_given = 1;
     rail_cmd *c = new_cmd(RC_RECV, op, done);
     if (!c) {
         kvtcd_rail_release(srv, r, d);
@@ -621,7 +625,7 @@ void kvtcd_rail_recv(kvtcd_server *srv, uint32_t r, kvtcd_rail_data *d, void *ds
 
 void kvtcd_rail_release(kvtcd_server *srv, uint32_t r, kvtcd_rail_data *d)
 {
-    d->loop_taken = 1;
+    srv->rails->data_given = 1;
     rail_cmd *c = calloc(1, sizeof *c);
     if (!c) {
         /* Kept until the rail stops; its sender waits until then. */
