@@ -1612,7 +1612,7 @@ static void handle_get(kvtcd_session *s, const Kvtc__Wire__Request *req)
         uint64_t every = (uint64_t)srv->cfg.audit_interval * 1000u;
         c->audit[j] = !c->ldest && (!e->blob || !e->audit_ms || now - e->audit_ms >= every);
         if (c->audit[j])
-            e->audit_ms = now;
+            e->audit_ms = now ? now : 1; /* 0 means never */
         if (e->blob) {
             c->blobs[j] = e->blob;
             kvtcd_blob_ref(e->blob);

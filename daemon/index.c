@@ -387,8 +387,9 @@ int kvtcd_index_insert(kvtcd_index *ix, const kvtcd_entry *tmpl,
         e->gpu_state = KVTCD_GPU_NONE;
     e->gen = ix->next_gen++;
     e->atime_ms = now_ms;
-    /* a host copy comes from a put that checked it, or was made here */
-    e->audit_ms = blob ? now_ms : 0;
+    /* a host copy comes from a put that checked it, or was made here (0
+     * means never: a put in the daemon's first millisecond counts as 1) */
+    e->audit_ms = blob ? (now_ms ? now_ms : 1) : 0;
     lru_push_head(ix, e);
     maybe_grow(ix);
     if (out)

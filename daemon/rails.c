@@ -36,6 +36,9 @@
 #define RAIL_MAX_QUEUED 4096  /* requests handed to the loop, not handled */
 #define RAIL_MAX_HEADER 65536 /* larger request headers: a bad client */
 #define RAIL_CLOSE_ROUNDS 200000 /* progress calls a stop waits for closes */
+#define RAIL_REFUSED_CLOSE_MS 1000 /* a refused endpoint's answer gets this long:
+                                 a send completes when handed to tcp, and a
+                                 close at once can overtake it */
 
 enum rail_data_kind { RD_RNDV = 1, RD_UCX = 2, RD_COPY = 3 };
 
@@ -51,7 +54,8 @@ struct kvtcd_rail_data {
 typedef struct rail_ep {
     struct rail_ep *next;
     ucp_ep_h ep;
-    int failed;      /* error seen: refuse new work, wait for the close */
+    int failed;           /* error seen or refused: no new work */
+    uint64_t close_at_ms; /* refused: closed then, once its answer is out */
 } rail_ep;
 
 enum rail_cmd_kind { RC_RECV = 1, RC_RELEASE, RC_SEND, RC_CLOSE, RC_STOP };
@@ -112,6 +116,7 @@ typedef struct rail {
     rail_ep *eps;
     uint32_t n_eps;
     uint32_t pending;               /* UCX requests in flight */
+    uint32_t closing_later;         /* refused endpoints waiting to close */
     uint32_t closing;               /* endpoint closes in flight */
     uint64_t last_event_ms;
     uint64_t last_work_ns;          /* an event or a command */
@@ -185,17 +190,19 @@ static rail_cmd *new_cmd(int kind, kvtcd_op *op, kvtcd_rail_done_cb done)
     return c;
 }
 
+static rail_ep *find_ep(rail *r, ucp_ep_h ep);
+
 /* A command's completion, from the rail's thread to the loop. */
 static void finish_cmd(rail *r, rail_cmd *c, ucs_status_t st)
 {
     if (c->close_after) {
-        /* After the answer has gone out; not from inside UCX's callback,
-         * where closing an endpoint is not allowed: queued to ourselves. */
-        rail_cmd *cc = calloc(1, sizeof *cc);
-        if (cc) {
-            cc->kind = RC_CLOSE;
-            cc->ep = c->ep;
-            post_cmd(r, cc);
+        /* Refused: no more requests; closed a while after its answer (see
+         * RAIL_REFUSED_CLOSE_MS; never from inside UCX's callback). */
+        rail_ep *e = find_ep(r, c->ep);
+        if (e && !e->close_at_ms) {
+            e->failed = 1;
+            e->close_at_ms = now_ms() + RAIL_REFUSED_CLOSE_MS;
+            r->closing_later++;
         }
     }
     if (c->done) {
@@ -311,6 +318,8 @@ static void close_ep(rail *r, ucp_ep_h ep)
         return; /* closed before */
     rail_ep *e = *pp;
     *pp = e->next;
+    if (e->close_at_ms)
+        r->closing_later--;
     free(e);
     r->n_eps--;
     for (kvtcd_rail_data *d = r->data; d; d = d->next)
@@ -506,6 +515,19 @@ static int run_cmds(rail *r)
 
 /* ---- the rail's thread ----------------------------------------------------------- */
 
+/* Close the refused endpoints whose time has come. */
+static void close_due(rail *r)
+{
+    uint64_t now = now_ms();
+    rail_ep *e = r->eps;
+    while (e) {
+        rail_ep *next = e->next;
+        if (e->close_at_ms && now >= e->close_at_ms)
+            close_ep(r, e->ep); /* frees e */
+        e = next;
+    }
+}
+
 static void rail_sleep(rail *r)
 {
     struct epoll_event evs[2];
@@ -548,6 +570,8 @@ static void *rail_main(void *arg)
         }
         if (atomic_load(&r->stopping))
             break;
+        if (r->closing_later)
+            close_due(r);
         if ((r->pending && now_ms() - r->last_event_ms < RAIL_SPIN_MS) ||
             now_ns() - r->last_work_ns < RAIL_IDLE_SPIN_NS) {
             if (r->yield)

@@ -310,23 +310,31 @@ Test(it_local_check, ucx_get_audits_once_an_interval, .timeout = 120)
     struct chunks ch;
     chunks_put(c, &ch, sizes, NK, 300);
     chunks_flip(&d, &ch, VICTIM);
-    /* Within the interval: the client refuses the flipped chunk, kvtcd
-     * does not re-read it, and it stays. (Asserted only when the machine
-     * was fast enough to be inside the interval.) */
+    /* The client refuses the flipped chunk on every get. */
+    double first = secs_since(&t0); /* the put's check was at most this long ago */
     cr_assert_eq(kvtc_get_batch(c, ch.it, NK, NULL), KVTC_ECORRUPT);
     chunks_expect_victim(&ch, NK, VICTIM);
     const kvtc_key *vk = &ch.it[VICTIM].key;
-    if (secs_since(&t0) < 1.5) {
+    if (first < 1.5) {
+        /* Within the interval (a machine fast enough to get here in time;
+         * under the sanitizers put and flip alone can take longer): kvtcd
+         * did not re-read it, and it stays. */
         nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL);
         cr_expect_eq(itest_daemon_metric(&d, "kvtc_gets_audited_total"), 0);
         cr_expect_eq(present(c, vk), 1, "re-read within the interval");
     }
-    /* Past it: the next get is re-read beside the send, and the chunk
-     * leaves the index. */
+    /* Past the interval the next get is refused by the client again and
+     * re-read beside the send; on a machine that was past it already at
+     * the first get, that one was re-read and the chunk may be gone. */
     while (secs_since(&t0) < 2.3)
         nanosleep(&(struct timespec){0, 50 * 1000 * 1000}, NULL);
     size_t got = 0;
-    cr_expect_eq(kvtc_get(c, vk, ch.dst[VICTIM], sizes[VICTIM], &got), KVTC_ECORRUPT);
+    int rc = kvtc_get(c, vk, ch.dst[VICTIM], sizes[VICTIM], &got);
+    cr_expect(rc == KVTC_ECORRUPT || (first >= 1.5 && rc == KVTC_ENOENT),
+              "a get past the interval: %s (%s); %.2f s to the first get", kvtc_strerror(rc),
+              kvtc_last_error(c), first);
+    /* Either way a get past the interval was re-read, and the chunk
+     * leaves the index. */
     for (int t = 0; t < 500 && present(c, vk); t++)
         nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
     cr_expect_eq(present(c, vk), 0, "the corrupt chunk stayed past the interval");
