@@ -647,18 +647,26 @@ void kvtcd_rail_recv(kvtcd_server *srv, uint32_t r, kvtcd_rail_data *d, void *ds
     post_cmd(&srv->rails->r[r], c);
 }
 
+/* A command with no completion (release, close). Without memory for it,
+ * what it would free stays the rail's until the rail stops: logged. */
+static void post_plain(kvtcd_server *srv, uint32_t r, int kind, kvtcd_rail_data *d, ucp_ep_h ep)
+{
+    rail_cmd *c = calloc(1, sizeof *c);
+    if (!c) {
+        KVTCD_ERROR("rails", "out of memory for a %s rail=%u",
+                    kind == RC_RELEASE ? "release of request data" : "close", r);
+        return;
+    }
+    c->kind = kind;
+    c->d = d;
+    c->ep = ep;
+    post_cmd(&srv->rails->r[r], c);
+}
+
 void kvtcd_rail_release(kvtcd_server *srv, uint32_t r, kvtcd_rail_data *d)
 {
     srv->rails->data_given = 1;
-    rail_cmd *c = calloc(1, sizeof *c);
-    if (!c) {
-        /* Kept until the rail stops; its sender waits until then. */
-        KVTCD_ERROR("rails", "out of memory releasing request data rail=%u", r);
-        return;
-    }
-    c->kind = RC_RELEASE;
-    c->d = d;
-    post_cmd(&srv->rails->r[r], c);
+    post_plain(srv, r, RC_RELEASE, d, NULL);
 }
 
 void kvtcd_rail_send(kvtcd_server *srv, uint32_t r, ucp_ep_h ep, const void *header,
@@ -698,14 +706,7 @@ void kvtcd_rail_send_frame(kvtcd_server *srv, uint32_t r, ucp_ep_h ep, void *fra
 
 void kvtcd_rail_close_ep(kvtcd_server *srv, uint32_t r, ucp_ep_h ep)
 {
-    rail_cmd *c = calloc(1, sizeof *c);
-    if (!c) {
-        KVTCD_ERROR("rails", "out of memory closing an endpoint rail=%u", r);
-        return; /* closed when the rail stops */
-    }
-    c->kind = RC_CLOSE;
-    c->ep = ep;
-    post_cmd(&srv->rails->r[r], c);
+    post_plain(srv, r, RC_CLOSE, NULL, ep);
 }
 
 /* ---- start and stop ------------------------------------------------------------------- */
