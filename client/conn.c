@@ -1,6 +1,9 @@
 /* Connections: UCX setup, the reply handler, progress, waiting, failure.
- * Every UCX object of a connection is its own (context, worker, endpoint),
- * so distinct connections never share state and need no locks. */
+ * Every UCX object of a connection is its own (context, workers,
+ * endpoints), so distinct connections never share state and need no
+ * locks. A connection's rail workers may have threads of their own
+ * (rail_threads.c); their UCX callbacks come here as events, so all of a
+ * connection's state is still touched by the caller's thread only. */
 #include <errno.h>
 #include <ifaddrs.h>
 #include <netdb.h>
@@ -156,6 +159,8 @@ static void post_send(kvtc_conn *c, struct kvtc__op *op)
     ucp_ep_h ep = op->ep ? op->ep : kvtc__send_ep(c);
     ucs_status_ptr_t sp = ucp_am_send_nbx(ep, KVTC_WIRE_AM_REQUEST, op->q_hdr, op->q_hlen,
                                           op->q_data, op->q_count, &op->q_prm);
+    if (op->rail && !UCS_PTR_IS_ERR(sp))
+        kvtc__rail_kick(op->rail, sp != NULL);
     if (sp != NULL && !UCS_PTR_IS_ERR(sp))
         return;
     if (UCS_PTR_IS_ERR(sp))
@@ -211,6 +216,20 @@ static void send_cb(void *request, ucs_status_t status, void *user_data)
         bulk_send_next(c, stream);
 }
 
+/* Completions of requests on a rail's worker come from its thread: they
+ * run here later (kvtc__rails_drain), in the same functions. */
+static void send_done(void *request, ucs_status_t status, size_t length, void *user_data)
+{
+    (void)length;
+    send_cb(request, status, user_data);
+}
+
+static void rail_send_cb(void *request, ucs_status_t status, void *user_data)
+{
+    struct kvtc__op *op = user_data;
+    kvtc__rail_defer(op->conn, send_done, request, status, 0, op);
+}
+
 static size_t payload_bytes(const void *payload, size_t count, ucp_datatype_t dt)
 {
     if (dt != ucp_dt_make_iov())
@@ -251,7 +270,7 @@ static int op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
     ucp_request_param_t prm = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                         UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_DATATYPE,
-        .cb.send = send_cb,
+        .cb.send = op->rail ? rail_send_cb : send_cb,
         .user_data = op,
         .flags = UCP_AM_SEND_FLAG_REPLY,
         .datatype = dt,
@@ -319,6 +338,8 @@ static int op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
         if (op->bulk_send)
             q->sending = 0; /* nothing waits: it was the only one */
     }
+    if (op->rail)
+        kvtc__rail_kick(op->rail, sp != NULL);
     return 0;
 }
 
@@ -356,18 +377,40 @@ static void recv_cb(void *request, ucs_status_t status, size_t length, void *use
     kvtc__op_maybe_done(op);
 }
 
+static void rail_recv_cb(void *request, ucs_status_t status, size_t length, void *user_data)
+{
+    struct kvtc__op *op = user_data;
+    kvtc__rail_defer(op->conn, recv_cb, request, status, length, op);
+}
+
+/* The worker whose reply is being handled: a rendezvous descriptor is
+ * received on the worker it came to. */
+static ucp_worker_h am_worker(const kvtc_conn *c)
+{
+    return c->am_rail ? kvtc__rail_worker(c->am_rail) : c->worker;
+}
+
+/* A request posted on the worker of the reply being handled is in flight. */
+static void am_kick(kvtc_conn *c, ucs_status_ptr_t sp)
+{
+    if (c->am_rail && UCS_PTR_IS_PTR(sp))
+        kvtc__rail_kick(c->am_rail, 1);
+}
+
 ucs_status_t kvtc__op_recv_rndv(struct kvtc__op *op, void *rndv_desc, void *buf,
                                 size_t count, ucp_datatype_t dt)
 {
+    kvtc_conn *c = op->conn;
     ucp_request_param_t prm = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                         UCP_OP_ATTR_FIELD_DATATYPE,
-        .cb.recv_am = recv_cb,
+        .cb.recv_am = c->am_rail ? rail_recv_cb : recv_cb,
         .user_data = op,
         .datatype = dt,
     };
     op->recv_pending = 1;
-    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(op->conn->worker, rndv_desc, buf, count, &prm);
+    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(am_worker(c), rndv_desc, buf, count, &prm);
+    am_kick(c, sp);
     if (UCS_PTR_IS_ERR(sp)) {
         op->recv_pending = 0;
         op->status = KVTC_ECONN;
@@ -458,6 +501,13 @@ static void raw_recv_cb(void *request, ucs_status_t status, size_t length,
     free(r);
 }
 
+static void rail_raw_recv_cb(void *request, ucs_status_t status, size_t length,
+                             void *user_data)
+{
+    struct raw_reply *r = user_data;
+    kvtc__rail_defer(r->c, raw_recv_cb, request, status, length, r);
+}
+
 /* Most bytes a reply may carry: the frame plus every in-flight get's worth
  * of chunks. Anything larger is not a reply to us. */
 static size_t reply_bound(const kvtc_conn *c)
@@ -473,15 +523,12 @@ static size_t reply_bound(const kvtc_conn *c)
     return b > SIZE_MAX ? SIZE_MAX : (size_t)b;
 }
 
-static ucs_status_t reply_cb(void *arg, const void *header, size_t header_length,
-                             void *data, size_t length,
-                             const ucp_am_recv_param_t *param)
+ucs_status_t kvtc__reply_handle(kvtc_conn *c, const void *header, size_t header_length,
+                                void *data, size_t length, int rndv)
 {
-    kvtc_conn *c = arg;
     Kvtc__Wire__Reply *rep = NULL;
     size_t msg_len = 0;
     int in_data = 0;
-    int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
     if (kvtc_wire_am_split(header, header_length, length, &msg_len, &in_data))
         goto bad;
     if (!in_data) {
@@ -510,12 +557,13 @@ static ucs_status_t reply_cb(void *arg, const void *header, size_t header_length
     ucp_request_param_t prm = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                         UCP_OP_ATTR_FIELD_DATATYPE,
-        .cb.recv_am = raw_recv_cb,
+        .cb.recv_am = c->am_rail ? rail_raw_recv_cb : raw_recv_cb,
         .user_data = r,
         .datatype = ucp_dt_make_contig(1),
     };
     c->raw_pending++;
-    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(c->worker, data, r->buf, length, &prm);
+    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(am_worker(c), data, r->buf, length, &prm);
+    am_kick(c, sp);
     if (UCS_PTR_IS_ERR(sp)) {
         c->raw_pending--;
         free(r->buf);
@@ -530,6 +578,14 @@ bad:
     /* A daemon that sends garbage cannot be trusted with the rest. */
     kvtc__conn_fail(c, KVTC_EPROTO, "malformed reply from the daemon");
     return UCS_OK;
+}
+
+static ucs_status_t reply_cb(void *arg, const void *header, size_t header_length,
+                             void *data, size_t length,
+                             const ucp_am_recv_param_t *param)
+{
+    return kvtc__reply_handle(arg, header, header_length, data, length,
+                              (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0);
 }
 
 static void err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
@@ -609,6 +665,7 @@ int kvtc_progress(kvtc_conn *c)
         return KVTC_EINVAL;
     for (int i = 0; i < PROGRESS_BUDGET && ucp_worker_progress(c->worker); i++)
         ;
+    kvtc__rails_drain(c);
     if (c->failed && (c->ep || c->bulk_ep || c->n_rails))
         close_ep(c, 1);
     expire(c);
@@ -632,6 +689,8 @@ int kvtc_arm(kvtc_conn *c)
         return KVTC_EBUSY;
     if (kvtc__checker_ready(c))
         return KVTC_EBUSY; /* hashed gets to finish */
+    if (kvtc__rails_ready(c))
+        return KVTC_EBUSY; /* rail threads' events to run */
     ucs_status_t st = ucp_worker_arm(c->worker);
     if (st == UCS_ERR_BUSY)
         return KVTC_EBUSY;
@@ -778,7 +837,7 @@ static void close_cb(void *request, ucs_status_t status, void *user_data)
 
 /* Close one endpoint. A forced close also completes every request still
  * posted on it, which is what frees the caller's buffers after a failure. */
-static void close_one(kvtc_conn *c, ucp_ep_h *epp, int force)
+static void close_one(ucp_worker_h w, ucp_ep_h *epp, int force)
 {
     if (!*epp)
         return;
@@ -794,7 +853,7 @@ static void close_one(kvtc_conn *c, ucp_ep_h *epp, int force)
     /* Forced closes finish within a few progress calls; bound it anyway. */
     uint64_t end = kvtc__now_ns() + (uint64_t)CLOSE_GRACE_MS * 1000000ull;
     while (ucp_request_check_status(sp) == UCS_INPROGRESS && kvtc__now_ns() < end)
-        ucp_worker_progress(c->worker);
+        ucp_worker_progress(w); /* a rail's: its lock orders us with its thread */
     if (ucp_request_check_status(sp) == UCS_INPROGRESS && !force) {
         /* A graceful close can hang on a dead peer: the worker teardown
          * will reclaim it. */
@@ -807,10 +866,11 @@ static void close_one(kvtc_conn *c, ucp_ep_h *epp, int force)
 static void close_ep(kvtc_conn *c, int force)
 {
     for (uint32_t i = 0; i < c->n_rails; i++)
-        close_one(c, &c->rail_ep[i], force);
+        close_one(c->rail_thr[i] ? kvtc__rail_worker(c->rail_thr[i]) : c->worker,
+                  &c->rail_ep[i], force);
     c->n_rails = 0;
-    close_one(c, &c->bulk_ep, force);
-    close_one(c, &c->ep, force);
+    close_one(c->worker, &c->bulk_ep, force);
+    close_one(c->worker, &c->ep, force);
 }
 
 /* "host:port", "[v6]:port", "host" -> socket address. */
@@ -882,9 +942,11 @@ static int ucx_setup(kvtc_conn *c)
     if (!getenv("UCX_RNDV_THRESH"))
         (void)ucp_config_modify(cfg, "RNDV_THRESH", KVTC_WIRE_RNDV_THRESH);
     ucp_params_t p = {
-        .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME,
+        .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME |
+                      UCP_PARAM_FIELD_MT_WORKERS_SHARED,
         .features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
         .name = "libkvtc",
+        .mt_workers_shared = 1, /* rail workers progress on threads of their own */
     };
     ucs_status_t st = ucp_init(&p, cfg, &c->ctx);
     ucp_config_release(cfg);
@@ -935,7 +997,7 @@ static int hello(kvtc_conn *c, const kvtc_conn_params *params, uint64_t deadline
 static int bulk_wanted(const kvtc_conn_params *params, const struct sockaddr_storage *ss);
 static int bulk_setup(kvtc_conn *c, uint64_t deadline);
 static int rails_wanted(const kvtc_conn_params *params);
-static int rails_setup(kvtc_conn *c, uint64_t deadline);
+static int rails_setup(kvtc_conn *c, const kvtc_conn_params *params, uint64_t deadline);
 
 int kvtc_connect(const char *server, const kvtc_conn_params *params,
                  kvtc_conn **out)
@@ -1042,7 +1104,7 @@ int kvtc_connect(const char *server, const kvtc_conn_params *params,
         kvtc__local_setup(c, deadline);
     }
     if (c->n_rail_port && !c->local_ok && rails_wanted(params) &&
-        (rc = rails_setup(c, deadline)))
+        (rc = rails_setup(c, params, deadline)))
         goto fail;
     kvtc__trace_open(c);
     *out = c;
@@ -1074,9 +1136,14 @@ void kvtc_disconnect(kvtc_conn *c)
         /* Sends and receives posted on the closed endpoint complete now;
          * bounded, because the worker teardown reclaims any stragglers. */
         uint64_t end = kvtc__now_ns() + (uint64_t)CLOSE_GRACE_MS * 1000000ull;
-        while ((c->n_inflight || c->raw_pending) && kvtc__now_ns() < end)
+        while ((c->n_inflight || c->raw_pending) && kvtc__now_ns() < end) {
             ucp_worker_progress(c->worker);
+            kvtc__rails_drain(c);
+        }
+        kvtc__rails_stop(c);
+        kvtc__rails_drain(c);
         run_done(c);
+        kvtc__rails_free(c); /* their workers, before the one they signal */
         ucp_worker_destroy(c->worker);
         /* A request UCX never completed is gone with the worker, and with
          * it any access to the caller's buffers: finish its op here so the
@@ -1221,6 +1288,19 @@ static void ep_flush_cb(void *request, ucs_status_t status, void *user_data)
     ucp_request_free(request);
 }
 
+/* A rail with a thread: its flush ends on that thread. */
+static void rail_flush_done(void *request, ucs_status_t status, size_t length, void *user_data)
+{
+    kvtc_conn *c = user_data;
+    (void)length;
+    ep_flush_cb(request, status, &c->rail_flushed);
+}
+
+static void rail_flush_cb(void *request, ucs_status_t status, void *user_data)
+{
+    kvtc__rail_defer(user_data, rail_flush_done, request, status, 0, user_data);
+}
+
 /* Progress until *flag is set, *flushed (the endpoint's state) went
  * negative, the connection failed or the deadline passed. */
 static void ep_wait(kvtc_conn *c, const int *flag, const int *flushed, uint64_t deadline)
@@ -1240,24 +1320,27 @@ static void ep_wait(kvtc_conn *c, const int *flag, const int *flushed, uint64_t 
  * or the daemon did not answer in time (it may have bound the endpoint, so
  * going on without it is not safe). */
 static int bind_ep(kvtc_conn *c, const ucp_ep_params_t *ep, int *flushed, ucp_ep_h *epp,
-                   const char *what, uint64_t deadline)
+                   const char *what, uint64_t deadline, struct kvtc__rail *rail)
 {
     *flushed = 0;
-    if (ucp_ep_create(c->worker, ep, epp) != UCS_OK) {
+    ucp_worker_h worker = rail ? kvtc__rail_worker(rail) : c->worker;
+    if (ucp_ep_create(worker, ep, epp) != UCS_OK) {
         *epp = NULL;
         return 1;
     }
     /* As for the first endpoint: no send before wire-up ends. */
     ucp_request_param_t fp = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-        .cb.send = ep_flush_cb,
-        .user_data = flushed,
+        .cb.send = rail ? rail_flush_cb : ep_flush_cb,
+        .user_data = rail ? (void *)c : (void *)flushed,
     };
     ucs_status_ptr_t sp = ucp_ep_flush_nbx(*epp, &fp);
     if (UCS_PTR_IS_ERR(sp))
         *flushed = -1;
     else if (sp == NULL)
         *flushed = 1;
+    else if (rail)
+        kvtc__rail_kick(rail, 1);
     ep_wait(c, flushed, flushed, deadline); /* until 1 or -1 */
     int rc = 0;
     struct sync_wait w = {0};
@@ -1281,6 +1364,7 @@ static int bind_ep(kvtc_conn *c, const ucp_ep_params_t *ep, int *flushed, ucp_ep
         goto fallback;
     o->deadline_ns = 0;
     o->ep = *epp;
+    o->rail = rail;
     if (kvtc__op_send(c, o, &req, NULL, 0, ucp_dt_make_contig(1), 0)) {
         kvtc__op_free(o);
         o = NULL;
@@ -1296,8 +1380,10 @@ static int bind_ep(kvtc_conn *c, const ucp_ep_params_t *ep, int *flushed, ucp_ep
         rc = KVTC_ETIMEDOUT;
     }
 fallback:
-    /* The forced close completes the bind's send if it is still posted. */
-    close_one(c, epp, 1);
+    /* The forced close completes the bind's send if it is still posted
+     * (on a rail thread: its completion is an event, run here). */
+    close_one(worker, epp, 1);
+    kvtc__rails_drain(c);
     if (o && !w.done) {
         for (struct kvtc__op *x = c->inflight; x; x = x->next)
             if (x == o) {
@@ -1326,7 +1412,7 @@ static int bulk_setup(kvtc_conn *c, uint64_t deadline)
         .err_handler = {.cb = bulk_err_cb, .arg = c},
     };
     c->bulk_state = KVTC__BULK_BINDING;
-    int rc = bind_ep(c, &ep, &c->bulk_flushed, &c->bulk_ep, "the bulk endpoint", deadline);
+    int rc = bind_ep(c, &ep, &c->bulk_flushed, &c->bulk_ep, "the bulk endpoint", deadline, NULL);
     if (rc == 0) {
         c->bulk_state = KVTC__BULK_BOUND;
         c->info.bulk_endpoint = 1;
@@ -1349,7 +1435,9 @@ static int bulk_setup(kvtc_conn *c, uint64_t deadline)
  * there round robin (kvtc__rail_pick); each reply comes back on the rail
  * its request took. Not with the local path (bytes do not travel on UCX
  * then), nor with KVTC_RAILS=0. Once bound, a rail failing fails the
- * connection. */
+ * connection. The same bound holds for our thread, so each rail endpoint
+ * gets a worker and a thread of its own where they pay
+ * (rail_threads.c). */
 
 static int rails_wanted(const kvtc_conn_params *params)
 {
@@ -1359,9 +1447,8 @@ static int rails_wanted(const kvtc_conn_params *params)
     return !e || (strcmp(e, "0") && strcmp(e, "off"));
 }
 
-static void rail_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
+void kvtc__rail_ep_failed(kvtc_conn *c, ucp_ep_h ep, ucs_status_t status)
 {
-    kvtc_conn *c = arg;
     for (uint32_t i = 0; i < c->n_rails; i++)
         if (c->rail_ep[i] == ep) {
             char why[128];
@@ -1373,11 +1460,21 @@ static void rail_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
     c->rail_flushed = -1; /* the one being bound */
 }
 
+static void rail_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
+{
+    kvtc__rail_ep_failed(arg, ep, status);
+}
+
 /* Bind a rail for each port (the daemon's host), in order, until one
  * cannot be bound. */
-static int rails_setup(kvtc_conn *c, uint64_t deadline)
+static int rails_setup(kvtc_conn *c, const kvtc_conn_params *params, uint64_t deadline)
 {
+    c->rail_thread_quota = kvtc__rail_threads_reserve(params, c->n_rail_port);
+    int threads = c->rail_thread_quota > 0;
     for (uint32_t i = 0; i < c->n_rail_port; i++) {
+        struct kvtc__rail *rail = NULL;
+        if (threads && kvtc__rail_start(c, &rail) != 0)
+            threads = 0; /* the rest stay on our thread */
         struct sockaddr_storage ss = c->server_ss;
         if (ss.ss_family == AF_INET6)
             ((struct sockaddr_in6 *)&ss)->sin6_port = htons(c->rail_port[i]);
@@ -1389,19 +1486,29 @@ static int rails_setup(kvtc_conn *c, uint64_t deadline)
             .flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER,
             .sockaddr = {.addr = (struct sockaddr *)&ss, .addrlen = c->server_sslen},
             .err_mode = UCP_ERR_HANDLING_MODE_PEER,
-            .err_handler = {.cb = rail_err_cb, .arg = c},
+            .err_handler = {.cb = rail ? kvtc__rail_err_handler : rail_err_cb,
+                            .arg = rail ? (void *)rail : (void *)c},
         };
         ucp_ep_h ep = NULL;
-        int rc = bind_ep(c, &p, &c->rail_flushed, &ep, "a rail", deadline);
-        if (rc < 0)
-            return rc;
-        if (rc > 0)
+        int rc = bind_ep(c, &p, &c->rail_flushed, &ep, "a rail", deadline, rail);
+        if (rc != 0) {
+            kvtc__rail_release(c, rail);
+            if (rc < 0)
+                return rc;
             break;
+        }
+        c->rail_thr[c->n_rails] = rail;
+        c->info.rail_threads += rail != NULL;
         c->rail_ep[c->n_rails++] = ep;
         if (getenv("KVTC_EP_INFO")) /* which lanes each endpoint got */
             ucp_ep_print_info(ep, stderr);
     }
     c->info.rails = c->n_rails;
+    kvtc__rail_threads_unreserve(c->rail_thread_quota - c->info.rail_threads);
+    c->rail_thread_quota = c->info.rail_threads;
+    /* Clients that start together would take the same rail for their
+     * first, second, ... request: spread them by session. */
+    c->rail_next = (uint32_t)c->info.session_id;
     return 0;
 }
 
@@ -1411,5 +1518,6 @@ void kvtc__rail_pick(kvtc_conn *c, struct kvtc__op *op, size_t bytes)
         return;
     uint32_t i = c->rail_next++ % c->n_rails;
     op->ep = c->rail_ep[i];
+    op->rail = c->rail_thr[i];
     op->stream = 1 + i;
 }

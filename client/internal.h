@@ -105,6 +105,8 @@ struct kvtc__op {
     ucp_ep_h ep;                  /* where its request goes: a rail, or NULL
                                      for kvtc__send_ep (conn.c, "Rails") */
     uint32_t stream;              /* 1 + its rail, 0: the usual endpoint */
+    struct kvtc__rail *rail;      /* its rail's worker and thread, when the
+                                     rail has them (rail_threads.c) */
     struct kvtc__op *sendq_next;
     const void *q_hdr, *q_data;
     size_t q_hlen, q_count;
@@ -196,6 +198,12 @@ struct kvtc_conn {
     socklen_t server_sslen;
     ucp_ep_h rail_ep[KVTC__MAX_RAILS];
     uint32_t n_rails;           /* bound (they are requests' from then on) */
+    /* A worker and thread of its own for each rail (rail_threads.c), or
+     * NULL: its endpoint is on the connection's worker. */
+    struct kvtc__rail *rail_thr[KVTC__MAX_RAILS];
+    struct kvtc__rail_inbox *rail_inbox; /* their events for this thread */
+    uint32_t rail_thread_quota; /* reserved of the process's rail threads */
+    struct kvtc__rail *am_rail; /* the rail whose reply is being handled */
     uint32_t rail_next;
     int rail_flushed;           /* the endpoint being bound: 0, 1, -1 */
     /* Bulk sends one at a time per stream (conn.c): [0] the usual
@@ -223,6 +231,49 @@ static inline ucp_ep_h kvtc__send_ep(const kvtc_conn *c)
  * destinations) on a rail, round robin, when it is large enough and the
  * connection has rails (sets op->ep, op->stream). */
 void kvtc__rail_pick(kvtc_conn *c, struct kvtc__op *op, size_t bytes);
+
+/* rail_threads.c: a UCX worker and a thread for each rail. Everything
+ * UCX calls back on a rail thread becomes an event that kvtc__rails_drain
+ * runs on the connection's thread. */
+typedef void (*kvtc__rail_done_fn)(void *request, ucs_status_t status, size_t length,
+                                   void *user_data);
+/* Threads for a connection's `want` rails: want (reserved) or 0, as
+ * params say (KVTC_RAILS_THREADS / _NO_THREADS), else KVTC_RAIL_THREADS=
+ * 0|1, else while the process's rail threads stay within a quarter of the
+ * CPUs (none below 8). unreserve gives back what a connection did not
+ * start or has stopped. */
+uint32_t kvtc__rail_threads_reserve(const kvtc_conn_params *params, uint32_t want);
+void kvtc__rail_threads_unreserve(uint32_t n);
+/* A new rail worker (thread mode MULTI, our reply handler) and its thread
+ * (lowers c->max_am_header to its own). KVTC_ENOMEM, KVTC_EIO. */
+int kvtc__rail_start(kvtc_conn *c, struct kvtc__rail **out);
+ucp_worker_h kvtc__rail_worker(const struct kvtc__rail *r);
+/* The connection's thread posted a request on r's worker: r polls a while
+ * (its reply is likely soon), and while in_flight (its completion is to
+ * come on r's thread) until that completion. */
+void kvtc__rail_kick(struct kvtc__rail *r, int in_flight);
+/* A UCX completion of c's on a rail worker: done(...) runs later on the
+ * connection's thread. For the callbacks of requests posted on a rail's
+ * worker (they run on its thread). */
+void kvtc__rail_defer(kvtc_conn *c, kvtc__rail_done_fn done, void *request,
+                      ucs_status_t status, size_t length, void *user_data);
+/* The error handler of a rail endpoint on r's worker (arg = r). */
+void kvtc__rail_err_handler(void *arg, ucp_ep_h ep, ucs_status_t status);
+/* Run the rail threads' events; how many ran. ready: some wait. */
+int kvtc__rails_drain(kvtc_conn *c);
+int kvtc__rails_ready(kvtc_conn *c);
+/* Stop r's thread, run its events, destroy its worker (r unbound). */
+void kvtc__rail_release(kvtc_conn *c, struct kvtc__rail *r);
+/* Stop every rail thread / and free them with their workers (events
+ * left are dropped: the requests they name are gone with the workers). */
+void kvtc__rails_stop(kvtc_conn *c);
+void kvtc__rails_free(kvtc_conn *c);
+/* conn.c, for the rail events: a reply (as the UCX reply handler, rndv:
+ * data is a rendezvous descriptor of c->am_rail's worker), and a rail
+ * endpoint's error. */
+ucs_status_t kvtc__reply_handle(kvtc_conn *c, const void *header, size_t header_length,
+                                void *data, size_t length, int rndv);
+void kvtc__rail_ep_failed(kvtc_conn *c, ucp_ep_h ep, ucs_status_t status);
 
 /* conn.c */
 void kvtc__set_error(kvtc_conn *c, const char *fmt, ...)

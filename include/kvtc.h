@@ -193,11 +193,20 @@ enum kvtc_check_mode {
  * the bound of a tcp stream, so libkvtc binds an endpoint to each rail and
  * sends puts and gets of 1 MiB or more there, round robin; the rest, and
  * everything over the local path, stays on the first endpoint.
- * kvtc_server_info.rails says how many are bound. */
+ * The same holds on this side: with rail threads, each rail endpoint gets
+ * a UCX worker and a thread of libkvtc's own that moves its bytes; the
+ * connection stays the caller's (its callbacks still run inside
+ * kvtc_progress on the caller's thread, and its fd wakes for the threads'
+ * events). kvtc_server_info.rails says how many rails are bound,
+ * .rail_threads how many of them have threads. */
 enum kvtc_rails_mode {
-    KVTC_RAILS_AUTO = 0, /* default: whatever the daemon offers (environment:
-                            KVTC_RAILS=0 is OFF) */
-    KVTC_RAILS_OFF = 1
+    KVTC_RAILS_AUTO = 0,       /* default: whatever the daemon offers, with
+                                  rail threads on hosts of 8 CPUs or more
+                                  (environment: KVTC_RAILS=0 is OFF,
+                                  KVTC_RAIL_THREADS=0|1 decides threads) */
+    KVTC_RAILS_OFF = 1,
+    KVTC_RAILS_NO_THREADS = 2, /* rails, moved by the caller's thread */
+    KVTC_RAILS_THREADS = 3     /* rails, each with a thread, any host */
 };
 
 /* The bulk endpoint: after hello, libkvtc opens a second endpoint to the
@@ -311,7 +320,8 @@ typedef struct kvtc_server_info {
                                       path (kvtc_local_mode) */
     uint32_t rails;                /* rails bound: large puts and gets
                                       travel there (KVTC_RAILS) */
-    uint32_t reserved32;
+    uint32_t rail_threads;         /* of those, moved by threads of
+                                      libkvtc's own (kvtc_rails_mode) */
     uint64_t reserved[6];
 } kvtc_server_info;
 

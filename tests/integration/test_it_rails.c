@@ -1,15 +1,20 @@
 /* Rails (docs/protocol.md "Rails", docs/kvtcd.md "Transport"): kvtcd
  * --rails N offers N more UCX workers on threads of their own; libkvtc
- * binds them and sends its large puts and gets there. Bytes exact from
+ * binds them and sends its large puts and gets there, moved by its own
+ * thread or by a thread per rail (client/rail_threads.c). Bytes exact from
  * 1 KiB to 64 MiB, batches mixing small and large chunks, many operations
  * in flight, the client's opt-out, and a client killed mid-transfer on a
- * rail frees its session. Over tcp with the local path off: what a client
- * on another host gets. */
+ * rail frees its session; with rail threads also a caller's epoll loop,
+ * a disconnect with puts in flight, an operation timing out and the
+ * daemon's death. Over tcp with the local path off: what a client on
+ * another host gets. */
 #include "itest.h"
 
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #define SPACE 0x5241494cu
@@ -43,6 +48,22 @@ static uint32_t rails_of(kvtc_conn *c)
     return info.rails;
 }
 
+static uint32_t rail_threads_of(kvtc_conn *c)
+{
+    kvtc_server_info info;
+    cr_assert_eq(kvtc_server_info_get(c, &info), 0);
+    return info.rail_threads;
+}
+
+/* A connection to d with two rails, moved by threads or not as mode says. */
+static kvtc_conn *connect_rails(const struct itest_daemon *d, uint32_t mode)
+{
+    kvtc_conn *c = connect_ucx(d, mode);
+    cr_assert_eq(rails_of(c), 2, "rails not bound: %s", itest_log_tail(d));
+    cr_assert_eq(rail_threads_of(c), mode == KVTC_RAILS_THREADS ? 2u : 0u);
+    return c;
+}
+
 static void roundtrip(kvtc_conn *c, uint32_t base, size_t n)
 {
     uint8_t *src = malloc(n), *dst = malloc(n);
@@ -59,13 +80,12 @@ static void roundtrip(kvtc_conn *c, uint32_t base, size_t n)
     free(dst);
 }
 
-Test(it_rails, bytes_exact_from_1k_to_64m, .timeout = 180)
+static void bytes_exact(uint32_t mode)
 {
     struct itest_daemon d;
     itest_setup(ITEST_TLS_TCP);
     itest_daemon_start(&d, "512M", 0, with_rails);
-    kvtc_conn *c = connect_ucx(&d, KVTC_RAILS_AUTO);
-    cr_assert_eq(rails_of(c), 2, "rails not bound: %s", itest_log_tail(&d));
+    kvtc_conn *c = connect_rails(&d, mode);
     static const size_t sizes[] = {1024, 256u << 10, 1u << 20, (4u << 20) + 5, 64u << 20};
     for (uint32_t i = 0; i < 5; i++)
         roundtrip(c, i, sizes[i]);
@@ -88,15 +108,24 @@ Test(it_rails, bytes_exact_from_1k_to_64m, .timeout = 180)
     itest_daemon_stop(&d);
 }
 
+Test(it_rails, bytes_exact_from_1k_to_64m, .timeout = 180)
+{
+    bytes_exact(KVTC_RAILS_NO_THREADS);
+}
+
+Test(it_rails, bytes_exact_with_rail_threads, .timeout = 180)
+{
+    bytes_exact(KVTC_RAILS_THREADS);
+}
+
 /* Many in flight at once, on both rails and the first endpoint: a batch of
  * small and large chunks, then pipelined single-chunk puts and gets. */
-Test(it_rails, batches_and_pipelines, .timeout = 180)
+static void batches_and_pipelines(uint32_t mode)
 {
     struct itest_daemon d;
     itest_setup(ITEST_TLS_TCP);
     itest_daemon_start(&d, "512M", 0, with_rails);
-    kvtc_conn *c = connect_ucx(&d, KVTC_RAILS_AUTO);
-    cr_assert_eq(rails_of(c), 2);
+    kvtc_conn *c = connect_rails(&d, mode);
     enum { N = 6 };
     static const size_t sizes[N] = {8192, 2u << 20, 100, (3u << 20) + 1, 64u << 10, 1u << 20};
     uint8_t *src[N], *dst[N];
@@ -172,6 +201,163 @@ Test(it_rails, batches_and_pipelines, .timeout = 180)
     itest_daemon_stop(&d);
 }
 
+Test(it_rails, batches_and_pipelines, .timeout = 180)
+{
+    batches_and_pipelines(KVTC_RAILS_NO_THREADS);
+}
+
+Test(it_rails, batches_and_pipelines_with_rail_threads, .timeout = 180)
+{
+    batches_and_pipelines(KVTC_RAILS_THREADS);
+}
+
+struct done {
+    int calls;
+    int status;
+};
+
+static void on_done(int status, void *arg)
+{
+    struct done *d = arg;
+    d->calls++;
+    d->status = status;
+}
+
+/* A scheduler's own loop: the connection's fd wakes for what the rail
+ * threads finish too (8 puts then 8 gets of 3 MiB, 4 in flight). */
+Test(it_rails, rail_threads_wake_a_callers_epoll_loop, .timeout = 120)
+{
+    enum { N = 8, DEPTH = 4 };
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "256M", 0, with_rails);
+    kvtc_conn *c = connect_rails(&d, KVTC_RAILS_THREADS);
+    int fd = -1;
+    cr_assert_eq(kvtc_get_fd(c, &fd), 0);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN};
+    cr_assert_eq(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev), 0);
+    size_t n = (3u << 20) + 7;
+    uint8_t *src[N], *dst[N];
+    kvtc_put_item pi[N];
+    kvtc_get_item gi[N];
+    struct done dn[2 * N];
+    memset(dn, 0, sizeof dn);
+    for (int i = 0; i < N; i++) {
+        src[i] = malloc(n);
+        dst[i] = malloc(n);
+        cr_assert(src[i] && dst[i]);
+        itest_fill(src[i], n, 700 + i);
+        pi[i] = (kvtc_put_item){.key = itest_key(SPACE + 2, 700 + i), .data = src[i], .size = n};
+        gi[i] = (kvtc_get_item){.key = pi[i].key, .buf = dst[i], .capacity = n};
+    }
+    int next = 0, sleeps = 0;
+    for (int spins = 0; spins < 200000; spins++) {
+        int done = 0, busy = 0;
+        for (int i = 0; i < 2 * N; i++)
+            done += dn[i].calls;
+        busy = next - done;
+        if (done == 2 * N)
+            break;
+        /* Gets only once every put finished. */
+        while (busy < DEPTH && next < 2 * N && (next < N || done >= N)) {
+            kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done,
+                                .arg = &dn[next]};
+            int rc = next < N ? kvtc_put_batch_async(c, &pi[next], 1, &p)
+                              : kvtc_get_batch_async(c, &gi[next - N], 1, &p);
+            cr_assert_eq(rc, 0, "submit %d: %s", next, kvtc_last_error(c));
+            next++, busy++;
+        }
+        cr_assert_geq(kvtc_progress(c), 0, "progress: %s", kvtc_last_error(c));
+        int a = kvtc_arm(c);
+        cr_assert(a == 0 || a == KVTC_EBUSY, "arm: %d", a);
+        if (a == 0) {
+            struct epoll_event out;
+            int w = epoll_wait(ep, &out, 1, 10000);
+            cr_assert_eq(w, 1, "the fd did not wake with operations in flight");
+            sleeps++;
+        }
+    }
+    for (int i = 0; i < 2 * N; i++)
+        cr_expect(dn[i].calls == 1 && dn[i].status == 0, "op %d: %d calls, %s", i, dn[i].calls,
+                  kvtc_strerror(dn[i].status));
+    for (int i = 0; i < N; i++) {
+        cr_expect_eq(gi[i].size, n);
+        cr_expect(itest_check(dst[i], n, 700 + i), "chunk %d differs", i);
+        free(src[i]);
+        free(dst[i]);
+    }
+    cr_expect_gt(sleeps, 0, "the loop never slept on the fd");
+    close(ep);
+    kvtc_disconnect(c);
+    itest_daemon_stop(&d);
+}
+
+/* With rail threads, every way out completes each operation exactly once:
+ * a disconnect with puts in flight, an operation that times out (the
+ * connection then fails every call), and the daemon's death. */
+Test(it_rails, rail_threads_disconnect_timeout_and_daemon_death, .timeout = 120)
+{
+    enum { N = 6 };
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "256M", 0, with_rails);
+    size_t n = 2u << 20;
+    uint8_t *buf[N];
+    kvtc_put_item it[N];
+    struct done dn[N];
+    for (int i = 0; i < N; i++) {
+        buf[i] = malloc(n);
+        cr_assert(buf[i]);
+        itest_fill(buf[i], n, 800 + (uint64_t)i);
+    }
+    /* Disconnect at once: the callbacks run inside it. */
+    kvtc_conn *c = connect_rails(&d, KVTC_RAILS_THREADS);
+    memset(dn, 0, sizeof dn);
+    for (int i = 0; i < N; i++) {
+        it[i] = (kvtc_put_item){.key = itest_key(SPACE + 3, (uint32_t)i), .data = buf[i], .size = n};
+        kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &dn[i]};
+        cr_assert_eq(kvtc_put_batch_async(c, &it[i], 1, &p), 0, "%s", kvtc_last_error(c));
+    }
+    kvtc_progress(c);
+    kvtc_disconnect(c);
+    for (int i = 0; i < N; i++)
+        cr_expect(dn[i].calls == 1 && (dn[i].status == 0 || dn[i].status == KVTC_ECANCELED),
+                  "put %d: %d calls, %s", i, dn[i].calls, kvtc_strerror(dn[i].status));
+
+    /* A stalled daemon: the get times out, the connection is failed. */
+    c = connect_rails(&d, KVTC_RAILS_THREADS);
+    cr_assert_eq(kvtc_put(c, &it[0].key, buf[0], n), 0, "%s", kvtc_last_error(c));
+    cr_assert_eq(kill(d.pid, SIGSTOP), 0);
+    kvtc_op_params tp = {.field_mask = KVTC_OP_PARAM_FIELD_TIMEOUT, .timeout_ms = 500};
+    kvtc_get_item g = {.key = it[0].key, .buf = buf[1], .capacity = n};
+    cr_assert_eq(kvtc_get_batch(c, &g, 1, &tp), KVTC_ETIMEDOUT, "%s", kvtc_last_error(c));
+    cr_assert_eq(kvtc_put(c, &it[0].key, buf[0], n), KVTC_ECONN);
+    kvtc_disconnect(c);
+    cr_assert_eq(kill(d.pid, SIGCONT), 0);
+
+    /* The daemon dies with puts and gets in flight on the rails. */
+    c = connect_rails(&d, KVTC_RAILS_THREADS);
+    memset(dn, 0, sizeof dn);
+    kvtc_get_item gg[N]; /* the gets' items stay ours until their callbacks */
+    cr_assert_eq(kill(d.pid, SIGSTOP), 0);
+    for (int i = 0; i < N; i++) {
+        kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &dn[i]};
+        gg[i] = (kvtc_get_item){.key = it[0].key, .buf = buf[i], .capacity = n};
+        int rc = i % 2 ? kvtc_get_batch_async(c, &gg[i], 1, &p) : kvtc_put_batch_async(c, &it[i], 1, &p);
+        cr_assert_eq(rc, 0, "%s", kvtc_last_error(c));
+    }
+    kvtc_progress(c);
+    itest_daemon_signal_wait(&d, SIGKILL, 5000);
+    cr_assert_eq(kvtc_wait_all(c, 20000), 0, "operations still in flight after the daemon died");
+    for (int i = 0; i < N; i++)
+        cr_expect(dn[i].calls == 1 && dn[i].status == KVTC_ECONN, "op %d: %d calls, %s", i,
+                  dn[i].calls, kvtc_strerror(dn[i].status));
+    kvtc_disconnect(c);
+    for (int i = 0; i < N; i++)
+        free(buf[i]);
+}
+
 /* A client that says no, and a daemon with none: the first endpoint
  * carries everything, as before 1.4. */
 Test(it_rails, off_on_either_side, .timeout = 120)
@@ -201,14 +387,16 @@ static char tell_rails(const kvtc_server_info *info)
     return info->rails == 2 ? 'r' : 'n';
 }
 
-/* A client putting 32 MiB chunks over the rails is killed. */
+/* A client putting 32 MiB chunks over the rails (with threads) is killed. */
 Test(it_rails, killed_client_frees_session, .timeout = 120)
 {
     struct itest_daemon d;
     itest_setup(ITEST_TLS_TCP);
     itest_daemon_start(&d, "512M", 0, with_rails);
     struct itest_putter pt;
-    kvtc_conn_params p = {.field_mask = KVTC_CONN_PARAM_FIELD_LOCAL, .local = KVTC_LOCAL_OFF};
+    kvtc_conn_params p = {.field_mask = KVTC_CONN_PARAM_FIELD_LOCAL | KVTC_CONN_PARAM_FIELD_RAILS,
+                          .local = KVTC_LOCAL_OFF,
+                          .rails = KVTC_RAILS_THREADS};
     char said = itest_putter_start(&pt, &d, &p, 32u << 20, SPACE + 1, tell_rails);
     cr_expect_eq(said, 'r', "the putter's rails not bound");
     kvtc_conn *c = itest_connect(&d);

@@ -134,7 +134,7 @@ class ServerInfo(C.Structure):
         ("bulk_endpoint", C.c_uint32),
         ("local_path", C.c_uint32),
         ("rails", C.c_uint32),
-        ("reserved32", C.c_uint32),
+        ("rail_threads", C.c_uint32),
         ("reserved", C.c_uint64 * 6),
     ]
 

@@ -1,0 +1,433 @@
+/* rail_threads.c - a thread of its own for each rail's UCX worker.
+ *
+ * Over UCX payloads the thread that progresses a worker copies every byte
+ * that worker moves (tcp: sendmsg, recv), so one client thread bounds a
+ * lone connection's puts however many rails kvtcd offers
+ * (docs/perf-notes.md, "Rails"). Here each rail's endpoint lives on a
+ * worker of its own (UCS_THREAD_MODE_MULTI), progressed by a thread of its
+ * own. The connection's thread still does everything else: it posts sends
+ * and receives on a rail's worker itself (the worker's lock orders them
+ * with the rail thread's progress), and it alone touches operations and
+ * the connection. What UCX calls back on a rail thread (completions,
+ * replies, endpoint errors) becomes an event in the connection's inbox, a
+ * mutex-guarded list, and a ucp_worker_signal of the connection's worker
+ * (its fd wakes); kvtc_progress runs the events (kvtc__rails_drain).
+ *
+ * A rail thread polls while requests it carries are in flight (UCX 1.13
+ * has tcp work that does not wake the event fd) and a little after its
+ * last event, then sleeps on its worker's fd; posting a request kicks it
+ * awake (kvtc__rail_kick). */
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fifo.h"
+#include "internal.h"
+
+#define RAIL_BUSY_SPIN_NS 100000000ull /* poll this long after the last
+                                          event while requests are in flight */
+#define RAIL_IDLE_SPIN_NS 200000ull    /* and this long with none: the next
+                                          step of an operation usually comes
+                                          within it, a sleep costs a wakeup */
+#define RAIL_TICK_MS 50                /* longest sleep: UCX's deferred work */
+#define RAIL_PROGRESS_BUDGET 64        /* progress calls between checks */
+/* Replies waiting for the connection's thread. More than this is not an
+ * answer to our requests: the connection fails rather than grow. */
+#define RAIL_MAX_REPLIES 65536u
+
+struct kvtc__rail {
+    kvtc_conn *c;
+    ucp_worker_h worker;
+    int efd;
+    pthread_t thread;
+    int started;
+    atomic_int stop;
+    atomic_int sleeping;
+    atomic_uint kicks;   /* requests posted by the connection's thread */
+    atomic_int pending;  /* of those, still in flight */
+};
+
+enum rail_ev_kind { EV_DONE = 1, EV_REPLY, EV_EP_ERROR };
+
+struct kvtc__rail_ev {
+    struct kvtc__rail_ev *next;
+    int kind;
+    struct kvtc__rail *rail;
+    /* EV_DONE: a request's completion, for done() (rail unset) */
+    kvtc__rail_done_fn done;
+    void *request;
+    ucs_status_t status;
+    size_t length;
+    void *user_data;
+    /* EV_EP_ERROR */
+    ucp_ep_h ep;
+    /* EV_REPLY: the header (copied), the data (copied, or kept by UCX:
+     * held eager data or a rendezvous descriptor, released once handled) */
+    void *data;
+    int rndv, held;
+    size_t hlen;
+    unsigned char hdr[];
+};
+
+struct kvtc__rail_inbox {
+    pthread_mutex_t mu;
+    struct kvtc__rail_ev *head, *tail;
+    size_t n_replies;
+    int overflow; /* replies dropped: the connection fails */
+};
+
+/* ---- The rail thread ------------------------------------------------------ */
+
+/* An event must not be lost: it is the only news of a request UCX is done
+ * with. Without memory, wait for some rather than fail an op from here. */
+static struct kvtc__rail_ev *ev_alloc(size_t extra)
+{
+    struct kvtc__rail_ev *ev;
+    while (!(ev = calloc(1, sizeof *ev + extra)))
+        usleep(1000);
+    return ev;
+}
+
+static int inbox_push(kvtc_conn *c, struct kvtc__rail_ev *ev)
+{
+    struct kvtc__rail_inbox *in = c->rail_inbox;
+    int ok = 1;
+    pthread_mutex_lock(&in->mu);
+    if (ev->kind == EV_REPLY) {
+        if (in->n_replies >= RAIL_MAX_REPLIES)
+            ok = 0, in->overflow = 1;
+        else
+            in->n_replies++;
+    }
+    if (ok)
+        KVTC_FIFO_PUSH(in->head, in->tail, ev, next);
+    pthread_mutex_unlock(&in->mu);
+    ucp_worker_signal(c->worker); /* any thread may */
+    return ok;
+}
+
+/* The rail whose thread this is (NULL on the connection's thread, which
+ * progresses a rail's worker itself only to close it). */
+static _Thread_local struct kvtc__rail *this_rail;
+
+void kvtc__rail_defer(kvtc_conn *c, kvtc__rail_done_fn done, void *request,
+                      ucs_status_t status, size_t length, void *user_data)
+{
+    if (this_rail)
+        atomic_fetch_sub(&this_rail->pending, 1);
+    struct kvtc__rail_ev *ev = ev_alloc(0);
+    *ev = (struct kvtc__rail_ev){.kind = EV_DONE, .done = done, .request = request,
+                                 .status = status, .length = length, .user_data = user_data};
+    inbox_push(c, ev);
+}
+
+/* The reply handler of a rail's worker: the reply waits for the
+ * connection's thread. Eager data UCX lets us keep and rendezvous
+ * descriptors are kept (UCS_INPROGRESS); other eager data is copied. */
+static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_length,
+                                  void *data, size_t length, const ucp_am_recv_param_t *param)
+{
+    struct kvtc__rail *r = arg;
+    int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+    int held = !rndv && (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_DATA) != 0;
+    size_t copy = rndv || held ? 0 : length;
+    struct kvtc__rail_ev *ev = malloc(sizeof *ev + header_length + copy);
+    if (!ev) {
+        pthread_mutex_lock(&r->c->rail_inbox->mu);
+        r->c->rail_inbox->overflow = 1;
+        pthread_mutex_unlock(&r->c->rail_inbox->mu);
+        ucp_worker_signal(r->c->worker);
+        return UCS_OK;
+    }
+    *ev = (struct kvtc__rail_ev){.kind = EV_REPLY, .rail = r, .length = length, .rndv = rndv,
+                                 .held = held, .hlen = header_length};
+    memcpy(ev->hdr, header, header_length);
+    ev->data = data;
+    if (copy) {
+        ev->data = ev->hdr + header_length;
+        memcpy(ev->data, data, copy);
+    }
+    if (!inbox_push(r->c, ev)) {
+        free(ev);
+        return UCS_OK;
+    }
+    return rndv || held ? UCS_INPROGRESS : UCS_OK;
+}
+
+void kvtc__rail_err_handler(void *arg, ucp_ep_h ep, ucs_status_t status)
+{
+    struct kvtc__rail *r = arg;
+    struct kvtc__rail_ev *ev = ev_alloc(0);
+    *ev = (struct kvtc__rail_ev){.kind = EV_EP_ERROR, .rail = r, .ep = ep, .status = status};
+    inbox_push(r->c, ev);
+}
+
+static void *rail_main(void *arg)
+{
+    struct kvtc__rail *r = arg;
+    this_rail = r;
+    uint64_t last = kvtc__now_ns();
+    unsigned seen = atomic_load(&r->kicks);
+    for (;;) {
+        int worked = 0;
+        for (int i = 0; i < RAIL_PROGRESS_BUDGET && ucp_worker_progress(r->worker); i++)
+            worked = 1;
+        uint64_t now = kvtc__now_ns();
+        if (worked) {
+            last = now;
+            continue;
+        }
+        if (atomic_load(&r->stop))
+            break;
+        unsigned k = atomic_load(&r->kicks);
+        if (k != seen) {
+            seen = k;
+            last = now;
+        }
+        uint64_t window = atomic_load(&r->pending) > 0 ? RAIL_BUSY_SPIN_NS : RAIL_IDLE_SPIN_NS;
+        if (now - last < window) {
+            sched_yield(); /* let the connection's thread take the worker */
+            continue;
+        }
+        /* Sleep unless a kick came since we looked: the connection's
+         * thread signals only a rail it sees sleeping. */
+        atomic_store(&r->sleeping, 1);
+        if (atomic_load(&r->kicks) == seen && !atomic_load(&r->stop)) {
+            ucs_status_t st = ucp_worker_arm(r->worker);
+            if (st == UCS_OK) {
+                struct pollfd p = {.fd = r->efd, .events = POLLIN};
+                (void)poll(&p, 1, RAIL_TICK_MS);
+            } else if (st != UCS_ERR_BUSY) {
+                usleep(1000);
+            }
+        }
+        atomic_store(&r->sleeping, 0);
+        last = kvtc__now_ns();
+    }
+    return NULL;
+}
+
+/* ---- The connection's side ------------------------------------------------- */
+
+/* Rail threads of this process's connections (reserved). */
+static atomic_uint live_threads;
+
+/* How many rail threads a process runs by default: as kvtcd's --rails
+ * auto, a quarter of the CPUs, none below 8. More would take the cores
+ * the connections' own threads and a local daemon need: 16 connections
+ * of 4 rail threads each on a 16-CPU host ran 1 MiB gets at twice the
+ * median latency of connections without (docs/perf-notes.md). */
+static uint32_t thread_budget(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 8 ? 0 : (uint32_t)(n / 4);
+}
+
+uint32_t kvtc__rail_threads_reserve(const kvtc_conn_params *params, uint32_t want)
+{
+    int mode = -1; /* -1 auto, 0 off, 1 on */
+    if (params && (params->field_mask & KVTC_CONN_PARAM_FIELD_RAILS)) {
+        if (params->rails == KVTC_RAILS_THREADS)
+            mode = 1;
+        else if (params->rails == KVTC_RAILS_NO_THREADS)
+            mode = 0;
+    }
+    const char *e = getenv("KVTC_RAIL_THREADS");
+    if (mode < 0 && e && *e)
+        mode = strcmp(e, "0") && strcmp(e, "off");
+    if (mode == 0 || want == 0)
+        return 0;
+    unsigned cur = atomic_load(&live_threads);
+    do {
+        if (mode < 0 && cur + want > thread_budget())
+            return 0; /* all of a connection's rails or none */
+    } while (!atomic_compare_exchange_weak(&live_threads, &cur, cur + want));
+    return want;
+}
+
+void kvtc__rail_threads_unreserve(uint32_t n)
+{
+    atomic_fetch_sub(&live_threads, n);
+}
+
+static void rail_free(struct kvtc__rail *r)
+{
+    if (r->worker)
+        ucp_worker_destroy(r->worker);
+    free(r);
+}
+
+int kvtc__rail_start(kvtc_conn *c, struct kvtc__rail **out)
+{
+    *out = NULL;
+    if (!c->rail_inbox) {
+        struct kvtc__rail_inbox *in = calloc(1, sizeof *in);
+        if (!in)
+            return KVTC_ENOMEM;
+        pthread_mutex_init(&in->mu, NULL);
+        c->rail_inbox = in;
+    }
+    struct kvtc__rail *r = calloc(1, sizeof *r);
+    if (!r)
+        return KVTC_ENOMEM;
+    r->c = c;
+    r->efd = -1;
+    ucp_worker_params_t wp = {
+        .field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+        .thread_mode = UCS_THREAD_MODE_MULTI,
+    };
+    ucp_worker_attr_t wa = {.field_mask = UCP_WORKER_ATTR_FIELD_THREAD_MODE |
+                                          UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER};
+    ucp_am_handler_param_t hp = {
+        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                      UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS,
+        .id = KVTC_WIRE_AM_REPLY,
+        .flags = UCP_AM_FLAG_WHOLE_MSG,
+        .cb = rail_reply_cb,
+        .arg = r,
+    };
+    if (ucp_worker_create(c->ctx, &wp, &r->worker) != UCS_OK) {
+        r->worker = NULL;
+        goto fail;
+    }
+    /* A UCX built without thread support would hand out a single-thread
+     * worker: then the rails stay on the connection's thread. */
+    if (ucp_worker_query(r->worker, &wa) != UCS_OK || wa.thread_mode != UCS_THREAD_MODE_MULTI ||
+        ucp_worker_get_efd(r->worker, &r->efd) != UCS_OK ||
+        ucp_worker_set_am_recv_handler(r->worker, &hp) != UCS_OK)
+        goto fail;
+    if (wa.max_am_header < c->max_am_header)
+        c->max_am_header = wa.max_am_header;
+    if (pthread_create(&r->thread, NULL, rail_main, r) != 0)
+        goto fail;
+    r->started = 1;
+    *out = r;
+    return 0;
+fail:
+    rail_free(r);
+    return KVTC_EIO;
+}
+
+ucp_worker_h kvtc__rail_worker(const struct kvtc__rail *r)
+{
+    return r->worker;
+}
+
+void kvtc__rail_kick(struct kvtc__rail *r, int in_flight)
+{
+    if (in_flight)
+        atomic_fetch_add(&r->pending, 1);
+    atomic_fetch_add(&r->kicks, 1);
+    if (atomic_load(&r->sleeping))
+        ucp_worker_signal(r->worker);
+}
+
+static void rail_stop(struct kvtc__rail *r)
+{
+    if (!r->started)
+        return;
+    atomic_store(&r->stop, 1);
+    ucp_worker_signal(r->worker);
+    pthread_join(r->thread, NULL);
+    r->started = 0;
+}
+
+static void ev_run(kvtc_conn *c, struct kvtc__rail_ev *ev)
+{
+    struct kvtc__rail *r = ev->rail;
+    switch (ev->kind) {
+    case EV_DONE:
+        ev->done(ev->request, ev->status, ev->length, ev->user_data);
+        break;
+    case EV_REPLY: {
+        c->am_rail = r;
+        ucs_status_t ret = kvtc__reply_handle(c, ev->hdr, ev->hlen, ev->data, ev->length, ev->rndv);
+        c->am_rail = NULL;
+        if ((ev->rndv || ev->held) && ret != UCS_INPROGRESS)
+            ucp_am_data_release(r->worker, ev->data);
+        break;
+    }
+    case EV_EP_ERROR:
+        kvtc__rail_ep_failed(c, ev->ep, ev->status);
+        break;
+    }
+}
+
+int kvtc__rails_drain(kvtc_conn *c)
+{
+    struct kvtc__rail_inbox *in = c->rail_inbox;
+    if (!in)
+        return 0;
+    pthread_mutex_lock(&in->mu);
+    struct kvtc__rail_ev *ev = in->head;
+    in->head = in->tail = NULL;
+    in->n_replies = 0;
+    int overflow = in->overflow;
+    pthread_mutex_unlock(&in->mu);
+    int n = 0;
+    while (ev) {
+        struct kvtc__rail_ev *next = ev->next;
+        ev_run(c, ev);
+        free(ev);
+        ev = next;
+        n++;
+    }
+    if (overflow)
+        kvtc__conn_fail(c, KVTC_EPROTO, "the daemon sent more replies on a rail than we "
+                                        "could hold");
+    return n;
+}
+
+int kvtc__rails_ready(kvtc_conn *c)
+{
+    struct kvtc__rail_inbox *in = c->rail_inbox;
+    if (!in)
+        return 0;
+    pthread_mutex_lock(&in->mu);
+    int ready = in->head != NULL || in->overflow;
+    pthread_mutex_unlock(&in->mu);
+    return ready;
+}
+
+void kvtc__rail_release(kvtc_conn *c, struct kvtc__rail *r)
+{
+    if (!r)
+        return;
+    rail_stop(r);
+    kvtc__rails_drain(c); /* its events still name it */
+    rail_free(r);
+}
+
+void kvtc__rails_stop(kvtc_conn *c)
+{
+    for (uint32_t i = 0; i < KVTC__MAX_RAILS; i++)
+        if (c->rail_thr[i])
+            rail_stop(c->rail_thr[i]);
+}
+
+void kvtc__rails_free(kvtc_conn *c)
+{
+    for (uint32_t i = 0; i < KVTC__MAX_RAILS; i++)
+        if (c->rail_thr[i]) {
+            rail_stop(c->rail_thr[i]);
+            rail_free(c->rail_thr[i]);
+            c->rail_thr[i] = NULL;
+        }
+    kvtc__rail_threads_unreserve(c->rail_thread_quota);
+    c->rail_thread_quota = 0;
+    struct kvtc__rail_inbox *in = c->rail_inbox;
+    if (!in)
+        return;
+    /* Left over after the workers are gone: nothing UCX still holds. */
+    for (struct kvtc__rail_ev *ev = in->head, *next; ev; ev = next) {
+        next = ev->next;
+        free(ev);
+    }
+    pthread_mutex_destroy(&in->mu);
+    free(in);
+    c->rail_inbox = NULL;
+}
