@@ -97,7 +97,7 @@ typedef struct kvtcd_session {
     } bulk_q[1 + KVTCD_MAX_RAILS];
     /* Rails (rails.h): the client's endpoint to each rail once bound (a
      * handle of the rail's; NULL until then), and which rail each request
-     * in flight came on, so its reply goes back there. */
+     * in flight came on, so its reply goes back on the rails. */
     ucp_ep_h rail_ep[KVTCD_MAX_RAILS];
     struct {
         uint64_t id;
@@ -156,6 +156,7 @@ typedef struct kvtcd_op {
     size_t send_dlen;                  /* its bytes, or iov entries */
     int send_iov;                      /* send_data is an iov */
     int send_bulk;                     /* counts as the session's bulk reply */
+    int rail_load;                     /* counted in srv->rail_bulk[rail - 1] */
     uint32_t rail;                     /* SEND: goes out on this rail (+1);
                                           RECV: its request came on it */
     struct kvtcd_op *bulk_q_next;      /* session's bulk_q */
@@ -210,6 +211,8 @@ struct kvtcd_server {
     struct kvtcd_rails *rails;         /* rails.h; NULL without */
     uint32_t cur_rail;                 /* rail (+1) of the request being
                                           dispatched; 0: the loop's worker */
+    uint32_t rail_bulk[KVTCD_MAX_RAILS]; /* bulk replies posted to each rail,
+                                          not sent yet (transport.c) */
     struct kvtcd_local *local;         /* unix socket of the local path
                                           (local_path.h); NULL when off */
     /* KVTCD_LOCAL_TRACE (local_trace.h): NULL when off; else the stamps

@@ -731,6 +731,29 @@ static void on_rail_send_done(kvtcd_op *op, ucs_status_t status)
     send_done(op);
 }
 
+/* The rail (+1) a bulk reply of s goes out on: of the session's rails, the
+ * one with the fewest bulk replies of all sessions posted and not sent,
+ * counting one more where s itself is sending (it would wait for that).
+ * Each client takes its rails round robin, so at any moment some rails
+ * carry more transfers than others; answering on the idlest one evens
+ * them out (16 clients' 1 MiB gets on 4 rails: docs/perf-notes.md). Ties
+ * keep the request's own rail. */
+static uint32_t least_loaded_rail(const kvtcd_session *s, uint32_t came_on)
+{
+    const kvtcd_server *srv = s->srv;
+    uint32_t best = came_on, best_load = UINT32_MAX;
+    for (uint32_t i = 0; i < KVTCD_MAX_RAILS; i++) {
+        if (!s->rail_ep[i])
+            continue;
+        uint32_t load = srv->rail_bulk[i] + (s->bulk_q[1 + i].sending ? 1u : 0u);
+        if (load < best_load || (load == best_load && i + 1 == came_on)) {
+            best = i + 1;
+            best_load = load;
+        }
+    }
+    return best;
+}
+
 /* Hand op to UCX; 0, or an error (op freed). */
 static int post_send(kvtcd_op *op)
 {
@@ -746,8 +769,12 @@ static int post_send(kvtcd_op *op)
         p.datatype = ucp_dt_make_iov();
     }
     if (op->rail) {
-        /* Back on the rail its request came on: that thread sends it. */
+        /* On a rail of the session's: that thread sends it. */
         ucp_ep_h rep = s->rail_ep[op->rail - 1];
+        if (op->send_bulk) {
+            op->rail_load = 1;
+            srv->rail_bulk[op->rail - 1]++;
+        }
         if (!rep) {
             send_done(op); /* the session ended: nobody to answer */
             return KVTC_ECONN;
@@ -783,6 +810,10 @@ static void send_done(kvtcd_op *op)
 {
     kvtcd_session *s = op->sess;
     kvtcd_op *next = NULL;
+    if (op->rail_load) {
+        op->rail_load = 0;
+        s->srv->rail_bulk[op->rail - 1]--;
+    }
     if (op->send_bulk) {
         struct kvtcd_bulk_q *q = &s->bulk_q[op->rail];
         q->sending = 0;
@@ -887,6 +918,8 @@ int kvtcd_send_reply(kvtcd_session *s, const Kvtc__Wire__Reply *rep,
     }
     srv->m.bytes_out += payload_len;
     op->rail = route_take(s, rep->id);
+    if (op->rail && payload_len >= KVTC_WIRE_RNDV_THRESH_BYTES)
+        op->rail = least_loaded_rail(s, op->rail);
     if (payload_len >= KVTC_WIRE_RNDV_THRESH_BYTES) {
         /* One at a time on each stream: the session's endpoint, a rail. */
         struct kvtcd_bulk_q *q = &s->bulk_q[op->rail];
