@@ -458,7 +458,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer bytes and one round (smoke run)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each point reports the median")
     ap.add_argument("--lat-size", type=int, default=1 << 20)
-    ap.add_argument("--bytes-mib", type=int, help="MiB moved per throughput point (default 256, --quick 64)")
+    ap.add_argument("--bytes-mib", type=int, help="MiB moved per throughput point (default 1024, --quick 64; "
+                    "kvtc's rail connections reach their rate only after some hundred MiB)")
     ap.add_argument("--lat-ops", type=int, help="gets per latency point (default 4096, --quick 1024)")
     ap.add_argument("--host-mem", default="4G")
     ap.add_argument("--sizes", help="chunk sizes to measure, e.g. 256K,1M (default 256K..32M)")
@@ -532,7 +533,7 @@ def main():
                          "bin=PATH or bench=PATH")
         variants[name] = spec
         modes.append(name)
-    args.bytes_per_size = (args.bytes_mib or (64 if args.quick else 256)) * MIB
+    args.bytes_per_size = (args.bytes_mib or (64 if args.quick else 1024)) * MIB
     args.lat_ops = args.lat_ops or (1024 if args.quick else 4096)
     if args.quick:
         args.rounds = 1
