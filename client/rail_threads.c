@@ -16,7 +16,16 @@
  * A rail thread polls while requests it carries are in flight (UCX 1.13
  * has tcp work that does not wake the event fd) and a little after its
  * last event, then sleeps on its worker's fd; posting a request kicks it
- * awake (kvtc__rail_kick). */
+ * awake (kvtc__rail_kick).
+ *
+ * What UCX hands a reply handler to keep must not be given back from
+ * another thread before that handler has returned: UCX still touches it.
+ * So eager reply data is copied into the event, and a rendezvous
+ * descriptor the connection drops goes back to the rail thread, which
+ * releases it between progress calls (kvtc__rail_drop). Receiving one
+ * (ucp_am_recv_data_nbx) is safe from the connection's thread: it takes
+ * the worker's lock, which the rail thread holds through each progress
+ * call. */
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -49,6 +58,14 @@ struct kvtc__rail {
     atomic_int sleeping;
     atomic_uint kicks;   /* requests posted by the connection's thread */
     atomic_int pending;  /* of those, still in flight */
+    pthread_mutex_t mu;
+    struct rail_drop *drops; /* descriptors for the thread to release */
+    atomic_int has_drops;
+};
+
+struct rail_drop {
+    struct rail_drop *next;
+    void *desc;
 };
 
 enum rail_ev_kind { EV_DONE = 1, EV_REPLY, EV_EP_ERROR };
@@ -65,10 +82,10 @@ struct kvtc__rail_ev {
     void *user_data;
     /* EV_EP_ERROR */
     ucp_ep_h ep;
-    /* EV_REPLY: the header (copied), the data (copied, or kept by UCX:
-     * held eager data or a rendezvous descriptor, released once handled) */
+    /* EV_REPLY: the header (copied), the data (copied, or a rendezvous
+     * descriptor UCX keeps until received or dropped) */
     void *data;
-    int rndv, held;
+    int rndv;
     size_t hlen;
     unsigned char hdr[];
 };
@@ -126,15 +143,16 @@ void kvtc__rail_defer(kvtc_conn *c, kvtc__rail_done_fn done, void *request,
 }
 
 /* The reply handler of a rail's worker: the reply waits for the
- * connection's thread. Eager data UCX lets us keep and rendezvous
- * descriptors are kept (UCS_INPROGRESS); other eager data is copied. */
+ * connection's thread. A rendezvous descriptor is kept (UCS_INPROGRESS);
+ * eager data is copied, even where UCX would let us keep it (kept
+ * multi-fragment replies, freed by the connection's thread, crashed UCX
+ * 1.13's reassembly of later ones in ucp_am_long_middle_handler). */
 static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_length,
                                   void *data, size_t length, const ucp_am_recv_param_t *param)
 {
     struct kvtc__rail *r = arg;
     int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
-    int held = !rndv && (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_DATA) != 0;
-    size_t copy = rndv || held ? 0 : length;
+    size_t copy = rndv ? 0 : length;
     struct kvtc__rail_ev *ev = malloc(sizeof *ev + header_length + copy);
     if (!ev) {
         pthread_mutex_lock(&r->c->rail_inbox->mu);
@@ -144,7 +162,7 @@ static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_l
         return UCS_OK;
     }
     *ev = (struct kvtc__rail_ev){.kind = EV_REPLY, .rail = r, .length = length, .rndv = rndv,
-                                 .held = held, .hlen = header_length};
+                                 .hlen = header_length};
     memcpy(ev->hdr, header, header_length);
     ev->data = data;
     if (copy) {
@@ -155,7 +173,24 @@ static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_l
         free(ev);
         return UCS_OK;
     }
-    return rndv || held ? UCS_INPROGRESS : UCS_OK;
+    return rndv ? UCS_INPROGRESS : UCS_OK;
+}
+
+/* Release the descriptors the connection dropped (on the rail's thread,
+ * or once it stopped). */
+static void release_drops(struct kvtc__rail *r)
+{
+    pthread_mutex_lock(&r->mu);
+    struct rail_drop *d = r->drops;
+    r->drops = NULL;
+    atomic_store(&r->has_drops, 0);
+    pthread_mutex_unlock(&r->mu);
+    while (d) {
+        struct rail_drop *next = d->next;
+        ucp_am_data_release(r->worker, d->desc);
+        free(d);
+        d = next;
+    }
 }
 
 void kvtc__rail_err_handler(void *arg, ucp_ep_h ep, ucs_status_t status)
@@ -176,6 +211,8 @@ static void *rail_main(void *arg)
         int worked = 0;
         for (int i = 0; i < RAIL_PROGRESS_BUDGET && ucp_worker_progress(r->worker); i++)
             worked = 1;
+        if (atomic_load(&r->has_drops))
+            release_drops(r);
         uint64_t now = kvtc__now_ns();
         if (worked) {
             last = now;
@@ -256,8 +293,11 @@ void kvtc__rail_threads_unreserve(uint32_t n)
 
 static void rail_free(struct kvtc__rail *r)
 {
-    if (r->worker)
+    if (r->worker) {
+        release_drops(r);
         ucp_worker_destroy(r->worker);
+    }
+    pthread_mutex_destroy(&r->mu);
     free(r);
 }
 
@@ -276,6 +316,7 @@ int kvtc__rail_start(kvtc_conn *c, struct kvtc__rail **out)
         return KVTC_ENOMEM;
     r->c = c;
     r->efd = -1;
+    pthread_mutex_init(&r->mu, NULL);
     ucp_worker_params_t wp = {
         .field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
         .thread_mode = UCS_THREAD_MODE_MULTI,
@@ -326,6 +367,21 @@ void kvtc__rail_kick(struct kvtc__rail *r, int in_flight)
         ucp_worker_signal(r->worker);
 }
 
+/* The connection does not want rendezvous descriptor desc of r. */
+static void rail_drop(struct kvtc__rail *r, void *desc)
+{
+    struct rail_drop *d;
+    while (!(d = malloc(sizeof *d)))
+        usleep(1000); /* see ev_alloc */
+    d->desc = desc;
+    pthread_mutex_lock(&r->mu);
+    d->next = r->drops;
+    r->drops = d;
+    atomic_store(&r->has_drops, 1);
+    pthread_mutex_unlock(&r->mu);
+    kvtc__rail_kick(r, 0);
+}
+
 static void rail_stop(struct kvtc__rail *r)
 {
     if (!r->started)
@@ -347,8 +403,8 @@ static void ev_run(kvtc_conn *c, struct kvtc__rail_ev *ev)
         c->am_rail = r;
         ucs_status_t ret = kvtc__reply_handle(c, ev->hdr, ev->hlen, ev->data, ev->length, ev->rndv);
         c->am_rail = NULL;
-        if ((ev->rndv || ev->held) && ret != UCS_INPROGRESS)
-            ucp_am_data_release(r->worker, ev->data);
+        if (ev->rndv && ret != UCS_INPROGRESS)
+            rail_drop(r, ev->data);
         break;
     }
     case EV_EP_ERROR:

@@ -1,8 +1,9 @@
 # tests/stress/: `make test-tsan` compiles libkvtc's sources with
 # ThreadSanitizer into one program (tests/stress/pipelined.c) and runs it
 # against this build's kvtcd over UCX tcp with 2 and 8 requests in flight,
-# every byte checked: libkvtc's checker thread (client/checker.c) and its
-# one-bulk-send-at-a-time queue under the race detector. Not part of
+# every byte checked: libkvtc's checker thread (client/checker.c), its
+# one-bulk-send-at-a-time queue and its rail threads (client/rail_threads.c)
+# under the race detector. Not part of
 # `make test`: UCX's memory hooks must be off under TSan (run_tsan.sh).
 TSAN_DIR := $(BUILD)/tsan
 TSAN_SRCS := tests/stress/pipelined.c $(CLIENT_SRCS) common/wire.c $(WIRE_GEN_C)
