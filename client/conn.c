@@ -1509,12 +1509,14 @@ static int rails_setup(kvtc_conn *c, const kvtc_conn_params *params, uint64_t de
     /* Clients that start together would take the same rail for their
      * first, second, ... request: spread them by session. */
     c->rail_next = (uint32_t)c->info.session_id;
+    const char *m = getenv("KVTC_RAIL_MIN");
+    c->rail_min = m && *m ? (size_t)strtoull(m, NULL, 0) : KVTC_WIRE_RNDV_THRESH_BYTES;
     return 0;
 }
 
 void kvtc__rail_pick(kvtc_conn *c, struct kvtc__op *op, size_t bytes)
 {
-    if (!c->n_rails || bytes < KVTC_WIRE_RNDV_THRESH_BYTES)
+    if (!c->n_rails || bytes < c->rail_min)
         return;
     uint32_t i = c->rail_next++ % c->n_rails;
     op->ep = c->rail_ep[i];

@@ -205,6 +205,8 @@ struct kvtc_conn {
     uint32_t rail_thread_quota; /* reserved of the process's rail threads */
     struct kvtc__rail *am_rail; /* the rail whose reply is being handled */
     uint32_t rail_next;
+    size_t rail_min;            /* smallest request taking a rail
+                                   (KVTC_RAIL_MIN, else 1 MiB) */
     int rail_flushed;           /* the endpoint being bound: 0, 1, -1 */
     /* Bulk sends one at a time per stream (conn.c): [0] the usual
      * endpoint, [1 + i] rail i. */
