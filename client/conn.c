@@ -930,6 +930,19 @@ static void flush_cb(void *request, ucs_status_t status, void *user_data)
     ucp_request_free(request);
 }
 
+ucs_status_t kvtc__set_reply_handler(ucp_worker_h w, ucp_am_recv_callback_t cb, void *arg)
+{
+    ucp_am_handler_param_t hp = {
+        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                      UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS,
+        .id = KVTC_WIRE_AM_REPLY,
+        .flags = UCP_AM_FLAG_WHOLE_MSG,
+        .cb = cb,
+        .arg = arg,
+    };
+    return ucp_worker_set_am_recv_handler(w, &hp);
+}
+
 static int ucx_setup(kvtc_conn *c)
 {
     ucp_config_t *cfg = NULL;
@@ -978,15 +991,7 @@ static int ucx_setup(kvtc_conn *c)
         kvtc__set_error(c, "ucp_worker_get_efd: %s", ucs_status_string(st));
         return KVTC_EIO;
     }
-    ucp_am_handler_param_t hp = {
-        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
-                      UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS,
-        .id = KVTC_WIRE_AM_REPLY,
-        .flags = UCP_AM_FLAG_WHOLE_MSG,
-        .cb = reply_cb,
-        .arg = c,
-    };
-    if ((st = ucp_worker_set_am_recv_handler(c->worker, &hp)) != UCS_OK) {
+    if ((st = kvtc__set_reply_handler(c->worker, reply_cb, c)) != UCS_OK) {
         kvtc__set_error(c, "set_am_recv_handler: %s", ucs_status_string(st));
         return KVTC_EIO;
     }

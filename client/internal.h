@@ -278,6 +278,9 @@ ucs_status_t kvtc__reply_handle(kvtc_conn *c, const void *header, size_t header_
 void kvtc__rail_ep_failed(kvtc_conn *c, ucp_ep_h ep, ucs_status_t status);
 
 /* conn.c */
+/* Our handler of the daemon's replies (KVTC_WIRE_AM_REPLY, whole
+ * messages) on worker w. */
+ucs_status_t kvtc__set_reply_handler(ucp_worker_h w, ucp_am_recv_callback_t cb, void *arg);
 void kvtc__set_error(kvtc_conn *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 uint64_t kvtc__now_ns(void);

@@ -323,14 +323,6 @@ int kvtc__rail_start(kvtc_conn *c, struct kvtc__rail **out)
     };
     ucp_worker_attr_t wa = {.field_mask = UCP_WORKER_ATTR_FIELD_THREAD_MODE |
                                           UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER};
-    ucp_am_handler_param_t hp = {
-        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
-                      UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS,
-        .id = KVTC_WIRE_AM_REPLY,
-        .flags = UCP_AM_FLAG_WHOLE_MSG,
-        .cb = rail_reply_cb,
-        .arg = r,
-    };
     if (ucp_worker_create(c->ctx, &wp, &r->worker) != UCS_OK) {
         r->worker = NULL;
         goto fail;
@@ -339,7 +331,7 @@ int kvtc__rail_start(kvtc_conn *c, struct kvtc__rail **out)
      * worker: then the rails stay on the connection's thread. */
     if (ucp_worker_query(r->worker, &wa) != UCS_OK || wa.thread_mode != UCS_THREAD_MODE_MULTI ||
         ucp_worker_get_efd(r->worker, &r->efd) != UCS_OK ||
-        ucp_worker_set_am_recv_handler(r->worker, &hp) != UCS_OK)
+        kvtc__set_reply_handler(r->worker, rail_reply_cb, r) != UCS_OK)
         goto fail;
     if (wa.max_am_header < c->max_am_header)
         c->max_am_header = wa.max_am_header;

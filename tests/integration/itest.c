@@ -349,6 +349,13 @@ static uint64_t mix(uint64_t *s)
     return z ^ (z >> 31);
 }
 
+void itest_done_cb(int status, void *arg)
+{
+    struct itest_done *d = arg;
+    d->calls++;
+    d->status = status;
+}
+
 kvtc_key itest_key(uint32_t space, uint32_t i)
 {
     kvtc_key k;

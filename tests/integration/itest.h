@@ -88,6 +88,14 @@ int itest_wait_stats(kvtc_conn *c, int (*pred)(const kvtc_stats *, void *),
 int itest_one_session(const kvtc_stats *s, void *arg);
 
 /* Deterministic key i of a test-local key space. */
+/* An asynchronous operation's callback record: how often it ran (once is
+ * right) and the status it last got. itest_done_cb is the callback. */
+struct itest_done {
+    int calls;
+    int status;
+};
+void itest_done_cb(int status, void *arg);
+
 kvtc_key itest_key(uint32_t space, uint32_t i);
 
 /* Fill / check buffers whose bytes depend on seed (a wrong or shifted

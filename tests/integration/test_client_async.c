@@ -15,18 +15,6 @@
 #define N_OPS 24
 #define DEPTH 8
 
-struct done {
-    int calls;
-    int status;
-};
-
-static void on_done(int status, void *arg)
-{
-    struct done *d = arg;
-    d->calls++;
-    d->status = status;
-}
-
 static size_t size_of(int i)
 {
     /* eager and rendezvous sizes */
@@ -70,7 +58,7 @@ Test(client_async, epoll_loop_puts_and_batched_gets, .timeout = 120)
     /* Puts, DEPTH in flight at a time, each from its own buffer. */
     uint8_t *bufs[N_OPS];
     kvtc_put_item items[N_OPS];
-    struct done dn[N_OPS];
+    struct itest_done dn[N_OPS];
     memset(dn, 0, sizeof dn);
     int next = 0;
     while (next < N_OPS || kvtc_inflight(c)) {
@@ -79,7 +67,7 @@ Test(client_async, epoll_loop_puts_and_batched_gets, .timeout = 120)
             itest_fill(bufs[next], size_of(next), 500 + (uint64_t)next);
             items[next] = (kvtc_put_item){.key = itest_key(SPACE, (uint32_t)next),
                                           .data = bufs[next], .size = size_of(next)};
-            kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done,
+            kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb,
                                 .arg = &dn[next]};
             cr_assert_eq(kvtc_put_batch_async(c, &items[next], 1, &p), 0, "%s",
                          kvtc_last_error(c));
@@ -112,8 +100,8 @@ Test(client_async, epoll_loop_puts_and_batched_gets, .timeout = 120)
         g[i] = (kvtc_get_item){.key = itest_key(SPACE, i < N_OPS ? (uint32_t)i : 9000u + (uint32_t)i),
                                .buf = out[i], .capacity = cap};
     }
-    struct done gd = {0};
-    kvtc_op_params gp = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &gd};
+    struct itest_done gd = {0};
+    kvtc_op_params gp = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb, .arg = &gd};
     cr_assert_eq(kvtc_get_batch_async(c, g, NG, &gp), 0, "%s", kvtc_last_error(c));
     run_loop(c, ep, idle, c);
     cr_assert_eq(gd.calls, 1);
@@ -140,12 +128,12 @@ Test(client_async, epoll_loop_puts_and_batched_gets, .timeout = 120)
     uint32_t tiers[4] = {0};
     int pst[2] = {99, 99}, ust[2] = {99, 99}, dst[1] = {99};
     kvtc_stats st;
-    struct done d1 = {0}, d2 = {0}, d3 = {0}, d4 = {0};
-    kvtc_op_params p1 = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &d1};
+    struct itest_done d1 = {0}, d2 = {0}, d3 = {0}, d4 = {0};
+    kvtc_op_params p1 = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb, .arg = &d1};
     kvtc_op_params p2 = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK | KVTC_OP_PARAM_FIELD_TTL,
-                         .cb = on_done, .arg = &d2, .ttl_ms = 60000};
-    kvtc_op_params p3 = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &d3};
-    kvtc_op_params p4 = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &d4};
+                         .cb = itest_done_cb, .arg = &d2, .ttl_ms = 60000};
+    kvtc_op_params p3 = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb, .arg = &d3};
+    kvtc_op_params p4 = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb, .arg = &d4};
     cr_assert_eq(kvtc_lookup_async(c, chain, 4, &p1, &hits, tiers), 0);
     cr_assert_eq(kvtc_pin_async(c, chain, 2, &p2, pst), 0);
     cr_assert_eq(kvtc_stats_get_async(c, &p3, &st), 0);
@@ -292,8 +280,8 @@ Test(client_async, timeout_and_daemon_death, .timeout = 90)
     cr_assert(got == sizeof buf && itest_check(buf, sizeof buf, 3));
 
     /* Death of the daemon with an operation in flight. */
-    struct done dd = {0};
-    kvtc_op_params ap = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &dd};
+    struct itest_done dd = {0};
+    kvtc_op_params ap = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb, .arg = &dd};
     cr_assert_eq(kill(d.pid, SIGSTOP), 0);
     cr_assert_eq(kvtc_get_batch_async(c, &g, 1, &ap), 0);
     kvtc_progress(c);
@@ -324,14 +312,14 @@ Test(client_async, pipelined_puts_complete_on_disconnect_and_daemon_death, .time
     }
     for (int round = 0; round < 2; round++) {
         kvtc_conn *c = itest_connect(&d);
-        struct done dn[N];
+        struct itest_done dn[N];
         memset(dn, 0, sizeof dn);
         if (round == 1)
             cr_assert_eq(kill(d.pid, SIGSTOP), 0);
         for (int i = 0; i < N; i++) {
             it[i] = (kvtc_put_item){.key = itest_key(SPACE + 5, (uint32_t)(round * N + i)),
                                     .data = buf[i], .size = n};
-            kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &dn[i]};
+            kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb, .arg = &dn[i]};
             cr_assert_eq(kvtc_put_batch_async(c, &it[i], 1, &p), 0, "%s", kvtc_last_error(c));
         }
         kvtc_progress(c);

@@ -12,18 +12,6 @@
 #define CHUNK (4u << 20)
 #define N 3
 
-struct done {
-    int calls;
-    int status;
-};
-
-static void on_done(int status, void *arg)
-{
-    struct done *d = arg;
-    d->calls++;
-    d->status = status;
-}
-
 /* A wrong checksum on chunk 1 only. The public API always checksums what
  * it sends, so the test changes the caller's bytes after the submit: a
  * rendezvous-sized payload over TCP is read only when this process
@@ -49,9 +37,9 @@ Test(client_batch_status, put_one_bad_chunk_others_stored, .timeout = 90)
         it[i] = (kvtc_put_item){.key = itest_key(SPACE, (uint32_t)i),
                                 .data = buf[i], .size = CHUNK};
     }
-    struct done dn = {0};
+    struct itest_done dn = {0};
     kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK,
-                        .cb = on_done, .arg = &dn};
+                        .cb = itest_done_cb, .arg = &dn};
     cr_assert_eq(kvtc_put_batch_async(c, it, N, &p), 0, "%s", kvtc_last_error(c));
     buf[1][CHUNK / 2] ^= 0x5a; /* before any progress */
     cr_assert_eq(kvtc_wait_all(c, 60000), 0);

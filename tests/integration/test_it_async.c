@@ -11,18 +11,6 @@
 #define SPACE 0x41535900u
 #define N 64
 
-struct slot {
-    int calls;
-    int status;
-};
-
-static void on_done(int status, void *arg)
-{
-    struct slot *s = arg;
-    s->calls++;
-    s->status = status;
-}
-
 /* The documented loop: progress; arm; sleep on the fd only when armed. */
 static void drive(kvtc_conn *c, int timeout_ms)
 {
@@ -55,7 +43,7 @@ static void many_in_flight(const char *tls)
 
     kvtc_put_item put[N];
     kvtc_get_item get[N];
-    struct slot ps[N], gs[N];
+    struct itest_done ps[N], gs[N];
     memset(ps, 0, sizeof ps);
     memset(gs, 0, sizeof gs);
     uint8_t *src[N], *dst[N];
@@ -65,7 +53,7 @@ static void many_in_flight(const char *tls)
         dst[i] = malloc(n);
         itest_fill(src[i], n, 300 + (uint64_t)i);
         put[i] = (kvtc_put_item){.key = itest_key(SPACE, (uint32_t)i), .data = src[i], .size = n};
-        kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &ps[i]};
+        kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb, .arg = &ps[i]};
         /* One request per chunk: N independent operations in flight. */
         int rc = kvtc_put_batch_async(c, &put[i], 1, &p);
         cr_assert_eq(rc, 0, "submit put %d: %s", i, kvtc_strerror(rc));
@@ -79,13 +67,13 @@ static void many_in_flight(const char *tls)
     }
 
     size_t hits = 0;
-    struct slot ls = {0};
+    struct itest_done ls = {0};
     kvtc_key chain[2] = {put[0].key, put[1].key};
-    kvtc_op_params lp = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &ls};
+    kvtc_op_params lp = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb, .arg = &ls};
     cr_assert_eq(kvtc_lookup_async(c, chain, 2, &lp, &hits, NULL), 0);
     for (int i = 0; i < N; i++) {
         get[i] = (kvtc_get_item){.key = put[i].key, .buf = dst[i], .capacity = put[i].size};
-        kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &gs[i]};
+        kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb, .arg = &gs[i]};
         cr_assert_eq(kvtc_get_batch_async(c, &get[i], 1, &p), 0);
     }
     drive(c, 10000);
@@ -98,9 +86,9 @@ static void many_in_flight(const char *tls)
         cr_assert(itest_check(dst[i], get[i].size, 300 + (uint64_t)i), "get %d came back different", i);
     }
     /* Disconnect with operations still in flight: each completes, canceled or done, exactly once. */
-    struct slot late[4] = {{0}};
+    struct itest_done late[4] = {{0}};
     for (int i = 0; i < 4; i++) {
-        kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &late[i]};
+        kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb, .arg = &late[i]};
         get[i].status = 0;
         cr_assert_eq(kvtc_get_batch_async(c, &get[i], 1, &p), 0);
     }

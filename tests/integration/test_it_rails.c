@@ -235,18 +235,6 @@ Test(it_rails, batches_and_pipelines_with_rail_threads, .timeout = 180)
     batches_and_pipelines(KVTC_RAILS_THREADS);
 }
 
-struct done {
-    int calls;
-    int status;
-};
-
-static void on_done(int status, void *arg)
-{
-    struct done *d = arg;
-    d->calls++;
-    d->status = status;
-}
-
 /* A scheduler's own loop: the connection's fd wakes for what the rail
  * threads finish too (8 puts then 8 gets of 3 MiB, 4 in flight). */
 Test(it_rails, rail_threads_wake_a_callers_epoll_loop, .timeout = 120)
@@ -265,7 +253,7 @@ Test(it_rails, rail_threads_wake_a_callers_epoll_loop, .timeout = 120)
     uint8_t *src[N], *dst[N];
     kvtc_put_item pi[N];
     kvtc_get_item gi[N];
-    struct done dn[2 * N];
+    struct itest_done dn[2 * N];
     memset(dn, 0, sizeof dn);
     for (int i = 0; i < N; i++) {
         src[i] = malloc(n);
@@ -285,7 +273,7 @@ Test(it_rails, rail_threads_wake_a_callers_epoll_loop, .timeout = 120)
             break;
         /* Gets only once every put finished. */
         while (busy < DEPTH && next < 2 * N && (next < N || done >= N)) {
-            kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done,
+            kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb,
                                 .arg = &dn[next]};
             int rc = next < N ? kvtc_put_batch_async(c, &pi[next], 1, &p)
                               : kvtc_get_batch_async(c, &gi[next - N], 1, &p);
@@ -329,7 +317,7 @@ Test(it_rails, rail_threads_disconnect_timeout_and_daemon_death, .timeout = 120)
     size_t n = 2u << 20;
     uint8_t *buf[N];
     kvtc_put_item it[N];
-    struct done dn[N];
+    struct itest_done dn[N];
     for (int i = 0; i < N; i++) {
         buf[i] = malloc(n);
         cr_assert(buf[i]);
@@ -340,7 +328,7 @@ Test(it_rails, rail_threads_disconnect_timeout_and_daemon_death, .timeout = 120)
     memset(dn, 0, sizeof dn);
     for (int i = 0; i < N; i++) {
         it[i] = (kvtc_put_item){.key = itest_key(SPACE + 3, (uint32_t)i), .data = buf[i], .size = n};
-        kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &dn[i]};
+        kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb, .arg = &dn[i]};
         cr_assert_eq(kvtc_put_batch_async(c, &it[i], 1, &p), 0, "%s", kvtc_last_error(c));
     }
     kvtc_progress(c);
@@ -366,7 +354,7 @@ Test(it_rails, rail_threads_disconnect_timeout_and_daemon_death, .timeout = 120)
     kvtc_get_item gg[N]; /* the gets' items stay ours until their callbacks */
     cr_assert_eq(kill(d.pid, SIGSTOP), 0);
     for (int i = 0; i < N; i++) {
-        kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = on_done, .arg = &dn[i]};
+        kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK, .cb = itest_done_cb, .arg = &dn[i]};
         gg[i] = (kvtc_get_item){.key = it[0].key, .buf = buf[i], .capacity = n};
         int rc = i % 2 ? kvtc_get_batch_async(c, &gg[i], 1, &p) : kvtc_put_batch_async(c, &it[i], 1, &p);
         cr_assert_eq(rc, 0, "%s", kvtc_last_error(c));
