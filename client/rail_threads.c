@@ -101,10 +101,10 @@ struct kvtc__rail_inbox {
 
 /* An event must not be lost: it is the only news of a request UCX is done
  * with. Without memory, wait for some rather than fail an op from here. */
-static struct kvtc__rail_ev *ev_alloc(size_t extra)
+static struct kvtc__rail_ev *ev_alloc(void)
 {
     struct kvtc__rail_ev *ev;
-    while (!(ev = calloc(1, sizeof *ev + extra)))
+    while (!(ev = calloc(1, sizeof *ev)))
         usleep(1000);
     return ev;
 }
@@ -136,7 +136,7 @@ void kvtc__rail_defer(kvtc_conn *c, kvtc__rail_done_fn done, void *request,
 {
     if (this_rail)
         atomic_fetch_sub(&this_rail->pending, 1);
-    struct kvtc__rail_ev *ev = ev_alloc(0);
+    struct kvtc__rail_ev *ev = ev_alloc();
     *ev = (struct kvtc__rail_ev){.kind = EV_DONE, .done = done, .request = request,
                                  .status = status, .length = length, .user_data = user_data};
     inbox_push(c, ev);
@@ -196,7 +196,7 @@ static void release_drops(struct kvtc__rail *r)
 void kvtc__rail_err_handler(void *arg, ucp_ep_h ep, ucs_status_t status)
 {
     struct kvtc__rail *r = arg;
-    struct kvtc__rail_ev *ev = ev_alloc(0);
+    struct kvtc__rail_ev *ev = ev_alloc();
     *ev = (struct kvtc__rail_ev){.kind = EV_EP_ERROR, .rail = r, .ep = ep, .status = status};
     inbox_push(r->c, ev);
 }
