@@ -370,6 +370,29 @@ Test(it_rails, rail_threads_disconnect_timeout_and_daemon_death, .timeout = 120)
         free(buf[i]);
 }
 
+/* KVTC_RAIL_MIN moves the size from which requests take a rail (1 MiB by
+ * default): 256 KiB puts and gets take one with it, none without. */
+Test(it_rails, rail_min_moves_the_line, .timeout = 120)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "256M", 0, with_rails);
+    size_t n = (256u << 10) + 3;
+    cr_assert_eq(setenv("KVTC_RAIL_MIN", "262144", 1), 0);
+    kvtc_conn *c = connect_rails(&d, KVTC_RAILS_THREADS);
+    roundtrip(c, 600, n);
+    kvtc_disconnect(c);
+    cr_expect_eq(itest_daemon_metric(&d, "kvtc_rail_requests_total"), 2,
+                 "a 256 KiB put and get with KVTC_RAIL_MIN=262144");
+    cr_assert_eq(unsetenv("KVTC_RAIL_MIN"), 0);
+    c = connect_rails(&d, KVTC_RAILS_THREADS);
+    roundtrip(c, 601, n);
+    kvtc_disconnect(c);
+    cr_expect_eq(itest_daemon_metric(&d, "kvtc_rail_requests_total"), 2,
+                 "256 KiB requests took a rail by default");
+    itest_daemon_stop(&d);
+}
+
 /* A client that says no, and a daemon with none: the first endpoint
  * carries everything, as before 1.4. */
 Test(it_rails, off_on_either_side, .timeout = 120)
