@@ -261,9 +261,12 @@ void kvtc__rail_defer(kvtc_conn *c, kvtc__rail_done_fn done, void *request,
                       ucs_status_t status, size_t length, void *user_data);
 /* The error handler of a rail endpoint on r's worker (arg = r). */
 void kvtc__rail_err_handler(void *arg, ucp_ep_h ep, ucs_status_t status);
-/* Run the rail threads' events; how many ran. ready: some wait. */
+/* Run the rail threads' events; how many ran. ready: some wait. busy:
+ * requests the connection posted on a rail thread's worker are in
+ * flight (their completions will come from there). */
 int kvtc__rails_drain(kvtc_conn *c);
 int kvtc__rails_ready(kvtc_conn *c);
+int kvtc__rails_busy(const kvtc_conn *c);
 /* Stop r's thread, run its events, destroy its worker (r unbound). */
 void kvtc__rail_release(kvtc_conn *c, struct kvtc__rail *r);
 /* Stop every rail thread / and free them with their workers (events

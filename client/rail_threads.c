@@ -430,6 +430,14 @@ int kvtc__rails_drain(kvtc_conn *c)
     return n;
 }
 
+int kvtc__rails_busy(const kvtc_conn *c)
+{
+    for (uint32_t i = 0; i < KVTC__MAX_RAILS; i++)
+        if (c->rail_thr[i] && atomic_load(&c->rail_thr[i]->pending) > 0)
+            return 1;
+    return 0;
+}
+
 int kvtc__rails_ready(kvtc_conn *c)
 {
     struct kvtc__rail_inbox *in = c->rail_inbox;
