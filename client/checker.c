@@ -94,6 +94,7 @@ static int checker_start(kvtc_conn *c)
         free(k);
         return KVTC_ENOMEM;
     }
+    (void)pthread_setname_np(k->thread, "kvtc-checker");
     c->checker = k;
     return 0;
 }

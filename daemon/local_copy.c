@@ -1,6 +1,7 @@
 /* local_copy.c - the local path's copy workers (see local_copy.h). */
 #include "local_copy.h"
 
+#include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -199,6 +200,7 @@ int kvtcd_cworkers_create(uv_loop_t *loop, unsigned threads, unsigned spin_us,
             finish_close(w); /* joins those started, frees w */
             return KVTC_ENOMEM;
         }
+        (void)pthread_setname_np(w->th[i], "kvtcd-copy"); /* uv_thread_t is a pthread_t */
         w->n++;
     }
     *out = w;

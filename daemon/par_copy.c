@@ -1,6 +1,7 @@
 /* par_copy.c - memcpy over helper threads (see par_copy.h). */
 #include "par_copy.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +82,7 @@ int kvtcd_pcopy_create(int helpers, kvtcd_pcopy **out)
             kvtcd_pcopy_destroy(p);
             return KVTC_ENOMEM;
         }
+        (void)pthread_setname_np(p->h[i].th, "kvtcd-pcopy"); /* uv_thread_t is a pthread_t */
         p->started++;
     }
     *out = p;

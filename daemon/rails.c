@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -779,6 +780,9 @@ static int rail_init(struct kvtcd_rails *a, rail *r, uint32_t idx)
         KVTCD_ERROR("rails", "cannot start the thread of rail=%u", idx);
         return KVTC_EIO;
     }
+    char name[16];
+    snprintf(name, sizeof name, "kvtcd-rail%u", idx % 100000u);
+    (void)pthread_setname_np(r->th, name); /* for top -H and profiles */
     r->started = 1;
     r->cpu_ok = pthread_getcpuclockid(r->th, &r->cpu) == 0;
     return 0;
