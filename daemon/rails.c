@@ -446,9 +446,19 @@ static void posted(rail *r, rail_cmd *c, ucs_status_ptr_t sp)
 static void run_recv(rail *r, rail_cmd *c)
 {
     kvtcd_rail_data *d = c->d;
-    if (d->dead || d->kind != RD_RNDV) {
+    if (d->dead) {
         drop_data(r, d);
         finish_cmd(r, c, UCS_ERR_CANCELED);
+        return;
+    }
+    if (d->kind != RD_RNDV) {
+        /* Eager data, received here rather than by the loop
+         * (kvtcd_rail_request): as UCX would, refuse a short buffer. */
+        int fits = d->len <= c->len;
+        if (fits)
+            memcpy(c->dst, d->data, d->len);
+        drop_data(r, d);
+        finish_cmd(r, c, fits ? UCS_OK : UCS_ERR_MESSAGE_TRUNCATED);
         return;
     }
     void *desc = d->data;

@@ -9,8 +9,8 @@
  * own on the daemon's host. HelloReply offers the rails' ports; a client
  * connects to each, binds the endpoint to its session with the bulk
  * endpoint's Hello{bind_session, bind_token} and sends its large Put and
- * Get requests there, spread over the rails; each reply goes back on the
- * rail its request came on.
+ * Get requests there, spread over the rails; each bulk reply goes back on
+ * the session's least loaded rail.
  *
  * A rail moves bytes and nothing else. Its thread hands every request that
  * arrives to the loop (kvtcd_rail_request, in transport.c), which handles
@@ -65,8 +65,9 @@ double kvtcd_rails_cpu_seconds(const kvtcd_server *srv, uint32_t r);
 
 /* ---- Loop side: commands to rail r (never blocking) ---- */
 
-/* Receive rendezvous data d (handed over with a request) into dst. done
- * runs on the loop once it arrived or failed. */
+/* Receive data d (handed over with a request: rendezvous, or eager data
+ * the rail's thread copies) into dst. done runs on the loop once it
+ * arrived or failed. */
 void kvtcd_rail_recv(kvtcd_server *srv, uint32_t r, kvtcd_rail_data *d, void *dst,
                      size_t len, kvtcd_op *op, kvtcd_rail_done_cb done);
 
@@ -91,7 +92,10 @@ void kvtcd_rail_close_ep(kvtcd_server *srv, uint32_t r, ucp_ep_h ep);
 /* ---- Implemented by transport.c, called on the loop ---- */
 
 /* A request arrived on endpoint ep of rail r: header as it came; data the
- * request's bytes (eager) or, with rndv, d itself to receive. */
+ * request's bytes (eager) or, with rndv, d itself to receive. Eager data
+ * of KVTCD_RAIL_COPY_MIN bytes or more is received like rendezvous data
+ * (d), so that the rail's thread copies it, not the loop. */
+#define KVTCD_RAIL_COPY_MIN (64u << 10)
 void kvtcd_rail_request(kvtcd_server *srv, uint32_t r, ucp_ep_h ep, const void *header,
                         size_t hlen, kvtcd_rail_data *d, const void *data, size_t len,
                         int rndv);

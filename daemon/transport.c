@@ -978,11 +978,14 @@ void kvtcd_rail_request(kvtcd_server *srv, uint32_t r, ucp_ep_h ep, const void *
         return;
     }
     srv->m.rail_requests++;
+    /* The loop would copy every rail's eager puts, one at a time; the
+     * rails' threads copy them in parallel, from their own caches. */
+    int recv = d && (rndv || len >= KVTCD_RAIL_COPY_MIN);
     ucp_am_recv_param_t prm = {
-        .recv_attr = rndv ? UCP_AM_RECV_ATTR_FLAG_RNDV : 0,
+        .recv_attr = recv ? UCP_AM_RECV_ATTR_FLAG_RNDV : 0,
     };
     srv->cur_rail = r + 1;
-    kvtcd_handle_request(s, header, hlen, rndv ? (void *)d : (void *)data, len, &prm);
+    kvtcd_handle_request(s, header, hlen, recv ? (void *)d : (void *)data, len, &prm);
     srv->cur_rail = 0;
 }
 
