@@ -36,6 +36,9 @@
 #define LOCAL_SPIN_FLOOR_NS 20000u
 /* How long disconnect waits for a graceful close before forcing it. */
 #define CLOSE_GRACE_MS 2000u
+/* Requests of this size take a rail, below KVTC_RAIL_MIN, when they queue
+ * behind others on a connection whose rails have threads (kvtc__rail_pick). */
+#define RAIL_PIPE_MIN (256u << 10)
 
 static void close_ep(kvtc_conn *c, int force);
 
@@ -316,7 +319,14 @@ static int op_submit(kvtc_conn *c, struct kvtc__op *op, const void *payload,
         prm.datatype = ucp_dt_make_iov();
     }
     struct kvtc__sendq *q = &c->sendq[op->stream];
-    if (payload_bytes(payload, count, prm.datatype) >= KVTC_WIRE_RNDV_THRESH_BYTES) {
+    size_t pbytes = payload_bytes(payload, count, prm.datatype);
+    /* On a rail with a thread, a payload below UCX's rendezvous line goes
+     * by rendezvous too: that thread then moves its bytes when kvtcd asks
+     * for them, where eagerly this thread would push them into the socket
+     * as it posts (256 KiB puts ~1.4x, docs/perf-notes.md "Rail threads"). */
+    if (op->rail && pbytes >= RAIL_PIPE_MIN)
+        prm.flags |= UCP_AM_SEND_FLAG_RNDV;
+    if (pbytes >= KVTC_WIRE_RNDV_THRESH_BYTES || (prm.flags & UCP_AM_SEND_FLAG_RNDV)) {
         op->bulk_send = 1;
         op->q_hdr = hdr, op->q_hlen = hdr_len, op->q_data = payload, op->q_count = count;
         op->q_prm = prm;
@@ -365,6 +375,8 @@ int kvtc__need_cb(kvtc_conn *c, const kvtc_op_params *p)
     return 0;
 }
 
+/* A get's bytes landed: a UCX receive's completion, or (request NULL) a
+ * rail thread's copy (kvtc__op_copy_on_rail). */
 static void recv_cb(void *request, ucs_status_t status, size_t length, void *user_data)
 {
     struct kvtc__op *op = user_data;
@@ -376,7 +388,8 @@ static void recv_cb(void *request, ucs_status_t status, size_t length, void *use
         op->status = KVTC_ECONN;
         kvtc__set_error(op->conn, "receive failed: %s", ucs_status_string(status));
     }
-    ucp_request_free(request);
+    if (request)
+        ucp_request_free(request);
     kvtc__op_maybe_done(op);
 }
 
@@ -398,6 +411,23 @@ static void am_kick(kvtc_conn *c, ucs_status_ptr_t sp)
 {
     if (c->am_rail && UCS_PTR_IS_PTR(sp))
         kvtc__rail_kick(c->am_rail, 1);
+}
+
+int kvtc__op_copy_on_rail(struct kvtc__op *op, const void *bulk)
+{
+    /* The rail thread's cache holds the bytes, and the rails copy in
+     * parallel where this thread copied every one of them
+     * (docs/perf-notes.md, "Rail threads"). */
+    kvtc_conn *c = op->conn;
+    if (!c->am_rail || !c->am_kept)
+        return 0;
+    op->recv_pending = 1;
+    if (kvtc__rail_copy(c->am_rail, op, c->am_kept, bulk, recv_cb)) {
+        op->recv_pending = 0;
+        return 0;
+    }
+    c->am_kept = NULL; /* the copy releases it */
+    return 1;
 }
 
 ucs_status_t kvtc__op_recv_rndv(struct kvtc__op *op, void *rndv_desc, void *buf,
@@ -1450,12 +1480,20 @@ static int bulk_setup(kvtc_conn *c, uint64_t deadline)
  * worker moves is copied by the thread that progresses it, and one thread
  * is the bound of a tcp stream; so the client binds an endpoint to each
  * rail, as the bulk endpoint is bound, and sends its large puts and gets
- * there round robin (kvtc__rail_pick); each reply comes back on the rail
- * its request took. Not with the local path (bytes do not travel on UCX
- * then), nor with KVTC_RAILS=0. Once bound, a rail failing fails the
- * connection. The same bound holds for our thread, so each rail endpoint
- * gets a worker and a thread of its own where they pay
- * (rail_threads.c). */
+ * there round robin (kvtc__rail_pick); kvtcd answers each on the
+ * session's least loaded rail. Not with the local path (bytes do not
+ * travel on UCX then), nor with KVTC_RAILS=0. Once bound, a rail failing
+ * fails the connection. The same bound holds for our thread, so each rail
+ * endpoint gets a worker and a thread of its own where they pay
+ * (rail_threads.c).
+ *
+ * Which requests: from 1 MiB (KVTC_RAIL_MIN), and where the rails have
+ * threads, from 256 KiB those behind others in flight. A pipeline of
+ * 256 KiB gets then spreads over the tcp streams and the rail threads copy
+ * the replies in parallel (2.3-3x the first endpoint's rate on the H200
+ * host), while a lone one keeps the first endpoint: on a rail it pays the
+ * rails' hops (1.3-1.5 GB/s at one in flight against 2.1-3.1;
+ * docs/perf-notes.md, "Rail threads"). */
 
 static int rails_wanted(const kvtc_conn_params *params)
 {
@@ -1529,12 +1567,14 @@ static int rails_setup(kvtc_conn *c, const kvtc_conn_params *params, uint64_t de
     c->rail_next = (uint32_t)c->info.session_id;
     const char *m = getenv("KVTC_RAIL_MIN");
     c->rail_min = m && *m ? (size_t)strtoull(m, NULL, 0) : KVTC_WIRE_RNDV_THRESH_BYTES;
+    c->rail_pipe_min = (m && *m) || !c->info.rail_threads ? 0 : RAIL_PIPE_MIN;
     return 0;
 }
 
 void kvtc__rail_pick(kvtc_conn *c, struct kvtc__op *op, size_t bytes)
 {
-    if (!c->n_rails || bytes < c->rail_min)
+    int behind = c->n_inflight > 0 && c->rail_pipe_min && bytes >= c->rail_pipe_min;
+    if (!c->n_rails || (bytes < c->rail_min && !behind))
         return;
     uint32_t i = c->rail_next++ % c->n_rails;
     op->ep = c->rail_ep[i];

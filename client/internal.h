@@ -204,9 +204,13 @@ struct kvtc_conn {
     struct kvtc__rail_inbox *rail_inbox; /* their events for this thread */
     uint32_t rail_thread_quota; /* reserved of the process's rail threads */
     struct kvtc__rail *am_rail; /* the rail whose reply is being handled */
+    void *am_kept;              /* its eager data, kept by the rail thread
+                                   (NULL: copied, or taken by a copy job) */
     uint32_t rail_next;
     size_t rail_min;            /* smallest request taking a rail
                                    (KVTC_RAIL_MIN, else 1 MiB) */
+    size_t rail_pipe_min;       /* smallest taking one behind others in
+                                   flight (0: none; kvtc__rail_pick) */
     int rail_flushed;           /* the endpoint being bound: 0, 1, -1 */
     /* Bulk sends one at a time per stream (conn.c): [0] the usual
      * endpoint, [1 + i] rail i. */
@@ -259,6 +263,12 @@ void kvtc__rail_kick(struct kvtc__rail *r, int in_flight);
  * worker (they run on its thread). */
 void kvtc__rail_defer(kvtc_conn *c, kvtc__rail_done_fn done, void *request,
                       ucs_status_t status, size_t length, void *user_data);
+/* Copy a get's eager reply data r's thread kept (desc; the bytes from src)
+ * into op's destinations on that thread, release desc there, then run
+ * done(NULL, UCS_OK, 0, op) on the connection's thread. KVTC_ENOMEM: not
+ * posted (copy it here). */
+int kvtc__rail_copy(struct kvtc__rail *r, struct kvtc__op *op, void *desc, const void *src,
+                    kvtc__rail_done_fn done);
 /* The error handler of a rail endpoint on r's worker (arg = r). */
 void kvtc__rail_err_handler(void *arg, ucp_ep_h ep, ucs_status_t status);
 /* Run the rail threads' events; how many ran. ready: some wait. busy:
@@ -302,6 +312,15 @@ int kvtc__need_cb(kvtc_conn *c, const kvtc_op_params *p);
  * so). Returns what the UCX AM callback returns. */
 ucs_status_t kvtc__op_recv_rndv(struct kvtc__op *op, void *rndv_desc, void *buf,
                                 size_t count, ucp_datatype_t dt);
+/* Have the rail thread that kept a get reply's eager bytes (c->am_kept)
+ * copy them into op's destinations (kvtc__get_copy), op finishing once
+ * they landed; 0 when they are not a rail thread's to copy (copy them
+ * here). */
+int kvtc__op_copy_on_rail(struct kvtc__op *op, const void *bulk);
+/* ops.c: copy a get reply's eager bytes into op's destinations (in
+ * order), checksumming them on the way where the daemon sent a checksum.
+ * On any thread, while op waits for them. */
+void kvtc__get_copy(struct kvtc__op *op, const void *bulk);
 struct kvtc__op *kvtc__op_new(kvtc_conn *c, enum kvtc__op_kind kind,
                               const kvtc_op_params *p);
 void kvtc__op_free(struct kvtc__op *op);

@@ -560,6 +560,25 @@ static int get_plan(struct kvtc__op *op, const Kvtc__Wire__GetReply *gr, size_t 
     return 0;
 }
 
+void kvtc__get_copy(struct kvtc__op *op, const void *bulk)
+{
+    /* Checksummed as copied (one pass over memory instead of two);
+     * kvtc__op_finish compares. The destinations are the dests with
+     * bytes, in order (get_plan). */
+    size_t off = 0;
+    for (size_t i = 0; i < op->n_dests; i++) {
+        struct kvtc__get_dest *d = &op->dests[i];
+        if (!d->len)
+            continue;
+        const char *src = (const char *)bulk + off;
+        if (!d->has_checksum || kvtc_wire_copy_checksum(d->at, src, d->len, &d->sum) != 0)
+            memcpy(d->at, src, d->len);
+        else
+            d->summed = 1;
+        off += d->len;
+    }
+}
+
 static ucs_status_t get_reply(struct kvtc__op *op, const Kvtc__Wire__GetReply *gr,
                               const void *bulk, size_t length, void *rndv_desc)
 {
@@ -572,22 +591,11 @@ static ucs_status_t get_reply(struct kvtc__op *op, const Kvtc__Wire__GetReply *g
         return UCS_OK;
     if (!rndv_desc) {
         /* Eager: the bytes are here already and valid only during this
-         * callback. They are checksummed as they are copied (one pass over
-         * memory instead of two); kvtc__op_finish compares. The
-         * destinations are the dests with bytes, in order (get_plan). */
-        size_t off = 0;
-        for (size_t i = 0; i < op->n_dests; i++) {
-            struct kvtc__get_dest *d = &op->dests[i];
-            if (!d->len)
-                continue;
-            const char *src = (const char *)bulk + off;
-            if (!d->has_checksum ||
-                kvtc_wire_copy_checksum(d->at, src, d->len, &d->sum) != 0)
-                memcpy(d->at, src, d->len);
-            else
-                d->summed = 1;
-            off += d->len;
-        }
+         * callback, unless a rail thread kept them for us: then it copies
+         * them itself. */
+        if (kvtc__op_copy_on_rail(op, bulk))
+            return UCS_OK;
+        kvtc__get_copy(op, bulk);
         return UCS_OK;
     }
     /* Rendezvous: UCX moves the bytes straight into the destinations. */

@@ -20,9 +20,11 @@
  *
  * What UCX hands a reply handler to keep must not be given back from
  * another thread before that handler has returned: UCX still touches it.
- * So eager reply data is copied into the event, and a rendezvous
- * descriptor the connection drops goes back to the rail thread, which
- * releases it between progress calls (kvtc__rail_drop). Receiving one
+ * So kept reply data (eager data UCX reassembled, a rendezvous descriptor)
+ * goes back to the rail thread once the connection's thread is done with
+ * it, and the rail thread releases it between progress calls (rail_drop).
+ * Eager data UCX does not let us keep, or too small to be worth the trip,
+ * is copied into the event. Receiving a rendezvous descriptor
  * (ucp_am_recv_data_nbx) is safe from the connection's thread: it takes
  * the worker's lock, which the rail thread holds through each progress
  * call. */
@@ -44,6 +46,10 @@
                                           within it, a sleep costs a wakeup */
 #define RAIL_TICK_MS 50                /* longest sleep: UCX's deferred work */
 #define RAIL_PROGRESS_BUDGET 64        /* progress calls between checks */
+/* Eager reply data UCX lets us keep is kept from this size on: copying it
+ * into the event cost the rail thread a copy and, at 256 KiB, the page
+ * faults of a fresh buffer a reply (docs/perf-notes.md, "Rail threads"). */
+#define RAIL_KEEP_MIN 32768u
 /* Replies waiting for the connection's thread. More than this is not an
  * answer to our requests: the connection fails rather than grow. */
 #define RAIL_MAX_REPLIES 65536u
@@ -61,11 +67,23 @@ struct kvtc__rail {
     pthread_mutex_t mu;
     struct rail_drop *drops; /* descriptors for the thread to release */
     atomic_int has_drops;
+    struct rail_copy *copies, *copies_tail; /* kept get data to copy */
+    atomic_int has_copies;
 };
 
 struct rail_drop {
     struct rail_drop *next;
     void *desc;
+};
+
+/* A get reply's eager data the rail thread kept, to copy into its op's
+ * destinations there (kvtc__rail_copy). */
+struct rail_copy {
+    struct rail_copy *next;
+    struct kvtc__op *op;
+    void *desc;
+    const void *src;
+    kvtc__rail_done_fn done;
 };
 
 enum rail_ev_kind { EV_DONE = 1, EV_REPLY, EV_EP_ERROR };
@@ -82,10 +100,11 @@ struct kvtc__rail_ev {
     void *user_data;
     /* EV_EP_ERROR */
     ucp_ep_h ep;
-    /* EV_REPLY: the header (copied), the data (copied, or a rendezvous
-     * descriptor UCX keeps until received or dropped) */
+    /* EV_REPLY: the header (copied), the data (copied, or kept: eager
+     * data or a rendezvous descriptor UCX holds until released) */
     void *data;
     int rndv;
+    int kept;  /* eager data of UCX's: back to the rail thread after use */
     size_t hlen;
     unsigned char hdr[];
 };
@@ -143,16 +162,20 @@ void kvtc__rail_defer(kvtc_conn *c, kvtc__rail_done_fn done, void *request,
 }
 
 /* The reply handler of a rail's worker: the reply waits for the
- * connection's thread. A rendezvous descriptor is kept (UCS_INPROGRESS);
- * eager data is copied, even where UCX would let us keep it (kept
- * multi-fragment replies, freed by the connection's thread, crashed UCX
- * 1.13's reassembly of later ones in ucp_am_long_middle_handler). */
+ * connection's thread. A rendezvous descriptor is kept (UCS_INPROGRESS), and
+ * so is large eager data UCX lets us keep (UCX 1.13 hands multi-fragment
+ * replies over reassembled); the connection's thread gives both back
+ * through rail_drop, never by itself (kept multi-fragment replies released
+ * from that thread crashed UCX 1.13's reassembly of later ones in
+ * ucp_am_long_middle_handler). Other eager data is copied. */
 static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_length,
                                   void *data, size_t length, const ucp_am_recv_param_t *param)
 {
     struct kvtc__rail *r = arg;
     int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
-    size_t copy = rndv ? 0 : length;
+    int kept = !rndv && (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_DATA) &&
+               length >= RAIL_KEEP_MIN;
+    size_t copy = rndv || kept ? 0 : length;
     struct kvtc__rail_ev *ev = malloc(sizeof *ev + header_length + copy);
     if (!ev) {
         pthread_mutex_lock(&r->c->rail_inbox->mu);
@@ -162,7 +185,7 @@ static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_l
         return UCS_OK;
     }
     *ev = (struct kvtc__rail_ev){.kind = EV_REPLY, .rail = r, .length = length, .rndv = rndv,
-                                 .hlen = header_length};
+                                 .kept = kept, .hlen = header_length};
     memcpy(ev->hdr, header, header_length);
     ev->data = data;
     if (copy) {
@@ -173,7 +196,7 @@ static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_l
         free(ev);
         return UCS_OK;
     }
-    return rndv ? UCS_INPROGRESS : UCS_OK;
+    return rndv || kept ? UCS_INPROGRESS : UCS_OK;
 }
 
 /* Release the descriptors the connection dropped (on the rail's thread,
@@ -190,6 +213,26 @@ static void release_drops(struct kvtc__rail *r)
         ucp_am_data_release(r->worker, d->desc);
         free(d);
         d = next;
+    }
+}
+
+/* Run the copies the connection handed r (on r's thread, or once it
+ * stopped): the op waits for them (recv_pending), so its destinations are
+ * ours to write until done() runs on the connection's thread. */
+static void run_copies(struct kvtc__rail *r)
+{
+    pthread_mutex_lock(&r->mu);
+    struct rail_copy *j = r->copies;
+    r->copies = r->copies_tail = NULL;
+    atomic_store(&r->has_copies, 0);
+    pthread_mutex_unlock(&r->mu);
+    while (j) {
+        struct rail_copy *next = j->next;
+        kvtc__get_copy(j->op, j->src);
+        ucp_am_data_release(r->worker, j->desc);
+        kvtc__rail_defer(r->c, j->done, NULL, UCS_OK, 0, j->op);
+        free(j);
+        j = next;
     }
 }
 
@@ -213,6 +256,10 @@ static void *rail_main(void *arg)
             worked = 1;
         if (atomic_load(&r->has_drops))
             release_drops(r);
+        if (atomic_load(&r->has_copies)) {
+            run_copies(r);
+            worked = 1;
+        }
         uint64_t now = kvtc__now_ns();
         if (worked) {
             last = now;
@@ -337,6 +384,7 @@ int kvtc__rail_start(kvtc_conn *c, struct kvtc__rail **out)
         c->max_am_header = wa.max_am_header;
     if (pthread_create(&r->thread, NULL, rail_main, r) != 0)
         goto fail;
+    (void)pthread_setname_np(r->thread, "kvtc-rail"); /* for top -H and profiles */
     r->started = 1;
     *out = r;
     return 0;
@@ -359,7 +407,7 @@ void kvtc__rail_kick(struct kvtc__rail *r, int in_flight)
         ucp_worker_signal(r->worker);
 }
 
-/* The connection does not want rendezvous descriptor desc of r. */
+/* The connection is done with desc, reply data r's thread kept. */
 static void rail_drop(struct kvtc__rail *r, void *desc)
 {
     struct rail_drop *d;
@@ -374,6 +422,21 @@ static void rail_drop(struct kvtc__rail *r, void *desc)
     kvtc__rail_kick(r, 0);
 }
 
+int kvtc__rail_copy(struct kvtc__rail *r, struct kvtc__op *op, void *desc, const void *src,
+                    kvtc__rail_done_fn done)
+{
+    struct rail_copy *j = malloc(sizeof *j);
+    if (!j)
+        return KVTC_ENOMEM;
+    *j = (struct rail_copy){.op = op, .desc = desc, .src = src, .done = done};
+    pthread_mutex_lock(&r->mu);
+    KVTC_FIFO_PUSH(r->copies, r->copies_tail, j, next);
+    atomic_store(&r->has_copies, 1);
+    pthread_mutex_unlock(&r->mu);
+    kvtc__rail_kick(r, 1); /* its done() comes from r's thread */
+    return 0;
+}
+
 static void rail_stop(struct kvtc__rail *r)
 {
     if (!r->started)
@@ -382,6 +445,7 @@ static void rail_stop(struct kvtc__rail *r)
     ucp_worker_signal(r->worker);
     pthread_join(r->thread, NULL);
     r->started = 0;
+    run_copies(r); /* posted after its last look: their ops wait for them */
 }
 
 static void ev_run(kvtc_conn *c, struct kvtc__rail_ev *ev)
@@ -393,10 +457,12 @@ static void ev_run(kvtc_conn *c, struct kvtc__rail_ev *ev)
         break;
     case EV_REPLY: {
         c->am_rail = r;
+        c->am_kept = ev->kept ? ev->data : NULL;
         ucs_status_t ret = kvtc__reply_handle(c, ev->hdr, ev->hlen, ev->data, ev->length, ev->rndv);
+        if ((ev->rndv && ret != UCS_INPROGRESS) || c->am_kept)
+            rail_drop(r, ev->data); /* kept eager data no copy took: consumed */
         c->am_rail = NULL;
-        if (ev->rndv && ret != UCS_INPROGRESS)
-            rail_drop(r, ev->data);
+        c->am_kept = NULL;
         break;
     }
     case EV_EP_ERROR:
@@ -467,22 +533,25 @@ void kvtc__rails_stop(kvtc_conn *c)
 
 void kvtc__rails_free(kvtc_conn *c)
 {
+    kvtc__rails_stop(c);
+    struct kvtc__rail_inbox *in = c->rail_inbox;
+    /* Events never run: what UCX kept for them goes back with the rest of
+     * their rail's before its worker goes. */
+    for (struct kvtc__rail_ev *ev = in ? in->head : NULL, *next; ev; ev = next) {
+        next = ev->next;
+        if (ev->kind == EV_REPLY && (ev->kept || ev->rndv))
+            rail_drop(ev->rail, ev->data);
+        free(ev);
+    }
     for (uint32_t i = 0; i < KVTC__MAX_RAILS; i++)
         if (c->rail_thr[i]) {
-            rail_stop(c->rail_thr[i]);
             rail_free(c->rail_thr[i]);
             c->rail_thr[i] = NULL;
         }
     kvtc__rail_threads_unreserve(c->rail_thread_quota);
     c->rail_thread_quota = 0;
-    struct kvtc__rail_inbox *in = c->rail_inbox;
     if (!in)
         return;
-    /* Left over after the workers are gone: nothing UCX still holds. */
-    for (struct kvtc__rail_ev *ev = in->head, *next; ev; ev = next) {
-        next = ev->next;
-        free(ev);
-    }
     pthread_mutex_destroy(&in->mu);
     free(in);
     c->rail_inbox = NULL;

@@ -191,16 +191,18 @@ enum kvtc_check_mode {
  * port of its own. Over UCX payloads (a remote daemon,
  * or KVTC_LOCAL=off) one thread copies every byte its worker moves and is
  * the bound of a tcp stream, so libkvtc binds an endpoint to each rail and
- * sends puts and gets of 1 MiB or more there, round robin; the rest, and
- * everything over the local path, stays on the first endpoint.
+ * sends puts and gets of 1 MiB or more there, round robin, and with rail
+ * threads also those of 256 KiB or more that queue behind others in
+ * flight; the rest, and everything over the local path, stays on the
+ * first endpoint.
  * The same holds on this side: with rail threads, each rail endpoint gets
  * a UCX worker and a thread of libkvtc's own that moves its bytes; the
  * connection stays the caller's (its callbacks still run inside
  * kvtc_progress on the caller's thread, and its fd wakes for the threads'
  * events). kvtc_server_info.rails says how many rails are bound,
- * .rail_threads how many of them have threads. KVTC_RAIL_MIN=BYTES moves
- * the 1 MiB line (256 KiB roughly doubled pipelined 256 KiB gets on a
- * 16-CPU host; a lone request pays two thread hops either way). */
+ * .rail_threads how many of them have threads. KVTC_RAIL_MIN=BYTES sends
+ * every request of BYTES or more to the rails, and no other (a lone
+ * request there pays the rails' thread hops). */
 enum kvtc_rails_mode {
     KVTC_RAILS_AUTO = 0,       /* default: whatever the daemon offers, with
                                   rail threads on hosts of 8 CPUs or more

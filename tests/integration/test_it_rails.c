@@ -118,6 +118,54 @@ Test(it_rails, bytes_exact_with_rail_threads, .timeout = 180)
     bytes_exact(KVTC_RAILS_THREADS);
 }
 
+/* P puts of size bytes in flight at once (keys from base), then P gets
+ * into buffers of cap bytes, every byte checked. */
+static void pipelined(kvtc_conn *c, uint32_t base, size_t size, size_t cap, int P)
+{
+    uint8_t *pb[P], *gb[P];
+    kvtc_put_item pp[P];
+    kvtc_get_item gg[P];
+    int pst[P], gst[P];
+    memset(pp, 0, sizeof pp);
+    memset(gg, 0, sizeof gg);
+    for (int i = 0; i < P; i++) {
+        pb[i] = malloc(size);
+        gb[i] = malloc(cap);
+        cr_assert(pb[i] && gb[i]);
+        itest_fill(pb[i], size, base + i);
+        memset(gb[i], 0xa5, cap);
+        pp[i].key = gg[i].key = itest_key(SPACE, base + i);
+        pp[i].data = pb[i];
+        pp[i].size = size;
+        gg[i].buf = gb[i];
+        gg[i].capacity = cap;
+        pst[i] = gst[i] = 1;
+    }
+    for (int i = 0; i < P; i++) {
+        kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK,
+                             .cb = status_cb,
+                             .arg = &pst[i]};
+        cr_assert_eq(kvtc_put_batch_async(c, &pp[i], 1, &op), 0);
+    }
+    cr_assert_eq(kvtc_wait_all(c, 60000), 0);
+    for (int i = 0; i < P; i++) {
+        cr_expect_eq(pst[i], 0, "pipelined put %d: %s", i, kvtc_strerror(pst[i]));
+        kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK,
+                             .cb = status_cb,
+                             .arg = &gst[i]};
+        cr_assert_eq(kvtc_get_batch_async(c, &gg[i], 1, &op), 0);
+    }
+    cr_assert_eq(kvtc_wait_all(c, 60000), 0);
+    for (int i = 0; i < P; i++) {
+        cr_expect_eq(gst[i], 0, "pipelined get %d: %s", i, kvtc_strerror(gst[i]));
+        cr_expect_eq(gg[i].size, size);
+        cr_expect(itest_check(gb[i], size, base + i), "pipelined chunk %d of %zu B differs", i,
+                  size);
+        free(pb[i]);
+        free(gb[i]);
+    }
+}
+
 /* Many in flight at once, on both rails and the first endpoint: a batch of
  * small and large chunks, then pipelined single-chunk puts and gets. */
 static void batches_and_pipelines(uint32_t mode)
@@ -152,71 +200,10 @@ static void batches_and_pipelines(uint32_t mode)
     }
 
     /* 16 puts of 2 MiB in flight, then 16 gets. */
-    enum { P = 16 };
-    size_t n = 2u << 20;
-    uint8_t *pb[P], *gb[P];
-    kvtc_put_item pp[P];
-    kvtc_get_item gg[P];
-    int pst[P], gst[P];
-    memset(pp, 0, sizeof pp);
-    memset(gg, 0, sizeof gg);
-    for (int i = 0; i < P; i++) {
-        pb[i] = malloc(n);
-        gb[i] = malloc(n);
-        cr_assert(pb[i] && gb[i]);
-        itest_fill(pb[i], n, 200 + i);
-        pp[i].key = gg[i].key = itest_key(SPACE, 200 + i);
-        pp[i].data = pb[i];
-        pp[i].size = n;
-        gg[i].buf = gb[i];
-        gg[i].capacity = n;
-        pst[i] = gst[i] = 1;
-    }
-    for (int i = 0; i < P; i++) {
-        kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK,
-                             .cb = status_cb,
-                             .arg = &pst[i]};
-        cr_assert_eq(kvtc_put_batch_async(c, &pp[i], 1, &op), 0);
-    }
-    cr_assert_eq(kvtc_wait_all(c, 60000), 0);
-    for (int i = 0; i < P; i++) {
-        cr_expect_eq(pst[i], 0, "pipelined put %d: %s", i, kvtc_strerror(pst[i]));
-        kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK,
-                             .cb = status_cb,
-                             .arg = &gst[i]};
-        cr_assert_eq(kvtc_get_batch_async(c, &gg[i], 1, &op), 0);
-    }
-    cr_assert_eq(kvtc_wait_all(c, 60000), 0);
-    for (int i = 0; i < P; i++) {
-        cr_expect_eq(gst[i], 0, "pipelined get %d: %s", i, kvtc_strerror(gst[i]));
-        cr_expect(itest_check(gb[i], n, 200 + i), "pipelined chunk %d differs", i);
-    }
-
+    pipelined(c, 200, 2u << 20, 2u << 20, 16);
     /* Gets whose buffers are large enough for a rail but whose chunks are
      * not: their replies come eagerly, in many tcp fragments, on a rail. */
-    size_t small = (512u << 10) + 13;
-    for (int i = 0; i < P; i++) {
-        itest_fill(pb[i], small, 400 + i);
-        pp[i].key = gg[i].key = itest_key(SPACE, 400 + i);
-        pp[i].size = small;
-        pst[i] = gst[i] = 1;
-    }
-    cr_assert_eq(kvtc_put_batch(c, pp, P, NULL), 0, "small puts: %s", kvtc_last_error(c));
-    for (int i = 0; i < P; i++) {
-        kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK,
-                             .cb = status_cb,
-                             .arg = &gst[i]};
-        memset(gb[i], 0xa5, n);
-        cr_assert_eq(kvtc_get_batch_async(c, &gg[i], 1, &op), 0);
-    }
-    cr_assert_eq(kvtc_wait_all(c, 60000), 0);
-    for (int i = 0; i < P; i++) {
-        cr_expect_eq(gst[i], 0, "small get %d: %s", i, kvtc_strerror(gst[i]));
-        cr_expect_eq(gg[i].size, small);
-        cr_expect(itest_check(gb[i], small, 400 + i), "small chunk %d differs", i);
-        free(pb[i]);
-        free(gb[i]);
-    }
+    pipelined(c, 400, (512u << 10) + 13, 2u << 20, 16);
     for (int i = 0; i < N; i++) {
         free(src[i]);
         free(dst[i]);
@@ -390,6 +377,34 @@ Test(it_rails, rail_min_moves_the_line, .timeout = 120)
     kvtc_disconnect(c);
     cr_expect_eq(itest_daemon_metric(&d, "kvtc_rail_requests_total"), 2,
                  "256 KiB requests took a rail by default");
+    itest_daemon_stop(&d);
+}
+
+/* Where the rails have threads, 256 KiB requests behind others in flight
+ * take them too (a lone one keeps the first endpoint): their replies come
+ * eagerly, and the rail thread that kept each copies it into its buffer.
+ * Without threads they stay off the rails. */
+Test(it_rails, pipelined_256k_take_rails_with_threads, .timeout = 120)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "256M", 0, with_rails);
+    enum { P = 12 };
+    size_t n = (256u << 10) + 3;
+    kvtc_conn *c = connect_rails(&d, KVTC_RAILS_THREADS);
+    roundtrip(c, 700, n);
+    cr_expect_eq(itest_daemon_metric(&d, "kvtc_rail_requests_total"), 0,
+                 "a lone 256 KiB put or get took a rail");
+    pipelined(c, 710, n, n, P);
+    /* Each burst's first found nothing in flight. */
+    cr_expect_eq(itest_daemon_metric(&d, "kvtc_rail_requests_total"), 2 * (P - 1),
+                 "pipelined 256 KiB requests on rails");
+    kvtc_disconnect(c);
+    c = connect_rails(&d, KVTC_RAILS_NO_THREADS);
+    pipelined(c, 730, n, n, P);
+    kvtc_disconnect(c);
+    cr_expect_eq(itest_daemon_metric(&d, "kvtc_rail_requests_total"), 2 * (P - 1),
+                 "256 KiB requests took rails without threads");
     itest_daemon_stop(&d);
 }
 
