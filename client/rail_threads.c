@@ -230,6 +230,8 @@ static void run_copies(struct kvtc__rail *r)
         struct rail_copy *next = j->next;
         kvtc__get_copy(j->op, j->src);
         ucp_am_data_release(r->worker, j->desc);
+        if (this_rail != r)
+            atomic_fetch_sub(&r->pending, 1); /* kvtc__rail_defer does on r's */
         kvtc__rail_defer(r->c, j->done, NULL, UCS_OK, 0, j->op);
         free(j);
         j = next;
