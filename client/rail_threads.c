@@ -254,7 +254,10 @@ static void *rail_main(void *arg)
     unsigned seen = atomic_load(&r->kicks);
     for (;;) {
         int worked = 0;
-        for (int i = 0; i < RAIL_PROGRESS_BUDGET && ucp_worker_progress(r->worker); i++)
+        /* A copy waiting holds up a reply already here: it goes first. */
+        for (int i = 0; i < RAIL_PROGRESS_BUDGET && !atomic_load(&r->has_copies) &&
+                        ucp_worker_progress(r->worker);
+             i++)
             worked = 1;
         if (atomic_load(&r->has_drops))
             release_drops(r);
