@@ -265,8 +265,8 @@ void kvtc__rail_defer(kvtc_conn *c, kvtc__rail_done_fn done, void *request,
                       ucs_status_t status, size_t length, void *user_data);
 /* Copy a get's eager reply data r's thread kept (desc; the bytes from src)
  * into op's destinations on that thread, release desc there, then run
- * done(NULL, UCS_OK, 0, op) on the connection's thread. KVTC_ENOMEM: not
- * posted (copy it here). */
+ * done(NULL, UCS_OK, 0, op) on the connection's thread. KVTC_ENOMEM, or
+ * KVTC_ECANCELED when r's thread has stopped: not posted (copy it here). */
 int kvtc__rail_copy(struct kvtc__rail *r, struct kvtc__op *op, void *desc, const void *src,
                     kvtc__rail_done_fn done);
 /* The error handler of a rail endpoint on r's worker (arg = r). */

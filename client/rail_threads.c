@@ -430,6 +430,8 @@ static void rail_drop(struct kvtc__rail *r, void *desc)
 int kvtc__rail_copy(struct kvtc__rail *r, struct kvtc__op *op, void *desc, const void *src,
                     kvtc__rail_done_fn done)
 {
+    if (!r->started)
+        return KVTC_ECANCELED; /* stopped (disconnecting): nobody would run it */
     struct rail_copy *j = malloc(sizeof *j);
     if (!j)
         return KVTC_ENOMEM;

@@ -357,6 +357,67 @@ Test(it_rails, rail_threads_disconnect_timeout_and_daemon_death, .timeout = 120)
         free(buf[i]);
 }
 
+/* A disconnect while rail threads hold replies they kept or copy them into
+ * the caller's buffers (pipelined 256 KiB gets): every callback runs once,
+ * and a get reported done has every byte right. After 0, 1, 4, 16 and 64
+ * progress calls, and so again after a pause in which the rail threads
+ * take the replies in (the first progress call then hands them their
+ * copies), so that the disconnect meets replies at different stages. */
+Test(it_rails, disconnect_while_rail_threads_copy_replies, .timeout = 120)
+{
+    enum { P = 12 };
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "256M", 0, with_rails);
+    size_t n = (256u << 10) + 3;
+    kvtc_conn *c = connect_rails(&d, KVTC_RAILS_THREADS);
+    uint8_t *src = malloc(n);
+    cr_assert(src);
+    for (int i = 0; i < P; i++) {
+        itest_fill(src, n, 900 + (uint64_t)i);
+        kvtc_key k = itest_key(SPACE + 4, (uint32_t)i);
+        cr_assert_eq(kvtc_put(c, &k, src, n), 0, "%s", kvtc_last_error(c));
+    }
+    kvtc_disconnect(c);
+    free(src);
+    static const int rounds[] = {0, 1, 4, 16, 64, 0, 1, 4, 16, 64};
+    uint8_t *buf[P];
+    for (int i = 0; i < P; i++)
+        cr_assert((buf[i] = malloc(n)));
+    for (size_t r = 0; r < sizeof rounds / sizeof rounds[0]; r++) {
+        c = connect_rails(&d, KVTC_RAILS_THREADS);
+        kvtc_get_item g[P];
+        struct itest_done dn[P];
+        memset(dn, 0, sizeof dn);
+        for (int i = 0; i < P; i++) {
+            memset(buf[i], 0xa5, n);
+            g[i] = (kvtc_get_item){.key = itest_key(SPACE + 4, (uint32_t)i), .buf = buf[i],
+                                   .capacity = n};
+            kvtc_op_params p = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK,
+                                .cb = itest_done_cb,
+                                .arg = &dn[i]};
+            cr_assert_eq(kvtc_get_batch_async(c, &g[i], 1, &p), 0, "%s", kvtc_last_error(c));
+        }
+        if (r >= 5)
+            usleep(50000);
+        for (int k = 0; k < rounds[r]; k++)
+            kvtc_progress(c);
+        kvtc_disconnect(c);
+        for (int i = 0; i < P; i++) {
+            cr_expect_eq(dn[i].calls, 1, "round %zu get %d: %d callbacks", r, i, dn[i].calls);
+            cr_expect(dn[i].status == 0 || dn[i].status == KVTC_ECANCELED ||
+                          dn[i].status == KVTC_ECONN,
+                      "round %zu get %d: %s", r, i, kvtc_strerror(dn[i].status));
+            if (dn[i].status == 0)
+                cr_expect(g[i].size == n && itest_check(buf[i], n, 900 + (uint64_t)i),
+                          "round %zu get %d reported done with other bytes", r, i);
+        }
+    }
+    for (int i = 0; i < P; i++)
+        free(buf[i]);
+    itest_daemon_stop(&d);
+}
+
 /* KVTC_RAIL_MIN moves the size from which requests take a rail (1 MiB by
  * default): 256 KiB puts and gets take one with it, none without. */
 Test(it_rails, rail_min_moves_the_line, .timeout = 120)
