@@ -104,6 +104,7 @@ void kvtc__op_free(struct kvtc__op *op)
 {
     if (!op)
         return;
+    kvtc__rail_land_cancel(op);
     free(op->frame);
     kvtc__put_later_free(op->later);
     free(op->iov);
@@ -361,6 +362,8 @@ int kvtc__op_send(kvtc_conn *c, struct kvtc__op *op, Kvtc__Wire__Request *req,
                   int payload_cuda)
 {
     int rc = op_pack(c, op, req);
+    if (!rc && op->land_ok)
+        kvtc__rail_land(op->rail, op); /* before its reply can come */
     if (!rc)
         rc = op_submit(c, op, payload, payload_len, dt, payload_cuda);
     return rc;
@@ -677,6 +680,8 @@ static int run_done(kvtc_conn *c)
         KVTC_FIFO_POP(c->done_head, c->done_tail, next);
         c->n_done--;
         op->next = NULL;
+        /* Done: no rail thread writes its buffers from here on. */
+        kvtc__rail_land_cancel(op);
         if (kvtc__checker_take(c, op))
             continue; /* back on the done list once hashed (checker.c) */
         if (kvtc__op_finish(op)) {
@@ -1568,6 +1573,8 @@ static int rails_setup(kvtc_conn *c, const kvtc_conn_params *params, uint64_t de
     const char *m = getenv("KVTC_RAIL_MIN");
     c->rail_min = m && *m ? (size_t)strtoull(m, NULL, 0) : KVTC_WIRE_RNDV_THRESH_BYTES;
     c->rail_pipe_min = (m && *m) || !c->info.rail_threads ? 0 : RAIL_PIPE_MIN;
+    const char *land = getenv("KVTC_RAIL_LAND"); /* 0: measure without */
+    c->rail_land = !(land && !strcmp(land, "0"));
     return 0;
 }
 

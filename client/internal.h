@@ -2,6 +2,7 @@
 #ifndef KVTC_CLIENT_INTERNAL_H
 #define KVTC_CLIENT_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -51,6 +52,28 @@ struct kvtc__get_dest {
     uint64_t sum;
     int container;     /* a container in op->ctr_buf, decoded into the
                           item's buffer at completion (KVTC_WANT_KVTC) */
+};
+
+/* Where a single-chunk get on a threaded rail may land straight from its
+ * rail thread's reply handler (rail_threads.c, "Landings"): what that
+ * thread needs of the op, copied at submit, and what it did. */
+enum kvtc__land_state {
+    KVTC__LAND_NONE = 0,  /* not on a rail's list */
+    KVTC__LAND_WAITING,   /* on it: the rail thread may take it */
+    KVTC__LAND_COPYING,   /* taken: the rail thread writes buf */
+    KVTC__LAND_DONE       /* the reply's bytes are in buf */
+};
+struct kvtc__landing {
+    struct kvtc__landing *next; /* on its rail's list (the rail's lock) */
+    struct kvtc__rail *rail;
+    uint64_t id;                /* the request's */
+    void *buf;                  /* the item's host buffer */
+    size_t cap;
+    uint8_t key[KVTC_KEY_BYTES];
+    atomic_int state;           /* enum kvtc__land_state */
+    size_t len;                 /* DONE: bytes in buf */
+    int summed;                 /* DONE: sum is their XXH3-64 */
+    uint64_t sum;
 };
 
 /* An internal fetch of a profile a get needs to decode (profile.c). */
@@ -107,6 +130,8 @@ struct kvtc__op {
     uint32_t stream;              /* 1 + its rail, 0: the usual endpoint */
     struct kvtc__rail *rail;      /* its rail's worker and thread, when the
                                      rail has them (rail_threads.c) */
+    int land_ok;                  /* GET: may land on its rail thread */
+    struct kvtc__landing land;
     struct kvtc__op *sendq_next;
     const void *q_hdr, *q_data;
     size_t q_hlen, q_count;
@@ -211,6 +236,8 @@ struct kvtc_conn {
                                    (KVTC_RAIL_MIN, else 1 MiB) */
     size_t rail_pipe_min;       /* smallest taking one behind others in
                                    flight (0: none; kvtc__rail_pick) */
+    int rail_land;              /* gets land on rail threads (landings;
+                                   KVTC_RAIL_LAND=0: not) */
     int rail_flushed;           /* the endpoint being bound: 0, 1, -1 */
     /* Bulk sends one at a time per stream (conn.c): [0] the usual
      * endpoint, [1 + i] rail i. */
@@ -269,6 +296,14 @@ void kvtc__rail_defer(kvtc_conn *c, kvtc__rail_done_fn done, void *request,
  * KVTC_ECANCELED when r's thread has stopped: not posted (copy it here). */
 int kvtc__rail_copy(struct kvtc__rail *r, struct kvtc__op *op, void *desc, const void *src,
                     kvtc__rail_done_fn done);
+/* Landings: op (a GET with land_ok, its id given) registers where its
+ * reply's bytes go, before its request is posted; r's thread then copies
+ * a matching eager reply there itself, checksumming it, and hands the
+ * connection only the reply's header. cancel: op is done or gone; waits
+ * while r's thread is writing its buffer. Both on the connection's
+ * thread. KVTC_ENOMEM never: nothing is allocated. */
+void kvtc__rail_land(struct kvtc__rail *r, struct kvtc__op *op);
+void kvtc__rail_land_cancel(struct kvtc__op *op);
 /* The error handler of a rail endpoint on r's worker (arg = r). */
 void kvtc__rail_err_handler(void *arg, ucp_ep_h ep, ucs_status_t status);
 /* Run the rail threads' events; how many ran. ready: some wait. busy:

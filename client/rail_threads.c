@@ -27,7 +27,16 @@
  * is copied into the event. Receiving a rendezvous descriptor
  * (ucp_am_recv_data_nbx) is safe from the connection's thread: it takes
  * the worker's lock, which the rail thread holds through each progress
- * call. */
+ * call.
+ *
+ * Landings. A single-chunk get on a rail registers its buffer before its
+ * request goes out (kvtc__rail_land). Its reply's handler then copies the
+ * eager bytes straight into that buffer, checksumming them, and the event
+ * carries only the header: no hop to the connection's thread and back
+ * before the copy, and no data kept (docs/perf-notes.md, "Landings"). The
+ * connection's thread checks the reply as ever and finds the bytes there.
+ * An op done before its reply came cancels its landing, waiting while the
+ * rail thread is still writing into its buffer. */
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -38,6 +47,7 @@
 
 #include "fifo.h"
 #include "internal.h"
+#include "wire.h"
 
 #define RAIL_BUSY_SPIN_NS 100000000ull /* poll this long after the last
                                           event while requests are in flight */
@@ -50,6 +60,9 @@
  * into the event cost the rail thread a copy and, at 256 KiB, the page
  * faults of a fresh buffer a reply (docs/perf-notes.md, "Rail threads"). */
 #define RAIL_KEEP_MIN 32768u
+/* Gets land on the rail thread from this size of buffer on: below it the
+ * copy into the event is as cheap as the parse. */
+#define RAIL_LAND_MIN 32768u
 /* Replies waiting for the connection's thread. More than this is not an
  * answer to our requests: the connection fails rather than grow. */
 #define RAIL_MAX_REPLIES 65536u
@@ -69,6 +82,8 @@ struct kvtc__rail {
     atomic_int has_drops;
     struct rail_copy *copies, *copies_tail; /* kept get data to copy */
     atomic_int has_copies;
+    struct kvtc__landing *lands; /* gets whose replies may land here */
+    atomic_int n_lands;
 };
 
 struct rail_drop {
@@ -101,7 +116,8 @@ struct kvtc__rail_ev {
     /* EV_EP_ERROR */
     ucp_ep_h ep;
     /* EV_REPLY: the header (copied), the data (copied, or kept: eager
-     * data or a rendezvous descriptor UCX holds until released) */
+     * data or a rendezvous descriptor UCX holds until released; NULL
+     * when it landed) */
     void *data;
     int rndv;
     int kept;  /* eager data of UCX's: back to the rail thread after use */
@@ -161,6 +177,66 @@ void kvtc__rail_defer(kvtc_conn *c, kvtc__rail_done_fn done, void *request,
     inbox_push(c, ev);
 }
 
+/* The landing of reply `id` (taken off the list), or NULL. */
+static struct kvtc__landing *land_take(struct kvtc__rail *r, uint64_t id)
+{
+    pthread_mutex_lock(&r->mu);
+    struct kvtc__landing **pp = &r->lands, *l;
+    while ((l = *pp) && l->id != id)
+        pp = &l->next;
+    if (l) {
+        *pp = l->next;
+        l->next = NULL;
+        atomic_fetch_sub(&r->n_lands, 1);
+        atomic_store(&l->state, KVTC__LAND_COPYING);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return l;
+}
+
+/* Whether rep answers l with exactly one found raw chunk of length bytes,
+ * checksummed, that fits: what get_plan (ops.c) would put in l->buf. */
+static int land_fits(const struct kvtc__landing *l, const Kvtc__Wire__Reply *rep,
+                     size_t length)
+{
+    if (rep->status != KVTC__WIRE__STATUS__OK || rep->body_case != KVTC__WIRE__REPLY__BODY_GET ||
+        !rep->get || rep->get->n_results != 1 || (rep->get->has_local && rep->get->local))
+        return 0;
+    const Kvtc__Wire__GetResult *res = rep->get->results[0];
+    const Kvtc__Wire__ChunkMeta *m = res->meta;
+    return res->status == KVTC__WIRE__STATUS__OK && m && m->has_checksum &&
+           m->size == length && length <= l->cap &&
+           (!m->key.len || (m->key.len == KVTC_KEY_BYTES && !memcmp(m->key.data, l->key, KVTC_KEY_BYTES))) &&
+           (!m->has_encoding || m->encoding == KVTC__WIRE__ENCODING__RAW);
+}
+
+/* Land an eager get reply in its op's buffer, here: 1 when it did. */
+static int try_land(struct kvtc__rail *r, const void *header, size_t header_length,
+                    const void *data, size_t length)
+{
+    size_t msg_len = 0;
+    int in_data = 0;
+    Kvtc__Wire__Reply *rep = NULL;
+    if (length < RAIL_LAND_MIN ||
+        kvtc_wire_am_split(header, header_length, length, &msg_len, &in_data) || in_data ||
+        kvtc_wire_unpack_reply(header, header_length, &rep))
+        return 0; /* the connection's thread says what is wrong */
+    struct kvtc__landing *l = land_take(r, rep->id);
+    int fits = l && land_fits(l, rep, length);
+    kvtc_wire_reply_free(rep);
+    if (!l)
+        return 0;
+    if (fits) {
+        l->len = length;
+        l->summed = kvtc_wire_copy_checksum(l->buf, data, length, &l->sum) == 0;
+        if (!l->summed)
+            memcpy(l->buf, data, length);
+    }
+    /* Release: the bytes before the state, the state before the event. */
+    atomic_store(&l->state, fits ? KVTC__LAND_DONE : KVTC__LAND_NONE);
+    return fits;
+}
+
 /* The reply handler of a rail's worker: the reply waits for the
  * connection's thread. A rendezvous descriptor is kept (UCS_INPROGRESS), and
  * so is large eager data UCX lets us keep (UCX 1.13 hands multi-fragment
@@ -173,9 +249,11 @@ static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_l
 {
     struct kvtc__rail *r = arg;
     int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
-    int kept = !rndv && (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_DATA) &&
+    int landed = !rndv && atomic_load(&r->n_lands) > 0 &&
+                 try_land(r, header, header_length, data, length);
+    int kept = !rndv && !landed && (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_DATA) &&
                length >= RAIL_KEEP_MIN;
-    size_t copy = rndv || kept ? 0 : length;
+    size_t copy = rndv || kept || landed ? 0 : length;
     struct kvtc__rail_ev *ev = malloc(sizeof *ev + header_length + copy);
     if (!ev) {
         pthread_mutex_lock(&r->c->rail_inbox->mu);
@@ -187,7 +265,7 @@ static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_l
     *ev = (struct kvtc__rail_ev){.kind = EV_REPLY, .rail = r, .length = length, .rndv = rndv,
                                  .kept = kept, .hlen = header_length};
     memcpy(ev->hdr, header, header_length);
-    ev->data = data;
+    ev->data = landed ? NULL : data;
     if (copy) {
         ev->data = ev->hdr + header_length;
         memcpy(ev->data, data, copy);
@@ -345,6 +423,14 @@ void kvtc__rail_threads_unreserve(uint32_t n)
 
 static void rail_free(struct kvtc__rail *r)
 {
+    /* Landings still listed belong to ops in flight: they no longer
+     * name r (its thread has stopped). */
+    for (struct kvtc__landing *l = r->lands, *next; l; l = next) {
+        next = l->next;
+        l->next = NULL;
+        atomic_store(&l->state, KVTC__LAND_NONE);
+    }
+    r->lands = NULL;
     if (r->worker) {
         release_drops(r);
         ucp_worker_destroy(r->worker);
@@ -442,6 +528,51 @@ int kvtc__rail_copy(struct kvtc__rail *r, struct kvtc__op *op, void *desc, const
     pthread_mutex_unlock(&r->mu);
     kvtc__rail_kick(r, 1); /* its done() comes from r's thread */
     return 0;
+}
+
+void kvtc__rail_land(struct kvtc__rail *r, struct kvtc__op *op)
+{
+    struct kvtc__landing *l = &op->land;
+    const kvtc_get_item *it = &op->out.get[0];
+    if (!r->started || it->capacity < RAIL_LAND_MIN)
+        return;
+    l->rail = r;
+    l->id = op->id;
+    l->buf = it->buf;
+    l->cap = it->capacity;
+    memcpy(l->key, it->key.bytes, KVTC_KEY_BYTES);
+    atomic_store(&l->state, KVTC__LAND_WAITING);
+    pthread_mutex_lock(&r->mu);
+    l->next = r->lands;
+    r->lands = l;
+    atomic_fetch_add(&r->n_lands, 1);
+    pthread_mutex_unlock(&r->mu);
+}
+
+void kvtc__rail_land_cancel(struct kvtc__op *op)
+{
+    struct kvtc__landing *l = &op->land;
+    /* Only r's thread moves the state, and only from WAITING: NONE and
+     * DONE are final, and r is alive while the state is WAITING
+     * (rail_free clears its list). */
+    if (atomic_load(&l->state) == KVTC__LAND_WAITING) {
+        struct kvtc__rail *r = l->rail;
+        pthread_mutex_lock(&r->mu);
+        if (atomic_load(&l->state) == KVTC__LAND_WAITING) {
+            struct kvtc__landing **pp = &r->lands;
+            while (*pp && *pp != l)
+                pp = &(*pp)->next;
+            if (*pp) {
+                *pp = l->next;
+                atomic_fetch_sub(&r->n_lands, 1);
+            }
+            l->next = NULL;
+            atomic_store(&l->state, KVTC__LAND_NONE);
+        }
+        pthread_mutex_unlock(&r->mu);
+    }
+    while (atomic_load(&l->state) == KVTC__LAND_COPYING)
+        sched_yield(); /* a copy of at most one reply */
 }
 
 static void rail_stop(struct kvtc__rail *r)

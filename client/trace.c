@@ -4,7 +4,8 @@
  * Each connection keeps one record per finished operation: when it was
  * submitted, when its reply was handled, when its bulk bytes finished
  * moving over UCX (its send, or its rendezvous receive; 0 if none) and
- * when its completion ran, on
+ * when its completion ran (and whether a get's bytes landed on its rail
+ * thread: then it has no bulk stamp), on
  * CLOCK_MONOTONIC (kvtcd's KVTCD_LOCAL_TRACE uses the same clock, so
  * bench/transport/trace_join.py can line the two up by session and
  * request id). kvtc_disconnect writes them to PREFIX.<pid>.<session>.csv.
@@ -20,7 +21,7 @@
 
 struct kvtc__trace_rec {
     uint64_t id;
-    uint32_t kind, local;
+    uint32_t kind, local, landed;
     uint64_t t_sub, t_rep, t_bulk, t_done;
 };
 
@@ -52,6 +53,7 @@ void kvtc__trace_op(kvtc_conn *c, const struct kvtc__op *op)
     }
     t->r[t->n++] = (struct kvtc__trace_rec){
         .id = op->id, .kind = (uint32_t)op->kind, .local = (uint32_t)op->local,
+        .landed = atomic_load(&op->land.state) == KVTC__LAND_DONE,
         .t_sub = op->t_sub, .t_rep = op->t_rep, .t_bulk = op->t_bulk,
         .t_done = kvtc__now_ns()};
 }
@@ -71,15 +73,15 @@ void kvtc__trace_close(kvtc_conn *c)
         f = fopen(path, "w");
     }
     if (f) {
-        fprintf(f, "sess,req,kind,local,sub,rep,done,bulk\n");
+        fprintf(f, "sess,req,kind,local,sub,rep,done,bulk,landed\n");
         for (uint32_t i = 0; i < t->n; i++)
-            fprintf(f, "%llu,%llu,%u,%u,%llu,%llu,%llu,%llu\n",
+            fprintf(f, "%llu,%llu,%u,%u,%llu,%llu,%llu,%llu,%u\n",
                     (unsigned long long)c->info.session_id,
                     (unsigned long long)t->r[i].id, t->r[i].kind, t->r[i].local,
                     (unsigned long long)t->r[i].t_sub,
                     (unsigned long long)t->r[i].t_rep,
                     (unsigned long long)t->r[i].t_done,
-                    (unsigned long long)t->r[i].t_bulk);
+                    (unsigned long long)t->r[i].t_bulk, t->r[i].landed);
         fclose(f);
     }
     free(t->r);

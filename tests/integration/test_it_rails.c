@@ -5,13 +5,16 @@
  * 1 KiB to 64 MiB, batches mixing small and large chunks, many operations
  * in flight, the client's opt-out, and a client killed mid-transfer on a
  * rail frees its session; with rail threads also a caller's epoll loop,
- * a disconnect with puts in flight, an operation timing out and the
- * daemon's death. Over tcp with the local path off: what a client on
+ * a disconnect with puts in flight, an operation timing out, the
+ * daemon's death, and gets landing on the rail threads. Over tcp with the local path off: what a client on
  * another host gets. */
 #include "itest.h"
+#include "test_util.h"
 
 #include <criterion/criterion.h>
+#include <inttypes.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -466,6 +469,120 @@ Test(it_rails, pipelined_256k_take_rails_with_threads, .timeout = 120)
     kvtc_disconnect(c);
     cr_expect_eq(itest_daemon_metric(&d, "kvtc_rail_requests_total"), 2 * (P - 1),
                  "256 KiB requests took rails without threads");
+    itest_daemon_stop(&d);
+}
+
+/* The gets of session `sess` in trace file PREFIX.<pid>.<sess>.csv
+ * (client/trace.c), and how many of them landed on a rail thread. */
+static int trace_gets(const char *prefix, uint64_t sess, int *landed)
+{
+    char path[400], line[256];
+    snprintf(path, sizeof path, "%s.%d.%" PRIu64 ".csv", prefix, (int)getpid(), sess);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "no trace at %s", path);
+    cr_assert(fgets(line, sizeof line, f));
+    int gets = 0;
+    *landed = 0;
+    uint64_t v[6];
+    unsigned kind, local, land;
+    while (fscanf(f, "%" SCNu64 ",%" SCNu64 ",%u,%u,%" SCNu64 ",%" SCNu64 ",%" SCNu64
+                     ",%" SCNu64 ",%u",
+                  &v[0], &v[1], &kind, &local, &v[2], &v[3], &v[4], &v[5], &land) == 9) {
+        if (kind == 3u) { /* KVTC__OP_GET */
+            gets++;
+            *landed += land != 0;
+        } else {
+            cr_expect_eq(land, 0, "a %u landed", kind);
+        }
+    }
+    fclose(f);
+    unlink(path);
+    return gets;
+}
+
+static uint64_t session_of(kvtc_conn *c)
+{
+    kvtc_server_info info;
+    cr_assert_eq(kvtc_server_info_get(c, &info), 0);
+    return info.session_id;
+}
+
+/* A burst of P single-chunk gets of chunks stored under base + i: every
+ * third a hit into a buffer that fits, the next a miss, the next a hit
+ * into a buffer one byte short. Statuses and bytes as ever. */
+static void mixed_gets(kvtc_conn *c, uint32_t base, size_t n, int P)
+{
+    uint8_t *gb[P];
+    kvtc_get_item gg[P];
+    int st[P];
+    memset(gg, 0, sizeof gg);
+    for (int i = 0; i < P; i++) {
+        cr_assert((gb[i] = malloc(n)));
+        memset(gb[i], 0xa5, n);
+        gg[i].key = itest_key(SPACE, i % 3 == 1 ? base + 1000 + i : base + i);
+        gg[i].buf = gb[i];
+        gg[i].capacity = i % 3 == 2 ? n - 1 : n;
+        st[i] = 1;
+        kvtc_op_params op = {.field_mask = KVTC_OP_PARAM_FIELD_CALLBACK,
+                             .cb = status_cb,
+                             .arg = &st[i]};
+        cr_assert_eq(kvtc_get_batch_async(c, &gg[i], 1, &op), 0);
+    }
+    cr_assert_eq(kvtc_wait_all(c, 60000), 0);
+    for (int i = 0; i < P; i++) {
+        if (i % 3 == 0) {
+            cr_expect_eq(gg[i].status, 0, "get %d: %s", i, kvtc_strerror(gg[i].status));
+            cr_expect_eq(gg[i].size, n);
+            cr_expect(itest_check(gb[i], n, base + i), "get %d came back different", i);
+        } else if (i % 3 == 1) {
+            cr_expect_eq(gg[i].status, KVTC_ENOENT, "miss %d: %s", i, kvtc_strerror(gg[i].status));
+        } else {
+            cr_expect_eq(gg[i].status, KVTC_ENOSPC, "short %d: %s", i, kvtc_strerror(gg[i].status));
+            cr_expect_eq(gg[i].size, n, "short %d: size %zu", i, gg[i].size);
+        }
+        free(gb[i]);
+    }
+}
+
+/* Landings (client/rail_threads.c): a single-chunk get on a rail with a
+ * thread has its reply's bytes copied into its buffer by that thread's
+ * reply handler. Every pipelined hit that fits lands so and comes back
+ * exact; misses and buffers too small go the usual way with their
+ * statuses; KVTC_RAIL_LAND=0 lands none. The trace tells which landed. */
+Test(it_rails, gets_land_on_rail_threads, .timeout = 120)
+{
+    struct itest_daemon d;
+    itest_setup(ITEST_TLS_TCP);
+    itest_daemon_start(&d, "256M", 0, with_rails);
+    char dir[256], prefix[300];
+    snprintf(dir, sizeof dir, "%s/kvtc-land-XXXXXX", kvtc_test_tmpdir());
+    cr_assert(mkdtemp(dir));
+    snprintf(prefix, sizeof prefix, "%s/t", dir);
+    setenv("KVTC_TRACE", prefix, 1);
+    enum { P = 12 };
+    size_t n = (256u << 10) + 3;
+    kvtc_conn *c = connect_rails(&d, KVTC_RAILS_THREADS);
+    uint64_t sess = session_of(c);
+    pipelined(c, 800, n, n, P);
+    mixed_gets(c, 800, n, P);
+    kvtc_disconnect(c);
+    int landed = 0;
+    cr_expect_eq(trace_gets(prefix, sess, &landed), 2 * P);
+    /* Each burst's first found nothing in flight and kept the first
+     * endpoint; of the mixed burst's others, the fitting hits (3, 6, 9). */
+    cr_expect_eq(landed, (P - 1) + 3, "gets landed: %d", landed);
+
+    setenv("KVTC_RAIL_LAND", "0", 1);
+    c = connect_rails(&d, KVTC_RAILS_THREADS);
+    unsetenv("KVTC_RAIL_LAND");
+    sess = session_of(c);
+    pipelined(c, 840, n, n, P);
+    mixed_gets(c, 840, n, P);
+    kvtc_disconnect(c);
+    cr_expect_eq(trace_gets(prefix, sess, &landed), 2 * P);
+    cr_expect_eq(landed, 0, "KVTC_RAIL_LAND=0, yet %d landed", landed);
+    unsetenv("KVTC_TRACE");
+    rmdir(dir);
     itest_daemon_stop(&d);
 }
 

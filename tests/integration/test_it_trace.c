@@ -20,7 +20,7 @@
 
 struct rec {
     uint64_t sess, req, sub, rep, done, bulk;
-    unsigned kind, local;
+    unsigned kind, local, landed;
 };
 
 Test(it_trace, ucx_ops_carry_their_bulk_stamp, .timeout = 60)
@@ -57,11 +57,13 @@ Test(it_trace, ucx_ops_carry_their_bulk_stamp, .timeout = 60)
     cr_assert(f, "no trace at %s", path);
     char line[256];
     cr_assert(fgets(line, sizeof line, f));
-    cr_expect_str_eq(line, "sess,req,kind,local,sub,rep,done,bulk\n");
+    cr_expect_str_eq(line, "sess,req,kind,local,sub,rep,done,bulk,landed\n");
     int puts_seen = 0, gets_seen = 0;
     struct rec r;
-    while (fscanf(f, "%" SCNu64 ",%" SCNu64 ",%u,%u,%" SCNu64 ",%" SCNu64 ",%" SCNu64 ",%" SCNu64,
-                  &r.sess, &r.req, &r.kind, &r.local, &r.sub, &r.rep, &r.done, &r.bulk) == 8) {
+    while (fscanf(f, "%" SCNu64 ",%" SCNu64 ",%u,%u,%" SCNu64 ",%" SCNu64 ",%" SCNu64 ",%" SCNu64 ",%u",
+                  &r.sess, &r.req, &r.kind, &r.local, &r.sub, &r.rep, &r.done, &r.bulk,
+                  &r.landed) == 9) {
+        cr_expect_eq(r.landed, 0, "landed without rails");
         cr_expect_eq(r.sess, info.session_id);
         cr_expect_eq(r.local, 0);
         cr_expect(r.sub && r.rep >= r.sub && r.done >= r.rep, "stamps out of order");
