@@ -2,9 +2,9 @@
 # run_tsan.sh KVTCD PIPELINED: start kvtcd (two rails) on free ports, run
 # the ThreadSanitizer build of tests/stress/pipelined.c against it over UCX
 # tcp with 2 and 8 requests in flight, on the first endpoint only
-# (KVTC_RAILS=0), on rails with a thread each (KVTC_RAIL_THREADS=1), and
-# so with the 512 KiB requests on rails too (KVTC_RAIL_MIN: their replies
-# come reassembled, and the rail thread keeps them for the connection's),
+# (KVTC_RAILS=0), on rails with a thread each (KVTC_RAIL_THREADS=1: the
+# gets' 4 MiB buffers take rails, and their 512 KiB hits land on the rail
+# threads), and so with the 512 KiB requests on rails too (KVTC_RAIL_MIN),
 # the latter once more on one CPU (interleavings a wide machine rarely
 # shows: it found a reply freed while UCX still used it), stop kvtcd.
 # Fails on any race report, crash, error or wrong byte.
