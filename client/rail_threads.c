@@ -84,6 +84,18 @@ struct kvtc__rail {
     atomic_int has_copies;
     struct kvtc__landing *lands; /* gets whose replies may land here */
     atomic_int n_lands;
+    /* Replies landing on this thread after the progress call that got
+     * them (r's thread only). */
+    struct rail_land_job *lands_head, *lands_tail;
+};
+
+struct rail_land_job {
+    struct rail_land_job *next;
+    struct kvtc__landing *l;
+    void *desc;      /* UCX's, kept: released once copied */
+    const void *src;
+    size_t len;
+    struct kvtc__rail_ev *ev; /* the reply's, handed over once copied */
 };
 
 struct rail_drop {
@@ -210,9 +222,10 @@ static int land_fits(const struct kvtc__landing *l, const Kvtc__Wire__Reply *rep
            (!m->has_encoding || m->encoding == KVTC__WIRE__ENCODING__RAW);
 }
 
-/* Land an eager get reply in its op's buffer, here: 1 when it did. */
-static int try_land(struct kvtc__rail *r, const void *header, size_t header_length,
-                    const void *data, size_t length)
+/* The landing that reply (header, length bytes of eager data) fits, taken
+ * off r's list (COPYING), or NULL. */
+static struct kvtc__landing *land_match(struct kvtc__rail *r, const void *header,
+                                        size_t header_length, size_t length)
 {
     size_t msg_len = 0;
     int in_data = 0;
@@ -220,21 +233,44 @@ static int try_land(struct kvtc__rail *r, const void *header, size_t header_leng
     if (length < RAIL_LAND_MIN ||
         kvtc_wire_am_split(header, header_length, length, &msg_len, &in_data) || in_data ||
         kvtc_wire_unpack_reply(header, header_length, &rep))
-        return 0; /* the connection's thread says what is wrong */
+        return NULL; /* the connection's thread says what is wrong */
     struct kvtc__landing *l = land_take(r, rep->id);
     int fits = l && land_fits(l, rep, length);
     kvtc_wire_reply_free(rep);
-    if (!l)
-        return 0;
-    if (fits) {
-        l->len = length;
-        l->summed = kvtc_wire_copy_checksum(l->buf, data, length, &l->sum) == 0;
-        if (!l->summed)
-            memcpy(l->buf, data, length);
+    if (l && !fits) {
+        atomic_store(&l->state, KVTC__LAND_NONE); /* the usual way */
+        l = NULL;
     }
-    /* Release: the bytes before the state, the state before the event. */
-    atomic_store(&l->state, fits ? KVTC__LAND_DONE : KVTC__LAND_NONE);
-    return fits;
+    return l;
+}
+
+/* Copy and checksum the reply's bytes into l's buffer; then l is DONE
+ * (the bytes before the state, the state before the reply's event). */
+static void land_copy(struct kvtc__landing *l, const void *src, size_t length)
+{
+    l->len = length;
+    l->summed = kvtc_wire_copy_checksum(l->buf, src, length, &l->sum) == 0;
+    if (!l->summed)
+        memcpy(l->buf, src, length);
+    atomic_store(&l->state, KVTC__LAND_DONE);
+}
+
+/* Run the landings r's reply handler kept (on r's thread, between
+ * progress calls: not under the worker's lock, which the connection's
+ * thread takes to post), then hand their replies over. */
+static void run_lands(struct kvtc__rail *r)
+{
+    struct rail_land_job *j = r->lands_head;
+    r->lands_head = r->lands_tail = NULL;
+    while (j) {
+        struct rail_land_job *next = j->next;
+        land_copy(j->l, j->src, j->len);
+        ucp_am_data_release(r->worker, j->desc);
+        if (!inbox_push(r->c, j->ev))
+            free(j->ev);
+        free(j);
+        j = next;
+    }
 }
 
 /* The reply handler of a rail's worker: the reply waits for the
@@ -243,18 +279,26 @@ static int try_land(struct kvtc__rail *r, const void *header, size_t header_leng
  * replies over reassembled); the connection's thread gives both back
  * through rail_drop, never by itself (kept multi-fragment replies released
  * from that thread crashed UCX 1.13's reassembly of later ones in
- * ucp_am_long_middle_handler). Other eager data is copied. */
+ * ucp_am_long_middle_handler). Other eager data is copied. A reply that
+ * lands (kvtc__rail_land) goes into its op's buffer instead: after this
+ * progress call where UCX lets us keep the bytes (run_lands), else here. */
 static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_length,
                                   void *data, size_t length, const ucp_am_recv_param_t *param)
 {
     struct kvtc__rail *r = arg;
     int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
-    int landed = !rndv && atomic_load(&r->n_lands) > 0 &&
-                 try_land(r, header, header_length, data, length);
-    int kept = !rndv && !landed && (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_DATA) &&
-               length >= RAIL_KEEP_MIN;
+    int keepable = !rndv && (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_DATA);
+    struct kvtc__landing *land = !rndv && atomic_load(&r->n_lands) > 0
+                                     ? land_match(r, header, header_length, length)
+                                     : NULL;
+    int landed = land != NULL;
+    int kept = keepable && !landed && length >= RAIL_KEEP_MIN;
     size_t copy = rndv || kept || landed ? 0 : length;
     struct kvtc__rail_ev *ev = malloc(sizeof *ev + header_length + copy);
+    if (!ev && land) {
+        atomic_store(&land->state, KVTC__LAND_NONE); /* the op fails below */
+        land = NULL;
+    }
     if (!ev) {
         pthread_mutex_lock(&r->c->rail_inbox->mu);
         r->c->rail_inbox->overflow = 1;
@@ -269,6 +313,17 @@ static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_l
     if (copy) {
         ev->data = ev->hdr + header_length;
         memcpy(ev->data, data, copy);
+    }
+    if (land) {
+        /* Copied outside the worker's lock where UCX lets us keep the
+         * bytes and this is r's thread (docs/perf-notes.md, "Landings"). */
+        struct rail_land_job *j = keepable && this_rail == r ? malloc(sizeof *j) : NULL;
+        if (j) {
+            *j = (struct rail_land_job){.l = land, .desc = data, .src = data, .len = length, .ev = ev};
+            KVTC_FIFO_PUSH(r->lands_head, r->lands_tail, j, next);
+            return UCS_INPROGRESS;
+        }
+        land_copy(land, data, length);
     }
     if (!inbox_push(r->c, ev)) {
         free(ev);
@@ -334,9 +389,13 @@ static void *rail_main(void *arg)
         int worked = 0;
         /* A copy waiting holds up a reply already here: it goes first. */
         for (int i = 0; i < RAIL_PROGRESS_BUDGET && !atomic_load(&r->has_copies) &&
-                        ucp_worker_progress(r->worker);
+                        !r->lands_head && ucp_worker_progress(r->worker);
              i++)
             worked = 1;
+        if (r->lands_head) {
+            run_lands(r);
+            worked = 1;
+        }
         if (atomic_load(&r->has_drops))
             release_drops(r);
         if (atomic_load(&r->has_copies)) {
@@ -583,6 +642,7 @@ static void rail_stop(struct kvtc__rail *r)
     ucp_worker_signal(r->worker);
     pthread_join(r->thread, NULL);
     r->started = 0;
+    run_lands(r);  /* kept by its last progress call */
     run_copies(r); /* posted after its last look: their ops wait for them */
 }
 

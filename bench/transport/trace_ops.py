@@ -9,7 +9,8 @@ Stages: sub->rep (request out, reply header handled: for a rendezvous get
 that is the RTS with the reply), rep->bulk (a get's rendezvous receive),
 sub->bulk (a put's send done), bulk->done (a get: the checksum of what
 landed and the completion; a put: kvtcd's verification and its reply),
-total."""
+total. Gets a rail thread landed (the trace's landed column) are a kind
+of their own: their bytes were in before the reply header was handled."""
 import csv
 import glob
 import sys
@@ -34,13 +35,15 @@ def main():
         sub, rep, done = int(r["sub"]), int(r["rep"]), int(r["done"])
         bulk = int(r.get("bulk") or 0)
         kind = KINDS.get(int(r["kind"]), r["kind"])
+        if r.get("landed") == "1":
+            kind += " (landed)"  # copied in by its rail thread: no bulk stamp
         st = groups.setdefault(kind, {})
 
         def add(name, a, b):
             if a and b and b >= a:
                 st.setdefault(name, []).append((b - a) / 1e3)
         add("sub->rep", sub, rep)
-        if kind == "get":
+        if kind.startswith("get"):
             add("rep->bulk", rep, bulk)
         else:
             add("sub->bulk", sub, bulk)
