@@ -82,7 +82,12 @@ static void limits(const char *durability, uint32_t space)
     if (pushbacks)
         cr_log_info("%s: %d FULL answers while the disk made room", durability, pushbacks);
     cr_assert_gt(tiers_metric_sum(&d, TIERS_M_EVICTIONS), 0, "%u MiB through 48 MiB of tiers, no eviction", n);
-    /* What is still there is exact, and the newest chunks are there. */
+    /* The newest chunk is there. Asked before reading the others back:
+     * that makes it the least recently used, and in cache mode the
+     * write-behind may still be evicting from the disk (it did so on the
+     * H200 host, whose tiers include a GPU). */
+    cr_assert(tiers_present(c, space, n - 1), "the newest chunk was evicted");
+    /* What is still there is exact. */
     uint32_t present = 0;
     for (uint32_t i = 0; i < n; i++) {
         size_t size = CHUNK - 4096 + (i * 4099u) % 8192;
@@ -91,7 +96,6 @@ static void limits(const char *durability, uint32_t space)
     }
     cr_assert_geq(present, (uint32_t)(u0.disk_cap / CHUNK / 2),
                   "only %u chunks left of %u in %.0f B of disk", present, n, u0.disk_cap);
-    cr_assert(tiers_present(c, space, n - 1), "the newest chunk was evicted");
     kvtc_disconnect(c);
     itest_daemon_stop(&d);
 }
