@@ -202,7 +202,11 @@ enum kvtc_check_mode {
  * events). kvtc_server_info.rails says how many rails are bound,
  * .rail_threads how many of them have threads. KVTC_RAIL_MIN=BYTES sends
  * every request of BYTES or more to the rails, and no other (a lone
- * request there pays the rails' thread hops). */
+ * request there pays the rails' thread hops). A single-chunk get into a
+ * host buffer on a rail with a thread has its bytes copied in by that
+ * thread as they arrive (KVTC_RAIL_LAND=0: by the usual copy job), so
+ * the buffer may be written before the callback runs; it is not written
+ * after it, whatever the status. */
 enum kvtc_rails_mode {
     KVTC_RAILS_AUTO = 0,       /* default: whatever the daemon offers, with
                                   rail threads on hosts of 8 CPUs or more
