@@ -30,13 +30,16 @@
  * call.
  *
  * Landings. A single-chunk get on a rail registers its buffer before its
- * request goes out (kvtc__rail_land). Its reply's handler then copies the
- * eager bytes straight into that buffer, checksumming them, and the event
- * carries only the header: no hop to the connection's thread and back
- * before the copy, and no data kept (docs/perf-notes.md, "Landings"). The
- * connection's thread checks the reply as ever and finds the bytes there.
- * An op done before its reply came cancels its landing, waiting while the
- * rail thread is still writing into its buffer. */
+ * request goes out (kvtc__rail_land). Its reply's handler takes that
+ * landing, and the rail thread copies the eager bytes straight into the
+ * buffer, checksumming them: after the progress call where UCX lets us
+ * keep the bytes (outside the worker's lock, which the connection's
+ * thread takes to post), else in the handler. Then the event carries only
+ * the header: no hop to the connection's thread and back before the copy
+ * (docs/perf-notes.md, "Landings"). The connection's thread checks the
+ * reply as ever and finds the bytes there. An op done before its reply
+ * came cancels its landing, waiting while the rail thread is still
+ * writing into its buffer. */
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
