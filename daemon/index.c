@@ -455,10 +455,15 @@ kvtcd_entry *kvtcd_index_victim(kvtcd_index *ix, uint64_t now_ms,
     return leaf ? leaf : first;
 }
 
-/* Host copies that can go at once: a lower tier holds the chunk. */
+/* Host copies that can go at once: a lower tier holds the chunk. With
+ * no lower tier there are none, and the walk would visit every entry:
+ * each put into a full host tier paid a scan of the whole LRU (256 KiB
+ * puts 2.4x slower, docs/perf-notes.md "Host tier"). */
 static int drop_clean_host(kvtcd_index *ix, size_t size, kvtcd_blob **out)
 {
     int rc = KVTC_EFULL;
+    if (!ix->lower_tiers)
+        return rc;
     kvtcd_entry *e = ix->lru_tail;
     while (e && rc == KVTC_EFULL) {
         kvtcd_entry *prev = e->lru_prev;

@@ -137,6 +137,8 @@ typedef struct kvtcd_index {
     uint64_t evictions;                   /* chunks dropped for room */
     uint64_t expirations;
     kvtcd_tier_counters tc[KVTCD_N_TIERS];
+    int lower_tiers;                      /* a disk or GPU tier was opened:
+                                             host copies may be clean */
     uint32_t fail_inserts;                /* tests: kvtcd__index_fail_next */
 } kvtcd_index;
 

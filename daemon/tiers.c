@@ -1103,6 +1103,9 @@ int kvtcd_tiers_open(const kvtcd_tiers_params *p, kvtcd_tiers **out)
     }
     if (p->gpu_mem)
         open_gpu(t, p);
+    /* Only these make host copies clean (kvtcd_index_reserve's first
+     * step); it stays set, as entries keep their lower copies' states. */
+    p->ix->lower_tiers = t->d != NULL || t->g != NULL;
     uv_timer_init(t->loop, &t->maint);
     uv_timer_init(t->loop, &t->compact);
     t->maint.data = t->compact.data = t;

@@ -524,6 +524,7 @@ Test(daemon_evict, clean_host_copies_go_before_any_eviction)
 {
     struct fixture f;
     setup(&f, 3 * 1000);
+    f.ix.lower_tiers = 1; /* a disk tier, as kvtcd_tiers_open says */
     g_drops = 0;
     kvtcd_index_set_drop_hook(&f.ix, on_drop, NULL);
     for (uint32_t i = 0; i < 3; i++)
@@ -564,6 +565,7 @@ Test(daemon_evict, writes_in_flight_are_not_host_victims)
 {
     struct fixture f;
     setup(&f, 2 * 1000);
+    f.ix.lower_tiers = 1; /* a disk tier, as kvtcd_tiers_open says */
     cr_assert_eq(put(&f.ix, f.ns, 0, 1000, 0, 0), 0);
     cr_assert_eq(put(&f.ix, f.ns, 1, 1000, 1, 0), 0);
     get(&f.ix, f.ns, 0, 2)->disk_state = KVTCD_DISK_WRITING;
@@ -591,6 +593,7 @@ Test(daemon_evict, promotions_never_evict_a_chunk)
 {
     struct fixture f;
     setup(&f, 2 * 1000);
+    f.ix.lower_tiers = 1; /* a disk tier, as kvtcd_tiers_open says */
     cr_assert_eq(put(&f.ix, f.ns, 0, 1000, 0, 0), 0);
     cr_assert_eq(put(&f.ix, f.ns, 1, 1000, 1, 0), 0);
     kvtcd_blob *b = NULL;
