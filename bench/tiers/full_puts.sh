@@ -2,23 +2,24 @@
 # full_puts.sh - puts into a full host tier: what one eviction a put costs.
 #
 #   bench/tiers/full_puts.sh [--host-mem SIZE] [--size SIZE] [--runs N]
-#                            [--json PATH] KVTCD [KVTCD...]
+#                            [--count N] [--json PATH] KVTCD [KVTCD...]
 #
 # For each kvtcd binary given (e.g. the build before a change and after),
 # RUNS times, interleaved: start it with --host-mem (default 2G, no disk
 # or GPU tier), fill the tier with SIZE chunks (default 256K) at 4 puts in
-# flight, then three rounds of as many puts of new keys, each of which
-# evicts. Prints GB/s and P50 per round and, with --json, writes them.
+# flight, then three rounds of as many puts of new keys (or N, --count),
+# each of which evicts. Prints GB/s and P50 per round and, with --json, writes them.
 # The client is kvtc from the build of the first binary (its bin/).
 set -eu
-host_mem=2G size=256K runs=2 json=
+host_mem=2G size=256K runs=2 json= per_round=
 while [ $# -gt 0 ]; do
     case $1 in
     --host-mem) host_mem=$2; shift 2 ;;
     --size) size=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
+    --count) per_round=$2; shift 2 ;;
     --json) json=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) break ;;
     esac
 done
@@ -27,14 +28,15 @@ kvtc=$(dirname "$1")/kvtc
 [ -x "$kvtc" ] || { echo "full_puts.sh: no kvtc next to $1" >&2; exit 2; }
 bytes() { numfmt --from=iec "$1"; }
 count=$(( $(bytes "$host_mem") / $(bytes "$size") ))
+per_round=${per_round:-$count}
 export KVTC_LOCAL=off # bytes as UCX payloads, as from another host
 dir=$(mktemp -d /tmp/kvtc-full-puts.XXXXXX)
 pid=
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
 rows=()
-put() { # PORT ID: "GB/s P50"
+put() { # PORT ID COUNT: "GB/s P50"
     "$kvtc" -s "127.0.0.1:$1" bench --op put --keep --depth 4 --size "$size" \
-        --count "$count" --id "$2" 2>&1 | awk '/^put /{print $6, $11}'
+        --count "$3" --id "$2" 2>&1 | awk '/^put /{print $6, $11}'
 }
 printf '%-40s %6s  %-18s  %-18s  %-18s  %-18s\n' kvtcd run fill "round 1" "round 2" "round 3"
 for run in $(seq "$runs"); do
@@ -46,8 +48,8 @@ for run in $(seq "$runs"); do
         for _ in $(seq 100); do [ -s "$dir/ports" ] && break; sleep 0.1; done
         port=$(cut -d' ' -f1 "$dir/ports")
         rm -f "$dir/ports"
-        out=("$(put "$port" 1)")
-        for r in 2 3 4; do out+=("$(put "$port" "$r")"); done
+        out=("$(put "$port" 1 "$count")")
+        for r in 2 3 4; do out+=("$(put "$port" "$r" "$per_round")"); done
         kill "$pid"; wait "$pid" || true; pid=
         printf '%-40s %6s' "$bin" "$run"
         for o in "${out[@]}"; do printf '  %-18s' "$(echo "$o" | awk '{printf "%s (%s us)", $1, $2}')"; done
@@ -57,6 +59,6 @@ for run in $(seq "$runs"); do
 done
 echo "(GB/s and P50 per round; fill: the empty tier filled, rounds: one eviction a put)"
 if [ -n "$json" ]; then
-    printf '{"host_mem":"%s","size":"%s","count":%d,"depth":4,"rows":[%s]}\n' \
-        "$host_mem" "$size" "$count" "$(IFS=,; echo "${rows[*]}")" > "$json"
+    printf '{"host_mem":"%s","size":"%s","fill":%d,"per_round":%d,"depth":4,"rows":[%s]}\n' \
+        "$host_mem" "$size" "$count" "$per_round" "$(IFS=,; echo "${rows[*]}")" > "$json"
 fi
