@@ -92,6 +92,41 @@ static void lru_push_head(kvtcd_index *ix, kvtcd_entry *e)
         ix->lru_tail = e;
 }
 
+static void host_unlink(kvtcd_index *ix, kvtcd_entry *e)
+{
+    if (e->host_prev)
+        e->host_prev->host_next = e->host_next;
+    else
+        ix->host_head = e->host_next;
+    if (e->host_next)
+        e->host_next->host_prev = e->host_prev;
+    else
+        ix->host_tail = e->host_prev;
+    e->host_prev = e->host_next = NULL;
+}
+
+static void host_push_head(kvtcd_index *ix, kvtcd_entry *e)
+{
+    e->host_prev = NULL;
+    e->host_next = ix->host_head;
+    if (ix->host_head)
+        ix->host_head->host_prev = e;
+    ix->host_head = e;
+    if (!ix->host_tail)
+        ix->host_tail = e;
+}
+
+/* e loses its host copy: off the host list, reference dropped. */
+static void host_release(kvtcd_index *ix, kvtcd_entry *e)
+{
+    if (!e->blob)
+        return;
+    host_unlink(ix, e);
+    kvtcd_blob_unref(e->blob);
+    e->blob = NULL;
+    e->off = 0;
+}
+
 void kvtcd_index_fini(kvtcd_index *ix)
 {
     while (ix->lru_head)
@@ -239,8 +274,7 @@ static void drop_copies(kvtcd_index *ix, kvtcd_entry *e)
         ix->drop(ix->drop_arg, e);
     e->disk_state = KVTCD_DISK_NONE;
     e->gpu_state = KVTCD_GPU_NONE;
-    kvtcd_blob_unref(e->blob);
-    e->blob = NULL;
+    host_release(ix, e);
 }
 
 void kvtcd_index_remove(kvtcd_index *ix, kvtcd_entry *e)
@@ -258,7 +292,6 @@ void kvtcd_index_remove(kvtcd_index *ix, kvtcd_entry *e)
 
 void kvtcd_index_drop_host(kvtcd_index *ix, kvtcd_entry *e)
 {
-    (void)ix;
     if (!e->blob)
         return;
     if (e->disk_state != KVTCD_DISK_CLEAN && e->gpu_state != KVTCD_GPU_VALID) {
@@ -266,9 +299,17 @@ void kvtcd_index_drop_host(kvtcd_index *ix, kvtcd_entry *e)
         KVTCD_ERROR("index", "refusing to drop the only copy of a chunk");
         return;
     }
-    kvtcd_blob_unref(e->blob);
-    e->blob = NULL;
-    e->off = 0;
+    host_release(ix, e);
+}
+
+void kvtcd_index_set_host(kvtcd_index *ix, kvtcd_entry *e, kvtcd_blob *blob, size_t off)
+{
+    if (e->blob || !blob)
+        return;
+    kvtcd_blob_ref(blob);
+    e->blob = blob;
+    e->off = off;
+    host_push_head(ix, e);
 }
 
 int kvtcd_entry_expired(const kvtcd_entry *e, uint64_t now_ms)
@@ -295,6 +336,10 @@ void kvtcd_index_touch(kvtcd_index *ix, kvtcd_entry *e, uint64_t now_ms)
     if (ix->lru_head != e) {
         lru_unlink(ix, e);
         lru_push_head(ix, e);
+    }
+    if (e->blob && ix->host_head != e) {
+        host_unlink(ix, e);
+        host_push_head(ix, e);
     }
 }
 
@@ -379,6 +424,7 @@ int kvtcd_index_insert(kvtcd_index *ix, const kvtcd_entry *tmpl,
         ix->count++;
     }
     e->lru_prev = e->lru_next = NULL;
+    e->host_prev = e->host_next = NULL;
     e->blob = blob;
     e->off = blob ? off : 0;
     if (e->disk_state != KVTCD_DISK_CLEAN)
@@ -391,6 +437,8 @@ int kvtcd_index_insert(kvtcd_index *ix, const kvtcd_entry *tmpl,
      * means never: a put in the daemon's first millisecond counts as 1) */
     e->audit_ms = blob ? (now_ms ? now_ms : 1) : 0;
     lru_push_head(ix, e);
+    if (blob)
+        host_push_head(ix, e);
     maybe_grow(ix);
     if (out)
         *out = e;
@@ -433,15 +481,15 @@ void kvtcd_index_pin(kvtcd_index *ix, kvtcd_entry *e, int pin,
 
 /* ---- eviction ---------------------------------------------------------- */
 
-kvtcd_entry *kvtcd_index_victim(kvtcd_index *ix, uint64_t now_ms,
-                                kvtcd_index_filter_fn filter, void *arg)
+static kvtcd_entry *victim_of(kvtcd_index *ix, int host, uint64_t now_ms,
+                              kvtcd_index_filter_fn filter, void *arg)
 {
     kvtcd_entry *first = NULL, *leaf = NULL;
     uint32_t seen = 0;
     /* Pinned and filtered-out entries do not count toward the window: a
      * tail of pinned chunks must not hide the evictable ones behind it. */
-    for (kvtcd_entry *e = ix->lru_tail; e && seen < KVTCD_EVICT_WINDOW;
-         e = e->lru_prev) {
+    for (kvtcd_entry *e = host ? ix->host_tail : ix->lru_tail; e && seen < KVTCD_EVICT_WINDOW;
+         e = host ? e->host_prev : e->lru_prev) {
         if (kvtcd_entry_pinned(e, now_ms) || (filter && !filter(arg, e)))
             continue;
         seen++;
@@ -455,8 +503,22 @@ kvtcd_entry *kvtcd_index_victim(kvtcd_index *ix, uint64_t now_ms,
     return leaf ? leaf : first;
 }
 
-/* Host copies that can go at once: a lower tier holds the chunk. With
- * no lower tier there are none, and the walk would visit every entry:
+kvtcd_entry *kvtcd_index_victim(kvtcd_index *ix, uint64_t now_ms,
+                                kvtcd_index_filter_fn filter, void *arg)
+{
+    return victim_of(ix, 0, now_ms, filter, arg);
+}
+
+kvtcd_entry *kvtcd_index_host_victim(kvtcd_index *ix, uint64_t now_ms,
+                                     kvtcd_index_filter_fn filter, void *arg)
+{
+    return victim_of(ix, 1, now_ms, filter, arg);
+}
+
+/* Host copies that can go at once: a lower tier holds the chunk (least
+ * recent first, on the host list: chunks only a lower tier holds are not
+ * on it). With no lower tier there are none, and the walk would visit
+ * every entry:
  * each put into a full host tier paid a walk of the whole LRU (H200,
  * 49152 chunks: 256 KiB puts at 0.2 GB/s instead of 3.3-3.9,
  * docs/perf-notes.md "Host tier"). */
@@ -465,14 +527,13 @@ static int drop_clean_host(kvtcd_index *ix, size_t size, kvtcd_blob **out)
     int rc = KVTC_EFULL;
     if (!ix->lower_tiers)
         return rc;
-    kvtcd_entry *e = ix->lru_tail;
+    kvtcd_entry *e = ix->host_tail;
     while (e && rc == KVTC_EFULL) {
-        kvtcd_entry *prev = e->lru_prev;
+        kvtcd_entry *prev = e->host_prev; /* dropping unlinks e */
         /* A GPU copy alone does not make a chunk still waiting for its
          * disk write clean: the write reads the host copy. */
-        if (e->blob && (e->disk_state == KVTCD_DISK_CLEAN ||
-                        (e->gpu_state == KVTCD_GPU_VALID &&
-                         e->disk_state == KVTCD_DISK_NONE))) {
+        if (e->disk_state == KVTCD_DISK_CLEAN ||
+            (e->gpu_state == KVTCD_GPU_VALID && e->disk_state == KVTCD_DISK_NONE)) {
             kvtcd_index_drop_host(ix, e);
             ix->tc[KVTCD_T_HOST].demotions++;
             rc = kvtcd_tier_alloc(ix->tier, size, out);
@@ -503,7 +564,7 @@ int kvtcd_index_reserve(kvtcd_index *ix, size_t size, uint64_t now_ms,
     if (rc != KVTC_EFULL)
         return rc;
     kvtcd_entry *e;
-    while ((e = kvtcd_index_victim(ix, now_ms, host_evictable, NULL))) {
+    while ((e = kvtcd_index_host_victim(ix, now_ms, host_evictable, NULL))) {
         if (kvtcd_entry_expired(e, now_ms)) {
             ix->expirations++;
         } else {

@@ -17,8 +17,9 @@
  * are stored is worth more than a leaf (dropping it breaks every longer
  * prefix). The index counts stored children per (namespace, parent key) in
  * a second small hash; counts exist before their parent does (children may
- * arrive first) and go when they reach 0. Eviction (kvtcd_index_victim)
- * scans a window of KVTCD_EVICT_WINDOW evictable entries from the LRU tail:
+ * arrive first) and go when they reach 0. Eviction (kvtcd_index_victim;
+ * kvtcd_index_host_victim among the entries with a host copy) scans a
+ * window of KVTCD_EVICT_WINDOW evictable entries from the LRU tail:
  * an expired entry goes first, else the least recent leaf, else (a window
  * of parents only) the least recent evictable entry. Pinned entries are
  * never evicted.
@@ -82,6 +83,8 @@ typedef struct kvtcd_tier_counters {
 typedef struct kvtcd_entry {
     struct kvtcd_entry *hnext;            /* hash chain */
     struct kvtcd_entry *lru_prev, *lru_next;
+    struct kvtcd_entry *host_prev, *host_next; /* the host copies' LRU:
+                                             on it while blob is set */
     uint32_t ns;
     uint8_t key[KVTCD_KEY_BYTES];
     uint8_t parent[KVTCD_KEY_BYTES];
@@ -125,6 +128,10 @@ typedef struct kvtcd_index {
     uint64_t seed;
     uint64_t next_gen;
     kvtcd_entry *lru_head, *lru_tail;
+    /* The entries with a host copy, in the same order: what makes host
+     * room walks these alone, not the chunks only lower tiers hold (a
+     * large disk tier's, which fill the LRU's tail). */
+    kvtcd_entry *host_head, *host_tail;
     kvtcd_tier *tier;                     /* host RAM: where puts land */
     char **ns_names;
     uint32_t n_ns;
@@ -182,6 +189,9 @@ void kvtcd__index_fail_next(kvtcd_index *ix, uint32_t n);
 void kvtcd_index_remove(kvtcd_index *ix, kvtcd_entry *e);
 /* Give up e's host copy (e must have a GPU or disk copy). */
 void kvtcd_index_drop_host(kvtcd_index *ix, kvtcd_entry *e);
+/* Make the bytes at blob->data + off e's host copy (a promotion; e has
+ * none): a reference is taken, and e becomes the most recent host copy. */
+void kvtcd_index_set_host(kvtcd_index *ix, kvtcd_entry *e, kvtcd_blob *blob, size_t off);
 
 /* 1 when e's pins hold at now_ms. */
 int kvtcd_entry_pinned(const kvtcd_entry *e, uint64_t now_ms);
@@ -202,6 +212,9 @@ typedef int (*kvtcd_index_filter_fn)(void *arg, const kvtcd_entry *e);
  * (NULL: all): see the top of this file. NULL when none qualifies. */
 kvtcd_entry *kvtcd_index_victim(kvtcd_index *ix, uint64_t now_ms,
                                 kvtcd_index_filter_fn filter, void *arg);
+/* The same among the entries with a host copy (the host list). */
+kvtcd_entry *kvtcd_index_host_victim(kvtcd_index *ix, uint64_t now_ms,
+                                     kvtcd_index_filter_fn filter, void *arg);
 
 /* Allocate a host blob of size bytes, making room with instant steps only:
  * first drop host copies that have a GPU or disk copy (least recent

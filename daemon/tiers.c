@@ -845,27 +845,32 @@ static void demote_host(kvtcd_tiers *t)
     uint64_t need = h->used - h->capacity / 100 * HOST_LOW_PCT;
     uint64_t planned = 0;
     uint32_t scanned = 0;
-    for (kvtcd_entry *e = ix->lru_tail;
+    /* The host list: chunks only lower tiers hold, which fill the LRU's
+     * tail behind a large disk tier, would use up the scan. */
+    for (kvtcd_entry *e = ix->host_tail;
          e && planned < need && scanned < DEMOTE_SCAN_MAX; scanned++) {
-        /* The next entry is read after the step, not before: demoting to
-         * a full GPU slab may evict whole GPU-only chunks (no disk tier),
-         * the next one among them; e itself stays (it is no GPU copy). */
-        if (e->blob && e->disk_state != KVTCD_DISK_WRITING &&
-            e->gpu_state == KVTCD_GPU_NONE && t->g &&
+        kvtcd_entry *prev;
+        if (e->disk_state != KVTCD_DISK_WRITING && e->gpu_state == KVTCD_GPU_NONE && t->g &&
             t->gpu_copies < MAX_GPU_COPIES && gpu_demote(t, e) == 0) {
             planned += e->size;
-        } else if (e->blob && e->disk_state == KVTCD_DISK_CLEAN &&
-                   e->gpu_state != KVTCD_GPU_WRITING) {
+            /* Read after the step: making GPU room may evict whole
+             * chunks (no disk tier), the next one among them; e stays
+             * (it has no GPU copy yet). */
+            prev = e->host_prev;
+        } else if (e->disk_state == KVTCD_DISK_CLEAN && e->gpu_state != KVTCD_GPU_WRITING) {
+            prev = e->host_prev; /* (gpu_demote may have failed having evicted) */
             planned += e->size;
             kvtcd_index_drop_host(ix, e);
             ix->tc[KVTCD_T_HOST].demotions++;
-        } else if (e->blob && e->gpu_state == KVTCD_GPU_VALID &&
-                   e->disk_state == KVTCD_DISK_NONE && !t->d) {
+        } else if (e->gpu_state == KVTCD_GPU_VALID && e->disk_state == KVTCD_DISK_NONE && !t->d) {
+            prev = e->host_prev;
             planned += e->size;
             kvtcd_index_drop_host(ix, e);
             ix->tc[KVTCD_T_HOST].demotions++;
+        } else {
+            prev = e->host_prev;
         }
-        e = e->lru_prev;
+        e = prev;
     }
 }
 
@@ -1397,9 +1402,7 @@ static void promote(kvtcd_tiers *t, ljob *j)
     kvtcd_entry *e = find_gen(t, j->ns, j->key, j->gen);
     if (!e || e->blob)
         return;
-    e->blob = j->blob;
-    kvtcd_blob_ref(e->blob);
-    e->off = j->off;
+    kvtcd_index_set_host(t->ix, e, j->blob, j->off);
     t->ix->tc[KVTCD_T_HOST].promotions++;
 }
 

@@ -47,6 +47,9 @@ struct bti_index_res {
     double insert_s;
     double find_p50_ns, find_p99_ns, find_mean_ns;
     double lookup8_p50_ns, lookup8_p99_ns; /* kvtcd_index_lookup, chains of 8 */
+    double room_p50_ns, room_p99_ns;       /* a put into a full host tier behind
+                                              the disk-only chunks (reserve and
+                                              insert: a clean host copy goes) */
     double timer_ns;
 };
 int bti_index(uint64_t n, uint64_t probes, struct bti_index_res *out);

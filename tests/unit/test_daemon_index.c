@@ -585,6 +585,82 @@ Test(daemon_evict, writes_in_flight_are_not_host_victims)
     teardown(&f);
 }
 
+/* The host list holds exactly the entries with a host copy, least recent
+ * last, whatever a lower tier holds. */
+static void expect_host_list(const kvtcd_index *ix, const uint32_t *keys, size_t n)
+{
+    size_t i = 0;
+    const kvtcd_entry *prev = NULL;
+    for (const kvtcd_entry *e = ix->host_head; e; prev = e, e = e->host_next, i++) {
+        uint8_t k[32];
+        cr_assert_lt(i, n, "host list longer than %zu", n);
+        make_key(k, keys[i]);
+        cr_assert(!memcmp(e->key, k, 32), "host list entry %zu is not key %u", i, keys[i]);
+        cr_assert_not_null(e->blob);
+        cr_assert_eq(e->host_prev, prev);
+    }
+    cr_assert_eq(i, n, "host list has %zu entries, not %zu", i, n);
+    cr_assert_eq(ix->host_tail, prev);
+}
+
+/* Behind a large disk tier the LRU's tail is chunks only the disk holds.
+ * Making host room walks the host copies alone: a clean one goes (the
+ * chunk stays), else the least recent host chunk is evicted, and the
+ * disk-only ones are never looked at (they once were, all of them, on
+ * every put into a full host tier). */
+Test(daemon_evict, host_room_looks_at_host_copies_only)
+{
+    struct fixture f;
+    setup(&f, 3 * 1000);
+    f.ix.lower_tiers = 1; /* a disk tier, as kvtcd_tiers_open says */
+    enum { DISK_ONLY = 5000 };
+    kvtcd_entry t;
+    memset(&t, 0, sizeof t);
+    t.ns = f.ns;
+    t.size = 1000;
+    t.disk_state = KVTCD_DISK_CLEAN;
+    for (uint32_t i = 0; i < DISK_ONLY; i++) {
+        make_key(t.key, 100000 + i);
+        t.dloc.off = i;
+        cr_assert_eq(kvtcd_index_insert(&f.ix, &t, NULL, 0, 1, NULL), 0);
+    }
+    cr_assert_null(f.ix.host_head);
+    for (uint32_t i = 0; i < 3; i++)
+        cr_assert_eq(put(&f.ix, f.ns, i, 1000, 2 + i, 0), 0);
+    expect_host_list(&f.ix, (const uint32_t[]){2, 1, 0}, 3);
+    /* A get makes 0 the most recent host copy. */
+    kvtcd_index_touch(&f.ix, get(&f.ix, f.ns, 0, 5), 5);
+    expect_host_list(&f.ix, (const uint32_t[]){0, 2, 1}, 3);
+    /* 1 is written to disk: the next put drops its host copy. */
+    get(&f.ix, f.ns, 1, 6)->disk_state = KVTCD_DISK_CLEAN;
+    cr_assert_eq(put(&f.ix, f.ns, 3, 1000, 6, 0), 0);
+    cr_assert_eq(f.ix.evictions, 0);
+    cr_assert_eq(f.ix.tc[KVTCD_T_HOST].demotions, 1);
+    cr_assert_null(get(&f.ix, f.ns, 1, 7)->blob);
+    expect_host_list(&f.ix, (const uint32_t[]){3, 0, 2}, 3);
+    /* Only dirty host copies now: the least recent host chunk (2) is
+     * evicted, not one of the disk-only chunks at the LRU's tail. */
+    cr_assert_eq(put(&f.ix, f.ns, 4, 1000, 8, 0), 0);
+    cr_assert_eq(f.ix.evictions, 1);
+    cr_assert_null(get(&f.ix, f.ns, 2, 9));
+    cr_assert_eq(f.ix.count, DISK_ONLY + 4);
+    expect_host_list(&f.ix, (const uint32_t[]){4, 3, 0}, 3);
+    /* A promotion makes a host copy again, the most recent. */
+    kvtcd_blob *b = NULL;
+    kvtcd_index_remove(&f.ix, get(&f.ix, f.ns, 0, 10));
+    cr_assert_eq(kvtcd_index_reserve_copy(&f.ix, 1000, &b), 0);
+    kvtcd_entry *e1 = get(&f.ix, f.ns, 1, 10);
+    kvtcd_index_set_host(&f.ix, e1, b, 0);
+    kvtcd_blob_unref(b);
+    expect_host_list(&f.ix, (const uint32_t[]){1, 4, 3}, 3);
+    /* Replacing a key keeps one host list entry; removing takes it off. */
+    cr_assert_eq(put(&f.ix, f.ns, 1, 500, 11, 0), 0);
+    expect_host_list(&f.ix, (const uint32_t[]){1, 4, 3}, 3);
+    kvtcd_index_remove(&f.ix, get(&f.ix, f.ns, 4, 12));
+    expect_host_list(&f.ix, (const uint32_t[]){1, 3}, 2);
+    teardown(&f);
+}
+
 /* A promotion's buffer (kvtcd_index_reserve_copy) drops host copies that
  * a lower tier also holds, but never evicts a chunk: with only dirty host
  * copies (cache mode, disk writes queued) it is refused and every chunk
