@@ -9,6 +9,7 @@
 #include <time.h>
 #include <xxhash.h>
 
+#include "dlist.h"
 #include "kvtc_errors.h"
 #include "log.h"
 #include "wire.h"
@@ -68,52 +69,25 @@ void kvtcd_index_set_drop_hook(kvtcd_index *ix, kvtcd_index_drop_fn fn,
     ix->drop_arg = arg;
 }
 
+/* The LRU (every entry) and the host list (those with a host copy). */
 static void lru_unlink(kvtcd_index *ix, kvtcd_entry *e)
 {
-    if (e->lru_prev)
-        e->lru_prev->lru_next = e->lru_next;
-    else
-        ix->lru_head = e->lru_next;
-    if (e->lru_next)
-        e->lru_next->lru_prev = e->lru_prev;
-    else
-        ix->lru_tail = e->lru_prev;
-    e->lru_prev = e->lru_next = NULL;
+    KVTC_DLIST_UNLINK(ix->lru_head, ix->lru_tail, e, lru_prev, lru_next);
 }
 
 static void lru_push_head(kvtcd_index *ix, kvtcd_entry *e)
 {
-    e->lru_prev = NULL;
-    e->lru_next = ix->lru_head;
-    if (ix->lru_head)
-        ix->lru_head->lru_prev = e;
-    ix->lru_head = e;
-    if (!ix->lru_tail)
-        ix->lru_tail = e;
+    KVTC_DLIST_PUSH_HEAD(ix->lru_head, ix->lru_tail, e, lru_prev, lru_next);
 }
 
 static void host_unlink(kvtcd_index *ix, kvtcd_entry *e)
 {
-    if (e->host_prev)
-        e->host_prev->host_next = e->host_next;
-    else
-        ix->host_head = e->host_next;
-    if (e->host_next)
-        e->host_next->host_prev = e->host_prev;
-    else
-        ix->host_tail = e->host_prev;
-    e->host_prev = e->host_next = NULL;
+    KVTC_DLIST_UNLINK(ix->host_head, ix->host_tail, e, host_prev, host_next);
 }
 
 static void host_push_head(kvtcd_index *ix, kvtcd_entry *e)
 {
-    e->host_prev = NULL;
-    e->host_next = ix->host_head;
-    if (ix->host_head)
-        ix->host_head->host_prev = e;
-    ix->host_head = e;
-    if (!ix->host_tail)
-        ix->host_tail = e;
+    KVTC_DLIST_PUSH_HEAD(ix->host_head, ix->host_tail, e, host_prev, host_next);
 }
 
 /* e loses its host copy: off the host list, reference dropped. */
