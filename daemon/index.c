@@ -492,10 +492,9 @@ kvtcd_entry *kvtcd_index_host_victim(kvtcd_index *ix, uint64_t now_ms,
 /* Host copies that can go at once: a lower tier holds the chunk (least
  * recent first, on the host list: chunks only a lower tier holds are not
  * on it). With no lower tier there are none, and the walk would visit
- * every entry:
- * each put into a full host tier paid a walk of the whole LRU (H200,
- * 49152 chunks: 256 KiB puts at 0.2 GB/s instead of 3.3-3.9,
- * docs/perf-notes.md "Host tier"). */
+ * every host copy on each put into a full host tier (it walked the whole
+ * LRU: on the H200 host, 49152 chunks, 256 KiB puts ran 0.2 GB/s instead
+ * of 3.3-3.9; docs/perf-notes.md "Host tier"). */
 static int drop_clean_host(kvtcd_index *ix, size_t size, kvtcd_blob **out)
 {
     int rc = KVTC_EFULL;
