@@ -2,24 +2,27 @@
 # full_puts.sh - puts into a full host tier: what one eviction a put costs.
 #
 #   bench/tiers/full_puts.sh [--host-mem SIZE] [--size SIZE] [--runs N]
-#                            [--count N] [--json PATH] KVTCD [KVTCD...]
+#                            [--count N] [--disk SIZE] [--json PATH]
+#                            KVTCD [KVTCD...]
 #
 # For each kvtcd binary given (e.g. the build before a change and after),
-# RUNS times, interleaved: start it with --host-mem (default 2G, no disk
-# or GPU tier), fill the tier with SIZE chunks (default 256K) at 4 puts in
+# RUNS times, interleaved: start it with --host-mem (default 2G; no disk
+# tier unless --disk SIZE, a cache-mode one under /tmp; no GPU tier),
+# fill the host tier with SIZE chunks (default 256K) at 4 puts in
 # flight, then three rounds of as many puts of new keys (or N, --count),
 # each of which evicts. Prints GB/s and P50 per round and, with --json, writes them.
 # The client is kvtc from the build of the first binary (its bin/).
 set -eu
-host_mem=2G size=256K runs=2 json= per_round=
+host_mem=2G size=256K runs=2 json= per_round= disk=
 while [ $# -gt 0 ]; do
     case $1 in
     --host-mem) host_mem=$2; shift 2 ;;
     --size) size=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --count) per_round=$2; shift 2 ;;
+    --disk) disk=$2; shift 2 ;;
     --json) json=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) break ;;
     esac
 done
@@ -42,8 +45,10 @@ printf '%-40s %6s  %-18s  %-18s  %-18s  %-18s\n' kvtcd run fill "round 1" "round
 for run in $(seq "$runs"); do
     for bin in "$@"; do
         rm -rf "$dir/d"; mkdir -p "$dir/d"
+        disk_args=()
+        [ -n "$disk" ] && disk_args=(--disk-dir "$dir/d/disk" --disk-size "$disk")
         "$bin" --listen 127.0.0.1:0 --admin 127.0.0.1:0 --host-mem "$host_mem" \
-            --data-dir "$dir/d" --port-file "$dir/ports" > "$dir/log" 2>&1 &
+            --data-dir "$dir/d" "${disk_args[@]}" --port-file "$dir/ports" > "$dir/log" 2>&1 &
         pid=$!
         for _ in $(seq 100); do [ -s "$dir/ports" ] && break; sleep 0.1; done
         port=$(cut -d' ' -f1 "$dir/ports")
@@ -59,6 +64,6 @@ for run in $(seq "$runs"); do
 done
 echo "(GB/s and P50 per round; fill: the empty tier filled, rounds: one eviction a put)"
 if [ -n "$json" ]; then
-    printf '{"host_mem":"%s","size":"%s","fill":%d,"per_round":%d,"depth":4,"rows":[%s]}\n' \
-        "$host_mem" "$size" "$count" "$per_round" "$(IFS=,; echo "${rows[*]}")" > "$json"
+    printf '{"host_mem":"%s","disk":"%s","size":"%s","fill":%d,"per_round":%d,"depth":4,"rows":[%s]}\n' \
+        "$host_mem" "${disk:-none}" "$size" "$count" "$per_round" "$(IFS=,; echo "${rows[*]}")" > "$json"
 fi
