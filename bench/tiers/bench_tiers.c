@@ -159,8 +159,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
                         "probes >= 100, restart >= 100, --only disk|index|restart\n", MAX_RUNS);
         return -1;
     }
+    /* The reference file holds full runs only: a partial one would
+     * replace the other parts' numbers with "skipped". */
     if (!o->json)
-        o->json = o->quick ? NULL : "bench/results/tiers.json";
+        o->json = o->quick || o->only ? NULL : "bench/results/tiers.json";
     return 0;
 }
 
