@@ -509,6 +509,11 @@ static ucs_status_t dispatch(kvtc_conn *c, Kvtc__Wire__Reply *rep, const void *b
     return ret;
 }
 
+ucs_status_t kvtc__reply_dispatch(kvtc_conn *c, Kvtc__Wire__Reply *rep, size_t length)
+{
+    return dispatch(c, rep, NULL, length, NULL);
+}
+
 /* An "in data" reply that came as rendezvous: message and bulk arrive
  * together into one buffer, then are handled as if eager. */
 struct raw_reply {

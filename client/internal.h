@@ -323,6 +323,9 @@ void kvtc__rails_free(kvtc_conn *c);
  * endpoint's error. */
 ucs_status_t kvtc__reply_handle(kvtc_conn *c, const void *header, size_t header_length,
                                 void *data, size_t length, int rndv);
+/* A reply whose header was unpacked (rep, freed here) and whose length
+ * bytes of eager data a rail thread landed already. */
+ucs_status_t kvtc__reply_dispatch(kvtc_conn *c, Kvtc__Wire__Reply *rep, size_t length);
 void kvtc__rail_ep_failed(kvtc_conn *c, ucp_ep_h ep, ucs_status_t status);
 
 /* conn.c */

@@ -136,6 +136,7 @@ struct kvtc__rail_ev {
     void *data;
     int rndv;
     int kept;  /* eager data of UCX's: back to the rail thread after use */
+    Kvtc__Wire__Reply *rep; /* it landed: its header, unpacked already */
     size_t hlen;
     unsigned char hdr[];
 };
@@ -226,9 +227,11 @@ static int land_fits(const struct kvtc__landing *l, const Kvtc__Wire__Reply *rep
 }
 
 /* The landing that reply (header, length bytes of eager data) fits, taken
- * off r's list (COPYING), or NULL. */
+ * off r's list (COPYING), with the header unpacked (*rep_out, the
+ * caller's to free), or NULL. */
 static struct kvtc__landing *land_match(struct kvtc__rail *r, const void *header,
-                                        size_t header_length, size_t length)
+                                        size_t header_length, size_t length,
+                                        Kvtc__Wire__Reply **rep_out)
 {
     size_t msg_len = 0;
     int in_data = 0;
@@ -238,13 +241,22 @@ static struct kvtc__landing *land_match(struct kvtc__rail *r, const void *header
         kvtc_wire_unpack_reply(header, header_length, &rep))
         return NULL; /* the connection's thread says what is wrong */
     struct kvtc__landing *l = land_take(r, rep->id);
-    int fits = l && land_fits(l, rep, length);
-    kvtc_wire_reply_free(rep);
-    if (l && !fits) {
+    if (l && !land_fits(l, rep, length)) {
         atomic_store(&l->state, KVTC__LAND_NONE); /* the usual way */
         l = NULL;
     }
+    if (l)
+        *rep_out = rep; /* the connection's thread need not parse it again */
+    else
+        kvtc_wire_reply_free(rep);
     return l;
+}
+
+static void ev_free(struct kvtc__rail_ev *ev)
+{
+    if (ev->rep)
+        kvtc_wire_reply_free(ev->rep);
+    free(ev);
 }
 
 /* Copy and checksum the reply's bytes into l's buffer; then l is DONE
@@ -270,7 +282,7 @@ static void run_lands(struct kvtc__rail *r)
         land_copy(j->l, j->src, j->len);
         ucp_am_data_release(r->worker, j->desc);
         if (!inbox_push(r->c, j->ev))
-            free(j->ev);
+            ev_free(j->ev);
         free(j);
         j = next;
     }
@@ -291,8 +303,9 @@ static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_l
     struct kvtc__rail *r = arg;
     int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
     int keepable = !rndv && (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_DATA);
+    Kvtc__Wire__Reply *rep = NULL;
     struct kvtc__landing *land = !rndv && atomic_load(&r->n_lands) > 0
-                                     ? land_match(r, header, header_length, length)
+                                     ? land_match(r, header, header_length, length, &rep)
                                      : NULL;
     int landed = land != NULL;
     int kept = keepable && !landed && length >= RAIL_KEEP_MIN;
@@ -301,6 +314,7 @@ static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_l
     if (!ev && land) {
         atomic_store(&land->state, KVTC__LAND_NONE); /* the op fails below */
         land = NULL;
+        kvtc_wire_reply_free(rep);
     }
     if (!ev) {
         pthread_mutex_lock(&r->c->rail_inbox->mu);
@@ -310,7 +324,7 @@ static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_l
         return UCS_OK;
     }
     *ev = (struct kvtc__rail_ev){.kind = EV_REPLY, .rail = r, .length = length, .rndv = rndv,
-                                 .kept = kept, .hlen = header_length};
+                                 .kept = kept, .rep = rep, .hlen = header_length};
     memcpy(ev->hdr, header, header_length);
     ev->data = landed ? NULL : data;
     if (copy) {
@@ -329,7 +343,7 @@ static ucs_status_t rail_reply_cb(void *arg, const void *header, size_t header_l
         land_copy(land, data, length);
     }
     if (!inbox_push(r->c, ev)) {
-        free(ev);
+        ev_free(ev);
         return UCS_OK;
     }
     return rndv || kept ? UCS_INPROGRESS : UCS_OK;
@@ -659,7 +673,13 @@ static void ev_run(kvtc_conn *c, struct kvtc__rail_ev *ev)
     case EV_REPLY: {
         c->am_rail = r;
         c->am_kept = ev->kept ? ev->data : NULL;
-        ucs_status_t ret = kvtc__reply_handle(c, ev->hdr, ev->hlen, ev->data, ev->length, ev->rndv);
+        ucs_status_t ret;
+        if (ev->rep) {
+            ret = kvtc__reply_dispatch(c, ev->rep, ev->length); /* frees it */
+            ev->rep = NULL;
+        } else {
+            ret = kvtc__reply_handle(c, ev->hdr, ev->hlen, ev->data, ev->length, ev->rndv);
+        }
         if ((ev->rndv && ret != UCS_INPROGRESS) || c->am_kept)
             rail_drop(r, ev->data); /* kept eager data no copy took: consumed */
         c->am_rail = NULL;
@@ -687,7 +707,7 @@ int kvtc__rails_drain(kvtc_conn *c)
     while (ev) {
         struct kvtc__rail_ev *next = ev->next;
         ev_run(c, ev);
-        free(ev);
+        ev_free(ev);
         ev = next;
         n++;
     }
@@ -742,7 +762,7 @@ void kvtc__rails_free(kvtc_conn *c)
         next = ev->next;
         if (ev->kind == EV_REPLY && (ev->kept || ev->rndv))
             rail_drop(ev->rail, ev->data);
-        free(ev);
+        ev_free(ev);
     }
     for (uint32_t i = 0; i < KVTC__MAX_RAILS; i++)
         if (c->rail_thr[i]) {
